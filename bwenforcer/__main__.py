@@ -1,0 +1,5 @@
+"""``python -m bwenforcer``."""
+
+from .cli import console_main
+
+console_main()

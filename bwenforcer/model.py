@@ -1,0 +1,138 @@
+"""Frozen data shared by the pure core and the shell.
+
+Units are in the names: ``_bytes``, ``_bps`` (bits per second), ``_s`` (seconds,
+Unix time for instants). Mappings inside frozen dataclasses are never mutated;
+the planner builds new ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .layout import TrafficClass
+
+
+@dataclass(frozen=True)
+class ClassPolicy:
+    """The budget and rates in force for one traffic class of one slice."""
+
+    limit_bytes: int
+    threshold_bytes: int
+    min_rate_bps: int
+    max_rate_bps: int
+    share: int
+
+
+@dataclass(frozen=True)
+class DesiredSlice:
+    """A slice that should exist on the node, from the slices file or the node manager."""
+
+    name: str
+    xid: int
+    default: ClassPolicy
+    exempt: ClassPolicy
+    # attribute name -> "rspec" or "defaults": where each value in force came from
+    origin: Mapping[str, str] = field(default_factory=dict)
+
+    def policy(self, traffic_class: TrafficClass) -> ClassPolicy:
+        """The policy of one traffic class."""
+        return self.default if traffic_class == "default" else self.exempt
+
+
+@dataclass(frozen=True)
+class DesiredSet:
+    """Everything the sources say should exist this cycle."""
+
+    slices: tuple[DesiredSlice, ...]
+    limiting_off: bool = False  # node manager's <prefix>_default net_max_rate == -1
+    errors: tuple[str, ...] = ()  # one line per slice that was skipped as invalid
+
+
+@dataclass(frozen=True)
+class ClassRates:
+    """What one HTB class is set to: guaranteed rate, ceil, share."""
+
+    min_rate_bps: int
+    max_rate_bps: int
+    share: int
+
+
+@dataclass(frozen=True)
+class KernelClass:
+    """One slice class as dumped from the kernel."""
+
+    rates: ClassRates
+    bytes: int  # 64-bit byte counter from the class's basic stats
+
+
+@dataclass(frozen=True)
+class KernelSlice:
+    """Both classes of one xid as found in the kernel (either may be missing)."""
+
+    xid: int
+    default: KernelClass | None
+    exempt: KernelClass | None
+
+    def cls(self, traffic_class: TrafficClass) -> KernelClass | None:
+        """The kernel class of one traffic class, if present."""
+        return self.default if traffic_class == "default" else self.exempt
+
+
+@dataclass(frozen=True)
+class KernelSnapshot:
+    """One class dump of the device: node cap, line rate and every slice class."""
+
+    cap_bps: int
+    bwmax_bps: int
+    slices: Mapping[int, KernelSlice]
+
+
+@dataclass(frozen=True)
+class ClassState:
+    """Usage of one traffic class of one slice in its current period."""
+
+    policy: ClassPolicy
+    used_bytes: int = 0
+    last_counter_bytes: int = 0
+    ceil_bps: int = 0  # last ceil applied (0: never applied)
+    capped: bool = False
+    notified: bool = False
+
+
+@dataclass(frozen=True)
+class SliceState:
+    """Saved state of one slice: its period and both classes."""
+
+    name: str
+    xid: int
+    period_start_s: int
+    period_end_s: int
+    default: ClassState
+    exempt: ClassState
+
+    def cls(self, traffic_class: TrafficClass) -> ClassState:
+        """The state of one traffic class."""
+        return self.default if traffic_class == "default" else self.exempt
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """A deleted slice's state, kept by name until its period would have ended."""
+
+    slice: SliceState
+    died_s: int
+
+    @property
+    def expires_s(self) -> int:
+        """When the entry is purged: the end of the dead slice's period."""
+        return self.slice.period_end_s
+
+
+@dataclass(frozen=True)
+class State:
+    """Everything the agent keeps between cycles."""
+
+    slices: Mapping[int, SliceState] = field(default_factory=dict)  # by xid
+    ledger: Mapping[str, LedgerEntry] = field(default_factory=dict)  # by slice name
+    saved_s: int | None = None
