@@ -136,3 +136,26 @@ class State:
     slices: Mapping[int, SliceState] = field(default_factory=dict)  # by xid
     ledger: Mapping[str, LedgerEntry] = field(default_factory=dict)  # by slice name
     saved_s: int | None = None
+
+
+@dataclass(frozen=True)
+class ClassOp:
+    """One kernel change to one slice class.
+
+    ``create`` adds the class and its leaf pfifo; ``change`` sets new rates on an
+    existing class; ``delete`` removes the class (and its leaf qdisc with it).
+    """
+
+    kind: str  # "create" | "change" | "delete"
+    xid: int
+    traffic_class: TrafficClass
+    rates: ClassRates | None = None  # None only for "delete"
+
+
+@dataclass(frozen=True)
+class OpFailure:
+    """A kernel change the kernel refused; the rest of its batch went through."""
+
+    op: ClassOp
+    errno: int
+    message: str
