@@ -1,0 +1,107 @@
+"""Wires the real parts (HTB backend, state store, mail, classifier, history) to a cycle.
+
+``sync``, ``daemon`` and the node-manager thread all run cycles through
+:class:`Agent`, so they behave the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .config import Config
+from .cycle import CycleResult, Hooks, run_cycle
+from .executor import Notifier
+from .model import DesiredSet, SliceState
+from .planner import Notify
+
+log = logging.getLogger(__name__)
+
+
+def hostname(config: Config) -> str:
+    """The node's name as it appears in mail."""
+    return config.mail.hostname or socket.getfqdn()
+
+
+def make_notifier(config: Config, clock: Callable[[], float], dry_run: bool) -> Notifier | None:
+    """A notifier that mails through the configured transport, or None for ``none``."""
+    if config.mail.transport == "none" and not dry_run:
+        return None
+    from .mailer import make_transport
+    from .notify import CappedClass, Notice, build_message, load_template
+
+    transport = make_transport(config.mail, dry_run=dry_run)
+    template = load_template(config.mail)
+    host = hostname(config)
+
+    def notify(action: Notify, st: SliceState) -> None:
+        classes = tuple(
+            CappedClass(
+                traffic_class=tc,
+                used_bytes=st.cls(tc).used_bytes,
+                limit_bytes=st.cls(tc).policy.limit_bytes,
+                threshold_bytes=st.cls(tc).policy.threshold_bytes,
+                ceil_bps=st.cls(tc).ceil_bps,
+                max_rate_bps=st.cls(tc).policy.max_rate_bps,
+            )
+            for tc in action.classes
+        )
+        notice = Notice(st.name, st.xid, st.period_start_s, st.period_end_s, classes)
+        transport.send(build_message(notice, config.mail, host, int(clock()), template))
+
+    return notify
+
+
+@dataclass
+class Agent:
+    """Long-lived parts of the agent for one config; one cycle per :meth:`cycle` call."""
+
+    config: Config
+    clock: Callable[[], float] = time.time
+    netns: str | None = None  # tests: run the backend and classifier in this namespace
+
+    def cycle(
+        self, desired: DesiredSet, dry_run: bool = False, after_save: Callable | None = None
+    ) -> CycleResult:
+        """Run one cycle against the kernel, the state file, mail and the classifier."""
+        from .htb import HtbBackend
+        from .statestore import StateStore
+
+        dry_run = dry_run or self.config.dry_run
+        hooks = Hooks(classifier=self._classifier_hook(), after_save=after_save)
+        with HtbBackend(self.config.device, netns=self.netns) as kernel:
+            return run_cycle(
+                self.config,
+                desired,
+                kernel=kernel,
+                store=StateStore(self.config.state_file),
+                notifier=make_notifier(self.config, self.clock, dry_run) if not dry_run else None,
+                clock=self.clock,
+                dry_run=dry_run,
+                hooks=hooks,
+            )
+
+    def _classifier_hook(self) -> Callable[[DesiredSet], None] | None:
+        if self.config.classifier.mode != "uid":
+            return None
+        from .classifier import Classifier, ClassifierSpec
+
+        classifier = Classifier(netns=self.netns)
+        prefixes = self.config.classifier.exempt_prefixes
+
+        def apply(desired: DesiredSet) -> None:
+            classifier.apply(ClassifierSpec(tuple(s.xid for s in desired.slices), prefixes))
+
+        return apply
+
+
+def load_desired(config: Config) -> DesiredSet:
+    """The desired slices of a ``sync`` run: the slices file, or none."""
+    if config.slices_file is None:
+        return DesiredSet(())
+    from .slices import load_slices_file
+
+    return load_slices_file(config.slices_file, config)

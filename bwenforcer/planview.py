@@ -1,0 +1,115 @@
+"""Plans and cycle results as text tables and JSON (for ``sync`` and logs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from .cycle import CycleResult
+from .planner import ClassLine, Plan, SliceLine
+from .units import human_rate, human_size
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def action_json(action: object) -> dict[str, Any]:
+    """An action as a flat JSON object with an ``action`` key."""
+    out: dict[str, Any] = {"action": _snake(type(action).__name__)}
+    for key, value in dataclasses.asdict(action).items():  # type: ignore[call-overload]
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _class_json(line: ClassLine) -> dict[str, Any]:
+    return {
+        "used_bytes": line.used_bytes,
+        "delta_bytes": line.delta_bytes,
+        "threshold_bytes": line.threshold_bytes,
+        "limit_bytes": line.limit_bytes,
+        "old_ceil": line.old_ceil_bps,
+        "new_ceil": line.new_ceil_bps,
+        "capped": line.capped,
+    }
+
+
+def _slice_json(line: SliceLine) -> dict[str, Any]:
+    return {
+        "name": line.name,
+        "xid": line.xid,
+        "period_start": line.period_start_s,
+        "period_end": line.period_end_s,
+        "classes": {"default": _class_json(line.default), "exempt": _class_json(line.exempt)},
+    }
+
+
+def result_json(result: CycleResult) -> dict[str, Any]:
+    """A cycle result as JSON: result, slices as planned, actions, failures."""
+    out: dict[str, Any] = {
+        "result": result.result,
+        "dry_run": result.dry_run,
+        "now": result.plan.now_s,
+        "duration_s": round(result.duration_s, 6),
+        "limiting_off": result.plan.limiting_off,
+        "slices": [_slice_json(line) for line in result.plan.lines],
+        "actions": [action_json(a) for a in result.plan.actions],
+        "failures": list(result.failures),
+        "source_errors": list(result.source_errors),
+        "recovered_from": result.recovered_from,
+    }
+    if result.outcome is not None:
+        out["mails_sent"] = result.outcome.mails_sent
+        out["mails_failed"] = result.outcome.mails_failed
+    return out
+
+
+def _actions_by_slice(plan: Plan) -> dict[tuple[int, str], list[str]]:
+    found: dict[tuple[int, str], list[str]] = {}
+    for action in plan.actions:
+        xid = getattr(action, "xid", None)
+        tc = getattr(action, "traffic_class", None)
+        classes = getattr(action, "classes", None)
+        word = _snake(type(action).__name__).replace("_", "-")
+        for key_tc in [tc] if tc else (classes or ("default", "exempt")):
+            found.setdefault((xid, key_tc), []).append(word)
+    return found
+
+
+def plan_table(plan: Plan) -> str:
+    """The plan as a table: per slice and class, usage, threshold, limit, ceil, actions."""
+    header = ("SLICE", "XID", "CLASS", "USED", "THRESHOLD", "LIMIT", "CEIL", "ACTIONS")
+    rows: list[tuple[str, ...]] = [header]
+    by_slice = _actions_by_slice(plan)
+    for line in plan.lines:
+        for cls in (line.default, line.exempt):
+            old = "-" if cls.old_ceil_bps is None else human_rate(cls.old_ceil_bps)
+            new = human_rate(cls.new_ceil_bps)
+            ceil = new if old == new else f"{old} → {new}"
+            acts = by_slice.get((line.xid, cls.traffic_class), [])
+            rows.append(
+                (
+                    line.name,
+                    str(line.xid),
+                    cls.traffic_class,
+                    human_size(cls.used_bytes),
+                    human_size(cls.threshold_bytes),
+                    human_size(cls.limit_bytes),
+                    ceil,
+                    ",".join(dict.fromkeys(acts)) or "-",
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    live = {line.name for line in plan.lines}
+    others = [
+        f"{_snake(type(a).__name__).replace('_', '-')} {getattr(a, 'name', None) or ''}"
+        f" xid {getattr(a, 'xid', '-')}".strip()
+        for a in plan.actions
+        if getattr(a, "name", None) not in live
+    ]
+    if plan.limiting_off:
+        text.append("limiting is off on this node (node manager switch): removing slice classes")
+    text.extend(others)
+    return "\n".join(text)
