@@ -1,0 +1,119 @@
+"""Bounded traffic generators for the demo and the end-to-end test.
+
+They run as separate processes of the system Python (stdlib only) so that a
+sender can run as a slice's uid inside a namespace (``setpriv``); each stops by
+itself after its byte or time bound.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+# Discards whatever arrives on a TCP port (IPv4 and IPv6) until its time is up.
+_SINK = """
+import socket, sys, threading, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+deadline = time.monotonic() + seconds
+srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("::", port)); srv.listen(64); srv.settimeout(0.5)
+def drain(conn):
+    conn.settimeout(1.0)
+    with conn:
+        while time.monotonic() < deadline:
+            try:
+                if not conn.recv(1 << 16):
+                    return
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+print("ready", flush=True)
+while time.monotonic() < deadline:
+    try:
+        conn, _ = srv.accept()
+    except socket.timeout:
+        continue
+    threading.Thread(target=drain, args=(conn,), daemon=True).start()
+"""
+
+# Sends up to max_bytes to host:port within seconds, paced to rate_bps if > 0.
+_SENDER = """
+import socket, sys, time
+host, port, max_bytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seconds, rate_bps = float(sys.argv[4]), int(sys.argv[5])
+start = time.monotonic(); deadline = start + seconds
+chunk = b"x" * (16384 if rate_bps else 65536)
+sent = 0
+for _ in range(50):
+    try:
+        s = socket.create_connection((host, port), timeout=2); break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("cannot connect")
+s.settimeout(1.0)
+while sent < max_bytes and time.monotonic() < deadline:
+    if rate_bps and sent * 8 > rate_bps * (time.monotonic() - start):
+        time.sleep(0.01); continue
+    try:
+        sent += s.send(chunk[: max_bytes - sent])
+    except socket.timeout:
+        continue
+    except OSError:
+        break
+s.close()
+"""
+
+
+def system_python() -> str:
+    """A Python any uid can execute (the venv's may live under /root)."""
+    return shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+
+
+def sink_argv(netns: str, port: int, seconds: float) -> list[str]:
+    """Command line of a sink in ``netns``."""
+    return ["ip", "netns", "exec", netns, system_python(), "-c", _SINK, str(port), str(seconds)]
+
+
+def sender_argv(
+    netns: str,
+    uid: int,
+    host: str,
+    port: int,
+    *,
+    max_bytes: int,
+    seconds: float,
+    rate_bps: int = 0,
+) -> list[str]:
+    """Command line of a sender running as ``uid`` in ``netns``."""
+    return [
+        "ip", "netns", "exec", netns,
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        system_python(), "-c", _SENDER,
+        host, str(port), str(max_bytes), str(seconds), str(rate_bps),
+    ]  # fmt: skip
+
+
+def start_sink(netns: str, port: int, seconds: float) -> subprocess.Popen[str]:
+    """Start a sink and wait until it listens."""
+    proc = subprocess.Popen(sink_argv(netns, port, seconds), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # "ready"
+    return proc
+
+
+def start_sender(
+    netns: str, uid: int, host: str, port: int, *, max_bytes: int, seconds: float, rate_bps: int = 0
+) -> subprocess.Popen[bytes]:
+    """Start a sender as ``uid``; it stops by itself after its bounds."""
+    return subprocess.Popen(
+        sender_argv(
+            netns, uid, host, port, max_bytes=max_bytes, seconds=seconds, rate_bps=rate_bps
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
