@@ -1,0 +1,68 @@
+"""Helpers for tests that drive whole cycles on a namespace kernel."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from bwenforcer.traffic import start_sender, start_sink
+from bwenforcer.units import parse_rate_bps
+from tests.netns import Netns, NetnsPair
+
+VENV_BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"
+
+
+def bwenforcer_in(ns: Netns, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the CLI inside a namespace, as an operator would."""
+    return ns.run(str(VENV_BIN / "bwenforcer"), *args, check=False, timeout=timeout)
+
+
+def mark_all_to(ns: Netns, daddr: str, mark: int) -> None:
+    """Test-only marking: every connection from ``ns`` to ``daddr`` gets ``mark``."""
+    script = f"""
+table inet bwtest {{
+  chain out {{
+    type route hook output priority mangle; policy accept;
+    ct mark == 0 ip daddr {daddr} ct mark set {mark:#x}
+    meta mark set ct mark
+  }}
+}}
+"""
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns.name, "nft", "-f", "-"],
+        input=script, text=True, capture_output=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+
+def send_bytes(
+    pair: NetnsPair, n_bytes: int, *, uid: int = 0, port: int = 5301, seconds: float = 10
+) -> None:
+    """Send ``n_bytes`` from a to b as ``uid`` and wait until the sender is done (bounded)."""
+    sink = start_sink(pair.b.name, port, seconds + 2)
+    try:
+        sender = start_sender(
+            pair.a.name, uid, pair.b_addr, port, max_bytes=n_bytes, seconds=seconds
+        )
+        sender.wait(timeout=seconds + 5)
+    finally:
+        sink.kill()
+        sink.wait(timeout=5)
+
+
+_CLASS = re.compile(r"class htb (1:[0-9a-f]+) (?:parent (1:[0-9a-f]+) )?.*?ceil (\S+)")
+
+
+def tc_ceils(ns: Netns, dev: str) -> dict[str, int]:
+    """``{classid: ceil bit/s}`` as `tc class show` prints it (the independent observer)."""
+    out = ns.tc("class", "show", "dev", dev)
+    return {m.group(1): parse_rate_bps(m.group(3)) for m in _CLASS.finditer(out)}
+
+
+def tc_bytes(ns: Netns, dev: str, classid: str) -> int:
+    """Sent bytes of one class as `tc -s class show` prints them."""
+    out = ns.tc("-s", "class", "show", "dev", dev, "classid", classid)
+    match = re.search(r"Sent (\d+) bytes", out)
+    assert match, out
+    return int(match.group(1))
