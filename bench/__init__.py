@@ -1,0 +1,1 @@
+"""Scale benchmark of bwenforcer against `tc` itself (run: ``python -m bench``)."""

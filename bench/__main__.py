@@ -1,0 +1,293 @@
+"""``python -m bench``: bwenforcer vs `tc` at N = 100, 1,000, 4,000 slices.
+
+Everything runs in a throwaway namespace holding a veth pair. Each figure is the
+median of several runs, measured side by side with the `tc` command doing the
+same work in the same run, and reported as a ratio to it. Prints one markdown
+table and writes ``bench/results/latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bwenforcer.htb import HtbBackend
+from bwenforcer.layout import class_minor
+from bwenforcer.model import ClassOp, ClassRates
+from bwenforcer.sandbox import delete_namespace
+
+HERE = Path(__file__).resolve().parent
+VENV_BIN = HERE.parent / ".venv" / "bin"
+CAP_BPS = 1_000_000_000
+BWMAX_BPS = 10_000_000_000
+DEV = "v0"
+
+
+def median_s(fn: Callable[[], object], runs: int) -> float:
+    """Median wall time of ``fn`` over ``runs`` runs."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def sh(*cmd: str, stdin: str | None = None) -> None:
+    """Run a command; fail loudly."""
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:6])}…: {proc.stderr.strip()[:300]}")
+
+
+class Namespace:
+    """A namespace with a veth pair, deleted on exit."""
+
+    def __init__(self) -> None:
+        self.name = f"bwbench{os.getpid()}"
+
+    def __enter__(self) -> Namespace:
+        sh("ip", "netns", "add", self.name)
+        sh("ip", "-n", self.name, "link", "add", DEV, "type", "veth", "peer", "name", "v1")
+        sh("ip", "-n", self.name, "link", "set", DEV, "up")
+        sh("ip", "-n", self.name, "link", "set", "v1", "up")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        delete_namespace(self.name)
+
+    def tc(self, *args: str, stdin: str | None = None) -> None:
+        """`tc -n NS …` (the yardstick)."""
+        sh("tc", "-n", self.name, *args, stdin=stdin)
+
+
+def tc_build_script(n: int, cap_kbit: int) -> str:
+    """`tc -batch` lines that build the same tree bwenforcer builds."""
+    lines = [
+        f"qdisc add dev {DEV} root handle 1: htb default 1fff",
+        f"class add dev {DEV} parent 1: classid 1:1 htb rate {BWMAX_BPS // 1000}kbit",
+        f"class add dev {DEV} parent 1:1 classid 1:10 htb rate 8kbit ceil {cap_kbit}kbit",
+        f"class add dev {DEV} parent 1:10 classid 1:100 htb rate 8kbit ceil {cap_kbit}kbit",
+        f"class add dev {DEV} parent 1:1 classid 1:20 htb rate 8kbit ceil {BWMAX_BPS // 1000}kbit",
+    ]
+    for xid in range(1, n + 1):
+        for tc_name, parent in (("default", "1:100"), ("exempt", "1:20")):
+            minor = class_minor(xid, tc_name)  # type: ignore[arg-type]
+            lines.append(
+                f"class add dev {DEV} parent {parent} classid 1:{minor:x} htb rate 8kbit"
+                f" ceil {cap_kbit}kbit quantum 1600"
+            )
+            lines.append(
+                f"qdisc add dev {DEV} parent 1:{minor:x} handle {minor:x}: pfifo limit 1000"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def tc_change_script(n: int, ceil_kbit: int) -> str:
+    """`tc -batch` lines changing the ceil of every slice class."""
+    lines = []
+    for xid in range(1, n + 1):
+        for tc_name, parent in (("default", "1:100"), ("exempt", "1:20")):
+            minor = class_minor(xid, tc_name)  # type: ignore[arg-type]
+            lines.append(
+                f"class change dev {DEV} parent {parent} classid 1:{minor:x} htb rate 8kbit"
+                f" ceil {ceil_kbit}kbit quantum 1600"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def change_ops(n: int, ceil_bps: int) -> list[ClassOp]:
+    """bwenforcer's ops for the same changes."""
+    return [
+        ClassOp("change", xid, tc_name, ClassRates(8_000, ceil_bps, 1))  # type: ignore[arg-type]
+        for xid in range(1, n + 1)
+        for tc_name in ("default", "exempt")
+    ]
+
+
+def create_ops(n: int) -> list[ClassOp]:
+    """bwenforcer's ops that add every slice's classes."""
+    return [
+        ClassOp("create", xid, tc_name, ClassRates(8_000, CAP_BPS, 1))  # type: ignore[arg-type]
+        for xid in range(1, n + 1)
+        for tc_name in ("default", "exempt")
+    ]
+
+
+def write_cycle_config(tmp: Path, n: int, capped: bool) -> Path:
+    """A config + slices file for `n` slices; all over their threshold when ``capped``."""
+    rspec = "{net_max_kbyte: 1, net_thresh_kbyte: 0}" if capped else "{}"
+    slices = "\n".join(f"  - {{name: s{x}, xid: {x}, rspec: {rspec}}}" for x in range(1, n + 1))
+    (tmp / "slices.yaml").write_text("slices:\n" + slices + "\n")
+    cfg = tmp / "bwenforcer.yaml"
+    cfg.write_text(
+        f"device: {DEV}\nnode_cap: {CAP_BPS // 1000}kbit\nbwmax: {BWMAX_BPS // 1000}kbit\n"
+        f"state_file: {tmp}/state.json\nslices_file: {tmp}/slices.yaml\n"
+        f"metrics: {{listen: null, textfile: {tmp}/bwenforcer.prom}}\n"
+    )
+    return cfg
+
+
+def run_sync(ns: Namespace, cfg: Path) -> tuple[float, int]:
+    """Wall time and peak RSS (KiB) of one whole `bwenforcer sync` process."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns.name, str(VENV_BIN / "bwenforcer"), "--config", str(cfg), "sync"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    wall = time.perf_counter() - start
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"sync failed: {proc.stderr.strip()[:300]}")
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+
+
+def bench_n(n: int, runs: int) -> dict[str, float]:
+    """Every measurement at one N."""
+    out: dict[str, float] = {"n": n}
+    with Namespace() as ns, tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        build = tc_build_script(n, CAP_BPS // 1000)
+
+        def reset() -> None:
+            subprocess.run(
+                ["tc", "-n", ns.name, "qdisc", "del", "dev", DEV, "root"],
+                capture_output=True,
+                check=False,
+            )
+
+        # (e) build from nothing
+        build_runs = max(3, runs // 2) if n >= 4000 else runs
+        tc_times, our_times = [], []
+        for _ in range(build_runs):
+            reset()
+            tc_times.append(median_s(lambda: ns.tc("-batch", "-", stdin=build), 1))
+            reset()
+            with HtbBackend(DEV, netns=ns.name) as kernel:
+                start = time.perf_counter()
+                kernel.init(CAP_BPS, BWMAX_BPS)
+                failures = kernel.apply(create_ops(n))
+                our_times.append(time.perf_counter() - start)
+                assert not failures, failures[:3]
+        out["build_tc_s"] = statistics.median(tc_times)
+        out["build_s"] = statistics.median(our_times)
+
+        with HtbBackend(DEV, netns=ns.name) as kernel:
+            # (a) dump vs tc -s class show
+            out["dump_tc_s"] = median_s(lambda: ns.tc("-s", "class", "show", "dev", DEV), runs)
+            out["dump_s"] = median_s(kernel.dump, runs)
+            assert len(kernel.dump().slices) >= n
+            # (b) change every class's ceil vs tc -batch
+            ceils = iter(range(runs * 2 + 4))
+            out["apply_tc_s"] = median_s(
+                lambda: ns.tc("-batch", "-", stdin=tc_change_script(n, 500_000 + next(ceils))), runs
+            )
+            scripts = [change_ops(n, 400_000_000 + 8000 * i) for i in range(runs)]
+            it = iter(scripts)
+            out["apply_s"] = median_s(lambda: kernel.apply(next(it)), runs)
+
+        # (c) full cycle, every slice capped; (d) steady state; (f) RSS; whole process
+        from bwenforcer.agent import Agent, load_desired
+        from bwenforcer.config import load_config
+
+        cfg = write_cycle_config(tmp, n, capped=True)
+        config = load_config(str(cfg))
+        agent = Agent(config, netns=ns.name)
+        desired = load_desired(config)
+        agent.cycle(desired)
+        cycle_times = []
+        for i in range(runs):
+            agent.clock = lambda i=i: time.time() + 7 * (i + 1)  # a new ceil every cycle
+            start = time.perf_counter()
+            agent.cycle(desired)
+            cycle_times.append(time.perf_counter() - start)
+        out["cycle_capped_s"] = statistics.median(cycle_times)
+        show_and_batch = tc_change_script(n, 300_000)
+        out["cycle_tc_s"] = median_s(
+            lambda: (
+                ns.tc("-s", "class", "show", "dev", DEV),
+                ns.tc("-batch", "-", stdin=show_and_batch),
+            ),
+            runs,
+        )
+
+        cfg_steady = write_cycle_config(tmp, n, capped=False)
+        config = load_config(str(cfg_steady))
+        agent = Agent(config, netns=ns.name)
+        desired = load_desired(config)
+        agent.cycle(desired)
+        agent.cycle(desired)
+        out["cycle_steady_s"] = median_s(lambda: agent.cycle(desired), runs)
+        walls = [run_sync(ns, cfg_steady)[0] for _ in range(runs)]
+        out["sync_process_s"] = statistics.median(walls)
+        out["sync_peak_rss_kib"] = run_sync(ns, write_cycle_config(tmp, n, capped=True))[1]
+
+        # (g) state save
+        from bwenforcer.statestore import StateStore
+
+        store = StateStore(config.state_file)
+        state = store.load().state
+        out["state_save_s"] = median_s(lambda: store.save(state, int(time.time())), runs)
+        out["state_size_bytes"] = Path(config.state_file).stat().st_size
+    return out
+
+
+def table(rows: list[dict[str, float]]) -> str:
+    """The markdown table of the results."""
+    lines = [
+        "| N | dump / `tc -s class show` | apply all / `tc -batch` | capped cycle / (show + batch)"
+        " | steady cycle / `tc -s class show` | build / `tc -batch` | `sync` process | peak RSS"
+        " | state save | state size |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {int(r['n']):,} "
+            f"| {r['dump_s'] * 1e3:.1f} / {r['dump_tc_s'] * 1e3:.1f} ms = **{r['dump_s'] / r['dump_tc_s']:.2f}×** "
+            f"| {r['apply_s'] * 1e3:.1f} / {r['apply_tc_s'] * 1e3:.1f} ms = **{r['apply_s'] / r['apply_tc_s']:.2f}×** "
+            f"| {r['cycle_capped_s'] * 1e3:.0f} / {r['cycle_tc_s'] * 1e3:.0f} ms = **{r['cycle_capped_s'] / r['cycle_tc_s']:.2f}×** "
+            f"| {r['cycle_steady_s'] * 1e3:.1f} / {r['dump_tc_s'] * 1e3:.1f} ms = **{r['cycle_steady_s'] / r['dump_tc_s']:.2f}×** "
+            f"| {r['build_s']:.2f} / {r['build_tc_s']:.2f} s = **{r['build_s'] / r['build_tc_s']:.2f}×** "
+            f"| {r['sync_process_s']:.2f} s "
+            f"| {r['sync_peak_rss_kib'] / 1024:.0f} MiB "
+            f"| {r['state_save_s'] * 1e3:.1f} ms "
+            f"| {r['state_size_bytes'] / 1024:.0f} KiB |"
+        )
+    if len(rows) >= 2:
+        by_n = {int(r["n"]): r for r in rows}
+        if 1000 in by_n and 4000 in by_n:
+            growth = by_n[4000]["cycle_capped_s"] / by_n[1000]["cycle_capped_s"]
+            lines.append("")
+            lines.append(
+                f"Capped-cycle cost from N = 1,000 to 4,000 grows {growth:.2f}× (target ≤ 4.5×)."
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the table; write JSON."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--sizes", default="100,1000,4000", help="comma-separated N")
+    parser.add_argument("--runs", type=int, default=5, help="runs per median (≥ 5 for the README)")
+    parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: needs root (network namespace, HTB)", file=sys.stderr)
+        return 2
+    rows = [bench_n(int(n), args.runs) for n in args.sizes.split(",")]
+    print(table(rows))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
