@@ -632,15 +632,11 @@ def reset_line(user: str, before: SliceState, after: SliceState, classes: Iterab
     parts = []
     for tc in dict.fromkeys(classes):
         old, new = before.cls(tc), after.cls(tc)
-        parts.append(
-            f"{tc} used {human_size(old.used_bytes)} → 0,"
-            f" ceil {_ceil_text(_last_applied(old))} → {_ceil_text(_last_applied(new))}"
-        )
+        old_ceil, new_ceil = _ceil_text(_last_applied(old)), _ceil_text(_last_applied(new))
+        ceil = ""
+        if old_ceil != new_ceil:
+            ceil = f", ceil {old_ceil} → {new_ceil}"
+        elif old.capped:
+            ceil = f", ceil {old_ceil} until the next cycle"
+        parts.append(f"{tc} used {human_size(old.used_bytes)} → 0{ceil}")
     return f"reset by operator {user}: slice {after.name} xid {after.xid}: " + "; ".join(parts)
-
-
-def kernel_note(error: str | None) -> str | None:
-    """The one line said when the kernel could not be read."""
-    if error is None:
-        return None
-    return f"kernel unavailable ({error}): ceils shown are the last applied"

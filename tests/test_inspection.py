@@ -486,3 +486,12 @@ def test_reset_line_names_operator_slice_and_changes() -> None:
         "reset by operator alice: slice pl_heavy xid 10: default used 190KiB → 0,"
         " ceil 72kbit/s → 10Mbit/s"
     )
+
+
+def test_reset_line_without_the_kernel_says_when_the_cap_goes() -> None:
+    state = fixed_state()
+    out = forgive(state, 10, ("default", "exempt"), None, BWMIN_BPS)
+    line = reset_line("alice", state.slices[10], out.slice, ("default", "exempt"))
+    assert line.endswith(
+        "default used 190KiB → 0, ceil 72kbit/s until the next cycle; exempt used 3MiB → 0"
+    )
