@@ -1,0 +1,257 @@
+"""The netlink messages bwenforcer exchanges with the kernel's traffic control, as bytes.
+
+Pure ``struct`` encoding and decoding of exactly what we use, so the hot path
+(thousands of class changes and one dump per cycle) builds no message objects.
+No rate tables are sent: HTB does not need ``TCA_HTB_RTAB/CTAB``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+# netlink
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+RTM_GETLINK = 18
+RTM_NEWQDISC = 36
+RTM_DELQDISC = 37
+RTM_NEWTCLASS = 40
+RTM_DELTCLASS = 41
+RTM_GETTCLASS = 42
+RTM_NEWTFILTER = 44
+IFLA_IFNAME = 3
+TC_H_ROOT = 0xFFFFFFFF
+ETH_P_ALL_BE = 0x0300  # htons(ETH_P_ALL)
+
+# traffic control attributes
+TCA_KIND = 1
+TCA_OPTIONS = 2
+TCA_STATS2 = 7
+TCA_STATS_BASIC = 1
+TCA_HTB_PARMS = 1
+TCA_HTB_INIT = 2
+TCA_HTB_RATE64 = 6
+TCA_HTB_CEIL64 = 7
+TCA_BPF_CLASSID = 3
+TCA_BPF_OPS_LEN = 4
+TCA_BPF_OPS = 5
+TC_LINKLAYER_ETHERNET = 1
+HTB_VERSION = 3
+HTB_RATE2QUANTUM = 10
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_TCMSG = struct.Struct("=BxxxiIII")
+_IFINFOMSG = struct.Struct("=BxHiII")
+_RTATTR = struct.Struct("=HH")
+_RATESPEC = struct.Struct("=BBHhHI")
+_HTB_OPT = struct.Struct("=BBHhHIBBHhHIIIIII")
+_HTB_GLOB = struct.Struct("=IIIII")
+_U32 = struct.Struct("=I")
+_U64 = struct.Struct("=Q")
+_ERRNO = struct.Struct("=i")
+_HDR_LEN = _NLMSGHDR.size + _TCMSG.size
+_U32_MAX = 0xFFFFFFFF
+_NS_PER_TICK = 64  # PSCHED_TICKS2NS: a psched tick is 2**6 ns
+BURST_BYTES = 1600  # tc's default burst on a high-resolution clock: one MTU
+
+# cls_bpf classic program: A = skb mark; if A == 0 return 0 (no match, default
+# class); else return 0x10000 | A, i.e. classid 1:<mark>.
+_SKF_AD_MARK = (0xFFFFF000 + 20) & 0xFFFFFFFF
+MARK_TO_CLASS_PROGRAM = (
+    (0x20, 0, 0, _SKF_AD_MARK),  # ld  [mark]
+    (0x15, 0, 1, 0),  # jeq #0, jt 0, jf 1
+    (0x06, 0, 0, 0),  # ret #0
+    (0x44, 0, 0, 0x10000),  # or  #0x10000
+    (0x16, 0, 0, 0),  # ret a
+)
+
+
+def _pad(length: int) -> int:
+    return (length + 3) & ~3
+
+
+def attr(kind: int, payload: bytes) -> bytes:
+    """One rtattr, padded to 4 bytes."""
+    length = _RTATTR.size + len(payload)
+    return _RTATTR.pack(length, kind) + payload + b"\0" * (_pad(length) - length)
+
+
+def message(
+    msg_type: int,
+    *,
+    flags: int,
+    seq: int,
+    ifindex: int,
+    handle: int,
+    parent: int,
+    body: bytes,
+    info: int = 0,
+) -> bytes:
+    """A whole tc netlink message (nlmsghdr + tcmsg + attributes)."""
+    length = _HDR_LEN + len(body)
+    return (
+        _NLMSGHDR.pack(length, msg_type, flags, seq, 0)
+        + _TCMSG.pack(0, ifindex, handle, parent, info)
+        + body
+    )
+
+
+def patch_seq(msg: bytearray | memoryview, offset: int, seq: int) -> None:
+    """Set the sequence number of the message at ``offset`` in a batch buffer."""
+    struct.pack_into("=I", msg, offset + 8, seq)
+
+
+def link_request(seq: int, name: str) -> bytes:
+    """RTM_GETLINK by name: answers with the device's ifindex, or ENODEV."""
+    body = _IFINFOMSG.pack(0, 0, 0, 0, 0) + attr(IFLA_IFNAME, name.encode() + b"\0")
+    length = _NLMSGHDR.size + len(body)
+    return _NLMSGHDR.pack(length, RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+
+def ifindex_of(msg: memoryview) -> int:
+    """ifindex from an RTM_NEWLINK answer."""
+    return _IFINFOMSG.unpack_from(msg, _NLMSGHDR.size)[2]
+
+
+def _ticks(size_bytes: int, rate_bytes_s: int) -> int:
+    """Time to send ``size_bytes`` at ``rate_bytes_s``, in psched ticks (capped to u32)."""
+    return min(_U32_MAX, size_bytes * 1_000_000_000 // (max(1, rate_bytes_s) * _NS_PER_TICK))
+
+
+def htb_class_options(rate_bps: int, ceil_bps: int, quantum_bytes: int) -> bytes:
+    """TCA_KIND + TCA_OPTIONS of an HTB class (rates in bit/s; the kernel keeps bytes/s)."""
+    rate_b, ceil_b = rate_bps // 8, ceil_bps // 8
+    parms = _HTB_OPT.pack(
+        0, TC_LINKLAYER_ETHERNET, 0, 0, 0, min(rate_b, _U32_MAX),
+        0, TC_LINKLAYER_ETHERNET, 0, 0, 0, min(ceil_b, _U32_MAX),
+        _ticks(BURST_BYTES, rate_b), _ticks(BURST_BYTES, ceil_b), quantum_bytes, 0, 0,
+    )  # fmt: skip
+    options = attr(TCA_HTB_PARMS, parms)
+    if rate_b > _U32_MAX:
+        options += attr(TCA_HTB_RATE64, _U64.pack(rate_b))
+    if ceil_b > _U32_MAX:
+        options += attr(TCA_HTB_CEIL64, _U64.pack(ceil_b))
+    return attr(TCA_KIND, b"htb\0") + attr(TCA_OPTIONS, options)
+
+
+def htb_qdisc_options(default_minor: int) -> bytes:
+    """TCA_KIND + TCA_OPTIONS of the root HTB qdisc."""
+    glob = _HTB_GLOB.pack(HTB_VERSION, HTB_RATE2QUANTUM, default_minor, 0, 0)
+    return attr(TCA_KIND, b"htb\0") + attr(TCA_OPTIONS, attr(TCA_HTB_INIT, glob))
+
+
+def pfifo_options(limit_packets: int) -> bytes:
+    """TCA_KIND + TCA_OPTIONS of a leaf pfifo (its options are a bare struct)."""
+    return attr(TCA_KIND, b"pfifo\0") + attr(TCA_OPTIONS, _U32.pack(limit_packets))
+
+
+def bpf_filter_options(classid: int) -> bytes:
+    """TCA_KIND + TCA_OPTIONS of the one mark → class cls_bpf filter."""
+    ops = b"".join(struct.pack("=HBBI", *insn) for insn in MARK_TO_CLASS_PROGRAM)
+    options = (
+        attr(TCA_BPF_CLASSID, _U32.pack(classid))
+        + attr(TCA_BPF_OPS_LEN, struct.pack("=H", len(MARK_TO_CLASS_PROGRAM)))
+        + attr(TCA_BPF_OPS, ops)
+    )
+    return attr(TCA_KIND, b"bpf\0") + attr(TCA_OPTIONS, options)
+
+
+def filter_info(prio: int) -> int:
+    """tcm_info of a filter: priority and protocol (all)."""
+    return (prio << 16) | ETH_P_ALL_BE
+
+
+def split(buffer: memoryview) -> Iterator[tuple[int, int, int, memoryview]]:
+    """``(type, flags, seq, message)`` for each netlink message in a received buffer."""
+    offset = 0
+    end = len(buffer)
+    while offset + _NLMSGHDR.size <= end:
+        length, msg_type, flags, seq, _ = _NLMSGHDR.unpack_from(buffer, offset)
+        if length < _NLMSGHDR.size:
+            return
+        yield msg_type, flags, seq, buffer[offset : offset + length]
+        offset += _pad(length)
+
+
+def error_code(msg: memoryview) -> int:
+    """The (positive) errno of an NLMSG_ERROR message; 0 is an ACK."""
+    return -_ERRNO.unpack_from(msg, _NLMSGHDR.size)[0]
+
+
+@dataclass(frozen=True)
+class ClassRecord:
+    """The fields of one dumped HTB class that bwenforcer reads."""
+
+    handle: int
+    parent: int
+    rate_bytes_s: int
+    ceil_bytes_s: int
+    quantum_bytes: int
+    bytes: int
+
+
+_TCMSG_FIELDS = struct.Struct("=xxxxxxxxII")  # skip family/pad/ifindex; handle, parent
+
+
+def parse_class(msg: memoryview) -> ClassRecord | None:
+    """One RTM_NEWTCLASS message → its record; None for classes that are not HTB."""
+    handle, parent = _TCMSG_FIELDS.unpack_from(msg, _NLMSGHDR.size)
+    rate = ceil = quantum = sent = 0
+    is_htb = False
+    offset = _HDR_LEN
+    end = len(msg)
+    while offset + 4 <= end:
+        length, kind = _RTATTR.unpack_from(msg, offset)
+        if length < 4:
+            break
+        start = offset + 4
+        if kind == TCA_KIND:
+            is_htb = bytes(msg[start : start + 3]) == b"htb"
+        elif kind == TCA_OPTIONS:
+            rate, ceil, quantum = _parse_htb_options(msg, start, offset + length, rate, ceil)
+        elif kind == TCA_STATS2:
+            sent = _parse_stats(msg, start, offset + length)
+        offset += _pad(length)
+    if not is_htb:
+        return None
+    return ClassRecord(handle, parent, rate, ceil, quantum, sent)
+
+
+def _parse_htb_options(
+    msg: memoryview, offset: int, end: int, rate: int, ceil: int
+) -> tuple[int, int, int]:
+    quantum = 0
+    rate64 = ceil64 = 0
+    while offset + 4 <= end:
+        length, kind = _RTATTR.unpack_from(msg, offset)
+        if length < 4:
+            break
+        kind &= 0x3FFF  # NLA_F_NESTED / byte-order bits
+        if kind == TCA_HTB_PARMS:
+            fields = _HTB_OPT.unpack_from(msg, offset + 4)
+            rate, ceil, quantum = fields[5], fields[11], fields[14]
+        elif kind == TCA_HTB_RATE64:
+            rate64 = _U64.unpack_from(msg, offset + 4)[0]
+        elif kind == TCA_HTB_CEIL64:
+            ceil64 = _U64.unpack_from(msg, offset + 4)[0]
+        offset += _pad(length)
+    return rate64 or rate, ceil64 or ceil, quantum
+
+
+def _parse_stats(msg: memoryview, offset: int, end: int) -> int:
+    while offset + 4 <= end:
+        length, kind = _RTATTR.unpack_from(msg, offset)
+        if length < 4:
+            break
+        if kind & 0x3FFF == TCA_STATS_BASIC:
+            return _U64.unpack_from(msg, offset + 4)[0]
+        offset += _pad(length)
+    return 0
