@@ -15,6 +15,7 @@ import logging
 import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__, commands
 from .errors import Error, ExitCode
@@ -32,9 +33,16 @@ EXIT_CODES_HELP = """exit codes:
 log = logging.getLogger(__name__)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments give one line on stderr, not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(int(ExitCode.USAGE), f"bwenforcer: {self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every command module's verbs."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bwenforcer",
         description="Enforce per-slice daily byte budgets with HTB.",
         epilog=EXIT_CODES_HELP,

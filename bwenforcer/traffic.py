@@ -65,6 +65,13 @@ while sent < max_bytes and time.monotonic() < deadline:
         continue
     except OSError:
         break
+try:  # wait until the sink has read everything, so no byte is left in flight
+    s.shutdown(socket.SHUT_WR)
+    s.settimeout(5)
+    while s.recv(4096):
+        pass
+except OSError:
+    pass
 s.close()
 """
 

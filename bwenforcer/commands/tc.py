@@ -1,0 +1,190 @@
+"""``bwenforcer tc init|on|off|get|stop``: the HTB tree by hand (replaces bwlimit)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import UnitError
+from ..units import parse_rate_bps
+
+ORDER = 10
+
+
+def _rate(text: str) -> int:
+    try:
+        return parse_rate_bps(text)
+    except UnitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _share(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share (a whole number ≥ 1)")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``tc`` and its verbs."""
+    tc = sub.add_parser("tc", help="build and manage the HTB tree by hand (bwlimit)")
+    verbs = tc.add_subparsers(dest="tc_command", metavar="VERB", required=True)
+    dev = argparse.ArgumentParser(add_help=False)
+    dev.add_argument("--dev", help="network device (default: the config's device)")
+
+    init = verbs.add_parser("init", parents=[dev], help="build the tree (idempotent)")
+    init.add_argument("--cap", type=_rate, help="node cap, e.g. 100mbit (default: config)")
+    init.add_argument("--bwmax", type=_rate, help="line rate (default: config)")
+    init.set_defaults(func=run_init)
+
+    on = verbs.add_parser("on", parents=[dev], help="create or change a slice's classes")
+    on.add_argument("slice", metavar="SLICE|XID")
+    on.add_argument("--share", type=_share)
+    on.add_argument("--min", type=_rate, dest="min_rate")
+    on.add_argument("--max", type=_rate, dest="max_rate")
+    on.add_argument("--exempt-min", type=_rate, dest="exempt_min")
+    on.add_argument("--exempt-max", type=_rate, dest="exempt_max")
+    on.set_defaults(func=run_on)
+
+    off = verbs.add_parser("off", parents=[dev], help="remove a slice's classes")
+    off.add_argument("slice", metavar="SLICE|XID")
+    off.set_defaults(func=run_off)
+
+    get = verbs.add_parser("get", parents=[dev], help="show slice classes")
+    get.add_argument("slice", metavar="SLICE|XID", nargs="?")
+    fmt = get.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="a list of objects (rates in bit/s)")
+    fmt.add_argument("--numeric", action="store_true", help="plain numbers, no units")
+    get.set_defaults(func=run_get)
+
+    stop = verbs.add_parser("stop", parents=[dev], help="remove the whole tree")
+    stop.set_defaults(func=run_stop)
+
+
+def _backend(args: argparse.Namespace) -> tuple[Any, Any]:
+    from ..config import load_config
+    from ..htb import HtbBackend
+
+    config = load_config(args.config)
+    return HtbBackend(args.dev or config.device), config
+
+
+def run_init(args: argparse.Namespace) -> int:
+    """``tc init``."""
+    kernel, config = _backend(args)
+    with kernel:
+        cap = args.cap if args.cap is not None else config.node_cap_bps
+        bwmax = args.bwmax if args.bwmax is not None else config.bwmax_bps
+        kernel.init(cap, max(bwmax, cap), config.bwmin_bps)
+    return 0
+
+
+def run_on(args: argparse.Namespace) -> int:
+    """``tc on``."""
+    from ..slicename import resolve_slice
+
+    xid, _name = resolve_slice(args.slice)
+    kernel, config = _backend(args)
+    with kernel:
+        kernel.set(
+            xid,
+            share=args.share,
+            min_rate_bps=args.min_rate,
+            max_rate_bps=args.max_rate,
+            exempt_min_rate_bps=args.exempt_min,
+            exempt_max_rate_bps=args.exempt_max,
+            bwmin_bps=config.bwmin_bps,
+        )
+    return 0
+
+
+def run_off(args: argparse.Namespace) -> int:
+    """``tc off``."""
+    from ..slicename import resolve_slice
+
+    xid, _name = resolve_slice(args.slice)
+    kernel, _config = _backend(args)
+    with kernel:
+        kernel.off(xid)
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    """``tc stop``: the tree, and the classifier's nftables table if there is one."""
+    kernel, config = _backend(args)
+    with kernel:
+        kernel.stop()
+    if config.classifier.mode == "uid":
+        from ..classifier import Classifier
+
+        Classifier().remove()
+    return 0
+
+
+def get_rows(snapshot: Any, only_xid: int | None) -> list[dict[str, Any]]:
+    """``tc get --json`` objects, by xid."""
+    from ..slicename import slice_name
+
+    rows = []
+    for xid in sorted(snapshot.slices):
+        if only_xid is not None and xid != only_xid:
+            continue
+        ks = snapshot.slices[xid]
+        d, e = ks.default, ks.exempt
+        rows.append(
+            {
+                "xid": xid,
+                "slice": slice_name(xid),
+                "share": d.rates.share if d else None,
+                "min_rate": d.rates.min_rate_bps if d else None,
+                "max_rate": d.rates.max_rate_bps if d else None,
+                "exempt_min_rate": e.rates.min_rate_bps if e else None,
+                "exempt_max_rate": e.rates.max_rate_bps if e else None,
+                "bytes": d.bytes if d else 0,
+                "exempt_bytes": e.bytes if e else 0,
+            }
+        )
+    return rows
+
+
+def get_table(rows: list[dict[str, Any]], numeric: bool) -> str:
+    """``tc get`` as a table: human units, or plain numbers with ``numeric``."""
+    from ..units import human_rate, human_size
+
+    keys = list(rows[0]) if rows else ["xid", "slice"]
+    rate_keys = {"min_rate", "max_rate", "exempt_min_rate", "exempt_max_rate"}
+
+    def cell(key: str, value: Any) -> str:
+        if value is None:
+            return "-"
+        if numeric or key in ("xid", "slice", "share"):
+            return str(value)
+        return human_rate(value) if key in rate_keys else human_size(value)
+
+    table = [[k.upper() for k in keys]] + [[cell(k, r[k]) for k in keys] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(keys))]
+    return "\n".join(
+        "  ".join(c.ljust(wd) for c, wd in zip(row, widths, strict=True)).rstrip() for row in table
+    )
+
+
+def run_get(args: argparse.Namespace) -> int:
+    """``tc get``."""
+    from ..slicename import resolve_slice
+
+    only = resolve_slice(args.slice)[0] if args.slice else None
+    kernel, _config = _backend(args)
+    with kernel:
+        snapshot = kernel.dump()
+    rows = get_rows(snapshot, only)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(get_table(rows, args.numeric))
+    return 0

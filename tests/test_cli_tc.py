@@ -1,0 +1,109 @@
+"""`bwenforcer tc …` as an operator runs it, inside a namespace; `tc` as the observer."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from bwenforcer.commands.tc import get_table
+from tests.kernel_helpers import bwenforcer_in
+from tests.netns import Netns
+
+
+@pytest.mark.kernel
+def test_init_on_get_off_as_in_the_issue(ns: Netns) -> None:
+    assert bwenforcer_in(ns, "tc", "init", "--dev", "v0", "--cap", "10mbit").returncode == 0
+    on = bwenforcer_in(ns, "tc", "on", "1234", "--dev", "v0", "--max", "2mbit", "--share", "2")
+    assert on.returncode == 0, on.stderr
+    got = bwenforcer_in(ns, "tc", "get", "--dev", "v0", "--json")
+    rows = {r["xid"]: r for r in json.loads(got.stdout)}
+    assert rows[1234]["max_rate"] == 2_000_000
+    assert set(rows[1234]) == {
+        "xid",
+        "slice",
+        "share",
+        "min_rate",
+        "max_rate",
+        "exempt_min_rate",
+        "exempt_max_rate",
+        "bytes",
+        "exempt_bytes",
+    }
+    shown = ns.tc("-d", "class", "show", "dev", "v0")
+    assert re.search(
+        r"class htb 1:14d2 parent 1:100 leaf 14d2: prio 0 quantum 3200 rate 8Kbit ceil 2Mbit", shown
+    ), shown
+    assert re.search(r"class htb 1:24d2 parent 1:20 ", shown)
+    filters = [
+        line for line in ns.tc("filter", "show", "dev", "v0").splitlines() if "handle" in line
+    ]
+    assert len(filters) == 1 and "bpf" in filters[0]
+    table = bwenforcer_in(ns, "tc", "get", "1234", "--dev", "v0")
+    assert "2Mbit/s" in table.stdout and "1234" in table.stdout
+    numeric = bwenforcer_in(ns, "tc", "get", "1234", "--dev", "v0", "--numeric")
+    assert "2000000" in numeric.stdout
+    assert bwenforcer_in(ns, "tc", "off", "1234", "--dev", "v0").returncode == 0
+    assert "1:14d2" not in ns.tc("class", "show", "dev", "v0")
+    assert bwenforcer_in(ns, "tc", "stop", "--dev", "v0").returncode == 0
+    assert "htb" not in ns.tc("qdisc", "show", "dev", "v0")
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(
+    ("args", "needle", "code"),
+    [
+        (["tc", "get", "--dev", "nosuch0"], "device 'nosuch0' not found", 4),
+        (["tc", "init", "--dev", "v0", "--cap", "fast"], "'fast' is not a rate", 2),
+        (["tc", "on", "70000", "--dev", "v0"], "xid 70000 out of range", 2),
+        (["tc", "get", "--dev", "v0"], "no bwenforcer HTB tree on dev v0", 4),
+        (["tc", "on", "no_such_account_x", "--dev", "v0"], "'no_such_account_x'", 2),
+    ],
+)
+def test_bad_input_gives_one_clear_line(ns: Netns, args: list[str], needle: str, code: int) -> None:
+    proc = bwenforcer_in(ns, *args)
+    assert proc.returncode == code
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_get_table_human_and_numeric() -> None:
+    rows = [
+        {
+            "xid": 7,
+            "slice": "pl_x",
+            "share": 1,
+            "min_rate": 8000,
+            "max_rate": 2_000_000,
+            "exempt_min_rate": 8000,
+            "exempt_max_rate": None,
+            "bytes": 2048,
+            "exempt_bytes": 0,
+        }
+    ]
+    human = get_table(rows, numeric=False).splitlines()
+    assert human[0].split() == [
+        "XID",
+        "SLICE",
+        "SHARE",
+        "MIN_RATE",
+        "MAX_RATE",
+        "EXEMPT_MIN_RATE",
+        "EXEMPT_MAX_RATE",
+        "BYTES",
+        "EXEMPT_BYTES",
+    ]
+    assert human[1].split() == [
+        "7",
+        "pl_x",
+        "1",
+        "8kbit/s",
+        "2Mbit/s",
+        "8kbit/s",
+        "-",
+        "2KiB",
+        "0B",
+    ]
+    assert get_table(rows, numeric=True).splitlines()[1].split()[4] == "2000000"
