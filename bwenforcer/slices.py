@@ -1,0 +1,196 @@
+"""Slice sources → one desired-slice model: the YAML slices file and the node-manager database.
+
+Rspec attributes keep their historic units: ``net_*_rate`` in kbit/s,
+``net_*_kbyte`` in KiB (``i2`` = exempt). A bad slice is skipped with one logged
+error naming it; the others proceed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pwd
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .config import Config, ConfigError, read_yaml
+from .errors import SliceError
+from .layout import TRAFFIC_CLASSES, TrafficClass, check_xid
+from .model import ClassPolicy, DesiredSet, DesiredSlice
+from .units import kbit_to_bps, kib_to_bytes
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^(?:[a-z0-9]+_)?[a-z0-9_]{1,64}$")
+THRESHOLD_PERCENT = 80
+MIN_RATE_SHARE_OF_CAP = 4  # min rate ≤ 25 % of the node cap
+
+# rspec attribute of each (class, field)
+ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
+    "default": {
+        "min_rate": "net_min_rate",
+        "max_rate": "net_max_rate",
+        "limit": "net_max_kbyte",
+        "threshold": "net_thresh_kbyte",
+        "share": "net_share",
+    },
+    "exempt": {
+        "min_rate": "net_i2_min_rate",
+        "max_rate": "net_i2_max_rate",
+        "limit": "net_i2_max_kbyte",
+        "threshold": "net_i2_thresh_kbyte",
+        "share": "net_i2_share",
+    },
+}
+
+
+def _number(name: str, attribute: str, value: object) -> int:
+    if isinstance(value, bool):
+        raise SliceError(f"slice {name}: {attribute}: {value!r} is not a number")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise SliceError(f"slice {name}: {attribute}: {value!r} is not a number") from None
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise SliceError(f"slice {name}: {attribute}: {value!r} is not a number")
+    if value < 0:
+        raise SliceError(f"slice {name}: {attribute}: {value!r} is negative")
+    return int(value)
+
+
+def resolve_policy(
+    name: str, rspec: Mapping[str, object], config: Config
+) -> tuple[ClassPolicy, ClassPolicy, dict[str, str]]:
+    """Both class policies of a slice from its rspec and the config defaults."""
+    origin: dict[str, str] = {}
+    policies: dict[TrafficClass, ClassPolicy] = {}
+    for tc in TRAFFIC_CLASSES:
+        attrs = ATTRIBUTES[tc]
+        base = config.defaults[tc]
+        cap = config.node_cap_bps if tc == "default" else config.bwmax_bps
+
+        def given(field: str, attrs: dict[str, str] = attrs) -> int | None:
+            attribute = attrs[field]
+            present = attribute in rspec and rspec[attribute] is not None
+            origin[attribute] = "rspec" if present else "defaults"
+            return _number(name, attribute, rspec[attribute]) if present else None
+
+        limit_kib = given("limit")
+        limit = kib_to_bytes(limit_kib) if limit_kib is not None else base.limit_bytes
+        thresh_kib = given("threshold")
+        if thresh_kib is not None:
+            threshold = kib_to_bytes(thresh_kib)
+        elif base.threshold_bytes is not None and limit_kib is None:
+            threshold = base.threshold_bytes
+        else:
+            threshold = limit * THRESHOLD_PERCENT // 100
+        max_kbit = given("max_rate")
+        max_rate = kbit_to_bps(max_kbit) if max_kbit is not None else (base.max_rate_bps or cap)
+        min_kbit = given("min_rate")
+        min_rate = kbit_to_bps(min_kbit) if min_kbit is not None else base.min_rate_bps
+        share = given("share")
+        max_rate = max(config.bwmin_bps, min(max_rate, cap))
+        min_rate = max(config.bwmin_bps, min(min_rate, cap // MIN_RATE_SHARE_OF_CAP, max_rate))
+        policies[tc] = ClassPolicy(
+            limit_bytes=limit,
+            threshold_bytes=min(threshold, limit),
+            min_rate_bps=min_rate,
+            max_rate_bps=max_rate,
+            share=max(1, share if share is not None else base.share),
+        )
+    return policies["default"], policies["exempt"], origin
+
+
+def _slice(name: object, xid: object, rspec: object, config: Config) -> DesiredSlice:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise SliceError(f"slice name {name!r} is not [a-z0-9_]{{1,64}} after a site prefix")
+    if isinstance(xid, bool) or not isinstance(xid, int):
+        raise SliceError(f"slice {name}: xid {xid!r} is not a whole number")
+    try:
+        check_xid(xid)
+    except SliceError as exc:
+        raise SliceError(f"slice {name}: {exc}") from None
+    if rspec is None:
+        rspec = {}
+    if not isinstance(rspec, Mapping):
+        raise SliceError(f"slice {name}: rspec {rspec!r} is not a mapping")
+    default, exempt, origin = resolve_policy(name, rspec, config)
+    return DesiredSlice(name, xid, default, exempt, origin)
+
+
+def _collect(
+    entries: list[tuple[str, object, object, object]], config: Config, where: str
+) -> DesiredSet:
+    slices: list[DesiredSlice] = []
+    errors: list[str] = []
+    names: set[str] = set()
+    xids: set[int] = set()
+    for label, name, xid, rspec in entries:
+        try:
+            want = _slice(name, xid, rspec, config)
+            if want.name in names:
+                raise SliceError(f"slice {want.name}: defined twice")
+            if want.xid in xids:
+                raise SliceError(f"slice {want.name}: xid {want.xid} already used by another slice")
+        except SliceError as exc:
+            line = f"{where}: {label}: {exc}; skipped"
+            log.error("%s", line)
+            errors.append(line)
+            continue
+        names.add(want.name)
+        xids.add(want.xid)
+        slices.append(want)
+    return DesiredSet(tuple(slices), errors=tuple(errors))
+
+
+def load_slices_file(path: str, config: Config) -> DesiredSet:
+    """The slices of a YAML slices file (``slices:`` a list of ``{name, xid, rspec}``)."""
+    data = read_yaml(path)
+    if not isinstance(data, dict) or set(data) - {"slices"}:
+        raise ConfigError(f"{path}: expected a mapping with one key, 'slices'")
+    items = data.get("slices") or []
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: slices: expected a list")
+    entries: list[tuple[str, object, object, object]] = []
+    for index, item in enumerate(items):
+        label = f"slices[{index}]"
+        if not isinstance(item, dict):
+            entries.append((label, item, None, None))
+            continue
+        unknown = set(item) - {"name", "xid", "rspec"}
+        name = item.get("name")
+        if unknown:
+            entries.append((label, name, None, None))
+            log.error("%s: %s: unknown key %s", path, label, sorted(unknown)[0])
+            continue
+        entries.append((f"{label} ({name})", name, item.get("xid"), item.get("rspec")))
+    return _collect(entries, config, path)
+
+
+def _uid(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def from_nodemanager_db(
+    db: Mapping[str, Mapping[str, Any]], config: Config, default_record_suffix: str = "_default"
+) -> DesiredSet:
+    """The slices of a PlanetLab node-manager database ``{name: {"name", "_rspec", …}}``."""
+    entries: list[tuple[str, object, object, object]] = []
+    for key, record in db.items():
+        name = record.get("name", key) if isinstance(record, Mapping) else key
+        rspec = record.get("_rspec", {}) if isinstance(record, Mapping) else None
+        if isinstance(name, str) and name.endswith(default_record_suffix):
+            rate = (rspec or {}).get("net_max_rate") if isinstance(rspec, Mapping) else None
+            if rate is not None and str(rate).strip() in ("-1", "-1.0"):
+                return DesiredSet((), limiting_off=True)
+            continue
+        xid = record.get("xid") if isinstance(record, Mapping) else None
+        if xid is None and isinstance(name, str):
+            xid = _uid(name)
+        entries.append((f"record {name}", name, xid, rspec))
+    return _collect(entries, config, "node manager database")
