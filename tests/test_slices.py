@@ -1,0 +1,118 @@
+"""Slice sources: historic units, clamps, skipped bad slices, the off switch."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bwenforcer.config import Config
+from bwenforcer.errors import ConfigError
+from bwenforcer.slices import from_nodemanager_db, load_slices_file, resolve_policy
+
+CFG = Config(node_cap_bps=10_000_000, bwmax_bps=100_000_000)
+
+
+def test_historic_units_and_defaults() -> None:
+    default, exempt, origin = resolve_policy(
+        "pl_a", {"net_max_rate": "2000", "net_max_kbyte": 1000, "net_i2_share": "3"}, CFG
+    )
+    assert default.max_rate_bps == 2_000_000  # kbit/s
+    assert default.limit_bytes == 1_024_000  # KiB
+    assert default.threshold_bytes == 1_024_000 * 80 // 100
+    assert exempt.max_rate_bps == 100_000_000 and exempt.share == 3
+    assert exempt.limit_bytes == CFG.defaults["exempt"].limit_bytes
+    assert origin["net_max_rate"] == "rspec" and origin["net_i2_max_kbyte"] == "defaults"
+
+
+def test_clamps_min_to_quarter_of_cap_and_floors() -> None:
+    default, _, _ = resolve_policy("pl_a", {"net_min_rate": 9000, "net_max_rate": 0}, CFG)
+    assert default.max_rate_bps == CFG.bwmin_bps
+    assert default.min_rate_bps == CFG.bwmin_bps
+    default, _, _ = resolve_policy("pl_a", {"net_min_rate": 9000}, CFG)
+    assert default.min_rate_bps == 2_500_000
+
+
+def test_bad_slices_are_skipped_with_one_error_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "slices:\n"
+        "  - {name: pl_good, xid: 10, rspec: {}}\n"
+        "  - {name: 'Bad Name', xid: 11}\n"
+        "  - {name: pl_big, xid: 70000}\n"
+        "  - {name: pl_neg, xid: 12, rspec: {net_max_rate: -5}}\n"
+        "  - {name: pl_nan, xid: 13, rspec: {net_max_kbyte: lots}}\n"
+        "  - {name: pl_dup, xid: 10}\n"
+        "  - {name: pl_ok2, xid: 14}\n"
+    )
+    with caplog.at_level(logging.ERROR):
+        desired = load_slices_file(str(path), CFG)
+    assert [s.name for s in desired.slices] == ["pl_good", "pl_ok2"]
+    assert len(desired.errors) == 5
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 5
+    joined = "\n".join(desired.errors)
+    for needle in (
+        "'Bad Name'",
+        "xid 70000 out of range",
+        "net_max_rate: -5 is negative",
+        "'lots' is not a number",
+        "xid 10 already used",
+    ):
+        assert needle in joined
+
+
+def test_unusable_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("- just a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping with one key"):
+        load_slices_file(str(path), CFG)
+
+
+def test_nodemanager_db_and_the_off_switch() -> None:
+    db = {
+        "pl_a": {"name": "pl_a", "xid": 501, "_rspec": {"net_max_rate": 1000}},
+        "pl_default": {"name": "pl_default", "_rspec": {"net_max_rate": 5000}},
+        "pl_nouid_zz": {"name": "pl_nouid_zz", "_rspec": {}},
+    }
+    desired = from_nodemanager_db(db, CFG)
+    assert [(s.name, s.xid) for s in desired.slices] == [("pl_a", 501)]
+    assert len(desired.errors) == 1 and not desired.limiting_off
+    db["pl_default"]["_rspec"]["net_max_rate"] = -1
+    assert from_nodemanager_db(db, CFG).limiting_off
+
+
+@given(
+    rspec=st.fixed_dictionaries(
+        {},
+        optional={
+            k: st.integers(0, 10**8)
+            for k in (
+                "net_min_rate",
+                "net_max_rate",
+                "net_i2_min_rate",
+                "net_i2_max_rate",
+                "net_max_kbyte",
+                "net_thresh_kbyte",
+                "net_i2_max_kbyte",
+                "net_i2_thresh_kbyte",
+                "net_share",
+                "net_i2_share",
+            )
+        },
+    )
+)
+def test_policy_is_always_within_bounds(rspec: dict[str, int]) -> None:
+    for policy, cap in zip(
+        resolve_policy("pl_x", rspec, CFG)[:2], (CFG.node_cap_bps, CFG.bwmax_bps), strict=True
+    ):
+        assert (
+            CFG.bwmin_bps <= policy.min_rate_bps <= policy.max_rate_bps <= max(cap, CFG.bwmin_bps)
+        )
+        assert policy.min_rate_bps <= max(CFG.bwmin_bps, cap // 4)
+        assert policy.threshold_bytes <= policy.limit_bytes
+        assert policy.share >= 1
