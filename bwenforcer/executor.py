@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .errors import DeliveryError
+from .errors import Error
 from .layout import TrafficClass
 from .model import ClassOp, OpFailure, SliceState, State
 from .planner import (
@@ -130,7 +130,7 @@ def execute(plan: Plan, kernel: KernelPort, notifier: Notifier | None) -> Outcom
         st = plan.state.slices[action.xid]
         try:
             notifier(action, st)
-        except DeliveryError as exc:
+        except Error as exc:  # delivery, or a message that cannot be built
             mail_failed += 1
             log.warning("slice %s xid %s: notification failed: %s", action.name, action.xid, exc)
             continue
