@@ -12,6 +12,8 @@ both namespaces and the processes in them.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import logging
 import os
 import shutil
@@ -121,14 +123,13 @@ def _show_mail(spool: Path, seen: set[Path], out: TextIO) -> None:
         if path in seen:
             continue
         seen.add(path)
-        text = path.read_text(errors="replace")
-        head, _, body = text.partition("\n\n")
-        wanted = ("From:", "To:", "Subject:")
+        msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
         print(f"\n  ✉ mail spooled: {path.name}", file=out)
-        for line in head.splitlines():
-            if line.startswith(wanted):
-                print(f"    {line}", file=out)
-        for line in body.strip().splitlines()[:12]:
+        for header in ("From", "To", "Subject"):
+            print(f"    {header}: {str(msg[header]).strip()}", file=out)
+        body = msg.get_body()
+        text = body.get_content() if body is not None else ""
+        for line in text.strip().splitlines()[:14]:
             print(f"    | {line}", file=out)
         print(file=out)
 
