@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from .model import (
 )
 from .planner import MIN_RATE_SHARE_OF_CAP
 from .policy import clamp_rates, counter_delta
+from .slices import ATTRIBUTES
 from .units import human_duration, human_rate, human_size
 
 RED = "\x1b[1;31m"
@@ -380,6 +381,7 @@ class ShowClass:
     policy: ClassPolicy  # in force: the saved one, or the desired one for a new slice
     pending: ClassPolicy | None  # the desired policy when it differs: applied next cycle
     kernel: KernelClass | None
+    origin: Mapping[str, str]  # policy field ("limit", "min_rate", …) -> "rspec" | "defaults"
 
     @property
     def ceil_bps(self) -> int | None:
@@ -412,7 +414,9 @@ def show_classes(report: SliceReport) -> tuple[ShowClass, ...]:
         policy = cs.policy if cs is not None else wanted
         assert policy is not None  # find_slice finds nothing without state or desired slice
         kc = None if report.kernel is None else report.kernel.cls(tc)
-        out.append(ShowClass(tc, cs, policy, wanted if wanted != policy else None, kc))
+        origin = {} if report.desired is None else report.desired.origin
+        fields = {f: origin[a] for f, a in ATTRIBUTES[tc].items() if a in origin}
+        out.append(ShowClass(tc, cs, policy, wanted if wanted != policy else None, kc, fields))
     return tuple(out)
 
 
@@ -506,13 +510,17 @@ def _pending_text(c: ShowClass) -> str:
 
 def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
     classes = show_classes(report)
+
+    def attr(field: str, text: str, c: ShowClass) -> str:
+        return f"{text} ({c.origin[field]})" if field in c.origin else text
+
     cells = {
         "used": _used_text,
-        "limit": lambda c: human_size(c.policy.limit_bytes),
-        "threshold": lambda c: human_size(c.policy.threshold_bytes),
-        "min rate": lambda c: human_rate(c.policy.min_rate_bps),
-        "max rate": lambda c: human_rate(c.policy.max_rate_bps),
-        "share": lambda c: str(c.policy.share),
+        "limit": lambda c: attr("limit", human_size(c.policy.limit_bytes), c),
+        "threshold": lambda c: attr("threshold", human_size(c.policy.threshold_bytes), c),
+        "min rate": lambda c: attr("min_rate", human_rate(c.policy.min_rate_bps), c),
+        "max rate": lambda c: attr("max_rate", human_rate(c.policy.max_rate_bps), c),
+        "share": lambda c: attr("share", str(c.policy.share), c),
         "ceil": lambda c: _ceil_text(c.ceil_bps),
         "capped": lambda c: "yes" if c.state is not None and c.state.capped else "no",
         "notified": lambda c: "yes" if c.state is not None and c.state.notified else "no",
@@ -546,12 +554,9 @@ def show_text(report: SliceReport, now_s: int) -> str:
     lines += render_table(("", "DEFAULT", "EXEMPT"), _class_rows(report))
     lines.append("")
     if report.desired is None:
-        lines.append("attributes: not in the desired slices (origin unknown)")
-    elif report.desired.origin:
-        origin = sorted(report.desired.origin.items())
-        lines.append("attributes: " + ", ".join(f"{key} from {src}" for key, src in origin))
+        lines.append("not in the desired slices: where its attributes came from is unknown")
     else:
-        lines.append("attributes: all from the defaults")
+        lines.append("(rspec): from the slice's attributes; (defaults): from the config")
     if not report.history:
         lines.append("history: nothing recorded in the last 24 h")
         return "\n".join(lines)

@@ -389,14 +389,18 @@ def test_show_a_dead_slice_and_a_new_one() -> None:
     assert text.splitlines()[0] == "slice pl_gone xid 14: dead"
     assert "ledger: died 2h00m ago as xid 14, entry expires in 5h12m" in text
 
-    new = DesiredSlice("pl_new", 20, policy(GiB), policy(GiB, max_rate=BWMAX_BPS))
+    assert "where its attributes came from is unknown" in text
+
+    origin = {"net_max_kbyte": "rspec", "net_i2_max_kbyte": "defaults"}
+    new = DesiredSlice("pl_new", 20, policy(GiB), policy(GiB, max_rate=BWMAX_BPS), origin)
     found = find_slice(fixed_state(), [new], "20")
     assert found is not None and found.status == "new" and found.name == "pl_new"
     doc = show_json(found)
     assert doc["period_end"] is None and doc["classes"]["default"]["used_bytes"] is None
     assert doc["classes"]["default"]["limit_bytes"] == GiB
-    assert doc["origin"] == {}
-    assert "attributes: all from the defaults" in show_text(found, NOW)
+    assert doc["origin"] == dict(sorted(origin.items()))
+    limit_row = next(r for r in show_text(found, NOW).splitlines() if r.startswith("limit"))
+    assert limit_row.split() == ["limit", "1GiB", "(rspec)", "1GiB", "(defaults)"]
 
 
 def test_find_slice_by_name_xid_hex_and_a_dead_slice_s_last_xid() -> None:

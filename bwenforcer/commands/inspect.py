@@ -1,0 +1,274 @@
+"""``bwenforcer status | show SLICE | ledger | reset SLICE``: what operators look at and do.
+
+``status``, ``show`` and ``ledger`` read the state file without the lock, so they
+never wait behind a running cycle; ``reset`` changes the state, so it takes the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import pwd
+import sys
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..model import DesiredSlice, KernelSnapshot, State
+
+ORDER = 40
+NOW_ENV = "BWENFORCER_NOW"
+
+log = logging.getLogger(__name__)
+
+_CLOCK_HELP = (
+    f"Times are relative to now; ${NOW_ENV} (Unix seconds) replaces now, for reproducible output."
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``status``, ``show``, ``ledger`` and ``reset`` verbs."""
+    status = sub.add_parser(
+        "status",
+        help="every slice: usage, limit, threshold, ceil, capped",
+        description=(
+            "One row per live slice, capped slices first, then by share of budget used."
+            " Reads the state file without the lock (never waits for a running cycle) and"
+            " the kernel for the current ceils; without the kernel, the last applied ceils"
+            " are shown. Colour only on a terminal (and not with NO_COLOR). " + _CLOCK_HELP
+        ),
+    )
+    status.add_argument("--json", action="store_true", help='print {"slices": […], "ledger": […]}')
+    status.set_defaults(func=run_status)
+
+    show = sub.add_parser(
+        "show",
+        help="everything about one slice",
+        description=(
+            "Usage, limits and where they came from (rspec or defaults), baselines, kernel"
+            " counters, the last 24 h and the ledger entry of one slice. " + _CLOCK_HELP
+        ),
+    )
+    show.add_argument("slice", metavar="SLICE", help="slice name or xid")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=run_show)
+
+    ledger = sub.add_parser(
+        "ledger",
+        help="dead-slice ledger",
+        description=(
+            "Slices deleted within their period: their usage is kept until the period"
+            " would have ended, so re-creating a slice does not give it a fresh budget. "
+            + _CLOCK_HELP
+        ),
+    )
+    ledger.add_argument("--json", action="store_true", help='print {"ledger": […]}')
+    ledger.set_defaults(func=run_ledger)
+
+    reset = sub.add_parser(
+        "reset",
+        help="operator forgives a slice: new baseline, caps lifted",
+        description=(
+            "Forgive a live slice's usage: from now on it is counted from the kernel's"
+            " current counter (bytes sent before are never counted), its usage is 0, its"
+            " caps are lifted at once and it may be notified again. The recording period is"
+            " NOT restarted: only the budget used so far is forgiven, and the period ends"
+            " when it would have. Takes the state lock (waits up to lock_timeout, then"
+            " exits 3) and logs the operator's user name."
+        ),
+    )
+    reset.add_argument("slice", metavar="SLICE", help="slice name or xid")
+    reset.add_argument(
+        "--class",
+        dest="traffic_class",
+        choices=("default", "exempt"),
+        help="forgive only this traffic class (default: both)",
+    )
+    reset.set_defaults(func=run_reset)
+
+
+def now_s() -> int:
+    """The time commands show things relative to: ``$BWENFORCER_NOW`` or the clock."""
+    from ..errors import UsageError
+
+    fixed = os.environ.get(NOW_ENV)
+    if not fixed:
+        return int(time.time())
+    try:
+        return int(fixed)
+    except ValueError:
+        raise UsageError(f"${NOW_ENV}={fixed!r}: expected Unix seconds") from None
+
+
+def use_colour(stream: TextIO) -> bool:
+    """ANSI colour only on a terminal, and not when NO_COLOR is set or TERM is dumb."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return stream.isatty()
+
+
+def operator_name() -> str:
+    """Who runs the command: the sudo caller, the login name, or the effective user."""
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user:
+        return sudo_user
+    try:
+        return os.getlogin()
+    except OSError:
+        pass  # no controlling terminal (cron, tests): fall back to the effective uid
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def _read_state(config: Config) -> State:
+    from ..statestore import StateStore
+
+    loaded = StateStore(config.state_file).read_unlocked()
+    if loaded.recovered_from:
+        print(
+            f"bwenforcer: {config.state_file} unusable: showing its backup {loaded.recovered_from}",
+            file=sys.stderr,
+        )
+    return loaded.state
+
+
+def _dump(config: Config) -> KernelSnapshot | None:
+    """The kernel's classes, or None (said on stderr in one line) when it cannot be read."""
+    from ..errors import KernelError
+    from ..htb import HtbBackend
+
+    try:
+        with HtbBackend(config.device) as kernel:
+            return kernel.dump()
+    except KernelError as exc:
+        print(
+            f"bwenforcer: kernel unavailable ({exc}): ceils shown are the last applied",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print every slice's usage, limits and ceils."""
+    from ..config import load_config
+    from ..errors import ExitCode
+    from ..inspection import status_json, status_table
+
+    config = load_config(args.config)
+    state = _read_state(config)
+    snapshot = _dump(config)
+    if args.json:
+        _print_json(status_json(state, snapshot))
+    else:
+        print(status_table(state, snapshot, now_s(), colour=use_colour(sys.stdout)))
+    return int(ExitCode.OK)
+
+
+def run_ledger(args: argparse.Namespace) -> int:
+    """Print the dead-slice ledger."""
+    from ..config import load_config
+    from ..errors import ExitCode
+    from ..inspection import ledger_json, ledger_table
+
+    state = _read_state(load_config(args.config))
+    if args.json:
+        _print_json(ledger_json(state))
+    else:
+        print(ledger_table(state, now_s()))
+    return int(ExitCode.OK)
+
+
+def _desired(config: Config) -> tuple[DesiredSlice, ...]:
+    """The desired slices, or none (said on stderr) when the slices cannot be read."""
+    from ..agent import load_desired
+    from ..errors import Error
+
+    try:
+        return load_desired(config).slices
+    except Error as exc:
+        print(f"bwenforcer: slices unavailable ({exc}): origins unknown", file=sys.stderr)
+        return ()
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Print everything about one slice."""
+    from ..config import load_config
+    from ..errors import ExitCode, UsageError
+    from ..inspection import find_slice, show_json, show_text
+
+    config = load_config(args.config)
+    state = _read_state(config)
+    report = find_slice(state, _desired(config), args.slice)
+    if report is None:
+        raise UsageError(f"slice {args.slice!r}: not in the state, the ledger or the slices file")
+    snapshot = _dump(config)
+    if snapshot is not None and report.status != "dead" and report.xid is not None:
+        report = dataclasses.replace(report, kernel=snapshot.slices.get(report.xid))
+    report = dataclasses.replace(report, kernel_available=snapshot is not None)
+    if args.json:
+        _print_json(show_json(report))
+    else:
+        print(show_text(report, now_s()))
+    return int(ExitCode.OK)
+
+
+def run_reset(args: argparse.Namespace) -> int:
+    """Forgive a live slice under the state lock and lift its caps now."""
+    from ..config import load_config
+    from ..errors import ExitCode, KernelError, UsageError
+    from ..htb import HtbBackend
+    from ..inspection import find_slice, forgive, reset_line, until
+    from ..layout import TRAFFIC_CLASSES
+    from ..statestore import StateStore
+
+    config = load_config(args.config)
+    classes = (args.traffic_class,) if args.traffic_class else TRAFFIC_CLASSES
+    store = StateStore(config.state_file)
+    failures: list[str] = []
+    with store.lock(config.lock_timeout_s):
+        state = store.load().state
+        found = find_slice(state, (), args.slice)
+        if found is None or found.live is None:
+            where = "only in the ledger" if found is not None else "not in the state"
+            raise UsageError(f"slice {args.slice!r}: {where}; only a live slice can be reset")
+        before = found.live
+        try:
+            with HtbBackend(config.device) as kernel:
+                forgiven = forgive(state, before.xid, classes, kernel.dump(), config.bwmin_bps)
+                failures = [
+                    f"slice {before.name} xid {before.xid} {f.op.traffic_class}: ceil not"
+                    f" lifted: {f.message}"
+                    for f in kernel.apply(forgiven.ops)
+                ]
+            lifted = "now"
+        except KernelError as exc:
+            print(
+                f"bwenforcer: kernel unavailable ({exc}): usage counted from the last counter"
+                " seen, caps lifted at the next cycle",
+                file=sys.stderr,
+            )
+            forgiven = forgive(state, before.xid, classes, None, config.bwmin_bps)
+            lifted = "at the next cycle"
+        now = now_s()
+        store.save(forgiven.state, now)
+    log.warning("%s", reset_line(operator_name(), before, forgiven.slice, classes))
+    for line in failures:
+        log.error("%s", line)
+        print(f"bwenforcer: {line}", file=sys.stderr)
+    after = forgiven.slice
+    print(
+        f"slice {after.name} xid {after.xid}: {' and '.join(classes)} usage reset to 0,"
+        f" caps lifted {lifted}; the period still ends {until(after.period_end_s, now)}"
+    )
+    return int(ExitCode.PARTIAL if failures else ExitCode.OK)
