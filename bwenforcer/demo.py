@@ -56,7 +56,7 @@ interval: {cycle}s
 state_file: {dir}/state.json
 slices_file: {dir}/slices.yaml
 defaults:
-  default: {{limit: 6MB, threshold: 3MB}}
+  default: {{limit: 12MB, threshold: 4MB}}
   exempt: {{limit: 50MB, threshold: 40MB, max_rate: 4mbit}}
 mail:
   transport: spool
