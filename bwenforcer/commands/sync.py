@@ -39,6 +39,12 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     agent = Agent(config)
     result = agent.cycle(load_desired(config), dry_run=args.dry_run)
+    if config.metrics.textfile and not result.dry_run:
+        from ..metrics import AgentMetrics, write_textfile
+
+        metrics = AgentMetrics()
+        metrics.observe(result)
+        write_textfile(config.metrics.textfile, metrics)
     if args.json:
         json.dump(result_json(result), sys.stdout, indent=2)
         sys.stdout.write("\n")
