@@ -211,19 +211,19 @@ def _counter(kernel: KernelSlice | None, traffic_class: TrafficClass) -> int | N
 
 def _account(cs: ClassState, counter_bytes: int | None) -> tuple[ClassState, int]:
     """Add the bytes since the last reading; a missing class restarts its counter at 0."""
+    # Direct construction: dataclasses.replace costs ~10 µs a call, 8 calls a slice.
     if counter_bytes is None:
-        return dataclasses.replace(cs, last_counter_bytes=0), 0
+        return ClassState(cs.policy, cs.used_bytes, 0, cs.ceil_bps, cs.capped, cs.notified), 0
     delta = counter_delta(counter_bytes, cs.last_counter_bytes)
-    return (
-        dataclasses.replace(cs, used_bytes=cs.used_bytes + delta, last_counter_bytes=counter_bytes),
-        delta,
-    )
+    used = cs.used_bytes + delta
+    return ClassState(cs.policy, used, counter_bytes, cs.ceil_bps, cs.capped, cs.notified), delta
 
 
 def _account_slice(st: SliceState, kernel: KernelSlice | None) -> tuple[SliceState, int, int]:
     default, d_delta = _account(st.default, _counter(kernel, "default"))
     exempt, e_delta = _account(st.exempt, _counter(kernel, "exempt"))
-    return dataclasses.replace(st, default=default, exempt=exempt), d_delta, e_delta
+    moved = SliceState(st.name, st.xid, st.period_start_s, st.period_end_s, default, exempt)
+    return moved, d_delta, e_delta
 
 
 def _rebaseline(st: SliceState, kernel: KernelSlice | None, xid: int) -> SliceState:
@@ -289,7 +289,11 @@ def _plan_live(
     lines: dict[TrafficClass, ClassLine] = {}
     to_notify: list[TrafficClass] = []
     for tc, delta in zip(TRAFFIC_CLASSES, deltas, strict=True):
-        cs = dataclasses.replace(st.cls(tc), policy=want.policy(tc))
+        old = st.cls(tc)
+        policy = want.policy(tc)
+        cs = ClassState(
+            policy, old.used_bytes, old.last_counter_bytes, old.ceil_bps, old.capped, old.notified
+        )
         rates, capped = _target_rates(cs, caps[tc], st.period_end_s, now_s, params.bwmin_bps)
         current = None if kernel is None else kernel.cls(tc)
         if current is None:
@@ -298,25 +302,28 @@ def _plan_live(
             actions.append(SetRates(want.name, want.xid, tc, current.rates, rates))
         if capped and not cs.notified:
             to_notify.append(tc)
-        new_classes[tc] = dataclasses.replace(cs, ceil_bps=rates.max_rate_bps, capped=capped)
+        new_classes[tc] = ClassState(
+            policy, cs.used_bytes, cs.last_counter_bytes, rates.max_rate_bps, capped, cs.notified
+        )
         lines[tc] = ClassLine(
             tc,
             cs.used_bytes,
             delta,
-            cs.policy.threshold_bytes,
-            cs.policy.limit_bytes,
+            policy.threshold_bytes,
+            policy.limit_bytes,
             None if current is None else current.rates.max_rate_bps,
             rates.max_rate_bps,
             capped,
         )
     if to_notify:
         actions.append(Notify(want.name, want.xid, tuple(to_notify)))
-    st = dataclasses.replace(
-        st,
-        name=want.name,
-        xid=want.xid,
-        default=new_classes["default"],
-        exempt=new_classes["exempt"],
+    st = SliceState(
+        want.name,
+        want.xid,
+        st.period_start_s,
+        st.period_end_s,
+        new_classes["default"],
+        new_classes["exempt"],
     )
     line = SliceLine(
         want.name, want.xid, st.period_start_s, st.period_end_s, lines["default"], lines["exempt"]
