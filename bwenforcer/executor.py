@@ -145,4 +145,3 @@ def execute(plan: Plan, kernel: KernelPort, notifier: Notifier | None) -> Outcom
         mails_failed=mail_failed,
         counts=_count(plan),
     )
-
