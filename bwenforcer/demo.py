@@ -178,7 +178,7 @@ def run_demo(
             with HtbBackend(config.device, netns=pair.a) as kernel:
                 kernel.init(parse_rate_bps(NODE_CAP), config.bwmax_bps)
             procs.append(start_sink(pair.b, PORT, run_s + 10))
-            procs += _senders(pair, run_s)
+            procs += _senders(pair, run_s, workdir)
             agent = Agent(config, clock=clock, netns=pair.a)
             return _loop(agent, load_desired(config), pair, workdir, out=out, run_s=run_s)
     finally:
@@ -186,15 +186,19 @@ def run_demo(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _senders(pair: Pair, run_s: float) -> list[subprocess.Popen]:
+def _senders(pair: Pair, run_s: float, workdir: Path) -> list[subprocess.Popen]:
+    log = (workdir / "senders.log").open("ab")
     return [
-        start_sender(pair.a, HEAVY, pair.b_addr, PORT, max_bytes=80_000_000, seconds=run_s),
         start_sender(
-            pair.a, LIGHT, pair.b_addr, PORT, max_bytes=4_000_000, seconds=run_s, rate_bps=200_000
+            pair.a, HEAVY, pair.b_addr, PORT, max_bytes=80_000_000, seconds=run_s, log=log
+        ),
+        start_sender(
+            pair.a, LIGHT, pair.b_addr, PORT, max_bytes=4_000_000, seconds=run_s, rate_bps=200_000,
+            log=log,
         ),
         start_sender(
             pair.a, EXEMPT, pair.exempt_addr, PORT, max_bytes=8_000_000, seconds=run_s,
-            rate_bps=600_000,
+            rate_bps=600_000, log=log,
         ),
     ]  # fmt: skip
 
@@ -220,6 +224,9 @@ def _loop(
             released = True
             print("\n  ▶ demo_heavy's period ended: cap lifted, usage back to 0\n", file=out)
         print(f"--- t={now - start:5.1f}s  cycle {result.result}", file=out)
+        errors = (workdir / "senders.log").read_text(errors="replace").strip()
+        if errors:
+            print(f"  traffic generator error: {errors.splitlines()[-1]}", file=out)
         for row in _table(result, snapshot, meter, now):
             print(f"  {row}", file=out)
         _show_mail(workdir / "spool", seen, out)
@@ -240,7 +247,13 @@ def _loop(
 def main() -> int:
     """Entry for the CLI verb: SIGTERM cleans up like Ctrl-C."""
 
+    main_pid = os.getpid()
+
     def on_term(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != main_pid:
+            # a forked copy (pyroute2's namespace-socket helper) inherits this handler;
+            # unwinding there would run the demo's cleanup and kill the traffic
+            os._exit(0)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)

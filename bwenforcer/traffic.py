@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from typing import IO
 
 # Discards whatever arrives on a TCP port (IPv4 and IPv6) until its time is up.
 _SINK = """
@@ -63,8 +64,8 @@ while sent < max_bytes and time.monotonic() < deadline:
         sent += s.send(chunk[: max_bytes - sent])
     except socket.timeout:
         continue
-    except OSError:
-        break
+    except OSError as exc:
+        sys.exit(f"sender {host}:{port}: {exc}")
 try:  # wait until the sink has read everything, so no byte is left in flight
     s.shutdown(socket.SHUT_WR)
     s.settimeout(5)
@@ -114,13 +115,22 @@ def start_sink(netns: str, port: int, seconds: float) -> subprocess.Popen[str]:
 
 
 def start_sender(
-    netns: str, uid: int, host: str, port: int, *, max_bytes: int, seconds: float, rate_bps: int = 0
+    netns: str,
+    uid: int,
+    host: str,
+    port: int,
+    *,
+    max_bytes: int,
+    seconds: float,
+    rate_bps: int = 0,
+    log: IO[bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a sender as ``uid``; it stops by itself after its bounds."""
+    """Start a sender as ``uid``; it stops by itself after its bounds. Errors go to ``log``."""
     return subprocess.Popen(
         sender_argv(
             netns, uid, host, port, max_bytes=max_bytes, seconds=seconds, rate_bps=rate_bps
         ),
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log if log is not None else subprocess.DEVNULL,
     )
