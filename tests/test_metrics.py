@@ -14,6 +14,8 @@ from bwenforcer.executor import Outcome
 from bwenforcer.metrics import AgentMetrics, write_textfile
 from bwenforcer.model import State
 from bwenforcer.planner import plan
+from tests.kernel_helpers import bwenforcer_in
+from tests.netns import Netns
 from tests.planner_data import PARAMS, T0, desired, kslice, snapshot, want
 
 
@@ -78,3 +80,22 @@ def test_no_cycle_yet_still_exposes_valid_families() -> None:
     text = generate_latest(AgentMetrics().registry()).decode()
     assert _promtool(text).returncode == 0
     assert "# TYPE bwenforcer_slice_used_bytes gauge" in text
+
+
+@pytest.mark.kernel
+def test_cron_sync_writes_a_valid_textfile(ns: Netns, tmp_path: Path) -> None:
+    (tmp_path / "slices.yaml").write_text(
+        "slices:\n  - {name: pl_t, xid: 51, rspec: {net_thresh_kbyte: 0}}\n"
+    )
+    cfg = tmp_path / "c.yaml"
+    prom = tmp_path / "textfile" / "bwenforcer.prom"
+    prom.parent.mkdir()
+    cfg.write_text(
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: {tmp_path}/slices.yaml\nmetrics: {{listen: null, textfile: {prom}}}\n"
+    )
+    assert bwenforcer_in(ns, "--config", str(cfg), "tc", "init").returncode == 0
+    assert bwenforcer_in(ns, "--config", str(cfg), "sync").returncode == 0
+    text = prom.read_text()
+    assert 'bwenforcer_slice_capped{class="default",slice="pl_t",xid="51"} 1.0' in text
+    assert _promtool(text).returncode == 0
+    assert [p.name for p in prom.parent.iterdir()] == ["bwenforcer.prom"]  # written atomically
