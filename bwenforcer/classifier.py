@@ -2,8 +2,9 @@
 
 In the output path, a new connection whose socket belongs to a slice's uid gets
 the conntrack mark 0x1000|xid, or 0x2000|xid when its destination is in the
-exempt prefix sets; every packet's mark is then restored from the conntrack
-mark, which also catches the packets sent without a socket owner. Two uid →
+exempt prefix sets; every packet of a marked connection then gets its mark
+from the conntrack mark, which also catches the packets sent without a socket
+owner (packets of other connections keep whatever mark they had). Two uid →
 mark maps keep it one lookup per packet for any number of slices. The table
 (``inet``, so IPv4 and IPv6) is replaced in one ``nft -f`` transaction and
 nothing else on the host is touched.
@@ -17,7 +18,7 @@ import logging
 import subprocess
 from dataclasses import dataclass
 
-from .errors import ClassifierError
+from .errors import ClassifierError, ConfigError
 from .layout import mark
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,38 @@ def _elements(items: list[str]) -> str:
     return f" elements = {{ {', '.join(items)} }};" if items else ""
 
 
+def _collapsed(prefixes: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The exempt prefixes as (IPv4, IPv6) lists, normalised and collapsed.
+
+    Collapsing matters: nft refuses overlapping elements in an interval set.
+    """
+    v4: list[ipaddress.IPv4Network] = []
+    v6: list[ipaddress.IPv6Network] = []
+    for text in prefixes:
+        try:
+            net = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"classifier exempt prefix {text!r} is not a CIDR prefix") from None
+        if isinstance(net, ipaddress.IPv4Network):
+            v4.append(net)
+        else:
+            v6.append(net)
+    return (
+        [str(n) for n in ipaddress.collapse_addresses(v4)],
+        [str(n) for n in ipaddress.collapse_addresses(v6)],
+    )
+
+
 def spec_digest(spec: ClassifierSpec) -> str:
     """A short digest of a spec, kept in the table's comment to skip needless reloads."""
-    text = repr((sorted(set(spec.xids)), sorted(set(spec.exempt_prefixes))))
+    text = repr((sorted(set(spec.xids)), _collapsed(spec.exempt_prefixes)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def render_ruleset(spec: ClassifierSpec, table: str = TABLE) -> str:
     """The whole ``nft -f`` script: create, delete and redefine the table in one transaction."""
     xids = sorted(set(spec.xids))
-    v4 = [p for p in spec.exempt_prefixes if ipaddress.ip_network(p).version == 4]
-    v6 = [p for p in spec.exempt_prefixes if ipaddress.ip_network(p).version == 6]
+    v4, v6 = _collapsed(spec.exempt_prefixes)
     default_map = [f"{x} : {mark(x, 'default'):#x}" for x in xids]
     exempt_map = [f"{x} : {mark(x, 'exempt'):#x}" for x in xids]
     return f"""table inet {table}
@@ -64,7 +86,7 @@ table inet {table} {{
     ct mark 0 ip daddr @exempt4 ct mark set meta skuid map @slice_exempt
     ct mark 0 ip6 daddr @exempt6 ct mark set meta skuid map @slice_exempt
     ct mark 0 ct mark set meta skuid map @slice_default
-    meta mark set ct mark
+    ct mark != 0 meta mark set ct mark
   }}
 }}
 """
@@ -94,7 +116,8 @@ class Classifier:
             raise ClassifierError(f"{self.nft} did not answer in {NFT_TIMEOUT_S}s") from None
 
     def _installed_digest(self) -> str | None:
-        proc = self._run("list", "table", "inet", self.table)
+        # terse: the comment without thousands of map elements
+        proc = self._run("-t", "list", "table", "inet", self.table)
         if proc.returncode != 0:
             return None
         for line in proc.stdout.splitlines():
@@ -104,7 +127,7 @@ class Classifier:
 
     def installed(self) -> bool:
         """True when the table exists."""
-        return self._run("list", "table", "inet", self.table).returncode == 0
+        return self._run("-t", "list", "table", "inet", self.table).returncode == 0
 
     def apply(self, spec: ClassifierSpec) -> bool:
         """Install the table for ``spec`` atomically; False if it was already in place."""

@@ -2,28 +2,81 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import random
+import re
 
-from bwenforcer.classifier import Classifier, ClassifierSpec, render_ruleset
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bwenforcer.classifier import Classifier, ClassifierSpec, render_ruleset, spec_digest
+from bwenforcer.errors import ClassifierError, ConfigError
 from bwenforcer.htb import HtbBackend
 from bwenforcer.traffic import start_sender, start_sink
-from tests.netns import NetnsPair, netns_pair
+from tests.netns import Netns, NetnsPair, netns_pair
 
 EXEMPT = "198.19.0.1"
 
 
-def test_render_is_one_transaction_with_maps_and_sets() -> None:
-    text = render_ruleset(ClassifierSpec((1234, 7), ("198.19.0.0/16", "2001:db8::/32")))
-    lines = text.splitlines()
-    assert lines[0] == "table inet bwenforcer" and lines[1] == "delete table inet bwenforcer"
-    assert (
-        "map slice_default { type uid : mark; elements = { 7 : 0x1007, 1234 : 0x14d2 }; }" in text
-    )
-    assert "map slice_exempt { type uid : mark; elements = { 7 : 0x2007, 1234 : 0x24d2 }; }" in text
-    assert "set exempt4 { type ipv4_addr; flags interval; elements = { 198.19.0.0/16 }; }" in text
-    assert "set exempt6 { type ipv6_addr; flags interval; elements = { 2001:db8::/32 }; }" in text
-    empty = render_ruleset(ClassifierSpec((), ()))
-    assert "elements" not in empty
+GOLDEN = """\
+table inet bwenforcer
+delete table inet bwenforcer
+table inet bwenforcer {
+  comment "bwenforcer spec 518d97db657be0de"
+  map slice_default { type uid : mark; elements = { 7 : 0x1007, 1234 : 0x14d2 }; }
+  map slice_exempt { type uid : mark; elements = { 7 : 0x2007, 1234 : 0x24d2 }; }
+  set exempt4 { type ipv4_addr; flags interval; elements = { 198.19.0.0/16 }; }
+  set exempt6 { type ipv6_addr; flags interval; elements = { 2001:db8::/32 }; }
+  chain output {
+    type route hook output priority mangle; policy accept;
+    ct mark 0 ip daddr @exempt4 ct mark set meta skuid map @slice_exempt
+    ct mark 0 ip6 daddr @exempt6 ct mark set meta skuid map @slice_exempt
+    ct mark 0 ct mark set meta skuid map @slice_default
+    ct mark != 0 meta mark set ct mark
+  }
+}
+"""
+
+
+def test_render_golden_one_transaction_with_maps_and_collapsed_sets() -> None:
+    # duplicates, host bits and an overlapping prefix (nft refuses overlaps) are normalised
+    spec = ClassifierSpec((1234, 7, 7), ("198.19.3.4/16", "2001:db8::1/32", "198.19.0.0/24"))
+    assert render_ruleset(spec) == GOLDEN
+
+
+def test_render_empty_spec_defines_empty_maps_and_sets() -> None:
+    text = render_ruleset(ClassifierSpec((), ()), table="other")
+    assert text.splitlines()[:2] == ["table inet other", "delete table inet other"]
+    assert "map slice_default { type uid : mark; }" in text
+    assert "set exempt6 { type ipv6_addr; flags interval; }" in text
+    assert "elements" not in text
+
+
+@given(
+    st.lists(st.integers(1, 4094), max_size=20),
+    st.lists(st.sampled_from(["10.0.0.0/8", "10.1.2.3/16", "2001:db8::/48", "::1"]), max_size=5),
+    st.randoms(),
+)
+def test_order_and_duplicates_do_not_change_the_rendering(
+    xids: list[int], prefixes: list[str], rnd: random.Random
+) -> None:
+    shuffled_x, shuffled_p = xids * 2, prefixes[:]
+    rnd.shuffle(shuffled_x)
+    rnd.shuffle(shuffled_p)
+    a = ClassifierSpec(tuple(xids), tuple(prefixes))
+    b = ClassifierSpec(tuple(shuffled_x), tuple(shuffled_p))
+    assert render_ruleset(a) == render_ruleset(b)
+    assert spec_digest(a) == spec_digest(b)
+    other = next(x for x in range(1, 4095) if x not in xids)
+    assert spec_digest(a) != spec_digest(ClassifierSpec((*xids, other), tuple(prefixes)))
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.300/8", "example.org", "10.0.0.0/33", ""])
+def test_bad_prefix_is_a_config_error_naming_it(bad: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(repr(bad))) as info:
+        render_ruleset(ClassifierSpec((1,), ("10.0.0.0/8", bad)))
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.kernel
@@ -79,7 +132,32 @@ def test_uid_marks_default_exempt_ipv6_and_leaves_other_uids_alone() -> None:
 
 
 def test_missing_nft_is_a_clear_error() -> None:
-    from bwenforcer.errors import ClassifierError
-
     with pytest.raises(ClassifierError, match="not found"):
         Classifier(nft="/nonexistent/nft").apply(ClassifierSpec((), ()))
+
+
+@pytest.mark.kernel
+def test_nft_refusal_is_one_line_with_nfts_first_error(ns: Netns) -> None:
+    with pytest.raises(ClassifierError) as info:
+        Classifier(netns=ns.name, table="no such").apply(ClassifierSpec((), ()))
+    message = str(info.value)
+    assert message.startswith("nft table inet no such: ") and "Error" in message
+    assert "\n" not in message
+    assert ns.run("nft", "list", "ruleset").stdout.strip() == ""
+
+
+@pytest.mark.kernel
+def test_empty_spec_installs_and_4000_uids_go_in_one_call(ns: Netns) -> None:
+    c = Classifier(netns=ns.name)
+    assert c.apply(ClassifierSpec((), ()))
+    assert c.installed()
+    many = ClassifierSpec(tuple(range(1, 4001)), ("198.19.0.0/16", "2001:db8:b0e::/48"))
+    assert c.apply(many)
+    assert not c.apply(many)
+    listed = json.loads(ns.run("nft", "-j", "list", "table", "inet", "bwenforcer").stdout)
+    maps = {o["map"]["name"]: o["map"] for o in listed["nftables"] if "map" in o}
+    assert set(maps) == {"slice_default", "slice_exempt"}
+    default = dict(maps["slice_default"]["elem"])
+    exempt = dict(maps["slice_exempt"]["elem"])
+    assert len(default) == len(exempt) == 4000
+    assert default[4000] == 0x1FA0 and exempt[1] == 0x2001
