@@ -7,9 +7,10 @@ No rate tables are sent: HTB does not need ``TCA_HTB_RTAB/CTAB``.
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # netlink
 NLMSG_ERROR = 2
@@ -29,7 +30,7 @@ RTM_GETTCLASS = 42
 RTM_NEWTFILTER = 44
 IFLA_IFNAME = 3
 TC_H_ROOT = 0xFFFFFFFF
-ETH_P_ALL_BE = 0x0300  # htons(ETH_P_ALL)
+ETH_P_ALL = 0x0003
 
 # traffic control attributes
 TCA_KIND = 1
@@ -48,16 +49,17 @@ HTB_VERSION = 3
 HTB_RATE2QUANTUM = 10
 
 _NLMSGHDR = struct.Struct("=IHHII")
-_TCMSG = struct.Struct("=BxxxiIII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _RTATTR = struct.Struct("=HH")
 _RATESPEC = struct.Struct("=BBHhHI")
 _HTB_OPT = struct.Struct("=BBHhHIBBHhHIIIIII")
 _HTB_GLOB = struct.Struct("=IIIII")
+_U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
 _ERRNO = struct.Struct("=i")
-_HDR_LEN = _NLMSGHDR.size + _TCMSG.size
+TC_HEADER = struct.Struct("=IHHIIBxxxiIII")  # nlmsghdr + tcmsg, packed in one call
+_HDR_LEN = TC_HEADER.size
 _U32_MAX = 0xFFFFFFFF
 _NS_PER_TICK = 64  # PSCHED_TICKS2NS: a psched tick is 2**6 ns
 BURST_BYTES = 1600  # tc's default burst on a high-resolution clock: one MTU
@@ -96,17 +98,15 @@ def message(
     info: int = 0,
 ) -> bytes:
     """A whole tc netlink message (nlmsghdr + tcmsg + attributes)."""
-    length = _HDR_LEN + len(body)
-    return (
-        _NLMSGHDR.pack(length, msg_type, flags, seq, 0)
-        + _TCMSG.pack(0, ifindex, handle, parent, info)
-        + body
-    )
+    return TC_HEADER.pack(_HDR_LEN + len(body), msg_type, flags, seq, 0, 0, ifindex, handle,
+                          parent, info) + body  # fmt: skip
 
 
-def patch_seq(msg: bytearray | memoryview, offset: int, seq: int) -> None:
-    """Set the sequence number of the message at ``offset`` in a batch buffer."""
-    struct.pack_into("=I", msg, offset + 8, seq)
+def with_ack(msg: bytes) -> bytes:
+    """``msg`` with NLM_F_ACK added to its flags."""
+    out = bytearray(msg)
+    _U16.pack_into(out, 6, _U16.unpack_from(out, 6)[0] | NLM_F_ACK)
+    return bytes(out)
 
 
 def link_request(seq: int, name: str) -> bytes:
@@ -158,7 +158,7 @@ def bpf_filter_options(classid: int) -> bytes:
     ops = b"".join(struct.pack("=HBBI", *insn) for insn in MARK_TO_CLASS_PROGRAM)
     options = (
         attr(TCA_BPF_CLASSID, _U32.pack(classid))
-        + attr(TCA_BPF_OPS_LEN, struct.pack("=H", len(MARK_TO_CLASS_PROGRAM)))
+        + attr(TCA_BPF_OPS_LEN, _U16.pack(len(MARK_TO_CLASS_PROGRAM)))
         + attr(TCA_BPF_OPS, ops)
     )
     return attr(TCA_KIND, b"bpf\0") + attr(TCA_OPTIONS, options)
@@ -166,7 +166,7 @@ def bpf_filter_options(classid: int) -> bytes:
 
 def filter_info(prio: int) -> int:
     """tcm_info of a filter: priority and protocol (all)."""
-    return (prio << 16) | ETH_P_ALL_BE
+    return (prio << 16) | socket.htons(ETH_P_ALL)  # the protocol is in network order
 
 
 def split(buffer: memoryview) -> Iterator[tuple[int, int, int, memoryview]]:
@@ -175,7 +175,7 @@ def split(buffer: memoryview) -> Iterator[tuple[int, int, int, memoryview]]:
     end = len(buffer)
     while offset + _NLMSGHDR.size <= end:
         length, msg_type, flags, seq, _ = _NLMSGHDR.unpack_from(buffer, offset)
-        if length < _NLMSGHDR.size:
+        if length < _NLMSGHDR.size or offset + length > end:
             return
         yield msg_type, flags, seq, buffer[offset : offset + length]
         offset += _pad(length)
@@ -186,8 +186,7 @@ def error_code(msg: memoryview) -> int:
     return -_ERRNO.unpack_from(msg, _NLMSGHDR.size)[0]
 
 
-@dataclass(frozen=True)
-class ClassRecord:
+class ClassRecord(NamedTuple):
     """The fields of one dumped HTB class that bwenforcer reads."""
 
     handle: int
@@ -195,63 +194,125 @@ class ClassRecord:
     rate_bytes_s: int
     ceil_bytes_s: int
     quantum_bytes: int
-    bytes: int
+    sent_bytes: int  # 64-bit counter from TCA_STATS2 → TCA_STATS_BASIC
 
 
-_TCMSG_FIELDS = struct.Struct("=xxxxxxxxII")  # skip family/pad/ifindex; handle, parent
+_new_record = tuple.__new__  # builds a ClassRecord without NamedTuple's Python-level __new__
+
+# Every HTB class the kernel dumps with rates below 2**32 bytes/s has the same
+# layout up to its byte counter, so one unpack reads all a class needs. The
+# attribute headers it covers are compared with the expected ones; a class that
+# differs (RATE64/CEIL64, another order) takes the attribute walk of parse_class.
+_FAST = struct.Struct(
+    "=IH2xI12xII4x"  # nlmsghdr (len, type, seq) + tcmsg (handle, parent)
+    "I4sII"  # TCA_KIND header, "htb\0", TCA_OPTIONS header, TCA_HTB_PARMS header
+    "8xI8xI8xI8x"  # tc_htb_opt: rate.rate, ceil.rate, quantum
+    "2xH2xHQ"  # types of TCA_STATS2 and of its first TCA_STATS_BASIC, gnet_stats_basic.bytes
+)
+_FAST_HEADERS = (
+    _U32.unpack(_RTATTR.pack(8, TCA_KIND))[0],
+    b"htb\0",
+    _U32.unpack(_RTATTR.pack(4 + 4 + _HTB_OPT.size, TCA_OPTIONS))[0],
+    _U32.unpack(_RTATTR.pack(4 + _HTB_OPT.size, TCA_HTB_PARMS))[0],
+)
+_FAST_STATS_TYPES = (TCA_STATS2, TCA_STATS_BASIC)
+_TYPE_BITS = 0x3FFF  # an attribute type without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+
+
+def parse_class_dump(buffer: memoryview, seq: int, records: list[ClassRecord]) -> int | None:
+    """Append the HTB classes answering dump ``seq`` in one received buffer to ``records``.
+
+    Returns None while the dump goes on, 0 at its NLMSG_DONE, or the errno the
+    kernel answered with. Messages of other sequence numbers are skipped.
+    """
+    # locals: this loop runs once per class, thousands of times per dump
+    unpack = _FAST.unpack_from
+    append = records.append
+    new, record_type = _new_record, ClassRecord
+    headers, stats_types = _FAST_HEADERS, _FAST_STATS_TYPES
+    fast_size = _FAST.size
+    offset = 0
+    end = len(buffer)
+    while offset + _NLMSGHDR.size <= end:
+        if offset + fast_size <= end:
+            f = unpack(buffer, offset)
+            if (
+                f[2] == seq
+                and f[1] == RTM_NEWTCLASS
+                and fast_size <= f[0] <= end - offset
+                and f[5:9] == headers
+                and f[12:14] == stats_types
+            ):
+                append(new(record_type, (f[3], f[4], f[9], f[10], f[11], f[14])))
+                offset += (f[0] + 3) & ~3
+                continue
+        length, msg_type, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(buffer, offset)
+        if length < _NLMSGHDR.size or length > end - offset:
+            break  # truncated: nothing after it can be trusted
+        if msg_seq == seq:
+            if msg_type == RTM_NEWTCLASS:
+                record = parse_class(buffer[offset : offset + length])
+                if record is not None:
+                    append(record)
+            elif msg_type == NLMSG_DONE:
+                return 0
+            elif msg_type == NLMSG_ERROR:
+                code = error_code(buffer[offset : offset + length])
+                if code:
+                    return code
+        offset += _pad(length)
+    return None
+
+
+_TCMSG_FIELDS = struct.Struct("=24xII")  # nlmsghdr, family/pad/ifindex; handle, parent
 
 
 def parse_class(msg: memoryview) -> ClassRecord | None:
-    """One RTM_NEWTCLASS message → its record; None for classes that are not HTB."""
-    handle, parent = _TCMSG_FIELDS.unpack_from(msg, _NLMSGHDR.size)
+    """One RTM_NEWTCLASS message → its record; None for classes that are not HTB.
+
+    Walks every attribute, reading only the ones bwenforcer uses and skipping
+    the others by their length.
+    """
+    handle, parent = _TCMSG_FIELDS.unpack_from(msg, 0)
     rate = ceil = quantum = sent = 0
     is_htb = False
-    offset = _HDR_LEN
-    end = len(msg)
-    while offset + 4 <= end:
-        length, kind = _RTATTR.unpack_from(msg, offset)
-        if length < 4:
-            break
-        start = offset + 4
+    for kind, start, stop in _attrs(msg, _HDR_LEN, len(msg)):
         if kind == TCA_KIND:
-            is_htb = bytes(msg[start : start + 3]) == b"htb"
+            is_htb = bytes(msg[start:stop]).rstrip(b"\0") == b"htb"
         elif kind == TCA_OPTIONS:
-            rate, ceil, quantum = _parse_htb_options(msg, start, offset + length, rate, ceil)
+            rate, ceil, quantum = _parse_htb_options(msg, start, stop)
         elif kind == TCA_STATS2:
-            sent = _parse_stats(msg, start, offset + length)
-        offset += _pad(length)
+            sent = _parse_stats(msg, start, stop)
     if not is_htb:
         return None
     return ClassRecord(handle, parent, rate, ceil, quantum, sent)
 
 
-def _parse_htb_options(
-    msg: memoryview, offset: int, end: int, rate: int, ceil: int
-) -> tuple[int, int, int]:
-    quantum = 0
-    rate64 = ceil64 = 0
-    while offset + 4 <= end:
+def _attrs(msg: memoryview, offset: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """``(type, payload start, payload end)`` of each attribute in ``msg[offset:end]``."""
+    while offset + _RTATTR.size <= end:
         length, kind = _RTATTR.unpack_from(msg, offset)
-        if length < 4:
-            break
-        kind &= 0x3FFF  # NLA_F_NESTED / byte-order bits
-        if kind == TCA_HTB_PARMS:
-            fields = _HTB_OPT.unpack_from(msg, offset + 4)
-            rate, ceil, quantum = fields[5], fields[11], fields[14]
-        elif kind == TCA_HTB_RATE64:
-            rate64 = _U64.unpack_from(msg, offset + 4)[0]
-        elif kind == TCA_HTB_CEIL64:
-            ceil64 = _U64.unpack_from(msg, offset + 4)[0]
+        if length < _RTATTR.size or offset + length > end:
+            return
+        yield kind & _TYPE_BITS, offset + _RTATTR.size, offset + length
         offset += _pad(length)
+
+
+def _parse_htb_options(msg: memoryview, offset: int, end: int) -> tuple[int, int, int]:
+    rate = ceil = quantum = rate64 = ceil64 = 0
+    for kind, start, stop in _attrs(msg, offset, end):
+        if kind == TCA_HTB_PARMS and stop - start >= _HTB_OPT.size:
+            fields = _HTB_OPT.unpack_from(msg, start)
+            rate, ceil, quantum = fields[5], fields[11], fields[14]
+        elif kind == TCA_HTB_RATE64 and stop - start >= 8:
+            rate64 = _U64.unpack_from(msg, start)[0]
+        elif kind == TCA_HTB_CEIL64 and stop - start >= 8:
+            ceil64 = _U64.unpack_from(msg, start)[0]
     return rate64 or rate, ceil64 or ceil, quantum
 
 
 def _parse_stats(msg: memoryview, offset: int, end: int) -> int:
-    while offset + 4 <= end:
-        length, kind = _RTATTR.unpack_from(msg, offset)
-        if length < 4:
-            break
-        if kind & 0x3FFF == TCA_STATS_BASIC:
-            return _U64.unpack_from(msg, offset + 4)[0]
-        offset += _pad(length)
+    for kind, start, stop in _attrs(msg, offset, end):
+        if kind == TCA_STATS_BASIC and stop - start >= 8:
+            return _U64.unpack_from(msg, start)[0]
     return 0
