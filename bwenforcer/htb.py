@@ -11,11 +11,10 @@ cached per distinct rate tuple); no ``tc`` process is ever run.
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
 from . import tcwire as w
@@ -25,6 +24,7 @@ from .errors import (
     KernelError,
     NotPermitted,
     TreeNotInitialised,
+    XidOutOfRange,
 )
 from .layout import (
     BWMIN_BPS,
@@ -34,6 +34,7 @@ from .layout import (
     EXEMPT_MINOR,
     LEAF_QDISC_LIMIT_PACKETS,
     LINE_MINOR,
+    MAJOR,
     QUANTUM_PER_SHARE,
     ROOT_QDISC_HANDLE,
     ROOT_XID,
@@ -58,6 +59,7 @@ NETLINK_ROUTE = 0
 CHUNK_MESSAGES = 256  # per sendmsg; the errors of a chunk fit the receive buffer
 RECV_BYTES = 1 << 20
 SOCKET_BUFFER_BYTES = 4 << 20
+SEQ_MAX = 0xFFFFFFFF
 FILTER_PRIO = 1
 FILTER_HANDLE = 1
 
@@ -86,16 +88,30 @@ def open_socket(netns: str | None) -> socket.socket:
     return sock
 
 
+_UNSEEN = object()
+
+
+def _slice_of_handle(class_handle: int) -> tuple[int, TrafficClass] | None:
+    """``(xid, class)`` of a slice class handle; None for tree classes and other majors."""
+    if class_handle >> 16 != MAJOR:
+        return None
+    return slice_of_minor(class_handle & 0xFFFF)
+
+
 class HtbBackend:
     """The HTB tree of one device (DESIGN.md "HTB layout")."""
 
     def __init__(self, dev: str, netns: str | None = None) -> None:
         self.dev = dev
         self._sock = open_socket(netns)
-        self._seq = itertools.count(1)
+        self._next_seq = 1
         self._buf = bytearray(RECV_BYTES)
         self._ifindex: int | None = None
-        self._bodies: dict[tuple[int, int, int, int], bytes] = {}
+        # handle → (xid, class) or None, memoised across dumps: bounded by the handles
+        # this device has had, and a dump of thousands of classes calls no layout function
+        self._slice_of_handle: dict[int, tuple[int, TrafficClass] | None] = {}
+        # (xid, class) → (class handle, parent handle): at most two per possible xid
+        self._handles: dict[tuple[int, TrafficClass], tuple[int, int]] = {}
 
     def close(self) -> None:
         """Close the netlink socket."""
@@ -121,30 +137,39 @@ class HtbBackend:
             return DeviceMissing(f"device {self.dev!r} not found", code)
         return KernelError(f"{what} on dev {self.dev}: {os.strerror(code)}", code)
 
+    def _take_seqs(self, count: int) -> int:
+        """Reserve ``count`` consecutive sequence numbers; return the first."""
+        if self._next_seq + count > SEQ_MAX:
+            self._next_seq = 1
+        first = self._next_seq
+        self._next_seq += count
+        return first
+
     def _receive(self) -> Iterable[tuple[int, int, int, memoryview]]:
         size = self._sock.recv_into(self._buf)
         return w.split(memoryview(self._buf)[:size])
 
-    def _exchange(self, messages: Sequence[bytes], seqs: Sequence[int]) -> dict[int, int]:
-        """Send a chunk whose last message asks for an ACK; return ``{seq: errno}`` of failures."""
-        self._sock.send(b"".join(messages))
-        last = seqs[-1]
+    def _exchange(self, data: bytes, first_seq: int, last_seq: int) -> dict[int, int]:
+        """Send messages ``first_seq..last_seq``, the last asking for an ACK.
+
+        Returns ``{seq: errno}`` of the ones the kernel refused.
+        """
+        self._sock.send(data)
         failed: dict[int, int] = {}
         while True:
             for msg_type, _flags, seq, msg in self._receive():
-                if msg_type != w.NLMSG_ERROR:
-                    continue
+                if msg_type != w.NLMSG_ERROR or not first_seq <= seq <= last_seq:
+                    continue  # left over from an earlier, interrupted request
                 code = w.error_code(msg)
                 if code:
                     failed[seq] = code
-                if seq == last:
+                if seq == last_seq:
                     return failed
 
-    def _request(self, build: object, what: str, ok: Iterable[int] = ()) -> None:
-        """Send one message (built with ``seq``), wait for its ACK, raise on error."""
-        seq = next(self._seq)
-        msg = build(seq)  # type: ignore[operator]
-        code = self._exchange([msg], [seq]).get(seq, 0)
+    def _request(self, build: Callable[[int], bytes], what: str, ok: Iterable[int] = ()) -> None:
+        """Send one message (built with its sequence number) with an ACK; raise on error."""
+        seq = self._take_seqs(1)
+        code = self._exchange(build(seq), seq, seq).get(seq, 0)
         if code and code not in ok:
             raise self._error(code, what)
 
@@ -152,7 +177,7 @@ class HtbBackend:
     def ifindex(self) -> int:
         """The device's interface index (DeviceMissing if it does not exist)."""
         if self._ifindex is None:
-            seq = next(self._seq)
+            seq = self._take_seqs(1)
             self._sock.send(w.link_request(seq, self.dev))
             while self._ifindex is None:
                 for msg_type, _flags, msg_seq, msg in self._receive():
@@ -175,14 +200,6 @@ class HtbBackend:
                 if msg_type == w.NLMSG_ERROR and msg_seq == seq:
                     return
 
-    def _class_body(self, rates: ClassRates) -> bytes:
-        key = (rates.min_rate_bps, rates.max_rate_bps, rates.share, 0)
-        body = self._bodies.get(key)
-        if body is None:
-            body = w.htb_class_options(rates.min_rate_bps, rates.max_rate_bps, quantum(rates.share))
-            self._bodies[key] = body
-        return body
-
     def _class_msg(self, seq: int, minor: int, parent: int, body: bytes, flags: int) -> bytes:
         return w.message(
             w.RTM_NEWTCLASS,
@@ -198,7 +215,7 @@ class HtbBackend:
 
     def dump(self) -> KernelSnapshot:
         """ONE class dump of the device → node cap, line rate and every slice class."""
-        seq = next(self._seq)
+        seq = self._take_seqs(1)
         self._sock.send(
             w.message(
                 w.RTM_GETTCLASS,
@@ -210,49 +227,44 @@ class HtbBackend:
                 body=b"",
             )
         )
+        records: list[w.ClassRecord] = []
+        view = memoryview(self._buf)
+        status = None
+        while status is None:
+            size = self._sock.recv_into(self._buf)
+            status = w.parse_class_dump(view[:size], seq, records)
+        if status:
+            raise self._error(status, "class dump")
+        return self._snapshot(records)
+
+    def _snapshot(self, records: list[w.ClassRecord]) -> KernelSnapshot:
         defaults: dict[int, KernelClass] = {}
         exempts: dict[int, KernelClass] = {}
+        # most classes share a few rate settings: one (immutable) ClassRates each
+        rates_of: dict[tuple[int, ...], ClassRates] = {}
+        slice_of = self._slice_of_handle
         cap_bps = bwmax_bps = 0
-        while True:
-            for msg_type, _flags, msg_seq, msg in self._receive():
-                if msg_seq != seq:
-                    continue
-                if msg_type == w.NLMSG_DONE:
-                    return self._snapshot(cap_bps, bwmax_bps, defaults, exempts)
-                if msg_type == w.NLMSG_ERROR:
-                    code = w.error_code(msg)
-                    if code:
-                        raise self._error(code, "class dump")
-                    continue
-                rec = w.parse_class(msg)
-                if rec is None or rec.handle >> 16 != 1:
-                    continue
-                minor = rec.handle & 0xFFFF
-                found = slice_of_minor(minor)
-                if found is None:
-                    if minor == CAP_MINOR:
-                        cap_bps = rec.ceil_bytes_s * 8
-                    elif minor == LINE_MINOR:
-                        bwmax_bps = rec.rate_bytes_s * 8
-                    continue
-                xid, tc = found
-                kclass = KernelClass(
-                    ClassRates(
-                        rec.rate_bytes_s * 8,
-                        rec.ceil_bytes_s * 8,
-                        share_of_quantum(rec.quantum_bytes),
-                    ),
-                    rec.bytes,
+        for record in records:
+            class_handle = record[0]
+            found = slice_of.get(class_handle, _UNSEEN)
+            if found is _UNSEEN:
+                found = slice_of[class_handle] = _slice_of_handle(class_handle)
+            if found is None:
+                if class_handle == handle(CAP_MINOR):
+                    cap_bps = record.ceil_bytes_s * 8
+                elif class_handle == handle(LINE_MINOR):
+                    bwmax_bps = record.rate_bytes_s * 8
+                continue
+            key = record[2:5]  # rate, ceil, quantum
+            rates = rates_of.get(key)
+            if rates is None:
+                rates = rates_of[key] = ClassRates(
+                    record.rate_bytes_s * 8,
+                    record.ceil_bytes_s * 8,
+                    share_of_quantum(record.quantum_bytes),
                 )
-                (defaults if tc == "default" else exempts)[xid] = kclass
-
-    def _snapshot(
-        self,
-        cap_bps: int,
-        bwmax_bps: int,
-        defaults: dict[int, KernelClass],
-        exempts: dict[int, KernelClass],
-    ) -> KernelSnapshot:
+            xid, tc = found
+            (defaults if tc == "default" else exempts)[xid] = KernelClass(rates, record[5])
         if not cap_bps or not bwmax_bps:
             raise TreeNotInitialised(
                 f"no bwenforcer HTB tree on dev {self.dev}: run `bwenforcer tc init`"
@@ -266,72 +278,99 @@ class HtbBackend:
     # --- changing ---------------------------------------------------------
 
     def apply(self, ops: Sequence[ClassOp]) -> list[OpFailure]:
-        """Apply class operations in batches; return the ones the kernel refused."""
-        messages: list[bytes] = []
-        owners: list[int] = []  # index into ops, per message
-        for index, op in enumerate(ops):
-            for msg in self._encode(op):
-                messages.append(msg)
-                owners.append(index)
-        failures: dict[int, OpFailure] = {}
+        """Apply class operations in batches; return the ones refused (the rest are applied).
+
+        A delete of a class that is already gone is not a failure.
+        """
+        if not ops:
+            return []
+        messages, owners, first_seq, failures = self._encode(ops)
         for start in range(0, len(messages), CHUNK_MESSAGES):
             chunk = messages[start : start + CHUNK_MESSAGES]
-            seqs = [next(self._seq) for _ in chunk]
-            first_seq = seqs[0]
-            buf = bytearray(b"".join(chunk))
-            offset = 0
-            for position, seq in enumerate(seqs):
-                w.patch_seq(buf, offset, seq)
-                if position == len(seqs) - 1:  # ACK only the last message of the chunk
-                    flags_offset = offset + 6
-                    flags = int.from_bytes(buf[flags_offset : flags_offset + 2], "little")
-                    buf[flags_offset : flags_offset + 2] = (flags | w.NLM_F_ACK).to_bytes(
-                        2, "little"
-                    )
-                offset += len(chunk[position])
-            for seq, code in self._exchange([bytes(buf)], seqs).items():
-                index = owners[start + seq - first_seq]
+            chunk[-1] = w.with_ack(chunk[-1])  # the kernel ACKs only the chunk's last
+            chunk_first = first_seq + start
+            refused = self._exchange(b"".join(chunk), chunk_first, chunk_first + len(chunk) - 1)
+            for seq, code in refused.items():
+                index = owners[seq - first_seq]
                 op = ops[index]
                 if op.kind == "delete" and code == errno.ENOENT:
                     continue  # already gone
                 failures.setdefault(
-                    index, OpFailure(op, code, f"{op.kind} xid {op.xid}: {os.strerror(code)}")
+                    index, OpFailure(op, code, f"{self._where(op)}: {os.strerror(code)}")
                 )
-        if ops:
-            log.debug("dev %s: %d class operations, %d refused", self.dev, len(ops), len(failures))
+        log.debug("dev %s: %d class operations, %d refused", self.dev, len(ops), len(failures))
         return [failures[i] for i in sorted(failures)]
 
-    def _encode(self, op: ClassOp) -> list[bytes]:
-        minor = class_minor(op.xid, op.traffic_class)
-        if op.kind == "delete":
-            return [
-                w.message(
-                    w.RTM_DELTCLASS,
-                    flags=w.NLM_F_REQUEST,
-                    seq=0,
-                    ifindex=self.ifindex,
-                    handle=handle(minor),
-                    parent=handle(parent_minor(op.traffic_class)),
-                    body=b"",
+    def _where(self, op: ClassOp) -> str:
+        return f"dev {self.dev} {op.kind} xid {op.xid} {op.traffic_class}"
+
+    def _encode(
+        self, ops: Sequence[ClassOp]
+    ) -> tuple[list[bytes], list[int], int, dict[int, OpFailure]]:
+        """Messages for ``ops`` with consecutive sequence numbers, each message's op index,
+        the first sequence number, and the ops refused before sending (xid out of range).
+
+        Hot path: one struct pack per message onto a body encoded once per
+        distinct (rate, ceil, share) in this batch.
+        """
+        ifindex = self.ifindex
+        first_seq = self._take_seqs(2 * len(ops))  # a create takes two messages
+        # locals: the loop below runs once per class, thousands of times per cycle
+        pack = w.TC_HEADER.pack
+        header_len = w.TC_HEADER.size
+        new_class, del_class, new_qdisc = w.RTM_NEWTCLASS, w.RTM_DELTCLASS, w.RTM_NEWQDISC
+        request = w.NLM_F_REQUEST
+        create = w.NLM_F_REQUEST | w.NLM_F_CREATE | w.NLM_F_EXCL
+        handles = self._handles
+        bodies: dict[tuple[int, int, int], bytes] = {}
+        leaf_body = w.pfifo_options(LEAF_QDISC_LIMIT_PACKETS)
+        leaf_len = header_len + len(leaf_body)
+        messages: list[bytes] = []
+        owners: list[int] = []
+        refused: dict[int, OpFailure] = {}
+        seq = first_seq
+        for index, op in enumerate(ops):
+            key = (op.xid, op.traffic_class)
+            pair = handles.get(key)
+            if pair is None:
+                try:
+                    minor = class_minor(op.xid, op.traffic_class)
+                except XidOutOfRange as exc:
+                    refused[index] = OpFailure(op, errno.ERANGE, f"{self._where(op)}: {exc}")
+                    continue
+                pair = handles[key] = (handle(minor), handle(parent_minor(op.traffic_class)))
+            class_handle, parent = pair
+            kind = op.kind
+            if kind == "delete":
+                messages.append(
+                    pack(
+                        header_len, del_class, request, seq, 0, 0, ifindex, class_handle, parent, 0
+                    )
                 )
-            ]
-        assert op.rates is not None
-        body = self._class_body(op.rates)
-        parent = parent_minor(op.traffic_class)
-        if op.kind == "change":
-            return [self._class_msg(0, minor, parent, body, 0)]
-        return [
-            self._class_msg(0, minor, parent, body, w.NLM_F_CREATE | w.NLM_F_EXCL),
-            w.message(
-                w.RTM_NEWQDISC,
-                flags=w.NLM_F_REQUEST | w.NLM_F_CREATE | w.NLM_F_EXCL,
-                seq=0,
-                ifindex=self.ifindex,
-                handle=leaf_qdisc_handle(minor),
-                parent=handle(minor),
-                body=w.pfifo_options(LEAF_QDISC_LIMIT_PACKETS),
-            ),
-        ]
+                owners.append(index)
+                seq += 1
+                continue
+            rates = op.rates
+            assert rates is not None
+            rkey = (rates.min_rate_bps, rates.max_rate_bps, rates.share)
+            body = bodies.get(rkey)
+            if body is None:
+                body = bodies[rkey] = w.htb_class_options(rkey[0], rkey[1], quantum(rkey[2]))
+            messages.append(
+                pack(header_len + len(body), new_class, request if kind == "change" else create,
+                     seq, 0, 0, ifindex, class_handle, parent, 0) + body
+            )  # fmt: skip
+            owners.append(index)
+            seq += 1
+            if kind == "create":
+                messages.append(
+                    pack(leaf_len, new_qdisc, create, seq, 0,
+                         0, ifindex, leaf_qdisc_handle(class_handle & 0xFFFF), class_handle, 0)
+                    + leaf_body
+                )  # fmt: skip
+                owners.append(index)
+                seq += 1
+        return messages, owners, first_seq, refused
 
     def init(self, cap_bps: int, bwmax_bps: int, bwmin_bps: int = BWMIN_BPS) -> None:
         """Build the tree idempotently; existing slice classes keep their settings."""
@@ -358,12 +397,22 @@ class HtbBackend:
         )
         for minor, parent, rate, ceil in tree:
             body = w.htb_class_options(rate, ceil, QUANTUM_PER_SHARE)
-            self._request(
-                lambda seq, m=minor, p=parent, b=body: self._class_msg(
-                    seq, m, p, b, w.NLM_F_ACK | w.NLM_F_CREATE
-                ),
-                f"class 1:{minor:x}",
-            )
+            try:
+                self._request(
+                    lambda seq, m=minor, p=parent, b=body: self._class_msg(
+                        seq, m, p, b, w.NLM_F_ACK | w.NLM_F_CREATE
+                    ),
+                    f"class 1:{minor:x}",
+                )
+            except KernelError as exc:
+                # the root qdisc add said EEXIST, yet 1: takes no htb class: it is not ours
+                if minor != LINE_MINOR or exc.errno not in (errno.ENOENT, errno.EOPNOTSUPP):
+                    raise
+                raise KernelError(
+                    f"dev {self.dev}: another root qdisc is installed, not bwenforcer's htb 1:;"
+                    f" remove it first (tc qdisc del dev {self.dev} root)",
+                    exc.errno,
+                ) from None
         snapshot = self.dump()
         missing = []
         for xid in (ROOT_XID, DEFAULT_XID):
@@ -375,7 +424,7 @@ class HtbBackend:
                     missing.append(ClassOp("create", xid, tc, ClassRates(rate, ceil, 1)))
         failures = self.apply(missing)
         if failures:
-            raise ClassOpFailed(f"tc init on dev {self.dev}: {failures[0].message}")
+            raise ClassOpFailed(f"tc init: {failures[0].message}", failures[0].errno)
         self._request(
             lambda seq: w.message(
                 w.RTM_NEWTFILTER,
@@ -444,7 +493,7 @@ class HtbBackend:
             )
         failures = self.apply(ops)
         if failures:
-            raise ClassOpFailed(f"dev {self.dev}: {failures[0].message}")
+            raise ClassOpFailed(failures[0].message, failures[0].errno)
         return ops
 
     def off(self, xid: int) -> None:
@@ -452,7 +501,7 @@ class HtbBackend:
         check_xid(xid)
         failures = self.apply([ClassOp("delete", xid, tc) for tc in TRAFFIC_CLASSES])
         if failures:
-            raise ClassOpFailed(f"dev {self.dev}: {failures[0].message}")
+            raise ClassOpFailed(failures[0].message, failures[0].errno)
 
     def stop(self) -> None:
         """Remove the whole tree (the root qdisc); no tree is fine."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import re
 
 import pytest
 
-from bwenforcer.errors import DeviceMissing, TreeNotInitialised, XidOutOfRange
+from bwenforcer.errors import DeviceMissing, KernelError, TreeNotInitialised, XidOutOfRange
 from bwenforcer.htb import HtbBackend
 from bwenforcer.model import ClassOp, ClassRates
 from tests.kernel_helpers import mark_all_to, send_bytes, tc_bytes, tc_ceils
@@ -76,6 +77,53 @@ def test_set_clamps_like_bwlimit_and_skips_unchanged(ns: Netns) -> None:
         changed = k.set(5, exempt_share=4)
         assert [(o.traffic_class, o.rates.share) for o in changed] == [("exempt", 4)]
     assert "quantum 6400" in ns.tc("-d", "class", "show", "dev", "v0", "classid", "1:2005")
+
+
+def test_a_class_we_set_reads_like_one_tc_set(ns: Netns) -> None:
+    """Same rate, ceil, quantum, burst and cburst as `tc class add … htb` gives (no rate
+    tables sent, buffer and cbuffer computed as tc does)."""
+    with backend(ns) as k:
+        k.init(CAP, BWMAX)
+        k.set(5, max_rate_bps=2_000_000, share=2)
+    ns.tc(
+        "class", "add", "dev", "v0", "parent", "1:100", "classid", "1:1006",
+        "htb", "rate", "8kbit", "ceil", "2mbit", "quantum", "3200",
+    )  # fmt: skip
+    ns.tc("qdisc", "add", "dev", "v0", "parent", "1:1006", "handle", "1006:", "pfifo")
+
+    def shown(classid: str) -> str:
+        out = ns.tc("-d", "class", "show", "dev", "v0", "classid", classid)
+        return out.replace(classid, "X").replace(classid.split(":")[1] + ":", "Y:")
+
+    assert shown("1:1005") == shown("1:1006")
+    assert "burst 1600b/1 mpu 0b cburst 1600b/1 mpu 0b" in shown("1:1005")
+
+
+def test_init_over_a_foreign_root_qdisc_says_so_and_leaves_it(ns: Netns) -> None:
+    ns.tc(
+        "qdisc", "add", "dev", "v0", "root", "handle", "5:",
+        "tbf", "rate", "1mbit", "burst", "10k", "latency", "50ms",
+    )  # fmt: skip
+    with backend(ns) as k, pytest.raises(KernelError, match="another root qdisc") as caught:
+        k.init(CAP, BWMAX)
+    assert len(str(caught.value).splitlines()) == 1
+    assert "tbf 5: root" in ns.tc("qdisc", "show", "dev", "v0")
+
+
+def test_an_out_of_range_xid_in_a_batch_fails_alone(ns: Netns) -> None:
+    with backend(ns) as k:
+        k.init(CAP, BWMAX)
+        ops = [
+            ClassOp("create", 1, "default", ClassRates(8000, 1_000_000, 1)),
+            ClassOp("create", 70000, "default", ClassRates(8000, 1_000_000, 1)),
+            ClassOp("create", 2, "exempt", ClassRates(8000, 1_000_000, 1)),
+        ]
+        failures = k.apply(ops)
+        assert [(f.op.xid, f.errno) for f in failures] == [(70000, errno.ERANGE)]
+        assert "70000 out of range" in failures[0].message
+        snap = k.dump()
+    assert snap.slices[1].default is not None and snap.slices[2].exempt is not None
+    assert "1:2002" in ns.tc("class", "show", "dev", "v0")
 
 
 def test_off_and_stop(ns: Netns) -> None:
