@@ -13,10 +13,7 @@ _SPECIAL = {"root": ROOT_XID, "default": DEFAULT_XID}
 def resolve_slice(text: str) -> tuple[int, str]:
     """``(xid, name)`` for a slice given by xid (decimal or 0x hex) or by name."""
     value = text.strip()
-    try:
-        xid = int(value, 0)
-    except ValueError:
-        xid = None
+    xid = _number(value)
     if xid is not None:
         return check_xid(xid), slice_name(xid)
     if value in _SPECIAL:
@@ -38,3 +35,16 @@ def slice_name(xid: int) -> str:
         return pwd.getpwuid(xid).pw_name
     except KeyError:
         return str(xid)
+
+
+def _number(value: str) -> int | None:
+    """An xid written as decimal (leading zeros allowed) or 0x hex; None for a name."""
+    digits = value.removeprefix("-")
+    if digits.isdecimal() and digits.isascii():
+        return int(value)
+    if digits[:2].lower() == "0x":
+        try:
+            return int(value, 16)
+        except ValueError:
+            return None
+    return None

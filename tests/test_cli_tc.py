@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from bwenforcer.commands.tc import get_table
+from bwenforcer.commands.tc import GET_KEYS, get_rows, get_table
+from bwenforcer.model import ClassRates, KernelClass, KernelSlice, KernelSnapshot
 from tests.kernel_helpers import bwenforcer_in
 from tests.netns import Netns
 
@@ -44,6 +45,8 @@ def test_init_on_get_off_as_in_the_issue(ns: Netns) -> None:
     assert "2Mbit/s" in table.stdout and "1234" in table.stdout
     numeric = bwenforcer_in(ns, "tc", "get", "1234", "--dev", "v0", "--numeric")
     assert "2000000" in numeric.stdout
+    absent = bwenforcer_in(ns, "tc", "get", "77", "--dev", "v0")
+    assert absent.returncode == 2 and "xid 77) has no classes on dev v0" in absent.stderr
     assert bwenforcer_in(ns, "tc", "off", "1234", "--dev", "v0").returncode == 0
     assert "1:14d2" not in ns.tc("class", "show", "dev", "v0")
     assert bwenforcer_in(ns, "tc", "stop", "--dev", "v0").returncode == 0
@@ -59,6 +62,7 @@ def test_init_on_get_off_as_in_the_issue(ns: Netns) -> None:
         (["tc", "on", "70000", "--dev", "v0"], "xid 70000 out of range", 2),
         (["tc", "get", "--dev", "v0"], "no bwenforcer HTB tree on dev v0", 4),
         (["tc", "on", "no_such_account_x", "--dev", "v0"], "'no_such_account_x'", 2),
+        (["tc", "on", "5", "--dev", "v0", "--share", "0"], "not a share", 2),
     ],
 )
 def test_bad_input_gives_one_clear_line(ns: Netns, args: list[str], needle: str, code: int) -> None:
@@ -107,3 +111,38 @@ def test_get_table_human_and_numeric() -> None:
         "0B",
     ]
     assert get_table(rows, numeric=True).splitlines()[1].split()[4] == "2000000"
+
+
+def test_get_rows_are_the_documented_objects() -> None:
+    default = KernelClass(ClassRates(8000, 2_000_000, 2), 4096)
+    exempt = KernelClass(ClassRates(16_000, 1_000_000_000, 1), 10)
+    snapshot = KernelSnapshot(
+        10_000_000,
+        1_000_000_000,
+        {
+            0xFFF: KernelSlice(0xFFF, default, None),
+            1234: KernelSlice(1234, default, exempt),
+        },
+    )
+    rows = get_rows(snapshot, None)
+    assert [r["xid"] for r in rows] == [1234, 0xFFF]
+    assert rows[0] == {
+        "xid": 1234,
+        "slice": rows[0]["slice"],  # an account name if uid 1234 exists here, else "1234"
+        "share": 2,
+        "min_rate": 8000,
+        "max_rate": 2_000_000,
+        "exempt_min_rate": 16_000,
+        "exempt_max_rate": 1_000_000_000,
+        "bytes": 4096,
+        "exempt_bytes": 10,
+    }
+    assert tuple(rows[1]) == GET_KEYS
+    assert rows[1]["slice"] == "default"
+    assert (rows[1]["exempt_max_rate"], rows[1]["exempt_bytes"]) == (None, 0)
+    assert get_rows(snapshot, 0xFFF) == [rows[1]]
+    assert get_rows(snapshot, 7) == []
+
+
+def test_an_empty_table_still_has_every_column() -> None:
+    assert get_table([], numeric=False).split() == [k.upper() for k in GET_KEYS]

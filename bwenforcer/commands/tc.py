@@ -5,12 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import UnitError
+from ..errors import UnitError, UsageError
 from ..units import parse_rate_bps
 
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..htb import HtbBackend
+    from ..model import KernelSnapshot
+
 ORDER = 10
+GET_KEYS = (
+    "xid",
+    "slice",
+    "share",
+    "min_rate",
+    "max_rate",
+    "exempt_min_rate",
+    "exempt_max_rate",
+    "bytes",
+    "exempt_bytes",
+)
+RATE_KEYS = frozenset({"min_rate", "max_rate", "exempt_min_rate", "exempt_max_rate"})
 
 
 def _rate(text: str) -> int:
@@ -66,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     stop.set_defaults(func=run_stop)
 
 
-def _backend(args: argparse.Namespace) -> tuple[Any, Any]:
+def _backend(args: argparse.Namespace) -> tuple[HtbBackend, Config]:
     from ..config import load_config
     from ..htb import HtbBackend
 
@@ -126,7 +143,7 @@ def run_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def get_rows(snapshot: Any, only_xid: int | None) -> list[dict[str, Any]]:
+def get_rows(snapshot: KernelSnapshot, only_xid: int | None) -> list[dict[str, Any]]:
     """``tc get --json`` objects, by xid."""
     from ..slicename import slice_name
 
@@ -156,18 +173,15 @@ def get_table(rows: list[dict[str, Any]], numeric: bool) -> str:
     """``tc get`` as a table: human units, or plain numbers with ``numeric``."""
     from ..units import human_rate, human_size
 
-    keys = list(rows[0]) if rows else ["xid", "slice"]
-    rate_keys = {"min_rate", "max_rate", "exempt_min_rate", "exempt_max_rate"}
-
     def cell(key: str, value: Any) -> str:
         if value is None:
             return "-"
         if numeric or key in ("xid", "slice", "share"):
             return str(value)
-        return human_rate(value) if key in rate_keys else human_size(value)
+        return human_rate(value) if key in RATE_KEYS else human_size(value)
 
-    table = [[k.upper() for k in keys]] + [[cell(k, r[k]) for k in keys] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(keys))]
+    table = [[k.upper() for k in GET_KEYS]] + [[cell(k, r[k]) for k in GET_KEYS] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(GET_KEYS))]
     return "\n".join(
         "  ".join(c.ljust(wd) for c, wd in zip(row, widths, strict=True)).rstrip() for row in table
     )
@@ -182,6 +196,8 @@ def run_get(args: argparse.Namespace) -> int:
     with kernel:
         snapshot = kernel.dump()
     rows = get_rows(snapshot, only)
+    if only is not None and not rows:
+        raise UsageError(f"slice {args.slice!r} (xid {only}) has no classes on dev {kernel.dev}")
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
