@@ -1,12 +1,13 @@
 """Mail transports: SMTP, the local sendmail, a spool directory, or none.
 
-Every failure becomes one :class:`~bwenforcer.errors.DeliveryError` line; the
-cycle logs it, counts it and retries next cycle. Nothing waits longer than the
-configured timeout.
+Every failure becomes one :class:`~bwenforcer.errors.DeliveryError` line naming
+the transport, its target and the reason; the cycle counts it and retries next
+cycle. No step waits longer than the configured timeout.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import smtplib
@@ -17,10 +18,11 @@ import time
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from .config import MailConfig
-from .errors import DeliveryError
+from .errors import ConfigError, DeliveryError
+from .notify import slice_tag
 
 log = logging.getLogger(__name__)
 
@@ -29,31 +31,94 @@ class Transport(Protocol):
     """Delivers one message or raises DeliveryError."""
 
     def send(self, msg: EmailMessage) -> None:
-        """Deliver ``msg``."""
+        """Deliver ``msg``; raise DeliveryError (transport, target, reason) if it cannot."""
         ...
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _reason(exc: BaseException, timeout_s: int) -> str:
+    """What went wrong, in one line."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        refused = ", ".join(
+            f"{rcpt} ({code} {_decode(text)})" for rcpt, (code, text) in exc.recipients.items()
+        )
+        return _one_line(f"all recipients refused: {refused or 'none given'}")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _one_line(f"{exc.smtp_code} {_decode(exc.smtp_error)}")
+    if isinstance(exc, TimeoutError | subprocess.TimeoutExpired) or (
+        # smtplib reports a read timeout as a disconnect
+        isinstance(exc, smtplib.SMTPServerDisconnected)
+        and isinstance(exc.__context__, TimeoutError)
+    ):
+        return f"timed out after {timeout_s}s"
+    return _one_line(str(exc)) or type(exc).__name__
+
+
+def _timeout_s(mail: MailConfig) -> int:
+    # 0 would make smtplib's socket non-blocking, not "no wait"
+    return max(1, mail.smtp_timeout_s)
+
+
+def _failed(transport: str, target: str, msg: EmailMessage, reason: str) -> NoReturn:
+    log.warning(
+        "mail failed via %s %s: %s (to %s, subject %r)",
+        transport,
+        target,
+        reason,
+        msg["To"],
+        msg["Subject"],
+    )
+    raise DeliveryError(f"{transport} {target}: {reason}")
+
+
+def _delivered(transport: str, target: str, msg: EmailMessage) -> None:
+    log.info("mail delivered via %s %s to %s: %s", transport, target, msg["To"], msg["Subject"])
+
+
 class SmtpTransport:
-    """SMTP with optional STARTTLS and login."""
+    """SMTP with optional STARTTLS (certificate checked) and login."""
 
     def __init__(self, mail: MailConfig) -> None:
         self.mail = mail
+        self.target = f"{mail.smtp_host}:{mail.smtp_port}"
+        self.timeout_s = _timeout_s(mail)
 
     def send(self, msg: EmailMessage) -> None:
         """Deliver over SMTP."""
-        target = f"smtp {self.mail.smtp_host}:{self.mail.smtp_port}"
+        mail = self.mail
         try:
-            with smtplib.SMTP(
-                self.mail.smtp_host, self.mail.smtp_port, timeout=self.mail.smtp_timeout_s
-            ) as smtp:
-                if self.mail.smtp_starttls:
-                    smtp.starttls(context=ssl.create_default_context())
-                if self.mail.smtp_user:
-                    smtp.login(self.mail.smtp_user, self.mail.smtp_password or "")
-                smtp.send_message(msg)
+            client = smtplib.SMTP(mail.smtp_host, mail.smtp_port, timeout=self.timeout_s)
         except (smtplib.SMTPException, OSError) as exc:
-            raise DeliveryError(f"{target}: {exc or type(exc).__name__}") from None
-        log.info("mail to %s via %s: %s", msg["To"], target, msg["Subject"])
+            _failed("smtp", self.target, msg, _reason(exc, self.timeout_s))
+        try:
+            if mail.smtp_starttls:
+                client.starttls(context=ssl.create_default_context())
+            if mail.smtp_user:
+                client.login(mail.smtp_user, mail.smtp_password or "")
+            refused = client.send_message(msg)
+        except (smtplib.SMTPException, OSError) as exc:
+            client.close()
+            _failed("smtp", self.target, msg, _reason(exc, self.timeout_s))
+        except BaseException:
+            client.close()
+            raise
+        # The server has the message: a failing QUIT must not make it a failure
+        # (that would mail the slice again next cycle).
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError) as exc:
+            log.debug("smtp %s: QUIT failed after delivery: %s", self.target, exc)
+            client.close()
+        for rcpt, (code, text) in refused.items():
+            log.warning("smtp %s refused %s: %s %s", self.target, rcpt, code, _decode(text))
+        _delivered("smtp", self.target, msg)
 
 
 class SendmailTransport:
@@ -61,6 +126,7 @@ class SendmailTransport:
 
     def __init__(self, mail: MailConfig) -> None:
         self.mail = mail
+        self.timeout_s = _timeout_s(mail)
 
     def send(self, msg: EmailMessage) -> None:
         """Deliver through sendmail."""
@@ -68,33 +134,47 @@ class SendmailTransport:
         try:
             proc = subprocess.run(
                 [path, "-t", "-oi"],
-                input=msg.as_bytes(policy=SMTP),
+                input=msg.as_bytes(policy=SMTP.clone(linesep="\n")),
                 capture_output=True,
-                timeout=self.mail.smtp_timeout_s,
+                timeout=self.timeout_s,
                 check=False,
             )
+        except FileNotFoundError:
+            _failed("sendmail", path, msg, "not found")
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise DeliveryError(f"sendmail {path}: {exc}") from None
+            _failed("sendmail", path, msg, _reason(exc, self.timeout_s))
         if proc.returncode != 0:
-            first = (proc.stderr.decode(errors="replace").strip().splitlines() or [""])[0]
-            raise DeliveryError(f"sendmail {path}: exit {proc.returncode}: {first}")
-        log.info("mail to %s via sendmail: %s", msg["To"], msg["Subject"])
+            lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            said = _one_line(lines[0]) if lines else "no message"
+            status = (
+                f"killed by signal {-proc.returncode}"
+                if proc.returncode < 0
+                else f"exit {proc.returncode}"
+            )
+            _failed("sendmail", path, msg, f"{status}: {said}")
+        _delivered("sendmail", path, msg)
 
 
 class SpoolTransport:
-    """Complete ``.eml`` files in a directory, written atomically."""
+    """Complete ``.eml`` files (CRLF line ends, as on the wire) written atomically."""
 
     def __init__(self, mail: MailConfig) -> None:
         self.directory = Path(mail.spool_dir)
 
+    def _name(self, msg: EmailMessage) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        ident = str(msg.get("Message-ID", "")) or msg.as_string()
+        digest = hashlib.sha256(ident.encode("utf-8", "replace")).hexdigest()[:12]
+        return f"{stamp}-{slice_tag(msg) or 'mail'}-{digest}.eml"
+
     def send(self, msg: EmailMessage) -> None:
         """Write the message into the spool directory."""
+        target = str(self.directory)
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            ident = (msg["Message-ID"] or "").strip("<>").split("@")[0].replace("/", "_")
-            final = self.directory / f"{stamp}-{ident}.eml"
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".eml")
+            final = self.directory / self._name(msg)
+            # A reader of the spool sees a whole file or none: write aside, then rename.
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as out:
                     out.write(msg.as_bytes(policy=SMTP))
@@ -104,9 +184,14 @@ class SpoolTransport:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
         except OSError as exc:
-            raise DeliveryError(f"spool {self.directory}: {exc.strerror or exc}") from None
-        log.info("mail to %s spooled as %s", msg["To"], final.name)
+            _failed("spool", target, msg, exc.strerror or _reason(exc, 0))
+        _delivered("spool", str(final), msg)
 
 
 class NoTransport:
@@ -114,26 +199,35 @@ class NoTransport:
 
     def send(self, msg: EmailMessage) -> None:
         """Drop the message."""
-        log.debug("mail off: not sending %s", msg["Subject"])
+        log.debug("mail off (transport none): not sending %r to %s", msg["Subject"], msg["To"])
 
 
 class DryRunTransport:
-    """Logs the message instead of sending it."""
+    """Logs the whole message instead of sending it."""
+
+    def __init__(self, transport: str) -> None:
+        self.transport = transport
 
     def send(self, msg: EmailMessage) -> None:
-        """Log the whole message."""
-        log.info("dry-run: would mail:\n%s", msg.as_string())
+        """Log the message at INFO."""
+        log.info(
+            "dry-run: would mail via %s to %s:\n%s", self.transport, msg["To"], msg.as_string()
+        )
 
 
 def make_transport(mail: MailConfig, dry_run: bool = False) -> Transport:
-    """The transport the config selects."""
-    if dry_run:
-        return DryRunTransport()
-    transports: dict[str, type] = {
+    """The transport ``mail.transport`` names; with ``dry_run``, one that only logs."""
+    transports: dict[str, type[SmtpTransport | SendmailTransport | SpoolTransport]] = {
         "smtp": SmtpTransport,
         "sendmail": SendmailTransport,
         "spool": SpoolTransport,
     }
-    if mail.transport in transports:
-        return transports[mail.transport](mail)
-    return NoTransport()
+    if mail.transport != "none" and mail.transport not in transports:
+        raise ConfigError(
+            f"mail.transport: {mail.transport!r} is not one of smtp, sendmail, spool, none"
+        )
+    if dry_run:
+        return DryRunTransport(mail.transport)
+    if mail.transport == "none":
+        return NoTransport()
+    return transports[mail.transport](mail)
