@@ -115,3 +115,7 @@ class DeliveryError(Error):
     """A notification could not be delivered (retried next cycle)."""
 
     exit_code = ExitCode.PARTIAL
+
+
+class MetricsError(Error):
+    """The metrics endpoint cannot listen or the textfile cannot be written."""
