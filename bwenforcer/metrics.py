@@ -3,14 +3,22 @@
 :class:`AgentMetrics` is owned by whoever runs cycles (daemon, node-manager
 thread, a ``sync`` run); it keeps the cumulative counters and the last cycle's
 result, and is itself the collector registered with a private registry.
+
+Only what Debian 12's prometheus-client (0.16) offers is used, so the packaged
+agent runs on the distribution's library: the HTTP server is our own small
+WSGI server (0.16's ``start_http_server`` returns nothing to shut down).
 """
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -21,7 +29,12 @@ from prometheus_client.core import (
 )
 
 from .cycle import CycleResult
+from .errors import MetricsError
 
+log = logging.getLogger(__name__)
+
+# "skipped": another cycle held the state lock; "failed": the cycle raised
+CYCLE_RESULTS = ("ok", "partial", "dry-run", "failed", "skipped")
 DURATION_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 COUNTERS = (
     ("classes_created", "HTB classes created"),
@@ -44,7 +57,7 @@ class AgentMetrics:
         self._clock = clock
         self._latest: CycleResult | None = None
         self._counts: dict[str, float] = {name: 0 for name, _ in COUNTERS}
-        self._cycles: dict[str, float] = {"ok": 0, "partial": 0, "failed": 0, "dry-run": 0}
+        self._cycles: dict[str, float] = dict.fromkeys(CYCLE_RESULTS, 0)
         self._mails: dict[str, float] = {"sent": 0, "failed": 0}
         self._buckets = [0] * (len(DURATION_BUCKETS_S) + 1)
         self._duration_sum_s = 0.0
@@ -81,6 +94,47 @@ class AgentMetrics:
         with self._lock:
             self._cycles["failed"] += 1
             self._counts["cycle_errors"] += 1
+
+    def observe_skipped(self) -> None:
+        """Account a cycle skipped because another one held the state lock."""
+        with self._lock:
+            self._cycles["skipped"] += 1
+
+    def restore(self, text: str) -> None:
+        """Carry the counters of an earlier exposition (a textfile) forward.
+
+        A cron ``sync`` is a new process each time; without this its counters
+        would restart from zero at every run and never count anything.
+        """
+        from prometheus_client.parser import text_string_to_metric_families
+
+        counters = {f"bwenforcer_{name}_total": name for name, _ in COUNTERS}
+        bounds = [*DURATION_BUCKETS_S, float("inf")]
+        cumulative = [0.0] * len(bounds)
+        with self._lock:
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    name, labels, value = sample.name, sample.labels, sample.value
+                    if name in counters:
+                        self._counts[counters[name]] += value
+                    elif name == "bwenforcer_cycles_total" and labels.get("result") in self._cycles:
+                        self._cycles[labels["result"]] += value
+                    elif name == "bwenforcer_notifications_total" and labels.get("result") in (
+                        self._mails
+                    ):
+                        self._mails[labels["result"]] += value
+                    elif name == "bwenforcer_cycle_duration_seconds_sum":
+                        self._duration_sum_s += value
+                    elif name == "bwenforcer_cycle_duration_seconds_bucket":
+                        le = float(labels.get("le", "nan"))
+                        if le in bounds:
+                            cumulative[bounds.index(le)] = value
+                    elif name == "bwenforcer_last_success_timestamp_seconds":
+                        self._last_success_s = max(self._last_success_s, value)
+            previous = 0.0
+            for i, running in enumerate(cumulative):
+                self._buckets[i] += int(max(running - previous, 0))
+                previous = max(running, previous)
 
     def count(self, name: str, amount: float = 1) -> None:
         """Add to one of the COUNTERS."""
@@ -184,21 +238,69 @@ def _slice_families(latest: CycleResult | None) -> Iterator[Metric]:
         yield family
 
 
+def from_textfile(path: str) -> AgentMetrics:
+    """Metrics whose counters continue those of the textfile an earlier run wrote.
+
+    A missing file starts from zero; an unreadable or garbled one too, with a
+    warning (counters restarting is what Prometheus handles as a reset).
+    """
+    metrics = AgentMetrics()
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except FileNotFoundError:
+        return metrics
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("metrics textfile %s unreadable, counters restart: %s", path, exc)
+        return metrics
+    try:
+        metrics.restore(text)
+    except ValueError as exc:
+        log.warning("metrics textfile %s garbled, counters restart: %s", path, exc)
+        return AgentMetrics()
+    return metrics
+
+
 def write_textfile(path: str, metrics: AgentMetrics) -> None:
     """Write the metrics for node_exporter's textfile collector, atomically."""
     from prometheus_client import write_to_textfile
 
-    write_to_textfile(path, metrics.registry())
+    try:
+        write_to_textfile(path, metrics.registry())
+    except OSError as exc:
+        raise MetricsError(f"metrics textfile {path}: {exc.strerror or exc}") from exc
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Scrapes every few seconds are not worth a log line each."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        del format, args
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], family: socket.AddressFamily) -> None:
+        self.address_family = family
+        super().__init__(address, _QuietHandler)
 
 
 def serve(listen: str, metrics: AgentMetrics) -> Callable[[], None]:
-    """Serve /metrics on ``host:port``; return a function that stops the server."""
-    from prometheus_client import start_http_server
+    """Serve /metrics on ``host:port`` (IPv6 as ``[::1]:port``); return its stop function."""
+    from prometheus_client import make_wsgi_app
 
-    host, _, port = listen.rpartition(":")
-    server, thread = start_http_server(
-        int(port), addr=host.strip("[]"), registry=metrics.registry()
-    )
+    host, _, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        server = _MetricsServer((host, port), family)
+    except (OSError, ValueError) as exc:
+        raise MetricsError(f"metrics: cannot listen on {listen}: {exc}") from exc
+    server.set_app(make_wsgi_app(metrics.registry()))
+    thread = threading.Thread(target=server.serve_forever, name="bwenforcer-metrics", daemon=True)
+    thread.start()
 
     def stop() -> None:
         server.shutdown()

@@ -40,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
     agent = Agent(config)
     result = agent.cycle(load_desired(config), dry_run=args.dry_run)
     if config.metrics.textfile and not result.dry_run:
-        from ..metrics import AgentMetrics, write_textfile
+        from ..metrics import from_textfile, write_textfile
 
-        metrics = AgentMetrics()
+        metrics = from_textfile(config.metrics.textfile)
         metrics.observe(result)
         write_textfile(config.metrics.textfile, metrics)
     if args.json:
