@@ -2,8 +2,10 @@
 
 SIGTERM/SIGINT stop after the current cycle (the state file is written
 atomically, so even an abandoned cycle leaves a good one); SIGHUP reloads the
-config, keeping the old one if the new one is invalid. An error in a cycle is
-logged and counted, and the loop goes on.
+config, keeping the old one if the new one is invalid (a changed
+``metrics.listen`` moves the endpoint). An error in a cycle is logged and
+counted, and the loop goes on. Signal handlers only record the request; the
+loop logs and acts on it, so nothing is logged from inside a handler.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from types import FrameType
 
 from .agent import Agent, load_desired
 from .config import Config, load_config
-from .errors import Error, LockBusy
+from .errors import Error, LockBusy, MetricsError
 from .metrics import AgentMetrics, serve
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,9 @@ class Daemon:
     config: Config
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
     wake: threading.Event = field(default_factory=threading.Event)
-    stopping: bool = False
+    stop_signal: int | None = None
     reload_requested: bool = False
+    stop_server: Callable[[], None] | None = None
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """Signal handler: remember what was asked and wake the loop."""
@@ -40,18 +43,37 @@ class Daemon:
         if signum == signal.SIGHUP:
             self.reload_requested = True
         else:
-            self.stopping = True
+            self.stop_signal = signum
         self.wake.set()
 
     def reload(self) -> None:
         """Re-read the config; an invalid one is refused and the old one kept."""
         self.reload_requested = False
         try:
-            self.config = load_config(self.config_path)
+            config = load_config(self.config_path)
         except Error as exc:
             log.error("config reload refused, keeping the old config: %s", exc)
             return
-        log.info("config reloaded from %s", self.config.source or "defaults")
+        old_listen, self.config = self.config.metrics.listen, config
+        log.info("config reloaded from %s", config.source or "defaults")
+        if config.metrics.listen != old_listen:
+            self.stop_metrics()
+            try:
+                self.start_metrics()
+            except MetricsError as exc:
+                log.error("%s; /metrics is not served until the next reload", exc)
+
+    def start_metrics(self) -> None:
+        """Serve /metrics on ``metrics.listen`` if it is set."""
+        if self.config.metrics.listen:
+            self.stop_server = serve(self.config.metrics.listen, self.metrics)
+            log.info("serving /metrics on %s", self.config.metrics.listen)
+
+    def stop_metrics(self) -> None:
+        """Stop serving /metrics (if served)."""
+        if self.stop_server is not None:
+            self.stop_server()
+            self.stop_server = None
 
     def run_once(self) -> None:
         """One cycle; errors are logged and counted, never raised."""
@@ -59,6 +81,7 @@ class Daemon:
             result = Agent(self.config).cycle(load_desired(self.config))
         except LockBusy as exc:
             log.warning("cycle skipped: %s", exc)
+            self.metrics.observe_skipped()
             return
         except (Error, OSError) as exc:
             log.error("cycle failed: %s", exc)
@@ -66,23 +89,23 @@ class Daemon:
             return
         self.metrics.observe(result)
 
-    def loop(self, serve_metrics: Callable[[str, AgentMetrics], Callable[[], None]] = serve) -> int:
+    def loop(self) -> int:
         """Run until SIGTERM/SIGINT; return the exit code."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self.on_signal)
-        stop_server = None
-        if self.config.metrics.listen:
-            stop_server = serve_metrics(self.config.metrics.listen, self.metrics)
-            log.info("serving /metrics on %s", self.config.metrics.listen)
+        self.start_metrics()
+        log.info(
+            "daemon started: a cycle every %ss on %s", self.config.interval_s, self.config.device
+        )
         try:
-            while not self.stopping:
+            while self.stop_signal is None:
                 if self.reload_requested:
+                    log.info("SIGHUP: reloading the config")
                     self.reload()
                 self.run_once()
                 self.wake.wait(self.config.interval_s)
                 self.wake.clear()
         finally:
-            if stop_server is not None:
-                stop_server()
-        log.info("daemon stopped")
+            self.stop_metrics()
+        log.info("daemon stopped by %s", signal.Signals(self.stop_signal).name)
         return 0
