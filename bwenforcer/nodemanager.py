@@ -2,12 +2,15 @@
 
 The node manager imports this module, calls ``start()`` once and ``GetSlivers()``
 after each policy update, and sets ``event`` whenever its slice database
-changed. A daemon thread waits on that event, copies the database under the
-node manager's lock, runs one cycle and clears the event; an exception is
-logged and counted and the thread waits for the next event. Nothing here needs
-PlanetLab code: the database and its lock can be passed to ``start()``, or are
-looked up in a ``database`` module (``database.db`` / ``database.db_lock``) if
-one is importable.
+changed. A daemon thread waits on that event, clears it, copies the database
+under the node manager's lock and runs one cycle (clearing before the cycle,
+not after, so a change made during a cycle is not lost); an exception is
+logged and counted and the thread waits for the next event.
+
+Nothing here needs PlanetLab code: the database and its lock can be passed to
+``start()``; otherwise, if a ``database`` module is importable (the node
+manager's), ``database.db`` and ``database.db_lock`` (or ``db.lock``) are
+looked up at every cycle, since the node manager may rebind ``db``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import threading
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from .agent import Agent
@@ -31,10 +35,13 @@ log = logging.getLogger(__name__)
 
 priority = 20  # node-manager plugin order (after the slice creators)
 
-# The plugin protocol is module-level functions, so the running shim needs one
-# module-level handle; everything else lives in the shim object.
-_shim: NodeManagerShim | None = None
+# The plugin protocol is module-level functions and an event the node manager
+# sets, so the module holds exactly two handles: that event and the running
+# shim (for GetSlivers). Everything else lives in the shim object.
 event = threading.Event()
+_shim: NodeManagerShim | None = None
+
+Lock = AbstractContextManager[Any]
 
 
 @dataclass
@@ -43,26 +50,51 @@ class NodeManagerShim:
 
     config: Config
     db: Mapping[str, Any] | None = None
-    lock: AbstractContextManager[Any] | None = None
+    lock: Lock | None = None
+    database: ModuleType | None = None  # the node manager's module, read at each cycle
     wake: threading.Event = field(default_factory=threading.Event)
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
     agent_factory: Callable[[Config], Agent] = Agent
     stopping: bool = False
     cycles: int = 0
     thread: threading.Thread | None = None
+    stop_server: Callable[[], None] | None = None
+
+    def source(self) -> tuple[Mapping[str, Any] | None, Lock]:
+        """The current database (None before there is one) and the lock guarding it."""
+        if self.database is not None:
+            db = getattr(self.database, "db", None)
+            lock = getattr(self.database, "db_lock", None) or getattr(db, "lock", None)
+            return db, lock or nullcontext()
+        return self.db, self.lock or nullcontext()
 
     def update(self, data: Any) -> None:
-        """A new database snapshot (a ``{name: record}`` dict) or just a nudge."""
-        if isinstance(data, Mapping) and all(isinstance(v, Mapping) for v in data.values()):
-            with self.lock or nullcontext():
-                self.db = data
+        """A new database snapshot (a non-empty ``{name: record}`` dict) or just a nudge.
+
+        With the node manager's ``database`` module as the source, its database
+        is authoritative and ``data`` (PLC's reply) only wakes the thread; an
+        empty dict is never taken as "no slices", which would lift every limit.
+        """
+        if (
+            self.database is None
+            and isinstance(data, Mapping)
+            and data
+            and all(isinstance(v, Mapping) for v in data.values())
+        ):
+            self.db = data  # one reference swap; the copy is taken under the lock
         self.wake.set()
 
     def run_once(self) -> None:
         """Copy the database under its lock and run one cycle; never raises."""
         try:
-            with self.lock or nullcontext():
-                snapshot = copy.deepcopy(dict(self.db or {}))
+            db, lock = self.source()
+            if db is None:
+                # not an empty database: cycling on nothing would lift every limit
+                log.warning("no node-manager database yet, cycle skipped")
+                self.metrics.observe_skipped()
+                return
+            with lock:
+                snapshot = copy.deepcopy(dict(db))
             result = self.agent_factory(self.config).cycle(
                 from_nodemanager_db(snapshot, self.config)
             )
@@ -79,7 +111,7 @@ class NodeManagerShim:
         self.metrics.observe(result)
 
     def loop(self) -> None:
-        """Wait for the event, run a cycle, clear the event; until stopped."""
+        """Wait for the event, clear it, run a cycle; until stopped."""
         while not self.stopping:
             self.wake.wait()
             if self.stopping:
@@ -90,34 +122,51 @@ class NodeManagerShim:
     def start(self) -> None:
         """Start the daemon thread (and the metrics server, if configured)."""
         if self.config.metrics.listen:
-            serve(self.config.metrics.listen, self.metrics)
+            self.stop_server = serve(self.config.metrics.listen, self.metrics)
+            log.info("serving /metrics on %s", self.config.metrics.listen)
         self.thread = threading.Thread(target=self.loop, name="bwenforcer", daemon=True)
         self.thread.start()
 
-    def stop(self) -> None:
-        """Ask the thread to end after its current cycle."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """End the thread after its current cycle; stop serving metrics."""
         self.stopping = True
         self.wake.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout_s)
+        if self.stop_server is not None:
+            self.stop_server()
+            self.stop_server = None
 
 
-def _discover() -> tuple[Mapping[str, Any] | None, AbstractContextManager[Any] | None]:
+def _discover() -> ModuleType | None:
     try:
-        database = importlib.import_module("database")
+        return importlib.import_module("database")
     except ImportError:
-        return None, None
-    return getattr(database, "db", None), getattr(database, "db_lock", None)
+        return None
 
 
 def start(*args: Any, **kwargs: Any) -> NodeManagerShim:
-    """Plugin entry: start the thread. Keywords: ``config`` (path), ``db``, ``lock``."""
+    """Plugin entry: start the thread. Keywords: ``config`` (path), ``db``, ``lock``.
+
+    Without ``db`` and ``lock`` the node manager's ``database`` module is used
+    if importable. A second ``start()`` replaces the first thread.
+    """
     del args  # the node manager passes its options; we read our own config
     global _shim  # noqa: PLW0603 - the one handle the plugin protocol forces
     db, lock = kwargs.get("db"), kwargs.get("lock")
-    if db is None and lock is None:
-        db, lock = _discover()
-    _shim = NodeManagerShim(load_config(kwargs.get("config")), db=db, lock=lock, wake=event)
-    _shim.start()
-    return _shim
+    database = _discover() if db is None and lock is None else None
+    shim = NodeManagerShim(
+        load_config(kwargs.get("config")), db=db, lock=lock, database=database, wake=event
+    )
+    if _shim is not None:
+        _shim.stop(timeout_s=60)
+    _shim = shim
+    shim.start()
+    log.info(
+        "node-manager thread started (database %s)",
+        "from the database module" if database else "passed in" if db is not None else "none yet",
+    )
+    return shim
 
 
 def GetSlivers(data: Any, config: Any = None, plc: Any = None) -> None:

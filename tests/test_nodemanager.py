@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -12,9 +13,14 @@ from bwenforcer import nodemanager
 from bwenforcer.agent import Agent
 from bwenforcer.config import Config, load_config
 from bwenforcer.htb import HtbBackend
+from bwenforcer.layout import DEFAULT_XID, ROOT_XID
+from tests.kernel_helpers import VENV_BIN
 from tests.netns import Netns
+from tests.test_mail import free_port
 
 pytestmark = pytest.mark.kernel
+
+RESERVED = {ROOT_XID, DEFAULT_XID}  # the root and default classes are always there
 
 
 def _wait(predicate, seconds: float = 15) -> None:  # type: ignore[no-untyped-def]
@@ -62,10 +68,90 @@ def test_thread_follows_the_database_and_survives_errors(ns: Netns, tmp_path: Pa
         nodemanager.GetSlivers({"pl_b": {"name": "pl_b", "xid": 42, "_rspec": {}}})
         _wait(lambda: shim.cycles == 4)
         with HtbBackend("v0", netns=ns.name) as kernel:
-            assert 41 not in kernel.dump().slices
+            assert set(kernel.dump().slices) - RESERVED == {42}
+        nodemanager.GetSlivers({})  # empty: a nudge, never "no slices"
+        _wait(lambda: shim.cycles == 5)
+        with HtbBackend("v0", netns=ns.name) as kernel:
+            assert set(kernel.dump().slices) - RESERVED == {42}
     finally:
-        shim.stop()
+        shim.stop(timeout_s=30)
         nodemanager._shim = None
+    assert shim.thread is not None and not shim.thread.is_alive()
     assert shim.metrics._counts["cycle_errors"] == 1
-    assert shim.metrics._cycles["ok"] == 3
+    assert shim.metrics._cycles["ok"] == 4
     assert nodemanager.priority > 0
+
+
+FAKE_NODE_MANAGER = """
+import json, sys, threading, time, types, urllib.request
+
+database = types.ModuleType("database")  # what PlanetLab's node manager provides
+database.db_lock = threading.Lock()
+database.db = None
+sys.modules["database"] = database
+
+from bwenforcer import nodemanager
+from bwenforcer.htb import HtbBackend
+from bwenforcer.layout import DEFAULT_XID, ROOT_XID
+
+shim = nodemanager.start("options", "conf", config=sys.argv[1])
+
+
+def settle(n):
+    deadline = time.monotonic() + 20
+    while shim.cycles < n:
+        assert time.monotonic() < deadline, "no cycle"
+        time.sleep(0.05)
+
+
+def xids():
+    with HtbBackend("v0") as kernel:
+        return sorted(set(kernel.dump().slices) - {ROOT_XID, DEFAULT_XID})
+
+
+report = {}
+nodemanager.event.set()  # no database yet: skipped, nothing removed
+settle(1)
+report["no_db"] = xids()
+with database.db_lock:  # the node manager rebinds its database
+    database.db = {"pl_x": {"name": "pl_x", "xid": 61, "_rspec": {"net_max_rate": 3000}}}
+nodemanager.event.set()
+settle(2)
+report["db"] = xids()
+with HtbBackend("v0") as kernel:
+    report["rate"] = kernel.dump().slices[61].default.rates.max_rate_bps
+with database.db_lock:
+    database.db["pl_y"] = {"name": "pl_y", "xid": 62, "_rspec": {}}
+nodemanager.GetSlivers({"timestamp": 1, "slivers": []}, None, None)  # PLC's reply: a nudge
+settle(3)
+report["nudged"] = xids()
+url = "http://" + sys.argv[2] + "/metrics"
+report["metrics"] = urllib.request.urlopen(url, timeout=5).read().decode()
+shim.stop(timeout_s=30)
+report["alive"] = shim.thread.is_alive()
+print(json.dumps(report))
+"""
+
+
+def test_a_node_manager_process_drives_the_plugin_protocol(ns: Netns, tmp_path: Path) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nmetrics: {{listen: '{listen}'}}\n"
+    )
+    with HtbBackend("v0", netns=ns.name) as kernel:
+        kernel.init(10_000_000, 1_000_000_000)
+    script = tmp_path / "fake_nm.py"
+    script.write_text(FAKE_NODE_MANAGER)
+    proc = ns.run(str(VENV_BIN / "python"), str(script), str(cfg), listen, check=False, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["no_db"] == []
+    assert report["db"] == [61] and report["rate"] == 3_000_000
+    assert report["nudged"] == [61, 62]
+    assert 'bwenforcer_cycles_total{result="skipped"} 1.0' in report["metrics"]
+    assert 'bwenforcer_cycles_total{result="ok"} 2.0' in report["metrics"]
+    assert (
+        'bwenforcer_slice_limit_bytes{class="default",slice="pl_y",xid="62"}' in report["metrics"]
+    )
+    assert report["alive"] is False
