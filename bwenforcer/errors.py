@@ -117,5 +117,15 @@ class DeliveryError(Error):
     exit_code = ExitCode.PARTIAL
 
 
+class HistoryError(Error):
+    """The usage history file cannot be read or written."""
+
+    exit_code = ExitCode.STATE
+
+
+class HistoryCorrupt(HistoryError):
+    """The usage history file is damaged or of an unknown format version."""
+
+
 class MetricsError(Error):
     """The metrics endpoint cannot listen or the textfile cannot be written."""

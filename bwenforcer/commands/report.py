@@ -1,0 +1,171 @@
+"""``bwenforcer report``: bytes sent and capped time per slice per hour, day or month."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..history import ReportRow
+
+ORDER = 55
+
+JSON_KEYS = (
+    "slice",
+    "bucket_start",
+    "by",
+    "default_bytes",
+    "exempt_bytes",
+    "peak_hour_bytes",
+    "capped_default_s",
+    "capped_exempt_s",
+)
+
+_DESCRIPTION = """\
+Totals from the usage history kept beside the state file: bytes sent per traffic
+class, the busiest hour's bytes (default + exempt) and the time each class was
+capped, per slice and per UTC hour, day or month. Hours are kept for
+history.hourly_keep (15 days), days for history.daily_keep (2 years), months for
+history.monthly_keep (10 years); days and months include the hours and days not
+yet rolled up, so a month's total is everything sent in it. Deleted slices stay
+in the history until they age out.
+
+--json prints a list of objects with the keys
+  slice, bucket_start (Unix seconds, UTC start of the bucket), by (hour|day|month),
+  default_bytes, exempt_bytes, peak_hour_bytes, capped_default_s, capped_exempt_s;
+--csv prints the same columns after a header line.
+
+A slice with no history (unknown, or aged out), or nothing recorded since DATE, is
+not an error: the result is empty (no table, [] or a CSV header only),
+a note goes to stderr and the exit code is 0. Exit 5 when the history file is
+damaged or unreadable, 2 for bad arguments or config.
+"""
+
+
+def _since(text: str) -> int:
+    """``2026-11-01`` or ``2026-11-01T12:00`` (UTC unless an offset is given) → Unix seconds."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date (e.g. 2026-11-01 or 2026-11-01T12:00, UTC)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp())
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``report`` verb."""
+    parser = sub.add_parser(
+        "report",
+        help="usage history: bytes, peak hour and capped time per slice per hour/day/month",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--by",
+        choices=("hour", "day", "month"),
+        default="day",
+        help="bucket size (default: day)",
+    )
+    parser.add_argument(
+        "--since",
+        metavar="DATE",
+        type=_since,
+        help="only buckets ending after DATE (ISO, UTC: 2026-11-01 or 2026-11-01T12:00);"
+        " the bucket holding DATE is shown whole",
+    )
+    parser.add_argument("--slice", metavar="NAME", help="only this slice")
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print a list of objects")
+    fmt.add_argument("--csv", action="store_true", help="print CSV with a header line")
+    parser.set_defaults(func=run)
+
+
+def row_json(row: ReportRow) -> dict[str, Any]:
+    """One report row as the documented ``--json`` object (and ``--csv`` columns)."""
+    return {
+        "slice": row.slice_name,
+        "bucket_start": row.bucket_start_s,
+        "by": row.by,
+        "default_bytes": row.default_bytes,
+        "exempt_bytes": row.exempt_bytes,
+        "peak_hour_bytes": row.peak_hour_bytes,
+        "capped_default_s": row.capped_default_s,
+        "capped_exempt_s": row.capped_exempt_s,
+    }
+
+
+_BUCKET_FORMAT = {"hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d", "month": "%Y-%m"}
+_BUCKET_HEADER = {"hour": "HOUR (UTC)", "day": "DAY (UTC)", "month": "MONTH (UTC)"}
+TABLE_HEADER = ("DEFAULT", "EXEMPT", "PEAK HOUR", "CAPPED DEFAULT", "CAPPED EXEMPT")
+
+
+def report_table(rows: Sequence[ReportRow], by: str) -> str:
+    """Readable table: one line per slice per bucket, then a total line per slice."""
+    from ..inspection import render_table
+    from ..units import human_duration, human_size
+
+    def capped(seconds: int) -> str:
+        return human_duration(seconds) if seconds else "-"
+
+    def cells(name: str, bucket: str, group: Sequence[ReportRow]) -> tuple[str, ...]:
+        return (
+            name,
+            bucket,
+            human_size(sum(r.default_bytes for r in group)),
+            human_size(sum(r.exempt_bytes for r in group)),
+            human_size(max(r.peak_hour_bytes for r in group)),
+            capped(sum(r.capped_default_s for r in group)),
+            capped(sum(r.capped_exempt_s for r in group)),
+        )
+
+    table: list[tuple[str, ...]] = []
+    names = sorted({r.slice_name for r in rows})
+    for name in names:
+        mine = [r for r in rows if r.slice_name == name]
+        for r in mine:
+            start = dt.datetime.fromtimestamp(r.bucket_start_s, dt.UTC)
+            table.append(cells(name, start.strftime(_BUCKET_FORMAT[by]), [r]))
+        table.append(cells(name, "total", mine))
+    return "\n".join(render_table(("SLICE", _BUCKET_HEADER[by], *TABLE_HEADER), table))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the report; an empty one is noted on stderr (exit 0)."""
+    from ..config import load_config
+    from ..errors import ExitCode
+    from ..history import read_history
+
+    path = load_config(args.config).history_file
+    history = read_history(path)
+    rows = history.report(args.by, args.since, args.slice)
+    if args.json:
+        json.dump([row_json(r) for r in rows], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=JSON_KEYS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(row_json(r) for r in rows)
+    elif rows:
+        print(report_table(rows, args.by))
+    if not rows:
+        print(
+            f"bwenforcer: report: {_empty_note(args, history.slice_names(), path)}", file=sys.stderr
+        )
+    return int(ExitCode.OK)
+
+
+def _empty_note(args: argparse.Namespace, known: list[str], path: str) -> str:
+    if args.slice is not None and args.slice not in known:
+        return f"no history for slice {args.slice!r} (unknown, or aged out) in {path}"
+    since = ""
+    if args.since is not None:
+        since = f" since {dt.datetime.fromtimestamp(args.since, dt.UTC):%Y-%m-%d %H:%M} UTC"
+    return f"nothing recorded{since} in {path}"

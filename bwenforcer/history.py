@@ -1,0 +1,552 @@
+"""Usage history: bytes and capped time per slice, hourly → daily → monthly, in a small file.
+
+Each cycle adds the bytes every slice sent per traffic class (deltas, never
+counters, so counter resets and reboots add nothing twice) to the UTC hour of
+the cycle. :meth:`History.roll_up` folds the hours of a UTC day into one day
+bucket once the whole day is older than ``history.hourly_keep`` (so hours are
+kept at least that long, and a day is never split across tiers), folds days
+older than ``daily_keep`` into their UTC month, and drops months older than
+``monthly_keep``; a bucket is "older than keep" once it *ended* at least
+``keep`` ago. Day and month buckets also keep their busiest hour's total
+(default + exempt): the peak hour. A deleted slice's history stays, by name,
+until it ages out.
+
+File format, version 1 (little endian, fixed-size records, no compression)::
+
+    header   "BWHS"  u16 version  u16 flags (0)  u32 slice count  u32 CRC-32 of the rest
+    slice    u8 name length, name (UTF-8, ≤ 255 bytes),
+             u32 hour count, u32 day count, u32 month count, then the records:
+    hour     u32 hours since 1970, u64 default, u64 exempt,
+             u32 capped default s, u32 capped exempt s                        (28 bytes)
+    day      u32 days since 1970, u64 default, u64 exempt, u64 peak hour,
+             u32 capped default s, u32 capped exempt s                        (36 bytes)
+    month    u32 year*12+month-1, then as a day                              (36 bytes)
+
+Size: an hour costs 28 bytes, a day or a month 36 bytes, a slice's header at
+most 268. With the default retention a slice that sends something every hour
+holds at most 384 hours (15 days, plus the day being filled) and, in its first
+year, 365 days: at most 24,160 bytes per slice for the first year. However old
+the node, a slice never exceeds ``MAX_BYTES_PER_SLICE`` = 40,252 bytes (384
+hours, 715 days, 97 months), so the file stays under that times the number of
+slices plus a 16-byte header. These bounds hold after :meth:`History.roll_up`
+at the time of the latest :meth:`History.record`; counts saturate at their
+field's maximum. Idle slices cost nothing: a cycle with no bytes and no capped
+time adds no bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import math
+import operator
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Literal
+
+from .config import HistoryConfig
+from .errors import HistoryCorrupt, HistoryError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MAGIC = b"BWHS"
+HOUR_S = 3600
+DAY_S = 86400
+NAME_MAX_BYTES = 255
+
+_HEADER = struct.Struct("<4sHHII")
+_SLICE = struct.Struct("<B")
+_COUNTS = struct.Struct("<III")
+_HOUR = struct.Struct("<IQQII")
+_DAY = struct.Struct("<IQQQII")  # days and months
+_U32 = 2**32 - 1
+_U64 = 2**64 - 1
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+
+HEADER_BYTES = _HEADER.size
+SLICE_HEADER_MAX_BYTES = _SLICE.size + NAME_MAX_BYTES + _COUNTS.size
+
+Bucketing = Literal["hour", "day", "month"]
+
+
+def _months_spanned_max(length_s: int) -> int:
+    """Most calendar months an interval of ``length_s`` can touch.
+
+    The months strictly inside the interval are shorter than it; any 12 consecutive
+    months last at least 365 days and any month at least 28.
+    """
+    if length_s <= 0:
+        return 1
+    inside = 0
+    while 365 * DAY_S * ((inside + 1) // 12) + 28 * DAY_S * ((inside + 1) % 12) < length_s:
+        inside += 1
+    return inside + 2
+
+
+def max_bytes_per_slice(cfg: HistoryConfig) -> int:
+    """Upper bound of one slice's share of the file right after a roll-up, for ``cfg``."""
+    hours = math.ceil(cfg.hourly_keep_s / HOUR_S) + 24
+    days = max(0, math.ceil((cfg.daily_keep_s - cfg.hourly_keep_s) / DAY_S))
+    months = _months_spanned_max(cfg.monthly_keep_s - cfg.daily_keep_s)
+    return SLICE_HEADER_MAX_BYTES + hours * _HOUR.size + (days + months) * _DAY.size
+
+
+MAX_BYTES_PER_SLICE = max_bytes_per_slice(HistoryConfig())
+
+
+@dataclass(frozen=True, slots=True)
+class CycleUsage:
+    """What one cycle reports for one slice: byte deltas and whether each class was capped."""
+
+    slice_name: str
+    default_bytes: int
+    exempt_bytes: int
+    capped_default: bool
+    capped_exempt: bool
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One slice's usage in one hour, day or month (UTC)."""
+
+    slice_name: str
+    by: Bucketing
+    bucket_start_s: int
+    default_bytes: int
+    exempt_bytes: int
+    peak_hour_bytes: int  # the busiest hour in the bucket, default + exempt
+    capped_default_s: int
+    capped_exempt_s: int
+
+
+def _day_of_hour(hour: int) -> int:
+    return hour // 24
+
+
+def _day_to_month(day: int) -> int:
+    date = dt.date.fromordinal(_EPOCH_ORDINAL + day)
+    return date.year * 12 + date.month - 1
+
+
+def _month_of_instant(instant_s: int) -> int:
+    return _day_to_month(instant_s // DAY_S)
+
+
+def _month_start_s(month: int) -> int:
+    year, index = divmod(month, 12)
+    return (dt.date(year, index + 1, 1).toordinal() - _EPOCH_ORDINAL) * DAY_S
+
+
+def _new_row(buckets: dict[int, list[int]], key: int, width: int) -> list[int]:
+    """A zero row for ``key``, keeping ``buckets`` in ascending key order."""
+    row = [0] * width
+    out_of_order = bool(buckets) and key < next(reversed(buckets))
+    buckets[key] = row
+    if out_of_order:  # the clock went back: rare, so re-sorting is cheap enough
+        ordered = sorted(buckets.items())
+        buckets.clear()
+        buckets.update(ordered)
+    return row
+
+
+class _SliceHistory:
+    """One slice's buckets, each tier a dict in ascending key order.
+
+    Hour rows: [default, exempt, capped default s, capped exempt s].
+    Day and month rows: [default, exempt, peak hour, capped default s, capped exempt s].
+    """
+
+    __slots__ = ("days", "hours", "months")
+
+    def __init__(self) -> None:
+        self.hours: dict[int, list[int]] = {}
+        self.days: dict[int, list[int]] = {}
+        self.months: dict[int, list[int]] = {}
+
+    def empty(self) -> bool:
+        return not (self.hours or self.days or self.months)
+
+
+def _merge(acc: dict[int, list[int]], key: int, row: list[int]) -> None:
+    """Add a day/month-shaped row into ``acc[key]``; the peak is a maximum, not a sum."""
+    into = acc.get(key)
+    if into is None:
+        into = _new_row(acc, key, 5)
+    into[0] += row[0]
+    into[1] += row[1]
+    into[2] = max(into[2], row[2])
+    into[3] += row[3]
+    into[4] += row[4]
+
+
+def _due(tier: dict[int, list[int]], cutoff: int) -> list[int]:
+    """The keys below ``cutoff``: the first ones, as tiers are in ascending order."""
+    due = []
+    for key in tier:
+        if key >= cutoff:
+            break
+        due.append(key)
+    return due
+
+
+def _as_day_row(hour_row: list[int]) -> list[int]:
+    default, exempt, capped_d, capped_e = hour_row
+    return [default, exempt, default + exempt, capped_d, capped_e]
+
+
+class History:
+    """The usage history in memory. Pure: time is passed in, nothing is read or written."""
+
+    def __init__(self) -> None:
+        self._slices: dict[str, _SliceHistory] = {}
+        self._cutoffs: tuple[int, int, int] | None = None  # of the last roll-up
+        # Rows of the hour last recorded into, by slice: the hot path of record().
+        self._hour: int | None = None
+        self._hour_rows: dict[str, list[int]] = {}
+        self.ignored = 0  # negative deltas and unstorable names refused by record()
+
+    def record(self, now_s: int, interval_s: int, usage: Iterable[CycleUsage]) -> None:
+        """Add one cycle's deltas (and ``interval_s`` of capped time per capped class).
+
+        Everything goes to the UTC hour of ``now_s``. A negative delta is ignored (logged
+        and counted in :attr:`ignored`); the slice's other class still counts.
+        """
+        hour = now_s // HOUR_S
+        if hour != self._hour:
+            self._hour = hour
+            self._hour_rows = {}
+        capped_s = max(0, interval_s)
+        rows = self._hour_rows
+        get = rows.get
+        # The fast path (a slice already seen this hour, no negative delta) runs
+        # for every slice every cycle: keep it to a few operations.
+        for u in usage:
+            row = get(u.slice_name)
+            default, exempt = u.default_bytes, u.exempt_bytes
+            if row is None or default < 0 or exempt < 0:
+                self._record_slow(hour, capped_s, u)
+                continue
+            row[0] += default
+            row[1] += exempt
+            if u.capped_default:
+                row[2] += capped_s
+            if u.capped_exempt:
+                row[3] += capped_s
+
+    def _record_slow(self, hour: int, capped_s: int, u: CycleUsage) -> None:
+        default, exempt = u.default_bytes, u.exempt_bytes
+        if default < 0 or exempt < 0:
+            log.warning(
+                "history: slice %s: negative delta ignored (default %d, exempt %d bytes)",
+                u.slice_name,
+                default,
+                exempt,
+            )
+            self.ignored += 1
+            default, exempt = max(0, default), max(0, exempt)
+        capped_d = capped_s if u.capped_default else 0
+        capped_e = capped_s if u.capped_exempt else 0
+        row = self._hour_rows.get(u.slice_name)
+        if row is None:
+            if not (default or exempt or capped_d or capped_e):
+                return  # idle slices cost nothing
+            sh = self._slices.get(u.slice_name)
+            if sh is None:
+                if len(u.slice_name.encode()) > NAME_MAX_BYTES:
+                    log.error("history: slice %s: name too long to store, skipped", u.slice_name)
+                    self.ignored += 1
+                    return
+                sh = self._slices[u.slice_name] = _SliceHistory()
+            row = sh.hours.get(hour)
+            if row is None:
+                row = _new_row(sh.hours, hour, 4)
+                if self._cutoffs is not None and hour < self._cutoffs[0]:
+                    self._cutoffs = None  # an hour already due for roll-up: redo it
+            self._hour_rows[u.slice_name] = row
+        row[0] += default
+        row[1] += exempt
+        row[2] += capped_d
+        row[3] += capped_e
+
+    def roll_up(self, now_s: int, cfg: HistoryConfig) -> None:
+        """Fold old hours into days, old days into months, and drop old months.
+
+        Cheap to call every cycle: it does nothing until a cutoff moves.
+        """
+        cutoffs = (
+            24 * ((now_s - cfg.hourly_keep_s) // DAY_S),  # an hour: days are folded whole
+            (now_s - cfg.daily_keep_s) // DAY_S,
+            _month_of_instant(now_s - cfg.monthly_keep_s),
+        )
+        if cutoffs == self._cutoffs:
+            return
+        self._hour = None  # the rows it caches may move to the daily tier
+        cut_hour, cut_day, cut_month = cutoffs
+        for name in list(self._slices):
+            sh = self._slices[name]
+            hours, days, months = sh.hours, sh.days, sh.months
+            for day, due in groupby(_due(hours, cut_hour), _day_of_hour):
+                default, exempt, capped_d, capped_e = zip(*(hours.pop(h) for h in due), strict=True)
+                peak = max(map(operator.add, default, exempt))
+                row = [sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e)]
+                _merge(days, day, row)
+            for day in _due(days, cut_day):
+                _merge(months, _day_to_month(day), days.pop(day))
+            for month in _due(months, cut_month):
+                del months[month]
+            if sh.empty():
+                log.info("history: slice %s aged out", name)
+                del self._slices[name]
+        self._cutoffs = cutoffs
+
+    def slice_names(self) -> list[str]:
+        """Names of the slices with any history, sorted."""
+        return sorted(self._slices)
+
+    def report(
+        self, by: Bucketing, since_s: int | None = None, slice_name: str | None = None
+    ) -> list[ReportRow]:
+        """Totals per slice per UTC bucket, by slice then time; every tier is included.
+
+        ``by="day"`` sums the hours still kept hourly, ``by="month"`` also the days, so
+        the totals are everything recorded within the retention. With ``since_s``, only
+        buckets that end after it (the bucket holding ``since_s`` is shown whole).
+        """
+        rows: list[ReportRow] = []
+        for name in sorted(self._slices):
+            if slice_name is not None and name != slice_name:
+                continue
+            for key, row in sorted(self._buckets(self._slices[name], by).items()):
+                start_s, end_s = _bounds(by, key)
+                if since_s is not None and end_s <= since_s:
+                    continue
+                rows.append(ReportRow(name, by, start_s, *row))
+        return rows
+
+    @staticmethod
+    def _buckets(sh: _SliceHistory, by: Bucketing) -> dict[int, list[int]]:
+        if by == "hour":
+            return {hour: _as_day_row(row) for hour, row in sh.hours.items()}
+        if by not in ("day", "month"):
+            raise ValueError(f"history report by {by!r}: expected hour, day or month")
+        acc: dict[int, list[int]] = {}
+        if by == "month":
+            for month, row in sh.months.items():
+                _merge(acc, month, row)
+        for day, row in sh.days.items():
+            _merge(acc, day if by == "day" else _day_to_month(day), row)
+        for hour, row in sh.hours.items():
+            day = hour // 24
+            _merge(acc, day if by == "day" else _day_to_month(day), _as_day_row(row))
+        return acc
+
+    def size_bytes(self) -> int:
+        """Size of the saved file, in bytes."""
+        return HEADER_BYTES + sum(
+            _SLICE.size
+            + len(name.encode())
+            + _COUNTS.size
+            + len(sh.hours) * _HOUR.size
+            + (len(sh.days) + len(sh.months)) * _DAY.size
+            for name, sh in self._slices.items()
+        )
+
+    def encode(self) -> bytes:
+        """The file's bytes (format version :data:`FORMAT_VERSION`)."""
+        parts: list[bytes] = []
+        for name, sh in sorted(self._slices.items()):
+            raw = name.encode()
+            parts.append(_SLICE.pack(len(raw)) + raw)
+            parts.append(_COUNTS.pack(len(sh.hours), len(sh.days), len(sh.months)))
+            parts.extend(
+                _HOUR.pack(key, *_saturated(row, (_U64, _U64, _U32, _U32)))
+                for key, row in sh.hours.items()
+            )
+            for tier in (sh.days, sh.months):
+                parts.extend(
+                    _DAY.pack(key, *_saturated(row, (_U64, _U64, _U64, _U32, _U32)))
+                    for key, row in tier.items()
+                )
+        body = b"".join(parts)
+        header = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(self._slices), zlib.crc32(body))
+        return header + body
+
+    @classmethod
+    def decode(cls, data: bytes, source: str) -> History:
+        """Parse the file's bytes; :class:`HistoryCorrupt` names ``source`` and the problem."""
+        if len(data) < HEADER_BYTES:
+            raise HistoryCorrupt(f"{source}: truncated header ({len(data)} bytes)")
+        magic, version, _flags, count, crc = _HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise HistoryCorrupt(f"{source}: not a bwenforcer history file")
+        if version != FORMAT_VERSION:
+            raise HistoryCorrupt(f"{source}: format version {version}, expected {FORMAT_VERSION}")
+        body = memoryview(data)[HEADER_BYTES:]
+        if zlib.crc32(body) != crc:
+            raise HistoryCorrupt(f"{source}: checksum mismatch")
+        history = cls()
+        reader = _Reader(body, source)
+        for _ in range(count):
+            name = reader.name()
+            if name in history._slices:
+                raise HistoryCorrupt(f"{source}: slice {name} appears twice")
+            sh = history._slices[name] = _SliceHistory()
+            n_hours, n_days, n_months = reader.unpack(_COUNTS)
+            sh.hours = reader.tier(_HOUR, n_hours, name, "hours")
+            sh.days = reader.tier(_DAY, n_days, name, "days")
+            sh.months = reader.tier(_DAY, n_months, name, "months")
+        if reader.offset != len(body):
+            raise HistoryCorrupt(f"{source}: {len(body) - reader.offset} bytes after the end")
+        return history
+
+
+def _saturated(row: list[int], limits: tuple[int, ...]) -> Iterator[int]:
+    return (min(value, limit) for value, limit in zip(row, limits, strict=True))
+
+
+def _bounds(by: Bucketing, key: int) -> tuple[int, int]:
+    if by == "hour":
+        return key * HOUR_S, (key + 1) * HOUR_S
+    if by == "day":
+        return key * DAY_S, (key + 1) * DAY_S
+    return _month_start_s(key), _month_start_s(key + 1)
+
+
+class _Reader:
+    """Walks the body of a history file, raising HistoryCorrupt on any inconsistency."""
+
+    def __init__(self, body: memoryview, source: str) -> None:
+        self.body = body
+        self.source = source
+        self.offset = 0
+
+    def take(self, size: int) -> memoryview:
+        if self.offset + size > len(self.body):
+            raise HistoryCorrupt(f"{self.source}: truncated at byte {HEADER_BYTES + self.offset}")
+        chunk = self.body[self.offset : self.offset + size]
+        self.offset += size
+        return chunk
+
+    def unpack(self, shape: struct.Struct) -> tuple[int, ...]:
+        return shape.unpack(self.take(shape.size))
+
+    def name(self) -> str:
+        (length,) = self.unpack(_SLICE)
+        try:
+            return bytes(self.take(length)).decode()
+        except UnicodeDecodeError as exc:
+            raise HistoryCorrupt(f"{self.source}: slice name is not UTF-8") from exc
+
+    def tier(self, shape: struct.Struct, count: int, name: str, what: str) -> dict[int, list[int]]:
+        tier: dict[int, list[int]] = {}
+        previous = -1
+        for key, *row in shape.iter_unpack(self.take(count * shape.size)):
+            if key <= previous:
+                raise HistoryCorrupt(f"{self.source}: slice {name}: {what} out of order")
+            previous = key
+            tier[key] = row
+        return tier
+
+
+# --- the file ------------------------------------------------------------------
+
+
+def read_history(path: str) -> History:
+    """Read the history file without changing anything: missing → empty.
+
+    Raises :class:`HistoryCorrupt` for a damaged file and :class:`HistoryError` when it
+    cannot be read.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return History()
+    except OSError as exc:
+        raise HistoryError(f"{path}: cannot read history: {exc.strerror or exc}") from exc
+    return History.decode(data, path)
+
+
+def load_history(path: str, clock: Callable[[], float] = time.time) -> History:
+    """Read the history for a cycle: missing → empty; damaged → moved aside, then empty.
+
+    The damaged file goes to ``<path>.corrupt-<UTC time>`` so the next save cannot
+    overwrite what an operator may want to inspect.
+    """
+    try:
+        return read_history(path)
+    except HistoryCorrupt as exc:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock()))
+        target = f"{path}.corrupt-{stamp}"
+        n = 1
+        while os.path.lexists(target):
+            n += 1
+            target = f"{path}.corrupt-{stamp}.{n}"
+        try:
+            os.rename(path, target)
+            _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        except OSError as move:
+            raise HistoryError(f"{path}: cannot move aside: {move.strerror or move}") from exc
+        log.error("history unusable (%s): moved to %s, starting an empty history", exc, target)
+        return History()
+
+
+def save_history(history: History, path: str) -> None:
+    """Write the history atomically, mode 0600; on failure the previous file stays intact."""
+    payload = history.encode()
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        _remove_stale_temps(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # O_CREAT's mode is ignored when a stale file was there
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(directory)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise HistoryError(f"{path}: cannot save history: {exc.strerror or exc}") from exc
+    log.debug("saved history %s: %d bytes", path, len(payload))
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(path: str) -> None:
+    """Remove temp files left by writers killed mid-save (their pid is gone)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = f"{os.path.basename(path)}.tmp-"
+    for name in os.listdir(directory):
+        pid = name[len(prefix) :]
+        if not name.startswith(prefix) or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # alive: not ours to remove
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, name))
