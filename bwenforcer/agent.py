@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .config import Config
 from .cycle import CycleResult, Hooks, run_cycle
+from .errors import Error
 from .executor import Notifier
 from .model import DesiredSet, SliceState
 from .planner import Notify
@@ -71,7 +72,13 @@ class Agent:
         from .statestore import StateStore
 
         dry_run = dry_run or self.config.dry_run
-        hooks = Hooks(classifier=self._classifier_hook(), after_save=after_save)
+
+        def saved(result: CycleResult) -> None:
+            self._record_history(result)
+            if after_save is not None:
+                after_save(result)
+
+        hooks = Hooks(classifier=self._classifier_hook(), after_save=saved)
         with HtbBackend(self.config.device, netns=self.netns) as kernel:
             return run_cycle(
                 self.config,
@@ -83,6 +90,29 @@ class Agent:
                 dry_run=dry_run,
                 hooks=hooks,
             )
+
+    def _record_history(self, result: CycleResult) -> None:
+        """Add the cycle's per-slice deltas to the usage history (logged, never fatal)."""
+        from .history import CycleUsage, load_history, save_history
+
+        usage = [
+            CycleUsage(
+                line.name,
+                line.default.delta_bytes,
+                line.exempt.delta_bytes,
+                line.default.capped,
+                line.exempt.capped,
+            )
+            for line in result.plan.lines
+        ]
+        path = self.config.history_file
+        try:
+            history = load_history(path)
+            history.record(result.plan.now_s, self.config.interval_s, usage)
+            history.roll_up(result.plan.now_s, self.config.history)
+            save_history(history, path)
+        except (Error, OSError) as exc:
+            log.error("usage history %s not updated: %s", path, exc)
 
     def _classifier_hook(self) -> Callable[[DesiredSet], None] | None:
         if self.config.classifier.mode != "uid":
