@@ -320,11 +320,13 @@ def ledger_table(state: State, now_s: int) -> str:
 
 @dataclass(frozen=True)
 class HourUsage:
-    """Bytes one slice sent in one hour."""
+    """Bytes one slice sent in one hour, and how long each class was capped in it."""
 
     start_s: int
     default_bytes: int
     exempt_bytes: int
+    capped_default_s: int = 0
+    capped_exempt_s: int = 0
 
 
 @dataclass(frozen=True)
@@ -469,7 +471,13 @@ def show_json(report: SliceReport) -> dict[str, Any]:
         if entry is None
         else {"xid": entry.slice.xid, "died_at": entry.died_s, "expires_at": entry.expires_s},
         "history": [
-            {"start": h.start_s, "default_bytes": h.default_bytes, "exempt_bytes": h.exempt_bytes}
+            {
+                "start": h.start_s,
+                "default_bytes": h.default_bytes,
+                "exempt_bytes": h.exempt_bytes,
+                "capped_default_s": h.capped_default_s,
+                "capped_exempt_s": h.capped_exempt_s,
+            }
             for h in report.history
         ],
     }
@@ -532,6 +540,15 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
     return [r for r in rows if r[0] != "next cycle" or any(c.pending for c in classes)]
 
 
+def _capped_time(hour: HourUsage) -> str:
+    parts = [
+        f"{tc} {human_duration(seconds)}"
+        for tc, seconds in (("default", hour.capped_default_s), ("exempt", hour.capped_exempt_s))
+        if seconds
+    ]
+    return ", ".join(parts) or "-"
+
+
 def show_text(report: SliceReport, now_s: int) -> str:
     """``show``: the slice as a readable page."""
     st = _shown_state(report)
@@ -562,9 +579,14 @@ def show_text(report: SliceReport, now_s: int) -> str:
         return "\n".join(lines)
     lines.append("")
     lines += render_table(
-        ("HOUR (UTC)", "DEFAULT", "EXEMPT"),
+        ("HOUR (UTC)", "DEFAULT", "EXEMPT", "CAPPED"),
         [
-            (utc(h.start_s), human_size(h.default_bytes), human_size(h.exempt_bytes))
+            (
+                utc(h.start_s),
+                human_size(h.default_bytes),
+                human_size(h.exempt_bytes),
+                _capped_time(h),
+            )
             for h in report.history
         ],
     )

@@ -21,6 +21,7 @@ import pytest
 from bwenforcer.cli import main
 from bwenforcer.commands.inspect import NOW_ENV, operator_name, use_colour
 from bwenforcer.config import Config, load_config
+from bwenforcer.history import CycleUsage, History, save_history
 from bwenforcer.model import ClassOp, ClassRates
 from bwenforcer.statestore import StateStore
 from tests.kernel_helpers import bwenforcer_in, tc_ceils
@@ -134,6 +135,27 @@ def test_show_golden_and_unknown_slice(cfg: Config, capsys: pytest.CaptureFixtur
     assert err.strip().splitlines() == [
         "bwenforcer: slice 'pl_nobody': not in the state, the ledger or the slices file"
     ]
+
+
+def test_show_has_the_last_24_hours_of_history(
+    cfg: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history = History()
+    for hours_ago, sent in ((30, 9_000), (2, 4_000), (1, 1_000)):
+        usage = CycleUsage("pl_heavy", sent, 0, capped_default=hours_ago == 1, capped_exempt=False)
+        history.record(NOW - hours_ago * 3600, 300, [usage])
+    history.record(NOW - 3600, 300, [CycleUsage("pl_light", 5, 5, False, False)])
+    save_history(history, cfg.history_file)
+    code, out, err = run(capsys, "--config", "cfg.yaml", "show", "pl_heavy", "--json")
+    assert code == 0, err
+    rows = json.loads(out)["history"]
+    assert [(r["default_bytes"], r["capped_default_s"]) for r in rows] == [(4_000, 0), (1_000, 300)]
+    assert [r["start"] for r in rows] == [NOW - 7200, NOW - 3600]  # not the hour 30 h ago
+    code, out, _ = run(capsys, "--config", "cfg.yaml", "show", "pl_heavy")
+    assert code == 0
+    table = out[out.index("HOUR (UTC)") :].splitlines()
+    assert table[1].split() == ["2027-01-15", "06:00Z", "3.91KiB", "0B", "-"]
+    assert table[2].split() == ["2027-01-15", "07:00Z", "1000B", "0B", "default", "5m"]
 
 
 def test_reset_forgives_keeps_the_period_and_logs_the_operator(

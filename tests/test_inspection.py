@@ -346,7 +346,7 @@ def heavy_report() -> Any:
         kernel_available=True,
         history=(
             HourUsage(NOW - 7200, 120 * KiB, MiB),
-            HourUsage(NOW - 3600, 70 * KiB, 2 * MiB),
+            HourUsage(NOW - 3600, 70 * KiB, 2 * MiB, capped_default_s=1500),
         ),
     )
 
@@ -377,6 +377,13 @@ def test_show_json_of_a_live_slice() -> None:
     }
     assert doc["ledger"] is None
     assert [h["default_bytes"] for h in doc["history"]] == [120 * KiB, 70 * KiB]
+    assert doc["history"][1] == {
+        "start": NOW - 3600,
+        "default_bytes": 70 * KiB,
+        "exempt_bytes": 2 * MiB,
+        "capped_default_s": 1500,
+        "capped_exempt_s": 0,
+    }
 
 
 def test_show_a_dead_slice_and_a_new_one() -> None:

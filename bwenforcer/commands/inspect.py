@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..inspection import HourUsage
     from ..model import DesiredSlice, KernelSnapshot, State
 
 ORDER = 40
@@ -201,6 +202,29 @@ def _desired(config: Config) -> tuple[DesiredSlice, ...]:
         return ()
 
 
+def _last_day(config: Config, name: str, now: int) -> tuple[HourUsage, ...]:
+    """The slice's hourly usage over the last 24 h, or none (said on stderr) if unreadable."""
+    from ..errors import Error
+    from ..history import DAY_S, read_history
+    from ..inspection import HourUsage
+
+    try:
+        rows = read_history(config.history_file).report("hour", now - DAY_S, name)
+    except Error as exc:
+        print(f"bwenforcer: history unavailable ({exc})", file=sys.stderr)
+        return ()
+    return tuple(
+        HourUsage(
+            r.bucket_start_s,
+            r.default_bytes,
+            r.exempt_bytes,
+            r.capped_default_s,
+            r.capped_exempt_s,
+        )
+        for r in rows
+    )
+
+
 def run_show(args: argparse.Namespace) -> int:
     """Print everything about one slice."""
     from ..config import load_config
@@ -215,11 +239,16 @@ def run_show(args: argparse.Namespace) -> int:
     snapshot = _dump(config)
     if snapshot is not None and report.status != "dead" and report.xid is not None:
         report = dataclasses.replace(report, kernel=snapshot.slices.get(report.xid))
-    report = dataclasses.replace(report, kernel_available=snapshot is not None)
+    now = now_s()
+    report = dataclasses.replace(
+        report,
+        kernel_available=snapshot is not None,
+        history=_last_day(config, report.name, now),
+    )
     if args.json:
         _print_json(show_json(report))
     else:
-        print(show_text(report, now_s()))
+        print(show_text(report, now))
     return int(ExitCode.OK)
 
 
