@@ -651,7 +651,8 @@ def forgive(
     )
     slices = dict(state.slices)
     slices[xid] = reset
-    return Forgiven(dataclasses.replace(state, slices=slices), reset, tuple(ops))
+    forgiven = dataclasses.replace(state, slices=slices, resets=state.resets + 1)
+    return Forgiven(forgiven, reset, tuple(ops))
 
 
 def reset_line(user: str, before: SliceState, after: SliceState, classes: Iterable[str]) -> str:

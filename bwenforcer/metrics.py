@@ -68,6 +68,8 @@ class AgentMetrics:
         with self._lock:
             self._latest = result
             self._cycles[result.result] += 1
+            # `bwenforcer reset` runs as its own process: its count lives in the state file
+            self._counts["resets"] = max(self._counts["resets"], result.plan.state.resets)
             index = next(
                 (i for i, b in enumerate(DURATION_BUCKETS_S) if result.duration_s <= b),
                 len(DURATION_BUCKETS_S),

@@ -136,6 +136,7 @@ class State:
     slices: Mapping[int, SliceState] = field(default_factory=dict)  # by xid
     ledger: Mapping[str, LedgerEntry] = field(default_factory=dict)  # by slice name
     saved_s: int | None = None
+    resets: int = 0  # operator resets ever made (`bwenforcer reset`), for the metric
 
 
 @dataclass(frozen=True)

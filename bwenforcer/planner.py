@@ -409,7 +409,8 @@ def plan(
         if xid not in wanted and xid not in state.slices and xid not in SYSTEM_XIDS:
             actions.append(RemoveClasses(None, xid, "orphan"))
 
-    return Plan(now_s, tuple(actions), State(slices, ledger, state.saved_s), tuple(lines))
+    new_state = State(slices, ledger, state.saved_s, state.resets)
+    return Plan(now_s, tuple(actions), new_state, tuple(lines))
 
 
 def _new_slice(

@@ -38,11 +38,11 @@ from .model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WRITER = f"bwenforcer {__version__}"
 LOCK_POLL_S = 0.05
 
-_TOP_KEYS = frozenset({"schema_version", "saved_at", "writer", "slices", "ledger"})
+_TOP_KEYS = frozenset({"schema_version", "saved_at", "writer", "slices", "ledger", "resets"})
 _SLICE_KEYS = frozenset({"name", "xid", "period_start", "period_end", "classes"})
 _CLASSES_KEYS = frozenset(TRAFFIC_CLASSES)
 _LEDGER_KEYS = frozenset({"died_at", "slice"})
@@ -102,6 +102,7 @@ def state_to_json(state: State, now_s: int) -> dict[str, Any]:
             name: {"died_at": entry.died_s, "slice": _slice_json(entry.slice)}
             for name, entry in state.ledger.items()
         },
+        "resets": state.resets,
     }
 
 
@@ -208,8 +209,13 @@ def _v0_to_v1(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 had no count of operator resets: none were counted."""
+    return {**data, "schema_version": 2, "resets": 0}
+
+
 # version N → a function turning a schema-N object into a schema-(N+1) object
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _v0_to_v1}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _v0_to_v1, 1: _v1_to_v2}
 
 
 def _migrate(data: dict[str, Any], source: str) -> dict[str, Any]:
@@ -263,7 +269,9 @@ def state_from_json(data: object, source: str) -> State:
         if st.name != name:
             raise _corrupt(source, path, f"key does not match slice name {st.name!r}")
         ledger[name] = LedgerEntry(slice=st, died_s=died_s)
-    return State(slices=slices, ledger=ledger, saved_s=saved_s)
+    return State(
+        slices=slices, ledger=ledger, saved_s=saved_s, resets=_uint(d, "resets", source, "")
+    )
 
 
 # --- the file ----------------------------------------------------------------------------

@@ -167,8 +167,10 @@ def test_reset_forgives_keeps_the_period_and_logs_the_operator(
     monkeypatch.setenv("SUDO_USER", "alice")
     store = StateStore(cfg.state_file)
     before = store.read_unlocked().state.slices[10]
+    resets_before = store.read_unlocked().state.resets
     code, out, err = run(capsys, "--config", "cfg.yaml", "reset", "pl_heavy", "--class", "default")
     assert code == 0, err
+    assert store.read_unlocked().state.resets == resets_before + 1  # for the metric
     after = store.read_unlocked().state.slices[10]
     assert after.default.used_bytes == 0 and not after.default.notified
     assert not after.default.capped

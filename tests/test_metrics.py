@@ -225,3 +225,18 @@ def test_four_thousand_slices_render_every_series_once() -> None:
     assert len(per_slice) == 4000 * 2 * 7
     assert len(set(per_slice)) == len(per_slice)
     assert 'bwenforcer_slices{state="live"} 4000.0' in lines
+
+
+def test_resets_made_by_the_cli_show_as_a_counter() -> None:
+    import dataclasses
+
+    result = _result()
+    result = dataclasses.replace(
+        result,
+        plan=dataclasses.replace(
+            result.plan, state=dataclasses.replace(result.plan.state, resets=3)
+        ),
+    )
+    metrics = AgentMetrics()
+    metrics.observe(result)
+    assert "bwenforcer_resets_total 3.0" in generate_latest(metrics.registry()).decode()

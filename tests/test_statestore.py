@@ -119,7 +119,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 1
+    assert data["schema_version"] == SCHEMA_VERSION == 2
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
     sl = data["slices"]["1"]
@@ -243,7 +243,7 @@ def test_v0_file_with_bad_fields_is_reported_after_migration() -> None:
         state_from_json(v0, "state.json")
 
 
-def test_v0_file_on_disk_loads_and_is_saved_as_v1(tmp_path: Path) -> None:
+def test_v0_file_on_disk_loads_and_is_saved_as_current(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     state = make_state(2, used_bytes=10)
     path.write_text(json.dumps(v0_document(state)))
@@ -251,13 +251,13 @@ def test_v0_file_on_disk_loads_and_is_saved_as_v1(tmp_path: Path) -> None:
     loaded = store.load()
     assert loaded.state == saved(state) and loaded.recovered_from is None
     store.save(loaded.state, NOW_S + 300)
-    assert read_json(path)["schema_version"] == 1
+    assert read_json(path)["schema_version"] == SCHEMA_VERSION
 
 
 def test_newer_schema_is_refused() -> None:
     data = state_to_json(make_state(1), NOW_S)
     data["schema_version"] = SCHEMA_VERSION + 1
-    with pytest.raises(StateTooNew, match="schema_version 2 is newer"):
+    with pytest.raises(StateTooNew, match=f"schema_version {SCHEMA_VERSION + 1} is newer"):
         state_from_json(data, "state.json")
 
 
@@ -319,7 +319,7 @@ def test_moved_aside_name_is_the_utc_time(tmp_path: Path) -> None:
 def test_too_new_file_is_moved_aside_never_overwritten(tmp_path: Path) -> None:
     store, older = _two_generations(tmp_path)
     newer = state_to_json(make_state(9), NOW_S)
-    newer["schema_version"] = 2
+    newer["schema_version"] = SCHEMA_VERSION + 1
     text = json.dumps(newer)
     Path(store.path).write_text(text)
     loaded = store.load()
@@ -681,3 +681,12 @@ def test_any_saved_state_passes_check_and_loads(tmp_path_factory: Any, state: St
     consistent = len(set(names_live)) == len(names_live) and not set(names_live) & set(state.ledger)
     assert (problems == []) == consistent
     assert StateStore(str(path)).load().state == saved(state)
+
+
+def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
+    v1 = state_to_json(make_state(2), NOW_S)
+    del v1["resets"]
+    v1["schema_version"] = 1
+    state = state_from_json(v1, "old.json")
+    assert state.resets == 0
+    assert state == dataclasses.replace(make_state(2), saved_s=NOW_S)
