@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Literal
 
+from .atomicfile import fsync_dir, remove_stale_temps, write_new_file
 from .config import HistoryConfig
 from .errors import HistoryCorrupt, HistoryError
 
@@ -491,7 +492,7 @@ def load_history(path: str, clock: Callable[[], float] = time.time) -> History:
             target = f"{path}.corrupt-{stamp}.{n}"
         try:
             os.rename(path, target)
-            _fsync_dir(os.path.dirname(os.path.abspath(path)))
+            fsync_dir(os.path.dirname(os.path.abspath(path)))
         except OSError as move:
             raise HistoryError(f"{path}: cannot move aside: {move.strerror or move}") from exc
         log.error("history unusable (%s): moved to %s, starting an empty history", exc, target)
@@ -505,48 +506,12 @@ def save_history(history: History, path: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        _remove_stale_temps(path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # O_CREAT's mode is ignored when a stale file was there
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        remove_stale_temps(directory, (f"{os.path.basename(path)}.tmp-",))
+        write_new_file(tmp, payload)
         os.replace(tmp, path)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise HistoryError(f"{path}: cannot save history: {exc.strerror or exc}") from exc
     log.debug("saved history %s: %d bytes", path, len(payload))
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temps(path: str) -> None:
-    """Remove temp files left by writers killed mid-save (their pid is gone)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    prefix = f"{os.path.basename(path)}.tmp-"
-    for name in os.listdir(directory):
-        pid = name[len(prefix) :]
-        if not name.startswith(prefix) or not pid.isdigit():
-            continue
-        if int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-                continue  # alive: not ours to remove
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(directory, name))

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
+from .atomicfile import fsync_dir, remove_stale_temps, write_new_file
 from .errors import LockBusy, StateCorrupt, StateError, StateTooNew
 from .layout import DEFAULT_XID, TRAFFIC_CLASSES
 from .model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
@@ -302,39 +303,9 @@ def _read_state(path: str) -> State:
     return state_from_json(data, path)
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _write_new_file(path: str, payload: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode is ignored if a stale file was there
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class StateStore:
@@ -407,7 +378,7 @@ class StateStore:
             target = f"{self.path}.{kind}-{stamp}.{n}"
         try:
             os.rename(self.path, target)
-            _fsync_dir(self._directory)
+            fsync_dir(self._directory)
         except OSError as exc:
             raise StateError(f"{self.path}: cannot move aside: {exc.strerror or exc}") from exc
         return target
@@ -425,10 +396,10 @@ class StateStore:
         try:
             os.makedirs(self._directory, mode=0o700, exist_ok=True)
             self._remove_stale_temps()
-            _write_new_file(tmp, payload + b"\n")
+            write_new_file(tmp, payload + b"\n")
             self._keep_backup()
             os.replace(tmp, self.path)
-            _fsync_dir(self._directory)
+            fsync_dir(self._directory)
         except OSError as exc:
             _unlink_quietly(tmp)
             raise StateError(f"{self.path}: cannot save state: {exc.strerror or exc}") from exc
@@ -453,14 +424,7 @@ class StateStore:
     def _remove_stale_temps(self) -> None:
         """Remove temp files of writers that were killed mid-save."""
         base = os.path.basename(self.path)
-        prefixes = (f"{base}.tmp-", f"{base}.1.tmp-")
-        for name in os.listdir(self._directory):
-            for prefix in prefixes:
-                pid = name[len(prefix) :]
-                if name.startswith(prefix) and pid.isdigit():
-                    if int(pid) != os.getpid() and _pid_alive(int(pid)):
-                        continue
-                    _unlink_quietly(os.path.join(self._directory, name))
+        remove_stale_temps(self._directory, (f"{base}.tmp-", f"{base}.1.tmp-"))
 
     # locking
 

@@ -1,0 +1,58 @@
+"""Crash-safe file writing shared by the state store and the usage history.
+
+A writer puts its bytes in ``<file>.tmp-<pid>`` (0600, fsynced), renames it into
+place and fsyncs the directory; a temp file whose writer was killed is removed
+by the next writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new_file(path: str, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` (created or truncated, mode 0600) and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode is ignored if a stale file was there
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists (ours to signal or not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str, prefixes: Iterable[str]) -> None:
+    """Remove ``<prefix><pid>`` files of writers that are gone (or of this process)."""
+    prefixes = tuple(prefixes)
+    for name in os.listdir(directory):
+        for prefix in prefixes:
+            pid = name[len(prefix) :]
+            if name.startswith(prefix) and pid.isdigit():
+                if int(pid) != os.getpid() and pid_alive(int(pid)):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
