@@ -20,8 +20,8 @@ from bwenforcer.daemon import Daemon
 from bwenforcer.statestore import StateStore
 from bwenforcer.traffic import system_python
 from tests.kernel_helpers import VENV_BIN, bwenforcer_in
+from tests.loopback import free_port
 from tests.netns import Netns
-from tests.test_mail import free_port
 
 FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from bwenforcer.config import MailConfig
 from bwenforcer.errors import ConfigError, DeliveryError, SliceError
 from bwenforcer.mailer import make_transport
 from bwenforcer.notify import CappedClass, Notice, build_message, load_template, recipients
+from tests.loopback import Sink, free_port
 
 NOTICE = Notice(
     "pl_heavy",
@@ -114,21 +114,6 @@ def test_custom_template_and_unknown_placeholder(tmp_path: Path) -> None:
         load_template(mail)
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.envelopes: list[tuple[list[str], bytes]] = []
-
-    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
-        self.envelopes.append((list(envelope.rcpt_tos), envelope.content))  # type: ignore[attr-defined]
-        return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def smtp() -> Iterator[tuple[Sink, int]]:
     sink = Sink()
@@ -146,7 +131,7 @@ def test_smtp_delivers_once(smtp: tuple[Sink, int]) -> None:
     mail = MailConfig(**{**MAIL.__dict__, "smtp_port": port})
     make_transport(mail).send(build_message(NOTICE, mail, "node1.example.org", 0))
     assert len(sink.envelopes) == 1
-    rcpts, raw = sink.envelopes[0]
+    _, rcpts, raw = sink.envelopes[0]
     assert rcpts == ["ops@example.org", "pl_heavy@slices.example.org"]
     assert str(parse(raw)["Subject"]).strip().startswith("bwenforcer: slice pl_heavy capped")
 

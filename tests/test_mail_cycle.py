@@ -16,8 +16,8 @@ from bwenforcer.errors import ExitCode
 from bwenforcer.htb import HtbBackend
 from bwenforcer.statestore import StateStore
 from tests.kernel_helpers import tc_ceils
+from tests.loopback import Sink, free_port
 from tests.netns import Netns
-from tests.test_mail import Sink, free_port
 
 pytestmark = pytest.mark.kernel
 
@@ -65,10 +65,10 @@ def test_both_classes_capped_give_exactly_one_mail_then_none(agent: Agent, port:
     assert first.result == "ok" and first.outcome.mails_sent == 1
     assert second.outcome.mails_sent == 0
     assert len(sink.envelopes) == 1
-    msg = email.message_from_bytes(sink.envelopes[0][1], policy=email.policy.default)
+    msg = email.message_from_bytes(sink.envelopes[0][2], policy=email.policy.default)
     body = msg.get_content()
     assert "Default traffic" in body and "Exempt traffic" in body
-    assert sink.envelopes[0][0] == ["ops@example.org", "pl_capped@slices.example.org"]
+    assert sink.envelopes[0][1] == ["ops@example.org", "pl_capped@slices.example.org"]
 
 
 def test_smtp_down_caps_anyway_partial_then_delivers_when_back(

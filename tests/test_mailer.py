@@ -11,7 +11,7 @@ import ssl
 import stat
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from bwenforcer.config import MailConfig
 from bwenforcer.errors import ConfigError, DeliveryError
 from bwenforcer.mailer import make_transport
 from bwenforcer.notify import CappedClass, Notice, build_message
+from tests.loopback import Sink, free_port
 
 NOTICE = Notice(
     "pl_heavy",
@@ -67,34 +68,6 @@ def assert_same_message(raw: bytes, sent: EmailMessage) -> None:
     assert "Default traffic:" in body and "Exempt traffic:" in body
     assert "4.19GiB" in body and "2Mbit/s" in body  # default class
     assert "8.38GiB" in body and "5Mbit/s" in body  # exempt class
-
-
-@dataclass
-class Sink:
-    """aiosmtpd handler that keeps every envelope and refuses chosen recipients."""
-
-    refuse: set[str] = field(default_factory=set)
-    envelopes: list[tuple[str, list[str], bytes]] = field(default_factory=list)
-
-    async def handle_RCPT(
-        self, server: object, session: object, envelope: object, address: str, options: list
-    ) -> str:
-        if address in self.refuse:
-            return "550 5.1.1 no such mailbox"
-        envelope.rcpt_tos.append(address)  # type: ignore[attr-defined]
-        return "250 OK"
-
-    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
-        self.envelopes.append(
-            (envelope.mail_from, list(envelope.rcpt_tos), envelope.content)  # type: ignore[attr-defined]
-        )
-        return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

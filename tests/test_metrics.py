@@ -23,9 +23,9 @@ from bwenforcer.metrics import AgentMetrics, from_textfile, serve, write_textfil
 from bwenforcer.model import State
 from bwenforcer.planner import plan
 from tests.kernel_helpers import bwenforcer_in
+from tests.loopback import free_port
 from tests.netns import Netns
 from tests.planner_data import PARAMS, T0, desired, kslice, snapshot, want
-from tests.test_mail import free_port
 
 
 def _result() -> CycleResult:

@@ -15,8 +15,8 @@ from bwenforcer.config import Config, load_config
 from bwenforcer.htb import HtbBackend
 from bwenforcer.layout import DEFAULT_XID, ROOT_XID
 from tests.kernel_helpers import VENV_BIN
+from tests.loopback import free_port
 from tests.netns import Netns
-from tests.test_mail import free_port
 
 pytestmark = pytest.mark.kernel
 

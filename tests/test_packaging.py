@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.kernel_helpers import VENV_BIN
+from tests.loopback import free_port
 from tests.netns import Netns
-from tests.test_mail import free_port
 
 TOP = Path(__file__).resolve().parent.parent
 PACKAGING = TOP / "packaging"
