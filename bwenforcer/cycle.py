@@ -148,7 +148,7 @@ def run_cycle(
         "cycle %s in %.3fs: %d slices, %d kernel changes, %d failures",
         result.result,
         result.duration_s,
-        len(the_plan.lines),
+        len(the_plan.live),
         len(the_plan.kernel_ops()),
         len(result.failures),
     )

@@ -184,7 +184,7 @@ class AgentMetrics:
             value=last_success,
         )
         family = GaugeMetricFamily("bwenforcer_slices", "Slices by state", labels=["state"])
-        live = len(latest.plan.lines) if latest else 0
+        live = len(latest.plan.live) if latest else 0
         ledger = len(latest.plan.state.ledger) if latest else 0
         family.add_metric(["live"], live)
         family.add_metric(["ledger"], ledger)

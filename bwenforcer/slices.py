@@ -127,9 +127,16 @@ def _collect(
     errors: list[str] = []
     names: set[str] = set()
     xids: set[int] = set()
+    # Thousands of slices share a handful of policies: one object each, so the
+    # planner's per-policy work and comparisons are mostly identity checks.
+    policies: dict[ClassPolicy, ClassPolicy] = {}
     for label, name, xid, rspec in entries:
         try:
             want = _slice(name, xid, rspec, config)
+            default = policies.setdefault(want.default, want.default)
+            exempt = policies.setdefault(want.exempt, want.exempt)
+            if default is not want.default or exempt is not want.exempt:
+                want = DesiredSlice(want.name, want.xid, default, exempt, want.origin)
             if want.name in names:
                 raise SliceError(f"slice {want.name}: defined twice")
             if want.xid in xids:

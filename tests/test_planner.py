@@ -314,3 +314,20 @@ def test_share_change_is_applied_to_the_exempt_class() -> None:
     p2 = plan(desired(more), snapshot(kslice(10)), p1.state, PARAMS, T0 + 60)
     change = next(a for a in p2.actions if isinstance(a, SetRates))
     assert (change.traffic_class, change.new.share) == ("exempt", 3)
+
+
+def test_an_unchanged_slice_is_passed_on_as_the_very_same_objects() -> None:
+    """What lets the state store re-encode only the slices that changed."""
+    first = first_cycle(want("pl_a", 10), want("pl_b", 11))
+    kernel = snapshot(kslice(10, 0, 0), kslice(11, 0, 0, max_rate=CAP_BPS))
+    quiet = plan(desired(want("pl_a", 10), want("pl_b", 11)), kernel, first.state, PARAMS, T0 + 60)
+    assert quiet.actions == ()
+    assert quiet.state.slices[10] is first.state.slices[10]
+    assert quiet.state.slices[11] is first.state.slices[11]
+    busy = snapshot(kslice(10, 0, 0), kslice(11, 500, 0))
+    moved = plan(desired(want("pl_a", 10), want("pl_b", 11)), busy, first.state, PARAMS, T0 + 120)
+    assert moved.state.slices[10] is first.state.slices[10]
+    b = moved.state.slices[11]
+    assert b is not first.state.slices[11] and b.default.used_bytes == 500
+    assert b.exempt is first.state.slices[11].exempt  # the idle class is kept as it was
+    assert moved.lines[1].default.delta_bytes == 500
