@@ -11,6 +11,21 @@ import contextlib
 import os
 from collections.abc import Iterable
 
+FileIdentity = tuple[int, int, int, int]
+
+
+def file_identity(path: str) -> FileIdentity | None:
+    """The identity of the file at ``path`` (device, inode, size, mtime); None if absent.
+
+    Every writer here replaces a file by renaming a new one over it, so a file
+    with the identity a process saw after its own write is still what it wrote.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
 
 def fsync_dir(directory: str) -> None:
     """Make a rename in ``directory`` durable."""
