@@ -106,16 +106,17 @@ def _count(plan: Plan) -> dict[str, int]:
 
 def execute(plan: Plan, kernel: KernelPort, notifier: Notifier | None) -> Outcome:
     """Apply the plan's kernel changes, then send its notifications."""
-    for action in plan.actions:
-        line = _describe(action)
-        if line is not None:
-            log.info("%s", line)
-    names = {st.xid: st.name for st in plan.state.slices.values()}
+    if log.isEnabledFor(logging.INFO):  # thousands of lines in a capped cycle: build on demand
+        for action in plan.actions:
+            line = _describe(action)
+            if line is not None:
+                log.info("%s", line)
     failures: list[str] = []
     failed: set[int] = set()
     for failure in kernel.apply(plan.kernel_ops()):
         op = failure.op
-        name = names.get(op.xid, "?")
+        st = plan.state.slices.get(op.xid)
+        name = "?" if st is None else st.name
         failed.add(op.xid)
         failures.append(
             f"slice {name} xid {op.xid} {op.traffic_class}: {op.kind} failed: {failure.message}"
