@@ -10,7 +10,8 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .config import Config
 from .cycle import CycleResult, Hooks, run_cycle
@@ -18,6 +19,11 @@ from .errors import Error
 from .executor import Notifier
 from .model import DesiredSet, SliceState
 from .planner import Notify
+
+if TYPE_CHECKING:
+    from .atomicfile import FileIdentity
+    from .history import History
+    from .statestore import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,12 @@ class Agent:
     config: Config
     clock: Callable[[], float] = time.time
     netns: str | None = None  # tests: run the backend and classifier in this namespace
+    # Kept across cycles so that a daemon or node-manager thread re-reads neither
+    # file while it is still the one this agent wrote.
+    _store: StateStore | None = field(default=None, init=False, repr=False)
+    _history: tuple[FileIdentity | None, History] | None = field(
+        default=None, init=False, repr=False
+    )
 
     def cycle(
         self, desired: DesiredSet, dry_run: bool = False, after_save: Callable | None = None
@@ -71,6 +83,8 @@ class Agent:
         from .htb import HtbBackend
         from .statestore import StateStore
 
+        if self._store is None:
+            self._store = StateStore(self.config.state_file)
         dry_run = dry_run or self.config.dry_run
 
         def saved(result: CycleResult) -> None:
@@ -84,7 +98,7 @@ class Agent:
                 self.config,
                 desired,
                 kernel=kernel,
-                store=StateStore(self.config.state_file),
+                store=self._store,
                 notifier=make_notifier(self.config, self.clock, dry_run) if not dry_run else None,
                 clock=self.clock,
                 dry_run=dry_run,
@@ -93,24 +107,22 @@ class Agent:
 
     def _record_history(self, result: CycleResult) -> None:
         """Add the cycle's per-slice deltas to the usage history (logged, never fatal)."""
+        from .atomicfile import file_identity
         from .history import CycleUsage, load_history, save_history
 
-        usage = [
-            CycleUsage(
-                line.name,
-                line.default.delta_bytes,
-                line.exempt.delta_bytes,
-                line.default.capped,
-                line.exempt.capped,
-            )
-            for line in result.plan.lines
-        ]
+        usage = [CycleUsage(*used) for used in result.plan.usage()]
         path = self.config.history_file
+        kept, self._history = self._history, None
         try:
-            history = load_history(path)
+            if kept is not None and file_identity(path) == kept[0]:
+                history = kept[1]
+            else:
+                history = load_history(path)
             history.record(result.plan.now_s, self.config.interval_s, usage)
-            history.roll_up(result.plan.now_s, self.config.history)
-            save_history(history, path)
+            rolled = history.roll_up(result.plan.now_s, self.config.history)
+            if usage or rolled:
+                save_history(history, path)
+            self._history = (file_identity(path), history)
         except (Error, OSError) as exc:
             log.error("usage history %s not updated: %s", path, exc)
 

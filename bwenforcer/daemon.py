@@ -36,6 +36,13 @@ class Daemon:
     stop_signal: int | None = None
     reload_requested: bool = False
     stop_server: Callable[[], None] | None = None
+    agent: Agent | None = None  # kept across cycles, replaced when the config is
+
+    def current_agent(self) -> Agent:
+        """The agent of the current config."""
+        if self.agent is None or self.agent.config is not self.config:
+            self.agent = Agent(self.config)
+        return self.agent
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """Signal handler: remember what was asked and wake the loop."""
@@ -78,7 +85,7 @@ class Daemon:
     def run_once(self) -> None:
         """One cycle; errors are logged and counted, never raised."""
         try:
-            result = Agent(self.config).cycle(load_desired(self.config))
+            result = self.current_agent().cycle(load_desired(self.config))
         except LockBusy as exc:
             log.warning("cycle skipped: %s", exc)
             self.metrics.observe_skipped()

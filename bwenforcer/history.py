@@ -276,10 +276,11 @@ class History:
         row[2] += capped_d
         row[3] += capped_e
 
-    def roll_up(self, now_s: int, cfg: HistoryConfig) -> None:
+    def roll_up(self, now_s: int, cfg: HistoryConfig) -> bool:
         """Fold old hours into days, old days into months, and drop old months.
 
-        Cheap to call every cycle: it does nothing until a cutoff moves.
+        Cheap to call every cycle: it does nothing until a cutoff moves. Returns
+        True if any bucket moved or went.
         """
         cutoffs = (
             24 * ((now_s - cfg.hourly_keep_s) // DAY_S),  # an hour: days are folded whole
@@ -287,13 +288,19 @@ class History:
             _month_of_instant(now_s - cfg.monthly_keep_s),
         )
         if cutoffs == self._cutoffs:
-            return
+            return False
         self._hour = None  # the rows it caches may move to the daily tier
         cut_hour, cut_day, cut_month = cutoffs
+        changed = False
         for name in list(self._slices):
             sh = self._slices[name]
             hours, days, months = sh.hours, sh.days, sh.months
-            for day, due in groupby(_due(hours, cut_hour), _day_of_hour):
+            due_hours, due_days = _due(hours, cut_hour), _due(days, cut_day)
+            due_months = _due(months, cut_month)
+            if not (due_hours or due_days or due_months):
+                continue
+            changed = True
+            for day, due in groupby(due_hours, _day_of_hour):
                 default, exempt, capped_d, capped_e = zip(*(hours.pop(h) for h in due), strict=True)
                 peak = max(map(operator.add, default, exempt))
                 row = [sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e)]
@@ -306,6 +313,7 @@ class History:
                 log.info("history: slice %s aged out", name)
                 del self._slices[name]
         self._cutoffs = cutoffs
+        return changed
 
     def slice_names(self) -> list[str]:
         """Names of the slices with any history, sorted."""

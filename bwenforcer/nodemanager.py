@@ -59,6 +59,7 @@ class NodeManagerShim:
     cycles: int = 0
     thread: threading.Thread | None = None
     stop_server: Callable[[], None] | None = None
+    agent: Agent | None = None  # kept across cycles, replaced when the config is
 
     def source(self) -> tuple[Mapping[str, Any] | None, Lock]:
         """The current database (None before there is one) and the lock guarding it."""
@@ -95,9 +96,9 @@ class NodeManagerShim:
                 return
             with lock:
                 snapshot = copy.deepcopy(dict(db))
-            result = self.agent_factory(self.config).cycle(
-                from_nodemanager_db(snapshot, self.config)
-            )
+            if self.agent is None or self.agent.config is not self.config:
+                self.agent = self.agent_factory(self.config)
+            result = self.agent.cycle(from_nodemanager_db(snapshot, self.config))
         except Error as exc:
             log.error("node-manager cycle failed: %s", exc)
             self.metrics.observe_error()

@@ -6,14 +6,17 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bwenforcer import nodemanager
 from bwenforcer.agent import Agent
 from bwenforcer.config import Config, load_config
+from bwenforcer.cycle import CycleResult
 from bwenforcer.htb import HtbBackend
 from bwenforcer.layout import DEFAULT_XID, ROOT_XID
+from bwenforcer.model import DesiredSet
 from tests.kernel_helpers import VENV_BIN
 from tests.loopback import free_port
 from tests.netns import Netns
@@ -42,11 +45,15 @@ def test_thread_follows_the_database_and_survives_errors(ns: Netns, tmp_path: Pa
     lock = threading.Lock()
     calls: list[int] = []
 
+    class FlakyAgent(Agent):
+        def cycle(self, desired: DesiredSet, *args: Any, **kwargs: Any) -> CycleResult:
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("injected failure")
+            return super().cycle(desired, *args, **kwargs)
+
     def agent(conf: Config) -> Agent:
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("injected failure")
-        return Agent(conf, netns=ns.name)
+        return FlakyAgent(conf, netns=ns.name)
 
     shim = nodemanager.NodeManagerShim(config, db=db, lock=lock, agent_factory=agent)
     shim.start()
@@ -93,6 +100,7 @@ sys.modules["database"] = database
 from bwenforcer import nodemanager
 from bwenforcer.htb import HtbBackend
 from bwenforcer.layout import DEFAULT_XID, ROOT_XID
+from bwenforcer.model import DesiredSet
 
 shim = nodemanager.start("options", "conf", config=sys.argv[1])
 
