@@ -128,9 +128,19 @@ def create_ops(n: int) -> list[ClassOp]:
     ]
 
 
+# Every slice over its threshold (0) with a budget whose spread over the rest of the
+# period lies between the min and max rate: each cycle a little later gives every
+# class a new ceil, so a capped cycle changes all 2N classes.
+CAPPED_RSPEC = (
+    "{net_max_kbyte: 10000000, net_thresh_kbyte: 0,"
+    " net_i2_max_kbyte: 20000000, net_i2_thresh_kbyte: 0}"
+)
+CAPPED_STEP_S = 60  # later by this much each capped cycle: ≥ 1 byte/s less ceil
+
+
 def write_cycle_config(tmp: Path, n: int, capped: bool) -> Path:
     """A config + slices file for `n` slices; all over their threshold when ``capped``."""
-    rspec = "{net_max_kbyte: 1, net_thresh_kbyte: 0}" if capped else "{}"
+    rspec = CAPPED_RSPEC if capped else "{}"
     slices = "\n".join(f"  - {{name: s{x}, xid: {x}, rspec: {rspec}}}" for x in range(1, n + 1))
     (tmp / "slices.yaml").write_text("slices:\n" + slices + "\n")
     cfg = tmp / "bwenforcer.yaml"
@@ -202,18 +212,25 @@ def bench_n(n: int, runs: int) -> dict[str, float]:
         # (c) full cycle, every slice capped; (d) steady state; (f) RSS; whole process
         from bwenforcer.agent import Agent, load_desired
         from bwenforcer.config import load_config
+        from bwenforcer.metrics import AgentMetrics
 
         cfg = write_cycle_config(tmp, n, capped=True)
         config = load_config(str(cfg))
         agent = Agent(config)
+        metrics = AgentMetrics()
         desired = load_desired(config)
+        start_s = time.time()
+        agent.clock = lambda: start_s
         agent.cycle(desired)
         cycle_times = []
         for i in range(runs):
-            agent.clock = lambda i=i: time.time() + 7 * (i + 1)  # a new ceil every cycle
-            start = time.perf_counter()
-            agent.cycle(desired)
-            cycle_times.append(time.perf_counter() - start)
+            agent.clock = lambda i=i: start_s + CAPPED_STEP_S * (i + 1)
+            t0 = time.perf_counter()
+            result = agent.cycle(desired)
+            metrics.observe(result)
+            cycle_times.append(time.perf_counter() - t0)
+            changed = result.outcome.counts["changed"] if result.outcome else 0
+            assert changed == 2 * n and not result.failures, (changed, result.failures[:3])
         out["cycle_capped_s"] = statistics.median(cycle_times)
         show_and_batch = tc_change_script(n, 300_000)
         out["cycle_tc_s"] = median_s(
@@ -230,7 +247,13 @@ def bench_n(n: int, runs: int) -> dict[str, float]:
         desired = load_desired(config)
         agent.cycle(desired)
         agent.cycle(desired)
-        out["cycle_steady_s"] = median_s(lambda: agent.cycle(desired), runs)
+
+        def steady() -> None:
+            result = agent.cycle(desired)
+            metrics.observe(result)
+            assert result.outcome is not None and not result.plan.kernel_ops()
+
+        out["cycle_steady_s"] = median_s(steady, runs)
         walls = [run_sync(ns, cfg_steady)[0] for _ in range(runs)]
         out["sync_process_s"] = statistics.median(walls)
         out["sync_peak_rss_kib"] = run_sync(ns, write_cycle_config(tmp, n, capped=True))[1]
