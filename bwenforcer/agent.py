@@ -6,16 +6,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import Config
 from .cycle import CycleResult, Hooks, run_cycle
-from .errors import Error
+from .errors import Error, KernelError
 from .executor import Notifier
 from .model import DesiredSet, SliceState
 from .planner import Notify
@@ -23,9 +25,28 @@ from .planner import Notify
 if TYPE_CHECKING:
     from .atomicfile import FileIdentity
     from .history import History
+    from .htb import HtbBackend
     from .statestore import StateStore
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause automatic garbage collection for a cycle (or a short-lived command).
+
+    A cycle at thousands of slices allocates tens of thousands of objects, all
+    freed by reference counting; left on, the collector walks every live object several
+    times a cycle (measured: a third of a 4,000-slice cycle, and most of its
+    jitter). Collection resumes afterwards, between cycles.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def hostname(config: Config) -> str:
@@ -75,6 +96,15 @@ class Agent:
     _history: tuple[FileIdentity | None, History] | None = field(
         default=None, init=False, repr=False
     )
+    # One netlink socket for the agent's life: it also remembers the last dump, so
+    # an idle class costs the next dump no new object. Dropped after a kernel error.
+    _kernel: HtbBackend | None = field(default=None, init=False, repr=False)
+
+    def close(self) -> None:
+        """Close the netlink socket (a later cycle opens a new one)."""
+        if self._kernel is not None:
+            self._kernel.close()
+            self._kernel = None
 
     def cycle(
         self, desired: DesiredSet, dry_run: bool = False, after_save: Callable | None = None
@@ -93,17 +123,25 @@ class Agent:
                 after_save(result)
 
         hooks = Hooks(classifier=self._classifier_hook(), after_save=saved)
-        with HtbBackend(self.config.device, netns=self.netns) as kernel:
-            return run_cycle(
-                self.config,
-                desired,
-                kernel=kernel,
-                store=self._store,
-                notifier=make_notifier(self.config, self.clock, dry_run) if not dry_run else None,
-                clock=self.clock,
-                dry_run=dry_run,
-                hooks=hooks,
-            )
+        if self._kernel is None:
+            self._kernel = HtbBackend(self.config.device, netns=self.netns)
+        try:
+            with gc_paused():
+                return run_cycle(
+                    self.config,
+                    desired,
+                    kernel=self._kernel,
+                    store=self._store,
+                    notifier=make_notifier(self.config, self.clock, dry_run)
+                    if not dry_run
+                    else None,
+                    clock=self.clock,
+                    dry_run=dry_run,
+                    hooks=hooks,
+                )
+        except KernelError:
+            self.close()  # the device may have gone and come back under a new index
+            raise
 
     def _record_history(self, result: CycleResult) -> None:
         """Add the cycle's per-slice deltas to the usage history (logged, never fatal)."""

@@ -41,6 +41,8 @@ class Daemon:
     def current_agent(self) -> Agent:
         """The agent of the current config."""
         if self.agent is None or self.agent.config is not self.config:
+            if self.agent is not None:
+                self.agent.close()
             self.agent = Agent(self.config)
         return self.agent
 
@@ -114,5 +116,7 @@ class Daemon:
                 self.wake.clear()
         finally:
             self.stop_metrics()
+            if self.agent is not None:
+                self.agent.close()
         log.info("daemon stopped by %s", signal.Signals(self.stop_signal).name)
         return 0

@@ -112,6 +112,9 @@ class HtbBackend:
         self._slice_of_handle: dict[int, tuple[int, TrafficClass] | None] = {}
         # (xid, class) → (class handle, parent handle): at most two per possible xid
         self._handles: dict[tuple[int, TrafficClass], tuple[int, int]] = {}
+        # handle → (record, class) of the last dump: a class whose record is unchanged
+        # (an idle class, most of them) is passed on as the same object
+        self._last_dump: dict[int, tuple[w.ClassRecord, KernelClass]] = {}
 
     def close(self) -> None:
         """Close the netlink socket."""
@@ -243,6 +246,7 @@ class HtbBackend:
         # most classes share a few rate settings: one (immutable) ClassRates each
         rates_of: dict[tuple[int, ...], ClassRates] = {}
         slice_of = self._slice_of_handle
+        last, seen = self._last_dump, {}
         cap_bps = bwmax_bps = 0
         for record in records:
             class_handle = record[0]
@@ -255,20 +259,27 @@ class HtbBackend:
                 elif class_handle == handle(LINE_MINOR):
                     bwmax_bps = record.rate_bytes_s * 8
                 continue
-            key = record[2:5]  # rate, ceil, quantum
-            rates = rates_of.get(key)
-            if rates is None:
-                rates = rates_of[key] = ClassRates(
-                    record.rate_bytes_s * 8,
-                    record.ceil_bytes_s * 8,
-                    share_of_quantum(record.quantum_bytes),
-                )
+            before = last.get(class_handle)
+            if before is not None and before[0] == record:
+                kclass = before[1]
+            else:
+                key = record[2:5]  # rate, ceil, quantum
+                rates = rates_of.get(key)
+                if rates is None:
+                    rates = rates_of[key] = ClassRates(
+                        record.rate_bytes_s * 8,
+                        record.ceil_bytes_s * 8,
+                        share_of_quantum(record.quantum_bytes),
+                    )
+                kclass = KernelClass(rates, record[5])
+            seen[class_handle] = (record, kclass)
             xid, tc = found
-            (defaults if tc == "default" else exempts)[xid] = KernelClass(rates, record[5])
+            (defaults if tc == "default" else exempts)[xid] = kclass
         if not cap_bps or not bwmax_bps:
             raise TreeNotInitialised(
                 f"no bwenforcer HTB tree on dev {self.dev}: run `bwenforcer tc init`"
             )
+        self._last_dump = seen
         slices = {
             xid: KernelSlice(xid, defaults.get(xid), exempts.get(xid))
             for xid in defaults.keys() | exempts.keys()

@@ -97,6 +97,8 @@ class NodeManagerShim:
             with lock:
                 snapshot = copy.deepcopy(dict(db))
             if self.agent is None or self.agent.config is not self.config:
+                if self.agent is not None:
+                    self.agent.close()
                 self.agent = self.agent_factory(self.config)
             result = self.agent.cycle(from_nodemanager_db(snapshot, self.config))
         except Error as exc:
@@ -113,12 +115,16 @@ class NodeManagerShim:
 
     def loop(self) -> None:
         """Wait for the event, clear it, run a cycle; until stopped."""
-        while not self.stopping:
-            self.wake.wait()
-            if self.stopping:
-                return
-            self.wake.clear()
-            self.run_once()
+        try:
+            while not self.stopping:
+                self.wake.wait()
+                if self.stopping:
+                    return
+                self.wake.clear()
+                self.run_once()
+        finally:
+            if self.agent is not None:
+                self.agent.close()
 
     def start(self) -> None:
         """Start the daemon thread (and the metrics server, if configured)."""
