@@ -36,14 +36,15 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def write_new_file(path: str, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` (created or truncated, mode 0600) and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+def write_new_file(path: str, payload: bytes | Iterable[bytes], mode: int = 0o600) -> None:
+    """Write ``payload`` (bytes, or its parts in turn) to ``path`` with ``mode``; fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode is ignored if a stale file was there
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view) :]
+        os.fchmod(fd, mode)  # O_CREAT's mode is ignored if a stale file was there
+        for part in (payload,) if isinstance(payload, bytes) else payload:
+            view = memoryview(part)
+            while view:
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -7,28 +7,38 @@ result, and is itself the collector registered with a private registry.
 Only what Debian 12's prometheus-client (0.16) offers is used, so the packaged
 agent runs on the distribution's library: the HTTP server is our own small
 WSGI server (0.16's ``start_http_server`` returns nothing to shut down).
+
+At thousands of slices the per-slice families are tens of thousands of
+samples, which prometheus-client's generic writer takes about a second to
+format and its parser longer to read back. So the text that is scraped or
+written to the textfile comes from :meth:`AgentMetrics.exposition`, a direct
+writer of the text format (version 0.0.4) over the same families that
+:meth:`AgentMetrics.collect` yields to a registry; a cron run reads back only
+its counters. Neither imports prometheus-client.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client.core import (
-    CollectorRegistry,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-
+from .atomicfile import fsync_dir, remove_stale_temps, write_new_file
 from .cycle import CycleResult
+from .layout import TrafficClass
+from .model import ClassState
+
+if TYPE_CHECKING:
+    from prometheus_client.core import CollectorRegistry, Metric
 from .errors import MetricsError
 
 log = logging.getLogger(__name__)
@@ -102,37 +112,35 @@ class AgentMetrics:
         with self._lock:
             self._cycles["skipped"] += 1
 
-    def restore(self, text: str) -> None:
+    def restore(self, exposition: str | Iterable[str]) -> None:
         """Carry the counters of an earlier exposition (a textfile) forward.
 
         A cron ``sync`` is a new process each time; without this its counters
-        would restart from zero at every run and never count anything.
+        would restart from zero at every run and never count anything. Only the
+        cycle families are read (the per-slice gauges are skipped unparsed);
+        ValueError if one of their lines is garbled. ``exposition`` is the text,
+        or its lines (an open file: read as it goes).
         """
-        from prometheus_client.parser import text_string_to_metric_families
-
         counters = {f"bwenforcer_{name}_total": name for name, _ in COUNTERS}
         bounds = [*DURATION_BUCKETS_S, float("inf")]
         cumulative = [0.0] * len(bounds)
         with self._lock:
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    name, labels, value = sample.name, sample.labels, sample.value
-                    if name in counters:
-                        self._counts[counters[name]] += value
-                    elif name == "bwenforcer_cycles_total" and labels.get("result") in self._cycles:
-                        self._cycles[labels["result"]] += value
-                    elif name == "bwenforcer_notifications_total" and labels.get("result") in (
-                        self._mails
-                    ):
-                        self._mails[labels["result"]] += value
-                    elif name == "bwenforcer_cycle_duration_seconds_sum":
-                        self._duration_sum_s += value
-                    elif name == "bwenforcer_cycle_duration_seconds_bucket":
-                        le = float(labels.get("le", "nan"))
-                        if le in bounds:
-                            cumulative[bounds.index(le)] = value
-                    elif name == "bwenforcer_last_success_timestamp_seconds":
-                        self._last_success_s = max(self._last_success_s, value)
+            lines = exposition.splitlines() if isinstance(exposition, str) else exposition
+            for name, label, value in _cycle_samples(lines):
+                if name in counters:
+                    self._counts[counters[name]] += value
+                elif name == "bwenforcer_cycles_total" and label in self._cycles:
+                    self._cycles[label] += value
+                elif name == "bwenforcer_notifications_total" and label in self._mails:
+                    self._mails[label] += value
+                elif name == "bwenforcer_cycle_duration_seconds_sum":
+                    self._duration_sum_s += value
+                elif name == "bwenforcer_cycle_duration_seconds_bucket":
+                    le = float(label or "nan")
+                    if le in bounds:
+                        cumulative[bounds.index(le)] = value
+                elif name == "bwenforcer_last_success_timestamp_seconds":
+                    self._last_success_s = max(self._last_success_s, value)
             previous = 0.0
             for i, running in enumerate(cumulative):
                 self._buckets[i] += int(max(running - previous, 0))
@@ -143,101 +151,235 @@ class AgentMetrics:
         with self._lock:
             self._counts[name] += amount
 
-    def collect(self) -> Iterator[Metric]:
-        """Prometheus Collector protocol: families from the latest snapshot."""
+    def _snapshot(self) -> _Snapshot:
         with self._lock:
-            latest = self._latest
-            counts = dict(self._counts)
-            cycles = dict(self._cycles)
-            mails = dict(self._mails)
-            buckets = list(self._buckets)
-            duration_sum = self._duration_sum_s
-            last_success = self._last_success_s
-        yield from _slice_families(latest)
-        cumulative, running = [], 0
-        for bound, hits in zip((*DURATION_BUCKETS_S, float("inf")), buckets, strict=True):
-            running += hits
-            cumulative.append((str(bound) if bound != float("inf") else "+Inf", running))
-        yield HistogramMetricFamily(
-            "bwenforcer_cycle_duration_seconds",
-            "Wall time of one enforcement cycle",
-            buckets=cumulative,
-            sum_value=duration_sum,
-        )
-        family = CounterMetricFamily(
-            "bwenforcer_cycles", "Enforcement cycles by result", labels=["result"]
-        )
-        for result, value in cycles.items():
-            family.add_metric([result], value)
-        yield family
-        family = CounterMetricFamily(
-            "bwenforcer_notifications", "Cap notifications by result", labels=["result"]
-        )
-        for result, value in mails.items():
-            family.add_metric([result], value)
-        yield family
-        for name, text in COUNTERS:
-            yield CounterMetricFamily(f"bwenforcer_{name}", text, value=counts[name])
-        yield GaugeMetricFamily(
-            "bwenforcer_last_success_timestamp_seconds",
-            "When the last fully successful cycle ended (Unix time)",
-            value=last_success,
-        )
-        family = GaugeMetricFamily("bwenforcer_slices", "Slices by state", labels=["state"])
-        live = len(latest.plan.live) if latest else 0
-        ledger = len(latest.plan.state.ledger) if latest else 0
-        family.add_metric(["live"], live)
-        family.add_metric(["ledger"], ledger)
-        yield family
+            return _Snapshot(
+                self._latest,
+                dict(self._counts),
+                dict(self._cycles),
+                dict(self._mails),
+                list(self._buckets),
+                self._duration_sum_s,
+                self._last_success_s,
+            )
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus Collector protocol: families from the latest snapshot.
+
+        For a registry of the embedding program's own; the endpoint and the
+        textfile are written by :meth:`exposition`.
+        """
+        from prometheus_client.core import GaugeMetricFamily, Metric
+
+        snap = self._snapshot()
+        samples = list(_slice_samples(snap.latest))
+        for index, (name, text) in enumerate(_SLICE_GAUGES):
+            family = GaugeMetricFamily(
+                f"bwenforcer_slice_{name}",
+                f"{text}, per slice and class",
+                labels=["slice", "xid", "class"],
+            )
+            for slice_name, xid, tc, values in samples:
+                family.add_metric([slice_name, xid, tc], values[index])
+            yield family
+        for name, kind, text, samples in _cycle_families(snap):
+            metric = Metric(name, text, kind)
+            for sample_name, labels, value in samples:
+                metric.add_sample(sample_name, dict(labels), value)
+            yield metric
 
     def registry(self) -> CollectorRegistry:
         """A private registry holding only this collector."""
+        from prometheus_client.core import CollectorRegistry
+
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self)  # type: ignore[arg-type]
         return registry
 
+    def exposition(self) -> str:
+        """Every family in the Prometheus text format (0.0.4), as scraped or written."""
+        return "".join(self.exposition_parts())
 
-_SLICE_GAUGES: tuple[tuple[str, str, Callable[[Any, Any], float]], ...] = (
-    ("used_bytes", "Bytes sent this period", lambda s, c: c.used_bytes),
-    ("limit_bytes", "Byte budget of the period", lambda s, c: c.limit_bytes),
-    ("threshold_bytes", "Usage from which the class is capped", lambda s, c: c.threshold_bytes),
+    def exposition_parts(self) -> Iterator[str]:
+        """:meth:`exposition` a family at a time (a textfile is written as it is made).
+
+        The samples of :meth:`collect`, written directly: at thousands of slices
+        the per-slice gauges are most of the work of a cycle's metrics.
+        """
+        snap = self._snapshot()
+        rows = [  # labels in name order, as prometheus-client writes them
+            (f'{{class="{tc}",slice="{_label(name)}",xid="{xid}"}} ', values)
+            for name, xid, tc, values in _slice_samples(snap.latest)
+        ]
+        number: dict[float, str] = {}  # most values repeat: limits, periods, flags
+        for index, (name, text) in enumerate(_SLICE_GAUGES):
+            full = f"bwenforcer_slice_{name}"
+            out = [f"# HELP {full} {text}, per slice and class\n# TYPE {full} gauge\n"]
+            for label, values in rows:
+                v = values[index]
+                formatted = number.get(v)
+                if formatted is None:
+                    formatted = number[v] = _number(v)
+                out.append(f"{full}{label}{formatted}\n")
+            yield "".join(out)
+        for name, kind, text, samples in _cycle_families(snap):
+            shown = f"{name}_total" if kind == "counter" else name
+            out = [f"# HELP {shown} {text}\n# TYPE {shown} {kind}\n"]
+            for sample_name, sample_labels, value in samples:
+                label = ",".join(f'{k}="{_label(v)}"' for k, v in sample_labels)
+                out.append(f"{sample_name}{{{label}}} " if label else f"{sample_name} ")
+                out.append(f"{_number(value)}\n")
+            yield "".join(out)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The metrics' values at one instant, copied under the lock."""
+
+    latest: CycleResult | None
+    counts: dict[str, float]
+    cycles: dict[str, float]
+    mails: dict[str, float]
+    buckets: list[int]
+    duration_sum_s: float
+    last_success_s: float
+
+
+_Sample = tuple[str, tuple[tuple[str, str], ...], float]
+
+
+def _cycle_families(snap: _Snapshot) -> Iterator[tuple[str, str, str, list[_Sample]]]:
+    """``(name, type, help, samples)`` of every family but the per-slice gauges."""
+    histogram = "bwenforcer_cycle_duration_seconds"
+    samples: list[_Sample] = []
+    running = 0
+    for bound, hits in zip((*DURATION_BUCKETS_S, float("inf")), snap.buckets, strict=True):
+        running += hits
+        samples.append((f"{histogram}_bucket", (("le", _number(bound)),), running))
+    samples.append((f"{histogram}_count", (), running))
+    samples.append((f"{histogram}_sum", (), snap.duration_sum_s))
+    yield histogram, "histogram", "Wall time of one enforcement cycle", samples
+    yield (
+        "bwenforcer_cycles",
+        "counter",
+        "Enforcement cycles by result",
+        [("bwenforcer_cycles_total", (("result", r),), v) for r, v in snap.cycles.items()],
+    )
+    yield (
+        "bwenforcer_notifications",
+        "counter",
+        "Cap notifications by result",
+        [("bwenforcer_notifications_total", (("result", r),), v) for r, v in snap.mails.items()],
+    )
+    for name, text in COUNTERS:
+        total = f"bwenforcer_{name}_total"
+        yield f"bwenforcer_{name}", "counter", text, [(total, (), snap.counts[name])]
+    yield (
+        "bwenforcer_last_success_timestamp_seconds",
+        "gauge",
+        "When the last fully successful cycle ended (Unix time)",
+        [("bwenforcer_last_success_timestamp_seconds", (), snap.last_success_s)],
+    )
+    latest = snap.latest
+    live = len(latest.plan.live) if latest else 0
+    ledger = len(latest.plan.state.ledger) if latest else 0
+    yield (
+        "bwenforcer_slices",
+        "gauge",
+        "Slices by state",
+        [
+            ("bwenforcer_slices", (("state", "live"),), live),
+            ("bwenforcer_slices", (("state", "ledger"),), ledger),
+        ],
+    )
+
+
+def _number(value: float) -> str:
+    """A sample value as Prometheus' own Go code writes it (``1.0``, ``1.5e+09``, ``+Inf``)."""
+    d = float(value)
+    if d != d:  # noqa: PLR0124 - NaN is the one value unequal to itself
+        return "NaN"
+    if d in (float("inf"), float("-inf")):
+        return "+Inf" if d > 0 else "-Inf"
+    text = repr(d)
+    dot = text.find(".")
+    if d > 0 and dot > 6:  # Go writes an exponent from 1e21 down to seven digits
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+def _label(value: str) -> str:
+    """A label value escaped for the text format."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+    return value
+
+
+# The per-slice gauges, in the order of the values of _slice_samples.
+_SLICE_GAUGES = (
+    ("used_bytes", "Bytes sent this period"),
+    ("limit_bytes", "Byte budget of the period"),
+    ("threshold_bytes", "Usage from which the class is capped"),
     # promtool insists on the base unit: the ceil in bytes/s (bit/s ÷ 8)
-    ("ceil_bytes_per_second", "Current HTB ceil", lambda s, c: c.new_ceil_bps / 8),
-    ("capped", "1 when the class is capped", lambda s, c: 1 if c.capped else 0),
-    (
-        "period_start_timestamp_seconds",
-        "Start of the recording period (Unix time)",
-        lambda s, c: s.period_start_s,
-    ),
-    (
-        "period_end_timestamp_seconds",
-        "End of the recording period (Unix time)",
-        lambda s, c: s.period_end_s,
-    ),
+    ("ceil_bytes_per_second", "Current HTB ceil"),
+    ("capped", "1 when the class is capped"),
+    ("period_start_timestamp_seconds", "Start of the recording period (Unix time)"),
+    ("period_end_timestamp_seconds", "End of the recording period (Unix time)"),
 )
 
 
-def _slice_families(latest: CycleResult | None) -> Iterator[Metric]:
-    families = [
-        (
-            GaugeMetricFamily(
-                f"bwenforcer_slice_{name}",
-                f"{text}, per slice and class",
-                labels=["slice", "xid", "class"],
-            ),
-            value,
+def _slice_samples(
+    latest: CycleResult | None,
+) -> Iterator[tuple[str, str, TrafficClass, tuple[float, ...]]]:
+    """``(slice, xid, class, values of _SLICE_GAUGES)`` of every class of the latest cycle.
+
+    Read off the planned slice states (what the plan's lines are made of), so no
+    line objects are built for it.
+    """
+    if latest is None:
+        return
+    for planned in latest.plan.live:
+        st = planned.state
+        xid = str(st.xid)
+        classes: tuple[tuple[TrafficClass, ClassState], ...] = (
+            ("default", st.default),
+            ("exempt", st.exempt),
         )
-        for name, text, value in _SLICE_GAUGES
-    ]
-    if latest is not None:
-        for line in latest.plan.lines:
-            xid = str(line.xid)
-            for cls in (line.default, line.exempt):
-                labels = [line.name, xid, cls.traffic_class]
-                for family, value in families:
-                    family.add_metric(labels, value(line, cls))
-    for family, _ in families:
-        yield family
+        for tc, cs in classes:
+            policy = cs.policy
+            values = (
+                cs.used_bytes,
+                policy.limit_bytes,
+                policy.threshold_bytes,
+                cs.ceil_bps / 8,
+                1 if cs.capped else 0,
+                st.period_start_s,
+                st.period_end_s,
+            )
+            yield st.name, xid, tc, values
+
+
+# A sample of the cycle families: name, an optional {label="value"}, the value.
+_CYCLE_SAMPLE = re.compile(r'(bwenforcer_[a-z_]+)(?:\{[a-z_]+="([^"\\]*)"\})? ([-+0-9.eEInfNa]+)')
+
+
+def _cycle_samples(lines: Iterable[str]) -> Iterator[tuple[str, str | None, float]]:
+    """``(name, label value, value)`` of each cycle-family sample in an exposition.
+
+    The per-slice gauges and comments are skipped without being parsed; any
+    other line must be a sample of ours (ValueError otherwise).
+    """
+    for raw in lines:
+        if raw.startswith(("#", "bwenforcer_slice_")):
+            continue
+        line = raw.rstrip("\n")
+        if not line:
+            continue
+        match = _CYCLE_SAMPLE.fullmatch(line)
+        if match is None:
+            raise ValueError(f"not a bwenforcer sample: {line[:80]!r}")
+        yield match[1], match[2], float(match[3])
 
 
 def from_textfile(path: str) -> AgentMetrics:
@@ -249,28 +391,55 @@ def from_textfile(path: str) -> AgentMetrics:
     metrics = AgentMetrics()
     try:
         with open(path, encoding="utf-8") as file:
-            text = file.read()
+            metrics.restore(file)  # line by line: the per-slice lines are most of it
     except FileNotFoundError:
         return metrics
     except (OSError, UnicodeDecodeError) as exc:
         log.warning("metrics textfile %s unreadable, counters restart: %s", path, exc)
-        return metrics
-    try:
-        metrics.restore(text)
+        return AgentMetrics()
     except ValueError as exc:
         log.warning("metrics textfile %s garbled, counters restart: %s", path, exc)
         return AgentMetrics()
     return metrics
 
 
-def write_textfile(path: str, metrics: AgentMetrics) -> None:
-    """Write the metrics for node_exporter's textfile collector, atomically."""
-    from prometheus_client import write_to_textfile
+TEXTFILE_MODE = 0o644  # node_exporter runs as its own user
 
+
+def write_textfile(path: str, metrics: AgentMetrics) -> None:
+    """Write the metrics for node_exporter's textfile collector, atomically.
+
+    The temp file's name does not end in ``.prom``, so the collector never reads
+    a half-written file.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        write_to_textfile(path, metrics.registry())
+        remove_stale_temps(directory, (f"{os.path.basename(path)}.tmp-",))
+        write_new_file(tmp, (part.encode() for part in metrics.exposition_parts()), TEXTFILE_MODE)
+        os.replace(tmp, path)
+        fsync_dir(directory)
     except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise MetricsError(f"metrics textfile {path}: {exc.strerror or exc}") from exc
+
+
+def _wsgi_app(metrics: AgentMetrics) -> Callable[..., list[bytes]]:
+    """The exposition at every path, as Prometheus scrapes it."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        body = metrics.exposition().encode()
+        start_response(
+            "200 OK",
+            [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))],
+        )
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+    return app
+
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -290,8 +459,6 @@ class _MetricsServer(ThreadingMixIn, WSGIServer):
 
 def serve(listen: str, metrics: AgentMetrics) -> Callable[[], None]:
     """Serve /metrics on ``host:port`` (IPv6 as ``[::1]:port``); return its stop function."""
-    from prometheus_client import make_wsgi_app
-
     host, _, port_text = listen.rpartition(":")
     host = host.strip("[]")
     try:
@@ -300,7 +467,7 @@ def serve(listen: str, metrics: AgentMetrics) -> Callable[[], None]:
         server = _MetricsServer((host, port), family)
     except (OSError, ValueError) as exc:
         raise MetricsError(f"metrics: cannot listen on {listen}: {exc}") from exc
-    server.set_app(make_wsgi_app(metrics.registry()))
+    server.set_app(_wsgi_app(metrics))
     thread = threading.Thread(target=server.serve_forever, name="bwenforcer-metrics", daemon=True)
     thread.start()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
+import stat
 import subprocess
 import urllib.error
 import urllib.request
@@ -175,6 +176,9 @@ def test_restoring_an_exposition_reproduces_every_counter(
     text = generate_latest(metrics.registry()).decode()
     restored = AgentMetrics()
     restored.restore(text)
+    by_line = AgentMetrics()
+    by_line.restore(text.splitlines(keepends=True))  # as read from a file
+    assert _counter_lines(generate_latest(by_line.registry()).decode()) == _counter_lines(text)
     assert _counter_lines(generate_latest(restored.registry()).decode()) == _counter_lines(text)
 
 
@@ -240,3 +244,27 @@ def test_resets_made_by_the_cli_show_as_a_counter() -> None:
     metrics = AgentMetrics()
     metrics.observe(result)
     assert "bwenforcer_resets_total 3.0" in generate_latest(metrics.registry()).decode()
+
+
+def test_exposition_is_exactly_what_prometheus_client_writes_for_the_same_families() -> None:
+    """The endpoint and the textfile are written directly; the registry is the reference."""
+    cases = [AgentMetrics()]
+    metrics = AgentMetrics()
+    metrics.observe(_result())
+    metrics.observe_error()
+    metrics.observe_skipped()
+    cases.append(metrics)
+    odd = desired(want('pl_"odd\\name', 12), *(want(f"pl_{xid}", xid) for xid in range(1, 4001)))
+    big = AgentMetrics()
+    big.observe(CycleResult(T0, 1.5, plan(odd, snapshot(), State(), PARAMS, T0), None))
+    cases.append(big)
+    for case in cases:
+        assert case.exposition() == generate_latest(case.registry()).decode()
+
+
+def test_textfile_is_readable_by_node_exporter_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "bwenforcer.prom"
+    (tmp_path / "bwenforcer.prom.tmp-999999").write_text("left by a killed run")
+    write_textfile(str(path), AgentMetrics())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bwenforcer.prom"]
