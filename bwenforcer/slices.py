@@ -103,7 +103,12 @@ def resolve_policy(
     return policies["default"], policies["exempt"], origin
 
 
-def _slice(name: object, xid: object, rspec: object, config: Config) -> DesiredSlice:
+_Resolved = tuple[ClassPolicy, ClassPolicy, dict[str, str]]
+
+
+def _slice(
+    name: object, xid: object, rspec: object, config: Config, resolved: dict[object, _Resolved]
+) -> DesiredSlice:
     if not isinstance(name, str) or not NAME.match(name):
         raise SliceError(f"slice name {name!r} is not [a-z0-9_]{{1,64}} after a site prefix")
     if isinstance(xid, bool) or not isinstance(xid, int):
@@ -116,7 +121,20 @@ def _slice(name: object, xid: object, rspec: object, config: Config) -> DesiredS
         rspec = {}
     if not isinstance(rspec, Mapping):
         raise SliceError(f"slice {name}: rspec {rspec!r} is not a mapping")
-    default, exempt, origin = resolve_policy(name, rspec, config)
+    # Thousands of slices share a handful of rspecs: each is resolved once, and its
+    # slices share its policy objects (the planner's per-policy work is then done
+    # once, and comparing them is an identity check). The value's type is part of
+    # the key: True == 1, but only one of them is a valid rate.
+    try:
+        key: object = frozenset((k, type(v), v) for k, v in rspec.items())
+        hit = resolved.get(key)
+    except TypeError:  # an unhashable value: resolve it (and report it) on its own
+        key, hit = None, None
+    if hit is None:
+        hit = resolve_policy(name, rspec, config)
+        if key is not None:
+            resolved[key] = hit
+    default, exempt, origin = hit
     return DesiredSlice(name, xid, default, exempt, origin)
 
 
@@ -127,16 +145,10 @@ def _collect(
     errors: list[str] = []
     names: set[str] = set()
     xids: set[int] = set()
-    # Thousands of slices share a handful of policies: one object each, so the
-    # planner's per-policy work and comparisons are mostly identity checks.
-    policies: dict[ClassPolicy, ClassPolicy] = {}
+    resolved: dict[object, _Resolved] = {}
     for label, name, xid, rspec in entries:
         try:
-            want = _slice(name, xid, rspec, config)
-            default = policies.setdefault(want.default, want.default)
-            exempt = policies.setdefault(want.exempt, want.exempt)
-            if default is not want.default or exempt is not want.exempt:
-                want = DesiredSlice(want.name, want.xid, default, exempt, want.origin)
+            want = _slice(name, xid, rspec, config, resolved)
             if want.name in names:
                 raise SliceError(f"slice {want.name}: defined twice")
             if want.xid in xids:

@@ -116,3 +116,22 @@ def test_policy_is_always_within_bounds(rspec: dict[str, int]) -> None:
         assert policy.min_rate_bps <= max(CFG.bwmin_bps, cap // 4)
         assert policy.threshold_bytes <= policy.limit_bytes
         assert policy.share >= 1
+
+
+def test_slices_with_the_same_rspec_share_their_policies_but_are_checked_alike() -> None:
+    db = {
+        "pl_a": {"name": "pl_a", "xid": 1, "_rspec": {"net_share": 2, "net_max_rate": 900}},
+        "pl_b": {"name": "pl_b", "xid": 2, "_rspec": {"net_max_rate": 900, "net_share": 2}},
+        "pl_c": {"name": "pl_c", "xid": 3, "_rspec": {"net_share": True, "net_max_rate": 900}},
+        "pl_d": {"name": "pl_d", "xid": 4, "_rspec": {"net_share": [2]}},
+        "pl_e": {"name": "pl_e", "xid": 5, "_rspec": {"net_share": 2.0, "net_max_rate": 900}},
+    }
+    got = from_nodemanager_db(db, CFG)
+    by_name = {s.name: s for s in got.slices}
+    assert set(by_name) == {"pl_a", "pl_b", "pl_e"}  # True and [2] are not numbers
+    assert by_name["pl_a"].default is by_name["pl_b"].default
+    assert by_name["pl_a"].exempt is by_name["pl_b"].exempt
+    assert by_name["pl_e"].default == by_name["pl_a"].default
+    assert len(got.errors) == 2
+    assert "pl_c" in got.errors[0] and "net_share" in got.errors[0]
+    assert "pl_d" in got.errors[1] and "net_share" in got.errors[1]
