@@ -157,19 +157,19 @@ class StateEncoder:
     """
 
     def __init__(self) -> None:
-        self._slices: dict[int, tuple[SliceState, str]] = {}
+        self._slices: dict[int, tuple[SliceState, bytes]] = {}
 
     def encode(self, state: State, now_s: int) -> bytes:
         """The state file's bytes (without the final newline)."""
         cache = self._slices
-        fresh: dict[int, tuple[SliceState, str]] = {}
-        parts: list[str] = []
+        fresh: dict[int, tuple[SliceState, bytes]] = {}
+        parts: list[bytes] = []
         for xid, st in state.slices.items():
             hit = cache.get(xid)
             if hit is None or hit[0] is not st:
-                hit = (st, slice_text(st))
+                hit = (st, f'"{xid}":{slice_text(st)}'.encode())
             fresh[xid] = hit
-            parts.append(f'"{xid}":{hit[1]}')
+            parts.append(hit[1])
         self._slices = fresh  # slices gone from the state are forgotten
         ledger = ",".join(
             f'{json.dumps(name)}:{{"died_at":{entry.died_s},"slice":{slice_text(entry.slice)}}}'
@@ -179,10 +179,8 @@ class StateEncoder:
             {"schema_version": SCHEMA_VERSION, "saved_at": now_s, "writer": WRITER},
             separators=(",", ":"),
         )
-        return (
-            f'{head[:-1]},"slices":{{{",".join(parts)}}},"ledger":{{{ledger}}},'
-            f'"resets":{state.resets}}}'
-        ).encode()
+        tail = f'}},"ledger":{{{ledger}}},"resets":{state.resets}}}'
+        return b"".join((f'{head[:-1]},"slices":{{'.encode(), b",".join(parts), tail.encode()))
 
 
 def _corrupt(source: str, path: str, problem: str) -> StateCorrupt:
@@ -545,7 +543,7 @@ class StateStore:
         try:
             os.makedirs(self._directory, mode=0o700, exist_ok=True)
             self._remove_stale_temps()
-            write_new_file(tmp, payload + b"\n")
+            write_new_file(tmp, (payload, b"\n"))
             self._keep_backup()
             os.replace(tmp, self.path)
             fsync_dir(self._directory)
