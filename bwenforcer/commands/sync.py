@@ -32,6 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one cycle and report it."""
+    from ..agent import gc_paused
+
+    with gc_paused():  # a short-lived process: nothing to collect that exit will not free
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..agent import Agent, load_desired
     from ..config import load_config
     from ..planview import plan_table, result_json
