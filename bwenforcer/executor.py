@@ -14,7 +14,7 @@ from typing import Protocol
 
 from .errors import Error
 from .layout import TrafficClass
-from .model import ClassOp, OpFailure, SliceState, State
+from .model import KernelOp, OpFailure, SliceState, State
 from .planner import (
     Adopt,
     CreateClass,
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 class KernelPort(Protocol):
     """What the executor needs of the HTB backend."""
 
-    def apply(self, ops: Sequence[ClassOp]) -> list[OpFailure]:
+    def apply(self, ops: Sequence[KernelOp]) -> list[OpFailure]:
         """Apply ops in batches; return the ones the kernel refused."""
         ...
 

@@ -50,7 +50,15 @@ from .layout import (
     share_of_quantum,
     slice_of_minor,
 )
-from .model import ClassOp, ClassRates, KernelClass, KernelSlice, KernelSnapshot, OpFailure
+from .model import (
+    ClassOp,
+    ClassRates,
+    KernelClass,
+    KernelOp,
+    KernelSlice,
+    KernelSnapshot,
+    OpFailure,
+)
 from .policy import clamp_rates
 
 log = logging.getLogger(__name__)
@@ -288,7 +296,7 @@ class HtbBackend:
 
     # --- changing ---------------------------------------------------------
 
-    def apply(self, ops: Sequence[ClassOp]) -> list[OpFailure]:
+    def apply(self, ops: Sequence[KernelOp]) -> list[OpFailure]:
         """Apply class operations in batches; return the ones refused (the rest are applied).
 
         A delete of a class that is already gone is not a failure.
@@ -312,11 +320,11 @@ class HtbBackend:
         log.debug("dev %s: %d class operations, %d refused", self.dev, len(ops), len(failures))
         return [failures[i] for i in sorted(failures)]
 
-    def _where(self, op: ClassOp) -> str:
+    def _where(self, op: KernelOp) -> str:
         return f"dev {self.dev} {op.kind} xid {op.xid} {op.traffic_class}"
 
     def _encode(
-        self, ops: Sequence[ClassOp]
+        self, ops: Sequence[KernelOp]
     ) -> tuple[list[bytes], list[int], int, dict[int, OpFailure]]:
         """Messages for ``ops`` with consecutive sequence numbers, each message's op index,
         the first sequence number, and the ops refused before sending (xid out of range).

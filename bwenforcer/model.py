@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .layout import TrafficClass
 
@@ -139,6 +140,33 @@ class State:
     resets: int = 0  # operator resets ever made (`bwenforcer reset`), for the metric
 
 
+class KernelOp(Protocol):
+    """What the HTB backend needs of a kernel change: a ClassOp, or a planned action
+    that is one (the planner's class creations and rate changes go to the kernel as
+    they are, without a copy each).
+    """
+
+    @property
+    def kind(self) -> str:
+        """``create``, ``change`` or ``delete``."""
+        ...
+
+    @property
+    def xid(self) -> int:
+        """The slice."""
+        ...
+
+    @property
+    def traffic_class(self) -> TrafficClass:
+        """Which of its classes."""
+        ...
+
+    @property
+    def rates(self) -> ClassRates | None:
+        """The rates to set (None only for ``delete``)."""
+        ...
+
+
 @dataclass(frozen=True)
 class ClassOp:
     """One kernel change to one slice class.
@@ -157,6 +185,6 @@ class ClassOp:
 class OpFailure:
     """A kernel change the kernel refused; the rest of its batch went through."""
 
-    op: ClassOp
+    op: KernelOp
     errno: int
     message: str

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from operator import attrgetter
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from .config import Config, PeriodAnchor
 from .layout import DEFAULT_XID, ROOT_XID, TRAFFIC_CLASSES, TrafficClass
@@ -24,6 +24,7 @@ from .model import (
     DesiredSet,
     DesiredSlice,
     KernelClass,
+    KernelOp,
     KernelSlice,
     KernelSnapshot,
     LedgerEntry,
@@ -57,24 +58,31 @@ class PlanParams:
 
 @dataclass(frozen=True)
 class CreateClass:
-    """Create one class of a slice (and its leaf qdisc)."""
+    """Create one class of a slice (and its leaf qdisc); a KernelOp as it is."""
 
     name: str
     xid: int
     traffic_class: TrafficClass
     rates: ClassRates
     reason: str  # "new" | "recreate" | "revive"
+    kind: ClassVar[str] = "create"
 
 
 @dataclass(frozen=True)
 class SetRates:
-    """Change one existing class's rates."""
+    """Change one existing class's rates; a KernelOp as it is."""
 
     name: str
     xid: int
     traffic_class: TrafficClass
     old: ClassRates
     new: ClassRates
+    kind: ClassVar[str] = "change"
+
+    @property
+    def rates(self) -> ClassRates:
+        """The rates to set: :attr:`new`."""
+        return self.new
 
 
 @dataclass(frozen=True)
@@ -227,17 +235,19 @@ class Plan:
             if d_delta or e_delta or st.default.capped or st.exempt.capped:
                 yield st.name, d_delta, e_delta, st.default.capped, st.exempt.capped
 
-    def kernel_ops(self) -> list[ClassOp]:
+    def kernel_ops(self) -> list[KernelOp]:
         """The kernel changes of the plan, in order."""
-        ops: list[ClassOp] = []
+        return list(self._kernel_ops)
+
+    @cached_property
+    def _kernel_ops(self) -> tuple[KernelOp, ...]:
+        ops: list[KernelOp] = []
         for action in self.actions:
-            if isinstance(action, CreateClass):
-                ops.append(ClassOp("create", action.xid, action.traffic_class, action.rates))
-            elif isinstance(action, SetRates):
-                ops.append(ClassOp("change", action.xid, action.traffic_class, action.new))
+            if isinstance(action, CreateClass | SetRates):
+                ops.append(action)
             elif isinstance(action, RemoveClasses):
                 ops.extend(ClassOp("delete", action.xid, tc) for tc in TRAFFIC_CLASSES)
-        return ops
+        return tuple(ops)
 
 
 # --- planning --------------------------------------------------------------
