@@ -23,8 +23,7 @@ from .model import DesiredSet, SliceState
 from .planner import Notify
 
 if TYPE_CHECKING:
-    from .atomicfile import FileIdentity
-    from .history import History
+    from .history import HistoryRecorder
     from .htb import HtbBackend
     from .statestore import StateStore
 
@@ -91,11 +90,9 @@ class Agent:
     clock: Callable[[], float] = time.time
     netns: str | None = None  # tests: run the backend and classifier in this namespace
     # Kept across cycles so that a daemon or node-manager thread re-reads neither
-    # file while it is still the one this agent wrote.
+    # the state nor the history journal while they are still what this agent wrote.
     _store: StateStore | None = field(default=None, init=False, repr=False)
-    _history: tuple[FileIdentity | None, History] | None = field(
-        default=None, init=False, repr=False
-    )
+    _history: HistoryRecorder | None = field(default=None, init=False, repr=False)
     # One netlink socket for the agent's life: it also remembers the last dump, so
     # an idle class costs the next dump no new object. Dropped after a kernel error.
     _kernel: HtbBackend | None = field(default=None, init=False, repr=False)
@@ -106,9 +103,7 @@ class Agent:
             self._kernel.close()
             self._kernel = None
 
-    def cycle(
-        self, desired: DesiredSet, dry_run: bool = False, after_save: Callable | None = None
-    ) -> CycleResult:
+    def cycle(self, desired: DesiredSet, dry_run: bool = False) -> CycleResult:
         """Run one cycle against the kernel, the state file, mail and the classifier."""
         from .htb import HtbBackend
         from .statestore import StateStore
@@ -117,12 +112,7 @@ class Agent:
             self._store = StateStore(self.config.state_file)
         dry_run = dry_run or self.config.dry_run
 
-        def saved(result: CycleResult) -> None:
-            self._record_history(result)
-            if after_save is not None:
-                after_save(result)
-
-        hooks = Hooks(classifier=self._classifier_hook(), after_save=saved)
+        hooks = Hooks(classifier=self._classifier_hook(), after_save=self._record_history)
         if self._kernel is None:
             self._kernel = HtbBackend(self.config.device, netns=self.netns)
         try:
@@ -145,24 +135,15 @@ class Agent:
 
     def _record_history(self, result: CycleResult) -> None:
         """Add the cycle's per-slice deltas to the usage history (logged, never fatal)."""
-        from .atomicfile import file_identity
-        from .history import CycleUsage, load_history, save_history
+        from .history import CycleUsage, HistoryRecorder
 
+        if self._history is None:
+            self._history = HistoryRecorder(self.config.history_file, self.config.history)
         usage = [CycleUsage(*used) for used in result.plan.usage()]
-        path = self.config.history_file
-        kept, self._history = self._history, None
         try:
-            if kept is not None and file_identity(path) == kept[0]:
-                history = kept[1]
-            else:
-                history = load_history(path)
-            history.record(result.plan.now_s, self.config.interval_s, usage)
-            rolled = history.roll_up(result.plan.now_s, self.config.history)
-            if usage or rolled:
-                save_history(history, path)
-            self._history = (file_identity(path), history)
+            self._history.record(result.plan.now_s, self.config.interval_s, usage)
         except (Error, OSError) as exc:
-            log.error("usage history %s not updated: %s", path, exc)
+            log.error("usage history %s not updated: %s", self.config.history_file, exc)
 
     def _classifier_hook(self) -> Callable[[DesiredSet], None] | None:
         if self.config.classifier.mode != "uid":

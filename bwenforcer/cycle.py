@@ -142,8 +142,8 @@ def run_cycle(
             desired.errors,
             tuple(extra),
         )
-    if hooks.after_save is not None:
-        hooks.after_save(result)
+        if hooks.after_save is not None:  # under the lock: the history has one writer
+            hooks.after_save(result)
     log.info(
         "cycle %s in %.3fs: %d slices, %d kernel changes, %d failures",
         result.result,

@@ -13,7 +13,7 @@ until it ages out.
 
 File format, version 1 (little endian, fixed-size records, no compression)::
 
-    header   "BWHS"  u16 version  u16 flags (0)  u32 slice count  u32 CRC-32 of the rest
+    header   "BWHS"  u16 version  u16 generation  u32 slice count  u32 CRC-32 of the rest
     slice    u8 name length, name (UTF-8, ≤ 255 bytes),
              u32 hour count, u32 day count, u32 month count, then the records:
     hour     u32 hours since 1970, u64 default, u64 exempt,
@@ -32,6 +32,24 @@ slices plus a 16-byte header. These bounds hold after :meth:`History.roll_up`
 at the time of the latest :meth:`History.record`; counts saturate at their
 field's maximum. Idle slices cost nothing: a cycle with no bytes and no capped
 time adds no bucket.
+
+A cycle does not rewrite that file: it appends its usage to a journal beside it
+(``<file>.journal``), one checksummed record per cycle holding only the slices
+that sent something or are capped, so a cycle costs what it recorded, however
+old and large the history. Readers replay the journal onto the file. Once a day
+(the first cycle of a UTC day, when buckets become due to roll up) or when the
+journal outgrows a quarter of the file, the journal is folded in: the file is
+rewritten with its generation incremented and a new, empty journal is started
+for that generation. A journal whose generation is not the file's was already
+folded in (the writer stopped between the two steps) and is ignored::
+
+    journal  "BWHJ"  u16 version (1)  u16 generation of the file it extends
+    record   u32 payload length, u32 CRC-32 of the payload, then the payload:
+             u64 cycle time (Unix s), u32 interval s, then per slice:
+             u8 name length, name, u64 default bytes, u64 exempt bytes,
+             u8 capped (bit 0 default, bit 1 exempt)
+
+A record cut short by a crash is dropped (and cut off before the next append).
 """
 
 from __future__ import annotations
@@ -50,7 +68,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Literal
 
-from .atomicfile import fsync_dir, remove_stale_temps, write_new_file
+from .atomicfile import FileIdentity, file_identity, fsync_dir, remove_stale_temps, write_new_file
 from .config import HistoryConfig
 from .errors import HistoryCorrupt, HistoryError
 
@@ -69,6 +87,7 @@ _HOUR = struct.Struct("<IQQII")
 _DAY = struct.Struct("<IQQQII")  # days and months
 _U32 = 2**32 - 1
 _U64 = 2**64 - 1
+_U64_STRUCT = struct.Struct("<Q")
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 
 HEADER_BYTES = _HEADER.size
@@ -212,6 +231,7 @@ class History:
         self._hour: int | None = None
         self._hour_rows: dict[str, list[int]] = {}
         self.ignored = 0  # negative deltas and unstorable names refused by record()
+        self.generation = 0  # of the file it was read from; its journal names it
 
     def record(self, now_s: int, interval_s: int, usage: Iterable[CycleUsage]) -> None:
         """Add one cycle's deltas (and ``interval_s`` of capped time per capped class).
@@ -276,11 +296,10 @@ class History:
         row[2] += capped_d
         row[3] += capped_e
 
-    def roll_up(self, now_s: int, cfg: HistoryConfig) -> bool:
+    def roll_up(self, now_s: int, cfg: HistoryConfig) -> None:
         """Fold old hours into days, old days into months, and drop old months.
 
-        Cheap to call every cycle: it does nothing until a cutoff moves. Returns
-        True if any bucket moved or went.
+        Cheap to call every cycle: it does nothing until a cutoff moves.
         """
         cutoffs = (
             24 * ((now_s - cfg.hourly_keep_s) // DAY_S),  # an hour: days are folded whole
@@ -288,10 +307,9 @@ class History:
             _month_of_instant(now_s - cfg.monthly_keep_s),
         )
         if cutoffs == self._cutoffs:
-            return False
+            return
         self._hour = None  # the rows it caches may move to the daily tier
         cut_hour, cut_day, cut_month = cutoffs
-        changed = False
         for name in list(self._slices):
             sh = self._slices[name]
             hours, days, months = sh.hours, sh.days, sh.months
@@ -299,7 +317,6 @@ class History:
             due_months = _due(months, cut_month)
             if not (due_hours or due_days or due_months):
                 continue
-            changed = True
             for day, due in groupby(due_hours, _day_of_hour):
                 default, exempt, capped_d, capped_e = zip(*(hours.pop(h) for h in due), strict=True)
                 peak = max(map(operator.add, default, exempt))
@@ -313,7 +330,6 @@ class History:
                 log.info("history: slice %s aged out", name)
                 del self._slices[name]
         self._cutoffs = cutoffs
-        return changed
 
     def slice_names(self) -> list[str]:
         """Names of the slices with any history, sorted."""
@@ -384,7 +400,9 @@ class History:
                     for key, row in tier.items()
                 )
         body = b"".join(parts)
-        header = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(self._slices), zlib.crc32(body))
+        header = _HEADER.pack(
+            MAGIC, FORMAT_VERSION, self.generation, len(self._slices), zlib.crc32(body)
+        )
         return header + body
 
     @classmethod
@@ -392,7 +410,7 @@ class History:
         """Parse the file's bytes; :class:`HistoryCorrupt` names ``source`` and the problem."""
         if len(data) < HEADER_BYTES:
             raise HistoryCorrupt(f"{source}: truncated header ({len(data)} bytes)")
-        magic, version, _flags, count, crc = _HEADER.unpack_from(data)
+        magic, version, generation, count, crc = _HEADER.unpack_from(data)
         if magic != MAGIC:
             raise HistoryCorrupt(f"{source}: not a bwenforcer history file")
         if version != FORMAT_VERSION:
@@ -401,6 +419,7 @@ class History:
         if zlib.crc32(body) != crc:
             raise HistoryCorrupt(f"{source}: checksum mismatch")
         history = cls()
+        history.generation = generation
         reader = _Reader(body, source)
         for _ in range(count):
             name = reader.name()
@@ -467,30 +486,37 @@ class _Reader:
 # --- the file ------------------------------------------------------------------
 
 
-def read_history(path: str) -> History:
-    """Read the history file without changing anything: missing → empty.
-
-    Raises :class:`HistoryCorrupt` for a damaged file and :class:`HistoryError` when it
-    cannot be read.
-    """
+def _read_file(path: str) -> History | None:
+    """The history file alone; None if there is none."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        return History()
+        return None
     except OSError as exc:
         raise HistoryError(f"{path}: cannot read history: {exc.strerror or exc}") from exc
     return History.decode(data, path)
 
 
+def read_history(path: str) -> History:
+    """Read the history (the file and its journal) without changing anything.
+
+    Missing → empty. Raises :class:`HistoryCorrupt` for a damaged file and
+    :class:`HistoryError` when it cannot be read; a damaged journal record ends
+    what is read of the journal (logged).
+    """
+    history = _read_file(path)
+    return _with_journal(history or History(), path, history is None)
+
+
 def load_history(path: str, clock: Callable[[], float] = time.time) -> History:
-    """Read the history for a cycle: missing → empty; damaged → moved aside, then empty.
+    """Read the history to fold its journal in: damaged file → moved aside, then empty.
 
     The damaged file goes to ``<path>.corrupt-<UTC time>`` so the next save cannot
     overwrite what an operator may want to inspect.
     """
     try:
-        return read_history(path)
+        history = _read_file(path)
     except HistoryCorrupt as exc:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock()))
         target = f"{path}.corrupt-{stamp}"
@@ -504,7 +530,8 @@ def load_history(path: str, clock: Callable[[], float] = time.time) -> History:
         except OSError as move:
             raise HistoryError(f"{path}: cannot move aside: {move.strerror or move}") from exc
         log.error("history unusable (%s): moved to %s, starting an empty history", exc, target)
-        return History()
+        history = None
+    return _with_journal(history or History(), path, history is None)
 
 
 def save_history(history: History, path: str) -> None:
@@ -523,3 +550,285 @@ def save_history(history: History, path: str) -> None:
             os.unlink(tmp)
         raise HistoryError(f"{path}: cannot save history: {exc.strerror or exc}") from exc
     log.debug("saved history %s: %d bytes", path, len(payload))
+
+
+# --- the journal ---------------------------------------------------------------
+
+JOURNAL_MAGIC = b"BWHJ"
+JOURNAL_VERSION = 1
+# Fold the journal in before its day is out once it is past both of these.
+JOURNAL_FOLD_MIN_BYTES = 1 << 20
+JOURNAL_FOLD_SHARE = 4  # a quarter of the history file
+_JOURNAL_HEADER = struct.Struct("<4sHH")
+_RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
+_CYCLE = struct.Struct("<QI")  # cycle time, interval
+_ENTRY = struct.Struct("<QQB")  # default bytes, exempt bytes, capped bits
+_GENERATION_MASK = 0xFFFF
+
+
+def journal_path(path: str) -> str:
+    """Where the journal of the history file ``path`` is."""
+    return f"{path}.journal"
+
+
+def _journal_header(generation: int) -> bytes:
+    return _JOURNAL_HEADER.pack(JOURNAL_MAGIC, JOURNAL_VERSION, generation)
+
+
+def encode_cycle(now_s: int, interval_s: int, usage: Iterable[CycleUsage]) -> bytes:
+    """One journal record: the cycle's usage, as :meth:`History.record` would take it.
+
+    Refuses what record() refuses, with the same log lines: negative deltas
+    (counted as 0) and names too long to store (left out).
+    """
+    parts = [_CYCLE.pack(now_s, min(max(0, interval_s), _U32))]
+    pack_entry, pack_len = _ENTRY.pack, _SLICE.pack
+    for u in usage:
+        raw = u.slice_name.encode()
+        if len(raw) > NAME_MAX_BYTES:
+            log.error("history: slice %s: name too long to store, skipped", u.slice_name)
+            continue
+        default, exempt = u.default_bytes, u.exempt_bytes
+        if default < 0 or exempt < 0:
+            log.warning(
+                "history: slice %s: negative delta ignored (default %d, exempt %d bytes)",
+                u.slice_name,
+                default,
+                exempt,
+            )
+            default, exempt = max(0, default), max(0, exempt)
+        flags = (1 if u.capped_default else 0) | (2 if u.capped_exempt else 0)
+        parts.append(pack_len(len(raw)))
+        parts.append(raw)
+        parts.append(pack_entry(min(default, _U64), min(exempt, _U64), flags))
+    payload = b"".join(parts)
+    return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _decode_cycle(payload: bytes, source: str) -> tuple[int, int, list[CycleUsage]]:
+    now_s, interval_s = _CYCLE.unpack_from(payload)
+    usage: list[CycleUsage] = []
+    offset, end = _CYCLE.size, len(payload)
+    while offset < end:
+        length = payload[offset]
+        start, offset = offset + 1, offset + 1 + length
+        if offset + _ENTRY.size > end:
+            raise HistoryCorrupt(f"{source}: journal record cut short")
+        name = payload[start:offset].decode("utf-8", "replace")
+        default, exempt, flags = _ENTRY.unpack_from(payload, offset)
+        offset += _ENTRY.size
+        usage.append(CycleUsage(name, default, exempt, bool(flags & 1), bool(flags & 2)))
+    return now_s, interval_s, usage
+
+
+@dataclass(frozen=True)
+class _JournalEnd:
+    """Where a journal's sound records end, and what a writer needs to know of it."""
+
+    generation: int
+    end: int  # offset after the last sound record: the next one goes here
+    size: int  # of the file: more than ``end`` if a record was cut short
+    first_s: int | None  # cycle time of the first record (None: no record yet)
+
+
+def _journal_end(fd: int, source: str) -> _JournalEnd | None:
+    """Walk a journal's record headers (not their payloads); None if it is not a journal.
+
+    Only the last record can have been cut short by a crash (records are
+    appended and synced one at a time), so only its checksum is verified.
+    """
+    size = os.fstat(fd).st_size
+    header = os.pread(fd, _JOURNAL_HEADER.size, 0)
+    if len(header) < _JOURNAL_HEADER.size:
+        return None
+    magic, version, generation = _JOURNAL_HEADER.unpack(header)
+    if magic != JOURNAL_MAGIC or version != JOURNAL_VERSION:
+        return None
+    offset, first_s = _JOURNAL_HEADER.size, None
+    last: tuple[int, int, int] | None = None
+    while offset + _RECORD.size + _CYCLE.size <= size:
+        length, crc = _RECORD.unpack(os.pread(fd, _RECORD.size, offset))
+        end = offset + _RECORD.size + length
+        if length < _CYCLE.size or end > size:
+            break
+        if first_s is None:
+            first_s = _U64_STRUCT.unpack(os.pread(fd, 8, offset + _RECORD.size))[0]
+        last = (offset, length, crc)
+        offset = end
+    if last is not None:
+        start, length, crc = last
+        if zlib.crc32(os.pread(fd, length, start + _RECORD.size)) != crc:
+            log.warning("history journal %s: last record damaged, dropped", source)
+            offset = start
+            if start == _JOURNAL_HEADER.size:
+                first_s = None
+    return _JournalEnd(generation, offset, size, first_s)
+
+
+def _journal_records(data: bytes, source: str) -> Iterator[tuple[int, int, list[CycleUsage]]]:
+    """The sound records of a journal's bytes, up to the first damaged one (logged)."""
+    offset = _JOURNAL_HEADER.size
+    while offset + _RECORD.size <= len(data):
+        length, crc = _RECORD.unpack_from(data, offset)
+        start, end = offset + _RECORD.size, offset + _RECORD.size + length
+        payload = data[start:end]
+        if end > len(data) or length < _CYCLE.size or zlib.crc32(payload) != crc:
+            log.warning(
+                "history journal %s: damaged record at byte %d, rest ignored", source, offset
+            )
+            return
+        try:
+            yield _decode_cycle(payload, source)
+        except HistoryCorrupt as exc:
+            log.warning("history journal %s: %s, rest ignored", source, exc)
+            return
+        offset = end
+
+
+def _with_journal(history: History, path: str, no_file: bool) -> History:
+    """``history`` (read from ``path``, or empty if ``no_file``) with its journal replayed.
+
+    A journal is replayed if it extends this very file (same generation), or if
+    there is no file to have folded it into.
+    """
+    journal = journal_path(path)
+    try:
+        with open(journal, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return history
+    except OSError as exc:
+        raise HistoryError(f"{journal}: cannot read: {exc.strerror or exc}") from exc
+    if len(data) < _JOURNAL_HEADER.size or data[:4] != JOURNAL_MAGIC:
+        log.warning("history journal %s: not a journal, ignored", journal)
+        return history
+    _, version, generation = _JOURNAL_HEADER.unpack_from(data)
+    if version != JOURNAL_VERSION:
+        log.warning("history journal %s: version %d, ignored", journal, version)
+        return history
+    if generation != history.generation and not no_file:
+        return history  # folded in already
+    for now_s, interval_s, usage in _journal_records(data, journal):
+        history.record(now_s, interval_s, usage)
+    return history
+
+
+class HistoryRecorder:
+    """Adds each cycle's usage to the history: a journal append, the fold when due.
+
+    Kept by an agent across cycles, it remembers the journal it last wrote, so a
+    daemon's cycle reads nothing back; a new process walks the journal's record
+    headers once.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        cfg: HistoryConfig,
+        clock: Callable[[], float] = time.time,
+        fold_min_bytes: int = JOURNAL_FOLD_MIN_BYTES,
+    ) -> None:
+        self.path = path
+        self.journal = journal_path(path)
+        self.cfg = cfg
+        self._clock = clock  # names of moved-aside files only
+        self._fold_min_bytes = fold_min_bytes
+        self._known: tuple[FileIdentity | None, _JournalEnd] | None = None
+
+    def record(self, now_s: int, interval_s: int, usage: list[CycleUsage]) -> None:
+        """Record one cycle; HistoryError (the history as it was) if it cannot be written."""
+        self._known, known = None, self._known
+        try:
+            end = self._end(known)
+            if self._fold_due(end, now_s):
+                self._fold(now_s, interval_s, usage)
+                return
+            if not usage:
+                self._known = (file_identity(self.journal), end)
+                return
+            record = encode_cycle(now_s, interval_s, usage)
+            self._append(end, record)
+        except OSError as exc:
+            raise HistoryError(f"{self.journal}: cannot record: {exc.strerror or exc}") from exc
+        end = _JournalEnd(end.generation, end.end + len(record), end.end + len(record),
+                          now_s if end.first_s is None else end.first_s)  # fmt: skip
+        self._known = (file_identity(self.journal), end)
+
+    def _end(self, known: tuple[FileIdentity | None, _JournalEnd] | None) -> _JournalEnd:
+        """The journal's end, starting a journal for the file's generation if needed."""
+        if known is not None and known[0] is not None and file_identity(self.journal) == known[0]:
+            return known[1]
+        generation = self._file_generation()
+        try:
+            fd = os.open(self.journal, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return self._start_journal(generation or 0)
+        try:
+            end = _journal_end(fd, self.journal)
+        finally:
+            os.close(fd)
+        if end is None or (generation is not None and end.generation != generation):
+            # not a journal, or one already folded in (the last fold stopped halfway)
+            return self._start_journal(generation or 0)
+        return end
+
+    def _file_generation(self) -> int | None:
+        """The history file's generation; None without a usable file (its journal is
+        then all there is, and is kept).
+        """
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(_HEADER.size)
+        except FileNotFoundError:
+            return None
+        if len(header) < _HEADER.size or header[:4] != MAGIC:
+            return None  # damaged: the fold moves it aside
+        return _HEADER.unpack(header)[2]
+
+    def _start_journal(self, generation: int) -> _JournalEnd:
+        directory = os.path.dirname(os.path.abspath(self.journal))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        tmp = f"{self.journal}.tmp-{os.getpid()}"
+        remove_stale_temps(directory, (f"{os.path.basename(self.journal)}.tmp-",))
+        write_new_file(tmp, _journal_header(generation))
+        os.replace(tmp, self.journal)
+        fsync_dir(directory)
+        header = _JOURNAL_HEADER.size
+        return _JournalEnd(generation, header, header, None)
+
+    def _fold_due(self, end: _JournalEnd, now_s: int) -> bool:
+        if end.first_s is None:
+            return False
+        if end.first_s // DAY_S != now_s // DAY_S:
+            return True  # a new UTC day: buckets are due to roll up
+        try:
+            file_bytes = os.stat(self.path).st_size
+        except FileNotFoundError:
+            file_bytes = 0
+        return end.end > max(self._fold_min_bytes, file_bytes // JOURNAL_FOLD_SHARE)
+
+    def _append(self, end: _JournalEnd, record: bytes) -> None:
+        fd = os.open(self.journal, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            if end.size != end.end:
+                log.warning("history journal %s: cut back to byte %d", self.journal, end.end)
+                os.ftruncate(fd, end.end)
+            view = memoryview(record)
+            offset = end.end
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _fold(self, now_s: int, interval_s: int, usage: list[CycleUsage]) -> None:
+        """Fold the journal (and this cycle) into the file; start the next journal."""
+        history = load_history(self.path, self._clock)
+        history.record(now_s, interval_s, usage)
+        history.roll_up(now_s, self.cfg)
+        history.generation = (history.generation + 1) & _GENERATION_MASK
+        save_history(history, self.path)
+        end = self._start_journal(history.generation)
+        self._known = (file_identity(self.journal), end)
+        log.info("history %s: journal folded in (generation %d)", self.path, history.generation)
