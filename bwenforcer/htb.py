@@ -123,6 +123,7 @@ class HtbBackend:
         # handle → (record, class) of the last dump: a class whose record is unchanged
         # (an idle class, most of them) is passed on as the same object
         self._last_dump: dict[int, tuple[w.ClassRecord, KernelClass]] = {}
+        self._last_slices: dict[int, KernelSlice] = {}
 
     def close(self) -> None:
         """Close the netlink socket."""
@@ -288,10 +289,15 @@ class HtbBackend:
                 f"no bwenforcer HTB tree on dev {self.dev}: run `bwenforcer tc init`"
             )
         self._last_dump = seen
-        slices = {
-            xid: KernelSlice(xid, defaults.get(xid), exempts.get(xid))
-            for xid in defaults.keys() | exempts.keys()
-        }
+        before_slices = self._last_slices
+        slices: dict[int, KernelSlice] = {}
+        for xid in defaults.keys() | exempts.keys():
+            default, exempt = defaults.get(xid), exempts.get(xid)
+            ks = before_slices.get(xid)
+            if ks is None or ks.default is not default or ks.exempt is not exempt:
+                ks = KernelSlice(xid, default, exempt)
+            slices[xid] = ks
+        self._last_slices = slices
         return KernelSnapshot(cap_bps, bwmax_bps, slices)
 
     # --- changing ---------------------------------------------------------
