@@ -453,6 +453,43 @@ def _plan_live(
     return LiveSlice(new_st, d_delta, e_delta, d_ceil, e_ceil)
 
 
+def _quiet(
+    want: DesiredSlice, st: SliceState, kernel: KernelSlice, targets: _Targets, now_s: int
+) -> LiveSlice | None:
+    """The plan of a slice nothing happened to since the last cycle, or None.
+
+    Most slices of a large node are idle at any moment: no bytes, same policy,
+    not capped, rates as they should be. Telling so takes a few comparisons,
+    and what :func:`_plan_live` would make of it is known: the very same state,
+    no action.
+    """
+    d, e, kd, ke = st.default, st.exempt, kernel.default, kernel.exempt
+    if (
+        kd is None
+        or ke is None
+        or now_s >= st.period_end_s
+        or kd.bytes != d.last_counter_bytes
+        or ke.bytes != e.last_counter_bytes
+        or d.capped
+        or e.capped
+        or d.used_bytes >= want.default.threshold_bytes
+        or e.used_bytes >= want.exempt.threshold_bytes
+        or (d.policy is not want.default and d.policy != want.default)
+        or (e.policy is not want.exempt and e.policy != want.exempt)
+    ):
+        return None
+    d_rates = targets.rates(want.default, "default", d.used_bytes, st.period_end_s, now_s)[0]
+    e_rates = targets.rates(want.exempt, "exempt", e.used_bytes, st.period_end_s, now_s)[0]
+    if (
+        d.ceil_bps != d_rates.max_rate_bps
+        or e.ceil_bps != e_rates.max_rate_bps
+        or (kd.rates is not d_rates and kd.rates != d_rates)
+        or (ke.rates is not e_rates and ke.rates != e_rates)
+    ):
+        return None
+    return LiveSlice(st, 0, 0, kd.rates.max_rate_bps, ke.rates.max_rate_bps)
+
+
 def _limiting_off(snapshot: KernelSnapshot, state: State, now_s: int) -> Plan:
     actions: list[Action] = [
         RemoveClasses(None, xid, "limiting off")
@@ -499,6 +536,12 @@ def plan(
     for want in sorted(desired.slices, key=attrgetter("xid")):
         kernel = snapshot.slices.get(want.xid)
         st = carried.get(want.xid)
+        if st is not None and kernel is not None:
+            planned = _quiet(want, st, kernel, targets, now_s)
+            if planned is not None:
+                slices[want.xid] = st
+                live.append(planned)
+                continue
         account = st is not None
         reason = "recreate"
         if st is None:
