@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from .agent import Agent, load_desired
+from .agent import Agent
 from .config import Config, load_config
 from .errors import Error, LockBusy, MetricsError
 from .metrics import AgentMetrics, serve
@@ -87,7 +87,8 @@ class Daemon:
     def run_once(self) -> None:
         """One cycle; errors are logged and counted, never raised."""
         try:
-            result = self.current_agent().cycle(load_desired(self.config))
+            agent = self.current_agent()
+            result = agent.cycle(agent.desired())
         except LockBusy as exc:
             log.warning("cycle skipped: %s", exc)
             self.metrics.observe_skipped()

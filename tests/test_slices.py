@@ -135,3 +135,19 @@ def test_slices_with_the_same_rspec_share_their_policies_but_are_checked_alike()
     assert len(got.errors) == 2
     assert "pl_c" in got.errors[0] and "net_share" in got.errors[0]
     assert "pl_d" in got.errors[1] and "net_share" in got.errors[1]
+
+
+def test_an_agent_rereads_the_slices_file_only_once_it_changed(tmp_path: Path) -> None:
+    from bwenforcer.agent import Agent
+
+    slices = tmp_path / "slices.yaml"
+    slices.write_text("slices:\n  - {name: pl_a, xid: 1}\n")
+    agent = Agent(Config(slices_file=str(slices), state_file=str(tmp_path / "s.json")))
+    first = agent.desired()
+    assert agent.desired() is first  # a daemon's next cycle: not parsed again
+    slices.write_text("slices:\n  - {name: pl_a, xid: 1}\n  - {name: pl_b, xid: 2}\n")
+    assert [s.name for s in agent.desired().slices] == ["pl_a", "pl_b"]
+    replaced = tmp_path / "new.yaml"
+    replaced.write_text("slices:\n  - {name: pl_c, xid: 3}\n  - {name: pl_d, xid: 4}\n")
+    replaced.rename(slices)  # as editors and config management write it
+    assert [s.name for s in agent.desired().slices] == ["pl_c", "pl_d"]
