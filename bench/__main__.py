@@ -40,6 +40,23 @@ def median_s(fn: Callable[[], object], runs: int) -> float:
     return statistics.median(times)
 
 
+def paired(
+    ours: Callable[[int], object], theirs: Callable[[int], object], runs: int
+) -> tuple[float, float]:
+    """Medians of ``ours(i)`` and ``theirs(i)`` timed in turns, so that both see the
+    same machine (this one's speed drifts by a factor of two within minutes).
+    """
+    our_times, their_times = [], []
+    for i in range(runs):
+        start = time.perf_counter()
+        theirs(i)
+        their_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        ours(i)
+        our_times.append(time.perf_counter() - start)
+    return statistics.median(our_times), statistics.median(their_times)
+
+
 def sh(*cmd: str, stdin: str | None = None) -> None:
     """Run a command; fail loudly."""
     proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=False)
@@ -210,17 +227,18 @@ def bench_n(n: int, runs: int) -> dict[str, float]:
 
         with HtbBackend(DEV) as kernel:
             # (a) dump vs tc -s class show
-            out["dump_tc_s"] = median_s(lambda: ns.tc("-s", "class", "show", "dev", DEV), runs)
-            out["dump_s"] = median_s(kernel.dump, runs)
-            assert len(kernel.dump().slices) >= n
-            # (b) change every class's ceil vs tc -batch
-            ceils = iter(range(runs * 2 + 4))
-            out["apply_tc_s"] = median_s(
-                lambda: ns.tc("-batch", "-", stdin=tc_change_script(n, 500_000 + next(ceils))), runs
+            out["dump_s"], out["dump_tc_s"] = paired(
+                lambda i: kernel.dump(), lambda i: ns.tc("-s", "class", "show", "dev", DEV), runs
             )
+            assert len(kernel.dump().slices) >= n
+            # (b) change every class's ceil vs tc -batch, a new ceil each run
             scripts = [change_ops(n, 400_000_000 + 8000 * i) for i in range(runs)]
-            it = iter(scripts)
-            out["apply_s"] = median_s(lambda: kernel.apply(next(it)), runs)
+            tc_scripts = [tc_change_script(n, 500_000 + i) for i in range(runs)]
+            out["apply_s"], out["apply_tc_s"] = paired(
+                lambda i: kernel.apply(scripts[i]),
+                lambda i: ns.tc("-batch", "-", stdin=tc_scripts[i]),
+                runs,
+            )
 
         # (c) full cycle, every slice capped; (d) steady state; (f) RSS; whole process
         from bwenforcer.agent import Agent, load_desired
@@ -235,21 +253,20 @@ def bench_n(n: int, runs: int) -> dict[str, float]:
         start_s = time.time()
         agent.clock = lambda: start_s
         agent.cycle(desired)
-        cycle_times = []
-        for i in range(runs):
-            agent.clock = lambda i=i: start_s + CAPPED_STEP_S * (i + 1)
-            t0 = time.perf_counter()
+
+        def capped(i: int) -> None:
+            agent.clock = lambda: start_s + CAPPED_STEP_S * (i + 1)
             result = agent.cycle(desired)
             metrics.observe(result)
-            cycle_times.append(time.perf_counter() - t0)
             changed = result.outcome.counts["changed"] if result.outcome else 0
             assert changed == 2 * n and not result.failures, (changed, result.failures[:3])
-        out["cycle_capped_s"] = statistics.median(cycle_times)
-        show_and_batch = tc_change_script(n, 300_000)
-        out["cycle_tc_s"] = median_s(
-            lambda: (
+
+        tc_scripts = [tc_change_script(n, 300_000 + i) for i in range(runs)]
+        out["cycle_capped_s"], out["cycle_tc_s"] = paired(
+            capped,
+            lambda i: (
                 ns.tc("-s", "class", "show", "dev", DEV),
-                ns.tc("-batch", "-", stdin=show_and_batch),
+                ns.tc("-batch", "-", stdin=tc_scripts[i]),
             ),
             runs,
         )
@@ -261,12 +278,14 @@ def bench_n(n: int, runs: int) -> dict[str, float]:
         agent.cycle(desired)
         agent.cycle(desired)
 
-        def steady() -> None:
+        def steady(i: int) -> None:
             result = agent.cycle(desired)
             metrics.observe(result)
             assert result.outcome is not None and not result.plan.kernel_ops()
 
-        out["cycle_steady_s"] = median_s(steady, runs)
+        out["cycle_steady_s"], out["steady_tc_s"] = paired(
+            steady, lambda i: ns.tc("-s", "class", "show", "dev", DEV), runs
+        )
         walls = [run_sync(ns, cfg_steady)[0] for _ in range(runs)]
         out["sync_process_s"] = statistics.median(walls)
         capped_cfg = write_cycle_config(tmp, n, capped=True)
@@ -296,7 +315,7 @@ def table(rows: list[dict[str, float]]) -> str:
             f"| {r['dump_s'] * 1e3:.1f} / {r['dump_tc_s'] * 1e3:.1f} ms = **{r['dump_s'] / r['dump_tc_s']:.2f}×** "
             f"| {r['apply_s'] * 1e3:.1f} / {r['apply_tc_s'] * 1e3:.1f} ms = **{r['apply_s'] / r['apply_tc_s']:.2f}×** "
             f"| {r['cycle_capped_s'] * 1e3:.0f} / {r['cycle_tc_s'] * 1e3:.0f} ms = **{r['cycle_capped_s'] / r['cycle_tc_s']:.2f}×** "
-            f"| {r['cycle_steady_s'] * 1e3:.1f} / {r['dump_tc_s'] * 1e3:.1f} ms = **{r['cycle_steady_s'] / r['dump_tc_s']:.2f}×** "
+            f"| {r['cycle_steady_s'] * 1e3:.1f} / {r['steady_tc_s'] * 1e3:.1f} ms = **{r['cycle_steady_s'] / r['steady_tc_s']:.2f}×** "
             f"| {r['build_s']:.2f} / {r['build_tc_s']:.2f} s = **{r['build_s'] / r['build_tc_s']:.2f}×** "
             f"| {r['sync_process_s']:.2f} s "
             f"| {r['sync_peak_rss_kib'] / 1024:.0f} MiB "
