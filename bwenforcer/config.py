@@ -423,10 +423,19 @@ def parse_config(data: object, source: str) -> Config:
 def read_yaml(path: str) -> object:
     """Parse a YAML file (C loader when available); ConfigError with file and line if bad."""
     try:
-        with open(path, encoding="utf-8") as stream:
-            return yaml.load(stream, Loader=_YAML_LOADER)
+        with open(path, "rb") as stream:
+            raw = stream.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_yaml(raw, path)
+
+
+def parse_yaml(raw: bytes, path: str) -> object:
+    """Parse the bytes of the YAML file ``path``; ConfigError with file and line if bad."""
+    try:
+        return yaml.load(raw.decode("utf-8"), Loader=_YAML_LOADER)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "YAML"

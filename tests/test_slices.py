@@ -151,3 +151,31 @@ def test_an_agent_rereads_the_slices_file_only_once_it_changed(tmp_path: Path) -
     replaced.write_text("slices:\n  - {name: pl_c, xid: 3}\n  - {name: pl_d, xid: 4}\n")
     replaced.rename(slices)  # as editors and config management write it
     assert [s.name for s in agent.desired().slices] == ["pl_c", "pl_d"]
+
+
+def test_the_parsed_slices_file_is_kept_beside_the_state_while_its_bytes_are_unchanged(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from bwenforcer.slices import slices_cache_path
+
+    slices = tmp_path / "slices.yaml"
+    slices.write_text("slices:\n  - {name: pl_a, xid: 1, rspec: {net_share: 2}}\n")
+    config = Config(state_file=str(tmp_path / "state.json"))
+    assert [s.name for s in load_slices_file(str(slices), config).slices] == ["pl_a"]
+    cache = Path(slices_cache_path(config))
+    kept = json.loads(cache.read_text())
+    assert kept["data"] == {"slices": [{"name": "pl_a", "xid": 1, "rspec": {"net_share": 2}}]}
+    kept["data"]["slices"][0]["name"] = "pl_from_cache"  # proves the next load reads it
+    cache.write_text(json.dumps(kept))
+    assert [s.name for s in load_slices_file(str(slices), config).slices] == ["pl_from_cache"]
+    slices.write_text("slices:\n  - {name: pl_b, xid: 2}\n")  # new bytes: parsed again
+    assert [s.name for s in load_slices_file(str(slices), config).slices] == ["pl_b"]
+    cache.write_text("{not json")  # a damaged cache is no more than a missed one
+    assert [s.name for s in load_slices_file(str(slices), config).slices] == ["pl_b"]
+    assert json.loads(cache.read_text())["data"]["slices"][0]["name"] == "pl_b"
+    cache.unlink()
+    slices.write_text("slices:\n  - {name: pl_c, xid: 3, rspec: {2021-01-01: 1}}\n")
+    load_slices_file(str(slices), config)
+    assert not cache.exists()  # a date key: JSON would not say what it was

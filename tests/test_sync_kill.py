@@ -25,14 +25,24 @@ def test_sync_killed_at_random_points_leaves_a_sound_state(ns: Netns, tmp_path: 
         f"device: v0\nnode_cap: 100mbit\nstate_file: {tmp_path}/state.json\nslices_file: {tmp_path}/slices.yaml\nmetrics: {{listen: null}}\n"
     )
     assert bwenforcer_in(ns, "--config", str(cfg), "tc", "init").returncode == 0
+    sync = [
+        "ip",
+        "netns",
+        "exec",
+        ns.name,
+        str(VENV_BIN / "bwenforcer"),
+        "--config",
+        str(cfg),
+        "sync",
+    ]
+    start = time.monotonic()
+    assert subprocess.run([*sync, "--dry-run"], capture_output=True, check=False).returncode == 0
+    whole_s = time.monotonic() - start  # about a run's length: the kills land all along it
     rng = random.Random(7)
     killed = 0
     for _ in range(15):
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns.name, str(VENV_BIN / "bwenforcer"), "--config", str(cfg), "sync"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        time.sleep(rng.uniform(0.05, 0.9))
+        proc = subprocess.Popen(sync, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 1.0) * whole_s)
         if proc.poll() is None:
             proc.kill()
             killed += 1
