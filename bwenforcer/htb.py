@@ -124,6 +124,7 @@ class HtbBackend:
         # (an idle class, most of them) is passed on as the same object
         self._last_dump: dict[int, tuple[w.ClassRecord, KernelClass]] = {}
         self._last_slices: dict[int, KernelSlice] = {}
+        self.requests = 0  # sendmsg calls so far: one per request, or per chunk of a batch
 
     def close(self) -> None:
         """Close the netlink socket."""
@@ -149,6 +150,10 @@ class HtbBackend:
             return DeviceMissing(f"device {self.dev!r} not found", code)
         return KernelError(f"{what} on dev {self.dev}: {os.strerror(code)}", code)
 
+    def _send(self, data: bytes) -> None:
+        self._sock.send(data)
+        self.requests += 1
+
     def _take_seqs(self, count: int) -> int:
         """Reserve ``count`` consecutive sequence numbers; return the first."""
         if self._next_seq + count > SEQ_MAX:
@@ -166,7 +171,7 @@ class HtbBackend:
 
         Returns ``{seq: errno}`` of the ones the kernel refused.
         """
-        self._sock.send(data)
+        self._send(data)
         failed: dict[int, int] = {}
         while True:
             for msg_type, _flags, seq, msg in self._receive():
@@ -190,7 +195,7 @@ class HtbBackend:
         """The device's interface index (DeviceMissing if it does not exist)."""
         if self._ifindex is None:
             seq = self._take_seqs(1)
-            self._sock.send(w.link_request(seq, self.dev))
+            self._send(w.link_request(seq, self.dev))
             while self._ifindex is None:
                 for msg_type, _flags, msg_seq, msg in self._receive():
                     if msg_seq != seq:
@@ -228,7 +233,7 @@ class HtbBackend:
     def dump(self) -> KernelSnapshot:
         """ONE class dump of the device → node cap, line rate and every slice class."""
         seq = self._take_seqs(1)
-        self._sock.send(
+        self._send(
             w.message(
                 w.RTM_GETTCLASS,
                 flags=w.NLM_F_REQUEST | w.NLM_F_DUMP,
