@@ -14,7 +14,7 @@ from typing import Protocol
 from .layout import TrafficClass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClassPolicy:
     """The budget and rates in force for one traffic class of one slice."""
 
@@ -25,7 +25,7 @@ class ClassPolicy:
     share: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredSlice:
     """A slice that should exist on the node, from the slices file or the node manager."""
 
@@ -41,7 +41,7 @@ class DesiredSlice:
         return self.default if traffic_class == "default" else self.exempt
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredSet:
     """Everything the sources say should exist this cycle."""
 
@@ -50,7 +50,7 @@ class DesiredSet:
     errors: tuple[str, ...] = ()  # one line per slice that was skipped as invalid
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClassRates:
     """What one HTB class is set to: guaranteed rate, ceil, share."""
 
@@ -59,7 +59,7 @@ class ClassRates:
     share: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KernelClass:
     """One slice class as dumped from the kernel."""
 
@@ -67,7 +67,7 @@ class KernelClass:
     bytes: int  # 64-bit byte counter from the class's basic stats
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KernelSlice:
     """Both classes of one xid as found in the kernel (either may be missing)."""
 
@@ -80,7 +80,7 @@ class KernelSlice:
         return self.default if traffic_class == "default" else self.exempt
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KernelSnapshot:
     """One class dump of the device: node cap, line rate and every slice class."""
 
@@ -89,7 +89,7 @@ class KernelSnapshot:
     slices: Mapping[int, KernelSlice]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClassState:
     """Usage of one traffic class of one slice in its current period."""
 
@@ -101,7 +101,7 @@ class ClassState:
     notified: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SliceState:
     """Saved state of one slice: its period and both classes."""
 
@@ -117,7 +117,7 @@ class SliceState:
         return self.default if traffic_class == "default" else self.exempt
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """A deleted slice's state, kept by name until its period would have ended."""
 
@@ -130,7 +130,7 @@ class LedgerEntry:
         return self.slice.period_end_s
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class State:
     """Everything the agent keeps between cycles."""
 
@@ -167,7 +167,7 @@ class KernelOp(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClassOp:
     """One kernel change to one slice class.
 
@@ -181,7 +181,7 @@ class ClassOp:
     rates: ClassRates | None = None  # None only for "delete"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OpFailure:
     """A kernel change the kernel refused; the rest of its batch went through."""
 

@@ -39,7 +39,7 @@ SYSTEM_XIDS = frozenset({ROOT_XID, DEFAULT_XID})
 MIN_RATE_SHARE_OF_CAP = 4  # min rate ≤ 25 % of the node cap
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlanParams:
     """The parts of the config the planner needs."""
 
@@ -56,7 +56,7 @@ class PlanParams:
 # --- actions ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CreateClass:
     """Create one class of a slice (and its leaf qdisc); a KernelOp as it is."""
 
@@ -68,7 +68,7 @@ class CreateClass:
     kind: ClassVar[str] = "create"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SetRates:
     """Change one existing class's rates; a KernelOp as it is."""
 
@@ -85,7 +85,7 @@ class SetRates:
         return self.new
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoveClasses:
     """Remove both classes of an xid."""
 
@@ -94,7 +94,7 @@ class RemoveClasses:
     reason: str  # "dead" | "orphan" | "limiting off"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Adopt:
     """A class found without state: counted from its current counter."""
 
@@ -102,7 +102,7 @@ class Adopt:
     xid: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MoveToLedger:
     """A slice left the desired set: its usage is kept by name."""
 
@@ -110,7 +110,7 @@ class MoveToLedger:
     xid: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Revive:
     """A slice came back while its ledger entry was live: it keeps that usage."""
 
@@ -119,14 +119,14 @@ class Revive:
     old_xid: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PurgeLedger:
     """A ledger entry whose period has ended."""
 
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewPeriod:
     """A slice's period ended: usage back to 0, caps lifted."""
 
@@ -136,7 +136,7 @@ class NewPeriod:
     end_s: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Notify:
     """Mail the slice about classes capped and not yet notified this period."""
 
@@ -158,7 +158,7 @@ Action = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClassLine:
     """One class of one slice as planned, for dry-run output, status and metrics."""
 
@@ -172,7 +172,7 @@ class ClassLine:
     capped: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SliceLine:
     """One live slice as planned."""
 
