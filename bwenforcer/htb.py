@@ -120,9 +120,10 @@ class HtbBackend:
         self._slice_of_handle: dict[int, tuple[int, TrafficClass] | None] = {}
         # (xid, class) → (class handle, parent handle): at most two per possible xid
         self._handles: dict[tuple[int, TrafficClass], tuple[int, int]] = {}
-        # handle → (record, class) of the last dump: a class whose record is unchanged
-        # (an idle class, most of them) is passed on as the same object
-        self._last_dump: dict[int, tuple[w.ClassRecord, KernelClass]] = {}
+        # handle → record and → class of the last dump: a class whose record is
+        # unchanged (an idle class, most of them) is passed on as the same object
+        self._last_records: dict[int, w.ClassRecord] = {}
+        self._last_classes: dict[int, KernelClass] = {}
         self._last_slices: dict[int, KernelSlice] = {}
         self.requests = 0  # sendmsg calls so far: one per request, or per chunk of a batch
 
@@ -260,7 +261,9 @@ class HtbBackend:
         # most classes share a few rate settings: one (immutable) ClassRates each
         rates_of: dict[tuple[int, ...], ClassRates] = {}
         slice_of = self._slice_of_handle
-        last, seen = self._last_dump, {}
+        last_records, last_classes = self._last_records, self._last_classes
+        records_now: dict[int, w.ClassRecord] = {}
+        classes_now: dict[int, KernelClass] = {}
         cap_bps = bwmax_bps = 0
         for record in records:
             class_handle = record[0]
@@ -273,9 +276,8 @@ class HtbBackend:
                 elif class_handle == handle(LINE_MINOR):
                     bwmax_bps = record.rate_bytes_s * 8
                 continue
-            before = last.get(class_handle)
-            if before is not None and before[0] == record:
-                kclass = before[1]
+            if last_records.get(class_handle) == record:
+                kclass = last_classes[class_handle]
             else:
                 key = record[2:5]  # rate, ceil, quantum
                 rates = rates_of.get(key)
@@ -286,14 +288,15 @@ class HtbBackend:
                         share_of_quantum(record.quantum_bytes),
                     )
                 kclass = KernelClass(rates, record[5])
-            seen[class_handle] = (record, kclass)
+            records_now[class_handle] = record
+            classes_now[class_handle] = kclass
             xid, tc = found
             (defaults if tc == "default" else exempts)[xid] = kclass
         if not cap_bps or not bwmax_bps:
             raise TreeNotInitialised(
                 f"no bwenforcer HTB tree on dev {self.dev}: run `bwenforcer tc init`"
             )
-        self._last_dump = seen
+        self._last_records, self._last_classes = records_now, classes_now
         before_slices = self._last_slices
         slices: dict[int, KernelSlice] = {}
         for xid in defaults.keys() | exempts.keys():

@@ -379,6 +379,12 @@ def _plan_class(
     return used, last, delta, old.notified
 
 
+# the classes a Notify names: one tuple each, not one a capped slice
+_NOTIFY_CLASSES: dict[tuple[TrafficClass, ...], tuple[TrafficClass, ...]] = {
+    c: c for c in (("default",), ("exempt",), ("default", "exempt"))
+}
+
+
 def _plan_live(
     want: DesiredSlice,
     *,
@@ -438,7 +444,7 @@ def _plan_live(
                 (ClassState(policy, used, last, ceil_bps, capped, notified), delta, old_ceil_bps)
             )
     if to_notify:
-        actions.append(Notify(want.name, want.xid, tuple(to_notify)))
+        actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(to_notify)]))
     (default, d_delta, d_ceil), (exempt, e_delta, e_ceil) = out
     if (
         default is st.default
