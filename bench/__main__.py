@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table; write JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--sizes", default="100,1000,4000", help="comma-separated N")
-    parser.add_argument("--runs", type=int, default=7, help="runs per median (≥ 5 for the README)")
+    parser.add_argument("--runs", type=int, default=9, help="runs per median (≥ 5 for the README)")
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
     args = parser.parse_args(argv)
     if os.geteuid() != 0:

@@ -329,6 +329,18 @@ class _Targets:
             rates = self._rates[key] = ClassRates(rate_bps, ceil_bps, share)
         return rates
 
+    def _limits_for(
+        self, policy: ClassPolicy, traffic_class: TrafficClass
+    ) -> tuple[ClassPolicy, int, int, int, ClassRates]:
+        limits = self._limits[traffic_class].get(id(policy))
+        if limits is None or limits[0] is not policy:
+            limits = self._limits_of(policy, traffic_class)
+        return limits
+
+    def uncapped(self, policy: ClassPolicy, traffic_class: TrafficClass) -> ClassRates:
+        """The rates of a class under ``policy`` while it is not capped."""
+        return self._limits_for(policy, traffic_class)[4]
+
     def rates(
         self,
         policy: ClassPolicy,
@@ -338,9 +350,7 @@ class _Targets:
         now_s: int,
     ) -> tuple[ClassRates, bool]:
         """``(rates, capped)`` of a class with ``used_bytes`` under ``policy`` at ``now_s``."""
-        limits = self._limits[traffic_class].get(id(policy))
-        if limits is None or limits[0] is not policy:
-            limits = self._limits_of(policy, traffic_class)
+        limits = self._limits_for(policy, traffic_class)
         if used_bytes < policy.threshold_bytes:
             return limits[4], False
         _, min_rate, max_rate, share, _ = limits
@@ -484,8 +494,8 @@ def _quiet(
         or (e.policy is not want.exempt and e.policy != want.exempt)
     ):
         return None
-    d_rates = targets.rates(want.default, "default", d.used_bytes, st.period_end_s, now_s)[0]
-    e_rates = targets.rates(want.exempt, "exempt", e.used_bytes, st.period_end_s, now_s)[0]
+    d_rates = targets.uncapped(want.default, "default")
+    e_rates = targets.uncapped(want.exempt, "exempt")
     if (
         d.ceil_bps != d_rates.max_rate_bps
         or e.ceil_bps != e_rates.max_rate_bps
