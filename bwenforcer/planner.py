@@ -30,6 +30,7 @@ from .model import (
     LedgerEntry,
     SliceState,
     State,
+    fast_init,
 )
 from .periods import first_period, next_period
 from .policy import capped_ceil_bps, clamp_rates, counter_delta
@@ -56,6 +57,7 @@ class PlanParams:
 # --- actions ---------------------------------------------------------------
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CreateClass:
     """Create one class of a slice (and its leaf qdisc); a KernelOp as it is."""
@@ -68,6 +70,7 @@ class CreateClass:
     kind: ClassVar[str] = "create"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SetRates:
     """Change one existing class's rates; a KernelOp as it is."""
@@ -136,6 +139,7 @@ class NewPeriod:
     end_s: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Notify:
     """Mail the slice about classes capped and not yet notified this period."""
