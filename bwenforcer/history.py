@@ -146,6 +146,22 @@ class ReportRow:
     capped_exempt_s: int
 
 
+def _deltas(u: CycleUsage) -> tuple[int, int, bool]:
+    """``(default, exempt, negative)`` bytes of a usage; a negative delta counts as 0
+    (logged: counters only go up, so it is a bug upstream).
+    """
+    default, exempt = u.default_bytes, u.exempt_bytes
+    if default >= 0 and exempt >= 0:
+        return default, exempt, False
+    log.warning(
+        "history: slice %s: negative delta ignored (default %d, exempt %d bytes)",
+        u.slice_name,
+        default,
+        exempt,
+    )
+    return max(0, default), max(0, exempt), True
+
+
 def _day_of_hour(hour: int) -> int:
     return hour // 24
 
@@ -262,16 +278,8 @@ class History:
                 row[3] += capped_s
 
     def _record_slow(self, hour: int, capped_s: int, u: CycleUsage) -> None:
-        default, exempt = u.default_bytes, u.exempt_bytes
-        if default < 0 or exempt < 0:
-            log.warning(
-                "history: slice %s: negative delta ignored (default %d, exempt %d bytes)",
-                u.slice_name,
-                default,
-                exempt,
-            )
-            self.ignored += 1
-            default, exempt = max(0, default), max(0, exempt)
+        default, exempt, negative = _deltas(u)
+        self.ignored += negative
         capped_d = capped_s if u.capped_default else 0
         capped_e = capped_s if u.capped_exempt else 0
         row = self._hour_rows.get(u.slice_name)
@@ -588,15 +596,7 @@ def encode_cycle(now_s: int, interval_s: int, usage: Iterable[CycleUsage]) -> by
         if len(raw) > NAME_MAX_BYTES:
             log.error("history: slice %s: name too long to store, skipped", u.slice_name)
             continue
-        default, exempt = u.default_bytes, u.exempt_bytes
-        if default < 0 or exempt < 0:
-            log.warning(
-                "history: slice %s: negative delta ignored (default %d, exempt %d bytes)",
-                u.slice_name,
-                default,
-                exempt,
-            )
-            default, exempt = max(0, default), max(0, exempt)
+        default, exempt, _ = _deltas(u)
         flags = (1 if u.capped_default else 0) | (2 if u.capped_exempt else 0)
         parts.append(pack_len(len(raw)))
         parts.append(raw)
