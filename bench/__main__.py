@@ -9,6 +9,7 @@ table and writes ``bench/results/latest.json``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -196,108 +197,136 @@ def run_sync(ns: Namespace, cfg: Path) -> tuple[float, int]:
     return float(wall), int(rss_kib)
 
 
+def build_figures(ns: Namespace, n: int, runs: int) -> dict[str, float]:
+    """(e) the tree built from nothing, bwenforcer and `tc -batch` in turns."""
+    build = tc_build_script(n, CAP_BPS // 1000)
+
+    def reset() -> None:
+        subprocess.run(
+            ["tc", "-n", ns.name, "qdisc", "del", "dev", DEV, "root"],
+            capture_output=True,
+            check=False,
+        )
+
+    tc_times, our_times = [], []
+    for _ in range(runs):
+        reset()
+        tc_times.append(median_s(lambda: ns.tc("-batch", "-", stdin=build), 1))
+        reset()
+        with HtbBackend(DEV) as kernel:
+            start = time.perf_counter()
+            kernel.init(CAP_BPS, BWMAX_BPS)
+            failures = kernel.apply(create_ops(n))
+            our_times.append(time.perf_counter() - start)
+            assert not failures, failures[:3]
+    return {"build_tc_s": statistics.median(tc_times), "build_s": statistics.median(our_times)}
+
+
+def backend_figures(ns: Namespace, n: int, runs: int) -> dict[str, float]:
+    """(a) one dump vs `tc -s class show`; (b) every ceil changed vs `tc -batch`."""
+    out: dict[str, float] = {}
+    with HtbBackend(DEV) as kernel:
+        out["dump_s"], out["dump_tc_s"] = paired(
+            lambda i: kernel.dump(), lambda i: ns.tc("-s", "class", "show", "dev", DEV), runs
+        )
+        assert len(kernel.dump().slices) >= n
+        scripts = [change_ops(n, 400_000_000 + 8000 * i) for i in range(runs)]
+        tc_scripts = [tc_change_script(n, 500_000 + i) for i in range(runs)]
+        out["apply_s"], out["apply_tc_s"] = paired(
+            lambda i: kernel.apply(scripts[i]),
+            lambda i: ns.tc("-batch", "-", stdin=tc_scripts[i]),
+            runs,
+        )
+    return out
+
+
+def capped_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, float]:
+    """(c) whole cycles with every slice capped vs `tc -s class show` + `tc -batch`."""
+    from bwenforcer.agent import Agent, load_desired
+    from bwenforcer.config import load_config
+    from bwenforcer.metrics import AgentMetrics
+
+    config = load_config(str(write_cycle_config(tmp, n, capped=True)))
+    agent, metrics, desired = Agent(config), AgentMetrics(), load_desired(config)
+    start_s = time.time()
+    agent.clock = lambda: start_s
+    agent.cycle(desired)
+
+    def capped(i: int) -> None:
+        agent.clock = lambda: start_s + CAPPED_STEP_S * (i + 1)
+        result = agent.cycle(desired)
+        metrics.observe(result)
+        changed = result.outcome.counts["changed"] if result.outcome else 0
+        assert changed == 2 * n and not result.failures, (changed, result.failures[:3])
+
+    tc_scripts = [tc_change_script(n, 300_000 + i) for i in range(runs)]
+    ours, theirs = paired(
+        capped,
+        lambda i: (
+            ns.tc("-s", "class", "show", "dev", DEV),
+            ns.tc("-batch", "-", stdin=tc_scripts[i]),
+        ),
+        runs,
+    )
+    agent.close()
+    return {"cycle_capped_s": ours, "cycle_tc_s": theirs}
+
+
+def steady_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, float]:
+    """(d) whole cycles with no change vs `tc -s class show`."""
+    from bwenforcer.agent import Agent, load_desired
+    from bwenforcer.config import load_config
+    from bwenforcer.metrics import AgentMetrics
+
+    config = load_config(str(write_cycle_config(tmp, n, capped=False)))
+    agent, metrics, desired = Agent(config), AgentMetrics(), load_desired(config)
+    agent.cycle(desired)
+    agent.cycle(desired)
+
+    def steady(i: int) -> None:
+        result = agent.cycle(desired)
+        metrics.observe(result)
+        assert result.outcome is not None and not result.plan.kernel_ops()
+
+    ours, theirs = paired(steady, lambda i: ns.tc("-s", "class", "show", "dev", DEV), runs)
+    agent.close()
+    return {"cycle_steady_s": ours, "steady_tc_s": theirs}
+
+
+def process_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, float]:
+    """A whole `sync` process with no change; (f) the peak RSS of capped ones; (g) saves."""
+    from bwenforcer.config import load_config
+    from bwenforcer.statestore import StateStore
+
+    steady_cfg = write_cycle_config(tmp, n, capped=False)
+    run_sync(ns, steady_cfg)  # the slices cache and the state, as after a first cron run
+    walls = [run_sync(ns, steady_cfg)[0] for _ in range(runs)]
+    capped_cfg = write_cycle_config(tmp, n, capped=True)
+    rss_kib = max(run_sync(ns, capped_cfg)[1] for _ in range(3))
+    store = StateStore(load_config(str(steady_cfg)).state_file)
+    state = store.load().state
+    return {
+        "sync_process_s": statistics.median(walls),
+        "sync_peak_rss_kib": rss_kib,
+        "state_save_s": median_s(lambda: store.save(state, int(time.time())), runs),
+        "state_size_bytes": Path(store.path).stat().st_size,
+    }
+
+
 def bench_n(n: int, runs: int) -> dict[str, float]:
-    """Every measurement at one N."""
+    """Every measurement at one N, each in a heap emptied of what the one before left."""
     out: dict[str, float] = {"n": n}
     with Namespace() as ns, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        build = tc_build_script(n, CAP_BPS // 1000)
-
-        def reset() -> None:
-            subprocess.run(
-                ["tc", "-n", ns.name, "qdisc", "del", "dev", DEV, "root"],
-                capture_output=True,
-                check=False,
-            )
-
-        # (e) build from nothing
-        tc_times, our_times = [], []
-        for _ in range(runs):
-            reset()
-            tc_times.append(median_s(lambda: ns.tc("-batch", "-", stdin=build), 1))
-            reset()
-            with HtbBackend(DEV) as kernel:
-                start = time.perf_counter()
-                kernel.init(CAP_BPS, BWMAX_BPS)
-                failures = kernel.apply(create_ops(n))
-                our_times.append(time.perf_counter() - start)
-                assert not failures, failures[:3]
-        out["build_tc_s"] = statistics.median(tc_times)
-        out["build_s"] = statistics.median(our_times)
-
-        with HtbBackend(DEV) as kernel:
-            # (a) dump vs tc -s class show
-            out["dump_s"], out["dump_tc_s"] = paired(
-                lambda i: kernel.dump(), lambda i: ns.tc("-s", "class", "show", "dev", DEV), runs
-            )
-            assert len(kernel.dump().slices) >= n
-            # (b) change every class's ceil vs tc -batch, a new ceil each run
-            scripts = [change_ops(n, 400_000_000 + 8000 * i) for i in range(runs)]
-            tc_scripts = [tc_change_script(n, 500_000 + i) for i in range(runs)]
-            out["apply_s"], out["apply_tc_s"] = paired(
-                lambda i: kernel.apply(scripts[i]),
-                lambda i: ns.tc("-batch", "-", stdin=tc_scripts[i]),
-                runs,
-            )
-
-        # (c) full cycle, every slice capped; (d) steady state; (f) RSS; whole process
-        from bwenforcer.agent import Agent, load_desired
-        from bwenforcer.config import load_config
-        from bwenforcer.metrics import AgentMetrics
-
-        cfg = write_cycle_config(tmp, n, capped=True)
-        config = load_config(str(cfg))
-        agent = Agent(config)
-        metrics = AgentMetrics()
-        desired = load_desired(config)
-        start_s = time.time()
-        agent.clock = lambda: start_s
-        agent.cycle(desired)
-
-        def capped(i: int) -> None:
-            agent.clock = lambda: start_s + CAPPED_STEP_S * (i + 1)
-            result = agent.cycle(desired)
-            metrics.observe(result)
-            changed = result.outcome.counts["changed"] if result.outcome else 0
-            assert changed == 2 * n and not result.failures, (changed, result.failures[:3])
-
-        tc_scripts = [tc_change_script(n, 300_000 + i) for i in range(runs)]
-        out["cycle_capped_s"], out["cycle_tc_s"] = paired(
-            capped,
-            lambda i: (
-                ns.tc("-s", "class", "show", "dev", DEV),
-                ns.tc("-batch", "-", stdin=tc_scripts[i]),
-            ),
-            runs,
-        )
-
-        cfg_steady = write_cycle_config(tmp, n, capped=False)
-        config = load_config(str(cfg_steady))
-        agent = Agent(config)
-        desired = load_desired(config)
-        agent.cycle(desired)
-        agent.cycle(desired)
-
-        def steady(i: int) -> None:
-            result = agent.cycle(desired)
-            metrics.observe(result)
-            assert result.outcome is not None and not result.plan.kernel_ops()
-
-        out["cycle_steady_s"], out["steady_tc_s"] = paired(
-            steady, lambda i: ns.tc("-s", "class", "show", "dev", DEV), runs
-        )
-        walls = [run_sync(ns, cfg_steady)[0] for _ in range(runs)]
-        out["sync_process_s"] = statistics.median(walls)
-        capped_cfg = write_cycle_config(tmp, n, capped=True)
-        out["sync_peak_rss_kib"] = max(run_sync(ns, capped_cfg)[1] for _ in range(3))
-
-        # (g) state save
-        from bwenforcer.statestore import StateStore
-
-        store = StateStore(config.state_file)
-        state = store.load().state
-        out["state_save_s"] = median_s(lambda: store.save(state, int(time.time())), runs)
-        out["state_size_bytes"] = Path(config.state_file).stat().st_size
+        for figures in (
+            lambda: build_figures(ns, n, runs),
+            lambda: backend_figures(ns, n, runs),
+            lambda: capped_figures(ns, tmp, n, runs),
+            lambda: steady_figures(ns, tmp, n, runs),
+            lambda: process_figures(ns, tmp, n, runs),
+        ):
+            gc.collect()
+            out.update(figures())
     return out
 
 
