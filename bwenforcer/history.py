@@ -583,23 +583,34 @@ def _journal_header(generation: int) -> bytes:
     return _JOURNAL_HEADER.pack(JOURNAL_MAGIC, JOURNAL_VERSION, generation)
 
 
-def encode_cycle(now_s: int, interval_s: int, usage: Iterable[CycleUsage]) -> bytes:
+def encode_cycle(
+    now_s: int,
+    interval_s: int,
+    usage: Iterable[CycleUsage],
+    names: dict[str, bytes | None] | None = None,
+) -> bytes:
     """One journal record: the cycle's usage, as :meth:`History.record` would take it.
 
     Refuses what record() refuses, with the same log lines: negative deltas
-    (counted as 0) and names too long to store (left out).
+    (counted as 0) and names too long to store (left out). ``names`` keeps each
+    slice name's encoded form (None: too long) across calls.
     """
+    names = {} if names is None else names
     parts = [_CYCLE.pack(now_s, min(max(0, interval_s), _U32))]
-    pack_entry, pack_len = _ENTRY.pack, _SLICE.pack
+    pack_entry = _ENTRY.pack
     for u in usage:
-        raw = u.slice_name.encode()
-        if len(raw) > NAME_MAX_BYTES:
-            log.error("history: slice %s: name too long to store, skipped", u.slice_name)
+        name = u.slice_name
+        prefix = names.get(name)
+        if prefix is None and name not in names:
+            raw = name.encode()
+            prefix = _SLICE.pack(len(raw)) + raw if len(raw) <= NAME_MAX_BYTES else None
+            names[name] = prefix
+        if prefix is None:
+            log.error("history: slice %s: name too long to store, skipped", name)
             continue
         default, exempt, _ = _deltas(u)
         flags = (1 if u.capped_default else 0) | (2 if u.capped_exempt else 0)
-        parts.append(pack_len(len(raw)))
-        parts.append(raw)
+        parts.append(prefix)
         parts.append(pack_entry(min(default, _U64), min(exempt, _U64), flags))
     payload = b"".join(parts)
     return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
@@ -733,6 +744,9 @@ class HistoryRecorder:
         self.cfg = cfg
         self._clock = clock  # names of moved-aside files only
         self._fold_min_bytes = fold_min_bytes
+        # each slice name as the journal writes it; forgotten at each fold, so names
+        # of slices long gone do not pile up in a daemon
+        self._names: dict[str, bytes | None] = {}
         self._known: tuple[FileIdentity | None, _JournalEnd] | None = None
 
     def record(self, now_s: int, interval_s: int, usage: list[CycleUsage]) -> None:
@@ -746,7 +760,7 @@ class HistoryRecorder:
             if not usage:
                 self._known = (file_identity(self.journal), end)
                 return
-            record = encode_cycle(now_s, interval_s, usage)
+            record = encode_cycle(now_s, interval_s, usage, self._names)
             self._append(end, record)
         except OSError as exc:
             raise HistoryError(f"{self.journal}: cannot record: {exc.strerror or exc}") from exc
@@ -824,6 +838,7 @@ class HistoryRecorder:
 
     def _fold(self, now_s: int, interval_s: int, usage: list[CycleUsage]) -> None:
         """Fold the journal (and this cycle) into the file; start the next journal."""
+        self._names.clear()
         history = load_history(self.path, self._clock)
         history.record(now_s, interval_s, usage)
         history.roll_up(now_s, self.cfg)

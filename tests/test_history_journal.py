@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -169,3 +170,15 @@ def test_recorded_through_the_journal_equals_recorded_in_memory(
         recorder.record(now, 300, cycle)
     assert totals(read_history(path), "day") == totals(reference, "day")
     assert totals(read_history(path), "month") == totals(reference, "month")
+
+
+def test_a_name_too_long_to_store_is_left_out_every_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = str(tmp_path / "h")
+    recorder = HistoryRecorder(path, CFG)
+    long_name = "pl_" + "x" * 300
+    for step in (0, 300):
+        recorder.record(T0 + step, 300, usage((long_name, 5, 0), ("pl_a", 1, 0)))
+    assert [row[0] for row in totals(read_history(path))] == ["pl_a"]
+    assert caplog.text.count("name too long to store") == 2
