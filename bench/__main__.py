@@ -20,8 +20,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bwenforcer.htb import HtbBackend
+
+if TYPE_CHECKING:
+    from bwenforcer.metrics import AgentMetrics
 from bwenforcer.layout import class_minor
 from bwenforcer.model import ClassOp, ClassRates
 
@@ -92,6 +96,12 @@ class Namespace:
         """`tc -n NS …` (the yardstick)."""
         sh("tc", "-n", self.name, *args, stdin=stdin)
 
+    def add_veth(self, dev: str, peer: str) -> None:
+        """One more veth pair, up."""
+        sh("ip", "-n", self.name, "link", "add", dev, "type", "veth", "peer", "name", peer)
+        sh("ip", "-n", self.name, "link", "set", dev, "up")
+        sh("ip", "-n", self.name, "link", "set", peer, "up")
+
 
 def tc_build_script(n: int, cap_kbit: int) -> str:
     """`tc -batch` lines that build the same tree bwenforcer builds."""
@@ -156,14 +166,14 @@ CAPPED_RSPEC = (
 CAPPED_STEP_S = 60  # later by this much each capped cycle: ≥ 1 byte/s less ceil
 
 
-def write_cycle_config(tmp: Path, n: int, capped: bool) -> Path:
+def write_cycle_config(tmp: Path, n: int, capped: bool, dev: str = DEV) -> Path:
     """A config + slices file for `n` slices; all over their threshold when ``capped``."""
     rspec = CAPPED_RSPEC if capped else "{}"
     slices = "\n".join(f"  - {{name: s{x}, xid: {x}, rspec: {rspec}}}" for x in range(1, n + 1))
     (tmp / "slices.yaml").write_text("slices:\n" + slices + "\n")
     cfg = tmp / "bwenforcer.yaml"
     cfg.write_text(
-        f"device: {DEV}\nnode_cap: {CAP_BPS // 1000}kbit\nbwmax: {BWMAX_BPS // 1000}kbit\n"
+        f"device: {dev}\nnode_cap: {CAP_BPS // 1000}kbit\nbwmax: {BWMAX_BPS // 1000}kbit\n"
         f"state_file: {tmp}/state.json\nslices_file: {tmp}/slices.yaml\n"
         f"metrics: {{listen: null, textfile: {tmp}/bwenforcer.prom}}\n"
     )
@@ -242,23 +252,9 @@ def backend_figures(ns: Namespace, n: int, runs: int) -> dict[str, float]:
 
 def capped_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, float]:
     """(c) whole cycles with every slice capped vs `tc -s class show` + `tc -batch`."""
-    from bwenforcer.agent import Agent, load_desired
-    from bwenforcer.config import load_config
     from bwenforcer.metrics import AgentMetrics
 
-    config = load_config(str(write_cycle_config(tmp, n, capped=True)))
-    agent, metrics, desired = Agent(config), AgentMetrics(), load_desired(config)
-    start_s = time.time()
-    agent.clock = lambda: start_s
-    agent.cycle(desired)
-
-    def capped(i: int) -> None:
-        agent.clock = lambda: start_s + CAPPED_STEP_S * (i + 1)
-        result = agent.cycle(desired)
-        metrics.observe(result)
-        changed = result.outcome.counts["changed"] if result.outcome else 0
-        assert changed == 2 * n and not result.failures, (changed, result.failures[:3])
-
+    capped = capped_agent(tmp / "capped", n, DEV, AgentMetrics())
     tc_scripts = [tc_change_script(n, 300_000 + i) for i in range(runs)]
     ours, theirs = paired(
         capped,
@@ -268,7 +264,6 @@ def capped_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, flo
         ),
         runs,
     )
-    agent.close()
     return {"cycle_capped_s": ours, "cycle_tc_s": theirs}
 
 
@@ -313,13 +308,57 @@ def process_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, fl
     }
 
 
-def bench_n(n: int, runs: int) -> dict[str, float]:
+def capped_agent(
+    tmp: Path, n: int, dev: str, metrics: AgentMetrics | None = None
+) -> Callable[[int], None]:
+    """Run ``i`` of capped cycles (every class's ceil changes) on an ``n``-slice tree on
+    ``dev``, observed by ``metrics`` as the daemon does.
+    """
+    from bwenforcer.agent import Agent, load_desired
+    from bwenforcer.config import load_config
+
+    tmp.mkdir()
+    config = load_config(str(write_cycle_config(tmp, n, capped=True, dev=dev)))
+    agent, desired = Agent(config), load_desired(config)
+    start_s = time.time()
+    agent.clock = lambda: start_s
+    agent.cycle(desired)
+
+    def capped(i: int) -> None:
+        agent.clock = lambda: start_s + CAPPED_STEP_S * (i + 1)
+        result = agent.cycle(desired)
+        if metrics is not None:
+            metrics.observe(result)
+        changed = result.outcome.counts["changed"] if result.outcome else 0
+        assert changed == 2 * n and not result.failures, (changed, result.failures[:3])
+
+    return capped
+
+
+def growth_figures(small: int, large: int, runs: int) -> dict[str, float]:
+    """Capped cycles at ``small`` and ``large`` slices timed in turns, on two trees side by
+    side in one namespace: how a cycle's cost grows with the slices, under one machine.
+    """
+    with Namespace() as ns, tempfile.TemporaryDirectory() as tmpdir:
+        ns.add_veth("w0", "w1")
+        for dev, n in ((DEV, small), ("w0", large)):
+            with HtbBackend(dev) as kernel:
+                kernel.init(CAP_BPS, BWMAX_BPS)
+                assert not kernel.apply(create_ops(n))
+        small_cycle = capped_agent(Path(tmpdir) / "small", small, DEV)
+        large_cycle = capped_agent(Path(tmpdir) / "large", large, "w0")
+        gc.collect()
+        large_s, small_s = paired(large_cycle, small_cycle, runs)
+    return {"small": small, "large": large, "small_s": small_s, "large_s": large_s}
+
+
+def bench_n(n: int, runs: int, build_runs: int) -> dict[str, float]:
     """Every measurement at one N, each in a heap emptied of what the one before left."""
     out: dict[str, float] = {"n": n}
     with Namespace() as ns, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for figures in (
-            lambda: build_figures(ns, n, runs),
+            lambda: build_figures(ns, n, build_runs),
             lambda: backend_figures(ns, n, runs),
             lambda: capped_figures(ns, tmp, n, runs),
             lambda: steady_figures(ns, tmp, n, runs),
@@ -330,7 +369,7 @@ def bench_n(n: int, runs: int) -> dict[str, float]:
     return out
 
 
-def table(rows: list[dict[str, float]]) -> str:
+def table(rows: list[dict[str, float]], growth: dict[str, float] | None) -> str:
     """The markdown table of the results."""
     lines = [
         "| N | dump / `tc -s class show` | apply all / `tc -batch` | capped cycle / (show + batch)"
@@ -351,14 +390,14 @@ def table(rows: list[dict[str, float]]) -> str:
             f"| {r['state_save_s'] * 1e3:.1f} ms "
             f"| {r['state_size_bytes'] / 1024:.0f} KiB |"
         )
-    if len(rows) >= 2:
-        by_n = {int(r["n"]): r for r in rows}
-        if 1000 in by_n and 4000 in by_n:
-            growth = by_n[4000]["cycle_capped_s"] / by_n[1000]["cycle_capped_s"]
-            lines.append("")
-            lines.append(
-                f"Capped-cycle cost from N = 1,000 to 4,000 grows {growth:.2f}× (target ≤ 4.5×)."
-            )
+    if growth is not None:
+        lines.append("")
+        lines.append(
+            f"Capped-cycle cost from N = {int(growth['small']):,} to {int(growth['large']):,},"
+            f" timed in turns on two trees: {growth['small_s'] * 1e3:.0f} →"
+            f" {growth['large_s'] * 1e3:.0f} ms, grows"
+            f" **{growth['large_s'] / growth['small_s']:.2f}×** (target ≤ 4.5×)."
+        )
     return "\n".join(lines)
 
 
@@ -366,7 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table; write JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--sizes", default="100,1000,4000", help="comma-separated N")
-    parser.add_argument("--runs", type=int, default=9, help="runs per median (≥ 5 for the README)")
+    parser.add_argument("--runs", type=int, default=15, help="runs per median (≥ 5 for the README)")
+    parser.add_argument(
+        "--build-runs", type=int, default=9, help="runs per median of the build (seconds each)"
+    )
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -374,10 +416,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # SIGTERM unwinds like an exception, so the namespace of the run is deleted
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    rows = [bench_n(int(n), args.runs) for n in args.sizes.split(",")]
-    print(table(rows))
+    sizes = [int(n) for n in args.sizes.split(",")]
+    rows = [bench_n(n, args.runs, args.build_runs) for n in sizes]
+    growth = growth_figures(1000, 4000, args.runs) if {1000, 4000} <= set(sizes) else None
+    print(table(rows, growth))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    Path(args.json).write_text(json.dumps({"sizes": rows, "growth": growth}, indent=2) + "\n")
     return 0
 
 
