@@ -47,11 +47,20 @@ class PlanParams:
     period_s: int
     anchor: PeriodAnchor | None
     bwmin_bps: int
+    # False with mail.transport none: nothing would deliver a Notify, and thousands of
+    # capped slices would each get one every cycle. A transport set later mails the
+    # classes capped and not yet notified, as ever.
+    notify: bool = True
 
     @classmethod
     def from_config(cls, config: Config) -> PlanParams:
         """Planner parameters of a config."""
-        return cls(config.period_s, config.period_anchor, config.bwmin_bps)
+        return cls(
+            config.period_s,
+            config.period_anchor,
+            config.bwmin_bps,
+            notify=config.mail.transport != "none",
+        )
 
 
 # --- actions ---------------------------------------------------------------
@@ -457,7 +466,7 @@ def _plan_live(
             out.append(
                 (ClassState(policy, used, last, ceil_bps, capped, notified), delta, old_ceil_bps)
             )
-    if to_notify:
+    if to_notify and params.notify:
         actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(to_notify)]))
     (default, d_delta, d_ceil), (exempt, e_delta, e_ceil) = out
     if (

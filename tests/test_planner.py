@@ -331,3 +331,17 @@ def test_an_unchanged_slice_is_passed_on_as_the_very_same_objects() -> None:
     assert b is not first.state.slices[11] and b.default.used_bytes == 500
     assert b.exempt is first.state.slices[11].exempt  # the idle class is kept as it was
     assert moved.lines[1].default.delta_bytes == 500
+
+
+def test_without_a_mail_transport_no_notification_is_planned_until_there_is_one() -> None:
+    from dataclasses import replace
+
+    quiet = replace(PARAMS, notify=False)
+    capped = desired(want("pl_a", 10, limit=1_000))
+    first = plan(capped, snapshot(), State(), quiet, T0)
+    over = snapshot(kslice(10, 5_000, 0))
+    again = plan(capped, over, first.state, quiet, T0 + 60)
+    assert not any(isinstance(a, Notify) for a in again.actions)
+    assert again.state.slices[10].default.capped and not again.state.slices[10].default.notified
+    mailed = plan(capped, over, again.state, PARAMS, T0 + 120)  # a transport configured
+    assert Notify("pl_a", 10, ("default",)) in mailed.actions
