@@ -494,16 +494,21 @@ class _Reader:
 # --- the file ------------------------------------------------------------------
 
 
-def _read_file(path: str) -> History | None:
-    """The history file alone; None if there is none."""
+def _read_bytes(path: str) -> bytes | None:
+    """The bytes of a file of the history; None if there is none."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise HistoryError(f"{path}: cannot read history: {exc.strerror or exc}") from exc
-    return History.decode(data, path)
+
+
+def _read_file(path: str) -> History | None:
+    """The history file alone; None if there is none."""
+    data = _read_bytes(path)
+    return None if data is None else History.decode(data, path)
 
 
 def read_history(path: str) -> History:
@@ -703,13 +708,9 @@ def _with_journal(history: History, path: str, no_file: bool) -> History:
     there is no file to have folded it into.
     """
     journal = journal_path(path)
-    try:
-        with open(journal, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
+    data = _read_bytes(journal)
+    if data is None:
         return history
-    except OSError as exc:
-        raise HistoryError(f"{journal}: cannot read: {exc.strerror or exc}") from exc
     if len(data) < _JOURNAL_HEADER.size or data[:4] != JOURNAL_MAGIC:
         log.warning("history journal %s: not a journal, ignored", journal)
         return history
