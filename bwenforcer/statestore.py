@@ -108,44 +108,7 @@ def state_to_json(state: State, now_s: int) -> dict[str, Any]:
     }
 
 
-_CLASS_FORMAT = (
-    '{"used_bytes":%d,"last_counter_bytes":%d,"ceil_bps":%d,"capped":%s,"notified":%s,'
-    '"limit_bytes":%d,"threshold_bytes":%d,"min_rate_bps":%d,"max_rate_bps":%d,"share":%d}'
-)
 _JSON_BOOL = {False: "false", True: "true"}
-
-
-def _class_text(cs: ClassState) -> str:
-    p = cs.policy
-    return _CLASS_FORMAT % (
-        cs.used_bytes,
-        cs.last_counter_bytes,
-        cs.ceil_bps,
-        _JSON_BOOL[cs.capped],
-        _JSON_BOOL[cs.notified],
-        p.limit_bytes,
-        p.threshold_bytes,
-        p.min_rate_bps,
-        p.max_rate_bps,
-        p.share,
-    )
-
-
-_SLICE_FORMAT = (
-    '{"name":%s,"xid":%d,"period_start":%d,"period_end":%d,"classes":{"default":%s,"exempt":%s}}'
-)
-
-
-def slice_text(st: SliceState) -> str:
-    """``json.dumps(_slice_json(st), separators=(",", ":"))``, several times faster."""
-    return _SLICE_FORMAT % (
-        json.dumps(st.name),
-        st.xid,
-        st.period_start_s,
-        st.period_end_s,
-        _class_text(st.default),
-        _class_text(st.exempt),
-    )
 
 
 class StateEncoder:
@@ -172,14 +135,15 @@ class StateEncoder:
         for xid, st in state.slices.items():
             hit = cache.get(xid)
             if hit is None or hit[0] is not st:
-                hit = (st, self._slice_bytes(st, heads))
+                hit = (st, f'"{xid}":{self._slice_text(st, heads)}'.encode())
             fresh[xid] = hit
             parts.append(hit[1])
         self._slices = fresh  # slices gone from the state are forgotten
         if len(self._policies) > 4 * len(fresh) + 64:
             self._policies = {}  # policies come and go with the slices file: start over
         ledger = ",".join(
-            f'{json.dumps(name)}:{{"died_at":{entry.died_s},"slice":{slice_text(entry.slice)}}}'
+            f'{json.dumps(name)}:{{"died_at":{entry.died_s},'
+            f'"slice":{self._slice_text(entry.slice, heads)}}}'
             for name, entry in state.ledger.items()
         )
         head = json.dumps(
@@ -189,19 +153,22 @@ class StateEncoder:
         tail = f'}},"ledger":{{{ledger}}},"resets":{state.resets}}}'
         return b"".join((f'{head[:-1]},"slices":{{'.encode(), b",".join(parts), tail.encode()))
 
-    def _slice_bytes(self, st: SliceState, heads: dict[tuple[int, str, int, int], str]) -> bytes:
-        """``"<xid>":`` and :func:`slice_text` of ``st``, from kept pieces where it can."""
+    def _slice_text(self, st: SliceState, heads: dict[tuple[int, str, int, int], str]) -> str:
+        """``json.dumps(_slice_json(st), separators=(",", ":"))``, from kept pieces where
+        it can: the text of the slice's name and period (in ``heads``, from the last
+        encode) and of its policies.
+        """
         key = (st.xid, st.name, st.period_start_s, st.period_end_s)
         head = heads.get(key)
         if head is None:
             head = (
-                f'"{st.xid}":{{"name":{json.dumps(st.name)},"xid":{st.xid},'
+                f'{{"name":{json.dumps(st.name)},"xid":{st.xid},'
                 f'"period_start":{st.period_start_s},"period_end":{st.period_end_s},'
                 '"classes":{"default":'
             )
         self._heads[key] = head
         default, exempt = self._class_text(st.default), self._class_text(st.exempt)
-        return f'{head}{default},"exempt":{exempt}}}}}'.encode()
+        return f'{head}{default},"exempt":{exempt}}}}}'
 
     def _class_text(self, cs: ClassState) -> str:
         policy = cs.policy
