@@ -178,6 +178,21 @@ class Agent:
         return apply
 
 
+def agent_for(
+    config: Config, agent: Agent | None, factory: Callable[[Config], Agent] = Agent
+) -> Agent:
+    """``agent`` while it runs ``config``; else a new one from ``factory`` (the old closed).
+
+    Long-running callers keep one agent across cycles (its socket, the state and
+    history it wrote) and get a fresh one when their config is reloaded.
+    """
+    if agent is not None and agent.config is config:
+        return agent
+    if agent is not None:
+        agent.close()
+    return factory(config)
+
+
 def load_desired(config: Config) -> DesiredSet:
     """The desired slices of a ``sync`` run: the slices file, or none."""
     if config.slices_file is None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from .agent import Agent
+from .agent import Agent, agent_for
 from .config import Config, load_config
 from .errors import Error, LockBusy, MetricsError
 from .metrics import AgentMetrics, serve
@@ -37,14 +37,6 @@ class Daemon:
     reload_requested: bool = False
     stop_server: Callable[[], None] | None = None
     agent: Agent | None = None  # kept across cycles, replaced when the config is
-
-    def current_agent(self) -> Agent:
-        """The agent of the current config."""
-        if self.agent is None or self.agent.config is not self.config:
-            if self.agent is not None:
-                self.agent.close()
-            self.agent = Agent(self.config)
-        return self.agent
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """Signal handler: remember what was asked and wake the loop."""
@@ -87,7 +79,7 @@ class Daemon:
     def run_once(self) -> None:
         """One cycle; errors are logged and counted, never raised."""
         try:
-            agent = self.current_agent()
+            agent = self.agent = agent_for(self.config, self.agent)
             result = agent.cycle(agent.desired())
         except LockBusy as exc:
             log.warning("cycle skipped: %s", exc)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from .agent import Agent
+from .agent import Agent, agent_for
 from .config import Config, load_config
 from .errors import Error
 from .metrics import AgentMetrics, serve
@@ -96,10 +96,7 @@ class NodeManagerShim:
                 return
             with lock:
                 snapshot = copy.deepcopy(dict(db))
-            if self.agent is None or self.agent.config is not self.config:
-                if self.agent is not None:
-                    self.agent.close()
-                self.agent = self.agent_factory(self.config)
+            self.agent = agent_for(self.config, self.agent, self.agent_factory)
             result = self.agent.cycle(from_nodemanager_db(snapshot, self.config))
         except Error as exc:
             log.error("node-manager cycle failed: %s", exc)
