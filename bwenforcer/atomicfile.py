@@ -50,6 +50,24 @@ def write_new_file(path: str, payload: bytes | Iterable[bytes], mode: int = 0o60
         os.close(fd)
 
 
+def replace_file(path: str, payload: bytes | Iterable[bytes], mode: int = 0o600) -> None:
+    """Put ``payload`` at ``path`` atomically and durably, the crash-safe way above.
+
+    On failure (OSError, raised) the previous file is intact and the temp file gone.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        remove_stale_temps(directory, (f"{os.path.basename(path)}.tmp-",))
+        write_new_file(tmp, payload, mode)
+        os.replace(tmp, path)
+        fsync_dir(directory)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def pid_alive(pid: int) -> bool:
     """True if a process with this pid exists (ours to signal or not)."""
     try:

@@ -54,7 +54,6 @@ A record cut short by a crash is dropped (and cut off before the next append).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import math
@@ -68,7 +67,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Literal
 
-from .atomicfile import FileIdentity, file_identity, fsync_dir, remove_stale_temps, write_new_file
+from .atomicfile import FileIdentity, file_identity, fsync_dir, replace_file
 from .config import HistoryConfig
 from .errors import HistoryCorrupt, HistoryError
 
@@ -550,17 +549,10 @@ def load_history(path: str, clock: Callable[[], float] = time.time) -> History:
 def save_history(history: History, path: str) -> None:
     """Write the history atomically, mode 0600; on failure the previous file stays intact."""
     payload = history.encode()
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        remove_stale_temps(directory, (f"{os.path.basename(path)}.tmp-",))
-        write_new_file(tmp, payload)
-        os.replace(tmp, path)
-        fsync_dir(directory)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        replace_file(path, payload)
     except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
         raise HistoryError(f"{path}: cannot save history: {exc.strerror or exc}") from exc
     log.debug("saved history %s: %d bytes", path, len(payload))
 
@@ -801,13 +793,8 @@ class HistoryRecorder:
         return _HEADER.unpack(header)[2]
 
     def _start_journal(self, generation: int) -> _JournalEnd:
-        directory = os.path.dirname(os.path.abspath(self.journal))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        tmp = f"{self.journal}.tmp-{os.getpid()}"
-        remove_stale_temps(directory, (f"{os.path.basename(self.journal)}.tmp-",))
-        write_new_file(tmp, _journal_header(generation))
-        os.replace(tmp, self.journal)
-        fsync_dir(directory)
+        os.makedirs(os.path.dirname(os.path.abspath(self.journal)), mode=0o700, exist_ok=True)
+        replace_file(self.journal, _journal_header(generation))
         header = _JOURNAL_HEADER.size
         return _JournalEnd(generation, header, header, None)
 

@@ -19,9 +19,7 @@ its counters. Neither imports prometheus-client.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
 import socket
 import threading
@@ -32,7 +30,7 @@ from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from .atomicfile import fsync_dir, remove_stale_temps, write_new_file
+from .atomicfile import replace_file
 from .cycle import CycleResult
 from .layout import TrafficClass
 from .model import ClassState
@@ -412,16 +410,9 @@ def write_textfile(path: str, metrics: AgentMetrics) -> None:
     The temp file's name does not end in ``.prom``, so the collector never reads
     a half-written file.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        remove_stale_temps(directory, (f"{os.path.basename(path)}.tmp-",))
-        write_new_file(tmp, (part.encode() for part in metrics.exposition_parts()), TEXTFILE_MODE)
-        os.replace(tmp, path)
-        fsync_dir(directory)
+        replace_file(path, (part.encode() for part in metrics.exposition_parts()), TEXTFILE_MODE)
     except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
         raise MetricsError(f"metrics textfile {path}: {exc.strerror or exc}") from exc
 
 

@@ -11,13 +11,12 @@ import hashlib
 import json
 import logging
 import math
-import os
 import pwd
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from .atomicfile import remove_stale_temps, write_new_file
+from .atomicfile import replace_file
 from .config import Config, ConfigError, parse_yaml
 from .errors import SliceError
 from .layout import TRAFFIC_CLASSES, TrafficClass, check_xid
@@ -203,11 +202,7 @@ def _read_slices_data(path: str, cache_path: str) -> object:
         text = json.dumps({"version": CACHE_VERSION, "sha256": digest, "data": data})
         if json.loads(text)["data"] != data:
             return data  # dates, integer keys…: only YAML says what they are
-        directory = os.path.dirname(os.path.abspath(cache_path))
-        tmp = f"{cache_path}.tmp-{os.getpid()}"
-        remove_stale_temps(directory, (f"{os.path.basename(cache_path)}.tmp-",))
-        write_new_file(tmp, text.encode())
-        os.replace(tmp, cache_path)
+        replace_file(cache_path, text.encode())
     except (OSError, TypeError, ValueError) as exc:
         log.debug("slices cache %s not written: %s", cache_path, exc)
     return data
