@@ -422,12 +422,16 @@ def parse_config(data: object, source: str) -> Config:
 
 def read_yaml(path: str) -> object:
     """Parse a YAML file (C loader when available); ConfigError with file and line if bad."""
+    return parse_yaml(read_bytes(path), path)
+
+
+def read_bytes(path: str) -> bytes:
+    """The bytes of a config or slices file; ConfigError naming it if it cannot be read."""
     try:
         with open(path, "rb") as stream:
-            raw = stream.read()
+            return stream.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_yaml(raw, path)
 
 
 def parse_yaml(raw: bytes, path: str) -> object:

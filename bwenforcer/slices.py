@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .atomicfile import replace_file
-from .config import Config, ConfigError, parse_yaml
+from .config import Config, ConfigError, parse_yaml, read_bytes
 from .errors import SliceError
 from .layout import TRAFFIC_CLASSES, TrafficClass, check_xid
 from .model import ClassPolicy, DesiredSet, DesiredSlice
@@ -184,11 +184,7 @@ def _read_slices_data(path: str, cache_path: str) -> object:
     file is parsed, if it can be (best effort: a cycle never fails for it), and
     only for data that JSON carries unchanged.
     """
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    raw = read_bytes(path)
     digest = hashlib.sha256(raw).hexdigest()
     try:
         with open(cache_path, "rb") as f:
