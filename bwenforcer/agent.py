@@ -193,10 +193,14 @@ def agent_for(
     return factory(config)
 
 
-def load_desired(config: Config) -> DesiredSet:
-    """The desired slices of a ``sync`` run: the slices file, or none."""
+def load_desired(config: Config, dry_run: bool = False) -> DesiredSet:
+    """The desired slices of a ``sync`` run: the slices file, or none.
+
+    A dry run (``dry_run`` or the config's ``dry_run``) writes no slices cache.
+    """
     if config.slices_file is None:
         return DesiredSet(())
     from .slices import load_slices_file
 
-    return load_slices_file(config.slices_file, config)
+    write_cache = not (dry_run or config.dry_run)
+    return load_slices_file(config.slices_file, config, write_cache)

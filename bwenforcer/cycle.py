@@ -49,6 +49,10 @@ class Store(Protocol):
         """Load the state, recovering from the backup if needed."""
         ...
 
+    def read_unlocked(self) -> Loaded:
+        """Load the state without the lock, moving nothing aside (dry runs)."""
+        ...
+
     def save(self, state: State, now_s: int) -> None:
         """Write the state atomically."""
         ...
@@ -88,8 +92,11 @@ class CycleResult:
 
     @property
     def exit_code(self) -> ExitCode:
-        """Process exit code of ``sync`` for this result."""
-        return ExitCode.PARTIAL if self.result == "partial" else ExitCode.OK
+        """Process exit code of ``sync`` for this result; a dry run exits as its sync
+        would for what it can know (bad slices), not for what only applying shows.
+        """
+        partial = self.result == "partial" or (self.dry_run and self.source_errors)
+        return ExitCode.PARTIAL if partial else ExitCode.OK
 
 
 @dataclass
@@ -116,7 +123,7 @@ def run_cycle(
     started = clock()
     lock = nullcontext() if dry_run else store.lock(config.lock_timeout_s)
     with lock:
-        loaded = store.load()
+        loaded = store.read_unlocked() if dry_run else store.load()
         snapshot = kernel.dump()
         now_s = int(clock())
         the_plan = plan(desired, snapshot, loaded.state, PlanParams.from_config(config), now_s)

@@ -175,14 +175,15 @@ def slices_cache_path(config: Config) -> str:
     return f"{config.state_file}.slices-cache"
 
 
-def _read_slices_data(path: str, cache_path: str) -> object:
+def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> object:
     """The parsed slices file, from the cache beside the state while the file's bytes
     are the ones it was made from.
 
     YAML is slow to parse in Python (~0.1 s at 4,000 slices, most of a cron run);
     the cache is JSON, tagged with the file's SHA-256. It is written when the
     file is parsed, if it can be (best effort: a cycle never fails for it), and
-    only for data that JSON carries unchanged.
+    only for data that JSON carries unchanged; never with ``write_cache`` False (a
+    dry run changes nothing).
     """
     raw = read_bytes(path)
     digest = hashlib.sha256(raw).hexdigest()
@@ -194,6 +195,8 @@ def _read_slices_data(path: str, cache_path: str) -> object:
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no cache, or not one we can use: parse the file
     data = parse_yaml(raw, path)
+    if not write_cache:
+        return data
     try:
         text = json.dumps({"version": CACHE_VERSION, "sha256": digest, "data": data})
         if json.loads(text)["data"] != data:
@@ -204,9 +207,11 @@ def _read_slices_data(path: str, cache_path: str) -> object:
     return data
 
 
-def load_slices_file(path: str, config: Config) -> DesiredSet:
-    """The slices of a YAML slices file (``slices:`` a list of ``{name, xid, rspec}``)."""
-    data = _read_slices_data(path, slices_cache_path(config))
+def load_slices_file(path: str, config: Config, write_cache: bool = True) -> DesiredSet:
+    """The slices of a YAML slices file (``slices:`` a list of ``{name, xid, rspec}``);
+    ``write_cache`` False leaves the slices cache as it is (dry runs).
+    """
+    data = _read_slices_data(path, slices_cache_path(config), write_cache)
     if not isinstance(data, dict) or set(data) - {"slices"}:
         raise ConfigError(f"{path}: expected a mapping with one key, 'slices'")
     items = data.get("slices") or []

@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     agent = Agent(config)
-    result = agent.cycle(load_desired(config), dry_run=args.dry_run)
+    result = agent.cycle(load_desired(config, args.dry_run), dry_run=args.dry_run)
     if config.metrics.textfile and not result.dry_run:
         from ..metrics import from_textfile, write_textfile
 
