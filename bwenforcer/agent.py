@@ -54,16 +54,27 @@ def hostname(config: Config) -> str:
     return config.mail.hostname or socket.getfqdn()
 
 
-def make_notifier(config: Config, clock: Callable[[], float], dry_run: bool) -> Notifier | None:
-    """A notifier that mails through the configured transport, or None for ``none``."""
+def make_notifier(
+    config: Config,
+    clock: Callable[[], float],
+    dry_run: bool,
+    mail_clock: Callable[[], float] = time.monotonic,
+) -> Notifier | None:
+    """A notifier that mails through the configured transport, or None for ``none``.
+
+    One notifier per cycle: its mails share one budget, the transport timeout
+    (timed by ``mail_clock``), so a stalled server holds the cycle (and its lock)
+    for one timeout, not one per capped slice.
+    """
     if config.mail.transport == "none" and not dry_run:
         return None
-    from .mailer import make_transport
+    from .mailer import cycle_budget, make_transport
     from .notify import CappedClass, Notice, build_message, load_template
 
     transport = make_transport(config.mail, dry_run=dry_run)
     template = load_template(config.mail)
     host = hostname(config)
+    budget = cycle_budget(config.mail, mail_clock)
 
     def notify(action: Notify, st: SliceState) -> None:
         classes = tuple(
@@ -78,7 +89,7 @@ def make_notifier(config: Config, clock: Callable[[], float], dry_run: bool) -> 
             for tc in action.classes
         )
         notice = Notice(st.name, st.xid, st.period_start_s, st.period_end_s, classes)
-        transport.send(build_message(notice, config.mail, host, int(clock()), template))
+        transport.send(build_message(notice, config.mail, host, int(clock()), template), budget)
 
     return notify
 

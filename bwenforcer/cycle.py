@@ -86,7 +86,8 @@ class CycleResult:
         """``ok``, ``partial`` (something failed) or ``dry-run``."""
         if self.outcome is None:
             return "dry-run"
-        if self.failures or self.outcome.mails_failed or self.source_errors:
+        outcome = self.outcome
+        if self.failures or outcome.mails_failed or outcome.mails_deferred or self.source_errors:
             return "partial"
         return "ok"
 

@@ -117,6 +117,10 @@ class DeliveryError(Error):
     exit_code = ExitCode.PARTIAL
 
 
+class MailDeadline(DeliveryError):
+    """The cycle's time for mail is spent; the notifications left wait for the next cycle."""
+
+
 class HistoryError(Error):
     """The usage history file cannot be read or written."""
 

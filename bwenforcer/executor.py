@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .errors import Error
+from .errors import Error, MailDeadline
 from .layout import TrafficClass
 from .model import KernelOp, OpFailure, SliceState, State
 from .planner import (
@@ -41,7 +41,8 @@ class KernelPort(Protocol):
         ...
 
 
-Notifier = Callable[[Notify, SliceState], None]  # raises DeliveryError
+# raises DeliveryError; MailDeadline once the cycle's time for mail is spent
+Notifier = Callable[[Notify, SliceState], None]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Outcome:
     delivered: Mapping[int, tuple[TrafficClass, ...]] = field(default_factory=dict)
     mails_sent: int = 0
     mails_failed: int = 0
+    mails_deferred: int = 0  # not tried: the cycle's time for mail was spent
     counts: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -124,13 +126,21 @@ def execute(plan: Plan, kernel: KernelPort, notifier: Notifier | None) -> Outcom
         log.error("%s", failures[-1])
 
     delivered: dict[int, tuple[TrafficClass, ...]] = {}
-    sent = mail_failed = 0
-    for action in plan.actions:
-        if not isinstance(action, Notify) or notifier is None or action.xid in failed:
-            continue
+    sent = mail_failed = deferred = 0
+    notices = (
+        [a for a in plan.actions if isinstance(a, Notify) and a.xid not in failed]
+        if notifier is not None
+        else []
+    )
+    for index, action in enumerate(notices):
+        assert notifier is not None
         st = plan.state.slices[action.xid]
         try:
             notifier(action, st)
+        except MailDeadline as exc:  # the rest keep their notified flags unset: next cycle
+            deferred = len(notices) - index
+            log.warning("mail: %s; %d notifications deferred to the next cycle", exc, deferred)
+            break
         except Error as exc:  # delivery, or a message that cannot be built
             mail_failed += 1
             log.warning("slice %s xid %s: notification failed: %s", action.name, action.xid, exc)
@@ -144,5 +154,6 @@ def execute(plan: Plan, kernel: KernelPort, notifier: Notifier | None) -> Outcom
         delivered=delivered,
         mails_sent=sent,
         mails_failed=mail_failed,
+        mails_deferred=deferred,
         counts=_count(plan),
     )

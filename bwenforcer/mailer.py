@@ -2,7 +2,9 @@
 
 Every failure becomes one :class:`~bwenforcer.errors.DeliveryError` line naming
 the transport, its target and the reason; the cycle counts it and retries next
-cycle. No step waits longer than the configured timeout.
+cycle. The configured timeout is the time of a whole cycle's mail
+(:class:`MailBudget`): every wait of every message comes out of it, and once it
+is spent the messages left wait for the next cycle.
 """
 
 from __future__ import annotations
@@ -15,23 +17,58 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
 from typing import NoReturn, Protocol
 
 from .config import MailConfig
-from .errors import ConfigError, DeliveryError
+from .errors import ConfigError, DeliveryError, MailDeadline
 from .notify import slice_tag
 
 log = logging.getLogger(__name__)
 
 
+class MailBudget:
+    """The time one cycle may spend on all its mail, shared by every message it sends.
+
+    It starts at the first :meth:`remaining_s`. A wait that timed out spent it: it
+    was given all that was left, and a server that stalled one message would stall
+    the next.
+    """
+
+    def __init__(self, total_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total_s = total_s
+        self._clock = clock
+        self._end_s: float | None = None
+        self.spent = False
+
+    def remaining_s(self) -> float:
+        """Seconds left; raise MailDeadline once none are."""
+        now_s = self._clock()
+        if self._end_s is None:
+            self._end_s = now_s + self.total_s
+        left_s = self._end_s - now_s
+        if self.spent or left_s <= 0:
+            self.spent = True
+            raise MailDeadline(f"the cycle's mail time ({self.total_s:g}s) is spent")
+        return left_s
+
+
+def cycle_budget(mail: MailConfig, clock: Callable[[], float] = time.monotonic) -> MailBudget:
+    """A cycle's time for mail: the configured transport timeout."""
+    return MailBudget(_timeout_s(mail), clock)
+
+
 class Transport(Protocol):
     """Delivers one message or raises DeliveryError."""
 
-    def send(self, msg: EmailMessage) -> None:
-        """Deliver ``msg``; raise DeliveryError (transport, target, reason) if it cannot."""
+    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
+        """Deliver ``msg`` within ``budget`` (default: the timeout for this message alone);
+        raise DeliveryError (transport, target, reason) if it cannot, MailDeadline
+        without trying once the budget is spent.
+        """
         ...
 
 
@@ -43,6 +80,14 @@ def _decode(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
+def _timed_out(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError | subprocess.TimeoutExpired) or (
+        # smtplib reports a read timeout as a disconnect
+        isinstance(exc, smtplib.SMTPServerDisconnected)
+        and isinstance(exc.__context__, TimeoutError)
+    )
+
+
 def _reason(exc: BaseException, timeout_s: int) -> str:
     """What went wrong, in one line."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
@@ -52,11 +97,7 @@ def _reason(exc: BaseException, timeout_s: int) -> str:
         return _one_line(f"all recipients refused: {refused or 'none given'}")
     if isinstance(exc, smtplib.SMTPResponseException):
         return _one_line(f"{exc.smtp_code} {_decode(exc.smtp_error)}")
-    if isinstance(exc, TimeoutError | subprocess.TimeoutExpired) or (
-        # smtplib reports a read timeout as a disconnect
-        isinstance(exc, smtplib.SMTPServerDisconnected)
-        and isinstance(exc.__context__, TimeoutError)
-    ):
+    if _timed_out(exc):
         return f"timed out after {timeout_s}s"
     return _one_line(str(exc)) or type(exc).__name__
 
@@ -82,6 +123,33 @@ def _delivered(transport: str, target: str, msg: EmailMessage) -> None:
     log.info("mail delivered via %s %s to %s: %s", transport, target, msg["To"], msg["Subject"])
 
 
+class _BudgetedSMTP(smtplib.SMTP):
+    """An SMTP client whose every wait (connect, each reply, each send) gets what is
+    left of the budget, so a slow server cannot stretch it reply by reply.
+    """
+
+    def __init__(self, host: str, port: int, budget: MailBudget) -> None:
+        self._budget = budget
+        super().__init__(host, port, timeout=budget.remaining_s())
+
+    def _bound(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.settimeout(self._budget.remaining_s())
+            except MailDeadline:
+                raise TimeoutError("mail time spent") from None
+
+    def send(self, s: str | bytes) -> None:
+        """Send, waiting no longer than the budget allows."""
+        self._bound()
+        super().send(s)
+
+    def getreply(self) -> tuple[int, bytes]:
+        """Read a reply, waiting no longer than the budget allows."""
+        self._bound()
+        return super().getreply()
+
+
 class SmtpTransport:
     """SMTP with optional STARTTLS (certificate checked) and login."""
 
@@ -90,12 +158,14 @@ class SmtpTransport:
         self.target = f"{mail.smtp_host}:{mail.smtp_port}"
         self.timeout_s = _timeout_s(mail)
 
-    def send(self, msg: EmailMessage) -> None:
-        """Deliver over SMTP."""
+    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
+        """Deliver over SMTP within ``budget``."""
         mail = self.mail
+        budget = budget or MailBudget(self.timeout_s)
         try:
-            client = smtplib.SMTP(mail.smtp_host, mail.smtp_port, timeout=self.timeout_s)
+            client = _BudgetedSMTP(mail.smtp_host, mail.smtp_port, budget)
         except (smtplib.SMTPException, OSError) as exc:
+            budget.spent = budget.spent or _timed_out(exc)
             _failed("smtp", self.target, msg, _reason(exc, self.timeout_s))
         try:
             if mail.smtp_starttls:
@@ -105,6 +175,7 @@ class SmtpTransport:
             refused = client.send_message(msg)
         except (smtplib.SMTPException, OSError) as exc:
             client.close()
+            budget.spent = budget.spent or _timed_out(exc)
             _failed("smtp", self.target, msg, _reason(exc, self.timeout_s))
         except BaseException:
             client.close()
@@ -128,20 +199,22 @@ class SendmailTransport:
         self.mail = mail
         self.timeout_s = _timeout_s(mail)
 
-    def send(self, msg: EmailMessage) -> None:
-        """Deliver through sendmail."""
+    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
+        """Deliver through sendmail within ``budget``."""
         path = self.mail.sendmail_path
+        budget = budget or MailBudget(self.timeout_s)
         try:
             proc = subprocess.run(
                 [path, "-t", "-oi"],
                 input=msg.as_bytes(policy=SMTP.clone(linesep="\n")),
                 capture_output=True,
-                timeout=self.timeout_s,
+                timeout=budget.remaining_s(),
                 check=False,
             )
         except FileNotFoundError:
             _failed("sendmail", path, msg, "not found")
         except (OSError, subprocess.TimeoutExpired) as exc:
+            budget.spent = budget.spent or _timed_out(exc)
             _failed("sendmail", path, msg, _reason(exc, self.timeout_s))
         if proc.returncode != 0:
             lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
@@ -167,8 +240,10 @@ class SpoolTransport:
         digest = hashlib.sha256(ident.encode("utf-8", "replace")).hexdigest()[:12]
         return f"{stamp}-{slice_tag(msg) or 'mail'}-{digest}.eml"
 
-    def send(self, msg: EmailMessage) -> None:
-        """Write the message into the spool directory."""
+    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
+        """Write the message into the spool directory (none once ``budget`` is spent)."""
+        if budget is not None:
+            budget.remaining_s()
         target = str(self.directory)
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -197,8 +272,9 @@ class SpoolTransport:
 class NoTransport:
     """Mail is off."""
 
-    def send(self, msg: EmailMessage) -> None:
+    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
         """Drop the message."""
+        del budget
         log.debug("mail off (transport none): not sending %r to %s", msg["Subject"], msg["To"])
 
 
@@ -208,8 +284,9 @@ class DryRunTransport:
     def __init__(self, transport: str) -> None:
         self.transport = transport
 
-    def send(self, msg: EmailMessage) -> None:
+    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
         """Log the message at INFO."""
+        del budget
         log.info(
             "dry-run: would mail via %s to %s:\n%s", self.transport, msg["To"], msg.as_string()
         )

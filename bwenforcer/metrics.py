@@ -66,7 +66,8 @@ class AgentMetrics:
         self._latest: CycleResult | None = None
         self._counts: dict[str, float] = {name: 0 for name, _ in COUNTERS}
         self._cycles: dict[str, float] = dict.fromkeys(CYCLE_RESULTS, 0)
-        self._mails: dict[str, float] = {"sent": 0, "failed": 0}
+        # deferred: not tried, the cycle's time for mail was spent (retried next cycle)
+        self._mails: dict[str, float] = {"sent": 0, "failed": 0, "deferred": 0}
         self._buckets = [0] * (len(DURATION_BUCKETS_S) + 1)
         self._duration_sum_s = 0.0
         self._last_success_s = 0.0
@@ -96,6 +97,7 @@ class AgentMetrics:
                 self._counts["classes_adopted"] += counts.get("adopted", 0)
                 self._mails["sent"] += result.outcome.mails_sent
                 self._mails["failed"] += result.outcome.mails_failed
+                self._mails["deferred"] += result.outcome.mails_deferred
                 if result.result == "ok":
                     self._last_success_s = result.started_s + result.duration_s
 

@@ -62,6 +62,7 @@ def result_json(result: CycleResult) -> dict[str, Any]:
     if result.outcome is not None:
         out["mails_sent"] = result.outcome.mails_sent
         out["mails_failed"] = result.outcome.mails_failed
+        out["mails_deferred"] = result.outcome.mails_deferred
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from dataclasses import dataclass, field
 
 
@@ -33,3 +34,47 @@ class Sink:
             (envelope.mail_from, list(envelope.rcpt_tos), envelope.content)  # type: ignore[attr-defined]
         )
         return "250 OK"
+
+
+class Stall:
+    """A TCP server on loopback that accepts connections and never says a word.
+
+    ``accepted`` counts the connections made to it; :meth:`close` ends them all.
+    With ``greeting``, it sends that first and then falls silent.
+    """
+
+    def __init__(self, port: int, greeting: bytes = b"") -> None:
+        self._greeting = greeting
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", port))
+        self.port = port
+        self._listener.listen(16)
+        self._listener.settimeout(0.1)  # the accept loop looks at the stop flag this often
+        self._stop = threading.Event()
+        self.connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def accepted(self) -> int:
+        """Connections accepted so far."""
+        return len(self.connections)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _addr = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.connections.append(conn)
+            if self._greeting:
+                conn.sendall(self._greeting)
+
+    def close(self) -> None:
+        """Stop accepting, close the listener and every connection."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        for conn in self.connections:
+            conn.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from bwenforcer.errors import ExitCode
 from bwenforcer.htb import HtbBackend
 from bwenforcer.statestore import StateStore
 from tests.kernel_helpers import tc_ceils
-from tests.loopback import Sink, free_port
+from tests.loopback import Sink, Stall, free_port
 from tests.netns import Netns
 
 pytestmark = pytest.mark.kernel
@@ -94,3 +95,46 @@ def test_smtp_down_caps_anyway_partial_then_delivers_when_back(
     assert len(sink.envelopes) == 1
     state = StateStore(agent.config.state_file).load().state
     assert state.slices[21].default.notified and state.slices[21].exempt.notified
+
+
+def test_a_stalled_server_takes_one_timeout_per_cycle_and_the_rest_wait(
+    ns: Netns, tmp_path: Path, port: int
+) -> None:
+    config = load_config(_config(tmp_path, port))
+    config = replace(config, mail=replace(config.mail, smtp_timeout_s=1))
+    (tmp_path / "slices.yaml").write_text(
+        "slices:\n"
+        + "".join(
+            f"  - {{name: pl_c{xid}, xid: {xid}, rspec: {{net_thresh_kbyte: 0}}}}\n"
+            for xid in (51, 52, 53)
+        )
+    )
+    with HtbBackend("v0", netns=ns.name) as kernel:
+        kernel.init(config.node_cap_bps, config.bwmax_bps)
+    agent = Agent(config, netns=ns.name)
+    desired = load_desired(config)
+    stall = Stall(port)
+    try:
+        stalled = agent.cycle(desired)
+    finally:
+        stall.close()
+    # one connection waited out the cycle's mail time; the other two were not tried
+    assert stall.accepted == 1
+    assert stalled.exit_code == ExitCode.PARTIAL
+    assert (stalled.outcome.mails_failed, stalled.outcome.mails_deferred) == (1, 2)
+    state = StateStore(config.state_file).load().state
+    assert not any(state.slices[xid].default.notified for xid in (51, 52, 53))
+
+    sink = Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        back = agent.cycle(desired)
+    finally:
+        controller.stop()
+    assert back.exit_code == ExitCode.OK and back.outcome.mails_sent == 3
+    assert sorted(e[1][1] for e in sink.envelopes) == [
+        f"pl_c{xid}@slices.example.org" for xid in (51, 52, 53)
+    ]
+    state = StateStore(config.state_file).load().state
+    assert all(state.slices[xid].default.notified for xid in (51, 52, 53))

@@ -20,10 +20,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from bwenforcer.config import MailConfig
-from bwenforcer.errors import ConfigError, DeliveryError
-from bwenforcer.mailer import make_transport
+from bwenforcer.errors import ConfigError, DeliveryError, MailDeadline
+from bwenforcer.mailer import MailBudget, make_transport
 from bwenforcer.notify import CappedClass, Notice, build_message
-from tests.loopback import Sink, free_port
+from tests.loopback import Sink, Stall, free_port
 
 NOTICE = Notice(
     "pl_heavy",
@@ -147,6 +147,35 @@ def test_smtp_server_that_never_answers_times_out() -> None:
         mail = replace(MAIL, smtp_port=silent.getsockname()[1], smtp_timeout_s=1)
         with pytest.raises(DeliveryError, match=r"^smtp 127\.0\.0\.1:\d+: timed out after 1s$"):
             make_transport(mail).send(message())
+
+
+def test_a_server_falling_silent_mid_session_spends_the_budget_for_the_messages_after() -> None:
+    stall = Stall(free_port(), greeting=b"220 slow.example ESMTP\r\n")
+    try:
+        mail = replace(MAIL, smtp_port=stall.port, smtp_timeout_s=1)
+        transport, budget = make_transport(mail), MailBudget(1)
+        with pytest.raises(DeliveryError, match="timed out"):
+            transport.send(message(), budget)  # greeted, then no answer to EHLO
+        with pytest.raises(MailDeadline, match=r"mail time \(1s\) is spent"):
+            transport.send(message(), budget)
+    finally:
+        stall.close()
+    assert stall.accepted == 1  # the second message never connected
+
+
+def test_mail_budget_starts_at_its_first_use_and_ends_once() -> None:
+    now = [100.0]
+    budget = MailBudget(3, clock=lambda: now[0])
+    now[0] = 200.0
+    assert budget.remaining_s() == 3  # started now, not when made
+    now[0] = 202.5
+    assert budget.remaining_s() == 0.5
+    now[0] = 203.0
+    with pytest.raises(MailDeadline):
+        budget.remaining_s()
+    now[0] = 150.0  # a clock going back does not give the time back
+    with pytest.raises(MailDeadline):
+        budget.remaining_s()
 
 
 def test_starttls_against_a_server_without_it_is_a_delivery_error(
