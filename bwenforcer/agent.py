@@ -11,15 +11,15 @@ import gc
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import Config
 from .cycle import CycleResult, Hooks, run_cycle
-from .errors import Error, KernelError
+from .errors import Error, KernelError, TreeNotInitialised
 from .executor import Notifier
-from .model import DesiredSet, SliceState
+from .model import DesiredSet, KernelOp, KernelSnapshot, OpFailure, SliceState
 from .planner import Notify
 
 if TYPE_CHECKING:
@@ -127,15 +127,62 @@ class Agent:
         self._desired = None if identity is None else (identity, desired)
         return desired
 
+    # The last failure callers logged (see new_problem), so that a failure repeated
+    # every interval (a device gone for hours) is logged once, not every cycle.
+    _problem: str | None = field(default=None, init=False, repr=False)
+
     def close(self) -> None:
         """Close the netlink socket (a later cycle opens a new one)."""
         if self._kernel is not None:
             self._kernel.close()
             self._kernel = None
 
-    def cycle(self, desired: DesiredSet, dry_run: bool = False) -> CycleResult:
-        """Run one cycle against the kernel, the state file, mail and the classifier."""
+    def new_problem(self, exc: BaseException) -> bool:
+        """Whether a failed cycle's ``exc`` differs from the last one (log it if so).
+
+        The next successful cycle logs that the problem is over.
+        """
+        problem = str(exc)
+        new, self._problem = problem != self._problem, problem
+        return new
+
+    def backend(self) -> HtbBackend:
+        """The agent's HTB backend (opened on first use, after a kernel error anew)."""
         from .htb import HtbBackend
+
+        if self._kernel is None:
+            self._kernel = HtbBackend(self.config.device, netns=self.netns)
+        return self._kernel
+
+    def rebuilt_tree(self, dry_run: bool) -> KernelSnapshot:
+        """The dump after building the tree again on a device that lost it.
+
+        The device is looked up afresh (re-created, it has a new index; gone, this
+        raises DeviceMissing) and the tree is built as ``tc init`` builds it from
+        the config; the cycle then re-creates the slice classes from the state. A
+        dry run builds nothing and plans against an empty tree.
+        """
+        self.close()
+        kernel = self.backend()
+        dev = self.config.device
+        cap_bps, bwmax_bps = (
+            self.config.node_cap_bps,
+            max(self.config.bwmax_bps, self.config.node_cap_bps),
+        )
+        kernel.ifindex  # noqa: B018 - raises DeviceMissing if the device is gone
+        if dry_run:
+            log.warning("no HTB tree on dev %s: sync would build it (planned on an empty one)", dev)
+            return KernelSnapshot(cap_bps, bwmax_bps, {})
+        log.warning("no HTB tree on dev %s (qdisc deleted or device re-created): building it", dev)
+        kernel.init(cap_bps, bwmax_bps, self.config.bwmin_bps)
+        return kernel.dump()
+
+    def cycle(self, desired: DesiredSet, dry_run: bool = False) -> CycleResult:
+        """Run one cycle against the kernel, the state file, mail and the classifier.
+
+        A tree that vanished (qdisc deleted, device re-created) is built again
+        (:meth:`rebuilt_tree`).
+        """
         from .statestore import StateStore
 
         if self._store is None:
@@ -143,14 +190,12 @@ class Agent:
         dry_run = dry_run or self.config.dry_run
 
         hooks = Hooks(classifier=self._classifier_hook(), after_save=self._record_history)
-        if self._kernel is None:
-            self._kernel = HtbBackend(self.config.device, netns=self.netns)
         try:
             with gc_paused():
-                return run_cycle(
+                result = run_cycle(
                     self.config,
                     desired,
-                    kernel=self._kernel,
+                    kernel=_TreeKeeper(self, dry_run),
                     store=self._store,
                     notifier=make_notifier(self.config, self.clock, dry_run)
                     if not dry_run
@@ -162,6 +207,10 @@ class Agent:
         except KernelError:
             self.close()  # the device may have gone and come back under a new index
             raise
+        if self._problem is not None:
+            log.info("cycle ok again (was: %s)", self._problem)
+            self._problem = None
+        return result
 
     def _record_history(self, result: CycleResult) -> None:
         """Add the cycle's per-slice deltas to the usage history (logged, never fatal)."""
@@ -187,6 +236,25 @@ class Agent:
             classifier.apply(ClassifierSpec(tuple(s.xid for s in desired.slices), prefixes))
 
         return apply
+
+
+@dataclass(frozen=True)
+class _TreeKeeper:
+    """The agent's backend as one cycle sees it: a dump that finds no tree builds it."""
+
+    agent: Agent
+    dry_run: bool
+
+    def dump(self) -> KernelSnapshot:
+        """The device's classes (after building the tree again if it vanished)."""
+        try:
+            return self.agent.backend().dump()
+        except TreeNotInitialised:
+            return self.agent.rebuilt_tree(self.dry_run)
+
+    def apply(self, ops: Sequence[KernelOp]) -> list[OpFailure]:
+        """Apply class operations (see :meth:`HtbBackend.apply`)."""
+        return self.agent.backend().apply(ops)
 
 
 def agent_for(

@@ -78,15 +78,18 @@ class Daemon:
 
     def run_once(self) -> None:
         """One cycle; errors are logged and counted, never raised."""
+        agent = self.agent = agent_for(self.config, self.agent)
         try:
-            agent = self.agent = agent_for(self.config, self.agent)
             result = agent.cycle(agent.desired())
         except LockBusy as exc:
             log.warning("cycle skipped: %s", exc)
             self.metrics.observe_skipped()
             return
         except (Error, OSError) as exc:
-            log.error("cycle failed: %s", exc)
+            # retried every interval; logged once until it changes (counted each time)
+            log.log(
+                logging.ERROR if agent.new_problem(exc) else logging.DEBUG, "cycle failed: %s", exc
+            )
             self.metrics.observe_error()
             return
         self.metrics.observe(result)

@@ -148,7 +148,7 @@ class HtbBackend:
         if code == errno.EPERM:
             return NotPermitted(f"{what} on dev {self.dev}: needs root or CAP_NET_ADMIN", code)
         if code == errno.ENODEV:
-            return DeviceMissing(f"device {self.dev!r} not found", code)
+            return DeviceMissing(f"device {self.dev!r} missing", code)
         return KernelError(f"{what} on dev {self.dev}: {os.strerror(code)}", code)
 
     def _send(self, data: bytes) -> None:

@@ -99,7 +99,9 @@ class NodeManagerShim:
             self.agent = agent_for(self.config, self.agent, self.agent_factory)
             result = self.agent.cycle(from_nodemanager_db(snapshot, self.config))
         except Error as exc:
-            log.error("node-manager cycle failed: %s", exc)
+            # logged once until it changes (a device gone for hours), counted each time
+            new = self.agent is None or self.agent.new_problem(exc)
+            log.log(logging.ERROR if new else logging.DEBUG, "node-manager cycle failed: %s", exc)
             self.metrics.observe_error()
             return
         except Exception:  # the thread must outlive any bug a cycle hits

@@ -57,7 +57,7 @@ def test_init_on_get_off_as_in_the_issue(ns: Netns) -> None:
 @pytest.mark.parametrize(
     ("args", "needle", "code"),
     [
-        (["tc", "get", "--dev", "nosuch0"], "device 'nosuch0' not found", 4),
+        (["tc", "get", "--dev", "nosuch0"], "device 'nosuch0' missing", 4),
         (["tc", "init", "--dev", "v0", "--cap", "fast"], "'fast' is not a rate", 2),
         (["tc", "on", "70000", "--dev", "v0"], "xid 70000 out of range", 2),
         (["tc", "get", "--dev", "v0"], "no bwenforcer HTB tree on dev v0", 4),

@@ -163,3 +163,29 @@ def test_a_node_manager_process_drives_the_plugin_protocol(ns: Netns, tmp_path: 
         'bwenforcer_slice_limit_bytes{class="default",slice="pl_y",xid="62"}' in report["metrics"]
     )
     assert report["alive"] is False
+
+
+def test_thread_rebuilds_a_vanished_tree_and_says_a_missing_device_once(
+    ns: Netns, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nmetrics: {{listen: null}}\n"
+    )
+    config = load_config(str(cfg))
+    with HtbBackend("v0", netns=ns.name) as kernel:
+        kernel.init(config.node_cap_bps, config.bwmax_bps)
+    db = {"pl_a": {"name": "pl_a", "xid": 43, "_rspec": {"net_max_rate": 2000}}}
+    shim = nodemanager.NodeManagerShim(
+        config, db=db, lock=threading.Lock(), agent_factory=lambda c: Agent(c, netns=ns.name)
+    )
+    shim.run_once()  # the thread's cycle, run here
+    ns.tc("qdisc", "del", "dev", "v0", "root")
+    shim.run_once()
+    with HtbBackend("v0", netns=ns.name) as kernel:
+        assert kernel.dump().slices[43].default.rates.max_rate_bps == 2_000_000
+    ns.ip("link", "del", "v0")
+    for _ in range(3):
+        shim.run_once()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["node-manager cycle failed: device 'v0' missing"]

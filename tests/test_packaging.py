@@ -139,7 +139,7 @@ def test_deb_builds_installs_runs_and_lists_its_files(ns: Netns, tmp_path: Path)
         assert version.returncode == 0 and "bwenforcer 0.1.0" in version.stdout, version.stderr
         missing = _run("/usr/bin/bwenforcer", "--config", "/etc/bwenforcer/bwenforcer.yaml",
                        "tc", "get", "--dev", "nosuch0")  # fmt: skip
-        assert missing.returncode == 4 and "device 'nosuch0' not found" in missing.stderr
+        assert missing.returncode == 4 and "device 'nosuch0' missing" in missing.stderr
         _installed_daemon_runs_on_debian_libraries(ns, tmp_path)
         sock = ns.run("/usr/bin/python3", "-c", NETNS_SOCKET, ns.name, check=False)
         assert sock.returncode == 0, sock.stderr
