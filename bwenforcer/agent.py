@@ -113,6 +113,10 @@ class Agent:
     # only once it changed (YAML takes ~0.1 s at 4,000 slices).
     _desired: tuple[FileIdentity, DesiredSet] | None = field(default=None, init=False, repr=False)
 
+    # The last failure callers logged (see new_problem), so that a failure repeated
+    # every interval (a device gone for hours) is logged once, not every cycle.
+    _problem: str | None = field(default=None, init=False, repr=False)
+
     def desired(self) -> DesiredSet:
         """The desired slices from the slices file (see :func:`load_desired`), re-read
         only when the file changed.
@@ -126,10 +130,6 @@ class Agent:
         desired = load_desired(self.config)
         self._desired = None if identity is None else (identity, desired)
         return desired
-
-    # The last failure callers logged (see new_problem), so that a failure repeated
-    # every interval (a device gone for hours) is logged once, not every cycle.
-    _problem: str | None = field(default=None, init=False, repr=False)
 
     def close(self) -> None:
         """Close the netlink socket (a later cycle opens a new one)."""

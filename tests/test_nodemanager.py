@@ -33,7 +33,8 @@ def _wait(predicate, seconds: float = 15) -> None:  # type: ignore[no-untyped-de
         time.sleep(0.05)
 
 
-def test_thread_follows_the_database_and_survives_errors(ns: Netns, tmp_path: Path) -> None:
+def _config_with_tree(ns: Netns, tmp_path: Path) -> Config:
+    """A config for dev v0 in ``ns`` (no slices file), its tree built."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nmetrics: {{listen: null}}\n"
@@ -41,6 +42,11 @@ def test_thread_follows_the_database_and_survives_errors(ns: Netns, tmp_path: Pa
     config = load_config(str(cfg))
     with HtbBackend("v0", netns=ns.name) as kernel:
         kernel.init(config.node_cap_bps, config.bwmax_bps)
+    return config
+
+
+def test_thread_follows_the_database_and_survives_errors(ns: Netns, tmp_path: Path) -> None:
+    config = _config_with_tree(ns, tmp_path)
     db = {"pl_a": {"name": "pl_a", "xid": 41, "_rspec": {"net_max_rate": 2000}}}
     lock = threading.Lock()
     calls: list[int] = []
@@ -168,13 +174,7 @@ def test_a_node_manager_process_drives_the_plugin_protocol(ns: Netns, tmp_path: 
 def test_thread_rebuilds_a_vanished_tree_and_says_a_missing_device_once(
     ns: Netns, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nmetrics: {{listen: null}}\n"
-    )
-    config = load_config(str(cfg))
-    with HtbBackend("v0", netns=ns.name) as kernel:
-        kernel.init(config.node_cap_bps, config.bwmax_bps)
+    config = _config_with_tree(ns, tmp_path)
     db = {"pl_a": {"name": "pl_a", "xid": 43, "_rspec": {"net_max_rate": 2000}}}
     shim = nodemanager.NodeManagerShim(
         config, db=db, lock=threading.Lock(), agent_factory=lambda c: Agent(c, netns=ns.name)
