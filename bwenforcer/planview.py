@@ -113,3 +113,16 @@ def plan_table(plan: Plan) -> str:
         text.append("limiting is off on this node (node manager switch): removing slice classes")
     text.extend(others)
     return "\n".join(text)
+
+
+def summary_line(result: CycleResult) -> str:
+    """``sync``'s one line: result, time, slices, capped classes, kernel changes, mails."""
+    plan = result.plan
+    capped = sum(live.state.default.capped + live.state.exempt.capped for live in plan.live)
+    mails = "" if result.outcome is None else f", {result.outcome.mails_sent} mail(s) sent"
+    failed = len(result.failures) + len(result.source_errors)
+    return (
+        f"sync {result.result} in {result.duration_s:.2f}s: {len(plan.live)} slices,"
+        f" {capped} class(es) capped, {len(plan.kernel_ops())} kernel change(s){mails},"
+        f" {failed} failure(s)"
+    )
