@@ -454,6 +454,11 @@ def _policy_json(policy: ClassPolicy) -> dict[str, int]:
     }
 
 
+def rates_json(rates: ClassRates) -> dict[str, int]:
+    """A class's rates with the keys of ``tc get --json``: ``min_rate max_rate share``."""
+    return {"min_rate": rates.min_rate_bps, "max_rate": rates.max_rate_bps, "share": rates.share}
+
+
 def _show_class_json(c: ShowClass) -> dict[str, Any]:
     cs = c.state
     return {
@@ -467,9 +472,7 @@ def _show_class_json(c: ShowClass) -> dict[str, Any]:
         if c.kernel is None
         else {
             "bytes": c.kernel.bytes,
-            "rate": c.kernel.rates.min_rate_bps,
-            "ceil": c.kernel.rates.max_rate_bps,
-            "share": c.kernel.rates.share,
+            **rates_json(c.kernel.rates),
             "uncounted_bytes": c.uncounted_bytes,
         },
         "next_cycle": None if c.pending is None else _policy_json(c.pending),
@@ -494,7 +497,7 @@ def show_json(report: SliceReport) -> dict[str, Any]:
         else {"xid": entry.slice.xid, "died_at": entry.died_s, "expires_at": entry.expires_s},
         "history": [
             {
-                "start": h.start_s,
+                "bucket_start": h.start_s,
                 "default_bytes": h.default_bytes,
                 "exempt_bytes": h.exempt_bytes,
                 "capped_default_s": h.capped_default_s,
