@@ -50,8 +50,10 @@ class _Parser(argparse.ArgumentParser):
     """Bad arguments give one line on stderr, not a usage block."""
 
     def error(self, message: str) -> NoReturn:
-        # self.prog is "bwenforcer" or "bwenforcer VERB": it is the prefix already
-        self.exit(int(ExitCode.USAGE), f"{self.prog}: {message} (see --help)\n")
+        # self.prog is "bwenforcer" or "bwenforcer VERB": keep the verb, not a second name
+        verb = self.prog.removeprefix("bwenforcer").strip()
+        where = f"{verb}: " if verb else ""
+        self.exit(int(ExitCode.USAGE), f"bwenforcer: {where}{message} (see --help)\n")
 
 
 def _add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:

@@ -93,7 +93,7 @@ def test_a_usage_error_is_one_line_with_one_prefix(argv: list[str]) -> None:
     assert done.returncode == 2
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("bwenforcer") and lines[0].endswith("(see --help)")
+    assert lines[0].startswith("bwenforcer: ") and lines[0].endswith("(see --help)")
     assert lines[0].count("bwenforcer") == 1, lines[0]
 
 
