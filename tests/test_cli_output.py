@@ -14,6 +14,7 @@ from bwenforcer.model import KernelSlice, KernelSnapshot, LedgerEntry, State
 from bwenforcer.units import human_size
 from tests.kernel_helpers import bwenforcer_in
 from tests.netns import Netns
+from tests.test_cli_inspect import write_config
 from tests.test_inspection import (
     ANSI,
     BWMAX_BPS,
@@ -104,12 +105,8 @@ SLICES = """slices:
 
 def node_config(tmp: Path) -> Path:
     """A config for the namespace's v0 with a slices file naming xid 1201."""
+    cfg = write_config(tmp, device="v0")
     (tmp / "slices.yaml").write_text(SLICES)
-    cfg = tmp / "bwenforcer.yaml"
-    cfg.write_text(
-        f"device: v0\nnode_cap: 10mbit\nbwmax: 100mbit\nstate_file: {tmp}/state.json\n"
-        f"slices_file: {tmp}/slices.yaml\nmetrics: {{listen: null}}\n"
-    )
     return cfg
 
 

@@ -41,6 +41,7 @@ from bwenforcer.planview import action_json, result_json
 from bwenforcer.statestore import state_to_json
 from tests.kernel_helpers import bwenforcer_in
 from tests.netns import Netns
+from tests.test_cli_inspect import write_config
 from tests.test_inspection import (
     BWMIN_BPS,
     NOW,
@@ -229,12 +230,8 @@ SLICES = """slices:
 
 @pytest.mark.kernel
 def test_every_command_on_a_node_prints_only_keys_of_the_table(ns: Netns, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, device="v0")
     (tmp_path / "slices.yaml").write_text(SLICES)
-    cfg = tmp_path / "bwenforcer.yaml"
-    cfg.write_text(
-        f"device: v0\nnode_cap: 10mbit\nbwmax: 100mbit\nstate_file: {tmp_path}/state.json\n"
-        f"slices_file: {tmp_path}/slices.yaml\nmetrics: {{listen: null}}\n"
-    )
 
     def doc(*argv: str) -> Any:
         done = bwenforcer_in(ns, *argv, "--config", str(cfg))
