@@ -3,18 +3,22 @@ slice names and the one-line summaries of the verbs that change something."""
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from pathlib import Path
 
 import pytest
 
+from bwenforcer.cli import main
+from bwenforcer.commands.inspect import NOW_ENV
 from bwenforcer.inspection import STATUS_WIDTH, SliceReport, show_text, status_table
-from bwenforcer.model import KernelSlice, KernelSnapshot, LedgerEntry, State
+from bwenforcer.model import ClassOp, KernelSlice, KernelSnapshot, LedgerEntry, OpFailure, State
+from bwenforcer.statestore import StateStore
 from bwenforcer.units import human_size
 from tests.kernel_helpers import bwenforcer_in
 from tests.netns import Netns
-from tests.test_cli_inspect import write_config
+from tests.test_cli_inspect import make_config, use_config, write_config
 from tests.test_inspection import (
     ANSI,
     BWMAX_BPS,
@@ -23,6 +27,7 @@ from tests.test_inspection import (
     GiB,
     cls,
     exempt,
+    fixed_snapshot,
     fixed_state,
     kclass,
     live,
@@ -160,3 +165,40 @@ def test_a_failed_slice_is_reported_once_on_stderr(ns: Netns, tmp_path: Path) ->
     hits = [line for line in done.stderr.splitlines() if "pl_bad" in line]
     assert len(hits) == 1, done.stderr
     assert "1 failure(s)" in done.stdout
+
+
+class RefusingKernel:
+    """A node whose kernel refuses every change (no real kernel refuses one on demand)."""
+
+    def __init__(self, dev: str) -> None:
+        self.dev = dev
+
+    def __enter__(self) -> RefusingKernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def dump(self) -> KernelSnapshot:
+        return fixed_snapshot()
+
+    def apply(self, ops: list[ClassOp]) -> list[OpFailure]:
+        return [OpFailure(op, errno.EPERM, f"class of xid {op.xid}: refused") for op in ops]
+
+
+def test_a_refused_reset_is_reported_once(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = make_config(tmp_path)
+    use_config(monkeypatch, config)
+    monkeypatch.setattr("bwenforcer.htb.HtbBackend", RefusingKernel)
+    monkeypatch.setenv(NOW_ENV, str(NOW))
+    StateStore(config.state_file).save(fixed_state(), NOW - 125)
+    assert main(["reset", "pl_heavy", "--config", "cfg.yaml"]) == 1
+    err = capsys.readouterr().err
+    logged = [r.getMessage() for r in caplog.records if "ceil not lifted" in r.getMessage()]
+    assert len(logged) == 1 and "refused" in logged[0]  # the log line is the report
+    assert "ceil not lifted" not in err  # not printed a second time
