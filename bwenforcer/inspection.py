@@ -209,10 +209,6 @@ def _ceil_text(ceil_bps: int | None, unknown: str = "-") -> str:
     return unknown if ceil_bps is None else human_rate(ceil_bps)
 
 
-def _flags(views: Sequence[ClassView], attr: str) -> str:
-    return ",".join(v.traffic_class for v in views if getattr(v, attr)) or "-"
-
-
 def _usage(view: ClassView) -> str:
     return f"{human_size(view.used_bytes)}/{human_size(view.limit_bytes)} {view.percent}%"
 
@@ -236,22 +232,42 @@ def render_table(
 STATUS_HEADER = (
     "SLICE",
     "XID",
-    "DEFAULT USED/LIMIT",
-    "THRESHOLD",
-    "CEIL",
-    "EXEMPT USED/LIMIT",
+    "CLASS",
+    "USED",
+    "LIMIT",
     "THRESHOLD",
     "CEIL",
     "CAPPED",
     "NOTIFIED",
     "PERIOD END",
 )
+STATUS_WIDTH = 100  # columns of a terminal the table must fit
+MIN_NAME_WIDTH = 8
+
+
+def _used_percent(view: ClassView) -> str:
+    percent = f"{view.percent}%" if view.percent <= 999 else ">999%"
+    return f"{human_size(view.used_bytes)} {percent}"
+
+
+def fit_names(names: Sequence[str], room: int) -> list[str]:
+    """Names cut to ``room`` characters (at least MIN_NAME_WIDTH) in the middle, marked ``…``.
+
+    The middle, so that slices named alike (``site_web_1``, ``site_web_2``) stay apart.
+    """
+    room = max(MIN_NAME_WIDTH, room)
+    tail = (room - 1) // 2
+    return [n if len(n) <= room else f"{n[: room - 1 - tail]}…{n[len(n) - tail :]}" for n in names]
 
 
 def status_table(
     state: State, snapshot: KernelSnapshot | None, now_s: int, colour: bool = False
 ) -> str:
-    """``status``: one row per slice, capped first; ``colour`` marks capped rows in red."""
+    """``status``: a row per slice class, capped slices first, within STATUS_WIDTH columns.
+
+    Long slice names are cut (``show`` has the whole name); ``colour`` marks capped
+    classes in red.
+    """
     views = slice_views(state, snapshot)
     missing = "-" if snapshot is None else "no class"  # a cycle will create it
     lines = [state_age(state.saved_s, now_s)]
@@ -259,22 +275,28 @@ def status_table(
         lines.append("no live slices")
     else:
         rows = [
-            (
+            [
                 v.name,
                 str(v.xid),
-                _usage(v.default),
-                human_size(v.default.threshold_bytes),
-                _ceil_text(v.default.ceil_bps, missing),
-                _usage(v.exempt),
-                human_size(v.exempt.threshold_bytes),
-                _ceil_text(v.exempt.ceil_bps, missing),
-                _flags(v.classes, "capped"),
-                _flags(v.classes, "notified"),
+                c.traffic_class,
+                _used_percent(c),
+                human_size(c.limit_bytes),
+                human_size(c.threshold_bytes),
+                _ceil_text(c.ceil_bps, missing),
+                "yes" if c.capped else "-",
+                "yes" if c.notified else "-",
                 until(v.period_end_s, now_s),
-            )
+            ]
             for v in views
+            for c in v.classes
         ]
-        lines += render_table(STATUS_HEADER, rows, [colour and v.capped for v in views])
+        others = sum(max(len(r[i]) for r in [STATUS_HEADER, *rows]) + 2 for i in range(1, 10))
+        for row, name in zip(
+            rows, fit_names([r[0] for r in rows], STATUS_WIDTH - others), strict=True
+        ):
+            row[0] = name
+        highlight = [colour and c.capped for v in views for c in v.classes]
+        lines += render_table(STATUS_HEADER, rows, highlight)
     if state.ledger:
         lines.append(f"{len(state.ledger)} dead slice(s) in the ledger (bwenforcer ledger)")
     return "\n".join(lines)
@@ -432,6 +454,11 @@ def _policy_json(policy: ClassPolicy) -> dict[str, int]:
     }
 
 
+def rates_json(rates: ClassRates) -> dict[str, int]:
+    """A class's rates with the keys of ``tc get --json``: ``min_rate max_rate share``."""
+    return {"min_rate": rates.min_rate_bps, "max_rate": rates.max_rate_bps, "share": rates.share}
+
+
 def _show_class_json(c: ShowClass) -> dict[str, Any]:
     cs = c.state
     return {
@@ -445,9 +472,7 @@ def _show_class_json(c: ShowClass) -> dict[str, Any]:
         if c.kernel is None
         else {
             "bytes": c.kernel.bytes,
-            "rate": c.kernel.rates.min_rate_bps,
-            "ceil": c.kernel.rates.max_rate_bps,
-            "share": c.kernel.rates.share,
+            **rates_json(c.kernel.rates),
             "uncounted_bytes": c.uncounted_bytes,
         },
         "next_cycle": None if c.pending is None else _policy_json(c.pending),
@@ -472,7 +497,7 @@ def show_json(report: SliceReport) -> dict[str, Any]:
         else {"xid": entry.slice.xid, "died_at": entry.died_s, "expires_at": entry.expires_s},
         "history": [
             {
-                "start": h.start_s,
+                "bucket_start": h.start_s,
                 "default_bytes": h.default_bytes,
                 "exempt_bytes": h.exempt_bytes,
                 "capped_default_s": h.capped_default_s,
@@ -501,9 +526,9 @@ def _kernel_text(c: ShowClass, available: bool) -> str:
     if c.kernel is None:
         return "no class"
     k = c.kernel
-    text = f"{k.bytes} B, rate {human_rate(k.rates.min_rate_bps)}, share {k.rates.share}"
+    text = f"{human_size(k.bytes)}, rate {human_rate(k.rates.min_rate_bps)}, share {k.rates.share}"
     uncounted = c.uncounted_bytes
-    return text if uncounted is None else f"{text}, {uncounted} B not yet counted"
+    return text if uncounted is None else f"{text}, {human_size(uncounted)} not yet counted"
 
 
 def _pending_text(c: ShowClass) -> str:
@@ -532,7 +557,7 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         "ceil": lambda c: _ceil_text(c.ceil_bps),
         "capped": lambda c: "yes" if c.state is not None and c.state.capped else "no",
         "notified": lambda c: "yes" if c.state is not None and c.state.notified else "no",
-        "baseline": lambda c: "-" if c.state is None else f"{c.state.last_counter_bytes} B",
+        "baseline": lambda c: "-" if c.state is None else human_size(c.state.last_counter_bytes),
         "kernel": lambda c: _kernel_text(c, report.kernel_available),
         "next cycle": _pending_text,
     }

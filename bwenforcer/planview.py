@@ -15,12 +15,25 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+# Field names of the plan's dataclasses → the JSON keys every command uses (README "JSON keys").
+_JSON_KEY = {
+    "min_rate_bps": "min_rate",
+    "max_rate_bps": "max_rate",
+    "start_s": "period_start",
+    "end_s": "period_end",
+}
+
+
+def _renamed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_JSON_KEY.get(k, k): _renamed(v) for k, v in value.items()}
+    return list(value) if isinstance(value, tuple) else value
+
+
 def action_json(action: object) -> dict[str, Any]:
-    """An action as a flat JSON object with an ``action`` key."""
-    out: dict[str, Any] = {"action": _snake(type(action).__name__)}
-    for key, value in dataclasses.asdict(action).items():  # type: ignore[call-overload]
-        out[key] = list(value) if isinstance(value, tuple) else value
-    return out
+    """An action as a flat JSON object with an ``action`` key (rates as in ``tc get``)."""
+    fields = dataclasses.asdict(action)  # type: ignore[call-overload]
+    return {"action": _snake(type(action).__name__), **_renamed(fields)}
 
 
 def _class_json(line: ClassLine) -> dict[str, Any]:
@@ -114,3 +127,16 @@ def plan_table(plan: Plan) -> str:
         text.append("limiting is off on this node (node manager switch): removing slice classes")
     text.extend(others)
     return "\n".join(text)
+
+
+def summary_line(result: CycleResult) -> str:
+    """``sync``'s one line: result, time, slices, capped classes, kernel changes, mails."""
+    plan = result.plan
+    capped = sum(live.state.default.capped + live.state.exempt.capped for live in plan.live)
+    mails = "" if result.outcome is None else f", {result.outcome.mails_sent} mail(s) sent"
+    failed = len(result.failures) + len(result.source_errors)
+    return (
+        f"sync {result.result} in {result.duration_s:.2f}s: {len(plan.live)} slices,"
+        f" {capped} class(es) capped, {len(plan.kernel_ops())} kernel change(s){mails},"
+        f" {failed} failure(s)"
+    )

@@ -139,7 +139,8 @@ def _human(amount: float, steps: tuple[tuple[float, str], ...], base: str) -> st
     for factor, name in steps:
         if amount >= factor:
             value = amount / factor
-            return f"{value:.3g}{name}" if value < 1000 else f"{value:.0f}{name}"
+            text = f"{value:.3g}"  # 999.96 rounds up to "1e+03": whole units then
+            return f"{text}{name}" if "e" not in text else f"{value:.0f}{name}"
     return f"{amount:.0f}{base}"
 
 

@@ -150,7 +150,7 @@ def test_show_has_the_last_24_hours_of_history(
     assert code == 0, err
     rows = json.loads(out)["history"]
     assert [(r["default_bytes"], r["capped_default_s"]) for r in rows] == [(4_000, 0), (1_000, 300)]
-    assert [r["start"] for r in rows] == [NOW - 7200, NOW - 3600]  # not the hour 30 h ago
+    assert [r["bucket_start"] for r in rows] == [NOW - 7200, NOW - 3600]  # not the hour 30 h ago
     code, out, _ = run(capsys, "--config", "cfg.yaml", "show", "pl_heavy")
     assert code == 0
     table = out[out.index("HOUR (UTC)") :].splitlines()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bwenforcer.cli import main
+from bwenforcer.commands.state import operator_json
 from bwenforcer.config import load_config
 from bwenforcer.statestore import StateStore, state_to_json
 from tests.test_legacy import VERSION, Py2Instance, bwmon_slice, legacy_data, py2_dumps
@@ -87,7 +88,11 @@ def test_show_text_and_json(cfg: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert any(line.startswith("  pl_dead0 xid 3000: died") for line in lines)
     code, out, _ = run(capsys, "--config", str(cfg), "state", "show", "--json")
     assert code == 0
-    assert json.loads(out) == state_to_json(saved(state), NOW_S)
+    doc = json.loads(out)
+    assert doc == operator_json(state_to_json(saved(state), NOW_S))
+    assert (
+        doc["slices"]["1"]["classes"]["default"]["ceil"] == saved(state).slices[1].default.ceil_bps
+    )
 
 
 def test_show_reads_the_backup_of_a_corrupt_file_and_moves_nothing(

@@ -363,8 +363,8 @@ def test_show_json_of_a_live_slice() -> None:
     assert default["used_bytes"] == 190 * KiB and default["last_counter_bytes"] == 500_000
     assert default["kernel"] == {
         "bytes": 520_000,
-        "rate": BWMIN_BPS,
-        "ceil": 64_000,
+        "min_rate": BWMIN_BPS,
+        "max_rate": 64_000,
         "share": 1,
         "uncounted_bytes": 20_000,
     }
@@ -378,7 +378,7 @@ def test_show_json_of_a_live_slice() -> None:
     assert doc["ledger"] is None
     assert [h["default_bytes"] for h in doc["history"]] == [120 * KiB, 70 * KiB]
     assert doc["history"][1] == {
-        "start": NOW - 3600,
+        "bucket_start": NOW - 3600,
         "default_bytes": 70 * KiB,
         "exempt_bytes": 2 * MiB,
         "capped_default_s": 1500,

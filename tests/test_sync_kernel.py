@@ -79,9 +79,7 @@ def test_sync_dry_run_then_sync_apply_exactly_one_ceil_change(
     assert applied.returncode == 0, applied.stderr
     result = json.loads(applied.stdout)
     assert [a["xid"] for a in result["actions"] if a["action"] == "set_rates"] == [10]
-    new_ceil = next(a for a in result["actions"] if a["action"] == "set_rates")["new"][
-        "max_rate_bps"
-    ]
+    new_ceil = next(a for a in result["actions"] if a["action"] == "set_rates")["new"]["max_rate"]
     ceils = tc_ceils(pair.a, "va")
     assert abs(ceils["1:100a"] - new_ceil) <= max(8, new_ceil // 100)
     assert ceils["1:100a"] < 10_000_000

@@ -293,8 +293,7 @@ def run_reset(args: argparse.Namespace) -> int:
         store.save(forgiven.state, now)
     log.warning("%s", reset_line(operator_name(), before, forgiven.slice, classes))
     for line in failures:
-        log.error("%s", line)
-        print(f"bwenforcer: {line}", file=sys.stderr)
+        log.error("%s", line)  # on stderr once: the log line is the report
     after = forgiven.slice
     print(
         f"slice {after.name} xid {after.xid}: {' and '.join(classes)} usage reset to 0,"

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ExitCode, UsageError
 
@@ -36,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="print the saved state",
         description="Print the saved state (read without the lock; never waits for a cycle).",
     )
-    show.add_argument("--json", action="store_true", help="print the state file's JSON")
+    show.add_argument(
+        "--json",
+        action="store_true",
+        help="print the state file's JSON, class keys named as in the other commands",
+    )
     show.set_defaults(func=run_show)
     imp = verbs.add_parser(
         "import-legacy",
@@ -113,6 +117,33 @@ def _show_text(path: str, loaded: LoadResult) -> str:
     return "\n".join(lines)
 
 
+# The state file's own names → the ones every command prints (README "JSON keys").
+_CLASS_KEYS = {"ceil_bps": "ceil", "min_rate_bps": "min_rate", "max_rate_bps": "max_rate"}
+
+
+def _slice_json(obj: dict[str, Any]) -> dict[str, Any]:
+    classes = {
+        tc: {_CLASS_KEYS.get(k, k): v for k, v in cls.items()} for tc, cls in obj["classes"].items()
+    }
+    return {**obj, "classes": classes}
+
+
+def operator_json(doc: dict[str, Any]) -> dict[str, Any]:
+    """The state file's object with the class keys the other commands use (``ceil``, …).
+
+    Only class objects are renamed: slices are keyed by xid and the ledger by slice
+    name, and a name may well be ``ceil_bps``.
+    """
+    return {
+        **doc,
+        "slices": {xid: _slice_json(st) for xid, st in doc["slices"].items()},
+        "ledger": {
+            name: {**entry, "slice": _slice_json(entry["slice"])}
+            for name, entry in doc["ledger"].items()
+        },
+    }
+
+
 def run_show(args: argparse.Namespace) -> int:
     """Print the saved state as text or JSON."""
     from ..config import load_config
@@ -122,7 +153,7 @@ def run_show(args: argparse.Namespace) -> int:
     loaded = StateStore(path).read_unlocked()
     if args.json:
         state = loaded.state
-        json.dump(state_to_json(state, state.saved_s or 0), sys.stdout, indent=2)
+        json.dump(operator_json(state_to_json(state, state.saved_s or 0)), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print(_show_text(path, loaded))

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from ..agent import Agent, load_desired
     from ..config import load_config
-    from ..planview import plan_table, result_json
+    from ..planview import plan_table, result_json, summary_line
 
     config = load_config(args.config)
     agent = Agent(config)
@@ -57,6 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     elif result.dry_run:
         print(plan_table(result.plan))
-    for line in result.failures + result.source_errors:
-        print(f"bwenforcer: {line}", file=sys.stderr)
+    elif not args.quiet:
+        print(summary_line(result))
+    # failures and bad slices were logged (stderr) where they happened: not repeated here
     return int(result.exit_code)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UnitError, UsageError
-from ..units import parse_rate_bps
+from ..units import human_rate, parse_rate_bps
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
     from ..model import KernelSnapshot
 
 ORDER = 10
+log = logging.getLogger(__name__)
 GET_KEYS = (
     "xid",
     "slice",
@@ -50,6 +53,7 @@ def _share(text: str) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``tc`` and its verbs."""
     tc = sub.add_parser("tc", help="build and manage the HTB tree by hand (bwlimit)")
+    slice_help = "slice: xid (decimal or 0x hex), Unix account, root or default"
     verbs = tc.add_subparsers(dest="tc_command", metavar="VERB", required=True)
     dev = argparse.ArgumentParser(add_help=False)
     dev.add_argument("--dev", help="network device (default: the config's device)")
@@ -60,20 +64,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.set_defaults(func=run_init)
 
     on = verbs.add_parser("on", parents=[dev], help="create or change a slice's classes")
-    on.add_argument("slice", metavar="SLICE|XID")
-    on.add_argument("--share", type=_share)
-    on.add_argument("--min", type=_rate, dest="min_rate")
-    on.add_argument("--max", type=_rate, dest="max_rate")
-    on.add_argument("--exempt-min", type=_rate, dest="exempt_min")
-    on.add_argument("--exempt-max", type=_rate, dest="exempt_max")
+    on.add_argument("slice", metavar="SLICE|XID", help=slice_help)
+    on.add_argument("--share", type=_share, help="HTB share (quantum = share × 1600)")
+    on.add_argument("--min", type=_rate, dest="min_rate", help="guaranteed rate, e.g. 512kbit")
+    on.add_argument("--max", type=_rate, dest="max_rate", help="ceil, e.g. 10mbit")
+    on.add_argument("--exempt-min", type=_rate, dest="exempt_min", help="exempt class's rate")
+    on.add_argument("--exempt-max", type=_rate, dest="exempt_max", help="exempt class's ceil")
     on.set_defaults(func=run_on)
 
     off = verbs.add_parser("off", parents=[dev], help="remove a slice's classes")
-    off.add_argument("slice", metavar="SLICE|XID")
+    off.add_argument("slice", metavar="SLICE|XID", help=slice_help)
     off.set_defaults(func=run_off)
 
     get = verbs.add_parser("get", parents=[dev], help="show slice classes")
-    get.add_argument("slice", metavar="SLICE|XID", nargs="?")
+    get.add_argument("slice", metavar="SLICE|XID", nargs="?", help=f"only this {slice_help}")
     fmt = get.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="a list of objects (rates in bit/s)")
     fmt.add_argument("--numeric", action="store_true", help="plain numbers, no units")
@@ -81,6 +85,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     stop = verbs.add_parser("stop", parents=[dev], help="remove the whole tree")
     stop.set_defaults(func=run_stop)
+
+
+def _say(args: argparse.Namespace, line: str) -> None:
+    """The one-line summary of a verb that changed something (none with ``-q``)."""
+    if not args.quiet:
+        print(line)
 
 
 def _backend(args: argparse.Namespace) -> tuple[HtbBackend, Config]:
@@ -98,6 +108,8 @@ def run_init(args: argparse.Namespace) -> int:
         cap = args.cap if args.cap is not None else config.node_cap_bps
         bwmax = args.bwmax if args.bwmax is not None else config.bwmax_bps
         kernel.init(cap, max(bwmax, cap), config.bwmin_bps)
+    line_rate = human_rate(max(bwmax, cap))
+    _say(args, f"tc init: HTB tree on {kernel.dev}: cap {human_rate(cap)}, line rate {line_rate}")
     return 0
 
 
@@ -108,7 +120,7 @@ def run_on(args: argparse.Namespace) -> int:
     xid, _name = resolve_slice(args.slice)
     kernel, config = _backend(args)
     with kernel:
-        kernel.set(
+        ops = kernel.set(
             xid,
             share=args.share,
             min_rate_bps=args.min_rate,
@@ -117,6 +129,14 @@ def run_on(args: argparse.Namespace) -> int:
             exempt_max_rate_bps=args.exempt_max,
             bwmin_bps=config.bwmin_bps,
         )
+    changes = "; ".join(
+        f"{op.traffic_class} {op.kind}d: rate {human_rate(op.rates.min_rate_bps)},"
+        f" ceil {human_rate(op.rates.max_rate_bps)}, share {op.rates.share}"
+        for op in ops
+        if op.rates is not None
+    )
+    where = f"xid {xid} on {kernel.dev}"
+    _say(args, f"tc on: {where}: {changes or 'unchanged'}")
     return 0
 
 
@@ -128,6 +148,7 @@ def run_off(args: argparse.Namespace) -> int:
     kernel, _config = _backend(args)
     with kernel:
         kernel.off(xid)
+    _say(args, f"tc off: xid {xid} on {kernel.dev}: classes removed")
     return 0
 
 
@@ -140,12 +161,39 @@ def run_stop(args: argparse.Namespace) -> int:
         from ..classifier import Classifier
 
         Classifier().remove()
+    _say(args, f"tc stop: HTB tree removed from {kernel.dev}")
     return 0
 
 
-def get_rows(snapshot: KernelSnapshot, only_xid: int | None) -> list[dict[str, Any]]:
-    """``tc get --json`` objects, by xid."""
+def known_names(config: Config) -> dict[int, str]:
+    """Slice names by xid from the slices file, else the state; what cannot be read is skipped.
+
+    The kernel knows only xids; without these, ``tc get`` falls back to the Unix account.
+    """
+    from ..agent import load_desired
+    from ..errors import Error
+    from ..statestore import StateStore
+
+    names: dict[int, str] = {}
+    try:
+        state = StateStore(config.state_file).read_unlocked().state
+        names.update((xid, st.name) for xid, st in state.slices.items())
+    except Error as exc:
+        log.debug("tc get: no names from the state: %s", exc)
+    try:
+        names.update((want.xid, want.name) for want in load_desired(config).slices)
+    except Error as exc:
+        log.debug("tc get: no names from the slices file: %s", exc)
+    return names
+
+
+def get_rows(
+    snapshot: KernelSnapshot, only_xid: int | None, names: Mapping[int, str] | None = None
+) -> list[dict[str, Any]]:
+    """``tc get --json`` objects, by xid; ``names`` (by xid) before the Unix account's."""
     from ..slicename import slice_name
+
+    names = names or {}
 
     rows = []
     for xid in sorted(snapshot.slices):
@@ -156,7 +204,7 @@ def get_rows(snapshot: KernelSnapshot, only_xid: int | None) -> list[dict[str, A
         rows.append(
             {
                 "xid": xid,
-                "slice": slice_name(xid),
+                "slice": names.get(xid) or slice_name(xid),
                 "share": d.rates.share if d else None,
                 "min_rate": d.rates.min_rate_bps if d else None,
                 "max_rate": d.rates.max_rate_bps if d else None,
@@ -192,10 +240,10 @@ def run_get(args: argparse.Namespace) -> int:
     from ..slicename import resolve_slice
 
     only = resolve_slice(args.slice)[0] if args.slice else None
-    kernel, _config = _backend(args)
+    kernel, config = _backend(args)
     with kernel:
         snapshot = kernel.dump()
-    rows = get_rows(snapshot, only)
+    rows = get_rows(snapshot, only, known_names(config))
     if only is not None and not rows:
         raise UsageError(f"slice {args.slice!r} (xid {only}) has no classes on dev {kernel.dev}")
     if args.json:
