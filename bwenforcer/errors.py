@@ -97,6 +97,16 @@ class StateCorrupt(StateError):
     """The state file is not valid JSON or does not match the schema."""
 
 
+class UnsafePath(StateError):
+    """A file or directory the agent writes could be another user's: a symlink, a
+    directory owned by another uid or writable by others (refused, exit 5).
+    """
+
+
+class DiskFull(StateError):
+    """The disk cannot take a write (full, quota, read-only, I/O error); old files kept."""
+
+
 class StateTooNew(StateError):
     """The state file was written by a newer schema version."""
 
