@@ -70,7 +70,7 @@ def test_a_symlink_at_the_lock_path_is_refused_and_its_target_untouched(
     with pytest.raises(StateError) as caught, StateStore(str(state)).lock(1):
         pass
     assert victim.read_text() == VICTIM_TEXT
-    _one_line(caught.value, f"{state}.lock", "symlink")
+    _one_line(caught.value, f"{state}.lock", "refused: is a symlink")
     assert caught.value.exit_code == 5
 
 
@@ -90,7 +90,7 @@ def test_a_symlinked_state_file_is_refused_not_read(tmp_path: Path, victim: Path
     state.symlink_to(victim)
     with pytest.raises(StateError) as caught:
         StateStore(str(state)).load()
-    _one_line(caught.value, str(state), "symlink")
+    _one_line(caught.value, str(state), "refused: is a symlink")
     assert "precious" not in str(caught.value)
     assert victim.read_text() == VICTIM_TEXT and state.is_symlink()  # nothing moved aside
 
@@ -166,7 +166,7 @@ def test_a_symlinked_textfile_is_refused_and_nothing_of_its_target_logged(
     prom.symlink_to(victim)
     with caplog.at_level(logging.DEBUG), pytest.raises(Error) as caught:
         from_textfile(str(prom))
-    _one_line(caught.value, str(prom), "symlink")
+    _one_line(caught.value, str(prom), "refused: is a symlink")
     assert "precious" not in caplog.text + str(caught.value)
     assert caught.value.exit_code == 5
     assert victim.read_text() == VICTIM_TEXT
