@@ -17,7 +17,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad command line or bad config
     LOCK_BUSY = 3  # another cycle holds the state lock
     KERNEL = 4  # kernel unavailable: device missing, not permitted, tree missing
-    STATE = 5  # state file unusable and no backup to fall back to
+    STATE = 5  # state file unusable (no backup), a disk that cannot write, an unsafe dir
     FAILED = 6  # anything else that stopped the command
 
 
