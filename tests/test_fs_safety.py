@@ -267,6 +267,7 @@ def test_sync_refuses_a_group_writable_state_directory(ns: Netns, tmp_path: Path
 _FULL_DISK_SCRIPT = """
 import json, os, subprocess, sys
 sys.path.insert(0, {repo!r})
+from bwenforcer.agent import Agent
 from bwenforcer.config import Config
 from bwenforcer.errors import Error
 from bwenforcer.history import CycleUsage, History, HistoryRecorder, save_history
@@ -274,6 +275,7 @@ from bwenforcer.config import HistoryConfig
 from bwenforcer.metrics import AgentMetrics, write_textfile
 from bwenforcer.slices import load_slices_file
 from bwenforcer.statestore import StateStore
+from tests.test_metrics import _result
 from tests.test_statestore import make_state
 mnt, cfg, slices = {mnt!r}, {cfg!r}, {slices!r}
 subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", mnt], check=True)
@@ -293,6 +295,8 @@ writers = {{
     "state": lambda: StateStore(state).save(make_state(400), 2),
     "history": lambda: save_history(History(), state + ".history"),
     "journal": lambda: HistoryRecorder(state + ".history", HistoryConfig()).record(2, 300, usage),
+    # a cycle's history failing for a full disk is raised (exit 5), not just logged
+    "agent history": lambda: Agent(Config(state_file=state))._record_history(_result()),
     "textfile": lambda: write_textfile(os.path.join(mnt, "b.prom"), AgentMetrics()),
     "slices cache": lambda: load_slices_file(slices, Config(state_file=state)),
 }}
