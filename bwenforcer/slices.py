@@ -182,10 +182,10 @@ def _read_slices_data(path: str, cache_path: str) -> object:
 
     YAML is slow to parse in Python (~0.1 s at 4,000 slices, most of a cron run);
     the cache is JSON, tagged with the file's SHA-256. It is written when the
-    file is parsed, if it can be (best effort: a cycle never fails for it), and
-    only for data that JSON carries unchanged. A cache in a directory others
-    could write (or one that is not safely ours) is neither trusted nor written:
-    the state lock refuses that directory anyway. A full disk is DiskFull.
+    file is parsed, if it can be (best effort: a cycle fails for it only on a
+    disk that cannot take a write, DiskFull), and only for data that JSON
+    carries unchanged. A cache in a directory others could write (or one not
+    safely ours) is neither trusted nor written: the state lock refuses it anyway.
     """
     raw = read_bytes(path)
     digest = hashlib.sha256(raw).hexdigest()
