@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .config import Config
 from .cycle import CycleResult, Hooks, run_cycle
-from .errors import Error, KernelError, TreeNotInitialised
+from .errors import DiskFull, Error, KernelError, TreeNotInitialised, UnsafePath
 from .executor import Notifier
 from .model import DesiredSet, KernelOp, KernelSnapshot, OpFailure, SliceState
 from .planner import Notify
@@ -213,7 +213,11 @@ class Agent:
         return result
 
     def _record_history(self, result: CycleResult) -> None:
-        """Add the cycle's per-slice deltas to the usage history (logged, never fatal)."""
+        """Add the cycle's per-slice deltas to the usage history.
+
+        A failure is logged, not fatal; but a full disk or an unsafe directory is
+        raised (exit 5): those need the operator.
+        """
         from .history import CycleUsage, HistoryRecorder
 
         if self._history is None:
@@ -221,6 +225,8 @@ class Agent:
         usage = [CycleUsage(*used) for used in result.plan.usage()]
         try:
             self._history.record(result.plan.now_s, self.config.interval_s, usage)
+        except (DiskFull, UnsafePath):
+            raise  # the operator must act: exit 5, not a line in a log
         except (Error, OSError) as exc:
             log.error("usage history %s not updated: %s", self.config.history_file, exc)
 

@@ -28,7 +28,7 @@ EXIT_CODES_HELP = """exit codes:
   2  usage: bad command line or config
   3  lock busy: another cycle holds the state lock
   4  kernel: device missing, not permitted, or HTB tree not initialised
-  5  state: state file unusable and no backup to fall back to
+  5  state: state file unusable (no backup), disk full, or an unsafe directory
   6  failed: anything else
 """
 

@@ -17,7 +17,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad command line or bad config
     LOCK_BUSY = 3  # another cycle holds the state lock
     KERNEL = 4  # kernel unavailable: device missing, not permitted, tree missing
-    STATE = 5  # state file unusable and no backup to fall back to
+    STATE = 5  # state file unusable (no backup), a disk that cannot write, an unsafe dir
     FAILED = 6  # anything else that stopped the command
 
 
@@ -95,6 +95,16 @@ class StateError(Error):
 
 class StateCorrupt(StateError):
     """The state file is not valid JSON or does not match the schema."""
+
+
+class UnsafePath(StateError):
+    """A file or directory the agent writes could be another user's: a symlink, a
+    directory owned by another uid or writable by others (refused, exit 5).
+    """
+
+
+class DiskFull(StateError):
+    """The disk cannot take a write (full, quota, read-only, I/O error); old files kept."""
 
 
 class StateTooNew(StateError):

@@ -67,7 +67,16 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Literal
 
-from .atomicfile import FileIdentity, file_identity, fsync_dir, replace_file
+from .atomicfile import (
+    FileIdentity,
+    disk_full,
+    file_identity,
+    fsync_dir,
+    make_dir,
+    open_own,
+    read_own,
+    replace_file,
+)
 from .config import HistoryConfig
 from .errors import HistoryCorrupt, HistoryError
 
@@ -496,8 +505,7 @@ class _Reader:
 def _read_bytes(path: str) -> bytes | None:
     """The bytes of a file of the history; None if there is none."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_own(path, "history file")
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -550,11 +558,19 @@ def save_history(history: History, path: str) -> None:
     """Write the history atomically, mode 0600; on failure the previous file stays intact."""
     payload = history.encode()
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        make_history_dir(path)
         replace_file(path, payload)
     except OSError as exc:
-        raise HistoryError(f"{path}: cannot save history: {exc.strerror or exc}") from exc
+        what = f"{path}: cannot save history"
+        raise disk_full(exc, what) or HistoryError(f"{what}: {exc.strerror or exc}") from exc
     log.debug("saved history %s: %d bytes", path, len(payload))
+
+
+def make_history_dir(path: str) -> None:
+    """Create the directory of the history file ``path`` (0700) if needed; refuse one
+    others could write (UnsafePath).
+    """
+    make_dir(os.path.dirname(os.path.abspath(path)), "history directory")
 
 
 # --- the journal ---------------------------------------------------------------
@@ -756,7 +772,8 @@ class HistoryRecorder:
             record = encode_cycle(now_s, interval_s, usage, self._names)
             self._append(end, record)
         except OSError as exc:
-            raise HistoryError(f"{self.journal}: cannot record: {exc.strerror or exc}") from exc
+            what = f"{self.journal}: cannot record"
+            raise disk_full(exc, what) or HistoryError(f"{what}: {exc.strerror or exc}") from exc
         end = _JournalEnd(end.generation, end.end + len(record), end.end + len(record),
                           now_s if end.first_s is None else end.first_s)  # fmt: skip
         self._known = (file_identity(self.journal), end)
@@ -767,7 +784,7 @@ class HistoryRecorder:
             return known[1]
         generation = self._file_generation()
         try:
-            fd = os.open(self.journal, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_own(self.journal, os.O_RDONLY, "history journal")
         except FileNotFoundError:
             return self._start_journal(generation or 0)
         try:
@@ -784,8 +801,7 @@ class HistoryRecorder:
         then all there is, and is kept).
         """
         try:
-            with open(self.path, "rb") as f:
-                header = f.read(_HEADER.size)
+            header = read_own(self.path, "history file", _HEADER.size)
         except FileNotFoundError:
             return None
         if len(header) < _HEADER.size or header[:4] != MAGIC:
@@ -793,7 +809,7 @@ class HistoryRecorder:
         return _HEADER.unpack(header)[2]
 
     def _start_journal(self, generation: int) -> _JournalEnd:
-        os.makedirs(os.path.dirname(os.path.abspath(self.journal)), mode=0o700, exist_ok=True)
+        make_history_dir(self.journal)
         replace_file(self.journal, _journal_header(generation))
         header = _JOURNAL_HEADER.size
         return _JournalEnd(generation, header, header, None)
@@ -810,7 +826,8 @@ class HistoryRecorder:
         return end.end > max(self._fold_min_bytes, file_bytes // JOURNAL_FOLD_SHARE)
 
     def _append(self, end: _JournalEnd, record: bytes) -> None:
-        fd = os.open(self.journal, os.O_WRONLY | os.O_CLOEXEC)
+        make_history_dir(self.journal)
+        fd = open_own(self.journal, os.O_WRONLY, "history journal")
         try:
             if end.size != end.end:
                 log.warning("history journal %s: cut back to byte %d", self.journal, end.end)

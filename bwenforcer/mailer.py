@@ -15,7 +15,6 @@ import os
 import smtplib
 import ssl
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from email.message import EmailMessage
@@ -23,8 +22,9 @@ from email.policy import SMTP
 from pathlib import Path
 from typing import NoReturn, Protocol
 
+from .atomicfile import fsync_dir, make_dir, write_temp
 from .config import MailConfig
-from .errors import ConfigError, DeliveryError, MailDeadline
+from .errors import ConfigError, DeliveryError, MailDeadline, UnsafePath
 from .notify import slice_tag
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,10 @@ class SendmailTransport:
 
 
 class SpoolTransport:
-    """Complete ``.eml`` files (CRLF line ends, as on the wire) written atomically."""
+    """Complete ``.eml`` files (CRLF line ends, as on the wire) written atomically.
+
+    A spool directory others could write is refused (each mail fails, one line).
+    """
 
     def __init__(self, mail: MailConfig) -> None:
         self.directory = Path(mail.spool_dir)
@@ -246,24 +249,19 @@ class SpoolTransport:
             budget.remaining_s()
         target = str(self.directory)
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_dir(target, "spool directory")
             final = self.directory / self._name(msg)
-            # A reader of the spool sees a whole file or none: write aside, then rename.
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".part")
+            # A reader of the spool sees a whole file or none: write aside (a new file,
+            # never through a symlink), then rename (replaces a symlink, never follows it).
+            tmp = write_temp(str(self.directory / ".tmp"), msg.as_bytes(policy=SMTP))
             try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(msg.as_bytes(policy=SMTP))
-                    out.flush()
-                    os.fsync(out.fileno())
                 os.replace(tmp, final)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_dir(target)
+        except UnsafePath as exc:
+            _failed("spool", target, msg, str(exc))
         except OSError as exc:
             _failed("spool", target, msg, exc.strerror or _reason(exc, 0))
         _delivered("spool", str(final), msg)

@@ -20,6 +20,7 @@ its counters. Neither imports prometheus-client.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 import threading
@@ -30,7 +31,7 @@ from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from .atomicfile import replace_file
+from .atomicfile import check_dir, disk_full, open_own, replace_file
 from .cycle import CycleResult
 from .layout import TrafficClass
 from .model import ClassState
@@ -386,11 +387,15 @@ def from_textfile(path: str) -> AgentMetrics:
     """Metrics whose counters continue those of the textfile an earlier run wrote.
 
     A missing file starts from zero; an unreadable or garbled one too, with a
-    warning (counters restarting is what Prometheus handles as a reset).
+    warning (counters restarting is what Prometheus handles as a reset). A
+    symlink, or a file or directory that is not safely ours, is refused
+    (UnsafePath): it is not read, so nothing of a foreign file reaches the log.
     """
     metrics = AgentMetrics()
+    check_dir(os.path.dirname(os.path.abspath(path)), "metrics textfile directory")
     try:
-        with open(path, encoding="utf-8") as file:
+        fd = open_own(path, os.O_RDONLY, "metrics textfile")
+        with open(fd, encoding="utf-8") as file:
             metrics.restore(file)  # line by line: the per-slice lines are most of it
     except FileNotFoundError:
         return metrics
@@ -412,10 +417,12 @@ def write_textfile(path: str, metrics: AgentMetrics) -> None:
     The temp file's name does not end in ``.prom``, so the collector never reads
     a half-written file.
     """
+    check_dir(os.path.dirname(os.path.abspath(path)), "metrics textfile directory")
     try:
         replace_file(path, (part.encode() for part in metrics.exposition_parts()), TEXTFILE_MODE)
     except OSError as exc:
-        raise MetricsError(f"metrics textfile {path}: {exc.strerror or exc}") from exc
+        what = f"metrics textfile {path}"
+        raise disk_full(exc, what) or MetricsError(f"{what}: {exc.strerror or exc}") from exc
 
 
 def _wsgi_app(metrics: AgentMetrics) -> Callable[..., list[bytes]]:

@@ -11,14 +11,15 @@ import hashlib
 import json
 import logging
 import math
+import os
 import pwd
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from .atomicfile import replace_file
+from .atomicfile import check_dir, disk_full, read_own, replace_file
 from .config import Config, ConfigError, parse_yaml, read_bytes
-from .errors import SliceError
+from .errors import SliceError, UnsafePath
 from .layout import TRAFFIC_CLASSES, TrafficClass, check_xid
 from .model import ClassPolicy, DesiredSet, DesiredSlice
 from .units import kbit_to_bps, kib_to_bytes
@@ -181,18 +182,24 @@ def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> o
 
     YAML is slow to parse in Python (~0.1 s at 4,000 slices, most of a cron run);
     the cache is JSON, tagged with the file's SHA-256. It is written when the
-    file is parsed, if it can be (best effort: a cycle never fails for it), and
-    only for data that JSON carries unchanged; never with ``write_cache`` False (a
-    dry run changes nothing).
+    file is parsed, if it can be (best effort: a cycle fails for it only on a
+    disk that cannot take a write, DiskFull), and only for data that JSON
+    carries unchanged; never with ``write_cache`` False (a dry run changes
+    nothing). A cache in a directory others could write (or one not safely
+    ours) is neither trusted nor written: the state lock refuses it anyway.
     """
     raw = read_bytes(path)
     digest = hashlib.sha256(raw).hexdigest()
     try:
-        with open(cache_path, "rb") as f:
-            cached = json.loads(f.read())
+        check_dir(os.path.dirname(os.path.abspath(cache_path)), "slices cache directory")
+    except UnsafePath as exc:
+        log.debug("slices cache not used: %s", exc)
+        return parse_yaml(raw, path)
+    try:
+        cached = json.loads(read_own(cache_path, "slices cache"))
         if cached["version"] == CACHE_VERSION and cached["sha256"] == digest:
             return cached["data"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, UnsafePath):
         pass  # no cache, or not one we can use: parse the file
     data = parse_yaml(raw, path)
     if not write_cache:
@@ -202,7 +209,12 @@ def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> o
         if json.loads(text)["data"] != data:
             return data  # dates, integer keys…: only YAML says what they are
         replace_file(cache_path, text.encode())
-    except (OSError, TypeError, ValueError) as exc:
+    except OSError as exc:
+        full = disk_full(exc, f"slices cache {cache_path}")
+        if full is not None:
+            raise full from exc
+        log.debug("slices cache %s not written: %s", cache_path, exc)
+    except (TypeError, ValueError) as exc:
         log.debug("slices cache %s not written: %s", cache_path, exc)
     return data
 

@@ -33,7 +33,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
-from .atomicfile import FileIdentity, file_identity, fsync_dir, remove_stale_temps, write_new_file
+from .atomicfile import (
+    FileIdentity,
+    create_new,
+    disk_full,
+    file_identity,
+    fsync_dir,
+    make_dir,
+    open_own,
+    read_own,
+    remove_stale_temps,
+    write_temp,
+)
 from .errors import LockBusy, StateCorrupt, StateError, StateTooNew
 from .layout import DEFAULT_XID, TRAFFIC_CLASSES
 from .model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
@@ -433,8 +444,7 @@ class LoadResult:
 def _read_state(path: str) -> State:
     """Parse and validate one state file; FileNotFoundError passes through."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = read_own(path, "state file")
     except FileNotFoundError:
         raise
     except OSError as exc:
@@ -543,18 +553,22 @@ class StateStore:
         """
         self._written = None
         payload = self._encoder.encode(state, now_s)
-        tmp = f"{self.path}.tmp-{os.getpid()}"
+        tmp = None
         try:
-            os.makedirs(self._directory, mode=0o700, exist_ok=True)
+            self._make_directory()
             self._remove_stale_temps()
-            write_new_file(tmp, (payload, b"\n"))
+            tmp = write_temp(self.path, (payload, b"\n"))
             self._keep_backup()
-            os.replace(tmp, self.path)
+            os.replace(tmp, self.path)  # replaces a symlink planted there, never follows it
             fsync_dir(self._directory)
             identity = file_identity(self.path)
         except OSError as exc:
-            _unlink_quietly(tmp)
-            raise StateError(f"{self.path}: cannot save state: {exc.strerror or exc}") from exc
+            if tmp is not None:
+                _unlink_quietly(tmp)
+            full = disk_full(exc, f"{self.path}: cannot save state")
+            raise full or StateError(
+                f"{self.path}: cannot save state: {exc.strerror or exc}"
+            ) from exc
         if identity is not None:
             self._written = (identity, dataclasses.replace(state, saved_s=now_s))
         log.debug(
@@ -567,6 +581,7 @@ class StateStore:
 
     def _keep_backup(self) -> None:
         # A hard link, so that the file and its backup both exist at every instant.
+        # link() creates the name or fails: it never follows a symlink there.
         link = f"{self.backup}.tmp-{os.getpid()}"
         _unlink_quietly(link)
         try:
@@ -574,6 +589,10 @@ class StateStore:
         except FileNotFoundError:
             return
         os.replace(link, self.backup)
+
+    def _make_directory(self) -> None:
+        """Create the state directory (0700) if needed; refuse one others could write."""
+        make_dir(self._directory, "state directory")
 
     def _remove_stale_temps(self) -> None:
         """Remove temp files of writers that were killed mid-save."""
@@ -586,21 +605,39 @@ class StateStore:
     def lock(self, timeout_s: float) -> Iterator[None]:
         """Hold the exclusive cycle lock; wait up to ``timeout_s``, then raise LockBusy."""
         try:
-            os.makedirs(self._directory, mode=0o700, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._make_directory()
+            fd = self._open_lock()
         except OSError as exc:
-            raise StateError(f"{self.lock_path}: cannot open lock: {exc.strerror}") from exc
+            what = f"{self.lock_path}: cannot open lock"
+            raise disk_full(exc, what) or StateError(f"{what}: {exc.strerror}") from exc
         try:
             self._acquire(fd, timeout_s)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError as exc:
+                what = f"{self.lock_path}: cannot write lock"
+                raise disk_full(exc, what) or StateError(f"{what}: {exc.strerror}") from exc
             try:
                 yield
             finally:
-                os.ftruncate(fd, 0)
+                with contextlib.suppress(OSError):  # shrinking a file needs no space
+                    os.ftruncate(fd, 0)
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def _open_lock(self) -> int:
+        """The lock file: ours from an earlier cycle (never through a symlink), or new."""
+        while True:
+            try:
+                return open_own(self.lock_path, os.O_RDWR, "state lock")
+            except FileNotFoundError:
+                pass
+            try:
+                return create_new(self.lock_path)
+            except FileExistsError:
+                continue  # another cycle created it in between: open that one
 
     def _acquire(self, fd: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
