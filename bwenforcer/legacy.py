@@ -2,15 +2,17 @@
 
 The file is a Python 2 pickle (protocol 0, 1 or 2) of ``(version, slices, deaddb)``:
 ``slices`` maps xid → ``bwmon.Slice``, ``deaddb`` maps name → ``Slice`` (or, in later
-versions, name → ``{'slice': Slice, 'htb': {...}}``). The unpickler resolves only
-``bwmon.Slice`` and the two helpers Python 2 uses to rebuild instances, each to a
-stand-in of this module that merely collects attributes; any other global is refused
-before anything is called.
+versions, name → ``{'slice': Slice, 'htb': {...}}``). The file is read by this
+module's own interpreter of the opcodes (not ``pickle``): it builds scalars, tuples,
+lists, dicts and, for ``bwmon.Slice`` and the two helpers Python 2 uses to rebuild
+instances, a stand-in that merely holds attributes; any other global is refused, and
+every cost (size, objects, depth, memo, time) is bounded by :class:`PickleLimits`.
 
 A legacy Slice keeps the kernel counters at the start of its period (``bytes``,
 ``i2bytes``) rather than the usage, so each imported class starts with
 ``used_bytes = 0`` and ``last_counter_bytes`` = that baseline: the first cycle counts
-exactly the bytes sent since the legacy period started.
+exactly the bytes sent since the legacy period started. A dead slice of the later
+form also has the counters read when it died (``htb``), so it keeps what it used.
 """
 
 from __future__ import annotations
