@@ -196,10 +196,6 @@ class _Interpreter:
         del self.stack[at:]
         return items
 
-    def size_depth(self, value: object) -> tuple[int, int]:
-        found = self.info.get(id(value)) if isinstance(value, _CONTAINERS) else None
-        return (1, 0) if found is None else found[:2]
-
     def nest(self, children: list[Any]) -> tuple[int, int]:
         """Seal the children; the tree size and depth of a container holding them."""
         size, depth = 1, 0
