@@ -112,6 +112,10 @@ class _Refused(Exception):
     """The pickle breaks a limit or uses what bwmon never wrote; str() is the reason."""
 
 
+class _Unsafe(_Refused):
+    """The pickle names a global or persistent id that could run code; refused as it is."""
+
+
 _CONTAINERS = (tuple, list, dict, LegacySlice)
 _KEY_TYPES = (str, int, float, type(None))  # bool is an int; bwmon keyed by xid and name
 
@@ -265,6 +269,8 @@ class _Interpreter:
                         raise _Refused("objects left on the stack at STOP")
                     return value
                 self.step(code)
+            except _Unsafe:
+                raise
             except _Refused as exc:
                 raise _Refused(f"{exc} (opcode {code!r} at byte {at})") from None
             except (ValueError, UnicodeError, OverflowError, struct.error) as exc:
@@ -378,7 +384,7 @@ class _Interpreter:
             found = _ALLOWED.get((module, name))
             if found is None:
                 shown = reprlib.repr(f"{module}.{name}")[1:-1]
-                raise _Refused(f"refusing to load {shown}: not a bwmon.Slice")
+                raise _Unsafe(f"refusing to load {shown}: not a bwmon.Slice")
             if code == b"c":
                 push(found)
             else:
@@ -412,7 +418,7 @@ class _Interpreter:
             target.attrs = state
             self.stack.append(target)
         elif code in (b"P", b"Q"):
-            raise _Refused("refusing a persistent id: not a bwmon pickle")
+            raise _Unsafe("refusing a persistent id: not a bwmon pickle")
         else:
             raise _Refused("an opcode Python 2 does not write for bwmon's data")
 
@@ -443,11 +449,10 @@ def _unpickle(path: str, limits: PickleLimits, clock: Clock) -> object:
         )
     try:
         return _Interpreter(raw, limits, deadline_s, clock).run()
+    except _Unsafe as exc:
+        raise LegacyImportError(f"{path}: {exc}") from None
     except _Refused as exc:
-        reason = str(exc)
-        if reason.startswith("refusing "):
-            raise LegacyImportError(f"{path}: {reason}") from None
-        raise LegacyImportError(f"{path}: not a readable bwmon pickle: {reason}") from None
+        raise LegacyImportError(f"{path}: not a readable bwmon pickle: {exc}") from None
 
 
 def _shown(value: object) -> str:
