@@ -143,3 +143,7 @@ class HistoryCorrupt(HistoryError):
 
 class MetricsError(Error):
     """The metrics endpoint cannot listen or the textfile cannot be written."""
+
+
+class MetricsListenError(MetricsError):
+    """The /metrics endpoint cannot listen on its address (in use, not permitted, bad)."""

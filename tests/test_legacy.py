@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import pickle
 import pickletools
 import shutil
 import struct
 import subprocess
+import sys
+import tracemalloc
+import types
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ import pytest
 
 from bwenforcer.config import Config
 from bwenforcer.errors import LegacyImportError
-from bwenforcer.legacy import import_legacy
+from bwenforcer.legacy import PickleLimits, import_legacy
 from bwenforcer.model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
 from bwenforcer.statestore import state_from_json, state_to_json
 
@@ -255,12 +259,28 @@ def legacy_data(deaddb_form: str, newstyle: bool = False) -> tuple[Any, ...]:
     if deaddb_form == "slice":
         deaddb = {"pl_gone": dead_slice}
     else:
-        htb = {"share": 1, "minrate": 8000, "maxrate": 10_000_000, "usedbytes": 9999}
-        deaddb = {"pl_gone": {"slice": dead_slice, "htb": htb}}
+        deaddb = {"pl_gone": {"slice": dead_slice, "htb": dead_htb(555 + 3 * GIB, 666 + 5000)}}
     return (VERSION, live, deaddb)
 
 
-def expected_state() -> State:
+GIB = 2**30
+
+
+def dead_htb(counter_bytes: int, counter_i2_bytes: int, name: str = "pl_gone") -> dict:
+    """What later bwmon versions saved next to a dead Slice: gethtbs()'s entry at its death."""
+    return {
+        "share": 1,
+        "minrate": 8000,
+        "maxrate": 10_000_000,
+        "maxexemptrate": 100_000_000,
+        "minexemptrate": 16000,
+        "usedbytes": counter_bytes,
+        "name": name,
+        "usedi2bytes": counter_i2_bytes,
+    }
+
+
+def expected_state(deaddb_form: str = "slice") -> State:
     def pol(limit_kib: int, thresh_kib: int, min_kbit: int, max_kbit: int, share: int):
         return ClassPolicy(
             limit_kib * 1024, thresh_kib * 1024, min_kbit * 1000, max_kbit * 1000, share
@@ -271,6 +291,10 @@ def expected_state() -> State:
     alpha_start = NOW_S - 3601
     beta_start = NOW_S - 60
     gone_start = NOW_S - 7200
+    # (used, last counter): the later form also saved the counters at the slice's death
+    gone_default, gone_exempt = ((0, 555), (0, 666))
+    if deaddb_form == "dict":
+        gone_default, gone_exempt = ((3 * GIB, 555 + 3 * GIB), (5000, 666 + 5000))
     return State(
         slices={
             12: SliceState(
@@ -297,8 +321,8 @@ def expected_state() -> State:
                     77,
                     gone_start,
                     gone_start + 86400,
-                    ClassState(default_policy, 0, 555, notified=True),
-                    ClassState(exempt_policy, 0, 666, notified=True),
+                    ClassState(default_policy, *gone_default, notified=True),
+                    ClassState(exempt_policy, *gone_exempt, notified=True),
                 ),
                 died_s=NOW_S,
             )
@@ -334,7 +358,7 @@ def test_import_of_each_python2_pickle_form(
     pickletools.dis(data, out=io.StringIO())  # raises unless every opcode is well formed
     assert "bwmon.Slice" in globals_named(data)
     state = import_legacy(write(tmp_path, data), CONFIG, NOW_S)
-    assert state == expected_state()
+    assert state == expected_state(deaddb_form)
 
 
 def test_imported_state_survives_the_state_file(tmp_path: Path) -> None:
@@ -530,3 +554,183 @@ def test_the_test_pickler_matches_real_python2(tmp_path: Path, protocol: int, st
     alpha = state.slices[12]
     assert (alpha.period_start_s, alpha.default.last_counter_bytes) == (1, 123456789012)
     assert alpha.default.policy.max_rate_bps == 2_000_000 and alpha.exempt.notified
+
+
+# --- dead slices of the later format keep their usage (issue 13) ----------------------
+
+
+def test_a_dead_slice_keeps_the_bytes_it_sent_in_the_later_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deaddb[name] = {'slice': Slice, 'htb': gethtbs()[xid]}, pickled by Python's own pickler."""
+    bwmon = types.ModuleType("bwmon")
+
+    class Slice:  # what bwmon.Slice pickles as: a class named bwmon.Slice with a __dict__
+        pass
+
+    Slice.__module__, Slice.__qualname__ = "bwmon", "Slice"
+    bwmon.Slice = Slice  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "bwmon", bwmon)
+    dead = Slice()
+    dead.__dict__.update(bwmon_slice(77, "pl_gone", NOW_S - 7200.0, 10_000, 20_000))
+    deaddb = {"pl_gone": {"slice": dead, "htb": dead_htb(10_000 + 3 * GIB, 20_000 + 10 * 2**20)}}
+    data = pickle.dumps(("$Id$", {}, deaddb), protocol=2)
+    assert "bwmon.Slice" in globals_named(data)
+
+    entry = import_legacy(write(tmp_path, data), CONFIG, NOW_S).ledger["pl_gone"]
+
+    assert (entry.slice.default.used_bytes, entry.slice.exempt.used_bytes) == (3 * GIB, 10 * 2**20)
+    assert entry.slice.default.last_counter_bytes == 10_000 + 3 * GIB
+    assert entry.slice.period_start_s == NOW_S - 7200
+
+
+def test_a_dead_slice_whose_counter_went_back_counts_from_zero(tmp_path: Path) -> None:
+    """As in a live cycle: a counter below the period's baseline restarted (node reboot)."""
+    dead = Py2Instance(bwmon_slice(77, "pl_gone", NOW_S - 7200.0, 10_000, 20_000))
+    deaddb = {"pl_gone": {"slice": dead, "htb": dead_htb(4_000, 25_000)}}
+    entry = import_legacy(write(tmp_path, py2_dumps((VERSION, {}, deaddb), 0)), CONFIG, NOW_S)
+    gone = entry.ledger["pl_gone"].slice
+    assert (gone.default.used_bytes, gone.exempt.used_bytes) == (4_000, 5_000)
+
+
+@pytest.mark.parametrize(
+    ("htb", "problem"),
+    [
+        ("x", "htb is a str, not a dict"),
+        ({"usedbytes": 5}, "htb has no usedi2bytes"),
+        ({"usedbytes": -1, "usedi2bytes": 5}, "usedbytes = -1 is not a non-negative number"),
+    ],
+)
+def test_a_dead_slice_with_unusable_counters_is_skipped_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, htb: object, problem: str
+) -> None:
+    deaddb = {
+        "pl_bad": {"slice": Py2Instance(bwmon_slice(7, "pl_bad", NOW_S - 10, 1, 2)), "htb": htb},
+        "pl_ok": {
+            "slice": Py2Instance(bwmon_slice(8, "pl_ok", NOW_S - 10, 1, 2)),
+            "htb": dead_htb(11, 12),
+        },
+    }
+    state = import_legacy(write(tmp_path, py2_dumps((VERSION, {}, deaddb), 2)), CONFIG, NOW_S)
+    assert set(state.ledger) == {"pl_ok"}
+    assert f"skipping dead slice pl_bad: {problem}" in caplog.text
+
+
+# --- hostile pickles: every cost is bounded (issue 12) --------------------------------
+
+TUPLE2 = b"h\x00h\x00\x86"  # GET 0 twice, TUPLE2
+
+
+def memo_chain(levels: int, pair: bytes) -> bytes:
+    """Protocol 2: x0 = None, x(n+1) = a pair of xn and xn (shared, via the memo)."""
+    out = b"Nq\x00"
+    for _ in range(levels):
+        out += b"0" + pair + b"q\x00"  # POP xn, pair two GETs of it, PUT
+    return out
+
+
+def legacy_tuple(version: bytes, slices: bytes = b"}", deaddb: bytes = b"}") -> bytes:
+    return b"\x80\x02" + version + slices + deaddb + b"\x87."
+
+
+def assert_refused(tmp_path: Path, data: bytes, message: str, **kwargs: Any) -> None:
+    path = write(tmp_path, data)
+    with pytest.raises(LegacyImportError) as info:
+        import_legacy(path, CONFIG, NOW_S, **kwargs)
+    text = str(info.value)
+    assert text.startswith(f"{path}: ") and message in text, text
+    assert "\n" not in text and len(text) < 300
+
+
+def test_a_huge_memo_index_costs_no_memory(tmp_path: Path) -> None:
+    """9 bytes: PROTO 2, None, LONG_BINPUT 0x01000000, STOP. The C unpickler sizes its memo
+    by the index (256 MiB here; 3.1 GiB for a larger index)."""
+    data = b"\x80\x02Nr\x00\x00\x00\x01."
+    assert len(data) == 9
+    tracemalloc.start()
+    try:
+        assert_refused(tmp_path, data, "expected a (version, slices, deaddb) tuple")
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak_bytes < 16 * 2**20
+
+
+@pytest.mark.parametrize("pair", [TUPLE2, b"(h\x00h\x00l"], ids=["tuples", "lists"])
+def test_one_object_referred_to_exponentially_often_is_refused(tmp_path: Path, pair: bytes) -> None:
+    """60 doublings: a 500-byte pickle whose version is a tree of 2**60 references."""
+    data = legacy_tuple(memo_chain(60, pair))
+    assert_refused(tmp_path, data, "one object refers to more than 1000000 others")
+
+
+def test_a_tuple_dag_used_as_a_dict_key_is_refused(tmp_path: Path) -> None:
+    """Hashing a tuple walks every path through it: 2**64 for this one (never finishes)."""
+    key = memo_chain(64, TUPLE2)
+    assert_refused(tmp_path, legacy_tuple(b"N", b"}" + key + b"K\x01s"), "refers to more than")
+    small_key = memo_chain(2, TUPLE2)
+    assert_refused(
+        tmp_path, legacy_tuple(b"N", b"}" + small_key + b"K\x01s"), "dict key is a tuple"
+    )
+
+
+@pytest.mark.parametrize(
+    "nested",
+    [b"N" + b"\x85" * 100_000, b"(" * 100_000 + b"t" * 100_000, b"]" * 100_001 + b"a" * 100_000],
+    ids=["tuple1", "mark-tuple", "lists"],
+)
+def test_deep_nesting_is_refused(tmp_path: Path, nested: bytes) -> None:
+    """100,000 levels: hashing, comparing or printing it overflows the C stack."""
+    data = legacy_tuple(b"N", b"}" + b"K\x01" + nested + b"s")
+    assert_refused(tmp_path, data, "nested more than 32 levels deep")
+
+
+@pytest.mark.parametrize(
+    "cycle",
+    [b"]2a", b"]q\x00h\x00\x85h\x00Na0"],
+    ids=["self", "after-nesting"],
+)
+def test_a_container_changed_after_nesting_is_refused(tmp_path: Path, cycle: bytes) -> None:
+    assert_refused(tmp_path, legacy_tuple(cycle), "changes an object after nesting it")
+
+
+def test_the_import_stops_at_its_deadline(tmp_path: Path) -> None:
+    """The clock is passed in: this one advances a second per opcode read."""
+    data = py2_dumps(legacy_data("dict"), 0)
+    ticks = itertools.count()
+    assert_refused(tmp_path, data, "took more than 30 s", clock=lambda: float(next(ticks)))
+    ticks = itertools.count()
+    fast = PickleLimits(max_time_s=10_000)
+    assert import_legacy(write(tmp_path, data), CONFIG, NOW_S, fast, lambda: float(next(ticks)))
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        (PickleLimits(max_objects=50), "more than 50 objects"),
+        (PickleLimits(max_container_len=3), "a container of more than 3 items"),
+        (PickleLimits(max_memo=5), "more than 5 memo entries"),
+        (PickleLimits(max_stack=4), "more than 4 objects on the stack"),
+        (PickleLimits(max_depth=3), "nested more than 3 levels deep"),
+        (PickleLimits(max_file_bytes=100), "larger than 100 bytes"),
+    ],
+)
+def test_each_limit_applies_to_an_ordinary_file(
+    tmp_path: Path, limits: PickleLimits, message: str
+) -> None:
+    data = py2_dumps(legacy_data("dict"), 1)
+    assert import_legacy(write(tmp_path, data), CONFIG, NOW_S) == expected_state("dict")
+    assert_refused(tmp_path, data, message, limits=limits)
+
+
+def test_a_hostile_pickle_is_one_line_and_exit_code_5_from_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bwenforcer.cli import main
+
+    evil = write(tmp_path, legacy_tuple(memo_chain(64, TUPLE2)))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_file: {tmp_path}/state.json\nslices_file: null\n")
+    code = main(["--config", str(cfg), "state", "import-legacy", evil])
+    err = capsys.readouterr().err
+    assert code == 5
+    assert len(err.strip().splitlines()) == 1 and evil in err and "Traceback" not in err

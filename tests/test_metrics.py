@@ -7,6 +7,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
 from bwenforcer.cycle import CycleResult
-from bwenforcer.errors import MetricsError
+from bwenforcer.errors import MetricsError, MetricsListenError
 from bwenforcer.executor import Outcome
 from bwenforcer.metrics import AgentMetrics, from_textfile, serve, write_textfile
 from bwenforcer.model import State
@@ -268,3 +269,115 @@ def test_textfile_is_readable_by_node_exporter_and_leaves_no_temp_file(tmp_path:
     write_textfile(str(path), AgentMetrics())
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bwenforcer.prom"]
+
+
+# --- the HTTP endpoint under load: bounded threads, timeouts, methods (issue 12) --------
+
+
+def _exchange(port: int, request: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Send a raw request; the status line, headers and body the server sent before closing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = dict(line.decode().split(": ", 1) for line in lines)
+    return status, headers, body
+
+
+def test_only_get_and_head_of_slash_metrics_are_served() -> None:
+    metrics = AgentMetrics()
+    metrics.observe(_result())
+    port = free_port()
+    stop = serve(f"127.0.0.1:{port}", metrics)
+    try:
+        status, headers, body = _exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == b"HTTP/1.1 200 OK"
+        assert body.decode() == metrics.exposition()
+        assert int(headers["Content-Length"]) == len(body)
+        status, headers, body = _exchange(port, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (status, body) == (b"HTTP/1.1 200 OK", b"")
+        assert int(headers["Content-Length"]) == len(metrics.exposition().encode())
+        status, headers, _ = _exchange(port, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == b"HTTP/1.1 405 Method Not Allowed"
+        assert headers["Allow"] == "GET, HEAD"
+        status, _, _ = _exchange(port, b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == b"HTTP/1.1 404 Not Found"
+        status, _, _ = _exchange(port, b"GET /metrics?x=1 HTTP/1.0\n\n")
+        assert status == b"HTTP/1.1 200 OK"
+        status, _, _ = _exchange(port, b"garbage\r\n\r\n")
+        assert status == b"HTTP/1.1 400 Bad Request"
+        status, _, _ = _exchange(port, b"GET /metrics HTTP/1.1\r\nX: " + b"y" * 10_000)
+        assert status == b"HTTP/1.1 431 Request Header Fields Too Large"
+    finally:
+        stop()
+
+
+def test_idle_connections_cost_no_thread_and_a_scrape_still_works() -> None:
+    port = free_port()
+    before = threading.active_count()
+    stop = serve(f"127.0.0.1:{port}", AgentMetrics(), timeout_s=600)
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(50)]
+    try:
+        for sock in idle[:25]:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # half a request, never finished
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            assert reply.status == 200 and b"bwenforcer_cycles_total" in reply.read()
+        assert threading.active_count() == before + 1
+    finally:
+        for sock in idle:
+            sock.close()
+        stop()
+    assert threading.active_count() == before
+
+
+def test_a_silent_connection_is_closed_after_the_timeout() -> None:
+    port = free_port()
+    stop = serve(f"127.0.0.1:{port}", AgentMetrics(), timeout_s=0.2)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as silent:
+            assert silent.recv(1) == b""  # closed by the server, nothing sent
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+            slow.sendall(b"GET /metr")
+            assert slow.recv(1) == b""
+    finally:
+        stop()
+
+
+def test_beyond_max_connections_the_longest_idle_one_is_closed() -> None:
+    port = free_port()
+    stop = serve(f"127.0.0.1:{port}", AgentMetrics(), timeout_s=600, max_connections=4)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(4):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+            # a scrape in between: each idle connection is accepted before the next
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                assert reply.status == 200
+        assert idle[0].recv(1) == b""  # the 4th scrape made room by closing the oldest
+        idle[1].settimeout(0.01)
+        with pytest.raises(TimeoutError):  # the others are still open
+            idle[1].recv(1)
+    finally:
+        for sock in idle:
+            sock.close()
+        stop()
+
+
+def test_a_busy_port_is_one_line_naming_the_address() -> None:
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(MetricsListenError) as caught:
+            serve(f"127.0.0.1:{port}", AgentMetrics())
+    assert (
+        str(caught.value) == f"metrics: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    with pytest.raises(MetricsListenError) as caught:
+        serve("127.0.0.1:http", AgentMetrics())
+    assert (
+        str(caught.value) == "metrics: cannot listen on 127.0.0.1:http: port 'http' is not a number"
+    )
