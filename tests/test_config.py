@@ -294,8 +294,8 @@ def test_a_merge_key_may_be_overridden() -> None:
 
 
 def test_keys_that_are_not_strings_give_one_line() -> None:
-    data = parse_yaml(b"device: eth0\n1: x\nfalse: y\n", "t.yaml")
-    with pytest.raises(ConfigError, match=r"^t.yaml: (1|False): unknown key$"):
+    data = parse_yaml(b"device: eth0\ncolour: x\n1: y\n", "t.yaml")
+    with pytest.raises(ConfigError, match=r"^t.yaml: 1: unknown key$"):
         parse_config(data, "t.yaml")
 
 
