@@ -27,6 +27,8 @@ from .config import ClassDefaults, Config
 from .errors import LegacyImportError
 from .layout import DEFAULT_XID, ROOT_XID, XID_MAX, TrafficClass
 from .model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
+from .slicename import shown
+from .slices import NAME
 from .units import kbit_to_bps, kib_to_bytes
 
 log = logging.getLogger(__name__)
@@ -175,8 +177,8 @@ def _policy(attrs: Mapping[str, Any], tc: TrafficClass, config: Config) -> Class
 def _slice_state(legacy: LegacySlice, xid: int, config: Config) -> SliceState:
     attrs = legacy.attrs
     name = attrs.get("name")
-    if not isinstance(name, str) or not name:
-        raise _BadSlice(f"name {name!r} is not a string")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise _BadSlice(f"name {shown(name)} is not a slice name")
     if not 0 < xid <= XID_MAX:
         raise _BadSlice(f"xid {xid} out of range 1..{XID_MAX}")
     start_s = _number(attrs, "time")
@@ -208,7 +210,7 @@ def _slice_state(legacy: LegacySlice, xid: int, config: Config) -> SliceState:
 
 def _label(legacy: LegacySlice, key: object) -> str:
     name = legacy.attrs.get("name")
-    return f"{name} ({key})" if isinstance(name, str) else repr(key)
+    return f"{shown(name)} ({key})" if isinstance(name, str) else repr(key)
 
 
 def _live_slices(path: str, slices: object, config: Config) -> dict[int, SliceState]:
@@ -249,10 +251,12 @@ def _ledger(
                 raise _BadSlice(f"xid {xid!r} is not an integer")
             st = _slice_state(legacy, xid, config)
         except _BadSlice as exc:
-            log.warning("legacy %s: skipping dead slice %s: %s", path, name, exc)
+            log.warning("legacy %s: skipping dead slice %s: %s", path, shown(name), exc)
             continue
         if st.name != name:
-            log.warning("legacy %s: skipping dead slice %s: its name is %s", path, name, st.name)
+            log.warning(
+                "legacy %s: skipping dead slice %s: its name is %s", path, shown(name), st.name
+            )
         elif name in live_names:
             log.warning("legacy %s: dead slice %s is live again: keeping the live one", path, name)
         elif st.period_end_s <= now_s:
