@@ -65,21 +65,21 @@ class StrictLoader(_BASE_LOADER):  # type: ignore[misc,valid-type]
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
         """The mapping of ``node``; ConstructorError at the second of two equal keys."""
+        pairs = list(node.value)  # the base class replaces merge keys by what they merge
+        mapping: dict[object, object] = super().construct_mapping(node, deep=deep)
+        if len(mapping) == len(pairs) and not any(k.tag == _MERGE_TAG for k, _ in pairs):
+            return mapping  # as many keys as pairs: none repeated (the usual case, fast)
         seen: set[object] = set()
-        for key_node, _value in node.value:
+        for key_node, _value in pairs:
             if key_node.tag == _MERGE_TAG:
                 continue  # merged keys may be overridden: that is what << is for
             key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:
-                continue  # unhashable: the base class reports it
-            if duplicate:
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
                 )
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+            seen.add(key)
+        return mapping
 
 
 DEFAULT_CONFIG_PATH = "/etc/bwenforcer/bwenforcer.yaml"
