@@ -445,6 +445,14 @@ def _mail(reader: _Reader) -> MailConfig:
     )
     for part in (smtp, sendmail, spool, reader):
         part.done()
+    if mail.template is not None:
+        # checked here, not at the first mail: an unknown placeholder would fail every one
+        from .notify import load_template  # notify imports this module
+
+        try:
+            load_template(mail)
+        except ConfigError as exc:
+            raise reader.error(str(exc), at=reader.key("template")) from None
     return mail
 
 

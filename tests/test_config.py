@@ -357,3 +357,15 @@ def test_the_command_line_reports_a_bad_config_in_one_line(
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith(f"bwenforcer: {path}: "), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_mail_template_with_an_unknown_placeholder_is_refused_at_load(tmp_path: Path) -> None:
+    template = tmp_path / "notice.txt"
+    template.write_text("Slice $slice on $node is capped.\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"mail: {{template: {template}}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert str(caught.value) == f"{path}: mail.template: {template}: unknown placeholder $node"
+    template.write_text("Slice $slice on $hostname is capped.\n")
+    assert load_config(str(path)).mail.template == str(template)
