@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +19,78 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from .errors import ConfigError, UnitError
-from .layout import BWMAX_BPS, BWMIN_BPS, TRAFFIC_CLASSES, TrafficClass
-from .units import parse_duration_s, parse_rate_bps, parse_size_bytes
+from .layout import BWMAX_BPS, BWMIN_BPS, MAX_SHARE, TRAFFIC_CLASSES, TrafficClass
+from .units import format_duration, parse_duration_s, parse_rate_bps, parse_size_bytes
 
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BASE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+# YAML 1.2's core schema where 1.1 surprises people: only true/false are booleans
+# (``on: monday`` is a key named "on", ``yes`` a string), and 06:30 is a string,
+# not the base-60 number 390. Other numbers as in YAML 1.1.
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_INT = re.compile(
+    r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"
+)
+_FLOAT = re.compile(
+    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+
+
+def _resolvers() -> dict[str | None, list[tuple[str, re.Pattern[str]]]]:
+    replaced = {_BOOL_TAG, _INT_TAG, _FLOAT_TAG}
+    table = {
+        first: [(tag, regex) for tag, regex in pairs if tag not in replaced]
+        for first, pairs in _BASE_LOADER.yaml_implicit_resolvers.items()
+    }
+    for tag, regex, firsts in (
+        (_BOOL_TAG, _BOOL, "tTfF"),
+        (_INT_TAG, _INT, "-+0123456789"),
+        (_FLOAT_TAG, _FLOAT, "-+0123456789."),
+    ):
+        for first in firsts:
+            table.setdefault(first, []).append((tag, regex))
+    return table
+
+
+class StrictLoader(_BASE_LOADER):  # type: ignore[misc,valid-type]
+    """The safe loader for the config and the slices file: YAML 1.2 booleans, no
+    base-60 numbers, and a key given twice in one mapping is an error (the second
+    would silently win)."""
+
+    yaml_implicit_resolvers = _resolvers()
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
+        """The mapping of ``node``; ConstructorError at the second of two equal keys."""
+        pairs = list(node.value)  # the base class replaces merge keys by what they merge
+        mapping: dict[object, object] = super().construct_mapping(node, deep=deep)
+        if len(mapping) == len(pairs) and not any(k.tag == _MERGE_TAG for k, _ in pairs):
+            return mapping  # as many keys as pairs: none repeated (the usual case, fast)
+        seen: set[object] = set()
+        for key_node, _value in pairs:
+            if key_node.tag == _MERGE_TAG:
+                continue  # merged keys may be overridden: that is what << is for
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return mapping
+
 
 DEFAULT_CONFIG_PATH = "/etc/bwenforcer/bwenforcer.yaml"
 CONFIG_ENV = "BWENFORCER_CONFIG"
+# Upper bounds of the durations an operator sets (rates, sizes and other durations
+# are bounded by the parsers in units): a period longer than a year, or a daemon
+# or a lock waiting more than a day, is a typo, and would overflow timers.
+MAX_PERIOD_S = 366 * 86400
+MAX_INTERVAL_S = 86400
+MAX_LOCK_TIMEOUT_S = 86400
+MAX_SMTP_TIMEOUT_S = 3600
 
 
 @dataclass(frozen=True)
@@ -162,14 +229,22 @@ class _Reader:
     def sub(self, name: str) -> _Reader:
         return _Reader(self.raw(name), self.key(name), self.source)
 
-    def parsed(self, name: str, parse: Callable[[object], int], default: int) -> int:
+    def parsed(
+        self, name: str, parse: Callable[[object], int], default: int, high_s: int | None = None
+    ) -> int:
+        """A rate, size or duration; a duration also at most ``high_s`` if given."""
         if not self.has(name):
             return default
         value = self.raw(name)
         try:
-            return parse(value)
+            result = parse(value)
         except UnitError as exc:
             raise self.error(str(exc), at=self.key(name)) from None
+        if high_s is not None and result > high_s:
+            raise self.error(
+                f"{value!r} is above the maximum {format_duration(high_s)}", at=self.key(name)
+            )
+        return result
 
     def optional(self, name: str, parse: Callable[[object], int]) -> int | None:
         if not self.has(name) or self.raw(name) is None:
@@ -220,7 +295,7 @@ class _Reader:
         return tuple(value)
 
     def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
+        unknown = sorted(set(self.data) - self.used, key=str)
         if unknown:
             raise self.error("unknown key", at=self.key(str(unknown[0])))
 
@@ -271,7 +346,7 @@ def _class_defaults(reader: _Reader, base: ClassDefaults) -> ClassDefaults:
         threshold_bytes=threshold,
         min_rate_bps=reader.parsed("min_rate", parse_rate_bps, base.min_rate_bps),
         max_rate_bps=reader.optional("max_rate", parse_rate_bps),
-        share=reader.integer("share", base.share, 1, 1_000_000),
+        share=reader.integer("share", base.share, 1, MAX_SHARE),
     )
     reader.done()
     return result
@@ -311,14 +386,39 @@ def _classifier(reader: _Reader) -> ClassifierConfig:
     return ClassifierConfig(mode, tuple(dict.fromkeys(prefixes)))  # type: ignore[arg-type]
 
 
+def _check_slice_address(reader: _Reader, template: str) -> None:
+    """``{slice}`` and nothing else: any other placeholder would fail every mail."""
+    where = reader.key("slice_address")
+    try:
+        fields = [
+            (name, spec, conversion)
+            for _text, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError as exc:
+        raise reader.error(f"{template!r} is not a template: {exc}", at=where) from None
+    for name, spec, conversion in fields:
+        if name != "slice" or spec or conversion:
+            shown = (
+                "{"
+                + name
+                + (f"!{conversion}" if conversion else "")
+                + (f":{spec}" if spec else "")
+                + "}"
+            )
+            raise reader.error(
+                f"{template!r}: unknown placeholder {shown} (only {{slice}})", at=where
+            )
+    if not fields:
+        raise reader.error(f"{template!r} has no {{slice}} placeholder", at=where)
+
+
 def _mail(reader: _Reader) -> MailConfig:
     base = MailConfig()
     transport = reader.choice("transport", ("smtp", "sendmail", "spool", "none"), base.transport)
     template = reader.text("slice_address", base.slice_address)
-    if template is not None and "{slice}" not in template:
-        raise reader.error(
-            f"{template!r} has no {{slice}} placeholder", at=reader.key("slice_address")
-        )
+    if template is not None:
+        _check_slice_address(reader, template)
     smtp = reader.sub("smtp")
     sendmail = reader.sub("sendmail")
     spool = reader.sub("spool")
@@ -336,13 +436,23 @@ def _mail(reader: _Reader) -> MailConfig:
         smtp_starttls=smtp.flag("starttls", base.smtp_starttls),
         smtp_user=smtp.text("user", base.smtp_user),
         smtp_password=smtp.text("password", base.smtp_password),
-        smtp_timeout_s=smtp.parsed("timeout", parse_duration_s, base.smtp_timeout_s),
+        smtp_timeout_s=smtp.parsed(
+            "timeout", parse_duration_s, base.smtp_timeout_s, MAX_SMTP_TIMEOUT_S
+        ),
         sendmail_path=sendmail.text("path", base.sendmail_path, allow_null=False)
         or base.sendmail_path,
         spool_dir=spool.text("dir", base.spool_dir, allow_null=False) or base.spool_dir,
     )
     for part in (smtp, sendmail, spool, reader):
         part.done()
+    if mail.template is not None:
+        # checked here, not at the first mail: an unknown placeholder would fail every one
+        from .notify import load_template  # notify imports this module
+
+        try:
+            load_template(mail)
+        except ConfigError as exc:
+            raise reader.error(str(exc), at=reader.key("template")) from None
     return mail
 
 
@@ -382,8 +492,11 @@ def parse_config(data: object, source: str) -> Config:
     for key, value in (("node_cap", node_cap), ("bwmax", bwmax), ("bwmin", bwmin)):
         if value <= 0:
             raise top.error("must be above 0", at=key)
-    period = top.parsed("period", parse_duration_s, base.period_s)
-    interval = top.parsed("interval", parse_duration_s, base.interval_s)
+    for key, value in (("node_cap", node_cap), ("bwmax", bwmax)):
+        if value < bwmin:
+            raise top.error(f"{key} {value} bit/s is below bwmin {bwmin} bit/s", at=key)
+    period = top.parsed("period", parse_duration_s, base.period_s, MAX_PERIOD_S)
+    interval = top.parsed("interval", parse_duration_s, base.interval_s, MAX_INTERVAL_S)
     for key, value in (("period", period), ("interval", interval)):
         if value <= 0:
             raise top.error("must be above 0", at=key)
@@ -407,7 +520,9 @@ def parse_config(data: object, source: str) -> Config:
         interval_s=interval,
         state_file=top.text("state_file", base.state_file, allow_null=False) or base.state_file,
         slices_file=top.text("slices_file", base.slices_file),
-        lock_timeout_s=top.parsed("lock_timeout", parse_duration_s, base.lock_timeout_s),
+        lock_timeout_s=top.parsed(
+            "lock_timeout", parse_duration_s, base.lock_timeout_s, MAX_LOCK_TIMEOUT_S
+        ),
         defaults=defaults,
         mail=_mail(top.sub("mail")),
         metrics=_metrics(top.sub("metrics")),
@@ -437,7 +552,7 @@ def read_bytes(path: str) -> bytes:
 def parse_yaml(raw: bytes, path: str) -> object:
     """Parse the bytes of the YAML file ``path``; ConfigError with file and line if bad."""
     try:
-        return yaml.load(raw.decode("utf-8"), Loader=_YAML_LOADER)
+        return yaml.load(raw.decode("utf-8"), Loader=StrictLoader)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
     except yaml.YAMLError as exc:

@@ -29,6 +29,7 @@ _CLASS_BITS = {"default": 0x1000, "exempt": 0x2000}
 BWMIN_BPS = 8_000  # floor of every rate: tc cannot do 0; 1 kB/s keeps a slice alive
 BWMAX_BPS = 1_000_000_000  # default line rate (1 Gbit/s), as bwlimit
 QUANTUM_PER_SHARE = 1600
+MAX_SHARE = 1_000_000  # quantum ≤ 1.6 GB, well inside the kernel's 32 bits
 LEAF_QDISC_LIMIT_PACKETS = 1000
 
 

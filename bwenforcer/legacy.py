@@ -33,6 +33,8 @@ from .errors import LegacyImportError
 from .layout import DEFAULT_XID, ROOT_XID, XID_MAX, TrafficClass
 from .model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
 from .policy import counter_delta
+from .slicename import shown
+from .slices import NAME
 from .units import kbit_to_bps, kib_to_bytes
 
 log = logging.getLogger(__name__)
@@ -383,8 +385,8 @@ class _Interpreter:
             name = self.line().decode("ascii")
             found = _ALLOWED.get((module, name))
             if found is None:
-                shown = reprlib.repr(f"{module}.{name}")[1:-1]
-                raise _Unsafe(f"refusing to load {shown}: not a bwmon.Slice")
+                what = reprlib.repr(f"{module}.{name}")[1:-1]
+                raise _Unsafe(f"refusing to load {what}: not a bwmon.Slice")
             if code == b"c":
                 push(found)
             else:
@@ -455,11 +457,6 @@ def _unpickle(path: str, limits: PickleLimits, clock: Clock) -> object:
         raise LegacyImportError(f"{path}: not a readable bwmon pickle: {exc}") from None
 
 
-def _shown(value: object) -> str:
-    """A value from the file for a message: repr, cut short (it may be huge or nested)."""
-    return reprlib.repr(value)
-
-
 class _BadSlice(Exception):
     """One legacy slice cannot be imported; it is skipped with a warning."""
 
@@ -469,7 +466,7 @@ def _number(attrs: Mapping[str, Any], key: str) -> int | None:
         return None
     value = attrs[key]
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-        raise _BadSlice(f"{key} = {_shown(value)} is not a non-negative number")
+        raise _BadSlice(f"{key} = {reprlib.repr(value)} is not a non-negative number")
     return int(value)
 
 
@@ -503,8 +500,8 @@ def _policy(attrs: Mapping[str, Any], tc: TrafficClass, config: Config) -> Class
 def _slice_state(legacy: LegacySlice, xid: int, config: Config) -> SliceState:
     attrs = legacy.attrs
     name = attrs.get("name")
-    if not isinstance(name, str) or not name:
-        raise _BadSlice(f"name {_shown(name)} is not a string")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise _BadSlice(f"name {shown(name)} is not a slice name")
     if not 0 < xid <= XID_MAX:
         raise _BadSlice(f"xid {xid} out of range 1..{XID_MAX}")
     start_s = _number(attrs, "time")
@@ -536,7 +533,7 @@ def _slice_state(legacy: LegacySlice, xid: int, config: Config) -> SliceState:
 
 def _label(legacy: LegacySlice, key: object) -> str:
     name = legacy.attrs.get("name")
-    return f"{name} ({key})" if isinstance(name, str) else _shown(key)
+    return f"{shown(name)} ({key})" if isinstance(name, str) else repr(key)
 
 
 def _live_slices(path: str, slices: object, config: Config) -> dict[int, SliceState]:
@@ -546,7 +543,7 @@ def _live_slices(path: str, slices: object, config: Config) -> dict[int, SliceSt
     for xid, legacy in slices.items():
         if not isinstance(legacy, LegacySlice) or isinstance(xid, bool) or not isinstance(xid, int):
             raise LegacyImportError(
-                f"{path}: slices[{_shown(xid)}] is not an xid → bwmon.Slice entry"
+                f"{path}: slices[{reprlib.repr(xid)}] is not an xid → bwmon.Slice entry"
             )
         name = legacy.attrs.get("name")
         if xid in (ROOT_XID, DEFAULT_XID) or (isinstance(name, str) and name in SYSTEM_NAMES):
@@ -568,7 +565,9 @@ def _dead_slice(path: str, name: object, value: object) -> tuple[LegacySlice, ob
     if isinstance(value, dict):
         value, htb = value.get("slice"), value.get("htb")
     if not isinstance(name, str) or not isinstance(value, LegacySlice):
-        raise LegacyImportError(f"{path}: deaddb[{_shown(name)}] is not a name → bwmon.Slice entry")
+        raise LegacyImportError(
+            f"{path}: deaddb[{reprlib.repr(name)}] is not a name → bwmon.Slice entry"
+        )
     return value, htb
 
 
@@ -612,13 +611,15 @@ def _ledger(
         xid = legacy.attrs.get("xid")
         try:
             if isinstance(xid, bool) or not isinstance(xid, int):
-                raise _BadSlice(f"xid {_shown(xid)} is not an integer")
+                raise _BadSlice(f"xid {reprlib.repr(xid)} is not an integer")
             st = _dead_usage(_slice_state(legacy, xid, config), htb)
         except _BadSlice as exc:
-            log.warning("legacy %s: skipping dead slice %s: %s", path, name, exc)
+            log.warning("legacy %s: skipping dead slice %s: %s", path, shown(name), exc)
             continue
         if st.name != name:
-            log.warning("legacy %s: skipping dead slice %s: its name is %s", path, name, st.name)
+            log.warning(
+                "legacy %s: skipping dead slice %s: its name is %s", path, shown(name), st.name
+            )
         elif name in live_names:
             log.warning("legacy %s: dead slice %s is live again: keeping the live one", path, name)
         elif st.period_end_s <= now_s:
@@ -645,7 +646,7 @@ def import_legacy(
     if not isinstance(data, tuple | list) or len(data) != 3:
         raise LegacyImportError(f"{path}: expected a (version, slices, deaddb) tuple")
     version, slices, deaddb = data
-    log.info("legacy %s: bwmon data version %s", path, _shown(version))
+    log.info("legacy %s: bwmon data version %s", path, reprlib.repr(version))
     live = _live_slices(path, slices, config)
     ledger = _ledger(path, deaddb, config, now_s, {st.name for st in live.values()})
     log.info("legacy %s: imported %d slices, %d ledger entries", path, len(live), len(ledger))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pwd
+import re
+import reprlib
 
 from .errors import UsageError
 from .layout import DEFAULT_XID, ROOT_XID, check_xid
@@ -13,16 +15,26 @@ _SPECIAL = {"root": ROOT_XID, "default": DEFAULT_XID}
 def resolve_slice(text: str) -> tuple[int, str]:
     """``(xid, name)`` for a slice given by xid (decimal or 0x hex) or by name."""
     value = text.strip()
-    xid = _number(value)
-    if xid is not None:
-        return check_xid(xid), slice_name(xid)
     if value in _SPECIAL:
         return _SPECIAL[value], value
-    try:
-        uid = pwd.getpwnam(value).pw_uid
-    except KeyError:
-        raise UsageError(f"slice {value!r}: no such xid, account or slice name") from None
-    return check_xid(uid), value
+    number = _number(value)
+    name = value if number is None else None
+    if number is not None:
+        xid = number
+    else:
+        try:
+            xid = pwd.getpwnam(value).pw_uid
+        except KeyError:
+            raise UsageError(f"slice {value!r}: no such xid, account or slice name") from None
+    check_xid(xid)
+    # The root and default classes are the tree's own: only their names reach them,
+    # so a typo'd number or an account with such a uid cannot change them.
+    for special, special_xid in _SPECIAL.items():
+        if xid == special_xid:
+            raise UsageError(
+                f"slice {shown(value)}: xid {xid} is the {special} class; name it {special!r}"
+            )
+    return xid, name if name is not None else slice_name(xid)
 
 
 def slice_name(xid: int) -> str:
@@ -48,3 +60,20 @@ def _number(value: str) -> int | None:
         except ValueError:
             return None
     return None
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.@+-]{1,80}")
+
+
+def shown(value: object) -> str:
+    """A slice name (or other value) from input, as it goes into a log or error line.
+
+    A plain name is shown as it is; anything else quoted with its control characters
+    escaped (``repr``) and cut short, so that a name cannot split or forge a log line.
+    """
+    if isinstance(value, str) and _PLAIN.fullmatch(value):
+        return value
+    if not isinstance(value, str):
+        return reprlib.repr(value)  # bounded in size and depth: input may be huge or nested
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."

@@ -20,13 +20,22 @@ from typing import Any
 from .atomicfile import check_dir, disk_full, read_own, replace_file
 from .config import Config, ConfigError, parse_yaml, read_bytes
 from .errors import SliceError, UnsafePath
-from .layout import TRAFFIC_CLASSES, TrafficClass, check_xid
+from .layout import (
+    DEFAULT_XID,
+    MAX_SHARE,
+    ROOT_XID,
+    TRAFFIC_CLASSES,
+    XID_MAX,
+    TrafficClass,
+    check_xid,
+)
 from .model import ClassPolicy, DesiredSet, DesiredSlice
-from .units import kbit_to_bps, kib_to_bytes
+from .slicename import shown
+from .units import MAX_RATE_BPS, MAX_SIZE_BYTES, kbit_to_bps, kib_to_bytes
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^(?:[a-z0-9]+_)?[a-z0-9_]{1,64}$")
+NAME = re.compile(r"(?:[a-z0-9]+_)?[a-z0-9_]{1,64}")  # whole name: fullmatch
 THRESHOLD_PERCENT = 80
 MIN_RATE_SHARE_OF_CAP = 4  # min rate ≤ 25 % of the node cap
 
@@ -49,7 +58,18 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
 }
 
 
-def _number(name: str, attribute: str, value: object) -> int:
+# Largest value of each rspec field, in its historic unit: the bounds of units.py
+# (10 Tbit/s, 2**60 bytes) and the config's largest share.
+_MAXIMUM = {
+    "min_rate": MAX_RATE_BPS // 1000,
+    "max_rate": MAX_RATE_BPS // 1000,
+    "limit": MAX_SIZE_BYTES // 1024,
+    "threshold": MAX_SIZE_BYTES // 1024,
+    "share": MAX_SHARE,
+}
+
+
+def _number(name: str, attribute: str, value: object, maximum: int) -> int:
     if isinstance(value, bool):
         raise SliceError(f"slice {name}: {attribute}: {value!r} is not a number")
     if isinstance(value, str):
@@ -61,6 +81,8 @@ def _number(name: str, attribute: str, value: object) -> int:
         raise SliceError(f"slice {name}: {attribute}: {value!r} is not a number")
     if value < 0:
         raise SliceError(f"slice {name}: {attribute}: {value!r} is negative")
+    if value > maximum:
+        raise SliceError(f"slice {name}: {attribute}: {value!r} is above the maximum {maximum}")
     return int(value)
 
 
@@ -79,7 +101,9 @@ def resolve_policy(
             attribute = attrs[field]
             present = attribute in rspec and rspec[attribute] is not None
             origin[attribute] = "rspec" if present else "defaults"
-            return _number(name, attribute, rspec[attribute]) if present else None
+            if not present:
+                return None
+            return _number(name, attribute, rspec[attribute], _MAXIMUM[field])
 
         limit_kib = given("limit")
         limit = kib_to_bytes(limit_kib) if limit_kib is not None else base.limit_bytes
@@ -113,14 +137,20 @@ _Resolved = tuple[ClassPolicy, ClassPolicy, dict[str, str]]
 def _slice(
     name: object, xid: object, rspec: object, config: Config, resolved: dict[object, _Resolved]
 ) -> DesiredSlice:
-    if not isinstance(name, str) or not NAME.match(name):
-        raise SliceError(f"slice name {name!r} is not [a-z0-9_]{{1,64}} after a site prefix")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise SliceError(f"slice name {shown(name)} is not [a-z0-9_]{{1,64}} after a site prefix")
     if isinstance(xid, bool) or not isinstance(xid, int):
-        raise SliceError(f"slice {name}: xid {xid!r} is not a whole number")
+        raise SliceError(f"slice {name}: xid {shown(xid)} is not a whole number")
     try:
         check_xid(xid)
     except SliceError as exc:
         raise SliceError(f"slice {name}: {exc}") from None
+    if xid in (ROOT_XID, DEFAULT_XID):
+        # their classes are the tree's own (1:1000 root's, 1:1fff the unclassified packets')
+        raise SliceError(
+            f"slice {name}: xid {xid} is the {'root' if xid == ROOT_XID else 'default'} class's,"
+            f" not a slice's (slice xids are 1..{XID_MAX})"
+        )
     if rspec is None:
         rspec = {}
     if not isinstance(rspec, Mapping):
@@ -142,16 +172,20 @@ def _slice(
     return DesiredSlice(name, xid, default, exempt, origin)
 
 
-def _collect(
-    entries: list[tuple[str, object, object, object]], config: Config, where: str
-) -> DesiredSet:
+# (label, name, xid, rspec, problem): problem, if not None, is why the record is refused
+_Entry = tuple[str, object, object, object, str | None]
+
+
+def _collect(entries: list[_Entry], config: Config, where: str) -> DesiredSet:
     slices: list[DesiredSlice] = []
     errors: list[str] = []
     names: set[str] = set()
     xids: set[int] = set()
     resolved: dict[object, _Resolved] = {}
-    for label, name, xid, rspec in entries:
+    for label, name, xid, rspec, problem in entries:
         try:
+            if problem is not None:
+                raise SliceError(problem)
             want = _slice(name, xid, rspec, config, resolved)
             if want.name in names:
                 raise SliceError(f"slice {want.name}: defined twice")
@@ -168,7 +202,9 @@ def _collect(
     return DesiredSet(tuple(slices), errors=tuple(errors))
 
 
-CACHE_VERSION = 1
+CACHE_VERSION = (
+    2  # 2: YAML 1.2 booleans, duplicate keys refused (a version 1 cache may hold either)
+)
 
 
 def slices_cache_path(config: Config) -> str:
@@ -229,19 +265,22 @@ def load_slices_file(path: str, config: Config, write_cache: bool = True) -> Des
     items = data.get("slices") or []
     if not isinstance(items, list):
         raise ConfigError(f"{path}: slices: expected a list")
-    entries: list[tuple[str, object, object, object]] = []
+    entries: list[_Entry] = []
     for index, item in enumerate(items):
         label = f"slices[{index}]"
         if not isinstance(item, dict):
-            entries.append((label, item, None, None))
+            entries.append((label, item, None, None, f"{shown(item)} is not a mapping"))
             continue
-        unknown = set(item) - {"name", "xid", "rspec"}
         name = item.get("name")
+        unknown = sorted(set(item) - {"name", "xid", "rspec"}, key=str)
+        problem = None
         if unknown:
-            entries.append((label, name, None, None))
-            log.error("%s: %s: unknown key %s", path, label, sorted(unknown)[0])
-            continue
-        entries.append((f"{label} ({name})", name, item.get("xid"), item.get("rspec")))
+            problem = (
+                f"slice {shown(name)}: unknown key {shown(unknown[0])} (keys: name, xid, rspec)"
+            )
+        entries.append(
+            (f"{label} ({shown(name)})", name, item.get("xid"), item.get("rspec"), problem)
+        )
     return _collect(entries, config, path)
 
 
@@ -256,7 +295,7 @@ def from_nodemanager_db(
     db: Mapping[str, Mapping[str, Any]], config: Config, default_record_suffix: str = "_default"
 ) -> DesiredSet:
     """The slices of a PlanetLab node-manager database ``{name: {"name", "_rspec", …}}``."""
-    entries: list[tuple[str, object, object, object]] = []
+    entries: list[_Entry] = []
     for key, record in db.items():
         name = record.get("name", key) if isinstance(record, Mapping) else key
         rspec = record.get("_rspec", {}) if isinstance(record, Mapping) else None
@@ -268,5 +307,5 @@ def from_nodemanager_db(
         xid = record.get("xid") if isinstance(record, Mapping) else None
         if xid is None and isinstance(name, str):
             xid = _uid(name)
-        entries.append((f"record {name}", name, xid, rspec))
+        entries.append((f"record {shown(name)}", name, xid, rspec, None))
     return _collect(entries, config, "node manager database")

@@ -6,6 +6,10 @@ Rates follow tc: ``bit kbit mbit gbit tbit`` are powers of 1000 bits,
 Sizes: ``B KB MB GB TB`` (powers of 1000) and ``KiB MiB GiB TiB`` (powers of 1024);
 a bare number is bytes. Durations: ``s m h d w`` and sums such as ``1h30m``; a bare
 number is seconds. Unit names are case-insensitive, as in tc.
+
+Every parsed value has an upper bound (far above any real node, far below what
+the kernel's 64-bit fields, the state file or the clock would overflow on):
+rates up to 10 Tbit/s, sizes up to 1 EiB (2**60 bytes), durations up to 100 years.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ def _rate_units() -> dict[str, int]:
 RATE_UNITS_BPS = _rate_units()
 SIZE_UNITS_BYTES = {"": 1, "b": 1} | {f"{p}b": f for p, f in (_SI | _IEC).items() if p}
 DURATION_UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_RATE_BPS = 10 * 10**12  # 10 Tbit/s
+MAX_SIZE_BYTES = 2**60  # 1 EiB
+MAX_DURATION_S = 36525 * 86400  # 100 years
 _DURATION_TERM = re.compile(rf"{_NUMBER}\s*([a-z]*)\s*", re.IGNORECASE)
 
 
@@ -44,6 +51,18 @@ def _scaled(value: str, number: str, factor: int, what: str) -> int:
     except InvalidOperation as exc:  # the regex makes this unreachable; keep the message
         raise UnitError(f"{value!r} is not a {what}") from exc
     return int(exact.to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def _bounded(value: object, result: int, maximum: int, shown: str) -> int:
+    if result > maximum:
+        raise UnitError(f"{_shown(value)} is above the maximum {shown}")
+    return result
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut short: a message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def _parse(value: object, units: dict[str, int], what: str) -> int:
@@ -67,19 +86,21 @@ def _parse(value: object, units: dict[str, int], what: str) -> int:
 
 def parse_rate_bps(value: object) -> int:
     """Parse a tc rate (``"10mbit"``, ``"512kbit"``, ``"1mbps"``, ``1000``) into bit/s."""
-    return _parse(value, RATE_UNITS_BPS, "rate (e.g. 10mbit, 512kbit, 1mbps)")
+    result = _parse(value, RATE_UNITS_BPS, "rate (e.g. 10mbit, 512kbit, 1mbps)")
+    return _bounded(value, result, MAX_RATE_BPS, "10tbit")
 
 
 def parse_size_bytes(value: object) -> int:
     """Parse a size (``"5.4GiB"``, ``"100MB"``, ``4096``) into bytes."""
-    return _parse(value, SIZE_UNITS_BYTES, "size (e.g. 100MB, 5.4GiB)")
+    result = _parse(value, SIZE_UNITS_BYTES, "size (e.g. 100MB, 5.4GiB)")
+    return _bounded(value, result, MAX_SIZE_BYTES, "1048576TiB (2**60 B)")
 
 
 def parse_duration_s(value: object) -> int:
     """Parse a duration (``"30s"``, ``"15m"``, ``"1h30m"``, ``"1d"``, ``60``) into seconds."""
     what = "duration (e.g. 30s, 15m, 1h, 1d)"
     if not isinstance(value, str):
-        return _parse(value, {"": 1}, what)
+        return _bounded(value, _parse(value, {"": 1}, what), MAX_DURATION_S, "36525d")
     text = value.strip()
     if not text:
         raise UnitError(f"{value!r} is not a {what}")
@@ -91,7 +112,8 @@ def parse_duration_s(value: object) -> int:
             raise UnitError(f"{value!r} is not a {what}")
         total += Decimal(term.group(1)) * DURATION_UNITS_S[term.group(2).lower()]
         pos = term.end()
-    return int(total.to_integral_value(rounding=ROUND_HALF_UP))
+    result = int(total.to_integral_value(rounding=ROUND_HALF_UP))
+    return _bounded(value, result, MAX_DURATION_S, "36525d")
 
 
 def _exact(amount: int, steps: tuple[tuple[int, str], ...], base: str) -> str:

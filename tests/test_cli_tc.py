@@ -63,6 +63,23 @@ def test_init_on_get_off_as_in_the_issue(ns: Netns) -> None:
         (["tc", "get", "--dev", "v0"], "no bwenforcer HTB tree on dev v0", 4),
         (["tc", "on", "no_such_account_x", "--dev", "v0"], "'no_such_account_x'", 2),
         (["tc", "on", "5", "--dev", "v0", "--share", "0"], "not a share", 2),
+        (["tc", "on", "5", "--dev", "v0", "--share", "1" + "0" * 30], "not a share", 2),
+        (["tc", "init", "--dev", "v0", "--cap", "0"], "--cap 0bit is below bwmin 8kbit", 2),
+        (["tc", "init", "--dev", "v0", "--bwmax", "1bit"], "--bwmax 1bit is below bwmin", 2),
+        (
+            ["tc", "init", "--dev", "v0", "--cap", "20mbit", "--bwmax", "10mbit"],
+            "--cap 20mbit is above --bwmax 10mbit",
+            2,
+        ),
+        (["tc", "init", "--dev", "v0", "--cap", "1" + "0" * 30], "above the maximum 10tbit", 2),
+        (["tc", "on", "5", "--dev", "v0", "--max", "1" + "0" * 30], "above the maximum", 2),
+        (["tc", "on", "0", "--dev", "v0"], "xid 0 is the root class; name it 'root'", 2),
+        (
+            ["tc", "on", "4095", "--dev", "v0"],
+            "xid 4095 is the default class; name it 'default'",
+            2,
+        ),
+        (["tc", "off", "0xfff", "--dev", "v0"], "name it 'default'", 2),
     ],
 )
 def test_bad_input_gives_one_clear_line(ns: Netns, args: list[str], needle: str, code: int) -> None:

@@ -114,6 +114,7 @@ KEYS = {
     "kernel_available": "kernel readable",
     "mails_sent": "mails sent",
     "mails_failed": "mails failed",
+    "mails_deferred": "mails deferred",
     "resets": "operator resets",
     # containers and the rest
     "slices": "slices",

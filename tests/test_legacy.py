@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+import logging
 import pickle
 import pickletools
 import shutil
@@ -409,6 +410,24 @@ def test_one_bad_slice_is_skipped_and_named(tmp_path: Path, caplog: Any) -> None
     assert set(state.slices) == {5}
     assert "skipping slice pl_bad (6): bytes = -3" in caplog.text
     assert "skipping slice pl_wide (70000): xid 70000 out of range" in caplog.text
+
+
+def test_a_name_with_a_line_break_is_skipped_and_logged_escaped(
+    tmp_path: Path, caplog: Any
+) -> None:
+    live = {
+        5: Py2Instance(bwmon_slice(5, "pl_ok", NOW_S - 10, 1, 2)),
+        6: Py2Instance(bwmon_slice(6, "pl_a\nFAKE line", NOW_S - 10, 1, 2)),
+    }
+    deaddb = {"pl_d\r\nFAKE": Py2Instance(bwmon_slice(9, "pl_d\r\nFAKE", NOW_S - 100, 1, 2))}
+    data = py2_dumps((VERSION, live, deaddb), 2)
+    with caplog.at_level(logging.INFO):
+        state = import_legacy(write(tmp_path, data), CONFIG, NOW_S)
+    assert set(state.slices) == {5} and state.ledger == {}
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("\n" in m or "\r" in m for m in messages), messages
+    assert any("skipping slice 'pl_a\\nFAKE line' (6): name" in m for m in messages), messages
+    assert any("skipping dead slice 'pl_d\\r\\nFAKE'" in m for m in messages), messages
 
 
 def test_expired_and_revived_dead_slices_stay_out_of_the_ledger(tmp_path: Path) -> None:

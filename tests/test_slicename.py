@@ -35,3 +35,20 @@ def test_bad_names() -> None:
         resolve_slice("0xzz")
     with pytest.raises(UsageError, match="nobody_here"):
         resolve_slice("nobody_here")
+
+
+def test_the_root_and_default_classes_are_reached_only_by_their_names() -> None:
+    assert resolve_slice("root") == (0, "root")
+    assert resolve_slice("default") == (0xFFF, "default")
+    for text, special in (("0", "root"), ("00", "root"), ("4095", "default"), ("0xfff", "default")):
+        with pytest.raises(UsageError) as caught:
+            resolve_slice(text)
+        assert str(caught.value) == (
+            f"slice {text}: xid {int(text, 0) if text.startswith('0x') else int(text)}"
+            f" is the {special} class; name it {special!r}"
+        )
+    # an account whose uid is 0 but is not called root (as toor on some systems)
+    accounts = [e.pw_name for e in pwd.getpwall() if e.pw_uid == 0 and e.pw_name != "root"]
+    for name in accounts:
+        with pytest.raises(UsageError, match="is the root class"):
+            resolve_slice(name)

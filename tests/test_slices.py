@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from bwenforcer.config import Config
 from bwenforcer.errors import ConfigError
+from bwenforcer.layout import MAX_SHARE
 from bwenforcer.slices import from_nodemanager_db, load_slices_file, resolve_policy
 
 CFG = Config(node_cap_bps=10_000_000, bwmax_bps=100_000_000)
@@ -90,7 +91,7 @@ def test_nodemanager_db_and_the_off_switch() -> None:
     rspec=st.fixed_dictionaries(
         {},
         optional={
-            k: st.integers(0, 10**8)
+            k: st.integers(0, MAX_SHARE if k.endswith("share") else 10**8)
             for k in (
                 "net_min_rate",
                 "net_max_rate",
@@ -179,3 +180,97 @@ def test_the_parsed_slices_file_is_kept_beside_the_state_while_its_bytes_are_unc
     slices.write_text("slices:\n  - {name: pl_c, xid: 3, rspec: {2021-01-01: 1}}\n")
     load_slices_file(str(slices), config)
     assert not cache.exists()  # a date key: JSON would not say what it was
+
+
+def test_the_root_and_default_xids_are_refused_for_a_slice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "slices:\n"
+        "  - {name: pl_root, xid: 0}\n"
+        "  - {name: pl_dflt, xid: 4095}\n"
+        "  - {name: pl_hex, xid: 0xfff}\n"
+        "  - {name: pl_ok, xid: 1}\n"
+    )
+    with caplog.at_level(logging.ERROR):
+        desired = load_slices_file(str(path), CFG)
+    assert [s.xid for s in desired.slices] == [1]
+    assert [e.split(": ", 2)[2] for e in desired.errors] == [
+        "slice pl_root: xid 0 is the root class's, not a slice's (slice xids are 1..4094); skipped",
+        "slice pl_dflt: xid 4095 is the default class's, not a slice's (slice xids are 1..4094);"
+        " skipped",
+        "slice pl_hex: xid 4095 is the default class's, not a slice's (slice xids are 1..4094);"
+        " skipped",
+    ]
+    db = {
+        "pl_a": {"name": "pl_a", "xid": 0, "_rspec": {}},
+        "pl_b": {"name": "pl_b", "xid": 0xFFF, "_rspec": {}},
+        "root": {"name": "root", "_rspec": {}},  # no xid: the account's uid, 0
+    }
+    from_db = from_nodemanager_db(db, CFG)
+    assert from_db.slices == () and len(from_db.errors) == 3
+    assert all("class's, not a slice's" in e and "\n" not in e for e in from_db.errors)
+
+
+def test_a_name_with_a_line_break_is_refused_and_logged_escaped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        'slices:\n  - {name: "pl_a\\n", xid: 10}\n  - {name: "pl_b\\r\\nFAKE line", xid: 11}\n'
+    )
+    with caplog.at_level(logging.ERROR):
+        desired = load_slices_file(str(path), CFG)
+    assert desired.slices == () and len(desired.errors) == 2
+    assert "'pl_a\\n'" in desired.errors[0]
+    assert "'pl_b\\r\\nFAKE line'" in desired.errors[1]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert not any("\n" in m or "\r" in m for m in messages + list(desired.errors))
+    db = {"x": {"name": "pl_c\n", "xid": 12, "_rspec": {}}}
+    errors = from_nodemanager_db(db, CFG).errors
+    assert len(errors) == 1 and "'pl_c\\n'" in errors[0] and "\n" not in errors[0]
+
+
+def test_an_unknown_key_in_a_slice_record_is_named_with_the_slice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "slices:\n  - {name: pl_a, xid: 10, rpsec: {net_max_rate: 5}}\n  - {name: pl_b, xid: 11}\n"
+    )
+    with caplog.at_level(logging.ERROR):
+        desired = load_slices_file(str(path), CFG)
+    assert [s.name for s in desired.slices] == ["pl_b"]
+    assert desired.errors == (
+        f"{path}: slices[0] (pl_a): slice pl_a: unknown key rpsec (keys: name, xid, rspec); skipped",
+    )
+    assert [r.getMessage() for r in caplog.records] == list(desired.errors)
+
+
+def test_a_key_given_twice_in_the_slices_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("slices:\n  - name: pl_a\n    xid: 10\n    xid: 11\n")
+    with pytest.raises(ConfigError) as caught:
+        load_slices_file(str(path), CFG)
+    assert str(caught.value) == f"{path}: line 4: duplicate key 'xid'"
+
+
+def test_rspec_values_have_an_upper_bound(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "slices:\n"
+        "  - {name: pl_a, xid: 10, rspec: {net_max_kbyte: 1.0e+30}}\n"
+        "  - {name: pl_b, xid: 11, rspec: {net_i2_max_rate: '1000000000000000000000'}}\n"
+        "  - {name: pl_c, xid: 12, rspec: {net_share: 1000000000000}}\n"
+        "  - {name: pl_d, xid: 13, rspec: {net_max_kbyte: 1125899906842624, net_share: 1000000}}\n"
+    )
+    desired = load_slices_file(str(path), CFG)
+    assert [s.name for s in desired.slices] == ["pl_d"]
+    assert desired.slices[0].default.limit_bytes == 2**60
+    assert [e.split(": ", 2)[2] for e in desired.errors] == [
+        "slice pl_a: net_max_kbyte: 1e+30 is above the maximum 1125899906842624; skipped",
+        "slice pl_b: net_i2_max_rate: 1e+21 is above the maximum 10000000000; skipped",
+        "slice pl_c: net_share: 1000000000000 is above the maximum 1000000; skipped",
+    ]

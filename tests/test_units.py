@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bwenforcer.errors import UnitError
 from bwenforcer.units import (
+    MAX_DURATION_S,
+    MAX_RATE_BPS,
+    MAX_SIZE_BYTES,
     format_duration,
     format_rate,
     format_size,
@@ -100,7 +105,7 @@ def test_parse_duration_rejects(bad: str) -> None:
         parse_duration_s(bad)
 
 
-@given(st.integers(min_value=0, max_value=10**15))
+@given(st.integers(min_value=0, max_value=MAX_RATE_BPS))
 def test_rate_round_trip(bps: int) -> None:
     assert parse_rate_bps(format_rate(bps)) == bps
 
@@ -113,6 +118,27 @@ def test_size_round_trip(size: int) -> None:
 @given(st.integers(min_value=0, max_value=10**9))
 def test_duration_round_trip(seconds: int) -> None:
     assert parse_duration_s(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "maximum", "shown"),
+    [
+        (parse_rate_bps, "10000000000001bit", MAX_RATE_BPS, "10tbit"),
+        (parse_rate_bps, 10**30, MAX_RATE_BPS, "10tbit"),
+        (parse_rate_bps, 1e30, MAX_RATE_BPS, "10tbit"),
+        (parse_size_bytes, "1048577TiB", MAX_SIZE_BYTES, "1048576TiB"),
+        (parse_size_bytes, 10**30, MAX_SIZE_BYTES, "1048576TiB"),
+        (parse_duration_s, "100000000d", MAX_DURATION_S, "36525d"),
+        (parse_duration_s, 10**30, MAX_DURATION_S, "36525d"),
+    ],
+)
+def test_values_have_an_upper_bound(
+    parse: Callable[[object], int], text: object, maximum: int, shown: str
+) -> None:
+    with pytest.raises(UnitError, match=f"is above the maximum {shown}") as caught:
+        parse(text)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 100
+    assert parse(maximum) == maximum  # the bound itself is allowed
 
 
 def test_format_exact_examples() -> None:

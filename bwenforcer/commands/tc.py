@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UnitError, UsageError
-from ..units import human_rate, parse_rate_bps
+from ..layout import MAX_SHARE
+from ..units import format_rate, human_rate, parse_rate_bps
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -45,8 +46,8 @@ def _share(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a share (a whole number ≥ 1)")
+    if not 1 <= value <= MAX_SHARE:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share (a whole number 1..{MAX_SHARE})")
     return value
 
 
@@ -93,20 +94,32 @@ def _say(args: argparse.Namespace, line: str) -> None:
         print(line)
 
 
-def _backend(args: argparse.Namespace) -> tuple[HtbBackend, Config]:
+def _backend(args: argparse.Namespace, config: Config | None = None) -> tuple[HtbBackend, Config]:
     from ..config import load_config
     from ..htb import HtbBackend
 
-    config = load_config(args.config)
+    if config is None:
+        config = load_config(args.config)
     return HtbBackend(args.dev or config.device), config
 
 
 def run_init(args: argparse.Namespace) -> int:
-    """``tc init``."""
-    kernel, config = _backend(args)
+    """``tc init``; the rates are checked before the kernel is asked anything."""
+    from ..config import load_config
+
+    config = load_config(args.config)
+    cap = args.cap if args.cap is not None else config.node_cap_bps
+    bwmax = args.bwmax if args.bwmax is not None else config.bwmax_bps
+    for flag, value in (("--cap", args.cap), ("--bwmax", args.bwmax)):
+        if value is not None and value < config.bwmin_bps:
+            raise UsageError(
+                f"tc init: {flag} {format_rate(value)} is below bwmin"
+                f" {format_rate(config.bwmin_bps)} (the floor of every rate)"
+            )
+    if args.cap is not None and args.bwmax is not None and cap > bwmax:
+        raise UsageError(f"tc init: --cap {format_rate(cap)} is above --bwmax {format_rate(bwmax)}")
+    kernel, config = _backend(args, config)
     with kernel:
-        cap = args.cap if args.cap is not None else config.node_cap_bps
-        bwmax = args.bwmax if args.bwmax is not None else config.bwmax_bps
         kernel.init(cap, max(bwmax, cap), config.bwmin_bps)
     line_rate = human_rate(max(bwmax, cap))
     _say(args, f"tc init: HTB tree on {kernel.dev}: cap {human_rate(cap)}, line rate {line_rate}")
