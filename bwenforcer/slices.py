@@ -1,8 +1,10 @@
 """Slice sources → one desired-slice model: the YAML slices file and the node-manager database.
 
 Rspec attributes keep their historic units: ``net_*_rate`` in kbit/s,
-``net_*_kbyte`` in KiB (``i2`` = exempt). A bad slice is skipped with one logged
-error naming it; the others proceed.
+``net_*_kbyte`` in KiB (``i2`` = exempt). A bad record is skipped with one logged
+error naming it (once per change of the slices file); the others proceed. A bad
+record that names a slice is reported as an :class:`InvalidRecord`: the planner
+keeps that slice as it was, if it has one.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .atomicfile import replace_file
 from .config import Config, ConfigError, parse_yaml, read_bytes
 from .errors import SliceError
 from .layout import TRAFFIC_CLASSES, TrafficClass, check_xid
-from .model import ClassPolicy, DesiredSet, DesiredSlice
+from .model import ClassPolicy, DesiredSet, DesiredSlice, InvalidRecord
 from .units import kbit_to_bps, kib_to_bytes
 
 log = logging.getLogger(__name__)
@@ -142,10 +144,17 @@ def _slice(
 
 
 def _collect(
-    entries: list[tuple[str, object, object, object]], config: Config, where: str
+    entries: list[tuple[str, object, object, object]],
+    config: Config,
+    where: str,
+    log_errors: bool = True,
 ) -> DesiredSet:
+    """The desired set of ``entries``; with ``log_errors`` False, errors are only returned
+    (they were logged when these very entries were last read).
+    """
     slices: list[DesiredSlice] = []
     errors: list[str] = []
+    invalid: list[InvalidRecord] = []
     names: set[str] = set()
     xids: set[int] = set()
     resolved: dict[object, _Resolved] = {}
@@ -158,13 +167,17 @@ def _collect(
                 raise SliceError(f"slice {want.name}: xid {want.xid} already used by another slice")
         except SliceError as exc:
             line = f"{where}: {label}: {exc}; skipped"
-            log.error("%s", line)
+            if log_errors:
+                log.error("%s", line)
             errors.append(line)
+            if isinstance(name, str) and NAME.match(name):
+                valid_xid = isinstance(xid, int) and not isinstance(xid, bool)
+                invalid.append(InvalidRecord(name, xid if valid_xid else None, line))
             continue
         names.add(want.name)
         xids.add(want.xid)
         slices.append(want)
-    return DesiredSet(tuple(slices), errors=tuple(errors))
+    return DesiredSet(tuple(slices), errors=tuple(errors), invalid=tuple(invalid))
 
 
 CACHE_VERSION = 1
@@ -175,9 +188,10 @@ def slices_cache_path(config: Config) -> str:
     return f"{config.state_file}.slices-cache"
 
 
-def _read_slices_data(path: str, cache_path: str) -> object:
+def _read_slices_data(path: str, cache_path: str) -> tuple[object, bool]:
     """The parsed slices file, from the cache beside the state while the file's bytes
-    are the ones it was made from.
+    are the ones it was made from; and whether it was parsed (not from the cache:
+    the file is new or changed, so its errors are to be logged).
 
     YAML is slow to parse in Python (~0.1 s at 4,000 slices, most of a cron run);
     the cache is JSON, tagged with the file's SHA-256. It is written when the
@@ -190,23 +204,23 @@ def _read_slices_data(path: str, cache_path: str) -> object:
         with open(cache_path, "rb") as f:
             cached = json.loads(f.read())
         if cached["version"] == CACHE_VERSION and cached["sha256"] == digest:
-            return cached["data"]
+            return cached["data"], False
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no cache, or not one we can use: parse the file
     data = parse_yaml(raw, path)
     try:
         text = json.dumps({"version": CACHE_VERSION, "sha256": digest, "data": data})
         if json.loads(text)["data"] != data:
-            return data  # dates, integer keys…: only YAML says what they are
+            return data, True  # dates, integer keys…: only YAML says what they are
         replace_file(cache_path, text.encode())
     except (OSError, TypeError, ValueError) as exc:
         log.debug("slices cache %s not written: %s", cache_path, exc)
-    return data
+    return data, True
 
 
 def load_slices_file(path: str, config: Config) -> DesiredSet:
     """The slices of a YAML slices file (``slices:`` a list of ``{name, xid, rspec}``)."""
-    data = _read_slices_data(path, slices_cache_path(config))
+    data, changed = _read_slices_data(path, slices_cache_path(config))
     if not isinstance(data, dict) or set(data) - {"slices"}:
         raise ConfigError(f"{path}: expected a mapping with one key, 'slices'")
     items = data.get("slices") or []
@@ -222,10 +236,11 @@ def load_slices_file(path: str, config: Config) -> DesiredSet:
         name = item.get("name")
         if unknown:
             entries.append((label, name, None, None))
-            log.error("%s: %s: unknown key %s", path, label, sorted(unknown)[0])
+            if changed:
+                log.error("%s: %s: unknown key %s", path, label, sorted(unknown)[0])
             continue
         entries.append((f"{label} ({name})", name, item.get("xid"), item.get("rspec")))
-    return _collect(entries, config, path)
+    return _collect(entries, config, path, log_errors=changed)
 
 
 def _uid(name: str) -> int | None:
