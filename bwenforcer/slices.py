@@ -251,9 +251,14 @@ def _uid(name: str) -> int | None:
 
 
 def from_nodemanager_db(
-    db: Mapping[str, Mapping[str, Any]], config: Config, default_record_suffix: str = "_default"
+    db: Mapping[str, Mapping[str, Any]],
+    config: Config,
+    default_record_suffix: str = "_default",
+    log_errors: bool = True,
 ) -> DesiredSet:
-    """The slices of a PlanetLab node-manager database ``{name: {"name", "_rspec", …}}``."""
+    """The slices of a PlanetLab node-manager database ``{name: {"name", "_rspec", …}}``;
+    with ``log_errors`` False, its bad records are returned, not logged.
+    """
     entries: list[tuple[str, object, object, object]] = []
     for key, record in db.items():
         name = record.get("name", key) if isinstance(record, Mapping) else key
@@ -267,4 +272,4 @@ def from_nodemanager_db(
         if xid is None and isinstance(name, str):
             xid = _uid(name)
         entries.append((f"record {name}", name, xid, rspec))
-    return _collect(entries, config, "node manager database")
+    return _collect(entries, config, "node manager database", log_errors)
