@@ -20,7 +20,7 @@ from .cycle import CycleResult, Hooks, run_cycle
 from .errors import DiskFull, Error, KernelError, TreeNotInitialised, UnsafePath
 from .executor import Notifier
 from .model import DesiredSet, KernelOp, KernelSnapshot, OpFailure, SliceState
-from .planner import Notify
+from .planner import Notify, Plan
 
 if TYPE_CHECKING:
     from .atomicfile import FileIdentity
@@ -189,7 +189,7 @@ class Agent:
             self._store = StateStore(self.config.state_file)
         dry_run = dry_run or self.config.dry_run
 
-        hooks = Hooks(classifier=self._classifier_hook(), after_save=self._record_history)
+        hooks = Hooks(classifier=self._classifier_hook(), before_save=self._record_history)
         try:
             with gc_paused():
                 result = run_cycle(
@@ -212,19 +212,24 @@ class Agent:
             self._problem = None
         return result
 
-    def _record_history(self, result: CycleResult) -> None:
+    def _record_history(self, plan: Plan) -> None:
         """Add the cycle's per-slice deltas to the usage history.
 
         A failure is logged, not fatal; but a full disk or an unsafe directory is
         raised (exit 5): those need the operator.
         """
-        from .history import CycleUsage, HistoryRecorder
+        from .history import CycleUsage, HistoryRecorder, capped_span_s
 
         if self._history is None:
             self._history = HistoryRecorder(self.config.history_file, self.config.history)
-        usage = [CycleUsage(*used) for used in result.plan.usage()]
+        usage = [CycleUsage(*used) for used in plan.usage()]
+        previous_s = plan.state.saved_s  # the last cycle's (the state it saved)
+        stepped = plan.clock_step is not None
+        capped_s = capped_span_s(plan.now_s, previous_s, self.config.interval_s, stepped)
         try:
-            self._history.record(result.plan.now_s, self.config.interval_s, usage)
+            self._history.record(
+                plan.now_s, capped_s, usage, base_s=previous_s or 0, roll_up=not stepped
+            )
         except (DiskFull, UnsafePath):
             raise  # the operator must act: exit 5, not a line in a log
         except (Error, OSError) as exc:

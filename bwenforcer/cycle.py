@@ -1,12 +1,13 @@
 """One enforcement cycle: the imperative shell around the pure planner.
 
 lock → load state → dump kernel → plan → apply (kernel, classifier, mail) →
-save state → history. Every outside part is passed in, so the daemon, the
+history → save state. Every outside part is passed in, so the daemon, the
 node-manager thread and ``sync`` share this code and tests use real parts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -105,7 +106,11 @@ class Hooks:
     """Optional steps after the kernel changes; each failure is logged and counted."""
 
     classifier: Callable[[DesiredSet], None] | None = None
-    after_save: Callable[[CycleResult], None] | None = None
+    # Records the cycle in the usage history before the state is saved: a cycle
+    # killed in between leaves a history record the next cycle drops, rather than
+    # a saved cycle the history never hears of (the history has one writer: the
+    # lock holder).
+    before_save: Callable[[Plan], None] | None = None
 
 
 def run_cycle(
@@ -128,6 +133,12 @@ def run_cycle(
         snapshot = kernel.dump()
         now_s = int(clock())
         the_plan = plan(desired, snapshot, loaded.state, PlanParams.from_config(config), now_s)
+        if the_plan.clock_step is not None:
+            log.warning(
+                "%s: no period ends, no ledger entry expires and the history is not rolled"
+                " up this cycle",
+                the_plan.clock_step,
+            )
         if dry_run:
             return CycleResult(
                 started, clock() - started, the_plan, None, loaded.recovered_from, desired.errors
@@ -136,10 +147,16 @@ def run_cycle(
         extra: list[str] = []
         if hooks.classifier is not None and not the_plan.limiting_off:
             try:
-                hooks.classifier(desired)
+                hooks.classifier(
+                    dataclasses.replace(desired, slices=desired.slices + the_plan.held)
+                    if the_plan.held
+                    else desired
+                )
             except Error as exc:
                 log.error("classifier failed: %s", exc)
                 extra.append(f"classifier: {exc}")
+        if hooks.before_save is not None:
+            hooks.before_save(the_plan)
         store.save(outcome.state, now_s)
         result = CycleResult(
             started,
@@ -150,8 +167,6 @@ def run_cycle(
             desired.errors,
             tuple(extra),
         )
-        if hooks.after_save is not None:  # under the lock: the history has one writer
-            hooks.after_save(result)
     log.info(
         "cycle %s in %.3fs: %d slices, %d kernel changes, %d failures",
         result.result,

@@ -43,13 +43,19 @@ rewritten with its generation incremented and a new, empty journal is started
 for that generation. A journal whose generation is not the file's was already
 folded in (the writer stopped between the two steps) and is ignored::
 
-    journal  "BWHJ"  u16 version (1)  u16 generation of the file it extends
+    journal  "BWHJ"  u16 version (2)  u16 generation of the file it extends
     record   u32 payload length, u32 CRC-32 of the payload, then the payload:
-             u64 cycle time (Unix s), u32 interval s, then per slice:
+             u64 cycle time (Unix s), u32 capped s, u64 save time of the state
+             the cycle started from (0: none), then per slice:
              u8 name length, name, u64 default bytes, u64 exempt bytes,
              u8 capped (bit 0 default, bit 1 exempt)
 
-A record cut short by a crash is dropped (and cut off before the next append).
+(Version 1 records lack the state's save time; such a journal is read, and
+folded in before anything is appended.) A record cut short by a crash is
+dropped (and cut off before the next append). A cycle appends its record before
+it saves its state; the next cycle cuts the record off if that save never
+happened (see :meth:`HistoryRecorder.record`), so the history and the state
+count the same bytes whatever instant the agent is killed at.
 """
 
 from __future__ import annotations
@@ -138,6 +144,23 @@ class CycleUsage:
     exempt_bytes: int
     capped_default: bool
     capped_exempt: bool
+
+
+def capped_span_s(
+    now_s: int, previous_s: int | None, interval_s: int, clock_stepped: bool = False
+) -> int:
+    """Capped time a class capped at ``now_s`` adds: the time since the previous cycle.
+
+    Cron and node-manager cycles come at irregular times: ``interval_s`` per cycle
+    would record fiction. The span is at most an hour, the bucket it goes to (a
+    long pause of the agent is not all counted). The first cycle has no span (0);
+    after a clock step the span is not known: ``interval_s``.
+    """
+    if previous_s is None:
+        return 0
+    if clock_stepped or now_s < previous_s:
+        return interval_s
+    return min(now_s - previous_s, HOUR_S)
 
 
 @dataclass(frozen=True)
@@ -258,7 +281,8 @@ class History:
         self.generation = 0  # of the file it was read from; its journal names it
 
     def record(self, now_s: int, interval_s: int, usage: Iterable[CycleUsage]) -> None:
-        """Add one cycle's deltas (and ``interval_s`` of capped time per capped class).
+        """Add one cycle's deltas (and ``interval_s`` of capped time per capped class:
+        see :func:`capped_span_s`).
 
         Everything goes to the UTC hour of ``now_s``. A negative delta is ignored (logged
         and counted in :attr:`ignored`); the slice's other class still counts.
@@ -576,13 +600,16 @@ def make_history_dir(path: str) -> None:
 # --- the journal ---------------------------------------------------------------
 
 JOURNAL_MAGIC = b"BWHJ"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
 # Fold the journal in before its day is out once it is past both of these.
 JOURNAL_FOLD_MIN_BYTES = 1 << 20
 JOURNAL_FOLD_SHARE = 4  # a quarter of the history file
 _JOURNAL_HEADER = struct.Struct("<4sHH")
 _RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
-_CYCLE = struct.Struct("<QI")  # cycle time, interval
+# cycle time, capped seconds, and (version 2) the save time of the state the cycle
+# started from: the cycle's own save either follows the record or never happened
+_CYCLES = {1: struct.Struct("<QI"), 2: struct.Struct("<QIQ")}
+_CYCLE = _CYCLES[JOURNAL_VERSION]
 _ENTRY = struct.Struct("<QQB")  # default bytes, exempt bytes, capped bits
 _GENERATION_MASK = 0xFFFF
 
@@ -601,15 +628,19 @@ def encode_cycle(
     interval_s: int,
     usage: Iterable[CycleUsage],
     names: dict[str, bytes | None] | None = None,
+    base_s: int | None = None,
 ) -> bytes:
     """One journal record: the cycle's usage, as :meth:`History.record` would take it.
 
     Refuses what record() refuses, with the same log lines: negative deltas
     (counted as 0) and names too long to store (left out). ``names`` keeps each
-    slice name's encoded form (None: too long) across calls.
+    slice name's encoded form (None: too long) across calls. ``base_s`` is the
+    save time of the state the cycle started from (0: there was none; None: not
+    known, the record is never taken for an unsaved cycle's).
     """
     names = {} if names is None else names
-    parts = [_CYCLE.pack(now_s, min(max(0, interval_s), _U32))]
+    base = _U64 if base_s is None else min(base_s, _U64 - 1)
+    parts = [_CYCLE.pack(now_s, min(max(0, interval_s), _U32), base)]
     pack_entry = _ENTRY.pack
     for u in usage:
         name = u.slice_name
@@ -629,10 +660,12 @@ def encode_cycle(
     return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _decode_cycle(payload: bytes, source: str) -> tuple[int, int, list[CycleUsage]]:
-    now_s, interval_s = _CYCLE.unpack_from(payload)
+def _decode_cycle(
+    payload: bytes, source: str, cycle: struct.Struct
+) -> tuple[int, int, list[CycleUsage]]:
+    now_s, interval_s = cycle.unpack_from(payload)[:2]
     usage: list[CycleUsage] = []
-    offset, end = _CYCLE.size, len(payload)
+    offset, end = cycle.size, len(payload)
     while offset < end:
         length = payload[offset]
         start, offset = offset + 1, offset + 1 + length
@@ -653,6 +686,10 @@ class _JournalEnd:
     end: int  # offset after the last sound record: the next one goes here
     size: int  # of the file: more than ``end`` if a record was cut short
     first_s: int | None  # cycle time of the first record (None: no record yet)
+    version: int = JOURNAL_VERSION
+    # the last record: (offset, save time of the state its cycle started from, cycle
+    # time); None if unknown (no record, or version 1 records, which carry no base)
+    last: tuple[int, int, int] | None = None
 
 
 def _journal_end(fd: int, source: str) -> _JournalEnd | None:
@@ -666,43 +703,51 @@ def _journal_end(fd: int, source: str) -> _JournalEnd | None:
     if len(header) < _JOURNAL_HEADER.size:
         return None
     magic, version, generation = _JOURNAL_HEADER.unpack(header)
-    if magic != JOURNAL_MAGIC or version != JOURNAL_VERSION:
+    cycle = _CYCLES.get(version)
+    if magic != JOURNAL_MAGIC or cycle is None:
         return None
     offset, first_s = _JOURNAL_HEADER.size, None
     last: tuple[int, int, int] | None = None
-    while offset + _RECORD.size + _CYCLE.size <= size:
+    while offset + _RECORD.size + cycle.size <= size:
         length, crc = _RECORD.unpack(os.pread(fd, _RECORD.size, offset))
         end = offset + _RECORD.size + length
-        if length < _CYCLE.size or end > size:
+        if length < cycle.size or end > size:
             break
         if first_s is None:
             first_s = _U64_STRUCT.unpack(os.pread(fd, 8, offset + _RECORD.size))[0]
         last = (offset, length, crc)
         offset = end
+    tag: tuple[int, int, int] | None = None
     if last is not None:
         start, length, crc = last
-        if zlib.crc32(os.pread(fd, length, start + _RECORD.size)) != crc:
+        payload = os.pread(fd, length, start + _RECORD.size)
+        if zlib.crc32(payload) != crc:
             log.warning("history journal %s: last record damaged, dropped", source)
             offset = start
             if start == _JOURNAL_HEADER.size:
                 first_s = None
-    return _JournalEnd(generation, offset, size, first_s)
+        elif version == JOURNAL_VERSION:
+            now_s, _, base_s = cycle.unpack_from(payload)
+            tag = (start, base_s, now_s)
+    return _JournalEnd(generation, offset, size, first_s, version, tag)
 
 
-def _journal_records(data: bytes, source: str) -> Iterator[tuple[int, int, list[CycleUsage]]]:
+def _journal_records(
+    data: bytes, source: str, cycle: struct.Struct
+) -> Iterator[tuple[int, int, list[CycleUsage]]]:
     """The sound records of a journal's bytes, up to the first damaged one (logged)."""
     offset = _JOURNAL_HEADER.size
     while offset + _RECORD.size <= len(data):
         length, crc = _RECORD.unpack_from(data, offset)
         start, end = offset + _RECORD.size, offset + _RECORD.size + length
         payload = data[start:end]
-        if end > len(data) or length < _CYCLE.size or zlib.crc32(payload) != crc:
+        if end > len(data) or length < cycle.size or zlib.crc32(payload) != crc:
             log.warning(
                 "history journal %s: damaged record at byte %d, rest ignored", source, offset
             )
             return
         try:
-            yield _decode_cycle(payload, source)
+            yield _decode_cycle(payload, source, cycle)
         except HistoryCorrupt as exc:
             log.warning("history journal %s: %s, rest ignored", source, exc)
             return
@@ -723,12 +768,13 @@ def _with_journal(history: History, path: str, no_file: bool) -> History:
         log.warning("history journal %s: not a journal, ignored", journal)
         return history
     _, version, generation = _JOURNAL_HEADER.unpack_from(data)
-    if version != JOURNAL_VERSION:
+    cycle = _CYCLES.get(version)
+    if cycle is None:
         log.warning("history journal %s: version %d, ignored", journal, version)
         return history
     if generation != history.generation and not no_file:
         return history  # folded in already
-    for now_s, interval_s, usage in _journal_records(data, journal):
+    for now_s, interval_s, usage in _journal_records(data, journal, cycle):
         history.record(now_s, interval_s, usage)
     return history
 
@@ -758,25 +804,69 @@ class HistoryRecorder:
         self._names: dict[str, bytes | None] = {}
         self._known: tuple[FileIdentity | None, _JournalEnd] | None = None
 
-    def record(self, now_s: int, interval_s: int, usage: list[CycleUsage]) -> None:
-        """Record one cycle; HistoryError (the history as it was) if it cannot be written."""
+    def record(
+        self,
+        now_s: int,
+        capped_s: int,
+        usage: list[CycleUsage],
+        *,
+        base_s: int | None = None,
+        roll_up: bool = True,
+    ) -> None:
+        """Record one cycle; HistoryError (the history as it was) if it cannot be written.
+
+        A cycle records before it saves its state; ``base_s`` is the save time of the
+        state it started from (0: none; None: not known, nothing is checked). A last
+        record that started from that same state, and is not the cycle that saved it,
+        is of a cycle whose state was never saved (killed, or its save failed): this
+        cycle counts its bytes again, so that record is cut off first. ``capped_s``
+        is what each capped class adds to its capped time. Without ``roll_up`` (the
+        clock stepped), the journal is not folded: nothing ages out on the clock's word.
+        """
         self._known, known = None, self._known
+        base = _U64 if base_s is None else min(base_s, _U64 - 1)
         try:
             end = self._end(known)
-            if self._fold_due(end, now_s):
-                self._fold(now_s, interval_s, usage)
-                return
-            if not usage:
-                self._known = (file_identity(self.journal), end)
-                return
-            record = encode_cycle(now_s, interval_s, usage, self._names)
-            self._append(end, record)
+            if base_s is not None:
+                end = self._drop_unsaved(end, base)
+            if end.version != JOURNAL_VERSION or (roll_up and self._fold_due(end, now_s)):
+                end = self._fold(now_s, roll_up)
+            if usage:
+                record = encode_cycle(now_s, capped_s, usage, self._names, base_s)
+                self._append(end, record)
+                after = end.end + len(record)
+                first_s = now_s if end.first_s is None else end.first_s
+                end = _JournalEnd(end.generation, after, after, first_s, end.version,
+                                  (end.end, base, now_s))  # fmt: skip
         except OSError as exc:
             what = f"{self.journal}: cannot record"
             raise disk_full(exc, what) or HistoryError(f"{what}: {exc.strerror or exc}") from exc
-        end = _JournalEnd(end.generation, end.end + len(record), end.end + len(record),
-                          now_s if end.first_s is None else end.first_s)  # fmt: skip
         self._known = (file_identity(self.journal), end)
+
+    def _drop_unsaved(self, end: _JournalEnd, base_s: int) -> _JournalEnd:
+        """``end`` without its last record if that record's cycle never saved its state.
+
+        Only the last record can be such: every cycle checks before it appends.
+        (Two cycles in the same second cannot be told apart: that record is kept.)
+        """
+        last = end.last
+        if last is None or last[1] != base_s or last[2] == base_s:
+            return end
+        offset, _, cycle_s = last
+        log.warning(
+            "history journal %s: the cycle of %d never saved its state: its record dropped"
+            " (the next cycle counts those bytes)",
+            self.journal,
+            cycle_s,
+        )
+        fd = os.open(self.journal, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        first_s = None if offset == _JOURNAL_HEADER.size else end.first_s
+        return _JournalEnd(end.generation, offset, offset, first_s, end.version)
 
     def _end(self, known: tuple[FileIdentity | None, _JournalEnd] | None) -> _JournalEnd:
         """The journal's end, starting a journal for the file's generation if needed."""
@@ -841,14 +931,16 @@ class HistoryRecorder:
         finally:
             os.close(fd)
 
-    def _fold(self, now_s: int, interval_s: int, usage: list[CycleUsage]) -> None:
-        """Fold the journal (and this cycle) into the file; start the next journal."""
+    def _fold(self, now_s: int, roll_up: bool) -> _JournalEnd:
+        """Fold the journal (every record of a saved cycle) into the file, rolled up
+        at ``now_s`` if ``roll_up``; start the next journal and return its end.
+        """
         self._names.clear()
         history = load_history(self.path, self._clock)
-        history.record(now_s, interval_s, usage)
-        history.roll_up(now_s, self.cfg)
+        if roll_up:
+            history.roll_up(now_s, self.cfg)
         history.generation = (history.generation + 1) & _GENERATION_MASK
         save_history(history, self.path)
         end = self._start_journal(history.generation)
-        self._known = (file_identity(self.journal), end)
         log.info("history %s: journal folded in (generation %d)", self.path, history.generation)
+        return end

@@ -72,12 +72,26 @@ class DesiredSlice:
 
 
 @dataclass(frozen=True, slots=True)
+class InvalidRecord:
+    """A source record with a valid slice name whose other fields are invalid.
+
+    The planner keeps such a slice enforced with the policy saved in its state
+    (one typo in an rspec must not lift a cap); a slice it never saw is skipped.
+    """
+
+    name: str
+    xid: int | None  # None: the xid itself is what is invalid
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredSet:
     """Everything the sources say should exist this cycle."""
 
     slices: tuple[DesiredSlice, ...]
     limiting_off: bool = False  # node manager's <prefix>_default net_max_rate == -1
     errors: tuple[str, ...] = ()  # one line per slice that was skipped as invalid
+    invalid: tuple[InvalidRecord, ...] = ()  # those of them that name a slice
 
 
 @fast_init

@@ -60,6 +60,8 @@ class NodeManagerShim:
     thread: threading.Thread | None = None
     stop_server: Callable[[], None] | None = None
     agent: Agent | None = None  # kept across cycles, replaced when the config is
+    # the database's bad records as last logged: logged again only when they change
+    reported: frozenset[str] = frozenset()
 
     def source(self) -> tuple[Mapping[str, Any] | None, Lock]:
         """The current database (None before there is one) and the lock guarding it."""
@@ -97,7 +99,12 @@ class NodeManagerShim:
             with lock:
                 snapshot = copy.deepcopy(dict(db))
             self.agent = agent_for(self.config, self.agent, self.agent_factory)
-            result = self.agent.cycle(from_nodemanager_db(snapshot, self.config))
+            desired = from_nodemanager_db(snapshot, self.config, log_errors=False)
+            for line in desired.errors:
+                if line not in self.reported:
+                    log.error("%s", line)
+            self.reported = frozenset(desired.errors)
+            result = self.agent.cycle(desired)
         except Error as exc:
             # logged once until it changes (a device gone for hours), counted each time
             new = self.agent is None or self.agent.new_problem(exc)

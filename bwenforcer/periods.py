@@ -7,6 +7,11 @@ from zoneinfo import ZoneInfo
 
 from .config import PeriodAnchor
 
+DAY_S = 86400
+# The longest period of each calendar anchor (a month of 31 days, a week, a day
+# of 25 hours across a DST change).
+_ANCHOR_LONGEST_S = {"day": DAY_S + 3600, "week": 7 * DAY_S, "month": 31 * DAY_S}
+
 
 def _local_start(day: dt.date, anchor: PeriodAnchor, tz: ZoneInfo) -> dt.datetime:
     hours, rest = divmod(anchor.at_s, 3600)
@@ -66,3 +71,26 @@ def next_period(
     skipped = (now_s - end_s) // period_s
     start = end_s + skipped * period_s
     return start, start + period_s
+
+
+def clock_step(
+    saved_s: int | None, now_s: int, period_s: int, anchor: PeriodAnchor | None
+) -> str | None:
+    """Why ``now_s`` cannot follow the state's save at ``saved_s``, or None if it can.
+
+    A clock that went back, or jumped forward by more than the longest period
+    and a day, has most likely been stepped (a bad NTP answer, an RTC reset);
+    a cycle must not end periods or purge the ledger on its word. A node that
+    was really down that long loses one cycle: the next one trusts the clock.
+    """
+    if saved_s is None:
+        return None
+    if now_s < saved_s:
+        return f"clock went back {saved_s - now_s} s since the state was saved"
+    bound_s = (period_s if anchor is None else _ANCHOR_LONGEST_S[anchor.every]) + DAY_S
+    if now_s - saved_s > bound_s:
+        return (
+            f"clock jumped {now_s - saved_s} s forward since the state was saved"
+            f" (more than {bound_s} s)"
+        )
+    return None

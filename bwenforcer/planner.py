@@ -23,6 +23,7 @@ from .model import (
     ClassState,
     DesiredSet,
     DesiredSlice,
+    InvalidRecord,
     KernelClass,
     KernelOp,
     KernelSlice,
@@ -32,7 +33,7 @@ from .model import (
     State,
     fast_init,
 )
-from .periods import first_period, next_period
+from .periods import clock_step, first_period, next_period
 from .policy import capped_ceil_bps, clamp_rates, counter_delta
 
 # The tree's own slices: created by `tc init`, never removed as orphans.
@@ -224,6 +225,11 @@ class Plan:
     state: State  # to save if every action succeeds (notified flags: set on delivery)
     live: tuple[LiveSlice, ...]  # by xid
     limiting_off: bool = False
+    # why the clock is not to be trusted this cycle (None: it is): periods were not
+    # rolled over nor the ledger purged, and the history is not rolled up
+    clock_step: str | None = None
+    # slices whose record is invalid, kept with the policy saved in their state
+    held: tuple[DesiredSlice, ...] = ()
 
     @cached_property
     def lines(self) -> tuple[SliceLine, ...]:
@@ -419,6 +425,7 @@ def _plan_live(
     now_s: int,
     actions: list[Action],
     reason: str,
+    hold_period: bool = False,
 ) -> LiveSlice:
     """Plan one live slice; with ``account``, first add its bytes since the last cycle.
 
@@ -428,7 +435,7 @@ def _plan_live(
     tell unchanged slices by identity.
     """
     start_s, end_s = st.period_start_s, st.period_end_s
-    new_period = now_s >= end_s
+    new_period = now_s >= end_s and not hold_period
     if new_period:
         start_s, end_s = next_period(end_s, now_s, params.period_s, params.anchor)
         actions.append(NewPeriod(want.name, want.xid, start_s, end_s))
@@ -539,6 +546,12 @@ def plan(
     if desired.limiting_off:
         return _limiting_off(snapshot, state, now_s)
     wanted = {s.xid: s for s in desired.slices}
+    held = _held(desired.invalid, wanted, state) if desired.invalid else ()
+    for want in held:
+        wanted[want.xid] = want
+    # A clock that stepped (back, or forward by more than a period): no period ends
+    # and no ledger entry expires on its word; caps still follow the usage.
+    step = clock_step(state.saved_s, now_s, params.period_s, params.anchor)
     actions: list[Action] = []
     ledger: dict[str, LedgerEntry] = dict(state.ledger)
     carried: dict[int, SliceState] = {}  # accounted while planned, below
@@ -555,14 +568,14 @@ def plan(
         if want is None and kernel is not None:
             actions.append(RemoveClasses(st.name, xid, "dead"))
 
-    for name in [n for n, e in ledger.items() if now_s >= e.expires_s]:
+    for name in [n for n, e in ledger.items() if now_s >= e.expires_s and step is None]:
         del ledger[name]
         actions.append(PurgeLedger(name))
 
     targets = _Targets(snapshot, params.bwmin_bps)
     slices: dict[int, SliceState] = {}
     live: list[LiveSlice] = []
-    for want in sorted(desired.slices, key=attrgetter("xid")):
+    for want in sorted(wanted.values(), key=attrgetter("xid")):
         kernel = snapshot.slices.get(want.xid)
         st = carried.get(want.xid)
         if st is not None and kernel is not None:
@@ -594,6 +607,7 @@ def plan(
             now_s=now_s,
             actions=actions,
             reason=reason,
+            hold_period=step is not None,
         )
         slices[want.xid] = planned.state
         live.append(planned)
@@ -603,7 +617,25 @@ def plan(
             actions.append(RemoveClasses(None, xid, "orphan"))
 
     new_state = State(slices, ledger, state.saved_s, state.resets)
-    return Plan(now_s, tuple(actions), new_state, tuple(live))
+    return Plan(now_s, tuple(actions), new_state, tuple(live), clock_step=step, held=held)
+
+
+def _held(
+    invalid: tuple[InvalidRecord, ...], wanted: Mapping[int, DesiredSlice], state: State
+) -> tuple[DesiredSlice, ...]:
+    """The slices of invalid records that stay as they are: those live in the state
+    (by name), under the limits saved there. A record whose name or xid another,
+    valid record holds is not one of them.
+    """
+    live = {st.name: st for st in state.slices.values()}
+    names = {want.name for want in wanted.values()}
+    held: dict[int, DesiredSlice] = {}
+    for record in invalid:
+        st = live.get(record.name)
+        if st is None or record.name in names or st.xid in wanted or st.xid in held:
+            continue
+        held[st.xid] = DesiredSlice(st.name, st.xid, st.default.policy, st.exempt.policy)
+    return tuple(held.values())
 
 
 def _new_slice(

@@ -1,8 +1,10 @@
 """Slice sources → one desired-slice model: the YAML slices file and the node-manager database.
 
 Rspec attributes keep their historic units: ``net_*_rate`` in kbit/s,
-``net_*_kbyte`` in KiB (``i2`` = exempt). A bad slice is skipped with one logged
-error naming it; the others proceed.
+``net_*_kbyte`` in KiB (``i2`` = exempt). A bad record is skipped with one logged
+error naming it (once per change of the slices file); the others proceed. A bad
+record that names a slice is reported as an :class:`InvalidRecord`: the planner
+keeps that slice as it was, if it has one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .layout import (
     TrafficClass,
     check_xid,
 )
-from .model import ClassPolicy, DesiredSet, DesiredSlice
+from .model import ClassPolicy, DesiredSet, DesiredSlice, InvalidRecord
 from .slicename import shown
 from .units import MAX_RATE_BPS, MAX_SIZE_BYTES, kbit_to_bps, kib_to_bytes
 
@@ -176,9 +178,15 @@ def _slice(
 _Entry = tuple[str, object, object, object, str | None]
 
 
-def _collect(entries: list[_Entry], config: Config, where: str) -> DesiredSet:
+def _collect(
+    entries: list[_Entry], config: Config, where: str, log_errors: bool = True
+) -> DesiredSet:
+    """The desired set of ``entries``; with ``log_errors`` False, errors are only returned
+    (they were logged when these very entries were last read).
+    """
     slices: list[DesiredSlice] = []
     errors: list[str] = []
+    invalid: list[InvalidRecord] = []
     names: set[str] = set()
     xids: set[int] = set()
     resolved: dict[object, _Resolved] = {}
@@ -193,13 +201,17 @@ def _collect(entries: list[_Entry], config: Config, where: str) -> DesiredSet:
                 raise SliceError(f"slice {want.name}: xid {want.xid} already used by another slice")
         except SliceError as exc:
             line = f"{where}: {label}: {exc}; skipped"
-            log.error("%s", line)
+            if log_errors:
+                log.error("%s", line)
             errors.append(line)
+            if isinstance(name, str) and NAME.fullmatch(name):
+                valid_xid = isinstance(xid, int) and not isinstance(xid, bool)
+                invalid.append(InvalidRecord(name, xid if valid_xid else None, line))
             continue
         names.add(want.name)
         xids.add(want.xid)
         slices.append(want)
-    return DesiredSet(tuple(slices), errors=tuple(errors))
+    return DesiredSet(tuple(slices), errors=tuple(errors), invalid=tuple(invalid))
 
 
 CACHE_VERSION = (
@@ -212,9 +224,10 @@ def slices_cache_path(config: Config) -> str:
     return f"{config.state_file}.slices-cache"
 
 
-def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> object:
+def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> tuple[object, bool]:
     """The parsed slices file, from the cache beside the state while the file's bytes
-    are the ones it was made from.
+    are the ones it was made from; and whether it was parsed (not from the cache:
+    the file is new or changed, so its errors are to be logged).
 
     YAML is slow to parse in Python (~0.1 s at 4,000 slices, most of a cron run);
     the cache is JSON, tagged with the file's SHA-256. It is written when the
@@ -230,20 +243,20 @@ def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> o
         check_dir(os.path.dirname(os.path.abspath(cache_path)), "slices cache directory")
     except UnsafePath as exc:
         log.debug("slices cache not used: %s", exc)
-        return parse_yaml(raw, path)
+        return parse_yaml(raw, path), True
     try:
         cached = json.loads(read_own(cache_path, "slices cache"))
         if cached["version"] == CACHE_VERSION and cached["sha256"] == digest:
-            return cached["data"]
+            return cached["data"], False
     except (OSError, ValueError, KeyError, TypeError, UnsafePath):
         pass  # no cache, or not one we can use: parse the file
     data = parse_yaml(raw, path)
     if not write_cache:
-        return data
+        return data, True
     try:
         text = json.dumps({"version": CACHE_VERSION, "sha256": digest, "data": data})
         if json.loads(text)["data"] != data:
-            return data  # dates, integer keys…: only YAML says what they are
+            return data, True  # dates, integer keys…: only YAML says what they are
         replace_file(cache_path, text.encode())
     except OSError as exc:
         full = disk_full(exc, f"slices cache {cache_path}")
@@ -252,14 +265,14 @@ def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> o
         log.debug("slices cache %s not written: %s", cache_path, exc)
     except (TypeError, ValueError) as exc:
         log.debug("slices cache %s not written: %s", cache_path, exc)
-    return data
+    return data, True
 
 
 def load_slices_file(path: str, config: Config, write_cache: bool = True) -> DesiredSet:
     """The slices of a YAML slices file (``slices:`` a list of ``{name, xid, rspec}``);
     ``write_cache`` False leaves the slices cache as it is (dry runs).
     """
-    data = _read_slices_data(path, slices_cache_path(config), write_cache)
+    data, changed = _read_slices_data(path, slices_cache_path(config), write_cache)
     if not isinstance(data, dict) or set(data) - {"slices"}:
         raise ConfigError(f"{path}: expected a mapping with one key, 'slices'")
     items = data.get("slices") or []
@@ -281,7 +294,7 @@ def load_slices_file(path: str, config: Config, write_cache: bool = True) -> Des
         entries.append(
             (f"{label} ({shown(name)})", name, item.get("xid"), item.get("rspec"), problem)
         )
-    return _collect(entries, config, path)
+    return _collect(entries, config, path, log_errors=changed)
 
 
 def _uid(name: str) -> int | None:
@@ -292,9 +305,14 @@ def _uid(name: str) -> int | None:
 
 
 def from_nodemanager_db(
-    db: Mapping[str, Mapping[str, Any]], config: Config, default_record_suffix: str = "_default"
+    db: Mapping[str, Mapping[str, Any]],
+    config: Config,
+    default_record_suffix: str = "_default",
+    log_errors: bool = True,
 ) -> DesiredSet:
-    """The slices of a PlanetLab node-manager database ``{name: {"name", "_rspec", …}}``."""
+    """The slices of a PlanetLab node-manager database ``{name: {"name", "_rspec", …}}``;
+    with ``log_errors`` False, its bad records are returned, not logged.
+    """
     entries: list[_Entry] = []
     for key, record in db.items():
         name = record.get("name", key) if isinstance(record, Mapping) else key
@@ -308,4 +326,4 @@ def from_nodemanager_db(
         if xid is None and isinstance(name, str):
             xid = _uid(name)
         entries.append((f"record {shown(name)}", name, xid, rspec, None))
-    return _collect(entries, config, "node manager database")
+    return _collect(entries, config, "node manager database", log_errors)

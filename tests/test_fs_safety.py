@@ -296,7 +296,7 @@ writers = {{
     "history": lambda: save_history(History(), state + ".history"),
     "journal": lambda: HistoryRecorder(state + ".history", HistoryConfig()).record(2, 300, usage),
     # a cycle's history failing for a full disk is raised (exit 5), not just logged
-    "agent history": lambda: Agent(Config(state_file=state))._record_history(_result()),
+    "agent history": lambda: Agent(Config(state_file=state))._record_history(_result().plan),
     "textfile": lambda: write_textfile(os.path.join(mnt, "b.prom"), AgentMetrics()),
     "slices cache": lambda: load_slices_file(slices, Config(state_file=state)),
 }}

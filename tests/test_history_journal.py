@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -76,7 +78,10 @@ def test_the_first_cycle_of_a_day_folds_the_journal_into_the_file(tmp_path: Path
     recorder.record(T0, 300, usage(("pl_a", 7, 0)))
     recorder.record(T0 + DAY, 300, usage(("pl_a", 9, 0)))
     assert path.exists()
-    assert Path(journal_path(str(path))).stat().st_size == 8  # a new journal: header only
+    assert [row[2] for row in totals(History.decode(path.read_bytes(), "h"))] == [7]
+    # a new journal holds this cycle alone (its state is not saved yet when it records)
+    journal = Path(journal_path(str(path))).read_bytes()
+    assert journal[8:] == encode_cycle(T0 + DAY, 300, usage(("pl_a", 9, 0)))
     assert int.from_bytes(path.read_bytes()[6:8], "little") == 1  # the file's generation
     assert [row[2] for row in totals(read_history(str(path)))] == [7, 9]
 
@@ -89,8 +94,9 @@ def test_a_fold_cut_short_between_its_two_writes_counts_nothing_twice(tmp_path: 
     old_journal = journal.read_bytes()
     recorder.record(T0 + DAY, 300, usage(("pl_a", 9, 0)))  # folds
     journal.write_bytes(old_journal)  # as if the writer died before starting the new one
-    assert [row[2] for row in totals(read_history(str(path)))] == [7, 9]
-    HistoryRecorder(str(path), CFG).record(T0 + DAY + 300, 300, usage(("pl_a", 1, 0)))
+    assert [row[2] for row in totals(read_history(str(path)))] == [7]
+    # that cycle never saved its state: the next one counts its 9 bytes again
+    HistoryRecorder(str(path), CFG).record(T0 + DAY + 300, 300, usage(("pl_a", 10, 0)))
     assert [row[2] for row in totals(read_history(str(path)))] == [7, 10]
 
 
@@ -120,8 +126,9 @@ def test_a_journal_past_a_quarter_of_the_file_is_folded_before_its_day_is_out(
     many = usage(*((f"pl_{i}", 1, 0) for i in range(50)))  # a record of ~1.2 kB
     recorder.record(T0, 300, many)
     assert not path.exists()
-    recorder.record(T0 + 300, 300, many)
-    assert path.exists() and Path(journal_path(str(path))).stat().st_size == 8
+    recorder.record(T0 + 300, 300, many)  # the first record folded in; this one journaled
+    journal = Path(journal_path(str(path))).read_bytes()
+    assert path.exists() and journal[8:] == encode_cycle(T0 + 300, 300, many)
     assert {row[2] for row in totals(read_history(str(path)))} == {2}
 
 
@@ -182,3 +189,29 @@ def test_a_name_too_long_to_store_is_left_out_every_time(
         recorder.record(T0 + step, 300, usage((long_name, 5, 0), ("pl_a", 1, 0)))
     assert [row[0] for row in totals(read_history(path))] == ["pl_a"]
     assert caplog.text.count("name too long to store") == 2
+
+
+def test_a_version_1_journal_left_by_an_upgrade_is_folded_in_not_lost(tmp_path: Path) -> None:
+    path = tmp_path / "h"
+    payload = (
+        struct.pack("<QI", T0, 300) + bytes([4]) + b"pl_a" + struct.pack("<QQB", 70, 1, 0)
+    )  # version 1: no save time of a state in the record
+    record = struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+    Path(journal_path(str(path))).write_bytes(b"BWHJ" + struct.pack("<HH", 1, 0) + record)
+    assert totals(read_history(str(path)))[0][2] == 70  # readers read it as it is
+    HistoryRecorder(str(path), CFG).record(T0 + 300, 300, usage(("pl_a", 5, 0)), base_s=T0)
+    assert totals(read_history(str(path)))[0][2:4] == (75, 1)
+    journal = Path(journal_path(str(path))).read_bytes()
+    assert journal[4:6] == struct.pack("<H", 2)  # the new journal is of this version
+
+
+def test_the_record_of_a_cycle_whose_state_was_never_saved_is_dropped(tmp_path: Path) -> None:
+    path = str(tmp_path / "h")
+    HistoryRecorder(path, CFG).record(T0, 300, usage(("pl_a", 7, 0)), base_s=0)  # saved at T0
+    HistoryRecorder(path, CFG).record(T0 + 300, 300, usage(("pl_a", 5, 0)), base_s=T0)  # killed
+    # the next cycle starts from the state saved at T0 again and counts those 5 bytes anew
+    recorder = HistoryRecorder(path, CFG)
+    recorder.record(T0 + 600, 300, [], base_s=T0)  # nothing new, but the check is made
+    assert totals(read_history(path))[0][2] == 7
+    recorder.record(T0 + 900, 300, usage(("pl_a", 6, 0)), base_s=T0 + 600)  # a daemon's next
+    assert totals(read_history(path))[0][2] == 13

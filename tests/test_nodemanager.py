@@ -189,3 +189,36 @@ def test_thread_rebuilds_a_vanished_tree_and_says_a_missing_device_once(
         shim.run_once()
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == ["node-manager cycle failed: device 'v0' missing"]
+
+
+def test_a_bad_record_is_logged_once_and_its_capped_slice_stays(
+    ns: Netns, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nmetrics: {{listen: null}}\n"
+    )
+    config = load_config(str(cfg))
+    with HtbBackend("v0", netns=ns.name) as kernel:
+        kernel.init(config.node_cap_bps, config.bwmax_bps)
+    rspec: dict[str, object] = {"net_thresh_kbyte": 0}
+    db = {"pl_a": {"name": "pl_a", "xid": 41, "_rspec": rspec}}
+    shim = nodemanager.NodeManagerShim(
+        config, db=db, lock=threading.Lock(), agent_factory=lambda c: Agent(c, netns=ns.name)
+    )
+    try:
+        shim.run_once()
+        with HtbBackend("v0", netns=ns.name) as kernel:
+            capped_bps = kernel.dump().slices[41].default.rates.max_rate_bps
+        assert capped_bps < 10_000_000
+        rspec["net_max_rate"] = "banana"
+        caplog.clear()
+        for _ in range(3):
+            shim.run_once()
+        bad = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(bad) == 1 and "banana" in bad[0].getMessage()
+        with HtbBackend("v0", netns=ns.name) as kernel:
+            assert kernel.dump().slices[41].default.rates.max_rate_bps == capped_bps
+    finally:
+        if shim.agent is not None:
+            shim.agent.close()

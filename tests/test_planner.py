@@ -345,3 +345,41 @@ def test_without_a_mail_transport_no_notification_is_planned_until_there_is_one(
     assert again.state.slices[10].default.capped and not again.state.slices[10].default.notified
     mailed = plan(capped, over, again.state, PARAMS, T0 + 120)  # a transport configured
     assert Notify("pl_a", 10, ("default",)) in mailed.actions
+
+
+# --- issue 12: invalid records, clock steps -------------------------------------------
+
+
+def test_a_live_slice_with_an_invalid_record_keeps_its_saved_limits_a_new_one_is_skipped() -> None:
+    from bwenforcer.model import DesiredSet, InvalidRecord
+
+    p1 = first_cycle(want("pl_a", 10))
+    state = dataclasses.replace(p1.state, saved_s=T0)
+    bad = DesiredSet(
+        (),
+        errors=("a", "b"),
+        invalid=(InvalidRecord("pl_a", 10, "a"), InvalidRecord("pl_new", 11, "b")),
+    )
+    p2 = plan(bad, snapshot(kslice(10, 900_000)), state, PARAMS, T0 + 60)
+    assert sorted(p2.state.slices) == [10] and not p2.state.ledger
+    assert [w.name for w in p2.held] == ["pl_a"]
+    st = p2.state.slices[10]
+    assert st.default.policy is state.slices[10].default.policy
+    assert st.default.used_bytes == 900_000 and st.default.capped  # still counted and capped
+    assert not any(isinstance(a, RemoveClasses | MoveToLedger | CreateClass) for a in p2.actions)
+
+
+def test_a_clock_step_ends_no_period_and_purges_no_ledger_entry() -> None:
+    p1 = first_cycle(want("pl_a", 10), want("pl_b", 11))
+    p2 = plan(desired(want("pl_a", 10)), snapshot(kslice(10), kslice(11)),
+              dataclasses.replace(p1.state, saved_s=T0), PARAMS, T0 + 60)  # fmt: skip
+    state = dataclasses.replace(p2.state, saved_s=T0 + 60)
+    for now_s in (T0 + 60 + PERIOD_S + 86400 + 1, T0):  # forward past the bound; back
+        p = plan(desired(want("pl_a", 10)), snapshot(kslice(10)), state, PARAMS, now_s)
+        assert p.clock_step is not None
+        assert not any(isinstance(a, NewPeriod | PurgeLedger) for a in p.actions)
+        assert p.state.slices[10].period_end_s == T0 + PERIOD_S and "pl_b" in p.state.ledger
+    p = plan(desired(want("pl_a", 10)), snapshot(kslice(10)), state, PARAMS,
+             T0 + 60 + PERIOD_S + 86400)  # fmt: skip
+    assert p.clock_step is None  # the node was down a period and a day: trusted
+    assert any(isinstance(a, NewPeriod) for a in p.actions) and "pl_b" not in p.state.ledger
