@@ -78,6 +78,9 @@ class DesiredSet:
     slices: tuple[DesiredSlice, ...]
     limiting_off: bool = False  # node manager's <prefix>_default net_max_rate == -1
     errors: tuple[str, ...] = ()  # one line per slice that was skipped as invalid
+    # node-manager records left out as the historic bwmon did (no _rspec yet, no
+    # account): not errors, one line each for the caller to log when they change
+    skipped: tuple[str, ...] = ()
 
 
 @fast_init
