@@ -163,3 +163,119 @@ def test_a_node_manager_process_drives_the_plugin_protocol(ns: Netns, tmp_path: 
         'bwenforcer_slice_limit_bytes{class="default",slice="pl_y",xid="62"}' in report["metrics"]
     )
     assert report["alive"] is False
+
+
+RESILIENT_NODE_MANAGER = """
+import json, logging, socket, sys, threading, time, urllib.request
+
+from bwenforcer import nodemanager
+from bwenforcer.errors import ConfigError
+from bwenforcer.htb import HtbBackend
+
+
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append((record.levelname, record.getMessage()))
+
+
+lines = Lines()
+logging.basicConfig(level=logging.INFO)
+logging.getLogger().addHandler(lines)
+cfg, bad_cfg, listen = sys.argv[1], sys.argv[2], sys.argv[3]
+host, port = listen.rsplit(":", 1)
+
+
+def xids():
+    with HtbBackend("v0") as kernel:
+        return sorted(x for x in kernel.dump().slices if 70 <= x < 80)
+
+
+def until(predicate):
+    deadline = time.monotonic() + 20
+    while not predicate():
+        assert time.monotonic() < deadline, lines.lines[-20:]
+        time.sleep(0.05)
+
+
+def cycle(shim):
+    before = shim.cycles
+    nodemanager.lock.set()
+    until(lambda: shim.cycles > before)
+
+
+report = {}
+busy = socket.socket()  # something else holds the metrics port
+busy.bind((host, int(port)))
+busy.listen()
+db = {"pl_a": {"name": "pl_a", "xid": 71, "_rspec": {"net_max_rate": 2000}}}
+shim = nodemanager.start("options", "conf", config=cfg, db=db, lock=threading.Lock())
+report["alive"] = shim.thread.is_alive()
+nodemanager.GetSlivers({"timestamp": 1}, None, None)
+until(lambda: xids() == [71])  # enforcing without metrics
+busy.close()
+cycle(shim)  # retried at the next cycle
+report["metrics"] = urllib.request.urlopen("http://" + listen + "/metrics", timeout=5).status
+
+try:  # a broken config: start() raises, the running thread stays
+    nodemanager.start(config=bad_cfg, db=db)
+    report["raised"] = False
+except ConfigError:
+    report["raised"] = True
+report["kept"] = nodemanager._shim is shim and shim.thread.is_alive()
+
+with HtbBackend("v0") as kernel:  # the node manager turns limits off: no tree
+    kernel.stop()
+for _ in range(3):
+    cycle(shim)
+with HtbBackend("v0") as kernel:
+    kernel.init(10_000_000, 1_000_000_000)
+cycle(shim)
+until(lambda: xids() == [71])
+
+# PLC's reply, no database module: read as slivermanager reads it
+shim.uid_of = {"pl_b": 72, "pl_c": 73}.get
+plc = {"timestamp": 2, "slivers": [
+    {"name": "pl_b", "attributes": [{"tagname": "net_max_rate", "value": "3000"}]},
+    {"name": "pl_c", "attributes": []},
+    {"name": "pl_default", "attributes": [{"tagname": "net_max_rate", "value": "2000"}]},
+]}
+nodemanager.GetSlivers(plc, None, None)
+until(lambda: xids() == [72, 73])
+with HtbBackend("v0") as kernel:
+    report["plc_rate"] = kernel.dump().slices[72].default.rates.max_rate_bps
+shim.stop(timeout_s=30)
+report["lines"] = lines.lines
+print(json.dumps(report))
+"""
+
+
+def test_start_survives_a_busy_metrics_port_and_a_missing_tree(ns: Netns, tmp_path: Path) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\n"
+        f"metrics: {{listen: '{listen}'}}\n"
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("device: v0\nnode_cap: fast\n")
+    with HtbBackend("v0", netns=ns.name) as kernel:
+        kernel.init(10_000_000, 1_000_000_000)
+    script = tmp_path / "nm.py"
+    script.write_text(RESILIENT_NODE_MANAGER)
+    proc = ns.run(
+        str(VENV_BIN / "python"), str(script), str(cfg), str(bad), listen, check=False, timeout=90
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["alive"] and report["metrics"] == 200
+    assert report["raised"] and report["kept"]
+    assert report["plc_rate"] == 3_000_000
+    messages = [m for _, m in report["lines"]]
+    assert sum("cannot listen" in m for m in messages) == 1  # logged once, then served
+    assert sum("limits disabled" in m for m in messages) == 1  # three cycles without a tree
+    assert sum("limits enabled again" in m for m in messages) == 1
+    assert not [m for level, m in report["lines"] if level == "ERROR" and "metrics" not in m]
