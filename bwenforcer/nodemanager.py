@@ -17,7 +17,8 @@ looked up at every cycle, since the node manager may rebind ``db``); else PLC's
 else a ``{name: record}`` database passed to ``start()`` or ``GetSlivers()``.
 Only ``<PLC_SLICE_PREFIX>_default`` is the node's default record; the prefix
 is the node manager's config's ``PLC_SLICE_PREFIX`` (given to ``start`` or
-``GetSlivers``), else ``pl``.
+``GetSlivers``, else read from /etc/planetlab/plc_config inside a node
+manager), else ``pl``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -52,6 +54,22 @@ lock = event  # the historic name: the node manager's database calls bwmon.lock.
 _shim: NodeManagerShim | None = None
 
 Lock = AbstractContextManager[Any]
+
+
+PLC_CONFIG = "/etc/planetlab/plc_config"  # the node manager's config (Python assignments)
+PLC_CONFIG_MAX_BYTES = 1 << 20
+_PLC_SLICE_PREFIX = re.compile(rb"""^PLC_SLICE_PREFIX\s*=\s*["']([A-Za-z0-9]{1,32})["']""", re.M)
+
+
+def plc_config_prefix(path: str = PLC_CONFIG) -> str | None:
+    """``PLC_SLICE_PREFIX`` as the node manager's plc_config sets it (read, never run)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(PLC_CONFIG_MAX_BYTES)
+    except OSError:
+        return None
+    match = _PLC_SLICE_PREFIX.search(text)
+    return match.group(1).decode() if match else None
 
 
 def slice_prefix_of(*configs: Any) -> str | None:
@@ -235,7 +253,12 @@ def start(options: Any = None, conf: Any = None, **kwargs: Any) -> NodeManagerSh
     global _shim  # noqa: PLW0603 - the one handle the module protocol forces
     db, db_lock = kwargs.get("db"), kwargs.get("lock")
     database = _discover() if db is None and db_lock is None else None
-    prefix = kwargs.get("slice_prefix") or slice_prefix_of(conf, options)
+    # the node manager's start() passes nothing: its plc_config, as the historic bwmon read it
+    prefix = (
+        kwargs.get("slice_prefix")
+        or slice_prefix_of(conf, options)
+        or (plc_config_prefix() if database is not None else None)
+    )
     shim = NodeManagerShim(
         load_config(kwargs.get("config")),
         db=db,
