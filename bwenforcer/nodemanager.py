@@ -44,7 +44,12 @@ from .slices import from_nodemanager_db, from_plc_slivers
 log = logging.getLogger(__name__)
 
 priority = 20  # node-manager plugin order (after the slice creators)
-DEFAULT_SLICE_PREFIX = "pl"  # PlanetLab's PLC_SLICE_PREFIX when none is configured
+DEFAULT_SLICE_PREFIX = "pl"
+PLC_KEYS = (
+    "slivers",
+    "interfaces",
+    "networks",
+)  # what bwenforcer reads of PLC's reply  # PlanetLab's PLC_SLICE_PREFIX when none is configured
 
 # The node-manager protocol is module-level functions and an event its database
 # sets, so the module holds exactly two handles: that event and the running shim
@@ -125,7 +130,9 @@ class NodeManagerShim:
             self.slice_prefix = prefix
         if self.database is None and isinstance(data, Mapping) and data:
             if isinstance(data.get("slivers"), list):
-                self.plc_data = data  # one reference swap, read by the thread
+                # copied here: the node manager's modules edit PLC's reply in place
+                # while the thread may be reading it; one reference swap after
+                self.plc_data = copy.deepcopy({k: data[k] for k in PLC_KEYS if k in data})
             elif all(isinstance(v, Mapping) for v in data.values()):
                 self.db, self.plc_data = data, None  # the copy is taken under the lock
         self.wake.set()
