@@ -19,13 +19,12 @@ from pathlib import Path
 import pytest
 
 from bwenforcer.htb import HtbBackend
-from tests.kernel_helpers import VENV_BIN
+from tests.kernel_helpers import REPO, VENV_BIN
 from tests.loopback import free_port
 from tests.netns import Netns
 
 pytestmark = pytest.mark.kernel
 
-REPO = Path(__file__).resolve().parents[1]
 
 # PlanetLab's database.py, reduced to what bwmon sees: records by name, a lock,
 # and sync() computing _rspec from rspec (no loans here) and waking bwmon.
@@ -90,7 +89,7 @@ def GetSlivers(data, config=None, plc=None):
 """
 
 FAKE_NODE_MANAGER = '''
-import json, logging, os, sys, time
+import json, os, sys, time
 
 cfg, smtp_port, repo, state_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 os.environ["BWENFORCER_CONFIG"] = cfg  # where bwmon's start() finds bwenforcer's config
@@ -100,21 +99,10 @@ from aiosmtpd.controller import Controller
 
 from bwenforcer.htb import HtbBackend
 from bwenforcer.statestore import StateStore
+from tests.kernel_helpers import LogLines
 from tests.loopback import Sink
 
-
-class Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append((record.levelname, record.getMessage()))
-
-
-lines = Lines()
-logging.basicConfig(level=logging.INFO)
-logging.getLogger().addHandler(lines)
+lines = LogLines.install()
 
 sink = Sink()
 smtp = Controller(sink, hostname="127.0.0.1", port=smtp_port)

@@ -17,7 +17,7 @@ from bwenforcer.cycle import CycleResult
 from bwenforcer.htb import HtbBackend
 from bwenforcer.layout import DEFAULT_XID, ROOT_XID
 from bwenforcer.model import DesiredSet
-from tests.kernel_helpers import VENV_BIN
+from tests.kernel_helpers import REPO, VENV_BIN
 from tests.loopback import free_port
 from tests.netns import Netns
 
@@ -166,26 +166,17 @@ def test_a_node_manager_process_drives_the_plugin_protocol(ns: Netns, tmp_path: 
 
 
 RESILIENT_NODE_MANAGER = """
-import json, logging, socket, sys, threading, time, urllib.request
+import json, socket, sys, threading, time, urllib.request
+
+cfg, bad_cfg, listen = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path.append(sys.argv[4])  # the repository, for tests.kernel_helpers
 
 from bwenforcer import nodemanager
 from bwenforcer.errors import ConfigError
 from bwenforcer.htb import HtbBackend
+from tests.kernel_helpers import LogLines
 
-
-class Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append((record.levelname, record.getMessage()))
-
-
-lines = Lines()
-logging.basicConfig(level=logging.INFO)
-logging.getLogger().addHandler(lines)
-cfg, bad_cfg, listen = sys.argv[1], sys.argv[2], sys.argv[3]
+lines = LogLines.install()
 host, port = listen.rsplit(":", 1)
 
 
@@ -267,7 +258,14 @@ def test_start_survives_a_busy_metrics_port_and_a_missing_tree(ns: Netns, tmp_pa
     script = tmp_path / "nm.py"
     script.write_text(RESILIENT_NODE_MANAGER)
     proc = ns.run(
-        str(VENV_BIN / "python"), str(script), str(cfg), str(bad), listen, check=False, timeout=90
+        str(VENV_BIN / "python"),
+        str(script),
+        str(cfg),
+        str(bad),
+        listen,
+        str(REPO),
+        check=False,
+        timeout=90,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
