@@ -47,6 +47,7 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "share": "net_i2_share",
     },
 }
+RSPEC_ATTRIBUTES = frozenset(a for attrs in ATTRIBUTES.values() for a in attrs.values())
 
 
 def _number(name: str, attribute: str, value: object) -> int:
@@ -276,7 +277,13 @@ def from_nodemanager_db(
             if xid is None:
                 skipped.append(f"slice {name}: no account, so no xid (delegated?); skipped")
                 continue
-        entries.append((f"record {name}", name, xid, record["_rspec"]))
+        rspec = record["_rspec"]
+        if isinstance(rspec, Mapping):
+            # the node manager's rspec also holds cpu, disk, sysctl and a dict of
+            # all tags: only the net_* attributes matter, and without the dict
+            # equal rspecs are recognised (and resolved once)
+            rspec = {k: v for k, v in rspec.items() if k in RSPEC_ATTRIBUTES}
+        entries.append((f"record {name}", name, xid, rspec))
     desired = _collect(entries, config, "node manager database")
     return replace(desired, skipped=tuple(skipped)) if skipped else desired
 

@@ -115,6 +115,19 @@ def test_only_the_prefix_default_record_is_the_node_default() -> None:
     assert from_nodemanager_db(db, CFG, "princeton_default", uid_of=uids).limiting_off
 
 
+def test_node_manager_rspecs_share_policies_despite_their_other_resources() -> None:
+    def record(name: str) -> dict[str, object]:
+        tags = {"net_max_rate": "900", "vref": "f8", "initscript": name}
+        rspec = {"net_max_rate": 900, "cpu_pct": 0, "disk_max": 10_000_000, "tags": tags}
+        return {"name": name, "rspec": rspec, "_rspec": dict(rspec)}
+
+    desired = from_nodemanager_db(
+        {"pl_a": record("pl_a"), "pl_b": record("pl_b")}, CFG, uid_of={"pl_a": 1, "pl_b": 2}.get
+    )
+    a, b = desired.slices
+    assert a.default.max_rate_bps == 900_000 and a.default is b.default
+
+
 def test_records_without_rspec_are_skipped_not_enforced_with_defaults() -> None:
     db = {"pl_t": {"name": "pl_t", "instantiation": "delegated", "timestamp": 1}}
     desired = from_nodemanager_db(db, CFG, uid_of={"pl_t": 700}.get)
