@@ -287,7 +287,18 @@ def start(options: Any = None, conf: Any = None, **kwargs: Any) -> NodeManagerSh
 
 
 def GetSlivers(data: Any, config: Any = None, plc: Any = None) -> None:
-    """Entry point: PLC's reply arrived; wake the thread with it."""
+    """Entry point: PLC's reply arrived; wake the thread with it.
+
+    Not started (the node manager logs a failed ``start()`` and goes on): start
+    now, with the default config, so a fixed config takes effect at the next
+    poll; a failure is one logged line per poll, never raised.
+    """
     del plc
+    if _shim is None:
+        try:
+            start(None, config)
+        except Error as exc:
+            log.error("not enforcing: %s; start retried at the next GetSlivers", exc)
+            return
     if _shim is not None:
         _shim.update(data, config)

@@ -166,7 +166,7 @@ def test_a_node_manager_process_drives_the_plugin_protocol(ns: Netns, tmp_path: 
 
 
 RESILIENT_NODE_MANAGER = """
-import json, socket, sys, threading, time, urllib.request
+import json, os, socket, sys, threading, time, urllib.request
 
 cfg, bad_cfg, listen = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.append(sys.argv[4])  # the repository, for tests.kernel_helpers
@@ -239,6 +239,19 @@ until(lambda: xids() == [72, 73])
 with HtbBackend("v0") as kernel:
     report["plc_rate"] = kernel.dump().slices[72].default.rates.max_rate_bps
 shim.stop(timeout_s=30)
+
+# a node manager whose bwmon.start() failed goes on calling GetSlivers: each
+# call tries to start, and enforcement begins once the config is fixed
+nodemanager._shim = None
+os.environ["BWENFORCER_CONFIG"] = bad_cfg
+nodemanager.GetSlivers(plc, None, None)
+report["started_on_bad"] = nodemanager._shim is not None
+os.environ["BWENFORCER_CONFIG"] = cfg
+with HtbBackend("v0") as kernel:
+    kernel.off(72)
+nodemanager.GetSlivers({"pl_b": {"name": "pl_b", "xid": 72, "_rspec": {}}}, None, None)
+until(lambda: xids() == [72])
+nodemanager._shim.stop(timeout_s=30)
 report["lines"] = lines.lines
 print(json.dumps(report))
 """
@@ -272,8 +285,11 @@ def test_start_survives_a_busy_metrics_port_and_a_missing_tree(ns: Netns, tmp_pa
     assert report["alive"] and report["metrics"] == 200
     assert report["raised"] and report["kept"]
     assert report["plc_rate"] == 3_000_000
+    assert not report["started_on_bad"]
     messages = [m for _, m in report["lines"]]
     assert sum("cannot listen" in m for m in messages) == 1  # logged once, then served
     assert sum("limits disabled" in m for m in messages) == 1  # three cycles without a tree
     assert sum("limits enabled again" in m for m in messages) == 1
-    assert not [m for level, m in report["lines"] if level == "ERROR" and "metrics" not in m]
+    assert sum("not enforcing" in m and "node_cap" in m for m in messages) == 1
+    errors = [m for level, m in report["lines"] if level == "ERROR"]
+    assert len(errors) == 2  # the busy metrics port and the broken config, once each
