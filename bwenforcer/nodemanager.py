@@ -44,12 +44,10 @@ from .slices import from_nodemanager_db, from_plc_slivers
 log = logging.getLogger(__name__)
 
 priority = 20  # node-manager plugin order (after the slice creators)
-DEFAULT_SLICE_PREFIX = "pl"
-PLC_KEYS = (
-    "slivers",
-    "interfaces",
-    "networks",
-)  # what bwenforcer reads of PLC's reply  # PlanetLab's PLC_SLICE_PREFIX when none is configured
+DEFAULT_SLICE_PREFIX = "pl"  # PlanetLab's PLC_SLICE_PREFIX when none is configured
+PLC_KEYS = ("slivers", "interfaces", "networks")  # what bwenforcer reads of PLC's reply
+PLC_CONFIG = "/etc/planetlab/plc_config"  # the node manager's config (Python assignments)
+PLC_CONFIG_MAX_BYTES = 1 << 20
 
 # The node-manager protocol is module-level functions and an event its database
 # sets, so the module holds exactly two handles: that event and the running shim
@@ -61,8 +59,6 @@ _shim: NodeManagerShim | None = None
 Lock = AbstractContextManager[Any]
 
 
-PLC_CONFIG = "/etc/planetlab/plc_config"  # the node manager's config (Python assignments)
-PLC_CONFIG_MAX_BYTES = 1 << 20
 _PLC_SLICE_PREFIX = re.compile(rb"""^PLC_SLICE_PREFIX\s*=\s*["']([A-Za-z0-9]{1,32})["']""", re.M)
 
 
