@@ -195,7 +195,7 @@ class Agent:
                 result = run_cycle(
                     self.config,
                     desired,
-                    kernel=_TreeKeeper(self, dry_run),
+                    kernel=_TreeKeeper(self, dry_run, build=not desired.limiting_off),
                     store=self._store,
                     notifier=make_notifier(self.config, self.clock, dry_run)
                     if not dry_run
@@ -251,16 +251,21 @@ class Agent:
 
 @dataclass(frozen=True)
 class _TreeKeeper:
-    """The agent's backend as one cycle sees it: a dump that finds no tree builds it."""
+    """The agent's backend as one cycle sees it: a dump that finds no tree builds it,
+    unless limiting is off on the node (then a missing tree is left missing).
+    """
 
     agent: Agent
     dry_run: bool
+    build: bool
 
     def dump(self) -> KernelSnapshot:
         """The device's classes (after building the tree again if it vanished)."""
         try:
             return self.agent.backend().dump()
         except TreeNotInitialised:
+            if not self.build:
+                raise
             return self.agent.rebuilt_tree(self.dry_run)
 
     def apply(self, ops: Sequence[KernelOp]) -> list[OpFailure]:

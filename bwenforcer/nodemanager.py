@@ -1,16 +1,24 @@
-"""The PlanetLab node-manager plugin interface: ``priority``, ``start()``, ``GetSlivers()``.
+"""The PlanetLab node-manager interface of bwmon: priority, start(), GetSlivers(), lock.
 
-The node manager imports this module, calls ``start()`` once and ``GetSlivers()``
-after each policy update, and sets ``event`` whenever its slice database
-changed. A daemon thread waits on that event, clears it, copies the database
-under the node manager's lock and runs one cycle (clearing before the cycle,
-not after, so a change made during a cycle is not lost); an exception is
-logged and counted and the thread waits for the next event.
+The node manager imports ``bwmon`` by name (a core module, not a plugin): the
+``bwmon.py`` shipped in packaging/ re-exports this module under that name. It
+calls ``start()`` (or ``start(options, conf)``) once and ``GetSlivers(data,
+config, plc)`` after each poll of PLC, and its database's ``sync()`` sets
+``bwmon.lock`` (this module's ``event``) whenever the slice database changed. A
+daemon thread waits on that event, clears it, copies the database under the
+node manager's lock and runs one cycle (clearing before the cycle, not after, so
+a change made during a cycle is not lost); an exception is logged and counted
+and the thread waits for the next event.
 
-Nothing here needs PlanetLab code: the database and its lock can be passed to
-``start()``; otherwise, if a ``database`` module is importable (the node
-manager's), ``database.db`` and ``database.db_lock`` (or ``db.lock``) are
-looked up at every cycle, since the node manager may rebind ``db``.
+Where the slices come from, first that applies: the node manager's ``database``
+module if importable (``database.db`` and ``database.db_lock``, or ``db.lock``,
+looked up at every cycle, since the node manager may rebind ``db``); else PLC's
+``GetSlivers()`` reply as ``GetSlivers`` last received it (``data["slivers"]``);
+else a ``{name: record}`` database passed to ``start()`` or ``GetSlivers()``.
+Only ``<PLC_SLICE_PREFIX>_default`` is the node's default record; the prefix
+is the node manager's config's ``PLC_SLICE_PREFIX`` (given to ``start`` or
+``GetSlivers``, else read from /etc/planetlab/plc_config inside a node
+manager), else ``pl``.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -27,21 +36,50 @@ from typing import Any
 
 from .agent import Agent, agent_for
 from .config import Config, load_config
-from .errors import Error
+from .errors import Error, MetricsError, TreeNotInitialised
 from .metrics import AgentMetrics, serve
-from .slices import from_nodemanager_db
+from .model import DesiredSet
+from .slices import from_nodemanager_db, from_plc_slivers
 
 log = logging.getLogger(__name__)
 
 priority = 20  # node-manager plugin order (after the slice creators)
+DEFAULT_SLICE_PREFIX = "pl"  # PlanetLab's PLC_SLICE_PREFIX when none is configured
+PLC_KEYS = ("slivers", "interfaces", "networks")  # what bwenforcer reads of PLC's reply
+PLC_CONFIG = "/etc/planetlab/plc_config"  # the node manager's config (Python assignments)
+PLC_CONFIG_MAX_BYTES = 1 << 20
 
-# The plugin protocol is module-level functions and an event the node manager
-# sets, so the module holds exactly two handles: that event and the running
-# shim (for GetSlivers). Everything else lives in the shim object.
+# The node-manager protocol is module-level functions and an event its database
+# sets, so the module holds exactly two handles: that event and the running shim
+# (for GetSlivers). Everything else lives in the shim object.
 event = threading.Event()
+lock = event  # the historic name: the node manager's database calls bwmon.lock.set()
 _shim: NodeManagerShim | None = None
 
 Lock = AbstractContextManager[Any]
+
+
+_PLC_SLICE_PREFIX = re.compile(rb"""^PLC_SLICE_PREFIX\s*=\s*["']([A-Za-z0-9]{1,32})["']""", re.M)
+
+
+def plc_config_prefix(path: str = PLC_CONFIG) -> str | None:
+    """``PLC_SLICE_PREFIX`` as the node manager's plc_config sets it (read, never run)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(PLC_CONFIG_MAX_BYTES)
+    except OSError:
+        return None
+    match = _PLC_SLICE_PREFIX.search(text)
+    return match.group(1).decode() if match else None
+
+
+def slice_prefix_of(*configs: Any) -> str | None:
+    """``PLC_SLICE_PREFIX`` of the first node-manager config object that has one."""
+    for conf in configs:
+        prefix = getattr(conf, "PLC_SLICE_PREFIX", None)
+        if isinstance(prefix, str) and prefix:
+            return prefix
+    return None
 
 
 @dataclass
@@ -55,13 +93,19 @@ class NodeManagerShim:
     wake: threading.Event = field(default_factory=threading.Event)
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
     agent_factory: Callable[[Config], Agent] = Agent
+    uid_of: Callable[[str], int | None] | None = None  # None: the Unix accounts (pwd)
+    slice_prefix: str = DEFAULT_SLICE_PREFIX
+    plc_data: Mapping[str, Any] | None = None  # PLC's last GetSlivers reply, without a database
     stopping: bool = False
     cycles: int = 0
     thread: threading.Thread | None = None
     stop_server: Callable[[], None] | None = None
+    metrics_error: str | None = None  # the last failure to serve /metrics, logged once
     agent: Agent | None = None  # kept across cycles, replaced when the config is
     # the database's bad records as last logged: logged again only when they change
     reported: frozenset[str] = frozenset()
+    skipped: frozenset[str] = frozenset()  # records skipped last cycle, logged once
+    limits_disabled: bool = False  # the node's default record turned limiting off
 
     def source(self) -> tuple[Mapping[str, Any] | None, Lock]:
         """The current database (None before there is one) and the lock guarding it."""
@@ -71,41 +115,79 @@ class NodeManagerShim:
             return db, lock or nullcontext()
         return self.db, self.lock or nullcontext()
 
-    def update(self, data: Any) -> None:
-        """A new database snapshot (a non-empty ``{name: record}`` dict) or just a nudge.
+    def update(self, data: Any, config: Any = None) -> None:
+        """PLC's reply (``{"slivers": [...], …}``), a database snapshot (a non-empty
+        ``{name: record}`` dict) or just a nudge; then wake the thread.
 
         With the node manager's ``database`` module as the source, its database
-        is authoritative and ``data`` (PLC's reply) only wakes the thread; an
-        empty dict is never taken as "no slices", which would lift every limit.
+        is authoritative and ``data`` only wakes the thread; an empty dict is
+        never taken as "no slices", which would lift every limit.
         """
-        if (
-            self.database is None
-            and isinstance(data, Mapping)
-            and data
-            and all(isinstance(v, Mapping) for v in data.values())
-        ):
-            self.db = data  # one reference swap; the copy is taken under the lock
+        prefix = slice_prefix_of(config)
+        if prefix is not None:
+            self.slice_prefix = prefix
+        if self.database is None and isinstance(data, Mapping) and data:
+            if isinstance(data.get("slivers"), list):
+                # copied here: the node manager's modules edit PLC's reply in place
+                # while the thread may be reading it; one reference swap after
+                self.plc_data = copy.deepcopy({k: data[k] for k in PLC_KEYS if k in data})
+            elif all(isinstance(v, Mapping) for v in data.values()):
+                self.db, self.plc_data = data, None  # the copy is taken under the lock
         self.wake.set()
+
+    def desired(self) -> DesiredSet | None:
+        """This cycle's slices from the current source; None while there is none."""
+        default_record = f"{self.slice_prefix}_default"
+        extra = {} if self.uid_of is None else {"uid_of": self.uid_of}
+        plc_data = self.plc_data
+        if self.database is None and plc_data is not None:
+            return from_plc_slivers(
+                plc_data, self.config, default_record, log_errors=False, **extra
+            )
+        db, lock = self.source()
+        if db is None:
+            return None
+        with lock:
+            snapshot = copy.deepcopy(dict(db))
+        return from_nodemanager_db(snapshot, self.config, default_record, log_errors=False, **extra)
+
+    def _log_records(self, desired: DesiredSet) -> None:
+        """Each bad record, each record the historic bwmon skips, and the off switch:
+        logged when they change, not every cycle.
+        """
+        errors = frozenset(desired.errors)
+        for line in sorted(errors - self.reported):
+            log.error("%s", line)
+        self.reported = errors
+        skipped = frozenset(desired.skipped)
+        for line in sorted(skipped - self.skipped):
+            log.info("%s", line)
+        self.skipped = skipped
+        if desired.limiting_off != self.limits_disabled:
+            if desired.limiting_off:
+                log.warning("limits disabled: the node's default record has net_max_rate -1")
+            else:
+                log.info("limits enabled again on dev %s", self.config.device)
+            self.limits_disabled = desired.limiting_off
 
     def run_once(self) -> None:
         """Copy the database under its lock and run one cycle; never raises."""
         try:
-            db, lock = self.source()
-            if db is None:
+            desired = self.desired()
+            if desired is None:
                 # not an empty database: cycling on nothing would lift every limit
                 log.warning("no node-manager database yet, cycle skipped")
                 self.metrics.observe_skipped()
                 return
-            with lock:
-                snapshot = copy.deepcopy(dict(db))
+            self._log_records(desired)
             self.agent = agent_for(self.config, self.agent, self.agent_factory)
-            desired = from_nodemanager_db(snapshot, self.config, log_errors=False)
-            for line in desired.errors:
-                if line not in self.reported:
-                    log.error("%s", line)
-            self.reported = frozenset(desired.errors)
             result = self.agent.cycle(desired)
         except Error as exc:
+            if isinstance(exc, TreeNotInitialised) and self.limits_disabled:
+                # limits are off and the tree is gone (the node manager removed it):
+                # nothing to enforce, nothing to build until limits are on again
+                self.metrics.observe_skipped()
+                return
             # logged once until it changes (a device gone for hours), counted each time
             new = self.agent is None or self.agent.new_problem(exc)
             log.log(logging.ERROR if new else logging.DEBUG, "node-manager cycle failed: %s", exc)
@@ -119,6 +201,23 @@ class NodeManagerShim:
             self.cycles += 1
         self.metrics.observe(result)
 
+    def serve_metrics(self) -> None:
+        """Serve /metrics if configured and not served yet; a failure is logged once
+        per distinct error and retried at the next cycle, never fatal.
+        """
+        listen = self.config.metrics.listen
+        if not listen or self.stop_server is not None:
+            return
+        try:
+            self.stop_server = serve(listen, self.metrics)
+        except (MetricsError, OSError) as exc:
+            if str(exc) != self.metrics_error:
+                log.error("%s; enforcing without metrics, retried every cycle", exc)
+            self.metrics_error = str(exc)
+            return
+        self.metrics_error = None
+        log.info("serving /metrics on %s", listen)
+
     def loop(self) -> None:
         """Wait for the event, clear it, run a cycle; until stopped."""
         try:
@@ -127,16 +226,15 @@ class NodeManagerShim:
                 if self.stopping:
                     return
                 self.wake.clear()
+                self.serve_metrics()
                 self.run_once()
         finally:
             if self.agent is not None:
                 self.agent.close()
 
     def start(self) -> None:
-        """Start the daemon thread (and the metrics server, if configured)."""
-        if self.config.metrics.listen:
-            self.stop_server = serve(self.config.metrics.listen, self.metrics)
-            log.info("serving /metrics on %s", self.config.metrics.listen)
+        """Start the daemon thread (and the metrics server, if configured and possible)."""
+        self.serve_metrics()
         self.thread = threading.Thread(target=self.loop, name="bwenforcer", daemon=True)
         self.thread.start()
 
@@ -158,32 +256,58 @@ def _discover() -> ModuleType | None:
         return None
 
 
-def start(*args: Any, **kwargs: Any) -> NodeManagerShim:
-    """Plugin entry: start the thread. Keywords: ``config`` (path), ``db``, ``lock``.
+def start(options: Any = None, conf: Any = None, **kwargs: Any) -> NodeManagerShim:
+    """Entry point: start the thread; ``start()`` and ``start(options, conf)`` as bwmon.
 
-    Without ``db`` and ``lock`` the node manager's ``database`` module is used
-    if importable. A second ``start()`` replaces the first thread.
+    Keywords: ``config`` (path of bwenforcer's config), ``db`` and ``lock`` (a
+    database to read instead of the node manager's), ``slice_prefix``. Without
+    ``db`` and ``lock`` the node manager's ``database`` module is used if
+    importable. Raises (config errors) before anything changes; a second
+    ``start()`` replaces the running thread only once the new one is ready.
+    A metrics listener that cannot be opened is logged and retried, not raised.
     """
-    del args  # the node manager passes its options; we read our own config
-    global _shim  # noqa: PLW0603 - the one handle the plugin protocol forces
-    db, lock = kwargs.get("db"), kwargs.get("lock")
-    database = _discover() if db is None and lock is None else None
+    global _shim  # noqa: PLW0603 - the one handle the module protocol forces
+    db, db_lock = kwargs.get("db"), kwargs.get("lock")
+    database = _discover() if db is None and db_lock is None else None
+    # the node manager's start() passes nothing: its plc_config, as the historic bwmon read it
+    prefix = (
+        kwargs.get("slice_prefix")
+        or slice_prefix_of(conf, options)
+        or (plc_config_prefix() if database is not None else None)
+    )
     shim = NodeManagerShim(
-        load_config(kwargs.get("config")), db=db, lock=lock, database=database, wake=event
+        load_config(kwargs.get("config")),
+        db=db,
+        lock=db_lock,
+        database=database,
+        wake=event,
+        slice_prefix=prefix or DEFAULT_SLICE_PREFIX,
     )
     if _shim is not None:
         _shim.stop(timeout_s=60)
     _shim = shim
     shim.start()
     log.info(
-        "node-manager thread started (database %s)",
+        "node-manager thread started (database %s, default record %s_default)",
         "from the database module" if database else "passed in" if db is not None else "none yet",
+        shim.slice_prefix,
     )
     return shim
 
 
 def GetSlivers(data: Any, config: Any = None, plc: Any = None) -> None:
-    """Plugin entry: a new policy arrived; wake the thread with it."""
-    del config, plc
+    """Entry point: PLC's reply arrived; wake the thread with it.
+
+    Not started (the node manager logs a failed ``start()`` and goes on): start
+    now, with the default config, so a fixed config takes effect at the next
+    poll; a failure is one logged line per poll, never raised.
+    """
+    del plc
+    if _shim is None:
+        try:
+            start(None, config)
+        except Error as exc:
+            log.error("not enforcing: %s; start retried at the next GetSlivers", exc)
+            return
     if _shim is not None:
-        _shim.update(data)
+        _shim.update(data, config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -11,6 +12,26 @@ from bwenforcer.units import parse_rate_bps
 from tests.netns import Netns, NetnsPair
 
 VENV_BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"
+REPO = Path(__file__).resolve().parent.parent
+
+
+class LogLines(logging.Handler):
+    """Every log record of a process as ``(level, message)``, for a script's report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.levelname, record.getMessage()))
+
+    @classmethod
+    def install(cls) -> LogLines:
+        """Log INFO and up to stderr and into a new instance."""
+        handler = cls()
+        logging.basicConfig(level=logging.INFO)
+        logging.getLogger().addHandler(handler)
+        return handler
 
 
 def bwenforcer_in(ns: Netns, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

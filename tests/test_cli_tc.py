@@ -80,6 +80,9 @@ def test_init_on_get_off_as_in_the_issue(ns: Netns) -> None:
             2,
         ),
         (["tc", "off", "0xfff", "--dev", "v0"], "name it 'default'", 2),
+        (["tc", "on", "5", "1", "2", "3", "4", "5", "6", "--dev", "v0"], "at most 5", 2),
+        (["tc", "on", "5", "2", "--dev", "v0", "--share", "3"], "share given both", 2),
+        (["tc", "on", "5", "-", "fast", "--dev", "v0"], "min rate: 'fast' is not a rate", 2),
     ],
 )
 def test_bad_input_gives_one_clear_line(ns: Netns, args: list[str], needle: str, code: int) -> None:
@@ -88,6 +91,23 @@ def test_bad_input_gives_one_clear_line(ns: Netns, args: list[str], needle: str,
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.kernel
+def test_bwlimit_positional_forms_keep_operators_scripts_working(ns: Netns) -> None:
+    assert bwenforcer_in(ns, "tc", "init", "--dev", "v0", "--cap", "10mbit").returncode == 0
+    # bwlimit on SLICE share minrate maxrate minexemptrate maxexemptrate, "-" = unchanged
+    on = bwenforcer_in(ns, "tc", "on", "1234", "2", "-", "3mbit", "-", "50mbit", "--dev", "v0")
+    assert on.returncode == 0, on.stderr
+    shown = bwenforcer_in(ns, "tc", "show", "1234", "--dev", "v0", "--json")
+    assert shown.returncode == 0, shown.stderr
+    (row,) = json.loads(shown.stdout)
+    assert (row["share"], row["max_rate"], row["exempt_max_rate"]) == (2, 3_000_000, 50_000_000)
+    assert bwenforcer_in(ns, "tc", "set", "1234", "-", "1mbit", "--dev", "v0").returncode == 0
+    (row,) = json.loads(bwenforcer_in(ns, "tc", "get", "1234", "--dev", "v0", "--json").stdout)
+    assert (row["share"], row["min_rate"], row["max_rate"]) == (2, 1_000_000, 3_000_000)
+    assert bwenforcer_in(ns, "tc", "del", "1234", "--dev", "v0").returncode == 0
+    assert "1:14d2" not in ns.tc("class", "show", "dev", "v0")
 
 
 def test_get_table_human_and_numeric() -> None:

@@ -17,7 +17,7 @@ from bwenforcer.cycle import CycleResult
 from bwenforcer.htb import HtbBackend
 from bwenforcer.layout import DEFAULT_XID, ROOT_XID
 from bwenforcer.model import DesiredSet
-from tests.kernel_helpers import VENV_BIN
+from tests.kernel_helpers import REPO, VENV_BIN
 from tests.loopback import free_port
 from tests.netns import Netns
 
@@ -222,3 +222,146 @@ def test_a_bad_record_is_logged_once_and_its_capped_slice_stays(
     finally:
         if shim.agent is not None:
             shim.agent.close()
+
+
+RESILIENT_NODE_MANAGER = """
+import json, os, socket, sys, threading, time, urllib.request
+
+cfg, bad_cfg, listen = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path.append(sys.argv[4])  # the repository, for tests.kernel_helpers
+
+from bwenforcer import nodemanager
+from bwenforcer.errors import ConfigError, TreeNotInitialised
+from bwenforcer.htb import HtbBackend
+from tests.kernel_helpers import LogLines
+
+lines = LogLines.install()
+host, port = listen.rsplit(":", 1)
+
+
+def xids():
+    with HtbBackend("v0") as kernel:
+        return sorted(x for x in kernel.dump().slices if 70 <= x < 80)
+
+
+def until(predicate):
+    deadline = time.monotonic() + 20
+    while not predicate():
+        assert time.monotonic() < deadline, lines.lines[-20:]
+        time.sleep(0.05)
+
+
+def cycle(shim):
+    before = shim.cycles
+    nodemanager.lock.set()
+    until(lambda: shim.cycles > before)
+
+
+report = {}
+busy = socket.socket()  # something else holds the metrics port
+busy.bind((host, int(port)))
+busy.listen()
+db = {"pl_a": {"name": "pl_a", "xid": 71, "_rspec": {"net_max_rate": 2000}}}
+shim = nodemanager.start("options", "conf", config=cfg, db=db, lock=threading.Lock())
+report["alive"] = shim.thread.is_alive()
+nodemanager.GetSlivers({"timestamp": 1}, None, None)
+until(lambda: xids() == [71])  # enforcing without metrics
+busy.close()
+cycle(shim)  # retried at the next cycle
+report["metrics"] = urllib.request.urlopen("http://" + listen + "/metrics", timeout=5).status
+
+try:  # a broken config: start() raises, the running thread stays
+    nodemanager.start(config=bad_cfg, db=db)
+    report["raised"] = False
+except ConfigError:
+    report["raised"] = True
+report["kept"] = nodemanager._shim is shim and shim.thread.is_alive()
+
+def tree_xids():
+    try:
+        return xids()
+    except TreeNotInitialised:
+        return None
+
+
+# the node manager turns limits off: its default record says -1 (the slice classes
+# go), then it removes the tree as the historic bwmon did; nothing is rebuilt
+db["pl_default"] = {"name": "pl_default", "_rspec": {"net_max_rate": -1}}
+cycle(shim)
+report["off"] = tree_xids()
+with HtbBackend("v0") as kernel:
+    kernel.stop()
+for _ in range(3):
+    cycle(shim)
+report["off_no_tree"] = tree_xids()
+del db["pl_default"]  # limits on again: the tree is built again, the slice is back
+cycle(shim)
+until(lambda: tree_xids() == [71])
+
+# PLC's reply, no database module: read as slivermanager reads it
+shim.uid_of = {"pl_b": 72, "pl_c": 73}.get
+plc = {"timestamp": 2, "slivers": [
+    {"name": "pl_b", "attributes": [{"tagname": "net_max_rate", "value": "3000"}]},
+    {"name": "pl_c", "attributes": []},
+    {"name": "pl_default", "attributes": [{"tagname": "net_max_rate", "value": "2000"}]},
+]}
+nodemanager.GetSlivers(plc, None, None)
+until(lambda: xids() == [72, 73])
+with HtbBackend("v0") as kernel:
+    report["plc_rate"] = kernel.dump().slices[72].default.rates.max_rate_bps
+shim.stop(timeout_s=30)
+
+# a node manager whose bwmon.start() failed goes on calling GetSlivers: each
+# call tries to start, and enforcement begins once the config is fixed
+nodemanager._shim = None
+os.environ["BWENFORCER_CONFIG"] = bad_cfg
+nodemanager.GetSlivers(plc, None, None)
+report["started_on_bad"] = nodemanager._shim is not None
+os.environ["BWENFORCER_CONFIG"] = cfg
+with HtbBackend("v0") as kernel:
+    kernel.off(72)
+nodemanager.GetSlivers({"pl_b": {"name": "pl_b", "xid": 72, "_rspec": {}}}, None, None)
+until(lambda: xids() == [72])
+nodemanager._shim.stop(timeout_s=30)
+report["lines"] = lines.lines
+print(json.dumps(report))
+"""
+
+
+def test_start_survives_a_busy_metrics_port_and_a_missing_tree(ns: Netns, tmp_path: Path) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\n"
+        f"metrics: {{listen: '{listen}'}}\n"
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("device: v0\nnode_cap: fast\n")
+    with HtbBackend("v0", netns=ns.name) as kernel:
+        kernel.init(10_000_000, 1_000_000_000)
+    script = tmp_path / "nm.py"
+    script.write_text(RESILIENT_NODE_MANAGER)
+    proc = ns.run(
+        str(VENV_BIN / "python"),
+        str(script),
+        str(cfg),
+        str(bad),
+        listen,
+        str(REPO),
+        check=False,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["alive"] and report["metrics"] == 200
+    assert report["raised"] and report["kept"]
+    assert report["plc_rate"] == 3_000_000
+    assert report["off"] == [] and report["off_no_tree"] is None
+    assert not report["started_on_bad"]
+    messages = [m for _, m in report["lines"]]
+    assert sum("cannot listen" in m for m in messages) == 1  # logged once, then served
+    assert sum("limits disabled" in m for m in messages) == 1  # four cycles with limits off
+    assert sum("limits enabled again" in m for m in messages) == 1
+    assert sum("not enforcing" in m and "node_cap" in m for m in messages) == 1
+    errors = [m for level, m in report["lines"] if level == "ERROR"]
+    assert len(errors) == 2  # the busy metrics port and the broken config, once each

@@ -81,6 +81,15 @@ slices_file: {tmp}/slices.yaml
 metrics: {{listen: '127.0.0.1:{port}'}}
 """
 
+# nodemanager.py runs from /usr/share/NodeManager (its sys.path[0]) and imports bwmon
+BWMON_IMPORT = """
+import sys
+sys.path.insert(0, "/usr/share/NodeManager")
+import bwmon
+from bwenforcer import nodemanager
+print(bwmon.__file__, bwmon.priority, bwmon.lock is nodemanager.event)
+"""
+
 # the private pyroute2 the wrapper puts on the path opens a socket in a namespace
 NETNS_SOCKET = """
 import runpy, sys
@@ -129,8 +138,16 @@ def test_deb_builds_installs_runs_and_lists_its_files(ns: Netns, tmp_path: Path)
             "/usr/lib/bwenforcer/python/pyroute2/netns/__init__.py",
             "/usr/share/doc/bwenforcer/copyright",
             "/usr/share/doc/bwenforcer/grafana-dashboard.json",
+            "/usr/share/NodeManager/bwmon.py",
+            "/usr/lib/python3/dist-packages/bwmon.py",
         ):
             assert path in files
+        diversions = _run("dpkg-divert", "--list", "bwenforcer").stdout
+        assert "/usr/share/NodeManager/bwmon.py.distrib" in diversions
+        # the node manager's import of its core module bwmon, on Debian's libraries
+        shim = _run("/usr/bin/python3", "-c", BWMON_IMPORT)
+        assert shim.returncode == 0, shim.stderr
+        assert shim.stdout.split() == ["/usr/share/NodeManager/bwmon.py", "20", "True"]
         assert (
             "/etc/bwenforcer/bwenforcer.yaml"
             in _run("dpkg-query", "-W", "-f", "${Conffiles}", "bwenforcer").stdout
@@ -151,8 +168,11 @@ def test_deb_builds_installs_runs_and_lists_its_files(ns: Netns, tmp_path: Path)
         "/usr/lib/bwenforcer",
         "/usr/lib/python3/dist-packages/bwenforcer",
         "/etc/bwenforcer",
+        "/usr/share/NodeManager/bwmon.py",
+        "/usr/lib/python3/dist-packages/bwmon.py",
     ):
         assert not Path(path).exists(), f"{path} left behind"
+    assert "bwmon" not in _run("dpkg-divert", "--list", "bwenforcer").stdout
 
 
 def _installed_daemon_runs_on_debian_libraries(ns: Netns, tmp: Path) -> None:

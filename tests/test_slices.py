@@ -10,9 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bwenforcer.config import Config
-from bwenforcer.errors import ConfigError
+from bwenforcer.errors import ConfigError, SliceError
 from bwenforcer.layout import MAX_SHARE
-from bwenforcer.slices import from_nodemanager_db, load_slices_file, resolve_policy
+from bwenforcer.slices import (
+    from_nodemanager_db,
+    from_plc_slivers,
+    load_slices_file,
+    resolve_policy,
+)
 
 CFG = Config(node_cap_bps=10_000_000, bwmax_bps=100_000_000)
 
@@ -77,14 +82,126 @@ def test_unusable_file_is_a_config_error(tmp_path: Path) -> None:
 def test_nodemanager_db_and_the_off_switch() -> None:
     db = {
         "pl_a": {"name": "pl_a", "xid": 501, "_rspec": {"net_max_rate": 1000}},
-        "pl_default": {"name": "pl_default", "_rspec": {"net_max_rate": 5000}},
+        "pl_default": {"name": "pl_default", "rspec": {"net_max_rate": 5000}},
         "pl_nouid_zz": {"name": "pl_nouid_zz", "_rspec": {}},
     }
     desired = from_nodemanager_db(db, CFG)
     assert [(s.name, s.xid) for s in desired.slices] == [("pl_a", 501)]
-    assert len(desired.errors) == 1 and not desired.limiting_off
-    db["pl_default"]["_rspec"]["net_max_rate"] = -1
+    assert not desired.errors and not desired.limiting_off
+    # no account, no xid: skipped as the historic bwmon did (delegated), not an error
+    assert desired.skipped == ("slice pl_nouid_zz: no account, so no xid (delegated?); skipped",)
+    db["pl_default"]["rspec"]["net_max_rate"] = -1
     assert from_nodemanager_db(db, CFG).limiting_off
+
+
+def test_only_the_prefix_default_record_is_the_node_default() -> None:
+    uids = {"princeton_default": 601, "pl_b": 602}.get
+    db = {
+        "princeton_default": {"name": "princeton_default", "_rspec": {"net_max_rate": -1}},
+        "pl_b": {"name": "pl_b", "_rspec": {"net_max_rate": 900}},
+    }
+    # a site's slice named *_default is a slice: limited, never the off switch
+    desired = from_nodemanager_db(db, CFG, uid_of=uids)
+    assert not desired.limiting_off
+    assert [s.name for s in desired.slices] == ["pl_b"]  # -1 is no rate for a slice
+    assert len(desired.errors) == 1 and "princeton_default" in desired.errors[0]
+    db["princeton_default"]["_rspec"]["net_max_rate"] = 3000
+    desired = from_nodemanager_db(db, CFG, uid_of=uids)
+    assert {s.name: s.default.max_rate_bps for s in desired.slices} == {
+        "princeton_default": 3_000_000,
+        "pl_b": 900_000,
+    }
+    # with another PLC_SLICE_PREFIX, that site's default record is the node's
+    db["princeton_default"]["_rspec"]["net_max_rate"] = -1
+    assert from_nodemanager_db(db, CFG, "princeton_default", uid_of=uids).limiting_off
+
+
+def test_node_manager_rspecs_share_policies_despite_their_other_resources() -> None:
+    def record(name: str) -> dict[str, object]:
+        tags = {"net_max_rate": "900", "vref": "f8", "initscript": name}
+        rspec = {"net_max_rate": 900, "cpu_pct": 0, "disk_max": 10_000_000, "tags": tags}
+        return {"name": name, "rspec": rspec, "_rspec": dict(rspec)}
+
+    desired = from_nodemanager_db(
+        {"pl_a": record("pl_a"), "pl_b": record("pl_b")}, CFG, uid_of={"pl_a": 1, "pl_b": 2}.get
+    )
+    a, b = desired.slices
+    assert a.default.max_rate_bps == 900_000 and a.default is b.default
+
+
+def test_records_without_rspec_are_skipped_not_enforced_with_defaults() -> None:
+    db = {"pl_t": {"name": "pl_t", "instantiation": "delegated", "timestamp": 1}}
+    desired = from_nodemanager_db(db, CFG, uid_of={"pl_t": 700}.get)
+    assert desired.slices == () and desired.errors == ()
+    assert desired.skipped == ("slice pl_t: no _rspec (not instantiated yet); skipped",)
+
+
+def _sliver(name: str, **tags: object) -> dict[str, object]:
+    return {
+        "name": name,
+        "instantiation": "plc-instantiated",
+        "keys": [],
+        "attributes": [{"tagname": k, "value": v} for k, v in tags.items()],
+    }
+
+
+def test_plc_getslivers_reply_is_read_as_slivermanager_reads_it() -> None:
+    data = {
+        "timestamp": 1,
+        "interfaces": [{"is_primary": True, "bwlimit": 5_000_000}],
+        "slivers": [
+            _sliver("pl_a", net_max_rate="2000", net_max_kbyte="1000", net_i2_share="3"),
+            _sliver("pl_b", net_max_rate="lots", net_thresh_kbyte="10"),  # not a number
+            _sliver("pl_default", net_max_rate="-1", vref="f8"),
+            _sliver("pl_gone"),  # no account
+        ],
+    }
+    uids = {"pl_a": 801, "pl_b": 802, "pl_default": 803}.get
+    assert from_plc_slivers(data, CFG, uid_of=uids).limiting_off
+    data["slivers"][2] = _sliver("pl_default", net_max_rate="5000")
+    desired = from_plc_slivers(data, CFG, uid_of=uids)
+    by_name = {s.name: s for s in desired.slices}
+    assert {(s.name, s.xid) for s in desired.slices} == {("pl_a", 801), ("pl_b", 802)}
+    a, b = by_name["pl_a"], by_name["pl_b"]
+    assert a.default.max_rate_bps == 2_000_000  # kbit/s
+    assert a.default.limit_bytes == 1_024_000  # KiB
+    assert a.exempt.share == 3
+    # untagged: slivermanager's DEFAULT_ALLOCATION, not bwenforcer's config defaults
+    assert a.exempt.limit_bytes == 31_640_625 * 1024
+    assert a.exempt.threshold_bytes == 28_476_562 * 1024
+    # slivermanager fills the untagged threshold too (9,492,187 KiB): capped by the limit
+    assert a.default.threshold_bytes == 1_024_000
+    # a tag that is no number falls back to the default: here the primary
+    # interface's bwlimit (5 Mbit/s), as slivermanager does
+    assert b.default.max_rate_bps == 5_000_000
+    assert b.default.threshold_bytes == 10 * 1024
+    assert b.default.limit_bytes == 10_546_875 * 1024
+    assert desired.errors == ()
+    assert desired.skipped == ("slice pl_gone: no account, so no xid (delegated?); skipped",)
+
+
+def test_plc_reply_without_interfaces_defaults_to_the_node_cap() -> None:
+    data = {"slivers": [_sliver("pl_a")]}
+    desired = from_plc_slivers(data, CFG, uid_of={"pl_a": 1}.get)
+    assert desired.slices[0].default.max_rate_bps == CFG.node_cap_bps  # 1 Gbit/s, clamped
+    assert desired.slices[0].default.min_rate_bps == CFG.bwmin_bps  # 0 kbit/s, raised
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"slivers": "pl_a"}, {"slivers": [{}] * 100_001}],
+    ids=["not-a-list", "too-many"],
+)
+def test_plc_reply_that_is_no_list_of_slivers_is_one_error(data: dict[str, object]) -> None:
+    with pytest.raises(SliceError, match="PLC data"):
+        from_plc_slivers(data, CFG)
+
+
+def test_bad_slivers_are_one_error_each_the_others_proceed() -> None:
+    data = {"slivers": ["junk", {"name": 7, "attributes": "x"}, _sliver("pl_a")]}
+    desired = from_plc_slivers(data, CFG, uid_of={"pl_a": 1}.get)
+    assert [s.name for s in desired.slices] == ["pl_a"]
+    assert len(desired.errors) == 2
 
 
 @given(

@@ -64,8 +64,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--bwmax", type=_rate, help="line rate (default: config)")
     init.set_defaults(func=run_init)
 
-    on = verbs.add_parser("on", parents=[dev], help="create or change a slice's classes")
+    # bwlimit's verbs and positional forms are accepted too, so operators' scripts
+    # keep working: on|add|replace|set SLICE [share] [min] [max] [exempt min]
+    # [exempt max] ("-" leaves one as it is), off|del SLICE, get|show [SLICE]
+    on = verbs.add_parser(
+        "on",
+        aliases=["add", "replace", "set"],
+        parents=[dev],
+        help="create or change a slice's classes",
+    )
     on.add_argument("slice", metavar="SLICE|XID", help=slice_help)
+    on.add_argument(
+        "positional",
+        nargs="*",
+        metavar="SHARE|-",
+        help="bwlimit's form: share, min, max, exempt min, exempt max rate ('-': unchanged)",
+    )
     on.add_argument("--share", type=_share, help="HTB share (quantum = share × 1600)")
     on.add_argument("--min", type=_rate, dest="min_rate", help="guaranteed rate, e.g. 512kbit")
     on.add_argument("--max", type=_rate, dest="max_rate", help="ceil, e.g. 10mbit")
@@ -73,11 +87,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     on.add_argument("--exempt-max", type=_rate, dest="exempt_max", help="exempt class's ceil")
     on.set_defaults(func=run_on)
 
-    off = verbs.add_parser("off", parents=[dev], help="remove a slice's classes")
+    off = verbs.add_parser("off", aliases=["del"], parents=[dev], help="remove a slice's classes")
     off.add_argument("slice", metavar="SLICE|XID", help=slice_help)
     off.set_defaults(func=run_off)
 
-    get = verbs.add_parser("get", parents=[dev], help="show slice classes")
+    get = verbs.add_parser("get", aliases=["show"], parents=[dev], help="show slice classes")
     get.add_argument("slice", metavar="SLICE|XID", nargs="?", help=f"only this {slice_help}")
     fmt = get.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="a list of objects (rates in bit/s)")
@@ -126,10 +140,35 @@ def run_init(args: argparse.Namespace) -> int:
     return 0
 
 
+POSITIONAL_ON = ("share", "min_rate", "max_rate", "exempt_min", "exempt_max")
+
+
+def _positional_on(args: argparse.Namespace) -> None:
+    """bwlimit's ``on SLICE [share] [minrate] [maxrate] [minexemptrate] [maxexemptrate]``
+    into the options (``-`` leaves one unset); given both ways is a usage error.
+    """
+    if len(args.positional) > len(POSITIONAL_ON):
+        raise UsageError(
+            f"tc on: {len(args.positional)} values after the slice; at most "
+            f"{len(POSITIONAL_ON)} (share, min, max, exempt min, exempt max rate)"
+        )
+    for dest, text in zip(POSITIONAL_ON, args.positional, strict=False):
+        if text == "-":
+            continue
+        what = dest.replace("_", " ")
+        if getattr(args, dest) is not None:
+            raise UsageError(f"tc on: {what} given both as an option and positionally")
+        try:
+            setattr(args, dest, _share(text) if dest == "share" else _rate(text))
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"tc on: {what}: {exc}") from None
+
+
 def run_on(args: argparse.Namespace) -> int:
     """``tc on``."""
     from ..slicename import resolve_slice
 
+    _positional_on(args)
     xid, _name = resolve_slice(args.slice)
     kernel, config = _backend(args)
     with kernel:
