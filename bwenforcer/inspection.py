@@ -27,8 +27,7 @@ from .model import (
     SliceState,
     State,
 )
-from .planner import MIN_RATE_SHARE_OF_CAP
-from .policy import clamp_rates, counter_delta
+from .policy import class_cap_bps, counter_delta, uncapped_rates
 from .slices import ATTRIBUTES
 from .units import human_duration, human_rate, human_size
 
@@ -630,13 +629,12 @@ class Forgiven:
     ops: tuple[ClassOp, ...]
 
 
-def lifted_rates(cs: ClassState, class_cap_bps: int, bwmin_bps: int) -> ClassRates:
+def lifted_rates(cs: ClassState, cap_bps: int, bwmin_bps: int) -> ClassRates:
     """The rates of an uncapped class, as a cycle would set them."""
     policy = cs.policy
-    min_rate = min(policy.min_rate_bps, class_cap_bps // MIN_RATE_SHARE_OF_CAP)
-    max_rate = min(policy.max_rate_bps, class_cap_bps)
-    rate_bps, ceil_bps = clamp_rates(min_rate, max_rate, class_cap_bps, bwmin_bps)
-    return ClassRates(rate_bps, ceil_bps, max(1, policy.share))
+    return ClassRates(
+        *uncapped_rates(policy.min_rate_bps, policy.max_rate_bps, policy.share, cap_bps, bwmin_bps)
+    )
 
 
 def forgive(
@@ -655,7 +653,11 @@ def forgive(
     """
     st = state.slices[xid]
     kernel = None if snapshot is None else snapshot.slices.get(xid)
-    caps = {} if snapshot is None else {"default": snapshot.cap_bps, "exempt": snapshot.bwmax_bps}
+    caps = (
+        {}
+        if snapshot is None
+        else {tc: class_cap_bps(tc, snapshot.cap_bps, snapshot.bwmax_bps) for tc in TRAFFIC_CLASSES}
+    )
     new: dict[TrafficClass, ClassState] = {}
     ops: list[ClassOp] = []
     for tc in dict.fromkeys(classes):

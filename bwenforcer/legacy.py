@@ -32,7 +32,7 @@ from .config import ClassDefaults, Config
 from .errors import LegacyImportError
 from .layout import DEFAULT_XID, ROOT_XID, XID_MAX, TrafficClass
 from .model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
-from .policy import counter_delta
+from .policy import class_cap_bps, counter_delta, threshold_bytes
 from .slicename import shown
 from .slices import NAME
 from .units import kbit_to_bps, kib_to_bytes
@@ -479,18 +479,17 @@ def _policy(attrs: Mapping[str, Any], tc: TrafficClass, config: Config) -> Class
     max_kbit = _number(attrs, names["max_rate"])
     share = _number(attrs, names["share"])
     limit_bytes = defaults.limit_bytes if limit_kib is None else kib_to_bytes(limit_kib)
-    if threshold_kib is not None:
-        threshold_bytes = kib_to_bytes(threshold_kib)
-    elif defaults.threshold_bytes is not None:
-        threshold_bytes = defaults.threshold_bytes
-    else:
-        threshold_bytes = limit_bytes * 8 // 10
-    default_max_bps = defaults.max_rate_bps or (
-        config.node_cap_bps if tc == "default" else config.bwmax_bps
+    default_max_bps = defaults.max_rate_bps or class_cap_bps(
+        tc, config.node_cap_bps, config.bwmax_bps
     )
     return ClassPolicy(
         limit_bytes=limit_bytes,
-        threshold_bytes=threshold_bytes,
+        threshold_bytes=threshold_bytes(
+            limit_bytes,
+            None if threshold_kib is None else kib_to_bytes(threshold_kib),
+            defaults.threshold_bytes,
+            limit_given=limit_kib is not None,
+        ),
         min_rate_bps=defaults.min_rate_bps if min_kbit is None else kbit_to_bps(min_kbit),
         max_rate_bps=default_max_bps if max_kbit is None else kbit_to_bps(max_kbit),
         share=defaults.share if share is None else max(1, share),

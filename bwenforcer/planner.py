@@ -34,11 +34,17 @@ from .model import (
     fast_init,
 )
 from .periods import clock_step, first_period, next_period
-from .policy import capped_ceil_bps, clamp_rates, counter_delta
+from .policy import (
+    capped_ceil_bps,
+    clamp_rates,
+    class_cap_bps,
+    class_limits,
+    counter_delta,
+    uncapped_rates,
+)
 
 # The tree's own slices: created by `tc init`, never removed as orphans.
 SYSTEM_XIDS = frozenset({ROOT_XID, DEFAULT_XID})
-MIN_RATE_SHARE_OF_CAP = 4  # min rate ≤ 25 % of the node cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +324,9 @@ class _Targets:
     """
 
     def __init__(self, snapshot: KernelSnapshot, bwmin_bps: int) -> None:
-        self.caps = {"default": snapshot.cap_bps, "exempt": snapshot.bwmax_bps}
+        self.caps = {
+            tc: class_cap_bps(tc, snapshot.cap_bps, snapshot.bwmax_bps) for tc in TRAFFIC_CLASSES
+        }
         self.bwmin_bps = bwmin_bps
         # class → id(policy) → (policy, min rate, max rate, share, uncapped rates); by id, as
         # hashing a policy costs more than the rest of a steady class's planning
@@ -330,12 +338,14 @@ class _Targets:
     def _limits_of(
         self, policy: ClassPolicy, traffic_class: TrafficClass
     ) -> tuple[ClassPolicy, int, int, int, ClassRates]:
-        class_cap_bps = self.caps[traffic_class]
-        min_rate = min(policy.min_rate_bps, class_cap_bps // MIN_RATE_SHARE_OF_CAP)
-        max_rate = min(policy.max_rate_bps, class_cap_bps)
-        share = max(1, policy.share)
+        cap_bps = self.caps[traffic_class]
+        min_rate, max_rate, share = class_limits(
+            policy.min_rate_bps, policy.max_rate_bps, policy.share, cap_bps
+        )
         uncapped = self._shared(
-            *clamp_rates(min_rate, max_rate, class_cap_bps, self.bwmin_bps), share
+            *uncapped_rates(
+                policy.min_rate_bps, policy.max_rate_bps, policy.share, cap_bps, self.bwmin_bps
+            )
         )
         limits = (policy, min_rate, max_rate, share, uncapped)
         self._limits[traffic_class][id(policy)] = limits
@@ -381,9 +391,8 @@ class _Targets:
             min_rate_bps=min_rate,
             max_rate_bps=max_rate,
         )
-        class_cap_bps = self.caps[traffic_class]
         return self._shared(
-            *clamp_rates(min_rate, ceil, class_cap_bps, self.bwmin_bps), share
+            *clamp_rates(min_rate, ceil, self.caps[traffic_class], self.bwmin_bps), share
         ), True
 
 

@@ -1,8 +1,61 @@
-"""The rate rules of DESIGN.md "Policy": pure functions of plain numbers."""
+"""The budget and rate rules (docs/architecture.md, "Policy"): pure functions of plain numbers.
+
+Every rule about a class's rates lives here and nowhere else: which cap a class
+is under, the share of the cap a min rate may take, the default threshold, the
+rates of an uncapped and of a capped class. The planner, the operator views,
+the slice sources, the legacy importer and ``tc`` all call these.
+"""
 
 from __future__ import annotations
 
-from .layout import kernel_rate_bps
+from .layout import TrafficClass, kernel_rate_bps
+
+MIN_RATE_SHARE_OF_CAP = 4  # a class's min rate is at most 25 % of its cap
+THRESHOLD_PERCENT = 80  # threshold when none is given: 80 % of the limit
+
+
+def class_cap_bps(traffic_class: TrafficClass, node_cap_bps: int, bwmax_bps: int) -> int:
+    """The ceiling a slice class lives under: the node cap for default traffic, the
+    line rate (bwmax) for exempt traffic (HTB parents 1:100 and 1:20).
+    """
+    return node_cap_bps if traffic_class == "default" else bwmax_bps
+
+
+def threshold_bytes(
+    limit_bytes: int, given_bytes: int | None, default_bytes: int | None, limit_given: bool
+) -> int:
+    """A class's threshold: the one given; else the configured default, unless the
+    limit was given without one (a default threshold belongs to the default limit);
+    else 80 % of the limit. Never above the limit.
+    """
+    if given_bytes is not None:
+        threshold = given_bytes
+    elif default_bytes is not None and not limit_given:
+        threshold = default_bytes
+    else:
+        threshold = limit_bytes * THRESHOLD_PERCENT // 100
+    return min(threshold, limit_bytes)
+
+
+def class_limits(
+    min_rate_bps: int, max_rate_bps: int, share: int, cap_bps: int
+) -> tuple[int, int, int]:
+    """``(min rate, max rate, share)`` a policy may have under its class cap: the min
+    rate at most a quarter of the cap, the max rate at most the cap, a share ≥ 1.
+    """
+    return (
+        min(min_rate_bps, cap_bps // MIN_RATE_SHARE_OF_CAP),
+        min(max_rate_bps, cap_bps),
+        max(1, share),
+    )
+
+
+def uncapped_rates(
+    min_rate_bps: int, max_rate_bps: int, share: int, cap_bps: int, bwmin_bps: int
+) -> tuple[int, int, int]:
+    """``(rate, ceil, share)`` of a class that is not capped, as the kernel holds them."""
+    lo, hi, share = class_limits(min_rate_bps, max_rate_bps, share, cap_bps)
+    return (*clamp_rates(lo, hi, cap_bps, bwmin_bps), share)
 
 
 def clamp_rates(

@@ -33,14 +33,13 @@ from .layout import (
     check_xid,
 )
 from .model import ClassPolicy, DesiredSet, DesiredSlice, InvalidRecord
+from .policy import class_cap_bps, class_limits, threshold_bytes
 from .slicename import shown
 from .units import MAX_RATE_BPS, MAX_SIZE_BYTES, kbit_to_bps, kib_to_bytes
 
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"(?:[a-z0-9]+_)?[a-z0-9_]{1,64}")  # whole name: fullmatch
-THRESHOLD_PERCENT = 80
-MIN_RATE_SHARE_OF_CAP = 4  # min rate ≤ 25 % of the node cap
 
 # rspec attribute of each (class, field)
 ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
@@ -99,7 +98,7 @@ def resolve_policy(
     for tc in TRAFFIC_CLASSES:
         attrs = ATTRIBUTES[tc]
         base = config.defaults[tc]
-        cap = config.node_cap_bps if tc == "default" else config.bwmax_bps
+        cap = class_cap_bps(tc, config.node_cap_bps, config.bwmax_bps)
 
         def given(field: str, attrs: dict[str, str] = attrs) -> int | None:
             attribute = attrs[field]
@@ -112,25 +111,27 @@ def resolve_policy(
         limit_kib = given("limit")
         limit = kib_to_bytes(limit_kib) if limit_kib is not None else base.limit_bytes
         thresh_kib = given("threshold")
-        if thresh_kib is not None:
-            threshold = kib_to_bytes(thresh_kib)
-        elif base.threshold_bytes is not None and limit_kib is None:
-            threshold = base.threshold_bytes
-        else:
-            threshold = limit * THRESHOLD_PERCENT // 100
+        threshold = threshold_bytes(
+            limit,
+            None if thresh_kib is None else kib_to_bytes(thresh_kib),
+            base.threshold_bytes,
+            limit_given=limit_kib is not None,
+        )
         max_kbit = given("max_rate")
         max_rate = kbit_to_bps(max_kbit) if max_kbit is not None else (base.max_rate_bps or cap)
         min_kbit = given("min_rate")
         min_rate = kbit_to_bps(min_kbit) if min_kbit is not None else base.min_rate_bps
-        share = given("share")
-        max_rate = max(config.bwmin_bps, min(max_rate, cap))
-        min_rate = max(config.bwmin_bps, min(min_rate, cap // MIN_RATE_SHARE_OF_CAP, max_rate))
+        share_given = given("share")
+        min_rate, max_rate, share = class_limits(
+            min_rate, max_rate, base.share if share_given is None else share_given, cap
+        )
+        max_rate = max(config.bwmin_bps, max_rate)
         policies[tc] = ClassPolicy(
             limit_bytes=limit,
-            threshold_bytes=min(threshold, limit),
-            min_rate_bps=min_rate,
+            threshold_bytes=threshold,
+            min_rate_bps=max(config.bwmin_bps, min(min_rate, max_rate)),
             max_rate_bps=max_rate,
-            share=max(1, share if share is not None else base.share),
+            share=share,
         )
     return policies["default"], policies["exempt"], origin
 
