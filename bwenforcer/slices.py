@@ -21,8 +21,8 @@ from dataclasses import replace
 from typing import Any
 
 from .atomicfile import check_dir, disk_full, read_own, replace_file
-from .config import Config, ConfigError, parse_yaml, read_bytes
-from .errors import SliceError, UnsafePath
+from .config import Config
+from .errors import ConfigError, SliceError, UnsafePath
 from .layout import (
     DEFAULT_XID,
     MAX_SHARE,
@@ -36,6 +36,7 @@ from .model import ClassPolicy, DesiredSet, DesiredSlice, InvalidRecord
 from .policy import class_cap_bps, class_limits, threshold_bytes
 from .slicename import shown
 from .units import MAX_RATE_BPS, MAX_SIZE_BYTES, kbit_to_bps, kib_to_bytes
+from .yamlinput import parse_yaml, read_bytes
 
 log = logging.getLogger(__name__)
 
