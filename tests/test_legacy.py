@@ -21,8 +21,9 @@ import pytest
 
 from bwenforcer.config import Config
 from bwenforcer.errors import LegacyImportError
-from bwenforcer.legacy import PickleLimits, import_legacy
+from bwenforcer.legacy import import_legacy
 from bwenforcer.model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
+from bwenforcer.pickleread import PickleLimits
 from bwenforcer.statestore import state_from_json, state_to_json
 
 NOW_S = 1_763_800_000
