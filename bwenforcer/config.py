@@ -64,7 +64,7 @@ class PeriodAnchor:
 
 @dataclass(frozen=True)
 class MailConfig:
-    """Notification settings (DESIGN.md "Notification")."""
+    """Notification settings (the ``mail`` key of docs/interfaces.md "Config file")."""
 
     transport: Literal["smtp", "sendmail", "spool", "none"] = "none"
     from_addr: str = "support@localhost"
@@ -94,7 +94,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """Who marks packets (DESIGN.md "Marks")."""
+    """Who marks packets (docs/htb-layout.md "Marks")."""
 
     mode: Literal["none", "uid"] = "none"
     exempt_prefixes: tuple[str, ...] = ()  # CIDRs, v4 and v6, validated
