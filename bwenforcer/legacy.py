@@ -22,13 +22,13 @@ import math
 import reprlib
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 from .config import ClassDefaults, Config
 from .errors import LegacyImportError
 from .layout import DEFAULT_XID, ROOT_XID, XID_MAX, TrafficClass
 from .model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
-from .pickleread import DEFAULT_LIMITS, Clock, LegacySlice, PickleLimits, read_pickle
+from .pickleread import DEFAULT_LIMITS, Clock, LegacySlice, PickleLimits, unpickle
 from .policy import class_cap_bps, counter_delta, threshold_bytes
 from .slicename import shown
 from .slices import NAME
@@ -57,6 +57,32 @@ _ATTRS: Mapping[TrafficClass, Mapping[str, str]] = {
         "share": "Sharei2",
     },
 }
+
+
+def _read_at_most(f: BinaryIO, limit_bytes: int) -> bytes:
+    """Up to ``limit_bytes`` of ``f``, in chunks: one ``read(limit)`` allocates the limit."""
+    chunks: list[bytes] = []
+    left_bytes = limit_bytes
+    while left_bytes > 0:
+        chunk = f.read(min(left_bytes, 2**20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left_bytes -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_file(path: str, limits: PickleLimits) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            raw = _read_at_most(f, limits.max_file_bytes + 1)
+    except OSError as exc:
+        raise LegacyImportError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if len(raw) > limits.max_file_bytes:
+        raise LegacyImportError(
+            f"{path}: larger than {limits.max_file_bytes} bytes: not a bwmon pickle"
+        )
+    return raw
 
 
 class _BadSlice(Exception):
@@ -243,7 +269,8 @@ def import_legacy(
     costly file (beyond ``limits``, ``clock`` measuring the time); a single slice that
     cannot be imported is skipped with a warning naming it.
     """
-    data = read_pickle(path, limits, clock)
+    deadline_s = clock() + limits.max_time_s  # the time bound counts the reading too
+    data = unpickle(_read_file(path, limits), path, limits, deadline_s, clock)
     if not isinstance(data, tuple | list) or len(data) != 3:
         raise LegacyImportError(f"{path}: expected a (version, slices, deaddb) tuple")
     version, slices, deaddb = data

@@ -4,7 +4,8 @@ It interprets the opcodes itself (not ``pickle``): it builds scalars, tuples,
 lists, dicts and, for ``bwmon.Slice`` and the two helpers Python 2 uses to rebuild
 instances, a stand-in that merely holds attributes (:class:`LegacySlice`); any
 other global is refused, and every cost (size, objects, depth, memo, time) is
-bounded by :class:`PickleLimits`. The legacy importer maps what it builds to a State.
+bounded by :class:`PickleLimits`. The legacy importer reads the file (at most
+``max_file_bytes``) and maps what this builds to a State.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import reprlib
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from .errors import LegacyImportError
 
@@ -386,36 +387,15 @@ class _Interpreter:
             raise _Refused("an opcode Python 2 does not write for bwmon's data")
 
 
-def _read_at_most(f: BinaryIO, limit_bytes: int) -> bytes:
-    """Up to ``limit_bytes`` of ``f``, in chunks: one ``read(limit)`` allocates the limit."""
-    chunks: list[bytes] = []
-    left_bytes = limit_bytes
-    while left_bytes > 0:
-        chunk = f.read(min(left_bytes, 2**20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left_bytes -= len(chunk)
-    return b"".join(chunks)
-
-
-def read_pickle(path: str, limits: PickleLimits, clock: Clock) -> object:
-    """The object pickled in the file ``path``, built within ``limits`` (``clock`` measures
-    the time); LegacyImportError (one line naming the file) if it cannot be, or is unsafe.
+def unpickle(
+    raw: bytes, source: str, limits: PickleLimits, deadline_s: float, clock: Clock
+) -> object:
+    """The object pickled in ``raw``, built within ``limits`` and before ``deadline_s`` on
+    ``clock``; LegacyImportError (one line naming ``source``) if it cannot be, or is unsafe.
     """
-    deadline_s = clock() + limits.max_time_s
-    try:
-        with open(path, "rb") as f:
-            raw = _read_at_most(f, limits.max_file_bytes + 1)
-    except OSError as exc:
-        raise LegacyImportError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    if len(raw) > limits.max_file_bytes:
-        raise LegacyImportError(
-            f"{path}: larger than {limits.max_file_bytes} bytes: not a bwmon pickle"
-        )
     try:
         return _Interpreter(raw, limits, deadline_s, clock).run()
     except _Unsafe as exc:
-        raise LegacyImportError(f"{path}: {exc}") from None
+        raise LegacyImportError(f"{source}: {exc}") from None
     except _Refused as exc:
-        raise LegacyImportError(f"{path}: not a readable bwmon pickle: {exc}") from None
+        raise LegacyImportError(f"{source}: not a readable bwmon pickle: {exc}") from None
