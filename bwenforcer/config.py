@@ -1,86 +1,25 @@
 """Configuration: frozen dataclasses, loaded from YAML and validated.
 
 Every value is in base units (bit/s, bytes, seconds). Loading errors name the
-key path and the problem, e.g. ``defaults.exempt.limit: "12 parsecs" is not a size``.
+key path and the problem, e.g. ``defaults.exempt.limit: "12 parsecs" is not a size``
+(the strict YAML reading and the key-path reader are in :mod:`.yamlinput`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-
-from .errors import ConfigError, UnitError
+from .errors import ConfigError
 from .layout import BWMAX_BPS, BWMIN_BPS, MAX_SHARE, TRAFFIC_CLASSES, TrafficClass
-from .units import format_duration, parse_duration_s, parse_rate_bps, parse_size_bytes
-
-_BASE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-_INT_TAG = "tag:yaml.org,2002:int"
-_FLOAT_TAG = "tag:yaml.org,2002:float"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-# YAML 1.2's core schema where 1.1 surprises people: only true/false are booleans
-# (``on: monday`` is a key named "on", ``yes`` a string), and 06:30 is a string,
-# not the base-60 number 390. Other numbers as in YAML 1.1.
-_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
-_INT = re.compile(
-    r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"
-)
-_FLOAT = re.compile(
-    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
-    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-)
-
-
-def _resolvers() -> dict[str | None, list[tuple[str, re.Pattern[str]]]]:
-    replaced = {_BOOL_TAG, _INT_TAG, _FLOAT_TAG}
-    table = {
-        first: [(tag, regex) for tag, regex in pairs if tag not in replaced]
-        for first, pairs in _BASE_LOADER.yaml_implicit_resolvers.items()
-    }
-    for tag, regex, firsts in (
-        (_BOOL_TAG, _BOOL, "tTfF"),
-        (_INT_TAG, _INT, "-+0123456789"),
-        (_FLOAT_TAG, _FLOAT, "-+0123456789."),
-    ):
-        for first in firsts:
-            table.setdefault(first, []).append((tag, regex))
-    return table
-
-
-class StrictLoader(_BASE_LOADER):  # type: ignore[misc,valid-type]
-    """The safe loader for the config and the slices file: YAML 1.2 booleans, no
-    base-60 numbers, and a key given twice in one mapping is an error (the second
-    would silently win)."""
-
-    yaml_implicit_resolvers = _resolvers()
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
-        """The mapping of ``node``; ConstructorError at the second of two equal keys."""
-        pairs = list(node.value)  # the base class replaces merge keys by what they merge
-        mapping: dict[object, object] = super().construct_mapping(node, deep=deep)
-        if len(mapping) == len(pairs) and not any(k.tag == _MERGE_TAG for k, _ in pairs):
-            return mapping  # as many keys as pairs: none repeated (the usual case, fast)
-        seen: set[object] = set()
-        for key_node, _value in pairs:
-            if key_node.tag == _MERGE_TAG:
-                continue  # merged keys may be overridden: that is what << is for
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return mapping
-
+from .units import parse_duration_s, parse_rate_bps, parse_size_bytes
+from .yamlinput import KeyReader, read_yaml
 
 DEFAULT_CONFIG_PATH = "/etc/bwenforcer/bwenforcer.yaml"
 CONFIG_ENV = "BWENFORCER_CONFIG"
@@ -125,7 +64,7 @@ class PeriodAnchor:
 
 @dataclass(frozen=True)
 class MailConfig:
-    """Notification settings (DESIGN.md "Notification")."""
+    """Notification settings (the ``mail`` key of docs/interfaces.md "Config file")."""
 
     transport: Literal["smtp", "sendmail", "spool", "none"] = "none"
     from_addr: str = "support@localhost"
@@ -155,7 +94,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """Who marks packets (DESIGN.md "Marks")."""
+    """Who marks packets (docs/htb-layout.md "Marks")."""
 
     mode: Literal["none", "uid"] = "none"
     exempt_prefixes: tuple[str, ...] = ()  # CIDRs, v4 and v6, validated
@@ -199,111 +138,10 @@ class Config:
         return self.history.file or f"{self.state_file}.history"
 
 
-class _Reader:
-    """Walks one mapping of the YAML document, naming key paths in its errors."""
-
-    def __init__(self, data: object, path: str, source: str) -> None:
-        self.source = source
-        self.path = path
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise self.error("expected a mapping", at=path)
-        self.data: dict[str, object] = data
-        self.used: set[str] = set()
-
-    def error(self, problem: str, at: str | None = None) -> ConfigError:
-        where = at if at is not None else self.path
-        return ConfigError(f"{self.source}: {where or '(top level)'}: {problem}")
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def has(self, name: str) -> bool:
-        return name in self.data
-
-    def raw(self, name: str) -> object:
-        self.used.add(name)
-        return self.data.get(name)
-
-    def sub(self, name: str) -> _Reader:
-        return _Reader(self.raw(name), self.key(name), self.source)
-
-    def parsed(
-        self, name: str, parse: Callable[[object], int], default: int, high_s: int | None = None
-    ) -> int:
-        """A rate, size or duration; a duration also at most ``high_s`` if given."""
-        if not self.has(name):
-            return default
-        value = self.raw(name)
-        try:
-            result = parse(value)
-        except UnitError as exc:
-            raise self.error(str(exc), at=self.key(name)) from None
-        if high_s is not None and result > high_s:
-            raise self.error(
-                f"{value!r} is above the maximum {format_duration(high_s)}", at=self.key(name)
-            )
-        return result
-
-    def optional(self, name: str, parse: Callable[[object], int]) -> int | None:
-        if not self.has(name) or self.raw(name) is None:
-            self.used.add(name)
-            return None
-        return self.parsed(name, parse, 0)
-
-    def text(self, name: str, default: str | None, *, allow_null: bool = True) -> str | None:
-        if not self.has(name):
-            return default
-        value = self.raw(name)
-        if value is None and allow_null:
-            return None
-        if not isinstance(value, str) or not value:
-            raise self.error(f"{value!r} is not a non-empty string", at=self.key(name))
-        return value
-
-    def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
-        value = self.text(name, default, allow_null=False)
-        if value not in options:
-            raise self.error(f"{value!r} is not one of {', '.join(options)}", at=self.key(name))
-        return value
-
-    def flag(self, name: str, default: bool) -> bool:
-        if not self.has(name):
-            return default
-        value = self.raw(name)
-        if not isinstance(value, bool):
-            raise self.error(f"{value!r} is not true or false", at=self.key(name))
-        return value
-
-    def integer(self, name: str, default: int, low: int, high: int) -> int:
-        if not self.has(name):
-            return default
-        value = self.raw(name)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.error(f"{value!r} is not a whole number {low}..{high}", at=self.key(name))
-        return value
-
-    def strings(self, name: str) -> tuple[str, ...]:
-        if not self.has(name) or self.raw(name) is None:
-            return ()
-        value = self.raw(name)
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.error(f"{value!r} is not a list of strings", at=self.key(name))
-        return tuple(value)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used, key=str)
-        if unknown:
-            raise self.error("unknown key", at=self.key(str(unknown[0])))
-
-
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
-def _time_of_day(reader: _Reader, name: str) -> int:
+def _time_of_day(reader: KeyReader, name: str) -> int:
     value = reader.text(name, "00:00", allow_null=False) or "00:00"
     parts = value.split(":")
     try:
@@ -316,7 +154,7 @@ def _time_of_day(reader: _Reader, name: str) -> int:
     return hours * 3600 + minutes * 60
 
 
-def _anchor(reader: _Reader) -> PeriodAnchor:
+def _anchor(reader: KeyReader) -> PeriodAnchor:
     every = reader.choice("every", ("day", "week", "month"), "day")
     at_s = _time_of_day(reader, "at")
     tz = reader.text("tz", "UTC", allow_null=False) or "UTC"
@@ -336,7 +174,7 @@ def _anchor(reader: _Reader) -> PeriodAnchor:
     return PeriodAnchor(every, at_s, tz, weekday, day)  # type: ignore[arg-type]
 
 
-def _class_defaults(reader: _Reader, base: ClassDefaults) -> ClassDefaults:
+def _class_defaults(reader: KeyReader, base: ClassDefaults) -> ClassDefaults:
     limit = reader.parsed("limit", parse_size_bytes, base.limit_bytes)
     threshold = reader.optional("threshold", parse_size_bytes)
     if threshold is not None and threshold > limit:
@@ -373,7 +211,7 @@ def _prefixes_file(path: str, where: str) -> list[str]:
     return found
 
 
-def _classifier(reader: _Reader) -> ClassifierConfig:
+def _classifier(reader: KeyReader) -> ClassifierConfig:
     mode = reader.choice("mode", ("none", "uid"), "none")
     prefixes = [
         normalise_prefix(p, f"{reader.source}: {reader.key('exempt_prefixes')}")
@@ -386,7 +224,7 @@ def _classifier(reader: _Reader) -> ClassifierConfig:
     return ClassifierConfig(mode, tuple(dict.fromkeys(prefixes)))  # type: ignore[arg-type]
 
 
-def _check_slice_address(reader: _Reader, template: str) -> None:
+def _check_slice_address(reader: KeyReader, template: str) -> None:
     """``{slice}`` and nothing else: any other placeholder would fail every mail."""
     where = reader.key("slice_address")
     try:
@@ -413,7 +251,7 @@ def _check_slice_address(reader: _Reader, template: str) -> None:
         raise reader.error(f"{template!r} has no {{slice}} placeholder", at=where)
 
 
-def _mail(reader: _Reader) -> MailConfig:
+def _mail(reader: KeyReader) -> MailConfig:
     base = MailConfig()
     transport = reader.choice("transport", ("smtp", "sendmail", "spool", "none"), base.transport)
     template = reader.text("slice_address", base.slice_address)
@@ -456,7 +294,7 @@ def _mail(reader: _Reader) -> MailConfig:
     return mail
 
 
-def _metrics(reader: _Reader) -> MetricsConfig:
+def _metrics(reader: KeyReader) -> MetricsConfig:
     base = MetricsConfig()
     listen = reader.text("listen", base.listen)
     if listen is not None:
@@ -468,7 +306,7 @@ def _metrics(reader: _Reader) -> MetricsConfig:
     return metrics
 
 
-def _history(reader: _Reader) -> HistoryConfig:
+def _history(reader: KeyReader) -> HistoryConfig:
     base = HistoryConfig()
     history = HistoryConfig(
         hourly_keep_s=reader.parsed("hourly_keep", parse_duration_s, base.hourly_keep_s),
@@ -482,7 +320,7 @@ def _history(reader: _Reader) -> HistoryConfig:
 
 def parse_config(data: object, source: str) -> Config:
     """A Config from an already-parsed YAML document; ConfigError names key path and problem."""
-    top = _Reader(data, "", source)
+    top = KeyReader(data, "", source)
     base = Config()
     node_cap = top.parsed("node_cap", parse_rate_bps, base.node_cap_bps)
     bwmax = top.parsed("bwmax", parse_rate_bps, base.bwmax_bps)
@@ -533,33 +371,6 @@ def parse_config(data: object, source: str) -> Config:
     )
     top.done()
     return config
-
-
-def read_yaml(path: str) -> object:
-    """Parse a YAML file (C loader when available); ConfigError with file and line if bad."""
-    return parse_yaml(read_bytes(path), path)
-
-
-def read_bytes(path: str) -> bytes:
-    """The bytes of a config or slices file; ConfigError naming it if it cannot be read."""
-    try:
-        with open(path, "rb") as stream:
-            return stream.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-
-
-def parse_yaml(raw: bytes, path: str) -> object:
-    """Parse the bytes of the YAML file ``path``; ConfigError with file and line if bad."""
-    try:
-        return yaml.load(raw.decode("utf-8"), Loader=StrictLoader)
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "YAML"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: {where}: {problem}") from None
 
 
 def load_config(path: str | None) -> Config:

@@ -74,7 +74,7 @@ class NotPermitted(KernelError):
 
 
 class TreeNotInitialised(KernelError):
-    """The HTB tree of DESIGN.md is not on the device (run ``tc init``)."""
+    """The HTB tree of docs/htb-layout.md is not on the device (run ``tc init``)."""
 
 
 class ClassOpFailed(KernelError):

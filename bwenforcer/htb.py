@@ -107,7 +107,7 @@ def _slice_of_handle(class_handle: int) -> tuple[int, TrafficClass] | None:
 
 
 class HtbBackend:
-    """The HTB tree of one device (DESIGN.md "HTB layout")."""
+    """The HTB tree of one device (docs/htb-layout.md)."""
 
     def __init__(self, dev: str, netns: str | None = None) -> None:
         self.dev = dev

@@ -1,4 +1,4 @@
-"""The HTB layout of DESIGN.md: class ids, marks, handles and fixed rates.
+"""The HTB layout of docs/htb-layout.md: class ids, marks, handles and fixed rates.
 
 Everything that knows how an xid maps onto the kernel's numbers lives here, so a
 wider layout can replace it in one place.

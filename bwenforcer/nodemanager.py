@@ -39,7 +39,8 @@ from .config import Config, load_config
 from .errors import Error, MetricsError, TreeNotInitialised
 from .metrics import AgentMetrics, serve
 from .model import DesiredSet
-from .slices import from_nodemanager_db, from_plc_slivers
+from .plcslivers import from_plc_slivers
+from .slices import from_nodemanager_db
 
 log = logging.getLogger(__name__)
 

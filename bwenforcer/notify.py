@@ -1,4 +1,4 @@
-"""Cap notices as e-mail messages (DESIGN.md "Notification").
+"""Cap notices as e-mail messages (docs/architecture.md "Slice lifecycle").
 
 Built with :class:`email.message.EmailMessage`, so no slice name or value can
 add a header: text with control (or other non-printable) characters is refused,

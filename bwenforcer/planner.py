@@ -551,7 +551,7 @@ def plan(
     params: PlanParams,
     now_s: int,
 ) -> Plan:
-    """Reconcile one cycle (DESIGN.md "Policy" and "Slice lifecycle")."""
+    """Reconcile one cycle (docs/architecture.md "Policy" and "Slice lifecycle")."""
     if desired.limiting_off:
         return _limiting_off(snapshot, state, now_s)
     wanted = {s.xid: s for s in desired.slices}

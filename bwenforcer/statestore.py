@@ -1,6 +1,6 @@
 """The state file: versioned JSON, written atomically, one backup, guarded by a lock.
 
-Layout (DESIGN.md "State file")::
+Layout (docs/state-format.md)::
 
     {"schema_version": 1, "saved_at": 1763800000, "writer": "bwenforcer 0.1.0",
      "slices": {"1234": {"name": …, "xid": 1234, "period_start": …, "period_end": …,

@@ -82,33 +82,10 @@ def system_python() -> str:
     return shutil.which("python3", path="/usr/bin:/bin") or sys.executable
 
 
-def sink_argv(netns: str, port: int, seconds: float) -> list[str]:
-    """Command line of a sink in ``netns``."""
-    return ["ip", "netns", "exec", netns, system_python(), "-c", _SINK, str(port), str(seconds)]
-
-
-def sender_argv(
-    netns: str,
-    uid: int,
-    host: str,
-    port: int,
-    *,
-    max_bytes: int,
-    seconds: float,
-    rate_bps: int = 0,
-) -> list[str]:
-    """Command line of a sender running as ``uid`` in ``netns``."""
-    return [
-        "ip", "netns", "exec", netns,
-        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-        system_python(), "-c", _SENDER,
-        host, str(port), str(max_bytes), str(seconds), str(rate_bps),
-    ]  # fmt: skip
-
-
 def start_sink(netns: str, port: int, seconds: float) -> subprocess.Popen[str]:
     """Start a sink and wait until it listens."""
-    proc = subprocess.Popen(sink_argv(netns, port, seconds), stdout=subprocess.PIPE, text=True)
+    argv = ["ip", "netns", "exec", netns, system_python(), "-c", _SINK, str(port), str(seconds)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     proc.stdout.readline()  # "ready"
     return proc
@@ -126,10 +103,14 @@ def start_sender(
     log: IO[bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a sender as ``uid``; it stops by itself after its bounds. Errors go to ``log``."""
+    argv = [
+        "ip", "netns", "exec", netns,
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        system_python(), "-c", _SENDER,
+        host, str(port), str(max_bytes), str(seconds), str(rate_bps),
+    ]  # fmt: skip
     return subprocess.Popen(
-        sender_argv(
-            netns, uid, host, port, max_bytes=max_bytes, seconds=seconds, rate_bps=rate_bps
-        ),
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=log if log is not None else subprocess.DEVNULL,

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bwenforcer.config import Config, load_config, parse_config, parse_yaml
+from bwenforcer.config import Config, load_config, parse_config
 from bwenforcer.errors import ConfigError
 from bwenforcer.slices import load_slices_file
+from bwenforcer.yamlinput import parse_yaml
 
 ETC = Path(__file__).resolve().parent.parent / "etc"
 

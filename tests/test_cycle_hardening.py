@@ -1,4 +1,4 @@
-"""Issue 12 on a namespace kernel: bad rspecs, clock steps, capped time, kills mid-cycle."""
+"""A cycle on a namespace kernel against bad rspecs, clock steps, capped time, kills mid-cycle."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
-# --- item 5: one bad rspec value does not lift a cap -----------------------------------
+# --- one bad rspec value does not lift a cap -------------------------------------------
 
 
 def test_a_capped_slice_whose_record_turns_invalid_stays_capped_and_is_logged_once(
@@ -108,7 +108,7 @@ def test_a_capped_slice_whose_record_turns_invalid_stays_capped_and_is_logged_on
     assert state_of(config).slices[10].default.capped
 
 
-# --- item 7: clock steps ----------------------------------------------------------------
+# --- clock steps -----------------------------------------------------------------------
 
 
 def test_a_clock_stepped_forward_days_then_back_keeps_periods_and_ledger(
@@ -171,7 +171,7 @@ def test_a_clock_stepped_eleven_years_ahead_erases_no_history(
     assert (T0, 600) in [(r.bucket_start_s, r.capped_default_s) for r in rows]
 
 
-# --- item 9: capped time is the time that passed ---------------------------------------
+# --- capped time is the time that passed -----------------------------------------------
 
 
 def test_capped_time_is_the_time_between_irregular_cron_cycles(ns: Netns, tmp_path: Path) -> None:
@@ -186,7 +186,7 @@ def test_capped_time_is_the_time_between_irregular_cron_cycles(ns: Netns, tmp_pa
     assert by_hour == {T0: 1300, T0 + 2 * 3600: 3600}
 
 
-# --- item 10: a cycle killed between its two writes loses nothing ----------------------
+# --- a cycle killed between its two writes loses nothing -------------------------------
 
 
 class Killed(BaseException):

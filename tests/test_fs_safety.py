@@ -1,4 +1,4 @@
-"""A hostile local user against the files root writes (issue 12), and a full disk.
+"""A hostile local user against the files root writes, and a full disk.
 
 The attacker can write a directory the agent writes into (or won a race in
 one): a symlink or hard link planted where the agent writes must never make it

@@ -55,7 +55,7 @@ from tests.test_inspection import (
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 # key -> concept. One concept, one key; the only exception is the slice's name, which
-# DESIGN.md fixes as `slice` in `tc get` rows and `name` in `status` objects.
+# docs/interfaces.md fixes as `slice` in `tc get` rows and `name` in `status` objects.
 KEYS = {
     # who and what
     "name": "slice name",

@@ -21,8 +21,9 @@ import pytest
 
 from bwenforcer.config import Config
 from bwenforcer.errors import LegacyImportError
-from bwenforcer.legacy import PickleLimits, import_legacy
+from bwenforcer.legacy import import_legacy
 from bwenforcer.model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
+from bwenforcer.pickleread import PickleLimits
 from bwenforcer.statestore import state_from_json, state_to_json
 
 NOW_S = 1_763_800_000
@@ -575,7 +576,7 @@ def test_the_test_pickler_matches_real_python2(tmp_path: Path, protocol: int, st
     assert alpha.default.policy.max_rate_bps == 2_000_000 and alpha.exempt.notified
 
 
-# --- dead slices of the later format keep their usage (issue 13) ----------------------
+# --- dead slices of the later format keep their usage ---------------------------------
 
 
 def test_a_dead_slice_keeps_the_bytes_it_sent_in_the_later_format(
@@ -635,7 +636,7 @@ def test_a_dead_slice_with_unusable_counters_is_skipped_and_named(
     assert f"skipping dead slice pl_bad: {problem}" in caplog.text
 
 
-# --- hostile pickles: every cost is bounded (issue 12) --------------------------------
+# --- hostile pickles: every cost is bounded -------------------------------------------
 
 TUPLE2 = b"h\x00h\x00\x86"  # GET 0 twice, TUPLE2
 

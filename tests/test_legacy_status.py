@@ -1,4 +1,4 @@
-"""Issue 3's must-show: a legacy pickle built from scratch imports to a state whose
+"""A legacy pickle built from scratch imports to a state whose
 `status --json` shows the same slices, period starts and ledger entries."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 4's must-shows: one mail per capped slice per period, retried until delivered."""
+"""Cycles with mail: one mail per capped slice per period, retried until delivered."""
 
 from __future__ import annotations
 

@@ -271,7 +271,7 @@ def test_textfile_is_readable_by_node_exporter_and_leaves_no_temp_file(tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bwenforcer.prom"]
 
 
-# --- the HTTP endpoint under load: bounded threads, timeouts, methods (issue 12) --------
+# --- the HTTP endpoint under load: bounded threads, timeouts, methods -------------------
 
 
 def _exchange(port: int, request: bytes) -> tuple[bytes, dict[str, str], bytes]:

@@ -1,4 +1,4 @@
-"""Deliver 3 of the performance issue: netlink requests per cycle grow with the changed
+"""Netlink requests per cycle grow with the changed
 classes over the batch size, never with the slices. Counted on a namespace kernel."""
 
 from __future__ import annotations

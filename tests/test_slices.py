@@ -12,12 +12,8 @@ from hypothesis import strategies as st
 from bwenforcer.config import Config
 from bwenforcer.errors import ConfigError, SliceError
 from bwenforcer.layout import MAX_SHARE
-from bwenforcer.slices import (
-    from_nodemanager_db,
-    from_plc_slivers,
-    load_slices_file,
-    resolve_policy,
-)
+from bwenforcer.plcslivers import from_plc_slivers
+from bwenforcer.slices import from_nodemanager_db, load_slices_file, resolve_policy
 
 CFG = Config(node_cap_bps=10_000_000, bwmax_bps=100_000_000)
 

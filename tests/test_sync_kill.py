@@ -1,5 +1,5 @@
-"""Issue 3's must-show: killing `sync` at any point never leaves a state that fails `state check`,
-nor (issue 12) a usage history that disagrees with the state.
+"""Killing `sync` at any point never leaves a state that fails `state check`,
+nor a usage history that disagrees with the state.
 """
 
 from __future__ import annotations
