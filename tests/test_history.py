@@ -175,7 +175,7 @@ def test_400_days_totals_equal_what_was_fed(
     }
 
 
-def test_must_show_a_year_of_100_slices_stays_bounded_and_adds_up(tmp_path: Path) -> None:
+def test_a_year_of_100_slices_stays_under_the_size_bound_and_adds_up(tmp_path: Path) -> None:
     """A year of 5-minute cycles for 100 slices: the file stays under the documented bound."""
     cfg = HistoryConfig()
     rng = random.Random(2026)
