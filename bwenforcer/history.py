@@ -77,8 +77,8 @@ from .atomicfile import (
     FileIdentity,
     disk_full,
     file_identity,
-    fsync_dir,
     make_dir,
+    move_aside,
     open_own,
     read_own,
     replace_file,
@@ -562,15 +562,8 @@ def load_history(path: str, clock: Callable[[], float] = time.time) -> History:
     try:
         history = _read_file(path)
     except HistoryCorrupt as exc:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock()))
-        target = f"{path}.corrupt-{stamp}"
-        n = 1
-        while os.path.lexists(target):
-            n += 1
-            target = f"{path}.corrupt-{stamp}.{n}"
         try:
-            os.rename(path, target)
-            fsync_dir(os.path.dirname(os.path.abspath(path)))
+            target = move_aside(path, "corrupt", clock())
         except OSError as move:
             raise HistoryError(f"{path}: cannot move aside: {move.strerror or move}") from exc
         log.error("history unusable (%s): moved to %s, starting an empty history", exc, target)

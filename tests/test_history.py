@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bwenforcer import history as history_module
+from bwenforcer.atomicfile import move_aside
 from bwenforcer.config import HistoryConfig
 from bwenforcer.errors import HistoryCorrupt, HistoryError
 from bwenforcer.history import (
@@ -492,6 +493,19 @@ def test_corrupt_file_is_moved_aside_and_history_starts_empty(
     path.write_bytes(raw)  # damaged again in the same second: a second name
     load_history(str(path), clock=lambda: stamp_s)
     assert (tmp_path / "h.corrupt-20260921T141320Z.2").read_bytes() == raw
+
+
+def test_move_aside_moves_a_symlink_itself_and_never_reuses_a_taken_name(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"kept")
+    link = tmp_path / "h"
+    link.symlink_to(target)
+    taken = tmp_path / "h.corrupt-20260921T141320Z"
+    taken.symlink_to(tmp_path / "nowhere")  # dangling: still a taken name
+    aside = move_aside(str(link), "corrupt", 1_790_000_000.0)
+    assert aside == f"{taken}.2"
+    assert os.readlink(aside) == str(target) and not os.path.lexists(link)
+    assert target.read_bytes() == b"kept" and os.readlink(taken) == str(tmp_path / "nowhere")
 
 
 def test_truncated_and_padded_bodies_are_corrupt(tmp_path: Path) -> None:
