@@ -24,7 +24,7 @@ from .planner import Notify, Plan
 
 if TYPE_CHECKING:
     from .atomicfile import FileIdentity
-    from .history import HistoryRecorder
+    from .historyrecorder import HistoryRecorder
     from .htb import HtbBackend
     from .statestore import StateStore
 
@@ -218,7 +218,8 @@ class Agent:
         A failure is logged, not fatal; but a full disk or an unsafe directory is
         raised (exit 5): those need the operator.
         """
-        from .history import CycleUsage, HistoryRecorder, capped_span_s
+        from .history import CycleUsage, capped_span_s
+        from .historyrecorder import HistoryRecorder
 
         if self._history is None:
             self._history = HistoryRecorder(self.config.history_file, self.config.history)

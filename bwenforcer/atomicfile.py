@@ -17,6 +17,7 @@ import errno
 import os
 import secrets
 import stat
+import time
 from collections.abc import Iterable
 
 from .errors import DiskFull, UnsafePath
@@ -154,6 +155,26 @@ def fsync_dir(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def move_aside(path: str, kind: str, now_s: float) -> str:
+    """Rename the unusable file ``path`` to ``<path>.<kind>-<UTC time of now_s>`` and
+    return that name, so the next write cannot overwrite what an operator may want
+    to inspect.
+
+    A name already taken (the same second) gets ``.2``, ``.3``, ...; a symlink at
+    ``path`` is moved itself, never followed; the directory is fsynced. OSError
+    (nothing moved, or the move not yet durable) is the caller's to report.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now_s))
+    target = f"{path}.{kind}-{stamp}"
+    n = 1
+    while os.path.lexists(target):
+        n += 1
+        target = f"{path}.{kind}-{stamp}.{n}"
+    os.rename(path, target)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    return target
 
 
 def create_new(path: str, mode: int = 0o600) -> int:

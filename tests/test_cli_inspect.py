@@ -21,7 +21,8 @@ import pytest
 from bwenforcer.cli import main
 from bwenforcer.commands.inspect import NOW_ENV, operator_name, use_colour
 from bwenforcer.config import Config, load_config
-from bwenforcer.history import CycleUsage, History, save_history
+from bwenforcer.history import CycleUsage, History
+from bwenforcer.historyfile import save_history
 from bwenforcer.model import ClassOp, ClassRates
 from bwenforcer.statestore import StateStore
 from tests.kernel_helpers import bwenforcer_in, tc_ceils

@@ -13,7 +13,8 @@ import pytest
 from bwenforcer.cli import main
 from bwenforcer.commands.report import JSON_KEYS
 from bwenforcer.config import HistoryConfig, load_config
-from bwenforcer.history import CycleUsage, History, save_history
+from bwenforcer.history import CycleUsage, History
+from bwenforcer.historyfile import save_history
 
 KiB, MiB, GiB = 2**10, 2**20, 2**30
 

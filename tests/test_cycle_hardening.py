@@ -10,7 +10,7 @@ import pytest
 from bwenforcer.agent import Agent, load_desired
 from bwenforcer.config import Config, load_config
 from bwenforcer.errors import StateError
-from bwenforcer.history import read_history
+from bwenforcer.historyfile import read_history
 from bwenforcer.htb import HtbBackend
 from bwenforcer.model import State
 from bwenforcer.statestore import StateStore

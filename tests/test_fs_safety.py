@@ -22,7 +22,8 @@ import pytest
 
 from bwenforcer.config import Config
 from bwenforcer.errors import DeliveryError, Error, StateError
-from bwenforcer.history import History, save_history
+from bwenforcer.history import History
+from bwenforcer.historyfile import save_history
 from bwenforcer.mailer import make_transport
 from bwenforcer.metrics import AgentMetrics, from_textfile, write_textfile
 from bwenforcer.slices import load_slices_file
@@ -270,7 +271,9 @@ sys.path.insert(0, {repo!r})
 from bwenforcer.agent import Agent
 from bwenforcer.config import Config
 from bwenforcer.errors import Error
-from bwenforcer.history import CycleUsage, History, HistoryRecorder, save_history
+from bwenforcer.history import CycleUsage, History
+from bwenforcer.historyfile import save_history
+from bwenforcer.historyrecorder import HistoryRecorder
 from bwenforcer.config import HistoryConfig
 from bwenforcer.metrics import AgentMetrics, write_textfile
 from bwenforcer.slices import load_slices_file

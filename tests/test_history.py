@@ -17,20 +17,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bwenforcer import history as history_module
+from bwenforcer import historyfile
+from bwenforcer.atomicfile import move_aside
 from bwenforcer.config import HistoryConfig
 from bwenforcer.errors import HistoryCorrupt, HistoryError
-from bwenforcer.history import (
+from bwenforcer.history import CycleUsage, History, ReportRow
+from bwenforcer.historyfile import (
     FORMAT_VERSION,
     HEADER_BYTES,
     MAX_BYTES_PER_SLICE,
-    CycleUsage,
-    History,
-    ReportRow,
+    decode_history,
+    encode_history,
     load_history,
     max_bytes_per_slice,
     read_history,
     save_history,
+    size_bytes,
 )
 
 T0 = 1_767_225_600  # 2026-01-01 00:00 UTC
@@ -210,11 +212,11 @@ def test_a_year_of_100_slices_stays_under_the_size_bound_and_adds_up(tmp_path: P
         history.record(now_s, 300, pool[pick])
         history.roll_up(now_s, cfg)
         if cycle % 288 == 287:
-            largest = max(largest, history.size_bytes())
+            largest = max(largest, size_bytes(history))
     path = tmp_path / "state.json.history"
     save_history(history, str(path))
     size = path.stat().st_size
-    assert size == history.size_bytes() <= bound
+    assert size == size_bytes(history) <= bound
     assert largest <= bound
     totals: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for (month, pick), count in drawn.items():
@@ -248,13 +250,13 @@ def test_the_bound_holds_for_ever_and_is_near_tight() -> None:
         now_s = T0 + hour * HOUR + 1800
         history.record(now_s, HOUR, [CycleUsage(name, 1, 1, False, False)])
         history.roll_up(now_s, cfg)
-        largest = max(largest, history.size_bytes())
+        largest = max(largest, size_bytes(history))
     assert largest <= MAX_BYTES_PER_SLICE + HEADER_BYTES
     assert largest > 0.97 * MAX_BYTES_PER_SLICE
 
 
 def test_documented_bound_matches_the_constant() -> None:
-    doc = history_module.__doc__ or ""
+    doc = historyfile.__doc__ or ""
     assert f"MAX_BYTES_PER_SLICE`` = {MAX_BYTES_PER_SLICE:,} bytes" in doc
     assert max_bytes_per_slice(HistoryConfig()) == MAX_BYTES_PER_SLICE
     per_year = re.search(r"at most ([\d,]+) bytes per slice for the first year", doc)
@@ -328,7 +330,7 @@ def test_idle_slices_and_unstorable_names_cost_nothing() -> None:
         [CycleUsage("pl_idle", 0, 0, False, False), CycleUsage("x" * 256, 5, 5, False, False)],
     )
     assert history.slice_names() == []
-    assert history.size_bytes() == HEADER_BYTES
+    assert size_bytes(history) == HEADER_BYTES
     assert history.ignored == 1
 
 
@@ -392,7 +394,7 @@ def test_nothing_lost_or_counted_twice_within_retention(
         )
     if all(step >= 0 for step, *_ in steps):
         assert reported(history.report("month", None, None)) == expected(fed, "month")
-    restored = History.decode(history.encode(), "test")
+    restored = decode_history(encode_history(history), "test")
     for by in ("hour", "day", "month"):
         assert restored.report(by, None, None) == history.report(by, None, None)
 
@@ -424,7 +426,7 @@ def test_save_is_atomic_private_and_round_trips(tmp_path: Path) -> None:
     assert os.listdir(path.parent) == [path.name]
     data = path.read_bytes()
     assert data[:4] == b"BWHS" and int.from_bytes(data[4:6], "little") == FORMAT_VERSION
-    assert len(data) == small_history().size_bytes()
+    assert len(data) == size_bytes(small_history())
     loaded = load_history(str(path))
     for by in ("hour", "day", "month"):
         assert loaded.report(by, None, None) == small_history().report(by, None, None)
@@ -455,7 +457,7 @@ def test_failed_save_keeps_the_previous_file_and_leaves_no_temp(tmp_path: Path) 
 
 def test_missing_file_is_an_empty_history(tmp_path: Path) -> None:
     assert load_history(str(tmp_path / "none")).slice_names() == []
-    assert read_history(str(tmp_path / "none")).size_bytes() == HEADER_BYTES
+    assert size_bytes(read_history(str(tmp_path / "none"))) == HEADER_BYTES
 
 
 def damaged(good: bytes) -> list[tuple[bytes, str]]:
@@ -483,7 +485,7 @@ def test_corrupt_file_is_moved_aside_and_history_starts_empty(
         read_history(str(path))
     assert path.read_bytes() == raw  # reading alone moves nothing
     stamp_s = 1_790_000_000.0  # 2026-09-21T14:13:20Z
-    with caplog.at_level(logging.ERROR, logger="bwenforcer.history"):
+    with caplog.at_level(logging.ERROR, logger="bwenforcer.historyfile"):
         loaded = load_history(str(path), clock=lambda: stamp_s)
     assert loaded.slice_names() == []
     aside = tmp_path / "h.corrupt-20260921T141320Z"
@@ -494,13 +496,26 @@ def test_corrupt_file_is_moved_aside_and_history_starts_empty(
     assert (tmp_path / "h.corrupt-20260921T141320Z.2").read_bytes() == raw
 
 
+def test_move_aside_moves_a_symlink_itself_and_never_reuses_a_taken_name(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"kept")
+    link = tmp_path / "h"
+    link.symlink_to(target)
+    taken = tmp_path / "h.corrupt-20260921T141320Z"
+    taken.symlink_to(tmp_path / "nowhere")  # dangling: still a taken name
+    aside = move_aside(str(link), "corrupt", 1_790_000_000.0)
+    assert aside == f"{taken}.2"
+    assert os.readlink(aside) == str(target) and not os.path.lexists(link)
+    assert target.read_bytes() == b"kept" and os.readlink(taken) == str(tmp_path / "nowhere")
+
+
 def test_truncated_and_padded_bodies_are_corrupt(tmp_path: Path) -> None:
-    good = small_history().encode()
+    good = encode_history(small_history())
     for raw in (good[:-5], good + b"\0"):
         body = raw[HEADER_BYTES:]
         fixed = raw[:12] + zlib.crc32(body).to_bytes(4, "little") + body
         with pytest.raises(HistoryCorrupt, match=r"truncated|after the end"):
-            History.decode(fixed, "h")
+            decode_history(fixed, "h")
 
 
 def test_counts_saturate_instead_of_failing_the_save(tmp_path: Path) -> None:

@@ -12,15 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bwenforcer.config import HistoryConfig
-from bwenforcer.history import (
-    CycleUsage,
-    History,
-    HistoryRecorder,
-    encode_cycle,
-    journal_path,
-    read_history,
-    save_history,
-)
+from bwenforcer.history import CycleUsage, History
+from bwenforcer.historyfile import decode_history, read_history, save_history
+from bwenforcer.historyjournal import encode_cycle, journal_path
+from bwenforcer.historyrecorder import HistoryRecorder
 
 T0 = 1_767_229_200  # 2026-01-01 01:00 UTC
 DAY = 86400
@@ -78,7 +73,7 @@ def test_the_first_cycle_of_a_day_folds_the_journal_into_the_file(tmp_path: Path
     recorder.record(T0, 300, usage(("pl_a", 7, 0)))
     recorder.record(T0 + DAY, 300, usage(("pl_a", 9, 0)))
     assert path.exists()
-    assert [row[2] for row in totals(History.decode(path.read_bytes(), "h"))] == [7]
+    assert [row[2] for row in totals(decode_history(path.read_bytes(), "h"))] == [7]
     # a new journal holds this cycle alone (its state is not saved yet when it records)
     journal = Path(journal_path(str(path))).read_bytes()
     assert journal[8:] == encode_cycle(T0 + DAY, 300, usage(("pl_a", 9, 0)))

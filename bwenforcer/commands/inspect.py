@@ -205,7 +205,8 @@ def _desired(config: Config) -> tuple[DesiredSlice, ...]:
 def _last_day(config: Config, name: str, now: int) -> tuple[HourUsage, ...]:
     """The slice's hourly usage over the last 24 h, or none (said on stderr) if unreadable."""
     from ..errors import Error
-    from ..history import DAY_S, read_history
+    from ..history import DAY_S
+    from ..historyfile import read_history
     from ..inspection import HourUsage
 
     try:

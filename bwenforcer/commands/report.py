@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the report; an empty one is noted on stderr (exit 0)."""
     from ..config import load_config
     from ..errors import ExitCode
-    from ..history import read_history
+    from ..historyfile import read_history
 
     path = load_config(args.config).history_file
     history = read_history(path)
