@@ -29,11 +29,8 @@ from .model import (
 )
 from .policy import class_cap_bps, counter_delta, uncapped_rates
 from .slices import ATTRIBUTES
+from .textable import render_table
 from .units import human_duration, human_rate, human_size
-
-RED = "\x1b[1;31m"
-RESET = "\x1b[0m"
-
 
 # --- status ------------------------------------------------------------------
 
@@ -210,22 +207,6 @@ def _ceil_text(ceil_bps: int | None, unknown: str = "-") -> str:
 
 def _usage(view: ClassView) -> str:
     return f"{human_size(view.used_bytes)}/{human_size(view.limit_bytes)} {view.percent}%"
-
-
-def render_table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], highlight: Sequence[bool] = ()
-) -> list[str]:
-    """Left-aligned columns; highlighted rows in red (the padding stays outside the colour)."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-
-    out = [line(header)]
-    for i, row in enumerate(rows):
-        text = line(row)
-        out.append(f"{RED}{text}{RESET}" if i < len(highlight) and highlight[i] else text)
-    return out
 
 
 STATUS_HEADER = (

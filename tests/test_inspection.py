@@ -12,8 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bwenforcer.inspection import (
-    RED,
-    RESET,
     HourUsage,
     find_slice,
     forgive,
@@ -44,6 +42,7 @@ from bwenforcer.model import (
     State,
 )
 from bwenforcer.planner import PlanParams, SetRates, plan
+from bwenforcer.textable import RED, RESET
 
 # --- a fixed state: plain data, a fixed clock --------------------------------------
 

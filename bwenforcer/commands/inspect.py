@@ -14,7 +14,7 @@ import os
 import pwd
 import sys
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -105,13 +105,6 @@ def now_s() -> int:
         raise UsageError(f"${NOW_ENV}={fixed!r}: expected Unix seconds") from None
 
 
-def use_colour(stream: TextIO) -> bool:
-    """ANSI colour only on a terminal, and not when NO_COLOR is set or TERM is dumb."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return False
-    return stream.isatty()
-
-
 def operator_name() -> str:
     """Who runs the command: the sudo caller, the login name, or the effective user."""
     sudo_user = os.environ.get("SUDO_USER")
@@ -165,6 +158,7 @@ def run_status(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..errors import ExitCode
     from ..inspection import status_json, status_table
+    from ..textable import use_colour
 
     config = load_config(args.config)
     state = _read_state(config)

@@ -109,7 +109,7 @@ TABLE_HEADER = ("DEFAULT", "EXEMPT", "PEAK HOUR", "CAPPED DEFAULT", "CAPPED EXEM
 
 def report_table(rows: Sequence[ReportRow], by: str) -> str:
     """Readable table: one line per slice per bucket, then a total line per slice."""
-    from ..inspection import render_table
+    from ..textable import render_table
     from ..units import human_duration, human_size
 
     def capped(seconds: int) -> str:
