@@ -8,7 +8,6 @@ from typing import Any
 
 from .cycle import CycleResult
 from .planner import ClassLine, Plan, SliceLine
-from .textable import render_table
 from .units import human_rate, human_size
 
 
@@ -94,6 +93,8 @@ def _actions_by_slice(plan: Plan) -> dict[tuple[int, str], list[str]]:
 
 def plan_table(plan: Plan) -> str:
     """The plan as a table: per slice and class, usage, threshold, limit, ceil, actions."""
+    from .textable import render_table
+
     header = ("SLICE", "XID", "CLASS", "USED", "THRESHOLD", "LIMIT", "CEIL", "ACTIONS")
     rows: list[tuple[str, ...]] = []
     by_slice = _actions_by_slice(plan)
