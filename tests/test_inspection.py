@@ -11,22 +11,6 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bwenforcer.inspection import (
-    HourUsage,
-    find_slice,
-    forgive,
-    ledger_json,
-    ledger_table,
-    lifted_rates,
-    reset_line,
-    show_json,
-    show_text,
-    slice_views,
-    state_age,
-    status_json,
-    status_table,
-    until,
-)
 from bwenforcer.model import (
     ClassOp,
     ClassPolicy,
@@ -42,6 +26,17 @@ from bwenforcer.model import (
     State,
 )
 from bwenforcer.planner import PlanParams, SetRates, plan
+from bwenforcer.reset import forgive, lifted_rates, reset_line
+from bwenforcer.showview import HourUsage, find_slice, show_json, show_text
+from bwenforcer.statusview import (
+    ledger_json,
+    ledger_table,
+    slice_views,
+    state_age,
+    status_json,
+    status_table,
+    until,
+)
 from bwenforcer.textable import RED, RESET
 
 # --- a fixed state: plain data, a fixed clock --------------------------------------

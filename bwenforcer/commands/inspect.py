@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..inspection import HourUsage
     from ..model import DesiredSlice, KernelSnapshot, State
+    from ..showview import HourUsage
 
 ORDER = 40
 NOW_ENV = "BWENFORCER_NOW"
@@ -157,7 +157,7 @@ def run_status(args: argparse.Namespace) -> int:
     """Print every slice's usage, limits and ceils."""
     from ..config import load_config
     from ..errors import ExitCode
-    from ..inspection import status_json, status_table
+    from ..statusview import status_json, status_table
     from ..textable import use_colour
 
     config = load_config(args.config)
@@ -174,7 +174,7 @@ def run_ledger(args: argparse.Namespace) -> int:
     """Print the dead-slice ledger."""
     from ..config import load_config
     from ..errors import ExitCode
-    from ..inspection import ledger_json, ledger_table
+    from ..statusview import ledger_json, ledger_table
 
     state = _read_state(load_config(args.config))
     if args.json:
@@ -200,7 +200,7 @@ def _last_day(config: Config, name: str, now: int) -> tuple[HourUsage, ...]:
     """The slice's hourly usage over the last 24 h, or none (said on stderr) if unreadable."""
     from ..errors import Error
     from ..history import DAY_S, read_history
-    from ..inspection import HourUsage
+    from ..showview import HourUsage
 
     try:
         rows = read_history(config.history_file).report("hour", now - DAY_S, name)
@@ -223,7 +223,7 @@ def run_show(args: argparse.Namespace) -> int:
     """Print everything about one slice."""
     from ..config import load_config
     from ..errors import ExitCode, UsageError
-    from ..inspection import find_slice, show_json, show_text
+    from ..showview import find_slice, show_json, show_text
 
     config = load_config(args.config)
     state = _read_state(config)
@@ -251,9 +251,11 @@ def run_reset(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..errors import ExitCode, KernelError, UsageError
     from ..htb import HtbBackend
-    from ..inspection import find_slice, forgive, reset_line, until
     from ..layout import TRAFFIC_CLASSES
+    from ..reset import forgive, reset_line
+    from ..showview import find_slice
     from ..statestore import StateStore
+    from ..statusview import until
 
     config = load_config(args.config)
     classes = (args.traffic_class,) if args.traffic_class else TRAFFIC_CLASSES
