@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from bwenforcer.commands.report import row_json
 from bwenforcer.commands.state import operator_json
 from bwenforcer.commands.tc import get_rows
 from bwenforcer.cycle import CycleResult
@@ -37,6 +36,7 @@ from bwenforcer.planner import (
     plan,
 )
 from bwenforcer.planview import action_json, result_json
+from bwenforcer.reportview import row_json
 from bwenforcer.showview import show_json
 from bwenforcer.statestore import state_to_json
 from bwenforcer.statusview import ledger_json, status_json
