@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .layout import TRAFFIC_CLASSES, TrafficClass
 from .model import (
@@ -25,21 +25,23 @@ from .model import (
     State,
 )
 from .policy import counter_delta
+from .reportview import row_json
 from .slices import ATTRIBUTES
 from .statusview import ceil_text, class_view, last_applied_bps, until
 from .textable import render_table
 from .units import human_duration, human_rate, human_size
 
+if TYPE_CHECKING:
+    from .history import ReportRow
 
-@dataclass(frozen=True)
-class HourUsage:
-    """Bytes one slice sent in one hour, and how long each class was capped in it."""
-
-    start_s: int
-    default_bytes: int
-    exempt_bytes: int
-    capped_default_s: int = 0
-    capped_exempt_s: int = 0
+# The columns of ``report --json`` that ``show --json`` gives for each hour.
+HISTORY_KEYS = (
+    "bucket_start",
+    "default_bytes",
+    "exempt_bytes",
+    "capped_default_s",
+    "capped_exempt_s",
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class SliceReport:
     desired: DesiredSlice | None = None
     kernel: KernelSlice | None = None
     kernel_available: bool = False
-    history: tuple[HourUsage, ...] = ()
+    history: tuple[ReportRow, ...] = ()  # hourly, the last 24 h
 
     @property
     def status(self) -> str:
@@ -186,16 +188,7 @@ def show_json(report: SliceReport) -> dict[str, Any]:
         "ledger": None
         if entry is None
         else {"xid": entry.slice.xid, "died_at": entry.died_s, "expires_at": entry.expires_s},
-        "history": [
-            {
-                "bucket_start": h.start_s,
-                "default_bytes": h.default_bytes,
-                "exempt_bytes": h.exempt_bytes,
-                "capped_default_s": h.capped_default_s,
-                "capped_exempt_s": h.capped_exempt_s,
-            }
-            for h in report.history
-        ],
+        "history": [row_json(h, HISTORY_KEYS) for h in report.history],
     }
 
 
@@ -256,7 +249,7 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
     return [r for r in rows if r[0] != "next cycle" or any(c.pending for c in classes)]
 
 
-def _capped_time(hour: HourUsage) -> str:
+def _capped_time(hour: ReportRow) -> str:
     parts = [
         f"{tc} {human_duration(seconds)}"
         for tc, seconds in (("default", hour.capped_default_s), ("exempt", hour.capped_exempt_s))
@@ -298,7 +291,7 @@ def show_text(report: SliceReport, now_s: int) -> str:
         ("HOUR (UTC)", "DEFAULT", "EXEMPT", "CAPPED"),
         [
             (
-                utc(h.start_s),
+                utc(h.bucket_start_s),
                 human_size(h.default_bytes),
                 human_size(h.exempt_bytes),
                 _capped_time(h),

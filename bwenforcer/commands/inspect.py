@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..history import ReportRow
     from ..model import DesiredSlice, KernelSnapshot, State
-    from ..showview import HourUsage
 
 ORDER = 40
 NOW_ENV = "BWENFORCER_NOW"
@@ -196,27 +196,16 @@ def _desired(config: Config) -> tuple[DesiredSlice, ...]:
         return ()
 
 
-def _last_day(config: Config, name: str, now: int) -> tuple[HourUsage, ...]:
+def _last_day(config: Config, name: str, now: int) -> tuple[ReportRow, ...]:
     """The slice's hourly usage over the last 24 h, or none (said on stderr) if unreadable."""
     from ..errors import Error
     from ..history import DAY_S, read_history
-    from ..showview import HourUsage
 
     try:
-        rows = read_history(config.history_file).report("hour", now - DAY_S, name)
+        return tuple(read_history(config.history_file).report("hour", now - DAY_S, name))
     except Error as exc:
         print(f"bwenforcer: history unavailable ({exc})", file=sys.stderr)
         return ()
-    return tuple(
-        HourUsage(
-            r.bucket_start_s,
-            r.default_bytes,
-            r.exempt_bytes,
-            r.capped_default_s,
-            r.capped_exempt_s,
-        )
-        for r in rows
-    )
 
 
 def run_show(args: argparse.Namespace) -> int:
