@@ -137,19 +137,17 @@ def show_classes(report: SliceReport) -> tuple[ShowClass, ...]:
     return tuple(out)
 
 
+def _rates_json(rates: ClassRates | ClassPolicy) -> dict[str, int]:
+    """A class's rates with the keys of ``tc get --json``: ``min_rate max_rate share``."""
+    return {"min_rate": rates.min_rate_bps, "max_rate": rates.max_rate_bps, "share": rates.share}
+
+
 def _policy_json(policy: ClassPolicy) -> dict[str, int]:
     return {
         "limit_bytes": policy.limit_bytes,
         "threshold_bytes": policy.threshold_bytes,
-        "min_rate": policy.min_rate_bps,
-        "max_rate": policy.max_rate_bps,
-        "share": policy.share,
+        **_rates_json(policy),
     }
-
-
-def rates_json(rates: ClassRates) -> dict[str, int]:
-    """A class's rates with the keys of ``tc get --json``: ``min_rate max_rate share``."""
-    return {"min_rate": rates.min_rate_bps, "max_rate": rates.max_rate_bps, "share": rates.share}
 
 
 def _show_class_json(c: ShowClass) -> dict[str, Any]:
@@ -165,7 +163,7 @@ def _show_class_json(c: ShowClass) -> dict[str, Any]:
         if c.kernel is None
         else {
             "bytes": c.kernel.bytes,
-            **rates_json(c.kernel.rates),
+            **_rates_json(c.kernel.rates),
             "uncounted_bytes": c.uncounted_bytes,
         },
         "next_cycle": None if c.pending is None else _policy_json(c.pending),

@@ -14,6 +14,7 @@ import os
 import pwd
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -31,44 +32,60 @@ _CLOCK_HELP = (
 )
 
 
+def _add_view(
+    sub: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    description: str,
+    json_help: str,
+) -> argparse.ArgumentParser:
+    """A read-only verb: its text, ``--json`` and the clock note."""
+    parser = sub.add_parser(name, help=help, description=f"{description} {_CLOCK_HELP}")
+    parser.add_argument("--json", action="store_true", help=json_help)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``status``, ``show``, ``ledger`` and ``reset`` verbs."""
-    status = sub.add_parser(
+    _add_view(
+        sub,
         "status",
+        run_status,
         help="every slice: usage, limit, threshold, ceil, capped",
         description=(
             "One row per live slice, capped slices first, then by share of budget used."
             " Reads the state file without the lock (never waits for a running cycle) and"
             " the kernel for the current ceils; without the kernel, the last applied ceils"
-            " are shown. Colour only on a terminal (and not with NO_COLOR). " + _CLOCK_HELP
+            " are shown. Colour only on a terminal (and not with NO_COLOR)."
         ),
+        json_help='print {"slices": […], "ledger": […]}',
     )
-    status.add_argument("--json", action="store_true", help='print {"slices": […], "ledger": […]}')
-    status.set_defaults(func=run_status)
-
-    show = sub.add_parser(
+    show = _add_view(
+        sub,
         "show",
+        run_show,
         help="everything about one slice",
         description=(
             "Usage, limits and where they came from (rspec or defaults), baselines, kernel"
-            " counters, the last 24 h and the ledger entry of one slice. " + _CLOCK_HELP
+            " counters, the last 24 h and the ledger entry of one slice."
         ),
+        json_help="print JSON",
     )
     show.add_argument("slice", metavar="SLICE", help="slice name or xid")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(func=run_show)
-
-    ledger = sub.add_parser(
+    _add_view(
+        sub,
         "ledger",
+        run_ledger,
         help="dead-slice ledger",
         description=(
             "Slices deleted within their period: their usage is kept until the period"
-            " would have ended, so re-creating a slice does not give it a fresh budget. "
-            + _CLOCK_HELP
+            " would have ended, so re-creating a slice does not give it a fresh budget."
         ),
+        json_help='print {"ledger": […]}',
     )
-    ledger.add_argument("--json", action="store_true", help='print {"ledger": […]}')
-    ledger.set_defaults(func=run_ledger)
 
     reset = sub.add_parser(
         "reset",
