@@ -126,7 +126,7 @@ def slice_views(state: State, snapshot: KernelSnapshot | None) -> list[SliceView
 
 
 def class_json(view: ClassView) -> dict[str, Any]:
-    """One class with the keys of DESIGN.md "Interfaces" (ceil in bit/s, null if unknown)."""
+    """One class with the keys of docs/interfaces.md (ceil in bit/s, null if unknown)."""
     return {
         "used_bytes": view.used_bytes,
         "limit_bytes": view.limit_bytes,
@@ -161,7 +161,7 @@ def ledger_entries(state: State) -> list[tuple[str, LedgerEntry]]:
 
 
 def status_json(state: State, snapshot: KernelSnapshot | None) -> dict[str, Any]:
-    """``status --json``: ``{"slices": [...], "ledger": [...]}`` as in DESIGN.md."""
+    """``status --json``: ``{"slices": [...], "ledger": [...]}`` as in docs/interfaces.md."""
     return {
         "slices": [
             {

@@ -156,7 +156,7 @@ def check_golden(name: str, text: str) -> None:
     assert text == path.read_text(), f"output differs from {path}"
 
 
-# --- the documented JSON keys (DESIGN.md "Interfaces") -----------------------------
+# --- the documented JSON keys (docs/interfaces.md "JSON outputs") -----------------------
 
 CLASS_KEYS = {"used_bytes", "limit_bytes", "threshold_bytes", "ceil", "capped", "notified"}
 
