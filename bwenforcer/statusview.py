@@ -20,7 +20,7 @@ from .model import (
     SliceState,
     State,
 )
-from .textable import render_table
+from .textable import COLUMN_GAP, column_widths, render_table
 from .units import human_duration, human_rate, human_size
 
 
@@ -261,7 +261,8 @@ def status_table(
             for v in views
             for c in v.classes
         ]
-        others = sum(max(len(r[i]) for r in [STATUS_HEADER, *rows]) + 2 for i in range(1, 10))
+        # what the columns after the name take, each with its two-space gap
+        others = sum(w + len(COLUMN_GAP) for w in column_widths(STATUS_HEADER, rows)[1:])
         for row, name in zip(
             rows, fit_names([r[0] for r in rows], STATUS_WIDTH - others), strict=True
         ):

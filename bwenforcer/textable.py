@@ -12,16 +12,22 @@ from typing import TextIO
 
 RED = "\x1b[1;31m"
 RESET = "\x1b[0m"
+COLUMN_GAP = "  "
+
+
+def column_widths(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[int]:
+    """Each column's width: its longest cell, the header's included."""
+    return [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
 
 def render_table(
     header: Sequence[str], rows: Sequence[Sequence[str]], highlight: Sequence[bool] = ()
 ) -> list[str]:
     """Left-aligned columns; highlighted rows in red (the padding stays outside the colour)."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    widths = column_widths(header, rows)
 
     def line(row: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        return COLUMN_GAP.join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
 
     out = [line(header)]
     for i, row in enumerate(rows):
