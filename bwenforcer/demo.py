@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from .errors import UsageError
 from .sandbox import Pair, namespace_pair
+from .textable import render_table
 from .traffic import start_sender, start_sink
 from .units import human_rate, human_size
 
@@ -94,7 +95,8 @@ class _Meter:
 
 
 def _table(result: CycleResult, snapshot: KernelSnapshot, meter: _Meter, now: float) -> list[str]:
-    rows = [("SLICE", "CLASS", "USED", "THRESHOLD", "LIMIT", "CEIL", "MEASURED", "")]
+    header = ("SLICE", "CLASS", "USED", "THRESHOLD", "LIMIT", "CEIL", "MEASURED", "")
+    rows: list[tuple[str, ...]] = []
     for line in result.plan.lines:
         kernel = snapshot.slices.get(line.xid)
         for cls in (line.default, line.exempt):
@@ -114,8 +116,7 @@ def _table(result: CycleResult, snapshot: KernelSnapshot, meter: _Meter, now: fl
                     "CAPPED" if cls.capped else "",
                 )
             )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return render_table(header, rows)
 
 
 def _show_mail(spool: Path, seen: set[Path], out: TextIO) -> None:

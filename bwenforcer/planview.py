@@ -93,8 +93,10 @@ def _actions_by_slice(plan: Plan) -> dict[tuple[int, str], list[str]]:
 
 def plan_table(plan: Plan) -> str:
     """The plan as a table: per slice and class, usage, threshold, limit, ceil, actions."""
+    from .textable import render_table
+
     header = ("SLICE", "XID", "CLASS", "USED", "THRESHOLD", "LIMIT", "CEIL", "ACTIONS")
-    rows: list[tuple[str, ...]] = [header]
+    rows: list[tuple[str, ...]] = []
     by_slice = _actions_by_slice(plan)
     for line in plan.lines:
         for cls in (line.default, line.exempt):
@@ -114,8 +116,7 @@ def plan_table(plan: Plan) -> str:
                     ",".join(dict.fromkeys(acts)) or "-",
                 )
             )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    text = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    text = render_table(header, rows)
     live = {line.name for line in plan.lines}
     others = [
         f"{_snake(type(a).__name__).replace('_', '-')} {getattr(a, 'name', None) or ''}"

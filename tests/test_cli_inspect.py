@@ -19,12 +19,13 @@ from pathlib import Path
 import pytest
 
 from bwenforcer.cli import main
-from bwenforcer.commands.inspect import NOW_ENV, operator_name, use_colour
+from bwenforcer.commands.inspect import NOW_ENV, operator_name
 from bwenforcer.config import Config, load_config
 from bwenforcer.history import CycleUsage, History
 from bwenforcer.historyfile import save_history
 from bwenforcer.model import ClassOp, ClassRates
 from bwenforcer.statestore import StateStore
+from bwenforcer.textable import use_colour
 from tests.kernel_helpers import bwenforcer_in, tc_ceils
 from tests.netns import Netns
 from tests.test_inspection import (

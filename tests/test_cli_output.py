@@ -12,9 +12,10 @@ import pytest
 
 from bwenforcer.cli import main
 from bwenforcer.commands.inspect import NOW_ENV
-from bwenforcer.inspection import STATUS_WIDTH, SliceReport, show_text, status_table
 from bwenforcer.model import ClassOp, KernelSlice, KernelSnapshot, LedgerEntry, OpFailure, State
+from bwenforcer.showview import SliceReport, show_text
 from bwenforcer.statestore import StateStore
+from bwenforcer.statusview import STATUS_WIDTH, status_table
 from bwenforcer.units import human_size
 from tests.kernel_helpers import bwenforcer_in
 from tests.netns import Netns

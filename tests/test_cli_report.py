@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from bwenforcer.cli import main
-from bwenforcer.commands.report import JSON_KEYS
 from bwenforcer.config import HistoryConfig, load_config
 from bwenforcer.history import CycleUsage, History
 from bwenforcer.historyfile import save_history
+from bwenforcer.reportview import JSON_KEYS
 
 KiB, MiB, GiB = 2**10, 2**20, 2**30
 

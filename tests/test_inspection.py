@@ -11,24 +11,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bwenforcer.inspection import (
-    RED,
-    RESET,
-    HourUsage,
-    find_slice,
-    forgive,
-    ledger_json,
-    ledger_table,
-    lifted_rates,
-    reset_line,
-    show_json,
-    show_text,
-    slice_views,
-    state_age,
-    status_json,
-    status_table,
-    until,
-)
+from bwenforcer.history import ReportRow
 from bwenforcer.model import (
     ClassOp,
     ClassPolicy,
@@ -44,6 +27,18 @@ from bwenforcer.model import (
     State,
 )
 from bwenforcer.planner import PlanParams, SetRates, plan
+from bwenforcer.reset import forgive, lifted_rates, reset_line
+from bwenforcer.showview import find_slice, show_json, show_text
+from bwenforcer.statusview import (
+    ledger_json,
+    ledger_table,
+    slice_views,
+    state_age,
+    status_json,
+    status_table,
+    until,
+)
+from bwenforcer.textable import RED, RESET
 
 # --- a fixed state: plain data, a fixed clock --------------------------------------
 
@@ -345,8 +340,8 @@ def heavy_report() -> Any:
         kernel=fixed_snapshot().slices[10],
         kernel_available=True,
         history=(
-            HourUsage(NOW - 7200, 120 * KiB, MiB),
-            HourUsage(NOW - 3600, 70 * KiB, 2 * MiB, capped_default_s=1500),
+            ReportRow("pl_heavy", "hour", NOW - 7200, 120 * KiB, MiB, 1_171_456, 0, 0),
+            ReportRow("pl_heavy", "hour", NOW - 3600, 70 * KiB, 2 * MiB, 2_168_832, 1500, 0),
         ),
     )
 

@@ -16,13 +16,11 @@ from typing import Any
 
 import pytest
 
-from bwenforcer.commands.report import row_json
 from bwenforcer.commands.state import operator_json
 from bwenforcer.commands.tc import get_rows
 from bwenforcer.cycle import CycleResult
 from bwenforcer.executor import Outcome
 from bwenforcer.history import ReportRow
-from bwenforcer.inspection import ledger_json, show_json, status_json
 from bwenforcer.model import ClassRates, DesiredSet
 from bwenforcer.planner import (
     Adopt,
@@ -38,7 +36,10 @@ from bwenforcer.planner import (
     plan,
 )
 from bwenforcer.planview import action_json, result_json
+from bwenforcer.reportview import row_json
+from bwenforcer.showview import show_json
 from bwenforcer.statestore import state_to_json
+from bwenforcer.statusview import ledger_json, status_json
 from tests.kernel_helpers import bwenforcer_in
 from tests.netns import Netns
 from tests.test_cli_inspect import write_config

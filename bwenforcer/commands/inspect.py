@@ -14,11 +14,12 @@ import os
 import pwd
 import sys
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..inspection import HourUsage
+    from ..history import ReportRow
     from ..model import DesiredSlice, KernelSnapshot, State
 
 ORDER = 40
@@ -31,44 +32,60 @@ _CLOCK_HELP = (
 )
 
 
+def _add_view(
+    sub: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    description: str,
+    json_help: str,
+) -> argparse.ArgumentParser:
+    """A read-only verb: its text, ``--json`` and the clock note."""
+    parser = sub.add_parser(name, help=help, description=f"{description} {_CLOCK_HELP}")
+    parser.add_argument("--json", action="store_true", help=json_help)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``status``, ``show``, ``ledger`` and ``reset`` verbs."""
-    status = sub.add_parser(
+    _add_view(
+        sub,
         "status",
+        run_status,
         help="every slice: usage, limit, threshold, ceil, capped",
         description=(
             "One row per live slice, capped slices first, then by share of budget used."
             " Reads the state file without the lock (never waits for a running cycle) and"
             " the kernel for the current ceils; without the kernel, the last applied ceils"
-            " are shown. Colour only on a terminal (and not with NO_COLOR). " + _CLOCK_HELP
+            " are shown. Colour only on a terminal (and not with NO_COLOR)."
         ),
+        json_help='print {"slices": […], "ledger": […]}',
     )
-    status.add_argument("--json", action="store_true", help='print {"slices": […], "ledger": […]}')
-    status.set_defaults(func=run_status)
-
-    show = sub.add_parser(
+    show = _add_view(
+        sub,
         "show",
+        run_show,
         help="everything about one slice",
         description=(
             "Usage, limits and where they came from (rspec or defaults), baselines, kernel"
-            " counters, the last 24 h and the ledger entry of one slice. " + _CLOCK_HELP
+            " counters, the last 24 h and the ledger entry of one slice."
         ),
+        json_help="print JSON",
     )
     show.add_argument("slice", metavar="SLICE", help="slice name or xid")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(func=run_show)
-
-    ledger = sub.add_parser(
+    _add_view(
+        sub,
         "ledger",
+        run_ledger,
         help="dead-slice ledger",
         description=(
             "Slices deleted within their period: their usage is kept until the period"
-            " would have ended, so re-creating a slice does not give it a fresh budget. "
-            + _CLOCK_HELP
+            " would have ended, so re-creating a slice does not give it a fresh budget."
         ),
+        json_help='print {"ledger": […]}',
     )
-    ledger.add_argument("--json", action="store_true", help='print {"ledger": […]}')
-    ledger.set_defaults(func=run_ledger)
 
     reset = sub.add_parser(
         "reset",
@@ -103,13 +120,6 @@ def now_s() -> int:
         return int(fixed)
     except ValueError:
         raise UsageError(f"${NOW_ENV}={fixed!r}: expected Unix seconds") from None
-
-
-def use_colour(stream: TextIO) -> bool:
-    """ANSI colour only on a terminal, and not when NO_COLOR is set or TERM is dumb."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return False
-    return stream.isatty()
 
 
 def operator_name() -> str:
@@ -164,7 +174,8 @@ def run_status(args: argparse.Namespace) -> int:
     """Print every slice's usage, limits and ceils."""
     from ..config import load_config
     from ..errors import ExitCode
-    from ..inspection import status_json, status_table
+    from ..statusview import status_json, status_table
+    from ..textable import use_colour
 
     config = load_config(args.config)
     state = _read_state(config)
@@ -180,7 +191,7 @@ def run_ledger(args: argparse.Namespace) -> int:
     """Print the dead-slice ledger."""
     from ..config import load_config
     from ..errors import ExitCode
-    from ..inspection import ledger_json, ledger_table
+    from ..statusview import ledger_json, ledger_table
 
     state = _read_state(load_config(args.config))
     if args.json:
@@ -202,35 +213,24 @@ def _desired(config: Config) -> tuple[DesiredSlice, ...]:
         return ()
 
 
-def _last_day(config: Config, name: str, now: int) -> tuple[HourUsage, ...]:
+def _last_day(config: Config, name: str, now: int) -> tuple[ReportRow, ...]:
     """The slice's hourly usage over the last 24 h, or none (said on stderr) if unreadable."""
     from ..errors import Error
     from ..history import DAY_S
     from ..historyfile import read_history
-    from ..inspection import HourUsage
 
     try:
-        rows = read_history(config.history_file).report("hour", now - DAY_S, name)
+        return tuple(read_history(config.history_file).report("hour", now - DAY_S, name))
     except Error as exc:
         print(f"bwenforcer: history unavailable ({exc})", file=sys.stderr)
         return ()
-    return tuple(
-        HourUsage(
-            r.bucket_start_s,
-            r.default_bytes,
-            r.exempt_bytes,
-            r.capped_default_s,
-            r.capped_exempt_s,
-        )
-        for r in rows
-    )
 
 
 def run_show(args: argparse.Namespace) -> int:
     """Print everything about one slice."""
     from ..config import load_config
     from ..errors import ExitCode, UsageError
-    from ..inspection import find_slice, show_json, show_text
+    from ..showview import find_slice, show_json, show_text
 
     config = load_config(args.config)
     state = _read_state(config)
@@ -258,9 +258,11 @@ def run_reset(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..errors import ExitCode, KernelError, UsageError
     from ..htb import HtbBackend
-    from ..inspection import find_slice, forgive, reset_line, until
     from ..layout import TRAFFIC_CLASSES
+    from ..reset import forgive, reset_line
+    from ..showview import find_slice
     from ..statestore import StateStore
+    from ..statusview import until
 
     config = load_config(args.config)
     classes = (args.traffic_class,) if args.traffic_class else TRAFFIC_CLASSES

@@ -7,24 +7,8 @@ import csv
 import datetime as dt
 import json
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ..history import ReportRow
 
 ORDER = 55
-
-JSON_KEYS = (
-    "slice",
-    "bucket_start",
-    "by",
-    "default_bytes",
-    "exempt_bytes",
-    "peak_hour_bytes",
-    "capped_default_s",
-    "capped_exempt_s",
-)
 
 _DESCRIPTION = """\
 Totals from the usage history kept beside the state file: bytes sent per traffic
@@ -88,60 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def row_json(row: ReportRow) -> dict[str, Any]:
-    """One report row as the documented ``--json`` object (and ``--csv`` columns)."""
-    return {
-        "slice": row.slice_name,
-        "bucket_start": row.bucket_start_s,
-        "by": row.by,
-        "default_bytes": row.default_bytes,
-        "exempt_bytes": row.exempt_bytes,
-        "peak_hour_bytes": row.peak_hour_bytes,
-        "capped_default_s": row.capped_default_s,
-        "capped_exempt_s": row.capped_exempt_s,
-    }
-
-
-_BUCKET_FORMAT = {"hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d", "month": "%Y-%m"}
-_BUCKET_HEADER = {"hour": "HOUR (UTC)", "day": "DAY (UTC)", "month": "MONTH (UTC)"}
-TABLE_HEADER = ("DEFAULT", "EXEMPT", "PEAK HOUR", "CAPPED DEFAULT", "CAPPED EXEMPT")
-
-
-def report_table(rows: Sequence[ReportRow], by: str) -> str:
-    """Readable table: one line per slice per bucket, then a total line per slice."""
-    from ..inspection import render_table
-    from ..units import human_duration, human_size
-
-    def capped(seconds: int) -> str:
-        return human_duration(seconds) if seconds else "-"
-
-    def cells(name: str, bucket: str, group: Sequence[ReportRow]) -> tuple[str, ...]:
-        return (
-            name,
-            bucket,
-            human_size(sum(r.default_bytes for r in group)),
-            human_size(sum(r.exempt_bytes for r in group)),
-            human_size(max(r.peak_hour_bytes for r in group)),
-            capped(sum(r.capped_default_s for r in group)),
-            capped(sum(r.capped_exempt_s for r in group)),
-        )
-
-    table: list[tuple[str, ...]] = []
-    names = sorted({r.slice_name for r in rows})
-    for name in names:
-        mine = [r for r in rows if r.slice_name == name]
-        for r in mine:
-            start = dt.datetime.fromtimestamp(r.bucket_start_s, dt.UTC)
-            table.append(cells(name, start.strftime(_BUCKET_FORMAT[by]), [r]))
-        table.append(cells(name, "total", mine))
-    return "\n".join(render_table(("SLICE", _BUCKET_HEADER[by], *TABLE_HEADER), table))
-
-
 def run(args: argparse.Namespace) -> int:
     """Print the report; an empty one is noted on stderr (exit 0)."""
     from ..config import load_config
     from ..errors import ExitCode
     from ..historyfile import read_history
+    from ..reportview import JSON_KEYS, report_table, row_json
 
     path = load_config(args.config).history_file
     history = read_history(path)

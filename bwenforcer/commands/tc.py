@@ -271,6 +271,7 @@ def get_rows(
 
 def get_table(rows: list[dict[str, Any]], numeric: bool) -> str:
     """``tc get`` as a table: human units, or plain numbers with ``numeric``."""
+    from ..textable import render_table
     from ..units import human_rate, human_size
 
     def cell(key: str, value: Any) -> str:
@@ -280,11 +281,8 @@ def get_table(rows: list[dict[str, Any]], numeric: bool) -> str:
             return str(value)
         return human_rate(value) if key in RATE_KEYS else human_size(value)
 
-    table = [[k.upper() for k in GET_KEYS]] + [[cell(k, r[k]) for k in GET_KEYS] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(GET_KEYS))]
-    return "\n".join(
-        "  ".join(c.ljust(wd) for c, wd in zip(row, widths, strict=True)).rstrip() for row in table
-    )
+    header = [k.upper() for k in GET_KEYS]
+    return "\n".join(render_table(header, [[cell(k, r[k]) for k in GET_KEYS] for r in rows]))
 
 
 def run_get(args: argparse.Namespace) -> int:
