@@ -14,7 +14,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 
 from . import tcwire as w
@@ -59,7 +59,7 @@ from .model import (
     KernelSnapshot,
     OpFailure,
 )
-from .policy import clamp_rates
+from .policy import system_class_rates
 
 log = logging.getLogger(__name__)
 
@@ -452,9 +452,8 @@ class HtbBackend:
             present = snapshot.slices.get(xid)
             for tc in TRAFFIC_CLASSES:
                 if present is None or present.cls(tc) is None:
-                    top = cap_bps if tc == "default" else bwmax_bps
-                    rate, ceil = clamp_rates(bwmin_bps, top, top, bwmin_bps)
-                    missing.append(ClassOp("create", xid, tc, ClassRates(rate, ceil, 1)))
+                    rates = system_class_rates(tc, cap_bps, bwmax_bps, bwmin_bps)
+                    missing.append(ClassOp("create", xid, tc, rates))
         failures = self.apply(missing)
         if failures:
             raise ClassOpFailed(f"tc init: {failures[0].message}", failures[0].errno)
@@ -477,52 +476,28 @@ class HtbBackend:
         )
 
     def set(
-        self,
-        xid: int,
-        *,
-        share: int | None = None,
-        min_rate_bps: int | None = None,
-        max_rate_bps: int | None = None,
-        exempt_min_rate_bps: int | None = None,
-        exempt_max_rate_bps: int | None = None,
-        exempt_share: int | None = None,
-        bwmin_bps: int = BWMIN_BPS,
+        self, xid: int, rates: Mapping[TrafficClass, ClassRates], current: KernelSlice | None
     ) -> list[ClassOp]:
-        """Create or change both classes of a slice (clamped like bwlimit); return ops sent.
+        """Create or change the classes of slice ``xid`` given in ``rates``; return the ops sent.
 
-        Values not given keep the kernel's current ones (or defaults for a new slice);
-        a class whose rates would not change is not sent.
+        ``current`` is the slice as last dumped (None: not in the kernel); a class
+        whose rates would not change is not sent.
         """
         check_xid(xid)
-        snapshot = self.dump()
-        current = snapshot.slices.get(xid)
-        wanted: dict[TrafficClass, tuple[int | None, int | None, int | None]] = {
-            "default": (min_rate_bps, max_rate_bps, share),
-            "exempt": (exempt_min_rate_bps, exempt_max_rate_bps, exempt_share),
-        }
-        caps = {"default": snapshot.cap_bps, "exempt": snapshot.bwmax_bps}
         ops: list[ClassOp] = []
-        for tc, (lo, hi, sh) in wanted.items():
+        for tc, wanted in rates.items():
             cur = None if current is None else current.cls(tc)
-            base = cur.rates if cur is not None else ClassRates(bwmin_bps, caps[tc], 1)
-            rate, ceil = clamp_rates(
-                base.min_rate_bps if lo is None else lo,
-                base.max_rate_bps if hi is None else hi,
-                caps[tc],
-                bwmin_bps,
-            )
-            rates = ClassRates(rate, ceil, base.share if sh is None else max(1, sh))
-            if cur is not None and cur.rates == rates:
+            if cur is not None and cur.rates == wanted:
                 continue
-            ops.append(ClassOp("create" if cur is None else "change", xid, tc, rates))
+            ops.append(ClassOp("create" if cur is None else "change", xid, tc, wanted))
             log.info(
                 "xid %d %s: ceil %s → %d bit/s, rate %d bit/s, share %d",
                 xid,
                 tc,
                 "-" if cur is None else cur.rates.max_rate_bps,
-                ceil,
-                rate,
-                rates.share,
+                wanted.max_rate_bps,
+                wanted.min_rate_bps,
+                wanted.share,
             )
         failures = self.apply(ops)
         if failures:
