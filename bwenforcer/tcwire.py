@@ -1,8 +1,10 @@
 """The netlink messages bwenforcer exchanges with the kernel's traffic control, as bytes.
 
 Pure ``struct`` encoding and decoding of exactly what we use, so the hot path
-(thousands of class changes and one dump per cycle) builds no message objects.
-No rate tables are sent: HTB does not need ``TCA_HTB_RTAB/CTAB``.
+(thousands of class changes and one dump per cycle) builds no message objects:
+every tc message is an nlmsghdr, a tcmsg and attributes, whether built one at a
+time (:func:`message`) or a batch at a time (:class:`ClassOpEncoder`). No rate
+tables are sent: HTB does not need ``TCA_HTB_RTAB/CTAB``.
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ HTB_RATE2QUANTUM = 10
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _RTATTR = struct.Struct("=HH")
-_RATESPEC = struct.Struct("=BBHhHI")
 _HTB_OPT = struct.Struct("=BBHhHIBBHhHIIIIII")
 _HTB_GLOB = struct.Struct("=IIIII")
 _U16 = struct.Struct("=H")
