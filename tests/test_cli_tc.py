@@ -14,7 +14,7 @@ from tests.netns import Netns
 
 
 @pytest.mark.kernel
-def test_init_on_get_off_as_in_the_issue(ns: Netns) -> None:
+def test_tc_init_on_get_json_off_against_the_kernel(ns: Netns) -> None:
     assert bwenforcer_in(ns, "tc", "init", "--dev", "v0", "--cap", "10mbit").returncode == 0
     on = bwenforcer_in(ns, "tc", "on", "1234", "--dev", "v0", "--max", "2mbit", "--share", "2")
     assert on.returncode == 0, on.stderr
