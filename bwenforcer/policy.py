@@ -9,6 +9,7 @@ the slice sources, the legacy importer and ``tc`` all call these.
 from __future__ import annotations
 
 from .layout import TrafficClass, kernel_rate_bps
+from .model import ClassRates
 
 MIN_RATE_SHARE_OF_CAP = 4  # a class's min rate is at most 25 % of its cap
 THRESHOLD_PERCENT = 80  # threshold when none is given: 80 % of the limit
@@ -99,3 +100,37 @@ def counter_delta(counter_bytes: int, last_counter_bytes: int) -> int:
     if counter_bytes >= last_counter_bytes:
         return counter_bytes - last_counter_bytes
     return counter_bytes
+
+
+def manual_rates(
+    base: ClassRates | None,
+    min_rate_bps: int | None,
+    max_rate_bps: int | None,
+    share: int | None,
+    *,
+    cap_bps: int,
+    bwmin_bps: int,
+) -> ClassRates:
+    """A class's rates as ``tc on`` sets them: each value given replaces ``base``'s (the
+    class's current rates; for a new class bwmin, the cap, share 1), then clamped like
+    bwlimit under the class cap ``cap_bps``; a share is at least 1.
+    """
+    if base is None:
+        base = ClassRates(bwmin_bps, cap_bps, 1)
+    rate_bps, ceil_bps = clamp_rates(
+        base.min_rate_bps if min_rate_bps is None else min_rate_bps,
+        base.max_rate_bps if max_rate_bps is None else max_rate_bps,
+        cap_bps,
+        bwmin_bps,
+    )
+    return ClassRates(rate_bps, ceil_bps, base.share if share is None else max(1, share))
+
+
+def system_class_rates(
+    traffic_class: TrafficClass, node_cap_bps: int, bwmax_bps: int, bwmin_bps: int
+) -> ClassRates:
+    """Rates of a class of the tree's own slices (root and default): bwmin guaranteed,
+    the whole class cap as ceil, share 1.
+    """
+    cap_bps = class_cap_bps(traffic_class, node_cap_bps, bwmax_bps)
+    return manual_rates(None, None, None, None, cap_bps=cap_bps, bwmin_bps=bwmin_bps)

@@ -1,16 +1,32 @@
 """The netlink messages bwenforcer exchanges with the kernel's traffic control, as bytes.
 
 Pure ``struct`` encoding and decoding of exactly what we use, so the hot path
-(thousands of class changes and one dump per cycle) builds no message objects.
-No rate tables are sent: HTB does not need ``TCA_HTB_RTAB/CTAB``.
+(thousands of class changes and one dump per cycle) builds no message objects:
+every tc message is an nlmsghdr, a tcmsg and attributes, whether built one at a
+time (:func:`message`) or a batch at a time (:class:`ClassOpEncoder`). No rate
+tables are sent: HTB does not need ``TCA_HTB_RTAB/CTAB``.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from .errors import XidOutOfRange
+from .layout import (
+    LEAF_QDISC_LIMIT_PACKETS,
+    TrafficClass,
+    class_minor,
+    handle,
+    leaf_qdisc_handle,
+    parent_minor,
+    quantum,
+)
+
+if TYPE_CHECKING:
+    from .model import KernelOp
 
 # netlink
 NLMSG_ERROR = 2
@@ -51,15 +67,14 @@ HTB_RATE2QUANTUM = 10
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _RTATTR = struct.Struct("=HH")
-_RATESPEC = struct.Struct("=BBHhHI")
 _HTB_OPT = struct.Struct("=BBHhHIBBHhHIIIIII")
 _HTB_GLOB = struct.Struct("=IIIII")
 _U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
 _ERRNO = struct.Struct("=i")
-TC_HEADER = struct.Struct("=IHHIIBxxxiIII")  # nlmsghdr + tcmsg, packed in one call
-_HDR_LEN = TC_HEADER.size
+_TCMSG = struct.Struct("=BxxxiIII")  # family, ifindex, handle, parent, info
+_HDR_LEN = _NLMSGHDR.size + _TCMSG.size
 _U32_MAX = 0xFFFFFFFF
 _NS_PER_TICK = 64  # PSCHED_TICKS2NS: a psched tick is 2**6 ns
 BURST_BYTES = 1600  # tc's default burst on a high-resolution clock: one MTU
@@ -86,6 +101,16 @@ def attr(kind: int, payload: bytes) -> bytes:
     return _RTATTR.pack(length, kind) + payload + b"\0" * (_pad(length) - length)
 
 
+def _netlink_message(msg_type: int, flags: int, seq: int, payload: bytes) -> bytes:
+    """``payload`` behind its nlmsghdr (pid 0: the kernel fills in ours)."""
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(payload), msg_type, flags, seq, 0) + payload
+
+
+def _tcmsg(ifindex: int, handle: int, parent: int, info: int = 0) -> bytes:
+    """The tcmsg that opens every tc message's payload (family AF_UNSPEC)."""
+    return _TCMSG.pack(0, ifindex, handle, parent, info)
+
+
 def message(
     msg_type: int,
     *,
@@ -98,8 +123,7 @@ def message(
     info: int = 0,
 ) -> bytes:
     """A whole tc netlink message (nlmsghdr + tcmsg + attributes)."""
-    return TC_HEADER.pack(_HDR_LEN + len(body), msg_type, flags, seq, 0, 0, ifindex, handle,
-                          parent, info) + body  # fmt: skip
+    return _netlink_message(msg_type, flags, seq, _tcmsg(ifindex, handle, parent, info) + body)
 
 
 def with_ack(msg: bytes) -> bytes:
@@ -112,8 +136,7 @@ def with_ack(msg: bytes) -> bytes:
 def link_request(seq: int, name: str) -> bytes:
     """RTM_GETLINK by name: answers with the device's ifindex, or ENODEV."""
     body = _IFINFOMSG.pack(0, 0, 0, 0, 0) + attr(IFLA_IFNAME, name.encode() + b"\0")
-    length = _NLMSGHDR.size + len(body)
-    return _NLMSGHDR.pack(length, RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+    return _netlink_message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, seq, body)
 
 
 def ifindex_of(msg: memoryview) -> int:
@@ -167,6 +190,85 @@ def bpf_filter_options(classid: int) -> bytes:
 def filter_info(prio: int) -> int:
     """tcm_info of a filter: priority and protocol (all)."""
     return (prio << 16) | socket.htons(ETH_P_ALL)  # the protocol is in network order
+
+
+class ClassOpEncoder:
+    """The messages of batches of class operations on one device (the hot path).
+
+    A create is two messages, the class and its leaf pfifo; a change or a delete
+    one. Each class's tcmsg (and its leaf's) is packed once and kept for later
+    batches; each distinct (rate, ceil, share) of a batch is encoded once.
+    """
+
+    def __init__(self, ifindex: int) -> None:
+        self._ifindex = ifindex
+        # (xid, class) → tcmsg of the class and of its leaf qdisc: two per possible xid at most
+        self._tcmsgs: dict[tuple[int, TrafficClass], tuple[bytes, bytes]] = {}
+        self._leaf_payload = pfifo_options(LEAF_QDISC_LIMIT_PACKETS)
+
+    def encode(
+        self, ops: Sequence[KernelOp], first_seq: int
+    ) -> tuple[list[bytes], list[int], dict[int, XidOutOfRange]]:
+        """Messages for ``ops`` numbered from ``first_seq`` (at most ``2 * len(ops)``),
+        the index in ``ops`` of each message's op, and by index the ops refused
+        before sending (xid out of range).
+        """
+        # locals: the loop below runs once per class, thousands of times per cycle
+        pack = _NLMSGHDR.pack
+        head_len = _HDR_LEN  # nlmsghdr + tcmsg
+        new_class, del_class, new_qdisc = RTM_NEWTCLASS, RTM_DELTCLASS, RTM_NEWQDISC
+        request = NLM_F_REQUEST
+        create = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
+        tcmsgs = self._tcmsgs
+        payloads: dict[tuple[int, int, int], bytes] = {}
+        leaf_payload = self._leaf_payload
+        leaf_len = head_len + len(leaf_payload)
+        messages: list[bytes] = []
+        owners: list[int] = []
+        refused: dict[int, XidOutOfRange] = {}
+        seq = first_seq
+        for index, op in enumerate(ops):
+            key = (op.xid, op.traffic_class)
+            pair = tcmsgs.get(key)
+            if pair is None:
+                try:
+                    pair = tcmsgs[key] = self._class_tcmsgs(*key)
+                except XidOutOfRange as exc:
+                    refused[index] = exc
+                    continue
+            class_tcmsg = pair[0]
+            kind = op.kind
+            if kind == "delete":
+                messages.append(pack(head_len, del_class, request, seq, 0) + class_tcmsg)
+                owners.append(index)
+                seq += 1
+                continue
+            rates = op.rates
+            assert rates is not None
+            rkey = (rates.min_rate_bps, rates.max_rate_bps, rates.share)
+            payload = payloads.get(rkey)
+            if payload is None:
+                payload = payloads[rkey] = htb_class_options(rkey[0], rkey[1], quantum(rkey[2]))
+            messages.append(
+                pack(head_len + len(payload), new_class,
+                     request if kind == "change" else create, seq, 0) + class_tcmsg + payload
+            )  # fmt: skip
+            owners.append(index)
+            seq += 1
+            if kind == "create":
+                messages.append(pack(leaf_len, new_qdisc, create, seq, 0) + pair[1] + leaf_payload)
+                owners.append(index)
+                seq += 1
+        return messages, owners, refused
+
+    def _class_tcmsgs(self, xid: int, traffic_class: TrafficClass) -> tuple[bytes, bytes]:
+        """tcmsg of the class (under its parent) and of its leaf qdisc (XidOutOfRange)."""
+        minor = class_minor(xid, traffic_class)
+        class_handle = handle(minor)
+        return (
+            _tcmsg(self._ifindex, class_handle, handle(parent_minor(traffic_class))),
+            _tcmsg(self._ifindex, leaf_qdisc_handle(minor), class_handle),
+        )
 
 
 def split(buffer: memoryview) -> Iterator[tuple[int, int, int, memoryview]]:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from bwenforcer.classifier import Classifier, ClassifierSpec, render_ruleset, spec_digest
 from bwenforcer.errors import ClassifierError, ConfigError
 from bwenforcer.htb import HtbBackend
+from bwenforcer.model import ClassRates
 from bwenforcer.traffic import start_sender, start_sink
 from tests.netns import Netns, NetnsPair, netns_pair
 
@@ -98,8 +99,12 @@ def test_uid_marks_default_exempt_ipv6_and_leaves_other_uids_alone() -> None:
     with netns_pair("cls", extra_b_addrs=[f"{EXEMPT}/32"]) as pair:
         with HtbBackend("va", netns=pair.a.name) as k:
             k.init(100_000_000, 1_000_000_000)
+            rates = {
+                "default": ClassRates(8000, 100_000_000, 1),
+                "exempt": ClassRates(8000, 1_000_000_000, 1),
+            }
             for xid in (1234, 2345):
-                k.set(xid)
+                k.set(xid, rates, None)
         Classifier(netns=pair.a.name).apply(ClassifierSpec((1234, 2345), (f"{EXEMPT}/32",)))
         sink = start_sink(pair.b.name, 5501, 20)
         try:

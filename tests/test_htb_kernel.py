@@ -7,8 +7,10 @@ import re
 
 import pytest
 
+from bwenforcer.commands.tc import Given, on_rates
 from bwenforcer.errors import DeviceMissing, KernelError, TreeNotInitialised, XidOutOfRange
 from bwenforcer.htb import HtbBackend
+from bwenforcer.layout import BWMIN_BPS
 from bwenforcer.model import ClassOp, ClassRates
 from tests.kernel_helpers import mark_all_to, send_bytes, tc_bytes, tc_ceils
 from tests.netns import Netns, NetnsPair
@@ -18,8 +20,18 @@ CAP = 10_000_000
 BWMAX = 1_000_000_000
 
 
+KEEP: Given = (None, None, None)
+
+
 def backend(ns: Netns, dev: str = "v0") -> HtbBackend:
     return HtbBackend(dev, netns=ns.name)
+
+
+def on(k: HtbBackend, xid: int, default: Given = KEEP, exempt: Given = KEEP) -> list[ClassOp]:
+    """``tc on`` on a backend: one dump, the rates from the policy, the changes set."""
+    snap = k.dump()
+    rates = on_rates(snap, xid, {"default": default, "exempt": exempt}, BWMIN_BPS)
+    return k.set(xid, rates, snap.slices.get(xid))
 
 
 def test_init_builds_the_design_tree_and_one_bpf_filter(ns: Netns) -> None:
@@ -51,7 +63,7 @@ def test_init_builds_the_design_tree_and_one_bpf_filter(ns: Netns) -> None:
 def test_init_is_idempotent_and_keeps_slice_settings(ns: Netns) -> None:
     with backend(ns) as k:
         k.init(CAP, BWMAX)
-        k.set(77, max_rate_bps=3_000_000, share=3)
+        on(k, 77, default=(None, 3_000_000, 3))
         k.init(CAP, BWMAX)
         k.init(20_000_000, BWMAX)  # a new cap changes the tree classes only
         snap = k.dump()
@@ -68,13 +80,15 @@ def test_init_is_idempotent_and_keeps_slice_settings(ns: Netns) -> None:
 def test_set_clamps_like_bwlimit_and_skips_unchanged(ns: Netns) -> None:
     with backend(ns) as k:
         k.init(CAP, BWMAX)
-        ops = k.set(5, max_rate_bps=50_000_000, min_rate_bps=90_000_000, exempt_max_rate_bps=5)
+        ops = on(k, 5, default=(90_000_000, 50_000_000, None), exempt=(None, 5, None))
         snap = k.dump()
         assert snap.slices[5].default.rates == ClassRates(CAP, CAP, 1)  # max ≤ cap, min ≤ max
         assert snap.slices[5].exempt.rates.max_rate_bps == 8000  # ≥ bwmin
         assert [o.kind for o in ops] == ["create", "create"]
-        assert k.set(5, max_rate_bps=50_000_000) == []  # equal to the kernel's: nothing sent
-        changed = k.set(5, exempt_share=4)
+        assert (
+            on(k, 5, default=(None, 50_000_000, None)) == []
+        )  # equal to the kernel's: nothing sent
+        changed = on(k, 5, exempt=(None, None, 4))
         assert [(o.traffic_class, o.rates.share) for o in changed] == [("exempt", 4)]
     assert "quantum 6400" in ns.tc("-d", "class", "show", "dev", "v0", "classid", "1:2005")
 
@@ -84,7 +98,7 @@ def test_a_class_we_set_reads_like_one_tc_set(ns: Netns) -> None:
     tables sent, buffer and cbuffer computed as tc does)."""
     with backend(ns) as k:
         k.init(CAP, BWMAX)
-        k.set(5, max_rate_bps=2_000_000, share=2)
+        on(k, 5, default=(None, 2_000_000, 2))
     ns.tc(
         "class", "add", "dev", "v0", "parent", "1:100", "classid", "1:1006",
         "htb", "rate", "8kbit", "ceil", "2mbit", "quantum", "3200",
@@ -129,7 +143,7 @@ def test_an_out_of_range_xid_in_a_batch_fails_alone(ns: Netns) -> None:
 def test_off_and_stop(ns: Netns) -> None:
     with backend(ns) as k:
         k.init(CAP, BWMAX)
-        k.set(9)
+        on(k, 9)
         k.off(9)
         k.off(9)  # already gone: fine
         assert 9 not in k.dump().slices
@@ -145,7 +159,7 @@ def test_off_and_stop(ns: Netns) -> None:
 def test_rates_above_32_bits_of_bytes_per_second(ns: Netns) -> None:
     with backend(ns) as k:
         k.init(40_000_000_000, 80_000_000_000)
-        k.set(3, max_rate_bps=40_000_000_000, exempt_max_rate_bps=80_000_000_000)
+        on(k, 3, default=(None, 40_000_000_000, None), exempt=(None, 80_000_000_000, None))
         snap = k.dump()
     assert snap.bwmax_bps == 80_000_000_000
     assert snap.slices[3].default.rates.max_rate_bps == 40_000_000_000
@@ -204,7 +218,7 @@ def test_errors_are_specific(ns: Netns) -> None:
             k.dump()
         k.init(CAP, BWMAX)
         with pytest.raises(XidOutOfRange, match="70000"):
-            k.set(70000)
+            on(k, 70000)
 
 
 def test_marked_traffic_lands_in_the_slice_class_and_counters_agree_with_tc(
@@ -212,7 +226,7 @@ def test_marked_traffic_lands_in_the_slice_class_and_counters_agree_with_tc(
 ) -> None:
     with HtbBackend("va", netns=pair.a.name) as k:
         k.init(100_000_000, BWMAX)
-        k.set(0x4D2)
+        on(k, 0x4D2)
     send_bytes(pair, 300_000, port=5311)  # unmarked: the default slice
     mark_all_to(pair.a, pair.b_addr, 0x14D2)
     send_bytes(pair, 2_000_000, port=5312)

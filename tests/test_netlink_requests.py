@@ -1,5 +1,6 @@
-"""Netlink requests per cycle grow with the changed
-classes over the batch size, never with the slices. Counted on a namespace kernel."""
+"""Netlink requests per cycle grow with the changed classes over the batch size, never
+with the slices: one dump plus one request per chunk of changes. Counted on a namespace
+kernel."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from bwenforcer import tcwire as w
+from bwenforcer.model import ClassOp, ClassRates
 
 little_endian_only = pytest.mark.skipif(
     sys.byteorder != "little", reason="golden bytes are little-endian"
@@ -228,6 +229,47 @@ def test_bpf_filter_carries_the_mark_to_class_program_as_tc_writes_it() -> None:
     expected = [tuple(int(x) for x in insn.split()) for insn in program]
     ops = options[w.TCA_BPF_OPS]
     assert [struct.unpack_from("=HBBI", ops, i) for i in range(0, len(ops), 8)] == expected
+
+
+@little_endian_only
+def test_a_batch_encodes_each_op_as_message_builds_it() -> None:
+    """Create (class + leaf pfifo), change and delete, numbered from the first sequence
+    number; the create of 1:14d2 is the golden message."""
+    ops = [
+        ClassOp("create", 0x4D2, "default", ClassRates(8_000, 2_000_000, 2)),
+        ClassOp("change", 0x4D2, "exempt", ClassRates(16_000, 10_000_000, 3)),
+        ClassOp("delete", 0x4D3, "default"),
+    ]
+    messages, owners, refused = w.ClassOpEncoder(3).encode(ops, 7)
+    assert (owners, refused) == ([0, 0, 1, 2], {})
+    assert messages[0].hex() == GOLDEN_CLASS.hex()
+    excl = w.NLM_F_REQUEST | w.NLM_F_CREATE | w.NLM_F_EXCL
+    expected = [
+        (w.RTM_NEWQDISC, excl, 8, 0x14D20000, 0x114D2, w.pfifo_options(1000)),
+        (w.RTM_NEWTCLASS, w.NLM_F_REQUEST, 9, 0x124D2, 0x10020,
+         w.htb_class_options(16_000, 10_000_000, 4800)),
+        (w.RTM_DELTCLASS, w.NLM_F_REQUEST, 10, 0x114D3, 0x10100, b""),
+    ]  # fmt: skip
+    for msg, (msg_type, flags, seq, handle, parent, body) in zip(
+        messages[1:], expected, strict=True
+    ):
+        assert msg == w.message(
+            msg_type, flags=flags, seq=seq, ifindex=3, handle=handle, parent=parent, body=body
+        )
+
+
+def test_a_batch_refuses_an_out_of_range_xid_alone() -> None:
+    ops = [
+        ClassOp("change", 1, "default", ClassRates(8_000, 1_000_000, 1)),
+        ClassOp("change", 70000, "default", ClassRates(8_000, 1_000_000, 1)),
+        ClassOp("delete", 2, "exempt"),
+    ]
+    encoder = w.ClassOpEncoder(2)
+    for _ in range(2):  # the second time from the encoder's memo of each class's tcmsg
+        messages, owners, refused = encoder.encode(ops, 1)
+        assert owners == [0, 2] and list(refused) == [1]
+        assert "70000 out of range" in str(refused[1])
+        assert [struct.unpack_from("=IHHI", m)[3] for m in messages] == [1, 2]
 
 
 def test_link_request_asks_for_the_device_by_name_with_an_ack() -> None:

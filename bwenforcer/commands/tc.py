@@ -10,13 +10,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UnitError, UsageError
-from ..layout import MAX_SHARE
+from ..layout import MAX_SHARE, TrafficClass
+from ..policy import class_cap_bps, manual_rates
 from ..units import format_rate, human_rate, parse_rate_bps
 
 if TYPE_CHECKING:
     from ..config import Config
     from ..htb import HtbBackend
-    from ..model import KernelSnapshot
+    from ..model import ClassRates, KernelSnapshot
 
 ORDER = 10
 log = logging.getLogger(__name__)
@@ -164,6 +165,30 @@ def _positional_on(args: argparse.Namespace) -> None:
             raise UsageError(f"tc on: {what}: {exc}") from None
 
 
+Given = tuple[int | None, int | None, int | None]  # min rate, max rate, share; None: keep
+
+
+def on_rates(
+    snapshot: KernelSnapshot, xid: int, given: Mapping[TrafficClass, Given], bwmin_bps: int
+) -> dict[TrafficClass, ClassRates]:
+    """The rates ``tc on`` sets on slice ``xid``'s classes: the values given over the
+    kernel's current ones, by the policy under each class's cap in ``snapshot``.
+    """
+    current = snapshot.slices.get(xid)
+    rates: dict[TrafficClass, ClassRates] = {}
+    for tc, (min_rate_bps, max_rate_bps, share) in given.items():
+        kclass = None if current is None else current.cls(tc)
+        rates[tc] = manual_rates(
+            None if kclass is None else kclass.rates,
+            min_rate_bps,
+            max_rate_bps,
+            share,
+            cap_bps=class_cap_bps(tc, snapshot.cap_bps, snapshot.bwmax_bps),
+            bwmin_bps=bwmin_bps,
+        )
+    return rates
+
+
 def run_on(args: argparse.Namespace) -> int:
     """``tc on``."""
     from ..slicename import resolve_slice
@@ -171,16 +196,14 @@ def run_on(args: argparse.Namespace) -> int:
     _positional_on(args)
     xid, _name = resolve_slice(args.slice)
     kernel, config = _backend(args)
+    given: dict[TrafficClass, Given] = {
+        "default": (args.min_rate, args.max_rate, args.share),
+        "exempt": (args.exempt_min, args.exempt_max, None),
+    }
     with kernel:
-        ops = kernel.set(
-            xid,
-            share=args.share,
-            min_rate_bps=args.min_rate,
-            max_rate_bps=args.max_rate,
-            exempt_min_rate_bps=args.exempt_min,
-            exempt_max_rate_bps=args.exempt_max,
-            bwmin_bps=config.bwmin_bps,
-        )
+        snapshot = kernel.dump()
+        rates = on_rates(snapshot, xid, given, config.bwmin_bps)
+        ops = kernel.set(xid, rates, snapshot.slices.get(xid))
     changes = "; ".join(
         f"{op.traffic_class} {op.kind}d: rate {human_rate(op.rates.min_rate_bps)},"
         f" ceil {human_rate(op.rates.max_rate_bps)}, share {op.rates.share}"
