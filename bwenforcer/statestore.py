@@ -22,38 +22,34 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
 from .atomicfile import (
     FileIdentity,
-    create_new,
     disk_full,
     file_identity,
     fsync_dir,
     make_dir,
-    open_own,
     read_own,
     remove_stale_temps,
     write_temp,
 )
-from .errors import LockBusy, StateCorrupt, StateError, StateTooNew
+from .errors import StateCorrupt, StateError, StateTooNew
 from .layout import DEFAULT_XID, TRAFFIC_CLASSES
+from .lockfile import cycle_lock
 from .model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 WRITER = f"bwenforcer {__version__}"
-LOCK_POLL_S = 0.05
 
 _TOP_KEYS = frozenset({"schema_version", "saved_at", "writer", "slices", "ledger", "resets"})
 _SLICE_KEYS = frozenset({"name", "xid", "period_start", "period_end", "classes"})
@@ -601,62 +597,9 @@ class StateStore:
 
     # locking
 
-    @contextlib.contextmanager
-    def lock(self, timeout_s: float) -> Iterator[None]:
+    def lock(self, timeout_s: float) -> contextlib.AbstractContextManager[None]:
         """Hold the exclusive cycle lock; wait up to ``timeout_s``, then raise LockBusy."""
-        try:
-            self._make_directory()
-            fd = self._open_lock()
-        except OSError as exc:
-            what = f"{self.lock_path}: cannot open lock"
-            raise disk_full(exc, what) or StateError(f"{what}: {exc.strerror}") from exc
-        try:
-            self._acquire(fd, timeout_s)
-            try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            except OSError as exc:
-                what = f"{self.lock_path}: cannot write lock"
-                raise disk_full(exc, what) or StateError(f"{what}: {exc.strerror}") from exc
-            try:
-                yield
-            finally:
-                with contextlib.suppress(OSError):  # shrinking a file needs no space
-                    os.ftruncate(fd, 0)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-    def _open_lock(self) -> int:
-        """The lock file: ours from an earlier cycle (never through a symlink), or new."""
-        while True:
-            try:
-                return open_own(self.lock_path, os.O_RDWR, "state lock")
-            except FileNotFoundError:
-                pass
-            try:
-                return create_new(self.lock_path)
-            except FileExistsError:
-                continue  # another cycle created it in between: open that one
-
-    def _acquire(self, fd: int, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                time.sleep(min(LOCK_POLL_S, remaining))
-            except OSError as exc:
-                if exc.errno != errno.EINTR:
-                    raise StateError(f"{self.lock_path}: cannot lock: {exc.strerror}") from exc
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        raise LockBusy(
-            f"another bwenforcer cycle holds {self.lock_path} (pid {holder}) after {timeout_s:g} s"
-        )
+        return cycle_lock(self.lock_path, timeout_s)
 
 
 def check(path: str) -> list[str]:
