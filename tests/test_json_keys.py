@@ -38,7 +38,7 @@ from bwenforcer.planner import (
     plan,
 )
 from bwenforcer.planview import action_json, result_json
-from bwenforcer.statestore import state_to_json
+from bwenforcer.statecodec import state_to_json
 from tests.kernel_helpers import bwenforcer_in
 from tests.netns import Netns
 from tests.test_cli_inspect import write_config

@@ -23,16 +23,9 @@ from hypothesis import strategies as st
 from bwenforcer.errors import LockBusy, StateCorrupt, StateError, StateTooNew
 from bwenforcer.layout import DEFAULT_XID
 from bwenforcer.model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
-from bwenforcer.statestore import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    WRITER,
-    StateEncoder,
-    StateStore,
-    check,
-    state_from_json,
-    state_to_json,
-)
+from bwenforcer.statecodec import StateEncoder, state_from_json, state_to_json
+from bwenforcer.stateschema import MIGRATIONS, SCHEMA_VERSION, WRITER
+from bwenforcer.statestore import StateStore, check
 
 NOW_S = 1_763_800_000
 REPO = Path(__file__).resolve().parent.parent

@@ -147,7 +147,8 @@ def operator_json(doc: dict[str, Any]) -> dict[str, Any]:
 def run_show(args: argparse.Namespace) -> int:
     """Print the saved state as text or JSON."""
     from ..config import load_config
-    from ..statestore import StateStore, state_to_json
+    from ..statecodec import state_to_json
+    from ..statestore import StateStore
 
     path = load_config(args.config).state_file
     loaded = StateStore(path).read_unlocked()
