@@ -87,7 +87,9 @@ CLASS_KEYS = frozenset(f.key for f in CLASS)
 
 # A model attribute's name -> the key --json commands print for it.
 _VIEW_KEYS: Mapping[str, str] = {
-    f.attr.rpartition(".")[2]: f.view or f.key for f in (*TOP, *LEDGER_ENTRY, *SLICE, *CLASS)
+    f.attr.rpartition(".")[2]: f.view or f.key
+    for f in (*TOP, *LEDGER_ENTRY, *SLICE, *CLASS)
+    if f.attr
 }
 # The state file's class keys -> the --json keys, where they differ (``state show --json``).
 CLASS_VIEW_KEYS: Mapping[str, str] = {f.key: f.view for f in CLASS if f.view}
