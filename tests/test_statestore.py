@@ -24,7 +24,13 @@ from hypothesis import strategies as st
 from bwenforcer.errors import LockBusy, StateCorrupt, StateError, StateTooNew
 from bwenforcer.layout import DEFAULT_XID, TRAFFIC_CLASSES
 from bwenforcer.model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
-from bwenforcer.statecodec import StateEncoder, state_from_json, state_to_json
+from bwenforcer.statecodec import (
+    StateEncoder,
+    _slice_fast,
+    _slice_from,
+    state_from_json,
+    state_to_json,
+)
 from bwenforcer.stateschema import (
     CLASS,
     LEDGER_ENTRY,
@@ -208,6 +214,30 @@ def test_the_documented_example_message() -> None:
 def test_top_level_must_be_an_object(data: object) -> None:
     with pytest.raises(StateCorrupt, match=r"^state.json: expected a JSON object$"):
         state_from_json(data, "state.json")
+
+
+@given(slice_states())
+def test_fast_and_strict_decoders_build_the_same_slice(sl: SliceState) -> None:
+    raw = state_to_json(State({sl.xid: sl}), NOW_S)["slices"][str(sl.xid)]
+    assert _slice_fast(raw, {}) == _slice_from(raw, "f", "s") == sl
+
+
+# the problems inside one slice (the others are found around the slices)
+SLICE_PROBLEMS = [
+    (path, value) for path, value, message in BAD_FILES if path.startswith("slices.1.")
+    and "key does not match" not in message
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "value"), SLICE_PROBLEMS)
+def test_the_fast_decoder_gives_up_wherever_the_strict_one_finds_a_problem(
+    path: str, value: object
+) -> None:
+    data = state_to_json(make_state(2), NOW_S)
+    _set(data, path, value)
+    assert _slice_fast(data["slices"]["1"], {}) is None
+    with pytest.raises(StateCorrupt):
+        _slice_from(data["slices"]["1"], "f", "slices.1")
 
 
 def test_top_level_problems_name_the_key_without_a_leading_dot() -> None:
