@@ -87,6 +87,8 @@ def _value_expr(f: Field, var: str) -> str:
     attr = f"{var}.{f.attr.removeprefix(_POLICY)}"
     if f.kind == "bool":
         return f"_JSON_BOOL[{attr}]"
+    if f.kind == "slice":
+        return f"self._slice_text({attr}, heads)"
     return attr if f.kind == "uint" else f"_dumps({attr})"
 
 
@@ -125,19 +127,7 @@ def _encoder_source() -> str:
     key = ", ".join(f"st.{f.attr}" for f in heads)
     policy_text = _fstring([*_members(policy, "policy", False), ("}", "")])
     class_text = _fstring([("{", ""), *_members(own, "cs", True), ("", "hit[1]")])
-    entry = _fstring(
-        [("{", "")]
-        + [
-            (
-                ("," if i else "") + json.dumps(f.key) + ":",
-                f"self._slice_text(entry.{f.attr}, heads)"
-                if f.kind == "slice"
-                else f"entry.{f.attr}",
-            )
-            for i, f in enumerate(LEDGER_ENTRY)
-        ]
-        + [("}", "")]
-    )
+    entry = _fstring([("{", ""), *_members(LEDGER_ENTRY, "entry", True), ("}", "")])
     return f"""
 def _slice_text(self, st, heads):
     key = ({key},)

@@ -137,12 +137,12 @@ def slice_dict_maker(
     return dict_maker(name, items, {"_class": class_dict})
 
 
-# --- migrations ---------------------------------------------------------------------------
-
-
 def corrupt(source: str, path: str, problem: str) -> StateCorrupt:
     """StateCorrupt naming the file, the JSON path of the problem (if any) and the problem."""
     return StateCorrupt(f"{source}: {path}: {problem}" if path else f"{source}: {problem}")
+
+
+# --- migrations ---------------------------------------------------------------------------
 
 
 def _v0_class(value: object) -> object:
