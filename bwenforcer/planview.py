@@ -7,7 +7,8 @@ import re
 from typing import Any
 
 from .cycle import CycleResult
-from .planner import ClassLine, Plan, SliceLine
+from .planner import ClassLine, Plan
+from .stateschema import dict_maker, json_key, slice_dict_maker
 from .units import human_rate, human_size
 
 
@@ -15,18 +16,13 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-# Field names of the plan's dataclasses → the JSON keys every command uses (README "JSON keys").
-_JSON_KEY = {
-    "min_rate_bps": "min_rate",
-    "max_rate_bps": "max_rate",
-    "start_s": "period_start",
-    "end_s": "period_end",
-}
+# NewPeriod's fields; every other field is named as stateschema.json_key says.
+_ACTION_KEYS = {"start_s": "period_start", "end_s": "period_end"}
 
 
 def _renamed(value: Any) -> Any:
     if isinstance(value, dict):
-        return {_JSON_KEY.get(k, k): _renamed(v) for k, v in value.items()}
+        return {_ACTION_KEYS.get(k) or json_key(k): _renamed(v) for k, v in value.items()}
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -36,26 +32,17 @@ def action_json(action: object) -> dict[str, Any]:
     return {"action": _snake(type(action).__name__), **_renamed(fields)}
 
 
-def _class_json(line: ClassLine) -> dict[str, Any]:
-    return {
-        "used_bytes": line.used_bytes,
-        "delta_bytes": line.delta_bytes,
-        "threshold_bytes": line.threshold_bytes,
-        "limit_bytes": line.limit_bytes,
-        "old_ceil": line.old_ceil_bps,
-        "new_ceil": line.new_ceil_bps,
-        "capped": line.capped,
-    }
-
-
-def _slice_json(line: SliceLine) -> dict[str, Any]:
-    return {
-        "name": line.name,
-        "xid": line.xid,
-        "period_start": line.period_start_s,
-        "period_end": line.period_end_s,
-        "classes": {"default": _class_json(line.default), "exempt": _class_json(line.exempt)},
-    }
+# A planned class and slice with the keys every command uses (README "JSON keys"): the
+# slice object is the state file's, the class has the ClassLine's fields.
+_class_json = dict_maker(
+    "_class_json",
+    (
+        (json_key(f.name), f"o.{f.name}")
+        for f in dataclasses.fields(ClassLine)
+        if f.name != "traffic_class"
+    ),
+)
+_slice_json = slice_dict_maker("_slice_json", _class_json, view=True)
 
 
 def result_json(result: CycleResult) -> dict[str, Any]:

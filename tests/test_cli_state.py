@@ -11,7 +11,8 @@ import pytest
 from bwenforcer.cli import main
 from bwenforcer.commands.state import operator_json
 from bwenforcer.config import load_config
-from bwenforcer.statestore import StateStore, state_to_json
+from bwenforcer.statecodec import state_to_json
+from bwenforcer.statestore import StateStore
 from tests.test_legacy import VERSION, Py2Instance, bwmon_slice, legacy_data, py2_dumps
 from tests.test_statestore import NOW_S, lock_holder, make_state, saved
 

@@ -38,7 +38,7 @@ from bwenforcer.planner import (
 from bwenforcer.planview import action_json, result_json
 from bwenforcer.reportview import row_json
 from bwenforcer.showview import show_json
-from bwenforcer.statestore import state_to_json
+from bwenforcer.statecodec import state_to_json
 from bwenforcer.statusview import ledger_json, status_json
 from tests.kernel_helpers import bwenforcer_in
 from tests.netns import Netns

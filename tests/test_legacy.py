@@ -24,7 +24,7 @@ from bwenforcer.errors import LegacyImportError
 from bwenforcer.legacy import import_legacy
 from bwenforcer.model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
 from bwenforcer.pickleread import PickleLimits
-from bwenforcer.statestore import state_from_json, state_to_json
+from bwenforcer.statecodec import state_from_json, state_to_json
 
 NOW_S = 1_763_800_000
 VERSION = "$Id: bwmon.py,v 1.1.2.11 2007/06/26 18:03:55 faiyaza Exp $"

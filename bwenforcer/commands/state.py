@@ -117,13 +117,12 @@ def _show_text(path: str, loaded: LoadResult) -> str:
     return "\n".join(lines)
 
 
-# The state file's own names → the ones every command prints (README "JSON keys").
-_CLASS_KEYS = {"ceil_bps": "ceil", "min_rate_bps": "min_rate", "max_rate_bps": "max_rate"}
-
-
 def _slice_json(obj: dict[str, Any]) -> dict[str, Any]:
+    from ..stateschema import CLASS_VIEW_KEYS  # the state file's names → the commands' ones
+
     classes = {
-        tc: {_CLASS_KEYS.get(k, k): v for k, v in cls.items()} for tc, cls in obj["classes"].items()
+        tc: {CLASS_VIEW_KEYS.get(k, k): v for k, v in cls.items()}
+        for tc, cls in obj["classes"].items()
     }
     return {**obj, "classes": classes}
 
@@ -147,7 +146,8 @@ def operator_json(doc: dict[str, Any]) -> dict[str, Any]:
 def run_show(args: argparse.Namespace) -> int:
     """Print the saved state as text or JSON."""
     from ..config import load_config
-    from ..statestore import StateStore, state_to_json
+    from ..statecodec import state_to_json
+    from ..statestore import StateStore
 
     path = load_config(args.config).state_file
     loaded = StateStore(path).read_unlocked()
