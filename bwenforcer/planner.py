@@ -8,40 +8,42 @@ slice is planned on its own, so one slice's odd data cannot stop the others.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
 from operator import attrgetter
-from typing import ClassVar, NamedTuple
 
 from .config import Config, PeriodAnchor
 from .layout import DEFAULT_XID, ROOT_XID, TRAFFIC_CLASSES, TrafficClass
 from .model import (
-    ClassOp,
     ClassPolicy,
-    ClassRates,
     ClassState,
     DesiredSet,
     DesiredSlice,
     InvalidRecord,
     KernelClass,
-    KernelOp,
     KernelSlice,
     KernelSnapshot,
     LedgerEntry,
     SliceState,
     State,
-    fast_init,
 )
 from .periods import clock_step, first_period, next_period
-from .policy import (
-    capped_ceil_bps,
-    clamp_rates,
-    class_cap_bps,
-    class_limits,
-    counter_delta,
-    uncapped_rates,
+from .plantypes import (
+    Action,
+    Adopt,
+    CreateClass,
+    LiveSlice,
+    MoveToLedger,
+    NewPeriod,
+    Notify,
+    Plan,
+    PurgeLedger,
+    RemoveClasses,
+    Revive,
+    SetRates,
 )
+from .policy import counter_delta
+from .ratetargets import RateTargets
 
 # The tree's own slices: created by `tc init`, never removed as orphans.
 SYSTEM_XIDS = frozenset({ROOT_XID, DEFAULT_XID})
@@ -68,211 +70,6 @@ class PlanParams:
             config.bwmin_bps,
             notify=config.mail.transport != "none",
         )
-
-
-# --- actions ---------------------------------------------------------------
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class CreateClass:
-    """Create one class of a slice (and its leaf qdisc); a KernelOp as it is."""
-
-    name: str
-    xid: int
-    traffic_class: TrafficClass
-    rates: ClassRates
-    reason: str  # "new" | "recreate" | "revive"
-    kind: ClassVar[str] = "create"
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class SetRates:
-    """Change one existing class's rates; a KernelOp as it is."""
-
-    name: str
-    xid: int
-    traffic_class: TrafficClass
-    old: ClassRates
-    new: ClassRates
-    kind: ClassVar[str] = "change"
-
-    @property
-    def rates(self) -> ClassRates:
-        """The rates to set: :attr:`new`."""
-        return self.new
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveClasses:
-    """Remove both classes of an xid."""
-
-    name: str | None
-    xid: int
-    reason: str  # "dead" | "orphan" | "limiting off"
-
-
-@dataclass(frozen=True, slots=True)
-class Adopt:
-    """A class found without state: counted from its current counter."""
-
-    name: str
-    xid: int
-
-
-@dataclass(frozen=True, slots=True)
-class MoveToLedger:
-    """A slice left the desired set: its usage is kept by name."""
-
-    name: str
-    xid: int
-
-
-@dataclass(frozen=True, slots=True)
-class Revive:
-    """A slice came back while its ledger entry was live: it keeps that usage."""
-
-    name: str
-    xid: int
-    old_xid: int
-
-
-@dataclass(frozen=True, slots=True)
-class PurgeLedger:
-    """A ledger entry whose period has ended."""
-
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class NewPeriod:
-    """A slice's period ended: usage back to 0, caps lifted."""
-
-    name: str
-    xid: int
-    start_s: int
-    end_s: int
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Notify:
-    """Mail the slice about classes capped and not yet notified this period."""
-
-    name: str
-    xid: int
-    classes: tuple[TrafficClass, ...]
-
-
-Action = (
-    CreateClass
-    | SetRates
-    | RemoveClasses
-    | Adopt
-    | MoveToLedger
-    | Revive
-    | PurgeLedger
-    | NewPeriod
-    | Notify
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ClassLine:
-    """One class of one slice as planned, for dry-run output, status and metrics."""
-
-    traffic_class: TrafficClass
-    used_bytes: int
-    delta_bytes: int  # counted this cycle
-    threshold_bytes: int
-    limit_bytes: int
-    old_ceil_bps: int | None  # what the kernel has (None: no class)
-    new_ceil_bps: int
-    capped: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SliceLine:
-    """One live slice as planned."""
-
-    name: str
-    xid: int
-    period_start_s: int
-    period_end_s: int
-    default: ClassLine
-    exempt: ClassLine
-
-
-class LiveSlice(NamedTuple):
-    """One live slice as planned, compactly: what its SliceLine is made of."""
-
-    state: SliceState  # after this cycle
-    default_delta_bytes: int  # counted this cycle
-    exempt_delta_bytes: int
-    default_old_ceil_bps: int | None  # what the kernel had (None: no class)
-    exempt_old_ceil_bps: int | None
-
-
-def _class_line(cs: ClassState, tc: TrafficClass, delta: int, old_ceil: int | None) -> ClassLine:
-    policy = cs.policy
-    return ClassLine(
-        tc, cs.used_bytes, delta, policy.threshold_bytes, policy.limit_bytes, old_ceil,
-        cs.ceil_bps, cs.capped,
-    )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one cycle will do."""
-
-    now_s: int
-    actions: tuple[Action, ...]
-    state: State  # to save if every action succeeds (notified flags: set on delivery)
-    live: tuple[LiveSlice, ...]  # by xid
-    limiting_off: bool = False
-    # why the clock is not to be trusted this cycle (None: it is): periods were not
-    # rolled over nor the ledger purged, and the history is not rolled up
-    clock_step: str | None = None
-    # slices whose record is invalid, kept with the policy saved in their state
-    held: tuple[DesiredSlice, ...] = ()
-
-    @cached_property
-    def lines(self) -> tuple[SliceLine, ...]:
-        """Every live slice as planned, by xid (built on first use: a cycle needs none)."""
-        return tuple(
-            SliceLine(
-                st.name,
-                st.xid,
-                st.period_start_s,
-                st.period_end_s,
-                _class_line(st.default, "default", d_delta, d_ceil),
-                _class_line(st.exempt, "exempt", e_delta, e_ceil),
-            )
-            for st, d_delta, e_delta, d_ceil, e_ceil in self.live
-        )
-
-    def usage(self) -> Iterator[tuple[str, int, int, bool, bool]]:
-        """``(name, default bytes, exempt bytes, default capped, exempt capped)`` of each
-        live slice that sent something this cycle or is capped (idle ones are left out).
-        """
-        for st, d_delta, e_delta, _, _ in self.live:
-            if d_delta or e_delta or st.default.capped or st.exempt.capped:
-                yield st.name, d_delta, e_delta, st.default.capped, st.exempt.capped
-
-    def kernel_ops(self) -> list[KernelOp]:
-        """The kernel changes of the plan, in order."""
-        return list(self._kernel_ops)
-
-    @cached_property
-    def _kernel_ops(self) -> tuple[KernelOp, ...]:
-        ops: list[KernelOp] = []
-        for action in self.actions:
-            if isinstance(action, CreateClass | SetRates):
-                ops.append(action)
-            elif isinstance(action, RemoveClasses):
-                ops.extend(ClassOp("delete", action.xid, tc) for tc in TRAFFIC_CLASSES)
-        return tuple(ops)
 
 
 # --- planning --------------------------------------------------------------
@@ -314,88 +111,6 @@ def _rebaseline(st: SliceState, kernel: KernelSlice | None, xid: int) -> SliceSt
     )
 
 
-class _Targets:
-    """The rates a class should have, memoised for one plan.
-
-    Rates depend on the policy, the class cap and, for a capped class, the usage
-    and the time left. Thousands of slices share a few policies: each policy's
-    limits (and its uncapped rates) are worked out once, and equal rates share
-    one ClassRates.
-    """
-
-    def __init__(self, snapshot: KernelSnapshot, bwmin_bps: int) -> None:
-        self.caps = {
-            tc: class_cap_bps(tc, snapshot.cap_bps, snapshot.bwmax_bps) for tc in TRAFFIC_CLASSES
-        }
-        self.bwmin_bps = bwmin_bps
-        # class → id(policy) → (policy, min rate, max rate, share, uncapped rates); by id, as
-        # hashing a policy costs more than the rest of a steady class's planning
-        self._limits: dict[str, dict[int, tuple[ClassPolicy, int, int, int, ClassRates]]] = {
-            tc: {} for tc in TRAFFIC_CLASSES
-        }
-        self._rates: dict[tuple[int, int, int], ClassRates] = {}
-
-    def _limits_of(
-        self, policy: ClassPolicy, traffic_class: TrafficClass
-    ) -> tuple[ClassPolicy, int, int, int, ClassRates]:
-        cap_bps = self.caps[traffic_class]
-        min_rate, max_rate, share = class_limits(
-            policy.min_rate_bps, policy.max_rate_bps, policy.share, cap_bps
-        )
-        uncapped = self._shared(
-            *uncapped_rates(
-                policy.min_rate_bps, policy.max_rate_bps, policy.share, cap_bps, self.bwmin_bps
-            )
-        )
-        limits = (policy, min_rate, max_rate, share, uncapped)
-        self._limits[traffic_class][id(policy)] = limits
-        return limits
-
-    def _shared(self, rate_bps: int, ceil_bps: int, share: int) -> ClassRates:
-        key = (rate_bps, ceil_bps, share)
-        rates = self._rates.get(key)
-        if rates is None:
-            rates = self._rates[key] = ClassRates(rate_bps, ceil_bps, share)
-        return rates
-
-    def _limits_for(
-        self, policy: ClassPolicy, traffic_class: TrafficClass
-    ) -> tuple[ClassPolicy, int, int, int, ClassRates]:
-        limits = self._limits[traffic_class].get(id(policy))
-        if limits is None or limits[0] is not policy:
-            limits = self._limits_of(policy, traffic_class)
-        return limits
-
-    def uncapped(self, policy: ClassPolicy, traffic_class: TrafficClass) -> ClassRates:
-        """The rates of a class under ``policy`` while it is not capped."""
-        return self._limits_for(policy, traffic_class)[4]
-
-    def rates(
-        self,
-        policy: ClassPolicy,
-        traffic_class: TrafficClass,
-        used_bytes: int,
-        period_end_s: int,
-        now_s: int,
-    ) -> tuple[ClassRates, bool]:
-        """``(rates, capped)`` of a class with ``used_bytes`` under ``policy`` at ``now_s``."""
-        limits = self._limits_for(policy, traffic_class)
-        if used_bytes < policy.threshold_bytes:
-            return limits[4], False
-        _, min_rate, max_rate, share, _ = limits
-        ceil = capped_ceil_bps(
-            used_bytes=used_bytes,
-            limit_bytes=policy.limit_bytes,
-            now_s=now_s,
-            period_end_s=period_end_s,
-            min_rate_bps=min_rate,
-            max_rate_bps=max_rate,
-        )
-        return self._shared(
-            *clamp_rates(min_rate, ceil, self.caps[traffic_class], self.bwmin_bps), share
-        ), True
-
-
 def _plan_class(
     old: ClassState,
     policy: ClassPolicy,
@@ -429,7 +144,7 @@ def _plan_live(
     st: SliceState,
     kernel: KernelSlice | None,
     account: bool,
-    targets: _Targets,
+    targets: RateTargets,
     params: PlanParams,
     now_s: int,
     actions: list[Action],
@@ -499,7 +214,7 @@ def _plan_live(
 
 
 def _quiet(
-    want: DesiredSlice, st: SliceState, kernel: KernelSlice, targets: _Targets, now_s: int
+    want: DesiredSlice, st: SliceState, kernel: KernelSlice, targets: RateTargets, now_s: int
 ) -> LiveSlice | None:
     """The plan of a slice nothing happened to since the last cycle, or None.
 
@@ -581,7 +296,7 @@ def plan(
         del ledger[name]
         actions.append(PurgeLedger(name))
 
-    targets = _Targets(snapshot, params.bwmin_bps)
+    targets = RateTargets(snapshot, params.bwmin_bps)
     slices: dict[int, SliceState] = {}
     live: list[LiveSlice] = []
     for want in sorted(wanted.values(), key=attrgetter("xid")):

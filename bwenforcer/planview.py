@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from .cycle import CycleResult
-from .planner import ClassLine, Plan, SliceLine
+from .plantypes import ClassLine, Plan, SliceLine
 from .units import human_rate, human_size
 
 

@@ -43,7 +43,8 @@ from bwenforcer.model import (
     SliceState,
     State,
 )
-from bwenforcer.planner import PlanParams, SetRates, plan
+from bwenforcer.planner import PlanParams, plan
+from bwenforcer.plantypes import SetRates
 
 # --- a fixed state: plain data, a fixed clock --------------------------------------
 

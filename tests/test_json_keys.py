@@ -24,18 +24,17 @@ from bwenforcer.executor import Outcome
 from bwenforcer.history import ReportRow
 from bwenforcer.inspection import ledger_json, show_json, status_json
 from bwenforcer.model import ClassRates, DesiredSet
-from bwenforcer.planner import (
+from bwenforcer.planner import PlanParams, plan
+from bwenforcer.plantypes import (
     Adopt,
     CreateClass,
     MoveToLedger,
     NewPeriod,
     Notify,
-    PlanParams,
     PurgeLedger,
     RemoveClasses,
     Revive,
     SetRates,
-    plan,
 )
 from bwenforcer.planview import action_json, result_json
 from bwenforcer.statestore import state_to_json
