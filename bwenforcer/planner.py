@@ -153,10 +153,12 @@ def _plan_live(
 ) -> LiveSlice:
     """Plan one live slice; with ``account``, first add its bytes since the last cycle.
 
-    Hot path, run for every slice every cycle: a class whose usage, policy and
-    rates did not change keeps its very ClassState (and an unchanged slice its
-    SliceState), so a steady cycle builds few objects and the state store can
-    tell unchanged slices by identity.
+    Hot path, run for every slice every cycle. Identity rule (see
+    :class:`~bwenforcer.model.SliceState`): a class whose usage, counter, policy,
+    ceil and flags did not change is passed on as its very ClassState, and a
+    slice whose classes, name, xid and period did not change as its very
+    SliceState, never as an equal copy: the state encoder re-encodes only the
+    slices that are not the object it encoded last time.
     """
     start_s, end_s = st.period_start_s, st.period_end_s
     new_period = now_s >= end_s and not hold_period
@@ -222,6 +224,26 @@ def _quiet(
     not capped, rates as they should be. Telling so takes a few comparisons,
     and what :func:`_plan_live` would make of it is known: the very same state,
     no action.
+
+    The rule this shortcut rests on: it must take exactly the decisions
+    :func:`_plan_live` (with ``account``) would take for the slice, and so
+    answers only when all of these hold, each of which fixes one of them:
+
+    - both classes are in the kernel (else: a CreateClass);
+    - the period has not ended (else: a NewPeriod, usage back to 0);
+    - each kernel counter equals the last reading (else: bytes to add, or a
+      counter that restarted);
+    - neither class is capped nor at its threshold (else: capped rates, maybe
+      a Notify); with the usage unchanged, it stays under;
+    - each policy equals the wanted one (else: new limits and rates);
+    - the saved ceil and the kernel's rates equal the policy's uncapped rates
+      (else: a SetRates, or a state to update).
+
+    Then :func:`_plan_live` adds no action, keeps both ClassStates and so the
+    SliceState itself, counts 0 bytes and reports the kernel's ceils: what this
+    returns. A change to :func:`_plan_live`'s decisions must change these
+    conditions with it; ``plan(..., quiet=False)`` runs without the shortcut,
+    and tests/test_planner_properties.py holds the two to the same plan.
     """
     d, e, kd, ke = st.default, st.exempt, kernel.default, kernel.exempt
     if (
@@ -265,8 +287,15 @@ def plan(
     state: State,
     params: PlanParams,
     now_s: int,
+    *,
+    quiet: bool = True,
 ) -> Plan:
-    """Reconcile one cycle (DESIGN.md "Policy" and "Slice lifecycle")."""
+    """Reconcile one cycle (docs/architecture.md "Policy" and "Slice lifecycle").
+
+    ``quiet=False`` plans every slice the long way (:func:`_plan_live`), without
+    the shortcut for slices nothing happened to: the same plan, slower; for tests
+    that hold the shortcut to that.
+    """
     if desired.limiting_off:
         return _limiting_off(snapshot, state, now_s)
     wanted = {s.xid: s for s in desired.slices}
@@ -302,7 +331,7 @@ def plan(
     for want in sorted(wanted.values(), key=attrgetter("xid")):
         kernel = snapshot.slices.get(want.xid)
         st = carried.get(want.xid)
-        if st is not None and kernel is not None:
+        if quiet and st is not None and kernel is not None:
             planned = _quiet(want, st, kernel, targets, now_s)
             if planned is not None:
                 slices[want.xid] = st
