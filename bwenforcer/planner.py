@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter
 
+from .accounting import account_slice, class_usage, kernel_counter, rebaseline
 from .config import Config, PeriodAnchor
 from .layout import DEFAULT_XID, ROOT_XID, TRAFFIC_CLASSES, TrafficClass
 from .model import (
@@ -20,7 +21,6 @@ from .model import (
     DesiredSet,
     DesiredSlice,
     InvalidRecord,
-    KernelClass,
     KernelSlice,
     KernelSnapshot,
     LedgerEntry,
@@ -42,7 +42,6 @@ from .plantypes import (
     Revive,
     SetRates,
 )
-from .policy import counter_delta
 from .ratetargets import RateTargets
 
 # The tree's own slices: created by `tc init`, never removed as orphans.
@@ -77,59 +76,6 @@ class PlanParams:
 
 def _fresh_class(policy: ClassPolicy, counter_bytes: int) -> ClassState:
     return ClassState(policy=policy, last_counter_bytes=counter_bytes)
-
-
-def _counter(kernel: KernelSlice | None, traffic_class: TrafficClass) -> int | None:
-    if kernel is None:
-        return None
-    cls = kernel.cls(traffic_class)
-    return None if cls is None else cls.bytes
-
-
-def _account(cs: ClassState, counter_bytes: int | None) -> ClassState:
-    """Add the bytes since the last reading; a missing class restarts its counter at 0."""
-    if counter_bytes is None:
-        return ClassState(cs.policy, cs.used_bytes, 0, cs.ceil_bps, cs.capped, cs.notified)
-    used = cs.used_bytes + counter_delta(counter_bytes, cs.last_counter_bytes)
-    return ClassState(cs.policy, used, counter_bytes, cs.ceil_bps, cs.capped, cs.notified)
-
-
-def _account_slice(st: SliceState, kernel: KernelSlice | None) -> SliceState:
-    default = _account(st.default, _counter(kernel, "default"))
-    exempt = _account(st.exempt, _counter(kernel, "exempt"))
-    return SliceState(st.name, st.xid, st.period_start_s, st.period_end_s, default, exempt)
-
-
-def _rebaseline(st: SliceState, kernel: KernelSlice | None, xid: int) -> SliceState:
-    """A revived slice: same usage, counted from the counters its (new) xid has now."""
-
-    def rebase(cs: ClassState, tc: TrafficClass) -> ClassState:
-        return dataclasses.replace(cs, last_counter_bytes=_counter(kernel, tc) or 0)
-
-    return dataclasses.replace(
-        st, xid=xid, default=rebase(st.default, "default"), exempt=rebase(st.exempt, "exempt")
-    )
-
-
-def _plan_class(
-    old: ClassState,
-    policy: ClassPolicy,
-    current: KernelClass | None,
-    account: bool,
-    new_period: bool,
-) -> tuple[int, int, int, bool]:
-    """``(used, last counter, delta, notified)`` of a class after this cycle's bytes."""
-    used, last, delta = old.used_bytes, old.last_counter_bytes, 0
-    if account:
-        if current is None:
-            last = 0  # the class is gone: its next counter starts from 0
-        else:
-            delta = counter_delta(current.bytes, last)
-            used += delta
-            last = current.bytes
-    if new_period:
-        return 0, last, delta, False
-    return used, last, delta, old.notified
 
 
 # the classes a Notify names: one tuple each, not one a capped slice
@@ -174,7 +120,7 @@ def _plan_live(
         else:
             old, policy = st.exempt, want.exempt
             current = None if kernel is None else kernel.exempt
-        used, last, delta, notified = _plan_class(old, policy, current, account, new_period)
+        used, last, delta, notified = class_usage(old, current, account, new_period)
         rates, capped = targets.rates(policy, tc, used, end_s, now_s)
         ceil_bps = rates.max_rate_bps
         if current is None:
@@ -194,7 +140,7 @@ def _plan_live(
             and notified == old.notified
             and (policy is old.policy or policy == old.policy)
         ):
-            out.append((old, delta, old_ceil_bps))
+            out.append((old, delta, old_ceil_bps))  # the very object: the identity rule
         else:
             out.append(
                 (ClassState(policy, used, last, ceil_bps, capped, notified), delta, old_ceil_bps)
@@ -316,7 +262,7 @@ def plan(
             carried[xid] = st
             continue
         kernel = snapshot.slices.get(xid)
-        ledger[st.name] = LedgerEntry(_account_slice(st, kernel), died_s=now_s)
+        ledger[st.name] = LedgerEntry(account_slice(st, kernel), died_s=now_s)
         actions.append(MoveToLedger(st.name, xid))
         if want is None and kernel is not None:
             actions.append(RemoveClasses(st.name, xid, "dead"))
@@ -334,7 +280,7 @@ def plan(
         if quiet and st is not None and kernel is not None:
             planned = _quiet(want, st, kernel, targets, now_s)
             if planned is not None:
-                slices[want.xid] = st
+                slices[want.xid] = st  # the very object: the identity rule (SliceState)
                 live.append(planned)
                 continue
         account = st is not None
@@ -342,7 +288,7 @@ def plan(
         if st is None:
             entry = ledger.pop(want.name, None)
             if entry is not None:
-                st = _rebaseline(entry.slice, kernel, want.xid)
+                st = rebaseline(entry.slice, kernel, want.xid)
                 actions.append(Revive(want.name, want.xid, entry.slice.xid))
                 reason = "revive"
             else:
@@ -400,14 +346,14 @@ def _new_slice(
         xid=want.xid,
         period_start_s=start,
         period_end_s=end,
-        default=_fresh_class(want.default, _counter(kernel, "default") or 0),
-        exempt=_fresh_class(want.exempt, _counter(kernel, "exempt") or 0),
+        default=_fresh_class(want.default, kernel_counter(kernel, "default") or 0),
+        exempt=_fresh_class(want.exempt, kernel_counter(kernel, "exempt") or 0),
     )
 
 
 def mark_notified(state: State, delivered: Mapping[int, Iterable[TrafficClass]]) -> State:
     """The state with the delivered classes of each xid flagged as notified."""
-    slices = dict(state.slices)
+    slices = dict(state.slices)  # the slices not flagged stay the very same objects
     for xid, classes in delivered.items():
         st = slices.get(xid)
         if st is None:
