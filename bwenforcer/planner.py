@@ -218,6 +218,13 @@ def _quiet(
     return LiveSlice(st, 0, 0, kd.rates.max_rate_bps, ke.rates.max_rate_bps)
 
 
+def _no_shortcut(
+    want: DesiredSlice, st: SliceState, kernel: KernelSlice, targets: RateTargets, now_s: int
+) -> None:
+    """:func:`_quiet` for ``plan(..., quiet=False)``: no slice is taken for quiet."""
+    return None
+
+
 def _limiting_off(snapshot: KernelSnapshot, state: State, now_s: int) -> Plan:
     actions: list[Action] = [
         RemoveClasses(None, xid, "limiting off")
@@ -272,13 +279,14 @@ def plan(
         actions.append(PurgeLedger(name))
 
     targets = RateTargets(snapshot, params.bwmin_bps)
+    shortcut = _quiet if quiet else _no_shortcut  # chosen once, not tested per slice
     slices: dict[int, SliceState] = {}
     live: list[LiveSlice] = []
     for want in sorted(wanted.values(), key=attrgetter("xid")):
         kernel = snapshot.slices.get(want.xid)
         st = carried.get(want.xid)
-        if quiet and st is not None and kernel is not None:
-            planned = _quiet(want, st, kernel, targets, now_s)
+        if st is not None and kernel is not None:
+            planned = shortcut(want, st, kernel, targets, now_s)
             if planned is not None:
                 slices[want.xid] = st  # the very object: the identity rule (SliceState)
                 live.append(planned)
