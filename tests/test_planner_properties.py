@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bwenforcer import planner
 from bwenforcer.model import (
     ClassRates,
     DesiredSet,
@@ -308,3 +310,22 @@ def test_the_quiet_path_plans_as_the_long_way(
         delivered = {a.xid: a.classes for a in quick.actions if isinstance(a, Notify)}
         state = dataclasses.replace(mark_notified(quick.state, delivered), saved_s=now)
         now += step_s
+
+
+def test_quiet_false_takes_no_shortcut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test above compares two paths only if ``quiet=False`` really is the long way."""
+    calls: list[int] = []
+    shortcut = planner._quiet
+
+    def counted(*args: object) -> object:
+        calls.append(1)
+        return shortcut(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(planner, "_quiet", counted)
+    params = PlanParams(3600, None, BWMIN_BPS)
+    first = plan(desired(want("pl_a", 10)), snapshot(), State(), params, T0)
+    kernel = _Kernel()
+    kernel.apply(first)
+    again = (desired(want("pl_a", 10)), kernel.snapshot(CAP_BPS), first.state, params, T0 + 60)
+    assert plan(*again, quiet=False).live == plan(*again).live
+    assert len(calls) == 1  # the default plan's, for its one idle slice
