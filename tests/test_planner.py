@@ -1,4 +1,4 @@
-"""Planner: one test per lifecycle case of DESIGN.md, and per historic defect."""
+"""Planner: one test per lifecycle case of docs/architecture.md, and per historic defect."""
 
 from __future__ import annotations
 
@@ -346,7 +346,7 @@ def test_without_a_mail_transport_no_notification_is_planned_until_there_is_one(
     assert Notify("pl_a", 10, ("default",)) in mailed.actions
 
 
-# --- issue 12: invalid records, clock steps -------------------------------------------
+# --- invalid records, clock steps ------------------------------------------------------
 
 
 def test_a_live_slice_with_an_invalid_record_keeps_its_saved_limits_a_new_one_is_skipped() -> None:
