@@ -20,7 +20,7 @@ from .cycle import CycleResult, Hooks, run_cycle
 from .errors import DiskFull, Error, KernelError, TreeNotInitialised, UnsafePath
 from .executor import Notifier
 from .model import DesiredSet, KernelOp, KernelSnapshot, OpFailure, SliceState
-from .planner import Notify, Plan
+from .plantypes import Notify, Plan
 
 if TYPE_CHECKING:
     from .atomicfile import FileIdentity

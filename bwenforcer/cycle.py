@@ -19,7 +19,8 @@ from .config import Config
 from .errors import Error, ExitCode
 from .executor import KernelPort, Notifier, Outcome, execute
 from .model import DesiredSet, KernelSnapshot, State
-from .planner import Plan, PlanParams, plan
+from .planner import PlanParams, plan
+from .plantypes import Plan
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from typing import Protocol
 from .errors import Error, MailDeadline
 from .layout import TrafficClass
 from .model import KernelOp, OpFailure, SliceState, State
-from .planner import (
+from .planner import mark_notified
+from .plantypes import (
     Adopt,
     CreateClass,
     MoveToLedger,
@@ -26,7 +27,6 @@ from .planner import (
     RemoveClasses,
     Revive,
     SetRates,
-    mark_notified,
 )
 from .units import human_rate
 

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from .cycle import CycleResult
-from .planner import ClassLine, Plan
+from .plantypes import ClassLine, Plan
 from .stateschema import dict_maker, json_key, slice_dict_maker
 from .units import human_rate, human_size
 

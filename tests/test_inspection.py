@@ -26,7 +26,8 @@ from bwenforcer.model import (
     SliceState,
     State,
 )
-from bwenforcer.planner import PlanParams, SetRates, plan
+from bwenforcer.planner import PlanParams, plan
+from bwenforcer.plantypes import SetRates
 from bwenforcer.reset import forgive, lifted_rates, reset_line
 from bwenforcer.showview import find_slice, show_json, show_text
 from bwenforcer.statusview import (

@@ -22,18 +22,17 @@ from bwenforcer.cycle import CycleResult
 from bwenforcer.executor import Outcome
 from bwenforcer.history import ReportRow
 from bwenforcer.model import ClassRates, DesiredSet
-from bwenforcer.planner import (
+from bwenforcer.planner import PlanParams, plan
+from bwenforcer.plantypes import (
     Adopt,
     CreateClass,
     MoveToLedger,
     NewPeriod,
     Notify,
-    PlanParams,
     PurgeLedger,
     RemoveClasses,
     Revive,
     SetRates,
-    plan,
 )
 from bwenforcer.planview import action_json, result_json
 from bwenforcer.reportview import row_json

@@ -15,7 +15,7 @@ from bwenforcer.model import (
     SliceState,
     fast_init,
 )
-from bwenforcer.planner import CreateClass, Notify, SetRates
+from bwenforcer.plantypes import CreateClass, Notify, SetRates
 
 POLICY = ClassPolicy(10, 8, 1, 2, 1)
 RATES = ClassRates(8_000, 16_000, 2)

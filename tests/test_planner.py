@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from bwenforcer.model import ClassRates, LedgerEntry, State
-from bwenforcer.planner import (
+from bwenforcer.planner import mark_notified, plan
+from bwenforcer.plantypes import (
     Adopt,
     CreateClass,
     MoveToLedger,
@@ -15,8 +16,6 @@ from bwenforcer.planner import (
     RemoveClasses,
     Revive,
     SetRates,
-    mark_notified,
-    plan,
 )
 from tests.planner_data import (
     BWMAX_BPS,
