@@ -20,7 +20,8 @@ from types import FrameType
 from .agent import Agent, agent_for
 from .config import Config, load_config
 from .errors import Error, LockBusy, MetricsError
-from .metrics import AgentMetrics, serve
+from .metrics import AgentMetrics
+from .metricsserver import serve
 
 log = logging.getLogger(__name__)
 

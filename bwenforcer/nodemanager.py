@@ -37,7 +37,8 @@ from typing import Any
 from .agent import Agent, agent_for
 from .config import Config, load_config
 from .errors import Error, MetricsError, TreeNotInitialised
-from .metrics import AgentMetrics, serve
+from .metrics import AgentMetrics
+from .metricsserver import serve
 from .model import DesiredSet
 from .slices import from_nodemanager_db, from_plc_slivers
 

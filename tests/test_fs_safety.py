@@ -22,9 +22,10 @@ import pytest
 
 from bwenforcer.config import Config
 from bwenforcer.errors import DeliveryError, Error, StateError
+from bwenforcer.exposition import from_textfile, write_textfile
 from bwenforcer.history import History, save_history
 from bwenforcer.mailer import make_transport
-from bwenforcer.metrics import AgentMetrics, from_textfile, write_textfile
+from bwenforcer.metrics import AgentMetrics
 from bwenforcer.slices import load_slices_file
 from bwenforcer.statestore import StateStore
 from tests.kernel_helpers import VENV_BIN, bwenforcer_in
@@ -272,7 +273,8 @@ from bwenforcer.config import Config
 from bwenforcer.errors import Error
 from bwenforcer.history import CycleUsage, History, HistoryRecorder, save_history
 from bwenforcer.config import HistoryConfig
-from bwenforcer.metrics import AgentMetrics, write_textfile
+from bwenforcer.exposition import write_textfile
+from bwenforcer.metrics import AgentMetrics
 from bwenforcer.slices import load_slices_file
 from bwenforcer.statestore import StateStore
 from tests.test_metrics import _result
