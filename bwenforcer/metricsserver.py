@@ -49,8 +49,11 @@ def _response(status: str, body: bytes, head: bool, extra: str = "") -> memoryvi
     return memoryview(header if head else header + body)
 
 
-def _reply(request: bytes, metrics: AgentMetrics) -> memoryview:
-    """The whole response to one request (its line and headers); every connection closes."""
+def _reply(request: bytes, page: Callable[[], bytes | None]) -> memoryview:
+    """The whole response to one request (its line and headers); every connection closes.
+
+    ``page`` makes the metrics page; None when that failed (500).
+    """
     parts = request.split(b"\n", 1)[0].split()
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
         return _response("400 Bad Request", b"bad request\n", head=False)
@@ -60,7 +63,10 @@ def _reply(request: bytes, metrics: AgentMetrics) -> memoryview:
         return _response("405 Method Not Allowed", b"GET or HEAD\n", False, "Allow: GET, HEAD\r\n")
     if target.split(b"?", 1)[0] != b"/metrics":
         return _response("404 Not Found", b"only /metrics is served\n", head)
-    return _response("200 OK", exposition(metrics).encode(), head)
+    body = page()
+    if body is None:
+        return _response("500 Internal Server Error", b"metrics page failed: see the log\n", head)
+    return _response("200 OK", body, head)
 
 
 class _Server:
@@ -87,6 +93,7 @@ class _Server:
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = socket.socketpair()
         self.stopping = False
+        self.page_error: str | None = None  # the last failure to make the page, logged once
         listener.setblocking(False)
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
@@ -165,10 +172,27 @@ class _Server:
         if end < 0:
             conn.outbox = _response("431 Request Header Fields Too Large", b"too long\n", False)
         else:
-            conn.outbox = _reply(conn.inbox[:end], self.metrics)
+            conn.outbox = _reply(conn.inbox[:end], self.page)
         conn.inbox = b""
         self.selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
         self.write(conn)
+
+    def page(self) -> bytes | None:
+        """The metrics page; None if making it raised (logged once per distinct error).
+
+        A bug in making the page must not end the endpoint's one thread: the
+        scrape gets a 500 and the next one tries again.
+        """
+        try:
+            body = exposition(self.metrics).encode()
+        except Exception as exc:  # any bug: answered 500, the thread lives on
+            problem = f"{type(exc).__name__}: {exc}"
+            if problem != self.page_error:
+                log.exception("metrics: cannot make the /metrics page (answered 500): %s", exc)
+            self.page_error = problem
+            return None
+        self.page_error = None
+        return body
 
     def write(self, conn: _Connection) -> None:
         sent = conn.sock.send(conn.outbox[conn.sent : conn.sent + 2**18])

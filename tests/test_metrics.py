@@ -22,7 +22,7 @@ from bwenforcer.cycle import CycleResult
 from bwenforcer.errors import MetricsError, MetricsListenError
 from bwenforcer.executor import Outcome
 from bwenforcer.exposition import exposition, from_textfile, restore, write_textfile
-from bwenforcer.metrics import AgentMetrics
+from bwenforcer.metrics import AgentMetrics, Snapshot
 from bwenforcer.metricsserver import serve
 from bwenforcer.model import State
 from bwenforcer.planner import plan
@@ -383,3 +383,38 @@ def test_a_busy_port_is_one_line_naming_the_address() -> None:
     assert (
         str(caught.value) == "metrics: cannot listen on 127.0.0.1:http: port 'http' is not a number"
     )
+
+
+class _FailingMetrics(AgentMetrics):
+    """Metrics whose page fails while ``failing`` is set (a bug no real cycle can make)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = True
+
+    def snapshot(self) -> Snapshot:
+        if self.failing:
+            raise RuntimeError("injected page failure")
+        return super().snapshot()
+
+
+def test_a_page_that_fails_is_a_500_logged_once_and_the_server_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = _FailingMetrics()
+    port = free_port()
+    stop = serve(f"127.0.0.1:{port}", metrics)
+    try:
+        with caplog.at_level(logging.ERROR):
+            for _ in range(3):
+                status, _, body = _exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert status == b"HTTP/1.1 500 Internal Server Error"
+                assert b"injected" not in body  # the cause is in the log, not on the wire
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "injected page failure" in errors[0].getMessage()
+        assert errors[0].exc_info is not None  # a bug: its traceback is in the log
+        metrics.failing = False
+        status, _, body = _exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == b"HTTP/1.1 200 OK" and b"bwenforcer_cycles_total" in body
+    finally:
+        stop()
