@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -189,3 +190,26 @@ def test_reload_moves_the_endpoint_and_refuses_a_bad_config(
             _scrape(port_a)
     finally:
         daemon.stop_metrics()
+
+
+def test_a_daemon_whose_port_is_taken_exits_with_one_line_before_any_cycle(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"device: v0\nstate_file: {tmp_path}/state.json\nslices_file: null\n"
+        f"metrics: {{listen: '127.0.0.1:{port}'}}\n"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        proc = subprocess.run(
+            [str(VENV_BIN / "bwenforcer"), "--config", str(cfg), "daemon"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (
+        6,
+        f"bwenforcer: metrics: cannot listen on 127.0.0.1:{port}: Address already in use\n",
+    )
+    assert not (tmp_path / "state.json").exists()  # no cycle ran
