@@ -269,7 +269,7 @@ def capped_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, flo
 
 def steady_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, float]:
     """(d) whole cycles with no change vs `tc -s class show`."""
-    from bwenforcer.agent import Agent, load_desired
+    from bwenforcer.agent import Agent, gc_paused, load_desired
     from bwenforcer.config import load_config
     from bwenforcer.metrics import AgentMetrics
 
@@ -279,7 +279,8 @@ def steady_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, flo
     agent.cycle(desired)
 
     def steady(i: int) -> None:
-        result = agent.cycle(desired)
+        with gc_paused():  # as the daemon runs a cycle
+            result = agent.cycle(desired)
         metrics.observe(result)
         assert result.outcome is not None and not result.plan.kernel_ops()
 
@@ -314,7 +315,7 @@ def capped_agent(
     """Run ``i`` of capped cycles (every class's ceil changes) on an ``n``-slice tree on
     ``dev``, observed by ``metrics`` as the daemon does.
     """
-    from bwenforcer.agent import Agent, load_desired
+    from bwenforcer.agent import Agent, gc_paused, load_desired
     from bwenforcer.config import load_config
 
     tmp.mkdir()
@@ -326,7 +327,8 @@ def capped_agent(
 
     def capped(i: int) -> None:
         agent.clock = lambda: start_s + CAPPED_STEP_S * (i + 1)
-        result = agent.cycle(desired)
+        with gc_paused():  # as the daemon runs a cycle
+            result = agent.cycle(desired)
         if metrics is not None:
             metrics.observe(result)
         changed = result.outcome.counts["changed"] if result.outcome else 0

@@ -39,6 +39,10 @@ def gc_paused() -> Iterator[None]:
     freed by reference counting; left on, the collector walks every live object several
     times a cycle (measured: a third of a 4,000-slice cycle, and most of its
     jitter). Collection resumes afterwards, between cycles.
+
+    Only for processes of our own (``sync``, the daemon): the collector is the
+    whole process's, so :meth:`Agent.cycle` does not pause it and the
+    node-manager thread never does (it would stop the host program's collection).
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -180,8 +184,9 @@ class Agent:
     def cycle(self, desired: DesiredSet, dry_run: bool = False) -> CycleResult:
         """Run one cycle against the kernel, the state file, mail and the classifier.
 
-        A tree that vanished (qdisc deleted, device re-created) is built again
-        (:meth:`rebuilt_tree`).
+        The garbage collector is left as it is: a process of our own pauses it
+        around the cycle (:func:`gc_paused`). A tree that vanished (qdisc deleted,
+        device re-created) is built again (:meth:`rebuilt_tree`).
         """
         from .statestore import StateStore
 
@@ -191,19 +196,16 @@ class Agent:
 
         hooks = Hooks(classifier=self._classifier_hook(), before_save=self._record_history)
         try:
-            with gc_paused():
-                result = run_cycle(
-                    self.config,
-                    desired,
-                    kernel=_TreeKeeper(self, dry_run, build=not desired.limiting_off),
-                    store=self._store,
-                    notifier=make_notifier(self.config, self.clock, dry_run)
-                    if not dry_run
-                    else None,
-                    clock=self.clock,
-                    dry_run=dry_run,
-                    hooks=hooks,
-                )
+            result = run_cycle(
+                self.config,
+                desired,
+                kernel=_TreeKeeper(self, dry_run, build=not desired.limiting_off),
+                store=self._store,
+                notifier=make_notifier(self.config, self.clock, dry_run) if not dry_run else None,
+                clock=self.clock,
+                dry_run=dry_run,
+                hooks=hooks,
+            )
         except KernelError:
             self.close()  # the device may have gone and come back under a new index
             raise

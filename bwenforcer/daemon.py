@@ -4,8 +4,9 @@ SIGTERM/SIGINT stop after the current cycle (the state file is written
 atomically, so even an abandoned cycle leaves a good one); SIGHUP reloads the
 config, keeping the old one if the new one is invalid (a changed
 ``metrics.listen`` moves the endpoint). An error in a cycle is logged and
-counted, and the loop goes on. Signal handlers only record the request; the
-loop logs and acts on it, so nothing is logged from inside a handler.
+counted, and the loop goes on (the runner's policy, :mod:`bwenforcer.runner`).
+Signal handlers only record the request; the loop logs and acts on it, so
+nothing is logged from inside a handler.
 """
 
 from __future__ import annotations
@@ -13,30 +14,27 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from .agent import Agent, agent_for
+from .agent import Agent, gc_paused
 from .config import Config, load_config
-from .errors import Error, LockBusy, MetricsError
-from .metrics import AgentMetrics, serve
+from .cycle import CycleResult
+from .errors import Error, MetricsError
+from .runner import CycleRunner
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Daemon:
+class Daemon(CycleRunner):
     """The loop and its state; signals only set flags, the loop acts on them."""
 
     config_path: str | None
     config: Config
-    metrics: AgentMetrics = field(default_factory=AgentMetrics)
     wake: threading.Event = field(default_factory=threading.Event)
     stop_signal: int | None = None
     reload_requested: bool = False
-    stop_server: Callable[[], None] | None = None
-    agent: Agent | None = None  # kept across cycles, replaced when the config is
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """Signal handler: remember what was asked and wake the loop."""
@@ -65,40 +63,22 @@ class Daemon:
                 log.error("%s; /metrics is not served until the next reload", exc)
 
     def start_metrics(self) -> None:
-        """Serve /metrics on ``metrics.listen`` if it is set."""
-        if self.config.metrics.listen:
-            self.stop_server = serve(self.config.metrics.listen, self.metrics)
-            log.info("serving /metrics on %s", self.config.metrics.listen)
-
-    def stop_metrics(self) -> None:
-        """Stop serving /metrics (if served)."""
-        if self.stop_server is not None:
-            self.stop_server()
-            self.stop_server = None
+        """Serve /metrics on ``metrics.listen`` if it is set (MetricsListenError if it cannot)."""
+        self.serve_metrics(self.config.metrics.listen)
 
     def run_once(self) -> None:
-        """One cycle; errors are logged and counted, never raised."""
-        agent = self.agent = agent_for(self.config, self.agent)
-        try:
-            result = agent.cycle(agent.desired())
-        except LockBusy as exc:
-            log.warning("cycle skipped: %s", exc)
-            self.metrics.observe_skipped()
-            return
-        except (Error, OSError) as exc:
-            # retried every interval; logged once until it changes (counted each time)
-            log.log(
-                logging.ERROR if agent.new_problem(exc) else logging.DEBUG, "cycle failed: %s", exc
-            )
-            self.metrics.observe_error()
-            return
-        self.metrics.observe(result)
+        """One cycle with the collector paused; errors are logged and counted, never raised."""
+        self.run_cycle(self.config, _cycle)
 
     def loop(self) -> int:
-        """Run until SIGTERM/SIGINT; return the exit code."""
+        """Run until SIGTERM/SIGINT; return the exit code.
+
+        An endpoint that cannot listen is raised before the first cycle (the
+        command exits with that one line): a daemon is started to be scraped.
+        """
+        self.start_metrics()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self.on_signal)
-        self.start_metrics()
         log.info(
             "daemon started: a cycle every %ss on %s", self.config.interval_s, self.config.device
         )
@@ -112,7 +92,16 @@ class Daemon:
                 self.wake.clear()
         finally:
             self.stop_metrics()
-            if self.agent is not None:
-                self.agent.close()
+            self.close_agent()
         log.info("daemon stopped by %s", signal.Signals(self.stop_signal).name)
         return 0
+
+
+def _cycle(agent: Agent) -> CycleResult:
+    """The daemon's cycle: the slices file (re-read once changed), then the cycle.
+
+    Automatic garbage collection is paused for it (see ``gc_paused``): the
+    daemon is a process of our own, so its collector is ours to pause.
+    """
+    with gc_paused():
+        return agent.cycle(agent.desired())

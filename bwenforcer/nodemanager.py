@@ -8,7 +8,8 @@ config, plc)`` after each poll of PLC, and its database's ``sync()`` sets
 daemon thread waits on that event, clears it, copies the database under the
 node manager's lock and runs one cycle (clearing before the cycle, not after, so
 a change made during a cycle is not lost); an exception is logged and counted
-and the thread waits for the next event.
+(as the daemon does: :mod:`bwenforcer.runner`) and the thread waits for the
+next event.
 
 Where the slices come from, first that applies: the node manager's ``database``
 module if importable (``database.db`` and ``database.db_lock``, or ``db.lock``,
@@ -34,12 +35,13 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from .agent import Agent, agent_for
+from .agent import Agent
 from .config import Config, load_config
-from .errors import Error, MetricsError, TreeNotInitialised
-from .metrics import AgentMetrics, serve
+from .cycle import CycleResult
+from .errors import Error, TreeNotInitialised
 from .model import DesiredSet
 from .plcslivers import from_plc_slivers
+from .runner import CycleRunner
 from .slices import from_nodemanager_db
 
 log = logging.getLogger(__name__)
@@ -84,25 +86,25 @@ def slice_prefix_of(*configs: Any) -> str | None:
 
 
 @dataclass
-class NodeManagerShim:
-    """The enforcement thread of a node manager."""
+class NodeManagerShim(CycleRunner):
+    """The enforcement thread of a node manager.
+
+    It runs inside the node manager's process: it never touches that
+    program's garbage collector (no ``gc_paused``).
+    """
+
+    LABEL = "node-manager cycle"
 
     config: Config
     db: Mapping[str, Any] | None = None
     lock: Lock | None = None
     database: ModuleType | None = None  # the node manager's module, read at each cycle
     wake: threading.Event = field(default_factory=threading.Event)
-    metrics: AgentMetrics = field(default_factory=AgentMetrics)
-    agent_factory: Callable[[Config], Agent] = Agent
     uid_of: Callable[[str], int | None] | None = None  # None: the Unix accounts (pwd)
     slice_prefix: str = DEFAULT_SLICE_PREFIX
     plc_data: Mapping[str, Any] | None = None  # PLC's last GetSlivers reply, without a database
     stopping: bool = False
-    cycles: int = 0
     thread: threading.Thread | None = None
-    stop_server: Callable[[], None] | None = None
-    metrics_error: str | None = None  # the last failure to serve /metrics, logged once
-    agent: Agent | None = None  # kept across cycles, replaced when the config is
     # the database's bad records as last logged: logged again only when they change
     reported: frozenset[str] = frozenset()
     skipped: frozenset[str] = frozenset()  # records skipped last cycle, logged once
@@ -173,51 +175,24 @@ class NodeManagerShim:
 
     def run_once(self) -> None:
         """Copy the database under its lock and run one cycle; never raises."""
+        self.run_cycle(self.config, self._cycle)
+
+    def _cycle(self, agent: Agent) -> CycleResult | None:
+        """The cycle on this cycle's slices; None when there is nothing to run it on."""
+        desired = self.desired()
+        if desired is None:
+            # not an empty database: cycling on nothing would lift every limit
+            log.warning("no node-manager database yet, cycle skipped")
+            return None
+        self._log_records(desired)
         try:
-            desired = self.desired()
-            if desired is None:
-                # not an empty database: cycling on nothing would lift every limit
-                log.warning("no node-manager database yet, cycle skipped")
-                self.metrics.observe_skipped()
-                return
-            self._log_records(desired)
-            self.agent = agent_for(self.config, self.agent, self.agent_factory)
-            result = self.agent.cycle(desired)
-        except Error as exc:
-            if isinstance(exc, TreeNotInitialised) and self.limits_disabled:
+            return agent.cycle(desired)
+        except TreeNotInitialised:
+            if self.limits_disabled:
                 # limits are off and the tree is gone (the node manager removed it):
                 # nothing to enforce, nothing to build until limits are on again
-                self.metrics.observe_skipped()
-                return
-            # logged once until it changes (a device gone for hours), counted each time
-            new = self.agent is None or self.agent.new_problem(exc)
-            log.log(logging.ERROR if new else logging.DEBUG, "node-manager cycle failed: %s", exc)
-            self.metrics.observe_error()
-            return
-        except Exception:  # the thread must outlive any bug a cycle hits
-            log.exception("node-manager cycle crashed")
-            self.metrics.observe_error()
-            return
-        finally:
-            self.cycles += 1
-        self.metrics.observe(result)
-
-    def serve_metrics(self) -> None:
-        """Serve /metrics if configured and not served yet; a failure is logged once
-        per distinct error and retried at the next cycle, never fatal.
-        """
-        listen = self.config.metrics.listen
-        if not listen or self.stop_server is not None:
-            return
-        try:
-            self.stop_server = serve(listen, self.metrics)
-        except (MetricsError, OSError) as exc:
-            if str(exc) != self.metrics_error:
-                log.error("%s; enforcing without metrics, retried every cycle", exc)
-            self.metrics_error = str(exc)
-            return
-        self.metrics_error = None
-        log.info("serving /metrics on %s", listen)
+                return None
+            raise
 
     def loop(self) -> None:
         """Wait for the event, clear it, run a cycle; until stopped."""
@@ -227,15 +202,14 @@ class NodeManagerShim:
                 if self.stopping:
                     return
                 self.wake.clear()
-                self.serve_metrics()
+                self.retry_metrics(self.config.metrics.listen)
                 self.run_once()
         finally:
-            if self.agent is not None:
-                self.agent.close()
+            self.close_agent()
 
     def start(self) -> None:
         """Start the daemon thread (and the metrics server, if configured and possible)."""
-        self.serve_metrics()
+        self.retry_metrics(self.config.metrics.listen)
         self.thread = threading.Thread(target=self.loop, name="bwenforcer", daemon=True)
         self.thread.start()
 
@@ -245,9 +219,7 @@ class NodeManagerShim:
         self.wake.set()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout_s)
-        if self.stop_server is not None:
-            self.stop_server()
-            self.stop_server = None
+        self.stop_metrics()
 
 
 def _discover() -> ModuleType | None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -22,6 +24,7 @@ from bwenforcer.traffic import system_python
 from tests.kernel_helpers import VENV_BIN, bwenforcer_in
 from tests.loopback import free_port
 from tests.netns import Netns
+from tests.test_nodemanager import _GcRecordingAgent
 
 FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
 
@@ -189,3 +192,47 @@ def test_reload_moves_the_endpoint_and_refuses_a_bad_config(
             _scrape(port_a)
     finally:
         daemon.stop_metrics()
+
+
+def test_a_daemon_whose_port_is_taken_exits_with_one_line_before_any_cycle(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"device: v0\nstate_file: {tmp_path}/state.json\nslices_file: null\n"
+        f"metrics: {{listen: '127.0.0.1:{port}'}}\n"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        proc = subprocess.run(
+            [str(VENV_BIN / "bwenforcer"), "--config", str(cfg), "daemon"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (
+        6,
+        f"bwenforcer: metrics: cannot listen on 127.0.0.1:{port}: Address already in use\n",
+    )
+    assert not (tmp_path / "state.json").exists()  # no cycle ran
+
+
+@pytest.mark.kernel
+def test_the_daemon_pauses_its_own_garbage_collector_for_a_cycle(ns: Netns, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/state.json\n"
+        "slices_file: null\nmetrics: {listen: null}\n"
+    )
+    config = load_config(str(cfg))
+    assert bwenforcer_in(ns, "--config", str(cfg), "tc", "init").returncode == 0
+    agent = _GcRecordingAgent(config, netns=ns.name)
+    daemon = Daemon(None, config, agent=agent)
+    assert gc.isenabled()
+    try:
+        daemon.run_once()
+    finally:
+        daemon.close_agent()
+    assert daemon.metrics.snapshot().cycles["ok"] == 1
+    assert agent.gc_enabled and not any(agent.gc_enabled)  # paused during the cycle
+    assert gc.isenabled()  # and on again after it

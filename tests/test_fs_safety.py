@@ -22,10 +22,11 @@ import pytest
 
 from bwenforcer.config import Config
 from bwenforcer.errors import DeliveryError, Error, StateError
+from bwenforcer.exposition import from_textfile, write_textfile
 from bwenforcer.history import History
 from bwenforcer.historyfile import save_history
 from bwenforcer.mailer import make_transport
-from bwenforcer.metrics import AgentMetrics, from_textfile, write_textfile
+from bwenforcer.metrics import AgentMetrics
 from bwenforcer.slices import load_slices_file
 from bwenforcer.statestore import StateStore
 from tests.kernel_helpers import VENV_BIN, bwenforcer_in
@@ -275,7 +276,8 @@ from bwenforcer.history import CycleUsage, History
 from bwenforcer.historyfile import save_history
 from bwenforcer.historyrecorder import HistoryRecorder
 from bwenforcer.config import HistoryConfig
-from bwenforcer.metrics import AgentMetrics, write_textfile
+from bwenforcer.exposition import write_textfile
+from bwenforcer.metrics import AgentMetrics
 from bwenforcer.slices import load_slices_file
 from bwenforcer.statestore import StateStore
 from tests.test_metrics import _result

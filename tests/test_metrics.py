@@ -21,7 +21,9 @@ from prometheus_client import generate_latest
 from bwenforcer.cycle import CycleResult
 from bwenforcer.errors import MetricsError, MetricsListenError
 from bwenforcer.executor import Outcome
-from bwenforcer.metrics import AgentMetrics, from_textfile, serve, write_textfile
+from bwenforcer.exposition import exposition, from_textfile, restore, write_textfile
+from bwenforcer.metrics import AgentMetrics, Snapshot
+from bwenforcer.metricsserver import serve
 from bwenforcer.model import State
 from bwenforcer.planner import plan
 from tests.kernel_helpers import bwenforcer_in
@@ -176,9 +178,9 @@ def test_restoring_an_exposition_reproduces_every_counter(
             metrics.observe(replace(base, duration_s=duration_s, outcome=outcome))
     text = generate_latest(metrics.registry()).decode()
     restored = AgentMetrics()
-    restored.restore(text)
+    restore(restored, text)
     by_line = AgentMetrics()
-    by_line.restore(text.splitlines(keepends=True))  # as read from a file
+    restore(by_line, text.splitlines(keepends=True))  # as read from a file
     assert _counter_lines(generate_latest(by_line.registry()).decode()) == _counter_lines(text)
     assert _counter_lines(generate_latest(restored.registry()).decode()) == _counter_lines(text)
 
@@ -260,7 +262,7 @@ def test_exposition_is_exactly_what_prometheus_client_writes_for_the_same_famili
     big.observe(CycleResult(T0, 1.5, plan(odd, snapshot(), State(), PARAMS, T0), None))
     cases.append(big)
     for case in cases:
-        assert case.exposition() == generate_latest(case.registry()).decode()
+        assert exposition(case) == generate_latest(case.registry()).decode()
 
 
 def test_textfile_is_readable_by_node_exporter_and_leaves_no_temp_file(tmp_path: Path) -> None:
@@ -295,11 +297,11 @@ def test_only_get_and_head_of_slash_metrics_are_served() -> None:
     try:
         status, headers, body = _exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status == b"HTTP/1.1 200 OK"
-        assert body.decode() == metrics.exposition()
+        assert body.decode() == exposition(metrics)
         assert int(headers["Content-Length"]) == len(body)
         status, headers, body = _exchange(port, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (status, body) == (b"HTTP/1.1 200 OK", b"")
-        assert int(headers["Content-Length"]) == len(metrics.exposition().encode())
+        assert int(headers["Content-Length"]) == len(exposition(metrics).encode())
         status, headers, _ = _exchange(port, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status == b"HTTP/1.1 405 Method Not Allowed"
         assert headers["Allow"] == "GET, HEAD"
@@ -381,3 +383,38 @@ def test_a_busy_port_is_one_line_naming_the_address() -> None:
     assert (
         str(caught.value) == "metrics: cannot listen on 127.0.0.1:http: port 'http' is not a number"
     )
+
+
+class _FailingMetrics(AgentMetrics):
+    """Metrics whose page fails while ``failing`` is set (a bug no real cycle can make)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = True
+
+    def snapshot(self) -> Snapshot:
+        if self.failing:
+            raise RuntimeError("injected page failure")
+        return super().snapshot()
+
+
+def test_a_page_that_fails_is_a_500_logged_once_and_the_server_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = _FailingMetrics()
+    port = free_port()
+    stop = serve(f"127.0.0.1:{port}", metrics)
+    try:
+        with caplog.at_level(logging.ERROR):
+            for _ in range(3):
+                status, _, body = _exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert status == b"HTTP/1.1 500 Internal Server Error"
+                assert b"injected" not in body  # the cause is in the log, not on the wire
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "injected page failure" in errors[0].getMessage()
+        assert errors[0].exc_info is not None  # a bug: its traceback is in the log
+        metrics.failing = False
+        status, _, body = _exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == b"HTTP/1.1 200 OK" and b"bwenforcer_cycles_total" in body
+    finally:
+        stop()

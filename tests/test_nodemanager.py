@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -365,3 +367,39 @@ def test_start_survives_a_busy_metrics_port_and_a_missing_tree(ns: Netns, tmp_pa
     assert sum("not enforcing" in m and "node_cap" in m for m in messages) == 1
     errors = [m for level, m in report["lines"] if level == "ERROR"]
     assert len(errors) == 2  # the busy metrics port and the broken config, once each
+
+
+@dataclass
+class _GcRecordingAgent(Agent):
+    """An agent noting, each time a cycle opens its kernel backend, whether the
+    garbage collector is on.
+    """
+
+    gc_enabled: list[bool] = field(default_factory=list)
+
+    def backend(self) -> HtbBackend:
+        self.gc_enabled.append(gc.isenabled())
+        return super().backend()
+
+
+def test_the_thread_leaves_the_node_managers_garbage_collector_alone(
+    ns: Netns, tmp_path: Path
+) -> None:
+    config = _config_with_tree(ns, tmp_path)
+    db = {"pl_a": {"name": "pl_a", "xid": 44, "_rspec": {}}}
+    agents: list[_GcRecordingAgent] = []
+
+    def recording(conf: Config) -> Agent:
+        agents.append(_GcRecordingAgent(conf, netns=ns.name))
+        return agents[-1]
+
+    shim = nodemanager.NodeManagerShim(
+        config, db=db, lock=threading.Lock(), agent_factory=recording
+    )
+    assert gc.isenabled()
+    try:
+        shim.run_once()
+    finally:
+        shim.close_agent()
+    assert shim.metrics.snapshot().cycles["ok"] == 1
+    assert agents[0].gc_enabled and all(agents[0].gc_enabled)  # never paused in the host

@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     agent = Agent(config)
     result = agent.cycle(load_desired(config, args.dry_run), dry_run=args.dry_run)
     if config.metrics.textfile and not result.dry_run:
-        from ..metrics import from_textfile, write_textfile
+        from ..exposition import from_textfile, write_textfile
 
         metrics = from_textfile(config.metrics.textfile)
         metrics.observe(result)
