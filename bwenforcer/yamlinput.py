@@ -81,19 +81,46 @@ def read_yaml(path: str) -> object:
     return parse_yaml(read_bytes(path), path)
 
 
+MAX_FILE_BYTES = 64 * 2**20  # a slices file of 100,000 slices is ~10 MiB
+MAX_VALUES = 5_000_000  # values in a parsed document, aliases counted where they are used
+
+
 def read_bytes(path: str) -> bytes:
-    """The bytes of a config or slices file; ConfigError naming it if it cannot be read."""
+    """The bytes of a config or slices file (at most MAX_FILE_BYTES); ConfigError naming
+    it if it cannot be read or is larger.
+    """
     try:
         with open(path, "rb") as stream:
-            return stream.read()
+            raw = stream.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES // 2**20} MiB")
+    return raw
+
+
+def _check_size(data: object, path: str) -> None:
+    """ConfigError if ``data`` holds more than MAX_VALUES values once its aliases are
+    expanded (a few lines of nested aliases can stand for billions: every later reader
+    of the data, the slices cache's JSON first, would expand them).
+    """
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ConfigError(f"{path}: more than {MAX_VALUES} values (aliases expanding?)")
+        if isinstance(value, dict):
+            stack.extend(value.values())
+            seen += len(value)  # the keys
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def parse_yaml(raw: bytes, path: str) -> object:
     """Parse the bytes of the YAML file ``path``; ConfigError with file and line if bad."""
     try:
-        return yaml.load(raw.decode("utf-8"), Loader=StrictLoader)
+        data = yaml.load(raw.decode("utf-8"), Loader=StrictLoader)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
     except yaml.YAMLError as exc:
@@ -101,6 +128,8 @@ def parse_yaml(raw: bytes, path: str) -> object:
         where = f"line {mark.line + 1}" if mark is not None else "YAML"
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: {where}: {problem}") from None
+    _check_size(data, path)
+    return data
 
 
 class KeyReader:

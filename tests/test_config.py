@@ -370,3 +370,40 @@ def test_a_mail_template_with_an_unknown_placeholder_is_refused_at_load(tmp_path
     assert str(caught.value) == f"{path}: mail.template: {template}: unknown placeholder $node"
     template.write_text("Slice $slice on $hostname is capped.\n")
     assert load_config(str(path)).mail.template == str(template)
+
+
+LAUGHS = "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" if i else "l0: &l0 [lol]\n"
+    for i in range(10)
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("config", f"x_laughs: {{{LAUGHS.strip().replace(chr(10), ', ')}}}\n", "aliases expanding"),
+        ("slices", f"slices: []\n{LAUGHS}", "aliases expanding"),
+        ("slices", "slices: []\n" + "#" * (65 * 2**20) + "\n", "larger than 64 MiB"),
+    ],
+)
+def test_an_input_file_is_bounded_in_bytes_and_in_expanded_values(
+    tmp_path: Path, name: str, text: str, needle: str
+) -> None:
+    # nested aliases: ten lines that stand for 10**10 values once expanded
+    cfg = tmp_path / "c.yaml"
+    slices = tmp_path / "slices.yaml"
+    base = f"device: bwetnodev0\nstate_file: {tmp_path}/state.json\nslices_file: {slices}\n"
+    if name == "config":
+        cfg.write_text(base + text)
+        slices.write_text("slices: []\n")
+    else:
+        cfg.write_text(base)
+        slices.write_text(text)
+    proc = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "bwenforcer"), "--config", str(cfg), "sync", "--dry-run"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
