@@ -21,6 +21,7 @@ from .errors import DiskFull, Error, KernelError, TreeNotInitialised, UnsafePath
 from .executor import Notifier
 from .model import DesiredSet, KernelOp, KernelSnapshot, OpFailure, SliceState
 from .plantypes import Notify, Plan
+from .policy import tree_rates_bps
 
 if TYPE_CHECKING:
     from .atomicfile import FileIdentity
@@ -169,10 +170,7 @@ class Agent:
         self.close()
         kernel = self.backend()
         dev = self.config.device
-        cap_bps, bwmax_bps = (
-            self.config.node_cap_bps,
-            max(self.config.bwmax_bps, self.config.node_cap_bps),
-        )
+        cap_bps, bwmax_bps = tree_rates_bps(self.config.node_cap_bps, self.config.bwmax_bps)
         kernel.ifindex  # noqa: B018 - raises DeviceMissing if the device is gone
         if dry_run:
             log.warning("no HTB tree on dev %s: sync would build it (planned on an empty one)", dev)

@@ -29,6 +29,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
 from .errors import UsageError
+from .policy import tree_rates_bps
 from .sandbox import Pair, namespace_pair
 from .textable import render_table
 from .traffic import start_sender, start_sink
@@ -177,7 +178,7 @@ def run_demo(
             print(f"namespaces {pair.a} (node, HTB on {pair.dev}) and {pair.b} (far end)", file=out)
             print(f"config {cfg_path}; node cap {NODE_CAP}; period {PERIOD_S}s", file=out)
             with HtbBackend(config.device, netns=pair.a) as kernel:
-                kernel.init(parse_rate_bps(NODE_CAP), config.bwmax_bps)
+                kernel.init(*tree_rates_bps(parse_rate_bps(NODE_CAP), config.bwmax_bps))
             procs.append(start_sink(pair.b, PORT, run_s + 10))
             procs += _senders(pair, run_s, workdir)
             agent = Agent(config, clock=clock, netns=pair.a)

@@ -161,7 +161,6 @@ class HtbBackend:
             body=w.htb_qdisc_options(DEFAULT_CLASS_MINOR),
             ok=(errno.EEXIST,),
         )
-        cap_bps = min(cap_bps, bwmax_bps)
         tree = (
             (LINE_MINOR, 0, bwmax_bps, bwmax_bps),
             (CAP_MINOR, LINE_MINOR, bwmin_bps, cap_bps),

@@ -22,6 +22,13 @@ def class_cap_bps(traffic_class: TrafficClass, node_cap_bps: int, bwmax_bps: int
     return node_cap_bps if traffic_class == "default" else bwmax_bps
 
 
+def tree_rates_bps(node_cap_bps: int, bwmax_bps: int) -> tuple[int, int]:
+    """``(node cap, line rate)`` of the tree: the line rate (bwmax) is never below the
+    node cap (raised to it, as bwlimit did).
+    """
+    return node_cap_bps, max(bwmax_bps, node_cap_bps)
+
+
 def threshold_bytes(
     limit_bytes: int, given_bytes: int | None, default_bytes: int | None, limit_given: bool
 ) -> int:

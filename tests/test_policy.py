@@ -13,6 +13,7 @@ from bwenforcer.policy import (
     manual_rates,
     system_class_rates,
     threshold_bytes,
+    tree_rates_bps,
     uncapped_rates,
 )
 
@@ -112,3 +113,8 @@ def test_manual_rates_are_what_the_kernel_holds_and_ordered(
     assert (
         manual_rates(rates, None, None, None, cap_bps=cap, bwmin_bps=bwmin) == rates
     )  # idempotent
+
+
+def test_the_line_rate_is_never_below_the_node_cap() -> None:
+    assert tree_rates_bps(10_000_000, 1_000_000_000) == (10_000_000, 1_000_000_000)
+    assert tree_rates_bps(20_000_000, 10_000_000) == (20_000_000, 20_000_000)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UnitError, UsageError
 from ..layout import MAX_SHARE, TrafficClass
-from ..policy import class_cap_bps, manual_rates
+from ..policy import class_cap_bps, manual_rates, tree_rates_bps
 from ..units import format_rate, human_rate, parse_rate_bps
 
 if TYPE_CHECKING:
@@ -133,11 +133,15 @@ def run_init(args: argparse.Namespace) -> int:
             )
     if args.cap is not None and args.bwmax is not None and cap > bwmax:
         raise UsageError(f"tc init: --cap {format_rate(cap)} is above --bwmax {format_rate(bwmax)}")
+    cap, line_rate = tree_rates_bps(cap, bwmax)
     kernel, config = _backend(args, config)
     with kernel:
-        kernel.init(cap, max(bwmax, cap), config.bwmin_bps)
-    line_rate = human_rate(max(bwmax, cap))
-    _say(args, f"tc init: HTB tree on {kernel.dev}: cap {human_rate(cap)}, line rate {line_rate}")
+        kernel.init(cap, line_rate, config.bwmin_bps)
+    _say(
+        args,
+        f"tc init: HTB tree on {kernel.dev}: cap {human_rate(cap)},"
+        f" line rate {human_rate(line_rate)}",
+    )
     return 0
 
 
