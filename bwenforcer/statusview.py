@@ -7,7 +7,7 @@ times and ceils here (``until``, ``ceil_text``) is shared by ``show`` and ``rese
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from .model import (
     SliceState,
     State,
 )
+from .stateschema import dict_maker, json_key
 from .textable import COLUMN_GAP, column_widths, render_table
 from .units import human_duration, human_rate, human_size
 
@@ -125,16 +126,22 @@ def slice_views(state: State, snapshot: KernelSnapshot | None) -> list[SliceView
     return sorted((slice_view(st, snapshot) for st in state.slices.values()), key=status_order)
 
 
-def class_json(view: ClassView) -> dict[str, Any]:
-    """One class with the keys of docs/interfaces.md (ceil in bit/s, null if unknown)."""
-    return {
-        "used_bytes": view.used_bytes,
-        "limit_bytes": view.limit_bytes,
-        "threshold_bytes": view.threshold_bytes,
-        "ceil": view.ceil_bps,
-        "capped": view.capped,
-        "notified": view.notified,
-    }
+# One class's --json keys, named by the state's field table (docs/interfaces.md: ceil in
+# bit/s, null if unknown).
+class_json: Callable[[ClassView], dict[str, Any]] = dict_maker(
+    "class_json",
+    (
+        (json_key(attr), f"o.{attr}")
+        for attr in (
+            "used_bytes",
+            "limit_bytes",
+            "threshold_bytes",
+            "ceil_bps",
+            "capped",
+            "notified",
+        )
+    ),
+)
 
 
 def _classes_json(views: Iterable[ClassView]) -> dict[str, Any]:
