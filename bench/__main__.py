@@ -22,12 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bwenforcer.htb import HtbBackend
+from bwenforcer.kernel.htb import HtbBackend
 
 if TYPE_CHECKING:
-    from bwenforcer.metrics import AgentMetrics
-from bwenforcer.layout import class_minor
-from bwenforcer.model import ClassOp, ClassRates
+    from bwenforcer.metrics.collector import AgentMetrics
+from bwenforcer.core.layout import class_minor
+from bwenforcer.core.model import ClassOp, ClassRates
 
 HERE = Path(__file__).resolve().parent
 VENV_BIN = HERE.parent / ".venv" / "bin"
@@ -252,7 +252,7 @@ def backend_figures(ns: Namespace, n: int, runs: int) -> dict[str, float]:
 
 def capped_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, float]:
     """(c) whole cycles with every slice capped vs `tc -s class show` + `tc -batch`."""
-    from bwenforcer.metrics import AgentMetrics
+    from bwenforcer.metrics.collector import AgentMetrics
 
     capped = capped_agent(tmp / "capped", n, DEV, AgentMetrics())
     tc_scripts = [tc_change_script(n, 300_000 + i) for i in range(runs)]
@@ -269,9 +269,9 @@ def capped_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, flo
 
 def steady_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, float]:
     """(d) whole cycles with no change vs `tc -s class show`."""
-    from bwenforcer.agent import Agent, gc_paused, load_desired
-    from bwenforcer.config import load_config
-    from bwenforcer.metrics import AgentMetrics
+    from bwenforcer.cycle.agent import Agent, gc_paused, load_desired
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.metrics.collector import AgentMetrics
 
     config = load_config(str(write_cycle_config(tmp, n, capped=False)))
     agent, metrics, desired = Agent(config), AgentMetrics(), load_desired(config)
@@ -291,8 +291,8 @@ def steady_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, flo
 
 def process_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, float]:
     """A whole `sync` process with no change; (f) the peak RSS of capped ones; (g) saves."""
-    from bwenforcer.config import load_config
-    from bwenforcer.statestore import StateStore
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.store.state import StateStore
 
     steady_cfg = write_cycle_config(tmp, n, capped=False)
     run_sync(ns, steady_cfg)  # the slices cache and the state, as after a first cron run
@@ -315,8 +315,8 @@ def capped_agent(
     """Run ``i`` of capped cycles (every class's ceil changes) on an ``n``-slice tree on
     ``dev``, observed by ``metrics`` as the daemon does.
     """
-    from bwenforcer.agent import Agent, gc_paused, load_desired
-    from bwenforcer.config import load_config
+    from bwenforcer.cycle.agent import Agent, gc_paused, load_desired
+    from bwenforcer.inputs.config import load_config
 
     tmp.mkdir()
     config = load_config(str(write_cycle_config(tmp, n, capped=True, dev=dev)))

@@ -1,5 +1,5 @@
 """``python -m bwenforcer``."""
 
-from .cli import console_main
+from bwenforcer.cli import console_main
 
 console_main()

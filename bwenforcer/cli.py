@@ -19,8 +19,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import NoReturn, TextIO
 
-from . import __version__, commands
-from .errors import Error, ExitCode
+from bwenforcer import __version__, commands
+from bwenforcer.errors import Error, ExitCode
 
 EXIT_CODES_HELP = """exit codes:
   0  ok

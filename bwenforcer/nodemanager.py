@@ -8,7 +8,7 @@ config, plc)`` after each poll of PLC, and its database's ``sync()`` sets
 daemon thread waits on that event, clears it, copies the database under the
 node manager's lock and runs one cycle (clearing before the cycle, not after, so
 a change made during a cycle is not lost); an exception is logged and counted
-(as the daemon does: :mod:`bwenforcer.runner`) and the thread waits for the
+(as the daemon does: :mod:`bwenforcer.modes.runner`) and the thread waits for the
 next event.
 
 Where the slices come from, first that applies: the node manager's ``database``
@@ -35,14 +35,15 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from .agent import Agent
-from .config import Config, load_config
-from .cycle import CycleResult
-from .errors import Error, TreeNotInitialised
-from .model import DesiredSet
-from .plcslivers import from_plc_slivers
-from .runner import CycleRunner
-from .slices import from_nodemanager_db
+from bwenforcer.core.model import DesiredSet
+from bwenforcer.core.settings import Config
+from bwenforcer.cycle.agent import Agent
+from bwenforcer.cycle.run import CycleResult
+from bwenforcer.errors import Error, TreeNotInitialised
+from bwenforcer.inputs.config import load_config
+from bwenforcer.inputs.plc import from_plc_slivers
+from bwenforcer.inputs.slices import from_nodemanager_db
+from bwenforcer.modes.runner import CycleRunner
 
 log = logging.getLogger(__name__)
 

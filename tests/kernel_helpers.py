@@ -7,8 +7,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from bwenforcer.traffic import start_sender, start_sink
-from bwenforcer.units import parse_rate_bps
+from bwenforcer.core.units import parse_rate_bps
+from bwenforcer.modes.traffic import start_sender, start_sink
 from tests.netns import Netns, NetnsPair
 
 VENV_BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bwenforcer.model import (
+from bwenforcer.core.model import (
     ClassPolicy,
     ClassRates,
     DesiredSet,
@@ -11,7 +11,7 @@ from bwenforcer.model import (
     KernelSlice,
     KernelSnapshot,
 )
-from bwenforcer.planner import PlanParams
+from bwenforcer.core.planner import PlanParams
 
 CAP_BPS = 10_000_000
 BWMAX_BPS = 1_000_000_000

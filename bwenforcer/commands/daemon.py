@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the daemon until it is told to stop."""
-    from ..config import load_config
-    from ..daemon import Daemon
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.modes.daemon import Daemon
 
     return Daemon(args.config, load_config(args.config)).loop()

@@ -24,6 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the demo."""
     del args
-    from ..demo import main
+    from bwenforcer.modes.demo import main
 
     return main()

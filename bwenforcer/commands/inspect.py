@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..history import ReportRow
-    from ..model import DesiredSlice, KernelSnapshot, State
+    from bwenforcer.core.model import DesiredSlice, KernelSnapshot, State
+    from bwenforcer.core.settings import Config
+    from bwenforcer.history.usage import ReportRow
 
 ORDER = 40
 NOW_ENV = "BWENFORCER_NOW"
@@ -111,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def now_s() -> int:
     """The time commands show things relative to: ``$BWENFORCER_NOW`` or the clock."""
-    from ..errors import UsageError
+    from bwenforcer.errors import UsageError
 
     fixed = os.environ.get(NOW_ENV)
     if not fixed:
@@ -138,7 +138,7 @@ def operator_name() -> str:
 
 
 def _read_state(config: Config) -> State:
-    from ..statestore import StateStore
+    from bwenforcer.store.state import StateStore
 
     loaded = StateStore(config.state_file).read_unlocked()
     if loaded.recovered_from:
@@ -151,8 +151,8 @@ def _read_state(config: Config) -> State:
 
 def _dump(config: Config) -> KernelSnapshot | None:
     """The kernel's classes, or None (said on stderr in one line) when it cannot be read."""
-    from ..errors import KernelError
-    from ..htb import HtbBackend
+    from bwenforcer.errors import KernelError
+    from bwenforcer.kernel.htb import HtbBackend
 
     try:
         with HtbBackend(config.device) as kernel:
@@ -172,10 +172,10 @@ def _print_json(data: dict[str, Any]) -> None:
 
 def run_status(args: argparse.Namespace) -> int:
     """Print every slice's usage, limits and ceils."""
-    from ..config import load_config
-    from ..errors import ExitCode
-    from ..statusview import status_json, status_table
-    from ..textable import use_colour
+    from bwenforcer.errors import ExitCode
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.views.status import status_json, status_table
+    from bwenforcer.views.table import use_colour
 
     config = load_config(args.config)
     state = _read_state(config)
@@ -189,9 +189,9 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_ledger(args: argparse.Namespace) -> int:
     """Print the dead-slice ledger."""
-    from ..config import load_config
-    from ..errors import ExitCode
-    from ..statusview import ledger_json, ledger_table
+    from bwenforcer.errors import ExitCode
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.views.status import ledger_json, ledger_table
 
     state = _read_state(load_config(args.config))
     if args.json:
@@ -203,8 +203,8 @@ def run_ledger(args: argparse.Namespace) -> int:
 
 def _desired(config: Config) -> tuple[DesiredSlice, ...]:
     """The desired slices, or none (said on stderr) when the slices cannot be read."""
-    from ..agent import load_desired
-    from ..errors import Error
+    from bwenforcer.cycle.agent import load_desired
+    from bwenforcer.errors import Error
 
     try:
         return load_desired(config).slices
@@ -215,9 +215,9 @@ def _desired(config: Config) -> tuple[DesiredSlice, ...]:
 
 def _last_day(config: Config, name: str, now: int) -> tuple[ReportRow, ...]:
     """The slice's hourly usage over the last 24 h, or none (said on stderr) if unreadable."""
-    from ..errors import Error
-    from ..history import DAY_S
-    from ..historyfile import read_history
+    from bwenforcer.errors import Error
+    from bwenforcer.history.file import read_history
+    from bwenforcer.history.usage import DAY_S
 
     try:
         return tuple(read_history(config.history_file).report("hour", now - DAY_S, name))
@@ -228,9 +228,9 @@ def _last_day(config: Config, name: str, now: int) -> tuple[ReportRow, ...]:
 
 def run_show(args: argparse.Namespace) -> int:
     """Print everything about one slice."""
-    from ..config import load_config
-    from ..errors import ExitCode, UsageError
-    from ..showview import find_slice, show_json, show_text
+    from bwenforcer.errors import ExitCode, UsageError
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.views.show import find_slice, show_json, show_text
 
     config = load_config(args.config)
     state = _read_state(config)
@@ -255,14 +255,14 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_reset(args: argparse.Namespace) -> int:
     """Forgive a live slice under the state lock and lift its caps now."""
-    from ..config import load_config
-    from ..errors import ExitCode, KernelError, UsageError
-    from ..htb import HtbBackend
-    from ..layout import TRAFFIC_CLASSES
-    from ..reset import forgive, reset_line
-    from ..showview import find_slice
-    from ..statestore import StateStore
-    from ..statusview import until
+    from bwenforcer.core.layout import TRAFFIC_CLASSES
+    from bwenforcer.errors import ExitCode, KernelError, UsageError
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.kernel.htb import HtbBackend
+    from bwenforcer.store.state import StateStore
+    from bwenforcer.views.reset import forgive, reset_line
+    from bwenforcer.views.show import find_slice
+    from bwenforcer.views.status import until
 
     config = load_config(args.config)
     classes = (args.traffic_class,) if args.traffic_class else TRAFFIC_CLASSES

@@ -74,10 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the report; an empty one is noted on stderr (exit 0)."""
-    from ..config import load_config
-    from ..errors import ExitCode
-    from ..historyfile import read_history
-    from ..reportview import JSON_KEYS, report_table, row_json
+    from bwenforcer.errors import ExitCode
+    from bwenforcer.history.file import read_history
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.views.report import JSON_KEYS, report_table, row_json
 
     path = load_config(args.config).history_file
     history = read_history(path)

@@ -8,10 +8,10 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ExitCode, UsageError
+from bwenforcer.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
-    from ..statestore import LoadResult
+    from bwenforcer.store.state import LoadResult
 
 ORDER = 60
 
@@ -63,8 +63,8 @@ def _when(unix_s: int | None) -> str:
 
 def run_check(args: argparse.Namespace) -> int:
     """Print ``ok: …`` (exit 0) or one line per problem (exit 5)."""
-    from ..config import load_config
-    from ..statestore import StateStore, check
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.store.state import StateStore, check
 
     path = load_config(args.config).state_file
     problems = check(path)
@@ -81,8 +81,8 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def _show_text(path: str, loaded: LoadResult) -> str:
-    from ..layout import TRAFFIC_CLASSES
-    from ..units import human_duration, human_rate, human_size
+    from bwenforcer.core.layout import TRAFFIC_CLASSES
+    from bwenforcer.core.units import human_duration, human_rate, human_size
 
     state = loaded.state
     lines = [f"state file {path}: saved {_when(state.saved_s)}"]
@@ -118,7 +118,9 @@ def _show_text(path: str, loaded: LoadResult) -> str:
 
 
 def _slice_json(obj: dict[str, Any]) -> dict[str, Any]:
-    from ..stateschema import CLASS_VIEW_KEYS  # the state file's names → the commands' ones
+    from bwenforcer.store.schema import (
+        CLASS_VIEW_KEYS,  # the state file's names → the commands' ones
+    )
 
     classes = {
         tc: {CLASS_VIEW_KEYS.get(k, k): v for k, v in cls.items()}
@@ -145,9 +147,9 @@ def operator_json(doc: dict[str, Any]) -> dict[str, Any]:
 
 def run_show(args: argparse.Namespace) -> int:
     """Print the saved state as text or JSON."""
-    from ..config import load_config
-    from ..statecodec import state_to_json
-    from ..statestore import StateStore
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.store.codec import state_to_json
+    from bwenforcer.store.state import StateStore
 
     path = load_config(args.config).state_file
     loaded = StateStore(path).read_unlocked()
@@ -162,10 +164,10 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     """Import a legacy bwmon pickle into the state file."""
-    from ..config import load_config
-    from ..errors import StateError
-    from ..legacy import import_legacy
-    from ..statestore import StateStore
+    from bwenforcer.errors import StateError
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.store.legacy import import_legacy
+    from bwenforcer.store.state import StateStore
 
     config = load_config(args.config)
     store = StateStore(config.state_file)

@@ -32,22 +32,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one cycle and report it."""
-    from ..agent import gc_paused
+    from bwenforcer.cycle.agent import gc_paused
 
     with gc_paused():  # a short-lived process: nothing to collect that exit will not free
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..agent import Agent, load_desired
-    from ..config import load_config
-    from ..planview import plan_table, result_json, summary_line
+    from bwenforcer.cycle.agent import Agent, load_desired
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.views.plan import plan_table, result_json, summary_line
 
     config = load_config(args.config)
     agent = Agent(config)
     result = agent.cycle(load_desired(config, args.dry_run), dry_run=args.dry_run)
     if config.metrics.textfile and not result.dry_run:
-        from ..exposition import from_textfile, write_textfile
+        from bwenforcer.metrics.exposition import from_textfile, write_textfile
 
         metrics = from_textfile(config.metrics.textfile)
         metrics.observe(result)

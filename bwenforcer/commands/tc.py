@@ -9,15 +9,15 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UnitError, UsageError
-from ..layout import MAX_SHARE, TrafficClass
-from ..policy import class_cap_bps, manual_rates, tree_rates_bps
-from ..units import format_rate, human_rate, parse_rate_bps
+from bwenforcer.core.layout import MAX_SHARE, TrafficClass
+from bwenforcer.core.policy import class_cap_bps, manual_rates, tree_rates_bps
+from bwenforcer.core.units import format_rate, human_rate, parse_rate_bps
+from bwenforcer.errors import UnitError, UsageError
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..htb import HtbBackend
-    from ..model import ClassRates, KernelSnapshot
+    from bwenforcer.core.model import ClassRates, KernelSnapshot
+    from bwenforcer.core.settings import Config
+    from bwenforcer.kernel.htb import HtbBackend
 
 ORDER = 10
 log = logging.getLogger(__name__)
@@ -110,8 +110,8 @@ def _say(args: argparse.Namespace, line: str) -> None:
 
 
 def _backend(args: argparse.Namespace, config: Config | None = None) -> tuple[HtbBackend, Config]:
-    from ..config import load_config
-    from ..htb import HtbBackend
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.kernel.htb import HtbBackend
 
     if config is None:
         config = load_config(args.config)
@@ -120,7 +120,7 @@ def _backend(args: argparse.Namespace, config: Config | None = None) -> tuple[Ht
 
 def run_init(args: argparse.Namespace) -> int:
     """``tc init``; the rates are checked before the kernel is asked anything."""
-    from ..config import load_config
+    from bwenforcer.inputs.config import load_config
 
     config = load_config(args.config)
     cap = args.cap if args.cap is not None else config.node_cap_bps
@@ -195,7 +195,7 @@ def on_rates(
 
 def run_on(args: argparse.Namespace) -> int:
     """``tc on``."""
-    from ..slicename import resolve_slice
+    from bwenforcer.inputs.slicename import resolve_slice
 
     _positional_on(args)
     xid, _name = resolve_slice(args.slice)
@@ -221,7 +221,7 @@ def run_on(args: argparse.Namespace) -> int:
 
 def run_off(args: argparse.Namespace) -> int:
     """``tc off``."""
-    from ..slicename import resolve_slice
+    from bwenforcer.inputs.slicename import resolve_slice
 
     xid, _name = resolve_slice(args.slice)
     kernel, _config = _backend(args)
@@ -237,7 +237,7 @@ def run_stop(args: argparse.Namespace) -> int:
     with kernel:
         kernel.stop()
     if config.classifier.mode == "uid":
-        from ..classifier import Classifier
+        from bwenforcer.kernel.classifier import Classifier
 
         Classifier().remove()
     _say(args, f"tc stop: HTB tree removed from {kernel.dev}")
@@ -249,9 +249,9 @@ def known_names(config: Config) -> dict[int, str]:
 
     The kernel knows only xids; without these, ``tc get`` falls back to the Unix account.
     """
-    from ..agent import load_desired
-    from ..errors import Error
-    from ..statestore import StateStore
+    from bwenforcer.cycle.agent import load_desired
+    from bwenforcer.errors import Error
+    from bwenforcer.store.state import StateStore
 
     names: dict[int, str] = {}
     try:
@@ -270,7 +270,7 @@ def get_rows(
     snapshot: KernelSnapshot, only_xid: int | None, names: Mapping[int, str] | None = None
 ) -> list[dict[str, Any]]:
     """``tc get --json`` objects, by xid; ``names`` (by xid) before the Unix account's."""
-    from ..slicename import slice_name
+    from bwenforcer.inputs.slicename import slice_name
 
     names = names or {}
 
@@ -298,8 +298,8 @@ def get_rows(
 
 def get_table(rows: list[dict[str, Any]], numeric: bool) -> str:
     """``tc get`` as a table: human units, or plain numbers with ``numeric``."""
-    from ..textable import render_table
-    from ..units import human_rate, human_size
+    from bwenforcer.core.units import human_rate, human_size
+    from bwenforcer.views.table import render_table
 
     def cell(key: str, value: Any) -> str:
         if value is None:
@@ -314,7 +314,7 @@ def get_table(rows: list[dict[str, Any]], numeric: bool) -> str:
 
 def run_get(args: argparse.Namespace) -> int:
     """``tc get``."""
-    from ..slicename import resolve_slice
+    from bwenforcer.inputs.slicename import resolve_slice
 
     only = resolve_slice(args.slice)[0] if args.slice else None
     kernel, config = _backend(args)

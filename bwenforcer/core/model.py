@@ -1,0 +1,265 @@
+"""Frozen data shared by the pure core and the shell.
+
+Units are in the names: ``_bytes``, ``_bps`` (bits per second), ``_s`` (seconds,
+Unix time for instants). Mappings inside frozen dataclasses are never mutated;
+the planner builds new ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from bwenforcer.core.layout import TrafficClass
+
+_T = TypeVar("_T")
+
+
+def fast_init(cls: type[_T]) -> type[_T]:
+    """Give a frozen, slotted dataclass a constructor twice as fast as the generated one.
+
+    The ``__init__`` that dataclasses generate for a frozen class sets each
+    field through ``object.__setattr__``; setting the slots through their own
+    descriptors does the same for half the cost. Thousands of these objects are
+    made every cycle (states, rates, kernel classes, actions): a fifth of a
+    4,000-slice cycle's planning. Fields with a default factory are refused.
+    """
+    params, lines, scope = [], [], {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{f.name}: fast_init takes no default factories")
+        if f.default is dataclasses.MISSING:
+            params.append(f.name)
+        else:
+            params.append(f"{f.name}=_default_{f.name}")
+            scope[f"_default_{f.name}"] = f.default
+        scope[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        lines.append(f"    _set_{f.name}(self, {f.name})")
+    exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(lines), scope)
+    init = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
+
+
+@dataclass(frozen=True, slots=True)
+class ClassPolicy:
+    """The budget and rates in force for one traffic class of one slice."""
+
+    limit_bytes: int
+    threshold_bytes: int
+    min_rate_bps: int
+    max_rate_bps: int
+    share: int
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredSlice:
+    """A slice that should exist on the node, from the slices file or the node manager."""
+
+    name: str
+    xid: int
+    default: ClassPolicy
+    exempt: ClassPolicy
+    # attribute name -> "rspec" or "defaults": where each value in force came from
+    origin: Mapping[str, str] = field(default_factory=dict)
+
+    def policy(self, traffic_class: TrafficClass) -> ClassPolicy:
+        """The policy of one traffic class."""
+        return self.default if traffic_class == "default" else self.exempt
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidRecord:
+    """A source record with a valid slice name whose other fields are invalid.
+
+    The planner keeps such a slice enforced with the policy saved in its state
+    (one typo in an rspec must not lift a cap); a slice it never saw is skipped.
+    """
+
+    name: str
+    xid: int | None  # None: the xid itself is what is invalid
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredSet:
+    """Everything the sources say should exist this cycle."""
+
+    slices: tuple[DesiredSlice, ...]
+    limiting_off: bool = False  # node manager's <prefix>_default net_max_rate == -1
+    errors: tuple[str, ...] = ()  # one line per slice that was skipped as invalid
+    invalid: tuple[InvalidRecord, ...] = ()  # those of them that name a slice
+    # node-manager records left out as the historic bwmon did (no _rspec yet, no
+    # account): not errors, one line each for the caller to log when they change
+    skipped: tuple[str, ...] = ()
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class ClassRates:
+    """What one HTB class is set to: guaranteed rate, ceil, share."""
+
+    min_rate_bps: int
+    max_rate_bps: int
+    share: int
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class KernelClass:
+    """One slice class as dumped from the kernel."""
+
+    rates: ClassRates
+    bytes: int  # 64-bit byte counter from the class's basic stats
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class KernelSlice:
+    """Both classes of one xid as found in the kernel (either may be missing).
+
+    Identity rule: a dump passes a class whose kernel record did not change since
+    the last dump on as the very same KernelClass, and a slice whose two classes
+    are those very objects as the very same KernelSlice; equal rates share one
+    ClassRates. HtbBackend's snapshot cache tells unchanged ones by ``is``, so a
+    dump of an idle tree of thousands of classes builds no new kernel objects.
+    """
+
+    xid: int
+    default: KernelClass | None
+    exempt: KernelClass | None
+
+    def cls(self, traffic_class: TrafficClass) -> KernelClass | None:
+        """The kernel class of one traffic class, if present."""
+        return self.default if traffic_class == "default" else self.exempt
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSnapshot:
+    """One class dump of the device: node cap, line rate and every slice class."""
+
+    cap_bps: int
+    bwmax_bps: int
+    slices: Mapping[int, KernelSlice]
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class ClassState:
+    """Usage of one traffic class of one slice in its current period.
+
+    ``policy`` is the DesiredSlice's very ClassPolicy object (slices sharing an
+    rspec share one), which the state encoder's policy text cache looks up by
+    ``is``. See :class:`SliceState` for the identity rule.
+    """
+
+    policy: ClassPolicy
+    used_bytes: int = 0
+    last_counter_bytes: int = 0
+    ceil_bps: int = 0  # last ceil applied (0: never applied)
+    capped: bool = False
+    notified: bool = False
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class SliceState:
+    """Saved state of one slice: its period and both classes.
+
+    Identity rule: an unchanged slice is passed on as the very same object, from
+    the state loaded (or the last cycle's plan) through the plan to the state
+    saved: the planner keeps a ClassState whose usage, counter, ceil, flags and
+    policy did not change, and a SliceState whose classes, name, xid and period
+    did not change, never an equal copy (and a changed one is a new object, as
+    these are frozen). The state encoder (``StateEncoder``) re-encodes only the
+    slices that are not the object it encoded last time (``is``), and the state
+    store hands the state it last wrote to the next load: a copy costs a steady
+    4,000-slice cycle its speed, never its correctness.
+    """
+
+    name: str
+    xid: int
+    period_start_s: int
+    period_end_s: int
+    default: ClassState
+    exempt: ClassState
+
+    def cls(self, traffic_class: TrafficClass) -> ClassState:
+        """The state of one traffic class."""
+        return self.default if traffic_class == "default" else self.exempt
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """A deleted slice's state, kept by name until its period would have ended."""
+
+    slice: SliceState
+    died_s: int
+
+    @property
+    def expires_s(self) -> int:
+        """When the entry is purged: the end of the dead slice's period."""
+        return self.slice.period_end_s
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """Everything the agent keeps between cycles."""
+
+    slices: Mapping[int, SliceState] = field(default_factory=dict)  # by xid
+    ledger: Mapping[str, LedgerEntry] = field(default_factory=dict)  # by slice name
+    saved_s: int | None = None
+    resets: int = 0  # operator resets ever made (`bwenforcer reset`), for the metric
+
+
+class KernelOp(Protocol):
+    """What the HTB backend needs of a kernel change: a ClassOp, or a planned action
+    that is one (the planner's class creations and rate changes go to the kernel as
+    they are, without a copy each).
+    """
+
+    @property
+    def kind(self) -> str:
+        """``create``, ``change`` or ``delete``."""
+        ...
+
+    @property
+    def xid(self) -> int:
+        """The slice."""
+        ...
+
+    @property
+    def traffic_class(self) -> TrafficClass:
+        """Which of its classes."""
+        ...
+
+    @property
+    def rates(self) -> ClassRates | None:
+        """The rates to set (None only for ``delete``)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClassOp:
+    """One kernel change to one slice class.
+
+    ``create`` adds the class and its leaf pfifo; ``change`` sets new rates on an
+    existing class; ``delete`` removes the class (and its leaf qdisc with it).
+    """
+
+    kind: str  # "create" | "change" | "delete"
+    xid: int
+    traffic_class: TrafficClass
+    rates: ClassRates | None = None  # None only for "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class OpFailure:
+    """A kernel change the kernel refused; the rest of its batch went through."""
+
+    op: KernelOp
+    errno: int
+    message: str

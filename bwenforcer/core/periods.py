@@ -1,0 +1,96 @@
+"""Recording periods: rolling per slice, or aligned to the calendar (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from bwenforcer.core.settings import PeriodAnchor
+
+DAY_S = 86400
+# The longest period of each calendar anchor (a month of 31 days, a week, a day
+# of 25 hours across a DST change).
+_ANCHOR_LONGEST_S = {"day": DAY_S + 3600, "week": 7 * DAY_S, "month": 31 * DAY_S}
+
+
+def _local_start(day: dt.date, anchor: PeriodAnchor, tz: ZoneInfo) -> dt.datetime:
+    hours, rest = divmod(anchor.at_s, 3600)
+    return dt.datetime(day.year, day.month, day.day, hours, rest // 60, rest % 60, tzinfo=tz)
+
+
+def _add_months(day: dt.date, months: int) -> dt.date:
+    index = day.year * 12 + day.month - 1 + months
+    return dt.date(index // 12, index % 12 + 1, day.day)
+
+
+def _anchor_days(anchor: PeriodAnchor, today: dt.date) -> tuple[dt.date, dt.date, dt.date]:
+    """The period's first day on or before ``today``, the one before it and the one after it."""
+    if anchor.every == "day":
+        return today, today - dt.timedelta(days=1), today + dt.timedelta(days=1)
+    if anchor.every == "week":
+        first = today - dt.timedelta(days=(today.weekday() - anchor.weekday) % 7)
+        return first, first - dt.timedelta(days=7), first + dt.timedelta(days=7)
+    first = dt.date(today.year, today.month, anchor.day)
+    if first > today:
+        first = _add_months(first, -1)
+    return first, _add_months(first, -1), _add_months(first, 1)
+
+
+def anchored_period(now_s: int, anchor: PeriodAnchor) -> tuple[int, int]:
+    """``(start_s, end_s)`` of the calendar period that contains ``now_s``.
+
+    Boundaries are local wall-clock times in the anchor's zone, so a daily period
+    across a DST change is 23 or 25 hours long, as a billing cycle would be.
+    """
+    tz = ZoneInfo(anchor.tz)
+    today = dt.datetime.fromtimestamp(now_s, tz).date()
+    first, before, after = _anchor_days(anchor, today)
+    start = _local_start(first, anchor, tz)
+    if start.timestamp() > now_s:  # today's boundary is later today: we are in the previous one
+        return int(_local_start(before, anchor, tz).timestamp()), int(start.timestamp())
+    return int(start.timestamp()), int(_local_start(after, anchor, tz).timestamp())
+
+
+def first_period(now_s: int, period_s: int, anchor: PeriodAnchor | None) -> tuple[int, int]:
+    """The period of a slice seen for the first time at ``now_s``."""
+    if anchor is not None:
+        return anchored_period(now_s, anchor)
+    return now_s, now_s + period_s
+
+
+def next_period(
+    end_s: int, now_s: int, period_s: int, anchor: PeriodAnchor | None
+) -> tuple[int, int]:
+    """The period containing ``now_s`` after one that ended at ``end_s`` (≤ now).
+
+    Rolling periods keep their phase: an agent that was down for several periods
+    lands in the one that contains now, not in one that starts now.
+    """
+    if anchor is not None:
+        return anchored_period(now_s, anchor)
+    skipped = (now_s - end_s) // period_s
+    start = end_s + skipped * period_s
+    return start, start + period_s
+
+
+def clock_step(
+    saved_s: int | None, now_s: int, period_s: int, anchor: PeriodAnchor | None
+) -> str | None:
+    """Why ``now_s`` cannot follow the state's save at ``saved_s``, or None if it can.
+
+    A clock that went back, or jumped forward by more than the longest period
+    and a day, has most likely been stepped (a bad NTP answer, an RTC reset);
+    a cycle must not end periods or purge the ledger on its word. A node that
+    was really down that long loses one cycle: the next one trusts the clock.
+    """
+    if saved_s is None:
+        return None
+    if now_s < saved_s:
+        return f"clock went back {saved_s - now_s} s since the state was saved"
+    bound_s = (period_s if anchor is None else _ANCHOR_LONGEST_S[anchor.every]) + DAY_S
+    if now_s - saved_s > bound_s:
+        return (
+            f"clock jumped {now_s - saved_s} s forward since the state was saved"
+            f" (more than {bound_s} s)"
+        )
+    return None

@@ -1,0 +1,375 @@
+"""The pure planner: desired slices × kernel classes × saved state → a plan.
+
+No I/O and no clock: ``now_s`` is passed in. The plan is a list of typed actions
+for the executor and the state the cycle saves if every action succeeds; each
+slice is planned on its own, so one slice's odd data cannot stop the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from operator import attrgetter
+
+from bwenforcer.core.accounting import account_slice, class_usage, kernel_counter, rebaseline
+from bwenforcer.core.layout import DEFAULT_XID, ROOT_XID, TRAFFIC_CLASSES, TrafficClass
+from bwenforcer.core.model import (
+    ClassPolicy,
+    ClassState,
+    DesiredSet,
+    DesiredSlice,
+    InvalidRecord,
+    KernelSlice,
+    KernelSnapshot,
+    LedgerEntry,
+    SliceState,
+    State,
+)
+from bwenforcer.core.periods import clock_step, first_period, next_period
+from bwenforcer.core.plan import (
+    Action,
+    Adopt,
+    CreateClass,
+    LiveSlice,
+    MoveToLedger,
+    NewPeriod,
+    Notify,
+    Plan,
+    PurgeLedger,
+    RemoveClasses,
+    Revive,
+    SetRates,
+)
+from bwenforcer.core.settings import Config, PeriodAnchor
+from bwenforcer.core.targets import RateTargets
+
+# The tree's own slices: created by `tc init`, never removed as orphans.
+SYSTEM_XIDS = frozenset({ROOT_XID, DEFAULT_XID})
+
+
+@dataclass(frozen=True, slots=True)
+class PlanParams:
+    """The parts of the config the planner needs."""
+
+    period_s: int
+    anchor: PeriodAnchor | None
+    bwmin_bps: int
+    # False with mail.transport none: nothing would deliver a Notify, and thousands of
+    # capped slices would each get one every cycle. A transport set later mails the
+    # classes capped and not yet notified, as ever.
+    notify: bool = True
+
+    @classmethod
+    def from_config(cls, config: Config) -> PlanParams:
+        """Planner parameters of a config."""
+        return cls(
+            config.period_s,
+            config.period_anchor,
+            config.bwmin_bps,
+            notify=config.mail.transport != "none",
+        )
+
+
+# --- planning --------------------------------------------------------------
+
+
+def _fresh_class(policy: ClassPolicy, counter_bytes: int) -> ClassState:
+    return ClassState(policy=policy, last_counter_bytes=counter_bytes)
+
+
+# the classes a Notify names: one tuple each, not one a capped slice
+_NOTIFY_CLASSES: dict[tuple[TrafficClass, ...], tuple[TrafficClass, ...]] = {
+    c: c for c in (("default",), ("exempt",), ("default", "exempt"))
+}
+
+
+def _plan_live(
+    want: DesiredSlice,
+    *,
+    st: SliceState,
+    kernel: KernelSlice | None,
+    account: bool,
+    targets: RateTargets,
+    params: PlanParams,
+    now_s: int,
+    actions: list[Action],
+    reason: str,
+    hold_period: bool = False,
+) -> LiveSlice:
+    """Plan one live slice; with ``account``, first add its bytes since the last cycle.
+
+    Hot path, run for every slice every cycle. Identity rule (see
+    :class:`~bwenforcer.core.model.SliceState`): a class whose usage, counter, policy,
+    ceil and flags did not change is passed on as its very ClassState, and a
+    slice whose classes, name, xid and period did not change as its very
+    SliceState, never as an equal copy: the state encoder re-encodes only the
+    slices that are not the object it encoded last time.
+    """
+    start_s, end_s = st.period_start_s, st.period_end_s
+    new_period = now_s >= end_s and not hold_period
+    if new_period:
+        start_s, end_s = next_period(end_s, now_s, params.period_s, params.anchor)
+        actions.append(NewPeriod(want.name, want.xid, start_s, end_s))
+    out: list[tuple[ClassState, int, int | None]] = []
+    to_notify: list[TrafficClass] = []
+    for tc in TRAFFIC_CLASSES:
+        if tc == "default":
+            old, policy = st.default, want.default
+            current = None if kernel is None else kernel.default
+        else:
+            old, policy = st.exempt, want.exempt
+            current = None if kernel is None else kernel.exempt
+        used, last, delta, notified = class_usage(old, current, account, new_period)
+        rates, capped = targets.rates(policy, tc, used, end_s, now_s)
+        ceil_bps = rates.max_rate_bps
+        if current is None:
+            actions.append(CreateClass(want.name, want.xid, tc, rates, reason))
+            old_ceil_bps = None
+        else:
+            if current.rates is not rates and current.rates != rates:
+                actions.append(SetRates(want.name, want.xid, tc, current.rates, rates))
+            old_ceil_bps = current.rates.max_rate_bps
+        if capped and not notified:
+            to_notify.append(tc)
+        if (
+            used == old.used_bytes
+            and last == old.last_counter_bytes
+            and ceil_bps == old.ceil_bps
+            and capped == old.capped
+            and notified == old.notified
+            and (policy is old.policy or policy == old.policy)
+        ):
+            out.append((old, delta, old_ceil_bps))  # the very object: the identity rule
+        else:
+            out.append(
+                (ClassState(policy, used, last, ceil_bps, capped, notified), delta, old_ceil_bps)
+            )
+    if to_notify and params.notify:
+        actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(to_notify)]))
+    (default, d_delta, d_ceil), (exempt, e_delta, e_ceil) = out
+    if (
+        default is st.default
+        and exempt is st.exempt
+        and not new_period
+        and want.name == st.name
+        and want.xid == st.xid
+    ):
+        new_st = st
+    else:
+        new_st = SliceState(want.name, want.xid, start_s, end_s, default, exempt)
+    return LiveSlice(new_st, d_delta, e_delta, d_ceil, e_ceil)
+
+
+def _quiet(
+    want: DesiredSlice, st: SliceState, kernel: KernelSlice, targets: RateTargets, now_s: int
+) -> LiveSlice | None:
+    """The plan of a slice nothing happened to since the last cycle, or None.
+
+    Most slices of a large node are idle at any moment: no bytes, same policy,
+    not capped, rates as they should be. Telling so takes a few comparisons,
+    and what :func:`_plan_live` would make of it is known: the very same state,
+    no action.
+
+    The rule this shortcut rests on: it must take exactly the decisions
+    :func:`_plan_live` (with ``account``) would take for the slice, and so
+    answers only when all of these hold, each of which fixes one of them:
+
+    - both classes are in the kernel (else: a CreateClass);
+    - the period has not ended (else: a NewPeriod, usage back to 0);
+    - each kernel counter equals the last reading (else: bytes to add, or a
+      counter that restarted);
+    - neither class is capped nor at its threshold (else: capped rates, maybe
+      a Notify); with the usage unchanged, it stays under;
+    - each policy equals the wanted one (else: new limits and rates);
+    - the saved ceil and the kernel's rates equal the policy's uncapped rates
+      (else: a SetRates, or a state to update).
+
+    Then :func:`_plan_live` adds no action, keeps both ClassStates and so the
+    SliceState itself, counts 0 bytes and reports the kernel's ceils: what this
+    returns. A change to :func:`_plan_live`'s decisions must change these
+    conditions with it; ``plan(..., quiet=False)`` runs without the shortcut,
+    and tests/test_planner_properties.py holds the two to the same plan.
+    """
+    d, e, kd, ke = st.default, st.exempt, kernel.default, kernel.exempt
+    if (
+        kd is None
+        or ke is None
+        or now_s >= st.period_end_s
+        or kd.bytes != d.last_counter_bytes
+        or ke.bytes != e.last_counter_bytes
+        or d.capped
+        or e.capped
+        or d.used_bytes >= want.default.threshold_bytes
+        or e.used_bytes >= want.exempt.threshold_bytes
+        or (d.policy is not want.default and d.policy != want.default)
+        or (e.policy is not want.exempt and e.policy != want.exempt)
+    ):
+        return None
+    d_rates = targets.uncapped(want.default, "default")
+    e_rates = targets.uncapped(want.exempt, "exempt")
+    if (
+        d.ceil_bps != d_rates.max_rate_bps
+        or e.ceil_bps != e_rates.max_rate_bps
+        or (kd.rates is not d_rates and kd.rates != d_rates)
+        or (ke.rates is not e_rates and ke.rates != e_rates)
+    ):
+        return None
+    return LiveSlice(st, 0, 0, kd.rates.max_rate_bps, ke.rates.max_rate_bps)
+
+
+def _no_shortcut(
+    want: DesiredSlice, st: SliceState, kernel: KernelSlice, targets: RateTargets, now_s: int
+) -> None:
+    """:func:`_quiet` for ``plan(..., quiet=False)``: no slice is taken for quiet."""
+    return None
+
+
+def _limiting_off(snapshot: KernelSnapshot, state: State, now_s: int) -> Plan:
+    actions: list[Action] = [
+        RemoveClasses(None, xid, "limiting off")
+        for xid in sorted(snapshot.slices)
+        if xid not in SYSTEM_XIDS
+    ]
+    return Plan(now_s, tuple(actions), state, (), limiting_off=True)
+
+
+def plan(
+    desired: DesiredSet,
+    snapshot: KernelSnapshot,
+    state: State,
+    params: PlanParams,
+    now_s: int,
+    *,
+    quiet: bool = True,
+) -> Plan:
+    """Reconcile one cycle (docs/architecture.md "Policy" and "Slice lifecycle").
+
+    ``quiet=False`` plans every slice the long way (:func:`_plan_live`), without
+    the shortcut for slices nothing happened to: the same plan, slower; for tests
+    that hold the shortcut to that.
+    """
+    if desired.limiting_off:
+        return _limiting_off(snapshot, state, now_s)
+    wanted = {s.xid: s for s in desired.slices}
+    held = _held(desired.invalid, wanted, state) if desired.invalid else ()
+    for want in held:
+        wanted[want.xid] = want
+    # A clock that stepped (back, or forward by more than a period): no period ends
+    # and no ledger entry expires on its word; caps still follow the usage.
+    step = clock_step(state.saved_s, now_s, params.period_s, params.anchor)
+    actions: list[Action] = []
+    ledger: dict[str, LedgerEntry] = dict(state.ledger)
+    carried: dict[int, SliceState] = {}  # accounted while planned, below
+
+    # Slices in the state: still wanted under the same name, or dead.
+    for xid, st in state.slices.items():
+        want = wanted.get(xid)
+        if want is not None and want.name == st.name:
+            carried[xid] = st
+            continue
+        kernel = snapshot.slices.get(xid)
+        ledger[st.name] = LedgerEntry(account_slice(st, kernel), died_s=now_s)
+        actions.append(MoveToLedger(st.name, xid))
+        if want is None and kernel is not None:
+            actions.append(RemoveClasses(st.name, xid, "dead"))
+
+    for name in [n for n, e in ledger.items() if now_s >= e.expires_s and step is None]:
+        del ledger[name]
+        actions.append(PurgeLedger(name))
+
+    targets = RateTargets(snapshot, params.bwmin_bps)
+    shortcut = _quiet if quiet else _no_shortcut  # chosen once, not tested per slice
+    slices: dict[int, SliceState] = {}
+    live: list[LiveSlice] = []
+    for want in sorted(wanted.values(), key=attrgetter("xid")):
+        kernel = snapshot.slices.get(want.xid)
+        st = carried.get(want.xid)
+        if st is not None and kernel is not None:
+            planned = shortcut(want, st, kernel, targets, now_s)
+            if planned is not None:
+                slices[want.xid] = st  # the very object: the identity rule (SliceState)
+                live.append(planned)
+                continue
+        account = st is not None
+        reason = "recreate"
+        if st is None:
+            entry = ledger.pop(want.name, None)
+            if entry is not None:
+                st = rebaseline(entry.slice, kernel, want.xid)
+                actions.append(Revive(want.name, want.xid, entry.slice.xid))
+                reason = "revive"
+            else:
+                st = _new_slice(want, kernel, params, now_s)
+                if kernel is not None:
+                    actions.append(Adopt(want.name, want.xid))
+                reason = "new"
+        planned = _plan_live(
+            want,
+            st=st,
+            kernel=kernel,
+            account=account,
+            targets=targets,
+            params=params,
+            now_s=now_s,
+            actions=actions,
+            reason=reason,
+            hold_period=step is not None,
+        )
+        slices[want.xid] = planned.state
+        live.append(planned)
+
+    for xid in sorted(snapshot.slices):
+        if xid not in wanted and xid not in state.slices and xid not in SYSTEM_XIDS:
+            actions.append(RemoveClasses(None, xid, "orphan"))
+
+    new_state = State(slices, ledger, state.saved_s, state.resets)
+    return Plan(now_s, tuple(actions), new_state, tuple(live), clock_step=step, held=held)
+
+
+def _held(
+    invalid: tuple[InvalidRecord, ...], wanted: Mapping[int, DesiredSlice], state: State
+) -> tuple[DesiredSlice, ...]:
+    """The slices of invalid records that stay as they are: those live in the state
+    (by name), under the limits saved there. A record whose name or xid another,
+    valid record holds is not one of them.
+    """
+    live = {st.name: st for st in state.slices.values()}
+    names = {want.name for want in wanted.values()}
+    held: dict[int, DesiredSlice] = {}
+    for record in invalid:
+        st = live.get(record.name)
+        if st is None or record.name in names or st.xid in wanted or st.xid in held:
+            continue
+        held[st.xid] = DesiredSlice(st.name, st.xid, st.default.policy, st.exempt.policy)
+    return tuple(held.values())
+
+
+def _new_slice(
+    want: DesiredSlice, kernel: KernelSlice | None, params: PlanParams, now_s: int
+) -> SliceState:
+    start, end = first_period(now_s, params.period_s, params.anchor)
+    return SliceState(
+        name=want.name,
+        xid=want.xid,
+        period_start_s=start,
+        period_end_s=end,
+        default=_fresh_class(want.default, kernel_counter(kernel, "default") or 0),
+        exempt=_fresh_class(want.exempt, kernel_counter(kernel, "exempt") or 0),
+    )
+
+
+def mark_notified(state: State, delivered: Mapping[int, Iterable[TrafficClass]]) -> State:
+    """The state with the delivered classes of each xid flagged as notified."""
+    slices = dict(state.slices)  # the slices not flagged stay the very same objects
+    for xid, classes in delivered.items():
+        st = slices.get(xid)
+        if st is None:
+            continue
+        flagged = {tc: dataclasses.replace(st.cls(tc), notified=True) for tc in classes}
+        slices[xid] = dataclasses.replace(
+            st,
+            default=flagged.get("default", st.default),
+            exempt=flagged.get("exempt", st.exempt),
+        )
+    return dataclasses.replace(state, slices=slices)

@@ -1,0 +1,119 @@
+"""The configuration as the core sees it: frozen dataclasses in base units.
+
+Every value is in base units (bit/s, bytes, seconds). Loading and validating the
+YAML file is :mod:`bwenforcer.inputs.config`'s job; nothing here reads a file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bwenforcer.core.layout import BWMAX_BPS, BWMIN_BPS, TrafficClass
+
+
+@dataclass(frozen=True)
+class ClassDefaults:
+    """Per-class defaults for slices whose rspec does not say otherwise."""
+
+    limit_bytes: int
+    threshold_bytes: int | None = None  # None: 80 % of the limit
+    min_rate_bps: int = 0  # raised to bwmin; at most 25 % of the node cap
+    max_rate_bps: int | None = None  # None: node cap (default class) or bwmax (exempt)
+    share: int = 1
+
+
+def _default_class_defaults() -> Mapping[TrafficClass, ClassDefaults]:
+    # PlanetLab's historic budgets: 5.4 GiB per day (default), 16.4 GiB (exempt).
+    return {
+        "default": ClassDefaults(limit_bytes=5662310 * 1024),
+        "exempt": ClassDefaults(limit_bytes=17196646 * 1024),
+    }
+
+
+@dataclass(frozen=True)
+class PeriodAnchor:
+    """Calendar alignment of recording periods."""
+
+    every: Literal["day", "week", "month"]
+    at_s: int = 0  # seconds after local midnight
+    tz: str = "UTC"
+    weekday: int = 0  # every: week — 0 = Monday
+    day: int = 1  # every: month — day of the month (1..28)
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    """Notification settings (the ``mail`` key of docs/interfaces.md "Config file")."""
+
+    transport: Literal["smtp", "sendmail", "spool", "none"] = "none"
+    from_addr: str = "support@localhost"
+    from_name: str = "bwenforcer"
+    reply_to: str | None = None
+    operators: tuple[str, ...] = ()
+    slice_address: str | None = None  # template such as "{slice}@slices.example.org"
+    hostname: str | None = None  # None: the node's FQDN
+    template: str | None = None  # path of a replacement body template
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_timeout_s: int = 10
+    sendmail_path: str = "/usr/sbin/sendmail"
+    spool_dir: str = "/var/spool/bwenforcer"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Where metrics are exposed."""
+
+    listen: str | None = "127.0.0.1:9587"  # daemon and node-manager thread
+    textfile: str | None = None  # written by `sync` for node_exporter
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Who marks packets (docs/htb-layout.md "Marks")."""
+
+    mode: Literal["none", "uid"] = "none"
+    exempt_prefixes: tuple[str, ...] = ()  # CIDRs, v4 and v6, validated
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """Retention of the usage history."""
+
+    hourly_keep_s: int = 15 * 86400
+    daily_keep_s: int = 730 * 86400
+    monthly_keep_s: int = 3650 * 86400
+    file: str | None = None  # None: beside the state file, "<state_file>.history"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    device: str = "eth0"
+    node_cap_bps: int = BWMAX_BPS
+    bwmax_bps: int = BWMAX_BPS
+    bwmin_bps: int = BWMIN_BPS
+    period_s: int = 86400
+    period_anchor: PeriodAnchor | None = None
+    interval_s: int = 300
+    state_file: str = "/var/lib/bwenforcer/state.json"
+    slices_file: str | None = "/etc/bwenforcer/slices.yaml"
+    lock_timeout_s: int = 30
+    defaults: Mapping[TrafficClass, ClassDefaults] = field(default_factory=_default_class_defaults)
+    mail: MailConfig = field(default_factory=MailConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    dry_run: bool = False
+    source: str | None = None  # path the config was loaded from, for messages
+
+    @property
+    def history_file(self) -> str:
+        """Path of the usage history store."""
+        return self.history.file or f"{self.state_file}.history"

@@ -1,0 +1,159 @@
+"""Applies a plan: kernel changes in one batch, then notifications.
+
+One slice's failure is logged with its name and counted; it never stops the
+others. The state returned carries a class's notified flag only once its mail
+was delivered, so a failed delivery is retried next cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bwenforcer.core.layout import TrafficClass
+from bwenforcer.core.model import KernelOp, OpFailure, SliceState, State
+from bwenforcer.core.plan import (
+    Adopt,
+    CreateClass,
+    MoveToLedger,
+    NewPeriod,
+    Notify,
+    Plan,
+    PurgeLedger,
+    RemoveClasses,
+    Revive,
+    SetRates,
+)
+from bwenforcer.core.planner import mark_notified
+from bwenforcer.core.units import human_rate
+from bwenforcer.errors import Error, MailDeadline
+
+log = logging.getLogger(__name__)
+
+
+class KernelPort(Protocol):
+    """What the executor needs of the HTB backend."""
+
+    def apply(self, ops: Sequence[KernelOp]) -> list[OpFailure]:
+        """Apply ops in batches; return the ones the kernel refused."""
+        ...
+
+
+# raises DeliveryError; MailDeadline once the cycle's time for mail is spent
+Notifier = Callable[[Notify, SliceState], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What applying a plan did."""
+
+    state: State
+    failures: tuple[str, ...] = ()  # one line per failed slice operation
+    failed_slices: frozenset[int] = frozenset()
+    delivered: Mapping[int, tuple[TrafficClass, ...]] = field(default_factory=dict)
+    mails_sent: int = 0
+    mails_failed: int = 0
+    mails_deferred: int = 0  # not tried: the cycle's time for mail was spent
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+
+def _describe(action: object) -> str | None:
+    """One greppable log line per planned action."""
+    if isinstance(action, CreateClass):
+        return (
+            f"slice {action.name} xid {action.xid} {action.traffic_class}: create ({action.reason})"
+            f" ceil {human_rate(action.rates.max_rate_bps)}"
+        )
+    if isinstance(action, SetRates):
+        return (
+            f"slice {action.name} xid {action.xid} {action.traffic_class}: ceil"
+            f" {human_rate(action.old.max_rate_bps)} → {human_rate(action.new.max_rate_bps)}"
+            f", rate {human_rate(action.old.min_rate_bps)} → {human_rate(action.new.min_rate_bps)}"
+            f", share {action.old.share} → {action.new.share}"
+        )
+    if isinstance(action, RemoveClasses):
+        return f"slice {action.name or '?'} xid {action.xid}: remove classes ({action.reason})"
+    if isinstance(action, Adopt):
+        return f"slice {action.name} xid {action.xid}: adopted existing classes without state"
+    if isinstance(action, MoveToLedger):
+        return f"slice {action.name} xid {action.xid}: gone, usage kept in the ledger"
+    if isinstance(action, Revive):
+        return (
+            f"slice {action.name} xid {action.xid}: revived from the ledger (was xid"
+            f" {action.old_xid})"
+        )
+    if isinstance(action, PurgeLedger):
+        return f"slice {action.name}: ledger entry expired"
+    if isinstance(action, NewPeriod):
+        return f"slice {action.name} xid {action.xid}: new period, usage reset, caps lifted"
+    return None
+
+
+def _count(plan: Plan) -> dict[str, int]:
+    counts = {"created": 0, "changed": 0, "removed": 0, "orphans_removed": 0, "adopted": 0}
+    for action in plan.actions:
+        if isinstance(action, CreateClass):
+            counts["created"] += 1
+        elif isinstance(action, SetRates):
+            counts["changed"] += 1
+        elif isinstance(action, RemoveClasses):
+            counts["removed"] += 2
+            counts["orphans_removed"] += action.reason == "orphan"
+        elif isinstance(action, Adopt):
+            counts["adopted"] += 1
+    return counts
+
+
+def execute(plan: Plan, kernel: KernelPort, notifier: Notifier | None) -> Outcome:
+    """Apply the plan's kernel changes, then send its notifications."""
+    if log.isEnabledFor(logging.INFO):  # thousands of lines in a capped cycle: build on demand
+        for action in plan.actions:
+            line = _describe(action)
+            if line is not None:
+                log.info("%s", line)
+    failures: list[str] = []
+    failed: set[int] = set()
+    for failure in kernel.apply(plan.kernel_ops()):
+        op = failure.op
+        st = plan.state.slices.get(op.xid)
+        name = "?" if st is None else st.name
+        failed.add(op.xid)
+        failures.append(
+            f"slice {name} xid {op.xid} {op.traffic_class}: {op.kind} failed: {failure.message}"
+        )
+        log.error("%s", failures[-1])
+
+    delivered: dict[int, tuple[TrafficClass, ...]] = {}
+    sent = mail_failed = deferred = 0
+    notices = (
+        [a for a in plan.actions if isinstance(a, Notify) and a.xid not in failed]
+        if notifier is not None
+        else []
+    )
+    for index, action in enumerate(notices):
+        assert notifier is not None
+        st = plan.state.slices[action.xid]
+        try:
+            notifier(action, st)
+        except MailDeadline as exc:  # the rest keep their notified flags unset: next cycle
+            deferred = len(notices) - index
+            log.warning("mail: %s; %d notifications deferred to the next cycle", exc, deferred)
+            break
+        except Error as exc:  # delivery, or a message that cannot be built
+            mail_failed += 1
+            log.warning("slice %s xid %s: notification failed: %s", action.name, action.xid, exc)
+            continue
+        sent += 1
+        delivered[action.xid] = action.classes
+    return Outcome(
+        state=mark_notified(plan.state, delivered),
+        failures=tuple(failures),
+        failed_slices=frozenset(failed),
+        delivered=delivered,
+        mails_sent=sent,
+        mails_failed=mail_failed,
+        mails_deferred=deferred,
+        counts=_count(plan),
+    )

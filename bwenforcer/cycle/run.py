@@ -1,0 +1,179 @@
+"""One enforcement cycle: the imperative shell around the pure planner.
+
+lock → load state → dump kernel → plan → apply (kernel, classifier, mail) →
+history → save state. Every outside part is passed in, so the daemon, the
+node-manager thread and ``sync`` share this code and tests use real parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bwenforcer.core.model import DesiredSet, KernelSnapshot, State
+from bwenforcer.core.plan import Plan
+from bwenforcer.core.planner import PlanParams, plan
+from bwenforcer.core.settings import Config
+from bwenforcer.cycle.executor import KernelPort, Notifier, Outcome, execute
+from bwenforcer.errors import Error, ExitCode
+
+log = logging.getLogger(__name__)
+
+
+class Kernel(KernelPort, Protocol):
+    """What a cycle needs of the HTB backend."""
+
+    def dump(self) -> KernelSnapshot:
+        """One class dump of the device."""
+        ...
+
+
+class Loaded(Protocol):
+    """The state a cycle starts from, and the backup it was recovered from, if any."""
+
+    state: State
+    recovered_from: str | None
+
+
+class Store(Protocol):
+    """What a cycle needs of the state store."""
+
+    def lock(self, timeout_s: float) -> AbstractContextManager[object]:
+        """Exclusive lock against other cycles."""
+        ...
+
+    def load(self) -> Loaded:
+        """Load the state, recovering from the backup if needed."""
+        ...
+
+    def read_unlocked(self) -> Loaded:
+        """Load the state without the lock, moving nothing aside (dry runs)."""
+        ...
+
+    def save(self, state: State, now_s: int) -> None:
+        """Write the state atomically."""
+        ...
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """What one cycle did, for exit codes, output and metrics."""
+
+    started_s: float
+    duration_s: float
+    plan: Plan
+    outcome: Outcome | None  # None on a dry run
+    recovered_from: str | None = None
+    source_errors: tuple[str, ...] = ()
+    extra_failures: tuple[str, ...] = field(default=())
+
+    @property
+    def dry_run(self) -> bool:
+        """True when nothing was applied."""
+        return self.outcome is None
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """Every failed operation of the cycle, one line each."""
+        own = () if self.outcome is None else self.outcome.failures
+        return own + self.extra_failures
+
+    @property
+    def result(self) -> str:
+        """``ok``, ``partial`` (something failed) or ``dry-run``."""
+        if self.outcome is None:
+            return "dry-run"
+        outcome = self.outcome
+        if self.failures or outcome.mails_failed or outcome.mails_deferred or self.source_errors:
+            return "partial"
+        return "ok"
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """Process exit code of ``sync`` for this result; a dry run exits as its sync
+        would for what it can know (bad slices), not for what only applying shows.
+        """
+        partial = self.result == "partial" or (self.dry_run and self.source_errors)
+        return ExitCode.PARTIAL if partial else ExitCode.OK
+
+
+@dataclass
+class Hooks:
+    """Optional steps after the kernel changes; each failure is logged and counted."""
+
+    classifier: Callable[[DesiredSet], None] | None = None
+    # Records the cycle in the usage history before the state is saved: a cycle
+    # killed in between leaves a history record the next cycle drops, rather than
+    # a saved cycle the history never hears of (the history has one writer: the
+    # lock holder).
+    before_save: Callable[[Plan], None] | None = None
+
+
+def run_cycle(
+    config: Config,
+    desired: DesiredSet,
+    *,
+    kernel: Kernel,
+    store: Store,
+    notifier: Notifier | None,
+    clock: Callable[[], float] = time.time,
+    dry_run: bool = False,
+    hooks: Hooks | None = None,
+) -> CycleResult:
+    """Run one cycle; with ``dry_run`` plan only (no lock, nothing written)."""
+    hooks = hooks or Hooks()
+    started = clock()
+    lock = nullcontext() if dry_run else store.lock(config.lock_timeout_s)
+    with lock:
+        loaded = store.read_unlocked() if dry_run else store.load()
+        snapshot = kernel.dump()
+        now_s = int(clock())
+        the_plan = plan(desired, snapshot, loaded.state, PlanParams.from_config(config), now_s)
+        if the_plan.clock_step is not None:
+            log.warning(
+                "%s: no period ends, no ledger entry expires and the history is not rolled"
+                " up this cycle",
+                the_plan.clock_step,
+            )
+        if dry_run:
+            return CycleResult(
+                started, clock() - started, the_plan, None, loaded.recovered_from, desired.errors
+            )
+        outcome = execute(the_plan, kernel, notifier)
+        extra: list[str] = []
+        if hooks.classifier is not None and not the_plan.limiting_off:
+            try:
+                hooks.classifier(
+                    dataclasses.replace(desired, slices=desired.slices + the_plan.held)
+                    if the_plan.held
+                    else desired
+                )
+            except Error as exc:
+                log.error("classifier failed: %s", exc)
+                extra.append(f"classifier: {exc}")
+        if hooks.before_save is not None:
+            hooks.before_save(the_plan)
+        store.save(outcome.state, now_s)
+        result = CycleResult(
+            started,
+            clock() - started,
+            the_plan,
+            outcome,
+            loaded.recovered_from,
+            desired.errors,
+            tuple(extra),
+        )
+    log.info(
+        "cycle %s in %.3fs: %d slices, %d kernel changes, %d failures",
+        result.result,
+        result.duration_s,
+        len(the_plan.live),
+        len(the_plan.kernel_ops()),
+        len(result.failures),
+    )
+    return result

@@ -1,0 +1,1 @@
+"""Files root writes safely: atomic replacement, own-file checks, the cycle lock."""

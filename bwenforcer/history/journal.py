@@ -1,0 +1,221 @@
+"""Usage history, the journal: one checksummed record per cycle, appended beside the file.
+
+A cycle does not rewrite the history file (:mod:`.historyfile`): it appends its
+usage to a journal beside it (``<file>.journal``), one record per cycle holding
+only the slices that sent something or are capped, so a cycle costs what it
+recorded, however old and large the history. Readers replay the journal onto
+the file. The journal names the generation of the file it extends: once folded
+in, the file's generation moves on, and a journal whose generation is not the
+file's was already folded in (the writer stopped between the two steps) and is
+ignored. When it is folded in, and which records are cut off, is
+:mod:`.historyrecorder`'s::
+
+    journal  "BWHJ"  u16 version (2)  u16 generation of the file it extends
+    record   u32 payload length, u32 CRC-32 of the payload, then the payload:
+             u64 cycle time (Unix s), u32 capped s, u64 save time of the state
+             the cycle started from (0: none), then per slice:
+             u8 name length, name, u64 default bytes, u64 exempt bytes,
+             u8 capped (bit 0 default, bit 1 exempt)
+
+(Version 1 records lack the state's save time; such a journal is read, and
+folded in before anything is appended.) A record cut short by a crash is
+dropped (and cut off before the next append).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from bwenforcer.errors import HistoryCorrupt
+from bwenforcer.history.usage import NAME_MAX_BYTES, CycleUsage, History, usage_deltas
+
+log = logging.getLogger(__name__)
+
+JOURNAL_MAGIC = b"BWHJ"
+JOURNAL_VERSION = 2
+_JOURNAL_HEADER = struct.Struct("<4sHH")
+JOURNAL_HEADER_BYTES = _JOURNAL_HEADER.size
+_RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
+# cycle time, capped seconds, and (version 2) the save time of the state the cycle
+# started from: the cycle's own save either follows the record or never happened
+_CYCLES = {1: struct.Struct("<QI"), 2: struct.Struct("<QIQ")}
+_CYCLE = _CYCLES[JOURNAL_VERSION]
+_NAME = struct.Struct("<B")  # the name's length, then the name
+_ENTRY = struct.Struct("<QQB")  # default bytes, exempt bytes, capped bits
+_U32 = 2**32 - 1
+_U64 = 2**64 - 1
+_U64_STRUCT = struct.Struct("<Q")
+
+
+def journal_path(path: str) -> str:
+    """Where the journal of the history file ``path`` is."""
+    return f"{path}.journal"
+
+
+def journal_header(generation: int) -> bytes:
+    """The first bytes of a journal extending the file of ``generation``."""
+    return _JOURNAL_HEADER.pack(JOURNAL_MAGIC, JOURNAL_VERSION, generation)
+
+
+def record_base(base_s: int | None) -> int:
+    """The base field of a record for the state save time ``base_s`` (None: not
+    known, stored as the field's maximum, which no save time reaches).
+    """
+    return _U64 if base_s is None else min(base_s, _U64 - 1)
+
+
+def encode_cycle(
+    now_s: int,
+    interval_s: int,
+    usage: Iterable[CycleUsage],
+    names: dict[str, bytes | None] | None = None,
+    base_s: int | None = None,
+) -> bytes:
+    """One journal record: the cycle's usage, as :meth:`History.record` would take it.
+
+    Refuses what record() refuses, with the same log lines: negative deltas
+    (counted as 0) and names too long to store (left out). ``names`` keeps each
+    slice name's encoded form (None: too long) across calls. ``base_s`` is the
+    save time of the state the cycle started from (0: there was none; None: not
+    known, the record is never taken for an unsaved cycle's).
+    """
+    names = {} if names is None else names
+    parts = [_CYCLE.pack(now_s, min(max(0, interval_s), _U32), record_base(base_s))]
+    pack_entry = _ENTRY.pack
+    for u in usage:
+        name = u.slice_name
+        prefix = names.get(name)
+        if prefix is None and name not in names:
+            raw = name.encode()
+            prefix = _NAME.pack(len(raw)) + raw if len(raw) <= NAME_MAX_BYTES else None
+            names[name] = prefix
+        if prefix is None:
+            log.error("history: slice %s: name too long to store, skipped", name)
+            continue
+        default, exempt, _ = usage_deltas(u)
+        flags = (1 if u.capped_default else 0) | (2 if u.capped_exempt else 0)
+        parts.append(prefix)
+        parts.append(pack_entry(min(default, _U64), min(exempt, _U64), flags))
+    payload = b"".join(parts)
+    return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _decode_cycle(
+    payload: bytes, source: str, cycle: struct.Struct
+) -> tuple[int, int, list[CycleUsage]]:
+    now_s, interval_s = cycle.unpack_from(payload)[:2]
+    usage: list[CycleUsage] = []
+    offset, end = cycle.size, len(payload)
+    while offset < end:
+        length = payload[offset]
+        start, offset = offset + 1, offset + 1 + length
+        if offset + _ENTRY.size > end:
+            raise HistoryCorrupt(f"{source}: journal record cut short")
+        name = payload[start:offset].decode("utf-8", "replace")
+        default, exempt, flags = _ENTRY.unpack_from(payload, offset)
+        offset += _ENTRY.size
+        usage.append(CycleUsage(name, default, exempt, bool(flags & 1), bool(flags & 2)))
+    return now_s, interval_s, usage
+
+
+@dataclass(frozen=True)
+class JournalEnd:
+    """Where a journal's sound records end, and what a writer needs to know of it."""
+
+    generation: int
+    end: int  # offset after the last sound record: the next one goes here
+    size: int  # of the file: more than ``end`` if a record was cut short
+    first_s: int | None  # cycle time of the first record (None: no record yet)
+    version: int = JOURNAL_VERSION
+    # the last record: (offset, save time of the state its cycle started from, cycle
+    # time); None if unknown (no record, or version 1 records, which carry no base)
+    last: tuple[int, int, int] | None = None
+
+
+def journal_end(fd: int, source: str) -> JournalEnd | None:
+    """Walk a journal's record headers (not their payloads); None if it is not a journal.
+
+    Only the last record can have been cut short by a crash (records are
+    appended and synced one at a time), so only its checksum is verified.
+    """
+    size = os.fstat(fd).st_size
+    header = os.pread(fd, _JOURNAL_HEADER.size, 0)
+    if len(header) < _JOURNAL_HEADER.size:
+        return None
+    magic, version, generation = _JOURNAL_HEADER.unpack(header)
+    cycle = _CYCLES.get(version)
+    if magic != JOURNAL_MAGIC or cycle is None:
+        return None
+    offset, first_s = _JOURNAL_HEADER.size, None
+    last: tuple[int, int, int] | None = None
+    while offset + _RECORD.size + cycle.size <= size:
+        length, crc = _RECORD.unpack(os.pread(fd, _RECORD.size, offset))
+        end = offset + _RECORD.size + length
+        if length < cycle.size or end > size:
+            break
+        if first_s is None:
+            first_s = _U64_STRUCT.unpack(os.pread(fd, 8, offset + _RECORD.size))[0]
+        last = (offset, length, crc)
+        offset = end
+    tag: tuple[int, int, int] | None = None
+    if last is not None:
+        start, length, crc = last
+        payload = os.pread(fd, length, start + _RECORD.size)
+        if zlib.crc32(payload) != crc:
+            log.warning("history journal %s: last record damaged, dropped", source)
+            offset = start
+            if start == _JOURNAL_HEADER.size:
+                first_s = None
+        elif version == JOURNAL_VERSION:
+            now_s, _, base_s = cycle.unpack_from(payload)
+            tag = (start, base_s, now_s)
+    return JournalEnd(generation, offset, size, first_s, version, tag)
+
+
+def _journal_records(
+    data: bytes, source: str, cycle: struct.Struct
+) -> Iterator[tuple[int, int, list[CycleUsage]]]:
+    """The sound records of a journal's bytes, up to the first damaged one (logged)."""
+    offset = _JOURNAL_HEADER.size
+    while offset + _RECORD.size <= len(data):
+        length, crc = _RECORD.unpack_from(data, offset)
+        start, end = offset + _RECORD.size, offset + _RECORD.size + length
+        payload = data[start:end]
+        if end > len(data) or length < cycle.size or zlib.crc32(payload) != crc:
+            log.warning(
+                "history journal %s: damaged record at byte %d, rest ignored", source, offset
+            )
+            return
+        try:
+            yield _decode_cycle(payload, source, cycle)
+        except HistoryCorrupt as exc:
+            log.warning("history journal %s: %s, rest ignored", source, exc)
+            return
+        offset = end
+
+
+def replay_journal(history: History, data: bytes, journal: str, no_file: bool) -> History:
+    """``history`` (read from a file, or empty if ``no_file``) with the journal's bytes
+    ``data`` (read from ``journal``) replayed onto it.
+
+    A journal is replayed if it extends this very file (same generation), or if
+    there is no file to have folded it into.
+    """
+    if len(data) < _JOURNAL_HEADER.size or data[:4] != JOURNAL_MAGIC:
+        log.warning("history journal %s: not a journal, ignored", journal)
+        return history
+    _, version, generation = _JOURNAL_HEADER.unpack_from(data)
+    cycle = _CYCLES.get(version)
+    if cycle is None:
+        log.warning("history journal %s: version %d, ignored", journal, version)
+        return history
+    if generation != history.generation and not no_file:
+        return history  # folded in already
+    for now_s, interval_s, usage in _journal_records(data, journal, cycle):
+        history.record(now_s, interval_s, usage)
+    return history

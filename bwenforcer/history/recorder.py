@@ -1,0 +1,201 @@
+"""Usage history, the writer: each cycle's journal append, and when the journal is folded in.
+
+A cycle appends its usage to the journal (:mod:`.historyjournal`). Once a day
+(the first cycle of a UTC day, when buckets become due to roll up) or when the
+journal outgrows a quarter of the file, the journal is folded in: the file
+(:mod:`.historyfile`) is rewritten with its generation incremented and a new,
+empty journal is started for that generation. A cycle appends its record before
+it saves its state; the next cycle cuts the record off if that save never
+happened (see :meth:`HistoryRecorder.record`), so the history and the state
+count the same bytes whatever instant the agent is killed at.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from bwenforcer.core.settings import HistoryConfig
+from bwenforcer.errors import HistoryError
+from bwenforcer.files.atomic import FileIdentity, disk_full, file_identity, open_own, replace_file
+from bwenforcer.history.file import (
+    file_generation,
+    load_history,
+    make_history_dir,
+    save_history,
+)
+from bwenforcer.history.journal import (
+    JOURNAL_HEADER_BYTES,
+    JOURNAL_VERSION,
+    JournalEnd,
+    encode_cycle,
+    journal_end,
+    journal_header,
+    journal_path,
+    record_base,
+)
+from bwenforcer.history.usage import DAY_S, CycleUsage
+
+log = logging.getLogger(__name__)
+
+# Fold the journal in before its day is out once it is past both of these.
+JOURNAL_FOLD_MIN_BYTES = 1 << 20
+JOURNAL_FOLD_SHARE = 4  # a quarter of the history file
+_GENERATION_MASK = 0xFFFF  # the file and journal headers hold it in a u16
+
+
+class HistoryRecorder:
+    """Adds each cycle's usage to the history: a journal append, the fold when due.
+
+    Kept by an agent across cycles, it remembers the journal it last wrote, so a
+    daemon's cycle reads nothing back; a new process walks the journal's record
+    headers once.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        cfg: HistoryConfig,
+        clock: Callable[[], float] = time.time,
+        fold_min_bytes: int = JOURNAL_FOLD_MIN_BYTES,
+    ) -> None:
+        self.path = path
+        self.journal = journal_path(path)
+        self.cfg = cfg
+        self._clock = clock  # names of moved-aside files only
+        self._fold_min_bytes = fold_min_bytes
+        # each slice name as the journal writes it; forgotten at each fold, so names
+        # of slices long gone do not pile up in a daemon
+        self._names: dict[str, bytes | None] = {}
+        self._known: tuple[FileIdentity | None, JournalEnd] | None = None
+
+    def record(
+        self,
+        now_s: int,
+        capped_s: int,
+        usage: list[CycleUsage],
+        *,
+        base_s: int | None = None,
+        roll_up: bool = True,
+    ) -> None:
+        """Record one cycle; HistoryError (the history as it was) if it cannot be written.
+
+        A cycle records before it saves its state; ``base_s`` is the save time of the
+        state it started from (0: none; None: not known, nothing is checked). A last
+        record that started from that same state, and is not the cycle that saved it,
+        is of a cycle whose state was never saved (killed, or its save failed): this
+        cycle counts its bytes again, so that record is cut off first. ``capped_s``
+        is what each capped class adds to its capped time. Without ``roll_up`` (the
+        clock stepped), the journal is not folded: nothing ages out on the clock's word.
+        """
+        self._known, known = None, self._known
+        base = record_base(base_s)
+        try:
+            end = self._end(known)
+            if base_s is not None:
+                end = self._drop_unsaved(end, base)
+            if end.version != JOURNAL_VERSION or (roll_up and self._fold_due(end, now_s)):
+                end = self._fold(now_s, roll_up)
+            if usage:
+                record = encode_cycle(now_s, capped_s, usage, self._names, base_s)
+                self._append(end, record)
+                after = end.end + len(record)
+                first_s = now_s if end.first_s is None else end.first_s
+                end = JournalEnd(end.generation, after, after, first_s, end.version,
+                                  (end.end, base, now_s))  # fmt: skip
+        except OSError as exc:
+            what = f"{self.journal}: cannot record"
+            raise disk_full(exc, what) or HistoryError(f"{what}: {exc.strerror or exc}") from exc
+        self._known = (file_identity(self.journal), end)
+
+    def _drop_unsaved(self, end: JournalEnd, base_s: int) -> JournalEnd:
+        """``end`` without its last record if that record's cycle never saved its state.
+
+        Only the last record can be such: every cycle checks before it appends.
+        (Two cycles in the same second cannot be told apart: that record is kept.)
+        """
+        last = end.last
+        if last is None or last[1] != base_s or last[2] == base_s:
+            return end
+        offset, _, cycle_s = last
+        log.warning(
+            "history journal %s: the cycle of %d never saved its state: its record dropped"
+            " (the next cycle counts those bytes)",
+            self.journal,
+            cycle_s,
+        )
+        fd = os.open(self.journal, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        first_s = None if offset == JOURNAL_HEADER_BYTES else end.first_s
+        return JournalEnd(end.generation, offset, offset, first_s, end.version)
+
+    def _end(self, known: tuple[FileIdentity | None, JournalEnd] | None) -> JournalEnd:
+        """The journal's end, starting a journal for the file's generation if needed."""
+        if known is not None and known[0] is not None and file_identity(self.journal) == known[0]:
+            return known[1]
+        generation = file_generation(self.path)
+        try:
+            fd = open_own(self.journal, os.O_RDONLY, "history journal")
+        except FileNotFoundError:
+            return self._start_journal(generation or 0)
+        try:
+            end = journal_end(fd, self.journal)
+        finally:
+            os.close(fd)
+        if end is None or (generation is not None and end.generation != generation):
+            # not a journal, or one already folded in (the last fold stopped halfway)
+            return self._start_journal(generation or 0)
+        return end
+
+    def _start_journal(self, generation: int) -> JournalEnd:
+        make_history_dir(self.journal)
+        replace_file(self.journal, journal_header(generation))
+        header = JOURNAL_HEADER_BYTES
+        return JournalEnd(generation, header, header, None)
+
+    def _fold_due(self, end: JournalEnd, now_s: int) -> bool:
+        if end.first_s is None:
+            return False
+        if end.first_s // DAY_S != now_s // DAY_S:
+            return True  # a new UTC day: buckets are due to roll up
+        try:
+            file_bytes = os.stat(self.path).st_size
+        except FileNotFoundError:
+            file_bytes = 0
+        return end.end > max(self._fold_min_bytes, file_bytes // JOURNAL_FOLD_SHARE)
+
+    def _append(self, end: JournalEnd, record: bytes) -> None:
+        make_history_dir(self.journal)
+        fd = open_own(self.journal, os.O_WRONLY, "history journal")
+        try:
+            if end.size != end.end:
+                log.warning("history journal %s: cut back to byte %d", self.journal, end.end)
+                os.ftruncate(fd, end.end)
+            view = memoryview(record)
+            offset = end.end
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _fold(self, now_s: int, roll_up: bool) -> JournalEnd:
+        """Fold the journal (every record of a saved cycle) into the file, rolled up
+        at ``now_s`` if ``roll_up``; start the next journal and return its end.
+        """
+        self._names.clear()
+        history = load_history(self.path, self._clock)
+        if roll_up:
+            history.roll_up(now_s, self.cfg)
+        history.generation = (history.generation + 1) & _GENERATION_MASK
+        save_history(history, self.path)
+        end = self._start_journal(history.generation)
+        log.info("history %s: journal folded in (generation %d)", self.path, history.generation)
+        return end

@@ -1,0 +1,341 @@
+"""Usage history, the model: bytes and capped time per slice, hourly → daily → monthly.
+
+Each cycle adds the bytes every slice sent per traffic class (deltas, never
+counters, so counter resets and reboots add nothing twice) to the UTC hour of
+the cycle. :meth:`History.roll_up` folds the hours of a UTC day into one day
+bucket once the whole day is older than ``history.hourly_keep`` (so hours are
+kept at least that long, and a day is never split across tiers), folds days
+older than ``daily_keep`` into their UTC month, and drops months older than
+``monthly_keep``; a bucket is "older than keep" once it *ended* at least
+``keep`` ago. Day and month buckets also keep their busiest hour's total
+(default + exempt): the peak hour. A deleted slice's history stays, by name,
+until it ages out. Idle slices cost nothing: a cycle with no bytes and no
+capped time adds no bucket.
+
+Pure: time is passed in, nothing is read or written. The file is
+:mod:`.historyfile`, the per-cycle journal :mod:`.historyjournal`, and the
+cycle's writer :mod:`.historyrecorder`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import operator
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Literal
+
+from bwenforcer.core.settings import HistoryConfig
+
+log = logging.getLogger(__name__)
+
+HOUR_S = 3600
+DAY_S = 86400
+# The longest slice name the history keeps (the file and the journal store its
+# length in a byte): longer names are refused by record() and encode_cycle().
+NAME_MAX_BYTES = 255
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+
+Bucketing = Literal["hour", "day", "month"]
+
+
+@dataclass(frozen=True, slots=True)
+class CycleUsage:
+    """What one cycle reports for one slice: byte deltas and whether each class was capped."""
+
+    slice_name: str
+    default_bytes: int
+    exempt_bytes: int
+    capped_default: bool
+    capped_exempt: bool
+
+
+def capped_span_s(
+    now_s: int, previous_s: int | None, interval_s: int, clock_stepped: bool = False
+) -> int:
+    """Capped time a class capped at ``now_s`` adds: the time since the previous cycle.
+
+    Cron and node-manager cycles come at irregular times: ``interval_s`` per cycle
+    would record fiction. The span is at most an hour, the bucket it goes to (a
+    long pause of the agent is not all counted). The first cycle has no span (0);
+    after a clock step the span is not known: ``interval_s``.
+    """
+    if previous_s is None:
+        return 0
+    if clock_stepped or now_s < previous_s:
+        return interval_s
+    return min(now_s - previous_s, HOUR_S)
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One slice's usage in one hour, day or month (UTC)."""
+
+    slice_name: str
+    by: Bucketing
+    bucket_start_s: int
+    default_bytes: int
+    exempt_bytes: int
+    peak_hour_bytes: int  # the busiest hour in the bucket, default + exempt
+    capped_default_s: int
+    capped_exempt_s: int
+
+
+def usage_deltas(u: CycleUsage) -> tuple[int, int, bool]:
+    """``(default, exempt, negative)`` bytes of a usage; a negative delta counts as 0
+    (logged: counters only go up, so it is a bug upstream).
+    """
+    default, exempt = u.default_bytes, u.exempt_bytes
+    if default >= 0 and exempt >= 0:
+        return default, exempt, False
+    log.warning(
+        "history: slice %s: negative delta ignored (default %d, exempt %d bytes)",
+        u.slice_name,
+        default,
+        exempt,
+    )
+    return max(0, default), max(0, exempt), True
+
+
+def _day_of_hour(hour: int) -> int:
+    return hour // 24
+
+
+def _day_to_month(day: int) -> int:
+    date = dt.date.fromordinal(_EPOCH_ORDINAL + day)
+    return date.year * 12 + date.month - 1
+
+
+def _month_of_instant(instant_s: int) -> int:
+    return _day_to_month(instant_s // DAY_S)
+
+
+def _month_start_s(month: int) -> int:
+    year, index = divmod(month, 12)
+    return (dt.date(year, index + 1, 1).toordinal() - _EPOCH_ORDINAL) * DAY_S
+
+
+def _new_row(buckets: dict[int, list[int]], key: int, width: int) -> list[int]:
+    """A zero row for ``key``, keeping ``buckets`` in ascending key order."""
+    row = [0] * width
+    out_of_order = bool(buckets) and key < next(reversed(buckets))
+    buckets[key] = row
+    if out_of_order:  # the clock went back: rare, so re-sorting is cheap enough
+        ordered = sorted(buckets.items())
+        buckets.clear()
+        buckets.update(ordered)
+    return row
+
+
+class SliceHistory:
+    """One slice's buckets, each tier a dict in ascending key order.
+
+    Hour rows: [default, exempt, capped default s, capped exempt s].
+    Day and month rows: [default, exempt, peak hour, capped default s, capped exempt s].
+    """
+
+    __slots__ = ("days", "hours", "months")
+
+    def __init__(self) -> None:
+        self.hours: dict[int, list[int]] = {}
+        self.days: dict[int, list[int]] = {}
+        self.months: dict[int, list[int]] = {}
+
+    def empty(self) -> bool:
+        return not (self.hours or self.days or self.months)
+
+
+def _merge(acc: dict[int, list[int]], key: int, row: list[int]) -> None:
+    """Add a day/month-shaped row into ``acc[key]``; the peak is a maximum, not a sum."""
+    into = acc.get(key)
+    if into is None:
+        into = _new_row(acc, key, 5)
+    into[0] += row[0]
+    into[1] += row[1]
+    into[2] = max(into[2], row[2])
+    into[3] += row[3]
+    into[4] += row[4]
+
+
+def _due(tier: dict[int, list[int]], cutoff: int) -> list[int]:
+    """The keys below ``cutoff``: the first ones, as tiers are in ascending order."""
+    due = []
+    for key in tier:
+        if key >= cutoff:
+            break
+        due.append(key)
+    return due
+
+
+def _as_day_row(hour_row: list[int]) -> list[int]:
+    default, exempt, capped_d, capped_e = hour_row
+    return [default, exempt, default + exempt, capped_d, capped_e]
+
+
+class History:
+    """The usage history in memory. Pure: time is passed in, nothing is read or written."""
+
+    def __init__(self) -> None:
+        self._slices: dict[str, SliceHistory] = {}
+        self._cutoffs: tuple[int, int, int] | None = None  # of the last roll-up
+        # Rows of the hour last recorded into, by slice: the hot path of record().
+        self._hour: int | None = None
+        self._hour_rows: dict[str, list[int]] = {}
+        self.ignored = 0  # negative deltas and unstorable names refused by record()
+        self.generation = 0  # of the file it was read from; its journal names it
+
+    def record(self, now_s: int, interval_s: int, usage: Iterable[CycleUsage]) -> None:
+        """Add one cycle's deltas (and ``interval_s`` of capped time per capped class:
+        see :func:`capped_span_s`).
+
+        Everything goes to the UTC hour of ``now_s``. A negative delta is ignored (logged
+        and counted in :attr:`ignored`); the slice's other class still counts.
+        """
+        hour = now_s // HOUR_S
+        if hour != self._hour:
+            self._hour = hour
+            self._hour_rows = {}
+        capped_s = max(0, interval_s)
+        rows = self._hour_rows
+        get = rows.get
+        # The fast path (a slice already seen this hour, no negative delta) runs
+        # for every slice every cycle: keep it to a few operations.
+        for u in usage:
+            row = get(u.slice_name)
+            default, exempt = u.default_bytes, u.exempt_bytes
+            if row is None or default < 0 or exempt < 0:
+                self._record_slow(hour, capped_s, u)
+                continue
+            row[0] += default
+            row[1] += exempt
+            if u.capped_default:
+                row[2] += capped_s
+            if u.capped_exempt:
+                row[3] += capped_s
+
+    def _record_slow(self, hour: int, capped_s: int, u: CycleUsage) -> None:
+        default, exempt, negative = usage_deltas(u)
+        self.ignored += negative
+        capped_d = capped_s if u.capped_default else 0
+        capped_e = capped_s if u.capped_exempt else 0
+        row = self._hour_rows.get(u.slice_name)
+        if row is None:
+            if not (default or exempt or capped_d or capped_e):
+                return  # idle slices cost nothing
+            sh = self._slices.get(u.slice_name)
+            if sh is None:
+                if len(u.slice_name.encode()) > NAME_MAX_BYTES:
+                    log.error("history: slice %s: name too long to store, skipped", u.slice_name)
+                    self.ignored += 1
+                    return
+                sh = self._slices[u.slice_name] = SliceHistory()
+            row = sh.hours.get(hour)
+            if row is None:
+                row = _new_row(sh.hours, hour, 4)
+                if self._cutoffs is not None and hour < self._cutoffs[0]:
+                    self._cutoffs = None  # an hour already due for roll-up: redo it
+            self._hour_rows[u.slice_name] = row
+        row[0] += default
+        row[1] += exempt
+        row[2] += capped_d
+        row[3] += capped_e
+
+    def roll_up(self, now_s: int, cfg: HistoryConfig) -> None:
+        """Fold old hours into days, old days into months, and drop old months.
+
+        Cheap to call every cycle: it does nothing until a cutoff moves.
+        """
+        cutoffs = (
+            24 * ((now_s - cfg.hourly_keep_s) // DAY_S),  # an hour: days are folded whole
+            (now_s - cfg.daily_keep_s) // DAY_S,
+            _month_of_instant(now_s - cfg.monthly_keep_s),
+        )
+        if cutoffs == self._cutoffs:
+            return
+        self._hour = None  # the rows it caches may move to the daily tier
+        cut_hour, cut_day, cut_month = cutoffs
+        for name in list(self._slices):
+            sh = self._slices[name]
+            hours, days, months = sh.hours, sh.days, sh.months
+            due_hours, due_days = _due(hours, cut_hour), _due(days, cut_day)
+            due_months = _due(months, cut_month)
+            if not (due_hours or due_days or due_months):
+                continue
+            for day, due in groupby(due_hours, _day_of_hour):
+                default, exempt, capped_d, capped_e = zip(*(hours.pop(h) for h in due), strict=True)
+                peak = max(map(operator.add, default, exempt))
+                row = [sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e)]
+                _merge(days, day, row)
+            for day in _due(days, cut_day):
+                _merge(months, _day_to_month(day), days.pop(day))
+            for month in _due(months, cut_month):
+                del months[month]
+            if sh.empty():
+                log.info("history: slice %s aged out", name)
+                del self._slices[name]
+        self._cutoffs = cutoffs
+
+    @classmethod
+    def from_slices(cls, slices: dict[str, SliceHistory], generation: int) -> History:
+        """A history holding ``slices`` (taken, not copied), as read from a file of
+        ``generation``; each tier in ascending key order.
+        """
+        history = cls()
+        history._slices = slices
+        history.generation = generation
+        return history
+
+    def slice_items(self) -> list[tuple[str, SliceHistory]]:
+        """Each slice's buckets, by name: the history's own, for a writer to read."""
+        return sorted(self._slices.items())
+
+    def slice_names(self) -> list[str]:
+        """Names of the slices with any history, sorted."""
+        return sorted(self._slices)
+
+    def report(
+        self, by: Bucketing, since_s: int | None = None, slice_name: str | None = None
+    ) -> list[ReportRow]:
+        """Totals per slice per UTC bucket, by slice then time; every tier is included.
+
+        ``by="day"`` sums the hours still kept hourly, ``by="month"`` also the days, so
+        the totals are everything recorded within the retention. With ``since_s``, only
+        buckets that end after it (the bucket holding ``since_s`` is shown whole).
+        """
+        rows: list[ReportRow] = []
+        for name in sorted(self._slices):
+            if slice_name is not None and name != slice_name:
+                continue
+            for key, row in sorted(self._buckets(self._slices[name], by).items()):
+                start_s, end_s = _bounds(by, key)
+                if since_s is not None and end_s <= since_s:
+                    continue
+                rows.append(ReportRow(name, by, start_s, *row))
+        return rows
+
+    @staticmethod
+    def _buckets(sh: SliceHistory, by: Bucketing) -> dict[int, list[int]]:
+        if by == "hour":
+            return {hour: _as_day_row(row) for hour, row in sh.hours.items()}
+        if by not in ("day", "month"):
+            raise ValueError(f"history report by {by!r}: expected hour, day or month")
+        acc: dict[int, list[int]] = {}
+        if by == "month":
+            for month, row in sh.months.items():
+                _merge(acc, month, row)
+        for day, row in sh.days.items():
+            _merge(acc, day if by == "day" else _day_to_month(day), row)
+        for hour, row in sh.hours.items():
+            day = hour // 24
+            _merge(acc, day if by == "day" else _day_to_month(day), _as_day_row(row))
+        return acc
+
+
+def _bounds(by: Bucketing, key: int) -> tuple[int, int]:
+    if by == "hour":
+        return key * HOUR_S, (key + 1) * HOUR_S
+    if by == "day":
+        return key * DAY_S, (key + 1) * DAY_S
+    return _month_start_s(key), _month_start_s(key + 1)

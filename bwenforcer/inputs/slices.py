@@ -1,0 +1,362 @@
+"""Slice sources → one desired-slice model: the YAML slices file and the node-manager database.
+
+Rspec attributes keep their historic units: ``net_*_rate`` in kbit/s,
+``net_*_kbyte`` in KiB (``i2`` = exempt). A bad record is skipped with one logged
+error naming it (once per change of the slices file); the others proceed. A bad
+record that names a slice is reported as an :class:`InvalidRecord`: the planner
+keeps that slice as it was, if it has one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import pwd
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from bwenforcer.core.layout import (
+    DEFAULT_XID,
+    MAX_SHARE,
+    ROOT_XID,
+    TRAFFIC_CLASSES,
+    XID_MAX,
+    TrafficClass,
+    check_xid,
+)
+from bwenforcer.core.model import ClassPolicy, DesiredSet, DesiredSlice, InvalidRecord
+from bwenforcer.core.policy import class_cap_bps, class_limits, threshold_bytes
+from bwenforcer.core.settings import Config
+from bwenforcer.core.units import MAX_RATE_BPS, MAX_SIZE_BYTES, kbit_to_bps, kib_to_bytes
+from bwenforcer.errors import ConfigError, SliceError, UnsafePath
+from bwenforcer.files.atomic import check_dir, disk_full, read_own, replace_file
+from bwenforcer.inputs.slicename import shown
+from bwenforcer.inputs.yamltext import parse_yaml, read_bytes
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"(?:[a-z0-9]+_)?[a-z0-9_]{1,64}")  # whole name: fullmatch
+
+# rspec attribute of each (class, field)
+ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
+    "default": {
+        "min_rate": "net_min_rate",
+        "max_rate": "net_max_rate",
+        "limit": "net_max_kbyte",
+        "threshold": "net_thresh_kbyte",
+        "share": "net_share",
+    },
+    "exempt": {
+        "min_rate": "net_i2_min_rate",
+        "max_rate": "net_i2_max_rate",
+        "limit": "net_i2_max_kbyte",
+        "threshold": "net_i2_thresh_kbyte",
+        "share": "net_i2_share",
+    },
+}
+RSPEC_ATTRIBUTES = frozenset(a for attrs in ATTRIBUTES.values() for a in attrs.values())
+
+
+# Largest value of each rspec field, in its historic unit: the bounds of units.py
+# (10 Tbit/s, 2**60 bytes) and the config's largest share.
+_MAXIMUM = {
+    "min_rate": MAX_RATE_BPS // 1000,
+    "max_rate": MAX_RATE_BPS // 1000,
+    "limit": MAX_SIZE_BYTES // 1024,
+    "threshold": MAX_SIZE_BYTES // 1024,
+    "share": MAX_SHARE,
+}
+
+
+def _number(name: str, attribute: str, value: object, maximum: int) -> int:
+    if isinstance(value, bool):
+        raise SliceError(f"slice {name}: {attribute}: {value!r} is not a number")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise SliceError(f"slice {name}: {attribute}: {value!r} is not a number") from None
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise SliceError(f"slice {name}: {attribute}: {value!r} is not a number")
+    if value < 0:
+        raise SliceError(f"slice {name}: {attribute}: {value!r} is negative")
+    if value > maximum:
+        raise SliceError(f"slice {name}: {attribute}: {value!r} is above the maximum {maximum}")
+    return int(value)
+
+
+def resolve_policy(
+    name: str, rspec: Mapping[str, object], config: Config
+) -> tuple[ClassPolicy, ClassPolicy, dict[str, str]]:
+    """Both class policies of a slice from its rspec and the config defaults."""
+    origin: dict[str, str] = {}
+    policies: dict[TrafficClass, ClassPolicy] = {}
+    for tc in TRAFFIC_CLASSES:
+        attrs = ATTRIBUTES[tc]
+        base = config.defaults[tc]
+        cap = class_cap_bps(tc, config.node_cap_bps, config.bwmax_bps)
+
+        def given(field: str, attrs: dict[str, str] = attrs) -> int | None:
+            attribute = attrs[field]
+            present = attribute in rspec and rspec[attribute] is not None
+            origin[attribute] = "rspec" if present else "defaults"
+            if not present:
+                return None
+            return _number(name, attribute, rspec[attribute], _MAXIMUM[field])
+
+        limit_kib = given("limit")
+        limit = kib_to_bytes(limit_kib) if limit_kib is not None else base.limit_bytes
+        thresh_kib = given("threshold")
+        threshold = threshold_bytes(
+            limit,
+            None if thresh_kib is None else kib_to_bytes(thresh_kib),
+            base.threshold_bytes,
+            limit_given=limit_kib is not None,
+        )
+        max_kbit = given("max_rate")
+        max_rate = kbit_to_bps(max_kbit) if max_kbit is not None else (base.max_rate_bps or cap)
+        min_kbit = given("min_rate")
+        min_rate = kbit_to_bps(min_kbit) if min_kbit is not None else base.min_rate_bps
+        share_given = given("share")
+        min_rate, max_rate, share = class_limits(
+            min_rate, max_rate, base.share if share_given is None else share_given, cap
+        )
+        max_rate = max(config.bwmin_bps, max_rate)
+        policies[tc] = ClassPolicy(
+            limit_bytes=limit,
+            threshold_bytes=threshold,
+            min_rate_bps=max(config.bwmin_bps, min(min_rate, max_rate)),
+            max_rate_bps=max_rate,
+            share=share,
+        )
+    return policies["default"], policies["exempt"], origin
+
+
+_Resolved = tuple[ClassPolicy, ClassPolicy, dict[str, str]]
+
+
+def _slice(
+    name: object, xid: object, rspec: object, config: Config, resolved: dict[object, _Resolved]
+) -> DesiredSlice:
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise SliceError(f"slice name {shown(name)} is not [a-z0-9_]{{1,64}} after a site prefix")
+    if isinstance(xid, bool) or not isinstance(xid, int):
+        raise SliceError(f"slice {name}: xid {shown(xid)} is not a whole number")
+    try:
+        check_xid(xid)
+    except SliceError as exc:
+        raise SliceError(f"slice {name}: {exc}") from None
+    if xid in (ROOT_XID, DEFAULT_XID):
+        # their classes are the tree's own (1:1000 root's, 1:1fff the unclassified packets')
+        raise SliceError(
+            f"slice {name}: xid {xid} is the {'root' if xid == ROOT_XID else 'default'} class's,"
+            f" not a slice's (slice xids are 1..{XID_MAX})"
+        )
+    if rspec is None:
+        rspec = {}
+    if not isinstance(rspec, Mapping):
+        raise SliceError(f"slice {name}: rspec {rspec!r} is not a mapping")
+    # Thousands of slices share a handful of rspecs: each is resolved once, and its
+    # slices share its policy objects (the planner's per-policy work is then done
+    # once, and comparing them is an identity check). The value's type is part of
+    # the key: True == 1, but only one of them is a valid rate.
+    try:
+        key: object = frozenset((k, type(v), v) for k, v in rspec.items())
+        hit = resolved.get(key)
+    except TypeError:  # an unhashable value: resolve it (and report it) on its own
+        key, hit = None, None
+    if hit is None:
+        hit = resolve_policy(name, rspec, config)
+        if key is not None:
+            resolved[key] = hit
+    default, exempt, origin = hit
+    return DesiredSlice(name, xid, default, exempt, origin)
+
+
+# (label, name, xid, rspec, problem): problem, if not None, is why the record is refused
+_Entry = tuple[str, object, object, object, str | None]
+
+
+def _collect(
+    entries: list[_Entry], config: Config, where: str, log_errors: bool = True
+) -> DesiredSet:
+    """The desired set of ``entries``; with ``log_errors`` False, errors are only returned
+    (they were logged when these very entries were last read).
+    """
+    slices: list[DesiredSlice] = []
+    errors: list[str] = []
+    invalid: list[InvalidRecord] = []
+    names: set[str] = set()
+    xids: set[int] = set()
+    resolved: dict[object, _Resolved] = {}
+    for label, name, xid, rspec, problem in entries:
+        try:
+            if problem is not None:
+                raise SliceError(problem)
+            want = _slice(name, xid, rspec, config, resolved)
+            if want.name in names:
+                raise SliceError(f"slice {want.name}: defined twice")
+            if want.xid in xids:
+                raise SliceError(f"slice {want.name}: xid {want.xid} already used by another slice")
+        except SliceError as exc:
+            line = f"{where}: {label}: {exc}; skipped"
+            if log_errors:
+                log.error("%s", line)
+            errors.append(line)
+            if isinstance(name, str) and NAME.fullmatch(name):
+                valid_xid = isinstance(xid, int) and not isinstance(xid, bool)
+                invalid.append(InvalidRecord(name, xid if valid_xid else None, line))
+            continue
+        names.add(want.name)
+        xids.add(want.xid)
+        slices.append(want)
+    return DesiredSet(tuple(slices), errors=tuple(errors), invalid=tuple(invalid))
+
+
+CACHE_VERSION = (
+    2  # 2: YAML 1.2 booleans, duplicate keys refused (a version 1 cache may hold either)
+)
+
+
+def slices_cache_path(config: Config) -> str:
+    """Where the parsed slices file is kept, beside the state file."""
+    return f"{config.state_file}.slices-cache"
+
+
+def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> tuple[object, bool]:
+    """The parsed slices file, from the cache beside the state while the file's bytes
+    are the ones it was made from; and whether it was parsed (not from the cache:
+    the file is new or changed, so its errors are to be logged).
+
+    YAML is slow to parse in Python (~0.1 s at 4,000 slices, most of a cron run);
+    the cache is JSON, tagged with the file's SHA-256. It is written when the
+    file is parsed, if it can be (best effort: a cycle fails for it only on a
+    disk that cannot take a write, DiskFull), and only for data that JSON
+    carries unchanged; never with ``write_cache`` False (a dry run changes
+    nothing). A cache in a directory others could write (or one not safely
+    ours) is neither trusted nor written: the state lock refuses it anyway.
+    """
+    raw = read_bytes(path)
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        check_dir(os.path.dirname(os.path.abspath(cache_path)), "slices cache directory")
+    except UnsafePath as exc:
+        log.debug("slices cache not used: %s", exc)
+        return parse_yaml(raw, path), True
+    try:
+        cached = json.loads(read_own(cache_path, "slices cache"))
+        if cached["version"] == CACHE_VERSION and cached["sha256"] == digest:
+            return cached["data"], False
+    except (OSError, ValueError, KeyError, TypeError, UnsafePath):
+        pass  # no cache, or not one we can use: parse the file
+    data = parse_yaml(raw, path)
+    if not write_cache:
+        return data, True
+    try:
+        text = json.dumps({"version": CACHE_VERSION, "sha256": digest, "data": data})
+        if json.loads(text)["data"] != data:
+            return data, True  # dates, integer keys…: only YAML says what they are
+        replace_file(cache_path, text.encode())
+    except OSError as exc:
+        full = disk_full(exc, f"slices cache {cache_path}")
+        if full is not None:
+            raise full from exc
+        log.debug("slices cache %s not written: %s", cache_path, exc)
+    except (TypeError, ValueError) as exc:
+        log.debug("slices cache %s not written: %s", cache_path, exc)
+    return data, True
+
+
+def load_slices_file(path: str, config: Config, write_cache: bool = True) -> DesiredSet:
+    """The slices of a YAML slices file (``slices:`` a list of ``{name, xid, rspec}``);
+    ``write_cache`` False leaves the slices cache as it is (dry runs).
+    """
+    data, changed = _read_slices_data(path, slices_cache_path(config), write_cache)
+    if not isinstance(data, dict) or set(data) - {"slices"}:
+        raise ConfigError(f"{path}: expected a mapping with one key, 'slices'")
+    items = data.get("slices") or []
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: slices: expected a list")
+    entries: list[_Entry] = []
+    for index, item in enumerate(items):
+        label = f"slices[{index}]"
+        if not isinstance(item, dict):
+            entries.append((label, item, None, None, f"{shown(item)} is not a mapping"))
+            continue
+        name = item.get("name")
+        unknown = sorted(set(item) - {"name", "xid", "rspec"}, key=str)
+        problem = None
+        if unknown:
+            problem = (
+                f"slice {shown(name)}: unknown key {shown(unknown[0])} (keys: name, xid, rspec)"
+            )
+        entries.append(
+            (f"{label} ({shown(name)})", name, item.get("xid"), item.get("rspec"), problem)
+        )
+    return _collect(entries, config, path, log_errors=changed)
+
+
+def account_uid(name: str) -> int | None:
+    """The uid of the Unix account ``name`` (a slice's xid); None if there is none."""
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except (KeyError, ValueError):  # no such account; a name with a NUL byte
+        return None
+
+
+def _is_off(rate: object) -> bool:
+    """``net_max_rate`` -1 on the default record: the node manager turned limiting off."""
+    return rate is not None and str(rate).strip() in ("-1", "-1.0")
+
+
+def from_nodemanager_db(
+    db: Mapping[str, Any],
+    config: Config,
+    default_record: str = "pl_default",
+    uid_of: Callable[[str], int | None] = account_uid,
+    log_errors: bool = True,
+) -> DesiredSet:
+    """The slices of a PlanetLab node-manager database ``{name: {"name", "_rspec", …}}``.
+
+    As the historic bwmon: ``default_record`` (``<PLC_SLICE_PREFIX>_default``) is
+    no slice, its ``net_max_rate`` -1 turns limiting off; a record without
+    ``_rspec`` (not instantiated yet) and one whose name has no Unix account (the
+    xid is the account's uid; delegated slices have none yet) are skipped, listed
+    in ``skipped``. A record's own ``xid`` wins over the account lookup. With
+    ``log_errors`` False, bad records are returned, not logged.
+    """
+    entries: list[_Entry] = []
+    skipped: list[str] = []
+    for key, record in db.items():
+        if not isinstance(record, Mapping):
+            entries.append((f"record {shown(key)}", key, None, record, None))
+            continue
+        name = record.get("name", key)
+        if name == default_record:
+            rspec = record.get("rspec", record.get("_rspec"))
+            if isinstance(rspec, Mapping) and _is_off(rspec.get("net_max_rate")):
+                return DesiredSet((), limiting_off=True)
+            continue
+        if "_rspec" not in record:
+            skipped.append(f"slice {name}: no _rspec (not instantiated yet); skipped")
+            continue
+        xid = record.get("xid")
+        if xid is None and isinstance(name, str):
+            xid = uid_of(name)
+            if xid is None:
+                skipped.append(f"slice {shown(name)}: no account, so no xid (delegated?); skipped")
+                continue
+        rspec = record["_rspec"]
+        if isinstance(rspec, Mapping):
+            # the node manager's rspec also holds cpu, disk, sysctl and a dict of
+            # all tags: only the net_* attributes matter, and without the dict
+            # equal rspecs are recognised (and resolved once)
+            rspec = {k: v for k, v in rspec.items() if k in RSPEC_ATTRIBUTES}
+        entries.append((f"record {shown(name)}", name, xid, rspec, None))
+    desired = _collect(entries, config, "node manager database", log_errors)
+    return replace(desired, skipped=tuple(skipped)) if skipped else desired

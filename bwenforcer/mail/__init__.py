@@ -1,0 +1,1 @@
+"""Cap notices as e-mail and the transports that send them."""

@@ -1,0 +1,217 @@
+"""Cap notices as e-mail messages (docs/architecture.md "Slice lifecycle").
+
+Built with :class:`email.message.EmailMessage`, so no slice name or value can
+add a header: text with control (or other non-printable) characters is refused,
+every address is parsed and checked before it reaches a header, and every header
+value goes through the email package's folding and encoding.
+
+The body comes from a :class:`string.Template` file: the part above its
+``%%class%%`` line is the message, the part below is repeated once per capped
+class and stands in for ``$classes``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import string
+from dataclasses import dataclass
+from email.errors import MessageError
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+
+from bwenforcer.core.layout import DEFAULT_XID, ROOT_XID
+from bwenforcer.core.settings import MailConfig
+from bwenforcer.core.units import human_rate, human_size
+from bwenforcer.errors import ConfigError, Error, SliceError
+from bwenforcer.inputs.template import check_template, load_template, split_template
+
+# RFC 1123 labels (underscores tolerated: some container hosts use them).
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
+)
+# A slice name that can also tag the Message-ID (and so the spool file name).
+_MSGID_TAG = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
+_NAMED_ADDRESS = re.compile(r"^\s*(.*?)\s*<([^<>]*)>\s*$")
+
+
+@dataclass(frozen=True)
+class CappedClass:
+    """One capped traffic class, as the notice reports it."""
+
+    traffic_class: str  # "default" | "exempt"
+    used_bytes: int  # since the period start
+    limit_bytes: int
+    threshold_bytes: int
+    ceil_bps: int  # the new ceil
+    max_rate_bps: int  # the normal ceil
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What one mail tells a slice: the classes capped this period (one or two)."""
+
+    slice_name: str
+    xid: int
+    period_start_s: int
+    period_end_s: int
+    classes: tuple[CappedClass, ...]
+
+
+def _printable(what: str, value: str, error: type[Error] = SliceError) -> str:
+    # isprintable() is False for C0/C1 controls and for U+2028/U+2029, which some
+    # mail readers also take for line breaks.
+    if not value.isprintable():
+        raise error(
+            f"{what} {value!r} contains control characters (or other non-printable ones);"
+            " not mailed"
+        )
+    return value
+
+
+def _check_hostname(hostname: str) -> str:
+    _printable("hostname", hostname)
+    if not _HOSTNAME.match(hostname):
+        raise ConfigError(f"mail.hostname: {hostname!r} is not a DNS host name (set mail.hostname)")
+    return hostname.rstrip(".")
+
+
+def _address(text: str, where: str, display_name: str = "") -> Address:
+    """``text`` (``user@host`` or ``Name <user@host>``) as a checked Address."""
+    named = _NAMED_ADDRESS.match(text)
+    if named:
+        display_name, text = named.group(1).strip('"'), named.group(2)
+    _printable(where, display_name, ConfigError)
+    try:
+        return Address(display_name=display_name, addr_spec=text.strip())
+    except (ValueError, MessageError) as exc:
+        problem = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"{where}: {text!r} is not a mail address: {problem}") from None
+
+
+def _slice_alias(notice: Notice, mail: MailConfig) -> Address | None:
+    if mail.slice_address is None or notice.xid in (ROOT_XID, DEFAULT_XID):
+        return None
+    try:
+        alias = mail.slice_address.format(slice=notice.slice_name)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"mail.slice_address: {mail.slice_address!r} cannot be filled in:"
+            f" {type(exc).__name__} {exc}"
+        ) from None
+    try:
+        return _address(alias, "mail.slice_address")
+    except ConfigError as exc:
+        raise SliceError(f"slice {notice.slice_name!r}: no alias: {exc}") from None
+
+
+def _recipient_addresses(notice: Notice, mail: MailConfig) -> list[Address]:
+    _printable("slice name", notice.slice_name)
+    found = [_address(text, "mail.operators") for text in mail.operators]
+    alias = _slice_alias(notice, mail)
+    if alias is not None:
+        found.append(alias)
+    return found
+
+
+def recipients(notice: Notice, mail: MailConfig) -> list[str]:
+    """The operators, plus the slice's alias (none for the root and default slices).
+
+    Raises ConfigError for an operator that is not a mail address, SliceError for a
+    slice name that gives no valid alias.
+    """
+    return [str(address) for address in _recipient_addresses(notice, mail)]
+
+
+def _utc(ts: int) -> tuple[str, str]:
+    """ISO 8601 and a human form of an instant, both in UTC."""
+    when = dt.datetime.fromtimestamp(ts, dt.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ"), when.strftime("%a %d %b %Y %H:%M UTC")
+
+
+def render_body(notice: Notice, hostname: str, template: str) -> str:
+    """The plain-text body of a notice from a checked template."""
+    body, block = split_template(template)
+    until, until_human = _utc(notice.period_end_s)
+    blocks = [
+        string.Template(block or "").substitute(
+            traffic_class=c.traffic_class.capitalize(),
+            used=human_size(c.used_bytes),
+            limit=human_size(c.limit_bytes),
+            threshold=human_size(c.threshold_bytes),
+            remaining=human_size(max(0, c.limit_bytes - c.used_bytes)),
+            ceil=human_rate(c.ceil_bps),
+            max_rate=human_rate(c.max_rate_bps),
+            until=until,
+            until_human=until_human,
+        )
+        for c in notice.classes
+    ]
+    return string.Template(body).substitute(
+        slice=notice.slice_name,
+        xid=notice.xid,
+        hostname=hostname,
+        period_start=_utc(notice.period_start_s)[0],
+        period_end=until,
+        period_end_human=until_human,
+        classes="\n".join(blocks),
+    )
+
+
+def build_message(
+    notice: Notice, mail: MailConfig, hostname: str, now_s: int, template: str | None = None
+) -> EmailMessage:
+    """The complete notice mail, dated ``now_s``.
+
+    ``template`` is a text from :func:`load_template` (default: loaded here).
+    Raises SliceError for a slice name or hostname with control characters or a
+    slice name that gives no valid alias, ConfigError for a bad address, hostname or
+    template, or when there is nobody to mail.
+    """
+    name = _printable("slice name", notice.slice_name)
+    host = _check_hostname(hostname)
+    sender = _address(
+        mail.from_addr, "mail.from", _printable("mail.from_name", mail.from_name, ConfigError)
+    )
+    reply_to = (
+        _address(mail.reply_to, "mail.reply_to")
+        if mail.reply_to
+        else Address(addr_spec=sender.addr_spec)
+    )
+    to = _recipient_addresses(notice, mail)
+    if not to:
+        raise ConfigError(
+            f"mail: nobody to tell that slice {name} is capped"
+            " (no mail.operators and no slice alias)"
+        )
+    text = template if template is not None else load_template(mail)
+    check_template(text, mail.template or "mail template")
+
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Reply-To"] = reply_to
+    msg["Date"] = format_datetime(dt.datetime.fromtimestamp(now_s, dt.UTC))
+    tag = name if _MSGID_TAG.match(name) else None
+    msg["Message-ID"] = make_msgid(idstring=tag, domain=host)
+    classes = " and ".join(c.traffic_class for c in notice.classes)
+    msg["Subject"] = f"bwenforcer: slice {name} capped on {host}" + (
+        f" ({classes})" if classes else ""
+    )
+    body = render_body(notice, host, text)
+    # Plain 7bit reads best in a spool file or a terminal; anything else is quoted-
+    # printable, so no 8-bit data or over-long line meets a relay that cannot take it.
+    plain = body.isascii() and all(len(line) <= _MAX_LINE for line in body.splitlines())
+    msg.set_content(body, cte="7bit" if plain else "quoted-printable")
+    return msg
+
+
+def slice_tag(msg: EmailMessage) -> str | None:
+    """The slice name a notice's Message-ID carries, if any (for spool file names)."""
+    match = re.match(
+        r"^<\d+\.\d+\.\d+\.([A-Za-z0-9_-]{1,64})@", str(msg.get("Message-ID", "")).strip()
+    )
+    return match.group(1) if match else None

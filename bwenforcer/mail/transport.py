@@ -1,0 +1,308 @@
+"""Mail transports: SMTP, the local sendmail, a spool directory, or none.
+
+Every failure becomes one :class:`~bwenforcer.errors.DeliveryError` line naming
+the transport, its target and the reason; the cycle counts it and retries next
+cycle. The configured timeout is the time of a whole cycle's mail
+(:class:`MailBudget`): every wait of every message comes out of it, and once it
+is spent the messages left wait for the next cycle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import smtplib
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+from typing import NoReturn, Protocol
+
+from bwenforcer.core.settings import MailConfig
+from bwenforcer.errors import ConfigError, DeliveryError, MailDeadline, UnsafePath
+from bwenforcer.files.atomic import fsync_dir, make_dir, write_temp
+from bwenforcer.mail.notice import slice_tag
+
+log = logging.getLogger(__name__)
+
+
+class MailBudget:
+    """The time one cycle may spend on all its mail, shared by every message it sends.
+
+    It starts at the first :meth:`remaining_s`. A wait that timed out spent it: it
+    was given all that was left, and a server that stalled one message would stall
+    the next.
+    """
+
+    def __init__(self, total_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total_s = total_s
+        self._clock = clock
+        self._end_s: float | None = None
+        self.spent = False
+
+    def remaining_s(self) -> float:
+        """Seconds left; raise MailDeadline once none are."""
+        now_s = self._clock()
+        if self._end_s is None:
+            self._end_s = now_s + self.total_s
+        left_s = self._end_s - now_s
+        if self.spent or left_s <= 0:
+            self.spent = True
+            raise MailDeadline(f"the cycle's mail time ({self.total_s:g}s) is spent")
+        return left_s
+
+
+def cycle_budget(mail: MailConfig, clock: Callable[[], float] = time.monotonic) -> MailBudget:
+    """A cycle's time for mail: the configured transport timeout."""
+    return MailBudget(_timeout_s(mail), clock)
+
+
+class Transport(Protocol):
+    """Delivers one message or raises DeliveryError."""
+
+    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
+        """Deliver ``msg`` within ``budget`` (default: the timeout for this message alone);
+        raise DeliveryError (transport, target, reason) if it cannot, MailDeadline
+        without trying once the budget is spent.
+        """
+        ...
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError | subprocess.TimeoutExpired) or (
+        # smtplib reports a read timeout as a disconnect
+        isinstance(exc, smtplib.SMTPServerDisconnected)
+        and isinstance(exc.__context__, TimeoutError)
+    )
+
+
+def _reason(exc: BaseException, timeout_s: int) -> str:
+    """What went wrong, in one line."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        refused = ", ".join(
+            f"{rcpt} ({code} {_decode(text)})" for rcpt, (code, text) in exc.recipients.items()
+        )
+        return _one_line(f"all recipients refused: {refused or 'none given'}")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _one_line(f"{exc.smtp_code} {_decode(exc.smtp_error)}")
+    if _timed_out(exc):
+        return f"timed out after {timeout_s}s"
+    return _one_line(str(exc)) or type(exc).__name__
+
+
+def _timeout_s(mail: MailConfig) -> int:
+    # 0 would make smtplib's socket non-blocking, not "no wait"
+    return max(1, mail.smtp_timeout_s)
+
+
+def _failed(transport: str, target: str, msg: EmailMessage, reason: str) -> NoReturn:
+    log.warning(
+        "mail failed via %s %s: %s (to %s, subject %r)",
+        transport,
+        target,
+        reason,
+        msg["To"],
+        msg["Subject"],
+    )
+    raise DeliveryError(f"{transport} {target}: {reason}")
+
+
+def _delivered(transport: str, target: str, msg: EmailMessage) -> None:
+    log.info("mail delivered via %s %s to %s: %s", transport, target, msg["To"], msg["Subject"])
+
+
+class _BudgetedSMTP(smtplib.SMTP):
+    """An SMTP client whose every wait (connect, each reply, each send) gets what is
+    left of the budget, so a slow server cannot stretch it reply by reply.
+    """
+
+    def __init__(self, host: str, port: int, budget: MailBudget) -> None:
+        self._budget = budget
+        super().__init__(host, port, timeout=budget.remaining_s())
+
+    def _bound(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.settimeout(self._budget.remaining_s())
+            except MailDeadline:
+                raise TimeoutError("mail time spent") from None
+
+    def send(self, s: str | bytes) -> None:
+        """Send, waiting no longer than the budget allows."""
+        self._bound()
+        super().send(s)
+
+    def getreply(self) -> tuple[int, bytes]:
+        """Read a reply, waiting no longer than the budget allows."""
+        self._bound()
+        return super().getreply()
+
+
+class SmtpTransport:
+    """SMTP with optional STARTTLS (certificate checked) and login."""
+
+    def __init__(self, mail: MailConfig) -> None:
+        self.mail = mail
+        self.target = f"{mail.smtp_host}:{mail.smtp_port}"
+        self.timeout_s = _timeout_s(mail)
+
+    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
+        """Deliver over SMTP within ``budget``."""
+        mail = self.mail
+        budget = budget or MailBudget(self.timeout_s)
+        try:
+            client = _BudgetedSMTP(mail.smtp_host, mail.smtp_port, budget)
+        except (smtplib.SMTPException, OSError) as exc:
+            budget.spent = budget.spent or _timed_out(exc)
+            _failed("smtp", self.target, msg, _reason(exc, self.timeout_s))
+        try:
+            if mail.smtp_starttls:
+                client.starttls(context=ssl.create_default_context())
+            if mail.smtp_user:
+                client.login(mail.smtp_user, mail.smtp_password or "")
+            refused = client.send_message(msg)
+        except (smtplib.SMTPException, OSError) as exc:
+            client.close()
+            budget.spent = budget.spent or _timed_out(exc)
+            _failed("smtp", self.target, msg, _reason(exc, self.timeout_s))
+        except BaseException:
+            client.close()
+            raise
+        # The server has the message: a failing QUIT must not make it a failure
+        # (that would mail the slice again next cycle).
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError) as exc:
+            log.debug("smtp %s: QUIT failed after delivery: %s", self.target, exc)
+            client.close()
+        for rcpt, (code, text) in refused.items():
+            log.warning("smtp %s refused %s: %s %s", self.target, rcpt, code, _decode(text))
+        _delivered("smtp", self.target, msg)
+
+
+class SendmailTransport:
+    """The local MTA: ``sendmail -t -oi`` with the message on stdin."""
+
+    def __init__(self, mail: MailConfig) -> None:
+        self.mail = mail
+        self.timeout_s = _timeout_s(mail)
+
+    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
+        """Deliver through sendmail within ``budget``."""
+        path = self.mail.sendmail_path
+        budget = budget or MailBudget(self.timeout_s)
+        try:
+            proc = subprocess.run(
+                [path, "-t", "-oi"],
+                input=msg.as_bytes(policy=SMTP.clone(linesep="\n")),
+                capture_output=True,
+                timeout=budget.remaining_s(),
+                check=False,
+            )
+        except FileNotFoundError:
+            _failed("sendmail", path, msg, "not found")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            budget.spent = budget.spent or _timed_out(exc)
+            _failed("sendmail", path, msg, _reason(exc, self.timeout_s))
+        if proc.returncode != 0:
+            lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            said = _one_line(lines[0]) if lines else "no message"
+            status = (
+                f"killed by signal {-proc.returncode}"
+                if proc.returncode < 0
+                else f"exit {proc.returncode}"
+            )
+            _failed("sendmail", path, msg, f"{status}: {said}")
+        _delivered("sendmail", path, msg)
+
+
+class SpoolTransport:
+    """Complete ``.eml`` files (CRLF line ends, as on the wire) written atomically.
+
+    A spool directory others could write is refused (each mail fails, one line).
+    """
+
+    def __init__(self, mail: MailConfig) -> None:
+        self.directory = Path(mail.spool_dir)
+
+    def _name(self, msg: EmailMessage) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        ident = str(msg.get("Message-ID", "")) or msg.as_string()
+        digest = hashlib.sha256(ident.encode("utf-8", "replace")).hexdigest()[:12]
+        return f"{stamp}-{slice_tag(msg) or 'mail'}-{digest}.eml"
+
+    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
+        """Write the message into the spool directory (none once ``budget`` is spent)."""
+        if budget is not None:
+            budget.remaining_s()
+        target = str(self.directory)
+        try:
+            make_dir(target, "spool directory")
+            final = self.directory / self._name(msg)
+            # A reader of the spool sees a whole file or none: write aside (a new file,
+            # never through a symlink), then rename (replaces a symlink, never follows it).
+            tmp = write_temp(str(self.directory / ".tmp"), msg.as_bytes(policy=SMTP))
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            fsync_dir(target)
+        except UnsafePath as exc:
+            _failed("spool", target, msg, str(exc))
+        except OSError as exc:
+            _failed("spool", target, msg, exc.strerror or _reason(exc, 0))
+        _delivered("spool", str(final), msg)
+
+
+class NoTransport:
+    """Mail is off."""
+
+    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
+        """Drop the message."""
+        del budget
+        log.debug("mail off (transport none): not sending %r to %s", msg["Subject"], msg["To"])
+
+
+class DryRunTransport:
+    """Logs the whole message instead of sending it."""
+
+    def __init__(self, transport: str) -> None:
+        self.transport = transport
+
+    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
+        """Log the message at INFO."""
+        del budget
+        log.info(
+            "dry-run: would mail via %s to %s:\n%s", self.transport, msg["To"], msg.as_string()
+        )
+
+
+def make_transport(mail: MailConfig, dry_run: bool = False) -> Transport:
+    """The transport ``mail.transport`` names; with ``dry_run``, one that only logs."""
+    transports: dict[str, type[SmtpTransport | SendmailTransport | SpoolTransport]] = {
+        "smtp": SmtpTransport,
+        "sendmail": SendmailTransport,
+        "spool": SpoolTransport,
+    }
+    if mail.transport != "none" and mail.transport not in transports:
+        raise ConfigError(
+            f"mail.transport: {mail.transport!r} is not one of smtp, sendmail, spool, none"
+        )
+    if dry_run:
+        return DryRunTransport(mail.transport)
+    if mail.transport == "none":
+        return NoTransport()
+    return transports[mail.transport](mail)

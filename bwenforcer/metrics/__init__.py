@@ -1,0 +1,3 @@
+"""Prometheus metrics: the collector, the text exposition and textfile, the HTTP
+endpoint.
+"""

@@ -1,0 +1,295 @@
+"""Prometheus metrics built at scrape time from the latest cycle (no per-slice globals).
+
+:class:`AgentMetrics` is owned by whoever runs cycles (daemon, node-manager
+thread, a ``sync`` run); it keeps the cumulative counters and the last cycle's
+result, and is itself the collector registered with a private registry. This
+module holds the counters and the families made of them; the text format
+(written for the endpoint and the textfile, read back by a cron run) is
+:mod:`bwenforcer.metrics.exposition`, the HTTP endpoint :mod:`bwenforcer.metrics.server`.
+
+Only what Debian 12's prometheus-client (0.16) offers is used, so the packaged
+agent runs on the distribution's library; only :meth:`AgentMetrics.collect`
+and :meth:`AgentMetrics.registry` import it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bwenforcer.core.layout import TrafficClass
+from bwenforcer.core.model import ClassState
+from bwenforcer.cycle.run import CycleResult
+
+if TYPE_CHECKING:
+    from prometheus_client.core import CollectorRegistry, Metric
+
+# "skipped": another cycle held the state lock; "failed": the cycle raised
+CYCLE_RESULTS = ("ok", "partial", "dry-run", "failed", "skipped")
+# deferred: not tried, the cycle's time for mail was spent (retried next cycle)
+MAIL_RESULTS = ("sent", "failed", "deferred")
+DURATION_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+COUNTERS = (
+    ("classes_created", "HTB classes created"),
+    ("classes_changed", "HTB class rate changes sent"),
+    ("classes_removed", "HTB classes removed"),
+    ("orphans_removed", "HTB slice classes removed because no slice owned them"),
+    ("classes_adopted", "slice classes found without state and adopted"),
+    ("state_recoveries", "state files found unusable and recovered from the backup"),
+    ("cycle_errors", "cycles that failed with an error and were survived"),
+    ("slice_failures", "slice operations that failed (kernel or source)"),
+    ("resets", "operator resets of a slice's budget"),
+)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The metrics' values at one instant (copied under the lock), or counters read back."""
+
+    latest: CycleResult | None
+    counts: dict[str, float]
+    cycles: dict[str, float]
+    mails: dict[str, float]
+    buckets: list[int]  # hits per bucket of DURATION_BUCKETS_S and +Inf (not cumulative)
+    duration_sum_s: float
+    last_success_s: float
+
+
+def empty_snapshot() -> Snapshot:
+    """Every counter at zero, no cycle yet."""
+    return Snapshot(
+        None,
+        {name: 0 for name, _ in COUNTERS},
+        dict.fromkeys(CYCLE_RESULTS, 0),
+        dict.fromkeys(MAIL_RESULTS, 0),
+        [0] * (len(DURATION_BUCKETS_S) + 1),
+        0.0,
+        0.0,
+    )
+
+
+class AgentMetrics:
+    """Cumulative counters plus the latest cycle, exposed as a Prometheus collector."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        zero = empty_snapshot()
+        self._latest: CycleResult | None = None
+        self._counts = zero.counts
+        self._cycles = zero.cycles
+        self._mails = zero.mails
+        self._buckets = zero.buckets
+        self._duration_sum_s = 0.0
+        self._last_success_s = 0.0
+
+    def observe(self, result: CycleResult) -> None:
+        """Account one finished cycle."""
+        with self._lock:
+            self._latest = result
+            self._cycles[result.result] += 1
+            # `bwenforcer reset` runs as its own process: its count lives in the state file
+            self._counts["resets"] = max(self._counts["resets"], result.plan.state.resets)
+            index = next(
+                (i for i, b in enumerate(DURATION_BUCKETS_S) if result.duration_s <= b),
+                len(DURATION_BUCKETS_S),
+            )
+            self._buckets[index] += 1
+            self._duration_sum_s += result.duration_s
+            if result.recovered_from:
+                self._counts["state_recoveries"] += 1
+            self._counts["slice_failures"] += len(result.failures) + len(result.source_errors)
+            if result.outcome is not None:
+                counts = result.outcome.counts
+                self._counts["classes_created"] += counts.get("created", 0)
+                self._counts["classes_changed"] += counts.get("changed", 0)
+                self._counts["classes_removed"] += counts.get("removed", 0)
+                self._counts["orphans_removed"] += counts.get("orphans_removed", 0)
+                self._counts["classes_adopted"] += counts.get("adopted", 0)
+                self._mails["sent"] += result.outcome.mails_sent
+                self._mails["failed"] += result.outcome.mails_failed
+                self._mails["deferred"] += result.outcome.mails_deferred
+                if result.result == "ok":
+                    self._last_success_s = result.started_s + result.duration_s
+
+    def observe_error(self) -> None:
+        """Account a cycle that raised (and was survived)."""
+        with self._lock:
+            self._cycles["failed"] += 1
+            self._counts["cycle_errors"] += 1
+
+    def observe_skipped(self) -> None:
+        """Account a cycle skipped because another one held the state lock."""
+        with self._lock:
+            self._cycles["skipped"] += 1
+
+    def add(self, earlier: Snapshot) -> None:
+        """Carry the counters of an earlier run forward (see ``exposition.restore``).
+
+        A cron ``sync`` is a new process each time; without this its counters
+        would restart from zero at every run and never count anything.
+        """
+        with self._lock:
+            for mine, theirs in (
+                (self._counts, earlier.counts),
+                (self._cycles, earlier.cycles),
+                (self._mails, earlier.mails),
+            ):
+                for key, value in theirs.items():
+                    if key in mine:
+                        mine[key] += value
+            for i, hits in enumerate(earlier.buckets):
+                self._buckets[i] += hits
+            self._duration_sum_s += earlier.duration_sum_s
+            self._last_success_s = max(self._last_success_s, earlier.last_success_s)
+
+    def count(self, name: str, amount: float = 1) -> None:
+        """Add to one of the COUNTERS."""
+        with self._lock:
+            self._counts[name] += amount
+
+    def snapshot(self) -> Snapshot:
+        """Every value at this instant (what one scrape or textfile shows)."""
+        with self._lock:
+            return Snapshot(
+                self._latest,
+                dict(self._counts),
+                dict(self._cycles),
+                dict(self._mails),
+                list(self._buckets),
+                self._duration_sum_s,
+                self._last_success_s,
+            )
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus Collector protocol: families from the latest snapshot.
+
+        For a registry of the embedding program's own; the endpoint and the
+        textfile are written by ``exposition.exposition_parts`` (the same samples).
+        """
+        from prometheus_client.core import GaugeMetricFamily, Metric
+        from prometheus_client.utils import floatToGoString
+
+        snap = self.snapshot()
+        samples = list(slice_samples(snap.latest))
+        for index, (name, text) in enumerate(SLICE_GAUGES):
+            family = GaugeMetricFamily(
+                f"bwenforcer_slice_{name}",
+                f"{text}, per slice and class",
+                labels=["slice", "xid", "class"],
+            )
+            for slice_name, xid, tc, values in samples:
+                family.add_metric([slice_name, xid, tc], values[index])
+            yield family
+        for name, kind, text, cycle_samples in cycle_families(snap):
+            metric = Metric(name, text, kind)
+            for sample_name, labels, value in cycle_samples:
+                metric.add_sample(
+                    sample_name,
+                    {k: v if isinstance(v, str) else floatToGoString(v) for k, v in labels},
+                    value,
+                )
+            yield metric
+
+    def registry(self) -> CollectorRegistry:
+        """A private registry holding only this collector."""
+        from prometheus_client.core import CollectorRegistry
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)  # type: ignore[arg-type]
+        return registry
+
+
+# A sample: its name, its labels (a histogram's bound ``le`` as a number), its value.
+Sample = tuple[str, tuple[tuple[str, str | float], ...], float]
+
+
+def cycle_families(snap: Snapshot) -> Iterator[tuple[str, str, str, list[Sample]]]:
+    """``(name, type, help, samples)`` of every family but the per-slice gauges."""
+    histogram = "bwenforcer_cycle_duration_seconds"
+    samples: list[Sample] = []
+    running = 0
+    for bound, hits in zip((*DURATION_BUCKETS_S, float("inf")), snap.buckets, strict=True):
+        running += hits
+        samples.append((f"{histogram}_bucket", (("le", bound),), running))
+    samples.append((f"{histogram}_count", (), running))
+    samples.append((f"{histogram}_sum", (), snap.duration_sum_s))
+    yield histogram, "histogram", "Wall time of one enforcement cycle", samples
+    yield (
+        "bwenforcer_cycles",
+        "counter",
+        "Enforcement cycles by result",
+        [("bwenforcer_cycles_total", (("result", r),), v) for r, v in snap.cycles.items()],
+    )
+    yield (
+        "bwenforcer_notifications",
+        "counter",
+        "Cap notifications by result",
+        [("bwenforcer_notifications_total", (("result", r),), v) for r, v in snap.mails.items()],
+    )
+    for name, text in COUNTERS:
+        total = f"bwenforcer_{name}_total"
+        yield f"bwenforcer_{name}", "counter", text, [(total, (), snap.counts[name])]
+    yield (
+        "bwenforcer_last_success_timestamp_seconds",
+        "gauge",
+        "When the last fully successful cycle ended (Unix time)",
+        [("bwenforcer_last_success_timestamp_seconds", (), snap.last_success_s)],
+    )
+    latest = snap.latest
+    live = len(latest.plan.live) if latest else 0
+    ledger = len(latest.plan.state.ledger) if latest else 0
+    yield (
+        "bwenforcer_slices",
+        "gauge",
+        "Slices by state",
+        [
+            ("bwenforcer_slices", (("state", "live"),), live),
+            ("bwenforcer_slices", (("state", "ledger"),), ledger),
+        ],
+    )
+
+
+# The per-slice gauges, in the order of the values of slice_samples.
+SLICE_GAUGES = (
+    ("used_bytes", "Bytes sent this period"),
+    ("limit_bytes", "Byte budget of the period"),
+    ("threshold_bytes", "Usage from which the class is capped"),
+    # promtool insists on the base unit: the ceil in bytes/s (bit/s ÷ 8)
+    ("ceil_bytes_per_second", "Current HTB ceil"),
+    ("capped", "1 when the class is capped"),
+    ("period_start_timestamp_seconds", "Start of the recording period (Unix time)"),
+    ("period_end_timestamp_seconds", "End of the recording period (Unix time)"),
+)
+
+
+def slice_samples(
+    latest: CycleResult | None,
+) -> Iterator[tuple[str, str, TrafficClass, tuple[float, ...]]]:
+    """``(slice, xid, class, values of SLICE_GAUGES)`` of every class of the latest cycle.
+
+    Read off the planned slice states (what the plan's lines are made of), so no
+    line objects are built for it.
+    """
+    if latest is None:
+        return
+    for planned in latest.plan.live:
+        st = planned.state
+        xid = str(st.xid)
+        classes: tuple[tuple[TrafficClass, ClassState], ...] = (
+            ("default", st.default),
+            ("exempt", st.exempt),
+        )
+        for tc, cs in classes:
+            policy = cs.policy
+            values = (
+                cs.used_bytes,
+                policy.limit_bytes,
+                policy.threshold_bytes,
+                cs.ceil_bps / 8,
+                1 if cs.capped else 0,
+                st.period_start_s,
+                st.period_end_s,
+            )
+            yield st.name, xid, tc, values

@@ -1,0 +1,3 @@
+"""How the cycle is run: the runner shared by the daemon and the node-manager
+thread, the daemon, the demo.
+"""

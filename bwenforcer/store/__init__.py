@@ -1,0 +1,1 @@
+"""The state file: its schema, codec and store; the legacy bwmon import."""

@@ -1,0 +1,208 @@
+"""The state file's shape, written once: the field table, the schema version, migrations.
+
+Every other description of the state is derived from the tables below: the key
+sets and decoders and the hand encoder of :mod:`bwenforcer.store.codec`, the dict
+form of ``state show --json``, the slice objects of ``sync --json``
+(:mod:`bwenforcer.views.plan`), and docs/state-format.md's key table (a test
+compares them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bwenforcer import __version__
+from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
+from bwenforcer.errors import StateCorrupt, StateTooNew
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+WRITER = f"bwenforcer {__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One key of a state file object and where its value lives in the model."""
+
+    key: str  # the key in the state file
+    attr: str  # attribute path on the model object ("policy.share"); "" for file-only keys
+    kind: str  # a key of KINDS, or a nested object: slices, ledger, slice, classes
+    unit: str = ""  # as docs/state-format.md writes it
+    view: str = ""  # the key printed by --json commands, when not ``key`` (README "JSON keys")
+    max: int | None = None  # upper bound of an integer
+    after: str = ""  # key of a field of the same object this one must not be below
+
+
+# kind -> (check of a value ``v`` as a Python expression, the one-line problem if it fails).
+# The strict and the fast decoder both use these expressions.
+KINDS: Mapping[str, tuple[str, str]] = {
+    "uint": ("type(v) is int and v >= 0", "expected a non-negative integer"),
+    "bool": ("type(v) is bool", "expected true or false"),
+    "str": ("type(v) is str", "expected a string"),
+    "name": ("type(v) is str and v != ''", "expected a non-empty string"),
+}
+
+TOP: tuple[Field, ...] = (
+    Field("schema_version", "", "version"),
+    Field("saved_at", "saved_s", "uint", "Unix s"),
+    Field("writer", "", "str"),
+    Field("slices", "slices", "slices"),  # str(xid) -> SLICE
+    Field("ledger", "ledger", "ledger"),  # slice name -> LEDGER_ENTRY
+    Field("resets", "resets", "uint", "count"),
+)
+LEDGER_ENTRY: tuple[Field, ...] = (
+    Field("died_at", "died_s", "uint", "Unix s"),
+    Field("slice", "slice", "slice"),
+)
+SLICE: tuple[Field, ...] = (
+    Field("name", "name", "name"),
+    Field("xid", "xid", "uint", max=DEFAULT_XID),
+    Field("period_start", "period_start_s", "uint", "Unix s"),
+    Field("period_end", "period_end_s", "uint", "Unix s", after="period_start"),
+    Field("classes", "", "classes"),  # {traffic class: CLASS}, one attribute per class
+)
+# ClassState; ``policy.*`` fields (its ClassPolicy) come last: the encoder keeps their text.
+CLASS: tuple[Field, ...] = (
+    Field("used_bytes", "used_bytes", "uint", "bytes"),
+    Field("last_counter_bytes", "last_counter_bytes", "uint", "bytes"),
+    Field("ceil_bps", "ceil_bps", "uint", "bit/s", view="ceil"),
+    Field("capped", "capped", "bool"),
+    Field("notified", "notified", "bool"),
+    Field("limit_bytes", "policy.limit_bytes", "uint", "bytes"),
+    Field("threshold_bytes", "policy.threshold_bytes", "uint", "bytes"),
+    Field("min_rate_bps", "policy.min_rate_bps", "uint", "bit/s", view="min_rate"),
+    Field("max_rate_bps", "policy.max_rate_bps", "uint", "bit/s", view="max_rate"),
+    Field("share", "policy.share", "uint"),
+)
+
+TOP_KEYS = frozenset(f.key for f in TOP)
+LEDGER_KEYS = frozenset(f.key for f in LEDGER_ENTRY)
+SLICE_KEYS = frozenset(f.key for f in SLICE)
+CLASSES_KEYS = frozenset(TRAFFIC_CLASSES)
+CLASS_KEYS = frozenset(f.key for f in CLASS)
+
+# A model attribute's name -> the key --json commands print for it.
+_VIEW_KEYS: Mapping[str, str] = {
+    f.attr.rpartition(".")[2]: f.view or f.key
+    for f in (*TOP, *LEDGER_ENTRY, *SLICE, *CLASS)
+    if f.attr
+}
+# The state file's class keys -> the --json keys, where they differ (``state show --json``).
+CLASS_VIEW_KEYS: Mapping[str, str] = {f.key: f.view for f in CLASS if f.view}
+
+
+def json_key(attr: str) -> str:
+    """The --json key of a dataclass field: the state table's, else rates without ``_bps``."""
+    found = _VIEW_KEYS.get(attr)
+    if found is not None:
+        return found
+    return attr.removesuffix("_bps")  # README "JSON keys": rates in bit/s carry no suffix
+
+
+def dict_maker(
+    name: str, items: Iterable[tuple[str, str]], scope: Mapping[str, Any] | None = None
+) -> Callable[[Any], dict[str, Any]]:
+    """A function ``o -> {key: <expression>, …}`` for (key, Python expression over ``o``)
+    items, compiled once (exec) so that it costs what a hand-written dict display costs.
+    ``scope``: the names the expressions use.
+    """
+    env = dict(scope or {})
+    body = ", ".join(f"{key!r}: {expr}" for key, expr in items)
+    exec(f"def {name}(o):\n    return {{{body}}}", env)
+    return env[name]  # type: ignore[no-any-return]
+
+
+def class_dict_maker(name: str) -> Callable[[Any], dict[str, Any]]:
+    """The dict form of a ClassState, keyed as in the state file."""
+    return dict_maker(name, ((f.key, f"o.{f.attr}") for f in CLASS))
+
+
+def slice_dict_maker(
+    name: str, class_dict: Callable[[Any], dict[str, Any]], *, view: bool = False
+) -> Callable[[Any], dict[str, Any]]:
+    """The dict form of a slice (a SliceState, or anything with its attributes) with its
+    classes made by ``class_dict``; with ``view``, keyed as --json commands print it.
+    """
+    items = []
+    for f in SLICE:
+        if f.kind == "classes":
+            classes = ", ".join(f"{tc!r}: _class(o.{tc})" for tc in TRAFFIC_CLASSES)
+            items.append((f.key, f"{{{classes}}}"))
+        else:
+            items.append(((f.view or f.key) if view else f.key, f"o.{f.attr}"))
+    return dict_maker(name, items, {"_class": class_dict})
+
+
+def corrupt(source: str, path: str, problem: str) -> StateCorrupt:
+    """StateCorrupt naming the file, the JSON path of the problem (if any) and the problem."""
+    return StateCorrupt(f"{source}: {path}: {problem}" if path else f"{source}: {problem}")
+
+
+# --- migrations ---------------------------------------------------------------------------
+
+
+def _v0_class(value: object) -> object:
+    if not isinstance(value, dict):
+        return value
+    renamed = {"bytes_used": "used_bytes", "last_counter": "last_counter_bytes"}
+    return {renamed.get(k, k): v for k, v in value.items()}
+
+
+def _v0_slice(value: object) -> object:
+    if not isinstance(value, dict) or not isinstance(value.get("classes"), dict):
+        return value
+    return {**value, "classes": {tc: _v0_class(c) for tc, c in value["classes"].items()}}
+
+
+def _v0_to_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 0 (pre-release): no ``writer``; classes had ``bytes_used`` and ``last_counter``.
+
+    Malformed parts are passed through untouched: validation after migration names them.
+    """
+    out = {**data, "schema_version": 1}
+    out.setdefault("writer", "bwenforcer (schema 0)")
+    slices = data.get("slices")
+    if isinstance(slices, dict):
+        out["slices"] = {xid: _v0_slice(st) for xid, st in slices.items()}
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict):
+        out["ledger"] = {
+            name: {**e, "slice": _v0_slice(e.get("slice"))} if isinstance(e, dict) else e
+            for name, e in ledger.items()
+        }
+    return out
+
+
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 had no count of operator resets: none were counted."""
+    return {**data, "schema_version": 2, "resets": 0}
+
+
+# version N → a function turning a schema-N object into a schema-(N+1) object
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _v0_to_v1, 1: _v1_to_v2}
+
+
+def migrate(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``data`` (a parsed state file) brought to SCHEMA_VERSION, each step logged.
+
+    Raises StateCorrupt for a missing or unknown version, StateTooNew for a newer one.
+    """
+    version = data.get("schema_version")
+    if type(version) is not int:
+        raise corrupt(source, "schema_version", "expected an integer")
+    if version > SCHEMA_VERSION:
+        raise StateTooNew(
+            f"{source}: schema_version {version} is newer than this bwenforcer reads"
+            f" ({SCHEMA_VERSION}); refusing to use or overwrite it"
+        )
+    if version < min(MIGRATIONS, default=SCHEMA_VERSION):
+        raise corrupt(source, "schema_version", f"unknown version {version}")
+    while version < SCHEMA_VERSION:
+        data = MIGRATIONS[version](data)
+        version += 1
+        log.info("%s: migrated state to schema_version %d", source, version)
+    return data

@@ -1,0 +1,94 @@
+"""The ``reset`` verb's pure part: forgive a live slice's usage and lift its caps now.
+
+:func:`forgive` gives the state to save and the kernel changes to apply;
+:func:`reset_line` is the operator's WARNING log line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bwenforcer.core.layout import TRAFFIC_CLASSES, TrafficClass
+from bwenforcer.core.model import ClassOp, ClassRates, ClassState, KernelSnapshot, SliceState, State
+from bwenforcer.core.policy import class_cap_bps, uncapped_rates
+from bwenforcer.core.units import human_size
+from bwenforcer.views.status import ceil_text, last_applied_bps
+
+
+@dataclass(frozen=True)
+class Forgiven:
+    """A reset slice: the state to save and the kernel changes that lift its caps now."""
+
+    state: State
+    slice: SliceState
+    ops: tuple[ClassOp, ...]
+
+
+def lifted_rates(cs: ClassState, cap_bps: int, bwmin_bps: int) -> ClassRates:
+    """The rates of an uncapped class, as a cycle would set them."""
+    policy = cs.policy
+    return ClassRates(
+        *uncapped_rates(policy.min_rate_bps, policy.max_rate_bps, policy.share, cap_bps, bwmin_bps)
+    )
+
+
+def forgive(
+    state: State,
+    xid: int,
+    classes: Iterable[TrafficClass],
+    snapshot: KernelSnapshot | None,
+    bwmin_bps: int,
+) -> Forgiven:
+    """Reset the budget of a live slice's classes now; its period is kept.
+
+    Usage goes to 0 from the kernel's current counter (or the last counter seen
+    when there is no snapshot), so bytes sent before the reset are never counted;
+    caps and notified flags are cleared. With a snapshot, the classes that are
+    capped in the kernel get their ceil lifted (the ops to apply).
+    """
+    st = state.slices[xid]
+    kernel = None if snapshot is None else snapshot.slices.get(xid)
+    caps = (
+        {}
+        if snapshot is None
+        else {tc: class_cap_bps(tc, snapshot.cap_bps, snapshot.bwmax_bps) for tc in TRAFFIC_CLASSES}
+    )
+    new: dict[TrafficClass, ClassState] = {}
+    ops: list[ClassOp] = []
+    for tc in dict.fromkeys(classes):
+        cs = st.cls(tc)
+        kc = None if kernel is None else kernel.cls(tc)
+        counter = cs.last_counter_bytes if kc is None else kc.bytes
+        cs = dataclasses.replace(
+            cs, used_bytes=0, last_counter_bytes=counter, capped=False, notified=False
+        )
+        if kc is not None:
+            lifted = lifted_rates(cs, caps[tc], bwmin_bps)
+            if kc.rates != lifted:
+                ops.append(ClassOp("change", xid, tc, lifted))
+            cs = dataclasses.replace(cs, ceil_bps=lifted.max_rate_bps)
+        new[tc] = cs
+    reset = dataclasses.replace(
+        st, default=new.get("default", st.default), exempt=new.get("exempt", st.exempt)
+    )
+    slices = dict(state.slices)
+    slices[xid] = reset
+    forgiven = dataclasses.replace(state, slices=slices, resets=state.resets + 1)
+    return Forgiven(forgiven, reset, tuple(ops))
+
+
+def reset_line(user: str, before: SliceState, after: SliceState, classes: Iterable[str]) -> str:
+    """The WARNING logged for a reset: who, which slice, and what was forgiven."""
+    parts = []
+    for tc in dict.fromkeys(classes):
+        old, new = before.cls(tc), after.cls(tc)
+        old_ceil, new_ceil = ceil_text(last_applied_bps(old)), ceil_text(last_applied_bps(new))
+        ceil = ""
+        if old_ceil != new_ceil:
+            ceil = f", ceil {old_ceil} → {new_ceil}"
+        elif old.capped:
+            ceil = f", ceil {old_ceil} until the next cycle"
+        parts.append(f"{tc} used {human_size(old.used_bytes)} → 0{ceil}")
+    return f"reset by operator {user}: slice {after.name} xid {after.xid}: " + "; ".join(parts)

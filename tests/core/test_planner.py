@@ -1,0 +1,384 @@
+"""Planner: one test per lifecycle case of docs/architecture.md, and per historic defect."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bwenforcer.core.model import ClassRates, LedgerEntry, State
+from bwenforcer.core.plan import (
+    Adopt,
+    CreateClass,
+    MoveToLedger,
+    NewPeriod,
+    Notify,
+    PurgeLedger,
+    RemoveClasses,
+    Revive,
+    SetRates,
+)
+from bwenforcer.core.planner import mark_notified, plan
+from tests.planner_data import (
+    BWMAX_BPS,
+    BWMIN_BPS,
+    CAP_BPS,
+    PARAMS,
+    PERIOD_S,
+    T0,
+    desired,
+    kslice,
+    snapshot,
+    want,
+)
+
+
+def kinds(p) -> list[str]:
+    return [type(a).__name__ for a in p.actions]
+
+
+def first_cycle(*slices, kernel=()):
+    return plan(desired(*slices), snapshot(*kernel), State(), PARAMS, T0)
+
+
+def test_new_slice_gets_classes_fresh_usage_and_a_period_from_now() -> None:
+    p = first_cycle(want("pl_a", 10))
+    assert kinds(p) == ["CreateClass", "CreateClass"]
+    creates = [a for a in p.actions if isinstance(a, CreateClass)]
+    assert {a.traffic_class for a in creates} == {"default", "exempt"}
+    assert creates[0].rates == ClassRates(BWMIN_BPS, CAP_BPS, 1)
+    assert creates[1].rates == ClassRates(BWMIN_BPS, BWMAX_BPS, 1)
+    st = p.state.slices[10]
+    assert (st.period_start_s, st.period_end_s) == (T0, T0 + PERIOD_S)
+    assert st.default.used_bytes == 0 and st.default.last_counter_bytes == 0
+
+
+def test_adopt_class_without_state_counts_from_current_counter() -> None:
+    p = first_cycle(want("pl_a", 10), kernel=[kslice(10, 5_000_000, 7)])
+    assert Adopt("pl_a", 10) in p.actions
+    assert not any(isinstance(a, CreateClass) for a in p.actions)
+    st = p.state.slices[10]
+    assert st.default.used_bytes == 0
+    assert st.default.last_counter_bytes == 5_000_000
+    assert st.exempt.last_counter_bytes == 7
+
+
+def test_usage_accumulates_from_counter_deltas() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10, 100)])
+    p2 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 400, 50)), p1.state, PARAMS, T0 + 300)
+    assert p2.state.slices[10].default.used_bytes == 300
+    assert p2.state.slices[10].exempt.used_bytes == 50
+    assert p2.lines[0].default.delta_bytes == 300
+    assert p2.actions == ()  # nothing to change
+
+
+def test_recreate_state_without_class_keeps_usage_and_period() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10, 0)])
+    p2 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 600_000)), p1.state, PARAMS, T0 + 60)
+    # tree wiped (reboot): no classes at all
+    p3 = plan(desired(want("pl_a", 10)), snapshot(), p2.state, PARAMS, T0 + 120)
+    assert [a.reason for a in p3.actions if isinstance(a, CreateClass)] == ["recreate", "recreate"]
+    st = p3.state.slices[10]
+    assert st.default.used_bytes == 600_000
+    assert st.default.last_counter_bytes == 0
+    assert st.period_start_s == T0
+    # new class counts from 0
+    p4 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 1000)), p3.state, PARAMS, T0 + 180)
+    assert p4.state.slices[10].default.used_bytes == 601_000
+
+
+def test_dead_slice_goes_to_ledger_and_its_classes_are_removed() -> None:
+    p1 = first_cycle(want("pl_a", 10), want("pl_b", 11), kernel=[kslice(10), kslice(11)])
+    p2 = plan(
+        desired(want("pl_b", 11)), snapshot(kslice(10, 5000), kslice(11)), p1.state, PARAMS, T0 + 60
+    )
+    assert MoveToLedger("pl_a", 10) in p2.actions
+    assert RemoveClasses("pl_a", 10, "dead") in p2.actions
+    assert 10 not in p2.state.slices
+    entry = p2.state.ledger["pl_a"]
+    assert entry.slice.default.used_bytes == 5000  # last delta counted before death
+    assert entry.died_s == T0 + 60
+    assert entry.expires_s == T0 + PERIOD_S
+
+
+def test_revive_from_ledger_keeps_usage_period_and_flags_whatever_the_new_xid() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    p2 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 900_000)), p1.state, PARAMS, T0 + 60)
+    p2 = dataclasses.replace(p2, state=mark_notified(p2.state, {10: ["default"]}))
+    p3 = plan(desired(), snapshot(kslice(10, 900_000)), p2.state, PARAMS, T0 + 120)
+    assert "pl_a" in p3.state.ledger
+    p4 = plan(desired(want("pl_a", 42)), snapshot(), p3.state, PARAMS, T0 + 180)
+    assert Revive("pl_a", 42, 10) in p4.actions
+    st = p4.state.slices[42]
+    assert st.default.used_bytes == 900_000
+    assert st.period_start_s == T0 and st.period_end_s == T0 + PERIOD_S
+    assert st.default.notified is True
+    assert "pl_a" not in p4.state.ledger
+    assert not any(isinstance(a, Notify) for a in p4.actions)  # already told this period
+
+
+def test_ledger_entry_expires_with_its_period() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    p2 = plan(desired(), snapshot(kslice(10)), p1.state, PARAMS, T0 + 60)
+    p3 = plan(desired(), snapshot(), p2.state, PARAMS, T0 + PERIOD_S - 1)
+    assert "pl_a" in p3.state.ledger
+    p4 = plan(desired(), snapshot(), p3.state, PARAMS, T0 + PERIOD_S)
+    assert PurgeLedger("pl_a") in p4.actions
+    assert p4.state.ledger == {}
+
+
+def test_orphan_class_is_removed_but_tree_slices_are_not() -> None:
+    p = first_cycle(kernel=[kslice(77), kslice(0), kslice(0xFFF)])
+    assert [a for a in p.actions if isinstance(a, RemoveClasses)] == [
+        RemoveClasses(None, 77, "orphan")
+    ]
+
+
+def test_period_end_resets_usage_lifts_caps_and_clears_notified() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    p2 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 950_000)), p1.state, PARAMS, T0 + 3600)
+    assert p2.state.slices[10].default.capped
+    p2s = mark_notified(p2.state, {10: ["default"]})
+    capped_rate = p2.state.slices[10].default.ceil_bps
+    p3 = plan(
+        desired(want("pl_a", 10)),
+        snapshot(kslice(10, 960_000, max_rate=capped_rate)),
+        p2s,
+        PARAMS,
+        T0 + PERIOD_S + 5,
+    )
+    assert NewPeriod("pl_a", 10, T0 + PERIOD_S, T0 + 2 * PERIOD_S) in p3.actions
+    st = p3.state.slices[10]
+    assert st.default.used_bytes == 0 and not st.default.capped and not st.default.notified
+    assert (
+        SetRates(
+            "pl_a",
+            10,
+            "default",
+            ClassRates(BWMIN_BPS, capped_rate, 1),
+            ClassRates(BWMIN_BPS, CAP_BPS, 1),
+        )
+        in p3.actions
+    )
+
+
+def test_rolling_period_keeps_its_phase_after_downtime() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    p2 = plan(
+        desired(want("pl_a", 10)), snapshot(kslice(10)), p1.state, PARAMS, T0 + 3 * PERIOD_S + 7
+    )
+    st = p2.state.slices[10]
+    assert (st.period_start_s, st.period_end_s) == (T0 + 3 * PERIOD_S, T0 + 4 * PERIOD_S)
+
+
+def test_counter_going_backwards_keeps_usage() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10, 0)])
+    p2 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 500_000)), p1.state, PARAMS, T0 + 60)
+    p3 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 1_000)), p2.state, PARAMS, T0 + 120)
+    assert p3.state.slices[10].default.used_bytes == 501_000
+    assert p3.state.slices[10].period_start_s == T0  # not a new period (historic defect)
+
+
+def test_off_switch_removes_every_slice_class_and_does_nothing_else() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    p2 = plan(
+        desired(want("pl_a", 10), off=True),
+        snapshot(kslice(10), kslice(0), kslice(0xFFF)),
+        p1.state,
+        PARAMS,
+        T0 + 60,
+    )
+    assert p2.limiting_off
+    assert p2.actions == (RemoveClasses(None, 10, "limiting off"),)
+    assert p2.state == p1.state
+
+
+def test_threshold_crossing_caps_with_the_formula_and_notifies_once() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    now = T0 + 43_200  # half the period left
+    p2 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 820_000)), p1.state, PARAMS, now)
+    change = next(a for a in p2.actions if isinstance(a, SetRates))
+    expected = ((1_000_000 - 820_000) * 8 // 43_200) // 8 * 8
+    expected = max(expected, BWMIN_BPS)
+    assert change.new.max_rate_bps == expected
+    assert Notify("pl_a", 10, ("default",)) in p2.actions
+    notified = mark_notified(p2.state, {10: ["default"]})
+    p3 = plan(
+        desired(want("pl_a", 10)),
+        snapshot(kslice(10, 830_000, max_rate=change.new.max_rate_bps)),
+        notified,
+        PARAMS,
+        now + 60,
+    )
+    assert not any(isinstance(a, Notify) for a in p3.actions)
+
+
+def test_both_classes_capped_in_one_cycle_give_one_notify_with_both() -> None:
+    # historic defect: capped += True made the flag 2 and no mail was sent at all
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    p2 = plan(
+        desired(want("pl_a", 10)),
+        snapshot(kslice(10, 900_000, 2_900_000)),
+        p1.state,
+        PARAMS,
+        T0 + 60,
+    )
+    notifies = [a for a in p2.actions if isinstance(a, Notify)]
+    assert notifies == [Notify("pl_a", 10, ("default", "exempt"))]
+
+
+def test_class_capped_later_in_period_notifies_for_that_class_only() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    p2 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 900_000)), p1.state, PARAMS, T0 + 60)
+    s2 = mark_notified(p2.state, {10: ["default"]})
+    p3 = plan(
+        desired(want("pl_a", 10)), snapshot(kslice(10, 900_000, 2_900_000)), s2, PARAMS, T0 + 120
+    )
+    assert [a for a in p3.actions if isinstance(a, Notify)] == [Notify("pl_a", 10, ("exempt",))]
+
+
+def test_over_limit_and_end_of_period_give_min_rate_never_zero_or_negative() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    p2 = plan(
+        desired(want("pl_a", 10)),
+        snapshot(kslice(10, 5_000_000)),
+        p1.state,
+        PARAMS,
+        T0 + PERIOD_S - 1,
+    )
+    assert p2.state.slices[10].default.ceil_bps == BWMIN_BPS
+
+
+def test_min_rate_is_at_most_a_quarter_of_the_cap() -> None:
+    greedy = dataclasses.replace(
+        want("pl_a", 10),
+        default=dataclasses.replace(want("pl_a", 10).default, min_rate_bps=CAP_BPS),
+    )
+    p = first_cycle(greedy)
+    create = next(
+        a for a in p.actions if isinstance(a, CreateClass) and a.traffic_class == "default"
+    )
+    assert create.rates.min_rate_bps == CAP_BPS // 4
+
+
+def test_unchanged_rates_send_nothing() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    p2 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 10)), p1.state, PARAMS, T0 + 60)
+    assert p2.kernel_ops() == []
+
+
+def test_xid_reused_by_another_slice_moves_the_old_one_to_the_ledger() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    p2 = plan(desired(want("pl_b", 10)), snapshot(kslice(10, 1234)), p1.state, PARAMS, T0 + 60)
+    assert p2.state.ledger["pl_a"].slice.default.used_bytes == 1234
+    assert p2.state.slices[10].name == "pl_b"
+    assert p2.state.slices[10].default.used_bytes == 0
+    assert p2.state.slices[10].default.last_counter_bytes == 1234
+    assert not any(isinstance(a, RemoveClasses) for a in p2.actions)
+
+
+def test_revived_ledger_entry_revived_with_exact_usage_not_times_1000() -> None:
+    # historic defect: revival multiplied the byte count by 1000 and restarted the period
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    p2 = plan(desired(), snapshot(kslice(10, 4321)), p1.state, PARAMS, T0 + 60)
+    p3 = plan(desired(want("pl_a", 10)), snapshot(), p2.state, PARAMS, T0 + 120)
+    assert p3.state.slices[10].default.used_bytes == 4321
+    assert p3.state.slices[10].period_start_s == T0
+
+
+def test_ledger_entry_given_as_plain_state_is_revived_without_crashing() -> None:
+    # historic defect: the ledger was indexed like a dict and crashed on revival
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    st = p1.state.slices[10]
+    ledger_only = State({}, {"pl_a": LedgerEntry(st, T0)})
+    p = plan(desired(want("pl_a", 11)), snapshot(), ledger_only, PARAMS, T0 + 5)
+    assert 11 in p.state.slices
+
+
+def test_exempt_class_change_carries_the_exempt_rates() -> None:
+    # historic defect: the exempt log message used the default class's rate
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    p2 = plan(
+        desired(want("pl_a", 10)), snapshot(kslice(10, 0, 2_900_000)), p1.state, PARAMS, T0 + 60
+    )
+    change = next(a for a in p2.actions if isinstance(a, SetRates))
+    assert change.traffic_class == "exempt"
+    assert change.old.max_rate_bps == BWMAX_BPS
+    assert change.new.max_rate_bps < BWMAX_BPS
+
+
+def test_share_change_is_applied_to_the_exempt_class() -> None:
+    # historic defect: a typo'd attribute (i2Share) crashed when the exempt share changed
+    base = want("pl_a", 10)
+    p1 = first_cycle(base, kernel=[kslice(10)])
+    more = dataclasses.replace(base, exempt=dataclasses.replace(base.exempt, share=3))
+    p2 = plan(desired(more), snapshot(kslice(10)), p1.state, PARAMS, T0 + 60)
+    change = next(a for a in p2.actions if isinstance(a, SetRates))
+    assert (change.traffic_class, change.new.share) == ("exempt", 3)
+
+
+def test_an_unchanged_slice_is_passed_on_as_the_very_same_objects() -> None:
+    """What lets the state store re-encode only the slices that changed."""
+    first = first_cycle(want("pl_a", 10), want("pl_b", 11))
+    kernel = snapshot(kslice(10, 0, 0), kslice(11, 0, 0, max_rate=CAP_BPS))
+    quiet = plan(desired(want("pl_a", 10), want("pl_b", 11)), kernel, first.state, PARAMS, T0 + 60)
+    assert quiet.actions == ()
+    assert quiet.state.slices[10] is first.state.slices[10]
+    assert quiet.state.slices[11] is first.state.slices[11]
+    busy = snapshot(kslice(10, 0, 0), kslice(11, 500, 0))
+    moved = plan(desired(want("pl_a", 10), want("pl_b", 11)), busy, first.state, PARAMS, T0 + 120)
+    assert moved.state.slices[10] is first.state.slices[10]
+    b = moved.state.slices[11]
+    assert b is not first.state.slices[11] and b.default.used_bytes == 500
+    assert b.exempt is first.state.slices[11].exempt  # the idle class is kept as it was
+    assert moved.lines[1].default.delta_bytes == 500
+
+
+def test_without_a_mail_transport_no_notification_is_planned_until_there_is_one() -> None:
+    from dataclasses import replace
+
+    quiet = replace(PARAMS, notify=False)
+    capped = desired(want("pl_a", 10, limit=1_000))
+    first = plan(capped, snapshot(), State(), quiet, T0)
+    over = snapshot(kslice(10, 5_000, 0))
+    again = plan(capped, over, first.state, quiet, T0 + 60)
+    assert not any(isinstance(a, Notify) for a in again.actions)
+    assert again.state.slices[10].default.capped and not again.state.slices[10].default.notified
+    mailed = plan(capped, over, again.state, PARAMS, T0 + 120)  # a transport configured
+    assert Notify("pl_a", 10, ("default",)) in mailed.actions
+
+
+# --- invalid records, clock steps -----------------------------------------------------
+
+
+def test_a_live_slice_with_an_invalid_record_keeps_its_saved_limits_a_new_one_is_skipped() -> None:
+    from bwenforcer.core.model import DesiredSet, InvalidRecord
+
+    p1 = first_cycle(want("pl_a", 10))
+    state = dataclasses.replace(p1.state, saved_s=T0)
+    bad = DesiredSet(
+        (),
+        errors=("a", "b"),
+        invalid=(InvalidRecord("pl_a", 10, "a"), InvalidRecord("pl_new", 11, "b")),
+    )
+    p2 = plan(bad, snapshot(kslice(10, 900_000)), state, PARAMS, T0 + 60)
+    assert sorted(p2.state.slices) == [10] and not p2.state.ledger
+    assert [w.name for w in p2.held] == ["pl_a"]
+    st = p2.state.slices[10]
+    assert st.default.policy is state.slices[10].default.policy
+    assert st.default.used_bytes == 900_000 and st.default.capped  # still counted and capped
+    assert not any(isinstance(a, RemoveClasses | MoveToLedger | CreateClass) for a in p2.actions)
+
+
+def test_a_clock_step_ends_no_period_and_purges_no_ledger_entry() -> None:
+    p1 = first_cycle(want("pl_a", 10), want("pl_b", 11))
+    p2 = plan(desired(want("pl_a", 10)), snapshot(kslice(10), kslice(11)),
+              dataclasses.replace(p1.state, saved_s=T0), PARAMS, T0 + 60)  # fmt: skip
+    state = dataclasses.replace(p2.state, saved_s=T0 + 60)
+    for now_s in (T0 + 60 + PERIOD_S + 86400 + 1, T0):  # forward past the bound; back
+        p = plan(desired(want("pl_a", 10)), snapshot(kslice(10)), state, PARAMS, now_s)
+        assert p.clock_step is not None
+        assert not any(isinstance(a, NewPeriod | PurgeLedger) for a in p.actions)
+        assert p.state.slices[10].period_end_s == T0 + PERIOD_S and "pl_b" in p.state.ledger
+    p = plan(desired(want("pl_a", 10)), snapshot(kslice(10)), state, PARAMS,
+             T0 + 60 + PERIOD_S + 86400)  # fmt: skip
+    assert p.clock_step is None  # the node was down a period and a day: trusted
+    assert any(isinstance(a, NewPeriod) for a in p.actions) and "pl_b" not in p.state.ledger

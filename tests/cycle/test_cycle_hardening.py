@@ -1,0 +1,267 @@
+"""A cycle on a namespace kernel against bad rspecs, clock steps, capped time, kills mid-cycle."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from bwenforcer.core.model import State
+from bwenforcer.core.settings import Config
+from bwenforcer.cycle.agent import Agent, load_desired
+from bwenforcer.errors import StateError
+from bwenforcer.history.file import read_history
+from bwenforcer.inputs.config import load_config
+from bwenforcer.kernel.htb import HtbBackend
+from bwenforcer.store.state import StateStore
+from tests.kernel_helpers import mark_all_to, send_bytes, tc_ceils
+from tests.netns import Netns, NetnsPair
+
+pytestmark = pytest.mark.kernel
+
+T0 = 1_800_000_000 // 3600 * 3600  # on the hour: every cycle below stays in one UTC hour
+DAY = 86400
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def write_slices(tmp: Path, slices: dict[str, tuple[int, str]]) -> None:
+    lines = [f"  - {{name: {n}, xid: {x}, rspec: {r}}}" for n, (x, r) in slices.items()]
+    (tmp / "slices.yaml").write_text("slices:\n" + "\n".join(lines) + "\n")
+
+
+def make_config(tmp: Path, dev: str, period: str = "1d") -> Config:
+    cfg = tmp / "bwenforcer.yaml"
+    cfg.write_text(
+        f"device: {dev}\nnode_cap: 10mbit\nbwmax: 100mbit\nperiod: {period}\n"
+        f"state_file: {tmp}/state.json\nslices_file: {tmp}/slices.yaml\n"
+        "lock_timeout: 5s\nmetrics: {listen: null}\n"
+    )
+    return load_config(str(cfg))
+
+
+def init_tree(netns: str, dev: str, config: Config) -> None:
+    with HtbBackend(dev, netns=netns) as kernel:
+        kernel.init(config.node_cap_bps, config.bwmax_bps)
+
+
+def state_of(config: Config) -> State:
+    return StateStore(config.state_file).load().state
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+# --- one bad rspec value does not lift a cap -------------------------------------------
+
+
+def test_a_capped_slice_whose_record_turns_invalid_stays_capped_and_is_logged_once(
+    ns: Netns, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    capped = "{net_max_kbyte: 100, net_thresh_kbyte: 0}"
+    write_slices(tmp_path, {"pl_capped": (10, capped), "pl_fine": (11, "{}")})
+    config = make_config(tmp_path, "v0")
+    init_tree(ns.name, "v0", config)
+    clock = Clock(T0)
+    Agent(config, clock=clock, netns=ns.name).cycle(load_desired(config))
+    before = state_of(config).slices[10]
+    assert before.default.capped
+    ceils = tc_ceils(ns, "v0")
+    assert ceils["1:100a"] < 10_000_000
+
+    bad = "{net_max_kbyte: 100, net_thresh_kbyte: 0, net_max_rate: banana}"
+    write_slices(tmp_path, {"pl_capped": (10, bad), "pl_fine": (11, "{}"), "pl_newbad": (12, bad)})
+    caplog.clear()
+    clock.now += 300
+    result = Agent(config, clock=clock, netns=ns.name).cycle(load_desired(config))  # a cron run
+    state = state_of(config)
+    assert sorted(state.slices) == [10, 11] and not state.ledger  # pl_newbad: skipped
+    kept = state.slices[10]
+    assert kept.default.capped and kept.default.policy == before.default.policy
+    now_ceils = tc_ceils(ns, "v0")
+    assert {"1:100a", "1:200a"} <= set(now_ceils) and "1:100c" not in now_ceils
+    assert now_ceils["1:100a"] < 10_000_000  # the cap is kept, not lifted
+    assert result.result == "partial"
+    logged = errors(caplog)
+    assert len(logged) == 2, logged  # one line per bad record
+    assert any("pl_capped" in line and "banana" in line for line in logged)
+
+    caplog.clear()
+    clock.now += 300
+    again = Agent(config, clock=clock, netns=ns.name)
+    again.cycle(load_desired(config))  # the file did not change: nothing new to say
+    again.cycle(again.desired())
+    assert errors(caplog) == []
+    assert state_of(config).slices[10].default.capped
+
+
+# --- clock steps -----------------------------------------------------------------------
+
+
+def test_a_clock_stepped_forward_days_then_back_keeps_periods_and_ledger(
+    ns: Netns, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_slices(tmp_path, {"pl_a": (10, "{net_thresh_kbyte: 0}"), "pl_gone": (11, "{}")})
+    config = make_config(tmp_path, "v0")
+    init_tree(ns.name, "v0", config)
+    clock = Clock(T0)
+    agent = Agent(config, clock=clock, netns=ns.name)
+    agent.cycle(load_desired(config))
+    write_slices(tmp_path, {"pl_a": (10, "{net_thresh_kbyte: 0}")})
+    clock.now += 300
+    agent.cycle(load_desired(config))
+    before = state_of(config)
+    periods = {x: (s.period_start_s, s.period_end_s) for x, s in before.slices.items()}
+    assert "pl_gone" in before.ledger
+
+    for step in (5 * DAY, -5 * DAY):  # a bad NTP answer, then its correction
+        caplog.clear()
+        clock.now += step
+        agent.cycle(load_desired(config))
+        state = state_of(config)
+        assert {x: (s.period_start_s, s.period_end_s) for x, s in state.slices.items()} == periods
+        assert state.ledger == before.ledger
+        assert state.slices[10].default.capped  # caps still follow the usage
+        assert len([w for w in warnings(caplog) if "clock" in w]) == 1, warnings(caplog)
+
+    caplog.clear()
+    clock.now += 300  # a plausible clock again: nothing to say
+    agent.cycle(load_desired(config))
+    assert not [w for w in warnings(caplog) if "clock" in w]
+
+
+def test_a_clock_stepped_eleven_years_ahead_erases_no_history(
+    ns: Netns, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_slices(tmp_path, {"pl_a": (10, "{net_thresh_kbyte: 0}")})
+    config = make_config(tmp_path, "v0")
+    init_tree(ns.name, "v0", config)
+    clock = Clock(T0)
+    agent = Agent(config, clock=clock, netns=ns.name)
+    agent.cycle(load_desired(config))
+    clock.now += 300
+    agent.cycle(load_desired(config))  # capped for 300 s: something in the history
+    recorded = read_history(config.history_file).report("hour", None, "pl_a")
+    assert [(r.bucket_start_s, r.capped_default_s) for r in recorded] == [(T0, 300)]
+
+    caplog.clear()
+    clock.now += 11 * 365 * DAY
+    agent.cycle(load_desired(config))
+    assert len([w for w in warnings(caplog) if "clock" in w]) == 1, warnings(caplog)
+    rows = read_history(config.history_file).report("hour", None, "pl_a")
+    assert (T0, 300) in [(r.bucket_start_s, r.capped_default_s) for r in rows]
+
+    clock.now -= 11 * 365 * DAY - 300  # corrected: the history goes on where it was
+    agent.cycle(load_desired(config))
+    rows = read_history(config.history_file).report("hour", None, "pl_a")
+    # + one interval: how long a stepped clock's cycle was capped is not known
+    assert (T0, 600) in [(r.bucket_start_s, r.capped_default_s) for r in rows]
+
+
+# --- capped time is the time that passed -----------------------------------------------
+
+
+def test_capped_time_is_the_time_between_irregular_cron_cycles(ns: Netns, tmp_path: Path) -> None:
+    write_slices(tmp_path, {"pl_a": (10, "{net_thresh_kbyte: 0}")})
+    config = make_config(tmp_path, "v0")  # interval: the default 300 s
+    init_tree(ns.name, "v0", config)
+    for offset in (0, 100, 1000, 1300, 1300 + 2 * 3600):  # cron runs, then a long pause
+        Agent(config, clock=Clock(T0 + offset), netns=ns.name).cycle(load_desired(config))
+    rows = read_history(config.history_file).report("hour", None, "pl_a")
+    by_hour = {r.bucket_start_s: r.capped_default_s for r in rows}
+    # capped from the first cycle on: 100 + 900 + 300 s, then at most the hour it goes to
+    assert by_hour == {T0: 1300, T0 + 2 * 3600: 3600}
+
+
+# --- a cycle killed between its two writes loses nothing -------------------------------
+
+
+class Killed(BaseException):
+    """The process died here (nothing catches it, as nothing catches SIGKILL)."""
+
+
+class KilledAtSave(StateStore):
+    """A state store whose process dies at its save: before the new file is in place,
+    or right after.
+    """
+
+    def __init__(self, path: str, after: bool) -> None:
+        super().__init__(path)
+        self.after = after
+
+    def save(self, state: State, now_s: int) -> None:
+        if self.after:
+            super().save(state, now_s)
+        raise Killed
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-save", "after-save"])
+def test_a_cycle_killed_at_its_state_save_leaves_history_equal_to_state(
+    pair: NetnsPair, tmp_path: Path, after: bool
+) -> None:
+    write_slices(tmp_path, {"pl_a": (10, "{}")})
+    config = make_config(tmp_path, "va")
+    init_tree(pair.a.name, "va", config)
+    clock = Clock(T0)
+    Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+    mark_all_to(pair.a, pair.b_addr, 0x100A)
+
+    send_bytes(pair, 100_000)
+    clock.now += 60
+    dying = Agent(config, clock=clock, netns=pair.a.name)
+    dying._store = KilledAtSave(config.state_file, after)
+    with pytest.raises(Killed):
+        dying.cycle(load_desired(config))
+    dying.close()
+
+    send_bytes(pair, 50_000)
+    clock.now += 60
+    Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))  # restarted
+    used = state_of(config).slices[10].default.used_bytes
+    assert used >= 150_000
+    rows = read_history(config.history_file).report("day", None, "pl_a")
+    assert sum(r.default_bytes for r in rows) == used
+
+
+def test_a_failed_state_save_is_not_counted_twice_by_the_history(
+    pair: NetnsPair, tmp_path: Path
+) -> None:
+    write_slices(tmp_path, {"pl_a": (10, "{}")})
+    config = make_config(tmp_path, "va")
+    init_tree(pair.a.name, "va", config)
+    clock = Clock(T0)
+    agent = Agent(config, clock=clock, netns=pair.a.name)
+    agent.cycle(load_desired(config))
+    mark_all_to(pair.a, pair.b_addr, 0x100A)
+    send_bytes(pair, 80_000)
+
+    class DiskFull(StateStore):
+        def save(self, state: State, now_s: int) -> None:
+            raise StateError(f"{self.path}: cannot save state: No space left on device")
+
+    good = agent._store
+    agent._store = DiskFull(config.state_file)
+    clock.now += 60
+    with pytest.raises(StateError):
+        agent.cycle(load_desired(config))
+    agent._store = good  # the disk has room again: the daemon's next cycle
+    clock.now += 60
+    agent.cycle(load_desired(config))
+    used = state_of(config).slices[10].default.used_bytes
+    assert used >= 80_000
+    rows = read_history(config.history_file).report("day", None, "pl_a")
+    assert sum(r.default_bytes for r in rows) == used

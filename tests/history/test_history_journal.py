@@ -1,0 +1,212 @@
+"""The history journal: a cycle appends only what it recorded; folds keep every byte once."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bwenforcer.core.settings import HistoryConfig
+from bwenforcer.history.file import decode_history, read_history, save_history
+from bwenforcer.history.journal import encode_cycle, journal_path
+from bwenforcer.history.recorder import HistoryRecorder
+from bwenforcer.history.usage import CycleUsage, History
+
+T0 = 1_767_229_200  # 2026-01-01 01:00 UTC
+DAY = 86400
+CFG = HistoryConfig()
+
+
+def totals(history: History, by: str = "day") -> list[tuple[str, int, int, int, int, int]]:
+    return [
+        (r.slice_name, r.bucket_start_s, r.default_bytes, r.exempt_bytes,
+         r.capped_default_s, r.capped_exempt_s)
+        for r in history.report(by)  # type: ignore[arg-type]
+    ]  # fmt: skip
+
+
+def usage(*rows: tuple[str, int, int]) -> list[CycleUsage]:
+    return [CycleUsage(name, d, e, False, False) for name, d, e in rows]
+
+
+def identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def test_a_cycle_appends_one_record_and_leaves_the_history_file_alone(tmp_path: Path) -> None:
+    path = tmp_path / "h"
+    save_history(History(), str(path))
+    before = identity(path)
+    recorder = HistoryRecorder(str(path), CFG)
+    recorder.record(T0, 300, usage(("pl_a", 100, 1), ("pl_b", 5, 0)))
+    recorder.record(T0 + 300, 300, usage(("pl_a", 50, 0)))
+    recorder.record(T0 + 600, 300, [])  # nothing sent: nothing written
+    assert identity(path) == before
+    journal = Path(journal_path(str(path)))
+    first = encode_cycle(T0, 300, usage(("pl_a", 100, 1), ("pl_b", 5, 0)))
+    second = encode_cycle(T0 + 300, 300, usage(("pl_a", 50, 0)))
+    assert journal.read_bytes()[8:] == first + second
+    got = read_history(str(path))
+    assert totals(got) == [
+        ("pl_a", T0 // DAY * DAY, 150, 1, 0, 0),
+        ("pl_b", T0 // DAY * DAY, 5, 0, 0, 0),
+    ]
+
+
+def test_a_new_process_continues_the_journal_it_finds(tmp_path: Path) -> None:
+    path = str(tmp_path / "h")
+    HistoryRecorder(path, CFG).record(T0, 300, usage(("pl_a", 1, 0)))
+    HistoryRecorder(path, CFG).record(T0 + 300, 300, usage(("pl_a", 2, 0)))  # a cron run
+    assert totals(read_history(path))[0][2] == 3
+    assert not os.path.exists(path)  # no fold yet: the journal is all there is
+
+
+def test_the_first_cycle_of_a_day_folds_the_journal_into_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "h"
+    recorder = HistoryRecorder(str(path), CFG)
+    recorder.record(T0, 300, usage(("pl_a", 7, 0)))
+    recorder.record(T0 + DAY, 300, usage(("pl_a", 9, 0)))
+    assert path.exists()
+    assert [row[2] for row in totals(decode_history(path.read_bytes(), "h"))] == [7]
+    # a new journal holds this cycle alone (its state is not saved yet when it records)
+    journal = Path(journal_path(str(path))).read_bytes()
+    assert journal[8:] == encode_cycle(T0 + DAY, 300, usage(("pl_a", 9, 0)))
+    assert int.from_bytes(path.read_bytes()[6:8], "little") == 1  # the file's generation
+    assert [row[2] for row in totals(read_history(str(path)))] == [7, 9]
+
+
+def test_a_fold_cut_short_between_its_two_writes_counts_nothing_twice(tmp_path: Path) -> None:
+    path = tmp_path / "h"
+    recorder = HistoryRecorder(str(path), CFG)
+    recorder.record(T0, 300, usage(("pl_a", 7, 0)))
+    journal = Path(journal_path(str(path)))
+    old_journal = journal.read_bytes()
+    recorder.record(T0 + DAY, 300, usage(("pl_a", 9, 0)))  # folds
+    journal.write_bytes(old_journal)  # as if the writer died before starting the new one
+    assert [row[2] for row in totals(read_history(str(path)))] == [7]
+    # that cycle never saved its state: the next one counts its 9 bytes again
+    HistoryRecorder(str(path), CFG).record(T0 + DAY + 300, 300, usage(("pl_a", 10, 0)))
+    assert [row[2] for row in totals(read_history(str(path)))] == [7, 10]
+
+
+def test_a_record_cut_short_is_dropped_and_cut_off_before_the_next(tmp_path: Path) -> None:
+    path = str(tmp_path / "h")
+    HistoryRecorder(path, CFG).record(T0, 300, usage(("pl_a", 7, 0)))
+    journal = Path(journal_path(path))
+    torn = encode_cycle(T0 + 300, 300, usage(("pl_a", 1000, 0)))
+    with journal.open("ab") as f:
+        f.write(torn[:-3])  # the writer died mid-append
+    assert totals(read_history(path))[0][2] == 7
+    HistoryRecorder(path, CFG).record(T0 + 600, 300, usage(("pl_a", 2, 0)))
+    assert totals(read_history(path))[0][2] == 9
+    damaged = bytearray(journal.read_bytes())
+    damaged[-2] ^= 0xFF  # the last record's bytes, not its length: its checksum fails
+    journal.write_bytes(bytes(damaged))
+    assert totals(read_history(path))[0][2] == 7
+    HistoryRecorder(path, CFG).record(T0 + 900, 300, usage(("pl_a", 4, 0)))
+    assert totals(read_history(path))[0][2] == 11
+
+
+def test_a_journal_past_a_quarter_of_the_file_is_folded_before_its_day_is_out(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "h"
+    recorder = HistoryRecorder(str(path), CFG, fold_min_bytes=1000)
+    many = usage(*((f"pl_{i}", 1, 0) for i in range(50)))  # a record of ~1.2 kB
+    recorder.record(T0, 300, many)
+    assert not path.exists()
+    recorder.record(T0 + 300, 300, many)  # the first record folded in; this one journaled
+    journal = Path(journal_path(str(path))).read_bytes()
+    assert path.exists() and journal[8:] == encode_cycle(T0 + 300, 300, many)
+    assert {row[2] for row in totals(read_history(str(path)))} == {2}
+
+
+def test_a_damaged_history_file_keeps_its_journal(tmp_path: Path) -> None:
+    path = tmp_path / "h"
+    recorder = HistoryRecorder(str(path), CFG, clock=lambda: 1_790_000_000.0)
+    recorder.record(T0, 300, usage(("pl_a", 7, 0)))
+    path.write_bytes(b"garbage")
+    HistoryRecorder(str(path), CFG).record(T0 + 300, 300, usage(("pl_a", 1, 0)))
+    HistoryRecorder(str(path), CFG, clock=lambda: 1_790_000_000.0).record(
+        T0 + DAY, 300, usage(("pl_a", 2, 0))
+    )  # the fold moves the damaged file aside and keeps the journal's bytes
+    assert (tmp_path / "h.corrupt-20260921T141320Z").read_bytes() == b"garbage"
+    assert [row[2] for row in totals(read_history(str(path)))] == [8, 2]
+
+
+cycles = st.lists(
+    st.tuples(
+        st.integers(min_value=60, max_value=DAY // 2),  # time to the next cycle
+        st.lists(
+            st.tuples(st.sampled_from(["pl_a", "pl_b", "pl_c"]), st.integers(0, 10**12),
+                      st.integers(0, 10**9), st.booleans()),
+            max_size=3,
+        ),
+    ),
+    max_size=40,
+)  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(cycles, st.integers(min_value=200, max_value=5000))
+def test_recorded_through_the_journal_equals_recorded_in_memory(
+    tmp_path_factory: object, fed: list[tuple[int, list[tuple[str, int, int, bool]]]],
+    fold_min_bytes: int,
+) -> None:  # fmt: skip
+    path = str(tmp_path_factory.mktemp("j") / "h")  # type: ignore[attr-defined]
+    reference = History()
+    now = T0
+    recorder = HistoryRecorder(path, CFG, fold_min_bytes=fold_min_bytes)
+    for step, rows in fed:
+        now += step
+        cycle = [CycleUsage(name, d, e, capped, False) for name, d, e, capped in rows]
+        reference.record(now, 300, cycle)
+        if step % 3 == 0:
+            recorder = HistoryRecorder(path, CFG, fold_min_bytes=fold_min_bytes)  # a restart
+        recorder.record(now, 300, cycle)
+    assert totals(read_history(path), "day") == totals(reference, "day")
+    assert totals(read_history(path), "month") == totals(reference, "month")
+
+
+def test_a_name_too_long_to_store_is_left_out_every_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = str(tmp_path / "h")
+    recorder = HistoryRecorder(path, CFG)
+    long_name = "pl_" + "x" * 300
+    for step in (0, 300):
+        recorder.record(T0 + step, 300, usage((long_name, 5, 0), ("pl_a", 1, 0)))
+    assert [row[0] for row in totals(read_history(path))] == ["pl_a"]
+    assert caplog.text.count("name too long to store") == 2
+
+
+def test_a_version_1_journal_left_by_an_upgrade_is_folded_in_not_lost(tmp_path: Path) -> None:
+    path = tmp_path / "h"
+    payload = (
+        struct.pack("<QI", T0, 300) + bytes([4]) + b"pl_a" + struct.pack("<QQB", 70, 1, 0)
+    )  # version 1: no save time of a state in the record
+    record = struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+    Path(journal_path(str(path))).write_bytes(b"BWHJ" + struct.pack("<HH", 1, 0) + record)
+    assert totals(read_history(str(path)))[0][2] == 70  # readers read it as it is
+    HistoryRecorder(str(path), CFG).record(T0 + 300, 300, usage(("pl_a", 5, 0)), base_s=T0)
+    assert totals(read_history(str(path)))[0][2:4] == (75, 1)
+    journal = Path(journal_path(str(path))).read_bytes()
+    assert journal[4:6] == struct.pack("<H", 2)  # the new journal is of this version
+
+
+def test_the_record_of_a_cycle_whose_state_was_never_saved_is_dropped(tmp_path: Path) -> None:
+    path = str(tmp_path / "h")
+    HistoryRecorder(path, CFG).record(T0, 300, usage(("pl_a", 7, 0)), base_s=0)  # saved at T0
+    HistoryRecorder(path, CFG).record(T0 + 300, 300, usage(("pl_a", 5, 0)), base_s=T0)  # killed
+    # the next cycle starts from the state saved at T0 again and counts those 5 bytes anew
+    recorder = HistoryRecorder(path, CFG)
+    recorder.record(T0 + 600, 300, [], base_s=T0)  # nothing new, but the check is made
+    assert totals(read_history(path))[0][2] == 7
+    recorder.record(T0 + 900, 300, usage(("pl_a", 6, 0)), base_s=T0 + 600)  # a daemon's next
+    assert totals(read_history(path))[0][2] == 13

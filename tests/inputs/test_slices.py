@@ -1,0 +1,389 @@
+"""Slice sources: historic units, clamps, skipped bad slices, the off switch."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bwenforcer.core.layout import MAX_SHARE
+from bwenforcer.core.settings import Config
+from bwenforcer.errors import ConfigError, SliceError
+from bwenforcer.inputs.plc import from_plc_slivers
+from bwenforcer.inputs.slices import from_nodemanager_db, load_slices_file, resolve_policy
+
+CFG = Config(node_cap_bps=10_000_000, bwmax_bps=100_000_000)
+
+
+def test_historic_units_and_defaults() -> None:
+    default, exempt, origin = resolve_policy(
+        "pl_a", {"net_max_rate": "2000", "net_max_kbyte": 1000, "net_i2_share": "3"}, CFG
+    )
+    assert default.max_rate_bps == 2_000_000  # kbit/s
+    assert default.limit_bytes == 1_024_000  # KiB
+    assert default.threshold_bytes == 1_024_000 * 80 // 100
+    assert exempt.max_rate_bps == 100_000_000 and exempt.share == 3
+    assert exempt.limit_bytes == CFG.defaults["exempt"].limit_bytes
+    assert origin["net_max_rate"] == "rspec" and origin["net_i2_max_kbyte"] == "defaults"
+
+
+def test_clamps_min_to_quarter_of_cap_and_floors() -> None:
+    default, _, _ = resolve_policy("pl_a", {"net_min_rate": 9000, "net_max_rate": 0}, CFG)
+    assert default.max_rate_bps == CFG.bwmin_bps
+    assert default.min_rate_bps == CFG.bwmin_bps
+    default, _, _ = resolve_policy("pl_a", {"net_min_rate": 9000}, CFG)
+    assert default.min_rate_bps == 2_500_000
+
+
+def test_bad_slices_are_skipped_with_one_error_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "slices:\n"
+        "  - {name: pl_good, xid: 10, rspec: {}}\n"
+        "  - {name: 'Bad Name', xid: 11}\n"
+        "  - {name: pl_big, xid: 70000}\n"
+        "  - {name: pl_neg, xid: 12, rspec: {net_max_rate: -5}}\n"
+        "  - {name: pl_nan, xid: 13, rspec: {net_max_kbyte: lots}}\n"
+        "  - {name: pl_dup, xid: 10}\n"
+        "  - {name: pl_ok2, xid: 14}\n"
+    )
+    with caplog.at_level(logging.ERROR):
+        desired = load_slices_file(str(path), CFG)
+    assert [s.name for s in desired.slices] == ["pl_good", "pl_ok2"]
+    assert len(desired.errors) == 5
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 5
+    joined = "\n".join(desired.errors)
+    for needle in (
+        "'Bad Name'",
+        "xid 70000 out of range",
+        "net_max_rate: -5 is negative",
+        "'lots' is not a number",
+        "xid 10 already used",
+    ):
+        assert needle in joined
+
+
+def test_unusable_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("- just a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping with one key"):
+        load_slices_file(str(path), CFG)
+
+
+def test_nodemanager_db_and_the_off_switch() -> None:
+    db = {
+        "pl_a": {"name": "pl_a", "xid": 501, "_rspec": {"net_max_rate": 1000}},
+        "pl_default": {"name": "pl_default", "rspec": {"net_max_rate": 5000}},
+        "pl_nouid_zz": {"name": "pl_nouid_zz", "_rspec": {}},
+    }
+    desired = from_nodemanager_db(db, CFG)
+    assert [(s.name, s.xid) for s in desired.slices] == [("pl_a", 501)]
+    assert not desired.errors and not desired.limiting_off
+    # no account, no xid: skipped as the historic bwmon did (delegated), not an error
+    assert desired.skipped == ("slice pl_nouid_zz: no account, so no xid (delegated?); skipped",)
+    db["pl_default"]["rspec"]["net_max_rate"] = -1
+    assert from_nodemanager_db(db, CFG).limiting_off
+
+
+def test_only_the_prefix_default_record_is_the_node_default() -> None:
+    uids = {"princeton_default": 601, "pl_b": 602}.get
+    db = {
+        "princeton_default": {"name": "princeton_default", "_rspec": {"net_max_rate": -1}},
+        "pl_b": {"name": "pl_b", "_rspec": {"net_max_rate": 900}},
+    }
+    # a site's slice named *_default is a slice: limited, never the off switch
+    desired = from_nodemanager_db(db, CFG, uid_of=uids)
+    assert not desired.limiting_off
+    assert [s.name for s in desired.slices] == ["pl_b"]  # -1 is no rate for a slice
+    assert len(desired.errors) == 1 and "princeton_default" in desired.errors[0]
+    db["princeton_default"]["_rspec"]["net_max_rate"] = 3000
+    desired = from_nodemanager_db(db, CFG, uid_of=uids)
+    assert {s.name: s.default.max_rate_bps for s in desired.slices} == {
+        "princeton_default": 3_000_000,
+        "pl_b": 900_000,
+    }
+    # with another PLC_SLICE_PREFIX, that site's default record is the node's
+    db["princeton_default"]["_rspec"]["net_max_rate"] = -1
+    assert from_nodemanager_db(db, CFG, "princeton_default", uid_of=uids).limiting_off
+
+
+def test_node_manager_rspecs_share_policies_despite_their_other_resources() -> None:
+    def record(name: str) -> dict[str, object]:
+        tags = {"net_max_rate": "900", "vref": "f8", "initscript": name}
+        rspec = {"net_max_rate": 900, "cpu_pct": 0, "disk_max": 10_000_000, "tags": tags}
+        return {"name": name, "rspec": rspec, "_rspec": dict(rspec)}
+
+    desired = from_nodemanager_db(
+        {"pl_a": record("pl_a"), "pl_b": record("pl_b")}, CFG, uid_of={"pl_a": 1, "pl_b": 2}.get
+    )
+    a, b = desired.slices
+    assert a.default.max_rate_bps == 900_000 and a.default is b.default
+
+
+def test_records_without_rspec_are_skipped_not_enforced_with_defaults() -> None:
+    db = {"pl_t": {"name": "pl_t", "instantiation": "delegated", "timestamp": 1}}
+    desired = from_nodemanager_db(db, CFG, uid_of={"pl_t": 700}.get)
+    assert desired.slices == () and desired.errors == ()
+    assert desired.skipped == ("slice pl_t: no _rspec (not instantiated yet); skipped",)
+
+
+def _sliver(name: str, **tags: object) -> dict[str, object]:
+    return {
+        "name": name,
+        "instantiation": "plc-instantiated",
+        "keys": [],
+        "attributes": [{"tagname": k, "value": v} for k, v in tags.items()],
+    }
+
+
+def test_plc_getslivers_reply_is_read_as_slivermanager_reads_it() -> None:
+    data = {
+        "timestamp": 1,
+        "interfaces": [{"is_primary": True, "bwlimit": 5_000_000}],
+        "slivers": [
+            _sliver("pl_a", net_max_rate="2000", net_max_kbyte="1000", net_i2_share="3"),
+            _sliver("pl_b", net_max_rate="lots", net_thresh_kbyte="10"),  # not a number
+            _sliver("pl_default", net_max_rate="-1", vref="f8"),
+            _sliver("pl_gone"),  # no account
+        ],
+    }
+    uids = {"pl_a": 801, "pl_b": 802, "pl_default": 803}.get
+    assert from_plc_slivers(data, CFG, uid_of=uids).limiting_off
+    data["slivers"][2] = _sliver("pl_default", net_max_rate="5000")
+    desired = from_plc_slivers(data, CFG, uid_of=uids)
+    by_name = {s.name: s for s in desired.slices}
+    assert {(s.name, s.xid) for s in desired.slices} == {("pl_a", 801), ("pl_b", 802)}
+    a, b = by_name["pl_a"], by_name["pl_b"]
+    assert a.default.max_rate_bps == 2_000_000  # kbit/s
+    assert a.default.limit_bytes == 1_024_000  # KiB
+    assert a.exempt.share == 3
+    # untagged: slivermanager's DEFAULT_ALLOCATION, not bwenforcer's config defaults
+    assert a.exempt.limit_bytes == 31_640_625 * 1024
+    assert a.exempt.threshold_bytes == 28_476_562 * 1024
+    # slivermanager fills the untagged threshold too (9,492,187 KiB): capped by the limit
+    assert a.default.threshold_bytes == 1_024_000
+    # a tag that is no number falls back to the default: here the primary
+    # interface's bwlimit (5 Mbit/s), as slivermanager does
+    assert b.default.max_rate_bps == 5_000_000
+    assert b.default.threshold_bytes == 10 * 1024
+    assert b.default.limit_bytes == 10_546_875 * 1024
+    assert desired.errors == ()
+    assert desired.skipped == ("slice pl_gone: no account, so no xid (delegated?); skipped",)
+
+
+def test_plc_reply_without_interfaces_defaults_to_the_node_cap() -> None:
+    data = {"slivers": [_sliver("pl_a")]}
+    desired = from_plc_slivers(data, CFG, uid_of={"pl_a": 1}.get)
+    assert desired.slices[0].default.max_rate_bps == CFG.node_cap_bps  # 1 Gbit/s, clamped
+    assert desired.slices[0].default.min_rate_bps == CFG.bwmin_bps  # 0 kbit/s, raised
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"slivers": "pl_a"}, {"slivers": [{}] * 100_001}],
+    ids=["not-a-list", "too-many"],
+)
+def test_plc_reply_that_is_no_list_of_slivers_is_one_error(data: dict[str, object]) -> None:
+    with pytest.raises(SliceError, match="PLC data"):
+        from_plc_slivers(data, CFG)
+
+
+def test_bad_slivers_are_one_error_each_the_others_proceed() -> None:
+    data = {"slivers": ["junk", {"name": 7, "attributes": "x"}, _sliver("pl_a")]}
+    desired = from_plc_slivers(data, CFG, uid_of={"pl_a": 1}.get)
+    assert [s.name for s in desired.slices] == ["pl_a"]
+    assert len(desired.errors) == 2
+
+
+@given(
+    rspec=st.fixed_dictionaries(
+        {},
+        optional={
+            k: st.integers(0, MAX_SHARE if k.endswith("share") else 10**8)
+            for k in (
+                "net_min_rate",
+                "net_max_rate",
+                "net_i2_min_rate",
+                "net_i2_max_rate",
+                "net_max_kbyte",
+                "net_thresh_kbyte",
+                "net_i2_max_kbyte",
+                "net_i2_thresh_kbyte",
+                "net_share",
+                "net_i2_share",
+            )
+        },
+    )
+)
+def test_policy_is_always_within_bounds(rspec: dict[str, int]) -> None:
+    for policy, cap in zip(
+        resolve_policy("pl_x", rspec, CFG)[:2], (CFG.node_cap_bps, CFG.bwmax_bps), strict=True
+    ):
+        assert (
+            CFG.bwmin_bps <= policy.min_rate_bps <= policy.max_rate_bps <= max(cap, CFG.bwmin_bps)
+        )
+        assert policy.min_rate_bps <= max(CFG.bwmin_bps, cap // 4)
+        assert policy.threshold_bytes <= policy.limit_bytes
+        assert policy.share >= 1
+
+
+def test_slices_with_the_same_rspec_share_their_policies_but_are_checked_alike() -> None:
+    db = {
+        "pl_a": {"name": "pl_a", "xid": 1, "_rspec": {"net_share": 2, "net_max_rate": 900}},
+        "pl_b": {"name": "pl_b", "xid": 2, "_rspec": {"net_max_rate": 900, "net_share": 2}},
+        "pl_c": {"name": "pl_c", "xid": 3, "_rspec": {"net_share": True, "net_max_rate": 900}},
+        "pl_d": {"name": "pl_d", "xid": 4, "_rspec": {"net_share": [2]}},
+        "pl_e": {"name": "pl_e", "xid": 5, "_rspec": {"net_share": 2.0, "net_max_rate": 900}},
+    }
+    got = from_nodemanager_db(db, CFG)
+    by_name = {s.name: s for s in got.slices}
+    assert set(by_name) == {"pl_a", "pl_b", "pl_e"}  # True and [2] are not numbers
+    assert by_name["pl_a"].default is by_name["pl_b"].default
+    assert by_name["pl_a"].exempt is by_name["pl_b"].exempt
+    assert by_name["pl_e"].default == by_name["pl_a"].default
+    assert len(got.errors) == 2
+    assert "pl_c" in got.errors[0] and "net_share" in got.errors[0]
+    assert "pl_d" in got.errors[1] and "net_share" in got.errors[1]
+
+
+def test_an_agent_rereads_the_slices_file_only_once_it_changed(tmp_path: Path) -> None:
+    from bwenforcer.cycle.agent import Agent
+
+    slices = tmp_path / "slices.yaml"
+    slices.write_text("slices:\n  - {name: pl_a, xid: 1}\n")
+    agent = Agent(Config(slices_file=str(slices), state_file=str(tmp_path / "s.json")))
+    first = agent.desired()
+    assert agent.desired() is first  # a daemon's next cycle: not parsed again
+    slices.write_text("slices:\n  - {name: pl_a, xid: 1}\n  - {name: pl_b, xid: 2}\n")
+    assert [s.name for s in agent.desired().slices] == ["pl_a", "pl_b"]
+    replaced = tmp_path / "new.yaml"
+    replaced.write_text("slices:\n  - {name: pl_c, xid: 3}\n  - {name: pl_d, xid: 4}\n")
+    replaced.rename(slices)  # as editors and config management write it
+    assert [s.name for s in agent.desired().slices] == ["pl_c", "pl_d"]
+
+
+def test_the_parsed_slices_file_is_kept_beside_the_state_while_its_bytes_are_unchanged(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from bwenforcer.inputs.slices import slices_cache_path
+
+    slices = tmp_path / "slices.yaml"
+    slices.write_text("slices:\n  - {name: pl_a, xid: 1, rspec: {net_share: 2}}\n")
+    config = Config(state_file=str(tmp_path / "state.json"))
+    assert [s.name for s in load_slices_file(str(slices), config).slices] == ["pl_a"]
+    cache = Path(slices_cache_path(config))
+    kept = json.loads(cache.read_text())
+    assert kept["data"] == {"slices": [{"name": "pl_a", "xid": 1, "rspec": {"net_share": 2}}]}
+    kept["data"]["slices"][0]["name"] = "pl_from_cache"  # proves the next load reads it
+    cache.write_text(json.dumps(kept))
+    assert [s.name for s in load_slices_file(str(slices), config).slices] == ["pl_from_cache"]
+    slices.write_text("slices:\n  - {name: pl_b, xid: 2}\n")  # new bytes: parsed again
+    assert [s.name for s in load_slices_file(str(slices), config).slices] == ["pl_b"]
+    cache.write_text("{not json")  # a damaged cache is no more than a missed one
+    assert [s.name for s in load_slices_file(str(slices), config).slices] == ["pl_b"]
+    assert json.loads(cache.read_text())["data"]["slices"][0]["name"] == "pl_b"
+    cache.unlink()
+    slices.write_text("slices:\n  - {name: pl_c, xid: 3, rspec: {2021-01-01: 1}}\n")
+    load_slices_file(str(slices), config)
+    assert not cache.exists()  # a date key: JSON would not say what it was
+
+
+def test_the_root_and_default_xids_are_refused_for_a_slice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "slices:\n"
+        "  - {name: pl_root, xid: 0}\n"
+        "  - {name: pl_dflt, xid: 4095}\n"
+        "  - {name: pl_hex, xid: 0xfff}\n"
+        "  - {name: pl_ok, xid: 1}\n"
+    )
+    with caplog.at_level(logging.ERROR):
+        desired = load_slices_file(str(path), CFG)
+    assert [s.xid for s in desired.slices] == [1]
+    assert [e.split(": ", 2)[2] for e in desired.errors] == [
+        "slice pl_root: xid 0 is the root class's, not a slice's (slice xids are 1..4094); skipped",
+        "slice pl_dflt: xid 4095 is the default class's, not a slice's (slice xids are 1..4094);"
+        " skipped",
+        "slice pl_hex: xid 4095 is the default class's, not a slice's (slice xids are 1..4094);"
+        " skipped",
+    ]
+    db = {
+        "pl_a": {"name": "pl_a", "xid": 0, "_rspec": {}},
+        "pl_b": {"name": "pl_b", "xid": 0xFFF, "_rspec": {}},
+        "root": {"name": "root", "_rspec": {}},  # no xid: the account's uid, 0
+    }
+    from_db = from_nodemanager_db(db, CFG)
+    assert from_db.slices == () and len(from_db.errors) == 3
+    assert all("class's, not a slice's" in e and "\n" not in e for e in from_db.errors)
+
+
+def test_a_name_with_a_line_break_is_refused_and_logged_escaped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        'slices:\n  - {name: "pl_a\\n", xid: 10}\n  - {name: "pl_b\\r\\nFAKE line", xid: 11}\n'
+    )
+    with caplog.at_level(logging.ERROR):
+        desired = load_slices_file(str(path), CFG)
+    assert desired.slices == () and len(desired.errors) == 2
+    assert "'pl_a\\n'" in desired.errors[0]
+    assert "'pl_b\\r\\nFAKE line'" in desired.errors[1]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert not any("\n" in m or "\r" in m for m in messages + list(desired.errors))
+    db = {"x": {"name": "pl_c\n", "xid": 12, "_rspec": {}}}
+    errors = from_nodemanager_db(db, CFG).errors
+    assert len(errors) == 1 and "'pl_c\\n'" in errors[0] and "\n" not in errors[0]
+
+
+def test_an_unknown_key_in_a_slice_record_is_named_with_the_slice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "slices:\n  - {name: pl_a, xid: 10, rpsec: {net_max_rate: 5}}\n  - {name: pl_b, xid: 11}\n"
+    )
+    with caplog.at_level(logging.ERROR):
+        desired = load_slices_file(str(path), CFG)
+    assert [s.name for s in desired.slices] == ["pl_b"]
+    assert desired.errors == (
+        f"{path}: slices[0] (pl_a): slice pl_a: unknown key rpsec (keys: name, xid, rspec); skipped",
+    )
+    assert [r.getMessage() for r in caplog.records] == list(desired.errors)
+
+
+def test_a_key_given_twice_in_the_slices_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("slices:\n  - name: pl_a\n    xid: 10\n    xid: 11\n")
+    with pytest.raises(ConfigError) as caught:
+        load_slices_file(str(path), CFG)
+    assert str(caught.value) == f"{path}: line 4: duplicate key 'xid'"
+
+
+def test_rspec_values_have_an_upper_bound(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "slices:\n"
+        "  - {name: pl_a, xid: 10, rspec: {net_max_kbyte: 1.0e+30}}\n"
+        "  - {name: pl_b, xid: 11, rspec: {net_i2_max_rate: '1000000000000000000000'}}\n"
+        "  - {name: pl_c, xid: 12, rspec: {net_share: 1000000000000}}\n"
+        "  - {name: pl_d, xid: 13, rspec: {net_max_kbyte: 1125899906842624, net_share: 1000000}}\n"
+    )
+    desired = load_slices_file(str(path), CFG)
+    assert [s.name for s in desired.slices] == ["pl_d"]
+    assert desired.slices[0].default.limit_bytes == 2**60
+    assert [e.split(": ", 2)[2] for e in desired.errors] == [
+        "slice pl_a: net_max_kbyte: 1e+30 is above the maximum 1125899906842624; skipped",
+        "slice pl_b: net_i2_max_rate: 1e+21 is above the maximum 10000000000; skipped",
+        "slice pl_c: net_share: 1000000000000 is above the maximum 1000000; skipped",
+    ]

@@ -1,0 +1,207 @@
+"""Packaging: units pass systemd-analyze, the .deb builds, installs, runs and lists its files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.kernel_helpers import VENV_BIN
+from tests.loopback import free_port
+from tests.netns import Netns
+
+TOP = Path(__file__).resolve().parents[2]
+PACKAGING = TOP / "packaging"
+
+
+def _run(*cmd: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.parametrize(
+    "unit", ["bwenforcer.service", "bwenforcer-sync.service", "bwenforcer-sync.timer"]
+)
+def test_units_pass_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
+    assert shutil.which("systemd-analyze"), "systemd-analyze missing (Debian package systemd)"
+    for name in ("bwenforcer.service", "bwenforcer-sync.service", "bwenforcer-sync.timer"):
+        text = (PACKAGING / name).read_text()
+        # verify needs the ExecStart binary to exist: point it at this checkout's
+        (tmp_path / name).write_text(
+            text.replace("/usr/bin/bwenforcer", str(VENV_BIN / "bwenforcer"))
+        )
+    proc = _run("systemd-analyze", "verify", str(tmp_path / unit))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = (PACKAGING / unit).read_text()
+    if unit == "bwenforcer.service":
+        for hardening in (
+            "ProtectSystem=strict",
+            "CapabilityBoundingSet=CAP_NET_ADMIN",
+            "StateDirectory=bwenforcer",
+            "NoNewPrivileges=yes",
+        ):
+            assert hardening in text
+
+
+def test_grafana_dashboard_queries_our_metrics_in_valid_promql(tmp_path: Path) -> None:
+    dash = json.loads((PACKAGING / "grafana-dashboard.json").read_text())
+    queries = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    # promtool parses every query as a recording rule (Grafana's $instance filled in)
+    rules = [
+        {"record": f"bwenforcer:dashboard_query_{i}", "expr": q.replace("$instance", ".*")}
+        for i, q in enumerate(queries)
+    ]
+    (tmp_path / "rules.yml").write_text(json.dumps({"groups": [{"name": "dash", "rules": rules}]}))
+    check = _run("promtool", "check", "rules", str(tmp_path / "rules.yml"))
+    assert check.returncode == 0 and f"SUCCESS: {len(rules)} rules found" in check.stdout, (
+        check.stdout + check.stderr
+    )
+    exprs = " ".join(queries)
+    for name in (
+        "bwenforcer_slice_capped",
+        "bwenforcer_slice_used_bytes",
+        "bwenforcer_slice_ceil_bytes_per_second",
+        "bwenforcer_cycle_duration_seconds_bucket",
+        "bwenforcer_cycles_total",
+        "bwenforcer_notifications_total",
+    ):
+        assert name in exprs
+
+
+PACKAGED_CONFIG = """device: v0
+node_cap: 10mbit
+interval: 1s
+state_file: {tmp}/state.json
+slices_file: {tmp}/slices.yaml
+metrics: {{listen: '127.0.0.1:{port}'}}
+"""
+
+# nodemanager.py runs from /usr/share/NodeManager (its sys.path[0]) and imports bwmon
+BWMON_IMPORT = """
+import sys
+sys.path.insert(0, "/usr/share/NodeManager")
+import bwmon
+from bwenforcer import nodemanager
+print(bwmon.__file__, bwmon.priority, bwmon.lock is nodemanager.event)
+"""
+
+# the private pyroute2 the wrapper puts on the path opens a socket in a namespace
+NETNS_SOCKET = """
+import runpy, sys
+runpy.run_path("/usr/bin/bwenforcer", run_name="not_main")
+import pyroute2
+from bwenforcer.kernel.htb import HtbBackend
+with HtbBackend("v0", netns=sys.argv[1]) as kernel:
+    print(pyroute2.__file__, sorted(kernel.dump().slices))
+"""
+
+
+def _apt_install(deb: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    argv = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", deb]
+    install = subprocess.run(
+        argv, capture_output=True, text=True, timeout=600, env=env, check=False
+    )
+    if install.returncode != 0:  # package lists may be missing on a fresh machine
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600, check=False)
+        install = subprocess.run(
+            argv, capture_output=True, text=True, timeout=600, env=env, check=False
+        )
+    return install
+
+
+@pytest.mark.kernel
+def test_deb_builds_installs_runs_and_lists_its_files(ns: Netns, tmp_path: Path) -> None:
+    built = _run(str(PACKAGING / "build-deb"))
+    assert built.returncode == 0, built.stderr
+    deb = built.stdout.strip()
+    assert deb.endswith("dist/bwenforcer_0.1.0_all.deb")
+    info = _run("dpkg-deb", "--info", deb).stdout
+    assert "Package: bwenforcer" in info and "python3-prometheus-client" in info
+    assert "python3-pyroute2" not in info  # Debian 12's 0.7 lacks netns sockets: bundled
+    install = _apt_install(deb)
+    assert install.returncode == 0, install.stderr[-2000:]
+    try:
+        files = _run("dpkg", "-L", "bwenforcer").stdout.splitlines()
+        for path in (
+            "/usr/bin/bwenforcer",
+            "/lib/systemd/system/bwenforcer.service",
+            "/lib/systemd/system/bwenforcer-sync.timer",
+            "/etc/bwenforcer/bwenforcer.yaml",
+            "/usr/lib/python3/dist-packages/bwenforcer/kernel/htb.py",
+            "/usr/lib/python3/dist-packages/bwenforcer/templates/notice.txt",
+            "/usr/lib/bwenforcer/python/pyroute2/netns/__init__.py",
+            "/usr/share/doc/bwenforcer/copyright",
+            "/usr/share/doc/bwenforcer/grafana-dashboard.json",
+            "/usr/share/NodeManager/bwmon.py",
+            "/usr/lib/python3/dist-packages/bwmon.py",
+        ):
+            assert path in files
+        diversions = _run("dpkg-divert", "--list", "bwenforcer").stdout
+        assert "/usr/share/NodeManager/bwmon.py.distrib" in diversions
+        # the node manager's import of its core module bwmon, on Debian's libraries
+        shim = _run("/usr/bin/python3", "-c", BWMON_IMPORT)
+        assert shim.returncode == 0, shim.stderr
+        assert shim.stdout.split() == ["/usr/share/NodeManager/bwmon.py", "20", "True"]
+        assert (
+            "/etc/bwenforcer/bwenforcer.yaml"
+            in _run("dpkg-query", "-W", "-f", "${Conffiles}", "bwenforcer").stdout
+        )
+        version = _run("/usr/bin/bwenforcer", "--version")
+        assert version.returncode == 0 and "bwenforcer 0.1.0" in version.stdout, version.stderr
+        missing = _run("/usr/bin/bwenforcer", "--config", "/etc/bwenforcer/bwenforcer.yaml",
+                       "tc", "get", "--dev", "nosuch0")  # fmt: skip
+        assert missing.returncode == 4 and "device 'nosuch0' missing" in missing.stderr
+        _installed_daemon_runs_on_debian_libraries(ns, tmp_path)
+        sock = ns.run("/usr/bin/python3", "-c", NETNS_SOCKET, ns.name, check=False)
+        assert sock.returncode == 0, sock.stderr
+        assert sock.stdout.startswith("/usr/lib/bwenforcer/python/pyroute2/"), sock.stdout
+    finally:
+        purge = _run("dpkg", "--purge", "bwenforcer")
+        assert purge.returncode == 0, purge.stderr
+    for path in (
+        "/usr/lib/bwenforcer",
+        "/usr/lib/python3/dist-packages/bwenforcer",
+        "/etc/bwenforcer",
+        "/usr/share/NodeManager/bwmon.py",
+        "/usr/lib/python3/dist-packages/bwmon.py",
+    ):
+        assert not Path(path).exists(), f"{path} left behind"
+    assert "bwmon" not in _run("dpkg-divert", "--list", "bwenforcer").stdout
+
+
+def _installed_daemon_runs_on_debian_libraries(ns: Netns, tmp: Path) -> None:
+    """/usr/bin/bwenforcer daemon (Debian's python3-prometheus-client) serves and stops."""
+    port = free_port()
+    (tmp / "slices.yaml").write_text("slices:\n  - {name: pl_deb, xid: 71, rspec: {}}\n")
+    cfg = tmp / "c.yaml"
+    cfg.write_text(PACKAGED_CONFIG.format(tmp=tmp, port=port))
+    init = ns.run("/usr/bin/bwenforcer", "--config", str(cfg), "tc", "init", check=False)
+    assert init.returncode == 0, init.stderr
+    daemon = subprocess.Popen(
+        ["ip", "netns", "exec", ns.name, "/usr/bin/bwenforcer", "--config", str(cfg), "daemon"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        fetch = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
+        deadline, text = time.monotonic() + 20, ""
+        while 'slice="pl_deb"' not in text:
+            assert time.monotonic() < deadline, f"never scraped: {text[-500:]}"
+            time.sleep(0.3)
+            proc = ns.run(
+                "/usr/bin/python3", "-c", fetch, f"http://127.0.0.1:{port}/metrics", check=False
+            )
+            text = proc.stdout
+        assert 'bwenforcer_cycles_total{result="ok"}' in text
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=15) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        _, err = daemon.communicate(timeout=10)
+    assert "Traceback" not in err, err

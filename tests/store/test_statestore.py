@@ -1,0 +1,856 @@
+"""The state file: JSON schema, migrations, recovery, atomic saves, backup and lock."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import errno
+import json
+import os
+import random
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
+from bwenforcer.core.model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
+from bwenforcer.errors import LockBusy, StateCorrupt, StateError, StateTooNew
+from bwenforcer.store.codec import (
+    StateEncoder,
+    _slice_fast,
+    _slice_from,
+    state_from_json,
+    state_to_json,
+)
+from bwenforcer.store.schema import (
+    CLASS,
+    LEDGER_ENTRY,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SLICE,
+    TOP,
+    WRITER,
+    Field,
+)
+from bwenforcer.store.state import StateStore, check
+
+NOW_S = 1_763_800_000
+REPO = Path(__file__).resolve().parents[2]
+
+
+def policy(limit_bytes: int = 5_000_000) -> ClassPolicy:
+    return ClassPolicy(limit_bytes, limit_bytes * 8 // 10, 8_000, 10_000_000, 1)
+
+
+def slice_state(xid: int, name: str | None = None, used_bytes: int = 0) -> SliceState:
+    return SliceState(
+        name=name or f"pl_s{xid}",
+        xid=xid,
+        period_start_s=NOW_S - 3600,
+        period_end_s=NOW_S + 82_800,
+        default=ClassState(policy(), used_bytes, 10 * used_bytes, 2_000_000, True, False),
+        exempt=ClassState(policy(16_000_000), 7, 77),
+    )
+
+
+def make_state(n: int, used_bytes: int = 0, dead: int = 1) -> State:
+    slices = {xid: slice_state(xid, used_bytes=used_bytes) for xid in range(1, n + 1)}
+    ledger = {
+        f"pl_dead{i}": LedgerEntry(slice_state(3000 + i, f"pl_dead{i}", 99), NOW_S - 60)
+        for i in range(dead)
+    }
+    return State(slices, ledger)
+
+
+def saved(state: State, now_s: int = NOW_S) -> State:
+    return dataclasses.replace(state, saved_s=now_s)
+
+
+def read_json(path: Path | str) -> Any:
+    return json.loads(Path(path).read_bytes())
+
+
+# --- JSON round trip and validation ----------------------------------------------------
+
+names = st.text("abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=20)
+counts = st.integers(min_value=0, max_value=2**64)
+
+
+@st.composite
+def class_states(draw: st.DrawFn) -> ClassState:
+    return ClassState(
+        ClassPolicy(draw(counts), draw(counts), draw(counts), draw(counts), draw(counts)),
+        draw(counts),
+        draw(counts),
+        draw(counts),
+        draw(st.booleans()),
+        draw(st.booleans()),
+    )
+
+
+@st.composite
+def slice_states(draw: st.DrawFn, xid: int | None = None, name: str | None = None) -> SliceState:
+    start = draw(st.integers(min_value=0, max_value=2**40))
+    return SliceState(
+        name if name is not None else draw(names),
+        xid if xid is not None else draw(st.integers(min_value=0, max_value=DEFAULT_XID)),
+        start,
+        start + draw(st.integers(min_value=0, max_value=10**8)),
+        draw(class_states()),
+        draw(class_states()),
+    )
+
+
+@st.composite
+def states(draw: st.DrawFn) -> State:
+    xids = draw(st.sets(st.integers(min_value=0, max_value=DEFAULT_XID), max_size=8))
+    dead = draw(st.sets(names, max_size=5))
+    return State(
+        {xid: draw(slice_states(xid=xid)) for xid in xids},
+        {name: LedgerEntry(draw(slice_states(name=name)), draw(counts)) for name in dead},
+        draw(st.none() | counts),
+    )
+
+
+@given(states(), st.integers(min_value=0, max_value=2**40))
+def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
+    text = json.dumps(state_to_json(state, now_s))
+    assert state_from_json(json.loads(text), "state.json") == saved(state, now_s)
+
+
+def test_json_layout_is_the_documented_one() -> None:
+    data = state_to_json(make_state(1), NOW_S)
+    assert data["schema_version"] == SCHEMA_VERSION == 2
+    assert data["saved_at"] == NOW_S and data["writer"] == WRITER
+    assert set(data["slices"]) == {"1"}
+    sl = data["slices"]["1"]
+    assert sl["name"] == "pl_s1" and sl["xid"] == 1
+    assert (sl["period_start"], sl["period_end"]) == (NOW_S - 3600, NOW_S + 82_800)
+    assert sl["classes"]["default"] == {
+        "used_bytes": 0,
+        "last_counter_bytes": 0,
+        "ceil_bps": 2_000_000,
+        "capped": True,
+        "notified": False,
+        "limit_bytes": 5_000_000,
+        "threshold_bytes": 4_000_000,
+        "min_rate_bps": 8_000,
+        "max_rate_bps": 10_000_000,
+        "share": 1,
+    }
+    assert data["ledger"]["pl_dead0"]["died_at"] == NOW_S - 60
+    assert data["ledger"]["pl_dead0"]["slice"]["xid"] == 3000
+
+
+def _set(data: dict[str, Any], path: str, value: object) -> None:
+    *parents, last = path.split(".")
+    for key in parents:
+        data = data[key]
+    if value is _DELETE:
+        del data[last]
+    else:
+        data[last] = value
+
+
+_DELETE = object()
+_CLS = "slices.1.classes.default"
+
+BAD_FILES = [
+    (f"{_CLS}.used_bytes", -1, f"{_CLS}.used_bytes: expected a non-negative integer"),
+    (f"{_CLS}.used_bytes", True, f"{_CLS}.used_bytes: expected a non-negative integer"),
+    (f"{_CLS}.used_bytes", 1.5, f"{_CLS}.used_bytes: expected a non-negative integer"),
+    (f"{_CLS}.used_bytes", "12", f"{_CLS}.used_bytes: expected a non-negative integer"),
+    (f"{_CLS}.capped", 1, f"{_CLS}.capped: expected true or false"),
+    (f"{_CLS}.share", _DELETE, f"{_CLS}: missing key 'share'"),
+    (f"{_CLS}.bytes_used", 5, f"{_CLS}: unknown key 'bytes_used'"),
+    ("slices.1.classes.exempt", [], "slices.1.classes.exempt: expected an object"),
+    ("slices.1.classes.exempt", _DELETE, "slices.1.classes: missing key 'exempt'"),
+    ("slices.1.name", "", "slices.1.name: expected a non-empty string"),
+    ("slices.1.xid", 2, "slices.1: key does not match xid 2"),
+    ("slices.1.xid", 0x1000, "slices.1.xid: 4096 out of range 0..4095"),
+    ("slices.1.period_end", NOW_S - 7200, "slices.1.period_end: before period_start"),
+    ("slices", [], "slices: expected an object"),
+    ("ledger.pl_dead0.slice.name", "pl_other", "ledger.pl_dead0: key does not match"),
+    ("ledger.pl_dead0.died_at", None, "ledger.pl_dead0.died_at: expected a non-negative"),
+    ("writer", 3, "writer: expected a string"),
+    ("saved_at", _DELETE, "missing key 'saved_at'"),
+    ("extra", {}, "unknown key 'extra'"),
+    ("schema_version", "1", "schema_version: expected an integer"),
+    ("schema_version", -1, "schema_version: unknown version -1"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BAD_FILES)
+def test_strict_validation_names_file_and_json_path(path: str, value: object, message: str) -> None:
+    data = state_to_json(make_state(2), NOW_S)
+    _set(data, path, value)
+    with pytest.raises(StateCorrupt) as info:
+        state_from_json(data, "state.json")
+    assert str(info.value).startswith("state.json: ")
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_the_documented_example_message() -> None:
+    data = state_to_json(State({1234: slice_state(1234)}), NOW_S)
+    data["slices"]["1234"]["classes"]["default"]["used_bytes"] = -5
+    with pytest.raises(StateCorrupt) as info:
+        state_from_json(data, "state.json")
+    assert str(info.value) == (
+        "state.json: slices.1234.classes.default.used_bytes: expected a non-negative integer"
+    )
+
+
+@pytest.mark.parametrize("data", [[], "x", 3, None])
+def test_top_level_must_be_an_object(data: object) -> None:
+    with pytest.raises(StateCorrupt, match=r"^state.json: expected a JSON object$"):
+        state_from_json(data, "state.json")
+
+
+@given(slice_states())
+def test_fast_and_strict_decoders_build_the_same_slice(sl: SliceState) -> None:
+    raw = state_to_json(State({sl.xid: sl}), NOW_S)["slices"][str(sl.xid)]
+    assert _slice_fast(raw, {}) == _slice_from(raw, "f", "s") == sl
+
+
+# the problems inside one slice (the others are found around the slices)
+SLICE_PROBLEMS = [
+    (path, value) for path, value, message in BAD_FILES if path.startswith("slices.1.")
+    and "key does not match" not in message
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "value"), SLICE_PROBLEMS)
+def test_the_fast_decoder_gives_up_wherever_the_strict_one_finds_a_problem(
+    path: str, value: object
+) -> None:
+    data = state_to_json(make_state(2), NOW_S)
+    _set(data, path, value)
+    assert _slice_fast(data["slices"]["1"], {}) is None
+    with pytest.raises(StateCorrupt):
+        _slice_from(data["slices"]["1"], "f", "slices.1")
+
+
+def test_top_level_problems_name_the_key_without_a_leading_dot() -> None:
+    data = state_to_json(make_state(1), NOW_S)
+    data["saved_at"] = -1
+    with pytest.raises(StateCorrupt) as info:
+        state_from_json(data, "state.json")
+    assert str(info.value) == "state.json: saved_at: expected a non-negative integer"
+
+
+# --- the field table --------------------------------------------------------------------
+
+
+def _attrs(fields: tuple[Field, ...]) -> set[str]:
+    return {f.attr for f in fields if f.attr}
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def test_every_field_of_the_saved_dataclasses_is_in_the_state_table() -> None:
+    assert _names(State) == _attrs(TOP)
+    assert _names(LedgerEntry) == _attrs(LEDGER_ENTRY)
+    assert _names(SliceState) == _attrs(SLICE) | set(TRAFFIC_CLASSES)  # via "classes"
+    assert _names(ClassState) == {a.split(".")[0] for a in _attrs(CLASS)}
+    assert _names(ClassPolicy) == {
+        a.removeprefix("policy.") for a in _attrs(CLASS) if a.startswith("policy.")
+    }
+
+
+_DOC_SCOPES = {"": TOP, "ledger.<name>.": LEDGER_ENTRY, "SLICE ": SLICE, "CLASS ": CLASS}
+_DOC_TYPES = {
+    "uint": "int",
+    "version": "int",
+    "bool": "bool",
+    "str": "string",
+    "name": "string",
+    "slices": "object",
+    "ledger": "object",
+    "classes": "object",
+    "slice": "SLICE",
+}
+
+
+def test_the_documented_key_table_is_the_state_table() -> None:
+    doc = (REPO / "docs" / "state-format.md").read_text()
+    section = doc.split("## State file", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| ((?:[A-Z]+ )?)`([^`]+)` \| ([^|]*)\| ([^|]*)\|", section, re.M)
+    documented = set()
+    for scope, key, kind, unit in rows:
+        prefix, _, name = key.rpartition(".")
+        documented.add((scope or (prefix and f"{prefix}."), name, kind.strip(), unit.strip()))
+    table = {
+        (scope, f.key, _DOC_TYPES[f.kind], f.unit)
+        for scope, fields in _DOC_SCOPES.items()
+        for f in fields
+    }
+    assert documented == table
+
+
+# --- migrations -------------------------------------------------------------------------
+
+
+def v0_document(state: State) -> dict[str, Any]:
+    """What a schema-0 (pre-release) file looked like: no writer, older class key names."""
+    data = state_to_json(state, NOW_S)
+    data["schema_version"] = 0
+    del data["writer"]
+    slices = [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]
+    for sl in slices:
+        for cls in sl["classes"].values():
+            cls["bytes_used"] = cls.pop("used_bytes")
+            cls["last_counter"] = cls.pop("last_counter_bytes")
+    return data
+
+
+def test_migrations_form_a_chain_to_the_current_version() -> None:
+    assert sorted(MIGRATIONS) == list(range(SCHEMA_VERSION))
+
+
+def test_v0_migrates_to_v1() -> None:
+    state = make_state(3, used_bytes=1234)
+    v0 = v0_document(state)
+    before = copy.deepcopy(v0)
+    migrated = MIGRATIONS[0](v0)
+    assert v0 == before  # the step builds a new object
+    assert migrated["schema_version"] == 1 and isinstance(migrated["writer"], str)
+    assert state_from_json(v0, "state.json") == saved(state)
+
+
+def test_v0_file_with_bad_fields_is_reported_after_migration() -> None:
+    v0 = v0_document(make_state(1))
+    v0["slices"]["1"]["classes"]["default"]["bytes_used"] = "lots"
+    with pytest.raises(StateCorrupt, match=r"slices\.1\.classes\.default\.used_bytes"):
+        state_from_json(v0, "state.json")
+
+
+def test_v0_file_on_disk_loads_and_is_saved_as_current(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    state = make_state(2, used_bytes=10)
+    path.write_text(json.dumps(v0_document(state)))
+    store = StateStore(str(path))
+    loaded = store.load()
+    assert loaded.state == saved(state) and loaded.recovered_from is None
+    store.save(loaded.state, NOW_S + 300)
+    assert read_json(path)["schema_version"] == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused() -> None:
+    data = state_to_json(make_state(1), NOW_S)
+    data["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(StateTooNew, match=f"schema_version {SCHEMA_VERSION + 1} is newer"):
+        state_from_json(data, "state.json")
+
+
+# --- load, recovery ---------------------------------------------------------------------
+
+
+def test_missing_file_is_a_first_run(tmp_path: Path) -> None:
+    loaded = StateStore(str(tmp_path / "none" / "state.json")).load()
+    assert loaded.state == State() and loaded.recovered_from is None
+    assert loaded.moved_aside is None
+
+
+def test_missing_file_with_a_backup_uses_the_backup(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    store = StateStore(str(path))
+    store.save(make_state(1), NOW_S)
+    store.save(make_state(2), NOW_S + 1)
+    path.unlink()
+    loaded = store.load()
+    assert loaded.state == saved(make_state(1))
+    assert loaded.recovered_from == store.backup
+
+
+def _two_generations(tmp_path: Path) -> tuple[StateStore, State]:
+    clock = iter(range(NOW_S, NOW_S + 10**6)).__next__
+    store = StateStore(str(tmp_path / "state.json"), clock=lambda: float(clock()))
+    older = make_state(3, used_bytes=111)
+    store.save(older, NOW_S)
+    store.save(make_state(4, used_bytes=222), NOW_S + 300)
+    return store, saved(older)
+
+
+def test_truncated_file_is_moved_aside_and_the_backup_used(tmp_path: Path) -> None:
+    store, older = _two_generations(tmp_path)
+    good = Path(store.path).read_bytes()
+    offsets = range(0, len(good.rstrip()), 97)
+    assert len(offsets) > 20
+    for cut in offsets:
+        Path(store.path).write_bytes(good[:cut])
+        loaded = store.load()
+        assert loaded.state == older, cut
+        assert loaded.recovered_from == store.backup
+        assert loaded.moved_aside is not None and ".corrupt-" in loaded.moved_aside
+        assert Path(loaded.moved_aside).read_bytes() == good[:cut]
+        assert not Path(store.path).exists()
+    asides = list(tmp_path.glob("state.json.corrupt-*"))
+    assert len(asides) == len(offsets)  # never overwrote an earlier one
+
+
+def test_moved_aside_name_is_the_utc_time(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    store = StateStore(str(path), clock=lambda: 1_763_800_000.0)
+    store.save(make_state(1), NOW_S)
+    store.save(make_state(1), NOW_S)
+    path.write_text("{")
+    assert store.load().moved_aside == f"{path}.corrupt-20251122T082640Z"
+
+
+def test_too_new_file_is_moved_aside_never_overwritten(tmp_path: Path) -> None:
+    store, older = _two_generations(tmp_path)
+    newer = state_to_json(make_state(9), NOW_S)
+    newer["schema_version"] = SCHEMA_VERSION + 1
+    text = json.dumps(newer)
+    Path(store.path).write_text(text)
+    loaded = store.load()
+    assert loaded.state == older and loaded.recovered_from == store.backup
+    assert loaded.moved_aside is not None and ".newer-" in loaded.moved_aside
+    assert Path(loaded.moved_aside).read_text() == text
+
+
+def test_too_new_file_without_backup_is_refused_and_left_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    data = state_to_json(make_state(1), NOW_S)
+    data["schema_version"] = 7
+    path.write_text(json.dumps(data))
+    store = StateStore(str(path))
+    with pytest.raises(StateTooNew, match="no backup"):
+        store.load()
+    assert read_json(path) == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_corrupt_file_and_corrupt_backup_raise_and_move_nothing(tmp_path: Path) -> None:
+    store, _ = _two_generations(tmp_path)
+    Path(store.path).write_text("garbage")
+    Path(store.backup).write_text("{}")
+    with pytest.raises(StateError) as info:
+        store.load()
+    message = str(info.value)
+    assert "not valid JSON" in message and "backup unusable too" in message
+    assert "\n" not in message
+    assert Path(store.path).read_text() == "garbage"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.json.1"]
+
+
+def test_read_unlocked_recovers_without_moving_anything(tmp_path: Path) -> None:
+    store, older = _two_generations(tmp_path)
+    Path(store.path).write_text("[")
+    loaded = store.read_unlocked()
+    assert loaded.state == older and loaded.recovered_from == store.backup
+    assert loaded.moved_aside is None
+    assert Path(store.path).read_text() == "["
+
+
+def test_unreadable_file_is_an_error_not_a_recovery(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.mkdir()
+    with pytest.raises(StateError, match="cannot read"):
+        StateStore(str(path)).load()
+    assert path.is_dir()
+
+
+# --- save -------------------------------------------------------------------------------
+
+
+def test_save_creates_directory_0700_and_file_0600(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "lib" / "state.json"
+    old_umask = os.umask(0)
+    try:
+        StateStore(str(path)).save(make_state(2), NOW_S)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert StateStore(str(path)).load().state == saved(make_state(2))
+
+
+def test_save_fixes_the_mode_of_a_stale_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    stale = tmp_path / f"state.json.tmp-{os.getpid()}"
+    stale.write_text("old")
+    stale.chmod(0o644)
+    StateStore(str(path)).save(make_state(1), NOW_S)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not stale.exists()
+
+
+def test_one_backup_generation_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    store = StateStore(str(path))
+    generations = [make_state(n, used_bytes=n) for n in (1, 2, 3)]
+    for i, state in enumerate(generations):
+        store.save(state, NOW_S + i)
+    assert state_from_json(read_json(path), "f") == saved(generations[2], NOW_S + 2)
+    assert state_from_json(read_json(store.backup), "f") == saved(generations[1], NOW_S + 1)
+    assert stat.S_IMODE(Path(store.backup).stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.json.1"]
+
+
+def test_temp_files_of_dead_writers_are_removed(tmp_path: Path) -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        child_alive_tmp = tmp_path / f"state.json.tmp-{child.pid}"
+        child_alive_tmp.write_text("busy")
+        finished = subprocess.Popen(["true"])
+        finished.wait()
+        gone = tmp_path / f"state.json.tmp-{finished.pid}"
+        gone.write_text("partial")
+        gone_link = tmp_path / f"state.json.1.tmp-{finished.pid}"
+        gone_link.write_text("partial")
+        StateStore(str(tmp_path / "state.json")).save(make_state(1), NOW_S)
+        assert not gone.exists() and not gone_link.exists()
+        assert child_alive_tmp.exists()
+    finally:
+        child.kill()
+        child.wait()
+
+
+# A failing disk cannot be produced by the test otherwise: this is where mocks are allowed.
+@pytest.mark.parametrize("failing", ["write", "fsync"])
+def test_failed_write_leaves_the_previous_state_intact(
+    tmp_path: Path, mocker: Any, failing: str
+) -> None:
+    path = tmp_path / "state.json"
+    store = StateStore(str(path))
+    store.save(make_state(1), NOW_S)
+    store.save(make_state(2), NOW_S + 1)
+    before = path.read_bytes(), Path(store.backup).read_bytes()
+    real = getattr(os, failing)
+
+    def full_disk(fd: int, *args: Any) -> Any:
+        if ".tmp-" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, *args)
+
+    mocker.patch.object(os, failing, side_effect=full_disk)
+    with pytest.raises(StateError, match="cannot save state: No space left on device"):
+        store.save(make_state(500), NOW_S + 2)
+    mocker.stopall()
+    assert (path.read_bytes(), Path(store.backup).read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.json.1"]
+    assert store.load().state == saved(make_state(2), NOW_S + 1)
+
+
+_FULL_DISK_SCRIPT = """
+import json, os, subprocess, sys
+sys.path.insert(0, {repo!r})
+from bwenforcer.errors import StateError
+from bwenforcer.store.state import StateStore
+from tests.store.test_statestore import make_state, saved
+mnt = {mnt!r}
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", mnt], check=True)
+store = StateStore(os.path.join(mnt, "state.json"))
+store.save(make_state(3), 1)
+with open(os.path.join(mnt, "filler"), "wb", buffering=0) as f:
+    try:
+        while True:
+            f.write(b"x" * 4096)
+    except OSError:
+        pass
+error = None
+try:
+    store.save(make_state(400), 2)
+except StateError as exc:
+    error = str(exc)
+print(json.dumps({{"error": error, "intact": store.load().state == saved(make_state(3), 1),
+                   "files": sorted(os.listdir(mnt))}}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_real_full_disk_leaves_the_previous_state_intact(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = _FULL_DISK_SCRIPT.format(repo=str(REPO), mnt=str(mnt))
+    # A private mount namespace: the tmpfs vanishes with the process, whatever happens.
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result = json.loads(out.stdout)
+    assert result["error"] and "No space left on device" in result["error"]
+    assert result["intact"] is True
+    assert result["files"] == ["filler", "state.json"]
+
+
+_WRITER_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+from bwenforcer.store.state import StateStore
+
+real_write = os.write
+def slow_disk_write(fd, data):  # short writes, as POSIX allows: widens every window
+    time.sleep(0.002)
+    return real_write(fd, data[:65536])
+os.write = slow_disk_write
+
+store = StateStore({path!r})
+states = [StateStore(source).load().state for source in {sources!r}]
+i = 0
+while True:
+    store.save(states[i % 2], i)
+    if i == 0:
+        print("saving", flush=True)
+    i += 1
+"""
+
+
+def test_writer_killed_at_random_points_always_leaves_a_loadable_file(tmp_path: Path) -> None:
+    sources = []
+    for used in (1, 2):
+        source = tmp_path / f"source{used}" / "state.json"
+        StateStore(str(source)).save(make_state(4000, used_bytes=used), 0)
+        sources.append(str(source))
+    work = tmp_path / "work"
+    path = work / "state.json"
+    store = StateStore(str(path))
+    store.save(make_state(1), 0)
+    rng = random.Random(1234)
+    script = _WRITER_SCRIPT.format(repo=str(REPO), path=str(path), sources=sources)
+    seen_used = set()
+    for _ in range(20):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"saving\n"
+        time.sleep(rng.uniform(0, 0.25))  # a random point of the write-fsync-link-rename loop
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        assert check(str(path)) == []
+        loaded = store.load()
+        assert loaded.recovered_from is None and loaded.moved_aside is None
+        assert len(loaded.state.slices) == 4000
+        seen_used.add(loaded.state.slices[1].default.used_bytes)
+    assert seen_used <= {1, 2}
+    store.save(make_state(1), 1)  # the next writer cleans up after the killed ones
+    assert sorted(p.name for p in work.iterdir()) == ["state.json", "state.json.1"]
+
+
+def test_state_of_4000_slices_round_trips_through_the_file(tmp_path: Path) -> None:
+    store = StateStore(str(tmp_path / "state.json"))
+    state = make_state(4000, used_bytes=5, dead=50)
+    store.save(state, NOW_S)
+    assert StateStore(store.path).load().state == saved(state)
+
+
+# --- encoding slice by slice, and the copy of what a store wrote ---------------------------
+
+any_names = st.text(min_size=1, max_size=12)  # quotes, backslashes, control and non-ASCII
+
+
+@st.composite
+def states_any_names(draw: st.DrawFn) -> State:
+    xids = draw(st.sets(st.integers(min_value=0, max_value=DEFAULT_XID), max_size=6))
+    dead = draw(st.sets(any_names, max_size=4))
+    return State(
+        {xid: draw(slice_states(xid=xid, name=draw(any_names))) for xid in xids},
+        {name: LedgerEntry(draw(slice_states(name=name)), draw(counts)) for name in dead},
+        None,
+        draw(counts),
+    )
+
+
+@given(states_any_names(), states_any_names(), st.integers(min_value=0, max_value=2**40))
+def test_encoder_writes_exactly_the_json_of_state_to_json(
+    first: State, second: State, now_s: int
+) -> None:
+    encoder = StateEncoder()
+
+    def reference(state: State) -> bytes:
+        return json.dumps(state_to_json(state, now_s), separators=(",", ":")).encode()
+
+    assert encoder.encode(first, now_s) == reference(first)
+    assert encoder.encode(first, now_s) == reference(first)  # from the kept slice texts
+    # some slices kept, some changed, some new, some gone
+    mixed = State(
+        {**dict(list(first.slices.items())[::2]), **second.slices},
+        second.ledger,
+        None,
+        second.resets,
+    )
+    assert encoder.encode(mixed, now_s) == reference(mixed)
+
+
+def test_encoder_re_encodes_a_changed_slice_even_with_the_same_xid() -> None:
+    encoder = StateEncoder()
+    state = make_state(3)
+    encoder.encode(state, NOW_S)
+    changed = dataclasses.replace(
+        state.slices[2], default=dataclasses.replace(state.slices[2].default, used_bytes=42)
+    )
+    state = State({**state.slices, 2: changed}, state.ledger)
+    data = json.loads(encoder.encode(state, NOW_S))
+    assert data["slices"]["2"]["classes"]["default"]["used_bytes"] == 42
+
+
+def test_a_store_keeps_what_it_wrote_and_rereads_a_file_anyone_else_wrote(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.json"
+    store = StateStore(str(path))
+    state = make_state(3, used_bytes=5)
+    store.save(state, NOW_S)
+    again = store.load().state
+    assert again == saved(state)
+    assert again.slices[1] is state.slices[1]  # its own file: not parsed again
+    StateStore(str(path)).save(make_state(2), NOW_S + 60)  # `bwenforcer reset`, say
+    assert store.load().state == saved(make_state(2), NOW_S + 60)
+    store.save(state, NOW_S + 120)
+    text = path.read_text()
+    path.write_text(text.replace('"used_bytes":5,', '"used_bytes":66,', 1))  # edited in place
+    assert store.load().state.slices[1].default.used_bytes == 66
+    store.save(state, NOW_S + 180)
+    path.unlink()
+    assert store.load().recovered_from == store.backup  # gone: the backup, as ever
+
+
+# --- check ------------------------------------------------------------------------------
+
+
+def test_check_accepts_a_good_file_and_a_first_run(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    assert check(str(path)) == []
+    store = StateStore(str(path))
+    store.save(make_state(2), NOW_S)
+    store.save(make_state(2), NOW_S)
+    assert check(str(path)) == []
+
+
+def test_check_reports_each_problem_on_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    store = StateStore(str(path))
+    store.save(make_state(2), NOW_S)
+    store.save(make_state(2), NOW_S)
+    path.write_text("{")
+    Path(store.backup).write_text('{"schema_version": 3}')
+    problems = check(str(path))
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{path}: not valid JSON")
+    assert problems[1].startswith(f"{store.backup}: schema_version 3 is newer")
+    path.unlink()
+    assert check(str(path)) == [
+        f"{path}: missing, but its backup {store.backup} exists",
+        problems[1],
+    ]
+
+
+def test_check_reports_inconsistent_slices(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    state = State(
+        {1: slice_state(1, "pl_a"), 2: slice_state(2, "pl_a"), 3: slice_state(3, "pl_b")},
+        {"pl_b": LedgerEntry(slice_state(9, "pl_b"), NOW_S)},
+    )
+    StateStore(str(path)).save(state, NOW_S)
+    assert check(str(path)) == [
+        f"{path}: slice pl_a on xids 1 and 2",
+        f"{path}: slice pl_b (xid 3) is live and in the ledger",
+    ]
+
+
+# --- lock -------------------------------------------------------------------------------
+
+_HOLDER_SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+from bwenforcer.store.state import StateStore
+with StateStore({path!r}).lock(5):
+    print("locked", flush=True)
+    sys.stdin.readline()
+print("released", flush=True)
+"""
+
+
+def lock_holder(path: Path) -> subprocess.Popen[str]:
+    """A process holding the lock of the state file at path until its stdin closes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER_SCRIPT.format(repo=str(REPO), path=str(path))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "locked\n"
+    return proc
+
+
+def test_second_holder_waits_then_gets_lock_busy_naming_the_holder(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    store = StateStore(str(path))
+    store.save(make_state(2), NOW_S)
+    holder = lock_holder(path)
+    try:
+        started = time.monotonic()
+        with pytest.raises(LockBusy) as info, store.lock(0.4):
+            pytest.fail("lock taken while another process holds it")
+        assert time.monotonic() - started >= 0.4
+        assert str(info.value) == (
+            f"another bwenforcer cycle holds {path}.lock (pid {holder.pid}) after 0.4 s"
+        )
+        assert info.value.exit_code == 3
+        # status commands never block behind a cycle
+        assert store.read_unlocked().state == saved(make_state(2))
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    with store.lock(5):
+        assert Path(f"{path}.lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_waiter_gets_the_lock_once_the_holder_releases_it(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "state.json"
+    holder = lock_holder(path)
+    assert holder.stdin is not None and holder.stdout is not None
+    holder.stdin.write("\n")
+    holder.stdin.flush()
+    with StateStore(str(path)).lock(30):
+        assert holder.stdout.readline() == "released\n"
+    holder.wait(timeout=10)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_lock_is_released_when_the_body_raises(tmp_path: Path) -> None:
+    store = StateStore(str(tmp_path / "state.json"))
+    with pytest.raises(ZeroDivisionError), store.lock(1):
+        _ = 1 // 0
+    with store.lock(0):
+        assert Path(store.lock_path).read_text().strip() == str(os.getpid())
+
+
+@settings(max_examples=25, deadline=None)
+@given(states())
+def test_any_saved_state_passes_check_and_loads(tmp_path_factory: Any, state: State) -> None:
+    path = tmp_path_factory.mktemp("s") / "state.json"
+    StateStore(str(path)).save(state, NOW_S)
+    problems = check(str(path))
+    names_live = [s.name for s in state.slices.values()]
+    consistent = len(set(names_live)) == len(names_live) and not set(names_live) & set(state.ledger)
+    assert (problems == []) == consistent
+    assert StateStore(str(path)).load().state == saved(state)
+
+
+def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
+    v1 = state_to_json(make_state(2), NOW_S)
+    del v1["resets"]
+    v1["schema_version"] = 1
+    state = state_from_json(v1, "old.json")
+    assert state.resets == 0
+    assert state == dataclasses.replace(make_state(2), saved_s=NOW_S)

@@ -1,0 +1,262 @@
+"""Every command's JSON names one concept one way, and README's "JSON keys" table lists them.
+
+The pure part feeds the JSON builders plain data covering every object they print
+(every plan action, a ledger entry, history, kernel classes); the kernel part runs
+each command with ``--json`` on a node in a throwaway namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bwenforcer.commands.state import operator_json
+from bwenforcer.commands.tc import get_rows
+from bwenforcer.core.model import ClassRates, DesiredSet
+from bwenforcer.core.plan import (
+    Adopt,
+    CreateClass,
+    MoveToLedger,
+    NewPeriod,
+    Notify,
+    PurgeLedger,
+    RemoveClasses,
+    Revive,
+    SetRates,
+)
+from bwenforcer.core.planner import PlanParams, plan
+from bwenforcer.cycle.executor import Outcome
+from bwenforcer.cycle.run import CycleResult
+from bwenforcer.history.usage import ReportRow
+from bwenforcer.store.codec import state_to_json
+from bwenforcer.views.plan import action_json, result_json
+from bwenforcer.views.report import row_json
+from bwenforcer.views.show import show_json
+from bwenforcer.views.status import ledger_json, status_json
+from tests.cli.test_cli_inspect import write_config
+from tests.kernel_helpers import bwenforcer_in
+from tests.netns import Netns
+from tests.views.test_inspection import (
+    BWMIN_BPS,
+    NOW,
+    GiB,
+    desired_heavy,
+    fixed_snapshot,
+    fixed_state,
+    heavy_report,
+)
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+# key -> concept. One concept, one key; the only exception is the slice's name, which
+# docs/interfaces.md fixes as `slice` in `tc get` rows and `name` in `status` objects.
+KEYS = {
+    # who and what
+    "name": "slice name",
+    "slice": "slice name",
+    "xid": "xid",
+    "old_xid": "xid before a revival",
+    "status": "live, dead or new",
+    "traffic_class": "traffic class",
+    "classes": "the classes",
+    "default": "default class",
+    "exempt": "exempt class",
+    "action": "plan action",
+    "reason": "why an action",
+    "by": "bucket size",
+    "result": "cycle result",
+    # bytes
+    "used_bytes": "bytes used this period",
+    "limit_bytes": "budget",
+    "threshold_bytes": "threshold",
+    "delta_bytes": "bytes counted this cycle",
+    "last_counter_bytes": "kernel counter at the last cycle",
+    "uncounted_bytes": "bytes not yet counted",
+    "bytes": "kernel byte counter (default class)",
+    "exempt_bytes": "bytes of the exempt class",
+    "default_bytes": "bytes of the default class",
+    "peak_hour_bytes": "busiest hour's bytes",
+    # rates, bit/s
+    "min_rate": "guaranteed rate",
+    "max_rate": "ceil allowed",
+    "exempt_min_rate": "exempt guaranteed rate",
+    "exempt_max_rate": "exempt ceil allowed",
+    "ceil": "ceil in force",
+    "old_ceil": "ceil before the cycle",
+    "new_ceil": "ceil after the cycle",
+    "share": "share",
+    "rates": "rates of a created class",
+    "old": "rates before a change",
+    "new": "rates after a change",
+    # instants, Unix seconds
+    "period_start": "period start",
+    "period_end": "period end",
+    "bucket_start": "bucket start",
+    "died_at": "slice death",
+    "expires_at": "ledger expiry",
+    "saved_at": "state save",
+    "now": "cycle time",
+    # durations, seconds
+    "duration_s": "cycle duration",
+    "capped_default_s": "default class capped time",
+    "capped_exempt_s": "exempt class capped time",
+    # flags and counts
+    "capped": "capped",
+    "notified": "notified",
+    "dry_run": "dry run",
+    "limiting_off": "limiting off",
+    "kernel_available": "kernel readable",
+    "mails_sent": "mails sent",
+    "mails_failed": "mails failed",
+    "mails_deferred": "mails deferred",
+    "resets": "operator resets",
+    # containers and the rest
+    "slices": "slices",
+    "ledger": "ledger",
+    "history": "history",
+    "actions": "actions",
+    "kernel": "kernel class",
+    "next_cycle": "policy of the next cycle",
+    "origin": "attribute origins",
+    "failures": "failures",
+    "source_errors": "bad slices",
+    "recovered_from": "backup used",
+    "schema_version": "state schema",
+    "writer": "state writer",
+}
+
+
+def keys_of(doc: Any, data_maps: frozenset[str] = frozenset(), path: str = "") -> Iterator[str]:
+    """Every key of ``doc`` except those of maps keyed by data (paths in ``data_maps``)."""
+    if isinstance(doc, list):
+        for item in doc:
+            yield from keys_of(item, data_maps, f"{path}[]")
+    elif isinstance(doc, dict):
+        for key, value in doc.items():
+            child = f"{path}.*" if path in data_maps else f"{path}.{key}"
+            if path not in data_maps:
+                yield key
+            yield from keys_of(value, data_maps, child)
+
+
+def readme_keys() -> set[str]:
+    """The keys of README's "JSON keys" table (first column, backticked)."""
+    text = README.read_text()
+    section = text.split("## JSON keys", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([a-z_]+)`", section, re.MULTILINE))
+
+
+def test_the_table_has_one_key_per_concept_and_is_the_readme_table() -> None:
+    by_concept = defaultdict(list)
+    for key, concept in KEYS.items():
+        by_concept[concept].append(key)
+    doubled = {c: k for c, k in by_concept.items() if len(k) > 1}
+    assert doubled == {"slice name": ["name", "slice"]}
+    assert readme_keys() == set(KEYS)
+
+
+ALL_ACTIONS = (
+    CreateClass("pl_a", 1, "default", ClassRates(8_000, 10**6, 1), "new"),
+    SetRates("pl_a", 1, "exempt", ClassRates(8_000, 10**6, 1), ClassRates(8_000, 10**5, 1)),
+    RemoveClasses(None, 2, "orphan"),
+    Adopt("pl_a", 1),
+    MoveToLedger("pl_b", 3),
+    Revive("pl_b", 4, 3),
+    PurgeLedger("pl_c"),
+    NewPeriod("pl_a", 1, NOW, NOW + 86_400),
+    Notify("pl_a", 1, ("default", "exempt")),
+)
+
+
+def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
+    """Each command's JSON built from plain data, with the paths of its data-keyed maps."""
+    state = fixed_state()
+    planned = plan(
+        DesiredSet((desired_heavy(),)),
+        fixed_snapshot(),
+        state,
+        PlanParams(86_400, None, BWMIN_BPS),
+        NOW,
+    )
+    applied = CycleResult(NOW, 0.01, planned, Outcome(planned.state, mails_sent=1))
+    report = ReportRow("pl_a", "day", NOW, 1, 2, 3, 4, 5)
+    return {
+        "tc get": (get_rows(fixed_snapshot(), None, {10: "pl_heavy"}), frozenset()),
+        "sync --dry-run": (result_json(CycleResult(NOW, 0.01, planned, None)), frozenset()),
+        "sync": (result_json(applied), frozenset()),
+        "sync actions": ([action_json(a) for a in ALL_ACTIONS], frozenset()),
+        "status": (status_json(state, fixed_snapshot()), frozenset()),
+        "ledger": (ledger_json(state), frozenset()),
+        "show": (show_json(heavy_report()), frozenset({".origin"})),
+        "report": ([row_json(report)], frozenset()),
+        "state show": (
+            operator_json(state_to_json(state, NOW)),
+            frozenset({".slices", ".ledger"}),
+        ),
+    }
+
+
+@pytest.mark.parametrize("command", list(pure_documents()))
+def test_every_key_is_in_the_table(command: str) -> None:
+    doc, data_maps = pure_documents()[command]
+    unknown = sorted(set(keys_of(doc, data_maps)) - set(KEYS))
+    assert unknown == [], f"{command} --json: keys not in the table: {unknown}"
+
+
+def test_a_slice_named_like_a_key_keeps_its_name_in_state_show() -> None:
+    from bwenforcer.core.model import LedgerEntry, SliceState, State
+    from tests.views.test_inspection import cls
+
+    st = SliceState("ceil_bps", 5, NOW, NOW + 86_400, cls(0, GiB), cls(0, GiB))
+    doc = operator_json(state_to_json(State(ledger={"ceil_bps": LedgerEntry(st, NOW)}), NOW))
+    assert (
+        list(doc["ledger"]) == ["ceil_bps"]
+        and "ceil" in doc["ledger"]["ceil_bps"]["slice"]["classes"]["default"]
+    )
+
+
+# --- the real commands on a node ------------------------------------------------------
+
+SLICES = """slices:
+  - {name: pl_alice, xid: 1301, rspec: {net_max_kbyte: 100}}
+  - {name: pl_bob, xid: 1302, rspec: {}}
+"""
+
+
+@pytest.mark.kernel
+def test_every_command_on_a_node_prints_only_keys_of_the_table(ns: Netns, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, device="v0")
+    (tmp_path / "slices.yaml").write_text(SLICES)
+
+    def doc(*argv: str) -> Any:
+        done = bwenforcer_in(ns, *argv, "--config", str(cfg))
+        assert done.returncode == 0, (argv, done.stderr)
+        return json.loads(done.stdout)
+
+    assert bwenforcer_in(ns, "tc", "init", "-q", "--config", str(cfg)).returncode == 0
+    docs = {"sync --dry-run": (doc("sync", "--dry-run", "--json"), frozenset())}
+    docs["sync"] = (doc("sync", "--json"), frozenset())
+    (tmp_path / "slices.yaml").write_text(SLICES.replace("{}", "{net_max_rate: 2000}"))
+    docs["sync, a rate changed"] = (doc("sync", "--json"), frozenset())
+    (tmp_path / "slices.yaml").write_text(SLICES.split("  - {name: pl_bob", maxsplit=1)[0])
+    docs["sync, a slice gone"] = (doc("sync", "--json"), frozenset())
+    docs["tc get"] = (doc("tc", "get", "--json"), frozenset())
+    docs["status"] = (doc("status", "--json"), frozenset())
+    docs["show"] = (doc("show", "pl_alice", "--json"), frozenset({".origin"}))
+    docs["show dead"] = (doc("show", "pl_bob", "--json"), frozenset({".origin"}))
+    docs["ledger"] = (doc("ledger", "--json"), frozenset())
+    docs["report"] = (doc("report", "--json"), frozenset())
+    docs["state show"] = (doc("state", "show", "--json"), frozenset({".slices", ".ledger"}))
+
+    actions = {a["action"] for a in docs["sync, a rate changed"][0]["actions"]}
+    assert "set_rates" in actions
+    assert docs["ledger"][0]["ledger"][0]["name"] == "pl_bob"
+    for command, (found, data_maps) in docs.items():
+        unknown = sorted(set(keys_of(found, data_maps)) - set(KEYS))
+        assert unknown == [], f"{command} --json: keys not in the table: {unknown}"
