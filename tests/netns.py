@@ -1,22 +1,22 @@
-"""Throwaway network namespaces for kernel tests and the demo's tests.
+"""Throwaway network namespaces for kernel tests, on top of :mod:`bwenforcer.kernel.sandbox`.
 
 Every namespace this module creates carries the run's unique prefix and is
-deleted on every exit path (context managers, plus a session-end sweep in
-conftest). Addresses come from 198.18.0.0/15 and 2001:db8::/32, ranges reserved
-for benchmarking and documentation, and exist only inside these namespaces.
+deleted on every exit path (the sandbox's context managers, plus a session-end
+sweep in conftest). This module adds what tests need around the sandbox's
+names: commands run inside a namespace and ``tc``/``ip`` as observers.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-import secrets
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-RUN_PREFIX = f"bwet{os.getpid() % 100000}{secrets.token_hex(2)}"
+from bwenforcer.kernel import sandbox
+
+RUN_PREFIX = sandbox.unique_prefix("bwet")
 _counter = itertools.count()
 
 
@@ -53,28 +53,11 @@ def _unique(tag: str) -> str:
     return f"{RUN_PREFIX}-{tag}{next(_counter)}"[:40]
 
 
-def _delete(name: str) -> None:
-    # kill anything left running inside, then the namespace itself
-    pids = sh("ip", "netns", "pids", name, check=False).stdout.split()
-    for pid in pids:
-        sh("kill", "-9", pid, check=False)
-    sh("ip", "netns", "delete", name, check=False)
-
-
 @contextmanager
 def netns_with_veth(tag: str = "ns") -> Iterator[Netns]:
     """One namespace holding a veth pair ``v0``/``v1``, both up; HTB goes on ``v0``."""
-    name = _unique(tag)
-    sh("ip", "netns", "add", name)
-    try:
-        ns = Netns(name)
-        ns.ip("link", "set", "lo", "up")
-        ns.ip("link", "add", "v0", "type", "veth", "peer", "name", "v1")
-        ns.ip("link", "set", "v0", "up")
-        ns.ip("link", "set", "v1", "up")
-        yield ns
-    finally:
-        _delete(name)
+    with sandbox.namespace_with_veth(_unique(tag)) as name:
+        yield Netns(name)
 
 
 @dataclass(frozen=True)
@@ -95,48 +78,12 @@ def netns_pair(tag: str = "pair", extra_b_addrs: Sequence[str] = ()) -> Iterator
 
     ``extra_b_addrs`` are further CIDRs put on ``vb`` (e.g. an "exempt" destination).
     """
-    name_a, name_b = _unique(f"{tag}a"), _unique(f"{tag}b")
-    created = []
-    try:
-        for name in (name_a, name_b):
-            sh("ip", "netns", "add", name)
-            created.append(name)
-        a, b = Netns(name_a), Netns(name_b)
-        pair = NetnsPair(a, b)
-        sh(
-            "ip",
-            "link",
-            "add",
-            "va",
-            "netns",
-            name_a,
-            "type",
-            "veth",
-            "peer",
-            "vb",
-            "netns",
-            name_b,
+    with sandbox.namespace_pair(_unique(tag), extra_b_addrs, unique=False) as made:
+        yield NetnsPair(
+            Netns(made.a), Netns(made.b), made.a_addr, made.b_addr, made.a_addr6, made.b_addr6
         )
-        for ns, dev, addr, addr6 in (
-            (a, "va", pair.a_addr, pair.a_addr6),
-            (b, "vb", pair.b_addr, pair.b_addr6),
-        ):
-            ns.ip("link", "set", "lo", "up")
-            ns.ip("addr", "add", f"{addr}/24", "dev", dev)
-            ns.ip("-6", "addr", "add", f"{addr6}/64", "dev", dev, "nodad")
-            ns.ip("link", "set", dev, "up")
-        for cidr in extra_b_addrs:
-            family = "-6" if ":" in cidr else "-4"
-            b.ip(family, "addr", "add", cidr, "dev", "vb", *(["nodad"] if family == "-6" else []))
-            host = cidr.split("/")[0]
-            a.ip(family, "route", "add", host, "dev", "va")
-        yield pair
-    finally:
-        for name in created:
-            _delete(name)
 
 
 def leftover_namespaces() -> list[str]:
     """Namespaces of this run that still exist (should be none)."""
-    out = sh("ip", "netns", "list", check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith(RUN_PREFIX)]
+    return sandbox.namespaces_named(RUN_PREFIX)

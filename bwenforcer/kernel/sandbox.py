@@ -1,9 +1,10 @@
-"""Throwaway network namespaces for the demo (and the tests' end-to-end runs).
+"""Throwaway network namespaces for the demo and the tests.
 
-Two namespaces joined by a veth pair, with addresses from 198.18.0.0/15 (reserved
-for benchmarking) and 2001:db8::/32 (documentation); an extra "exempt" address
-on the far side. Deleted on every exit path; nothing touches the host's own
-interfaces.
+The one place namespaces are made and removed: the demo's pair and the tests'
+fixtures (``tests/netns.py``) both come from here. Addresses are from
+198.18.0.0/15 (reserved for benchmarking) and 2001:db8::/32 (documentation);
+they exist only inside these namespaces. Every namespace is deleted on every
+exit path, and nothing touches the host's own interfaces.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -28,6 +29,11 @@ def _ip(*args: str) -> None:
         raise SandboxError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
 
 
+def unique_prefix(stem: str) -> str:
+    """``stem`` plus this process and a random tag: names no other run can hold."""
+    return f"{stem}{os.getpid() % 100000}{secrets.token_hex(2)}"
+
+
 def delete_namespace(name: str) -> None:
     """Kill whatever still runs in a namespace, then delete it; absent is fine."""
     pids = subprocess.run(
@@ -41,6 +47,35 @@ def delete_namespace(name: str) -> None:
     subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
 
+def namespaces_named(prefix: str) -> list[str]:
+    """The existing namespaces whose name starts with ``prefix``."""
+    out = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=False
+    ).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
+
+
+@contextmanager
+def namespace(name: str) -> Iterator[str]:
+    """Create namespace ``name`` with ``lo`` up; delete it on every exit path."""
+    _ip("netns", "add", name)
+    try:
+        _ip("-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        delete_namespace(name)
+
+
+@contextmanager
+def namespace_with_veth(name: str) -> Iterator[str]:
+    """A namespace holding a veth pair ``v0``/``v1``, both up (HTB goes on ``v0``)."""
+    with namespace(name):
+        _ip("-n", name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        _ip("-n", name, "link", "set", "v0", "up")
+        _ip("-n", name, "link", "set", "v1", "up")
+        yield name
+
+
 @dataclass(frozen=True)
 class Pair:
     """Namespace ``a`` (the node, HTB on ``va``) and ``b`` (the far end, ``vb``)."""
@@ -49,32 +84,35 @@ class Pair:
     b: str
     a_addr: str = "198.18.0.1"
     b_addr: str = "198.18.0.2"
-    exempt_addr: str = "198.19.0.1"  # on b, in the exempt prefix set
+    a_addr6: str = "2001:db8:b0e::1"
     b_addr6: str = "2001:db8:b0e::2"
     dev: str = "va"
 
 
 @contextmanager
-def namespace_pair(prefix: str = "bwdemo") -> Iterator[Pair]:
-    """Create the two namespaces; delete them on every exit path."""
-    tag = f"{prefix}{os.getpid() % 100000}{secrets.token_hex(2)}"
+def namespace_pair(
+    prefix: str = "bwdemo", extra_b_addrs: Sequence[str] = (), unique: bool = True
+) -> Iterator[Pair]:
+    """Two namespaces joined by veth, IPv4 and IPv6 on both ends; deleted on every exit path.
+
+    ``extra_b_addrs`` are further CIDRs on ``vb`` (e.g. an exempt destination),
+    each routed from ``a``. ``unique=False`` takes ``prefix`` as it is (the
+    caller made it unique already).
+    """
+    tag = unique_prefix(prefix) if unique else prefix
     pair = Pair(f"{tag}a", f"{tag}b")
-    created: list[str] = []
-    try:
-        for name in (pair.a, pair.b):
-            _ip("netns", "add", name)
-            created.append(name)
+    with namespace(pair.a), namespace(pair.b):
         _ip("link", "add", "va", "netns", pair.a, "type", "veth", "peer", "vb", "netns", pair.b)
-        _ip("-n", pair.a, "addr", "add", f"{pair.a_addr}/24", "dev", "va")
-        _ip("-n", pair.b, "addr", "add", f"{pair.b_addr}/24", "dev", "vb")
-        _ip("-n", pair.b, "addr", "add", f"{pair.exempt_addr}/32", "dev", "vb")
-        _ip("-n", pair.a, "-6", "addr", "add", "2001:db8:b0e::1/64", "dev", "va", "nodad")
-        _ip("-n", pair.b, "-6", "addr", "add", f"{pair.b_addr6}/64", "dev", "vb", "nodad")
-        for name, dev in ((pair.a, "va"), (pair.b, "vb")):
-            _ip("-n", name, "link", "set", "lo", "up")
+        for name, dev, addr, addr6 in (
+            (pair.a, "va", pair.a_addr, pair.a_addr6),
+            (pair.b, "vb", pair.b_addr, pair.b_addr6),
+        ):
+            _ip("-n", name, "addr", "add", f"{addr}/24", "dev", dev)
+            _ip("-n", name, "-6", "addr", "add", f"{addr6}/64", "dev", dev, "nodad")
             _ip("-n", name, "link", "set", dev, "up")
-        _ip("-n", pair.a, "route", "add", f"{pair.exempt_addr}/32", "dev", "va")
+        for cidr in extra_b_addrs:
+            family = "-6" if ":" in cidr else "-4"
+            nodad = ["nodad"] if family == "-6" else []
+            _ip("-n", pair.b, family, "addr", "add", cidr, "dev", "vb", *nodad)
+            _ip("-n", pair.a, family, "route", "add", cidr.split("/")[0], "dev", "va")
         yield pair
-    finally:
-        for name in created:
-            delete_namespace(name)

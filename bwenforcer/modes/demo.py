@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 HEAVY, LIGHT, EXEMPT = 2001, 2002, 2003
 PORT = 5201
+EXEMPT_ADDR = "198.19.0.1"  # on the far end, in the config's exempt prefixes
 PERIOD_S = 40
 CYCLE_S = 3
 RUN_S = 75  # the heavy slice is capped, released when its period ends, then we stop
@@ -162,7 +163,7 @@ def run_demo(
     workdir = Path(tempfile.mkdtemp(prefix="bwenforcer-demo-"))
     procs: list[subprocess.Popen] = []
     try:
-        with namespace_pair() as pair:
+        with namespace_pair(extra_b_addrs=(f"{EXEMPT_ADDR}/32",)) as pair:
             cfg_path = workdir / "bwenforcer.yaml"
             cfg_path.write_text(
                 CONFIG.format(
@@ -170,7 +171,7 @@ def run_demo(
                     period=PERIOD_S,
                     cycle=CYCLE_S,
                     dir=workdir,
-                    exempt=pair.exempt_addr,
+                    exempt=EXEMPT_ADDR,
                 )
             )
             (workdir / "slices.yaml").write_text(SLICES)
@@ -199,7 +200,7 @@ def _senders(pair: Pair, run_s: float, workdir: Path) -> list[subprocess.Popen]:
             log=log,
         ),
         start_sender(
-            pair.a, EXEMPT, pair.exempt_addr, PORT, max_bytes=8_000_000, seconds=run_s,
+            pair.a, EXEMPT, EXEMPT_ADDR, PORT, max_bytes=8_000_000, seconds=run_s,
             rate_bps=600_000, log=log,
         ),
     ]  # fmt: skip
