@@ -112,6 +112,7 @@ def _plan_live(
         start_s, end_s = next_period(end_s, now_s, params.period_s, params.anchor)
         actions.append(NewPeriod(want.name, want.xid, start_s, end_s))
     out: list[tuple[ClassState, int, int | None]] = []
+    was_capped: list[bool] = []
     to_notify: list[TrafficClass] = []
     for tc in TRAFFIC_CLASSES:
         if tc == "default":
@@ -121,6 +122,7 @@ def _plan_live(
             old, policy = st.exempt, want.exempt
             current = None if kernel is None else kernel.exempt
         used, last, delta, notified = class_usage(old, current, account, new_period)
+        was_capped.append(account and old.capped and current is not None)
         rates, capped = targets.rates(policy, tc, used, end_s, now_s)
         ceil_bps = rates.max_rate_bps
         if current is None:
@@ -158,7 +160,7 @@ def _plan_live(
         new_st = st
     else:
         new_st = SliceState(want.name, want.xid, start_s, end_s, default, exempt)
-    return LiveSlice(new_st, d_delta, e_delta, d_ceil, e_ceil)
+    return LiveSlice(new_st, d_delta, e_delta, d_ceil, e_ceil, was_capped[0], was_capped[1])
 
 
 def _quiet(
@@ -261,6 +263,7 @@ def plan(
     actions: list[Action] = []
     ledger: dict[str, LedgerEntry] = dict(state.ledger)
     carried: dict[int, SliceState] = {}  # accounted while planned, below
+    left: list[tuple[str, int, int, bool, bool]] = []
 
     # Slices in the state: still wanted under the same name, or dead.
     for xid, st in state.slices.items():
@@ -269,8 +272,12 @@ def plan(
             carried[xid] = st
             continue
         kernel = snapshot.slices.get(xid)
-        ledger[st.name] = LedgerEntry(account_slice(st, kernel), died_s=now_s)
+        gone = account_slice(st, kernel)
+        ledger[st.name] = LedgerEntry(gone, died_s=now_s)
         actions.append(MoveToLedger(st.name, xid))
+        usage = _left_usage(st, gone, kernel)
+        if usage is not None:
+            left.append(usage)
         if want is None and kernel is not None:
             actions.append(RemoveClasses(st.name, xid, "dead"))
 
@@ -324,7 +331,24 @@ def plan(
             actions.append(RemoveClasses(None, xid, "orphan"))
 
     new_state = State(slices, ledger, state.saved_s, state.resets)
-    return Plan(now_s, tuple(actions), new_state, tuple(live), clock_step=step, held=held)
+    return Plan(
+        now_s, tuple(actions), new_state, tuple(live), clock_step=step, held=held, left=tuple(left)
+    )
+
+
+def _left_usage(
+    st: SliceState, gone: SliceState, kernel: KernelSlice | None
+) -> tuple[str, int, int, bool, bool] | None:
+    """The history row of a slice leaving for the ledger: the bytes counted as it left
+    and the caps in force since the last cycle (None: nothing to record).
+    """
+    d_bytes = gone.default.used_bytes - st.default.used_bytes
+    e_bytes = gone.exempt.used_bytes - st.exempt.used_bytes
+    d_capped = st.default.capped and kernel is not None and kernel.default is not None
+    e_capped = st.exempt.capped and kernel is not None and kernel.exempt is not None
+    if not (d_bytes or e_bytes or d_capped or e_capped):
+        return None
+    return st.name, d_bytes, e_bytes, d_capped, e_capped
 
 
 def _held(

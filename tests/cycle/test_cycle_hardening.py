@@ -187,6 +187,44 @@ def test_capped_time_is_the_time_between_irregular_cron_cycles(ns: Netns, tmp_pa
     assert by_hour == {T0: 1300, T0 + 2 * 3600: 3600}
 
 
+def test_the_cycle_that_caps_adds_no_capped_time(pair: NetnsPair, tmp_path: Path) -> None:
+    write_slices(tmp_path, {"pl_a": (10, "{net_max_kbyte: 100, net_thresh_kbyte: 50}")})
+    config = make_config(tmp_path, "va")
+    init_tree(pair.a.name, "va", config)
+    clock = Clock(T0)
+    Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+    mark_all_to(pair.a, pair.b_addr, 0x100A)
+    send_bytes(pair, 80_000)  # past the 50 KiB threshold
+    clock.now += 300
+    Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+    assert state_of(config).slices[10].default.capped  # capped by this cycle, from now on
+    rows = read_history(config.history_file).report("hour", None, "pl_a")
+    assert [(r.default_bytes >= 80_000, r.capped_default_s) for r in rows] == [(True, 0)]
+    clock.now += 300
+    Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+    rows = read_history(config.history_file).report("hour", None, "pl_a")
+    assert [r.capped_default_s for r in rows] == [300]  # the 300 s it has been capped
+
+
+def test_the_bytes_of_the_cycle_a_slice_leaves_reach_the_history(
+    pair: NetnsPair, tmp_path: Path
+) -> None:
+    write_slices(tmp_path, {"pl_a": (10, "{}"), "pl_b": (11, "{}")})
+    config = make_config(tmp_path, "va")
+    init_tree(pair.a.name, "va", config)
+    clock = Clock(T0)
+    Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+    mark_all_to(pair.a, pair.b_addr, 0x100A)
+    send_bytes(pair, 100_000)
+    write_slices(tmp_path, {"pl_b": (11, "{}")})  # pl_a deleted, its last bytes not yet read
+    clock.now += 300
+    Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+    ledger = state_of(config).ledger["pl_a"].slice.default.used_bytes
+    assert ledger >= 100_000
+    rows = read_history(config.history_file).report("day", None, "pl_a")
+    assert sum(r.default_bytes for r in rows) == ledger
+
+
 # --- a cycle killed between its two writes loses nothing -------------------------------
 
 
