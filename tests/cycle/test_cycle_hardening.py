@@ -225,6 +225,29 @@ def test_the_bytes_of_the_cycle_a_slice_leaves_reach_the_history(
     assert sum(r.default_bytes for r in rows) == ledger
 
 
+def test_a_yaml_error_in_the_slices_file_enforces_its_last_good_list(
+    pair: NetnsPair, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_slices(tmp_path, {"pl_a": (10, "{net_max_kbyte: 100, net_thresh_kbyte: 50}")})
+    config = make_config(tmp_path, "va")
+    init_tree(pair.a.name, "va", config)
+    clock = Clock(T0)
+    Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+    slices = tmp_path / "slices.yaml"
+    slices.write_text(slices.read_text() + "  - {name: pl_b, xid: 11, rspec: {net_share: 2\n")
+    mark_all_to(pair.a, pair.b_addr, 0x100A)
+    send_bytes(pair, 80_000)  # pl_a passes its threshold while the file is broken
+    caplog.clear()
+    for _ in range(2):  # two cron runs
+        clock.now += 300
+        result = Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+        assert result.exit_code == 1 and len(result.source_errors) == 1
+    assert "last good version" in result.source_errors[0]
+    assert errors(caplog) == list(result.source_errors)  # said once, not every cycle
+    assert state_of(config).slices[10].default.capped
+    assert tc_ceils(pair.a, "va")["1:100a"] < 10_000_000  # capped though the file is broken
+
+
 # --- a cycle killed between its two writes loses nothing -------------------------------
 
 
