@@ -95,6 +95,9 @@ class DesiredSet:
     # node-manager records left out as the historic bwmon did (no _rspec yet, no
     # account): not errors, one line each for the caller to log when they change
     skipped: tuple[str, ...] = ()
+    # valid slices whose xid an earlier record of another name claims (one error line
+    # each, naming both): the slice already enforced on the xid keeps it (planner)
+    contested: tuple[DesiredSlice, ...] = ()
 
 
 @fast_init

@@ -254,6 +254,11 @@ def plan(
     if desired.limiting_off:
         return _limiting_off(snapshot, state, now_s)
     wanted = {s.xid: s for s in desired.slices}
+    for claim in desired.contested:
+        # two names on one xid: the slice the state has on it keeps it (and its cap)
+        st = state.slices.get(claim.xid)
+        if st is not None and st.name == claim.name:
+            wanted[claim.xid] = claim
     held = _held(desired.invalid, wanted, state) if desired.invalid else ()
     for want in held:
         wanted[want.xid] = want

@@ -191,8 +191,9 @@ def _collect(
     slices: list[DesiredSlice] = []
     errors: list[str] = []
     invalid: list[InvalidRecord] = []
+    contested: list[DesiredSlice] = []
     names: set[str] = set()
-    xids: set[int] = set()
+    xids: dict[int, tuple[str, DesiredSlice]] = {}  # xid -> (label, slice) of its first claim
     resolved: dict[object, _Resolved] = {}
     for label, name, xid, rspec, problem in entries:
         try:
@@ -201,8 +202,21 @@ def _collect(
             want = _slice(name, xid, rspec, config, resolved)
             if want.name in names:
                 raise SliceError(f"slice {want.name}: defined twice")
-            if want.xid in xids:
-                raise SliceError(f"slice {want.name}: xid {want.xid} already used by another slice")
+            first = xids.get(want.xid)
+            if first is not None:
+                # Which of the two keeps the xid is the planner's to say (the one the
+                # state has on it): file order must not hand a capped class to a newcomer.
+                line = (
+                    f"{where}: {label} and {first[0]}: slices {want.name} and"
+                    f" {first[1].name} both claim xid {want.xid}; the one already enforced"
+                    " on it keeps it, the other is refused"
+                )
+                if log_errors:
+                    log.error("%s", line)
+                errors.append(line)
+                names.add(want.name)
+                contested.append(want)
+                continue
         except SliceError as exc:
             line = f"{where}: {label}: {exc}; skipped"
             if log_errors:
@@ -213,9 +227,11 @@ def _collect(
                 invalid.append(InvalidRecord(name, xid if valid_xid else None, line))
             continue
         names.add(want.name)
-        xids.add(want.xid)
+        xids[want.xid] = (label, want)
         slices.append(want)
-    return DesiredSet(tuple(slices), errors=tuple(errors), invalid=tuple(invalid))
+    return DesiredSet(
+        tuple(slices), errors=tuple(errors), invalid=tuple(invalid), contested=tuple(contested)
+    )
 
 
 CACHE_VERSION = (

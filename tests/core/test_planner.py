@@ -382,3 +382,16 @@ def test_a_clock_step_ends_no_period_and_purges_no_ledger_entry() -> None:
              T0 + 60 + PERIOD_S + 86400)  # fmt: skip
     assert p.clock_step is None  # the node was down a period and a day: trusted
     assert any(isinstance(a, NewPeriod) for a in p.actions) and "pl_b" not in p.state.ledger
+
+
+def test_two_names_on_one_xid_the_slice_in_the_state_keeps_it() -> None:
+    p1 = first_cycle(want("pl_old", 10), kernel=[kslice(10, 100)])
+    newcomer, incumbent = want("pl_new", 10), want("pl_old", 10)
+    contested = dataclasses.replace(desired(newcomer), contested=(incumbent,))
+    p2 = plan(contested, snapshot(kslice(10, 400)), p1.state, PARAMS, T0 + 300)
+    assert p2.state.slices[10].name == "pl_old" and not p2.state.ledger
+    assert p2.state.slices[10].default.used_bytes == 300
+    assert not any(isinstance(a, MoveToLedger | NewPeriod | CreateClass) for a in p2.actions)
+    # neither in the state: the first claim in file order has it, as before
+    p3 = plan(contested, snapshot(), State(), PARAMS, T0)
+    assert [st.name for st in p3.state.slices.values()] == ["pl_new"]

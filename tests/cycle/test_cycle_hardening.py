@@ -172,6 +172,36 @@ def test_a_clock_stepped_eleven_years_ahead_erases_no_history(
     assert (T0, 600) in [(r.bucket_start_s, r.capped_default_s) for r in rows]
 
 
+# --- two names on one xid ----------------------------------------------------------------
+
+
+def test_a_newcomer_on_a_capped_slices_xid_is_refused_and_the_cap_stays(
+    ns: Netns, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    overdrawn = "{net_max_kbyte: 0, net_thresh_kbyte: 0, net_min_rate: 8}"
+    write_slices(tmp_path, {"pl_old": (10, overdrawn)})
+    config = make_config(tmp_path, "v0")
+    init_tree(ns.name, "v0", config)
+    clock = Clock(T0)
+    Agent(config, clock=clock, netns=ns.name).cycle(load_desired(config))
+    assert tc_ceils(ns, "v0")["1:100a"] == 8_000  # capped at its floor
+    used = state_of(config).slices[10].default.used_bytes
+
+    # a second record with another name and pl_old's xid, placed before it
+    write_slices(tmp_path, {"pl_new": (10, "{}"), "pl_old": (10, overdrawn)})
+    caplog.clear()
+    clock.now += 300
+    result = Agent(config, clock=clock, netns=ns.name).cycle(load_desired(config))
+    assert tc_ceils(ns, "v0")["1:100a"] == 8_000  # not lifted to the node cap
+    state = state_of(config)
+    assert state.slices[10].name == "pl_old" and state.slices[10].default.capped
+    assert state.slices[10].default.used_bytes >= used and not state.ledger
+    assert result.exit_code == 1
+    (line,) = result.source_errors
+    assert "pl_new" in line and "pl_old" in line and "xid 10" in line
+    assert errors(caplog) == [line]
+
+
 # --- capped time is the time that passed -----------------------------------------------
 
 

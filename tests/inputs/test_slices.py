@@ -63,7 +63,7 @@ def test_bad_slices_are_skipped_with_one_error_each(
         "xid 70000 out of range",
         "net_max_rate: -5 is negative",
         "'lots' is not a number",
-        "xid 10 already used",
+        "pl_dup and pl_good both claim xid 10",
     ):
         assert needle in joined
 
@@ -453,3 +453,17 @@ def test_a_broken_slices_file_without_a_last_good_version_is_a_config_error(
     path.write_text("slices: [")
     with pytest.raises(ConfigError):
         load_slices_file(str(path), Config(state_file=str(tmp_path / "state.json")))
+
+
+def test_two_names_on_one_xid_are_one_error_naming_both_and_a_contested_claim(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("slices:\n  - {name: pl_new, xid: 10}\n  - {name: pl_old, xid: 10}\n")
+    desired = load_slices_file(str(path), Config(state_file=str(tmp_path / "state.json")))
+    assert [s.name for s in desired.slices] == ["pl_new"]
+    assert [s.name for s in desired.contested] == ["pl_old"] and not desired.invalid
+    assert desired.errors == (
+        f"{path}: slices[1] (pl_old) and slices[0] (pl_new): slices pl_old and pl_new both"
+        " claim xid 10; the one already enforced on it keeps it, the other is refused",
+    )
