@@ -216,6 +216,23 @@ class State:
     ledger: Mapping[str, LedgerEntry] = field(default_factory=dict)  # by slice name
     saved_s: int | None = None
     resets: int = 0  # operator resets ever made (`bwenforcer reset`), for the metric
+    # The clock reference: at CLOCK_BOOTTIME ``boottime_s`` of boot ``boot_id`` the
+    # wall clock was trusted to read ``clock_ref_s`` ("" and 0: not known). Within
+    # one boot, the time elapsed since is known whatever the wall clock says.
+    boot_id: str = ""
+    boottime_s: int = 0
+    clock_ref_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BootClock:
+    """The node's boot as read at a cycle: its id (``/proc/sys/kernel/random/boot_id``)
+    and ``CLOCK_BOOTTIME`` (seconds since boot, suspend included; steps of the wall
+    clock do not move it).
+    """
+
+    boot_id: str
+    boottime_s: int
 
 
 class KernelOp(Protocol):

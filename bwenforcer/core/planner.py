@@ -15,6 +15,7 @@ from operator import attrgetter
 from bwenforcer.core.accounting import account_slice, class_usage, kernel_counter, rebaseline
 from bwenforcer.core.layout import DEFAULT_XID, ROOT_XID, TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.model import (
+    BootClock,
     ClassPolicy,
     ClassState,
     DesiredSet,
@@ -26,7 +27,7 @@ from bwenforcer.core.model import (
     SliceState,
     State,
 )
-from bwenforcer.core.periods import clock_step, first_period, next_period
+from bwenforcer.core.periods import clock_check, first_period, next_period
 from bwenforcer.core.plan import (
     Action,
     Adopt,
@@ -244,12 +245,15 @@ def plan(
     now_s: int,
     *,
     quiet: bool = True,
+    boot: BootClock | None = None,
 ) -> Plan:
     """Reconcile one cycle (docs/architecture.md "Policy" and "Slice lifecycle").
 
     ``quiet=False`` plans every slice the long way (:func:`_plan_live`), without
     the shortcut for slices nothing happened to: the same plan, slower; for tests
-    that hold the shortcut to that.
+    that hold the shortcut to that. ``boot``: the node's boot id and boot clock,
+    read by the caller, which tell a stepped wall clock from time that passed
+    (:func:`~bwenforcer.core.periods.clock_check`).
     """
     if desired.limiting_off:
         return _limiting_off(snapshot, state, now_s)
@@ -264,7 +268,7 @@ def plan(
         wanted[want.xid] = want
     # A clock that stepped (back, or forward by more than a period): no period ends
     # and no ledger entry expires on its word; caps still follow the usage.
-    step = clock_step(state.saved_s, now_s, params.period_s, params.anchor)
+    step, clock_ref = clock_check(state, now_s, boot, params.period_s, params.anchor)
     actions: list[Action] = []
     ledger: dict[str, LedgerEntry] = dict(state.ledger)
     carried: dict[int, SliceState] = {}  # accounted while planned, below
@@ -335,7 +339,8 @@ def plan(
         if xid not in wanted and xid not in state.slices and xid not in SYSTEM_XIDS:
             actions.append(RemoveClasses(None, xid, "orphan"))
 
-    new_state = State(slices, ledger, state.saved_s, state.resets)
+    boot_id, boottime_s, clock_ref_s = clock_ref
+    new_state = State(slices, ledger, state.saved_s, state.resets, boot_id, boottime_s, clock_ref_s)
     return Plan(
         now_s, tuple(actions), new_state, tuple(live), clock_step=step, held=held, left=tuple(left)
     )

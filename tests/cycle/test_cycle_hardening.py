@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bwenforcer.core.model import State
+from bwenforcer.core.model import BootClock, State
 from bwenforcer.core.settings import Config
 from bwenforcer.cycle.agent import Agent, load_desired
 from bwenforcer.errors import StateError
@@ -142,6 +142,48 @@ def test_a_clock_stepped_forward_days_then_back_keeps_periods_and_ledger(
     clock.now += 300  # a plausible clock again: nothing to say
     agent.cycle(load_desired(config))
     assert not [w for w in warnings(caplog) if "clock" in w]
+
+
+class BootAt:
+    """A boot clock the test moves by hand: boot id and CLOCK_BOOTTIME."""
+
+    def __init__(self, boot_id: str, boottime_s: int) -> None:
+        self.boot_id, self.boottime_s = boot_id, boottime_s
+
+    def __call__(self) -> BootClock:
+        return BootClock(self.boot_id, self.boottime_s)
+
+
+def test_a_clock_stepped_ahead_is_held_every_cycle_it_stays_wrong_not_only_the_first(
+    ns: Netns, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_slices(tmp_path, {"pl_a": (10, "{net_max_kbyte: 0, net_thresh_kbyte: 0}")})
+    config = make_config(tmp_path, "v0")
+    init_tree(ns.name, "v0", config)
+    clock, boot = Clock(T0), BootAt("b1", 5000)
+    agent = Agent(config, clock=clock, boot=boot, netns=ns.name)
+    agent.cycle(load_desired(config))
+    capped = state_of(config).slices[10]
+    assert capped.default.capped and tc_ceils(ns, "v0")["1:100a"] < 10_000_000
+
+    clock.now += 2 * DAY  # a bad NTP answer: the wall clock jumps, the boot clock does not
+    for _ in range(3):
+        clock.now += 300
+        boot.boottime_s += 300
+        caplog.clear()
+        agent.cycle(load_desired(config))
+        st = state_of(config).slices[10]
+        assert (st.period_start_s, st.period_end_s) == (capped.period_start_s, capped.period_end_s)
+        assert st.default.capped and tc_ceils(ns, "v0")["1:100a"] < 10_000_000
+        assert any("same boot" in w for w in warnings(caplog)), warnings(caplog)
+
+    # a real outage: the node rebooted and was down those two days; the period ends
+    clock.now += 300
+    agent = Agent(config, clock=clock, boot=BootAt("b2", 60), netns=ns.name)
+    caplog.clear()
+    agent.cycle(load_desired(config))
+    assert not [w for w in warnings(caplog) if "clock" in w]
+    assert state_of(config).slices[10].period_end_s > capped.period_end_s
 
 
 def test_a_clock_stepped_eleven_years_ahead_erases_no_history(
