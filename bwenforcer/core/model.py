@@ -222,6 +222,9 @@ class State:
     boot_id: str = ""
     boottime_s: int = 0
     clock_ref_s: int = 0
+    # xid -> when the slice was first found gone from its source: it keeps its
+    # classes and cap for the grace (PlanParams.grace_s), then goes to the ledger
+    missing: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,8 @@ class PlanParams:
     # capped slices would each get one every cycle. A transport set later mails the
     # classes capped and not yet notified, as ever.
     notify: bool = True
+    # how long a slice gone from its source keeps its classes and cap (0: none)
+    grace_s: int = 0
 
     @classmethod
     def from_config(cls, config: Config) -> PlanParams:
@@ -69,6 +71,7 @@ class PlanParams:
             config.period_anchor,
             config.bwmin_bps,
             notify=config.mail.transport != "none",
+            grace_s=config.grace_s,
         )
 
 
@@ -274,12 +277,26 @@ def plan(
     carried: dict[int, SliceState] = {}  # accounted while planned, below
     left: list[tuple[str, int, int, bool, bool]] = []
 
-    # Slices in the state: still wanted under the same name, or dead.
+    # Slices in the state: still wanted under the same name, gone a while, or dead.
+    names = {want.name for want in wanted.values()}
+    missing: dict[int, int] = {}
+    vanished: list[DesiredSlice] = []
     for xid, st in state.slices.items():
         want = wanted.get(xid)
         if want is not None and want.name == st.name:
             carried[xid] = st
             continue
+        if want is None and st.name not in names and params.grace_s > 0:
+            # An editor's half-saved file drops slices for a cycle: a slice gone from
+            # its source keeps its classes and cap (and is counted) for the grace.
+            since_s = state.missing.get(xid, now_s)
+            if now_s - since_s < params.grace_s or step is not None:
+                missing[xid] = since_s
+                kept = DesiredSlice(st.name, xid, st.default.policy, st.exempt.policy)
+                wanted[xid] = kept
+                vanished.append(kept)
+                carried[xid] = st
+                continue
         kernel = snapshot.slices.get(xid)
         gone = account_slice(st, kernel)
         ledger[st.name] = LedgerEntry(gone, died_s=now_s)
@@ -340,9 +357,17 @@ def plan(
             actions.append(RemoveClasses(None, xid, "orphan"))
 
     boot_id, boottime_s, clock_ref_s = clock_ref
-    new_state = State(slices, ledger, state.saved_s, state.resets, boot_id, boottime_s, clock_ref_s)
+    new_state = State(
+        slices, ledger, state.saved_s, state.resets, boot_id, boottime_s, clock_ref_s, missing
+    )
     return Plan(
-        now_s, tuple(actions), new_state, tuple(live), clock_step=step, held=held, left=tuple(left)
+        now_s,
+        tuple(actions),
+        new_state,
+        tuple(live),
+        clock_step=step,
+        held=(*held, *vanished),
+        left=tuple(left),
     )
 
 

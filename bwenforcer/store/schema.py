@@ -54,8 +54,9 @@ TOP: tuple[Field, ...] = (
     Field("ledger", "ledger", "ledger"),  # slice name -> LEDGER_ENTRY
     Field("resets", "resets", "uint", "count"),
     Field("boot_id", "boot_id", "str"),
-    Field("boottime", "boottime_s", "uint", "s since boot"),
+    Field("boottime_s", "boottime_s", "uint", "s since boot"),
     Field("clock_ref_at", "clock_ref_s", "uint", "Unix s"),
+    Field("missing", "missing", "missing"),  # str(xid) -> Unix s
 )
 LEDGER_ENTRY: tuple[Field, ...] = (
     Field("died_at", "died_s", "uint", "Unix s"),
@@ -187,9 +188,17 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
 
 def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
     """Schema 2 had no clock reference (boot id, boot clock, wall clock then): none is
-    known, and the first cycle judges its clock against the last save, as schema 2 did.
+    known, and the first cycle judges its clock against the last save, as schema 2 did;
+    nor slices gone from their source in their grace: none are.
     """
-    return {**data, "schema_version": 3, "boot_id": "", "boottime": 0, "clock_ref_at": 0}
+    return {
+        **data,
+        "schema_version": 3,
+        "boot_id": "",
+        "boottime_s": 0,
+        "clock_ref_at": 0,
+        "missing": {},
+    }
 
 
 # version N → a function turning a schema-N object into a schema-(N+1) object

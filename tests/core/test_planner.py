@@ -395,3 +395,23 @@ def test_two_names_on_one_xid_the_slice_in_the_state_keeps_it() -> None:
     # neither in the state: the first claim in file order has it, as before
     p3 = plan(contested, snapshot(), State(), PARAMS, T0)
     assert [st.name for st in p3.state.slices.values()] == ["pl_new"]
+
+
+def test_a_slice_gone_from_its_source_is_kept_for_the_grace_then_goes_to_the_ledger() -> None:
+    params = dataclasses.replace(PARAMS, grace_s=600)
+    p1 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 100)), State(), params, T0)
+    gone = desired()
+    p2 = plan(gone, snapshot(kslice(10, 400)), p1.state, params, T0 + 300)
+    assert p2.state.missing == {10: T0 + 300} and not p2.state.ledger
+    assert p2.state.slices[10].default.used_bytes == 300  # still counted
+    assert not any(isinstance(a, MoveToLedger | RemoveClasses) for a in p2.actions)
+    assert [h.name for h in p2.held] == ["pl_a"]  # the classifier keeps marking it
+    p3 = plan(gone, snapshot(kslice(10, 500)), p2.state, params, T0 + 899)
+    assert p3.state.missing == {10: T0 + 300}
+    p4 = plan(gone, snapshot(kslice(10, 600)), p3.state, params, T0 + 900)
+    assert (
+        MoveToLedger("pl_a", 10) in p4.actions and RemoveClasses("pl_a", 10, "dead") in p4.actions
+    )
+    assert p4.state.ledger["pl_a"].slice.default.used_bytes == 500 and not p4.state.missing
+    back = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 500)), p3.state, params, T0 + 899)
+    assert not back.state.missing and back.state.slices[10].default.used_bytes == 400

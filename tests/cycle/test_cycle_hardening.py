@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bwenforcer.core.model import BootClock, State
+from bwenforcer.core.plan import MoveToLedger
 from bwenforcer.core.settings import Config
 from bwenforcer.cycle.agent import Agent, load_desired
 from bwenforcer.errors import StateError
@@ -39,12 +40,13 @@ def write_slices(tmp: Path, slices: dict[str, tuple[int, str]]) -> None:
     (tmp / "slices.yaml").write_text("slices:\n" + "\n".join(lines) + "\n")
 
 
-def make_config(tmp: Path, dev: str, period: str = "1d") -> Config:
+def make_config(tmp: Path, dev: str, period: str = "1d", grace: str | None = "0s") -> Config:
     cfg = tmp / "bwenforcer.yaml"
     cfg.write_text(
         f"device: {dev}\nnode_cap: 10mbit\nbwmax: 100mbit\nperiod: {period}\n"
         f"state_file: {tmp}/state.json\nslices_file: {tmp}/slices.yaml\n"
         "lock_timeout: 5s\nmetrics: {listen: null}\n"
+        + ("" if grace is None else f"vanish_grace: {grace}\n")
     )
     return load_config(str(cfg))
 
@@ -212,6 +214,68 @@ def test_a_clock_stepped_eleven_years_ahead_erases_no_history(
     rows = read_history(config.history_file).report("hour", None, "pl_a")
     # + one interval: how long a stepped clock's cycle was capped is not known
     assert (T0, 600) in [(r.bucket_start_s, r.capped_default_s) for r in rows]
+
+
+# --- a half-written slices file --------------------------------------------------------
+
+
+def test_a_half_written_slices_file_uncaps_no_one_for_the_grace(ns: Netns, tmp_path: Path) -> None:
+    capped = "{net_max_kbyte: 0, net_thresh_kbyte: 0, net_min_rate: 8}"
+    write_slices(tmp_path, {"pl_a": (10, "{}"), "pl_capped": (11, capped)})
+    config = make_config(tmp_path, "v0", grace=None)  # the default grace
+    assert config.grace_s == 600  # the longer of two 5 min intervals and 10 minutes
+    init_tree(ns.name, "v0", config)
+    clock = Clock(T0)
+    Agent(config, clock=clock, netns=ns.name).cycle(load_desired(config))
+    assert tc_ceils(ns, "v0")["1:100b"] == 8_000
+
+    # an editor's non-atomic save, caught half-way: a valid prefix of the file
+    slices = tmp_path / "slices.yaml"
+    whole = slices.read_text()
+    slices.write_text(whole[: whole.index("  - {name: pl_capped")])
+    for _ in range(2):  # cron runs within the grace
+        clock.now += 299
+        result = Agent(config, clock=clock, netns=ns.name).cycle(load_desired(config))
+        assert tc_ceils(ns, "v0")["1:100b"] == 8_000  # its class and cap stay
+        state = state_of(config)
+        assert state.slices[11].default.capped and not state.ledger
+        assert state.missing == {11: T0 + 299}
+        assert not any(isinstance(a, MoveToLedger) for a in result.plan.actions)
+
+    clock.now += 302  # still missing once the grace (600 s) is over: a deleted slice
+    Agent(config, clock=clock, netns=ns.name).cycle(load_desired(config))
+    state = state_of(config)
+    assert "pl_capped" in state.ledger and 11 not in state.slices and not state.missing
+    assert "1:100b" not in tc_ceils(ns, "v0")
+
+    slices.write_text(whole)  # back: revived with its usage, capped again
+    clock.now += 300
+    Agent(config, clock=clock, netns=ns.name).cycle(load_desired(config))
+    assert tc_ceils(ns, "v0")["1:100b"] == 8_000
+
+
+def test_a_slice_back_within_its_grace_was_never_gone(ns: Netns, tmp_path: Path) -> None:
+    capped = "{net_max_kbyte: 0, net_thresh_kbyte: 0, net_min_rate: 8}"
+    write_slices(tmp_path, {"pl_capped": (11, capped)})
+    config = make_config(tmp_path, "v0", grace="20m")
+    init_tree(ns.name, "v0", config)
+    clock = Clock(T0)
+    Agent(config, clock=clock, netns=ns.name).cycle(load_desired(config))
+    before = state_of(config).slices[11]
+    (tmp_path / "slices.yaml").write_text("slices:\n")
+    clock.now += 900
+    Agent(config, clock=clock, netns=ns.name).cycle(load_desired(config))
+    assert state_of(config).missing == {11: T0 + 900}
+    write_slices(tmp_path, {"pl_capped": (11, capped)})
+    clock.now += 300
+    result = Agent(config, clock=clock, netns=ns.name).cycle(load_desired(config))
+    state = state_of(config)
+    assert not state.missing and not state.ledger
+    assert (state.slices[11].period_start_s, state.slices[11].default.capped) == (
+        before.period_start_s,
+        True,
+    )
+    assert not result.plan.kernel_ops()  # nothing to change in the kernel
 
 
 # --- two names on one xid ----------------------------------------------------------------

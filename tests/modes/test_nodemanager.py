@@ -41,7 +41,7 @@ def _config_with_tree(ns: Netns, tmp_path: Path) -> Config:
     """A config for dev v0 in ``ns`` (no slices file), its tree built."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nmetrics: {{listen: null}}\n"
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nvanish_grace: 0s\nmetrics: {{listen: null}}\n"
     )
     config = load_config(str(cfg))
     with HtbBackend("v0", netns=ns.name) as kernel:
@@ -155,7 +155,7 @@ def test_a_node_manager_process_drives_the_plugin_protocol(ns: Netns, tmp_path: 
     listen = f"127.0.0.1:{free_port()}"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nmetrics: {{listen: '{listen}'}}\n"
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nvanish_grace: 0s\nmetrics: {{listen: '{listen}'}}\n"
     )
     with HtbBackend("v0", netns=ns.name) as kernel:
         kernel.init(10_000_000, 1_000_000_000)
@@ -200,7 +200,7 @@ def test_a_bad_record_is_logged_once_and_its_capped_slice_stays(
 ) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nmetrics: {{listen: null}}\n"
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nvanish_grace: 0s\nmetrics: {{listen: null}}\n"
     )
     config = load_config(str(cfg))
     with HtbBackend("v0", netns=ns.name) as kernel:
@@ -342,7 +342,7 @@ def test_start_survives_a_busy_metrics_port_and_a_missing_tree(ns: Netns, tmp_pa
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\n"
-        f"metrics: {{listen: '{listen}'}}\n"
+        f"vanish_grace: 0s\nmetrics: {{listen: '{listen}'}}\n"
     )
     bad = tmp_path / "bad.yaml"
     bad.write_text("device: v0\nnode_cap: fast\n")

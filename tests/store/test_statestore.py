@@ -122,6 +122,7 @@ def states(draw: st.DrawFn) -> State:
         draw(st.text(max_size=40)),
         draw(counts),
         draw(counts),
+        draw(st.dictionaries(st.integers(min_value=0, max_value=DEFAULT_XID), counts, max_size=3)),
     )
 
 
@@ -134,7 +135,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
     assert data["schema_version"] == SCHEMA_VERSION == 3
-    assert (data["boot_id"], data["boottime"], data["clock_ref_at"]) == ("", 0, 0)
+    assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
     sl = data["slices"]["1"]
@@ -283,6 +284,7 @@ _DOC_TYPES = {
     "name": "string",
     "slices": "object",
     "ledger": "object",
+    "missing": "object",
     "classes": "object",
     "slice": "SLICE",
 }
@@ -864,7 +866,8 @@ def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
 def test_migration_from_schema_2_knows_no_clock_reference() -> None:
     state = dataclasses.replace(make_state(2), boot_id="b1", boottime_s=50, clock_ref_s=NOW_S)
     v2 = state_to_json(state, NOW_S)
-    for key in ("boot_id", "boottime", "clock_ref_at"):
+    state = dataclasses.replace(state, missing={1: NOW_S - 60})
+    for key in ("boot_id", "boottime_s", "clock_ref_at", "missing"):
         del v2[key]
     v2["schema_version"] = 2
     before = copy.deepcopy(v2)

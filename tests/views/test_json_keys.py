@@ -101,11 +101,13 @@ KEYS = {
     "died_at": "slice death",
     "expires_at": "ledger expiry",
     "saved_at": "state save",
+    "clock_ref_at": "clock reference",
     "now": "cycle time",
     # durations, seconds
     "duration_s": "cycle duration",
     "capped_default_s": "default class capped time",
     "capped_exempt_s": "exempt class capped time",
+    "boottime_s": "boot clock at the clock reference",
     # flags and counts
     "capped": "capped",
     "notified": "notified",
@@ -116,6 +118,8 @@ KEYS = {
     "mails_failed": "mails failed",
     "mails_deferred": "mails deferred",
     "resets": "operator resets",
+    "boot_id": "boot of the clock reference",
+    "missing": "slices gone from their source, in their grace",
     # containers and the rest
     "slices": "slices",
     "ledger": "ledger",
@@ -232,6 +236,7 @@ SLICES = """slices:
 @pytest.mark.kernel
 def test_every_command_on_a_node_prints_only_keys_of_the_table(ns: Netns, tmp_path: Path) -> None:
     cfg = write_config(tmp_path, device="v0")
+    cfg.write_text(cfg.read_text() + "vanish_grace: 0s\n")  # a slice gone: to the ledger now
     (tmp_path / "slices.yaml").write_text(SLICES)
 
     def doc(*argv: str) -> Any:
@@ -252,7 +257,10 @@ def test_every_command_on_a_node_prints_only_keys_of_the_table(ns: Netns, tmp_pa
     docs["show dead"] = (doc("show", "pl_bob", "--json"), frozenset({".origin"}))
     docs["ledger"] = (doc("ledger", "--json"), frozenset())
     docs["report"] = (doc("report", "--json"), frozenset())
-    docs["state show"] = (doc("state", "show", "--json"), frozenset({".slices", ".ledger"}))
+    docs["state show"] = (
+        doc("state", "show", "--json"),
+        frozenset({".slices", ".ledger", ".missing"}),
+    )
 
     actions = {a["action"] for a in docs["sync, a rate changed"][0]["actions"]}
     assert "set_rates" in actions
