@@ -93,6 +93,18 @@ class Revive:
 
 
 @dataclass(frozen=True, slots=True)
+class Inherit:
+    """A new name on the xid of a slice that left (renamed, or a recycled uid): it goes
+    on with that slice's usage and period on the same classes (the old name is in the
+    ledger too). A fresh budget on a capped class would lift its cap.
+    """
+
+    name: str
+    xid: int
+    old_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class PurgeLedger:
     """A ledger entry whose period has ended."""
 
@@ -126,6 +138,7 @@ Action = (
     | Adopt
     | MoveToLedger
     | Revive
+    | Inherit
     | PurgeLedger
     | NewPeriod
     | Notify

@@ -32,6 +32,7 @@ from bwenforcer.core.plan import (
     Action,
     Adopt,
     CreateClass,
+    Inherit,
     LiveSlice,
     MoveToLedger,
     NewPeriod,
@@ -276,6 +277,7 @@ def plan(
     ledger: dict[str, LedgerEntry] = dict(state.ledger)
     carried: dict[int, SliceState] = {}  # accounted while planned, below
     left: list[tuple[str, int, int, bool, bool]] = []
+    renamed: dict[int, SliceState] = {}  # xid -> the slice that left it, counted
 
     # Slices in the state: still wanted under the same name, gone a while, or dead.
     names = {want.name for want in wanted.values()}
@@ -306,6 +308,8 @@ def plan(
             left.append(usage)
         if want is None and kernel is not None:
             actions.append(RemoveClasses(st.name, xid, "dead"))
+        if want is not None:
+            renamed[xid] = gone
 
     for name in [n for n, e in ledger.items() if now_s >= e.expires_s and step is None]:
         del ledger[name]
@@ -332,6 +336,12 @@ def plan(
                 st = rebaseline(entry.slice, kernel, want.xid)
                 actions.append(Revive(want.name, want.xid, entry.slice.xid))
                 reason = "revive"
+            elif want.xid in renamed:
+                # another name on the same class: usage follows the class within its
+                # period (a recycled uid inheriting it for the rest of one is the safe side)
+                st = dataclasses.replace(renamed[want.xid], name=want.name)
+                actions.append(Inherit(want.name, want.xid, renamed[want.xid].name))
+                reason = "inherit"  # not counted again: its bytes went with the old name
             else:
                 st = _new_slice(want, kernel, params, now_s)
                 if kernel is not None:

@@ -308,6 +308,37 @@ def test_a_newcomer_on_a_capped_slices_xid_is_refused_and_the_cap_stays(
     assert errors(caplog) == [line]
 
 
+def test_a_rename_on_the_same_xid_goes_on_with_the_usage_and_keeps_the_cap(
+    pair: NetnsPair, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rspec = "{net_max_kbyte: 100, net_thresh_kbyte: 50}"
+    write_slices(tmp_path, {"pl_old": (10, rspec)})
+    config = make_config(tmp_path, "va")
+    init_tree(pair.a.name, "va", config)
+    clock = Clock(T0)
+    Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+    mark_all_to(pair.a, pair.b_addr, 0x100A)
+    send_bytes(pair, 80_000)  # past the threshold
+    clock.now += 300
+    Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+    before = state_of(config).slices[10]
+    capped_bps = tc_ceils(pair.a, "va")["1:100a"]
+    assert before.default.capped and capped_bps < 10_000_000
+    write_slices(tmp_path, {"pl_new": (10, rspec)})  # renamed, or the uid recycled
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+    assert tc_ceils(pair.a, "va")["1:100a"] == capped_bps  # the class keeps its cap
+    state = state_of(config)
+    st = state.slices[10]
+    assert st.name == "pl_new" and st.default.capped
+    assert st.default.used_bytes >= before.default.used_bytes
+    assert (st.period_start_s, st.period_end_s) == (before.period_start_s, before.period_end_s)
+    assert "pl_old" in state.ledger
+    said = [r.getMessage() for r in caplog.records if "pl_new" in r.getMessage()]
+    assert len(said) == 1 and "pl_old" in said[0], said
+
+
 # --- capped time is the time that passed -----------------------------------------------
 
 

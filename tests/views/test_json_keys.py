@@ -22,6 +22,7 @@ from bwenforcer.core.model import ClassRates, DesiredSet
 from bwenforcer.core.plan import (
     Adopt,
     CreateClass,
+    Inherit,
     MoveToLedger,
     NewPeriod,
     Notify,
@@ -62,6 +63,7 @@ KEYS = {
     "slice": "slice name",
     "xid": "xid",
     "old_xid": "xid before a revival",
+    "old_name": "name of the slice whose xid a new one goes on with",
     "status": "live, dead or new",
     "traffic_class": "traffic class",
     "classes": "the classes",
@@ -172,6 +174,7 @@ ALL_ACTIONS = (
     Adopt("pl_a", 1),
     MoveToLedger("pl_b", 3),
     Revive("pl_b", 4, 3),
+    Inherit("pl_d", 3, "pl_b"),
     PurgeLedger("pl_c"),
     NewPeriod("pl_a", 1, NOW, NOW + 86_400),
     Notify("pl_a", 1, ("default", "exempt")),
