@@ -270,8 +270,8 @@ def plan(
     held = _held(desired.invalid, wanted, state) if desired.invalid else ()
     for want in held:
         wanted[want.xid] = want
-    # A clock that stepped (back, or forward by more than a period): no period ends
-    # and no ledger entry expires on its word; caps still follow the usage.
+    # A wall clock not to be trusted (stepped, by the boot clock's word): no period
+    # ends, no ledger entry expires and no grace runs out on it; caps follow the usage.
     step, clock_ref = clock_check(state, now_s, boot, params.period_s, params.anchor)
     actions: list[Action] = []
     ledger: dict[str, LedgerEntry] = dict(state.ledger)
