@@ -95,6 +95,9 @@ class DesiredSet:
     # node-manager records left out as the historic bwmon did (no _rspec yet, no
     # account): not errors, one line each for the caller to log when they change
     skipped: tuple[str, ...] = ()
+    # valid slices whose xid an earlier record of another name claims (one error line
+    # each, naming both): the slice already enforced on the xid keeps it (planner)
+    contested: tuple[DesiredSlice, ...] = ()
 
 
 @fast_init
@@ -213,6 +216,26 @@ class State:
     ledger: Mapping[str, LedgerEntry] = field(default_factory=dict)  # by slice name
     saved_s: int | None = None
     resets: int = 0  # operator resets ever made (`bwenforcer reset`), for the metric
+    # The clock reference: at CLOCK_BOOTTIME ``boottime_s`` of boot ``boot_id`` the
+    # wall clock was trusted to read ``clock_ref_s`` ("" and 0: not known). Within
+    # one boot, the time elapsed since is known whatever the wall clock says.
+    boot_id: str = ""
+    boottime_s: int = 0
+    clock_ref_s: int = 0
+    # xid -> when the slice was first found gone from its source: it keeps its
+    # classes and cap for the grace (PlanParams.grace_s), then goes to the ledger
+    missing: Mapping[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BootClock:
+    """The node's boot as read at a cycle: its id (``/proc/sys/kernel/random/boot_id``)
+    and ``CLOCK_BOOTTIME`` (seconds since boot, suspend included; steps of the wall
+    clock do not move it).
+    """
+
+    boot_id: str
+    boottime_s: int
 
 
 class KernelOp(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
+from bwenforcer.core.model import BootClock, State
 from bwenforcer.core.settings import PeriodAnchor
 
 DAY_S = 86400
@@ -94,3 +95,53 @@ def clock_step(
             f" (more than {bound_s} s)"
         )
     return None
+
+
+# Within one boot, a wall clock this far from the reference plus the boot clock's
+# elapsed time has been stepped (an NTP correction of a few seconds or minutes is not).
+CLOCK_SLACK_S = 900
+
+ClockRef = tuple[str, int, int]  # (boot id, CLOCK_BOOTTIME s, wall clock s then)
+
+
+def clock_check(
+    state: State, now_s: int, boot: BootClock | None, period_s: int, anchor: PeriodAnchor | None
+) -> tuple[str | None, ClockRef]:
+    """Why the wall clock ``now_s`` is not to be trusted this cycle (None: it is), and
+    the clock reference to save (:class:`~bwenforcer.core.model.State`'s ``boot_id``,
+    ``boottime_s``, ``clock_ref_s``).
+
+    - Same boot as the reference: the boot clock says how much time passed. A wall
+      clock that disagrees by more than :data:`CLOCK_SLACK_S` is wrong (stepped);
+      the reference is kept, so the cycle is held for as long as it stays wrong.
+    - Another boot: a wall clock behind the last trusted one went back (held, the
+      reference kept); ahead, it was a real outage.
+    - No boot reading, or no reference yet (a state of schema 2):
+      :func:`clock_step` against the last save.
+
+    A trusted cycle makes ``now_s`` the new reference.
+    """
+    kept: ClockRef = (state.boot_id, state.boottime_s, state.clock_ref_s)
+    if boot is not None and state.boot_id:
+        if boot.boot_id == state.boot_id:
+            elapsed_s = boot.boottime_s - state.boottime_s
+            off_s = now_s - (state.clock_ref_s + elapsed_s)
+            if elapsed_s >= 0 and abs(off_s) <= CLOCK_SLACK_S:
+                return None, (boot.boot_id, boot.boottime_s, now_s)
+            side = "ahead of" if off_s > 0 else "behind"
+            return (
+                f"clock {abs(off_s)} s {side} the boot clock's time since it was last"
+                f" trusted ({elapsed_s} s ago, same boot)",
+                kept,
+            )
+        if now_s < state.clock_ref_s:
+            return (
+                f"clock {state.clock_ref_s - now_s} s behind the last time it was trusted"
+                " (before a reboot)",
+                kept,
+            )
+        return None, (boot.boot_id, boot.boottime_s, now_s)
+    reason = clock_step(state.saved_s, now_s, period_s, anchor)
+    if reason is None and boot is not None:
+        return None, (boot.boot_id, boot.boottime_s, now_s)
+    return reason, kept

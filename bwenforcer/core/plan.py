@@ -93,6 +93,18 @@ class Revive:
 
 
 @dataclass(frozen=True, slots=True)
+class Inherit:
+    """A new name on the xid of a slice that left (renamed, or a recycled uid): it goes
+    on with that slice's usage and period on the same classes (the old name is in the
+    ledger too). A fresh budget on a capped class would lift its cap.
+    """
+
+    name: str
+    xid: int
+    old_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class PurgeLedger:
     """A ledger entry whose period has ended."""
 
@@ -126,6 +138,7 @@ Action = (
     | Adopt
     | MoveToLedger
     | Revive
+    | Inherit
     | PurgeLedger
     | NewPeriod
     | Notify
@@ -169,6 +182,10 @@ class LiveSlice(NamedTuple):
     exempt_delta_bytes: int
     default_old_ceil_bps: int | None  # what the kernel had (None: no class)
     exempt_old_ceil_bps: int | None
+    # whether the class was capped in the kernel since the last cycle: what the
+    # history's capped time counts (the cycle that caps is not capped time yet)
+    default_was_capped: bool = False
+    exempt_was_capped: bool = False
 
 
 def _class_line(cs: ClassState, tc: TrafficClass, delta: int, old_ceil: int | None) -> ClassLine:
@@ -193,6 +210,9 @@ class Plan:
     clock_step: str | None = None
     # slices whose record is invalid, kept with the policy saved in their state
     held: tuple[DesiredSlice, ...] = ()
+    # the usage rows (as :meth:`usage`) of the slices that went to the ledger this
+    # cycle: the bytes counted in the cycle a slice leaves are history too
+    left: tuple[tuple[str, int, int, bool, bool], ...] = ()
 
     @cached_property
     def lines(self) -> tuple[SliceLine, ...]:
@@ -206,16 +226,20 @@ class Plan:
                 _class_line(st.default, "default", d_delta, d_ceil),
                 _class_line(st.exempt, "exempt", e_delta, e_ceil),
             )
-            for st, d_delta, e_delta, d_ceil, e_ceil in self.live
+            for st, d_delta, e_delta, d_ceil, e_ceil, _, _ in self.live
         )
 
     def usage(self) -> Iterator[tuple[str, int, int, bool, bool]]:
         """``(name, default bytes, exempt bytes, default capped, exempt capped)`` of each
-        live slice that sent something this cycle or is capped (idle ones are left out).
+        slice that sent something this cycle or was capped since the last one (idle
+        ones are left out), live or gone to the ledger this cycle. "Capped" is the cap
+        in force since the last cycle, not the one this cycle sets: the span up to the
+        cycle that caps was not capped time.
         """
-        for st, d_delta, e_delta, _, _ in self.live:
-            if d_delta or e_delta or st.default.capped or st.exempt.capped:
-                yield st.name, d_delta, e_delta, st.default.capped, st.exempt.capped
+        for st, d_delta, e_delta, _, _, d_capped, e_capped in self.live:
+            if d_delta or e_delta or d_capped or e_capped:
+                yield st.name, d_delta, e_delta, d_capped, e_capped
+        yield from self.left
 
     def kernel_ops(self) -> list[KernelOp]:
         """The kernel changes of the plan, in order."""

@@ -15,6 +15,7 @@ from operator import attrgetter
 from bwenforcer.core.accounting import account_slice, class_usage, kernel_counter, rebaseline
 from bwenforcer.core.layout import DEFAULT_XID, ROOT_XID, TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.model import (
+    BootClock,
     ClassPolicy,
     ClassState,
     DesiredSet,
@@ -26,11 +27,12 @@ from bwenforcer.core.model import (
     SliceState,
     State,
 )
-from bwenforcer.core.periods import clock_step, first_period, next_period
+from bwenforcer.core.periods import clock_check, first_period, next_period
 from bwenforcer.core.plan import (
     Action,
     Adopt,
     CreateClass,
+    Inherit,
     LiveSlice,
     MoveToLedger,
     NewPeriod,
@@ -59,6 +61,8 @@ class PlanParams:
     # capped slices would each get one every cycle. A transport set later mails the
     # classes capped and not yet notified, as ever.
     notify: bool = True
+    # how long a slice gone from its source keeps its classes and cap (0: none)
+    grace_s: int = 0
 
     @classmethod
     def from_config(cls, config: Config) -> PlanParams:
@@ -68,6 +72,7 @@ class PlanParams:
             config.period_anchor,
             config.bwmin_bps,
             notify=config.mail.transport != "none",
+            grace_s=config.grace_s,
         )
 
 
@@ -112,6 +117,7 @@ def _plan_live(
         start_s, end_s = next_period(end_s, now_s, params.period_s, params.anchor)
         actions.append(NewPeriod(want.name, want.xid, start_s, end_s))
     out: list[tuple[ClassState, int, int | None]] = []
+    was_capped: list[bool] = []
     to_notify: list[TrafficClass] = []
     for tc in TRAFFIC_CLASSES:
         if tc == "default":
@@ -121,6 +127,7 @@ def _plan_live(
             old, policy = st.exempt, want.exempt
             current = None if kernel is None else kernel.exempt
         used, last, delta, notified = class_usage(old, current, account, new_period)
+        was_capped.append(account and old.capped and current is not None)
         rates, capped = targets.rates(policy, tc, used, end_s, now_s)
         ceil_bps = rates.max_rate_bps
         if current is None:
@@ -158,7 +165,7 @@ def _plan_live(
         new_st = st
     else:
         new_st = SliceState(want.name, want.xid, start_s, end_s, default, exempt)
-    return LiveSlice(new_st, d_delta, e_delta, d_ceil, e_ceil)
+    return LiveSlice(new_st, d_delta, e_delta, d_ceil, e_ceil, was_capped[0], was_capped[1])
 
 
 def _quiet(
@@ -242,37 +249,67 @@ def plan(
     now_s: int,
     *,
     quiet: bool = True,
+    boot: BootClock | None = None,
 ) -> Plan:
     """Reconcile one cycle (docs/architecture.md "Policy" and "Slice lifecycle").
 
     ``quiet=False`` plans every slice the long way (:func:`_plan_live`), without
     the shortcut for slices nothing happened to: the same plan, slower; for tests
-    that hold the shortcut to that.
+    that hold the shortcut to that. ``boot``: the node's boot id and boot clock,
+    read by the caller, which tell a stepped wall clock from time that passed
+    (:func:`~bwenforcer.core.periods.clock_check`).
     """
     if desired.limiting_off:
         return _limiting_off(snapshot, state, now_s)
     wanted = {s.xid: s for s in desired.slices}
+    for claim in desired.contested:
+        # two names on one xid: the slice the state has on it keeps it (and its cap)
+        st = state.slices.get(claim.xid)
+        if st is not None and st.name == claim.name:
+            wanted[claim.xid] = claim
     held = _held(desired.invalid, wanted, state) if desired.invalid else ()
     for want in held:
         wanted[want.xid] = want
-    # A clock that stepped (back, or forward by more than a period): no period ends
-    # and no ledger entry expires on its word; caps still follow the usage.
-    step = clock_step(state.saved_s, now_s, params.period_s, params.anchor)
+    # A wall clock not to be trusted (stepped, by the boot clock's word): no period
+    # ends, no ledger entry expires and no grace runs out on it; caps follow the usage.
+    step, clock_ref = clock_check(state, now_s, boot, params.period_s, params.anchor)
     actions: list[Action] = []
     ledger: dict[str, LedgerEntry] = dict(state.ledger)
     carried: dict[int, SliceState] = {}  # accounted while planned, below
+    left: list[tuple[str, int, int, bool, bool]] = []
+    renamed: dict[int, SliceState] = {}  # xid -> the slice that left it, counted
 
-    # Slices in the state: still wanted under the same name, or dead.
+    # Slices in the state: still wanted under the same name, gone a while, or dead.
+    names = {want.name for want in wanted.values()}
+    missing: dict[int, int] = {}
+    vanished: list[DesiredSlice] = []
     for xid, st in state.slices.items():
         want = wanted.get(xid)
         if want is not None and want.name == st.name:
             carried[xid] = st
             continue
+        if want is None and st.name not in names and params.grace_s > 0:
+            # An editor's half-saved file drops slices for a cycle: a slice gone from
+            # its source keeps its classes and cap (and is counted) for the grace.
+            since_s = state.missing.get(xid, now_s)
+            if now_s - since_s < params.grace_s or step is not None:
+                missing[xid] = since_s
+                kept = DesiredSlice(st.name, xid, st.default.policy, st.exempt.policy)
+                wanted[xid] = kept
+                vanished.append(kept)
+                carried[xid] = st
+                continue
         kernel = snapshot.slices.get(xid)
-        ledger[st.name] = LedgerEntry(account_slice(st, kernel), died_s=now_s)
+        gone = account_slice(st, kernel)
+        ledger[st.name] = LedgerEntry(gone, died_s=now_s)
         actions.append(MoveToLedger(st.name, xid))
+        usage = _left_usage(st, gone, kernel)
+        if usage is not None:
+            left.append(usage)
         if want is None and kernel is not None:
             actions.append(RemoveClasses(st.name, xid, "dead"))
+        if want is not None:
+            renamed[xid] = gone
 
     for name in [n for n, e in ledger.items() if now_s >= e.expires_s and step is None]:
         del ledger[name]
@@ -299,6 +336,12 @@ def plan(
                 st = rebaseline(entry.slice, kernel, want.xid)
                 actions.append(Revive(want.name, want.xid, entry.slice.xid))
                 reason = "revive"
+            elif want.xid in renamed:
+                # another name on the same class: usage follows the class within its
+                # period (a recycled uid inheriting it for the rest of one is the safe side)
+                st = dataclasses.replace(renamed[want.xid], name=want.name)
+                actions.append(Inherit(want.name, want.xid, renamed[want.xid].name))
+                reason = "inherit"  # not counted again: its bytes went with the old name
             else:
                 st = _new_slice(want, kernel, params, now_s)
                 if kernel is not None:
@@ -323,8 +366,34 @@ def plan(
         if xid not in wanted and xid not in state.slices and xid not in SYSTEM_XIDS:
             actions.append(RemoveClasses(None, xid, "orphan"))
 
-    new_state = State(slices, ledger, state.saved_s, state.resets)
-    return Plan(now_s, tuple(actions), new_state, tuple(live), clock_step=step, held=held)
+    boot_id, boottime_s, clock_ref_s = clock_ref
+    new_state = State(
+        slices, ledger, state.saved_s, state.resets, boot_id, boottime_s, clock_ref_s, missing
+    )
+    return Plan(
+        now_s,
+        tuple(actions),
+        new_state,
+        tuple(live),
+        clock_step=step,
+        held=(*held, *vanished),
+        left=tuple(left),
+    )
+
+
+def _left_usage(
+    st: SliceState, gone: SliceState, kernel: KernelSlice | None
+) -> tuple[str, int, int, bool, bool] | None:
+    """The history row of a slice leaving for the ledger: the bytes counted as it left
+    and the caps in force since the last cycle (None: nothing to record).
+    """
+    d_bytes = gone.default.used_bytes - st.default.used_bytes
+    e_bytes = gone.exempt.used_bytes - st.exempt.used_bytes
+    d_capped = st.default.capped and kernel is not None and kernel.default is not None
+    e_capped = st.exempt.capped and kernel is not None and kernel.exempt is not None
+    if not (d_bytes or e_bytes or d_capped or e_capped):
+        return None
+    return st.name, d_bytes, e_bytes, d_capped, e_capped
 
 
 def _held(

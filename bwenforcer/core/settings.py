@@ -102,6 +102,9 @@ class Config:
     period_s: int = 86400
     period_anchor: PeriodAnchor | None = None
     interval_s: int = 300
+    # how long a slice gone from its source keeps its classes and cap before it goes
+    # to the ledger; None: the longer of two intervals and 10 minutes (grace_s)
+    vanish_grace_s: int | None = None
     state_file: str = "/var/lib/bwenforcer/state.json"
     slices_file: str | None = "/etc/bwenforcer/slices.yaml"
     lock_timeout_s: int = 30
@@ -112,6 +115,13 @@ class Config:
     history: HistoryConfig = field(default_factory=HistoryConfig)
     dry_run: bool = False
     source: str | None = None  # path the config was loaded from, for messages
+
+    @property
+    def grace_s(self) -> int:
+        """How long a slice gone from its source is kept as it was (``vanish_grace``)."""
+        if self.vanish_grace_s is not None:
+            return self.vanish_grace_s
+        return max(2 * self.interval_s, 600)
 
     @property
     def history_file(self) -> str:

@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bwenforcer.core.model import DesiredSet, KernelOp, KernelSnapshot, OpFailure, SliceState
+from bwenforcer.core.model import (
+    BootClock,
+    DesiredSet,
+    KernelOp,
+    KernelSnapshot,
+    OpFailure,
+    SliceState,
+)
 from bwenforcer.core.plan import Notify, Plan
 from bwenforcer.core.policy import tree_rates_bps
 from bwenforcer.core.settings import Config
@@ -100,6 +107,21 @@ def make_notifier(
     return notify
 
 
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def read_boot(path: str = BOOT_ID_PATH) -> BootClock | None:
+    """The node's boot id and ``CLOCK_BOOTTIME`` now; None if they cannot be read."""
+    try:
+        with open(path, encoding="ascii") as f:
+            boot_id = f.read(64).strip()
+        boottime_s = int(time.clock_gettime(time.CLOCK_BOOTTIME))
+    except (OSError, ValueError, AttributeError) as exc:
+        log.debug("no boot clock: %s", exc)
+        return None
+    return BootClock(boot_id, boottime_s) if boot_id else None
+
+
 @dataclass
 class Agent:
     """Long-lived parts of the agent for one config; one cycle per :meth:`cycle` call."""
@@ -107,6 +129,10 @@ class Agent:
     config: Config
     clock: Callable[[], float] = time.time
     netns: str | None = None  # tests: run the backend and classifier in this namespace
+    # The boot id and boot clock, read with the wall clock (periods.clock_check). By
+    # default the node's, with the real wall clock; a clock passed in without a boot
+    # clock goes without one (a test's clock moved by hand is no stepped clock).
+    boot: Callable[[], BootClock | None] | None = None
     # Kept across cycles so that a daemon or node-manager thread re-reads neither
     # the state nor the history journal while they are still what this agent wrote.
     _store: StateStore | None = field(default=None, init=False, repr=False)
@@ -202,6 +228,7 @@ class Agent:
                 store=self._store,
                 notifier=make_notifier(self.config, self.clock, dry_run) if not dry_run else None,
                 clock=self.clock,
+                boot=self._boot(),
                 dry_run=dry_run,
                 hooks=hooks,
             )
@@ -212,6 +239,11 @@ class Agent:
             log.info("cycle ok again (was: %s)", self._problem)
             self._problem = None
         return result
+
+    def _boot(self) -> Callable[[], BootClock | None] | None:
+        if self.boot is not None:
+            return self.boot
+        return read_boot if self.clock is time.time else None
 
     def _record_history(self, plan: Plan) -> None:
         """Add the cycle's per-slice deltas to the usage history.

@@ -17,6 +17,7 @@ from bwenforcer.core.model import KernelOp, OpFailure, SliceState, State
 from bwenforcer.core.plan import (
     Adopt,
     CreateClass,
+    Inherit,
     MoveToLedger,
     NewPeriod,
     Notify,
@@ -83,6 +84,11 @@ def _describe(action: object) -> str | None:
         return (
             f"slice {action.name} xid {action.xid}: revived from the ledger (was xid"
             f" {action.old_xid})"
+        )
+    if isinstance(action, Inherit):
+        return (
+            f"slice {action.name} xid {action.xid}: goes on with the usage and period of"
+            f" slice {action.old_name}, which left that xid (renamed, or its uid recycled)"
         )
     if isinstance(action, PurgeLedger):
         return f"slice {action.name}: ledger entry expired"

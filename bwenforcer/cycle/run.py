@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bwenforcer.core.model import DesiredSet, KernelSnapshot, State
+from bwenforcer.core.model import BootClock, DesiredSet, KernelSnapshot, State
 from bwenforcer.core.plan import Plan
 from bwenforcer.core.planner import PlanParams, plan
 from bwenforcer.core.settings import Config
@@ -122,10 +122,15 @@ def run_cycle(
     store: Store,
     notifier: Notifier | None,
     clock: Callable[[], float] = time.time,
+    boot: Callable[[], BootClock | None] | None = None,
     dry_run: bool = False,
     hooks: Hooks | None = None,
 ) -> CycleResult:
-    """Run one cycle; with ``dry_run`` plan only (no lock, nothing written)."""
+    """Run one cycle; with ``dry_run`` plan only (no lock, nothing written).
+
+    ``boot`` reads the node's boot id and boot clock, read with ``clock``: they tell
+    a stepped wall clock from time that passed (None: the wall clock alone).
+    """
     hooks = hooks or Hooks()
     started = clock()
     lock = nullcontext() if dry_run else store.lock(config.lock_timeout_s)
@@ -133,7 +138,10 @@ def run_cycle(
         loaded = store.read_unlocked() if dry_run else store.load()
         snapshot = kernel.dump()
         now_s = int(clock())
-        the_plan = plan(desired, snapshot, loaded.state, PlanParams.from_config(config), now_s)
+        reading = None if boot is None else boot()
+        the_plan = plan(
+            desired, snapshot, loaded.state, PlanParams.from_config(config), now_s, boot=reading
+        )
         if the_plan.clock_step is not None:
             log.warning(
                 "%s: no period ends, no ledger entry expires and the history is not rolled"

@@ -256,6 +256,11 @@ def parse_config(data: object, source: str) -> Config:
         period_s=period,
         period_anchor=anchor,
         interval_s=interval,
+        vanish_grace_s=(
+            top.parsed("vanish_grace", parse_duration_s, 0, MAX_PERIOD_S)
+            if top.has("vanish_grace") and top.data["vanish_grace"] is not None
+            else _used(top, "vanish_grace")
+        ),
         state_file=top.text("state_file", base.state_file, allow_null=False) or base.state_file,
         slices_file=top.text("slices_file", base.slices_file),
         lock_timeout_s=top.parsed(
@@ -271,6 +276,11 @@ def parse_config(data: object, source: str) -> Config:
     )
     top.done()
     return config
+
+
+def _used(reader: KeyReader, key: str) -> None:
+    """A key given as null (or not at all): its default, computed from others."""
+    reader.used.add(key)
 
 
 def load_config(path: str | None) -> Config:

@@ -191,8 +191,9 @@ def _collect(
     slices: list[DesiredSlice] = []
     errors: list[str] = []
     invalid: list[InvalidRecord] = []
+    contested: list[DesiredSlice] = []
     names: set[str] = set()
-    xids: set[int] = set()
+    xids: dict[int, tuple[str, DesiredSlice]] = {}  # xid -> (label, slice) of its first claim
     resolved: dict[object, _Resolved] = {}
     for label, name, xid, rspec, problem in entries:
         try:
@@ -201,8 +202,21 @@ def _collect(
             want = _slice(name, xid, rspec, config, resolved)
             if want.name in names:
                 raise SliceError(f"slice {want.name}: defined twice")
-            if want.xid in xids:
-                raise SliceError(f"slice {want.name}: xid {want.xid} already used by another slice")
+            first = xids.get(want.xid)
+            if first is not None:
+                # Which of the two keeps the xid is the planner's to say (the one the
+                # state has on it): file order must not hand a capped class to a newcomer.
+                line = (
+                    f"{where}: {label} and {first[0]}: slices {want.name} and"
+                    f" {first[1].name} both claim xid {want.xid}; the one already enforced"
+                    " on it keeps it, the other is refused"
+                )
+                if log_errors:
+                    log.error("%s", line)
+                errors.append(line)
+                names.add(want.name)
+                contested.append(want)
+                continue
         except SliceError as exc:
             line = f"{where}: {label}: {exc}; skipped"
             if log_errors:
@@ -213,9 +227,11 @@ def _collect(
                 invalid.append(InvalidRecord(name, xid if valid_xid else None, line))
             continue
         names.add(want.name)
-        xids.add(want.xid)
+        xids[want.xid] = (label, want)
         slices.append(want)
-    return DesiredSet(tuple(slices), errors=tuple(errors), invalid=tuple(invalid))
+    return DesiredSet(
+        tuple(slices), errors=tuple(errors), invalid=tuple(invalid), contested=tuple(contested)
+    )
 
 
 CACHE_VERSION = (
@@ -228,39 +244,46 @@ def slices_cache_path(config: Config) -> str:
     return f"{config.state_file}.slices-cache"
 
 
-def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> tuple[object, bool]:
-    """The parsed slices file, from the cache beside the state while the file's bytes
-    are the ones it was made from; and whether it was parsed (not from the cache:
-    the file is new or changed, so its errors are to be logged).
+def _items(data: object, path: str) -> list[object]:
+    """The records of a parsed slices file, or ConfigError if it is not one."""
+    if not isinstance(data, dict) or set(data) - {"slices"}:
+        raise ConfigError(f"{path}: expected a mapping with one key, 'slices'")
+    items = data.get("slices") or []
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: slices: expected a list")
+    return items
 
-    YAML is slow to parse in Python (~0.1 s at 4,000 slices, most of a cron run);
-    the cache is JSON, tagged with the file's SHA-256. It is written when the
-    file is parsed, if it can be (best effort: a cycle fails for it only on a
-    disk that cannot take a write, DiskFull), and only for data that JSON
-    carries unchanged; never with ``write_cache`` False (a dry run changes
-    nothing). A cache in a directory others could write (or one not safely
-    ours) is neither trusted nor written: the state lock refuses it anyway.
-    """
-    raw = read_bytes(path)
-    digest = hashlib.sha256(raw).hexdigest()
+
+def _cache_dir_ok(cache_path: str) -> bool:
+    """Whether the slices cache's directory is safely ours (else it is neither read nor
+    written: the state lock refuses such a directory anyway)."""
     try:
         check_dir(os.path.dirname(os.path.abspath(cache_path)), "slices cache directory")
     except UnsafePath as exc:
         log.debug("slices cache not used: %s", exc)
-        return parse_yaml(raw, path), True
+        return False
+    return True
+
+
+def _read_cache(cache_path: str) -> dict[str, Any] | None:
+    """The slices cache, if it is one of this version we can trust; else None."""
+    if not _cache_dir_ok(cache_path):
+        return None
     try:
         cached = json.loads(read_own(cache_path, "slices cache"))
-        if cached["version"] == CACHE_VERSION and cached["sha256"] == digest:
-            return cached["data"], False
-    except (OSError, ValueError, KeyError, TypeError, UnsafePath):
-        pass  # no cache, or not one we can use: parse the file
-    data = parse_yaml(raw, path)
-    if not write_cache:
-        return data, True
+    except (OSError, ValueError, UnsafePath):
+        return None  # no cache, or not one we can use
+    if not isinstance(cached, dict) or cached.get("version") != CACHE_VERSION:
+        return None
+    return cached
+
+
+def _write_cache(cache_path: str, cache: dict[str, Any]) -> None:
+    """Write the slices cache, best effort (DiskFull is raised)."""
     try:
-        text = json.dumps({"version": CACHE_VERSION, "sha256": digest, "data": data})
-        if json.loads(text)["data"] != data:
-            return data, True  # dates, integer keys…: only YAML says what they are
+        text = json.dumps(cache)
+        if json.loads(text)["data"] != cache["data"]:
+            return  # dates, integer keys…: only YAML says what they are
         replace_file(cache_path, text.encode())
     except OSError as exc:
         full = disk_full(exc, f"slices cache {cache_path}")
@@ -269,21 +292,83 @@ def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> t
         log.debug("slices cache %s not written: %s", cache_path, exc)
     except (TypeError, ValueError) as exc:
         log.debug("slices cache %s not written: %s", cache_path, exc)
+
+
+def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> tuple[object, bool]:
+    """The parsed slices file, from the cache beside the state while the file's bytes
+    are the ones it was made from; and whether it was parsed (not from the cache:
+    the file is new or changed, so its errors are to be logged).
+
+    YAML is slow to parse in Python (~0.1 s at 4,000 slices, most of a cron run);
+    the cache is JSON, tagged with the file's SHA-256. It is written when the
+    file is parsed into a slices file's shape, if it can be (best effort: a cycle
+    fails for it only on a disk that cannot take a write, DiskFull), and only for
+    data that JSON carries unchanged; never with ``write_cache`` False (a dry run
+    changes nothing). A cache in a directory others could write (or one not safely
+    ours) is neither trusted nor written: the state lock refuses it anyway. The
+    cache is also the last good version of the file (:func:`load_slices_file`).
+    """
+    raw = read_bytes(path)
+    digest = hashlib.sha256(raw).hexdigest()
+    cached = _read_cache(cache_path)
+    if cached is not None and cached.get("sha256") == digest and "data" in cached:
+        return cached["data"], False
+    data = parse_yaml(raw, path)
+    _items(data, path)  # only a slices file's shape is cached: it is the last good version
+    if write_cache and _cache_dir_ok(cache_path):
+        _write_cache(cache_path, {"version": CACHE_VERSION, "sha256": digest, "data": data})
     return data, True
+
+
+def _last_good(path: str, config: Config, exc: ConfigError, write_cache: bool) -> DesiredSet:
+    """The slices of the slices file's last good version (the cache), after ``exc``.
+
+    An editor's half-saved file or a typo must not stop enforcement: the slices
+    last read stay enforced as they were, and the error is one line in the
+    desired set's errors (``sync`` exits 1), logged once per change of the
+    error (the cache remembers it). Without a last good version, ``exc`` is raised.
+    """
+    cache_path = slices_cache_path(config)
+    cached = _read_cache(cache_path)
+    if cached is None or "data" not in cached:
+        raise exc
+    try:
+        _items(cached["data"], path)
+    except ConfigError:
+        raise exc from None
+    line = f"{exc}; enforcing the slices of its last good version until it is fixed"
+    try:
+        tag = f"{hashlib.sha256(read_bytes(path)).hexdigest()} {exc}"
+    except ConfigError:
+        tag = str(exc)
+    if cached.get("failed") != tag:
+        log.error("%s", line)
+        if write_cache:
+            _write_cache(cache_path, {**cached, "failed": tag})
+    desired = _desired_of(cached["data"], path, config, log_errors=False)
+    return replace(desired, errors=(line, *desired.errors))
 
 
 def load_slices_file(path: str, config: Config, write_cache: bool = True) -> DesiredSet:
     """The slices of a YAML slices file (``slices:`` a list of ``{name, xid, rspec}``);
     ``write_cache`` False leaves the slices cache as it is (dry runs).
+
+    A file that cannot be read or parsed (a YAML error, a half-written save) gives
+    the slices of its last good version with the error (:func:`_last_good`).
     """
-    data, changed = _read_slices_data(path, slices_cache_path(config), write_cache)
-    if not isinstance(data, dict) or set(data) - {"slices"}:
-        raise ConfigError(f"{path}: expected a mapping with one key, 'slices'")
-    items = data.get("slices") or []
-    if not isinstance(items, list):
-        raise ConfigError(f"{path}: slices: expected a list")
+    try:
+        data, changed = _read_slices_data(path, slices_cache_path(config), write_cache)
+    except ConfigError as exc:
+        return _last_good(path, config, exc, write_cache)
+    return _desired_of(data, path, config, log_errors=changed)
+
+
+def _desired_of(data: object, path: str, config: Config, log_errors: bool) -> DesiredSet:
+    """The desired set of a parsed slices file; with ``log_errors``, its bad records and
+    unknown rspec keys are logged (the file is new or changed).
+    """
     entries: list[_Entry] = []
-    for index, item in enumerate(items):
+    for index, item in enumerate(_items(data, path)):
         label = f"slices[{index}]"
         if not isinstance(item, dict):
             entries.append((label, item, None, None, f"{shown(item)} is not a mapping"))
@@ -295,10 +380,21 @@ def load_slices_file(path: str, config: Config, write_cache: bool = True) -> Des
             problem = (
                 f"slice {shown(name)}: unknown key {shown(unknown[0])} (keys: name, xid, rspec)"
             )
-        entries.append(
-            (f"{label} ({shown(name)})", name, item.get("xid"), item.get("rspec"), problem)
-        )
-    return _collect(entries, config, path, log_errors=changed)
+        rspec = item.get("rspec")
+        if log_errors and isinstance(rspec, Mapping):
+            odd = sorted((k for k in rspec if k not in RSPEC_ATTRIBUTES), key=str)
+            if odd:
+                log.warning(
+                    "%s: %s (%s): slice %s: unknown rspec key%s %s ignored",
+                    path,
+                    label,
+                    shown(name),
+                    shown(name),
+                    "s" if len(odd) > 1 else "",
+                    ", ".join(shown(k) for k in odd),
+                )
+        entries.append((f"{label} ({shown(name)})", name, item.get("xid"), rspec, problem))
+    return _collect(entries, config, path, log_errors=log_errors)
 
 
 def account_uid(name: str) -> int | None:

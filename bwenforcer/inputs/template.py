@@ -31,6 +31,9 @@ CLASS_FIELDS = frozenset(
         "max_rate",
         "until",
         "until_human",
+        "used_up",
+        "used_up_human",
+        "advice",
     }
 )
 PACKAGED_TEMPLATE = "templates/notice.txt"

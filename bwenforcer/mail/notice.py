@@ -132,24 +132,59 @@ def _utc(ts: int) -> tuple[str, str]:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ"), when.strftime("%a %d %b %Y %H:%M UTC")
 
 
-def render_body(notice: Notice, hostname: str, template: str) -> str:
-    """The plain-text body of a notice from a checked template."""
+def used_up_s(c: CappedClass, now_s: int, end_s: int) -> int:
+    """When the class's budget left is used up sending at its ceil from ``now_s``, or
+    ``end_s`` if it lasts the period (the ceil paces it: what the policy aims for).
+
+    The ceil is the budget left spread over the time left, but never below the
+    class's floor (its min rate): at the floor, the budget runs out early.
+    """
+    left_bits = max(0, c.limit_bytes - c.used_bytes) * 8
+    if c.ceil_bps <= 0:
+        return end_s
+    # 8 bit/s of slack: the rates are whole bytes per second
+    if max(0, c.ceil_bps - 8) * max(0, end_s - now_s) <= left_bits:
+        return end_s
+    return min(end_s, now_s + left_bits // c.ceil_bps)
+
+
+def _advice(c: CappedClass, now_s: int, end_s: int) -> str:
+    """What the class can actually do until the period ends, in one sentence."""
+    ceil, until_human = human_rate(c.ceil_bps), _utc(end_s)[1]
+    if c.used_bytes >= c.limit_bytes:
+        return f"The budget is used up: the class stays limited to {ceil} until {until_human}."
+    out_s = used_up_s(c, now_s, end_s)
+    if out_s >= end_s:
+        return f"To stay within the budget, keep to {ceil} on average."
+    return (
+        f"{ceil} is the lowest limit this class gets: sending at it, the budget left is"
+        f" used up by {_utc(out_s)[1]}, and the limit stays {ceil} until {until_human}."
+    )
+
+
+def render_body(notice: Notice, hostname: str, template: str, now_s: int) -> str:
+    """The plain-text body of a notice from a checked template, as of ``now_s``."""
     body, block = split_template(template)
     until, until_human = _utc(notice.period_end_s)
-    blocks = [
-        string.Template(block or "").substitute(
-            traffic_class=c.traffic_class.capitalize(),
-            used=human_size(c.used_bytes),
-            limit=human_size(c.limit_bytes),
-            threshold=human_size(c.threshold_bytes),
-            remaining=human_size(max(0, c.limit_bytes - c.used_bytes)),
-            ceil=human_rate(c.ceil_bps),
-            max_rate=human_rate(c.max_rate_bps),
-            until=until,
-            until_human=until_human,
+    blocks = []
+    for c in notice.classes:
+        used_up, used_up_human = _utc(used_up_s(c, now_s, notice.period_end_s))
+        blocks.append(
+            string.Template(block or "").substitute(
+                traffic_class=c.traffic_class.capitalize(),
+                used=human_size(c.used_bytes),
+                limit=human_size(c.limit_bytes),
+                threshold=human_size(c.threshold_bytes),
+                remaining=human_size(max(0, c.limit_bytes - c.used_bytes)),
+                ceil=human_rate(c.ceil_bps),
+                max_rate=human_rate(c.max_rate_bps),
+                until=until,
+                until_human=until_human,
+                used_up=used_up,
+                used_up_human=used_up_human,
+                advice=_advice(c, now_s, notice.period_end_s),
+            )
         )
-        for c in notice.classes
-    ]
     return string.Template(body).substitute(
         slice=notice.slice_name,
         xid=notice.xid,
@@ -201,7 +236,7 @@ def build_message(
     msg["Subject"] = f"bwenforcer: slice {name} capped on {host}" + (
         f" ({classes})" if classes else ""
     )
-    body = render_body(notice, host, text)
+    body = render_body(notice, host, text, now_s)
     # Plain 7bit reads best in a spool file or a terminal; anything else is quoted-
     # printable, so no 8-bit data or over-long line meets a relay that cannot take it.
     plain = body.isascii() and all(len(line) <= _MAX_LINE for line in body.splitlines())

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from bwenforcer.core.layout import TRAFFIC_CLASSES
+from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
 from bwenforcer.core.model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
 from bwenforcer.store.schema import (
     CLASS,
@@ -75,6 +75,8 @@ def state_to_json(state: State, now_s: int) -> dict[str, Any]:
             out[f.key] = {str(xid): _slice_dict(st) for xid, st in state.slices.items()}
         elif f.kind == "ledger":
             out[f.key] = {name: _entry_dict(entry) for name, entry in state.ledger.items()}
+        elif f.kind == "missing":
+            out[f.key] = {str(xid): since for xid, since in state.missing.items()}
         else:
             out[f.key] = _top_value(f, state, now_s)
     return out
@@ -200,6 +202,8 @@ class StateEncoder:
                     for name, entry in state.ledger.items()
                 )
                 out.append(f"{{{ledger}}}".encode())
+            elif f.kind == "missing":
+                out.append(json.dumps({str(x): s for x, s in state.missing.items()}).encode())
             else:
                 out.append(json.dumps(_top_value(f, state, now_s)).encode())
         out.append(b"}")
@@ -365,7 +369,7 @@ def state_from_json(data: object, source: str) -> State:
     found: dict[str, Any] = {}
     for f in TOP:
         value = d[f.key]
-        if f.kind in ("slices", "ledger") and type(value) is not dict:
+        if f.kind in ("slices", "ledger", "missing") and type(value) is not dict:
             raise corrupt(source, f.key, "expected an object")
         if f.kind == "slices":
             slices: dict[int, SliceState] = {}
@@ -380,11 +384,25 @@ def state_from_json(data: object, source: str) -> State:
                 name: _entry_from(name, raw, policies, source, f"{f.key}.{name}")
                 for name, raw in value.items()
             }
+        elif f.kind == "missing":
+            found[f.attr] = _missing_from(value, source, f.key)
         elif f.kind != "version":  # the version was checked by the migration
             checked = _scalar(f, d, source, "")
             if f.attr:
                 found[f.attr] = checked
     return State(**found)
+
+
+def _missing_from(value: dict[str, Any], source: str, path: str) -> dict[int, int]:
+    """``{xid: since}`` of the state's ``missing`` object."""
+    out: dict[int, int] = {}
+    for key, since in value.items():
+        if not (key.isascii() and key.isdigit() and int(key) <= DEFAULT_XID):
+            raise corrupt(source, f"{path}.{key}", f"key is not an xid 0..{DEFAULT_XID}")
+        if type(since) is not int or since < 0:
+            raise corrupt(source, f"{path}.{key}", "expected a non-negative integer")
+        out[int(key)] = since
+    return out
 
 
 def _entry_from(

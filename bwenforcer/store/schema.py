@@ -20,7 +20,7 @@ from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -53,6 +53,10 @@ TOP: tuple[Field, ...] = (
     Field("slices", "slices", "slices"),  # str(xid) -> SLICE
     Field("ledger", "ledger", "ledger"),  # slice name -> LEDGER_ENTRY
     Field("resets", "resets", "uint", "count"),
+    Field("boot_id", "boot_id", "str"),
+    Field("boottime_s", "boottime_s", "uint", "s since boot"),
+    Field("clock_ref_at", "clock_ref_s", "uint", "Unix s"),
+    Field("missing", "missing", "missing"),  # str(xid) -> Unix s
 )
 LEDGER_ENTRY: tuple[Field, ...] = (
     Field("died_at", "died_s", "uint", "Unix s"),
@@ -182,8 +186,27 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 2, "resets": 0}
 
 
+def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2 had no clock reference (boot id, boot clock, wall clock then): none is
+    known, and the first cycle judges its clock against the last save, as schema 2 did;
+    nor slices gone from their source in their grace: none are.
+    """
+    return {
+        **data,
+        "schema_version": 3,
+        "boot_id": "",
+        "boottime_s": 0,
+        "clock_ref_at": 0,
+        "missing": {},
+    }
+
+
 # version N → a function turning a schema-N object into a schema-(N+1) object
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _v0_to_v1, 1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    0: _v0_to_v1,
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+}
 
 
 def migrate(data: dict[str, Any], source: str) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bwenforcer.core.periods import anchored_period, first_period, next_period
+from bwenforcer.core.model import BootClock, State
+from bwenforcer.core.periods import anchored_period, clock_check, first_period, next_period
 from bwenforcer.core.settings import PeriodAnchor
 
 UTC = ZoneInfo("UTC")
@@ -70,3 +71,57 @@ def test_anchored_period_contains_now(
     start, end = anchored_period(now, PeriodAnchor(every, at_s, tz, weekday, day))  # type: ignore[arg-type]
     assert start <= now < end
     assert end - start >= 22 * 3600
+
+
+# --- clock references: a stepped clock and a real outage -------------------------------
+
+DAY_S = 86_400
+T0 = 1_800_000_000
+
+
+def _held_twice_then(boot_after: BootClock, now_after: int) -> tuple[str | None, ...]:
+    """Clock checks of a state saved at T0 in boot "b1" at boottime 1000: two cycles with the
+    wall clock 2 days ahead of the boot clock, then one at ``now_after`` / ``boot_after``.
+    """
+    state = State(saved_s=T0, boot_id="b1", boottime_s=1000, clock_ref_s=T0)
+    reasons = []
+    for i in (1, 2):
+        now = T0 + 2 * DAY_S + 300 * i
+        reason, ref = clock_check(state, now, BootClock("b1", 1000 + 300 * i), DAY_S, None)
+        reasons.append(reason)
+        state = State(saved_s=now, boot_id=ref[0], boottime_s=ref[1], clock_ref_s=ref[2])
+    reason, ref = clock_check(state, now_after, boot_after, DAY_S, None)
+    return (*reasons, reason, *ref)
+
+
+def test_a_wrong_clock_is_held_for_as_long_as_it_stays_wrong_in_the_same_boot() -> None:
+    checks = _held_twice_then(BootClock("b1", 1900), T0 + 2 * DAY_S + 900)
+    first, second, third = checks[:3]
+    assert first is not None and "ahead of the boot clock" in first
+    assert second is not None  # not only the first cycle after the step
+    assert third is not None
+    corrected = _held_twice_then(BootClock("b1", 1900), T0 + 905)  # set right again
+    assert corrected[2] is None and corrected[3:] == ("b1", 1900, T0 + 905)
+
+
+def test_a_real_outage_is_trusted_a_reboot_or_a_boot_clock_that_kept_pace() -> None:
+    state = State(saved_s=T0, boot_id="b1", boottime_s=1000, clock_ref_s=T0)
+    three_days = T0 + 3 * DAY_S
+    # rebooted: another boot id, the clock ahead (more than a period and a day)
+    assert clock_check(state, three_days, BootClock("b2", 40), DAY_S, None) == (
+        None,
+        ("b2", 40, three_days),
+    )
+    # suspended three days: the boot clock counted them too
+    suspended = BootClock("b1", 1000 + 3 * DAY_S)
+    assert clock_check(state, three_days, suspended, DAY_S, None)[0] is None
+    # rebooted with a clock behind the last one trusted: held, the reference kept
+    reason, ref = clock_check(state, T0 - DAY_S, BootClock("b2", 40), DAY_S, None)
+    assert reason is not None and "behind" in reason and ref == ("b1", 1000, T0)
+    # no reference (a schema-2 state): the last save decides, as before
+    old = State(saved_s=T0)
+    assert clock_check(old, three_days, BootClock("b2", 40), DAY_S, None)[0] is not None
+    assert clock_check(old, T0 + 300, BootClock("b2", 40), DAY_S, None) == (
+        None,
+        ("b2", 40, T0 + 300),
+    )

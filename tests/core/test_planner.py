@@ -8,6 +8,7 @@ from bwenforcer.core.model import ClassRates, LedgerEntry, State
 from bwenforcer.core.plan import (
     Adopt,
     CreateClass,
+    Inherit,
     MoveToLedger,
     NewPeriod,
     Notify,
@@ -26,6 +27,7 @@ from tests.planner_data import (
     T0,
     desired,
     kslice,
+    policy,
     snapshot,
     want,
 )
@@ -270,7 +272,7 @@ def test_xid_reused_by_another_slice_moves_the_old_one_to_the_ledger() -> None:
     p2 = plan(desired(want("pl_b", 10)), snapshot(kslice(10, 1234)), p1.state, PARAMS, T0 + 60)
     assert p2.state.ledger["pl_a"].slice.default.used_bytes == 1234
     assert p2.state.slices[10].name == "pl_b"
-    assert p2.state.slices[10].default.used_bytes == 0
+    assert p2.state.slices[10].default.used_bytes == 1234  # usage follows the class (issue 22)
     assert p2.state.slices[10].default.last_counter_bytes == 1234
     assert not any(isinstance(a, RemoveClasses) for a in p2.actions)
 
@@ -382,3 +384,52 @@ def test_a_clock_step_ends_no_period_and_purges_no_ledger_entry() -> None:
              T0 + 60 + PERIOD_S + 86400)  # fmt: skip
     assert p.clock_step is None  # the node was down a period and a day: trusted
     assert any(isinstance(a, NewPeriod) for a in p.actions) and "pl_b" not in p.state.ledger
+
+
+def test_two_names_on_one_xid_the_slice_in_the_state_keeps_it() -> None:
+    p1 = first_cycle(want("pl_old", 10), kernel=[kslice(10, 100)])
+    newcomer, incumbent = want("pl_new", 10), want("pl_old", 10)
+    contested = dataclasses.replace(desired(newcomer), contested=(incumbent,))
+    p2 = plan(contested, snapshot(kslice(10, 400)), p1.state, PARAMS, T0 + 300)
+    assert p2.state.slices[10].name == "pl_old" and not p2.state.ledger
+    assert p2.state.slices[10].default.used_bytes == 300
+    assert not any(isinstance(a, MoveToLedger | NewPeriod | CreateClass) for a in p2.actions)
+    # neither in the state: the first claim in file order has it, as before
+    p3 = plan(contested, snapshot(), State(), PARAMS, T0)
+    assert [st.name for st in p3.state.slices.values()] == ["pl_new"]
+
+
+def test_a_slice_gone_from_its_source_is_kept_for_the_grace_then_goes_to_the_ledger() -> None:
+    params = dataclasses.replace(PARAMS, grace_s=600)
+    p1 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 100)), State(), params, T0)
+    gone = desired()
+    p2 = plan(gone, snapshot(kslice(10, 400)), p1.state, params, T0 + 300)
+    assert p2.state.missing == {10: T0 + 300} and not p2.state.ledger
+    assert p2.state.slices[10].default.used_bytes == 300  # still counted
+    assert not any(isinstance(a, MoveToLedger | RemoveClasses) for a in p2.actions)
+    assert [h.name for h in p2.held] == ["pl_a"]  # the classifier keeps marking it
+    p3 = plan(gone, snapshot(kslice(10, 500)), p2.state, params, T0 + 899)
+    assert p3.state.missing == {10: T0 + 300}
+    p4 = plan(gone, snapshot(kslice(10, 600)), p3.state, params, T0 + 900)
+    assert (
+        MoveToLedger("pl_a", 10) in p4.actions and RemoveClasses("pl_a", 10, "dead") in p4.actions
+    )
+    assert p4.state.ledger["pl_a"].slice.default.used_bytes == 500 and not p4.state.missing
+    back = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 500)), p3.state, params, T0 + 899)
+    assert not back.state.missing and back.state.slices[10].default.used_bytes == 400
+
+
+def test_a_new_name_on_a_slices_xid_goes_on_with_its_usage_and_period() -> None:
+    capped = dataclasses.replace(want("pl_old", 10), default=policy(10_000, 1_000))
+    p1 = plan(desired(capped), snapshot(kslice(10, 100)), State(), PARAMS, T0)
+    p2 = plan(desired(capped), snapshot(kslice(10, 5_000)), p1.state, PARAMS, T0 + 300)
+    assert p2.state.slices[10].default.capped
+    renamed = dataclasses.replace(capped, name="pl_new")
+    p3 = plan(desired(renamed), snapshot(kslice(10, 6_000)), p2.state, PARAMS, T0 + 600)
+    st = p3.state.slices[10]
+    assert st.name == "pl_new" and st.default.capped and st.default.used_bytes == 5_900
+    assert (st.period_start_s, st.period_end_s) == (T0, T0 + PERIOD_S)
+    assert p3.state.ledger["pl_old"].slice.default.used_bytes == 5_900  # the old name, too
+    assert Inherit("pl_new", 10, "pl_old") in p3.actions
+    assert not any(isinstance(a, NewPeriod | CreateClass | RemoveClasses) for a in p3.actions)
+    assert not any(isinstance(a, SetRates) and a.new.max_rate_bps == CAP_BPS for a in p3.actions)

@@ -34,7 +34,7 @@ def write_config(
     cfg.write_text(
         f"device: va\nnode_cap: 10mbit\nbwmax: 100mbit\nperiod: {period}\n"
         f"state_file: {tmp}/state.json\nslices_file: {tmp}/slices.yaml\n"
-        "lock_timeout: 5s\nmetrics: {listen: null}\n"
+        "lock_timeout: 5s\nvanish_grace: 0s\nmetrics: {listen: null}\n"
     )
     return cfg
 

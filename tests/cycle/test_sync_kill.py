@@ -26,7 +26,7 @@ def test_sync_killed_at_random_points_leaves_a_sound_state(ns: Netns, tmp_path: 
     (tmp_path / "slices.yaml").write_text("slices:\n  - {name: s1, xid: 1}\n" + slices + "\n")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        f"device: v0\nnode_cap: 100mbit\nstate_file: {tmp_path}/state.json\nslices_file: {tmp_path}/slices.yaml\nmetrics: {{listen: null}}\n"
+        f"device: v0\nnode_cap: 100mbit\nstate_file: {tmp_path}/state.json\nslices_file: {tmp_path}/slices.yaml\nvanish_grace: 0s\nmetrics: {{listen: null}}\n"
     )
     assert bwenforcer_in(ns, "--config", str(cfg), "tc", "init").returncode == 0
     # Traffic of slice s1 out of v0 (to a neighbour that never answers), so that the

@@ -408,3 +408,13 @@ def test_an_input_file_is_bounded_in_bytes_and_in_expanded_values(
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_vanish_grace_defaults_to_two_intervals_or_ten_minutes() -> None:
+    assert parse_config({}, "c.yaml").grace_s == 600
+    assert parse_config({"interval": "15m"}, "c.yaml").grace_s == 1800
+    assert parse_config({"vanish_grace": None}, "c.yaml").grace_s == 600
+    assert parse_config({"vanish_grace": "0s"}, "c.yaml").grace_s == 0
+    assert parse_config({"vanish_grace": "1h"}, "c.yaml").grace_s == 3600
+    with pytest.raises(ConfigError, match="vanish_grace"):
+        parse_config({"vanish_grace": "soon"}, "c.yaml")

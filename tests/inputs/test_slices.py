@@ -63,7 +63,7 @@ def test_bad_slices_are_skipped_with_one_error_each(
         "xid 70000 out of range",
         "net_max_rate: -5 is negative",
         "'lots' is not a number",
-        "xid 10 already used",
+        "pl_dup and pl_good both claim xid 10",
     ):
         assert needle in joined
 
@@ -387,3 +387,83 @@ def test_rspec_values_have_an_upper_bound(tmp_path: Path) -> None:
         "slice pl_b: net_i2_max_rate: 1e+21 is above the maximum 10000000000; skipped",
         "slice pl_c: net_share: 1000000000000 is above the maximum 1000000; skipped",
     ]
+
+
+def test_an_unknown_rspec_key_is_one_warning_naming_slice_and_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "slices:\n"
+        "  - {name: pl_a, xid: 10, rspec: {net_max_rte: 5, net_max_rate: 7}}\n"
+        "  - {name: pl_b, xid: 11, rspec: {net_share: 2}}\n"
+    )
+    config = Config(state_file=str(tmp_path / "state.json"))
+    with caplog.at_level(logging.WARNING):
+        desired = load_slices_file(str(path), config)
+        load_slices_file(str(path), config)  # unchanged (from the cache): said once
+    assert [s.name for s in desired.slices] == ["pl_a", "pl_b"] and not desired.errors
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: slices[0] (pl_a): slice pl_a: unknown rspec key net_max_rte ignored"
+    ]
+    caplog.clear()
+    db = {"pl_a": {"name": "pl_a", "xid": 10, "_rspec": {"cpu_share": 5, "net_max_rate": 7}}}
+    with caplog.at_level(logging.WARNING):
+        assert [s.name for s in from_nodemanager_db(db, CFG).slices] == ["pl_a"]
+    assert not caplog.records  # the node manager's rspec carries other resources
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "slices:\n  - {name: pl_a, xid: 10, rspec: {net_max_kbyte: 100\n",  # a YAML error
+        "",  # truncated to nothing
+        "slices: [",
+    ],
+    ids=["yaml-error", "empty", "cut"],
+)
+def test_a_broken_slices_file_gives_its_last_good_list_and_one_error_per_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, broken: str
+) -> None:
+    path = tmp_path / "s.yaml"
+    good = "slices:\n  - {name: pl_a, xid: 10, rspec: {net_max_kbyte: 100}}\n"
+    path.write_text(good)
+    config = Config(state_file=str(tmp_path / "state.json"))
+    before = load_slices_file(str(path), config)
+    path.write_text(broken)
+    with caplog.at_level(logging.ERROR):
+        first = load_slices_file(str(path), config)
+        again = load_slices_file(str(path), config)  # the next cron run: not logged again
+    assert first.slices == before.slices and again.slices == before.slices
+    assert len(first.errors) == 1 and first.errors == again.errors
+    assert first.errors[0].startswith(f"{path}: ")
+    assert first.errors[0].endswith(
+        "; enforcing the slices of its last good version until it is fixed"
+    )
+    assert [r.getMessage() for r in caplog.records] == list(first.errors)
+    path.write_text(good.replace("100", "200"))  # fixed: the new list, no error
+    fixed = load_slices_file(str(path), config)
+    assert fixed.slices[0].default.limit_bytes == 200 * 1024 and not fixed.errors
+
+
+def test_a_broken_slices_file_without_a_last_good_version_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("slices: [")
+    with pytest.raises(ConfigError):
+        load_slices_file(str(path), Config(state_file=str(tmp_path / "state.json")))
+
+
+def test_two_names_on_one_xid_are_one_error_naming_both_and_a_contested_claim(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("slices:\n  - {name: pl_new, xid: 10}\n  - {name: pl_old, xid: 10}\n")
+    desired = load_slices_file(str(path), Config(state_file=str(tmp_path / "state.json")))
+    assert [s.name for s in desired.slices] == ["pl_new"]
+    assert [s.name for s in desired.contested] == ["pl_old"] and not desired.invalid
+    assert desired.errors == (
+        f"{path}: slices[1] (pl_old) and slices[0] (pl_new): slices pl_old and pl_new both"
+        " claim xid 10; the one already enforced on it keeps it, the other is refused",
+    )

@@ -105,8 +105,9 @@ def test_body_of_the_packaged_template_has_both_classes_numbers() -> None:
         assert text in default
     for text in ("8.38GiB", "9.31GiB", "7.45GiB", "954MiB", "5Mbit/s", "1Gbit/s"):
         assert text in exempt
-    assert "keep to 2Mbit/s on average" in default
-    assert "keep to 5Mbit/s on average" in exempt
+    # the fixtures' ceils are above the pace of their budget left: it runs out early
+    assert "sending at it, the budget left is used up by Sat 22 Nov 2025 09:00 UTC" in default
+    assert "used up by Sat 22 Nov 2025 08:53 UTC" in exempt
     assert "2025-11-23T00:00:00Z" in body
     assert "Sun 23 Nov 2025 00:00 UTC" in body
     assert "2025-11-22T00:00:00Z" in body  # the period start
@@ -123,7 +124,7 @@ def test_one_class_gives_one_block_and_names_it_in_the_subject() -> None:
 
 def test_budget_left_never_goes_below_zero() -> None:
     over = replace(DEFAULT, used_bytes=DEFAULT.limit_bytes + 10**9)
-    body = render_body(replace(NOTICE, classes=(over,)), HOST, load_template(MAIL))
+    body = render_body(replace(NOTICE, classes=(over,)), HOST, load_template(MAIL), NOW_S)
     assert re.search(r"budget left: +0B$", body, re.MULTILINE)
 
 
@@ -325,3 +326,30 @@ def test_a_non_ascii_template_is_sent_as_utf8(tmp_path: Path) -> None:
     assert msg.get_content_charset() == "utf-8"
     assert msg["Content-Transfer-Encoding"] == "quoted-printable"
     assert msg.get_content() == "Grüße an pl_heavy\n"
+
+
+def test_the_advice_says_what_a_class_at_its_floor_can_do() -> None:
+    day = 86_400
+    notice = replace(NOTICE, period_start_s=NOW_S - 60, period_end_s=NOW_S + day)
+    # 9 MiB left and a day to go: the pace would be 873 bit/s, the floor is 8 kbit/s
+    floor = CappedClass("default", 91 * 2**20, 100 * 2**20, 50 * 2**20, 8_000, 100_000_000)
+    body = render_body(replace(notice, classes=(floor,)), HOST, load_template(MAIL), NOW_S)
+    assert "keep to" not in body
+    out = NOW_S + 9 * 2**20 * 8 // 8_000  # 2 h 37 min at 8 kbit/s
+    assert (
+        "8kbit/s is the lowest limit this class gets: sending at it, the budget left is used"
+        " up by Sat 22 Nov 2025 11:03 UTC, and the limit stays 8kbit/s until"
+        " Sun 23 Nov 2025 08:26 UTC." in " ".join(body.split())
+    )
+    template = "$classes\n%%class%%\n$used_up $used_up_human | $advice\n"
+    assert render_body(replace(notice, classes=(floor,)), HOST, template, NOW_S).startswith(
+        "2025-11-22T11:03:57Z Sat 22 Nov 2025 11:03 UTC | "
+    )
+    assert out == 1_763_809_437
+    # paced: the ceil is the budget left over the time left, which it lasts
+    paced = replace(floor, ceil_bps=9 * 2**20 * 8 // day)
+    body = render_body(replace(notice, classes=(paced,)), HOST, load_template(MAIL), NOW_S)
+    assert "keep to 873bit/s on average" in body
+    used = replace(floor, used_bytes=floor.limit_bytes)
+    body = render_body(replace(notice, classes=(used,)), HOST, load_template(MAIL), NOW_S)
+    assert "The budget is used up: the class stays limited to 8kbit/s until" in body

@@ -211,7 +211,7 @@ def test_node_manager_loads_and_drives_bwmon_by_name(ns: Netns, tmp_path: Path) 
     state = tmp_path / "state.json"
     cfg = tmp_path / "bwenforcer.yaml"
     cfg.write_text(
-        f"device: v0\nnode_cap: 10mbit\nstate_file: {state}\nslices_file: null\n"
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {state}\nslices_file: null\nvanish_grace: 0s\n"
         "metrics: {listen: null}\n"
         "mail: {transport: smtp, from: support@example.org, operators: [ops@example.org],\n"
         "       slice_address: '{slice}@slices.example.org', hostname: node1.example.org,\n"

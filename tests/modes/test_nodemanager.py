@@ -27,6 +27,7 @@ from tests.netns import Netns
 pytestmark = pytest.mark.kernel
 
 RESERVED = {ROOT_XID, DEFAULT_XID}  # the root and default classes are always there
+T0 = 1_800_000_000  # the clock of the tests that compare paced ceils across cycles
 
 
 def _wait(predicate, seconds: float = 15) -> None:  # type: ignore[no-untyped-def]
@@ -40,7 +41,7 @@ def _config_with_tree(ns: Netns, tmp_path: Path) -> Config:
     """A config for dev v0 in ``ns`` (no slices file), its tree built."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nmetrics: {{listen: null}}\n"
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nvanish_grace: 0s\nmetrics: {{listen: null}}\n"
     )
     config = load_config(str(cfg))
     with HtbBackend("v0", netns=ns.name) as kernel:
@@ -154,7 +155,7 @@ def test_a_node_manager_process_drives_the_plugin_protocol(ns: Netns, tmp_path: 
     listen = f"127.0.0.1:{free_port()}"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nmetrics: {{listen: '{listen}'}}\n"
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nvanish_grace: 0s\nmetrics: {{listen: '{listen}'}}\n"
     )
     with HtbBackend("v0", netns=ns.name) as kernel:
         kernel.init(10_000_000, 1_000_000_000)
@@ -199,15 +200,20 @@ def test_a_bad_record_is_logged_once_and_its_capped_slice_stays(
 ) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nmetrics: {{listen: null}}\n"
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\nvanish_grace: 0s\nmetrics: {{listen: null}}\n"
     )
     config = load_config(str(cfg))
     with HtbBackend("v0", netns=ns.name) as kernel:
         kernel.init(config.node_cap_bps, config.bwmax_bps)
     rspec: dict[str, object] = {"net_thresh_kbyte": 0}
     db = {"pl_a": {"name": "pl_a", "xid": 41, "_rspec": rspec}}
+    # The paced ceil follows the time left in the period: every cycle runs at one
+    # instant, passed in, or the kept cap would differ by the second the cycle ran.
     shim = nodemanager.NodeManagerShim(
-        config, db=db, lock=threading.Lock(), agent_factory=lambda c: Agent(c, netns=ns.name)
+        config,
+        db=db,
+        lock=threading.Lock(),
+        agent_factory=lambda c: Agent(c, clock=lambda: T0, netns=ns.name),
     )
     try:
         shim.run_once()
@@ -336,7 +342,7 @@ def test_start_survives_a_busy_metrics_port_and_a_missing_tree(ns: Netns, tmp_pa
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\nslices_file: null\n"
-        f"metrics: {{listen: '{listen}'}}\n"
+        f"vanish_grace: 0s\nmetrics: {{listen: '{listen}'}}\n"
     )
     bad = tmp_path / "bad.yaml"
     bad.write_text("device: v0\nnode_cap: fast\n")

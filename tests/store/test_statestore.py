@@ -118,6 +118,11 @@ def states(draw: st.DrawFn) -> State:
         {xid: draw(slice_states(xid=xid)) for xid in xids},
         {name: LedgerEntry(draw(slice_states(name=name)), draw(counts)) for name in dead},
         draw(st.none() | counts),
+        draw(counts),
+        draw(st.text(max_size=40)),
+        draw(counts),
+        draw(counts),
+        draw(st.dictionaries(st.integers(min_value=0, max_value=DEFAULT_XID), counts, max_size=3)),
     )
 
 
@@ -129,7 +134,8 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 2
+    assert data["schema_version"] == SCHEMA_VERSION == 3
+    assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
     sl = data["slices"]["1"]
@@ -278,6 +284,7 @@ _DOC_TYPES = {
     "name": "string",
     "slices": "object",
     "ledger": "object",
+    "missing": "object",
     "classes": "object",
     "slice": "SLICE",
 }
@@ -739,11 +746,11 @@ def test_check_reports_each_problem_on_one_line(tmp_path: Path) -> None:
     store.save(make_state(2), NOW_S)
     store.save(make_state(2), NOW_S)
     path.write_text("{")
-    Path(store.backup).write_text('{"schema_version": 3}')
+    Path(store.backup).write_text('{"schema_version": 4}')
     problems = check(str(path))
     assert len(problems) == 2
     assert problems[0].startswith(f"{path}: not valid JSON")
-    assert problems[1].startswith(f"{store.backup}: schema_version 3 is newer")
+    assert problems[1].startswith(f"{store.backup}: schema_version 4 is newer")
     path.unlink()
     assert check(str(path)) == [
         f"{path}: missing, but its backup {store.backup} exists",
@@ -854,3 +861,16 @@ def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
     state = state_from_json(v1, "old.json")
     assert state.resets == 0
     assert state == dataclasses.replace(make_state(2), saved_s=NOW_S)
+
+
+def test_migration_from_schema_2_knows_no_clock_reference() -> None:
+    state = dataclasses.replace(make_state(2), boot_id="b1", boottime_s=50, clock_ref_s=NOW_S)
+    v2 = state_to_json(state, NOW_S)
+    state = dataclasses.replace(state, missing={1: NOW_S - 60})
+    for key in ("boot_id", "boottime_s", "clock_ref_at", "missing"):
+        del v2[key]
+    v2["schema_version"] = 2
+    before = copy.deepcopy(v2)
+    migrated = MIGRATIONS[2](v2)
+    assert v2 == before and migrated["schema_version"] == 3
+    assert state_from_json(v2, "old.json") == dataclasses.replace(make_state(2), saved_s=NOW_S)

@@ -22,6 +22,7 @@ from bwenforcer.core.model import ClassRates, DesiredSet
 from bwenforcer.core.plan import (
     Adopt,
     CreateClass,
+    Inherit,
     MoveToLedger,
     NewPeriod,
     Notify,
@@ -62,6 +63,7 @@ KEYS = {
     "slice": "slice name",
     "xid": "xid",
     "old_xid": "xid before a revival",
+    "old_name": "name of the slice whose xid a new one goes on with",
     "status": "live, dead or new",
     "traffic_class": "traffic class",
     "classes": "the classes",
@@ -101,11 +103,13 @@ KEYS = {
     "died_at": "slice death",
     "expires_at": "ledger expiry",
     "saved_at": "state save",
+    "clock_ref_at": "clock reference",
     "now": "cycle time",
     # durations, seconds
     "duration_s": "cycle duration",
     "capped_default_s": "default class capped time",
     "capped_exempt_s": "exempt class capped time",
+    "boottime_s": "boot clock at the clock reference",
     # flags and counts
     "capped": "capped",
     "notified": "notified",
@@ -116,6 +120,8 @@ KEYS = {
     "mails_failed": "mails failed",
     "mails_deferred": "mails deferred",
     "resets": "operator resets",
+    "boot_id": "boot of the clock reference",
+    "missing": "slices gone from their source, in their grace",
     # containers and the rest
     "slices": "slices",
     "ledger": "ledger",
@@ -168,6 +174,7 @@ ALL_ACTIONS = (
     Adopt("pl_a", 1),
     MoveToLedger("pl_b", 3),
     Revive("pl_b", 4, 3),
+    Inherit("pl_d", 3, "pl_b"),
     PurgeLedger("pl_c"),
     NewPeriod("pl_a", 1, NOW, NOW + 86_400),
     Notify("pl_a", 1, ("default", "exempt")),
@@ -232,6 +239,7 @@ SLICES = """slices:
 @pytest.mark.kernel
 def test_every_command_on_a_node_prints_only_keys_of_the_table(ns: Netns, tmp_path: Path) -> None:
     cfg = write_config(tmp_path, device="v0")
+    cfg.write_text(cfg.read_text() + "vanish_grace: 0s\n")  # a slice gone: to the ledger now
     (tmp_path / "slices.yaml").write_text(SLICES)
 
     def doc(*argv: str) -> Any:
@@ -252,7 +260,10 @@ def test_every_command_on_a_node_prints_only_keys_of_the_table(ns: Netns, tmp_pa
     docs["show dead"] = (doc("show", "pl_bob", "--json"), frozenset({".origin"}))
     docs["ledger"] = (doc("ledger", "--json"), frozenset())
     docs["report"] = (doc("report", "--json"), frozenset())
-    docs["state show"] = (doc("state", "show", "--json"), frozenset({".slices", ".ledger"}))
+    docs["state show"] = (
+        doc("state", "show", "--json"),
+        frozenset({".slices", ".ledger", ".missing"}),
+    )
 
     actions = {a["action"] for a in docs["sync, a rate changed"][0]["actions"]}
     assert "set_rates" in actions
