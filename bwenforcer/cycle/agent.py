@@ -270,6 +270,18 @@ class _TreeKeeper:
                 raise
             return self.agent.rebuilt_tree(self.dry_run)
 
+    def ensure_filter(self, dry_run: bool = False) -> str | None:
+        """The mark → class filter, checked and put back (see :meth:`HtbBackend.ensure_filter`).
+
+        A dry run that planned on an empty tree (none on the device) checks nothing.
+        """
+        try:
+            return self.agent.backend().ensure_filter(dry_run)
+        except KernelError:
+            if not dry_run:
+                raise
+            return None
+
     def apply(self, ops: Sequence[KernelOp]) -> list[OpFailure]:
         """Apply class operations (see :meth:`HtbBackend.apply`)."""
         return self.agent.backend().apply(ops)

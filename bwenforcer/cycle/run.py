@@ -32,6 +32,12 @@ class Kernel(KernelPort, Protocol):
         """One class dump of the device."""
         ...
 
+    def ensure_filter(self, dry_run: bool = False) -> str | None:
+        """Check the mark → class filter (one request) and put it back if it is not
+        there (not on a dry run); what was wrong, or None.
+        """
+        ...
+
 
 class Loaded(Protocol):
     """The state a cycle starts from, and the backup it was recovered from, if any."""
@@ -132,6 +138,12 @@ def run_cycle(
     with lock:
         loaded = store.read_unlocked() if dry_run else store.load()
         snapshot = kernel.dump()
+        if not desired.limiting_off:
+            # a tree rebuilt by someone else (the node manager's bwlimit) has no
+            # filter of ours: without it no packet reaches a slice's class
+            wrong = kernel.ensure_filter(dry_run)
+            if wrong is not None:
+                log.warning("dev %s: %s", config.device, wrong)
         now_s = int(clock())
         the_plan = plan(desired, snapshot, loaded.state, PlanParams.from_config(config), now_s)
         if the_plan.clock_step is not None:
