@@ -225,9 +225,14 @@ def _no_shortcut(
     return None
 
 
-def _limiting_off(snapshot: KernelSnapshot, state: State, now_s: int) -> Plan:
+def _limiting_off(desired: DesiredSet, snapshot: KernelSnapshot, state: State, now_s: int) -> Plan:
+    # each removal names its slice: the state's, else the source's, else the ledger's
+    names: dict[int, str] = {e.slice.xid: name for name, e in state.ledger.items()}
+    names.update((r.xid, r.name) for r in desired.invalid if r.xid is not None)
+    names.update((s.xid, s.name) for s in desired.slices)
+    names.update((xid, st.name) for xid, st in state.slices.items())
     actions: list[Action] = [
-        RemoveClasses(None, xid, "limiting off")
+        RemoveClasses(names.get(xid), xid, "limiting off")
         for xid in sorted(snapshot.slices)
         if xid not in SYSTEM_XIDS
     ]
@@ -250,7 +255,7 @@ def plan(
     that hold the shortcut to that.
     """
     if desired.limiting_off:
-        return _limiting_off(snapshot, state, now_s)
+        return _limiting_off(desired, snapshot, state, now_s)
     wanted = {s.xid: s for s in desired.slices}
     held = _held(desired.invalid, wanted, state) if desired.invalid else ()
     for want in held:
