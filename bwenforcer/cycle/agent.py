@@ -180,12 +180,15 @@ class Agent:
         kernel.init(cap_bps, bwmax_bps, self.config.bwmin_bps)
         return kernel.dump()
 
-    def cycle(self, desired: DesiredSet, dry_run: bool = False) -> CycleResult:
+    def cycle(
+        self, desired: DesiredSet, dry_run: bool = False, build_tree: bool = True
+    ) -> CycleResult:
         """Run one cycle against the kernel, the state file, mail and the classifier.
 
         The garbage collector is left as it is: a process of our own pauses it
         around the cycle (:func:`gc_paused`). A tree that vanished (qdisc deleted,
-        device re-created) is built again (:meth:`rebuilt_tree`).
+        device re-created) is built again (:meth:`rebuilt_tree`), unless
+        ``build_tree`` is False (someone else owns the tree: TreeNotInitialised).
         """
         from bwenforcer.store.state import StateStore
 
@@ -198,7 +201,7 @@ class Agent:
             result = run_cycle(
                 self.config,
                 desired,
-                kernel=_TreeKeeper(self, dry_run, build=not desired.limiting_off),
+                kernel=_TreeKeeper(self, dry_run, build=build_tree and not desired.limiting_off),
                 store=self._store,
                 notifier=make_notifier(self.config, self.clock, dry_run) if not dry_run else None,
                 clock=self.clock,
