@@ -374,6 +374,13 @@ def start(options: Any = None, conf: Any = None, **kwargs: Any) -> NodeManagerSh
         _shim.stop(timeout_s=60)
     _shim = shim
     shim.start()
+    config = shim.config
+    if database is not None and config.node_cap_bps < config.bwmax_bps:
+        log.warning(
+            "node_cap %d bit/s of the config ignored: the node manager's net module sets"
+            " the node cap (1:10's ceil) from PLC's bwlimit",
+            config.node_cap_bps,
+        )
     log.info(
         "node-manager thread started (database %s, default record %s_default)",
         "from the database module" if database else "passed in" if db is not None else "none yet",

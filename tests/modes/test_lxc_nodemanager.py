@@ -522,6 +522,9 @@ def test_the_lxc_node_manager_drives_bwmon_with_its_own_tree_marks_and_log(
     # bwenforcer's lines reach the node manager's log, levels kept, no DEBUG by default
     assert any(m.startswith("bwmon: node-manager thread started") for m in lines)
     assert any(m.startswith("bwmon: WARNING: limits disabled") for m in lines)
+    assert any(
+        m.startswith("bwmon: WARNING: node_cap 10000000 bit/s of the config ignored") for m in lines
+    )
     assert any(m.startswith("bwmon: cycle ok") for m in lines)
     assert not any(m.startswith("bwmon: (v)") or "(v) bwmon:" in m for m in lines)
     assert not [m for m in lines if "ERROR" in m], lines
