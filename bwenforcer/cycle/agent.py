@@ -241,11 +241,12 @@ class Agent:
             log.error("usage history %s not updated: %s", self.config.history_file, exc)
 
     def _classifier_hook(self) -> Callable[[DesiredSet], None] | None:
-        if self.config.classifier.mode != "uid":
+        mode = self.config.classifier.mode
+        if mode == "none":
             return None
         from bwenforcer.kernel.classifier import Classifier, ClassifierSpec
 
-        classifier = Classifier(netns=self.netns)
+        classifier = Classifier(netns=self.netns, mode=mode)
         prefixes = self.config.classifier.exempt_prefixes
 
         def apply(desired: DesiredSet) -> None:
