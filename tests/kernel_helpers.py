@@ -90,7 +90,8 @@ def tc_bytes(ns: Netns, dev: str, classid: str) -> int:
 
 
 _MARKED_SENDER = """
-import socket, sys
+import socket
+import sys
 host, port, mark, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)

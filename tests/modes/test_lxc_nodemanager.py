@@ -401,6 +401,8 @@ report["lowered"] = ceils()
 report["alpha_used_after_reinit"] = used(501)
 send_marked(501, 20)
 report["alpha_bytes_after_reinit"] = settled("1:11f5")
+report["same_again_cycles"] = cycles_of_poll()
+report["alpha_used_counted"] = used(501)
 
 # (d) pl_default net_max_rate -1: net deletes the tree, then back
 plc.reply = reply(300, 15_000_000, default_rate=-1)
@@ -508,6 +510,9 @@ def test_the_lxc_node_manager_drives_bwmon_with_its_own_tree_marks_and_log(
     assert report["lowered"]["cap"] == 15_000_000 and report["lowered"]["502"] == 15_000_000
     assert report["alpha_used_after_reinit"] >= report["alpha_used"]
     assert report["alpha_bytes_after_reinit"] == 20 * 1042
+    assert report["same_again_cycles"] == 1
+    # the counters bwlimit reset were a restart of the counters: nothing lost, nothing twice
+    assert report["alpha_used_counted"] == report["alpha_used_after_reinit"] + 20 * 1042
 
     # (d) limits off: net deleted the tree, nothing built; back on: rebuilt by net
     assert report["off_cycles"] == 1 and report["off"] is None
