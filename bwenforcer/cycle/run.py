@@ -77,6 +77,7 @@ class CycleResult:
     recovered_from: str | None = None
     source_errors: tuple[str, ...] = ()
     extra_failures: tuple[str, ...] = field(default=())
+    filter_restored: bool = False  # the mark → class filter was missing and put back
 
     @property
     def dry_run(self) -> bool:
@@ -138,6 +139,7 @@ def run_cycle(
     with lock:
         loaded = store.read_unlocked() if dry_run else store.load()
         snapshot = kernel.dump()
+        wrong = None
         if not desired.limiting_off:
             # a tree rebuilt by someone else (the node manager's bwlimit) has no
             # filter of ours: without it no packet reaches a slice's class
@@ -179,6 +181,7 @@ def run_cycle(
             loaded.recovered_from,
             desired.errors,
             tuple(extra),
+            filter_restored=wrong is not None,
         )
     log.info(
         "cycle %s in %.3fs: %d slices, %d kernel changes, %d failures",

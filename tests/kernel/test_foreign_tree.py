@@ -5,8 +5,10 @@ reach the slice's classes. The tree is built with bwlimit's own ``tc`` commands.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -93,5 +95,34 @@ def test_an_older_bwenforcers_filter_at_bwlimits_priority_is_replaced(pair: Netn
         assert k.ensure_filter() == "mark → class filter missing: put back"
     (line,) = our_filters(pair)
     assert f"pref {FILTER_PRIO} bpf" in line
+    send_marked(pair.a, pair.b_addr, 501, count=10)
+    assert settle(pair, "1:11f5") == 10 * FRAME
+
+
+def test_a_cycle_puts_the_filter_back_once_and_counts_it(
+    pair: NetnsPair, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bwenforcer.core.model import ClassPolicy, DesiredSet, DesiredSlice
+    from bwenforcer.cycle.run import run_cycle
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.metrics.collector import AgentMetrics
+    from bwenforcer.store.state import StateStore
+
+    bwlimit_tree(pair)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"device: va\nstate_file: {tmp_path}/s.json\nslices_file: null\n")
+    config = load_config(str(cfg))
+    policy = ClassPolicy(10**10, 10**10, 8_000, 50_000_000, 1)
+    desired = DesiredSet((DesiredSlice("pl_a", 501, policy, policy),))
+    store, metrics = StateStore(config.state_file), AgentMetrics()
+    with HtbBackend("va", netns=pair.a.name) as k, caplog.at_level(logging.WARNING):
+        for now_s in (1_000, 1_060):
+            result = run_cycle(
+                config, desired, kernel=k, store=store, notifier=None, clock=lambda t=now_s: t
+            )
+            metrics.observe(result)
+    put_back = [r.getMessage() for r in caplog.records if "filter" in r.getMessage()]
+    assert put_back == ["dev va: mark → class filter missing: put back"]  # the first cycle only
+    assert metrics.snapshot().counts["filters_restored"] == 1
     send_marked(pair.a, pair.b_addr, 501, count=10)
     assert settle(pair, "1:11f5") == 10 * FRAME
