@@ -199,7 +199,7 @@ class NodeManagerShim(CycleRunner):
         return from_nodemanager_db(snapshot, config, default_record, log_errors=False, **extra)
 
     def _wait_for(self, reason: str | None) -> None:
-        """Log why cycles are skipped once while it lasts, and once when it is over."""
+        """Log why cycles are skipped, once while that reason lasts (None: they run)."""
         if reason is not None and reason != self.waiting:
             log.warning("%s; cycle skipped", reason)
         self.waiting = reason
