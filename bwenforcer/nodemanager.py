@@ -20,15 +20,34 @@ Only ``<PLC_SLICE_PREFIX>_default`` is the node's default record; the prefix
 is the node manager's config's ``PLC_SLICE_PREFIX`` (given to ``start`` or
 ``GetSlivers``, else read from /etc/planetlab/plc_config inside a node
 manager), else ``pl``.
+
+With the node manager's ``database`` module as the source (PlanetLab's python3
+LXC node manager), that node manager is followed as its own bwmon followed it:
+- only its database's ``sync()`` wakes the thread (``bwmon.lock.set()``, once
+  per successful poll); ``GetSlivers`` does not, so a poll is one cycle, and a
+  poll while PLC is down (``GetSlivers({})``, no ``sync()``) none;
+- a database no full PLC reply has filled yet (``db._min_timestamp`` 0: the
+  python3 node manager always starts with an empty one) is never cycled on:
+  that would move every live slice to the ledger;
+- its ``net`` module owns the HTB tree (bwlimit builds it, deletes it on
+  ``net_max_rate -1``, rebuilds it when PLC's bwlimit changes): a missing tree
+  is never built here, the mark → class filter is put back on the tree it
+  built, and the slices' ceilings follow 1:10's ceil (PLC's bwlimit), not the
+  config's ``node_cap``;
+- bwenforcer's log lines go to its ``logger`` module (``/var/log/nodemanager``),
+  prefixed ``bwmon:``, warnings and errors with their level; DEBUG only when the
+  node manager runs verbose.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import logging
 import re
 import threading
+import traceback
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -110,6 +129,7 @@ class NodeManagerShim(CycleRunner):
     reported: frozenset[str] = frozenset()
     skipped: frozenset[str] = frozenset()  # records skipped last cycle, logged once
     limits_disabled: bool = False  # the node's default record turned limiting off
+    waiting: str | None = None  # why cycles are skipped (unfilled database, no tree), logged once
 
     def source(self) -> tuple[Mapping[str, Any] | None, Lock]:
         """The current database (None before there is one) and the lock guarding it."""
@@ -124,13 +144,18 @@ class NodeManagerShim(CycleRunner):
         ``{name: record}`` dict) or just a nudge; then wake the thread.
 
         With the node manager's ``database`` module as the source, its database
-        is authoritative and ``data`` only wakes the thread; an empty dict is
-        never taken as "no slices", which would lift every limit.
+        is authoritative and its ``sync()`` the only wake-up: ``data`` is ignored.
+        An empty dict is never taken as "no slices", which would lift every limit.
         """
         prefix = slice_prefix_of(config)
         if prefix is not None:
             self.slice_prefix = prefix
-        if self.database is None and isinstance(data, Mapping) and data:
+        if self.database is not None:
+            # its sync() wakes the thread once the database holds PLC's reply; a
+            # wake here too would be a second cycle per poll, and a poll while PLC
+            # is down (data {}, no sync) would cycle on whatever the database holds
+            return
+        if isinstance(data, Mapping) and data:
             if isinstance(data.get("slivers"), list):
                 # copied here: the node manager's modules edit PLC's reply in place
                 # while the thread may be reading it; one reference swap after
@@ -139,21 +164,45 @@ class NodeManagerShim(CycleRunner):
                 self.db, self.plc_data = data, None  # the copy is taken under the lock
         self.wake.set()
 
+    def slice_config(self) -> Config:
+        """The config slices are resolved with: under the node manager, whose net module
+        sets the node cap (1:10) from PLC's bwlimit, no cap of the config's (the
+        cycle clamps every ceiling to 1:10's ceil as dumped)."""
+        if self.database is None:
+            return self.config
+        return dataclasses.replace(self.config, node_cap_bps=self.config.bwmax_bps)
+
+    def unfilled(self) -> bool:
+        """Whether the node manager's database has had no full PLC reply yet.
+
+        PlanetLab's python3 node manager starts with an empty database (it cannot
+        read its pickle back) and ``_min_timestamp`` 0; slivermanager sets it from
+        each full reply. A database without that attribute is taken as filled.
+        """
+        db = getattr(self.database, "db", None) if self.database is not None else None
+        stamp = getattr(db, "_min_timestamp", None)
+        return isinstance(stamp, int | float) and not isinstance(stamp, bool) and stamp <= 0
+
     def desired(self) -> DesiredSet | None:
         """This cycle's slices from the current source; None while there is none."""
         default_record = f"{self.slice_prefix}_default"
         extra = {} if self.uid_of is None else {"uid_of": self.uid_of}
+        config = self.slice_config()
         plc_data = self.plc_data
         if self.database is None and plc_data is not None:
-            return from_plc_slivers(
-                plc_data, self.config, default_record, log_errors=False, **extra
-            )
+            return from_plc_slivers(plc_data, config, default_record, log_errors=False, **extra)
         db, lock = self.source()
         if db is None:
             return None
         with lock:
             snapshot = copy.deepcopy(dict(db))
-        return from_nodemanager_db(snapshot, self.config, default_record, log_errors=False, **extra)
+        return from_nodemanager_db(snapshot, config, default_record, log_errors=False, **extra)
+
+    def _wait_for(self, reason: str | None) -> None:
+        """Log why cycles are skipped, once while that reason lasts (None: they run)."""
+        if reason is not None and reason != self.waiting:
+            log.warning("%s; cycle skipped", reason)
+        self.waiting = reason
 
     def _log_records(self, desired: DesiredSet) -> None:
         """Each bad record, each record the historic bwmon skips, and the off switch:
@@ -180,20 +229,34 @@ class NodeManagerShim(CycleRunner):
 
     def _cycle(self, agent: Agent) -> CycleResult | None:
         """The cycle on this cycle's slices; None when there is nothing to run it on."""
+        if self.unfilled():
+            # a restart's empty database: cycling on it would move every slice to the ledger
+            self._wait_for("node-manager database not filled by a full PLC reply yet (restart?)")
+            return None
         desired = self.desired()
         if desired is None:
             # not an empty database: cycling on nothing would lift every limit
             log.warning("no node-manager database yet, cycle skipped")
             return None
         self._log_records(desired)
+        # under the node manager its net module builds the tree, never this thread
+        build_tree = self.database is None
         try:
-            return agent.cycle(desired)
+            result = agent.cycle(desired, build_tree=build_tree)
         except TreeNotInitialised:
             if self.limits_disabled:
                 # limits are off and the tree is gone (the node manager removed it):
                 # nothing to enforce, nothing to build until limits are on again
                 return None
-            raise
+            if build_tree:
+                raise
+            self._wait_for(
+                f"no HTB tree on dev {self.config.device}: the node manager's net module"
+                " builds it (bwlimit) at its next poll"
+            )
+            return None
+        self._wait_for(None)
+        return result
 
     def loop(self) -> None:
         """Wait for the event, clear it, run a cycle; until stopped."""
@@ -223,11 +286,57 @@ class NodeManagerShim(CycleRunner):
         self.stop_metrics()
 
 
-def _discover() -> ModuleType | None:
+def _discover(name: str = "database") -> ModuleType | None:
     try:
-        return importlib.import_module("database")
+        return importlib.import_module(name)
     except ImportError:
         return None
+
+
+PACKAGE_LOGGER = "bwenforcer"
+LOG_PREFIX = "bwmon: "  # how the node manager's modules mark their lines
+
+
+class NodeManagerLog(logging.Handler):
+    """bwenforcer's log records into the node manager's ``logger`` module.
+
+    That module has no warning or error levels (``log(msg, level)`` with LOG_NODE
+    or LOG_VERBOSE, ``verbose(msg)``): INFO and up go to ``log``, WARNING and up
+    with their level name in the line, DEBUG to ``verbose`` (kept only when the
+    node manager runs verbose). A traceback is appended to its line.
+    """
+
+    def __init__(self, nm_logger: ModuleType) -> None:
+        super().__init__(logging.DEBUG)
+        self.nm_logger = nm_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write one record as one node-manager log entry; never raises."""
+        try:
+            text = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                text = f"{record.levelname}: {text}"
+            if record.exc_info:
+                text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            if record.levelno < logging.INFO and hasattr(self.nm_logger, "verbose"):
+                self.nm_logger.verbose(LOG_PREFIX + text)
+            else:
+                self.nm_logger.log(LOG_PREFIX + text)
+        except Exception:  # a logging handler must not raise into the code that logs
+            self.handleError(record)
+
+
+def _log_to_node_manager(nm_logger: ModuleType) -> None:
+    """Send the package's log records to the node manager's log (once, replacing an
+    earlier handler), at DEBUG when the node manager is verbose, else INFO."""
+    package = logging.getLogger(PACKAGE_LOGGER)
+    for handler in [h for h in package.handlers if isinstance(h, NodeManagerLog)]:
+        package.removeHandler(handler)
+    package.addHandler(NodeManagerLog(nm_logger))
+    package.propagate = False  # the node manager configures no logging: nothing to double
+    verbose = getattr(nm_logger, "LOG_VERBOSE", 2)
+    level = getattr(nm_logger, "LOG_LEVEL", 1)
+    package.setLevel(logging.DEBUG if level >= verbose else logging.INFO)
 
 
 def start(options: Any = None, conf: Any = None, **kwargs: Any) -> NodeManagerShim:
@@ -243,6 +352,10 @@ def start(options: Any = None, conf: Any = None, **kwargs: Any) -> NodeManagerSh
     global _shim  # noqa: PLW0603 - the one handle the module protocol forces
     db, db_lock = kwargs.get("db"), kwargs.get("lock")
     database = _discover() if db is None and db_lock is None else None
+    if database is not None:
+        nm_logger = _discover("logger")
+        if nm_logger is not None and callable(getattr(nm_logger, "log", None)):
+            _log_to_node_manager(nm_logger)
     # the node manager's start() passes nothing: its plc_config, as the historic bwmon read it
     prefix = (
         kwargs.get("slice_prefix")
@@ -261,6 +374,13 @@ def start(options: Any = None, conf: Any = None, **kwargs: Any) -> NodeManagerSh
         _shim.stop(timeout_s=60)
     _shim = shim
     shim.start()
+    config = shim.config
+    if database is not None and config.node_cap_bps < config.bwmax_bps:
+        log.warning(
+            "node_cap %d bit/s of the config ignored: the node manager's net module sets"
+            " the node cap (1:10's ceil) from PLC's bwlimit",
+            config.node_cap_bps,
+        )
     log.info(
         "node-manager thread started (database %s, default record %s_default)",
         "from the database module" if database else "passed in" if db is not None else "none yet",

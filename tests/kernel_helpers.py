@@ -87,3 +87,21 @@ def tc_bytes(ns: Netns, dev: str, classid: str) -> int:
     match = re.search(r"Sent (\d+) bytes", out)
     assert match, out
     return int(match.group(1))
+
+
+_MARKED_SENDER = """
+import socket
+import sys
+host, port, mark, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+for _ in range(count):
+    s.sendto(b"x" * size, (host, port))
+"""
+
+
+def send_marked(ns: Netns, host: str, mark: int, count: int = 50, size: int = 1000) -> None:
+    """``count`` UDP datagrams of ``size`` bytes from ``ns`` to ``host`` with skb mark
+    ``mark`` (SO_MARK: the whole mark, as the node manager's ebtables rule sets it)."""
+    ns.run(str(VENV_BIN / "python"), "-c", _MARKED_SENDER, host, "9", str(mark), str(count),
+           str(size))  # fmt: skip

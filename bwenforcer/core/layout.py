@@ -24,7 +24,8 @@ CAP_MINOR = 0x10  # 1:10, ceil = node cap (default traffic)
 SITE_MINOR = 0x100  # 1:100, room for a site limiter
 EXEMPT_MINOR = 0x20  # 1:20, exempt traffic
 DEFAULT_CLASS_MINOR = 0x1000 | DEFAULT_XID  # 1:1fff, unclassified packets
-_CLASS_BITS = {"default": 0x1000, "exempt": 0x2000}
+CLASS_BITS = {"default": 0x1000, "exempt": 0x2000}  # a slice class's minor: bits | xid
+XID_MASK = 0xFFF  # the xid's bits of a class minor (or of a 0x1000|xid mark)
 
 BWMIN_BPS = 8_000  # floor of every rate: tc cannot do 0; 1 kB/s keeps a slice alive
 BWMAX_BPS = 1_000_000_000  # default line rate (1 Gbit/s), as bwlimit
@@ -49,7 +50,7 @@ def check_xid(xid: int) -> int:
 
 def class_minor(xid: int, traffic_class: TrafficClass) -> int:
     """Minor of a slice's class: 0x1000|xid (default) or 0x2000|xid (exempt)."""
-    return _CLASS_BITS[traffic_class] | check_xid(xid)
+    return CLASS_BITS[traffic_class] | check_xid(xid)
 
 
 def mark(xid: int, traffic_class: TrafficClass) -> int:

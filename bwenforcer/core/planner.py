@@ -232,9 +232,14 @@ def _no_shortcut(
     return None
 
 
-def _limiting_off(snapshot: KernelSnapshot, state: State, now_s: int) -> Plan:
+def _limiting_off(desired: DesiredSet, snapshot: KernelSnapshot, state: State, now_s: int) -> Plan:
+    # each removal names its slice: the state's, else the source's, else the ledger's
+    names: dict[int, str] = {e.slice.xid: name for name, e in state.ledger.items()}
+    names.update((r.xid, r.name) for r in desired.invalid if r.xid is not None)
+    names.update((s.xid, s.name) for s in desired.slices)
+    names.update((xid, st.name) for xid, st in state.slices.items())
     actions: list[Action] = [
-        RemoveClasses(None, xid, "limiting off")
+        RemoveClasses(names.get(xid), xid, "limiting off")
         for xid in sorted(snapshot.slices)
         if xid not in SYSTEM_XIDS
     ]
@@ -260,7 +265,7 @@ def plan(
     (:func:`~bwenforcer.core.periods.clock_check`).
     """
     if desired.limiting_off:
-        return _limiting_off(snapshot, state, now_s)
+        return _limiting_off(desired, snapshot, state, now_s)
     wanted = {s.xid: s for s in desired.slices}
     for claim in desired.contested:
         # two names on one xid: the slice the state has on it keeps it (and its cap)

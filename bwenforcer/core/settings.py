@@ -77,7 +77,7 @@ class MetricsConfig:
 class ClassifierConfig:
     """Who marks packets (docs/htb-layout.md "Marks")."""
 
-    mode: Literal["none", "uid"] = "none"
+    mode: Literal["none", "uid", "nodemanager"] = "none"
     exempt_prefixes: tuple[str, ...] = ()  # CIDRs, v4 and v6, validated
 
 

@@ -206,12 +206,15 @@ class Agent:
         kernel.init(cap_bps, bwmax_bps, self.config.bwmin_bps)
         return kernel.dump()
 
-    def cycle(self, desired: DesiredSet, dry_run: bool = False) -> CycleResult:
+    def cycle(
+        self, desired: DesiredSet, dry_run: bool = False, build_tree: bool = True
+    ) -> CycleResult:
         """Run one cycle against the kernel, the state file, mail and the classifier.
 
         The garbage collector is left as it is: a process of our own pauses it
         around the cycle (:func:`gc_paused`). A tree that vanished (qdisc deleted,
-        device re-created) is built again (:meth:`rebuilt_tree`).
+        device re-created) is built again (:meth:`rebuilt_tree`), unless
+        ``build_tree`` is False (someone else owns the tree: TreeNotInitialised).
         """
         from bwenforcer.store.state import StateStore
 
@@ -224,7 +227,7 @@ class Agent:
             result = run_cycle(
                 self.config,
                 desired,
-                kernel=_TreeKeeper(self, dry_run, build=not desired.limiting_off),
+                kernel=_TreeKeeper(self, dry_run, build=build_tree and not desired.limiting_off),
                 store=self._store,
                 notifier=make_notifier(self.config, self.clock, dry_run) if not dry_run else None,
                 clock=self.clock,
@@ -270,11 +273,12 @@ class Agent:
             log.error("usage history %s not updated: %s", self.config.history_file, exc)
 
     def _classifier_hook(self) -> Callable[[DesiredSet], None] | None:
-        if self.config.classifier.mode != "uid":
+        mode = self.config.classifier.mode
+        if mode == "none":
             return None
         from bwenforcer.kernel.classifier import Classifier, ClassifierSpec
 
-        classifier = Classifier(netns=self.netns)
+        classifier = Classifier(netns=self.netns, mode=mode)
         prefixes = self.config.classifier.exempt_prefixes
 
         def apply(desired: DesiredSet) -> None:
@@ -301,6 +305,18 @@ class _TreeKeeper:
             if not self.build:
                 raise
             return self.agent.rebuilt_tree(self.dry_run)
+
+    def ensure_filter(self, dry_run: bool = False) -> str | None:
+        """The mark → class filter, checked and put back (see :meth:`HtbBackend.ensure_filter`).
+
+        A dry run that planned on an empty tree (none on the device) checks nothing.
+        """
+        try:
+            return self.agent.backend().ensure_filter(dry_run)
+        except KernelError:
+            if not dry_run:
+                raise
+            return None
 
     def apply(self, ops: Sequence[KernelOp]) -> list[OpFailure]:
         """Apply class operations (see :meth:`HtbBackend.apply`)."""

@@ -60,6 +60,19 @@ class Outcome:
     counts: Mapping[str, int] = field(default_factory=dict)
 
 
+def _who(name: str | None, xid: int) -> str:
+    """How a line names a slice: by name and xid; an xid no slice is known by, as such."""
+    return f"slice {name} xid {xid}" if name is not None else f"xid {xid} (no slice known)"
+
+
+def _planned_name(plan: Plan, xid: int) -> str | None:
+    """The name a plan's actions give ``xid`` (a slice being removed is in no state)."""
+    for action in plan.actions:
+        if getattr(action, "xid", None) == xid and getattr(action, "name", None) is not None:
+            return action.name  # type: ignore[no-any-return]
+    return None
+
+
 def _describe(action: object) -> str | None:
     """One greppable log line per planned action."""
     if isinstance(action, CreateClass):
@@ -75,7 +88,7 @@ def _describe(action: object) -> str | None:
             f", share {action.old.share} → {action.new.share}"
         )
     if isinstance(action, RemoveClasses):
-        return f"slice {action.name or '?'} xid {action.xid}: remove classes ({action.reason})"
+        return f"{_who(action.name, action.xid)}: remove classes ({action.reason})"
     if isinstance(action, Adopt):
         return f"slice {action.name} xid {action.xid}: adopted existing classes without state"
     if isinstance(action, MoveToLedger):
@@ -124,10 +137,10 @@ def execute(plan: Plan, kernel: KernelPort, notifier: Notifier | None) -> Outcom
     for failure in kernel.apply(plan.kernel_ops()):
         op = failure.op
         st = plan.state.slices.get(op.xid)
-        name = "?" if st is None else st.name
+        name = st.name if st is not None else _planned_name(plan, op.xid)
         failed.add(op.xid)
         failures.append(
-            f"slice {name} xid {op.xid} {op.traffic_class}: {op.kind} failed: {failure.message}"
+            f"{_who(name, op.xid)} {op.traffic_class}: {op.kind} failed: {failure.message}"
         )
         log.error("%s", failures[-1])
 

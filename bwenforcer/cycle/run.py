@@ -32,6 +32,12 @@ class Kernel(KernelPort, Protocol):
         """One class dump of the device."""
         ...
 
+    def ensure_filter(self, dry_run: bool = False) -> str | None:
+        """Check the mark → class filter (one request) and put it back if it is not
+        there (not on a dry run); what was wrong, or None.
+        """
+        ...
+
 
 class Loaded(Protocol):
     """The state a cycle starts from, and the backup it was recovered from, if any."""
@@ -71,6 +77,7 @@ class CycleResult:
     recovered_from: str | None = None
     source_errors: tuple[str, ...] = ()
     extra_failures: tuple[str, ...] = field(default=())
+    filter_restored: bool = False  # the mark → class filter was missing and put back
 
     @property
     def dry_run(self) -> bool:
@@ -137,6 +144,13 @@ def run_cycle(
     with lock:
         loaded = store.read_unlocked() if dry_run else store.load()
         snapshot = kernel.dump()
+        wrong = None
+        if not desired.limiting_off:
+            # a tree rebuilt by someone else (the node manager's bwlimit) has no
+            # filter of ours: without it no packet reaches a slice's class
+            wrong = kernel.ensure_filter(dry_run)
+            if wrong is not None:
+                log.warning("dev %s: %s", config.device, wrong)
         now_s = int(clock())
         reading = None if boot is None else boot()
         the_plan = plan(
@@ -175,6 +189,7 @@ def run_cycle(
             loaded.recovered_from,
             desired.errors,
             tuple(extra),
+            filter_restored=wrong is not None,
         )
     log.info(
         "cycle %s in %.3fs: %d slices, %d kernel changes, %d failures",

@@ -112,7 +112,7 @@ def _prefixes_file(path: str, where: str) -> list[str]:
 
 
 def _classifier(reader: KeyReader) -> ClassifierConfig:
-    mode = reader.choice("mode", ("none", "uid"), "none")
+    mode = reader.choice("mode", ("none", "uid", "nodemanager"), "none")
     prefixes = [
         normalise_prefix(p, f"{reader.source}: {reader.key('exempt_prefixes')}")
         for p in reader.strings("exempt_prefixes")

@@ -40,7 +40,11 @@ from bwenforcer.inputs.yamltext import parse_yaml, read_bytes
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"(?:[a-z0-9]+_)?[a-z0-9_]{1,64}")  # whole name: fullmatch
+# A slice name (whole name: fullmatch): PLC's ``site_slice`` shape (PLC accepts
+# ``^[a-z0-9.]+_[a-zA-Z0-9_.]+$``: upmc_TestSlice, inria.fr_demo), each part at most
+# 64 characters; or a plain account name of the slices file.
+NAME = re.compile(r"[a-z0-9.]{1,64}_[A-Za-z0-9_.]{1,64}|[a-z0-9_]{1,64}")
+NAME_RULE = "site_name ([a-z0-9.]{1,64}_[A-Za-z0-9_.]{1,64}, as PLC) nor [a-z0-9_]{1,64}"
 
 # rspec attribute of each (class, field)
 ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
@@ -144,7 +148,7 @@ def _slice(
     name: object, xid: object, rspec: object, config: Config, resolved: dict[object, _Resolved]
 ) -> DesiredSlice:
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise SliceError(f"slice name {shown(name)} is not [a-z0-9_]{{1,64}} after a site prefix")
+        raise SliceError(f"slice name {shown(name)} is neither {NAME_RULE}")
     if isinstance(xid, bool) or not isinstance(xid, int):
         raise SliceError(f"slice {name}: xid {shown(xid)} is not a whole number")
     try:

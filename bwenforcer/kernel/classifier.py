@@ -1,4 +1,6 @@
-"""``classifier.mode: uid``: the agent's own nftables table marks traffic by socket owner.
+"""The agent's own nftables table: ``classifier.mode`` ``uid`` and ``nodemanager``.
+
+``uid`` marks traffic by socket owner:
 
 In the output path, a new connection whose socket belongs to a slice's uid gets
 the conntrack mark 0x1000|xid, or 0x2000|xid when its destination is in the
@@ -8,6 +10,13 @@ owner (packets of other connections keep whatever mark they had). Two uid →
 mark maps keep it one lookup per packet for any number of slices. The table
 (``inet``, so IPv4 and IPv6) is replaced in one ``nft -f`` transaction and
 nothing else on the host is touched.
+
+``nodemanager``: PlanetLab's LXC node manager marks a sliver's packets with
+mark = xid itself (ebtables), and has no exempt marking a stock kernel can run
+(its CLASSIFY ``--add-mark`` is a PlanetLab kernel's). In the postrouting hook,
+which the slivers' forwarded and NATed packets pass (they never pass the host's
+output hook), a packet with such a mark (1..0xffe) to an exempt prefix gets
+0x2000 added: the mark → class filter then takes it to the slice's exempt class.
 """
 
 from __future__ import annotations
@@ -18,13 +27,14 @@ import logging
 import subprocess
 from dataclasses import dataclass
 
-from bwenforcer.core.layout import mark
+from bwenforcer.core.layout import CLASS_BITS, XID_MAX, mark
 from bwenforcer.errors import ClassifierError, ConfigError
 
 log = logging.getLogger(__name__)
 
 TABLE = "bwenforcer"
 NFT_TIMEOUT_S = 30
+MODES = ("uid", "nodemanager")
 
 
 @dataclass(frozen=True)
@@ -61,14 +71,19 @@ def _collapsed(prefixes: tuple[str, ...]) -> tuple[list[str], list[str]]:
     )
 
 
-def spec_digest(spec: ClassifierSpec) -> str:
+def spec_digest(spec: ClassifierSpec, mode: str = "uid") -> str:
     """A short digest of a spec, kept in the table's comment to skip needless reloads."""
-    text = repr((sorted(set(spec.xids)), _collapsed(spec.exempt_prefixes)))
+    xids = sorted(set(spec.xids)) if mode == "uid" else []  # nodemanager: any xid's mark
+    text = repr((xids, _collapsed(spec.exempt_prefixes)))
+    if mode != "uid":
+        text = f"{mode} {text}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def render_ruleset(spec: ClassifierSpec, table: str = TABLE) -> str:
+def render_ruleset(spec: ClassifierSpec, table: str = TABLE, mode: str = "uid") -> str:
     """The whole ``nft -f`` script: create, delete and redefine the table in one transaction."""
+    if mode == "nodemanager":
+        return _render_nodemanager(spec, table)
     xids = sorted(set(spec.xids))
     v4, v6 = _collapsed(spec.exempt_prefixes)
     default_map = [f"{x} : {mark(x, 'default'):#x}" for x in xids]
@@ -92,13 +107,38 @@ table inet {table} {{
 """
 
 
+def _render_nodemanager(spec: ClassifierSpec, table: str) -> str:
+    """``mode: nodemanager``: mark = xid to an exempt prefix → mark | 0x2000."""
+    v4, v6 = _collapsed(spec.exempt_prefixes)
+    xid_marks = f"1-{XID_MAX:#x}"
+    exempt = f"meta mark set meta mark or {CLASS_BITS['exempt']:#x}"
+    return f"""table inet {table}
+delete table inet {table}
+table inet {table} {{
+  comment "bwenforcer spec {spec_digest(spec, "nodemanager")}"
+  set exempt4 {{ type ipv4_addr; flags interval;{_elements(v4)} }}
+  set exempt6 {{ type ipv6_addr; flags interval;{_elements(v6)} }}
+  chain postrouting {{
+    type filter hook postrouting priority mangle; policy accept;
+    meta mark {xid_marks} ip daddr @exempt4 {exempt}
+    meta mark {xid_marks} ip6 daddr @exempt6 {exempt}
+  }}
+}}
+"""
+
+
 class Classifier:
     """The agent's nftables table, in the current namespace or (tests) in ``netns``."""
 
-    def __init__(self, netns: str | None = None, nft: str = "nft", table: str = TABLE) -> None:
+    def __init__(
+        self, netns: str | None = None, nft: str = "nft", table: str = TABLE, mode: str = "uid"
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"classifier mode {mode!r} has no table (modes: {', '.join(MODES)})")
         self.prefix = ["ip", "netns", "exec", netns] if netns else []
         self.nft = nft
         self.table = table
+        self.mode = mode
 
     def _run(self, *args: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
         try:
@@ -131,18 +171,26 @@ class Classifier:
 
     def apply(self, spec: ClassifierSpec) -> bool:
         """Install the table for ``spec`` atomically; False if it was already in place."""
-        if self._installed_digest() == spec_digest(spec):
+        if self._installed_digest() == spec_digest(spec, self.mode):
             return False
-        proc = self._run("-f", "-", script=render_ruleset(spec, self.table))
+        proc = self._run("-f", "-", script=render_ruleset(spec, self.table, self.mode))
         if proc.returncode != 0:
             first = (proc.stderr.strip().splitlines() or ["nft failed"])[0]
             raise ClassifierError(f"nft table inet {self.table}: {first}")
-        log.info(
-            "classifier: table inet %s marks %d slices, %d exempt prefixes",
-            self.table,
-            len(set(spec.xids)),
-            len(spec.exempt_prefixes),
-        )
+        if self.mode == "uid":
+            log.info(
+                "classifier: table inet %s marks %d slices, %d exempt prefixes",
+                self.table,
+                len(set(spec.xids)),
+                len(spec.exempt_prefixes),
+            )
+        else:
+            log.info(
+                "classifier: table inet %s marks the node manager's xid marks exempt"
+                " towards %d prefixes",
+                self.table,
+                len(spec.exempt_prefixes),
+            )
         return True
 
     def remove(self) -> None:

@@ -50,8 +50,12 @@ from bwenforcer.kernel.dump import SnapshotReader
 log = logging.getLogger(__name__)
 
 CHUNK_MESSAGES = 256  # per sendmsg; the errors of a chunk fit the receive buffer
-FILTER_PRIO = 1
+# Our filter's priority: not 1, which bwlimit's own (fw, protocol ip) filters take
+# (the kernel refuses a second kind or protocol at one priority). At 2 it runs
+# after them where they work and does all the work where cls_fw is missing.
+FILTER_PRIO = 2
 FILTER_HANDLE = 1
+OLD_FILTER_PRIO = 1  # an older bwenforcer's: replaced when found
 
 
 class HtbBackend:
@@ -204,19 +208,76 @@ class HtbBackend:
         failures = self.apply(missing)
         if failures:
             raise ClassOpFailed(f"tc init: {failures[0].message}", failures[0].errno)
-        self._tc_request(
-            w.RTM_NEWTFILTER,
-            "add mark → class bpf filter",
-            flags=exclusive,
-            tc_handle=FILTER_HANDLE,
-            parent=ROOT_QDISC_HANDLE,
-            body=w.bpf_filter_options(handle(DEFAULT_CLASS_MINOR)),
-            info=w.filter_info(FILTER_PRIO),
-            ok=(errno.EEXIST,),
-        )
+        self.ensure_filter()
         log.info(
             "dev %s: HTB tree ready, cap %d bit/s, bwmax %d bit/s", self.dev, cap_bps, bwmax_bps
         )
+
+    def filters(self, prio: int = FILTER_PRIO) -> list[w.FilterRecord]:
+        """The filters of the root qdisc at priority ``prio`` (protocol all), one dump.
+
+        The kernel skips other priorities and protocols itself, so the answer is
+        small whatever the node manager's bwlimit added at its own priority.
+        """
+        ifindex = self._channel.ifindex
+        records: list[w.FilterRecord] = []
+        self._channel.dump(
+            lambda seq: w.message(
+                w.RTM_GETTFILTER,
+                flags=w.NLM_F_REQUEST | w.NLM_F_DUMP,
+                seq=seq,
+                ifindex=ifindex,
+                handle=0,
+                parent=ROOT_QDISC_HANDLE,
+                body=b"",
+                info=w.filter_info(prio),
+            ),
+            lambda buffer, seq: w.parse_filter_dump(buffer, seq, records),
+            "filter dump",
+        )
+        return records
+
+    def ensure_filter(self, dry_run: bool = False) -> str | None:
+        """Check, with one filter dump, that the mark → class filter is in place; put it
+        back if not (unless ``dry_run``). Returns what was wrong (None: nothing).
+
+        A tree someone else built (the node manager's bwlimit, before our first
+        cycle or after a change of the node's bwlimit) has none; one of an older
+        bwenforcer has the old program at the old priority, replaced here.
+        """
+        want = w.bpf_filter_options(handle(DEFAULT_CLASS_MINOR))
+        want_ops = w.bpf_ops(w.MARK_TO_CLASS_PROGRAM)
+        ours = [f for f in self.filters() if f.handle == FILTER_HANDLE]
+        if any(
+            f.kind == b"bpf" and f.classid == handle(DEFAULT_CLASS_MINOR) and f.ops == want_ops
+            for f in ours
+        ):
+            return None
+        problem = "missing" if not ours else "not bwenforcer's program"
+        if dry_run:
+            return f"mark → class filter {problem}: would be put back"
+        self._tc_request(
+            w.RTM_NEWTFILTER,
+            "add mark → class bpf filter",
+            flags=w.NLM_F_CREATE | (w.NLM_F_REPLACE if ours else w.NLM_F_EXCL),
+            tc_handle=FILTER_HANDLE,
+            parent=ROOT_QDISC_HANDLE,
+            body=want,
+            info=w.filter_info(FILTER_PRIO),
+        )
+        # an older bwenforcer's filter at bwlimit's priority: the kernel deletes it
+        # only if it is a bpf filter for all protocols with our handle
+        self._tc_request(
+            w.RTM_DELTFILTER,
+            "delete the old mark → class filter",
+            flags=0,
+            tc_handle=FILTER_HANDLE,
+            parent=ROOT_QDISC_HANDLE,
+            body=w.attr(w.TCA_KIND, b"bpf\0"),
+            info=w.filter_info(OLD_FILTER_PRIO),
+            ok=(errno.ENOENT, errno.EINVAL),
+        )
+        return f"mark → class filter {problem}: put back"
 
     def set(
         self, xid: int, rates: Mapping[TrafficClass, ClassRates], current: KernelSlice | None

@@ -15,7 +15,11 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from bwenforcer.core.layout import (
+    CLASS_BITS,
     LEAF_QDISC_LIMIT_PACKETS,
+    MAJOR,
+    XID_MASK,
+    XID_MAX,
     TrafficClass,
     class_minor,
     handle,
@@ -35,6 +39,7 @@ NLM_F_REQUEST = 0x1
 NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
+NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 RTM_GETLINK = 18
@@ -44,6 +49,8 @@ RTM_NEWTCLASS = 40
 RTM_DELTCLASS = 41
 RTM_GETTCLASS = 42
 RTM_NEWTFILTER = 44
+RTM_DELTFILTER = 45
+RTM_GETTFILTER = 46
 IFLA_IFNAME = 3
 TC_H_ROOT = 0xFFFFFFFF
 ETH_P_ALL = 0x0003
@@ -79,16 +86,42 @@ _U32_MAX = 0xFFFFFFFF
 _NS_PER_TICK = 64  # PSCHED_TICKS2NS: a psched tick is 2**6 ns
 BURST_BYTES = 1600  # tc's default burst on a high-resolution clock: one MTU
 
-# cls_bpf classic program: A = skb mark; if A == 0 return 0 (no match, default
-# class); else return 0x10000 | A, i.e. classid 1:<mark>.
+# cls_bpf classic program: skb mark → classid, for both mark conventions.
+# - mark = xid (1..0xffe), as PlanetLab's LXC node manager sets it (ebtables
+#   --set-mark xid): 1:1<xid>, the slice's default class;
+# - mark = 0x1000|xid or 0x2000|xid, as the ``uid`` classifier sets it: 1:<mark>,
+#   the slice's default or exempt class;
+# - anything else (0, 0xfff, above 0x2fff): no match (0), i.e. the next filter,
+#   then the default class 1:1fff. Never 1:0 (the qdisc's own handle, which HTB
+#   sends out unshaped: the old program's mark 0x10000 did) nor another major.
+# A class that does not exist (a mark of no slice) is HTB's default class too.
 _SKF_AD_MARK = (0xFFFFF000 + 20) & 0xFFFFFFFF
 MARK_TO_CLASS_PROGRAM = (
-    (0x20, 0, 0, _SKF_AD_MARK),  # ld  [mark]
-    (0x15, 0, 1, 0),  # jeq #0, jt 0, jf 1
-    (0x06, 0, 0, 0),  # ret #0
-    (0x44, 0, 0, 0x10000),  # or  #0x10000
-    (0x16, 0, 0, 0),  # ret a
+    (0x20, 0, 0, _SKF_AD_MARK),  # 0: ld  [mark]
+    (0x15, 7, 0, 0),  # 1: jeq #0 → 9 (unmarked: no match)
+    (0x25, 2, 0, XID_MAX),  # 2: jgt #0xffe → 5 (not a bare xid)
+    (0x44, 0, 0, (MAJOR << 16) | CLASS_BITS["default"]),  # 3: or #0x11000
+    (0x16, 0, 0, 0),  # 4: ret a → 1:1<xid>
+    (0x35, 0, 3, CLASS_BITS["default"]),  # 5: jge #0x1000, else → 9
+    (0x25, 2, 0, CLASS_BITS["exempt"] | XID_MASK),  # 6: jgt #0x2fff → 9
+    (0x44, 0, 0, MAJOR << 16),  # 7: or #0x10000
+    (0x16, 0, 0, 0),  # 8: ret a → 1:<mark>
+    (0x06, 0, 0, 0),  # 9: ret #0 (no match)
 )
+# The program before issue 18 (mark M → 1:M): found on a tree of an older
+# bwenforcer, at the old priority, it is replaced.
+OLD_MARK_TO_CLASS_PROGRAM = (
+    (0x20, 0, 0, _SKF_AD_MARK),
+    (0x15, 0, 1, 0),
+    (0x06, 0, 0, 0),
+    (0x44, 0, 0, 0x10000),
+    (0x16, 0, 0, 0),
+)
+
+
+def bpf_ops(program: Sequence[tuple[int, int, int, int]]) -> bytes:
+    """A classic BPF program as the kernel's array of sock_filter."""
+    return b"".join(struct.pack("=HBBI", *insn) for insn in program)
 
 
 def _pad(length: int) -> int:
@@ -176,15 +209,68 @@ def pfifo_options(limit_packets: int) -> bytes:
     return attr(TCA_KIND, b"pfifo\0") + attr(TCA_OPTIONS, _U32.pack(limit_packets))
 
 
-def bpf_filter_options(classid: int) -> bytes:
+def bpf_filter_options(
+    classid: int, program: Sequence[tuple[int, int, int, int]] = MARK_TO_CLASS_PROGRAM
+) -> bytes:
     """TCA_KIND + TCA_OPTIONS of the one mark → class cls_bpf filter."""
-    ops = b"".join(struct.pack("=HBBI", *insn) for insn in MARK_TO_CLASS_PROGRAM)
     options = (
         attr(TCA_BPF_CLASSID, _U32.pack(classid))
-        + attr(TCA_BPF_OPS_LEN, _U16.pack(len(MARK_TO_CLASS_PROGRAM)))
-        + attr(TCA_BPF_OPS, ops)
+        + attr(TCA_BPF_OPS_LEN, _U16.pack(len(program)))
+        + attr(TCA_BPF_OPS, bpf_ops(program))
     )
     return attr(TCA_KIND, b"bpf\0") + attr(TCA_OPTIONS, options)
+
+
+class FilterRecord(NamedTuple):
+    """What bwenforcer reads of one filter of a filter dump."""
+
+    handle: int
+    info: int  # tcm_info: priority << 16 | protocol (network order)
+    kind: bytes
+    classid: int  # TCA_BPF_CLASSID (0 for other kinds)
+    ops: bytes  # TCA_BPF_OPS (b"" for other kinds)
+
+
+def parse_filter_dump(buffer: memoryview, seq: int, records: list[FilterRecord]) -> int | None:
+    """Append the filters answering dump ``seq`` in one received buffer to ``records``.
+
+    Returns None while the dump goes on, 0 at its NLMSG_DONE, or the errno the
+    kernel answered with.
+    """
+    offset, end = 0, len(buffer)
+    while offset + _NLMSGHDR.size <= end:
+        length, msg_type, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(buffer, offset)
+        if length < _NLMSGHDR.size or length > end - offset:
+            break
+        if msg_seq == seq:
+            if msg_type == RTM_NEWTFILTER and length >= _HDR_LEN:
+                records.append(_parse_filter(buffer[offset : offset + length]))
+            elif msg_type == NLMSG_DONE:
+                return 0
+            elif msg_type == NLMSG_ERROR:
+                code = error_code(buffer[offset : offset + length])
+                if code:
+                    return code
+        offset += _pad(length)
+    return None
+
+
+_TCMSG_FILTER = struct.Struct("=24xIII")  # handle, parent, info
+
+
+def _parse_filter(msg: memoryview) -> FilterRecord:
+    handle, _parent, info = _TCMSG_FILTER.unpack_from(msg, 0)
+    kind, classid, ops = b"", 0, b""
+    for attr_kind, start, stop in _attrs(msg, _HDR_LEN, len(msg)):
+        if attr_kind == TCA_KIND:
+            kind = bytes(msg[start:stop]).rstrip(b"\0")
+        elif attr_kind == TCA_OPTIONS:
+            for opt, o_start, o_stop in _attrs(msg, start, stop):
+                if opt == TCA_BPF_CLASSID and o_stop - o_start >= 4:
+                    classid = _U32.unpack_from(msg, o_start)[0]
+                elif opt == TCA_BPF_OPS:
+                    ops = bytes(msg[o_start:o_stop])
+    return FilterRecord(handle, info, kind, classid, ops)
 
 
 def filter_info(prio: int) -> int:

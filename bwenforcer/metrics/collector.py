@@ -37,6 +37,7 @@ COUNTERS = (
     ("classes_removed", "HTB classes removed"),
     ("orphans_removed", "HTB slice classes removed because no slice owned them"),
     ("classes_adopted", "slice classes found without state and adopted"),
+    ("filters_restored", "mark → class filters put back on a tree that had none of ours"),
     ("state_recoveries", "state files found unusable and recovered from the backup"),
     ("cycle_errors", "cycles that failed with an error and were survived"),
     ("slice_failures", "slice operations that failed (kernel or source)"),
@@ -99,6 +100,8 @@ class AgentMetrics:
             self._duration_sum_s += result.duration_s
             if result.recovered_from:
                 self._counts["state_recoveries"] += 1
+            if result.filter_restored:
+                self._counts["filters_restored"] += 1
             self._counts["slice_failures"] += len(result.failures) + len(result.source_errors)
             if result.outcome is not None:
                 counts = result.outcome.counts

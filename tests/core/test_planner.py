@@ -18,6 +18,7 @@ from bwenforcer.core.plan import (
     SetRates,
 )
 from bwenforcer.core.planner import mark_notified, plan
+from bwenforcer.cycle.executor import _describe
 from tests.planner_data import (
     BWMAX_BPS,
     BWMIN_BPS,
@@ -183,14 +184,26 @@ def test_off_switch_removes_every_slice_class_and_does_nothing_else() -> None:
     p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
     p2 = plan(
         desired(want("pl_a", 10), off=True),
-        snapshot(kslice(10), kslice(0), kslice(0xFFF)),
+        snapshot(kslice(10), kslice(0), kslice(0xFFF), kslice(77)),
         p1.state,
         PARAMS,
         T0 + 60,
     )
     assert p2.limiting_off
-    assert p2.actions == (RemoveClasses(None, 10, "limiting off"),)
+    # each removal names its slice; an xid no slice is known by says so
+    assert p2.actions == (
+        RemoveClasses("pl_a", 10, "limiting off"),
+        RemoveClasses(None, 77, "limiting off"),
+    )
     assert p2.state == p1.state
+    lines = [_describe(a) for a in p2.actions]
+    assert lines == [
+        "slice pl_a xid 10: remove classes (limiting off)",
+        "xid 77 (no slice known): remove classes (limiting off)",
+    ]
+    # a slice only the source knows (not in the state yet) is named from there
+    p3 = plan(desired(want("pl_b", 11), off=True), snapshot(kslice(11)), State(), PARAMS, T0)
+    assert _describe(p3.actions[0]) == "slice pl_b xid 11: remove classes (limiting off)"
 
 
 def test_threshold_crossing_caps_with_the_formula_and_notifies_once() -> None:

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from bwenforcer.core.layout import MAX_SHARE
 from bwenforcer.core.settings import Config
 from bwenforcer.errors import ConfigError, SliceError
-from bwenforcer.inputs.plc import from_plc_slivers
+from bwenforcer.inputs import plc
+from bwenforcer.inputs.plc import SLIVERMANAGER_NET_DEFAULTS, from_plc_slivers
 from bwenforcer.inputs.slices import from_nodemanager_db, load_slices_file, resolve_policy
 
 CFG = Config(node_cap_bps=10_000_000, bwmax_bps=100_000_000)
@@ -144,7 +145,7 @@ def _sliver(name: str, **tags: object) -> dict[str, object]:
 def test_plc_getslivers_reply_is_read_as_slivermanager_reads_it() -> None:
     data = {
         "timestamp": 1,
-        "interfaces": [{"is_primary": True, "bwlimit": 5_000_000}],
+        "networks": [{"is_primary": True, "bwlimit": 5_000_000}],
         "slivers": [
             _sliver("pl_a", net_max_rate="2000", net_max_kbyte="1000", net_i2_share="3"),
             _sliver("pl_b", net_max_rate="lots", net_thresh_kbyte="10"),  # not a number
@@ -168,7 +169,7 @@ def test_plc_getslivers_reply_is_read_as_slivermanager_reads_it() -> None:
     # slivermanager fills the untagged threshold too (9,492,187 KiB): capped by the limit
     assert a.default.threshold_bytes == 1_024_000
     # a tag that is no number falls back to the default: here the primary
-    # interface's bwlimit (5 Mbit/s), as slivermanager does
+    # network's bwlimit (5 Mbit/s), as slivermanager does
     assert b.default.max_rate_bps == 5_000_000
     assert b.default.threshold_bytes == 10 * 1024
     assert b.default.limit_bytes == 10_546_875 * 1024
@@ -180,7 +181,94 @@ def test_plc_reply_without_interfaces_defaults_to_the_node_cap() -> None:
     data = {"slivers": [_sliver("pl_a")]}
     desired = from_plc_slivers(data, CFG, uid_of={"pl_a": 1}.get)
     assert desired.slices[0].default.max_rate_bps == CFG.node_cap_bps  # 1 Gbit/s, clamped
-    assert desired.slices[0].default.min_rate_bps == CFG.bwmin_bps  # 0 kbit/s, raised
+    assert desired.slices[0].default.min_rate_bps == CFG.bwmin_bps  # 1 kbit/s, raised
+
+
+def _rspec_of(data: dict[str, object]) -> dict[str, object]:
+    """The rspec bwenforcer builds for the one sliver of ``data`` (before its checks)."""
+    seen: dict[str, object] = {}
+
+    def record(db, config, default_record, uid_of, log_errors):  # type: ignore[no-untyped-def]
+        seen.update(next(iter(db.values()))["rspec"])
+        return from_nodemanager_db(db, config, default_record, uid_of, log_errors)
+
+    original = plc.from_nodemanager_db
+    plc.from_nodemanager_db = record
+    try:
+        from_plc_slivers(data, CFG, uid_of={"pl_a": 1}.get)
+    finally:
+        plc.from_nodemanager_db = original
+    return seen
+
+
+def _slivermanager_value(tag: str, default: float) -> float:
+    """slivermanager.GetSlivers' conversion, restated: the default's type, else the default."""
+    try:
+        return type(default)(tag)
+    except ValueError:
+        return default
+
+
+def test_plc_tags_convert_as_slivermanager_converts_them() -> None:
+    data = {
+        "networks": [{"is_primary": True, "bwlimit": 3_000_000}],
+        "interfaces": [{"is_primary": True, "bwlimit": 7_000_000}],  # net.py's, not read here
+        "slivers": [
+            _sliver(
+                "pl_a",
+                net_min_rate="1.5e3",  # a float rate
+                net_i2_max_rate=" 2000 ",
+                net_share="1.5",  # no integer: the default share
+                net_max_kbyte="2.0",  # no integer: the default budget
+                net_thresh_kbyte=" 12 ",
+                net_i2_share="1_000",
+            )
+        ],
+    }
+    rspec = _rspec_of(data)
+    assert rspec["net_min_rate"] == 1500.0
+    assert rspec["net_i2_max_rate"] == 2000.0
+    assert rspec["net_share"] == 1
+    assert rspec["net_max_kbyte"] == 10_546_875
+    assert rspec["net_thresh_kbyte"] == 12
+    assert rspec["net_i2_share"] == 1000
+    assert rspec["net_max_rate"] == 3000.0  # networks' bwlimit, in kbit/s
+    assert rspec["net_i2_min_rate"] == 1.0  # slivermanager's bwmin / 1000
+    # without networks: interfaces are not slivermanager's source of the default
+    del data["networks"]
+    assert _rspec_of(data)["net_max_rate"] == 1_000_000.0
+    # a negative bwlimit (no node limit) leaves the default alone
+    data["networks"] = [{"is_primary": True, "bwlimit": -1}]
+    assert _rspec_of(data)["net_max_rate"] == 1_000_000.0
+
+
+@given(
+    key=st.sampled_from(sorted(SLIVERMANAGER_NET_DEFAULTS)),
+    tag=st.one_of(
+        st.from_regex(r"\A ?[+-]?[0-9_]{0,7}(\.[0-9]{0,3})?([eE][+-]?[0-9])? ?\Z"),
+        st.text(max_size=8),
+    ),
+)
+def test_plc_tag_conversion_matches_slivermanager(key: str, tag: str) -> None:
+    default = SLIVERMANAGER_NET_DEFAULTS[key]
+    rspec = _rspec_of({"slivers": [_sliver("pl_a", **{key: tag})]})
+    expected = _slivermanager_value(tag, default)
+    got = rspec[key]
+    if isinstance(expected, float) and expected != expected:  # nan: kept, refused later
+        assert got != got
+    else:
+        assert got == expected and type(got) is type(expected)
+
+
+def test_plc_tags_slivermanager_cannot_convert_refuse_only_their_record() -> None:
+    data = {"slivers": [_sliver("pl_a", net_max_rate=None), _sliver("pl_b", net_max_rate="nan")]}
+    data["slivers"].append(_sliver("pl_c", net_max_rate="-5"))
+    data["slivers"].append(_sliver("pl_d", net_max_rate="2e3"))
+    uids = {"pl_a": 1, "pl_b": 2, "pl_c": 3, "pl_d": 4}.get
+    desired = from_plc_slivers(data, CFG, uid_of=uids)
+    assert [(s.name, s.default.max_rate_bps) for s in desired.slices] == [("pl_d", 2_000_000)]
+    assert [s.name for s in desired.invalid] == ["pl_a", "pl_b", "pl_c"]
+    assert "None is not a number" in desired.errors[0]
 
 
 @pytest.mark.parametrize(
@@ -467,3 +555,31 @@ def test_two_names_on_one_xid_are_one_error_naming_both_and_a_contested_claim(
         f"{path}: slices[1] (pl_old) and slices[0] (pl_new): slices pl_old and pl_new both"
         " claim xid 10; the one already enforced on it keeps it, the other is refused",
     )
+
+
+PLC_SLICE_NAME = r"^[a-z0-9.]+_[a-zA-Z0-9_.]+$"  # what PLC accepts as a slice name
+
+
+def test_plc_slice_names_are_accepted() -> None:
+    names = ["upmc_TestSlice", "inria.fr_demo", "pl_a", "princeton_codeen.v2"]
+    db = {n: {"name": n, "_rspec": {"net_max_rate": 900}} for n in names}
+    uids = {n: 700 + i for i, n in enumerate(names)}.get
+    desired = from_nodemanager_db(db, CFG, uid_of=uids)
+    assert desired.errors == ()
+    assert sorted(s.name for s in desired.slices) == sorted(names)
+
+
+@given(
+    name=st.one_of(
+        st.from_regex(r"\A[a-z0-9.]{1,20}_[a-zA-Z0-9_.]{1,40}\Z"),
+        st.text(alphabet="aZ0._/ -\n\x00é", min_size=1, max_size=12),
+    )
+)
+def test_slice_names_follow_plcs_rule(name: str) -> None:
+    import re
+
+    db = {"x": {"name": name, "_rspec": {}}}
+    desired = from_nodemanager_db(db, CFG, uid_of=lambda _: 700)
+    plc_ok = re.fullmatch(PLC_SLICE_NAME.strip("^$"), name) is not None
+    plain_ok = re.fullmatch(r"[a-z0-9_]{1,64}", name) is not None
+    assert (desired.errors == ()) == (plc_ok or plain_ok), (name, desired.errors)

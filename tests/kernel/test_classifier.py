@@ -166,3 +166,36 @@ def test_empty_spec_installs_and_4000_uids_go_in_one_call(ns: Netns) -> None:
     exempt = dict(maps["slice_exempt"]["elem"])
     assert len(default) == len(exempt) == 4000
     assert default[4000] == 0x1FA0 and exempt[1] == 0x2001
+
+
+def test_nodemanager_mode_sends_the_node_managers_xid_marks_to_exempt_prefixes_exempt() -> None:
+    """mode nodemanager: mark = xid (as the LXC node manager sets it) towards an exempt
+    prefix reaches the slice's exempt class, elsewhere its default class; on a tree
+    built with bwlimit's own commands."""
+    from tests import bwlimit_emulation as bwlimit
+    from tests.kernel_helpers import send_marked, tc_bytes
+
+    with netns_pair("clsnm", extra_b_addrs=[f"{EXEMPT}/32"]) as pair:
+        tc = ["tc", "-n", pair.a.name]
+        bwlimit.init(tc, "va", 100_000_000)
+        bwlimit.run_tc(tc, bwlimit.on_commands("va", 501, 100_000_000, bwlimit.SliceLimits()))
+        with HtbBackend("va", netns=pair.a.name) as k:
+            assert k.ensure_filter() is not None  # bwlimit's tree had none
+        classifier = Classifier(netns=pair.a.name, mode="nodemanager")
+        assert classifier.apply(ClassifierSpec((), (f"{EXEMPT}/32",)))
+        assert not classifier.apply(ClassifierSpec((501, 502), (f"{EXEMPT}/32",)))  # same table
+        send_marked(pair.a, EXEMPT, 501, count=30)
+        send_marked(pair.a, pair.b_addr, 501, count=10)
+        send_marked(pair.a, EXEMPT, 0, count=5)  # unmarked: left alone, default class
+        frame = 1042
+        assert tc_bytes(pair.a, "va", "1:21f5") == 30 * frame
+        assert tc_bytes(pair.a, "va", "1:11f5") == 10 * frame
+        assert tc_bytes(pair.a, "va", "1:2fff") == 0
+
+
+def test_nodemanager_mode_renders_no_uid_maps() -> None:
+    script = render_ruleset(ClassifierSpec((7,), ("198.19.0.0/16",)), mode="nodemanager")
+    assert "skuid" not in script and "hook postrouting" in script
+    assert "meta mark 1-0xffe ip daddr @exempt4 meta mark set meta mark or 0x2000" in script
+    with pytest.raises(ConfigError, match="mode 'none'"):
+        Classifier(mode="none")

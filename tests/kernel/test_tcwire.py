@@ -48,7 +48,12 @@ KERNEL_CLASS = bytes.fromhex(
 KERNEL_CLASS_SEQ = 4242
 
 # the program of NETLINK-NOTES.md in `tc`'s bytecode notation, verified there with traffic
-TC_BYTECODE = "5,32 0 0 4294963220,21 0 1 0,6 0 0 0,68 0 0 65536,22 0 0 0"
+# the mark → class program as `tc filter add … bpf bytecode` takes it (both mark
+# conventions; checked with real traffic on a tree built by bwlimit's commands)
+TC_BYTECODE = (
+    "10,32 0 0 4294963220,21 7 0 0,37 2 0 4094,68 0 0 69632,22 0 0 0,"
+    "53 0 3 4096,37 2 0 12287,68 0 0 65536,22 0 0 0,6 0 0 0"
+)
 
 
 def decode_tc(msg: bytes) -> tcmsg:
@@ -216,11 +221,11 @@ def test_bpf_filter_carries_the_mark_to_class_program_as_tc_writes_it() -> None:
         handle=1,
         parent=0x10000,
         body=w.bpf_filter_options(0x11FFF),
-        info=w.filter_info(1),
+        info=w.filter_info(2),
     )
     decoded = decode_tc(msg)
     assert decoded.get_attr("TCA_KIND") == "bpf"
-    assert decoded["info"] >> 16 == 1  # priority
+    assert decoded["info"] >> 16 == 2  # priority
     assert struct.unpack("!H", struct.pack("=H", decoded["info"] & 0xFFFF))[0] == 0x0003  # all
     options = attrs(attrs(msg[36:])[w.TCA_OPTIONS])
     assert struct.unpack("=I", options[w.TCA_BPF_CLASSID])[0] == 0x11FFF
@@ -399,3 +404,65 @@ def test_dump_round_trip(
     assert w.parse_class_dump(memoryview(msg + msg + done(seq)), seq, records) == 0
     assert records == [expected, expected]
     assert w.parse_class(memoryview(msg)) == expected
+
+
+def run_classic_bpf(program: tuple[tuple[int, int, int, int], ...], mark: int) -> int:
+    """A classic BPF interpreter for the instructions the mark program uses."""
+    a, pc = 0, 0
+    for _ in range(len(program) + 1):
+        code, jt, jf, k = program[pc]
+        pc += 1
+        if code == 0x20 and k == (0xFFFFF000 + 20) & 0xFFFFFFFF:
+            a = mark
+        elif code in (0x15, 0x25, 0x35):  # jeq, jgt, jge #k
+            taken = {0x15: a == k, 0x25: a > k, 0x35: a >= k}[code]
+            pc += jt if taken else jf
+        elif code == 0x44:
+            a |= k
+        elif code == 0x16:
+            return a
+        elif code == 0x06:
+            return k
+        else:
+            raise AssertionError(f"instruction {code:#x} not interpreted")
+    raise AssertionError("no return")
+
+
+def expected_classid(mark: int) -> int:
+    """Mark = xid (the node manager's) → 1:1<xid>; 0x1000|xid, 0x2000|xid (bwenforcer's
+    ``uid`` classifier) → that class; anything else: no match (0), the default class."""
+    if 1 <= mark <= 0xFFE:
+        return 0x10000 | 0x1000 | mark
+    if 0x1000 <= mark <= 0x2FFF:
+        return 0x10000 | mark
+    return 0
+
+
+@given(mark=st.one_of(st.integers(0, 0x3FFF), st.integers(0, 2**32 - 1)))
+def test_the_mark_program_maps_both_conventions_and_nothing_else(mark: int) -> None:
+    classid = run_classic_bpf(w.MARK_TO_CLASS_PROGRAM, mark)
+    assert classid == expected_classid(mark)
+    # never the qdisc's own handle 1:0 (HTB's direct, unshaped path) nor another major
+    assert classid == 0 or (classid >> 16 == 1 and classid & 0xFFFF >= 0x1000)
+
+
+def test_the_mark_program_on_every_small_mark_and_the_edges() -> None:
+    for mark in [*range(0x4000), 0x10000, 0x11F5, 0x401F5, 0xFFFFFFFF, 0x80001000]:
+        assert run_classic_bpf(w.MARK_TO_CLASS_PROGRAM, mark) == expected_classid(mark), mark
+    assert run_classic_bpf(w.MARK_TO_CLASS_PROGRAM, 501) == 0x111F5  # xid 501 → 1:11f5
+    assert run_classic_bpf(w.MARK_TO_CLASS_PROGRAM, 0x10000) == 0  # was 1:0, unshaped
+
+
+def test_a_filter_dump_answer_is_read() -> None:
+    body = w.bpf_filter_options(0x11FFF)
+    msg = bytearray(
+        w.message(w.RTM_NEWTFILTER, flags=2, seq=9, ifindex=2, handle=1, parent=0x10000,
+                  body=body, info=w.filter_info(2))
+    )  # fmt: skip
+    done = struct.pack("=IHHII", 20, w.NLMSG_DONE, 2, 9, 0) + b"\0" * 4
+    records: list[w.FilterRecord] = []
+    assert w.parse_filter_dump(memoryview(bytes(msg) + done), 9, records) == 0
+    (record,) = records
+    assert record.handle == 1 and record.kind == b"bpf" and record.classid == 0x11FFF
+    assert record.ops == w.bpf_ops(w.MARK_TO_CLASS_PROGRAM)
+    assert record.info >> 16 == 2

@@ -259,4 +259,11 @@ def test_node_manager_loads_and_drives_bwmon_by_name(ns: Netns, tmp_path: Path) 
     # the records the historic bwmon skipped: one line each, not one per cycle
     assert sum("pl_deleg" in m for m in messages) == 1
     assert sum("pl_ticket" in m for m in messages) == 1
+    # the limits-off lines name each slice (were "slice ? xid 502")
+    for line in (
+        "slice pl_beta xid 502: remove classes (limiting off)",
+        "slice princeton_default xid 503: remove classes (limiting off)",
+        "slice pl_gamma xid 504: remove classes (limiting off)",
+    ):
+        assert line in messages, messages
     assert not [m for level, m in report["lines"] if level == "ERROR"]

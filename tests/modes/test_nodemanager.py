@@ -140,7 +140,11 @@ with HtbBackend("v0") as kernel:
     report["rate"] = kernel.dump().slices[61].default.rates.max_rate_bps
 with database.db_lock:
     database.db["pl_y"] = {"name": "pl_y", "xid": 62, "_rspec": {}}
-nodemanager.GetSlivers({"timestamp": 1, "slivers": []}, None, None)  # PLC's reply: a nudge
+# PLC's reply: with a database module only its sync() wakes the thread, not GetSlivers
+nodemanager.GetSlivers({"timestamp": 1, "slivers": []}, None, None)
+time.sleep(1)
+report["cycles_after_getslivers"] = shim.cycles
+nodemanager.event.set()  # the database's sync()
 settle(3)
 report["nudged"] = xids()
 url = "http://" + sys.argv[2] + "/metrics"
@@ -166,6 +170,7 @@ def test_a_node_manager_process_drives_the_plugin_protocol(ns: Netns, tmp_path: 
     report = json.loads(proc.stdout)
     assert report["no_db"] == []
     assert report["db"] == [61] and report["rate"] == 3_000_000
+    assert report["cycles_after_getslivers"] == 2
     assert report["nudged"] == [61, 62]
     assert 'bwenforcer_cycles_total{result="skipped"} 1.0' in report["metrics"]
     assert 'bwenforcer_cycles_total{result="ok"} 2.0' in report["metrics"]
