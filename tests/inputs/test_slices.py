@@ -387,3 +387,22 @@ def test_rspec_values_have_an_upper_bound(tmp_path: Path) -> None:
         "slice pl_b: net_i2_max_rate: 1e+21 is above the maximum 10000000000; skipped",
         "slice pl_c: net_share: 1000000000000 is above the maximum 1000000; skipped",
     ]
+
+
+def test_a_5000_digit_number_skips_its_record_only(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    huge = "9" * 5000
+    path.write_text(
+        "slices:\n"
+        f"  - {{name: pl_a, xid: 10, rspec: {{net_max_kbyte: {huge}}}}}\n"
+        f"  - {{name: pl_b, xid: {huge}}}\n"
+        "  - {name: pl_c, xid: 12}\n"
+    )
+    cfg = Config(state_file=str(tmp_path / "state.json"))
+    desired = load_slices_file(str(path), cfg)
+    assert [s.name for s in desired.slices] == ["pl_c"]
+    assert [e.split(": ", 2)[2] for e in desired.errors] == [
+        "slice pl_a: net_max_kbyte: <a number of 5000 digits> is not a number; skipped",
+        "slice pl_b: xid <a number of 5000 digits> is not a whole number; skipped",
+    ]
+    assert load_slices_file(str(path), cfg).errors == desired.errors  # and once more (cache)
