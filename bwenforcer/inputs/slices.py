@@ -228,6 +228,24 @@ def slices_cache_path(config: Config) -> str:
     return f"{config.state_file}.slices-cache"
 
 
+def _carried(back: object, data: object) -> bool:
+    """Whether ``back`` (``data`` through JSON) is ``data``: the same types and values,
+    a NaN the same as a NaN (``!=`` would call every NaN a change, so a record with
+    ``.nan`` would be parsed, and its error logged, every cycle).
+    """
+    if type(back) is not type(data):
+        return False
+    if isinstance(data, dict):
+        assert isinstance(back, dict)
+        return back.keys() == data.keys() and all(_carried(back[k], v) for k, v in data.items())
+    if isinstance(data, list):
+        assert isinstance(back, list)
+        return len(back) == len(data) and all(map(_carried, back, data))
+    if isinstance(data, float) and math.isnan(data):
+        return isinstance(back, float) and math.isnan(back)
+    return back == data
+
+
 def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> tuple[object, bool]:
     """The parsed slices file, from the cache beside the state while the file's bytes
     are the ones it was made from; and whether it was parsed (not from the cache:
@@ -259,7 +277,7 @@ def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> t
         return data, True
     try:
         text = json.dumps({"version": CACHE_VERSION, "sha256": digest, "data": data})
-        if json.loads(text)["data"] != data:
+        if not _carried(json.loads(text)["data"], data):
             return data, True  # dates, integer keys…: only YAML says what they are
         replace_file(cache_path, text.encode())
     except OSError as exc:
@@ -267,7 +285,7 @@ def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> t
         if full is not None:
             raise full from exc
         log.debug("slices cache %s not written: %s", cache_path, exc)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         log.debug("slices cache %s not written: %s", cache_path, exc)
     return data, True
 
