@@ -90,7 +90,12 @@ def check_dir(directory: str, what: str) -> None:
 
 
 def make_dir(directory: str, what: str) -> None:
-    """Create ``directory`` (0700; missing parents 0755) if needed, then :func:`check_dir`."""
+    """Create ``directory`` (0700; missing parents 0755) if needed, then :func:`check_dir`.
+
+    The parents that exist are checked first: nothing is created under one others could
+    write (they could rename it away and put theirs in its place).
+    """
+    check_dir(directory, what)
     missing = []
     path = os.path.abspath(directory)
     while not os.path.isdir(path) and path != os.path.dirname(path):

@@ -175,6 +175,26 @@ def test_a_failed_slice_is_reported_once_on_stderr(ns: Netns, tmp_path: Path) ->
     assert "1 failure(s)" in done.stdout
 
 
+@pytest.mark.kernel
+def test_a_failed_spool_mail_is_counted_in_the_summary_line(ns: Netns, tmp_path: Path) -> None:
+    cfg = node_config(tmp_path)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o770)
+    spool.chmod(0o770)  # others could plant files: every mail into it fails
+    with cfg.open("a") as f:
+        f.write(
+            f"mail: {{transport: spool, operators: [ops@example.org], spool: {{dir: {spool}}}}}\n"
+        )
+    (tmp_path / "slices.yaml").write_text(
+        "slices:\n  - {name: pl_alice, xid: 1201, rspec: {net_thresh_kbyte: 0}}\n"
+    )
+    assert bwenforcer_in(ns, "--config", str(cfg), "tc", "init").returncode == 0
+    done = bwenforcer_in(ns, "--config", str(cfg), "sync")
+    assert done.returncode == 1, done.stderr
+    assert "notification failed" in done.stderr
+    assert ", 0 mail(s) sent, 1 failure(s)\n" in done.stdout, done.stdout
+
+
 class RefusingKernel:
     """A node whose kernel refuses every change (no real kernel refuses one on demand)."""
 

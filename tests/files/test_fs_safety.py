@@ -248,6 +248,24 @@ def test_a_parent_others_can_write_without_sticky_bit_is_refused(tmp_path: Path)
         StateStore(str(_dir(parent / "state") / "s.json")).save(make_state(1), NOW_S)
 
 
+@pytest.mark.parametrize("writer", ["state lock", "state", "history", "spool"])
+def test_nothing_is_created_under_a_parent_others_can_write(tmp_path: Path, writer: str) -> None:
+    parent = _dir(tmp_path / "shared", 0o777)
+    missing = parent / "state" / "deeper"
+    write: Callable[[], object] = {
+        "state lock": lambda: StateStore(str(missing / "s.json")).lock(1).__enter__(),
+        "state": lambda: StateStore(str(missing / "s.json")).save(make_state(1), NOW_S),
+        "history": lambda: save_history(History(), str(missing / "s.json.history")),
+        "spool": lambda: make_transport(
+            replace(MAIL, transport="spool", spool_dir=str(missing))
+        ).send(message()),
+    }[writer]
+    with pytest.raises(Error) as caught:
+        write()
+    _one_line(caught.value, f"{parent}: refused: writable by others")
+    assert list(parent.iterdir()) == []  # refused before anything was created
+
+
 @pytest.mark.kernel
 def test_sync_refuses_a_group_writable_state_directory(ns: Netns, tmp_path: Path) -> None:
     state_dir = _dir(tmp_path / "state", 0o770)
