@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from bwenforcer.core.layout import mark
 from bwenforcer.errors import ClassifierError, ConfigError
+from bwenforcer.files.tools import tool_path
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,8 @@ class Classifier:
     """The agent's nftables table, in the current namespace or (tests) in ``netns``."""
 
     def __init__(self, netns: str | None = None, nft: str = "nft", table: str = TABLE) -> None:
-        self.prefix = ["ip", "netns", "exec", netns] if netns else []
-        self.nft = nft
+        self.prefix = [tool_path("ip"), "netns", "exec", netns] if netns else []
+        self.nft = tool_path(nft)  # by absolute path: cron's PATH has no /usr/sbin
         self.table = table
 
     def _run(self, *args: str, script: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -25,6 +25,7 @@ from typing import NoReturn, Protocol
 from bwenforcer.core.settings import MailConfig
 from bwenforcer.errors import ConfigError, DeliveryError, MailDeadline, UnsafePath
 from bwenforcer.files.atomic import fsync_dir, make_dir, write_temp
+from bwenforcer.files.tools import tool_path
 from bwenforcer.mail.notice import slice_tag
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ class SendmailTransport:
         budget = budget or MailBudget(self.timeout_s)
         try:
             proc = subprocess.run(
-                [path, "-t", "-oi"],
+                [tool_path(path), "-t", "-oi"],
                 input=msg.as_bytes(policy=SMTP.clone(linesep="\n")),
                 capture_output=True,
                 timeout=budget.remaining_s(),

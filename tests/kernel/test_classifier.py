@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from bwenforcer.core.model import ClassRates
 from bwenforcer.errors import ClassifierError, ConfigError
+from bwenforcer.files.tools import find_tool
 from bwenforcer.kernel.classifier import Classifier, ClassifierSpec, render_ruleset, spec_digest
 from bwenforcer.kernel.htb import HtbBackend
 from bwenforcer.modes.traffic import start_sender, start_sink
@@ -166,3 +168,24 @@ def test_empty_spec_installs_and_4000_uids_go_in_one_call(ns: Netns) -> None:
     exempt = dict(maps["slice_exempt"]["elem"])
     assert len(default) == len(exempt) == 4000
     assert default[4000] == 0x1FA0 and exempt[1] == 0x2001
+
+
+def test_nft_and_ip_are_found_with_debian_crons_path(
+    ns: Netns, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as cron:
+        cron.setenv("PATH", "/usr/bin:/bin")  # Debian cron's: no /usr/sbin, where nft and ip are
+        classifier = Classifier(netns=ns.name)
+        classifier.apply(ClassifierSpec((1234,), ()))
+    assert classifier.nft.startswith("/") and classifier.prefix[0].startswith("/")
+    listed = ns.run("nft", "list", "table", "inet", "bwenforcer", check=False)
+    assert listed.returncode == 0 and "1234" in listed.stdout, listed.stderr
+
+
+def test_a_tool_is_looked_up_in_the_system_directories_before_path(tmp_path: Path) -> None:
+    decoy = tmp_path / "nft"
+    decoy.write_text("#!/bin/sh\n")
+    decoy.chmod(0o755)
+    assert find_tool("nft", {"PATH": str(tmp_path)}) == "/usr/sbin/nft"
+    assert find_tool("bwenforcer-no-such-tool", {"PATH": "/usr/bin:/bin"}) is None
+    assert find_tool(str(decoy), {"PATH": ""}) == str(decoy)  # a path is taken as given

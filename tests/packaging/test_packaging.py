@@ -48,6 +48,19 @@ def test_units_pass_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
             assert hardening in text
 
 
+def test_the_cron_job_runs_with_a_path_holding_nft_ip_and_logger() -> None:
+    lines = (PACKAGING / "cron.d" / "bwenforcer").read_text().splitlines()
+    env = {"PATH": "/usr/bin:/bin"}  # what Debian's cron gives a job, unless the file says
+    for line in lines:
+        if "=" in line.split(" ", 1)[0] and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    jobs = [line for line in lines if line and not line.startswith("#") and "=" not in line[:20]]
+    assert len(jobs) == 1 and jobs[0].split()[6] == "/usr/bin/bwenforcer", jobs
+    for tool in ("nft", "ip", "logger"):
+        assert shutil.which(tool, path=env["PATH"]), f"{tool} not on the cron job's PATH"
+
+
 def test_grafana_dashboard_queries_our_metrics_in_valid_promql(tmp_path: Path) -> None:
     dash = json.loads((PACKAGING / "grafana-dashboard.json").read_text())
     queries = [t["expr"] for p in dash["panels"] for t in p["targets"]]
