@@ -5,6 +5,7 @@ from __future__ import annotations
 import pwd
 import re
 import reprlib
+from collections.abc import Mapping
 
 from bwenforcer.core.layout import DEFAULT_XID, ROOT_XID, check_xid
 from bwenforcer.errors import UsageError
@@ -12,8 +13,11 @@ from bwenforcer.errors import UsageError
 _SPECIAL = {"root": ROOT_XID, "default": DEFAULT_XID}
 
 
-def resolve_slice(text: str) -> tuple[int, str]:
-    """``(xid, name)`` for a slice given by xid (decimal or 0x hex) or by name."""
+def resolve_slice(text: str, slices: Mapping[str, int] | None = None) -> tuple[int, str]:
+    """``(xid, name)`` for a slice given by xid (decimal or 0x hex) or by name: a name
+    of ``slices`` (slice name → xid: the slices file's and the state's) before a Unix
+    account's.
+    """
     value = text.strip()
     if value in _SPECIAL:
         return _SPECIAL[value], value
@@ -21,6 +25,8 @@ def resolve_slice(text: str) -> tuple[int, str]:
     name = value if number is None else None
     if number is not None:
         xid = number
+    elif slices is not None and value in slices:
+        xid = slices[value]
     else:
         try:
             xid = pwd.getpwnam(value).pw_uid

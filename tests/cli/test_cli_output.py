@@ -162,6 +162,28 @@ def test_tc_verbs_print_one_summary_line_and_none_with_q(ns: Netns, tmp_path: Pa
 
 
 @pytest.mark.kernel
+def test_tc_verbs_take_slice_names_before_unix_accounts(ns: Netns, tmp_path: Path) -> None:
+    cfg = str(node_config(tmp_path))
+    # "daemon" is also a Unix account (uid 1): the slices file's name comes first
+    (tmp_path / "slices.yaml").write_text(SLICES + "  - {name: daemon, xid: 1202, rspec: {}}\n")
+    assert bwenforcer_in(ns, "tc", "init", "--config", cfg).returncode == 0
+    for name, xid in (("pl_alice", 1201), ("daemon", 1202)):
+        on = bwenforcer_in(ns, "tc", "on", name, "--max", "2mbit", "--config", cfg)
+        assert on.returncode == 0, on.stderr
+        assert on.stdout.startswith(f"tc on: xid {xid} on v0: "), on.stdout
+        rows = json.loads(bwenforcer_in(ns, "tc", "get", name, "--json", "--config", cfg).stdout)
+        assert [(r["xid"], r["slice"], r["max_rate"]) for r in rows] == [(xid, name, 2_000_000)]
+        off = bwenforcer_in(ns, "tc", "off", name, "--config", cfg)
+        assert off.stdout == f"tc off: xid {xid} on v0: classes removed\n", off.stderr
+    (tmp_path / "slices.yaml").write_text("slices: []\n")  # only the state knows it now
+    StateStore(str(tmp_path / "state.json")).save(
+        State(slices={1201: live("pl_alice", 1201, cls(0, 10**9))}), NOW
+    )
+    on = bwenforcer_in(ns, "tc", "on", "pl_alice", "--config", cfg)
+    assert on.returncode == 0 and on.stdout.startswith("tc on: xid 1201 on v0: "), on.stderr
+
+
+@pytest.mark.kernel
 def test_a_failed_slice_is_reported_once_on_stderr(ns: Netns, tmp_path: Path) -> None:
     cfg = node_config(tmp_path)
     (tmp_path / "slices.yaml").write_text(
