@@ -50,7 +50,7 @@ def _add_view(
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``status``, ``show``, ``ledger`` and ``reset`` verbs."""
-    _add_view(
+    status = _add_view(
         sub,
         "status",
         run_status,
@@ -59,10 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             "One row per live slice, capped slices first, then by share of budget used."
             " Reads the state file without the lock (never waits for a running cycle) and"
             " the kernel for the current ceils; without the kernel, the last applied ceils"
-            " are shown. Colour only on a terminal (and not with NO_COLOR)."
+            " are shown. Colour, and long names cut to fit 100 columns, only on a terminal"
+            " (colour not with NO_COLOR): piped, names are whole."
         ),
         json_help='print {"slices": […], "ledger": […]}',
     )
+    status.add_argument("--capped", action="store_true", help="only slices with a capped class")
+    status.add_argument("--slice", metavar="NAME", help="only the slice NAME")
     show = _add_view(
         sub,
         "show",
@@ -174,16 +177,22 @@ def run_status(args: argparse.Namespace) -> int:
     """Print every slice's usage, limits and ceils."""
     from bwenforcer.errors import ExitCode
     from bwenforcer.inputs.config import load_config
-    from bwenforcer.views.status import status_json, status_table
+    from bwenforcer.views.status import StatusFilter, status_json, status_table
     from bwenforcer.views.table import use_colour
 
     config = load_config(args.config)
     state = _read_state(config)
     snapshot = _dump(config)
+    only = StatusFilter(capped=args.capped, name=args.slice)
     if args.json:
-        _print_json(status_json(state, snapshot))
+        _print_json(status_json(state, snapshot, only))
     else:
-        print(status_table(state, snapshot, now_s(), colour=use_colour(sys.stdout)))
+        terminal = sys.stdout.isatty()
+        print(
+            status_table(
+                state, snapshot, now_s(), colour=use_colour(sys.stdout), fit=terminal, only=only
+            )
+        )
     return int(ExitCode.OK)
 
 

@@ -252,3 +252,30 @@ def test_a_refused_reset_is_reported_once(
     logged = [r.getMessage() for r in caplog.records if "ceil not lifted" in r.getMessage()]
     assert len(logged) == 1 and "refused" in logged[0]  # the log line is the report
     assert "ceil not lifted" not in err  # not printed a second time
+
+
+def test_status_piped_has_whole_names_and_filters_by_capped_and_slice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(NOW_ENV, str(NOW))
+    config = make_config(tmp_path)
+    use_config(monkeypatch, config)
+    state = big_state()
+    StateStore(config.state_file).save(state, NOW - 10)
+
+    def status(*argv: str) -> str:
+        assert main(["status", *argv]) == 0
+        return capsys.readouterr().out
+
+    piped = status()  # captured stdout is no terminal: what `status | grep` reads
+    assert f"\n{LONG} " in piped and f"\n{LONG}_2 " in piped and "…" not in piped
+    capped = status("--capped")
+    assert LONG in capped and f"{LONG}_2" not in capped  # the second slice is not capped
+    only = status("--slice", f"{LONG}_2")
+    assert f"{LONG}_2" in only and f"\n{LONG} " not in only
+    assert "no live slice matches" in status("--slice", "pl_nobody")
+    doc = json.loads(status("--json", "--capped"))
+    assert [s["name"] for s in doc["slices"]] == [LONG]
+    assert [e["name"] for e in doc["ledger"]] == [LONG]  # capped when it died
+    doc = json.loads(status("--json", "--slice", f"{LONG}_2"))
+    assert [s["name"] for s in doc["slices"]] == [f"{LONG}_2"] and doc["ledger"] == []
