@@ -65,10 +65,14 @@ def _write_metrics(textfile: str, result: CycleResult) -> CycleResult:
 
 def _run(args: argparse.Namespace) -> int:
     from bwenforcer.cycle.agent import Agent, load_desired
+    from bwenforcer.errors import DeviceNotSet
     from bwenforcer.inputs.config import load_config
     from bwenforcer.views.plan import plan_table, result_json, summary_line
 
     config = load_config(args.config)
+    if not config.device:  # the config as shipped: say so, hold nothing, exit cleanly
+        print(f"bwenforcer: {DeviceNotSet()}", file=sys.stderr)
+        return 0
     agent = Agent(config)
     result = agent.cycle(load_desired(config, args.dry_run), dry_run=args.dry_run)
     if config.metrics.textfile and not result.dry_run:

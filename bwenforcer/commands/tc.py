@@ -115,6 +115,8 @@ def _backend(args: argparse.Namespace, config: Config | None = None) -> tuple[Ht
 
     if config is None:
         config = load_config(args.config)
+    if not (args.dev or config.device):
+        raise UsageError("no device: give --dev DEV, or set device in the config")
     return HtbBackend(args.dev or config.device), config
 
 

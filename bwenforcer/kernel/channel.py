@@ -133,6 +133,8 @@ class NetlinkChannel:
     @property
     def ifindex(self) -> int:
         """The device's interface index (DeviceMissing if it does not exist)."""
+        if not self.dev:
+            raise DeviceMissing("no device set in the config")
         if self._ifindex is None:
             seq = self.take_seqs(1)
             self.send(w.link_request(seq, self.dev))
