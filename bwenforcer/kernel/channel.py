@@ -151,6 +151,14 @@ class NetlinkChannel:
             self._drain_ack(seq)
         return self._ifindex
 
+    def lookup_again(self) -> bool:
+        """Look the device up by its name again (DeviceMissing if no device has it now);
+        True if the name now belongs to another interface than the one looked up before
+        (renamed away, or re-created).
+        """
+        before, self._ifindex = self._ifindex, None
+        return before is not None and self.ifindex != before
+
     def _drain_ack(self, seq: int) -> None:
         # the ACK of the link request follows its answer; read it so it cannot be taken
         # for the answer of the next request
