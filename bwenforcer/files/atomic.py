@@ -62,16 +62,16 @@ def _unsafe_dir_problem(st: os.stat_result, own: bool) -> str | None:
     return None
 
 
-def check_dir(directory: str, what: str) -> None:
+def check_dir(directory: str, what: str, *, own: bool = True) -> None:
     """Refuse (UnsafePath) a ``directory`` another user could plant files or symlinks in.
 
     The directory itself must be owned by the effective uid and writable by it
     alone; each directory above it by root or that uid, and writable by others
     only if sticky (as /tmp), so no one else can rename it away. Symlinks in the
-    path are resolved first: their targets are checked.
+    path are resolved first: their targets are checked. With ``own`` False the
+    directory itself is judged as a parent is (the one above a directory to create).
     """
     path = os.path.realpath(directory)
-    own = True  # the directory itself; then its parents
     while True:
         try:
             st = os.stat(path)
@@ -92,15 +92,16 @@ def check_dir(directory: str, what: str) -> None:
 def make_dir(directory: str, what: str) -> None:
     """Create ``directory`` (0700; missing parents 0755) if needed, then :func:`check_dir`.
 
-    The parents that exist are checked first: nothing is created under one others could
-    write (they could rename it away and put theirs in its place).
+    The directories above that exist are checked first: nothing is created under one
+    others could write (they could rename it away and put theirs in its place).
     """
-    check_dir(directory, what)
     missing = []
     path = os.path.abspath(directory)
     while not os.path.isdir(path) and path != os.path.dirname(path):
         missing.append(path)
         path = os.path.dirname(path)
+    if missing:
+        check_dir(path, what, own=False)
     for i, path in enumerate(reversed(missing)):
         mode = 0o700 if i == len(missing) - 1 else 0o755
         with contextlib.suppress(FileExistsError):  # another process made it: checked below
