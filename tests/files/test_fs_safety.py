@@ -128,7 +128,7 @@ def test_a_symlink_planted_at_the_temp_name_never_redirects_the_write(
     # act at that instant; the file system under it is real.)
     def attacker_first(path: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:
         if not planted and ".tmp" in os.fspath(path) and flags & os.O_CREAT:
-            os.symlink(victim, path)
+            os.symlink(victim, path, dir_fd=kw.get("dir_fd"))  # where the writer opens it
             planted.append(os.fspath(path))
         return real_open(path, flags, mode, **kw)
 
