@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from bwenforcer.inputs.slicename import quoted
+
 if TYPE_CHECKING:
     from bwenforcer.core.model import DesiredSlice, KernelSnapshot, State
     from bwenforcer.core.settings import Config
@@ -122,7 +124,7 @@ def now_s() -> int:
     try:
         return int(fixed)
     except ValueError:
-        raise UsageError(f"${NOW_ENV}={fixed!r}: expected Unix seconds") from None
+        raise UsageError(f"${NOW_ENV}={quoted(fixed)}: expected Unix seconds") from None
 
 
 def operator_name() -> str:
@@ -245,7 +247,9 @@ def run_show(args: argparse.Namespace) -> int:
     state = _read_state(config)
     report = find_slice(state, _desired(config), args.slice)
     if report is None:
-        raise UsageError(f"slice {args.slice!r}: not in the state, the ledger or the slices file")
+        raise UsageError(
+            f"slice {quoted(args.slice)}: not in the state, the ledger or the slices file"
+        )
     snapshot = _dump(config)
     if snapshot is not None and report.status != "dead" and report.xid is not None:
         report = dataclasses.replace(report, kernel=snapshot.slices.get(report.xid))
@@ -282,7 +286,7 @@ def run_reset(args: argparse.Namespace) -> int:
         found = find_slice(state, (), args.slice)
         if found is None or found.live is None:
             where = "only in the ledger" if found is not None else "not in the state"
-            raise UsageError(f"slice {args.slice!r}: {where}; only a live slice can be reset")
+            raise UsageError(f"slice {quoted(args.slice)}: {where}; only a live slice can be reset")
         before = found.live
         try:
             with HtbBackend(config.device) as kernel:

@@ -45,6 +45,7 @@ def parse_since(text: str, now_s: int) -> int:
     """
     from bwenforcer.core.units import parse_duration_s
     from bwenforcer.errors import UnitError, UsageError
+    from bwenforcer.inputs.slicename import quoted
 
     word = text.strip().lower()
     if word in ("today", "yesterday"):
@@ -64,7 +65,7 @@ def parse_since(text: str, now_s: int) -> int:
         except UnitError:
             pass
     raise UsageError(
-        f"report: --since {text!r} is not a date (2026-11-01, 2026-11-01T12:00),"
+        f"report: --since {quoted(text)} is not a date (2026-11-01, 2026-11-01T12:00),"
         " a time before now (24h, 7d) nor today/yesterday"
     )
 

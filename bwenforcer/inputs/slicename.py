@@ -59,6 +59,8 @@ def _number(value: str) -> int | None:
     """An xid written as decimal (leading zeros allowed) or 0x hex; None for a name."""
     digits = value.removeprefix("-")
     if digits.isdecimal() and digits.isascii():
+        if len(digits) > 20:  # no xid; and past 4,300 digits int() itself refuses
+            raise UsageError(f"slice {quoted(value)}: not an xid (0..4095)")
         return int(value)
     if digits[:2].lower() == "0x":
         try:
@@ -69,6 +71,12 @@ def _number(value: str) -> int | None:
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.@+-]{1,80}")
+
+
+def quoted(text: str) -> str:
+    """``repr(text)`` cut short: an argument echoed in an error stays a readable line."""
+    full = repr(text)
+    return full if len(full) <= 80 else f"{full[:77]}..."
 
 
 def shown(value: object) -> str:

@@ -196,3 +196,21 @@ def test_a_latin1_stdout_gets_escapes_not_a_traceback(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert b"Traceback" not in done.stderr
     assert b"\\u2192" in done.stdout  # the period's arrow, escaped
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tc", "get", "--dev", "bwtnodev0", "9" * 5000],
+        ["tc", "off", "--dev", "bwtnodev0", "9" * 5000],
+        ["show", "9" * 5000],
+        ["report", "--since", "9" * 5000 + "s"],
+    ],
+)
+def test_a_5000_digit_argument_is_one_short_line(tmp_path: Path, argv: list[str]) -> None:
+    cfg = write_config(tmp_path, "bwtnodev0")
+    done = cli("--config", str(cfg), *argv)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and len(lines[0]) < 250, done.stderr[:300]
