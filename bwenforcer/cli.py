@@ -162,8 +162,21 @@ def setup_logging(level: str, stream: TextIO) -> str:
     return prefix
 
 
+def tolerate_any_encoding(*streams: TextIO) -> None:
+    """Characters a stream's encoding cannot hold are written escaped, not raised.
+
+    A terminal or pipe set up for latin-1 or ASCII (``PYTHONIOENCODING``, a C locale)
+    must not turn the "→" of ``show`` into a traceback.
+    """
+    for stream in streams:
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code. Known errors print one line, no traceback."""
+    tolerate_any_encoding(sys.stdout, sys.stderr)
     parser = build_parser()
     args = parser.parse_args(argv)
     prefix = setup_logging(args.log_level, sys.stderr)

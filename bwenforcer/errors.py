@@ -39,6 +39,15 @@ class ConfigError(Error):
     exit_code = ExitCode.USAGE
 
 
+class DeviceNotSet(ConfigError):
+    """The config names no device: nothing is enforced (the shipped config, as installed)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no device set in the config: nothing is enforced until `device:` names the uplink"
+        )
+
+
 class UsageError(Error):
     """A command-line argument is invalid (beyond what argparse checks)."""
 

@@ -58,7 +58,7 @@ from bwenforcer.core.model import DesiredSet
 from bwenforcer.core.settings import Config
 from bwenforcer.cycle.agent import Agent
 from bwenforcer.cycle.run import CycleResult
-from bwenforcer.errors import Error, TreeNotInitialised
+from bwenforcer.errors import DeviceNotSet, Error, TreeNotInitialised
 from bwenforcer.inputs.config import load_config
 from bwenforcer.inputs.plc import from_plc_slivers
 from bwenforcer.inputs.slices import from_nodemanager_db
@@ -362,8 +362,11 @@ def start(options: Any = None, conf: Any = None, **kwargs: Any) -> NodeManagerSh
         or slice_prefix_of(conf, options)
         or (plc_config_prefix() if database is not None else None)
     )
+    config = load_config(kwargs.get("config"))
+    if not config.device:
+        raise DeviceNotSet()
     shim = NodeManagerShim(
-        load_config(kwargs.get("config")),
+        config,
         db=db,
         lock=db_lock,
         database=database,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from dataclasses import dataclass, field
+from typing import AnyStr
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 
 def free_port() -> int:
@@ -78,3 +83,33 @@ class Stall:
         self._listener.close()
         for conn in self.connections:
             conn.close()
+
+
+class DripSMTP(SMTP):
+    """aiosmtpd's SMTP server that sends each reply one byte a second, for at most
+    ``max_drip_s`` seconds a reply (then the rest at once): a test against it is
+    bounded in time whatever the client does.
+    """
+
+    max_drip_s = 40
+
+    async def push(self, status: AnyStr) -> None:
+        """Send ``status`` and CRLF, dripping."""
+        data = (status.encode("ascii") if isinstance(status, str) else status) + b"\r\n"
+        writer = self._writer
+        for i, byte in enumerate(data):
+            if i >= self.max_drip_s:
+                writer.write(data[i:])
+                break
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(1)
+        await writer.drain()
+
+
+class DripController(Controller):
+    """A loopback SMTP server (aiosmtpd) whose replies drip one byte a second."""
+
+    def factory(self) -> SMTP:
+        """The dripping server."""
+        return DripSMTP(self.handler, **self.SMTP_kwargs)

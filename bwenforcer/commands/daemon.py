@@ -23,7 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the daemon until it is told to stop."""
+    import sys
+
+    from bwenforcer.errors import DeviceNotSet
     from bwenforcer.inputs.config import load_config
     from bwenforcer.modes.daemon import Daemon
 
-    return Daemon(args.config, load_config(args.config)).loop()
+    config = load_config(args.config)
+    if not config.device:  # the config as shipped: say so, hold nothing, exit cleanly
+        print(f"bwenforcer: {DeviceNotSet()}", file=sys.stderr)
+        return 0
+    return Daemon(args.config, config).loop()

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from bwenforcer.inputs.slicename import quoted
+
 if TYPE_CHECKING:
     from bwenforcer.core.model import DesiredSlice, KernelSnapshot, State
     from bwenforcer.core.settings import Config
@@ -50,7 +52,7 @@ def _add_view(
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``status``, ``show``, ``ledger`` and ``reset`` verbs."""
-    _add_view(
+    status = _add_view(
         sub,
         "status",
         run_status,
@@ -59,10 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             "One row per live slice, capped slices first, then by share of budget used."
             " Reads the state file without the lock (never waits for a running cycle) and"
             " the kernel for the current ceils; without the kernel, the last applied ceils"
-            " are shown. Colour only on a terminal (and not with NO_COLOR)."
+            " are shown. Colour, and long names cut to fit 100 columns, only on a terminal"
+            " (colour not with NO_COLOR): piped, names are whole."
         ),
         json_help='print {"slices": […], "ledger": […]}',
     )
+    status.add_argument("--capped", action="store_true", help="only slices with a capped class")
+    status.add_argument("--slice", metavar="NAME", help="only the slice NAME")
     show = _add_view(
         sub,
         "show",
@@ -119,7 +124,7 @@ def now_s() -> int:
     try:
         return int(fixed)
     except ValueError:
-        raise UsageError(f"${NOW_ENV}={fixed!r}: expected Unix seconds") from None
+        raise UsageError(f"${NOW_ENV}={quoted(fixed)}: expected Unix seconds") from None
 
 
 def operator_name() -> str:
@@ -174,16 +179,22 @@ def run_status(args: argparse.Namespace) -> int:
     """Print every slice's usage, limits and ceils."""
     from bwenforcer.errors import ExitCode
     from bwenforcer.inputs.config import load_config
-    from bwenforcer.views.status import status_json, status_table
+    from bwenforcer.views.status import StatusFilter, status_json, status_table
     from bwenforcer.views.table import use_colour
 
     config = load_config(args.config)
     state = _read_state(config)
     snapshot = _dump(config)
+    only = StatusFilter(capped=args.capped, name=args.slice)
     if args.json:
-        _print_json(status_json(state, snapshot))
+        _print_json(status_json(state, snapshot, only))
     else:
-        print(status_table(state, snapshot, now_s(), colour=use_colour(sys.stdout)))
+        terminal = sys.stdout.isatty()
+        print(
+            status_table(
+                state, snapshot, now_s(), colour=use_colour(sys.stdout), fit=terminal, only=only
+            )
+        )
     return int(ExitCode.OK)
 
 
@@ -236,7 +247,9 @@ def run_show(args: argparse.Namespace) -> int:
     state = _read_state(config)
     report = find_slice(state, _desired(config), args.slice)
     if report is None:
-        raise UsageError(f"slice {args.slice!r}: not in the state, the ledger or the slices file")
+        raise UsageError(
+            f"slice {quoted(args.slice)}: not in the state, the ledger or the slices file"
+        )
     snapshot = _dump(config)
     if snapshot is not None and report.status != "dead" and report.xid is not None:
         report = dataclasses.replace(report, kernel=snapshot.slices.get(report.xid))
@@ -273,7 +286,7 @@ def run_reset(args: argparse.Namespace) -> int:
         found = find_slice(state, (), args.slice)
         if found is None or found.live is None:
             where = "only in the ledger" if found is not None else "not in the state"
-            raise UsageError(f"slice {args.slice!r}: {where}; only a live slice can be reset")
+            raise UsageError(f"slice {quoted(args.slice)}: {where}; only a live slice can be reset")
         before = found.live
         try:
             with HtbBackend(config.device) as kernel:

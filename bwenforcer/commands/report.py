@@ -24,24 +24,50 @@ in the history until they age out.
   default_bytes, exempt_bytes, peak_hour_bytes, capped_default_s, capped_exempt_s;
 --csv prints the same columns after a header line.
 
-A slice with no history (unknown, or aged out), or nothing recorded since DATE, is
+A slice with no history (unknown, or aged out), or nothing recorded since WHEN, is
 not an error: the result is empty (no table, [] or a CSV header only),
 a note goes to stderr and the exit code is 0. Exit 5 when the history file is
 damaged or unreadable, 2 for bad arguments or config.
 """
 
 
-def _since(text: str) -> int:
-    """``2026-11-01`` or ``2026-11-01T12:00`` (UTC unless an offset is given) → Unix seconds."""
+SINCE_HELP = (
+    "only buckets ending after WHEN: a date (ISO, UTC unless an offset is given:"
+    " 2026-11-01 or 2026-11-01T12:00), a time before now (24h, 7d, 1w, 1h30m) or"
+    " today / yesterday (from 00:00 UTC); the bucket holding WHEN is shown whole"
+)
+
+
+def parse_since(text: str, now_s: int) -> int:
+    """``--since`` as Unix seconds: an ISO date or time (UTC unless it has an offset), a
+    duration before ``now_s`` (``24h``, ``7d``, ``1h30m``), ``today`` or ``yesterday``
+    (their 00:00 UTC). UsageError, one line, for anything else.
+    """
+    from bwenforcer.core.units import parse_duration_s
+    from bwenforcer.errors import UnitError, UsageError
+    from bwenforcer.inputs.slicename import quoted
+
+    word = text.strip().lower()
+    if word in ("today", "yesterday"):
+        midnight = now_s - now_s % 86_400
+        return midnight - (86_400 if word == "yesterday" else 0)
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a date (e.g. 2026-11-01 or 2026-11-01T12:00, UTC)"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp())
+        pass
+    else:
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        return int(when.timestamp())
+    if word and not word.isdecimal():  # a bare number would be seconds: surely a mistake
+        try:
+            return now_s - parse_duration_s(word)
+        except UnitError:
+            pass
+    raise UsageError(
+        f"report: --since {quoted(text)} is not a date (2026-11-01, 2026-11-01T12:00),"
+        " a time before now (24h, 7d) nor today/yesterday"
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,13 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="day",
         help="bucket size (default: day)",
     )
-    parser.add_argument(
-        "--since",
-        metavar="DATE",
-        type=_since,
-        help="only buckets ending after DATE (ISO, UTC: 2026-11-01 or 2026-11-01T12:00);"
-        " the bucket holding DATE is shown whole",
-    )
+    parser.add_argument("--since", metavar="WHEN", help=SINCE_HELP)
     parser.add_argument("--slice", metavar="NAME", help="only this slice")
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print a list of objects")
@@ -74,11 +94,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the report; an empty one is noted on stderr (exit 0)."""
+    from bwenforcer.commands.inspect import now_s
     from bwenforcer.errors import ExitCode
     from bwenforcer.history.file import read_history
     from bwenforcer.inputs.config import load_config
     from bwenforcer.views.report import JSON_KEYS, report_table, row_json
 
+    if args.since is not None:
+        args.since = parse_since(args.since, now_s())
     path = load_config(args.config).history_file
     history = read_history(path)
     rows = history.report(args.by, args.since, args.slice)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bwenforcer.cycle.run import CycleResult
 
 ORDER = 20
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,9 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run one enforcement cycle (cron)",
         description=(
             "Run one cycle: read the slices, the kernel's counters and the state; cap slices"
-            " over their threshold; save the state. Exit 0 ok, 1 partial (some slices or"
-            " mails failed), 2 config error, 3 lock busy, 4 kernel unavailable, 5 state"
-            " unusable."
+            " over their threshold; save the state. Exit 0 ok, 1 partial (some slices, mails"
+            " or the metrics textfile failed), 2 config error, 3 lock busy, 4 kernel"
+            " unavailable, 5 state unusable."
         ),
     )
     parser.add_argument(
@@ -38,20 +45,38 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
 
 
+def _write_metrics(textfile: str, result: CycleResult) -> CycleResult:
+    """Write the textfile; a failure is one of the cycle's failures (logged, partial,
+    exit 1), not an unusable state: the cycle completed and its state is saved.
+    """
+    from bwenforcer.errors import Error
+    from bwenforcer.metrics.exposition import from_textfile, write_textfile
+
+    try:
+        metrics = from_textfile(textfile)
+        metrics.observe(result)
+        write_textfile(textfile, metrics)
+    except Error as exc:
+        line = f"metrics not written: {exc}"
+        log.error("%s", line)
+        return dataclasses.replace(result, extra_failures=(*result.extra_failures, line))
+    return result
+
+
 def _run(args: argparse.Namespace) -> int:
     from bwenforcer.cycle.agent import Agent, load_desired
+    from bwenforcer.errors import DeviceNotSet
     from bwenforcer.inputs.config import load_config
     from bwenforcer.views.plan import plan_table, result_json, summary_line
 
     config = load_config(args.config)
+    if not config.device:  # the config as shipped: say so, hold nothing, exit cleanly
+        print(f"bwenforcer: {DeviceNotSet()}", file=sys.stderr)
+        return 0
     agent = Agent(config)
     result = agent.cycle(load_desired(config, args.dry_run), dry_run=args.dry_run)
     if config.metrics.textfile and not result.dry_run:
-        from bwenforcer.metrics.exposition import from_textfile, write_textfile
-
-        metrics = from_textfile(config.metrics.textfile)
-        metrics.observe(result)
-        write_textfile(config.metrics.textfile, metrics)
+        result = _write_metrics(config.metrics.textfile, result)
     if args.json:
         json.dump(result_json(result), sys.stdout, indent=2)
         sys.stdout.write("\n")

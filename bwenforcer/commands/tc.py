@@ -115,6 +115,8 @@ def _backend(args: argparse.Namespace, config: Config | None = None) -> tuple[Ht
 
     if config is None:
         config = load_config(args.config)
+    if not (args.dev or config.device):
+        raise UsageError("no device: give --dev DEV, or set device in the config")
     return HtbBackend(args.dev or config.device), config
 
 
@@ -198,8 +200,8 @@ def run_on(args: argparse.Namespace) -> int:
     from bwenforcer.inputs.slicename import resolve_slice
 
     _positional_on(args)
-    xid, _name = resolve_slice(args.slice)
     kernel, config = _backend(args)
+    xid, _name = resolve_slice(args.slice, slice_xids(config, args.slice))
     given: dict[TrafficClass, Given] = {
         "default": (args.min_rate, args.max_rate, args.share),
         "exempt": (args.exempt_min, args.exempt_max, None),
@@ -223,8 +225,8 @@ def run_off(args: argparse.Namespace) -> int:
     """``tc off``."""
     from bwenforcer.inputs.slicename import resolve_slice
 
-    xid, _name = resolve_slice(args.slice)
-    kernel, _config = _backend(args)
+    kernel, config = _backend(args)
+    xid, _name = resolve_slice(args.slice, slice_xids(config, args.slice))
     with kernel:
         kernel.off(xid)
     _say(args, f"tc off: xid {xid} on {kernel.dev}: classes removed")
@@ -247,7 +249,8 @@ def run_stop(args: argparse.Namespace) -> int:
 def known_names(config: Config) -> dict[int, str]:
     """Slice names by xid from the slices file, else the state; what cannot be read is skipped.
 
-    The kernel knows only xids; without these, ``tc get`` falls back to the Unix account.
+    The kernel knows only xids; without these, ``tc get`` falls back to the Unix account
+    (and ``tc get/on/off NAME`` looks a name up here before the Unix accounts).
     """
     from bwenforcer.cycle.agent import load_desired
     from bwenforcer.errors import Error
@@ -264,6 +267,15 @@ def known_names(config: Config) -> dict[int, str]:
     except Error as exc:
         log.debug("tc get: no names from the slices file: %s", exc)
     return names
+
+
+def slice_xids(config: Config, text: str) -> dict[str, int] | None:
+    """The xids of the slices by name (slices file, else state) when ``text`` could
+    name one (not a number); None otherwise, without reading anything.
+    """
+    if text.strip().lstrip("-").isdecimal() or text.strip().lower().startswith("0x"):
+        return None
+    return {name: xid for xid, name in known_names(config).items()}
 
 
 def get_rows(
@@ -316,11 +328,13 @@ def run_get(args: argparse.Namespace) -> int:
     """``tc get``."""
     from bwenforcer.inputs.slicename import resolve_slice
 
-    only = resolve_slice(args.slice)[0] if args.slice else None
     kernel, config = _backend(args)
+    names = known_names(config)
+    by_name = {name: xid for xid, name in names.items()}
+    only = resolve_slice(args.slice, by_name)[0] if args.slice else None
     with kernel:
         snapshot = kernel.dump()
-    rows = get_rows(snapshot, only, known_names(config))
+    rows = get_rows(snapshot, only, names)
     if only is not None and not rows:
         raise UsageError(f"slice {args.slice!r} (xid {only}) has no classes on dev {kernel.dev}")
     if args.json:

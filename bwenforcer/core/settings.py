@@ -95,7 +95,7 @@ class HistoryConfig:
 class Config:
     """The whole configuration."""
 
-    device: str = "eth0"
+    device: str = ""  # not set: sync, the daemon and the node manager enforce nothing
     node_cap_bps: int = BWMAX_BPS
     bwmax_bps: int = BWMAX_BPS
     bwmin_bps: int = BWMIN_BPS

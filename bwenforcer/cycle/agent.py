@@ -298,8 +298,20 @@ class _TreeKeeper:
     build: bool
 
     def dump(self) -> KernelSnapshot:
-        """The device's classes (after building the tree again if it vanished)."""
+        """The device's classes (after building the tree again if it vanished).
+
+        The device is looked up by its configured name every cycle (one link request),
+        so a long-lived agent follows the name: a device renamed away is "missing", a
+        new one under the name is the one enforced on.
+        """
         try:
+            if self.agent.backend().device_moved():
+                log.warning(
+                    "dev %s: the name is another interface now (renamed or re-created):"
+                    " following the name",
+                    self.agent.config.device,
+                )
+                self.agent.close()
             return self.agent.backend().dump()
         except TreeNotInitialised:
             if not self.build:

@@ -62,16 +62,16 @@ def _unsafe_dir_problem(st: os.stat_result, own: bool) -> str | None:
     return None
 
 
-def check_dir(directory: str, what: str) -> None:
+def check_dir(directory: str, what: str, *, own: bool = True) -> None:
     """Refuse (UnsafePath) a ``directory`` another user could plant files or symlinks in.
 
     The directory itself must be owned by the effective uid and writable by it
     alone; each directory above it by root or that uid, and writable by others
     only if sticky (as /tmp), so no one else can rename it away. Symlinks in the
-    path are resolved first: their targets are checked.
+    path are resolved first: their targets are checked. With ``own`` False the
+    directory itself is judged as a parent is (the one above a directory to create).
     """
     path = os.path.realpath(directory)
-    own = True  # the directory itself; then its parents
     while True:
         try:
             st = os.stat(path)
@@ -90,12 +90,18 @@ def check_dir(directory: str, what: str) -> None:
 
 
 def make_dir(directory: str, what: str) -> None:
-    """Create ``directory`` (0700; missing parents 0755) if needed, then :func:`check_dir`."""
+    """Create ``directory`` (0700; missing parents 0755) if needed, then :func:`check_dir`.
+
+    The directories above that exist are checked first: nothing is created under one
+    others could write (they could rename it away and put theirs in its place).
+    """
     missing = []
     path = os.path.abspath(directory)
     while not os.path.isdir(path) and path != os.path.dirname(path):
         missing.append(path)
         path = os.path.dirname(path)
+    if missing:
+        check_dir(path, what, own=False)
     for i, path in enumerate(reversed(missing)):
         mode = 0o700 if i == len(missing) - 1 else 0o755
         with contextlib.suppress(FileExistsError):  # another process made it: checked below
@@ -109,14 +115,15 @@ def make_dir(directory: str, what: str) -> None:
     check_dir(directory, what)
 
 
-def open_own(path: str, flags: int, what: str) -> int:
+def open_own(path: str, flags: int, what: str, dir_fd: int | None = None) -> int:
     """Open an existing file of ours (never through a symlink); FileNotFoundError passes.
+    With ``dir_fd``, ``path`` is a name in that directory.
 
     Refused (UnsafePath): a symlink, anything but a regular file, a file owned
     by another uid or with other hard links (it could be someone else's file).
     """
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnsafePath(f"{what} {path}: refused: is a symlink") from exc
@@ -255,16 +262,74 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(directory: str, prefixes: Iterable[str]) -> None:
+def remove_stale_temps(directory: str | int, prefixes: Iterable[str]) -> None:
     """Remove ``<prefix><pid>[.<random>]`` files of writers that are gone (or of this
-    process: it has none open between writes).
+    process: it has none open between writes); ``directory`` a path or an open fd.
     """
     prefixes = tuple(prefixes)
+    at = directory if isinstance(directory, int) else None
     for name in os.listdir(directory):
         for prefix in prefixes:
             pid = name[len(prefix) :].split(".", 1)[0]
             if name.startswith(prefix) and pid.isdigit():
                 if int(pid) != os.getpid() and pid_alive(int(pid)):
                     continue
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(directory, name))  # unlink: never follows
+                with contextlib.suppress(FileNotFoundError):  # unlink: never follows
+                    if at is None:
+                        os.unlink(os.path.join(str(directory), name))
+                    else:
+                        os.unlink(name, dir_fd=at)
+
+
+def open_shared_dir(directory: str, what: str) -> int:
+    """An fd of ``directory``, a directory that may be another user's (node_exporter's
+    textfile directory belongs to ``prometheus``); UnsafePath if it is not one, or if
+    others than its owner may write it and it is not sticky.
+
+    Writing there is safe through the fd (:func:`replace_at`): a new O_EXCL|O_NOFOLLOW
+    temp file and a rename inside the directory the fd holds, whatever its owner
+    renames or plants meanwhile; its owner could remove our file anyway.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except NotADirectoryError:
+        raise UnsafePath(f"{what} {directory}: refused: not a directory") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise UnsafePath(
+                f"{what} {directory}: refused: writable by others than its owner and not"
+                f" sticky (mode {stat.S_IMODE(st.st_mode):o})"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def replace_at(dir_fd: int, name: str, payload: bytes | Iterable[bytes], mode: int) -> None:
+    """Put ``payload`` at ``name`` in the directory ``dir_fd`` atomically and durably: a
+    new temp file (O_EXCL|O_NOFOLLOW, random name), fsynced, renamed over ``name``
+    (which replaces a symlink there, never follows it). On failure (OSError, raised)
+    the temp file is gone.
+    """
+    remove_stale_temps(dir_fd, (f"{name}.tmp-",))
+    while True:
+        tmp = f"{name}.tmp-{os.getpid()}.{secrets.token_hex(8)}"
+        try:
+            fd = os.open(tmp, _NEW_FLAGS, mode, dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            continue
+    try:
+        try:
+            os.fchmod(fd, mode)
+            _write_all(fd, payload)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    os.fsync(dir_fd)

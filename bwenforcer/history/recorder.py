@@ -126,7 +126,7 @@ class HistoryRecorder:
             self.journal,
             cycle_s,
         )
-        fd = os.open(self.journal, os.O_WRONLY | os.O_CLOEXEC)
+        fd = open_own(self.journal, os.O_WRONLY, "history journal")
         try:
             os.ftruncate(fd, offset)
             os.fsync(fd)

@@ -249,7 +249,7 @@ def parse_config(data: object, source: str) -> Config:
     }
     defaults_reader.done()
     config = Config(
-        device=top.text("device", base.device, allow_null=False) or base.device,
+        device=top.text("device", base.device or None) or "",
         node_cap_bps=node_cap,
         bwmax_bps=bwmax,
         bwmin_bps=bwmin,

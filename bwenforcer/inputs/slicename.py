@@ -5,6 +5,7 @@ from __future__ import annotations
 import pwd
 import re
 import reprlib
+from collections.abc import Mapping
 
 from bwenforcer.core.layout import DEFAULT_XID, ROOT_XID, check_xid
 from bwenforcer.errors import UsageError
@@ -12,8 +13,11 @@ from bwenforcer.errors import UsageError
 _SPECIAL = {"root": ROOT_XID, "default": DEFAULT_XID}
 
 
-def resolve_slice(text: str) -> tuple[int, str]:
-    """``(xid, name)`` for a slice given by xid (decimal or 0x hex) or by name."""
+def resolve_slice(text: str, slices: Mapping[str, int] | None = None) -> tuple[int, str]:
+    """``(xid, name)`` for a slice given by xid (decimal or 0x hex) or by name: a name
+    of ``slices`` (slice name → xid: the slices file's and the state's) before a Unix
+    account's.
+    """
     value = text.strip()
     if value in _SPECIAL:
         return _SPECIAL[value], value
@@ -21,6 +25,8 @@ def resolve_slice(text: str) -> tuple[int, str]:
     name = value if number is None else None
     if number is not None:
         xid = number
+    elif slices is not None and value in slices:
+        xid = slices[value]
     else:
         try:
             xid = pwd.getpwnam(value).pw_uid
@@ -53,6 +59,8 @@ def _number(value: str) -> int | None:
     """An xid written as decimal (leading zeros allowed) or 0x hex; None for a name."""
     digits = value.removeprefix("-")
     if digits.isdecimal() and digits.isascii():
+        if len(digits) > 20:  # no xid; and past 4,300 digits int() itself refuses
+            raise UsageError(f"slice {quoted(value)}: not an xid (0..4095)")
         return int(value)
     if digits[:2].lower() == "0x":
         try:
@@ -63,6 +71,12 @@ def _number(value: str) -> int | None:
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.@+-]{1,80}")
+
+
+def quoted(text: str) -> str:
+    """``repr(text)`` cut short: an argument echoed in an error stays a readable line."""
+    full = repr(text)
+    return full if len(full) <= 80 else f"{full[:77]}..."
 
 
 def shown(value: object) -> str:

@@ -258,6 +258,24 @@ def _items(data: object, path: str) -> list[object]:
     return items
 
 
+def _carried(back: object, data: object) -> bool:
+    """Whether ``back`` (``data`` through JSON) is ``data``: the same types and values,
+    a NaN the same as a NaN (``!=`` would call every NaN a change, so a record with
+    ``.nan`` would be parsed, and its error logged, every cycle).
+    """
+    if type(back) is not type(data):
+        return False
+    if isinstance(data, dict):
+        assert isinstance(back, dict)
+        return back.keys() == data.keys() and all(_carried(back[k], v) for k, v in data.items())
+    if isinstance(data, list):
+        assert isinstance(back, list)
+        return len(back) == len(data) and all(map(_carried, back, data))
+    if isinstance(data, float) and math.isnan(data):
+        return isinstance(back, float) and math.isnan(back)
+    return back == data
+
+
 def _cache_dir_ok(cache_path: str) -> bool:
     """Whether the slices cache's directory is safely ours (else it is neither read nor
     written: the state lock refuses such a directory anyway)."""
@@ -286,7 +304,7 @@ def _write_cache(cache_path: str, cache: dict[str, Any]) -> None:
     """Write the slices cache, best effort (DiskFull is raised)."""
     try:
         text = json.dumps(cache)
-        if json.loads(text)["data"] != cache["data"]:
+        if not _carried(json.loads(text)["data"], cache["data"]):
             return  # dates, integer keys…: only YAML says what they are
         replace_file(cache_path, text.encode())
     except OSError as exc:
@@ -294,7 +312,7 @@ def _write_cache(cache_path: str, cache: dict[str, Any]) -> None:
         if full is not None:
             raise full from exc
         log.debug("slices cache %s not written: %s", cache_path, exc)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         log.debug("slices cache %s not written: %s", cache_path, exc)
 
 

@@ -34,6 +34,28 @@ _FLOAT = re.compile(
 )
 
 
+MAX_INT_DIGITS = 1000  # far above any value here; far below Python's int conversion limit
+
+
+class OverlongNumber:
+    """A YAML integer of more than MAX_INT_DIGITS digits, kept as what it is, not converted.
+
+    Python refuses to convert integers of more than 4,300 digits (a ValueError from
+    inside the parser, with a traceback); this stands in for one, so every check
+    downstream refuses it in its own words: the config key is one line, a slices
+    record is skipped. It is no number, no string and not JSON, so nothing
+    mistakes it for a value (and the slices cache is not written for it).
+    """
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<a number of {self.digits} digits>"
+
+
 def _resolvers() -> dict[str | None, list[tuple[str, re.Pattern[str]]]]:
     replaced = {_BOOL_TAG, _INT_TAG, _FLOAT_TAG}
     table = {
@@ -57,6 +79,13 @@ class StrictLoader(_BASE_LOADER):  # type: ignore[misc,valid-type]
 
     yaml_implicit_resolvers = _resolvers()
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> object:
+        """An int, or an :class:`OverlongNumber` for one too long to convert safely."""
+        digits = sum(c.isalnum() for c in str(node.value))
+        if digits > MAX_INT_DIGITS:
+            return OverlongNumber(digits)
+        return super().construct_yaml_int(node)
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
         """The mapping of ``node``; ConstructorError at the second of two equal keys."""
         pairs = list(node.value)  # the base class replaces merge keys by what they merge
@@ -74,6 +103,9 @@ class StrictLoader(_BASE_LOADER):  # type: ignore[misc,valid-type]
                 )
             seen.add(key)
         return mapping
+
+
+StrictLoader.add_constructor(_INT_TAG, StrictLoader.construct_yaml_int)
 
 
 def read_yaml(path: str) -> object:

@@ -133,6 +133,8 @@ class NetlinkChannel:
     @property
     def ifindex(self) -> int:
         """The device's interface index (DeviceMissing if it does not exist)."""
+        if not self.dev:
+            raise DeviceMissing("no device set in the config")
         if self._ifindex is None:
             seq = self.take_seqs(1)
             self.send(w.link_request(seq, self.dev))
@@ -148,6 +150,14 @@ class NetlinkChannel:
                         self._ifindex = w.ifindex_of(msg)
             self._drain_ack(seq)
         return self._ifindex
+
+    def lookup_again(self) -> bool:
+        """Look the device up by its name again (DeviceMissing if no device has it now);
+        True if the name now belongs to another interface than the one looked up before
+        (renamed away, or re-created).
+        """
+        before, self._ifindex = self._ifindex, None
+        return before is not None and self.ifindex != before
 
     def _drain_ack(self, seq: int) -> None:
         # the ACK of the link request follows its answer; read it so it cannot be taken

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from bwenforcer.core.layout import CLASS_BITS, XID_MAX, mark
 from bwenforcer.errors import ClassifierError, ConfigError
+from bwenforcer.files.tools import tool_path
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,8 @@ class Classifier:
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"classifier mode {mode!r} has no table (modes: {', '.join(MODES)})")
-        self.prefix = ["ip", "netns", "exec", netns] if netns else []
-        self.nft = nft
+        self.prefix = [tool_path("ip"), "netns", "exec", netns] if netns else []
+        self.nft = tool_path(nft)  # by absolute path: cron's PATH has no /usr/sbin
         self.table = table
         self.mode = mode
 

@@ -87,6 +87,13 @@ class HtbBackend:
         """The device's interface index (DeviceMissing if it does not exist)."""
         return self._channel.ifindex
 
+    def device_moved(self) -> bool:
+        """Look the device up by name again (DeviceMissing if it is gone); True if the
+        name now belongs to another interface: this backend's cached index, and the
+        objects of the last dump, are then of the wrong device.
+        """
+        return self._channel.lookup_again()
+
     @property
     def requests(self) -> int:
         """Netlink requests (sendmsg calls) so far: one per request, or per chunk of a batch."""

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from bwenforcer.errors import Error
+from bwenforcer.files.tools import tool_path
 
 
 class SandboxError(Error):
@@ -24,7 +25,7 @@ class SandboxError(Error):
 
 
 def _ip(*args: str) -> None:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    proc = subprocess.run([tool_path("ip"), *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SandboxError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
 
@@ -37,14 +38,14 @@ def unique_prefix(stem: str) -> str:
 def delete_namespace(name: str) -> None:
     """Kill whatever still runs in a namespace, then delete it; absent is fine."""
     pids = subprocess.run(
-        ["ip", "netns", "pids", name], capture_output=True, text=True, check=False
+        [tool_path("ip"), "netns", "pids", name], capture_output=True, text=True, check=False
     ).stdout.split()
     for pid in pids:
         try:
             os.kill(int(pid), 9)
         except (ProcessLookupError, ValueError):
             continue
-    subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+    subprocess.run([tool_path("ip"), "netns", "delete", name], capture_output=True, check=False)
 
 
 def namespaces_named(prefix: str) -> list[str]:

@@ -25,6 +25,7 @@ from typing import NoReturn, Protocol
 from bwenforcer.core.settings import MailConfig
 from bwenforcer.errors import ConfigError, DeliveryError, MailDeadline, UnsafePath
 from bwenforcer.files.atomic import fsync_dir, make_dir, write_temp
+from bwenforcer.files.tools import tool_path
 from bwenforcer.mail.notice import slice_tag
 
 log = logging.getLogger(__name__)
@@ -123,16 +124,55 @@ def _delivered(transport: str, target: str, msg: EmailMessage) -> None:
     log.info("mail delivered via %s %s to %s: %s", transport, target, msg["To"], msg["Subject"])
 
 
+class _BudgetedReader:
+    """The replies of an SMTP session, read from its socket with every wait bounded by
+    what is left of the budget (smtplib's own file would wait a whole timeout per
+    byte: a server dripping one byte a second never times out).
+    """
+
+    def __init__(self, client: _BudgetedSMTP) -> None:
+        self._client = client
+        self._buffer = bytearray()
+
+    def readline(self, limit: int = -1) -> bytes:
+        """One line (up to ``limit`` bytes), as ``BufferedReader.readline``; b"" at EOF."""
+        while True:
+            end = self._buffer.find(b"\n") + 1
+            if end == 0 and 0 <= limit <= len(self._buffer):
+                end = limit
+            if end:
+                if limit >= 0:
+                    end = min(end, limit)
+                line = bytes(self._buffer[:end])
+                del self._buffer[:end]
+                return line
+            sock = self._client.sock
+            if sock is None:
+                return b""
+            self._client.bound()
+            chunk = sock.recv(4096)
+            if not chunk:
+                line = bytes(self._buffer)
+                self._buffer.clear()
+                return line
+            self._buffer += chunk
+
+    def close(self) -> None:
+        """Forget what was read (smtplib closes its file with the connection)."""
+        self._buffer.clear()
+
+
 class _BudgetedSMTP(smtplib.SMTP):
-    """An SMTP client whose every wait (connect, each reply, each send) gets what is
-    left of the budget, so a slow server cannot stretch it reply by reply.
+    """An SMTP client whose every wait (connect, each read of a reply, each send) gets
+    what is left of the budget, so a slow server cannot stretch the conversation past it.
     """
 
     def __init__(self, host: str, port: int, budget: MailBudget) -> None:
         self._budget = budget
         super().__init__(host, port, timeout=budget.remaining_s())
 
-    def _bound(self) -> None:
+    def bound(self) -> None:
+        """Give the socket's next wait what is left of the budget; TimeoutError if none."""
         if self.sock is not None:
             try:
                 self.sock.settimeout(self._budget.remaining_s())
@@ -141,12 +181,13 @@ class _BudgetedSMTP(smtplib.SMTP):
 
     def send(self, s: str | bytes) -> None:
         """Send, waiting no longer than the budget allows."""
-        self._bound()
+        self.bound()
         super().send(s)
 
     def getreply(self) -> tuple[int, bytes]:
-        """Read a reply, waiting no longer than the budget allows."""
-        self._bound()
+        """Read a reply, every read waiting no longer than the budget allows."""
+        if self.file is None:
+            self.file = _BudgetedReader(self)  # type: ignore[assignment]
         return super().getreply()
 
 
@@ -205,7 +246,7 @@ class SendmailTransport:
         budget = budget or MailBudget(self.timeout_s)
         try:
             proc = subprocess.run(
-                [path, "-t", "-oi"],
+                [tool_path(path), "-t", "-oi"],
                 input=msg.as_bytes(policy=SMTP.clone(linesep="\n")),
                 capture_output=True,
                 timeout=budget.remaining_s(),

@@ -17,8 +17,8 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 
-from bwenforcer.errors import MetricsError
-from bwenforcer.files.atomic import check_dir, disk_full, open_own, replace_file
+from bwenforcer.errors import MetricsError, UnsafePath
+from bwenforcer.files.atomic import disk_full, open_own, open_shared_dir, replace_at
 from bwenforcer.metrics.collector import (
     COUNTERS,
     DURATION_BUCKETS_S,
@@ -160,40 +160,62 @@ def _cycle_samples(lines: Iterable[str]) -> Iterator[tuple[str, str | None, floa
         yield match[1], match[2], float(match[3])
 
 
+def _textfile_dir(path: str) -> tuple[int, str]:
+    """``(fd of the textfile's directory, the file's name)``; UnsafePath, or MetricsError
+    naming the file if the directory cannot be opened."""
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        return open_shared_dir(directory, "metrics textfile directory"), name
+    except OSError as exc:
+        raise MetricsError(f"metrics textfile {path}: {exc.strerror or exc}") from exc
+
+
 def from_textfile(path: str) -> AgentMetrics:
     """Metrics whose counters continue those of the textfile an earlier run wrote.
 
     A missing file starts from zero; an unreadable or garbled one too, with a
-    warning (counters restarting is what Prometheus handles as a reset). A
-    symlink, or a file or directory that is not safely ours, is refused
-    (UnsafePath): it is not read, so nothing of a foreign file reaches the log.
+    warning (counters restarting is what Prometheus handles as a reset), and so
+    does one that is not ours or not a regular file, a symlink for one: it is
+    not read, so nothing of a foreign file reaches the log, and the write
+    replaces it. A directory others may write (not sticky) is refused (UnsafePath).
     """
     metrics = AgentMetrics()
-    check_dir(os.path.dirname(os.path.abspath(path)), "metrics textfile directory")
+    dir_fd, name = _textfile_dir(path)
     try:
-        fd = open_own(path, os.O_RDONLY, "metrics textfile")
+        fd = open_own(name, os.O_RDONLY, "metrics textfile", dir_fd=dir_fd)
         with open(fd, encoding="utf-8") as file:
             restore(metrics, file)  # line by line: the per-slice lines are most of it
     except FileNotFoundError:
         return metrics
+    except UnsafePath as exc:
+        problem = str(exc).partition(": ")[2]  # "refused: is a symlink"
+        log.warning("metrics textfile %s %s; counters restart, the file is replaced", path, problem)
+        return AgentMetrics()
     except (OSError, UnicodeDecodeError) as exc:
         log.warning("metrics textfile %s unreadable, counters restart: %s", path, exc)
         return AgentMetrics()
     except ValueError as exc:
         log.warning("metrics textfile %s garbled, counters restart: %s", path, exc)
         return AgentMetrics()
+    finally:
+        os.close(dir_fd)
     return metrics
 
 
 def write_textfile(path: str, metrics: AgentMetrics) -> None:
-    """Write the metrics for node_exporter's textfile collector, atomically.
+    """Write the metrics for node_exporter's textfile collector, atomically, in a
+    directory that may be node_exporter's (:func:`~bwenforcer.files.atomic.open_shared_dir`).
 
     The temp file's name does not end in ``.prom``, so the collector never reads
     a half-written file.
     """
-    check_dir(os.path.dirname(os.path.abspath(path)), "metrics textfile directory")
+    dir_fd, name = _textfile_dir(path)
     try:
-        replace_file(path, (part.encode() for part in exposition_parts(metrics)), TEXTFILE_MODE)
+        replace_at(
+            dir_fd, name, (part.encode() for part in exposition_parts(metrics)), TEXTFILE_MODE
+        )
     except OSError as exc:
         what = f"metrics textfile {path}"
         raise disk_full(exc, what) or MetricsError(f"{what}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(dir_fd)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, TextIO
 from bwenforcer.core.policy import tree_rates_bps
 from bwenforcer.core.units import human_rate, human_size
 from bwenforcer.errors import UsageError
+from bwenforcer.files.tools import find_tool
 from bwenforcer.kernel.sandbox import Pair, namespace_pair
 from bwenforcer.modes.traffic import start_sender, start_sink
 from bwenforcer.views.table import render_table
@@ -151,10 +152,8 @@ def run_demo(
     if os.geteuid() != 0:
         raise UsageError("demo needs root (it creates network namespaces and HTB classes)")
     for tool in ("ip", "nft", "setpriv"):
-        if shutil.which(tool) is None:
-            raise UsageError(
-                f"demo needs {tool!r} on PATH (Debian: iproute2, nftables, util-linux)"
-            )
+        if find_tool(tool) is None:
+            raise UsageError(f"demo needs {tool!r} (Debian: iproute2, nftables, util-linux)")
     from bwenforcer.core.units import parse_rate_bps
     from bwenforcer.cycle.agent import Agent, load_desired
     from bwenforcer.inputs.config import load_config

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from typing import IO
 
+from bwenforcer.files.tools import tool_path
+
 # Discards whatever arrives on a TCP port (IPv4 and IPv6) until its time is up.
 _SINK = """
 import socket, sys, threading, time
@@ -84,7 +86,17 @@ def system_python() -> str:
 
 def start_sink(netns: str, port: int, seconds: float) -> subprocess.Popen[str]:
     """Start a sink and wait until it listens."""
-    argv = ["ip", "netns", "exec", netns, system_python(), "-c", _SINK, str(port), str(seconds)]
+    argv = [
+        tool_path("ip"),
+        "netns",
+        "exec",
+        netns,
+        system_python(),
+        "-c",
+        _SINK,
+        str(port),
+        str(seconds),
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     proc.stdout.readline()  # "ready"
@@ -104,8 +116,8 @@ def start_sender(
 ) -> subprocess.Popen[bytes]:
     """Start a sender as ``uid``; it stops by itself after its bounds. Errors go to ``log``."""
     argv = [
-        "ip", "netns", "exec", netns,
-        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        tool_path("ip"), "netns", "exec", netns,
+        tool_path("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
         system_python(), "-c", _SENDER,
         host, str(port), str(max_bytes), str(seconds), str(rate_bps),
     ]  # fmt: skip

@@ -71,6 +71,8 @@ def _read_state(path: str) -> State:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise StateCorrupt(f"{path}: not valid JSON: {exc}") from exc
+    except ValueError as exc:  # an integer beyond Python's conversion limit (4,300 digits)
+        raise StateCorrupt(f"{path}: a number too long to read ({exc})") from exc
     return state_from_json(data, path)
 
 

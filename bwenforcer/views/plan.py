@@ -123,6 +123,8 @@ def summary_line(result: CycleResult) -> str:
     capped = sum(live.state.default.capped + live.state.exempt.capped for live in plan.live)
     mails = "" if result.outcome is None else f", {result.outcome.mails_sent} mail(s) sent"
     failed = len(result.failures) + len(result.source_errors)
+    if result.outcome is not None:  # a mail not delivered (failed, or deferred) is one too
+        failed += result.outcome.mails_failed + result.outcome.mails_deferred
     return (
         f"sync {result.result} in {result.duration_s:.2f}s: {len(plan.live)} slices,"
         f" {capped} class(es) capped, {len(plan.kernel_ops())} kernel change(s){mails},"

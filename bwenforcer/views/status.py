@@ -121,9 +121,31 @@ def status_order(view: SliceView) -> tuple[bool, float, str]:
     return (not view.capped, -max(c.fraction for c in view.classes), view.name)
 
 
-def slice_views(state: State, snapshot: KernelSnapshot | None) -> list[SliceView]:
-    """Every live slice, in status order."""
-    return sorted((slice_view(st, snapshot) for st in state.slices.values()), key=status_order)
+@dataclass(frozen=True)
+class StatusFilter:
+    """Which slices ``status`` shows: only capped ones, only one name (None: all)."""
+
+    capped: bool = False
+    name: str | None = None
+
+    def keeps(self, name: str, capped: bool) -> bool:
+        """Whether a slice of this name, capped or not, is shown."""
+        return (not self.capped or capped) and (self.name is None or name == self.name)
+
+
+ALL = StatusFilter()
+
+
+def slice_views(
+    state: State, snapshot: KernelSnapshot | None, only: StatusFilter = ALL
+) -> list[SliceView]:
+    """Every live slice ``only`` keeps, in status order."""
+    views = (
+        slice_view(st, snapshot)
+        for st in state.slices.values()
+        if only.name is None or st.name == only.name
+    )
+    return sorted((v for v in views if only.keeps(v.name, v.capped)), key=status_order)
 
 
 # One class's --json keys, named by the state's field table (docs/interfaces.md: ceil in
@@ -167,8 +189,12 @@ def ledger_entries(state: State) -> list[tuple[str, LedgerEntry]]:
     return sorted(state.ledger.items(), key=lambda item: (item[1].expires_s, item[0]))
 
 
-def status_json(state: State, snapshot: KernelSnapshot | None) -> dict[str, Any]:
-    """``status --json``: ``{"slices": [...], "ledger": [...]}`` as in docs/interfaces.md."""
+def status_json(
+    state: State, snapshot: KernelSnapshot | None, only: StatusFilter = ALL
+) -> dict[str, Any]:
+    """``status --json``: ``{"slices": [...], "ledger": [...]}`` as in docs/interfaces.md,
+    the slices and ledger entries ``only`` keeps.
+    """
     return {
         "slices": [
             {
@@ -178,9 +204,13 @@ def status_json(state: State, snapshot: KernelSnapshot | None) -> dict[str, Any]
                 "period_end": v.period_end_s,
                 "classes": _classes_json(v.classes),
             }
-            for v in slice_views(state, snapshot)
+            for v in slice_views(state, snapshot, only)
         ],
-        "ledger": [ledger_entry_json(name, entry) for name, entry in ledger_entries(state)],
+        "ledger": [
+            ledger_entry_json(name, entry)
+            for name, entry in ledger_entries(state)
+            if only.keeps(name, entry.slice.default.capped or entry.slice.exempt.capped)
+        ],
     }
 
 
@@ -239,18 +269,25 @@ def fit_names(names: Sequence[str], room: int) -> list[str]:
 
 
 def status_table(
-    state: State, snapshot: KernelSnapshot | None, now_s: int, colour: bool = False
+    state: State,
+    snapshot: KernelSnapshot | None,
+    now_s: int,
+    colour: bool = False,
+    *,
+    fit: bool = True,
+    only: StatusFilter = ALL,
 ) -> str:
-    """``status``: a row per slice class, capped slices first, within STATUS_WIDTH columns.
+    """``status``: a row per slice class of the slices ``only`` keeps, capped slices first.
 
-    Long slice names are cut (``show`` has the whole name); ``colour`` marks capped
-    classes in red.
+    With ``fit`` (a terminal), within STATUS_WIDTH columns: long slice names are cut
+    (``show`` has the whole name); without (a pipe), names are whole, for grep.
+    ``colour`` marks capped classes in red.
     """
-    views = slice_views(state, snapshot)
+    views = slice_views(state, snapshot, only)
     missing = "-" if snapshot is None else "no class"  # a cycle will create it
     lines = [state_age(state.saved_s, now_s)]
     if not views:
-        lines.append("no live slices")
+        lines.append("no live slices" if only == ALL else "no live slice matches")
     else:
         rows = [
             [
@@ -270,10 +307,11 @@ def status_table(
         ]
         # what the columns after the name take, each with its two-space gap
         others = sum(w + len(COLUMN_GAP) for w in column_widths(STATUS_HEADER, rows)[1:])
-        for row, name in zip(
-            rows, fit_names([r[0] for r in rows], STATUS_WIDTH - others), strict=True
-        ):
-            row[0] = name
+        if fit:
+            for row, name in zip(
+                rows, fit_names([r[0] for r in rows], STATUS_WIDTH - others), strict=True
+            ):
+                row[0] = name
         highlight = [colour and c.capped for v in views for c in v.classes]
         lines += render_table(STATUS_HEADER, rows, highlight)
     if state.ledger:

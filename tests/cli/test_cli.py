@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 
 from bwenforcer.cli import JournalFormatter, build_parser, main
+from bwenforcer.commands.inspect import NOW_ENV
+from bwenforcer.store.state import StateStore
+from tests.cli.test_cli_inspect import write_config
 from tests.kernel_helpers import VENV_BIN
+from tests.views.test_inspection import NOW, fixed_state
 
 BAD_CONFIG = "device: v0\nnode_cap: 12 parsecs\n"
 
@@ -176,3 +180,37 @@ def test_a_warning_is_priority_4_on_every_line_of_its_record() -> None:
     record = logging.LogRecord("bwenforcer.x", logging.WARNING, __file__, 1, "a\nb", None, None)
     text = JournalFormatter("%(name)s: %(message)s").format(record)
     assert text.splitlines() == ["<4>bwenforcer.x: a", "<4>b"]
+
+
+def test_a_latin1_stdout_gets_escapes_not_a_traceback(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "bwtest-none0")
+    StateStore(str(tmp_path / "state.json")).save(fixed_state(), NOW - 125)
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1", NOW_ENV: str(NOW)}
+    done = subprocess.run(
+        [str(VENV_BIN / "bwenforcer"), "--config", str(cfg), "show", "pl_heavy"],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"Traceback" not in done.stderr
+    assert b"\\u2192" in done.stdout  # the period's arrow, escaped
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tc", "get", "--dev", "bwtnodev0", "9" * 5000],
+        ["tc", "off", "--dev", "bwtnodev0", "9" * 5000],
+        ["show", "9" * 5000],
+        ["report", "--since", "9" * 5000 + "s"],
+    ],
+)
+def test_a_5000_digit_argument_is_one_short_line(tmp_path: Path, argv: list[str]) -> None:
+    cfg = write_config(tmp_path, "bwtnodev0")
+    done = cli("--config", str(cfg), *argv)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and len(lines[0]) < 250, done.stderr[:300]

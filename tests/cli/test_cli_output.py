@@ -162,6 +162,28 @@ def test_tc_verbs_print_one_summary_line_and_none_with_q(ns: Netns, tmp_path: Pa
 
 
 @pytest.mark.kernel
+def test_tc_verbs_take_slice_names_before_unix_accounts(ns: Netns, tmp_path: Path) -> None:
+    cfg = str(node_config(tmp_path))
+    # "daemon" is also a Unix account (uid 1): the slices file's name comes first
+    (tmp_path / "slices.yaml").write_text(SLICES + "  - {name: daemon, xid: 1202, rspec: {}}\n")
+    assert bwenforcer_in(ns, "tc", "init", "--config", cfg).returncode == 0
+    for name, xid in (("pl_alice", 1201), ("daemon", 1202)):
+        on = bwenforcer_in(ns, "tc", "on", name, "--max", "2mbit", "--config", cfg)
+        assert on.returncode == 0, on.stderr
+        assert on.stdout.startswith(f"tc on: xid {xid} on v0: "), on.stdout
+        rows = json.loads(bwenforcer_in(ns, "tc", "get", name, "--json", "--config", cfg).stdout)
+        assert [(r["xid"], r["slice"], r["max_rate"]) for r in rows] == [(xid, name, 2_000_000)]
+        off = bwenforcer_in(ns, "tc", "off", name, "--config", cfg)
+        assert off.stdout == f"tc off: xid {xid} on v0: classes removed\n", off.stderr
+    (tmp_path / "slices.yaml").write_text("slices: []\n")  # only the state knows it now
+    StateStore(str(tmp_path / "state.json")).save(
+        State(slices={1201: live("pl_alice", 1201, cls(0, 10**9))}), NOW
+    )
+    on = bwenforcer_in(ns, "tc", "on", "pl_alice", "--config", cfg)
+    assert on.returncode == 0 and on.stdout.startswith("tc on: xid 1201 on v0: "), on.stderr
+
+
+@pytest.mark.kernel
 def test_a_failed_slice_is_reported_once_on_stderr(ns: Netns, tmp_path: Path) -> None:
     cfg = node_config(tmp_path)
     (tmp_path / "slices.yaml").write_text(
@@ -173,6 +195,26 @@ def test_a_failed_slice_is_reported_once_on_stderr(ns: Netns, tmp_path: Path) ->
     hits = [line for line in done.stderr.splitlines() if "pl_bad" in line]
     assert len(hits) == 1, done.stderr
     assert "1 failure(s)" in done.stdout
+
+
+@pytest.mark.kernel
+def test_a_failed_spool_mail_is_counted_in_the_summary_line(ns: Netns, tmp_path: Path) -> None:
+    cfg = node_config(tmp_path)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o770)
+    spool.chmod(0o770)  # others could plant files: every mail into it fails
+    with cfg.open("a") as f:
+        f.write(
+            f"mail: {{transport: spool, operators: [ops@example.org], spool: {{dir: {spool}}}}}\n"
+        )
+    (tmp_path / "slices.yaml").write_text(
+        "slices:\n  - {name: pl_alice, xid: 1201, rspec: {net_thresh_kbyte: 0}}\n"
+    )
+    assert bwenforcer_in(ns, "--config", str(cfg), "tc", "init").returncode == 0
+    done = bwenforcer_in(ns, "--config", str(cfg), "sync")
+    assert done.returncode == 1, done.stderr
+    assert "notification failed" in done.stderr
+    assert ", 0 mail(s) sent, 1 failure(s)\n" in done.stdout, done.stdout
 
 
 class RefusingKernel:
@@ -210,3 +252,30 @@ def test_a_refused_reset_is_reported_once(
     logged = [r.getMessage() for r in caplog.records if "ceil not lifted" in r.getMessage()]
     assert len(logged) == 1 and "refused" in logged[0]  # the log line is the report
     assert "ceil not lifted" not in err  # not printed a second time
+
+
+def test_status_piped_has_whole_names_and_filters_by_capped_and_slice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(NOW_ENV, str(NOW))
+    config = make_config(tmp_path)
+    use_config(monkeypatch, config)
+    state = big_state()
+    StateStore(config.state_file).save(state, NOW - 10)
+
+    def status(*argv: str) -> str:
+        assert main(["status", *argv]) == 0
+        return capsys.readouterr().out
+
+    piped = status()  # captured stdout is no terminal: what `status | grep` reads
+    assert f"\n{LONG} " in piped and f"\n{LONG}_2 " in piped and "…" not in piped
+    capped = status("--capped")
+    assert LONG in capped and f"{LONG}_2" not in capped  # the second slice is not capped
+    only = status("--slice", f"{LONG}_2")
+    assert f"{LONG}_2" in only and f"\n{LONG} " not in only
+    assert "no live slice matches" in status("--slice", "pl_nobody")
+    doc = json.loads(status("--json", "--capped"))
+    assert [s["name"] for s in doc["slices"]] == [LONG]
+    assert [e["name"] for e in doc["ledger"]] == [LONG]  # capped when it died
+    doc = json.loads(status("--json", "--slice", f"{LONG}_2"))
+    assert [s["name"] for s in doc["slices"]] == [f"{LONG}_2"] and doc["ledger"] == []

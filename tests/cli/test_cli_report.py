@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bwenforcer.cli import main
+from bwenforcer.commands.inspect import NOW_ENV
 from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.history.file import save_history
 from bwenforcer.history.usage import CycleUsage, History
@@ -154,6 +155,32 @@ def test_since_and_slice_filter(cfg: Path, capsys: pytest.CaptureFixture[str]) -
     assert [o["bucket_start"] for o in json.loads(out)] == [at("2026-11-01T00:00")]
 
 
+@pytest.mark.parametrize(
+    ("since", "first_bucket"),
+    [
+        ("24h", "2026-11-01"),  # now is 2026-11-02 12:00: from 2026-11-01 12:00
+        ("1d", "2026-11-01"),
+        ("3d", "2026-10-30"),  # from 2026-10-30 12:00: that day's bucket whole
+        ("7d", "2026-10-30"),
+        ("1h30m", None),
+        ("yesterday", "2026-11-01"),  # from 2026-11-01 00:00 UTC
+        ("today", None),
+    ],
+)
+def test_since_takes_times_before_now_and_days(
+    cfg: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    since: str,
+    first_bucket: str | None,
+) -> None:
+    monkeypatch.setenv(NOW_ENV, str(at("2026-11-02T12:00")))
+    code, out, err = run(capsys, cfg, "--since", since, "--json")
+    assert code == 0, err
+    starts = [o["bucket_start"] for o in json.loads(out)]
+    assert (min(starts) if starts else None) == (first_bucket and at(first_bucket + "T00:00"))
+
+
 def test_empty_results_are_not_errors(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, cfg, "--slice", "pl_nobody")
     assert (code, out) == (0, "")
@@ -200,8 +227,9 @@ def test_damaged_history_exits_5_and_is_left_in_place(
 @pytest.mark.parametrize(
     "argv",
     [
-        ("--since", "yesterday"),
+        ("--since", "last tuesday"),
         ("--since", "2026-13-01"),
+        ("--since", "3600"),
         ("--by", "week"),
         ("--json", "--csv"),
     ],
@@ -209,9 +237,11 @@ def test_damaged_history_exits_5_and_is_left_in_place(
 def test_bad_arguments_exit_2_with_one_line(
     cfg: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
 ) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--config", str(cfg), "report", *argv])
-    assert exit_info.value.code == 2
+    try:
+        code = main(["--config", str(cfg), "report", *argv])
+    except SystemExit as exit_info:  # argparse's own checks
+        code = exit_info.code  # type: ignore[assignment]
+    assert code == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("bwenforcer: ") and err.count("\n") == 1

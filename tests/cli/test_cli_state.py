@@ -222,3 +222,20 @@ def test_bad_legacy_slice_is_logged_by_name(
     code, out, _ = run(capsys, "--config", str(cfg), "state", "import-legacy", str(legacy))
     assert code == 0 and out.startswith("imported 1 slices")
     assert "skipping slice pl_bad (6): MaxRate = -1" in caplog.text
+
+
+def test_check_of_a_5000_digit_number_is_one_line(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = StateStore(str(state_path(cfg)))
+    store.save(make_state(2), NOW_S)
+    text = state_path(cfg).read_text()
+    assert '"used_bytes":' in text
+    state_path(cfg).write_text(
+        text.replace('"used_bytes":', '"used_bytes":' + "9" * 5000 + ',"x":', 1)
+    )
+    code, out, err = run(capsys, "--config", str(cfg), "state", "check")
+    assert code == 5, err
+    assert "Traceback" not in err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{store.path}: a number too long to read"), out

@@ -128,7 +128,7 @@ def test_a_symlink_planted_at_the_temp_name_never_redirects_the_write(
     # act at that instant; the file system under it is real.)
     def attacker_first(path: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:
         if not planted and ".tmp" in os.fspath(path) and flags & os.O_CREAT:
-            os.symlink(victim, path)
+            os.symlink(victim, path, dir_fd=kw.get("dir_fd"))  # where the writer opens it
             planted.append(os.fspath(path))
         return real_open(path, flags, mode, **kw)
 
@@ -161,17 +161,40 @@ def test_temp_names_are_unpredictable(tmp_path: Path, monkeypatch: pytest.Monkey
 # --- the metrics textfile and the spool ------------------------------------------------
 
 
-def test_a_symlinked_textfile_is_refused_and_nothing_of_its_target_logged(
+def test_a_symlinked_textfile_is_not_read_but_replaced_and_nothing_of_its_target_logged(
     tmp_path: Path, victim: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     prom = _dir(tmp_path / "textfile", 0o755) / "bwenforcer.prom"
     prom.symlink_to(victim)
-    with caplog.at_level(logging.DEBUG), pytest.raises(Error) as caught:
-        from_textfile(str(prom))
-    _one_line(caught.value, str(prom), "refused: is a symlink")
-    assert "precious" not in caplog.text + str(caught.value)
-    assert caught.value.exit_code == 5
+    with caplog.at_level(logging.DEBUG):
+        metrics = from_textfile(str(prom))
+    assert f"metrics textfile {prom} refused: is a symlink; counters restart" in caplog.text
+    assert "precious" not in caplog.text
+    write_textfile(str(prom), metrics)
+    assert not prom.is_symlink() and "bwenforcer_" in prom.read_text()
     assert victim.read_text() == VICTIM_TEXT
+
+
+def test_a_textfile_directory_of_another_user_is_written_through_its_fd(tmp_path: Path) -> None:
+    # Debian's node_exporter textfile directory belongs to prometheus, mode 755
+    textfile = _dir(tmp_path / "node-exporter", 0o755)
+    os.chown(textfile, 65534, 65534)
+    prom = textfile / "bwenforcer.prom"
+    write_textfile(str(prom), from_textfile(str(prom)))
+    assert prom.stat().st_uid == os.geteuid() and prom.stat().st_mode & 0o777 == 0o644
+    write_textfile(str(prom), from_textfile(str(prom)))  # read back, replaced again
+    assert sorted(p.name for p in textfile.iterdir()) == ["bwenforcer.prom"]
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775])
+def test_a_textfile_directory_others_can_write_without_sticky_bit_is_refused(
+    tmp_path: Path, mode: int
+) -> None:
+    textfile = _dir(tmp_path / "node-exporter", mode)
+    with pytest.raises(Error) as caught:
+        write_textfile(str(textfile / "bwenforcer.prom"), AgentMetrics())
+    _one_line(caught.value, str(textfile), "refused: writable by others")
+    assert list(textfile.iterdir()) == []
 
 
 def test_a_symlink_at_the_spool_file_name_is_replaced_not_followed(
@@ -205,7 +228,7 @@ UNSAFE = ["group-writable", "world-writable sticky", "owned by another uid"]
 
 
 @pytest.mark.parametrize("how", UNSAFE)
-@pytest.mark.parametrize("writer", ["state lock", "state", "history", "textfile"])
+@pytest.mark.parametrize("writer", ["state lock", "state", "history"])
 def test_a_directory_others_can_write_is_refused_with_one_line(
     tmp_path: Path, how: str, writer: str
 ) -> None:
@@ -214,7 +237,6 @@ def test_a_directory_others_can_write_is_refused_with_one_line(
         "state lock": lambda: StateStore(str(directory / "s.json")).lock(1).__enter__(),
         "state": lambda: StateStore(str(directory / "s.json")).save(make_state(1), NOW_S),
         "history": lambda: save_history(History(), str(directory / "s.json.history")),
-        "textfile": lambda: write_textfile(str(directory / "b.prom"), AgentMetrics()),
     }[writer]
     with pytest.raises(StateError) as caught:
         write()
@@ -246,6 +268,24 @@ def test_a_parent_others_can_write_without_sticky_bit_is_refused(tmp_path: Path)
     parent = _dir(tmp_path / "shared", 0o777)  # anyone may rename our directory away
     with pytest.raises(StateError, match=f"{parent}: refused: writable by others"):
         StateStore(str(_dir(parent / "state") / "s.json")).save(make_state(1), NOW_S)
+
+
+@pytest.mark.parametrize("writer", ["state lock", "state", "history", "spool"])
+def test_nothing_is_created_under_a_parent_others_can_write(tmp_path: Path, writer: str) -> None:
+    parent = _dir(tmp_path / "shared", 0o777)
+    missing = parent / "state" / "deeper"
+    write: Callable[[], object] = {
+        "state lock": lambda: StateStore(str(missing / "s.json")).lock(1).__enter__(),
+        "state": lambda: StateStore(str(missing / "s.json")).save(make_state(1), NOW_S),
+        "history": lambda: save_history(History(), str(missing / "s.json.history")),
+        "spool": lambda: make_transport(
+            replace(MAIL, transport="spool", spool_dir=str(missing))
+        ).send(message()),
+    }[writer]
+    with pytest.raises(Error) as caught:
+        write()
+    _one_line(caught.value, f"{parent}: refused: writable by others")
+    assert list(parent.iterdir()) == []  # refused before anything was created
 
 
 @pytest.mark.kernel

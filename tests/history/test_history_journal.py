@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bwenforcer.core.settings import HistoryConfig
+from bwenforcer.errors import UnsafePath
 from bwenforcer.history.file import decode_history, read_history, save_history
 from bwenforcer.history.journal import encode_cycle, journal_path
 from bwenforcer.history.recorder import HistoryRecorder
@@ -210,3 +211,16 @@ def test_the_record_of_a_cycle_whose_state_was_never_saved_is_dropped(tmp_path: 
     assert totals(read_history(path))[0][2] == 7
     recorder.record(T0 + 900, 300, usage(("pl_a", 6, 0)), base_s=T0 + 600)  # a daemon's next
     assert totals(read_history(path))[0][2] == 13
+
+
+def test_dropping_an_unsaved_record_refuses_a_hard_linked_journal(tmp_path: Path) -> None:
+    path = str(tmp_path / "h")
+    HistoryRecorder(path, CFG).record(T0, 300, usage(("pl_a", 7, 0)), base_s=0)  # saved at T0
+    HistoryRecorder(path, CFG).record(T0 + 300, 300, usage(("pl_a", 5, 0)), base_s=T0)  # killed
+    journal = Path(journal_path(path))
+    other = tmp_path / "someone-elses-file"
+    os.link(journal, other)  # a second name of the journal's inode
+    before = other.read_bytes()
+    with pytest.raises(UnsafePath, match="hard links"):
+        HistoryRecorder(path, CFG).record(T0 + 600, 300, usage(("pl_a", 1, 0)), base_s=T0)
+    assert other.read_bytes() == before  # not truncated through the link

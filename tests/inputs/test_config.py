@@ -341,6 +341,8 @@ def test_values_out_of_bounds_give_one_line_naming_the_key(
         ("node_cap: 1.0e+30\nbwmax: 1.0e+30\n", ["sync", "--dry-run"]),
         ("period_anchor: {every: week, on: monday}\nperiod_anchor: null\n", ["status"]),
         ("mail: {slice_address: '{slice}@{node}.org'}\n", ["sync", "--dry-run"]),
+        ("lock_timeout: " + "9" * 5000 + "\n", ["sync"]),
+        ("history: {hourly_keep: " + "9" * 5000 + "}\n", ["status"]),
     ],
 )
 def test_the_command_line_reports_a_bad_config_in_one_line(

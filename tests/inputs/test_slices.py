@@ -583,3 +583,43 @@ def test_slice_names_follow_plcs_rule(name: str) -> None:
     plc_ok = re.fullmatch(PLC_SLICE_NAME.strip("^$"), name) is not None
     plain_ok = re.fullmatch(r"[a-z0-9_]{1,64}", name) is not None
     assert (desired.errors == ()) == (plc_ok or plain_ok), (name, desired.errors)
+
+
+def test_a_5000_digit_number_skips_its_record_only(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    huge = "9" * 5000
+    path.write_text(
+        "slices:\n"
+        f"  - {{name: pl_a, xid: 10, rspec: {{net_max_kbyte: {huge}}}}}\n"
+        f"  - {{name: pl_b, xid: {huge}}}\n"
+        "  - {name: pl_c, xid: 12}\n"
+    )
+    cfg = Config(state_file=str(tmp_path / "state.json"))
+    desired = load_slices_file(str(path), cfg)
+    assert [s.name for s in desired.slices] == ["pl_c"]
+    assert [e.split(": ", 2)[2] for e in desired.errors] == [
+        "slice pl_a: net_max_kbyte: <a number of 5000 digits> is not a number; skipped",
+        "slice pl_b: xid <a number of 5000 digits> is not a whole number; skipped",
+    ]
+    assert load_slices_file(str(path), cfg).errors == desired.errors  # and once more (cache)
+
+
+def test_a_nan_record_is_logged_once_per_change_of_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    slices = tmp_path / "slices.yaml"
+    slices.write_text(
+        "slices:\n  - {name: pl_a, xid: 1, rspec: {net_max_rate: .nan}}\n  - {name: pl_b, xid: 2}\n"
+    )
+    config = Config(state_file=str(tmp_path / "state.json"))
+    with caplog.at_level(logging.ERROR):
+        for _cycle in range(3):  # three cron runs of sync
+            desired = load_slices_file(str(slices), config)
+            assert [s.name for s in desired.slices] == ["pl_b"]
+            assert len(desired.errors) == 1 and "nan" in desired.errors[0]
+    assert len([r for r in caplog.records if "pl_a" in r.getMessage()]) == 1
+    slices.write_text(slices.read_text() + "  - {name: pl_c, xid: 3}\n")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        load_slices_file(str(slices), config)
+    assert len([r for r in caplog.records if "pl_a" in r.getMessage()]) == 1  # changed: again

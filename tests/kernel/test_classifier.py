@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from bwenforcer.core.model import ClassRates
 from bwenforcer.errors import ClassifierError, ConfigError
+from bwenforcer.files.tools import find_tool
 from bwenforcer.kernel.classifier import Classifier, ClassifierSpec, render_ruleset, spec_digest
 from bwenforcer.kernel.htb import HtbBackend
 from bwenforcer.modes.traffic import start_sender, start_sink
@@ -199,3 +201,24 @@ def test_nodemanager_mode_renders_no_uid_maps() -> None:
     assert "meta mark 1-0xffe ip daddr @exempt4 meta mark set meta mark or 0x2000" in script
     with pytest.raises(ConfigError, match="mode 'none'"):
         Classifier(mode="none")
+
+
+def test_nft_and_ip_are_found_with_debian_crons_path(
+    ns: Netns, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as cron:
+        cron.setenv("PATH", "/usr/bin:/bin")  # Debian cron's: no /usr/sbin, where nft and ip are
+        classifier = Classifier(netns=ns.name)
+        classifier.apply(ClassifierSpec((1234,), ()))
+    assert classifier.nft.startswith("/") and classifier.prefix[0].startswith("/")
+    listed = ns.run("nft", "list", "table", "inet", "bwenforcer", check=False)
+    assert listed.returncode == 0 and "1234" in listed.stdout, listed.stderr
+
+
+def test_a_tool_is_looked_up_in_the_system_directories_before_path(tmp_path: Path) -> None:
+    decoy = tmp_path / "nft"
+    decoy.write_text("#!/bin/sh\n")
+    decoy.chmod(0o755)
+    assert find_tool("nft", {"PATH": str(tmp_path)}) == "/usr/sbin/nft"
+    assert find_tool("bwenforcer-no-such-tool", {"PATH": "/usr/bin:/bin"}) is None
+    assert find_tool(str(decoy), {"PATH": ""}) == str(decoy)  # a path is taken as given

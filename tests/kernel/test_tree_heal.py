@@ -119,3 +119,35 @@ def test_sync_rebuilds_a_deleted_tree_too(ns: Netns, tmp_path: Path) -> None:
     assert sync.returncode == 0, sync.stderr
     # still capped (a real clock: the ceil follows the time left, so compare with the state)
     assert tc_ceils(ns, "v0")[CAPPED] == _capped_ceil_bps(load_config(str(cfg))) < NODE_CAP_BPS
+
+
+def test_the_daemon_follows_the_configured_name_of_a_renamed_device(
+    ns: Netns, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load_config(str(_config(tmp_path)))
+    with HtbBackend("v0", netns=ns.name) as kernel:
+        kernel.init(config.node_cap_bps, config.bwmax_bps)
+    daemon = _daemon(ns, config)
+    daemon.run_once()
+    capped_bps = _capped_ceil_bps(config)
+    assert tc_ceils(ns, "v0")[CAPPED] == capped_bps
+
+    ns.ip("link", "set", "v0", "name", "v0old")  # an operator's rename: the same interface
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            daemon.run_once()  # the configured v0 is gone: not enforced on v0old
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert errors == ["cycle failed: device 'v0' missing"]  # once, until it changes
+    assert daemon.metrics._cycles["failed"] == 3
+
+    ns.ip("link", "set", "v1", "name", "v0")  # another interface takes the name
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        daemon.run_once()
+    ceils = tc_ceils(ns, "v0")  # the tree built on the new v0, the slices' classes in it
+    assert ceils[CAPPED] == capped_bps and ceils[FINE] == NODE_CAP_BPS
+    assert any("cycle ok again" in r.getMessage() for r in caplog.records)
+    ns.ip("link", "set", "v0old", "name", "v1")  # the old one comes back under another name
+    daemon.run_once()
+    assert tc_ceils(ns, "v0")[CAPPED] == capped_bps
+    assert daemon.metrics._cycles["ok"] == 3

@@ -10,6 +10,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from email.message import EmailMessage
@@ -23,7 +24,7 @@ from bwenforcer.core.settings import MailConfig
 from bwenforcer.errors import ConfigError, DeliveryError, MailDeadline
 from bwenforcer.mail.notice import CappedClass, Notice, build_message
 from bwenforcer.mail.transport import MailBudget, make_transport
-from tests.loopback import Sink, Stall, free_port
+from tests.loopback import DripController, Sink, Stall, free_port
 
 NOTICE = Notice(
     "pl_heavy",
@@ -161,6 +162,22 @@ def test_a_server_falling_silent_mid_session_spends_the_budget_for_the_messages_
     finally:
         stall.close()
     assert stall.accepted == 1  # the second message never connected
+
+
+def test_a_server_dripping_its_replies_is_cut_off_at_the_budget() -> None:
+    # one byte a second: every single read is well within the timeout, the whole
+    # conversation (a 40-byte greeting alone takes 40 s) far beyond it
+    controller = DripController(Sink(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        mail = replace(MAIL, smtp_port=controller.port, smtp_timeout_s=3)
+        started = time.monotonic()
+        with pytest.raises(DeliveryError, match=r"timed out after 3s$"):
+            make_transport(mail).send(message())
+        elapsed_s = time.monotonic() - started
+    finally:
+        controller.stop()
+    assert elapsed_s < 3 + 5, elapsed_s  # the deadline, not 40 s and more
 
 
 def test_mail_budget_starts_at_its_first_use_and_ends_once() -> None:

@@ -119,6 +119,29 @@ def test_cron_sync_writes_a_valid_textfile(ns: Netns, tmp_path: Path) -> None:
     assert [p.name for p in prom.parent.iterdir()] == ["bwenforcer.prom"]  # written atomically
 
 
+@pytest.mark.kernel
+def test_a_textfile_that_cannot_be_written_is_a_partial_cycle_not_an_unusable_state(
+    ns: Netns, tmp_path: Path
+) -> None:
+    (tmp_path / "slices.yaml").write_text("slices:\n  - {name: pl_t, xid: 51}\n")
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    textfile.chmod(0o777)  # others could plant files, no sticky bit: refused
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"device: v0\nnode_cap: 10mbit\nstate_file: {tmp_path}/s.json\n"
+        f"slices_file: {tmp_path}/slices.yaml\n"
+        f"metrics: {{listen: null, textfile: {textfile}/bwenforcer.prom}}\n"
+    )
+    assert bwenforcer_in(ns, "--config", str(cfg), "tc", "init").returncode == 0
+    done = bwenforcer_in(ns, "--config", str(cfg), "sync")
+    assert done.returncode == 1, done.stderr  # the cycle completed: not 5, state unusable
+    errors = [line for line in done.stderr.splitlines() if "metrics" in line]
+    assert len(errors) == 1 and "refused: writable by others" in errors[0], done.stderr
+    assert done.stdout.startswith("sync partial") and "1 failure(s)" in done.stdout
+    assert (tmp_path / "s.json").exists() and list(textfile.iterdir()) == []
+
+
 def _counter_lines(text: str) -> list[str]:
     """Every sample line except the per-slice ones (which only the latest cycle has)."""
     return sorted(

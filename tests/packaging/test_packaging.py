@@ -48,6 +48,118 @@ def test_units_pass_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
             assert hardening in text
 
 
+def test_the_cron_job_runs_with_a_path_holding_nft_ip_and_logger() -> None:
+    lines = (PACKAGING / "cron.d" / "bwenforcer").read_text().splitlines()
+    env = {"PATH": "/usr/bin:/bin"}  # what Debian's cron gives a job, unless the file says
+    for line in lines:
+        if "=" in line.split(" ", 1)[0] and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    jobs = [line for line in lines if line and not line.startswith("#") and "=" not in line[:20]]
+    assert len(jobs) == 1 and jobs[0].split()[6] == "/usr/bin/bwenforcer", jobs
+    for tool in ("nft", "ip", "logger"):
+        assert shutil.which(tool, path=env["PATH"]), f"{tool} not on the cron job's PATH"
+
+
+@pytest.mark.kernel
+def test_the_shipped_config_enforces_nothing_until_device_is_set(ns: Netns, tmp_path: Path) -> None:
+    # in a namespace, its paths moved under tmp_path: whatever the code does, the host's
+    # interfaces and /var/lib stay untouched
+    shipped = tmp_path / "bwenforcer.yaml"
+    shipped.write_text(
+        (TOP / "etc" / "bwenforcer.yaml")
+        .read_text()
+        .replace("/var/lib/bwenforcer/", f"{tmp_path}/lib/")
+        .replace("/etc/bwenforcer/", f"{TOP}/etc/")
+    )
+    bin_ = str(VENV_BIN / "bwenforcer")
+    for verb in ("sync", "daemon"):  # the daemon, too, exits at once: it holds no device
+        done = ns.run(bin_, "--config", str(shipped), verb, check=False, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == (
+            "bwenforcer: no device set in the config: nothing is enforced until `device:`"
+            " names the uplink\n"
+        )
+        assert done.stdout == ""
+    assert not (tmp_path / "lib").exists()  # nothing was created
+    tc = ns.run(bin_, "--config", str(shipped), "tc", "get", check=False)
+    assert tc.returncode == 2 and tc.stderr.count("\n") == 1 and "--dev" in tc.stderr
+    nodemanager = ns.run(
+        str(VENV_BIN / "python"), "-c",
+        "import sys; from bwenforcer import nodemanager; from bwenforcer.errors import Error\n"
+        "try:\n    nodemanager.start(config=sys.argv[1], db={}, lock=None)\n"
+        "except Error as exc:\n    print(exc)",
+        str(shipped), check=False,
+    )  # fmt: skip
+    assert "no device set in the config" in nodemanager.stdout, nodemanager.stderr
+
+
+def _readme_install_lines() -> list[str]:
+    readme = (TOP / "README.md").read_text()
+    block = readme[readme.index("## Install on a node") :].split("\n\n")[1]
+    return [line.strip() for line in block.splitlines() if line.strip().startswith("install ")]
+
+
+def test_the_readme_install_puts_every_file_the_config_names_in_place(tmp_path: Path) -> None:
+    lines = _readme_install_lines()
+    for line in lines:
+        argv = [w.replace("/etc/bwenforcer/", f"{tmp_path}/etc/bwenforcer/") for w in line.split()]
+        done = subprocess.run(argv, cwd=TOP, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, (line, done.stderr)
+    etc = tmp_path / "etc" / "bwenforcer"
+    installed = sorted(p.name for p in etc.iterdir())
+    # the same files as the Debian package's conffiles
+    assert installed == ["bwenforcer.yaml", "notice.txt", "slices.yaml"]
+    build = (PACKAGING / "build-deb").read_text()
+    assert all(f"/etc/bwenforcer/{name}" in build for name in installed)
+    config = (etc / "bwenforcer.yaml").read_text()
+    config = config.replace("/etc/bwenforcer/", f"{etc}/").replace(
+        "/var/lib/bwenforcer/", f"{tmp_path}/lib/"
+    )
+    config = config.replace("device: null ", "device: bwtnodev0 ")
+    config = config.replace("  template: null ", f"  template: {etc}/notice.txt ")
+    (etc / "bwenforcer.yaml").write_text(config)
+    # the first cron run: the config, the slices file and the template are all read
+    # (the device exists nowhere: the kernel is the first thing that fails, exit 4)
+    done = _run(str(VENV_BIN / "bwenforcer"), "--config", str(etc / "bwenforcer.yaml"), "sync")
+    assert done.returncode == 4, done.stderr
+    assert done.stderr == "bwenforcer: device 'bwtnodev0' missing\n"
+
+
+def test_the_timer_and_the_daemon_may_both_be_enabled() -> None:
+    sync_service = (PACKAGING / "bwenforcer-sync.service").read_text()
+    assert "Conflicts=" not in sync_service  # enabling both stopped the daemon for good
+    assert "SuccessExitStatus=1 3" in sync_service  # lock busy behind the daemon: no failure
+    assert "Conflicts=" not in (PACKAGING / "bwenforcer.service").read_text()
+
+
+@pytest.mark.kernel
+def test_a_sync_beside_a_running_daemon_takes_its_turn(ns: Netns, tmp_path: Path) -> None:
+    (tmp_path / "slices.yaml").write_text("slices:\n  - {name: pl_both, xid: 72, rspec: {}}\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(PACKAGED_CONFIG.format(tmp=tmp_path, port=free_port()))
+    bin_ = str(VENV_BIN / "bwenforcer")
+    assert ns.run(bin_, "--config", str(cfg), "tc", "init", check=False).returncode == 0
+    daemon = subprocess.Popen(
+        ["ip", "netns", "exec", ns.name, bin_, "--config", str(cfg), "daemon"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(3):  # a timer's cycles, while the daemon runs one every second
+            sync = ns.run(bin_, "--config", str(cfg), "sync", check=False)
+            assert sync.returncode == 0, sync.stderr
+        assert daemon.poll() is None  # neither stopped the other
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=15)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+            _, err = daemon.communicate(timeout=10)
+    assert daemon.returncode == 0 and "Traceback" not in err, err
+
+
 def test_grafana_dashboard_queries_our_metrics_in_valid_promql(tmp_path: Path) -> None:
     dash = json.loads((PACKAGING / "grafana-dashboard.json").read_text())
     queries = [t["expr"] for p in dash["panels"] for t in p["targets"]]
@@ -126,6 +238,16 @@ def test_deb_builds_installs_runs_and_lists_its_files(ns: Netns, tmp_path: Path)
     assert "python3-pyroute2" not in info  # Debian 12's 0.7 lacks netns sockets: bundled
     install = _apt_install(deb)
     assert install.returncode == 0, install.stderr[-2000:]
+    links = {  # what `systemctl enable bwenforcer.service bwenforcer-sync.timer` makes
+        Path("/etc/systemd/system/multi-user.target.wants/bwenforcer.service"):
+            "/lib/systemd/system/bwenforcer.service",
+        Path("/etc/systemd/system/timers.target.wants/bwenforcer-sync.timer"):
+            "/lib/systemd/system/bwenforcer-sync.timer",
+    }  # fmt: skip
+    for link, target in links.items():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
     try:
         files = _run("dpkg", "-L", "bwenforcer").stdout.splitlines()
         for path in (
@@ -172,6 +294,8 @@ def test_deb_builds_installs_runs_and_lists_its_files(ns: Netns, tmp_path: Path)
         "/usr/lib/python3/dist-packages/bwmon.py",
     ):
         assert not Path(path).exists(), f"{path} left behind"
+    for link in links:
+        assert not link.is_symlink(), f"{link} left behind"
     assert "bwmon" not in _run("dpkg-divert", "--list", "bwenforcer").stdout
 
 

@@ -38,7 +38,7 @@ from bwenforcer.history.usage import ReportRow
 from bwenforcer.store.codec import state_to_json
 from bwenforcer.views.plan import action_json, result_json
 from bwenforcer.views.report import row_json
-from bwenforcer.views.show import show_json
+from bwenforcer.views.show import find_slice, show_json
 from bwenforcer.views.status import ledger_json, status_json
 from tests.cli.test_cli_inspect import write_config
 from tests.kernel_helpers import bwenforcer_in
@@ -271,3 +271,40 @@ def test_every_command_on_a_node_prints_only_keys_of_the_table(ns: Netns, tmp_pa
     for command, (found, data_maps) in docs.items():
         unknown = sorted(set(keys_of(found, data_maps)) - set(KEYS))
         assert unknown == [], f"{command} --json: keys not in the table: {unknown}"
+
+
+INTERFACES = README.parent / "docs" / "interfaces.md"
+
+
+def documented_show_keys() -> dict[str, set[str]]:
+    """docs/interfaces.md's ``show --json`` bullet as {object: keys}: "" the document,
+    "class" a class, and each `name`: `{keys}` of a nested object."""
+    text = INTERFACES.read_text()
+    bullet = text[text.index("- `show --json`") : text.index("- `sync --json`")]
+    bullet = " ".join(bullet.split())
+    body = bullet.split(":", 1)[1]
+    top = re.search(r"`([a-z_ ]+)`", body)
+    a_class = re.search(r"a class \([^)]*\): `([a-z_ ]+)`", body)
+    assert top is not None and a_class is not None, bullet
+    keys = {"": set(top[1].split()), "class": set(a_class[1].split())}
+    for name, inner in re.findall(r"`([a-z_]+)`: (?:[^`]*?)`\{([a-z_ ]+)\}`", body):
+        keys[name] = set(inner.split())
+    return keys
+
+
+def test_the_show_json_keys_of_docs_interfaces_are_the_outputs() -> None:
+    dead = find_slice(fixed_state(), [], "pl_gone")
+    assert dead is not None and dead.ledger is not None
+    live, gone = show_json(heavy_report()), show_json(dead)
+    default = live["classes"]["default"]
+    assert default["kernel"] and default["next_cycle"] and live["history"] and gone["ledger"]
+    actual = {
+        "": set(live),
+        "class": set(default),
+        "kernel": set(default["kernel"]),
+        "next_cycle": set(default["next_cycle"]),
+        "ledger": set(gone["ledger"]),
+        "history": set(live["history"][0]),
+    }
+    assert set(gone) == actual[""] and set(gone["classes"]["exempt"]) == actual["class"]
+    assert documented_show_keys() == actual
