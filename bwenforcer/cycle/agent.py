@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bwenforcer.core.model import DesiredSet, KernelOp, KernelSnapshot, OpFailure, SliceState
+from bwenforcer.core.model import (
+    DesiredSet,
+    KernelOp,
+    KernelSnapshot,
+    OpFailure,
+    SliceState,
+    State,
+)
 from bwenforcer.core.plan import Notify, Plan
 from bwenforcer.core.policy import tree_rates_bps
 from bwenforcer.core.settings import Config
@@ -26,6 +33,8 @@ from bwenforcer.errors import DiskFull, Error, KernelError, TreeNotInitialised, 
 if TYPE_CHECKING:
     from bwenforcer.files.atomic import FileIdentity
     from bwenforcer.history.recorder import HistoryRecorder
+    from bwenforcer.inputs.cgroups import Discovery
+    from bwenforcer.kernel.classifier import CgroupClassifier
     from bwenforcer.kernel.htb import HtbBackend
     from bwenforcer.store.state import StateStore
 
@@ -119,6 +128,11 @@ class Agent:
     # only once it changed (YAML takes ~0.1 s at 4,000 slices).
     _desired: tuple[FileIdentity, DesiredSet] | None = field(default=None, init=False, repr=False)
 
+    # classifier.mode cgroup: the table's netlink socket and structure, kept across
+    # cycles; and the last scan of the cgroup tree (its tenants' current cgroup ids).
+    _cgroup_classifier: CgroupClassifier | None = field(default=None, init=False, repr=False)
+    discovery: Discovery | None = field(default=None, init=False, repr=False)
+
     # The last failure callers logged (see new_problem), so that a failure repeated
     # every interval (a device gone for hours) is logged once, not every cycle.
     _problem: str | None = field(default=None, init=False, repr=False)
@@ -142,6 +156,9 @@ class Agent:
         if self._kernel is not None:
             self._kernel.close()
             self._kernel = None
+        if self._cgroup_classifier is not None:
+            self._cgroup_classifier.close()
+            self._cgroup_classifier = None
 
     def new_problem(self, exc: BaseException) -> bool:
         """Whether a failed cycle's ``exc`` differs from the last one (log it if so).
@@ -193,7 +210,11 @@ class Agent:
             self._store = StateStore(self.config.state_file)
         dry_run = dry_run or self.config.dry_run
 
-        hooks = Hooks(classifier=self._classifier_hook(), before_save=self._record_history)
+        hooks = Hooks(
+            classifier=self._classifier_hook(),
+            before_save=self._record_history,
+            complete=self.with_cgroups if self.config.cgroups.tenants else None,
+        )
         try:
             result = run_cycle(
                 self.config,
@@ -237,7 +258,18 @@ class Agent:
         except (Error, OSError) as exc:
             log.error("usage history %s not updated: %s", self.config.history_file, exc)
 
+    def with_cgroups(self, desired: DesiredSet, state: State) -> DesiredSet:
+        """``desired`` plus the tenants of a fresh scan of the cgroup tree (their xids
+        from ``state`` by name); the scan is kept for the classifier.
+        """
+        from bwenforcer.inputs.cgroups import discover, merge
+
+        self.discovery = discover(self.config.cgroups)
+        return merge(desired, self.discovery, self.config, state)
+
     def _classifier_hook(self) -> Callable[[DesiredSet], None] | None:
+        if self.config.classifier.mode == "cgroup":
+            return self._apply_cgroups
         if self.config.classifier.mode != "uid":
             return None
         from bwenforcer.kernel.classifier import Classifier, ClassifierSpec
@@ -249,6 +281,23 @@ class Agent:
             classifier.apply(ClassifierSpec(tuple(s.xid for s in desired.slices), prefixes))
 
         return apply
+
+    def _apply_cgroups(self, desired: DesiredSet) -> None:
+        from bwenforcer.kernel.classifier import CgroupClassifier, CgroupSpec
+
+        if self._cgroup_classifier is None:
+            self._cgroup_classifier = CgroupClassifier(netns=self.netns)
+        units = self.discovery.by_name() if self.discovery is not None else {}
+        bindings = {units[s.name].cgroup_id: s.xid for s in desired.slices if s.name in units}
+        levels = tuple(p.level for p in self.config.cgroups.tenants)
+        try:
+            self._cgroup_classifier.apply(
+                CgroupSpec(bindings, levels, self.config.classifier.exempt_prefixes)
+            )
+        except Error:
+            self._cgroup_classifier.close()  # a fresh socket next cycle
+            self._cgroup_classifier = None
+            raise
 
 
 @dataclass(frozen=True)

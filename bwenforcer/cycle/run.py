@@ -107,6 +107,9 @@ class Hooks:
     """Optional steps after the kernel changes; each failure is logged and counted."""
 
     classifier: Callable[[DesiredSet], None] | None = None
+    # Completes the sources' slices once the state is loaded (under the lock): the
+    # cgroup tenants, whose xids the state keeps by name.
+    complete: Callable[[DesiredSet, State], DesiredSet] | None = None
     # Records the cycle in the usage history before the state is saved: a cycle
     # killed in between leaves a history record the next cycle drops, rather than
     # a saved cycle the history never hears of (the history has one writer: the
@@ -131,6 +134,8 @@ def run_cycle(
     lock = nullcontext() if dry_run else store.lock(config.lock_timeout_s)
     with lock:
         loaded = store.read_unlocked() if dry_run else store.load()
+        if hooks.complete is not None:
+            desired = hooks.complete(desired, loaded.state)
         snapshot = kernel.dump()
         now_s = int(clock())
         the_plan = plan(desired, snapshot, loaded.state, PlanParams.from_config(config), now_s)
