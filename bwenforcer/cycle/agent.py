@@ -265,7 +265,20 @@ class Agent:
         from bwenforcer.inputs.cgroups import discover, merge
 
         self.discovery = discover(self.config.cgroups)
-        return merge(desired, self.discovery, self.config, state)
+        bound = None
+        if self.config.classifier.mode == "cgroup":
+            try:
+                bound = self._cgroups_table().bindings()
+            except Error as exc:  # no table yet: nothing bound
+                log.debug("classifier maps not read: %s", exc)
+        return merge(desired, self.discovery, self.config, state, bound)
+
+    def _cgroups_table(self) -> CgroupClassifier:
+        from bwenforcer.kernel.classifier import CgroupClassifier
+
+        if self._cgroup_classifier is None:
+            self._cgroup_classifier = CgroupClassifier(netns=self.netns)
+        return self._cgroup_classifier
 
     def _classifier_hook(self) -> Callable[[DesiredSet], None] | None:
         if self.config.classifier.mode == "cgroup":
@@ -283,19 +296,16 @@ class Agent:
         return apply
 
     def _apply_cgroups(self, desired: DesiredSet) -> None:
-        from bwenforcer.kernel.classifier import CgroupClassifier, CgroupSpec
+        from bwenforcer.kernel.classifier import CgroupSpec
 
-        if self._cgroup_classifier is None:
-            self._cgroup_classifier = CgroupClassifier(netns=self.netns)
+        table = self._cgroups_table()
         units = self.discovery.by_name() if self.discovery is not None else {}
         bindings = {units[s.name].cgroup_id: s.xid for s in desired.slices if s.name in units}
         levels = tuple(p.level for p in self.config.cgroups.tenants)
         try:
-            self._cgroup_classifier.apply(
-                CgroupSpec(bindings, levels, self.config.classifier.exempt_prefixes)
-            )
+            table.apply(CgroupSpec(bindings, levels, self.config.classifier.exempt_prefixes))
         except Error:
-            self._cgroup_classifier.close()  # a fresh socket next cycle
+            table.close()  # a fresh socket next cycle
             self._cgroup_classifier = None
             raise
 

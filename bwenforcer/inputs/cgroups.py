@@ -18,7 +18,7 @@ import logging
 import os
 import pwd
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from bwenforcer.core.layout import XID_MAX
@@ -198,7 +198,13 @@ def discover(
     return Discovery(root, tuple(units.values()), tuple(errors))
 
 
-def merge(desired: DesiredSet, discovery: Discovery, config: Config, state: State) -> DesiredSet:
+def merge(
+    desired: DesiredSet,
+    discovery: Discovery,
+    config: Config,
+    state: State,
+    bound: Mapping[int, int] | None = None,
+) -> DesiredSet:
     """The slices file's (or node manager's) slices plus the cgroup tenants.
 
     A tenant the file also names takes the file's xid, and the file's rspec
@@ -206,6 +212,8 @@ def merge(desired: DesiredSet, discovery: Discovery, config: Config, state: Stat
     refused is left to the planner (which keeps such a slice as it was). Every
     other tenant gets its xid from :func:`allocate_xids`; a tenant no xid is
     left for is one error line, and its traffic stays in the default class.
+    ``bound`` is ``{cgroup id: xid}`` as the classifier's map holds it: a tenant
+    the kernel knows but the state does not (a crash between the two) keeps it.
     """
     if not discovery.units:
         if not discovery.errors:
@@ -226,7 +234,8 @@ def merge(desired: DesiredSet, discovery: Discovery, config: Config, state: Stat
         slices.append(DesiredSlice(s.name, s.xid, default, exempt, origin, s.rspec))
     fresh = [u for u in discovery.units if u.name not in listed and u.name not in refused]
     taken = {s.xid for s in desired.slices} | {r.xid for r in desired.invalid if r.xid is not None}
-    allocation = allocate_xids((u.name for u in fresh), taken, state)
+    kernel = {u.name: bound[u.cgroup_id] for u in fresh if bound and u.cgroup_id in bound}
+    allocation = allocate_xids((u.name for u in fresh), taken, state, kernel)
     resolved: dict[int, tuple[ClassPolicy, ClassPolicy, dict[str, str]]] = {}
     for unit in fresh:
         xid = allocation.xids.get(unit.name)

@@ -133,9 +133,7 @@ MAX_PATTERN_DEPTH = 16
 _PREFIX = re.compile(r"[a-z0-9]{1,16}")
 
 
-def _pattern(
-    reader: KeyReader, base: Mapping[TrafficClass, ClassDefaults]
-) -> CgroupPattern:
+def _pattern(reader: KeyReader, base: Mapping[TrafficClass, ClassDefaults]) -> CgroupPattern:
     text = reader.text("match", None, allow_null=False)
     if text is None:
         raise reader.error("missing 'match' (e.g. user.slice/user-*.slice)")

@@ -216,3 +216,14 @@ def test_merge_full_xid_space_is_one_clear_error(tmp_path: Path) -> None:
     assert len(merged.errors) == 1
     assert "uid_5001" in merged.errors[0] and "no free xid" in merged.errors[0]
     assert "\n" not in merged.errors[0]
+
+
+def test_merge_a_binding_the_kernel_has_but_the_state_lost_is_kept(tmp_path: Path) -> None:
+    # elements written, then a crash before the state was saved: the next cycle must
+    # not hand the tenant another xid (its connections carry the old marks)
+    config = _config(tmp_path)
+    _tree(tmp_path, "user.slice/user-1000.slice", "user.slice/user-1001.slice")
+    found = discover(config.cgroups, account_of={1000: "alice", 1001: "bob"}.get)
+    alice = found.by_name()["alice"]
+    merged = merge(DesiredSet(()), found, config, State(), bound={alice.cgroup_id: 9, 4242: 1})
+    assert {s.name: s.xid for s in merged.slices} == {"alice": 9, "bob": 1}
