@@ -26,6 +26,9 @@ NFNL_MSG_BATCH_END = 0x11
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_GETSETELEM = 13
 NFT_MSG_DELSETELEM = 14
+NFT_MSG_NEWGEN = 15
+NFT_MSG_GETGEN = 16
+NFTA_GEN_ID = 1
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_CREATE = 0x400
@@ -170,6 +173,26 @@ class NftMaps:
                             f"nftables map {self.table}/{map_name}: {os.strerror(-err)}", -err
                         )
                     out.update(_parse_elements(data[off + 20 : off + length]))
+                off += (length + 3) & ~3
+
+    def generation(self) -> int:
+        """The nf_tables generation id: one more for every committed transaction."""
+        seq = self._next()
+        kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN
+        self._sock.send(_message(kind, NLM_F_REQUEST, seq, b"", family=0))
+        while True:
+            data = self._recv()
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype, _flags, mseq, _pid = struct.unpack_from("=IHHII", data, off)
+                if length < 16:
+                    break
+                if mseq == seq and mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
+                    attrs = dict(_attrs(data[off + 20 : off + length]))
+                    return int(struct.unpack("!I", attrs[NFTA_GEN_ID])[0])
+                if mseq == seq and mtype == NLMSG_ERROR:
+                    (err,) = struct.unpack_from("=i", data, off + 16)
+                    raise ClassifierError(f"nftables generation: {os.strerror(-err)}")
                 off += (length + 3) & ~3
 
     def change(self, changes: Sequence[MapChange]) -> int:
