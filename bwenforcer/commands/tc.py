@@ -236,7 +236,7 @@ def run_stop(args: argparse.Namespace) -> int:
     kernel, config = _backend(args)
     with kernel:
         kernel.stop()
-    if config.classifier.mode == "uid":
+    if config.classifier.mode in ("uid", "cgroup"):
         from bwenforcer.kernel.classifier import Classifier
 
         Classifier().remove()
