@@ -73,6 +73,7 @@ def make_notifier(
     clock: Callable[[], float],
     dry_run: bool,
     mail_clock: Callable[[], float] = time.monotonic,
+    unit_of: Callable[[str], str | None] = lambda name: None,
 ) -> Notifier | None:
     """A notifier that mails through the configured transport, or None for ``none``.
 
@@ -103,7 +104,9 @@ def make_notifier(
             )
             for tc in action.classes
         )
-        notice = Notice(st.name, st.xid, st.period_start_s, st.period_end_s, classes)
+        notice = Notice(
+            st.name, st.xid, st.period_start_s, st.period_end_s, classes, unit_of(st.name)
+        )
         transport.send(build_message(notice, config.mail, host, int(clock()), template), budget)
 
     return notify
@@ -221,7 +224,9 @@ class Agent:
                 desired,
                 kernel=_TreeKeeper(self, dry_run, build=not desired.limiting_off),
                 store=self._store,
-                notifier=make_notifier(self.config, self.clock, dry_run) if not dry_run else None,
+                notifier=make_notifier(self.config, self.clock, dry_run, unit_of=self.unit_of)
+                if not dry_run
+                else None,
                 clock=self.clock,
                 dry_run=dry_run,
                 hooks=hooks,
@@ -257,6 +262,13 @@ class Agent:
             raise  # the operator must act: exit 5, not a line in a log
         except (Error, OSError) as exc:
             log.error("usage history %s not updated: %s", self.config.history_file, exc)
+
+    def unit_of(self, name: str) -> str | None:
+        """The unit of cgroup tenant ``name`` as the last scan found it; None if none."""
+        if self.discovery is None:
+            return None
+        unit = self.discovery.by_name().get(name)
+        return None if unit is None else unit.unit
 
     def with_cgroups(self, desired: DesiredSet, state: State) -> DesiredSet:
         """``desired`` plus the tenants of a fresh scan of the cgroup tree (their xids
