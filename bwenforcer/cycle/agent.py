@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import socket
@@ -237,6 +238,9 @@ class Agent:
         if self._problem is not None:
             log.info("cycle ok again (was: %s)", self._problem)
             self._problem = None
+        if self.discovery is not None:
+            units = {u.name: u.unit for u in self.discovery.units}
+            result = dataclasses.replace(result, units=units)
         return result
 
     def _record_history(self, plan: Plan) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -71,6 +71,7 @@ class CycleResult:
     recovered_from: str | None = None
     source_errors: tuple[str, ...] = ()
     extra_failures: tuple[str, ...] = field(default=())
+    units: Mapping[str, str] = field(default_factory=dict)  # cgroup tenants: name -> unit
 
     @property
     def dry_run(self) -> bool:

@@ -122,6 +122,7 @@ def test_bytes_land_in_each_tenants_class_ipv4_ipv6_exempt_and_inbound(setup: Se
     assert result.result == "ok", result.failures
     xids = _xids(agent)
     assert set(xids) == {"root", "vm_vm7", "vm_srv"}  # user-0.slice: the account's name
+    assert result.units["root"] == "user-0.slice"  # metrics and mail name it by its unit
 
     s.send(user, s.pair.b_addr, 1_000_000)
     s.send(user, s.pair.b_addr6, 300_000)
