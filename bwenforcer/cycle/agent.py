@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PASSWD = "/etc/passwd"  # user-<uid>.slice tenants are named after its accounts
+
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
@@ -136,6 +138,11 @@ class Agent:
     # cycles; and the last scan of the cgroup tree (its tenants' current cgroup ids).
     _cgroup_classifier: CgroupClassifier | None = field(default=None, init=False, repr=False)
     discovery: Discovery | None = field(default=None, init=False, repr=False)
+    # tenant names by (unit, prefix), valid while the account database is unchanged;
+    # and the tenants' slices, an unchanged tenant the same object every cycle
+    _tenant_names: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    _accounts: object = field(default=None, init=False, repr=False)
+    _tenant_slices: dict[object, object] = field(default_factory=dict, repr=False)
 
     # The last failure callers logged (see new_problem), so that a failure repeated
     # every interval (a device gone for hours) is logged once, not every cycle.
@@ -278,16 +285,28 @@ class Agent:
         """``desired`` plus the tenants of a fresh scan of the cgroup tree (their xids
         from ``state`` by name); the scan is kept for the classifier.
         """
+        from bwenforcer.files.atomic import file_identity
         from bwenforcer.inputs.cgroups import discover, merge
 
-        self.discovery = discover(self.config.cgroups)
+        accounts = file_identity(PASSWD)
+        if accounts != self._accounts:  # an account renamed: user tenants' names anew
+            self._tenant_names.clear()
+            self._accounts = accounts
+        self.discovery = discover(self.config.cgroups, names=self._tenant_names)
         bound = None
-        if self.config.classifier.mode == "cgroup":
+        live = {st.name for st in state.slices.values()}
+        listed = {s.name for s in desired.slices}
+        newcomers = any(u.name not in live and u.name not in listed for u in self.discovery.units)
+        if newcomers and self.config.classifier.mode == "cgroup":
+            # only a tenant without an xid yet may have one in the maps (a crash before
+            # the save that would have recorded it): then read them
             try:
                 bound = self._cgroups_table().bindings()
             except Error as exc:  # no table yet: nothing bound
                 log.debug("classifier maps not read: %s", exc)
-        return merge(desired, self.discovery, self.config, state, bound)
+        return merge(
+            desired, self.discovery, self.config, state, bound=bound, cache=self._tenant_slices
+        )
 
     def _cgroups_table(self) -> CgroupClassifier:
         from bwenforcer.kernel.classifier import CgroupClassifier

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from bwenforcer.core.layout import XID_MAX
-from bwenforcer.core.model import ClassPolicy, DesiredSet, DesiredSlice, State
+from bwenforcer.core.model import DesiredSet, DesiredSlice, State
 from bwenforcer.core.settings import CgroupConfig, CgroupPattern, Config
 from bwenforcer.core.xids import allocate_xids
 from bwenforcer.errors import ConfigError
@@ -134,6 +134,7 @@ def _matches(mount: str, pattern: CgroupPattern) -> tuple[list[tuple[str, int]],
     errors: list[str] = []
     for part in pattern.match:
         glob = any(c in part for c in "*?[")
+        matches = re.compile(fnmatch.translate(part)).match
         found: list[tuple[str, int]] = []
         for rel, _id in level:
             here = os.path.join(mount, rel) if rel else mount
@@ -151,9 +152,7 @@ def _matches(mount: str, pattern: CgroupPattern) -> tuple[list[tuple[str, int]],
                         if count >= MAX_ENTRIES:
                             errors.append(f"cgroups: {here}: more than {MAX_ENTRIES} entries")
                             break
-                        if entry.is_dir(follow_symlinks=False) and fnmatch.fnmatchcase(
-                            entry.name, part
-                        ):
+                        if matches(entry.name) and entry.is_dir(follow_symlinks=False):
                             # cgroupfs (kernfs) gives the directory's inode as d_ino: no stat
                             found.append(
                                 (f"{rel}/{entry.name}" if rel else entry.name, entry.inode())
@@ -168,11 +167,14 @@ def discover(
     config: CgroupConfig,
     mount: str | None = None,
     account_of: Callable[[int], str | None] = account_name,
+    names: dict[tuple[str, str], str] | None = None,
 ) -> Discovery:
     """Scan the tree once for every pattern; a cgroup two patterns match is the first's.
 
     Two cgroups with one name: the first in pattern order, then path order, is the
     tenant, the other is reported (its traffic stays in the default class).
+    ``names`` caches :func:`tenant_name` by ``(unit, prefix)`` across scans (its
+    owner empties it when the accounts may have changed).
     """
     root = mount or find_mount(config.mount)
     units: dict[str, CgroupUnit] = {}
@@ -186,7 +188,12 @@ def discover(
                 continue
             paths.add(rel)
             unit = rel.rsplit("/", 1)[-1]
-            name = tenant_name(unit, pattern.prefix, account_of)
+            if names is None:
+                name = tenant_name(unit, pattern.prefix, account_of)
+            else:
+                name = names.get((unit, pattern.prefix)) or names.setdefault(
+                    (unit, pattern.prefix), tenant_name(unit, pattern.prefix, account_of)
+                )
             other = units.get(name)
             if other is not None:
                 errors.append(
@@ -203,7 +210,9 @@ def merge(
     discovery: Discovery,
     config: Config,
     state: State,
+    *,
     bound: Mapping[int, int] | None = None,
+    cache: dict[object, object] | None = None,
 ) -> DesiredSet:
     """The slices file's (or node manager's) slices plus the cgroup tenants.
 
@@ -214,13 +223,20 @@ def merge(
     left for is one error line, and its traffic stays in the default class.
     ``bound`` is ``{cgroup id: xid}`` as the classifier's map holds it: a tenant
     the kernel knows but the state does not (a crash between the two) keeps it.
+    ``cache`` (one per config) keeps the tenants' policies and slices across
+    cycles, so an unchanged tenant is the same object every cycle.
     """
+    cache = {} if cache is None else cache
+    if len(cache) > 2 * len(discovery.units) + 1000:
+        cache.clear()  # tenants that came and went: start afresh rather than grow
     if not discovery.units:
         if not discovery.errors:
             return desired
         return replace(desired, errors=desired.errors + discovery.errors)
     patterns = config.cgroups.tenants
-    configs = [replace(config, defaults=p.defaults) for p in patterns]
+    configs = cache.get("configs")
+    if configs is None:
+        configs = cache["configs"] = [replace(config, defaults=p.defaults) for p in patterns]
     listed = {s.name: s for s in desired.slices}
     refused = {r.name for r in desired.invalid}
     by_name = discovery.by_name()
@@ -236,15 +252,21 @@ def merge(
     taken = {s.xid for s in desired.slices} | {r.xid for r in desired.invalid if r.xid is not None}
     kernel = {u.name: bound[u.cgroup_id] for u in fresh if bound and u.cgroup_id in bound}
     allocation = allocate_xids((u.name for u in fresh), taken, state, kernel)
-    resolved: dict[int, tuple[ClassPolicy, ClassPolicy, dict[str, str]]] = {}
     for unit in fresh:
         xid = allocation.xids.get(unit.name)
         if xid is None:
             continue
-        if unit.pattern not in resolved:
-            resolved[unit.pattern] = resolve_policy(unit.name, {}, configs[unit.pattern])
-        default, exempt, origin = resolved[unit.pattern]
-        slices.append(DesiredSlice(unit.name, xid, default, exempt, origin))
+        key = (unit.name, xid, unit.pattern)
+        made = cache.get(key)
+        if not isinstance(made, DesiredSlice):
+            policies = cache.get(unit.pattern)
+            if policies is None:
+                policies = cache[unit.pattern] = resolve_policy(
+                    unit.name, {}, configs[unit.pattern]
+                )
+            default, exempt, origin = policies  # type: ignore[misc]
+            made = cache[key] = DesiredSlice(unit.name, xid, default, exempt, origin)
+        slices.append(made)
     errors = list(desired.errors) + list(discovery.errors)
     for name in allocation.unplaced:
         line = (

@@ -257,6 +257,8 @@ class CgroupClassifier(Classifier):
         self.netns = netns
         self._maps: NftMaps | None = None
         self._digest: str | None = None  # the structure this object loaded or found
+        # (generation, default map, exempt map) as this object last saw or left them
+        self._seen: tuple[int, Mapping[int, int | None], Mapping[int, int | None]] | None = None
 
     def close(self) -> None:
         """Close the netlink socket."""
@@ -287,23 +289,22 @@ class CgroupClassifier(Classifier):
                 self._load(spec.levels, spec.exempt_prefixes)
                 loaded = True
             self._digest = digest
-        if self._maps is None:
-            self._maps = NftMaps(self.table, self.netns)
+        maps = self._open()
         try:
-            have_default = self._maps.dump(MAP_DEFAULT)
-            have_exempt = self._maps.dump(MAP_EXEMPT)
+            generation, have_default, have_exempt = self._current()
         except MapMissing as exc:
             if not exc.missing:
                 raise
             # the table was deleted under us (tc stop, an operator): load it again
             self._load(spec.levels, spec.exempt_prefixes)
             loaded = True
-            have_default, have_exempt = {}, {}
+            generation, have_default, have_exempt = maps.generation(), {}, {}
         want_default = {cg: mark(x, "default") for cg, x in spec.bindings.items()}
         want_exempt = {cg: mark(x, "exempt") for cg, x in spec.bindings.items()}
         del_d, add_d = _diff(have_default, want_default)
         del_e, add_e = _diff(have_exempt, want_exempt)
-        messages = self._maps.change(
+        self._seen = None  # unknown until the change is known to be the only one
+        messages = maps.change(
             (MapChange(MAP_DEFAULT, del_d, add_d), MapChange(MAP_EXEMPT, del_e, add_e))
         )
         if messages:
@@ -312,12 +313,36 @@ class CgroupClassifier(Classifier):
                 len(add_d),
                 len(del_d),
             )
+            generation += 1
+            if maps.generation() != generation:
+                return CgroupApplied(
+                    loaded, len(add_d) + len(add_e), len(del_d) + len(del_e), messages
+                )
+        self._seen = (generation, want_default, want_exempt)
         return CgroupApplied(loaded, len(add_d) + len(add_e), len(del_d) + len(del_e), messages)
+
+    def _open(self) -> NftMaps:
+        if self._maps is None:
+            self._maps = NftMaps(self.table, self.netns)
+        return self._maps
+
+    def _current(self) -> tuple[int, Mapping[int, int | None], Mapping[int, int | None]]:
+        """The generation and both maps' elements: as this object left them while the
+        generation is the one it saw then (no transaction since, of anyone's), else
+        dumped; MapMissing if the table is gone.
+
+        The generation is read before the dumps: a change after it shows as a new
+        generation next cycle.
+        """
+        maps = self._open()
+        generation = maps.generation()
+        if self._seen is not None and self._seen[0] == generation:
+            return self._seen
+        return generation, maps.dump(MAP_DEFAULT), maps.dump(MAP_EXEMPT)
 
     def bindings(self) -> dict[int, int]:
         """``{cgroup id: xid}`` as the default map holds them (never `nft list`: it
         walks the whole cgroup tree to print each id as a path).
         """
-        if self._maps is None:
-            self._maps = NftMaps(self.table, self.netns)
-        return {cg: m & 0xFFF for cg, m in self._maps.dump(MAP_DEFAULT).items() if m is not None}
+        _generation, default, _exempt = self._current()
+        return {cg: m & 0xFFF for cg, m in default.items() if m is not None}

@@ -50,6 +50,12 @@ def test_apply_adds_replaces_and_deletes_in_one_transaction(ns: Netns) -> None:
         again = c.apply(CgroupSpec({101: 5, 102: 6}, (2,), ("198.19.0.0/16",)))
         assert (again.loaded, again.messages) == (False, 0)
         assert maps.generation() == generation  # nothing changed: no transaction
+        # someone else's transaction (an element deleted behind its back): seen and mended
+        maps.change((MapChange(MAP_DEFAULT, (102,)),))
+        mended = c.apply(CgroupSpec({101: 5, 102: 6}, (2,), ("198.19.0.0/16",)))
+        assert (mended.added, mended.deleted) == (1, 0)
+        assert maps.dump(MAP_DEFAULT) == {101: 0x1005, 102: 0x1006}
+        generation = maps.generation()
         # 101 moves to xid 7 (delete + add), 102 went, 103 came: one transaction
         changed = c.apply(CgroupSpec({101: 7, 103: 8}, (2,), ("198.19.0.0/16",)))
         assert not changed.loaded and maps.generation() == generation + 1
