@@ -498,7 +498,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--build-runs", type=int, default=9, help="runs per median of the build (seconds each)"
     )
-    parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
+    parser.add_argument(
+        "--json",
+        default=None,
+        help="where the results go (default: results/latest.json, or results/classifiers.json"
+        " with --only-classifiers)",
+    )
     parser.add_argument(
         "--classifier-sizes",
         default="1000,4000",
@@ -514,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like an exception, so the namespace of the run is deleted
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sizes = [] if args.only_classifiers else [int(n) for n in args.sizes.split(",")]
+    if args.json is None:
+        name = "classifiers.json" if args.only_classifiers else "latest.json"
+        args.json = str(HERE / "results" / name)
     rows = [bench_n(n, args.runs, args.build_runs) for n in sizes]
     growth = growth_figures(1000, 4000, args.runs) if {1000, 4000} <= set(sizes) else None
     classifier_sizes = [int(n) for n in args.classifier_sizes.split(",") if n]

@@ -34,7 +34,7 @@ from bwenforcer.errors import DiskFull, Error, KernelError, TreeNotInitialised, 
 if TYPE_CHECKING:
     from bwenforcer.files.atomic import FileIdentity
     from bwenforcer.history.recorder import HistoryRecorder
-    from bwenforcer.inputs.cgroups import Discovery
+    from bwenforcer.inputs.cgroups import CgroupUnit, Discovery
     from bwenforcer.kernel.classifier import CgroupClassifier
     from bwenforcer.kernel.htb import HtbBackend
     from bwenforcer.store.state import StateStore
@@ -138,9 +138,9 @@ class Agent:
     # cycles; and the last scan of the cgroup tree (its tenants' current cgroup ids).
     _cgroup_classifier: CgroupClassifier | None = field(default=None, init=False, repr=False)
     discovery: Discovery | None = field(default=None, init=False, repr=False)
-    # tenant names by (unit, prefix), valid while the account database is unchanged;
-    # and the tenants' slices, an unchanged tenant the same object every cycle
-    _tenant_names: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    # the tenants found, valid while the account database is unchanged (their names);
+    # and their slices: an unchanged tenant is the same object every cycle
+    _tenant_names: dict[object, CgroupUnit | str] = field(default_factory=dict, repr=False)
     _accounts: object = field(default=None, init=False, repr=False)
     _tenant_slices: dict[object, object] = field(default_factory=dict, repr=False)
 
@@ -292,7 +292,7 @@ class Agent:
         if accounts != self._accounts:  # an account renamed: user tenants' names anew
             self._tenant_names.clear()
             self._accounts = accounts
-        self.discovery = discover(self.config.cgroups, names=self._tenant_names)
+        self.discovery = discover(self.config.cgroups, cache=self._tenant_names)
         bound = None
         live = {st.name for st in state.slices.values()}
         listed = {s.name for s in desired.slices}

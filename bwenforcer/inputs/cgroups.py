@@ -167,15 +167,18 @@ def discover(
     config: CgroupConfig,
     mount: str | None = None,
     account_of: Callable[[int], str | None] = account_name,
-    names: dict[tuple[str, str], str] | None = None,
+    cache: dict[object, CgroupUnit | str] | None = None,
 ) -> Discovery:
     """Scan the tree once for every pattern; a cgroup two patterns match is the first's.
 
     Two cgroups with one name: the first in pattern order, then path order, is the
     tenant, the other is reported (its traffic stays in the default class).
-    ``names`` caches :func:`tenant_name` by ``(unit, prefix)`` across scans (its
-    owner empties it when the accounts may have changed).
+    ``cache`` keeps names and tenants across scans, so an unchanged cgroup costs
+    one lookup (its owner empties it when the accounts may have changed).
     """
+    cache = {} if cache is None else cache
+    if len(cache) > 1_000_000:
+        cache.clear()  # units that came and went: start afresh rather than grow
     root = mount or find_mount(config.mount)
     units: dict[str, CgroupUnit] = {}
     paths: set[str] = set()
@@ -187,21 +190,23 @@ def discover(
             if rel in paths:
                 continue
             paths.add(rel)
-            unit = rel.rsplit("/", 1)[-1]
-            if names is None:
-                name = tenant_name(unit, pattern.prefix, account_of)
+            known = cache.get((rel, cgroup_id, index))
+            if isinstance(known, CgroupUnit):
+                made = known
             else:
-                name = names.get((unit, pattern.prefix)) or names.setdefault(
-                    (unit, pattern.prefix), tenant_name(unit, pattern.prefix, account_of)
+                unit = rel.rsplit("/", 1)[-1]
+                made = CgroupUnit(
+                    tenant_name(unit, pattern.prefix, account_of), unit, rel, cgroup_id, index
                 )
-            other = units.get(name)
+                cache[(rel, cgroup_id, index)] = made
+            other = units.get(made.name)
             if other is not None:
                 errors.append(
-                    f"cgroup {rel}: tenant name {name} is already cgroup {other.path}'s;"
+                    f"cgroup {rel}: tenant name {made.name} is already cgroup {other.path}'s;"
                     " skipped (its traffic stays in the default class)"
                 )
                 continue
-            units[name] = CgroupUnit(name, unit, rel, cgroup_id, index)
+            units[made.name] = made
     return Discovery(root, tuple(units.values()), tuple(errors))
 
 

@@ -41,7 +41,7 @@ def test_demo_caps_mails_releases_and_cleans_up(mode: str) -> None:
     assert "✉ mail spooled" in out and f"Subject: bwenforcer: slice demo_heavy{unit} capped" in out
     assert "cap lifted" in out
     assert "demo finished: heavy slice capped, mailed and released" in out
-    assert _namespaces() == before
+    assert not _namespaces() - before  # none of ours left (others may run demos meanwhile)
     if mode == "cgroup":  # the demo's own cgroup, named in its output, is gone
         made = re.search(r"^cgroup (/\S+): tenants system.slice/\*.service$", out, re.MULTILINE)
         assert made is not None and made.group(1).startswith(find_mount() + "/bwdemo")
