@@ -225,7 +225,5 @@ def test_merge_a_binding_the_kernel_has_but_the_state_lost_is_kept(tmp_path: Pat
     _tree(tmp_path, "user.slice/user-1000.slice", "user.slice/user-1001.slice")
     found = discover(config.cgroups, account_of={1000: "alice", 1001: "bob"}.get)
     alice = found.by_name()["alice"]
-    merged = merge(
-        DesiredSet(()), found, config, State(), bound={alice.cgroup_id: 9, 4242: 1}
-    )
+    merged = merge(DesiredSet(()), found, config, State(), bound={alice.cgroup_id: 9, 4242: 1})
     assert {s.name: s.xid for s in merged.slices} == {"alice": 9, "bob": 1}
