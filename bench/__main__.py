@@ -479,7 +479,7 @@ def classifier_figures(n: int, runs: int) -> dict[str, float]:
 def classifier_table(rows: list[dict[str, float]]) -> str:
     """The markdown table of the classifier comparison."""
     lines = [
-        "| N | steady cycle, `classifier.mode: cgroup` / `uid` |",
+        "| N | steady cycle, classifier `mode: cgroup` / `mode: uid` |",
         "| --- | --- |",
     ]
     for r in rows:
