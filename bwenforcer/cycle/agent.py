@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from bwenforcer.files.atomic import FileIdentity
     from bwenforcer.history.recorder import HistoryRecorder
     from bwenforcer.inputs.cgroups import CgroupUnit, Discovery
+    from bwenforcer.kernel.cgroupwatch import CgroupWatcher
     from bwenforcer.kernel.classifier import CgroupClassifier
     from bwenforcer.kernel.htb import HtbBackend
     from bwenforcer.store.state import StateStore
@@ -122,6 +123,9 @@ class Agent:
     config: Config
     clock: Callable[[], float] = time.time
     netns: str | None = None  # tests: run the backend and classifier in this namespace
+    # classifier.mode cgroup: bind a known tenant's re-made cgroup between cycles
+    # (kernel/cgroupwatch); for long-lived agents (daemon, node-manager thread)
+    watch: bool = False
     # Kept across cycles so that a daemon or node-manager thread re-reads neither
     # the state nor the history journal while they are still what this agent wrote.
     _store: StateStore | None = field(default=None, init=False, repr=False)
@@ -138,6 +142,7 @@ class Agent:
     # cycles; and the last scan of the cgroup tree (its tenants' current cgroup ids).
     _cgroup_classifier: CgroupClassifier | None = field(default=None, init=False, repr=False)
     discovery: Discovery | None = field(default=None, init=False, repr=False)
+    _watcher: CgroupWatcher | None = field(default=None, init=False, repr=False)
     # the tenants found, valid while the account database is unchanged (their names);
     # and their slices: an unchanged tenant is the same object every cycle
     _tenant_names: dict[object, CgroupUnit | str] = field(default_factory=dict, repr=False)
@@ -170,6 +175,9 @@ class Agent:
         if self._cgroup_classifier is not None:
             self._cgroup_classifier.close()
             self._cgroup_classifier = None
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
 
     def new_problem(self, exc: BaseException) -> bool:
         """Whether a failed cycle's ``exc`` differs from the last one (log it if so).
@@ -343,6 +351,33 @@ class Agent:
             table.close()  # a fresh socket next cycle
             self._cgroup_classifier = None
             raise
+        if self.watch and self.discovery is not None:
+            self._watch_restarts(
+                {
+                    units[s.name].path: (s.xid, units[s.name].cgroup_id)
+                    for s in desired.slices
+                    if s.name in units
+                }
+            )
+
+    def _watch_restarts(self, tenants: dict[str, tuple[int, int]]) -> None:
+        """Hand the cycle's tenants to the watcher (started on first use); a watcher
+        that cannot run is logged once and the cycle alone keeps the maps.
+        """
+        from bwenforcer.kernel.cgroupwatch import CgroupWatcher
+        from bwenforcer.kernel.classifier import MAP_DEFAULT, MAP_EXEMPT, TABLE
+
+        if self._watcher is None:
+            assert self.discovery is not None
+            try:
+                self._watcher = CgroupWatcher(
+                    self.discovery.mount, TABLE, MAP_DEFAULT, MAP_EXEMPT, self.netns
+                )
+            except Error as exc:
+                log.error("cgroup watcher not started (restarts wait for a cycle): %s", exc)
+                self.watch = False
+                return
+        self._watcher.update(tenants)
 
 
 @dataclass(frozen=True)

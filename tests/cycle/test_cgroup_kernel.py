@@ -282,3 +282,23 @@ def test_a_thousand_cgroup_tenants_in_one_transaction(
     assert _within(counted[(xid, "default")], 300_000)
     others = {k: v for k, v in counted.items() if k[0] in xids.values() and k[0] != xid and v}
     assert others == {}
+
+
+def test_with_the_watcher_a_restarted_unit_is_classified_before_any_cycle(setup: Setup) -> None:
+    s = setup
+    user = s.cgroup("user.slice/user-0.slice")
+    agent = s.agent()
+    agent.watch = True  # as the daemon's and the node-manager thread's agents
+    try:
+        desired = load_desired(agent.config)
+        agent.cycle(desired)
+        xid = _xids(agent)["root"]
+        user.rmdir()
+        user.mkdir()  # the unit restarted: a new cgroup id, and no cycle since
+        unclassified = tc_bytes(s.pair.a, "va", "1:1fff")
+        s.send(user, s.pair.b_addr, 400_000)
+        counted = _class_bytes(s)
+        assert _within(counted[(xid, "default")], 400_000), counted
+        assert tc_bytes(s.pair.a, "va", "1:1fff") - unclassified < 10_000  # ARP/ND at most
+    finally:
+        agent.close()
