@@ -73,8 +73,8 @@ def sh(*cmd: str, stdin: str | None = None) -> None:
 class Namespace:
     """A namespace with a veth pair, deleted on exit."""
 
-    def __init__(self) -> None:
-        self.name = f"bwbench{os.getpid()}"
+    def __init__(self, tag: str = "") -> None:
+        self.name = f"bwbench{tag}{os.getpid()}"
 
     def __enter__(self) -> Namespace:
         sh("ip", "netns", "add", self.name)
@@ -403,6 +403,93 @@ def table(rows: list[dict[str, float]], growth: dict[str, float] | None) -> str:
     return "\n".join(lines)
 
 
+def classifier_config(tmp: Path, n: int, mode: str, parent: str | None) -> Path:
+    """A config for ``n`` slices marked by ``mode``: uids 1..n from a slices file, or
+    n cgroups below ``parent`` found by one pattern (no slices file).
+    """
+    tmp.mkdir()
+    common = (
+        f"device: {DEV}\nnode_cap: {CAP_BPS // 1000}kbit\nbwmax: {BWMAX_BPS // 1000}kbit\n"
+        f"state_file: {tmp}/state.json\nmetrics: {{listen: null}}\n"
+        "classifier: {mode: %s, exempt_prefixes: [198.19.0.0/16]}\n" % mode
+    )
+    if mode == "uid":
+        slices = "\n".join(f"  - {{name: s{x}, xid: {x}, rspec: {{}}}}" for x in range(1, n + 1))
+        (tmp / "slices.yaml").write_text("slices:\n" + slices + "\n")
+        text = common + f"slices_file: {tmp}/slices.yaml\n"
+    else:
+        assert parent is not None
+        text = common + (
+            "slices_file: null\n"
+            f"cgroups: {{tenants: [{{match: {os.path.basename(parent)}/machine.slice/*.scope}}]}}\n"
+        )
+    (tmp / "bwenforcer.yaml").write_text(text)
+    return tmp / "bwenforcer.yaml"
+
+
+def classifier_figures(n: int, runs: int) -> dict[str, float]:
+    """Steady whole cycles of ``classifier.mode`` uid and cgroup, ``n`` slices each,
+    timed in turns: each agent in a namespace of its own (one table per namespace),
+    the process entering the agent's namespace before its cycle, as a node runs.
+    """
+    from pyroute2 import netns as pyroute2_netns
+
+    from bwenforcer.cycle.agent import Agent, gc_paused, load_desired
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.kernel.sandbox import cgroup_sandbox
+
+    with (
+        Namespace() as uid_ns,
+        Namespace("c") as cg_ns,
+        cgroup_sandbox("bwbench") as parent,
+        tempfile.TemporaryDirectory() as tmpdir,
+    ):
+        for i in range(n):
+            os.makedirs(os.path.join(parent, "machine.slice", f"s{i + 1}.scope"))
+        agents = {}
+        for mode, ns in (("uid", uid_ns), ("cgroup", cg_ns)):
+            pyroute2_netns.setns(ns.name)
+            config = load_config(str(classifier_config(Path(tmpdir) / mode, n, mode, parent)))
+            with HtbBackend(DEV) as kernel:
+                kernel.init(CAP_BPS, BWMAX_BPS)
+            agent, desired = Agent(config), load_desired(config)
+            agent.cycle(desired)
+            agent.cycle(desired)
+            agents[mode] = (ns, agent, desired)
+
+        def steady(mode: str) -> Callable[[int], None]:
+            ns, agent, desired = agents[mode]
+
+            def cycle(i: int) -> None:
+                pyroute2_netns.setns(ns.name)
+                with gc_paused():  # as the daemon runs a cycle
+                    result = agent.cycle(desired)
+                assert result.result == "ok" and not result.plan.kernel_ops(), result.failures
+                assert len(result.plan.live) == n
+
+            return cycle
+
+        gc.collect()
+        cgroup_s, uid_s = paired(steady("cgroup"), steady("uid"), runs)
+        for _ns, agent, _desired in agents.values():
+            agent.close()
+    return {"n": n, "uid_s": uid_s, "cgroup_s": cgroup_s}
+
+
+def classifier_table(rows: list[dict[str, float]]) -> str:
+    """The markdown table of the classifier comparison."""
+    lines = [
+        "| N | steady cycle, classifier `mode: cgroup` / `mode: uid` |",
+        "| --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {int(r['n']):,} | {r['cgroup_s'] * 1e3:.1f} / {r['uid_s'] * 1e3:.1f} ms"
+            f" = **{r['cgroup_s'] / r['uid_s']:.2f}×** (target ≤ 1.1×) |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table; write JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -411,19 +498,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--build-runs", type=int, default=9, help="runs per median of the build (seconds each)"
     )
-    parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
+    parser.add_argument(
+        "--json",
+        default=None,
+        help="where the results go (default: results/latest.json, or results/classifiers.json"
+        " with --only-classifiers)",
+    )
+    parser.add_argument(
+        "--classifier-sizes",
+        default="1000,4000",
+        help="comma-separated N of the uid/cgroup classifier comparison (empty: none)",
+    )
+    parser.add_argument(
+        "--only-classifiers", action="store_true", help="run only the classifier comparison"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (network namespace, HTB)", file=sys.stderr)
         return 2
     # SIGTERM unwinds like an exception, so the namespace of the run is deleted
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    sizes = [int(n) for n in args.sizes.split(",")]
+    sizes = [] if args.only_classifiers else [int(n) for n in args.sizes.split(",")]
+    if args.json is None:
+        name = "classifiers.json" if args.only_classifiers else "latest.json"
+        args.json = str(HERE / "results" / name)
     rows = [bench_n(n, args.runs, args.build_runs) for n in sizes]
     growth = growth_figures(1000, 4000, args.runs) if {1000, 4000} <= set(sizes) else None
-    print(table(rows, growth))
+    classifier_sizes = [int(n) for n in args.classifier_sizes.split(",") if n]
+    classifiers = [classifier_figures(n, args.runs) for n in classifier_sizes]
+    if rows:
+        print(table(rows, growth))
+    if classifiers:
+        print()
+        print(classifier_table(classifiers))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"sizes": rows, "growth": growth}, indent=2) + "\n")
+    Path(args.json).write_text(
+        json.dumps({"sizes": rows, "growth": growth, "classifiers": classifiers}, indent=2) + "\n"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.cgroup_helpers import leftover_cgroups
 from tests.netns import Netns, NetnsPair, leftover_namespaces, netns_pair, netns_with_veth
 
 REQUIRE_KERNEL = os.environ.get("BWENFORCER_REQUIRE_KERNEL") == "1"
@@ -57,3 +58,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if left:
         session.exitstatus = 1
         print(f"\nERROR: network namespaces left behind: {' '.join(left)}")
+    cgroups = leftover_cgroups()
+    if cgroups:
+        session.exitstatus = 1
+        print(f"\nERROR: cgroups left behind: {' '.join(cgroups)}")

@@ -18,12 +18,18 @@ def register(sub: argparse._SubParsersAction) -> None:
             " released. Everything it creates is removed when it ends or is interrupted."
         ),
     )
+    parser.add_argument(
+        "--mode",
+        choices=("uid", "cgroup"),
+        default="uid",
+        help="slices by uid (default) or by cgroup: three services in a cgroup of the"
+        " demo's own, found by a pattern (classifier.mode: cgroup)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo."""
-    del args
     from bwenforcer.modes.demo import main
 
-    return main()
+    return main(args.mode)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from bwenforcer.core.model import DesiredSlice, KernelSnapshot, State
     from bwenforcer.core.settings import Config
     from bwenforcer.history.usage import ReportRow
+    from bwenforcer.inputs.cgroups import CgroupUnit
 
 ORDER = 40
 NOW_ENV = "BWENFORCER_NOW"
@@ -186,15 +187,14 @@ def run_status(args: argparse.Namespace) -> int:
     state = _read_state(config)
     snapshot = _dump(config)
     only = StatusFilter(capped=args.capped, name=args.slice)
+    units = _units(config)
+    names = None if units is None else {name: u.unit for name, u in units.items()}
     if args.json:
-        _print_json(status_json(state, snapshot, only))
+        _print_json(status_json(state, snapshot, only, units=names))
     else:
         terminal = sys.stdout.isatty()
-        print(
-            status_table(
-                state, snapshot, now_s(), colour=use_colour(sys.stdout), fit=terminal, only=only
-            )
-        )
+        colour = use_colour(sys.stdout)
+        print(status_table(state, snapshot, now_s(), colour, fit=terminal, only=only, units=names))
     return int(ExitCode.OK)
 
 
@@ -210,6 +210,22 @@ def run_ledger(args: argparse.Namespace) -> int:
     else:
         print(ledger_table(state, now_s()))
     return int(ExitCode.OK)
+
+
+def _units(config: Config) -> dict[str, CgroupUnit] | None:
+    """The cgroup tenants by slice name as the tree has them now; None without
+    ``cgroups.tenants``, none (said on stderr) when the tree cannot be read.
+    """
+    if not config.cgroups.tenants:
+        return None
+    from bwenforcer.errors import Error
+    from bwenforcer.inputs.cgroups import discover
+
+    try:
+        return discover(config.cgroups).by_name()
+    except Error as exc:
+        print(f"bwenforcer: cgroup tree unavailable ({exc}): units unknown", file=sys.stderr)
+        return {}
 
 
 def _desired(config: Config) -> tuple[DesiredSlice, ...]:
@@ -245,7 +261,18 @@ def run_show(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     state = _read_state(config)
-    report = find_slice(state, _desired(config), args.slice)
+    units = _units(config) or {}
+    wanted = next(
+        (n for n, u in units.items() if args.slice in (u.unit, u.path)), args.slice
+    )  # a unit's name (nginx.service) or its cgroup path names its tenant
+    desired = _desired(config)
+    if units:
+        from bwenforcer.core.model import DesiredSet
+        from bwenforcer.inputs.cgroups import Discovery, merge
+
+        found = Discovery("", tuple(units.values()))
+        desired = merge(DesiredSet(desired), found, config, state).slices
+    report = find_slice(state, desired, wanted)
     if report is None:
         raise UsageError(
             f"slice {quoted(args.slice)}: not in the state, the ledger or the slices file"
@@ -254,10 +281,13 @@ def run_show(args: argparse.Namespace) -> int:
     if snapshot is not None and report.status != "dead" and report.xid is not None:
         report = dataclasses.replace(report, kernel=snapshot.slices.get(report.xid))
     now = now_s()
+    unit = units.get(report.name)
     report = dataclasses.replace(
         report,
         kernel_available=snapshot is not None,
         history=_last_day(config, report.name, now),
+        unit=None if unit is None else unit.unit,
+        cgroup=None if unit is None else unit.path,
     )
     if args.json:
         _print_json(show_json(report))

@@ -65,6 +65,9 @@ class DesiredSlice:
     exempt: ClassPolicy
     # attribute name -> "rspec" or "defaults": where each value in force came from
     origin: Mapping[str, str] = field(default_factory=dict)
+    # the source's own attributes, as given (a cgroup tenant named in the slices file
+    # resolves them again over its pattern's defaults); None: none given
+    rspec: Mapping[str, object] | None = None
 
     def policy(self, traffic_class: TrafficClass) -> ClassPolicy:
         """The policy of one traffic class."""

@@ -77,8 +77,32 @@ class MetricsConfig:
 class ClassifierConfig:
     """Who marks packets (docs/htb-layout.md "Marks")."""
 
-    mode: Literal["none", "uid", "nodemanager"] = "none"
+    mode: Literal["none", "uid", "nodemanager", "cgroup"] = "none"
     exempt_prefixes: tuple[str, ...] = ()  # CIDRs, v4 and v6, validated
+
+
+@dataclass(frozen=True)
+class CgroupPattern:
+    """One ``cgroups.tenants`` entry: which cgroups are tenants, how they are named,
+    and the budget defaults of the tenants it finds (docs/interfaces.md "cgroups").
+    """
+
+    match: tuple[str, ...]  # path components below the cgroup2 mount, each an fnmatch glob
+    prefix: str = ""  # "vm": a tenant from unit vm7.scope is named vm_vm7
+    defaults: Mapping[TrafficClass, ClassDefaults] = field(default_factory=_default_class_defaults)
+
+    @property
+    def level(self) -> int:
+        """The ``socket cgroupv2 level`` of the cgroups this pattern matches."""
+        return len(self.match)
+
+
+@dataclass(frozen=True)
+class CgroupConfig:
+    """Tenants found in the cgroup v2 tree (``cgroups`` key)."""
+
+    mount: str | None = None  # the cgroup2 mount; None: /sys/fs/cgroup or its unified/
+    tenants: tuple[CgroupPattern, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,6 +137,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    cgroups: CgroupConfig = field(default_factory=CgroupConfig)
     dry_run: bool = False
     source: str | None = None  # path the config was loaded from, for messages
 

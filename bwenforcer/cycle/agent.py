@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import socket
@@ -22,6 +23,7 @@ from bwenforcer.core.model import (
     KernelSnapshot,
     OpFailure,
     SliceState,
+    State,
 )
 from bwenforcer.core.plan import Notify, Plan
 from bwenforcer.core.policy import tree_rates_bps
@@ -33,10 +35,15 @@ from bwenforcer.errors import DiskFull, Error, KernelError, TreeNotInitialised, 
 if TYPE_CHECKING:
     from bwenforcer.files.atomic import FileIdentity
     from bwenforcer.history.recorder import HistoryRecorder
+    from bwenforcer.inputs.cgroups import CgroupUnit, Discovery
+    from bwenforcer.kernel.cgroupwatch import CgroupWatcher
+    from bwenforcer.kernel.classifier import CgroupClassifier
     from bwenforcer.kernel.htb import HtbBackend
     from bwenforcer.store.state import StateStore
 
 log = logging.getLogger(__name__)
+
+PASSWD = "/etc/passwd"  # user-<uid>.slice tenants are named after its accounts
 
 
 @contextlib.contextmanager
@@ -71,6 +78,7 @@ def make_notifier(
     clock: Callable[[], float],
     dry_run: bool,
     mail_clock: Callable[[], float] = time.monotonic,
+    unit_of: Callable[[str], str | None] = lambda name: None,
 ) -> Notifier | None:
     """A notifier that mails through the configured transport, or None for ``none``.
 
@@ -101,7 +109,9 @@ def make_notifier(
             )
             for tc in action.classes
         )
-        notice = Notice(st.name, st.xid, st.period_start_s, st.period_end_s, classes)
+        notice = Notice(
+            st.name, st.xid, st.period_start_s, st.period_end_s, classes, unit_of(st.name)
+        )
         transport.send(build_message(notice, config.mail, host, int(clock()), template), budget)
 
     return notify
@@ -133,6 +143,9 @@ class Agent:
     # default the node's, with the real wall clock; a clock passed in without a boot
     # clock goes without one (a test's clock moved by hand is no stepped clock).
     boot: Callable[[], BootClock | None] | None = None
+    # classifier.mode cgroup: bind a known tenant's re-made cgroup between cycles
+    # (kernel/cgroupwatch); for long-lived agents (daemon, node-manager thread)
+    watch: bool = False
     # Kept across cycles so that a daemon or node-manager thread re-reads neither
     # the state nor the history journal while they are still what this agent wrote.
     _store: StateStore | None = field(default=None, init=False, repr=False)
@@ -144,6 +157,17 @@ class Agent:
     # The slices file as last read, by its identity: a daemon's cycle re-reads it
     # only once it changed (YAML takes ~0.1 s at 4,000 slices).
     _desired: tuple[FileIdentity, DesiredSet] | None = field(default=None, init=False, repr=False)
+
+    # classifier.mode cgroup: the table's netlink socket and structure, kept across
+    # cycles; and the last scan of the cgroup tree (its tenants' current cgroup ids).
+    _cgroup_classifier: CgroupClassifier | None = field(default=None, init=False, repr=False)
+    discovery: Discovery | None = field(default=None, init=False, repr=False)
+    _watcher: CgroupWatcher | None = field(default=None, init=False, repr=False)
+    # the tenants found, valid while the account database is unchanged (their names);
+    # and their slices: an unchanged tenant is the same object every cycle
+    _tenant_names: dict[object, CgroupUnit | str] = field(default_factory=dict, repr=False)
+    _accounts: object = field(default=None, init=False, repr=False)
+    _tenant_slices: dict[object, object] = field(default_factory=dict, repr=False)
 
     # The last failure callers logged (see new_problem), so that a failure repeated
     # every interval (a device gone for hours) is logged once, not every cycle.
@@ -168,6 +192,12 @@ class Agent:
         if self._kernel is not None:
             self._kernel.close()
             self._kernel = None
+        if self._cgroup_classifier is not None:
+            self._cgroup_classifier.close()
+            self._cgroup_classifier = None
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
 
     def new_problem(self, exc: BaseException) -> bool:
         """Whether a failed cycle's ``exc`` differs from the last one (log it if so).
@@ -222,14 +252,20 @@ class Agent:
             self._store = StateStore(self.config.state_file)
         dry_run = dry_run or self.config.dry_run
 
-        hooks = Hooks(classifier=self._classifier_hook(), before_save=self._record_history)
+        hooks = Hooks(
+            classifier=self._classifier_hook(),
+            before_save=self._record_history,
+            complete=self.with_cgroups if self.config.cgroups.tenants else None,
+        )
         try:
             result = run_cycle(
                 self.config,
                 desired,
                 kernel=_TreeKeeper(self, dry_run, build=build_tree and not desired.limiting_off),
                 store=self._store,
-                notifier=make_notifier(self.config, self.clock, dry_run) if not dry_run else None,
+                notifier=make_notifier(self.config, self.clock, dry_run, unit_of=self.unit_of)
+                if not dry_run
+                else None,
                 clock=self.clock,
                 boot=self._boot(),
                 dry_run=dry_run,
@@ -241,6 +277,9 @@ class Agent:
         if self._problem is not None:
             log.info("cycle ok again (was: %s)", self._problem)
             self._problem = None
+        if self.discovery is not None:
+            units = {u.name: u.unit for u in self.discovery.units}
+            result = dataclasses.replace(result, units=units)
         return result
 
     def _boot(self) -> Callable[[], BootClock | None] | None:
@@ -272,8 +311,51 @@ class Agent:
         except (Error, OSError) as exc:
             log.error("usage history %s not updated: %s", self.config.history_file, exc)
 
+    def unit_of(self, name: str) -> str | None:
+        """The unit of cgroup tenant ``name`` as the last scan found it; None if none."""
+        if self.discovery is None:
+            return None
+        unit = self.discovery.by_name().get(name)
+        return None if unit is None else unit.unit
+
+    def with_cgroups(self, desired: DesiredSet, state: State) -> DesiredSet:
+        """``desired`` plus the tenants of a fresh scan of the cgroup tree (their xids
+        from ``state`` by name); the scan is kept for the classifier.
+        """
+        from bwenforcer.files.atomic import file_identity
+        from bwenforcer.inputs.cgroups import discover, merge
+
+        accounts = file_identity(PASSWD)
+        if accounts != self._accounts:  # an account renamed: user tenants' names anew
+            self._tenant_names.clear()
+            self._accounts = accounts
+        self.discovery = discover(self.config.cgroups, cache=self._tenant_names)
+        bound = None
+        live = {st.name for st in state.slices.values()}
+        listed = {s.name for s in desired.slices}
+        newcomers = any(u.name not in live and u.name not in listed for u in self.discovery.units)
+        if newcomers and self.config.classifier.mode == "cgroup":
+            # only a tenant without an xid yet may have one in the maps (a crash before
+            # the save that would have recorded it): then read them
+            try:
+                bound = self._cgroups_table().bindings()
+            except Error as exc:  # no table yet: nothing bound
+                log.debug("classifier maps not read: %s", exc)
+        return merge(
+            desired, self.discovery, self.config, state, bound=bound, cache=self._tenant_slices
+        )
+
+    def _cgroups_table(self) -> CgroupClassifier:
+        from bwenforcer.kernel.classifier import CgroupClassifier
+
+        if self._cgroup_classifier is None:
+            self._cgroup_classifier = CgroupClassifier(netns=self.netns)
+        return self._cgroup_classifier
+
     def _classifier_hook(self) -> Callable[[DesiredSet], None] | None:
         mode = self.config.classifier.mode
+        if mode == "cgroup":
+            return self._apply_cgroups
         if mode == "none":
             return None
         from bwenforcer.kernel.classifier import Classifier, ClassifierSpec
@@ -285,6 +367,47 @@ class Agent:
             classifier.apply(ClassifierSpec(tuple(s.xid for s in desired.slices), prefixes))
 
         return apply
+
+    def _apply_cgroups(self, desired: DesiredSet) -> None:
+        from bwenforcer.kernel.classifier import CgroupSpec
+
+        table = self._cgroups_table()
+        units = self.discovery.by_name() if self.discovery is not None else {}
+        bindings = {units[s.name].cgroup_id: s.xid for s in desired.slices if s.name in units}
+        levels = tuple(p.level for p in self.config.cgroups.tenants)
+        try:
+            table.apply(CgroupSpec(bindings, levels, self.config.classifier.exempt_prefixes))
+        except Error:
+            table.close()  # a fresh socket next cycle
+            self._cgroup_classifier = None
+            raise
+        if self.watch and self.discovery is not None:
+            self._watch_restarts(
+                {
+                    units[s.name].path: (s.xid, units[s.name].cgroup_id)
+                    for s in desired.slices
+                    if s.name in units
+                }
+            )
+
+    def _watch_restarts(self, tenants: dict[str, tuple[int, int]]) -> None:
+        """Hand the cycle's tenants to the watcher (started on first use); a watcher
+        that cannot run is logged once and the cycle alone keeps the maps.
+        """
+        from bwenforcer.kernel.cgroupwatch import CgroupWatcher
+        from bwenforcer.kernel.classifier import MAP_DEFAULT, MAP_EXEMPT, TABLE
+
+        if self._watcher is None:
+            assert self.discovery is not None
+            try:
+                self._watcher = CgroupWatcher(
+                    self.discovery.mount, TABLE, MAP_DEFAULT, MAP_EXEMPT, self.netns
+                )
+            except Error as exc:
+                log.error("cgroup watcher not started (restarts wait for a cycle): %s", exc)
+                self.watch = False
+                return
+        self._watcher.update(tenants)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -78,6 +78,7 @@ class CycleResult:
     source_errors: tuple[str, ...] = ()
     extra_failures: tuple[str, ...] = field(default=())
     filter_restored: bool = False  # the mark → class filter was missing and put back
+    units: Mapping[str, str] = field(default_factory=dict)  # cgroup tenants: name -> unit
 
     @property
     def dry_run(self) -> bool:
@@ -114,6 +115,9 @@ class Hooks:
     """Optional steps after the kernel changes; each failure is logged and counted."""
 
     classifier: Callable[[DesiredSet], None] | None = None
+    # Completes the sources' slices once the state is loaded (under the lock): the
+    # cgroup tenants, whose xids the state keeps by name.
+    complete: Callable[[DesiredSet, State], DesiredSet] | None = None
     # Records the cycle in the usage history before the state is saved: a cycle
     # killed in between leaves a history record the next cycle drops, rather than
     # a saved cycle the history never hears of (the history has one writer: the
@@ -143,6 +147,8 @@ def run_cycle(
     lock = nullcontext() if dry_run else store.lock(config.lock_timeout_s)
     with lock:
         loaded = store.read_unlocked() if dry_run else store.load()
+        if hooks.complete is not None:
+            desired = hooks.complete(desired, loaded.state)
         snapshot = kernel.dump()
         wrong = None
         if not desired.limiting_off:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bwenforcer.core.layout import MAX_SHARE, TRAFFIC_CLASSES
+from bwenforcer.core.layout import MAX_SHARE, TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.settings import (
+    CgroupConfig,
+    CgroupPattern,
     ClassDefaults,
     ClassifierConfig,
     Config,
@@ -112,7 +116,7 @@ def _prefixes_file(path: str, where: str) -> list[str]:
 
 
 def _classifier(reader: KeyReader) -> ClassifierConfig:
-    mode = reader.choice("mode", ("none", "uid", "nodemanager"), "none")
+    mode = reader.choice("mode", ("none", "uid", "nodemanager", "cgroup"), "none")
     prefixes = [
         normalise_prefix(p, f"{reader.source}: {reader.key('exempt_prefixes')}")
         for p in reader.strings("exempt_prefixes")
@@ -122,6 +126,59 @@ def _classifier(reader: KeyReader) -> ClassifierConfig:
         prefixes += _prefixes_file(path, f"{reader.source}: {reader.key('exempt_prefixes_file')}")
     reader.done()
     return ClassifierConfig(mode, tuple(dict.fromkeys(prefixes)))  # type: ignore[arg-type]
+
+
+MAX_CGROUP_PATTERNS = 64
+MAX_PATTERN_DEPTH = 16
+_PREFIX = re.compile(r"[a-z0-9]{1,16}")
+
+
+def _pattern(reader: KeyReader, base: Mapping[TrafficClass, ClassDefaults]) -> CgroupPattern:
+    text = reader.text("match", None, allow_null=False)
+    if text is None:
+        raise reader.error("missing 'match' (e.g. user.slice/user-*.slice)")
+    parts = tuple(text.strip("/").split("/"))
+    if (
+        not text.strip("/")
+        or text.startswith("/")
+        or len(parts) > MAX_PATTERN_DEPTH
+        or any(p in ("", ".", "..") or "**" in p or "\0" in p for p in parts)
+    ):
+        raise reader.error(
+            f"{text!r} is not a relative cgroup path pattern of at most"
+            f" {MAX_PATTERN_DEPTH} components (globs within a component, no ** or ..)",
+            at=reader.key("match"),
+        )
+    prefix = reader.text("prefix", "", allow_null=False) or ""
+    if prefix and not _PREFIX.fullmatch(prefix):
+        raise reader.error(f"{prefix!r} is not [a-z0-9]{{1,16}}", at=reader.key("prefix"))
+    defaults_reader = reader.sub("defaults")
+    defaults = {tc: _class_defaults(defaults_reader.sub(tc), base[tc]) for tc in TRAFFIC_CLASSES}
+    defaults_reader.done()
+    reader.done()
+    return CgroupPattern(parts, prefix, defaults)
+
+
+def _cgroups(reader: KeyReader, base: Mapping[TrafficClass, ClassDefaults]) -> CgroupConfig:
+    mount = reader.text("mount", None)
+    if mount is not None and not mount.startswith("/"):
+        raise reader.error(f"{mount!r} is not an absolute path", at=reader.key("mount"))
+    raw = reader.raw("tenants") if reader.has("tenants") else None
+    reader.used.add("tenants")
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise reader.error("expected a list of {match, prefix, defaults}", at=reader.key("tenants"))
+    if len(raw) > MAX_CGROUP_PATTERNS:
+        raise reader.error(
+            f"{len(raw)} patterns, at most {MAX_CGROUP_PATTERNS}", at=reader.key("tenants")
+        )
+    patterns = tuple(
+        _pattern(KeyReader(item, f"{reader.key('tenants')}[{i}]", reader.source), base)
+        for i, item in enumerate(raw)
+    )
+    reader.done()
+    return CgroupConfig(mount, patterns)
 
 
 def _check_slice_address(reader: KeyReader, template: str) -> None:
@@ -271,10 +328,18 @@ def parse_config(data: object, source: str) -> Config:
         metrics=_metrics(top.sub("metrics")),
         classifier=_classifier(top.sub("classifier")),
         history=_history(top.sub("history")),
+        cgroups=_cgroups(top.sub("cgroups"), defaults),
         dry_run=top.flag("dry_run", base.dry_run),
         source=source,
     )
     top.done()
+    if (config.classifier.mode == "cgroup") != bool(config.cgroups.tenants):
+        problem = (
+            "classifier.mode cgroup needs cgroups.tenants (the patterns of the tenants it marks)"
+            if config.classifier.mode == "cgroup"
+            else "cgroups.tenants need classifier.mode: cgroup (only it marks cgroup tenants)"
+        )
+        raise top.error(problem, at="cgroups" if config.cgroups.tenants else "classifier.mode")
     return config
 
 

@@ -179,7 +179,7 @@ def _slice(
         if key is not None:
             resolved[key] = hit
     default, exempt, origin = hit
-    return DesiredSlice(name, xid, default, exempt, origin)
+    return DesiredSlice(name, xid, default, exempt, origin, rspec)
 
 
 # (label, name, xid, rspec, problem): problem, if not None, is why the record is refused

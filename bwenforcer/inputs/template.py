@@ -18,7 +18,16 @@ from bwenforcer.errors import ConfigError
 
 CLASS_MARKER = "%%class%%"
 MESSAGE_FIELDS = frozenset(
-    {"slice", "xid", "hostname", "period_start", "period_end", "period_end_human", "classes"}
+    {
+        "slice",
+        "unit",
+        "xid",
+        "hostname",
+        "period_start",
+        "period_end",
+        "period_end_human",
+        "classes",
+    }
 )
 CLASS_FIELDS = frozenset(
     {

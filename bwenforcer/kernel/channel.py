@@ -23,15 +23,16 @@ SOCKET_BUFFER_BYTES = 4 << 20
 SEQ_MAX = 0xFFFFFFFF
 
 
-def open_socket(netns: str | None) -> socket.socket:
-    """A NETLINK_ROUTE socket, in ``netns`` if given (never subscribed to any group).
+def open_socket(netns: str | None, proto: int = NETLINK_ROUTE) -> socket.socket:
+    """A netlink socket (``proto``, default NETLINK_ROUTE), in ``netns`` if given
+    (never subscribed to any group).
 
     A socket in another namespace comes from pyroute2's namespace socket factory.
     In the current namespace a plain socket is enough, and sparing the pyroute2
     import keeps a cron ``sync`` fast (the import alone costs ~0.2 s here).
     """
     if netns is None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, proto)
     else:
         from pyroute2 import netns as pyroute2_netns
 
@@ -39,7 +40,7 @@ def open_socket(netns: str | None) -> socket.socket:
             netns=netns,
             family=socket.AF_NETLINK,
             socket_type=socket.SOCK_DGRAM,
-            proto=NETLINK_ROUTE,
+            proto=proto,
         )
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)

@@ -25,11 +25,13 @@ import hashlib
 import ipaddress
 import logging
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bwenforcer.core.layout import CLASS_BITS, XID_MAX, mark
 from bwenforcer.errors import ClassifierError, ConfigError
 from bwenforcer.files.tools import tool_path
+from bwenforcer.kernel.nftsets import MapChange, MapMissing, NftMaps
 
 log = logging.getLogger(__name__)
 
@@ -202,3 +204,194 @@ class Classifier:
                 first = (proc.stderr.strip().splitlines() or ["nft failed"])[0]
                 raise ClassifierError(f"nft delete table inet {self.table}: {first}")
             log.info("classifier: table inet %s removed", self.table)
+
+
+# ``classifier.mode: cgroup``: the same marks, by the socket's cgroup. The table's
+# structure (maps, sets, rules) changes only with the config and is loaded by
+# ``nft -f``; the map elements, keyed by cgroup id (which the nft command cannot
+# take), change every time a unit starts or restarts and go over raw netlink
+# (nftsets), one transaction per cycle, only when something changed.
+MAP_DEFAULT = "tenant_default"
+MAP_EXEMPT = "tenant_exempt"
+
+
+@dataclass(frozen=True)
+class CgroupSpec:
+    """What the cgroup table must hold: tenants' cgroup ids, their levels, exempt prefixes."""
+
+    bindings: Mapping[int, int]  # cgroup id -> xid
+    levels: tuple[int, ...]  # `socket cgroupv2 level` of every tenant pattern
+    exempt_prefixes: tuple[str, ...]
+
+
+def cgroup_digest(levels: tuple[int, ...], prefixes: tuple[str, ...]) -> str:
+    """A short digest of the table's structure, kept in its comment."""
+    text = repr(("cgroup", sorted(set(levels)), _collapsed(prefixes)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def render_cgroup_ruleset(
+    levels: tuple[int, ...], prefixes: tuple[str, ...], table: str = TABLE
+) -> str:
+    """The ``nft -f`` script of the cgroup table, with empty maps (one transaction).
+
+    One rule trio per distinct level, deepest first, so that a nested tenant wins
+    over its ancestor; one map pair serves every level (the key is the cgroup id,
+    the level belongs to the rule). Only a connection's first packet (ct mark 0)
+    looks the map up; the others take the mark from conntrack. The input chain
+    marks inbound connections from their first packet (the listener's socket), so
+    a server's replies, SYN-ACK included, land in its tenant's class.
+    """
+    order = sorted(set(levels), reverse=True)
+    v4, v6 = _collapsed(prefixes)
+    first = order[0] if order else 1
+
+    def trio(addr: str) -> str:
+        lines = []
+        for level in order:
+            lookup = f"socket cgroupv2 level {level}"
+            lines += [
+                f"    ct mark 0 ip {addr} @exempt4 ct mark set {lookup} map @{MAP_EXEMPT}",
+                f"    ct mark 0 ip6 {addr} @exempt6 ct mark set {lookup} map @{MAP_EXEMPT}",
+                f"    ct mark 0 ct mark set {lookup} map @{MAP_DEFAULT}",
+            ]
+        return "\n".join(lines)
+
+    return f"""table inet {table}
+delete table inet {table}
+table inet {table} {{
+  comment "bwenforcer spec {cgroup_digest(levels, prefixes)}"
+  map {MAP_DEFAULT} {{ typeof socket cgroupv2 level {first} : meta mark; }}
+  map {MAP_EXEMPT} {{ typeof socket cgroupv2 level {first} : meta mark; }}
+  set exempt4 {{ type ipv4_addr; flags interval;{_elements(v4)} }}
+  set exempt6 {{ type ipv6_addr; flags interval;{_elements(v6)} }}
+  chain output {{
+    type route hook output priority mangle; policy accept;
+{trio("daddr")}
+    ct mark != 0 meta mark set ct mark
+  }}
+  chain input {{
+    type filter hook input priority mangle; policy accept;
+{trio("saddr")}
+  }}
+}}
+"""
+
+
+@dataclass(frozen=True)
+class CgroupApplied:
+    """What one :meth:`CgroupClassifier.apply` did."""
+
+    loaded: bool  # the table's structure was (re)loaded with nft
+    added: int  # elements added (both maps)
+    deleted: int  # elements deleted (both maps)
+    messages: int  # netlink messages in the one element transaction (0: none sent)
+
+
+def _diff(
+    have: Mapping[int, int | None], want: Mapping[int, int]
+) -> tuple[tuple[int, ...], dict[int, int]]:
+    delete = tuple(k for k, v in have.items() if want.get(k) != v)
+    add = {k: v for k, v in want.items() if have.get(k) != v}
+    return delete, add
+
+
+class CgroupClassifier(Classifier):
+    """The cgroup table; long-lived (its netlink socket and the structure it loaded)."""
+
+    def __init__(self, netns: str | None = None, nft: str = "nft", table: str = TABLE) -> None:
+        super().__init__(netns, nft, table)
+        # nsenter, not `ip netns exec`: that mounts a /sys without the cgroup tree
+        self.prefix = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
+        self.netns = netns
+        self._maps: NftMaps | None = None
+        self._digest: str | None = None  # the structure this object loaded or found
+        # (generation, default map, exempt map) as this object last saw or left them
+        self._seen: tuple[int, Mapping[int, int | None], Mapping[int, int | None]] | None = None
+
+    def close(self) -> None:
+        """Close the netlink socket."""
+        if self._maps is not None:
+            self._maps.close()
+            self._maps = None
+
+    def _load(self, levels: tuple[int, ...], prefixes: tuple[str, ...]) -> None:
+        proc = self._run("-f", "-", script=render_cgroup_ruleset(levels, prefixes, self.table))
+        if proc.returncode != 0:
+            first = (proc.stderr.strip().splitlines() or ["nft failed"])[0]
+            raise ClassifierError(f"nft table inet {self.table}: {first}")
+        log.info(
+            "classifier: table inet %s (cgroup, levels %s, %d exempt prefixes) loaded",
+            self.table,
+            ",".join(map(str, sorted(set(levels), reverse=True))),
+            len(prefixes),
+        )
+
+    def apply(self, spec: CgroupSpec) -> CgroupApplied:  # type: ignore[override]
+        """Bring the table and its maps to ``spec``: nft only when the structure is
+        missing or another; the elements in one netlink transaction, if any changed.
+        """
+        digest = cgroup_digest(spec.levels, spec.exempt_prefixes)
+        loaded = False
+        if self._digest != digest:
+            if self._installed_digest() != digest:
+                self._load(spec.levels, spec.exempt_prefixes)
+                loaded = True
+            self._digest = digest
+        maps = self._open()
+        try:
+            generation, have_default, have_exempt = self._current()
+        except MapMissing as exc:
+            if not exc.missing:
+                raise
+            # the table was deleted under us (tc stop, an operator): load it again
+            self._load(spec.levels, spec.exempt_prefixes)
+            loaded = True
+            generation, have_default, have_exempt = maps.generation(), {}, {}
+        want_default = {cg: mark(x, "default") for cg, x in spec.bindings.items()}
+        want_exempt = {cg: mark(x, "exempt") for cg, x in spec.bindings.items()}
+        del_d, add_d = _diff(have_default, want_default)
+        del_e, add_e = _diff(have_exempt, want_exempt)
+        self._seen = None  # unknown until the change is known to be the only one
+        messages = maps.change(
+            (MapChange(MAP_DEFAULT, del_d, add_d), MapChange(MAP_EXEMPT, del_e, add_e))
+        )
+        if messages:
+            log.info(
+                "classifier: %d cgroup elements added, %d deleted (one transaction)",
+                len(add_d),
+                len(del_d),
+            )
+            generation += 1
+            if maps.generation() != generation:
+                return CgroupApplied(
+                    loaded, len(add_d) + len(add_e), len(del_d) + len(del_e), messages
+                )
+        self._seen = (generation, want_default, want_exempt)
+        return CgroupApplied(loaded, len(add_d) + len(add_e), len(del_d) + len(del_e), messages)
+
+    def _open(self) -> NftMaps:
+        if self._maps is None:
+            self._maps = NftMaps(self.table, self.netns)
+        return self._maps
+
+    def _current(self) -> tuple[int, Mapping[int, int | None], Mapping[int, int | None]]:
+        """The generation and both maps' elements: as this object left them while the
+        generation is the one it saw then (no transaction since, of anyone's), else
+        dumped; MapMissing if the table is gone.
+
+        The generation is read before the dumps: a change after it shows as a new
+        generation next cycle.
+        """
+        maps = self._open()
+        generation = maps.generation()
+        if self._seen is not None and self._seen[0] == generation:
+            return self._seen
+        return generation, maps.dump(MAP_DEFAULT), maps.dump(MAP_EXEMPT)
+
+    def bindings(self) -> dict[int, int]:
+        """``{cgroup id: xid}`` as the default map holds them (never `nft list`: it
+        walks the whole cgroup tree to print each id as a path).
+        """
+        _generation, default, _exempt = self._current()
+        return {cg: m & 0xFFF for cg, m in default.items() if m is not None}

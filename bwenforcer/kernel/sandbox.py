@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -117,3 +118,49 @@ def namespace_pair(
             _ip("-n", pair.b, family, "addr", "add", cidr, "dev", "vb", *nodad)
             _ip("-n", pair.a, family, "route", "add", cidr.split("/")[0], "dev", "va")
         yield pair
+
+
+def remove_cgroup_tree(path: str) -> None:
+    """Remove the cgroup ``path`` and every cgroup below it, deepest first, killing
+    whatever still runs inside (a killed process leaves its cgroup once reaped).
+    """
+    if not os.path.isdir(path):
+        return
+    for here, _dirs, _files in os.walk(path, topdown=False):
+        for _attempt in range(100):
+            try:
+                with open(os.path.join(here, "cgroup.procs")) as procs:
+                    pids = [int(p) for p in procs.read().split()]
+            except OSError:
+                pids = []
+            for pid in pids:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    continue
+            try:
+                os.rmdir(here)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+@contextmanager
+def cgroup_sandbox(prefix: str = "bwdemo") -> Iterator[str]:
+    """A fresh cgroup directly below the cgroup v2 mount; removed with its subtree on
+    every exit path. Its name (the directory's) is the first component of the
+    demo's tenant patterns, so only cgroups the demo made are ever tenants.
+    """
+    from bwenforcer.inputs.cgroups import find_mount
+
+    path = os.path.join(find_mount(), f"{prefix}{os.getpid() % 100000}{secrets.token_hex(2)}")
+    try:
+        os.mkdir(path)
+    except OSError as exc:
+        raise SandboxError(f"cgroup {path}: {exc.strerror}") from None
+    try:
+        yield path
+    finally:
+        remove_cgroup_tree(path)

@@ -59,6 +59,7 @@ class Notice:
     period_start_s: int
     period_end_s: int
     classes: tuple[CappedClass, ...]
+    unit: str | None = None  # a cgroup tenant's unit (user-1000.slice, nginx.service)
 
 
 def _printable(what: str, value: str, error: type[Error] = SliceError) -> str:
@@ -187,6 +188,7 @@ def render_body(notice: Notice, hostname: str, template: str, now_s: int) -> str
         )
     return string.Template(body).substitute(
         slice=notice.slice_name,
+        unit=notice.unit or notice.slice_name,
         xid=notice.xid,
         hostname=hostname,
         period_start=_utc(notice.period_start_s)[0],
@@ -233,7 +235,8 @@ def build_message(
     tag = name if _MSGID_TAG.match(name) else None
     msg["Message-ID"] = make_msgid(idstring=tag, domain=host)
     classes = " and ".join(c.traffic_class for c in notice.classes)
-    msg["Subject"] = f"bwenforcer: slice {name} capped on {host}" + (
+    unit = f" ({_printable('unit', notice.unit)})" if notice.unit else ""
+    msg["Subject"] = f"bwenforcer: slice {name}{unit} capped on {host}" + (
         f" ({classes})" if classes else ""
     )
     body = render_body(notice, host, text, now_s)

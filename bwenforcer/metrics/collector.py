@@ -241,6 +241,22 @@ def cycle_families(snap: Snapshot) -> Iterator[tuple[str, str, str, list[Sample]
         [("bwenforcer_last_success_timestamp_seconds", (), snap.last_success_s)],
     )
     latest = snap.latest
+    if latest is not None and latest.units:
+        units = latest.units
+        yield (
+            "bwenforcer_slice_unit_info",
+            "gauge",
+            "A cgroup tenant's unit (user-1000.slice, nginx.service), 1 per live tenant",
+            [
+                (
+                    "bwenforcer_slice_unit_info",
+                    (("slice", p.state.name), ("unit", units[p.state.name])),
+                    1,
+                )
+                for p in latest.plan.live
+                if p.state.name in units
+            ],
+        )
     live = len(latest.plan.live) if latest else 0
     ledger = len(latest.plan.state.ledger) if latest else 0
     yield (

@@ -8,10 +8,16 @@ run every few seconds and a table shows usage, threshold, ceil and measured
 throughput: the heavy slice is capped to the computed rate, its mail appears,
 and the cap is lifted when its one-minute period ends. Every exit path removes
 both namespaces and the processes in them.
+
+With ``mode="cgroup"`` the slices are cgroups instead of uids: the demo makes a
+cgroup of its own below the cgroup v2 mount with three services in it
+(``system.slice/heavy.service`` …), the cgroup classifier, and senders that join
+them; the tenants are found by a pattern, and the cgroup is removed afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import logging
@@ -32,7 +38,7 @@ from bwenforcer.core.policy import tree_rates_bps
 from bwenforcer.core.units import human_rate, human_size
 from bwenforcer.errors import UsageError
 from bwenforcer.files.tools import find_tool
-from bwenforcer.kernel.sandbox import Pair, namespace_pair
+from bwenforcer.kernel.sandbox import Pair, cgroup_sandbox, namespace_pair
 from bwenforcer.modes.traffic import start_sender, start_sink
 from bwenforcer.views.table import render_table
 
@@ -74,6 +80,18 @@ classifier:
   mode: uid
   exempt_prefixes: [{exempt}/32]
 """
+
+# classifier.mode cgroup: the three slices are services in the demo's own cgroup
+CGROUP_CONFIG = """slices_file: null
+classifier:
+  mode: cgroup
+  exempt_prefixes: [{exempt}/32]
+cgroups:
+  tenants:
+    - match: {parent}/system.slice/*.service
+      prefix: demo
+"""
+UNITS = {HEAVY: "heavy.service", LIGHT: "light.service", EXEMPT: "exempt.service"}
 
 SLICES = f"""\
 slices:
@@ -145,10 +163,22 @@ def _terminate(procs: list[subprocess.Popen]) -> None:
         proc.wait(timeout=5)
 
 
+def _cgroup_config(text: str, pair: Pair, parent: str) -> str:
+    """The uid config turned into the cgroup one (slices from the tree, not the file)."""
+    text = text[: text.index("slices_file:")] + text[text.index("defaults:") :]
+    text = text[: text.index("classifier:")]
+    return text + CGROUP_CONFIG.format(exempt=EXEMPT_ADDR, parent=os.path.basename(parent))
+
+
 def run_demo(
-    out: TextIO = sys.stdout, run_s: float = RUN_S, clock: Callable[[], float] = time.time
+    out: TextIO = sys.stdout,
+    run_s: float = RUN_S,
+    clock: Callable[[], float] = time.time,
+    mode: str = "uid",
 ) -> int:
-    """Run the demonstration; return 0 when the heavy slice was capped and released."""
+    """Run the demonstration (slices by ``mode``: ``uid`` or ``cgroup``); return 0 when
+    the heavy slice was capped and released.
+    """
     if os.geteuid() != 0:
         raise UsageError("demo needs root (it creates network namespaces and HTB classes)")
     for tool in ("ip", "nft", "setpriv"):
@@ -162,45 +192,57 @@ def run_demo(
     workdir = Path(tempfile.mkdtemp(prefix="bwenforcer-demo-"))
     procs: list[subprocess.Popen] = []
     try:
-        with namespace_pair(extra_b_addrs=(f"{EXEMPT_ADDR}/32",)) as pair:
+        with (
+            namespace_pair(extra_b_addrs=(f"{EXEMPT_ADDR}/32",)) as pair,
+            cgroup_sandbox() if mode == "cgroup" else contextlib.nullcontext("") as parent,
+        ):
             cfg_path = workdir / "bwenforcer.yaml"
-            cfg_path.write_text(
-                CONFIG.format(
-                    cap=NODE_CAP,
-                    period=PERIOD_S,
-                    cycle=CYCLE_S,
-                    dir=workdir,
-                    exempt=EXEMPT_ADDR,
-                )
+            text = CONFIG.format(
+                cap=NODE_CAP, period=PERIOD_S, cycle=CYCLE_S, dir=workdir, exempt=EXEMPT_ADDR
             )
+            cgroups: dict[int, str] = {}
+            if parent:
+                text = _cgroup_config(text, pair, parent)
+                for xid, unit in UNITS.items():
+                    cgroups[xid] = os.path.join(parent, "system.slice", unit)
+                    os.makedirs(cgroups[xid])
+            cfg_path.write_text(text)
             (workdir / "slices.yaml").write_text(SLICES)
             config = load_config(str(cfg_path))
             print(f"namespaces {pair.a} (node, HTB on {pair.dev}) and {pair.b} (far end)", file=out)
+            if parent:
+                print(f"cgroup {parent}: tenants system.slice/*.service", file=out)
             print(f"config {cfg_path}; node cap {NODE_CAP}; period {PERIOD_S}s", file=out)
             with HtbBackend(config.device, netns=pair.a) as kernel:
                 kernel.init(*tree_rates_bps(parse_rate_bps(NODE_CAP), config.bwmax_bps))
-            procs.append(start_sink(pair.b, PORT, run_s + 10))
-            procs += _senders(pair, run_s, workdir)
             agent = Agent(config, clock=clock, netns=pair.a)
-            return _loop(agent, load_desired(config), pair, workdir, out=out, run_s=run_s)
+            desired = load_desired(config)
+            agent.cycle(desired)  # classes and classifier in place before any traffic
+            procs.append(start_sink(pair.b, PORT, run_s + 10))
+            procs += _senders(pair, run_s, workdir, cgroups)
+            return _loop(agent, desired, pair, workdir, out=out, run_s=run_s)
     finally:
         _terminate(procs)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _senders(pair: Pair, run_s: float, workdir: Path) -> list[subprocess.Popen]:
+def _senders(
+    pair: Pair, run_s: float, workdir: Path, cgroups: dict[int, str]
+) -> list[subprocess.Popen]:
+    """The three senders, as their slice's uid (and in its cgroup, in cgroup mode)."""
     log = (workdir / "senders.log").open("ab")
     return [
         start_sender(
-            pair.a, HEAVY, pair.b_addr, PORT, max_bytes=80_000_000, seconds=run_s, log=log
+            pair.a, HEAVY, pair.b_addr, PORT, max_bytes=80_000_000, seconds=run_s, log=log,
+            cgroup=cgroups.get(HEAVY),
         ),
         start_sender(
             pair.a, LIGHT, pair.b_addr, PORT, max_bytes=4_000_000, seconds=run_s, rate_bps=200_000,
-            log=log,
+            log=log, cgroup=cgroups.get(LIGHT),
         ),
         start_sender(
             pair.a, EXEMPT, EXEMPT_ADDR, PORT, max_bytes=8_000_000, seconds=run_s,
-            rate_bps=600_000, log=log,
+            rate_bps=600_000, log=log, cgroup=cgroups.get(EXEMPT),
         ),
     ]  # fmt: skip
 
@@ -219,7 +261,7 @@ def _loop(
         with HtbBackend(pair.dev, netns=pair.a) as kernel:
             snapshot = kernel.dump()
         now = time.monotonic()
-        heavy = next(line for line in result.plan.lines if line.xid == HEAVY).default
+        heavy = next(line for line in result.plan.lines if line.name == "demo_heavy").default
         if heavy.capped:
             capped_once = True
         elif capped_once and not released:
@@ -246,7 +288,7 @@ def _loop(
     return 0 if ok else 1
 
 
-def main() -> int:
+def main(mode: str = "uid") -> int:
     """Entry for the CLI verb: SIGTERM cleans up like Ctrl-C."""
 
     main_pid = os.getpid()
@@ -259,4 +301,4 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    return run_demo()
+    return run_demo(mode=mode)

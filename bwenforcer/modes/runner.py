@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 Cycle = Callable[[Agent], CycleResult | None]
 
 
+def watching_agent(config: Config) -> Agent:
+    """An agent that also binds restarted cgroup tenants between its cycles: for the
+    long-lived callers (the daemon, the node-manager thread).
+    """
+    return Agent(config, watch=True)
+
+
 @dataclass(kw_only=True)
 class CycleRunner:
     """One cycle at a time with the shared error policy, and the /metrics endpoint.
@@ -41,7 +48,7 @@ class CycleRunner:
     LABEL: ClassVar[str] = "cycle"  # how the log lines name a cycle
 
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
-    agent_factory: Callable[[Config], Agent] = Agent
+    agent_factory: Callable[[Config], Agent] = watching_agent
     agent: Agent | None = None  # kept across cycles, replaced when the config is
     cycles: int = 0  # cycles run (skipped and failed ones included)
     stop_server: Callable[[], None] | None = None

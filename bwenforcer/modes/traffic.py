@@ -84,18 +84,25 @@ def system_python() -> str:
     return shutil.which("python3", path="/usr/bin:/bin") or sys.executable
 
 
-def start_sink(netns: str, port: int, seconds: float) -> subprocess.Popen[str]:
-    """Start a sink and wait until it listens."""
+def in_cgroup(path: str | None) -> list[str]:
+    """An argv prefix that moves the command into the cgroup directory ``path``.
+
+    The shell joins before it execs the command, so every socket the command
+    opens belongs to that cgroup (a socket keeps the cgroup it was created in).
+    """
+    if path is None:
+        return []
+    return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', path]
+
+
+def start_sink(
+    netns: str, port: int, seconds: float, cgroup: str | None = None
+) -> subprocess.Popen[str]:
+    """Start a sink (in the cgroup directory ``cgroup`` if given) and wait until it listens."""
     argv = [
-        tool_path("ip"),
-        "netns",
-        "exec",
-        netns,
-        system_python(),
-        "-c",
-        _SINK,
-        str(port),
-        str(seconds),
+        *in_cgroup(cgroup),
+        *(tool_path("ip"), "netns", "exec", netns, system_python(), "-c", _SINK),
+        *(str(port), str(seconds)),
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -113,9 +120,13 @@ def start_sender(
     seconds: float,
     rate_bps: int = 0,
     log: IO[bytes] | None = None,
+    cgroup: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a sender as ``uid``; it stops by itself after its bounds. Errors go to ``log``."""
+    """Start a sender as ``uid`` (in the cgroup directory ``cgroup`` if given); it stops
+    by itself after its bounds. Errors go to ``log``.
+    """
     argv = [
+        *in_cgroup(cgroup),
         tool_path("ip"), "netns", "exec", netns,
         tool_path("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
         system_python(), "-c", _SENDER,

@@ -56,6 +56,8 @@ class SliceReport:
     kernel: KernelSlice | None = None
     kernel_available: bool = False
     history: tuple[ReportRow, ...] = ()  # hourly, the last 24 h
+    unit: str | None = None  # a cgroup tenant's unit (nginx.service), as the tree has it now
+    cgroup: str | None = None  # and its cgroup, below the cgroup2 mount
 
     @property
     def status(self) -> str:
@@ -178,6 +180,7 @@ def show_json(report: SliceReport) -> dict[str, Any]:
         "name": report.name,
         "xid": report.xid,
         "status": report.status,
+        **({} if report.unit is None else {"unit": report.unit, "cgroup": report.cgroup}),
         "period_start": None if st is None else st.period_start_s,
         "period_end": None if st is None else st.period_end_s,
         "kernel_available": report.kernel_available,
@@ -261,6 +264,8 @@ def show_text(report: SliceReport, now_s: int) -> str:
     st = _shown_state(report)
     xid = "-" if report.xid is None else report.xid
     lines = [f"slice {report.name} xid {xid}: {report.status}"]
+    if report.unit is not None:
+        lines.append(f"unit {report.unit} (cgroup {report.cgroup})")
     if st is not None:
         lines.append(
             f"period {utc(st.period_start_s)} → {utc(st.period_end_s)}"

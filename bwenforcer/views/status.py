@@ -7,7 +7,7 @@ times and ceils here (``until``, ``ceil_text``) is shared by ``show`` and ``rese
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,15 +190,23 @@ def ledger_entries(state: State) -> list[tuple[str, LedgerEntry]]:
 
 
 def status_json(
-    state: State, snapshot: KernelSnapshot | None, only: StatusFilter = ALL
+    state: State,
+    snapshot: KernelSnapshot | None,
+    only: StatusFilter = ALL,
+    *,
+    units: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """``status --json``: ``{"slices": [...], "ledger": [...]}`` as in docs/interfaces.md,
     the slices and ledger entries ``only`` keeps.
+
+    With ``units`` (cgroup tenants: slice name -> unit), each slice also has ``unit``
+    (null for a slice that is no cgroup's).
     """
     return {
         "slices": [
             {
                 "name": v.name,
+                **({} if units is None else {"unit": units.get(v.name)}),
                 "xid": v.xid,
                 "period_start": v.period_start_s,
                 "period_end": v.period_end_s,
@@ -250,6 +258,7 @@ STATUS_HEADER = (
     "PERIOD END",
 )
 STATUS_WIDTH = 100  # columns of a terminal the table must fit
+UNIT_WIDTH = 24  # a unit name longer than this is cut in the middle (show has it whole)
 MIN_NAME_WIDTH = 8
 
 
@@ -268,6 +277,10 @@ def fit_names(names: Sequence[str], room: int) -> list[str]:
     return [n if len(n) <= room else f"{n[: room - 1 - tail]}…{n[len(n) - tail :]}" for n in names]
 
 
+def _per_class(views: Sequence[SliceView], values: Sequence[str]) -> list[str]:
+    return [value for v, value in zip(views, values, strict=True) for _c in v.classes]
+
+
 def status_table(
     state: State,
     snapshot: KernelSnapshot | None,
@@ -276,12 +289,14 @@ def status_table(
     *,
     fit: bool = True,
     only: StatusFilter = ALL,
+    units: Mapping[str, str] | None = None,
 ) -> str:
     """``status``: a row per slice class of the slices ``only`` keeps, capped slices first.
 
     With ``fit`` (a terminal), within STATUS_WIDTH columns: long slice names are cut
     (``show`` has the whole name); without (a pipe), names are whole, for grep.
-    ``colour`` marks capped classes in red.
+    ``colour`` marks capped classes in red. With ``units`` (cgroup tenants: slice
+    name -> unit) a UNIT column follows the name.
     """
     views = slice_views(state, snapshot, only)
     missing = "-" if snapshot is None else "no class"  # a cycle will create it
@@ -305,15 +320,24 @@ def status_table(
             for v in views
             for c in v.classes
         ]
+        header = STATUS_HEADER
+        if units is not None:
+            header = (STATUS_HEADER[0], "UNIT", *STATUS_HEADER[1:])
+            whole = [units.get(v.name, "-") for v in views]
+            shown = [fit_names([u], UNIT_WIDTH)[0] for u in whole] if fit else whole
+            rows = [
+                [row[0], unit, *row[1:]]
+                for row, unit in zip(rows, _per_class(views, shown), strict=True)
+            ]
         # what the columns after the name take, each with its two-space gap
-        others = sum(w + len(COLUMN_GAP) for w in column_widths(STATUS_HEADER, rows)[1:])
+        others = sum(w + len(COLUMN_GAP) for w in column_widths(header, rows)[1:])
         if fit:
             for row, name in zip(
                 rows, fit_names([r[0] for r in rows], STATUS_WIDTH - others), strict=True
             ):
                 row[0] = name
         highlight = [colour and c.capped for v in views for c in v.classes]
-        lines += render_table(STATUS_HEADER, rows, highlight)
+        lines += render_table(header, rows, highlight)
     if state.ledger:
         lines.append(f"{len(state.ledger)} dead slice(s) in the ledger (bwenforcer ledger)")
     return "\n".join(lines)

@@ -350,3 +350,42 @@ def test_reset_on_a_node_lifts_the_cap_now_and_rebaselines_on_the_counter(
     assert heavy.default.ceil_bps == CAP_BPS
     assert heavy.default.last_counter_bytes == 0  # the new class's counter, not the saved one
     assert "reset by operator" in done.stderr
+
+
+def test_status_and_show_name_cgroup_tenants_by_unit(
+    cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+
+    from bwenforcer.core.settings import CgroupConfig, CgroupPattern, ClassifierConfig
+
+    mount = tmp_path / "cgroup"
+    (mount / "machine.slice" / "heavy.scope").mkdir(parents=True)
+    (mount / "cgroup.controllers").write_text("")
+    config = dataclasses.replace(
+        cfg,
+        classifier=ClassifierConfig("cgroup"),
+        cgroups=CgroupConfig(str(mount), (CgroupPattern(("machine.slice", "*.scope"), "pl"),)),
+    )
+    use_config(monkeypatch, config)
+    code, out, _ = run(capsys, "--config", "cfg.yaml", "status")
+    assert code == 0
+    header, *rows = out.splitlines()[1:]
+    assert header.split()[:3] == ["SLICE", "UNIT", "XID"]
+    assert [r.split()[:2] for r in rows if r.startswith("pl_heavy")] == [
+        ["pl_heavy", "heavy.scope"]
+    ] * 2
+    assert all(r.split()[1] == "-" for r in rows if r.startswith("pl_light"))
+    code, out, _ = run(capsys, "--config", "cfg.yaml", "status", "--json")
+    units = {s["name"]: s["unit"] for s in json.loads(out)["slices"]}
+    assert units["pl_heavy"] == "heavy.scope" and units["pl_light"] is None
+    # show takes the unit's name, and says which cgroup it is
+    code, out, _ = run(capsys, "--config", "cfg.yaml", "show", "heavy.scope")
+    assert code == 0
+    assert out.splitlines()[:2] == [
+        "slice pl_heavy xid 10: live",
+        "unit heavy.scope (cgroup machine.slice/heavy.scope)",
+    ]
+    code, out, _ = run(capsys, "--config", "cfg.yaml", "show", "--json", "pl_heavy")
+    doc = json.loads(out)
+    assert (doc["unit"], doc["cgroup"]) == ("heavy.scope", "machine.slice/heavy.scope")

@@ -353,3 +353,17 @@ def test_the_advice_says_what_a_class_at_its_floor_can_do() -> None:
     used = replace(floor, used_bytes=floor.limit_bytes)
     body = render_body(replace(notice, classes=(used,)), HOST, load_template(MAIL), NOW_S)
     assert "The budget is used up: the class stays limited to 8kbit/s until" in body
+
+
+def test_a_cgroup_tenant_is_named_by_its_unit_in_the_subject_and_as_unit() -> None:
+    notice = replace(NOTICE, slice_name="svc_nginx", unit="nginx.service")
+    msg = build_message(notice, MAIL, HOST, NOW_S, "$slice is $unit\n%%class%%\n$traffic_class\n")
+    assert (
+        msg["Subject"]
+        == f"bwenforcer: slice svc_nginx (nginx.service) capped on {HOST} (default and exempt)"
+    )
+    assert msg.get_content().startswith("svc_nginx is nginx.service\n")
+    plain = build_message(NOTICE, MAIL, HOST, NOW_S, "$slice is $unit\n%%class%%\n$traffic_class\n")
+    assert plain.get_content().startswith("pl_heavy is pl_heavy\n")  # no unit: the slice name
+    with pytest.raises(SliceError, match="unit"):
+        build_message(replace(NOTICE, unit="a\nBcc: evil@x.org"), MAIL, HOST, NOW_S)

@@ -446,3 +446,17 @@ def test_a_page_that_fails_is_a_500_logged_once_and_the_server_keeps_serving(
         assert status == b"HTTP/1.1 200 OK" and b"bwenforcer_cycles_total" in body
     finally:
         stop()
+
+
+def test_cgroup_tenants_are_named_by_their_unit_in_an_info_gauge(tmp_path: Path) -> None:
+    metrics = AgentMetrics()
+    metrics.observe(replace(_result(), units={"pl_a": "a.service", "gone": "gone.scope"}))
+    text = generate_latest(metrics.registry()).decode()
+    assert 'bwenforcer_slice_unit_info{slice="pl_a",unit="a.service"} 1.0' in text
+    assert "gone.scope" not in text and 'slice="pl_b",unit' not in text  # live tenants only
+    assert exposition(metrics) == text
+    check = _promtool(text)
+    assert check.returncode == 0 and check.stdout.strip() == "", check.stdout + check.stderr
+    plain = AgentMetrics()
+    plain.observe(_result())
+    assert "unit_info" not in exposition(plain)  # no cgroup tenants, no family

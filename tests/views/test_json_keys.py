@@ -11,6 +11,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,8 @@ KEYS = {
     "old_xid": "xid before a revival",
     "old_name": "name of the slice whose xid a new one goes on with",
     "status": "live, dead or new",
+    "unit": "cgroup tenant's unit",
+    "cgroup": "cgroup tenant's cgroup",
     "traffic_class": "traffic class",
     "classes": "the classes",
     "default": "default class",
@@ -199,8 +202,16 @@ def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
         "sync": (result_json(applied), frozenset()),
         "sync actions": ([action_json(a) for a in ALL_ACTIONS], frozenset()),
         "status": (status_json(state, fixed_snapshot()), frozenset()),
+        "status (cgroups)": (
+            status_json(state, fixed_snapshot(), units={"pl_heavy": "heavy.scope"}),
+            frozenset(),
+        ),
         "ledger": (ledger_json(state), frozenset()),
         "show": (show_json(heavy_report()), frozenset({".origin"})),
+        "show (cgroup)": (
+            show_json(replace(heavy_report(), unit="heavy.scope", cgroup="m.slice/heavy.scope")),
+            frozenset({".origin"}),
+        ),
         "report": ([row_json(report)], frozenset()),
         "state show": (
             operator_json(state_to_json(state, NOW)),

@@ -1,0 +1,63 @@
+"""Stable xids by name: properties of the allocation."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bwenforcer.core.layout import XID_MAX
+from bwenforcer.core.model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
+from bwenforcer.core.xids import allocate_xids
+
+POLICY = ClassPolicy(1, 1, 1, 1, 1)
+NAMES = st.sampled_from([f"t{i}" for i in range(12)])
+XIDS = st.integers(1, 16)
+
+
+def _slice(name: str, xid: int) -> SliceState:
+    cls = ClassState(POLICY)
+    return SliceState(name, xid, 0, 1, cls, cls)
+
+
+@st.composite
+def states(draw: st.DrawFn) -> State:
+    live = draw(st.dictionaries(XIDS, NAMES, max_size=6))
+    live = {x: n for x, n in live.items() if list(live.values()).count(n) == 1}
+    ledger = draw(st.dictionaries(NAMES, XIDS, max_size=6))
+    ledger = {n: x for n, x in ledger.items() if n not in live.values()}
+    return State(
+        slices={x: _slice(n, x) for x, n in live.items()},
+        ledger={n: LedgerEntry(_slice(n, x), 0) for n, x in ledger.items()},
+    )
+
+
+@given(
+    st.lists(NAMES, max_size=12),
+    st.sets(XIDS, max_size=4),
+    states(),
+    st.dictionaries(NAMES, XIDS, max_size=4),
+)
+def test_allocation_is_stable_distinct_and_never_takes_a_reserved_xid(
+    names: list[str], taken: set[int], state: State, bound: dict[str, int]
+) -> None:
+    result = allocate_xids(names, taken, state, bound)
+    xids = result.xids
+    assert set(xids) | set(result.unplaced) == set(names)
+    assert len(set(xids.values())) == len(xids)  # distinct
+    assert not set(xids.values()) & taken
+    live = {st.name: x for x, st in state.slices.items()}
+    for name, xid in xids.items():
+        assert 1 <= xid <= XID_MAX
+        if name in live and live[name] not in taken:
+            assert xid == live[name]  # a live name keeps its xid
+        assert {st.name for st in state.slices.values() if st.xid == xid} <= {name}
+        own = {live.get(name), state.ledger[name].slice.xid if name in state.ledger else None}
+        if xid not in own:  # its own xid (live or in the ledger) is a name's to take back
+            assert {n for n, e in state.ledger.items() if e.slice.xid == xid} <= {name}
+    assert allocate_xids(list(reversed(names)), taken, state, bound) == result
+
+
+def test_full_space_leaves_names_unplaced() -> None:
+    state = State(slices={x: _slice(f"s{x}", x) for x in range(1, XID_MAX + 1)})
+    result = allocate_xids(["new"], (), state)
+    assert result.xids == {} and result.unplaced == ("new",)
