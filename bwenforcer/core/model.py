@@ -53,6 +53,10 @@ class ClassPolicy:
     min_rate_bps: int
     max_rate_bps: int
     share: int
+    # canonical texts of the tiers and the taper (core.policy.parse_tiers/parse_taper);
+    # "" = none: pacing from the threshold alone
+    tiers: str = ""
+    taper: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,8 +179,9 @@ def _quiet(
     - the period has not ended (else: a NewPeriod, usage back to 0);
     - each kernel counter equals the last reading (else: bytes to add, or a
       counter that restarted);
-    - neither class is capped nor at its threshold (else: capped rates, maybe
-      a Notify); with the usage unchanged, it stays under;
+    - neither class is capped nor where its rule starts capping (the threshold,
+      a tier, a taper; else: capped rates, maybe a Notify); with the usage
+      unchanged, it stays under;
     - each policy equals the wanted one (else: new limits and rates);
     - the saved ceil and the kernel's rates equal the policy's uncapped rates
       (else: a SetRates, or a state to update).
@@ -200,8 +201,8 @@ def _quiet(
         or ke.bytes != e.last_counter_bytes
         or d.capped
         or e.capped
-        or d.used_bytes >= want.default.threshold_bytes
-        or e.used_bytes >= want.exempt.threshold_bytes
+        or d.used_bytes >= targets.rule(want.default, "default").start_bytes
+        or e.used_bytes >= targets.rule(want.exempt, "exempt").start_bytes
         or (d.policy is not want.default and d.policy != want.default)
         or (e.policy is not want.exempt and e.policy != want.exempt)
     ):

@@ -22,6 +22,8 @@ class ClassDefaults:
     min_rate_bps: int = 0  # raised to bwmin; at most 25 % of the node cap
     max_rate_bps: int | None = None  # None: node cap (default class) or bwmax (exempt)
     share: int = 1
+    tiers: str = ""  # canonical text (core.policy.tiers_text); "": none
+    taper: str = ""  # canonical text (core.policy.taper_text); "": none
 
 
 def _default_class_defaults() -> Mapping[TrafficClass, ClassDefaults]:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import string
+from collections.abc import Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bwenforcer.core.layout import MAX_SHARE, TRAFFIC_CLASSES
+from bwenforcer.core.policy import parse_taper, parse_tiers, taper_text, tiers_text
 from bwenforcer.core.settings import (
     ClassDefaults,
     ClassifierConfig,
@@ -85,9 +87,22 @@ def _class_defaults(reader: KeyReader, base: ClassDefaults) -> ClassDefaults:
         min_rate_bps=reader.parsed("min_rate", parse_rate_bps, base.min_rate_bps),
         max_rate_bps=reader.optional("max_rate", parse_rate_bps),
         share=reader.integer("share", base.share, 1, MAX_SHARE),
+        tiers=_rule_text(reader, "tiers", base.tiers, lambda t: tiers_text(parse_tiers(t))),
+        taper=_rule_text(reader, "taper", base.taper, lambda t: taper_text(parse_taper(t))),
     )
     reader.done()
     return result
+
+
+def _rule_text(reader: KeyReader, name: str, default: str, canonical: Callable[[str], str]) -> str:
+    """The canonical text of a class's ``tiers`` or ``taper`` (null: none)."""
+    text = reader.text(name, default)
+    if text is None:
+        return ""
+    try:
+        return canonical(text)
+    except ValueError as exc:
+        raise reader.error(str(exc), at=reader.key(name)) from None
 
 
 def normalise_prefix(text: str, where: str) -> str:

@@ -26,6 +26,7 @@ from bwenforcer.store.schema import (
     CLASS,
     CLASS_KEYS,
     CLASSES_KEYS,
+    KIND_SCOPE,
     KINDS,
     LEDGER_ENTRY,
     LEDGER_KEYS,
@@ -219,7 +220,10 @@ _compile_encoder()
 
 # --- the strict decoder ------------------------------------------------------------------
 
-_CHECKS = {kind: (eval(f"lambda v: {expr}"), problem) for kind, (expr, problem) in KINDS.items()}
+_CHECKS = {
+    kind: (eval(f"lambda v: {expr}", dict(KIND_SCOPE)), problem)
+    for kind, (expr, problem) in KINDS.items()
+}
 
 
 def _object(value: object, keys: frozenset[str], source: str, path: str) -> dict[str, Any]:
@@ -335,7 +339,7 @@ def _slice_fast(d, policies):
 """
 
 
-_Policies = dict[tuple[int, ...], ClassPolicy]
+_Policies = dict[tuple[object, ...], ClassPolicy]
 _FAST: dict[str, Any] = {
     "ClassPolicy": ClassPolicy,
     "ClassState": ClassState,
@@ -343,6 +347,7 @@ _FAST: dict[str, Any] = {
     "_CLASS_KEYS": CLASS_KEYS,
     "_SLICE_KEYS": SLICE_KEYS,
     "_CLASSES_KEYS": CLASSES_KEYS,
+    **KIND_SCOPE,
 }
 exec(_fast_source(), _FAST)
 _slice_fast: Callable[[object, _Policies], SliceState | None] = _FAST["_slice_fast"]

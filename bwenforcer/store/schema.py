@@ -9,6 +9,7 @@ compares them).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -16,11 +17,12 @@ from typing import Any
 
 from bwenforcer import __version__
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
+from bwenforcer.core.policy import parse_taper, parse_tiers
 from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 6
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -44,7 +46,37 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "bool": ("type(v) is bool", "expected true or false"),
     "str": ("type(v) is str", "expected a string"),
     "name": ("type(v) is str and v != ''", "expected a non-empty string"),
+    "tiers": (
+        "type(v) is str and (v == '' or _tiers_ok(v))",
+        "expected tiers such as '75%:50mbit,100%:2mbit' (or '')",
+    ),
+    "taper": (
+        "type(v) is str and (v == '' or _taper_ok(v))",
+        "expected a taper such as '75%-100%:2mbit' (or '')",
+    ),
 }
+
+
+@functools.lru_cache(maxsize=256)
+def _tiers_ok(text: str) -> bool:
+    try:
+        parse_tiers(text)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _taper_ok(text: str) -> bool:
+    try:
+        parse_taper(text)
+    except ValueError:
+        return False
+    return True
+
+
+# The names the KINDS expressions use besides ``v``.
+KIND_SCOPE: Mapping[str, Any] = {"_tiers_ok": _tiers_ok, "_taper_ok": _taper_ok}
 
 TOP: tuple[Field, ...] = (
     Field("schema_version", "", "version"),
@@ -77,6 +109,8 @@ CLASS: tuple[Field, ...] = (
     Field("min_rate_bps", "policy.min_rate_bps", "uint", "bit/s", view="min_rate"),
     Field("max_rate_bps", "policy.max_rate_bps", "uint", "bit/s", view="max_rate"),
     Field("share", "policy.share", "uint"),
+    Field("tiers", "policy.tiers", "tiers"),
+    Field("taper", "policy.taper", "taper"),
 )
 
 TOP_KEYS = frozenset(f.key for f in TOP)
@@ -182,8 +216,45 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 2, "resets": 0}
 
 
-# version N → a function turning a schema-N object into a schema-(N+1) object
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _v0_to_v1, 1: _v1_to_v2}
+def _classes_with(data: dict[str, Any], added: Mapping[str, object]) -> dict[str, Any]:
+    """``data`` with the keys ``added`` set in every class of every slice, live and in the
+    ledger, where they are missing. Malformed parts are passed through untouched.
+    """
+
+    def slice_(value: object) -> object:
+        if not isinstance(value, dict) or not isinstance(value.get("classes"), dict):
+            return value
+        classes = {
+            tc: {**added, **c} if isinstance(c, dict) else c for tc, c in value["classes"].items()
+        }
+        return {**value, "classes": classes}
+
+    out = dict(data)
+    slices = data.get("slices")
+    if isinstance(slices, dict):
+        out["slices"] = {xid: slice_(st) for xid, st in slices.items()}
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict):
+        out["ledger"] = {
+            name: {**e, "slice": slice_(e.get("slice"))} if isinstance(e, dict) else e
+            for name, e in ledger.items()
+        }
+    return out
+
+
+def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 5 had no tiers and no taper: every class paced from its threshold alone."""
+    return {**_classes_with(data, {"tiers": "", "taper": ""}), "schema_version": 6}
+
+
+# version N → a function turning a schema-N object into the next version's object (the
+# version it returns is the next one looked up). On this branch schema 2 goes to 6
+# directly: versions 3–5 are other branches'; at their merge _v5_to_v6 is keyed 5.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    0: _v0_to_v1,
+    1: _v1_to_v2,
+    2: _v5_to_v6,
+}
 
 
 def migrate(data: dict[str, Any], source: str) -> dict[str, Any]:
@@ -199,10 +270,11 @@ def migrate(data: dict[str, Any], source: str) -> dict[str, Any]:
             f"{source}: schema_version {version} is newer than this bwenforcer reads"
             f" ({SCHEMA_VERSION}); refusing to use or overwrite it"
         )
-    if version < min(MIGRATIONS, default=SCHEMA_VERSION):
-        raise corrupt(source, "schema_version", f"unknown version {version}")
     while version < SCHEMA_VERSION:
-        data = MIGRATIONS[version](data)
-        version += 1
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise corrupt(source, "schema_version", f"unknown version {version}")
+        data = step(data)
+        version = data["schema_version"]
         log.info("%s: migrated state to schema_version %d", source, version)
     return data

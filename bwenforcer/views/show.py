@@ -142,11 +142,13 @@ def _rates_json(rates: ClassRates | ClassPolicy) -> dict[str, int]:
     return {"min_rate": rates.min_rate_bps, "max_rate": rates.max_rate_bps, "share": rates.share}
 
 
-def _policy_json(policy: ClassPolicy) -> dict[str, int]:
+def _policy_json(policy: ClassPolicy) -> dict[str, int | str]:
     return {
         "limit_bytes": policy.limit_bytes,
         "threshold_bytes": policy.threshold_bytes,
         **_rates_json(policy),
+        "tiers": policy.tiers,
+        "taper": policy.taper,
     }
 
 
@@ -236,6 +238,8 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         "min rate": lambda c: attr("min_rate", human_rate(c.policy.min_rate_bps), c),
         "max rate": lambda c: attr("max_rate", human_rate(c.policy.max_rate_bps), c),
         "share": lambda c: attr("share", str(c.policy.share), c),
+        "tiers": lambda c: attr("tiers", c.policy.tiers or "-", c),
+        "taper": lambda c: attr("taper", c.policy.taper or "-", c),
         "ceil": lambda c: ceil_text(c.ceil_bps),
         "capped": lambda c: "yes" if c.state is not None and c.state.capped else "no",
         "notified": lambda c: "yes" if c.state is not None and c.state.notified else "no",
@@ -244,7 +248,13 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         "next cycle": _pending_text,
     }
     rows = [(label, *(cell(c) for c in classes)) for label, cell in cells.items()]
-    return [r for r in rows if r[0] != "next cycle" or any(c.pending for c in classes)]
+    # rows of what no class has are left out: a page of today's policies stays as it was
+    shown = {
+        "next cycle": any(c.pending for c in classes),
+        "tiers": any(c.policy.tiers for c in classes),
+        "taper": any(c.policy.taper for c in classes),
+    }
+    return [r for r in rows if shown.get(r[0], True)]
 
 
 def _capped_time(hour: ReportRow) -> str:

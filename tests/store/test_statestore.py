@@ -40,6 +40,7 @@ from bwenforcer.store.schema import (
     TOP,
     WRITER,
     Field,
+    _v5_to_v6,
 )
 from bwenforcer.store.state import StateStore, check
 
@@ -85,10 +86,14 @@ names = st.text("abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=20
 counts = st.integers(min_value=0, max_value=2**64)
 
 
+TIERS = st.sampled_from(["", "75%:50mbit,100%:2mbit", "87.5%:1kbit"])
+TAPERS = st.sampled_from(["", "75%-100%:2mbit", "0%-1000%:8bit"])
+
+
 @st.composite
 def class_states(draw: st.DrawFn) -> ClassState:
     return ClassState(
-        ClassPolicy(draw(counts), draw(counts), draw(counts), draw(counts), draw(counts)),
+        ClassPolicy(*(draw(counts) for _ in range(5)), tiers=draw(TIERS), taper=draw(TAPERS)),
         draw(counts),
         draw(counts),
         draw(counts),
@@ -129,7 +134,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 2
+    assert data["schema_version"] == SCHEMA_VERSION == 6
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
     sl = data["slices"]["1"]
@@ -146,6 +151,8 @@ def test_json_layout_is_the_documented_one() -> None:
         "min_rate_bps": 8_000,
         "max_rate_bps": 10_000_000,
         "share": 1,
+        "tiers": "",
+        "taper": "",
     }
     assert data["ledger"]["pl_dead0"]["died_at"] == NOW_S - 60
     assert data["ledger"]["pl_dead0"]["slice"]["xid"] == 3000
@@ -276,6 +283,8 @@ _DOC_TYPES = {
     "bool": "bool",
     "str": "string",
     "name": "string",
+    "tiers": "string",
+    "taper": "string",
     "slices": "object",
     "ledger": "object",
     "classes": "object",
@@ -310,13 +319,19 @@ def v0_document(state: State) -> dict[str, Any]:
     slices = [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]
     for sl in slices:
         for cls in sl["classes"].values():
+            del cls["tiers"], cls["taper"]
             cls["bytes_used"] = cls.pop("used_bytes")
             cls["last_counter"] = cls.pop("last_counter_bytes")
     return data
 
 
 def test_migrations_form_a_chain_to_the_current_version() -> None:
-    assert sorted(MIGRATIONS) == list(range(SCHEMA_VERSION))
+    version, seen = 0, []
+    while version < SCHEMA_VERSION:
+        seen.append(version)
+        version = MIGRATIONS[version]({"schema_version": version})["schema_version"]
+        assert version > seen[-1]
+    assert version == SCHEMA_VERSION and sorted(MIGRATIONS) == seen
 
 
 def test_v0_migrates_to_v1() -> None:
@@ -739,11 +754,11 @@ def test_check_reports_each_problem_on_one_line(tmp_path: Path) -> None:
     store.save(make_state(2), NOW_S)
     store.save(make_state(2), NOW_S)
     path.write_text("{")
-    Path(store.backup).write_text('{"schema_version": 3}')
+    Path(store.backup).write_text(f'{{"schema_version": {SCHEMA_VERSION + 1}}}')
     problems = check(str(path))
     assert len(problems) == 2
     assert problems[0].startswith(f"{path}: not valid JSON")
-    assert problems[1].startswith(f"{store.backup}: schema_version 3 is newer")
+    assert problems[1].startswith(f"{store.backup}: schema_version {SCHEMA_VERSION + 1} is newer")
     path.unlink()
     assert check(str(path)) == [
         f"{path}: missing, but its backup {store.backup} exists",
@@ -851,6 +866,44 @@ def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
     v1 = state_to_json(make_state(2), NOW_S)
     del v1["resets"]
     v1["schema_version"] = 1
+    for cls in v1["slices"]["1"]["classes"].values():
+        del cls["tiers"], cls["taper"]
     state = state_from_json(v1, "old.json")
     assert state.resets == 0
     assert state == dataclasses.replace(make_state(2), saved_s=NOW_S)
+
+
+def test_migration_to_schema_6_paces_every_class_as_before() -> None:
+    """Schema 5 had no tiers and no taper: every class, live or in the ledger, gets none."""
+    v5 = state_to_json(make_state(2), NOW_S)
+    # keyed 5 once schemas 3–5 are merged; the version it is keyed by is the one it reads
+    v5["schema_version"] = next(k for k, f in MIGRATIONS.items() if f is _v5_to_v6)
+    for sl in [*v5["slices"].values(), *(e["slice"] for e in v5["ledger"].values())]:
+        for cls in sl["classes"].values():
+            del cls["tiers"], cls["taper"]
+    migrated = _v5_to_v6(copy.deepcopy(v5))
+    assert migrated["schema_version"] == 6
+    assert state_from_json(v5, "old.json") == saved(make_state(2))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("tiers", "75%:50mbit,50%:2mbit", "expected tiers such as"),
+        ("tiers", 7, "expected tiers such as"),
+        ("taper", "100%-75%:2mbit", "expected a taper such as"),
+    ],
+)
+def test_bad_tiers_or_taper_in_the_state_is_named(key: str, value: object, problem: str) -> None:
+    data = state_to_json(make_state(1), NOW_S)
+    data["slices"]["1"]["classes"]["default"][key] = value
+    with pytest.raises(StateCorrupt, match=rf"{_CLS}\.{key}: {problem}"):
+        state_from_json(data, "state.json")
+
+
+def test_tiers_and_taper_round_trip_through_the_encoder() -> None:
+    cls = ClassState(dataclasses.replace(policy(), tiers="75%:50mbit", taper="80%-90%:1mbit"))
+    st_ = dataclasses.replace(slice_state(1), default=cls)
+    state = State({1: st_})
+    text = StateEncoder().encode(state, NOW_S)
+    assert state_from_json(json.loads(text), "s") == saved(state)

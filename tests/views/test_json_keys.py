@@ -7,6 +7,7 @@ each command with ``--json`` on a node in a throwaway namespace.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import defaultdict
@@ -36,6 +37,7 @@ from bwenforcer.cycle.run import CycleResult
 from bwenforcer.history.usage import ReportRow
 from bwenforcer.store.codec import state_to_json
 from bwenforcer.views.plan import action_json, result_json
+from bwenforcer.views.policy import PolicyView, policy_json, policy_view
 from bwenforcer.views.report import row_json
 from bwenforcer.views.show import show_json
 from bwenforcer.views.status import ledger_json, status_json
@@ -128,6 +130,11 @@ KEYS = {
     "source_errors": "bad slices",
     "recovered_from": "backup used",
     "schema_version": "state schema",
+    "tiers": "tiers",
+    "taper": "taper",
+    "rows": "policy table rows",
+    "used_percent": "usage as a share of the limit",
+    "rule": "the rule that sets the ceil",
     "writer": "state writer",
 }
 
@@ -174,6 +181,21 @@ ALL_ACTIONS = (
 )
 
 
+def _policy_view() -> PolicyView:
+    want = desired_heavy()
+    tiered = dataclasses.replace(want.default, tiers="50%:1mbit", taper="10%-40%:2mbit")
+    caps = {"default": 10**7, "exempt": 10**8}
+    return policy_view(
+        want.name,
+        want.xid,
+        {"default": tiered, "exempt": want.exempt},
+        caps,
+        bwmin_bps=BWMIN_BPS,
+        now_s=NOW,
+        period_end_s=NOW + 3600,
+    )
+
+
 def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
     """Each command's JSON built from plain data, with the paths of its data-keyed maps."""
     state = fixed_state()
@@ -195,6 +217,7 @@ def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
         "ledger": (ledger_json(state), frozenset()),
         "show": (show_json(heavy_report()), frozenset({".origin"})),
         "report": ([row_json(report)], frozenset()),
+        "policy": (policy_json(_policy_view()), frozenset()),
         "state show": (
             operator_json(state_to_json(state, NOW)),
             frozenset({".slices", ".ledger"}),
@@ -253,6 +276,7 @@ def test_every_command_on_a_node_prints_only_keys_of_the_table(ns: Netns, tmp_pa
     docs["ledger"] = (doc("ledger", "--json"), frozenset())
     docs["report"] = (doc("report", "--json"), frozenset())
     docs["state show"] = (doc("state", "show", "--json"), frozenset({".slices", ".ledger"}))
+    docs["policy"] = (doc("policy", "pl_alice", "--json"), frozenset())
 
     actions = {a["action"] for a in docs["sync, a rate changed"][0]["actions"]}
     assert "set_rates" in actions
