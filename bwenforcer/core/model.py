@@ -57,6 +57,7 @@ class ClassPolicy:
     # "" = none: pacing from the threshold alone
     tiers: str = ""
     taper: str = ""
+    pacing: bool = True  # False (only with tiers or a taper): no pacing from the threshold
 
 
 @dataclass(frozen=True, slots=True)

@@ -201,16 +201,16 @@ def _quiet(
         or ke.bytes != e.last_counter_bytes
         or d.capped
         or e.capped
-        or d.used_bytes >= targets.rule(want.default, "default").start_bytes
-        or e.used_bytes >= targets.rule(want.exempt, "exempt").start_bytes
         or (d.policy is not want.default and d.policy != want.default)
         or (e.policy is not want.exempt and e.policy != want.exempt)
     ):
         return None
-    d_rates = targets.uncapped(want.default, "default")
-    e_rates = targets.uncapped(want.exempt, "exempt")
+    d_start, d_rates = targets.limits(want.default, "default")
+    e_start, e_rates = targets.limits(want.exempt, "exempt")
     if (
-        d.ceil_bps != d_rates.max_rate_bps
+        d.used_bytes >= d_start
+        or e.used_bytes >= e_start
+        or d.ceil_bps != d_rates.max_rate_bps
         or e.ceil_bps != e_rates.max_rate_bps
         or (kd.rates is not d_rates and kd.rates != d_rates)
         or (ke.rates is not e_rates and ke.rates != e_rates)

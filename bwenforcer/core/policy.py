@@ -161,6 +161,9 @@ def system_class_rates(
 # - a taper "P %–Q %: R": the ceil falls linearly from the max rate at P % of the
 #   limit to R at Q %, and stays at R past Q %.
 #
+# A policy with tiers or a taper may turn pacing off (``pacing: false``): then "past
+# 100 %: 2 Mbit/s" holds, where pacing would give the min rate once the budget is gone.
+#
 # Shares are in basis points (1/100 of a percent) of the limit. A policy names its
 # tiers and taper by their canonical text ("" = none), which is what the state file
 # keeps: parse_tiers(tiers_text(t)) == t.
@@ -288,6 +291,7 @@ class RateRule:
     share: int
     cap_bps: int
     bwmin_bps: int
+    pacing: bool  # False: tiers and taper alone
     tiers: tuple[tuple[int, Tier], ...]  # (bytes where it starts, tier)
     taper: tuple[int, int, Taper] | None  # (from bytes, to bytes, taper)
     start_bytes: int
@@ -309,11 +313,16 @@ def rate_rule(policy: ClassPolicy, cap_bps: int, bwmin_bps: int) -> RateRule:
     taper = None
     if parsed is not None:
         taper = (share_bytes(limit, parsed.from_bp), share_bytes(limit, parsed.to_bp), parsed)
-    starts = [policy.threshold_bytes]
+    starts = []
     if tiers:
         starts.append(tiers[0][0])
     if taper is not None:
         starts.append(taper[0])
+    # pacing off needs a tier or a taper (checked where policies come from); a policy
+    # without either paces, whatever it says: no policy may leave a class uncapped
+    pacing = policy.pacing or not starts
+    if pacing:
+        starts.append(policy.threshold_bytes)
     return RateRule(
         limit_bytes=limit,
         threshold_bytes=policy.threshold_bytes,
@@ -322,6 +331,7 @@ def rate_rule(policy: ClassPolicy, cap_bps: int, bwmin_bps: int) -> RateRule:
         share=share,
         cap_bps=cap_bps,
         bwmin_bps=bwmin_bps,
+        pacing=pacing,
         tiers=tiers,
         taper=taper,
         start_bytes=min(starts),
@@ -354,7 +364,7 @@ def rule_ceil(
     if used_bytes < rule.start_bytes:
         return (*rule.uncapped, "")
     ceil_bps, applies = rule.max_rate_bps, ""
-    if used_bytes >= rule.threshold_bytes:
+    if rule.pacing and used_bytes >= rule.threshold_bytes:
         ceil_bps = capped_ceil_bps(
             used_bytes=used_bytes,
             limit_bytes=rule.limit_bytes,

@@ -24,6 +24,7 @@ class ClassDefaults:
     share: int = 1
     tiers: str = ""  # canonical text (core.policy.tiers_text); "": none
     taper: str = ""  # canonical text (core.policy.taper_text); "": none
+    pacing: bool = True  # False: tiers and taper alone (needs one of them)
 
 
 def _default_class_defaults() -> Mapping[TrafficClass, ClassDefaults]:

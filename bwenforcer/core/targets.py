@@ -49,13 +49,12 @@ class RateTargets:
             self._rules[traffic_class][id(policy)] = found
         return found
 
-    def rule(self, policy: ClassPolicy, traffic_class: TrafficClass) -> RateRule:
-        """The rate rule of a class under ``policy``."""
-        return self._rule_for(policy, traffic_class)[1]
-
-    def uncapped(self, policy: ClassPolicy, traffic_class: TrafficClass) -> ClassRates:
-        """The rates of a class under ``policy`` while it is not capped."""
-        return self._rule_for(policy, traffic_class)[2]
+    def limits(self, policy: ClassPolicy, traffic_class: TrafficClass) -> tuple[int, ClassRates]:
+        """``(start, uncapped)``: the usage from which the class is capped, and its rates
+        below it (the planner's idle-slice check, in one lookup).
+        """
+        _, rule, uncapped = self._rule_for(policy, traffic_class)
+        return rule.start_bytes, uncapped
 
     def rates(
         self,

@@ -89,7 +89,12 @@ def _class_defaults(reader: KeyReader, base: ClassDefaults) -> ClassDefaults:
         share=reader.integer("share", base.share, 1, MAX_SHARE),
         tiers=_rule_text(reader, "tiers", base.tiers, lambda t: tiers_text(parse_tiers(t))),
         taper=_rule_text(reader, "taper", base.taper, lambda t: taper_text(parse_taper(t))),
+        pacing=reader.flag("pacing", base.pacing),
     )
+    if not result.pacing and not result.tiers and not result.taper:
+        raise reader.error(
+            "false needs tiers or a taper (else nothing caps)", at=reader.key("pacing")
+        )
     reader.done()
     return result
 

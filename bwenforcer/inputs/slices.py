@@ -60,6 +60,7 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "share": "net_share",
         "tiers": "net_tiers",
         "taper": "net_taper",
+        "pacing": "net_pacing",
     },
     "exempt": {
         "min_rate": "net_i2_min_rate",
@@ -69,6 +70,7 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "share": "net_i2_share",
         "tiers": "net_i2_tiers",
         "taper": "net_i2_taper",
+        "pacing": "net_i2_pacing",
     },
 }
 RSPEC_ATTRIBUTES = frozenset(a for attrs in ATTRIBUTES.values() for a in attrs.values())
@@ -152,6 +154,12 @@ def resolve_policy(
             parse=parse_taper,
             text=taper_text,
         )
+        pacing = _pacing(name, attrs["pacing"], rspec, origin, base.pacing)
+        if not pacing and not tiers and not taper:
+            raise SliceError(
+                f"slice {name}: {attrs['pacing']}: pacing off needs tiers or a taper"
+                " (else nothing caps)"
+            )
         share_given = given("share")
         min_rate, max_rate, share = class_limits(
             min_rate, max_rate, base.share if share_given is None else share_given, cap
@@ -165,8 +173,26 @@ def resolve_policy(
             share=share,
             tiers=tiers,
             taper=taper,
+            pacing=pacing,
         )
     return policies["default"], policies["exempt"], origin
+
+
+_FLAGS = {"1": True, "true": True, "0": False, "false": False}
+
+
+def _pacing(
+    name: str, attribute: str, rspec: Mapping[str, object], origin: dict[str, str], default: bool
+) -> bool:
+    """``net_pacing`` / ``net_i2_pacing``: 1 or 0, true or false (text or not)."""
+    value = rspec.get(attribute)
+    origin[attribute] = "defaults" if value is None else "rspec"
+    if value is None:
+        return default
+    flag = _FLAGS.get(str(value).strip().lower()) if not isinstance(value, float) else None
+    if flag is None:
+        raise SliceError(f"slice {name}: {attribute}: {shown(value)} is not 1, 0, true or false")
+    return flag
 
 
 def _rule(

@@ -111,6 +111,7 @@ CLASS: tuple[Field, ...] = (
     Field("share", "policy.share", "uint"),
     Field("tiers", "policy.tiers", "tiers"),
     Field("taper", "policy.taper", "taper"),
+    Field("pacing", "policy.pacing", "bool"),
 )
 
 TOP_KEYS = frozenset(f.key for f in TOP)
@@ -244,7 +245,8 @@ def _classes_with(data: dict[str, Any], added: Mapping[str, object]) -> dict[str
 
 def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
     """Schema 5 had no tiers and no taper: every class paced from its threshold alone."""
-    return {**_classes_with(data, {"tiers": "", "taper": ""}), "schema_version": 6}
+    added = {"tiers": "", "taper": "", "pacing": True}
+    return {**_classes_with(data, added), "schema_version": 6}
 
 
 # version N → a function turning a schema-N object into the next version's object (the

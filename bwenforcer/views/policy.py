@@ -98,6 +98,7 @@ def policy_json(view: PolicyView) -> dict[str, Any]:
                 "max_rate": c.rule.max_rate_bps,
                 "tiers": c.policy.tiers,
                 "taper": c.policy.taper,
+                "pacing": c.rule.pacing,
                 "rows": [_row_json(r, c.policy.limit_bytes) for r in c.rows],
             }
             for c in view.classes
@@ -111,7 +112,7 @@ def policy_text(view: PolicyView) -> str:
     left_s = max(0, view.period_end_s - view.now_s)
     lines = [
         f"policy of {whose}, pacing with {human_duration(left_s)} left in the period",
-        "ceil = the lowest of the rules reached: pacing from the threshold"
+        "ceil = the lowest of the rules reached: pacing from the threshold (if on)"
         " ((limit − used)·8 / time left, at least the min rate), the tier reached,"
         " the taper",
     ]
@@ -122,7 +123,8 @@ def policy_text(view: PolicyView) -> str:
             f"{c.traffic_class}: limit {human_size(p.limit_bytes)},"
             f" threshold {human_size(p.threshold_bytes)}, max rate"
             f" {human_rate(c.rule.max_rate_bps)}, min rate {human_rate(c.rule.min_rate_bps)},"
-            f" tiers {p.tiers or '-'}, taper {p.taper or '-'}",
+            f" tiers {p.tiers or '-'}, taper {p.taper or '-'}, pacing"
+            f" {'on' if c.rule.pacing else 'off'}",
         ]
         lines += render_table(
             ("USED", "OF LIMIT", "CEIL", "RULE"),

@@ -142,13 +142,14 @@ def _rates_json(rates: ClassRates | ClassPolicy) -> dict[str, int]:
     return {"min_rate": rates.min_rate_bps, "max_rate": rates.max_rate_bps, "share": rates.share}
 
 
-def _policy_json(policy: ClassPolicy) -> dict[str, int | str]:
+def _policy_json(policy: ClassPolicy) -> dict[str, int | str | bool]:
     return {
         "limit_bytes": policy.limit_bytes,
         "threshold_bytes": policy.threshold_bytes,
         **_rates_json(policy),
         "tiers": policy.tiers,
         "taper": policy.taper,
+        "pacing": policy.pacing,
     }
 
 
@@ -240,6 +241,7 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         "share": lambda c: attr("share", str(c.policy.share), c),
         "tiers": lambda c: attr("tiers", c.policy.tiers or "-", c),
         "taper": lambda c: attr("taper", c.policy.taper or "-", c),
+        "pacing": lambda c: attr("pacing", "on" if c.policy.pacing else "off", c),
         "ceil": lambda c: ceil_text(c.ceil_bps),
         "capped": lambda c: "yes" if c.state is not None and c.state.capped else "no",
         "notified": lambda c: "yes" if c.state is not None and c.state.notified else "no",
@@ -253,6 +255,7 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         "next cycle": any(c.pending for c in classes),
         "tiers": any(c.policy.tiers for c in classes),
         "taper": any(c.policy.taper for c in classes),
+        "pacing": any(not c.policy.pacing for c in classes),
     }
     return [r for r in rows if shown.get(r[0], True)]
 

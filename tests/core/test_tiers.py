@@ -185,14 +185,16 @@ def tapers(draw: st.DrawFn) -> str:
 @st.composite
 def policies(draw: st.DrawFn, max_rate: int) -> ClassPolicy:
     limit = draw(st.integers(0, 10**12))
+    tiers_, taper = draw(tiers()), draw(tapers())
     return ClassPolicy(
         limit,
         draw(st.integers(0, limit)),
         draw(st.integers(0, max_rate)),
         draw(st.integers(1, max_rate)),
         draw(st.integers(1, 10)),
-        draw(tiers()),
-        draw(tapers()),
+        tiers_,
+        taper,
+        pacing=not (tiers_ or taper) or draw(st.booleans()),
     )
 
 
@@ -260,3 +262,24 @@ def test_a_slice_past_a_tier_is_never_taken_for_quiet() -> None:
     quick = plan(desired(want), snapshot(kernel), state, params, T0 + 60)
     assert quick == plan(desired(want), snapshot(kernel), state, params, T0 + 60, quiet=False)
     assert quick.state.slices[10].default.ceil_bps == 1 * M
+
+
+def test_pacing_off_lets_the_tiers_alone_hold_past_the_limit() -> None:
+    paced = rate_rule(_policy(tiers="75%:50mbit,100%:2mbit"), 1000 * M, BWMIN_BPS)
+    tiers_only = rate_rule(
+        dataclasses.replace(_policy(tiers="75%:50mbit,100%:2mbit"), pacing=False),
+        1000 * M,
+        BWMIN_BPS,
+    )
+    # the budget gone: pacing gives the min rate, below the 2 Mbit/s tier
+    assert rule_ceil(paced, 1200 * M, T0, END)[1:] == (BWMIN_BPS, "pacing")
+    assert rule_ceil(tiers_only, 1200 * M, T0, END)[1:] == (2 * M, "tier 100%")
+    assert rule_ceil(tiers_only, 900 * M, T0, END)[1:] == (50 * M, "tier 75%")
+    assert tiers_only.start_bytes == 750 * M
+
+
+def test_pacing_off_without_tiers_or_taper_still_paces() -> None:
+    """A hand-edited state may say so; a class is never left uncapped for it."""
+    rule = rate_rule(dataclasses.replace(_policy(), pacing=False), 1000 * M, BWMIN_BPS)
+    assert rule.pacing and rule.start_bytes == 800 * M
+    assert rule_ceil(rule, 1000 * M, T0, END)[1:] == (BWMIN_BPS, "pacing")

@@ -51,7 +51,7 @@ def test_every_key() -> None:
                     "tiers": "75%:50mbit, 100%:2Mbit",
                     "taper": "50%-75%:60000kbit",
                 },
-                "exempt": {"limit": "2GB", "tiers": None},
+                "exempt": {"limit": "2GB", "tiers": None, "taper": "1%-2%:1mbit", "pacing": False},
             },
             "mail": {
                 "transport": "smtp",
@@ -90,7 +90,8 @@ def test_every_key() -> None:
     )
     assert (d.tiers, d.taper) == ("75%:50mbit,100%:2mbit", "50%-75%:60mbit")  # canonical
     assert cfg.defaults["exempt"].limit_bytes == 2 * 10**9
-    assert (cfg.defaults["exempt"].tiers, cfg.defaults["exempt"].taper) == ("", "")
+    e = cfg.defaults["exempt"]
+    assert (e.tiers, e.taper, e.pacing, d.pacing) == ("", "1%-2%:1mbit", False, True)
     assert cfg.mail.smtp_port == 2525 and cfg.mail.smtp_starttls and cfg.mail.smtp_timeout_s == 3
     assert cfg.classifier.exempt_prefixes == ("10.1.0.0/16", "2001:db8::/32")
     assert cfg.history.hourly_keep_s == 2 * 86400 and cfg.dry_run
@@ -152,6 +153,10 @@ def test_every_key() -> None:
             "t.yaml: defaults.exempt.taper: taper: '75%:2mbit' is not FROM-TO:CEIL",
         ),
         ({"defaults": {"default": {"tiers": 75}}}, "defaults.default.tiers: 75 is not a"),
+        (
+            {"defaults": {"exempt": {"pacing": False}}},
+            "t.yaml: defaults.exempt.pacing: false needs tiers or a taper (else nothing caps)",
+        ),
     ],
 )
 def test_errors_name_the_key_path(data: object, message: str) -> None:

@@ -45,7 +45,10 @@ def test_tiers_and_taper_come_from_the_rspec_else_the_defaults_in_canonical_text
     assert (exempt.tiers, exempt.taper) == ("", "50%-90%:1mbit")
     assert origin["net_tiers"] == "rspec" and origin["net_i2_taper"] == "defaults"
     default, _, _ = resolve_policy("pl_b", {}, cfg)
-    assert default.tiers == "75%:5mbit"
+    assert default.tiers == "75%:5mbit" and default.pacing
+    for off in (0, "0", "false", False):
+        default, exempt, _ = resolve_policy("pl_c", {"net_pacing": off, "net_i2_pacing": 1}, cfg)
+        assert not default.pacing and exempt.pacing
 
 
 @pytest.mark.parametrize(
@@ -54,6 +57,11 @@ def test_tiers_and_taper_come_from_the_rspec_else_the_defaults_in_canonical_text
         ({"net_tiers": "80%:1mbit,70%:1kbit"}, "slice pl_a: net_tiers: tier 2: shares must rise"),
         ({"net_i2_taper": "9%-8%:1mbit"}, "slice pl_a: net_i2_taper: taper: '9%-8%:1mbit'"),
         ({"net_taper": 5}, "slice pl_a: net_taper: 5 is not a text"),
+        ({"net_pacing": 0}, "slice pl_a: net_pacing: pacing off needs tiers or a taper"),
+        (
+            {"net_tiers": "9%:1mbit", "net_pacing": "no"},
+            "slice pl_a: net_pacing: no is not 1, 0, true or false",
+        ),
     ],
 )
 def test_a_bad_tier_or_taper_refuses_the_record(rspec: dict[str, object], problem: str) -> None:

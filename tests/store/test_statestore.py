@@ -93,7 +93,12 @@ TAPERS = st.sampled_from(["", "75%-100%:2mbit", "0%-1000%:8bit"])
 @st.composite
 def class_states(draw: st.DrawFn) -> ClassState:
     return ClassState(
-        ClassPolicy(*(draw(counts) for _ in range(5)), tiers=draw(TIERS), taper=draw(TAPERS)),
+        ClassPolicy(
+            *(draw(counts) for _ in range(5)),
+            tiers=draw(TIERS),
+            taper=draw(TAPERS),
+            pacing=draw(st.booleans()),
+        ),
         draw(counts),
         draw(counts),
         draw(counts),
@@ -153,6 +158,7 @@ def test_json_layout_is_the_documented_one() -> None:
         "share": 1,
         "tiers": "",
         "taper": "",
+        "pacing": True,
     }
     assert data["ledger"]["pl_dead0"]["died_at"] == NOW_S - 60
     assert data["ledger"]["pl_dead0"]["slice"]["xid"] == 3000
@@ -319,7 +325,7 @@ def v0_document(state: State) -> dict[str, Any]:
     slices = [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]
     for sl in slices:
         for cls in sl["classes"].values():
-            del cls["tiers"], cls["taper"]
+            del cls["tiers"], cls["taper"], cls["pacing"]
             cls["bytes_used"] = cls.pop("used_bytes")
             cls["last_counter"] = cls.pop("last_counter_bytes")
     return data
@@ -867,7 +873,7 @@ def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
     del v1["resets"]
     v1["schema_version"] = 1
     for cls in v1["slices"]["1"]["classes"].values():
-        del cls["tiers"], cls["taper"]
+        del cls["tiers"], cls["taper"], cls["pacing"]
     state = state_from_json(v1, "old.json")
     assert state.resets == 0
     assert state == dataclasses.replace(make_state(2), saved_s=NOW_S)
@@ -880,7 +886,7 @@ def test_migration_to_schema_6_paces_every_class_as_before() -> None:
     v5["schema_version"] = next(k for k, f in MIGRATIONS.items() if f is _v5_to_v6)
     for sl in [*v5["slices"].values(), *(e["slice"] for e in v5["ledger"].values())]:
         for cls in sl["classes"].values():
-            del cls["tiers"], cls["taper"]
+            del cls["tiers"], cls["taper"], cls["pacing"]
     migrated = _v5_to_v6(copy.deepcopy(v5))
     assert migrated["schema_version"] == 6
     assert state_from_json(v5, "old.json") == saved(make_state(2))
@@ -892,6 +898,7 @@ def test_migration_to_schema_6_paces_every_class_as_before() -> None:
         ("tiers", "75%:50mbit,50%:2mbit", "expected tiers such as"),
         ("tiers", 7, "expected tiers such as"),
         ("taper", "100%-75%:2mbit", "expected a taper such as"),
+        ("pacing", 0, "expected true or false"),
     ],
 )
 def test_bad_tiers_or_taper_in_the_state_is_named(key: str, value: object, problem: str) -> None:

@@ -132,6 +132,7 @@ KEYS = {
     "schema_version": "state schema",
     "tiers": "tiers",
     "taper": "taper",
+    "pacing": "pacing on",
     "rows": "policy table rows",
     "used_percent": "usage as a share of the limit",
     "rule": "the rule that sets the ceil",
