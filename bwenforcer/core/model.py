@@ -211,6 +211,29 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An operator's change to a slice's budget, kept in the state for the audit.
+
+    A ``grant`` adds ``size_bytes`` to the budget of the class in every period it
+    is in force in, from ``at_s`` until ``until_s``; a ``reset`` forgave
+    ``size_bytes`` of usage at ``at_s`` (``until_s`` = ``at_s``).
+    """
+
+    what: str  # "grant" | "reset"
+    slice: str  # the slice's name
+    traffic_class: TrafficClass
+    size_bytes: int
+    user: str  # who: the invoking user
+    at_s: int
+    until_s: int
+    reason: str = ""
+
+    def in_force(self, now_s: int) -> bool:
+        """A grant that adds to the budget at ``now_s``."""
+        return self.what == "grant" and self.at_s <= now_s < self.until_s
+
+
+@dataclass(frozen=True, slots=True)
 class State:
     """Everything the agent keeps between cycles."""
 
@@ -218,6 +241,8 @@ class State:
     ledger: Mapping[str, LedgerEntry] = field(default_factory=dict)  # by slice name
     saved_s: int | None = None
     resets: int = 0  # operator resets ever made (`bwenforcer reset`), for the metric
+    grants: int = 0  # operator grants ever made (`bwenforcer grant`), for the metric
+    audit: tuple[AuditEntry, ...] = ()  # grants in force and recent grants and resets, oldest first
 
 
 class KernelOp(Protocol):

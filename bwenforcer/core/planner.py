@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from bwenforcer.core.accounting import account_slice, class_usage, kernel_counter, rebaseline
+from bwenforcer.core.grants import NO_GRANT, counted_bytes, granted_bytes, pruned
 from bwenforcer.core.layout import DEFAULT_XID, ROOT_XID, TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.model import (
     ClassPolicy,
@@ -96,6 +97,7 @@ def _plan_live(
     actions: list[Action],
     reason: str,
     hold_period: bool = False,
+    granted: tuple[int, int] = NO_GRANT,
 ) -> LiveSlice:
     """Plan one live slice; with ``account``, first add its bytes since the last cycle.
 
@@ -115,13 +117,13 @@ def _plan_live(
     to_notify: list[TrafficClass] = []
     for tc in TRAFFIC_CLASSES:
         if tc == "default":
-            old, policy = st.default, want.default
+            old, policy, grant = st.default, want.default, granted[0]
             current = None if kernel is None else kernel.default
         else:
-            old, policy = st.exempt, want.exempt
+            old, policy, grant = st.exempt, want.exempt, granted[1]
             current = None if kernel is None else kernel.exempt
         used, last, delta, notified = class_usage(old, current, account, new_period)
-        rates, capped = targets.rates(policy, tc, used, end_s, now_s)
+        rates, capped = targets.rates(policy, tc, counted_bytes(used, grant), end_s, now_s)
         ceil_bps = rates.max_rate_bps
         if current is None:
             actions.append(CreateClass(want.name, want.xid, tc, rates, reason))
@@ -280,6 +282,9 @@ def plan(
         actions.append(PurgeLedger(name))
 
     targets = RateTargets(snapshot, params.bwmin_bps)
+    # grants lower the usage the rules see; the quiet path needs none of them: a slice
+    # under its rule's start stays there with less usage counted (core/grants.py)
+    granted = granted_bytes(state.audit, now_s) if state.audit else {}
     shortcut = _quiet if quiet else _no_shortcut  # chosen once, not tested per slice
     slices: dict[int, SliceState] = {}
     live: list[LiveSlice] = []
@@ -316,6 +321,7 @@ def plan(
             actions=actions,
             reason=reason,
             hold_period=step is not None,
+            granted=granted.get(want.name, NO_GRANT),
         )
         slices[want.xid] = planned.state
         live.append(planned)
@@ -324,7 +330,8 @@ def plan(
         if xid not in wanted and xid not in state.slices and xid not in SYSTEM_XIDS:
             actions.append(RemoveClasses(None, xid, "orphan"))
 
-    new_state = State(slices, ledger, state.saved_s, state.resets)
+    audit = pruned(state.audit, now_s) if state.audit else ()
+    new_state = State(slices, ledger, state.saved_s, state.resets, state.grants, audit)
     return Plan(now_s, tuple(actions), new_state, tuple(live), clock_step=step, held=held)
 
 

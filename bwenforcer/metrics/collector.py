@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bwenforcer.core.grants import NO_GRANT, granted_bytes
 from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import ClassState
 from bwenforcer.cycle.run import CycleResult
@@ -41,6 +42,7 @@ COUNTERS = (
     ("cycle_errors", "cycles that failed with an error and were survived"),
     ("slice_failures", "slice operations that failed (kernel or source)"),
     ("resets", "operator resets of a slice's budget"),
+    ("grants", "operator grants of budget to a slice class"),
 )
 
 
@@ -91,6 +93,7 @@ class AgentMetrics:
             self._cycles[result.result] += 1
             # `bwenforcer reset` runs as its own process: its count lives in the state file
             self._counts["resets"] = max(self._counts["resets"], result.plan.state.resets)
+            self._counts["grants"] = max(self._counts["grants"], result.plan.state.grants)
             index = next(
                 (i for i, b in enumerate(DURATION_BUCKETS_S) if result.duration_s <= b),
                 len(DURATION_BUCKETS_S),
@@ -261,6 +264,7 @@ SLICE_GAUGES = (
     ("capped", "1 when the class is capped"),
     ("period_start_timestamp_seconds", "Start of the recording period (Unix time)"),
     ("period_end_timestamp_seconds", "End of the recording period (Unix time)"),
+    ("granted_bytes", "Bytes operators granted in force, added to the budget"),
 )
 
 
@@ -274,14 +278,17 @@ def slice_samples(
     """
     if latest is None:
         return
+    state = latest.plan.state
+    granted = granted_bytes(state.audit, latest.plan.now_s) if state.audit else {}
     for planned in latest.plan.live:
         st = planned.state
         xid = str(st.xid)
-        classes: tuple[tuple[TrafficClass, ClassState], ...] = (
-            ("default", st.default),
-            ("exempt", st.exempt),
+        grant = granted.get(st.name, NO_GRANT)
+        classes: tuple[tuple[TrafficClass, ClassState, int], ...] = (
+            ("default", st.default, grant[0]),
+            ("exempt", st.exempt, grant[1]),
         )
-        for tc, cs in classes:
+        for tc, cs, granted_in_force in classes:
             policy = cs.policy
             values = (
                 cs.used_bytes,
@@ -291,5 +298,6 @@ def slice_samples(
                 1 if cs.capped else 0,
                 st.period_start_s,
                 st.period_end_s,
+                granted_in_force,
             )
             yield st.name, xid, tc, values

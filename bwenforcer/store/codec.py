@@ -20,9 +20,19 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from bwenforcer.core.grants import MAX_AUDIT
 from bwenforcer.core.layout import TRAFFIC_CLASSES
-from bwenforcer.core.model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
+from bwenforcer.core.model import (
+    AuditEntry,
+    ClassPolicy,
+    ClassState,
+    LedgerEntry,
+    SliceState,
+    State,
+)
 from bwenforcer.store.schema import (
+    AUDIT_ENTRY,
+    AUDIT_KEYS,
     CLASS,
     CLASS_KEYS,
     CLASSES_KEYS,
@@ -68,6 +78,9 @@ _entry_dict = dict_maker(
 )
 
 
+audit_dict = dict_maker("audit_dict", ((f.key, f"o.{f.attr}") for f in AUDIT_ENTRY))
+
+
 def state_to_json(state: State, now_s: int) -> dict[str, Any]:
     """The JSON object of the state file for ``state`` saved at ``now_s``."""
     out: dict[str, Any] = {}
@@ -76,6 +89,8 @@ def state_to_json(state: State, now_s: int) -> dict[str, Any]:
             out[f.key] = {str(xid): _slice_dict(st) for xid, st in state.slices.items()}
         elif f.kind == "ledger":
             out[f.key] = {name: _entry_dict(entry) for name, entry in state.ledger.items()}
+        elif f.kind == "audit":
+            out[f.key] = [audit_dict(entry) for entry in state.audit]
         else:
             out[f.key] = _top_value(f, state, now_s)
     return out
@@ -201,6 +216,9 @@ class StateEncoder:
                     for name, entry in state.ledger.items()
                 )
                 out.append(f"{{{ledger}}}".encode())
+            elif f.kind == "audit":
+                audit = [audit_dict(e) for e in state.audit]
+                out.append(json.dumps(audit, separators=(",", ":")).encode())
             else:
                 out.append(json.dumps(_top_value(f, state, now_s)).encode())
         out.append(b"}")
@@ -385,6 +403,8 @@ def state_from_json(data: object, source: str) -> State:
                 name: _entry_from(name, raw, policies, source, f"{f.key}.{name}")
                 for name, raw in value.items()
             }
+        elif f.kind == "audit":
+            found[f.attr] = _audit_from(value, source, f.key)
         elif f.kind != "version":  # the version was checked by the migration
             checked = _scalar(f, d, source, "")
             if f.attr:
@@ -406,3 +426,16 @@ def _entry_from(
     if entry.slice.name != name:
         raise corrupt(source, path, f"key does not match slice name {entry.slice.name!r}")
     return entry
+
+
+def _audit_from(value: object, source: str, path: str) -> tuple[AuditEntry, ...]:
+    if type(value) is not list:
+        raise corrupt(source, path, "expected a list")
+    if len(value) > MAX_AUDIT:
+        raise corrupt(source, path, f"more than {MAX_AUDIT} entries")
+    entries = []
+    for i, raw in enumerate(value):
+        where = f"{path}[{i}]"
+        d = _object(raw, AUDIT_KEYS, source, where)
+        entries.append(AuditEntry(**{f.attr: _scalar(f, d, source, where) for f in AUDIT_ENTRY}))
+    return tuple(entries)

@@ -46,6 +46,8 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "bool": ("type(v) is bool", "expected true or false"),
     "str": ("type(v) is str", "expected a string"),
     "name": ("type(v) is str and v != ''", "expected a non-empty string"),
+    "what": ("v in ('grant', 'reset')", "expected 'grant' or 'reset'"),
+    "traffic_class": ("v in ('default', 'exempt')", "expected 'default' or 'exempt'"),
     "tiers": (
         "type(v) is str and (v == '' or _tiers_ok(v))",
         "expected tiers such as '75%:50mbit,100%:2mbit' (or '')",
@@ -85,6 +87,18 @@ TOP: tuple[Field, ...] = (
     Field("slices", "slices", "slices"),  # str(xid) -> SLICE
     Field("ledger", "ledger", "ledger"),  # slice name -> LEDGER_ENTRY
     Field("resets", "resets", "uint", "count"),
+    Field("grants", "grants", "uint", "count"),
+    Field("audit", "audit", "audit"),  # a list of AUDIT_ENTRY, oldest first
+)
+AUDIT_ENTRY: tuple[Field, ...] = (
+    Field("what", "what", "what"),
+    Field("slice", "slice", "name"),
+    Field("traffic_class", "traffic_class", "traffic_class"),
+    Field("size_bytes", "size_bytes", "uint", "bytes"),
+    Field("user", "user", "str"),
+    Field("at", "at_s", "uint", "Unix s"),
+    Field("until", "until_s", "uint", "Unix s", after="at"),
+    Field("reason", "reason", "str"),
 )
 LEDGER_ENTRY: tuple[Field, ...] = (
     Field("died_at", "died_s", "uint", "Unix s"),
@@ -119,11 +133,12 @@ LEDGER_KEYS = frozenset(f.key for f in LEDGER_ENTRY)
 SLICE_KEYS = frozenset(f.key for f in SLICE)
 CLASSES_KEYS = frozenset(TRAFFIC_CLASSES)
 CLASS_KEYS = frozenset(f.key for f in CLASS)
+AUDIT_KEYS = frozenset(f.key for f in AUDIT_ENTRY)
 
 # A model attribute's name -> the key --json commands print for it.
 _VIEW_KEYS: Mapping[str, str] = {
     f.attr.rpartition(".")[2]: f.view or f.key
-    for f in (*TOP, *LEDGER_ENTRY, *SLICE, *CLASS)
+    for f in (*TOP, *LEDGER_ENTRY, *SLICE, *CLASS, *AUDIT_ENTRY)
     if f.attr
 }
 # The state file's class keys -> the --json keys, where they differ (``state show --json``).
@@ -244,9 +259,11 @@ def _classes_with(data: dict[str, Any], added: Mapping[str, object]) -> dict[str
 
 
 def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
-    """Schema 5 had no tiers and no taper: every class paced from its threshold alone."""
+    """Schema 5 had no tiers and no taper (every class paced from its threshold alone),
+    no grants and no audit of operators' grants and resets.
+    """
     added = {"tiers": "", "taper": "", "pacing": True}
-    return {**_classes_with(data, added), "schema_version": 6}
+    return {**_classes_with(data, added), "grants": 0, "audit": [], "schema_version": 6}
 
 
 # version N → a function turning a schema-N object into the next version's object (the

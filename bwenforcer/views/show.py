@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from bwenforcer.core.layout import TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.model import (
+    AuditEntry,
     ClassPolicy,
     ClassRates,
     ClassState,
@@ -27,6 +28,7 @@ from bwenforcer.core.model import (
 from bwenforcer.core.policy import counter_delta
 from bwenforcer.core.units import human_duration, human_rate, human_size
 from bwenforcer.inputs.slices import ATTRIBUTES
+from bwenforcer.store.codec import audit_dict
 from bwenforcer.views.report import row_json
 from bwenforcer.views.status import ceil_text, class_view, last_applied_bps, until
 from bwenforcer.views.table import render_table
@@ -56,6 +58,7 @@ class SliceReport:
     kernel: KernelSlice | None = None
     kernel_available: bool = False
     history: tuple[ReportRow, ...] = ()  # hourly, the last 24 h
+    audit: tuple[AuditEntry, ...] = ()  # its grants and resets kept in the state
 
     @property
     def status(self) -> str:
@@ -86,7 +89,8 @@ def find_slice(state: State, desired: Sequence[DesiredSlice], text: str) -> Slic
     if live is None and want is None and entry is None:
         return None
     found_xid = live.xid if live else want.xid if want else entry.slice.xid if entry else None
-    return SliceReport(name=name, xid=found_xid, live=live, ledger=entry, desired=want)
+    audit = tuple(a for a in state.audit if a.slice == name)
+    return SliceReport(name=name, xid=found_xid, live=live, ledger=entry, desired=want, audit=audit)
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,7 @@ def show_json(report: SliceReport) -> dict[str, Any]:
         if entry is None
         else {"xid": entry.slice.xid, "died_at": entry.died_s, "expires_at": entry.expires_s},
         "history": [row_json(h, HISTORY_KEYS) for h in report.history],
+        "audit": [audit_dict(a) for a in report.audit],
     }
 
 
@@ -260,6 +265,20 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
     return [r for r in rows if shown.get(r[0], True)]
 
 
+def _audit_text(entry: AuditEntry, now_s: int) -> str:
+    """One grant or reset of the slice, for people."""
+    why = f": {entry.reason}" if entry.reason else ""
+    head = f"{entry.what} {entry.traffic_class}"
+    if entry.what == "reset":
+        forgiven = human_size(entry.size_bytes)
+        return f"{head}: {forgiven} forgiven by {entry.user} {utc(entry.at_s)}{why}"
+    state = "in force" if entry.in_force(now_s) else "ended"
+    return (
+        f"{head}: +{human_size(entry.size_bytes)} by {entry.user} {utc(entry.at_s)},"
+        f" until {utc(entry.until_s)} ({state}){why}"
+    )
+
+
 def _capped_time(hour: ReportRow) -> str:
     parts = [
         f"{tc} {human_duration(seconds)}"
@@ -289,6 +308,7 @@ def show_text(report: SliceReport, now_s: int) -> str:
         )
     lines.append("")
     lines += render_table(("", "DEFAULT", "EXEMPT"), _class_rows(report))
+    lines += [_audit_text(a, now_s) for a in report.audit]
     lines.append("")
     if report.desired is None:
         lines.append("not in the desired slices: where its attributes came from is unknown")

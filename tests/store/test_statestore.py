@@ -22,7 +22,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
-from bwenforcer.core.model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
+from bwenforcer.core.model import (
+    AuditEntry,
+    ClassPolicy,
+    ClassState,
+    LedgerEntry,
+    SliceState,
+    State,
+)
 from bwenforcer.errors import LockBusy, StateCorrupt, StateError, StateTooNew
 from bwenforcer.store.codec import (
     StateEncoder,
@@ -32,6 +39,7 @@ from bwenforcer.store.codec import (
     state_to_json,
 )
 from bwenforcer.store.schema import (
+    AUDIT_ENTRY,
     CLASS,
     LEDGER_ENTRY,
     MIGRATIONS,
@@ -121,6 +129,21 @@ def slice_states(draw: st.DrawFn, xid: int | None = None, name: str | None = Non
 
 
 @st.composite
+def audit_entries(draw: st.DrawFn) -> AuditEntry:
+    at_s = draw(counts)
+    return AuditEntry(
+        draw(st.sampled_from(["grant", "reset"])),
+        draw(names),
+        draw(st.sampled_from(TRAFFIC_CLASSES)),
+        draw(counts),
+        draw(st.text(max_size=10)),
+        at_s,
+        at_s + draw(counts),
+        draw(st.text(max_size=30)),
+    )
+
+
+@st.composite
 def states(draw: st.DrawFn) -> State:
     xids = draw(st.sets(st.integers(min_value=0, max_value=DEFAULT_XID), max_size=8))
     dead = draw(st.sets(names, max_size=5))
@@ -128,6 +151,9 @@ def states(draw: st.DrawFn) -> State:
         {xid: draw(slice_states(xid=xid)) for xid in xids},
         {name: LedgerEntry(draw(slice_states(name=name)), draw(counts)) for name in dead},
         draw(st.none() | counts),
+        draw(counts),
+        draw(counts),
+        tuple(draw(st.lists(audit_entries(), max_size=4))),
     )
 
 
@@ -160,6 +186,7 @@ def test_json_layout_is_the_documented_one() -> None:
         "taper": "",
         "pacing": True,
     }
+    assert (data["grants"], data["audit"]) == (0, [])
     assert data["ledger"]["pl_dead0"]["died_at"] == NOW_S - 60
     assert data["ledger"]["pl_dead0"]["slice"]["xid"] == 3000
 
@@ -280,9 +307,16 @@ def test_every_field_of_the_saved_dataclasses_is_in_the_state_table() -> None:
     assert _names(ClassPolicy) == {
         a.removeprefix("policy.") for a in _attrs(CLASS) if a.startswith("policy.")
     }
+    assert _names(AuditEntry) == _attrs(AUDIT_ENTRY)
 
 
-_DOC_SCOPES = {"": TOP, "ledger.<name>.": LEDGER_ENTRY, "SLICE ": SLICE, "CLASS ": CLASS}
+_DOC_SCOPES = {
+    "": TOP,
+    "ledger.<name>.": LEDGER_ENTRY,
+    "SLICE ": SLICE,
+    "CLASS ": CLASS,
+    "AUDIT ": AUDIT_ENTRY,
+}
 _DOC_TYPES = {
     "uint": "int",
     "version": "int",
@@ -291,6 +325,9 @@ _DOC_TYPES = {
     "name": "string",
     "tiers": "string",
     "taper": "string",
+    "what": "string",
+    "traffic_class": "string",
+    "audit": "list",
     "slices": "object",
     "ledger": "object",
     "classes": "object",
@@ -321,7 +358,7 @@ def v0_document(state: State) -> dict[str, Any]:
     """What a schema-0 (pre-release) file looked like: no writer, older class key names."""
     data = state_to_json(state, NOW_S)
     data["schema_version"] = 0
-    del data["writer"]
+    del data["writer"], data["grants"], data["audit"]
     slices = [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]
     for sl in slices:
         for cls in sl["classes"].values():
@@ -685,6 +722,8 @@ def states_any_names(draw: st.DrawFn) -> State:
         {name: LedgerEntry(draw(slice_states(name=name)), draw(counts)) for name in dead},
         None,
         draw(counts),
+        draw(counts),
+        tuple(draw(st.lists(audit_entries(), max_size=3))),
     )
 
 
@@ -870,7 +909,7 @@ def test_any_saved_state_passes_check_and_loads(tmp_path_factory: Any, state: St
 
 def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
     v1 = state_to_json(make_state(2), NOW_S)
-    del v1["resets"]
+    del v1["resets"], v1["grants"], v1["audit"]
     v1["schema_version"] = 1
     for cls in v1["slices"]["1"]["classes"].values():
         del cls["tiers"], cls["taper"], cls["pacing"]
@@ -884,6 +923,7 @@ def test_migration_to_schema_6_paces_every_class_as_before() -> None:
     v5 = state_to_json(make_state(2), NOW_S)
     # keyed 5 once schemas 3–5 are merged; the version it is keyed by is the one it reads
     v5["schema_version"] = next(k for k, f in MIGRATIONS.items() if f is _v5_to_v6)
+    del v5["grants"], v5["audit"]
     for sl in [*v5["slices"].values(), *(e["slice"] for e in v5["ledger"].values())]:
         for cls in sl["classes"].values():
             del cls["tiers"], cls["taper"], cls["pacing"]
@@ -914,3 +954,33 @@ def test_tiers_and_taper_round_trip_through_the_encoder() -> None:
     state = State({1: st_})
     text = StateEncoder().encode(state, NOW_S)
     assert state_from_json(json.loads(text), "s") == saved(state)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "problem"),
+    [
+        ("audit", {}, "audit: expected a list"),
+        ("audit.0.what", "gift", "audit[0].what: expected 'grant' or 'reset'"),
+        ("audit.0.traffic_class", "bulk", "audit[0].traffic_class: expected 'default' or"),
+        ("audit.0.until", 5, "audit[0].until: before at"),
+        ("audit.0.size_bytes", -1, "audit[0].size_bytes: expected a non-negative integer"),
+        ("audit.0.extra", 1, "audit[0]: unknown key 'extra'"),
+    ],
+)
+def test_a_bad_audit_entry_is_named(path: str, value: object, problem: str) -> None:
+    entry = AuditEntry("grant", "pl_s1", "default", 10**9, "alice", NOW_S, NOW_S + 60, "why")
+    data = state_to_json(dataclasses.replace(make_state(1), audit=(entry,)), NOW_S)
+    if path == "audit":
+        data["audit"] = value
+    else:
+        _, index, key = path.split(".")
+        data["audit"][int(index)][key] = value
+    with pytest.raises(StateCorrupt, match=re.escape(problem)):
+        state_from_json(data, "state.json")
+
+
+def test_the_audit_is_bounded() -> None:
+    entry = AuditEntry("reset", "pl_s1", "default", 1, "alice", NOW_S, NOW_S)
+    data = state_to_json(dataclasses.replace(make_state(1), audit=(entry,) * 1001), NOW_S)
+    with pytest.raises(StateCorrupt, match="audit: more than 1000 entries"):
+        state_from_json(data, "state.json")

@@ -19,7 +19,7 @@ import pytest
 
 from bwenforcer.commands.state import operator_json
 from bwenforcer.commands.tc import get_rows
-from bwenforcer.core.model import ClassRates, DesiredSet
+from bwenforcer.core.model import AuditEntry, ClassRates, DesiredSet
 from bwenforcer.core.plan import (
     Adopt,
     CreateClass,
@@ -35,7 +35,7 @@ from bwenforcer.core.planner import PlanParams, plan
 from bwenforcer.cycle.executor import Outcome
 from bwenforcer.cycle.run import CycleResult
 from bwenforcer.history.usage import ReportRow
-from bwenforcer.store.codec import state_to_json
+from bwenforcer.store.codec import audit_dict, state_to_json
 from bwenforcer.views.plan import action_json, result_json
 from bwenforcer.views.policy import PolicyView, policy_json, policy_view
 from bwenforcer.views.report import row_json
@@ -134,6 +134,13 @@ KEYS = {
     "taper": "taper",
     "pacing": "pacing on",
     "rows": "policy table rows",
+    "grants": "operator grants",
+    "audit": "operators' grants and resets",
+    "what": "grant or reset",
+    "size_bytes": "bytes granted or forgiven",
+    "user": "invoking user",
+    "at": "when an operator acted",
+    "until": "grant in force until",
     "used_percent": "usage as a share of the limit",
     "rule": "the rule that sets the ceil",
     "writer": "state writer",
@@ -182,6 +189,12 @@ ALL_ACTIONS = (
 )
 
 
+AUDIT = (
+    AuditEntry("grant", "pl_heavy", "default", 10**9, "alice", NOW, NOW + 600, "conference"),
+    AuditEntry("reset", "pl_heavy", "exempt", 5, "bob", NOW, NOW, ""),
+)
+
+
 def _policy_view() -> PolicyView:
     want = desired_heavy()
     tiered = dataclasses.replace(want.default, tiers="50%:1mbit", taper="10%-40%:2mbit")
@@ -219,6 +232,15 @@ def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
         "show": (show_json(heavy_report()), frozenset({".origin"})),
         "report": ([row_json(report)], frozenset()),
         "policy": (policy_json(_policy_view()), frozenset()),
+        "show, audit": (
+            show_json(dataclasses.replace(heavy_report(), audit=AUDIT)),
+            frozenset({".origin"}),
+        ),
+        "state show, audit": (
+            operator_json(state_to_json(dataclasses.replace(state, audit=AUDIT), NOW)),
+            frozenset({".slices", ".ledger"}),
+        ),
+        "grant": ({"audit": [audit_dict(a) for a in AUDIT]}, frozenset()),
         "state show": (
             operator_json(state_to_json(state, NOW)),
             frozenset({".slices", ".ledger"}),
