@@ -36,6 +36,7 @@ from bwenforcer.cycle.executor import Outcome
 from bwenforcer.cycle.run import CycleResult
 from bwenforcer.history.usage import ReportRow
 from bwenforcer.store.codec import audit_dict, state_to_json
+from bwenforcer.views.explain import explain_json, explain_view
 from bwenforcer.views.plan import action_json, result_json
 from bwenforcer.views.policy import PolicyView, policy_json, policy_view
 from bwenforcer.views.report import row_json
@@ -141,6 +142,13 @@ KEYS = {
     "user": "invoking user",
     "at": "when an operator acted",
     "until": "grant in force until",
+    "granted_bytes": "bytes granted in force",
+    "counted_bytes": "usage the rules see",
+    "explanation": "the rule with its numbers",
+    "planned_ceil": "ceil the last cycle planned",
+    "rule_ceil": "the rule's ceil now",
+    "kernel_ceil": "ceil the kernel holds",
+    "differs": "kernel differs from the plan",
     "used_percent": "usage as a share of the limit",
     "rule": "the rule that sets the ceil",
     "writer": "state writer",
@@ -241,6 +249,19 @@ def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
             frozenset({".slices", ".ledger"}),
         ),
         "grant": ({"audit": [audit_dict(a) for a in AUDIT]}, frozenset()),
+        "explain": (
+            explain_json(
+                explain_view(
+                    dataclasses.replace(
+                        heavy_report(), audit=AUDIT, kernel=fixed_snapshot().slices[10]
+                    ),
+                    {"default": 10**7, "exempt": 10**8},
+                    bwmin_bps=BWMIN_BPS,
+                    now_s=NOW,
+                )
+            ),
+            frozenset(),
+        ),
         "state show": (
             operator_json(state_to_json(state, NOW)),
             frozenset({".slices", ".ledger"}),
@@ -300,6 +321,7 @@ def test_every_command_on_a_node_prints_only_keys_of_the_table(ns: Netns, tmp_pa
     docs["report"] = (doc("report", "--json"), frozenset())
     docs["state show"] = (doc("state", "show", "--json"), frozenset({".slices", ".ledger"}))
     docs["policy"] = (doc("policy", "pl_alice", "--json"), frozenset())
+    docs["explain"] = (doc("explain", "pl_alice", "--json"), frozenset())
 
     actions = {a["action"] for a in docs["sync, a rate changed"][0]["actions"]}
     assert "set_rates" in actions
