@@ -261,7 +261,7 @@ def run_show(args: argparse.Namespace) -> int:
         history=_last_day(config, report.name, now),
     )
     if args.json:
-        _print_json(show_json(report))
+        _print_json(show_json(report, now))
     else:
         print(show_text(report, now))
     return int(ExitCode.OK)

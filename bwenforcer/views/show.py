@@ -8,10 +8,12 @@ kernel has and its last 24 hours. Pure functions, the time passed in.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bwenforcer.core.grants import class_granted, counted_bytes
 from bwenforcer.core.layout import TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.model import (
     AuditEntry,
@@ -26,6 +28,7 @@ from bwenforcer.core.model import (
     State,
 )
 from bwenforcer.core.policy import counter_delta
+from bwenforcer.core.projection import HOUR_S, exhausted_at_s, last_hour_bytes
 from bwenforcer.core.units import human_duration, human_rate, human_size
 from bwenforcer.inputs.slices import ATTRIBUTES
 from bwenforcer.store.codec import audit_dict
@@ -157,9 +160,51 @@ def _policy_json(policy: ClassPolicy) -> dict[str, int | str | bool]:
     }
 
 
-def _show_class_json(c: ShowClass) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Projection:
+    """When a live class's budget runs out at the last hour's rate."""
+
+    rate_bps: float  # the last hour's, from the hourly history
+    exhausted_at_s: float  # exhausted_at_s's: an instant, inf (not this period)
+
+
+def projections(report: SliceReport, now_s: int) -> dict[TrafficClass, Projection]:
+    """Each class of a live slice at the last hour's rate (from ``report.history``, the
+    hourly buckets); none for a slice not live.
+    """
+    st = report.live
+    if st is None:
+        return {}
+    current_s = now_s - now_s % HOUR_S
+    rows = {h.bucket_start_s: h for h in report.history}
+    out = {}
+    for tc in TRAFFIC_CLASSES:
+        current, previous = rows.get(current_s), rows.get(current_s - HOUR_S)
+        last_hour = last_hour_bytes(
+            now_s,
+            current_s,
+            0 if current is None else getattr(current, f"{tc}_bytes"),
+            0 if previous is None else getattr(previous, f"{tc}_bytes"),
+        )
+        cs = st.cls(tc)
+        granted = class_granted(report.audit, st.name, tc, now_s)
+        at_s = exhausted_at_s(
+            limit_bytes=cs.policy.limit_bytes,
+            counted_bytes=counted_bytes(cs.used_bytes, granted),
+            rate_bytes_per_s=last_hour / HOUR_S,
+            now_s=now_s,
+            period_end_s=st.period_end_s,
+        )
+        out[tc] = Projection(last_hour * 8 / HOUR_S, at_s)
+    return out
+
+
+def _show_class_json(c: ShowClass, projection: Projection | None) -> dict[str, Any]:
     cs = c.state
+    at_s = None if projection is None else projection.exhausted_at_s
     return {
+        "last_hour_rate": None if projection is None else round(projection.rate_bps),
+        "exhausted_at": None if at_s is None or not math.isfinite(at_s) else int(at_s),
         "used_bytes": None if cs is None else cs.used_bytes,
         **_policy_json(c.policy),
         "ceil": c.ceil_bps,
@@ -177,9 +222,10 @@ def _show_class_json(c: ShowClass) -> dict[str, Any]:
     }
 
 
-def show_json(report: SliceReport) -> dict[str, Any]:
+def show_json(report: SliceReport, now_s: int) -> dict[str, Any]:
     """``show --json``: the slice, its classes, attribute origins, ledger entry and history."""
     st = _shown_state(report)
+    ahead = projections(report, now_s)
     entry = report.ledger
     return {
         "name": report.name,
@@ -188,7 +234,10 @@ def show_json(report: SliceReport) -> dict[str, Any]:
         "period_start": None if st is None else st.period_start_s,
         "period_end": None if st is None else st.period_end_s,
         "kernel_available": report.kernel_available,
-        "classes": {c.traffic_class: _show_class_json(c) for c in show_classes(report)},
+        "classes": {
+            c.traffic_class: _show_class_json(c, ahead.get(c.traffic_class))
+            for c in show_classes(report)
+        },
         "origin": None if report.desired is None else dict(sorted(report.desired.origin.items())),
         "ledger": None
         if entry is None
@@ -265,6 +314,16 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
     return [r for r in rows if shown.get(r[0], True)]
 
 
+def _projection_text(traffic_class: TrafficClass, p: Projection, now_s: int) -> str:
+    rate = human_rate(round(p.rate_bps))
+    if math.isinf(p.exhausted_at_s):
+        return f"{traffic_class} {rate}, the budget lasts the period"
+    if p.exhausted_at_s <= now_s:
+        return f"{traffic_class} {rate}, the budget is gone"
+    at_s = int(p.exhausted_at_s)
+    return f"{traffic_class} {rate}, the budget runs out {until(at_s, now_s)} ({utc(at_s)})"
+
+
 def _audit_text(entry: AuditEntry, now_s: int) -> str:
     """One grant or reset of the slice, for people."""
     why = f": {entry.reason}" if entry.reason else ""
@@ -309,6 +368,12 @@ def show_text(report: SliceReport, now_s: int) -> str:
     lines.append("")
     lines += render_table(("", "DEFAULT", "EXEMPT"), _class_rows(report))
     lines += [_audit_text(a, now_s) for a in report.audit]
+    ahead = projections(report, now_s)
+    if ahead:
+        lines.append(
+            "at the last hour's rate: "
+            + "; ".join(_projection_text(tc, p, now_s) for tc, p in ahead.items())
+        )
     lines.append("")
     if report.desired is None:
         lines.append("not in the desired slices: where its attributes came from is unknown")

@@ -353,11 +353,14 @@ def test_show_text_golden() -> None:
 
 
 def test_show_json_of_a_live_slice() -> None:
-    doc = show_json(heavy_report())
+    doc = show_json(heavy_report(), NOW)
     assert doc["status"] == "live" and doc["xid"] == 10 and doc["kernel_available"]
     default = doc["classes"]["default"]
     assert set(default) >= CLASS_KEYS
     assert default["used_bytes"] == 190 * KiB and default["last_counter_bytes"] == 500_000
+    # the last hour sent 70 KiB: 10 KiB left last 514 s at that rate
+    assert (default["last_hour_rate"], default["exhausted_at"]) == (159, NOW + 514)
+    assert doc["classes"]["exempt"]["exhausted_at"] is None  # lasts the period
     assert default["kernel"] == {
         "bytes": 520_000,
         "min_rate": BWMIN_BPS,
@@ -386,7 +389,7 @@ def test_show_json_of_a_live_slice() -> None:
 def test_show_a_dead_slice_and_a_new_one() -> None:
     dead = find_slice(fixed_state(), [], "pl_gone")
     assert dead is not None and dead.status == "dead" and dead.xid == 14
-    doc = show_json(dead)
+    doc = show_json(dead, NOW)
     assert doc["ledger"] == {"xid": 14, "died_at": NOW - 7200, "expires_at": dead.ledger.expires_s}
     assert doc["classes"]["default"]["used_bytes"] == 300 * MiB and doc["origin"] is None
     text = show_text(dead, NOW)
@@ -399,7 +402,7 @@ def test_show_a_dead_slice_and_a_new_one() -> None:
     new = DesiredSlice("pl_new", 20, policy(GiB), policy(GiB, max_rate=BWMAX_BPS), origin)
     found = find_slice(fixed_state(), [new], "20")
     assert found is not None and found.status == "new" and found.name == "pl_new"
-    doc = show_json(found)
+    doc = show_json(found, NOW)
     assert doc["period_end"] is None and doc["classes"]["default"]["used_bytes"] is None
     assert doc["classes"]["default"]["limit_bytes"] == GiB
     assert doc["origin"] == dict(sorted(origin.items()))

@@ -149,6 +149,8 @@ KEYS = {
     "rule_ceil": "the rule's ceil now",
     "kernel_ceil": "ceil the kernel holds",
     "differs": "kernel differs from the plan",
+    "last_hour_rate": "rate of the last hour",
+    "exhausted_at": "when the budget runs out",
     "used_percent": "usage as a share of the limit",
     "rule": "the rule that sets the ceil",
     "writer": "state writer",
@@ -237,11 +239,11 @@ def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
         "sync actions": ([action_json(a) for a in ALL_ACTIONS], frozenset()),
         "status": (status_json(state, fixed_snapshot()), frozenset()),
         "ledger": (ledger_json(state), frozenset()),
-        "show": (show_json(heavy_report()), frozenset({".origin"})),
+        "show": (show_json(heavy_report(), NOW), frozenset({".origin"})),
         "report": ([row_json(report)], frozenset()),
         "policy": (policy_json(_policy_view()), frozenset()),
         "show, audit": (
-            show_json(dataclasses.replace(heavy_report(), audit=AUDIT)),
+            show_json(dataclasses.replace(heavy_report(), audit=AUDIT), NOW),
             frozenset({".origin"}),
         ),
         "state show, audit": (
