@@ -123,7 +123,8 @@ def _plan_live(
             old, policy, grant = st.exempt, want.exempt, granted[1]
             current = None if kernel is None else kernel.exempt
         used, last, delta, notified = class_usage(old, current, account, new_period)
-        rates, capped = targets.rates(policy, tc, counted_bytes(used, grant), end_s, now_s)
+        counted = counted_bytes(used, grant) if grant else used
+        rates, capped = targets.rates(policy, tc, counted, end_s, now_s)
         ceil_bps = rates.max_rate_bps
         if current is None:
             actions.append(CreateClass(want.name, want.xid, tc, rates, reason))

@@ -8,12 +8,13 @@ the slice sources, the legacy importer and ``tc`` all call these.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from decimal import Decimal
 
 from bwenforcer.core.layout import TrafficClass, kernel_rate_bps
-from bwenforcer.core.model import ClassPolicy, ClassRates
+from bwenforcer.core.model import ClassPolicy, ClassRates, fast_init
 from bwenforcer.core.units import format_rate, parse_rate_bps
 from bwenforcer.errors import UnitError
 
@@ -271,11 +272,17 @@ def taper_text(taper: Taper | None) -> str:
     )
 
 
+# Thousands of slices share a handful of tier texts: each is parsed once.
+_tiers_of = functools.lru_cache(maxsize=256)(parse_tiers)
+_taper_of = functools.lru_cache(maxsize=256)(parse_taper)
+
+
 def share_bytes(limit_bytes: int, share_bp: int) -> int:
     """Bytes of a share of the limit (rounded down: a step is reached no later)."""
     return limit_bytes * share_bp // 10_000
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RateRule:
     """Everything a class's rates follow under one policy and class cap, worked out once.
@@ -308,10 +315,18 @@ def rate_rule(policy: ClassPolicy, cap_bps: int, bwmin_bps: int) -> RateRule:
         policy.min_rate_bps, policy.max_rate_bps, policy.share, cap_bps
     )
     limit = policy.limit_bytes
-    tiers = tuple((share_bytes(limit, t.share_bp), t) for t in parse_tiers(policy.tiers))
-    parsed = parse_taper(policy.taper)
+    uncapped = clamp_rates(min_rate, max_rate, cap_bps, bwmin_bps)
+    if not policy.tiers and not policy.taper:  # today's pacing alone: most policies
+        threshold = policy.threshold_bytes
+        args = (limit, threshold, min_rate, max_rate, share, cap_bps, bwmin_bps, True)
+        return RateRule(*args, (), None, threshold, uncapped)
+    tiers: tuple[tuple[int, Tier], ...] = ()
     taper = None
-    if parsed is not None:
+    if policy.tiers:
+        tiers = tuple((share_bytes(limit, t.share_bp), t) for t in _tiers_of(policy.tiers))
+    if policy.taper:
+        parsed = _taper_of(policy.taper)
+        assert parsed is not None
         taper = (share_bytes(limit, parsed.from_bp), share_bytes(limit, parsed.to_bp), parsed)
     starts = []
     if tiers:
@@ -335,7 +350,7 @@ def rate_rule(policy: ClassPolicy, cap_bps: int, bwmin_bps: int) -> RateRule:
         tiers=tiers,
         taper=taper,
         start_bytes=min(starts),
-        uncapped=clamp_rates(min_rate, max_rate, cap_bps, bwmin_bps),
+        uncapped=uncapped,
     )
 
 
