@@ -50,7 +50,7 @@ class PeriodAnchor:
 class MailConfig:
     """Notification settings (the ``mail`` key of docs/interfaces.md "Config file")."""
 
-    transport: Literal["smtp", "sendmail", "spool", "none"] = "none"
+    transport: Literal["smtp", "sendmail", "spool", "webhook", "none"] = "none"
     from_addr: str = "support@localhost"
     from_name: str = "bwenforcer"
     reply_to: str | None = None
@@ -66,6 +66,8 @@ class MailConfig:
     smtp_timeout_s: int = 10
     sendmail_path: str = "/usr/sbin/sendmail"
     spool_dir: str = "/var/spool/bwenforcer"
+    webhook_url: str | None = None  # http:// or https://; required by transport webhook
+    webhook_timeout_s: int = 10
 
 
 @dataclass(frozen=True)

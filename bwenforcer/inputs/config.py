@@ -173,13 +173,23 @@ def _check_slice_address(reader: KeyReader, template: str) -> None:
 
 def _mail(reader: KeyReader) -> MailConfig:
     base = MailConfig()
-    transport = reader.choice("transport", ("smtp", "sendmail", "spool", "none"), base.transport)
+    transport = reader.choice(
+        "transport", ("smtp", "sendmail", "spool", "webhook", "none"), base.transport
+    )
     template = reader.text("slice_address", base.slice_address)
     if template is not None:
         _check_slice_address(reader, template)
     smtp = reader.sub("smtp")
     sendmail = reader.sub("sendmail")
     spool = reader.sub("spool")
+    webhook = reader.sub("webhook")
+    url = webhook.text("url", base.webhook_url)
+    if url is not None and (
+        not url.startswith(("http://", "https://")) or not url.isprintable() or " " in url
+    ):
+        raise reader.error(f"{url!r} is not an http:// or https:// URL", at=webhook.key("url"))
+    if transport == "webhook" and url is None:
+        raise reader.error("transport webhook needs webhook.url", at=reader.key("transport"))
     mail = MailConfig(
         transport=transport,  # type: ignore[arg-type]
         from_addr=reader.text("from", base.from_addr, allow_null=False) or base.from_addr,
@@ -200,8 +210,12 @@ def _mail(reader: KeyReader) -> MailConfig:
         sendmail_path=sendmail.text("path", base.sendmail_path, allow_null=False)
         or base.sendmail_path,
         spool_dir=spool.text("dir", base.spool_dir, allow_null=False) or base.spool_dir,
+        webhook_url=url,
+        webhook_timeout_s=webhook.parsed(
+            "timeout", parse_duration_s, base.webhook_timeout_s, MAX_SMTP_TIMEOUT_S
+        ),
     )
-    for part in (smtp, sendmail, spool, reader):
+    for part in (smtp, sendmail, spool, webhook, reader):
         part.done()
     if mail.template is not None:
         # checked here, not at the first mail: an unknown placeholder would fail every one
