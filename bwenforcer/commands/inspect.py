@@ -102,7 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             " caps are lifted at once and it may be notified again. The recording period is"
             " NOT restarted: only the budget used so far is forgiven, and the period ends"
             " when it would have. Takes the state lock (waits up to lock_timeout, then"
-            " exits 3) and logs the operator's user name."
+            " exits 3), logs the operator's user name and keeps who, when, why and the usage"
+            " forgiven in the state's audit."
         ),
     )
     reset.add_argument("slice", metavar="SLICE", help="slice name or xid")
@@ -112,6 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("default", "exempt"),
         help="forgive only this traffic class (default: both)",
     )
+    reset.add_argument("--reason", default="", metavar="TEXT", help="why, for the audit")
     reset.set_defaults(func=run_reset)
 
 
@@ -141,6 +143,18 @@ def operator_name() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return f"uid {os.geteuid()}"
+
+
+def checked_reason(text: str) -> str:
+    """An operator's ``--reason``: one line of printable text, bounded."""
+    from bwenforcer.core.grants import MAX_REASON_CHARS
+    from bwenforcer.errors import UsageError
+
+    if len(text) > MAX_REASON_CHARS:
+        raise UsageError(f"--reason: longer than {MAX_REASON_CHARS} characters")
+    if not text.isprintable():
+        raise UsageError("--reason: only printable characters on one line")
+    return text
 
 
 def _read_state(config: Config) -> State:
@@ -290,7 +304,7 @@ def run_show(args: argparse.Namespace) -> int:
         cgroup=None if unit is None else unit.path,
     )
     if args.json:
-        _print_json(show_json(report))
+        _print_json(show_json(report, now))
     else:
         print(show_text(report, now))
     return int(ExitCode.OK)
@@ -309,6 +323,9 @@ def run_reset(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     classes = (args.traffic_class,) if args.traffic_class else TRAFFIC_CLASSES
+    reason = checked_reason(args.reason)
+    user, now = operator_name(), now_s()
+    who = {"user": user, "reason": reason, "now_s": now}
     store = StateStore(config.state_file)
     failures: list[str] = []
     with store.lock(config.lock_timeout_s):
@@ -320,7 +337,9 @@ def run_reset(args: argparse.Namespace) -> int:
         before = found.live
         try:
             with HtbBackend(config.device) as kernel:
-                forgiven = forgive(state, before.xid, classes, kernel.dump(), config.bwmin_bps)
+                forgiven = forgive(
+                    state, before.xid, classes, kernel.dump(), config.bwmin_bps, **who
+                )
                 failures = [
                     f"slice {before.name} xid {before.xid} {f.op.traffic_class}: ceil not"
                     f" lifted: {f.message}"
@@ -333,11 +352,10 @@ def run_reset(args: argparse.Namespace) -> int:
                 " seen, caps lifted at the next cycle",
                 file=sys.stderr,
             )
-            forgiven = forgive(state, before.xid, classes, None, config.bwmin_bps)
+            forgiven = forgive(state, before.xid, classes, None, config.bwmin_bps, **who)
             lifted = "at the next cycle"
-        now = now_s()
         store.save(forgiven.state, now)
-    log.warning("%s", reset_line(operator_name(), before, forgiven.slice, classes))
+    log.warning("%s", reset_line(user, before, forgiven.slice, classes, reason))
     for line in failures:
         log.error("%s", line)  # on stderr once: the log line is the report
     after = forgiven.slice

@@ -53,6 +53,11 @@ class ClassPolicy:
     min_rate_bps: int
     max_rate_bps: int
     share: int
+    # canonical texts of the tiers and the taper (core.policy.parse_tiers/parse_taper);
+    # "" = none: pacing from the threshold alone
+    tiers: str = ""
+    taper: str = ""
+    pacing: bool = True  # False (only with tiers or a taper): no pacing from the threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +217,29 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An operator's change to a slice's budget, kept in the state for the audit.
+
+    A ``grant`` adds ``size_bytes`` to the budget of the class in every period it
+    is in force in, from ``at_s`` until ``until_s``; a ``reset`` forgave
+    ``size_bytes`` of usage at ``at_s`` (``until_s`` = ``at_s``).
+    """
+
+    what: str  # "grant" | "reset"
+    slice: str  # the slice's name
+    traffic_class: TrafficClass
+    size_bytes: int
+    user: str  # who: the invoking user
+    at_s: int
+    until_s: int
+    reason: str = ""
+
+    def in_force(self, now_s: int) -> bool:
+        """A grant that adds to the budget at ``now_s``."""
+        return self.what == "grant" and self.at_s <= now_s < self.until_s
+
+
+@dataclass(frozen=True, slots=True)
 class State:
     """Everything the agent keeps between cycles."""
 
@@ -228,6 +256,9 @@ class State:
     # xid -> when the slice was first found gone from its source: it keeps its
     # classes and cap for the grace (PlanParams.grace_s), then goes to the ledger
     missing: Mapping[int, int] = field(default_factory=dict)
+
+    grants: int = 0  # operator grants ever made (`bwenforcer grant`), for the metric
+    audit: tuple[AuditEntry, ...] = ()  # grants in force and recent grants and resets, oldest first
 
 
 @dataclass(frozen=True, slots=True)

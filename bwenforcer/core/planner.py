@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from bwenforcer.core.accounting import account_slice, class_usage, kernel_counter, rebaseline
+from bwenforcer.core.grants import NO_GRANT, counted_bytes, granted_bytes, pruned
 from bwenforcer.core.layout import DEFAULT_XID, ROOT_XID, TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.model import (
     BootClock,
@@ -101,6 +102,7 @@ def _plan_live(
     actions: list[Action],
     reason: str,
     hold_period: bool = False,
+    granted: tuple[int, int] = NO_GRANT,
 ) -> LiveSlice:
     """Plan one live slice; with ``account``, first add its bytes since the last cycle.
 
@@ -121,14 +123,15 @@ def _plan_live(
     to_notify: list[TrafficClass] = []
     for tc in TRAFFIC_CLASSES:
         if tc == "default":
-            old, policy = st.default, want.default
+            old, policy, grant = st.default, want.default, granted[0]
             current = None if kernel is None else kernel.default
         else:
-            old, policy = st.exempt, want.exempt
+            old, policy, grant = st.exempt, want.exempt, granted[1]
             current = None if kernel is None else kernel.exempt
         used, last, delta, notified = class_usage(old, current, account, new_period)
         was_capped.append(account and old.capped and current is not None)
-        rates, capped = targets.rates(policy, tc, used, end_s, now_s)
+        counted = counted_bytes(used, grant) if grant else used
+        rates, capped = targets.rates(policy, tc, counted, end_s, now_s)
         ceil_bps = rates.max_rate_bps
         if current is None:
             actions.append(CreateClass(want.name, want.xid, tc, rates, reason))
@@ -186,8 +189,9 @@ def _quiet(
     - the period has not ended (else: a NewPeriod, usage back to 0);
     - each kernel counter equals the last reading (else: bytes to add, or a
       counter that restarted);
-    - neither class is capped nor at its threshold (else: capped rates, maybe
-      a Notify); with the usage unchanged, it stays under;
+    - neither class is capped nor where its rule starts capping (the threshold,
+      a tier, a taper; else: capped rates, maybe a Notify); with the usage
+      unchanged, it stays under;
     - each policy equals the wanted one (else: new limits and rates);
     - the saved ceil and the kernel's rates equal the policy's uncapped rates
       (else: a SetRates, or a state to update).
@@ -207,16 +211,16 @@ def _quiet(
         or ke.bytes != e.last_counter_bytes
         or d.capped
         or e.capped
-        or d.used_bytes >= want.default.threshold_bytes
-        or e.used_bytes >= want.exempt.threshold_bytes
         or (d.policy is not want.default and d.policy != want.default)
         or (e.policy is not want.exempt and e.policy != want.exempt)
     ):
         return None
-    d_rates = targets.uncapped(want.default, "default")
-    e_rates = targets.uncapped(want.exempt, "exempt")
+    d_start, d_rates = targets.limits(want.default, "default")
+    e_start, e_rates = targets.limits(want.exempt, "exempt")
     if (
-        d.ceil_bps != d_rates.max_rate_bps
+        d.used_bytes >= d_start
+        or e.used_bytes >= e_start
+        or d.ceil_bps != d_rates.max_rate_bps
         or e.ceil_bps != e_rates.max_rate_bps
         or (kd.rates is not d_rates and kd.rates != d_rates)
         or (ke.rates is not e_rates and ke.rates != e_rates)
@@ -321,6 +325,9 @@ def plan(
         actions.append(PurgeLedger(name))
 
     targets = RateTargets(snapshot, params.bwmin_bps)
+    # grants lower the usage the rules see; the quiet path needs none of them: a slice
+    # under its rule's start stays there with less usage counted (core/grants.py)
+    granted = granted_bytes(state.audit, now_s) if state.audit else {}
     shortcut = _quiet if quiet else _no_shortcut  # chosen once, not tested per slice
     slices: dict[int, SliceState] = {}
     live: list[LiveSlice] = []
@@ -363,6 +370,7 @@ def plan(
             actions=actions,
             reason=reason,
             hold_period=step is not None,
+            granted=granted.get(want.name, NO_GRANT),
         )
         slices[want.xid] = planned.state
         live.append(planned)
@@ -372,8 +380,18 @@ def plan(
             actions.append(RemoveClasses(None, xid, "orphan"))
 
     boot_id, boottime_s, clock_ref_s = clock_ref
+    audit = pruned(state.audit, now_s) if state.audit else ()
     new_state = State(
-        slices, ledger, state.saved_s, state.resets, boot_id, boottime_s, clock_ref_s, missing
+        slices,
+        ledger,
+        state.saved_s,
+        state.resets,
+        boot_id,
+        boottime_s,
+        clock_ref_s,
+        missing,
+        grants=state.grants,
+        audit=audit,
     )
     return Plan(
         now_s,

@@ -22,6 +22,9 @@ class ClassDefaults:
     min_rate_bps: int = 0  # raised to bwmin; at most 25 % of the node cap
     max_rate_bps: int | None = None  # None: node cap (default class) or bwmax (exempt)
     share: int = 1
+    tiers: str = ""  # canonical text (core.policy.tiers_text); "": none
+    taper: str = ""  # canonical text (core.policy.taper_text); "": none
+    pacing: bool = True  # False: tiers and taper alone (needs one of them)
 
 
 def _default_class_defaults() -> Mapping[TrafficClass, ClassDefaults]:
@@ -47,7 +50,7 @@ class PeriodAnchor:
 class MailConfig:
     """Notification settings (the ``mail`` key of docs/interfaces.md "Config file")."""
 
-    transport: Literal["smtp", "sendmail", "spool", "none"] = "none"
+    transport: Literal["smtp", "sendmail", "spool", "webhook", "none"] = "none"
     from_addr: str = "support@localhost"
     from_name: str = "bwenforcer"
     reply_to: str | None = None
@@ -63,6 +66,8 @@ class MailConfig:
     smtp_timeout_s: int = 10
     sendmail_path: str = "/usr/sbin/sendmail"
     spool_dir: str = "/var/spool/bwenforcer"
+    webhook_url: str | None = None  # http:// or https://; required by transport webhook
+    webhook_timeout_s: int = 10
 
 
 @dataclass(frozen=True)

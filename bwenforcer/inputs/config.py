@@ -11,11 +11,12 @@ import ipaddress
 import os
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bwenforcer.core.layout import MAX_SHARE, TRAFFIC_CLASSES, TrafficClass
+from bwenforcer.core.policy import parse_taper, parse_tiers, taper_text, tiers_text
 from bwenforcer.core.settings import (
     CgroupConfig,
     CgroupPattern,
@@ -89,9 +90,27 @@ def _class_defaults(reader: KeyReader, base: ClassDefaults) -> ClassDefaults:
         min_rate_bps=reader.parsed("min_rate", parse_rate_bps, base.min_rate_bps),
         max_rate_bps=reader.optional("max_rate", parse_rate_bps),
         share=reader.integer("share", base.share, 1, MAX_SHARE),
+        tiers=_rule_text(reader, "tiers", base.tiers, lambda t: tiers_text(parse_tiers(t))),
+        taper=_rule_text(reader, "taper", base.taper, lambda t: taper_text(parse_taper(t))),
+        pacing=reader.flag("pacing", base.pacing),
     )
+    if not result.pacing and not result.tiers and not result.taper:
+        raise reader.error(
+            "false needs tiers or a taper (else nothing caps)", at=reader.key("pacing")
+        )
     reader.done()
     return result
+
+
+def _rule_text(reader: KeyReader, name: str, default: str, canonical: Callable[[str], str]) -> str:
+    """The canonical text of a class's ``tiers`` or ``taper`` (null: none)."""
+    text = reader.text(name, default)
+    if text is None:
+        return ""
+    try:
+        return canonical(text)
+    except ValueError as exc:
+        raise reader.error(str(exc), at=reader.key(name)) from None
 
 
 def normalise_prefix(text: str, where: str) -> str:
@@ -210,13 +229,23 @@ def _check_slice_address(reader: KeyReader, template: str) -> None:
 
 def _mail(reader: KeyReader) -> MailConfig:
     base = MailConfig()
-    transport = reader.choice("transport", ("smtp", "sendmail", "spool", "none"), base.transport)
+    transport = reader.choice(
+        "transport", ("smtp", "sendmail", "spool", "webhook", "none"), base.transport
+    )
     template = reader.text("slice_address", base.slice_address)
     if template is not None:
         _check_slice_address(reader, template)
     smtp = reader.sub("smtp")
     sendmail = reader.sub("sendmail")
     spool = reader.sub("spool")
+    webhook = reader.sub("webhook")
+    url = webhook.text("url", base.webhook_url)
+    if url is not None and (
+        not url.startswith(("http://", "https://")) or not url.isprintable() or " " in url
+    ):
+        raise reader.error(f"{url!r} is not an http:// or https:// URL", at=webhook.key("url"))
+    if transport == "webhook" and url is None:
+        raise reader.error("transport webhook needs webhook.url", at=reader.key("transport"))
     mail = MailConfig(
         transport=transport,  # type: ignore[arg-type]
         from_addr=reader.text("from", base.from_addr, allow_null=False) or base.from_addr,
@@ -237,8 +266,12 @@ def _mail(reader: KeyReader) -> MailConfig:
         sendmail_path=sendmail.text("path", base.sendmail_path, allow_null=False)
         or base.sendmail_path,
         spool_dir=spool.text("dir", base.spool_dir, allow_null=False) or base.spool_dir,
+        webhook_url=url,
+        webhook_timeout_s=webhook.parsed(
+            "timeout", parse_duration_s, base.webhook_timeout_s, MAX_SMTP_TIMEOUT_S
+        ),
     )
-    for part in (smtp, sendmail, spool, reader):
+    for part in (smtp, sendmail, spool, webhook, reader):
         part.done()
     if mail.template is not None:
         # checked here, not at the first mail: an unknown placeholder would fail every one

@@ -30,7 +30,15 @@ from bwenforcer.core.layout import (
     check_xid,
 )
 from bwenforcer.core.model import ClassPolicy, DesiredSet, DesiredSlice, InvalidRecord
-from bwenforcer.core.policy import class_cap_bps, class_limits, threshold_bytes
+from bwenforcer.core.policy import (
+    class_cap_bps,
+    class_limits,
+    parse_taper,
+    parse_tiers,
+    taper_text,
+    threshold_bytes,
+    tiers_text,
+)
 from bwenforcer.core.settings import Config
 from bwenforcer.core.units import MAX_RATE_BPS, MAX_SIZE_BYTES, kbit_to_bps, kib_to_bytes
 from bwenforcer.errors import ConfigError, SliceError, UnsafePath
@@ -54,6 +62,9 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "limit": "net_max_kbyte",
         "threshold": "net_thresh_kbyte",
         "share": "net_share",
+        "tiers": "net_tiers",
+        "taper": "net_taper",
+        "pacing": "net_pacing",
     },
     "exempt": {
         "min_rate": "net_i2_min_rate",
@@ -61,6 +72,9 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "limit": "net_i2_max_kbyte",
         "threshold": "net_i2_thresh_kbyte",
         "share": "net_i2_share",
+        "tiers": "net_i2_tiers",
+        "taper": "net_i2_taper",
+        "pacing": "net_i2_pacing",
     },
 }
 RSPEC_ATTRIBUTES = frozenset(a for attrs in ATTRIBUTES.values() for a in attrs.values())
@@ -126,6 +140,30 @@ def resolve_policy(
         max_rate = kbit_to_bps(max_kbit) if max_kbit is not None else (base.max_rate_bps or cap)
         min_kbit = given("min_rate")
         min_rate = kbit_to_bps(min_kbit) if min_kbit is not None else base.min_rate_bps
+        tiers = _rule(
+            name,
+            attrs["tiers"],
+            rspec,
+            origin,
+            default=base.tiers,
+            parse=parse_tiers,
+            text=tiers_text,
+        )
+        taper = _rule(
+            name,
+            attrs["taper"],
+            rspec,
+            origin,
+            default=base.taper,
+            parse=parse_taper,
+            text=taper_text,
+        )
+        pacing = _pacing(name, attrs["pacing"], rspec, origin, base.pacing)
+        if not pacing and not tiers and not taper:
+            raise SliceError(
+                f"slice {name}: {attrs['pacing']}: pacing off needs tiers or a taper"
+                " (else nothing caps)"
+            )
         share_given = given("share")
         min_rate, max_rate, share = class_limits(
             min_rate, max_rate, base.share if share_given is None else share_given, cap
@@ -137,8 +175,51 @@ def resolve_policy(
             min_rate_bps=max(config.bwmin_bps, min(min_rate, max_rate)),
             max_rate_bps=max_rate,
             share=share,
+            tiers=tiers,
+            taper=taper,
+            pacing=pacing,
         )
     return policies["default"], policies["exempt"], origin
+
+
+_FLAGS = {"1": True, "true": True, "0": False, "false": False}
+
+
+def _pacing(
+    name: str, attribute: str, rspec: Mapping[str, object], origin: dict[str, str], default: bool
+) -> bool:
+    """``net_pacing`` / ``net_i2_pacing``: 1 or 0, true or false (text or not)."""
+    value = rspec.get(attribute)
+    origin[attribute] = "defaults" if value is None else "rspec"
+    if value is None:
+        return default
+    flag = _FLAGS.get(str(value).strip().lower()) if not isinstance(value, float) else None
+    if flag is None:
+        raise SliceError(f"slice {name}: {attribute}: {shown(value)} is not 1, 0, true or false")
+    return flag
+
+
+def _rule(
+    name: str,
+    attribute: str,
+    rspec: Mapping[str, object],
+    origin: dict[str, str],
+    *,
+    default: str,
+    parse: Callable[[str], Any],
+    text: Callable[[Any], str],
+) -> str:
+    """The canonical text of a ``net_*tiers`` / ``net_*taper`` attribute, else the default."""
+    value = rspec.get(attribute)
+    origin[attribute] = "defaults" if value is None else "rspec"
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise SliceError(f"slice {name}: {attribute}: {shown(value)} is not a text")
+    try:
+        return text(parse(value))
+    except ValueError as exc:
+        raise SliceError(f"slice {name}: {attribute}: {exc}") from None
 
 
 _Resolved = tuple[ClassPolicy, ClassPolicy, dict[str, str]]

@@ -1,4 +1,4 @@
-"""Mail transports: SMTP, the local sendmail, a spool directory, or none.
+"""Mail transports: SMTP, the local sendmail, a spool directory, a webhook, or none.
 
 Every failure becomes one :class:`~bwenforcer.errors.DeliveryError` line naming
 the transport, its target and the reason; the cycle counts it and retries next
@@ -10,17 +10,20 @@ is spent the messages left wait for the next cycle.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import smtplib
 import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from bwenforcer.core.settings import MailConfig
 from bwenforcer.errors import ConfigError, DeliveryError, MailDeadline, UnsafePath
@@ -105,7 +108,7 @@ def _reason(exc: BaseException, timeout_s: int) -> str:
 
 def _timeout_s(mail: MailConfig) -> int:
     # 0 would make smtplib's socket non-blocking, not "no wait"
-    return max(1, mail.smtp_timeout_s)
+    return max(1, mail.webhook_timeout_s if mail.transport == "webhook" else mail.smtp_timeout_s)
 
 
 def _failed(transport: str, target: str, msg: EmailMessage, reason: str) -> NoReturn:
@@ -338,12 +341,89 @@ def make_transport(mail: MailConfig, dry_run: bool = False) -> Transport:
         "sendmail": SendmailTransport,
         "spool": SpoolTransport,
     }
-    if mail.transport != "none" and mail.transport not in transports:
+    if mail.transport not in ("none", "webhook") and mail.transport not in transports:
         raise ConfigError(
-            f"mail.transport: {mail.transport!r} is not one of smtp, sendmail, spool, none"
+            f"mail.transport: {mail.transport!r} is not one of smtp, sendmail, spool, webhook, none"
         )
     if dry_run:
         return DryRunTransport(mail.transport)
     if mail.transport == "none":
         return NoTransport()
+    if mail.transport == "webhook":
+        return WebhookTransport(mail)
     return transports[mail.transport](mail)
+
+
+# --- the webhook -------------------------------------------------------------------------
+#
+# Each notice as an HTTP POST of a JSON document. Its time comes out of the cycle's
+# mail budget like every other transport's; a failure (no answer, a status other than
+# 2xx, a redirect) is one DeliveryError line and the notice is retried next cycle, like
+# a mail. The document carries the message's Message-ID (also as the Idempotency-Key
+# header): a notice retried after a failure that had in fact reached the receiver is
+# recognisable.
+
+MAX_REPLY_BYTES = 64 * 1024  # read of the reply, so a connection is not left half read
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is a failure: following it would turn the POST into a GET elsewhere."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def notice_document(msg: EmailMessage) -> dict[str, Any]:
+    """The JSON document posted for a notice message."""
+    body = msg.get_body(("plain",))
+    return {
+        "slice": slice_tag(msg),
+        "message_id": str(msg.get("Message-ID", "")),
+        "date": str(msg.get("Date", "")),
+        "from": str(msg.get("From", "")),
+        "to": [a.strip() for a in str(msg.get("To", "")).split(",") if a.strip()],
+        "subject": str(msg.get("Subject", "")),
+        "body": "" if body is None else body.get_content(),  # type: ignore[attr-defined]
+    }
+
+
+class WebhookTransport:
+    """POSTs each notice to ``mail.webhook.url``."""
+
+    def __init__(self, mail: MailConfig) -> None:
+        if not mail.webhook_url:
+            raise ValueError("mail.webhook.url is not set")  # the config refuses it first
+        self.url = mail.webhook_url
+        self.timeout_s = _timeout_s(mail)
+        self._opener = urllib.request.build_opener(_NoRedirect)
+
+    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
+        """POST the notice within ``budget``; DeliveryError unless the reply is 2xx."""
+        budget = budget or MailBudget(self.timeout_s)
+        doc = notice_document(msg)
+        request = urllib.request.Request(
+            self.url,
+            data=json.dumps(doc).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Idempotency-Key": doc["message_id"],
+                "User-Agent": "bwenforcer",
+            },
+            method="POST",
+        )
+        try:
+            with self._opener.open(request, timeout=budget.remaining_s()) as reply:
+                reply.read(MAX_REPLY_BYTES)
+                status = reply.status
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            _failed("webhook", self.url, msg, _one_line(f"HTTP {exc.code} {exc.reason}"))
+        except (urllib.error.URLError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if isinstance(reason, TimeoutError):
+                budget.spent = True
+                _failed("webhook", self.url, msg, f"timed out after {self.timeout_s}s")
+            _failed("webhook", self.url, msg, _one_line(str(reason)) or type(exc).__name__)
+        if not 200 <= status < 300:
+            _failed("webhook", self.url, msg, f"HTTP {status}")
+        _delivered("webhook", self.url, msg)

@@ -14,13 +14,16 @@ and :meth:`AgentMetrics.registry` import it.
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from bwenforcer.core.grants import NO_GRANT, counted_bytes, granted_bytes
 from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import ClassState
+from bwenforcer.core.projection import HOUR_S, exhausted_at_s
 from bwenforcer.cycle.run import CycleResult
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ COUNTERS = (
     ("cycle_errors", "cycles that failed with an error and were survived"),
     ("slice_failures", "slice operations that failed (kernel or source)"),
     ("resets", "operator resets of a slice's budget"),
+    ("grants", "operator grants of budget to a slice class"),
 )
 
 
@@ -56,6 +60,8 @@ class Snapshot:
     buckets: list[int]  # hits per bucket of DURATION_BUCKETS_S and +Inf (not cumulative)
     duration_sum_s: float
     last_success_s: float
+    # slice name -> (default, exempt) bytes/s over the last whole hour observed
+    rates: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def empty_snapshot() -> Snapshot:
@@ -84,14 +90,17 @@ class AgentMetrics:
         self._buckets = zero.buckets
         self._duration_sum_s = 0.0
         self._last_success_s = 0.0
+        self._hour = HourRates()
 
     def observe(self, result: CycleResult) -> None:
         """Account one finished cycle."""
         with self._lock:
             self._latest = result
+            self._hour.observe(result)
             self._cycles[result.result] += 1
             # `bwenforcer reset` runs as its own process: its count lives in the state file
             self._counts["resets"] = max(self._counts["resets"], result.plan.state.resets)
+            self._counts["grants"] = max(self._counts["grants"], result.plan.state.grants)
             index = next(
                 (i for i, b in enumerate(DURATION_BUCKETS_S) if result.duration_s <= b),
                 len(DURATION_BUCKETS_S),
@@ -163,6 +172,7 @@ class AgentMetrics:
                 list(self._buckets),
                 self._duration_sum_s,
                 self._last_success_s,
+                self._hour.rates,
             )
 
     def collect(self) -> Iterator[Metric]:
@@ -175,7 +185,7 @@ class AgentMetrics:
         from prometheus_client.utils import floatToGoString
 
         snap = self.snapshot()
-        samples = list(slice_samples(snap.latest))
+        samples = list(slice_samples(snap.latest, snap.rates))
         for index, (name, text) in enumerate(SLICE_GAUGES):
             family = GaugeMetricFamily(
                 f"bwenforcer_slice_{name}",
@@ -280,27 +290,43 @@ SLICE_GAUGES = (
     ("capped", "1 when the class is capped"),
     ("period_start_timestamp_seconds", "Start of the recording period (Unix time)"),
     ("period_end_timestamp_seconds", "End of the recording period (Unix time)"),
+    ("granted_bytes", "Bytes operators granted in force, added to the budget"),
+    (
+        "budget_exhausted_timestamp_seconds",
+        "When the budget runs out at the last hour's rate (Unix time; +Inf: not this"
+        " period; NaN: no hour observed yet)",
+    ),
 )
 
 
+_UNKNOWN_RATE = (math.nan, math.nan)
+
+
 def slice_samples(
-    latest: CycleResult | None,
+    latest: CycleResult | None, rates: Mapping[str, tuple[float, float]] | None = None
 ) -> Iterator[tuple[str, str, TrafficClass, tuple[float, ...]]]:
     """``(slice, xid, class, values of SLICE_GAUGES)`` of every class of the latest cycle.
 
     Read off the planned slice states (what the plan's lines are made of), so no
-    line objects are built for it.
+    line objects are built for it. ``rates``: bytes/s over the last hour by slice
+    (:class:`HourRates`), for the projection.
     """
     if latest is None:
         return
+    rates = rates or {}
+    now_s = latest.plan.now_s
+    state = latest.plan.state
+    granted = granted_bytes(state.audit, latest.plan.now_s) if state.audit else {}
     for planned in latest.plan.live:
         st = planned.state
         xid = str(st.xid)
-        classes: tuple[tuple[TrafficClass, ClassState], ...] = (
-            ("default", st.default),
-            ("exempt", st.exempt),
+        grant = granted.get(st.name, NO_GRANT)
+        rate = rates.get(st.name, _UNKNOWN_RATE)
+        classes: tuple[tuple[TrafficClass, ClassState, int, float], ...] = (
+            ("default", st.default, grant[0], rate[0]),
+            ("exempt", st.exempt, grant[1], rate[1]),
         )
-        for tc, cs in classes:
+        for tc, cs, granted_in_force, bytes_per_s in classes:
             policy = cs.policy
             values = (
                 cs.used_bytes,
@@ -310,5 +336,61 @@ def slice_samples(
                 1 if cs.capped else 0,
                 st.period_start_s,
                 st.period_end_s,
+                granted_in_force,
+                exhausted_at_s(
+                    limit_bytes=policy.limit_bytes,
+                    counted_bytes=counted_bytes(cs.used_bytes, granted_in_force),
+                    rate_bytes_per_s=bytes_per_s,
+                    now_s=now_s,
+                    period_end_s=st.period_end_s,
+                ),
             )
             yield st.name, xid, tc, values
+
+
+class HourRates:
+    """Each live slice's sending rate over the last whole hour the agent observed.
+
+    Every slice shares one window: when an hour has passed since its start, each
+    slice's rate is the usage added since then over the time passed (from its new
+    period's start when a period ended in between), and a new window starts. Between
+    windows a cycle costs nothing per slice. A new process has no rate for its
+    first hour (a cron ``sync`` never has one).
+    """
+
+    def __init__(self) -> None:
+        self._start_s: int | None = None
+        self._used: dict[str, tuple[int, int, int]] = {}  # name -> (period start, d, e)
+        self.rates: dict[str, tuple[float, float]] = {}
+
+    def observe(self, result: CycleResult) -> None:
+        """Close the window if an hour has passed since it started."""
+        now_s = result.plan.now_s
+        if self._start_s is not None and now_s - self._start_s < HOUR_S:
+            return
+        used: dict[str, tuple[int, int, int]] = {}
+        rates: dict[str, tuple[float, float]] = {}
+        for planned in result.plan.live:
+            st = planned.state
+            now_used = (st.period_start_s, st.default.used_bytes, st.exempt.used_bytes)
+            used[st.name] = now_used
+            before = self._used.get(st.name)
+            if self._start_s is None or before is None:
+                continue
+            if before[0] == st.period_start_s:
+                span_s, d, e = (
+                    now_s - self._start_s,
+                    now_used[1] - before[1],
+                    now_used[2] - before[2],
+                )
+            else:  # a new period: its usage since it started
+                span_s, d, e = (
+                    now_s - max(self._start_s, st.period_start_s),
+                    now_used[1],
+                    now_used[2],
+                )
+            if span_s > 0:
+                rates[st.name] = (max(0, d) / span_s, max(0, e) / span_s)
+        if self._start_s is not None:
+            self.rates = rates
+        self._start_s, self._used = now_s, used

@@ -49,7 +49,7 @@ def exposition_parts(metrics: AgentMetrics) -> Iterator[str]:
     snap = metrics.snapshot()
     rows = [  # labels in name order, as prometheus-client writes them
         (f'{{class="{tc}",slice="{_label(name)}",xid="{xid}"}} ', values)
-        for name, xid, tc, values in slice_samples(snap.latest)
+        for name, xid, tc, values in slice_samples(snap.latest, snap.rates)
     ]
     number: dict[float, str] = {}  # most values repeat: limits, periods, flags
     for index, (name, text) in enumerate(SLICE_GAUGES):

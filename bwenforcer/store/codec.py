@@ -20,12 +20,23 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from bwenforcer.core.grants import MAX_AUDIT
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
-from bwenforcer.core.model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
+from bwenforcer.core.model import (
+    AuditEntry,
+    ClassPolicy,
+    ClassState,
+    LedgerEntry,
+    SliceState,
+    State,
+)
 from bwenforcer.store.schema import (
+    AUDIT_ENTRY,
+    AUDIT_KEYS,
     CLASS,
     CLASS_KEYS,
     CLASSES_KEYS,
+    KIND_SCOPE,
     KINDS,
     LEDGER_ENTRY,
     LEDGER_KEYS,
@@ -67,6 +78,9 @@ _entry_dict = dict_maker(
 )
 
 
+audit_dict = dict_maker("audit_dict", ((f.key, f"o.{f.attr}") for f in AUDIT_ENTRY))
+
+
 def state_to_json(state: State, now_s: int) -> dict[str, Any]:
     """The JSON object of the state file for ``state`` saved at ``now_s``."""
     out: dict[str, Any] = {}
@@ -77,6 +91,8 @@ def state_to_json(state: State, now_s: int) -> dict[str, Any]:
             out[f.key] = {name: _entry_dict(entry) for name, entry in state.ledger.items()}
         elif f.kind == "missing":
             out[f.key] = {str(xid): since for xid, since in state.missing.items()}
+        elif f.kind == "audit":
+            out[f.key] = [audit_dict(entry) for entry in state.audit]
         else:
             out[f.key] = _top_value(f, state, now_s)
     return out
@@ -204,6 +220,9 @@ class StateEncoder:
                 out.append(f"{{{ledger}}}".encode())
             elif f.kind == "missing":
                 out.append(json.dumps({str(x): s for x, s in state.missing.items()}).encode())
+            elif f.kind == "audit":
+                audit = [audit_dict(e) for e in state.audit]
+                out.append(json.dumps(audit, separators=(",", ":")).encode())
             else:
                 out.append(json.dumps(_top_value(f, state, now_s)).encode())
         out.append(b"}")
@@ -223,7 +242,10 @@ _compile_encoder()
 
 # --- the strict decoder ------------------------------------------------------------------
 
-_CHECKS = {kind: (eval(f"lambda v: {expr}"), problem) for kind, (expr, problem) in KINDS.items()}
+_CHECKS = {
+    kind: (eval(f"lambda v: {expr}", dict(KIND_SCOPE)), problem)
+    for kind, (expr, problem) in KINDS.items()
+}
 
 
 def _object(value: object, keys: frozenset[str], source: str, path: str) -> dict[str, Any]:
@@ -339,7 +361,7 @@ def _slice_fast(d, policies):
 """
 
 
-_Policies = dict[tuple[int, ...], ClassPolicy]
+_Policies = dict[tuple[object, ...], ClassPolicy]
 _FAST: dict[str, Any] = {
     "ClassPolicy": ClassPolicy,
     "ClassState": ClassState,
@@ -347,6 +369,7 @@ _FAST: dict[str, Any] = {
     "_CLASS_KEYS": CLASS_KEYS,
     "_SLICE_KEYS": SLICE_KEYS,
     "_CLASSES_KEYS": CLASSES_KEYS,
+    **KIND_SCOPE,
 }
 exec(_fast_source(), _FAST)
 _slice_fast: Callable[[object, _Policies], SliceState | None] = _FAST["_slice_fast"]
@@ -386,6 +409,8 @@ def state_from_json(data: object, source: str) -> State:
             }
         elif f.kind == "missing":
             found[f.attr] = _missing_from(value, source, f.key)
+        elif f.kind == "audit":
+            found[f.attr] = _audit_from(value, source, f.key)
         elif f.kind != "version":  # the version was checked by the migration
             checked = _scalar(f, d, source, "")
             if f.attr:
@@ -419,3 +444,16 @@ def _entry_from(
     if entry.slice.name != name:
         raise corrupt(source, path, f"key does not match slice name {entry.slice.name!r}")
     return entry
+
+
+def _audit_from(value: object, source: str, path: str) -> tuple[AuditEntry, ...]:
+    if type(value) is not list:
+        raise corrupt(source, path, "expected a list")
+    if len(value) > MAX_AUDIT:
+        raise corrupt(source, path, f"more than {MAX_AUDIT} entries")
+    entries = []
+    for i, raw in enumerate(value):
+        where = f"{path}[{i}]"
+        d = _object(raw, AUDIT_KEYS, source, where)
+        entries.append(AuditEntry(**{f.attr: _scalar(f, d, source, where) for f in AUDIT_ENTRY}))
+    return tuple(entries)

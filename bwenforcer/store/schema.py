@@ -9,6 +9,7 @@ compares them).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -16,11 +17,12 @@ from typing import Any
 
 from bwenforcer import __version__
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
+from bwenforcer.core.policy import parse_taper, parse_tiers
 from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -44,7 +46,39 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "bool": ("type(v) is bool", "expected true or false"),
     "str": ("type(v) is str", "expected a string"),
     "name": ("type(v) is str and v != ''", "expected a non-empty string"),
+    "what": ("v in ('grant', 'reset')", "expected 'grant' or 'reset'"),
+    "traffic_class": ("v in ('default', 'exempt')", "expected 'default' or 'exempt'"),
+    "tiers": (
+        "type(v) is str and (v == '' or _tiers_ok(v))",
+        "expected tiers such as '75%:50mbit,100%:2mbit' (or '')",
+    ),
+    "taper": (
+        "type(v) is str and (v == '' or _taper_ok(v))",
+        "expected a taper such as '75%-100%:2mbit' (or '')",
+    ),
 }
+
+
+@functools.lru_cache(maxsize=256)
+def _tiers_ok(text: str) -> bool:
+    try:
+        parse_tiers(text)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _taper_ok(text: str) -> bool:
+    try:
+        parse_taper(text)
+    except ValueError:
+        return False
+    return True
+
+
+# The names the KINDS expressions use besides ``v``.
+KIND_SCOPE: Mapping[str, Any] = {"_tiers_ok": _tiers_ok, "_taper_ok": _taper_ok}
 
 TOP: tuple[Field, ...] = (
     Field("schema_version", "", "version"),
@@ -57,6 +91,18 @@ TOP: tuple[Field, ...] = (
     Field("boottime_s", "boottime_s", "uint", "s since boot"),
     Field("clock_ref_at", "clock_ref_s", "uint", "Unix s"),
     Field("missing", "missing", "missing"),  # str(xid) -> Unix s
+    Field("grants", "grants", "uint", "count"),
+    Field("audit", "audit", "audit"),  # a list of AUDIT_ENTRY, oldest first
+)
+AUDIT_ENTRY: tuple[Field, ...] = (
+    Field("what", "what", "what"),
+    Field("slice", "slice", "name"),
+    Field("traffic_class", "traffic_class", "traffic_class"),
+    Field("size_bytes", "size_bytes", "uint", "bytes"),
+    Field("user", "user", "str"),
+    Field("at", "at_s", "uint", "Unix s"),
+    Field("until", "until_s", "uint", "Unix s", after="at"),
+    Field("reason", "reason", "str"),
 )
 LEDGER_ENTRY: tuple[Field, ...] = (
     Field("died_at", "died_s", "uint", "Unix s"),
@@ -81,6 +127,9 @@ CLASS: tuple[Field, ...] = (
     Field("min_rate_bps", "policy.min_rate_bps", "uint", "bit/s", view="min_rate"),
     Field("max_rate_bps", "policy.max_rate_bps", "uint", "bit/s", view="max_rate"),
     Field("share", "policy.share", "uint"),
+    Field("tiers", "policy.tiers", "tiers"),
+    Field("taper", "policy.taper", "taper"),
+    Field("pacing", "policy.pacing", "bool"),
 )
 
 TOP_KEYS = frozenset(f.key for f in TOP)
@@ -88,11 +137,12 @@ LEDGER_KEYS = frozenset(f.key for f in LEDGER_ENTRY)
 SLICE_KEYS = frozenset(f.key for f in SLICE)
 CLASSES_KEYS = frozenset(TRAFFIC_CLASSES)
 CLASS_KEYS = frozenset(f.key for f in CLASS)
+AUDIT_KEYS = frozenset(f.key for f in AUDIT_ENTRY)
 
 # A model attribute's name -> the key --json commands print for it.
 _VIEW_KEYS: Mapping[str, str] = {
     f.attr.rpartition(".")[2]: f.view or f.key
-    for f in (*TOP, *LEDGER_ENTRY, *SLICE, *CLASS)
+    for f in (*TOP, *LEDGER_ENTRY, *SLICE, *CLASS, *AUDIT_ENTRY)
     if f.attr
 }
 # The state file's class keys -> the --json keys, where they differ (``state show --json``).
@@ -201,11 +251,47 @@ def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# version N → a function turning a schema-N object into a schema-(N+1) object
+def _classes_with(data: dict[str, Any], added: Mapping[str, object]) -> dict[str, Any]:
+    """``data`` with the keys ``added`` set in every class of every slice, live and in the
+    ledger, where they are missing. Malformed parts are passed through untouched.
+    """
+
+    def slice_(value: object) -> object:
+        if not isinstance(value, dict) or not isinstance(value.get("classes"), dict):
+            return value
+        classes = {
+            tc: {**added, **c} if isinstance(c, dict) else c for tc, c in value["classes"].items()
+        }
+        return {**value, "classes": classes}
+
+    out = dict(data)
+    slices = data.get("slices")
+    if isinstance(slices, dict):
+        out["slices"] = {xid: slice_(st) for xid, st in slices.items()}
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict):
+        out["ledger"] = {
+            name: {**e, "slice": slice_(e.get("slice"))} if isinstance(e, dict) else e
+            for name, e in ledger.items()
+        }
+    return out
+
+
+def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 3 had no tiers and no taper (every class paced from its threshold alone),
+    no grants and no audit of operators' grants and resets.
+    """
+    added = {"tiers": "", "taper": "", "pacing": True}
+    return {**_classes_with(data, added), "grants": 0, "audit": [], "schema_version": 4}
+
+
+# version N → a function turning a schema-N object into the next version's object (the
+# version it returns is the next one looked up)
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     0: _v0_to_v1,
     1: _v1_to_v2,
     2: _v2_to_v3,
+    3: _v3_to_v4,
 }
 
 
@@ -222,10 +308,11 @@ def migrate(data: dict[str, Any], source: str) -> dict[str, Any]:
             f"{source}: schema_version {version} is newer than this bwenforcer reads"
             f" ({SCHEMA_VERSION}); refusing to use or overwrite it"
         )
-    if version < min(MIGRATIONS, default=SCHEMA_VERSION):
-        raise corrupt(source, "schema_version", f"unknown version {version}")
     while version < SCHEMA_VERSION:
-        data = MIGRATIONS[version](data)
-        version += 1
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise corrupt(source, "schema_version", f"unknown version {version}")
+        data = step(data)
+        version = data["schema_version"]
         log.info("%s: migrated state to schema_version %d", source, version)
     return data

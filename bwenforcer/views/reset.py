@@ -10,9 +10,10 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bwenforcer.core.layout import TRAFFIC_CLASSES, TrafficClass
-from bwenforcer.core.model import ClassOp, ClassRates, ClassState, KernelSnapshot, SliceState, State
-from bwenforcer.core.policy import class_cap_bps, uncapped_rates
+from bwenforcer.core.grants import pruned
+from bwenforcer.core.layout import TrafficClass
+from bwenforcer.core.model import AuditEntry, ClassOp, ClassState, KernelSnapshot, SliceState, State
+from bwenforcer.core.targets import RateTargets
 from bwenforcer.core.units import human_size
 from bwenforcer.views.status import ceil_text, last_applied_bps
 
@@ -26,60 +27,63 @@ class Forgiven:
     ops: tuple[ClassOp, ...]
 
 
-def lifted_rates(cs: ClassState, cap_bps: int, bwmin_bps: int) -> ClassRates:
-    """The rates of an uncapped class, as a cycle would set them."""
-    policy = cs.policy
-    return ClassRates(
-        *uncapped_rates(policy.min_rate_bps, policy.max_rate_bps, policy.share, cap_bps, bwmin_bps)
-    )
-
-
 def forgive(
     state: State,
     xid: int,
     classes: Iterable[TrafficClass],
     snapshot: KernelSnapshot | None,
     bwmin_bps: int,
+    *,
+    user: str,
+    reason: str,
+    now_s: int,
 ) -> Forgiven:
     """Reset the budget of a live slice's classes now; its period is kept.
 
     Usage goes to 0 from the kernel's current counter (or the last counter seen
     when there is no snapshot), so bytes sent before the reset are never counted;
     caps and notified flags are cleared. With a snapshot, the classes that are
-    capped in the kernel get their ceil lifted (the ops to apply).
+    capped in the kernel get their ceil lifted (the ops to apply): the rates a
+    cycle would set at a usage of 0 (a tier from 0 % still holds). Each class's
+    reset joins the audit (who, when, why, the usage forgiven).
     """
     st = state.slices[xid]
     kernel = None if snapshot is None else snapshot.slices.get(xid)
-    caps = (
-        {}
-        if snapshot is None
-        else {tc: class_cap_bps(tc, snapshot.cap_bps, snapshot.bwmax_bps) for tc in TRAFFIC_CLASSES}
-    )
+    targets = None if snapshot is None else RateTargets(snapshot, bwmin_bps)
     new: dict[TrafficClass, ClassState] = {}
     ops: list[ClassOp] = []
+    entries: list[AuditEntry] = []
     for tc in dict.fromkeys(classes):
         cs = st.cls(tc)
+        entries.append(AuditEntry("reset", st.name, tc, cs.used_bytes, user, now_s, now_s, reason))
         kc = None if kernel is None else kernel.cls(tc)
         counter = cs.last_counter_bytes if kc is None else kc.bytes
         cs = dataclasses.replace(
             cs, used_bytes=0, last_counter_bytes=counter, capped=False, notified=False
         )
-        if kc is not None:
-            lifted = lifted_rates(cs, caps[tc], bwmin_bps)
+        if kc is not None and targets is not None:
+            lifted, capped = targets.rates(cs.policy, tc, 0, st.period_end_s, now_s)
             if kc.rates != lifted:
                 ops.append(ClassOp("change", xid, tc, lifted))
-            cs = dataclasses.replace(cs, ceil_bps=lifted.max_rate_bps)
+            cs = dataclasses.replace(cs, ceil_bps=lifted.max_rate_bps, capped=capped)
         new[tc] = cs
     reset = dataclasses.replace(
         st, default=new.get("default", st.default), exempt=new.get("exempt", st.exempt)
     )
     slices = dict(state.slices)
     slices[xid] = reset
-    forgiven = dataclasses.replace(state, slices=slices, resets=state.resets + 1)
+    forgiven = dataclasses.replace(
+        state,
+        slices=slices,
+        resets=state.resets + 1,
+        audit=pruned((*state.audit, *entries), now_s),
+    )
     return Forgiven(forgiven, reset, tuple(ops))
 
 
-def reset_line(user: str, before: SliceState, after: SliceState, classes: Iterable[str]) -> str:
+def reset_line(
+    user: str, before: SliceState, after: SliceState, classes: Iterable[str], reason: str = ""
+) -> str:
     """The WARNING logged for a reset: who, which slice, and what was forgiven."""
     parts = []
     for tc in dict.fromkeys(classes):
@@ -91,4 +95,7 @@ def reset_line(user: str, before: SliceState, after: SliceState, classes: Iterab
         elif old.capped:
             ceil = f", ceil {old_ceil} until the next cycle"
         parts.append(f"{tc} used {human_size(old.used_bytes)} → 0{ceil}")
-    return f"reset by operator {user}: slice {after.name} xid {after.xid}: " + "; ".join(parts)
+    why = f" (reason: {reason!r})" if reason else ""
+    return (
+        f"reset by operator {user}: slice {after.name} xid {after.xid}: " + "; ".join(parts) + why
+    )

@@ -8,12 +8,15 @@ kernel has and its last 24 hours. Pure functions, the time passed in.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bwenforcer.core.grants import class_granted, counted_bytes
 from bwenforcer.core.layout import TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.model import (
+    AuditEntry,
     ClassPolicy,
     ClassRates,
     ClassState,
@@ -25,8 +28,10 @@ from bwenforcer.core.model import (
     State,
 )
 from bwenforcer.core.policy import counter_delta
+from bwenforcer.core.projection import HOUR_S, exhausted_at_s, last_hour_bytes
 from bwenforcer.core.units import human_duration, human_rate, human_size
 from bwenforcer.inputs.slices import ATTRIBUTES
+from bwenforcer.store.codec import audit_dict
 from bwenforcer.views.report import row_json
 from bwenforcer.views.status import ceil_text, class_view, last_applied_bps, until
 from bwenforcer.views.table import render_table
@@ -58,6 +63,7 @@ class SliceReport:
     history: tuple[ReportRow, ...] = ()  # hourly, the last 24 h
     unit: str | None = None  # a cgroup tenant's unit (nginx.service), as the tree has it now
     cgroup: str | None = None  # and its cgroup, below the cgroup2 mount
+    audit: tuple[AuditEntry, ...] = ()  # its grants and resets kept in the state
 
     @property
     def status(self) -> str:
@@ -88,7 +94,8 @@ def find_slice(state: State, desired: Sequence[DesiredSlice], text: str) -> Slic
     if live is None and want is None and entry is None:
         return None
     found_xid = live.xid if live else want.xid if want else entry.slice.xid if entry else None
-    return SliceReport(name=name, xid=found_xid, live=live, ledger=entry, desired=want)
+    audit = tuple(a for a in state.audit if a.slice == name)
+    return SliceReport(name=name, xid=found_xid, live=live, ledger=entry, desired=want, audit=audit)
 
 
 @dataclass(frozen=True)
@@ -144,17 +151,62 @@ def _rates_json(rates: ClassRates | ClassPolicy) -> dict[str, int]:
     return {"min_rate": rates.min_rate_bps, "max_rate": rates.max_rate_bps, "share": rates.share}
 
 
-def _policy_json(policy: ClassPolicy) -> dict[str, int]:
+def _policy_json(policy: ClassPolicy) -> dict[str, int | str | bool]:
     return {
         "limit_bytes": policy.limit_bytes,
         "threshold_bytes": policy.threshold_bytes,
         **_rates_json(policy),
+        "tiers": policy.tiers,
+        "taper": policy.taper,
+        "pacing": policy.pacing,
     }
 
 
-def _show_class_json(c: ShowClass) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Projection:
+    """When a live class's budget runs out at the last hour's rate."""
+
+    rate_bps: float  # the last hour's, from the hourly history
+    exhausted_at_s: float  # exhausted_at_s's: an instant, inf (not this period)
+
+
+def projections(report: SliceReport, now_s: int) -> dict[TrafficClass, Projection]:
+    """Each class of a live slice at the last hour's rate (from ``report.history``, the
+    hourly buckets); none for a slice not live.
+    """
+    st = report.live
+    if st is None:
+        return {}
+    current_s = now_s - now_s % HOUR_S
+    rows = {h.bucket_start_s: h for h in report.history}
+    out = {}
+    for tc in TRAFFIC_CLASSES:
+        current, previous = rows.get(current_s), rows.get(current_s - HOUR_S)
+        last_hour = last_hour_bytes(
+            now_s,
+            current_s,
+            0 if current is None else getattr(current, f"{tc}_bytes"),
+            0 if previous is None else getattr(previous, f"{tc}_bytes"),
+        )
+        cs = st.cls(tc)
+        granted = class_granted(report.audit, st.name, tc, now_s)
+        at_s = exhausted_at_s(
+            limit_bytes=cs.policy.limit_bytes,
+            counted_bytes=counted_bytes(cs.used_bytes, granted),
+            rate_bytes_per_s=last_hour / HOUR_S,
+            now_s=now_s,
+            period_end_s=st.period_end_s,
+        )
+        out[tc] = Projection(last_hour * 8 / HOUR_S, at_s)
+    return out
+
+
+def _show_class_json(c: ShowClass, projection: Projection | None) -> dict[str, Any]:
     cs = c.state
+    at_s = None if projection is None else projection.exhausted_at_s
     return {
+        "last_hour_rate": None if projection is None else round(projection.rate_bps),
+        "exhausted_at": None if at_s is None or not math.isfinite(at_s) else int(at_s),
         "used_bytes": None if cs is None else cs.used_bytes,
         **_policy_json(c.policy),
         "ceil": c.ceil_bps,
@@ -172,9 +224,10 @@ def _show_class_json(c: ShowClass) -> dict[str, Any]:
     }
 
 
-def show_json(report: SliceReport) -> dict[str, Any]:
+def show_json(report: SliceReport, now_s: int) -> dict[str, Any]:
     """``show --json``: the slice, its classes, attribute origins, ledger entry and history."""
     st = _shown_state(report)
+    ahead = projections(report, now_s)
     entry = report.ledger
     return {
         "name": report.name,
@@ -184,12 +237,16 @@ def show_json(report: SliceReport) -> dict[str, Any]:
         "period_start": None if st is None else st.period_start_s,
         "period_end": None if st is None else st.period_end_s,
         "kernel_available": report.kernel_available,
-        "classes": {c.traffic_class: _show_class_json(c) for c in show_classes(report)},
+        "classes": {
+            c.traffic_class: _show_class_json(c, ahead.get(c.traffic_class))
+            for c in show_classes(report)
+        },
         "origin": None if report.desired is None else dict(sorted(report.desired.origin.items())),
         "ledger": None
         if entry is None
         else {"xid": entry.slice.xid, "died_at": entry.died_s, "expires_at": entry.expires_s},
         "history": [row_json(h, HISTORY_KEYS) for h in report.history],
+        "audit": [audit_dict(a) for a in report.audit],
     }
 
 
@@ -239,6 +296,9 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         "min rate": lambda c: attr("min_rate", human_rate(c.policy.min_rate_bps), c),
         "max rate": lambda c: attr("max_rate", human_rate(c.policy.max_rate_bps), c),
         "share": lambda c: attr("share", str(c.policy.share), c),
+        "tiers": lambda c: attr("tiers", c.policy.tiers or "-", c),
+        "taper": lambda c: attr("taper", c.policy.taper or "-", c),
+        "pacing": lambda c: attr("pacing", "on" if c.policy.pacing else "off", c),
         "ceil": lambda c: ceil_text(c.ceil_bps),
         "capped": lambda c: "yes" if c.state is not None and c.state.capped else "no",
         "notified": lambda c: "yes" if c.state is not None and c.state.notified else "no",
@@ -247,7 +307,38 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         "next cycle": _pending_text,
     }
     rows = [(label, *(cell(c) for c in classes)) for label, cell in cells.items()]
-    return [r for r in rows if r[0] != "next cycle" or any(c.pending for c in classes)]
+    # rows of what no class has are left out: a page of today's policies stays as it was
+    shown = {
+        "next cycle": any(c.pending for c in classes),
+        "tiers": any(c.policy.tiers for c in classes),
+        "taper": any(c.policy.taper for c in classes),
+        "pacing": any(not c.policy.pacing for c in classes),
+    }
+    return [r for r in rows if shown.get(r[0], True)]
+
+
+def _projection_text(traffic_class: TrafficClass, p: Projection, now_s: int) -> str:
+    rate = human_rate(round(p.rate_bps))
+    if math.isinf(p.exhausted_at_s):
+        return f"{traffic_class} {rate}, the budget lasts the period"
+    if p.exhausted_at_s <= now_s:
+        return f"{traffic_class} {rate}, the budget is gone"
+    at_s = int(p.exhausted_at_s)
+    return f"{traffic_class} {rate}, the budget runs out {until(at_s, now_s)} ({utc(at_s)})"
+
+
+def _audit_text(entry: AuditEntry, now_s: int) -> str:
+    """One grant or reset of the slice, for people."""
+    why = f": {entry.reason}" if entry.reason else ""
+    head = f"{entry.what} {entry.traffic_class}"
+    if entry.what == "reset":
+        forgiven = human_size(entry.size_bytes)
+        return f"{head}: {forgiven} forgiven by {entry.user} {utc(entry.at_s)}{why}"
+    state = "in force" if entry.in_force(now_s) else "ended"
+    return (
+        f"{head}: +{human_size(entry.size_bytes)} by {entry.user} {utc(entry.at_s)},"
+        f" until {utc(entry.until_s)} ({state}){why}"
+    )
 
 
 def _capped_time(hour: ReportRow) -> str:
@@ -281,6 +372,13 @@ def show_text(report: SliceReport, now_s: int) -> str:
         )
     lines.append("")
     lines += render_table(("", "DEFAULT", "EXEMPT"), _class_rows(report))
+    lines += [_audit_text(a, now_s) for a in report.audit]
+    ahead = projections(report, now_s)
+    if ahead:
+        lines.append(
+            "at the last hour's rate: "
+            + "; ".join(_projection_text(tc, p, now_s) for tc, p in ahead.items())
+        )
     lines.append("")
     if report.desired is None:
         lines.append("not in the desired slices: where its attributes came from is unknown")

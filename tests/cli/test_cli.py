@@ -59,9 +59,20 @@ def test_every_option_and_verb_has_help() -> None:
 @pytest.mark.parametrize("verb", verb_paths())
 def test_global_options_are_accepted_after_every_verb(verb: str) -> None:
     parser = build_parser()
-    needs_slice = ("show", "reset", "tc on", "tc add", "tc replace", "tc set", "tc off", "tc del")
+    needs_slice = (
+        "show",
+        "reset",
+        "explain",
+        "tc on",
+        "tc add",
+        "tc replace",
+        "tc set",
+        "tc off",
+        "tc del",
+    )
     argv = [*verb.split(), *(["x"] if verb in needs_slice else [])]
     argv = [*argv, *(["p"] if verb == "state import-legacy" else [])]
+    argv = [*argv, *(["x", "1GB"] if verb == "grant" else [])]
     args = parser.parse_args([*argv, "--config", "after.yaml", "--log-level", "debug", "-q"])
     assert (args.config, args.log_level, args.quiet) == ("after.yaml", "DEBUG", True)
     # given before the verb and not after it: the verb's parser keeps it

@@ -161,12 +161,15 @@ POLICIES = {
         policy(10**12, threshold=0),
         policy(1_000_000, min_rate=CAP_BPS // 8, max_rate=CAP_BPS // 8),
         policy(1_000_000, max_rate=CAP_BPS // 3),
+        dataclasses.replace(policy(1_000_000), tiers="30%:2mbit,60%:100kbit"),
+        dataclasses.replace(policy(2_000_000), taper="20%-70%:50kbit"),
     ),
     "exempt": (
         policy(3_000_000, max_rate=BWMAX_BPS),
         policy(6_000_000, max_rate=BWMAX_BPS),
         policy(10**12, threshold=0, max_rate=BWMAX_BPS),
         policy(3_000_000, min_rate=BWMIN_BPS * 4, max_rate=BWMIN_BPS * 4),
+        dataclasses.replace(policy(3_000_000, max_rate=BWMAX_BPS), tiers="10%:5mbit"),
     ),
 }
 EVENTS = st.sampled_from(

@@ -48,8 +48,10 @@ def test_every_key() -> None:
                     "min_rate": "1mbit",
                     "max_rate": "50mbit",
                     "share": 3,
+                    "tiers": "75%:50mbit, 100%:2Mbit",
+                    "taper": "50%-75%:60000kbit",
                 },
-                "exempt": {"limit": "2GB"},
+                "exempt": {"limit": "2GB", "tiers": None, "taper": "1%-2%:1mbit", "pacing": False},
             },
             "mail": {
                 "transport": "smtp",
@@ -86,7 +88,10 @@ def test_every_key() -> None:
         5 * 10**7,
         3,
     )
+    assert (d.tiers, d.taper) == ("75%:50mbit,100%:2mbit", "50%-75%:60mbit")  # canonical
     assert cfg.defaults["exempt"].limit_bytes == 2 * 10**9
+    e = cfg.defaults["exempt"]
+    assert (e.tiers, e.taper, e.pacing, d.pacing) == ("", "1%-2%:1mbit", False, True)
     assert cfg.mail.smtp_port == 2525 and cfg.mail.smtp_starttls and cfg.mail.smtp_timeout_s == 3
     assert cfg.classifier.exempt_prefixes == ("10.1.0.0/16", "2001:db8::/32")
     assert cfg.history.hourly_keep_s == 2 * 86400 and cfg.dry_run
@@ -139,6 +144,19 @@ def test_every_key() -> None:
             "defaults.default.share: 0 is not a whole number",
         ),
         (["not", "a", "mapping"], "t.yaml: (top level): expected a mapping"),
+        (
+            {"defaults": {"default": {"tiers": "75%:50mbit,90%:60mbit"}}},
+            "t.yaml: defaults.default.tiers: tier 2: a ceil above the tier before it",
+        ),
+        (
+            {"defaults": {"exempt": {"taper": "75%:2mbit"}}},
+            "t.yaml: defaults.exempt.taper: taper: '75%:2mbit' is not FROM-TO:CEIL",
+        ),
+        ({"defaults": {"default": {"tiers": 75}}}, "defaults.default.tiers: 75 is not a"),
+        (
+            {"defaults": {"exempt": {"pacing": False}}},
+            "t.yaml: defaults.exempt.pacing: false needs tiers or a taper (else nothing caps)",
+        ),
     ],
 )
 def test_errors_name_the_key_path(data: object, message: str) -> None:

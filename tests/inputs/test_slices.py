@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bwenforcer.core.layout import MAX_SHARE
-from bwenforcer.core.settings import Config
+from bwenforcer.core.settings import ClassDefaults, Config
 from bwenforcer.errors import ConfigError, SliceError
 from bwenforcer.inputs import plc
 from bwenforcer.inputs.plc import SLIVERMANAGER_NET_DEFAULTS, from_plc_slivers
@@ -29,6 +29,46 @@ def test_historic_units_and_defaults() -> None:
     assert exempt.max_rate_bps == 100_000_000 and exempt.share == 3
     assert exempt.limit_bytes == CFG.defaults["exempt"].limit_bytes
     assert origin["net_max_rate"] == "rspec" and origin["net_i2_max_kbyte"] == "defaults"
+
+
+def test_tiers_and_taper_come_from_the_rspec_else_the_defaults_in_canonical_text() -> None:
+    cfg = Config(
+        node_cap_bps=10_000_000,
+        defaults={
+            "default": ClassDefaults(10**9, tiers="75%:5mbit"),
+            "exempt": ClassDefaults(10**9, taper="50%-90%:1mbit"),
+        },
+    )
+    default, exempt, origin = resolve_policy(
+        "pl_a", {"net_tiers": "80%:4000kbit, 100%:1mbit", "net_i2_taper": None}, cfg
+    )
+    assert (default.tiers, default.taper) == ("80%:4mbit,100%:1mbit", "")
+    assert (exempt.tiers, exempt.taper) == ("", "50%-90%:1mbit")
+    assert origin["net_tiers"] == "rspec" and origin["net_i2_taper"] == "defaults"
+    default, _, _ = resolve_policy("pl_b", {}, cfg)
+    assert default.tiers == "75%:5mbit" and default.pacing
+    for off in (0, "0", "false", False):
+        default, exempt, _ = resolve_policy("pl_c", {"net_pacing": off, "net_i2_pacing": 1}, cfg)
+        assert not default.pacing and exempt.pacing
+
+
+@pytest.mark.parametrize(
+    ("rspec", "problem"),
+    [
+        ({"net_tiers": "80%:1mbit,70%:1kbit"}, "slice pl_a: net_tiers: tier 2: shares must rise"),
+        ({"net_i2_taper": "9%-8%:1mbit"}, "slice pl_a: net_i2_taper: taper: '9%-8%:1mbit'"),
+        ({"net_taper": 5}, "slice pl_a: net_taper: 5 is not a text"),
+        ({"net_pacing": 0}, "slice pl_a: net_pacing: pacing off needs tiers or a taper"),
+        (
+            {"net_tiers": "9%:1mbit", "net_pacing": "no"},
+            "slice pl_a: net_pacing: no is not 1, 0, true or false",
+        ),
+    ],
+)
+def test_a_bad_tier_or_taper_refuses_the_record(rspec: dict[str, object], problem: str) -> None:
+    with pytest.raises(SliceError) as info:
+        resolve_policy("pl_a", rspec, CFG)
+    assert str(info.value).startswith(problem)
 
 
 def test_clamps_min_to_quarter_of_cap_and_floors() -> None:

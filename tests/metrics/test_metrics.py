@@ -257,7 +257,7 @@ def test_four_thousand_slices_render_every_series_once() -> None:
     metrics.observe(result)
     lines = generate_latest(metrics.registry()).decode().splitlines()
     per_slice = [line for line in lines if line.startswith("bwenforcer_slice_") and "{" in line]
-    assert len(per_slice) == 4000 * 2 * 7
+    assert len(per_slice) == 4000 * 2 * 9
     assert len(set(per_slice)) == len(per_slice)
     assert 'bwenforcer_slices{state="live"} 4000.0' in lines
 
@@ -460,3 +460,29 @@ def test_cgroup_tenants_are_named_by_their_unit_in_an_info_gauge(tmp_path: Path)
     plain = AgentMetrics()
     plain.observe(_result())
     assert "unit_info" not in exposition(plain)  # no cgroup tenants, no family
+
+
+def test_grants_in_force_are_a_gauge_per_class_and_counted() -> None:
+    from bwenforcer.core.model import AuditEntry
+
+    wanted = desired(want("pl_a", 1), want("pl_b", 2))
+    first = plan(wanted, snapshot(kslice(1), kslice(2)), State(), PARAMS, T0)
+    audit = (
+        AuditEntry("grant", "pl_a", "exempt", 5_000, "alice", T0, T0 + 600, "why"),
+        AuditEntry("grant", "pl_a", "exempt", 2_000, "bob", T0, T0 + 600),
+        AuditEntry("grant", "pl_b", "default", 9_000, "alice", T0 - 900, T0 - 1),  # ended
+        AuditEntry("reset", "pl_b", "default", 7, "alice", T0, T0),
+    )
+    state = replace(first.state, audit=audit, grants=3)
+    second = plan(wanted, snapshot(kslice(1), kslice(2)), state, PARAMS, T0 + 60)
+    metrics = AgentMetrics()
+    metrics.observe(CycleResult(T0 + 60, 0.1, second, None))
+    lines = generate_latest(metrics.registry()).decode().splitlines()
+    granted = {line for line in lines if line.startswith("bwenforcer_slice_granted_bytes{")}
+    assert granted == {
+        'bwenforcer_slice_granted_bytes{class="default",slice="pl_a",xid="1"} 0.0',
+        'bwenforcer_slice_granted_bytes{class="exempt",slice="pl_a",xid="1"} 7000.0',
+        'bwenforcer_slice_granted_bytes{class="default",slice="pl_b",xid="2"} 0.0',
+        'bwenforcer_slice_granted_bytes{class="exempt",slice="pl_b",xid="2"} 0.0',
+    }
+    assert "bwenforcer_grants_total 3.0" in lines

@@ -22,7 +22,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
-from bwenforcer.core.model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
+from bwenforcer.core.model import (
+    AuditEntry,
+    ClassPolicy,
+    ClassState,
+    LedgerEntry,
+    SliceState,
+    State,
+)
 from bwenforcer.errors import LockBusy, StateCorrupt, StateError, StateTooNew
 from bwenforcer.store.codec import (
     StateEncoder,
@@ -32,6 +39,7 @@ from bwenforcer.store.codec import (
     state_to_json,
 )
 from bwenforcer.store.schema import (
+    AUDIT_ENTRY,
     CLASS,
     LEDGER_ENTRY,
     MIGRATIONS,
@@ -40,6 +48,7 @@ from bwenforcer.store.schema import (
     TOP,
     WRITER,
     Field,
+    _v3_to_v4,
 )
 from bwenforcer.store.state import StateStore, check
 
@@ -85,10 +94,19 @@ names = st.text("abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=20
 counts = st.integers(min_value=0, max_value=2**64)
 
 
+TIERS = st.sampled_from(["", "75%:50mbit,100%:2mbit", "87.5%:1kbit"])
+TAPERS = st.sampled_from(["", "75%-100%:2mbit", "0%-1000%:8bit"])
+
+
 @st.composite
 def class_states(draw: st.DrawFn) -> ClassState:
     return ClassState(
-        ClassPolicy(draw(counts), draw(counts), draw(counts), draw(counts), draw(counts)),
+        ClassPolicy(
+            *(draw(counts) for _ in range(5)),
+            tiers=draw(TIERS),
+            taper=draw(TAPERS),
+            pacing=draw(st.booleans()),
+        ),
         draw(counts),
         draw(counts),
         draw(counts),
@@ -111,6 +129,21 @@ def slice_states(draw: st.DrawFn, xid: int | None = None, name: str | None = Non
 
 
 @st.composite
+def audit_entries(draw: st.DrawFn) -> AuditEntry:
+    at_s = draw(counts)
+    return AuditEntry(
+        draw(st.sampled_from(["grant", "reset"])),
+        draw(names),
+        draw(st.sampled_from(TRAFFIC_CLASSES)),
+        draw(counts),
+        draw(st.text(max_size=10)),
+        at_s,
+        at_s + draw(counts),
+        draw(st.text(max_size=30)),
+    )
+
+
+@st.composite
 def states(draw: st.DrawFn) -> State:
     xids = draw(st.sets(st.integers(min_value=0, max_value=DEFAULT_XID), max_size=8))
     dead = draw(st.sets(names, max_size=5))
@@ -123,6 +156,8 @@ def states(draw: st.DrawFn) -> State:
         draw(counts),
         draw(counts),
         draw(st.dictionaries(st.integers(min_value=0, max_value=DEFAULT_XID), counts, max_size=3)),
+        draw(counts),
+        tuple(draw(st.lists(audit_entries(), max_size=4))),
     )
 
 
@@ -134,7 +169,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 3
+    assert data["schema_version"] == SCHEMA_VERSION == 4
     assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
@@ -152,7 +187,11 @@ def test_json_layout_is_the_documented_one() -> None:
         "min_rate_bps": 8_000,
         "max_rate_bps": 10_000_000,
         "share": 1,
+        "tiers": "",
+        "taper": "",
+        "pacing": True,
     }
+    assert (data["grants"], data["audit"]) == (0, [])
     assert data["ledger"]["pl_dead0"]["died_at"] == NOW_S - 60
     assert data["ledger"]["pl_dead0"]["slice"]["xid"] == 3000
 
@@ -273,15 +312,27 @@ def test_every_field_of_the_saved_dataclasses_is_in_the_state_table() -> None:
     assert _names(ClassPolicy) == {
         a.removeprefix("policy.") for a in _attrs(CLASS) if a.startswith("policy.")
     }
+    assert _names(AuditEntry) == _attrs(AUDIT_ENTRY)
 
 
-_DOC_SCOPES = {"": TOP, "ledger.<name>.": LEDGER_ENTRY, "SLICE ": SLICE, "CLASS ": CLASS}
+_DOC_SCOPES = {
+    "": TOP,
+    "ledger.<name>.": LEDGER_ENTRY,
+    "SLICE ": SLICE,
+    "CLASS ": CLASS,
+    "AUDIT ": AUDIT_ENTRY,
+}
 _DOC_TYPES = {
     "uint": "int",
     "version": "int",
     "bool": "bool",
     "str": "string",
     "name": "string",
+    "tiers": "string",
+    "taper": "string",
+    "what": "string",
+    "traffic_class": "string",
+    "audit": "list",
     "slices": "object",
     "ledger": "object",
     "missing": "object",
@@ -313,17 +364,23 @@ def v0_document(state: State) -> dict[str, Any]:
     """What a schema-0 (pre-release) file looked like: no writer, older class key names."""
     data = state_to_json(state, NOW_S)
     data["schema_version"] = 0
-    del data["writer"]
+    del data["writer"], data["grants"], data["audit"]
     slices = [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]
     for sl in slices:
         for cls in sl["classes"].values():
+            del cls["tiers"], cls["taper"], cls["pacing"]
             cls["bytes_used"] = cls.pop("used_bytes")
             cls["last_counter"] = cls.pop("last_counter_bytes")
     return data
 
 
 def test_migrations_form_a_chain_to_the_current_version() -> None:
-    assert sorted(MIGRATIONS) == list(range(SCHEMA_VERSION))
+    version, seen = 0, []
+    while version < SCHEMA_VERSION:
+        seen.append(version)
+        version = MIGRATIONS[version]({"schema_version": version})["schema_version"]
+        assert version > seen[-1]
+    assert version == SCHEMA_VERSION and sorted(MIGRATIONS) == seen
 
 
 def test_v0_migrates_to_v1() -> None:
@@ -671,6 +728,8 @@ def states_any_names(draw: st.DrawFn) -> State:
         {name: LedgerEntry(draw(slice_states(name=name)), draw(counts)) for name in dead},
         None,
         draw(counts),
+        grants=draw(counts),
+        audit=tuple(draw(st.lists(audit_entries(), max_size=3))),
     )
 
 
@@ -746,11 +805,11 @@ def test_check_reports_each_problem_on_one_line(tmp_path: Path) -> None:
     store.save(make_state(2), NOW_S)
     store.save(make_state(2), NOW_S)
     path.write_text("{")
-    Path(store.backup).write_text('{"schema_version": 4}')
+    Path(store.backup).write_text(f'{{"schema_version": {SCHEMA_VERSION + 1}}}')
     problems = check(str(path))
     assert len(problems) == 2
     assert problems[0].startswith(f"{path}: not valid JSON")
-    assert problems[1].startswith(f"{store.backup}: schema_version 4 is newer")
+    assert problems[1].startswith(f"{store.backup}: schema_version {SCHEMA_VERSION + 1} is newer")
     path.unlink()
     assert check(str(path)) == [
         f"{path}: missing, but its backup {store.backup} exists",
@@ -856,8 +915,10 @@ def test_any_saved_state_passes_check_and_loads(tmp_path_factory: Any, state: St
 
 def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
     v1 = state_to_json(make_state(2), NOW_S)
-    del v1["resets"]
+    del v1["resets"], v1["grants"], v1["audit"]
     v1["schema_version"] = 1
+    for cls in v1["slices"]["1"]["classes"].values():
+        del cls["tiers"], cls["taper"], cls["pacing"]
     state = state_from_json(v1, "old.json")
     assert state.resets == 0
     assert state == dataclasses.replace(make_state(2), saved_s=NOW_S)
@@ -874,3 +935,70 @@ def test_migration_from_schema_2_knows_no_clock_reference() -> None:
     migrated = MIGRATIONS[2](v2)
     assert v2 == before and migrated["schema_version"] == 3
     assert state_from_json(v2, "old.json") == dataclasses.replace(make_state(2), saved_s=NOW_S)
+
+
+def test_migration_to_schema_4_paces_every_class_as_before() -> None:
+    """Schema 3 had no tiers and no taper: every class, live or in the ledger, gets none."""
+    v3 = state_to_json(make_state(2), NOW_S)
+    v3["schema_version"] = next(k for k, f in MIGRATIONS.items() if f is _v3_to_v4)
+    del v3["grants"], v3["audit"]
+    for sl in [*v3["slices"].values(), *(e["slice"] for e in v3["ledger"].values())]:
+        for cls in sl["classes"].values():
+            del cls["tiers"], cls["taper"], cls["pacing"]
+    migrated = _v3_to_v4(copy.deepcopy(v3))
+    assert migrated["schema_version"] == 4
+    assert state_from_json(v3, "old.json") == saved(make_state(2))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("tiers", "75%:50mbit,50%:2mbit", "expected tiers such as"),
+        ("tiers", 7, "expected tiers such as"),
+        ("taper", "100%-75%:2mbit", "expected a taper such as"),
+        ("pacing", 0, "expected true or false"),
+    ],
+)
+def test_bad_tiers_or_taper_in_the_state_is_named(key: str, value: object, problem: str) -> None:
+    data = state_to_json(make_state(1), NOW_S)
+    data["slices"]["1"]["classes"]["default"][key] = value
+    with pytest.raises(StateCorrupt, match=rf"{_CLS}\.{key}: {problem}"):
+        state_from_json(data, "state.json")
+
+
+def test_tiers_and_taper_round_trip_through_the_encoder() -> None:
+    cls = ClassState(dataclasses.replace(policy(), tiers="75%:50mbit", taper="80%-90%:1mbit"))
+    st_ = dataclasses.replace(slice_state(1), default=cls)
+    state = State({1: st_})
+    text = StateEncoder().encode(state, NOW_S)
+    assert state_from_json(json.loads(text), "s") == saved(state)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "problem"),
+    [
+        ("audit", {}, "audit: expected a list"),
+        ("audit.0.what", "gift", "audit[0].what: expected 'grant' or 'reset'"),
+        ("audit.0.traffic_class", "bulk", "audit[0].traffic_class: expected 'default' or"),
+        ("audit.0.until", 5, "audit[0].until: before at"),
+        ("audit.0.size_bytes", -1, "audit[0].size_bytes: expected a non-negative integer"),
+        ("audit.0.extra", 1, "audit[0]: unknown key 'extra'"),
+    ],
+)
+def test_a_bad_audit_entry_is_named(path: str, value: object, problem: str) -> None:
+    entry = AuditEntry("grant", "pl_s1", "default", 10**9, "alice", NOW_S, NOW_S + 60, "why")
+    data = state_to_json(dataclasses.replace(make_state(1), audit=(entry,)), NOW_S)
+    if path == "audit":
+        data["audit"] = value
+    else:
+        _, index, key = path.split(".")
+        data["audit"][int(index)][key] = value
+    with pytest.raises(StateCorrupt, match=re.escape(problem)):
+        state_from_json(data, "state.json")
+
+
+def test_the_audit_is_bounded() -> None:
+    entry = AuditEntry("reset", "pl_s1", "default", 1, "alice", NOW_S, NOW_S)
+    data = state_to_json(dataclasses.replace(make_state(1), audit=(entry,) * 1001), NOW_S)
+    with pytest.raises(StateCorrupt, match="audit: more than 1000 entries"):
+        state_from_json(data, "state.json")

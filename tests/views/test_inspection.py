@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bwenforcer.core.model import (
+    AuditEntry,
     ClassOp,
     ClassPolicy,
     ClassRates,
@@ -28,7 +29,7 @@ from bwenforcer.core.model import (
 from bwenforcer.core.plan import SetRates
 from bwenforcer.core.planner import PlanParams, plan
 from bwenforcer.history.usage import ReportRow
-from bwenforcer.views.reset import forgive, lifted_rates, reset_line
+from bwenforcer.views.reset import forgive, reset_line
 from bwenforcer.views.show import find_slice, show_json, show_text
 from bwenforcer.views.status import (
     ledger_json,
@@ -352,11 +353,14 @@ def test_show_text_golden() -> None:
 
 
 def test_show_json_of_a_live_slice() -> None:
-    doc = show_json(heavy_report())
+    doc = show_json(heavy_report(), NOW)
     assert doc["status"] == "live" and doc["xid"] == 10 and doc["kernel_available"]
     default = doc["classes"]["default"]
     assert set(default) >= CLASS_KEYS
     assert default["used_bytes"] == 190 * KiB and default["last_counter_bytes"] == 500_000
+    # the last hour sent 70 KiB: 10 KiB left last 514 s at that rate
+    assert (default["last_hour_rate"], default["exhausted_at"]) == (159, NOW + 514)
+    assert doc["classes"]["exempt"]["exhausted_at"] is None  # lasts the period
     assert default["kernel"] == {
         "bytes": 520_000,
         "min_rate": BWMIN_BPS,
@@ -385,7 +389,7 @@ def test_show_json_of_a_live_slice() -> None:
 def test_show_a_dead_slice_and_a_new_one() -> None:
     dead = find_slice(fixed_state(), [], "pl_gone")
     assert dead is not None and dead.status == "dead" and dead.xid == 14
-    doc = show_json(dead)
+    doc = show_json(dead, NOW)
     assert doc["ledger"] == {"xid": 14, "died_at": NOW - 7200, "expires_at": dead.ledger.expires_s}
     assert doc["classes"]["default"]["used_bytes"] == 300 * MiB and doc["origin"] is None
     text = show_text(dead, NOW)
@@ -398,7 +402,7 @@ def test_show_a_dead_slice_and_a_new_one() -> None:
     new = DesiredSlice("pl_new", 20, policy(GiB), policy(GiB, max_rate=BWMAX_BPS), origin)
     found = find_slice(fixed_state(), [new], "20")
     assert found is not None and found.status == "new" and found.name == "pl_new"
-    doc = show_json(found)
+    doc = show_json(found, NOW)
     assert doc["period_end"] is None and doc["classes"]["default"]["used_bytes"] is None
     assert doc["classes"]["default"]["limit_bytes"] == GiB
     assert doc["origin"] == dict(sorted(origin.items()))
@@ -419,10 +423,12 @@ def test_find_slice_by_name_xid_hex_and_a_dead_slice_s_last_xid() -> None:
 
 # --- reset -------------------------------------------------------------------------
 
+WHO = {"user": "alice", "reason": "", "now_s": NOW}
+
 
 def test_forgive_with_the_kernel_rebaselines_and_lifts_the_cap() -> None:
     state = fixed_state()
-    out = forgive(state, 10, ("default", "exempt"), fixed_snapshot(), BWMIN_BPS)
+    out = forgive(state, 10, ("default", "exempt"), fixed_snapshot(), BWMIN_BPS, **WHO)
     heavy = out.state.slices[10]
     assert heavy.default.used_bytes == 0 and heavy.exempt.used_bytes == 0
     assert heavy.default.last_counter_bytes == 520_000  # the kernel's counter now
@@ -445,7 +451,7 @@ def test_forgive_with_the_kernel_rebaselines_and_lifts_the_cap() -> None:
 
 def test_forgive_one_class_leaves_the_other_alone() -> None:
     state = fixed_state()
-    out = forgive(state, 13, ("exempt",), fixed_snapshot(), BWMIN_BPS)
+    out = forgive(state, 13, ("exempt",), fixed_snapshot(), BWMIN_BPS, **WHO)
     bulk = out.state.slices[13]
     assert bulk.default == state.slices[13].default
     assert bulk.exempt.used_bytes == 0 and not bulk.exempt.capped
@@ -454,7 +460,7 @@ def test_forgive_one_class_leaves_the_other_alone() -> None:
 
 def test_forgive_without_the_kernel_keeps_the_saved_counter() -> None:
     state = fixed_state()
-    out = forgive(state, 10, ("default",), None, BWMIN_BPS)
+    out = forgive(state, 10, ("default",), None, BWMIN_BPS, **WHO)
     heavy = out.state.slices[10]
     assert heavy.default.used_bytes == 0 and heavy.default.last_counter_bytes == 500_000
     assert not heavy.default.capped and not heavy.default.notified
@@ -465,7 +471,7 @@ def test_forgive_without_the_kernel_keeps_the_saved_counter() -> None:
 def test_after_a_reset_the_next_cycle_counts_only_new_bytes_and_stays_uncapped() -> None:
     state = fixed_state()
     snapshot = fixed_snapshot()
-    out = forgive(state, 10, ("default", "exempt"), snapshot, BWMIN_BPS)
+    out = forgive(state, 10, ("default", "exempt"), snapshot, BWMIN_BPS, **WHO)
     lifted = KernelSlice(10, kclass(520_000 + 5_000, CAP_BPS), kclass(3_200_000, BWMAX_BPS))
     after = dataclasses.replace(snapshot, slices={**snapshot.slices, 10: lifted})
     want = DesiredSlice(
@@ -478,16 +484,32 @@ def test_after_a_reset_the_next_cycle_counts_only_new_bytes_and_stays_uncapped()
     assert not [a for a in planned.actions if isinstance(a, SetRates) and a.xid == 10]
 
 
-def test_lifted_rates_respect_the_class_cap_and_bwmin() -> None:
-    cs = cls(0, GiB, max_rate=50_000_000)
-    assert lifted_rates(cs, CAP_BPS, BWMIN_BPS) == ClassRates(BWMIN_BPS, CAP_BPS, 1)
-    tiny = dataclasses.replace(cs, policy=dataclasses.replace(cs.policy, min_rate_bps=0))
-    assert lifted_rates(tiny, CAP_BPS, BWMIN_BPS).min_rate_bps == BWMIN_BPS
+def test_forgive_lifts_to_the_rates_of_a_usage_of_zero_a_tier_from_zero_holds() -> None:
+    state = fixed_state()
+    heavy = state.slices[10]
+    policy = dataclasses.replace(heavy.default.policy, tiers="0%:1mbit")
+    heavy = dataclasses.replace(heavy, default=dataclasses.replace(heavy.default, policy=policy))
+    state = dataclasses.replace(state, slices={**state.slices, 10: heavy})
+    out = forgive(state, 10, ("default",), fixed_snapshot(), BWMIN_BPS, **WHO)
+    assert out.ops == (ClassOp("change", 10, "default", ClassRates(BWMIN_BPS, 1_000_000, 1)),)
+    assert out.slice.default.capped and out.slice.default.used_bytes == 0
+
+
+def test_a_reset_joins_the_audit_with_who_when_why_and_how_much() -> None:
+    state = fixed_state()
+    out = forgive(
+        state, 10, ("default", "exempt"), None, BWMIN_BPS, user="bob", reason="oops", now_s=NOW
+    )
+    assert out.state.audit == (
+        AuditEntry("reset", "pl_heavy", "default", 190 * KiB, "bob", NOW, NOW, "oops"),
+        AuditEntry("reset", "pl_heavy", "exempt", 3 * MiB, "bob", NOW, NOW, "oops"),
+    )
+    assert out.state.resets == state.resets + 1
 
 
 def test_reset_line_names_operator_slice_and_changes() -> None:
     state = fixed_state()
-    out = forgive(state, 10, ("default",), fixed_snapshot(), BWMIN_BPS)
+    out = forgive(state, 10, ("default",), fixed_snapshot(), BWMIN_BPS, **WHO)
     line = reset_line("alice", state.slices[10], out.slice, ("default",))
     assert line == (
         "reset by operator alice: slice pl_heavy xid 10: default used 190KiB → 0,"
@@ -497,7 +519,7 @@ def test_reset_line_names_operator_slice_and_changes() -> None:
 
 def test_reset_line_without_the_kernel_says_when_the_cap_goes() -> None:
     state = fixed_state()
-    out = forgive(state, 10, ("default", "exempt"), None, BWMIN_BPS)
+    out = forgive(state, 10, ("default", "exempt"), None, BWMIN_BPS, **WHO)
     line = reset_line("alice", state.slices[10], out.slice, ("default", "exempt"))
     assert line.endswith(
         "default used 190KiB → 0, ceil 72kbit/s until the next cycle; exempt used 3MiB → 0"

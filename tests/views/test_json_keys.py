@@ -7,6 +7,7 @@ each command with ``--json`` on a node in a throwaway namespace.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import defaultdict
@@ -19,7 +20,7 @@ import pytest
 
 from bwenforcer.commands.state import operator_json
 from bwenforcer.commands.tc import get_rows
-from bwenforcer.core.model import ClassRates, DesiredSet
+from bwenforcer.core.model import AuditEntry, ClassRates, DesiredSet
 from bwenforcer.core.plan import (
     Adopt,
     CreateClass,
@@ -36,8 +37,10 @@ from bwenforcer.core.planner import PlanParams, plan
 from bwenforcer.cycle.executor import Outcome
 from bwenforcer.cycle.run import CycleResult
 from bwenforcer.history.usage import ReportRow
-from bwenforcer.store.codec import state_to_json
+from bwenforcer.store.codec import audit_dict, state_to_json
+from bwenforcer.views.explain import explain_json, explain_view
 from bwenforcer.views.plan import action_json, result_json
+from bwenforcer.views.policy import PolicyView, policy_json, policy_view
 from bwenforcer.views.report import row_json
 from bwenforcer.views.show import find_slice, show_json
 from bwenforcer.views.status import ledger_json, status_json
@@ -137,6 +140,28 @@ KEYS = {
     "source_errors": "bad slices",
     "recovered_from": "backup used",
     "schema_version": "state schema",
+    "tiers": "tiers",
+    "taper": "taper",
+    "pacing": "pacing on",
+    "rows": "policy table rows",
+    "grants": "operator grants",
+    "audit": "operators' grants and resets",
+    "what": "grant or reset",
+    "size_bytes": "bytes granted or forgiven",
+    "user": "invoking user",
+    "at": "when an operator acted",
+    "until": "grant in force until",
+    "granted_bytes": "bytes granted in force",
+    "counted_bytes": "usage the rules see",
+    "explanation": "the rule with its numbers",
+    "planned_ceil": "ceil the last cycle planned",
+    "rule_ceil": "the rule's ceil now",
+    "kernel_ceil": "ceil the kernel holds",
+    "differs": "kernel differs from the plan",
+    "last_hour_rate": "rate of the last hour",
+    "exhausted_at": "when the budget runs out",
+    "used_percent": "usage as a share of the limit",
+    "rule": "the rule that sets the ceil",
     "writer": "state writer",
 }
 
@@ -184,6 +209,27 @@ ALL_ACTIONS = (
 )
 
 
+AUDIT = (
+    AuditEntry("grant", "pl_heavy", "default", 10**9, "alice", NOW, NOW + 600, "conference"),
+    AuditEntry("reset", "pl_heavy", "exempt", 5, "bob", NOW, NOW, ""),
+)
+
+
+def _policy_view() -> PolicyView:
+    want = desired_heavy()
+    tiered = dataclasses.replace(want.default, tiers="50%:1mbit", taper="10%-40%:2mbit")
+    caps = {"default": 10**7, "exempt": 10**8}
+    return policy_view(
+        want.name,
+        want.xid,
+        {"default": tiered, "exempt": want.exempt},
+        caps,
+        bwmin_bps=BWMIN_BPS,
+        now_s=NOW,
+        period_end_s=NOW + 3600,
+    )
+
+
 def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
     """Each command's JSON built from plain data, with the paths of its data-keyed maps."""
     state = fixed_state()
@@ -207,12 +253,37 @@ def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
             frozenset(),
         ),
         "ledger": (ledger_json(state), frozenset()),
-        "show": (show_json(heavy_report()), frozenset({".origin"})),
+        "show": (show_json(heavy_report(), NOW), frozenset({".origin"})),
         "show (cgroup)": (
-            show_json(replace(heavy_report(), unit="heavy.scope", cgroup="m.slice/heavy.scope")),
+            show_json(
+                replace(heavy_report(), unit="heavy.scope", cgroup="m.slice/heavy.scope"), NOW
+            ),
             frozenset({".origin"}),
         ),
         "report": ([row_json(report)], frozenset()),
+        "policy": (policy_json(_policy_view()), frozenset()),
+        "show, audit": (
+            show_json(dataclasses.replace(heavy_report(), audit=AUDIT), NOW),
+            frozenset({".origin"}),
+        ),
+        "state show, audit": (
+            operator_json(state_to_json(dataclasses.replace(state, audit=AUDIT), NOW)),
+            frozenset({".slices", ".ledger"}),
+        ),
+        "grant": ({"audit": [audit_dict(a) for a in AUDIT]}, frozenset()),
+        "explain": (
+            explain_json(
+                explain_view(
+                    dataclasses.replace(
+                        heavy_report(), audit=AUDIT, kernel=fixed_snapshot().slices[10]
+                    ),
+                    {"default": 10**7, "exempt": 10**8},
+                    bwmin_bps=BWMIN_BPS,
+                    now_s=NOW,
+                )
+            ),
+            frozenset(),
+        ),
         "state show": (
             operator_json(state_to_json(state, NOW)),
             frozenset({".slices", ".ledger"}),
@@ -275,6 +346,8 @@ def test_every_command_on_a_node_prints_only_keys_of_the_table(ns: Netns, tmp_pa
         doc("state", "show", "--json"),
         frozenset({".slices", ".ledger", ".missing"}),
     )
+    docs["policy"] = (doc("policy", "pl_alice", "--json"), frozenset())
+    docs["explain"] = (doc("explain", "pl_alice", "--json"), frozenset())
 
     actions = {a["action"] for a in docs["sync, a rate changed"][0]["actions"]}
     assert "set_rates" in actions
@@ -306,7 +379,9 @@ def documented_show_keys() -> dict[str, set[str]]:
 def test_the_show_json_keys_of_docs_interfaces_are_the_outputs() -> None:
     dead = find_slice(fixed_state(), [], "pl_gone")
     assert dead is not None and dead.ledger is not None
-    live, gone = show_json(heavy_report()), show_json(dead)
+    live, gone = show_json(heavy_report(), NOW), show_json(dead, NOW)
+    entry = AuditEntry("grant", "pl_heavy", "default", 10**9, "alice", NOW, NOW + 60, "why")
+    audited = show_json(replace(heavy_report(), audit=(entry,)), NOW)
     default = live["classes"]["default"]
     assert default["kernel"] and default["next_cycle"] and live["history"] and gone["ledger"]
     actual = {
@@ -316,6 +391,7 @@ def test_the_show_json_keys_of_docs_interfaces_are_the_outputs() -> None:
         "next_cycle": set(default["next_cycle"]),
         "ledger": set(gone["ledger"]),
         "history": set(live["history"][0]),
+        "audit": set(audited["audit"][0]),
     }
     assert set(gone) == actual[""] and set(gone["classes"]["exempt"]) == actual["class"]
     assert documented_show_keys() == actual
