@@ -193,7 +193,11 @@ class Agent:
             self._store = StateStore(self.config.state_file)
         dry_run = dry_run or self.config.dry_run
 
-        hooks = Hooks(classifier=self._classifier_hook(), before_save=self._record_history)
+        hooks = Hooks(
+            classifier=self._classifier_hook(),
+            before_save=self._record_history,
+            after_save=self._fold_history,
+        )
         try:
             result = run_cycle(
                 self.config,
@@ -236,6 +240,21 @@ class Agent:
             raise  # the operator must act: exit 5, not a line in a log
         except (Error, OSError) as exc:
             log.error("usage history %s not updated: %s", self.config.history_file, exc)
+
+    def _fold_history(self) -> None:
+        """Fold the history's journal in if the cycle found it due: a step of its own,
+        after the cycle applied its limits and saved its state (so the fold's
+        duration delays neither), under the cycle's lock (the history has one
+        writer); a failure is logged, as a recording's is.
+        """
+        if self._history is None:
+            return
+        try:
+            self._history.fold_if_due()
+        except (DiskFull, UnsafePath):
+            raise
+        except (Error, OSError) as exc:
+            log.error("usage history %s not folded: %s", self.config.history_file, exc)
 
     def _classifier_hook(self) -> Callable[[DesiredSet], None] | None:
         if self.config.classifier.mode != "uid":

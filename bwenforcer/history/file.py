@@ -1,62 +1,103 @@
 """Usage history, the binary file: its format, its size bound, reading and writing it.
 
-Format version 1 (little endian, fixed-size records, no compression)::
+Format version 2 (little endian, fixed-size records, no compression)::
 
-    header   "BWHS"  u16 version  u16 generation  u32 slice count  u32 CRC-32 of the rest
-    slice    u8 name length, name (UTF-8, ≤ 255 bytes),
+    header   "BWHS"  u16 version  u16 generation  u32 slice count
+             u64 offset of the index  u32 CRC-32 of the index                (24 bytes)
+    slice    u32 CRC-32 of the rest of the slice's block,
+             u8 name length, name (UTF-8, ≤ 255 bytes),
              u32 hour count, u32 day count, u32 month count, then the records:
     hour     u32 hours since 1970, u64 default, u64 exempt,
              u32 capped default s, u32 capped exempt s                        (28 bytes)
     day      u32 days since 1970, u64 default, u64 exempt, u64 peak hour,
              u32 capped default s, u32 capped exempt s                        (36 bytes)
     month    u32 year*12+month-1, then as a day                              (36 bytes)
+    index    per slice, in name order: u8 name length, name,
+             u64 offset of its block, u32 length of its block
 
-Size: an hour costs 28 bytes, a day or a month 36 bytes, a slice's header at
-most 268. With the default retention a slice that sends something every hour
-holds at most 384 hours (15 days, plus the day being filled) and, in its first
-year, 365 days: at most 24,160 bytes per slice for the first year. However old
-the node, a slice never exceeds ``MAX_BYTES_PER_SLICE`` = 40,252 bytes (384
-hours, 715 days, 97 months), so the file stays under that times the number of
-slices plus a 16-byte header. These bounds hold after :meth:`History.roll_up`
-at the time of the latest :meth:`History.record`; counts saturate at their
-field's maximum.
+Slices are in name order (of their UTF-8 bytes). Each slice's block carries its
+own checksum and the index says where it is, so a reader takes one slice
+without reading the others, and the fold and the reports go slice by slice:
+their memory is one slice's, however old and large the history. Version 1 (a
+16-byte header "BWHS" u16 version u16 generation u32 slice count u32 CRC-32 of
+the body, then the slices without their checksums, no index) is read, and the
+next fold writes it again as version 2.
 
-The file is rewritten only when its journal (:mod:`.historyjournal`) is folded
-in; readers replay that journal onto it. A damaged file is moved aside by the
-next fold (:func:`load_history`), never overwritten.
+Size: an hour costs 28 bytes, a day or a month 36 bytes, a slice's header and
+index entry at most 540. With the default retention a slice that sends
+something every hour holds at most 384 hours (15 days, plus the day being
+filled) and, in its first year, 365 days:
+at most 24,432 bytes per slice for the first year. However old the node, a slice never exceeds
+``MAX_BYTES_PER_SLICE`` = 40,524 bytes (384 hours, 715 days, 97 months), so the
+file stays under that times the number of slices plus a 24-byte header. These
+bounds hold after a roll-up at the time of the latest record; counts saturate at
+their field's maximum.
+
+The file is rewritten only when its journal (:mod:`.journal`) is folded in
+(:func:`fold_history`: slice by slice, from the old file to a new one renamed
+over it); readers (:class:`HistoryReader`) replay that journal onto it. A
+damaged file is moved aside by the next fold, never overwritten.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import io
 import logging
 import math
 import os
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
 
 from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.errors import HistoryCorrupt, HistoryError
-from bwenforcer.files.atomic import disk_full, make_dir, move_aside, read_own, replace_file
-from bwenforcer.history.journal import journal_path, replay_journal
-from bwenforcer.history.usage import DAY_S, HOUR_S, NAME_MAX_BYTES, History, SliceHistory
+from bwenforcer.files.atomic import (
+    disk_full,
+    fsync_dir,
+    make_dir,
+    move_aside,
+    new_temp,
+    open_own,
+    read_own,
+    remove_stale_temps,
+    replace_file,
+)
+from bwenforcer.history.journal import journal_hours, journal_path
+from bwenforcer.history.usage import (
+    DAY_S,
+    HOUR_S,
+    NAME_MAX_BYTES,
+    History,
+    SliceHistory,
+    add_hours,
+    roll_up_slice,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"BWHS"
 
-_HEADER = struct.Struct("<4sHHII")
+_PREFIX = struct.Struct("<4sHH")  # magic, version, generation: every version's
+_HEADER = struct.Struct("<4sHHIQI")
+_HEADER_V1 = struct.Struct("<4sHHII")
+_CRC = struct.Struct("<I")
 _SLICE = struct.Struct("<B")
 _COUNTS = struct.Struct("<III")
 _HOUR = struct.Struct("<IQQII")
 _DAY = struct.Struct("<IQQQII")  # days and months
+_PLACE = struct.Struct("<QI")  # an index entry after its name: offset, length
 _U32 = 2**32 - 1
 _U64 = 2**64 - 1
+_CHUNK_BYTES = 1 << 20
 
 HEADER_BYTES = _HEADER.size
-SLICE_HEADER_MAX_BYTES = _SLICE.size + NAME_MAX_BYTES + _COUNTS.size
+SLICE_HEADER_MAX_BYTES = _CRC.size + _SLICE.size + NAME_MAX_BYTES + _COUNTS.size
+INDEX_ENTRY_MAX_BYTES = _SLICE.size + NAME_MAX_BYTES + _PLACE.size
 
 
 def _months_spanned_max(length_s: int) -> int:
@@ -78,7 +119,12 @@ def max_bytes_per_slice(cfg: HistoryConfig) -> int:
     hours = math.ceil(cfg.hourly_keep_s / HOUR_S) + 24
     days = max(0, math.ceil((cfg.daily_keep_s - cfg.hourly_keep_s) / DAY_S))
     months = _months_spanned_max(cfg.monthly_keep_s - cfg.daily_keep_s)
-    return SLICE_HEADER_MAX_BYTES + hours * _HOUR.size + (days + months) * _DAY.size
+    return (
+        SLICE_HEADER_MAX_BYTES
+        + INDEX_ENTRY_MAX_BYTES
+        + hours * _HOUR.size
+        + (days + months) * _DAY.size
+    )
 
 
 MAX_BYTES_PER_SLICE = max_bytes_per_slice(HistoryConfig())
@@ -87,80 +133,101 @@ MAX_BYTES_PER_SLICE = max_bytes_per_slice(HistoryConfig())
 def size_bytes(history: History) -> int:
     """Size of the file that saves ``history``, in bytes."""
     return HEADER_BYTES + sum(
-        _SLICE.size
-        + len(name.encode())
+        _CRC.size
+        + 2 * (_SLICE.size + len(name.encode()))
         + _COUNTS.size
+        + _PLACE.size
         + len(sh.hours) * _HOUR.size
         + (len(sh.days) + len(sh.months)) * _DAY.size
         for name, sh in history.slice_items()
     )
 
 
-def encode_history(history: History) -> bytes:
-    """The bytes of the file that saves ``history`` (format version :data:`FORMAT_VERSION`)."""
-    parts: list[bytes] = []
-    slices = history.slice_items()
-    for name, sh in slices:
-        raw = name.encode()
-        parts.append(_SLICE.pack(len(raw)) + raw)
-        parts.append(_COUNTS.pack(len(sh.hours), len(sh.days), len(sh.months)))
-        parts.extend(
-            _HOUR.pack(key, *_saturated(row, (_U64, _U64, _U32, _U32)))
-            for key, row in sh.hours.items()
-        )
-        for tier in (sh.days, sh.months):
-            parts.extend(
-                _DAY.pack(key, *_saturated(row, (_U64, _U64, _U64, _U32, _U32)))
-                for key, row in tier.items()
-            )
-    body = b"".join(parts)
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, history.generation, len(slices), zlib.crc32(body))
-    return header + body
-
-
-def decode_history(data: bytes, source: str) -> History:
-    """Parse the file's bytes; :class:`HistoryCorrupt` names ``source`` and the problem."""
-    if len(data) < HEADER_BYTES:
-        raise HistoryCorrupt(f"{source}: truncated header ({len(data)} bytes)")
-    magic, version, generation, count, crc = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise HistoryCorrupt(f"{source}: not a bwenforcer history file")
-    if version != FORMAT_VERSION:
-        raise HistoryCorrupt(f"{source}: format version {version}, expected {FORMAT_VERSION}")
-    body = memoryview(data)[HEADER_BYTES:]
-    if zlib.crc32(body) != crc:
-        raise HistoryCorrupt(f"{source}: checksum mismatch")
-    slices: dict[str, SliceHistory] = {}
-    reader = _Reader(body, source)
-    for _ in range(count):
-        name = reader.name()
-        if name in slices:
-            raise HistoryCorrupt(f"{source}: slice {name} appears twice")
-        sh = slices[name] = SliceHistory()
-        n_hours, n_days, n_months = reader.unpack(_COUNTS)
-        sh.hours = reader.tier(_HOUR, n_hours, name, "hours")
-        sh.days = reader.tier(_DAY, n_days, name, "days")
-        sh.months = reader.tier(_DAY, n_months, name, "months")
-    if reader.offset != len(body):
-        raise HistoryCorrupt(f"{source}: {len(body) - reader.offset} bytes after the end")
-    return History.from_slices(slices, generation)
-
-
 def _saturated(row: list[int], limits: tuple[int, ...]) -> Iterator[int]:
     return (min(value, limit) for value, limit in zip(row, limits, strict=True))
 
 
-class _Reader:
-    """Walks the body of a history file, raising HistoryCorrupt on any inconsistency."""
+def encode_slice(name: str, sh: SliceHistory) -> bytes:
+    """One slice's block: its checksum, name, counts and records."""
+    raw = name.encode()
+    parts = [
+        _SLICE.pack(len(raw)),
+        raw,
+        _COUNTS.pack(len(sh.hours), len(sh.days), len(sh.months)),
+    ]
+    parts.extend(
+        _HOUR.pack(key, *_saturated(row, (_U64, _U64, _U32, _U32))) for key, row in sh.hours.items()
+    )
+    for tier in (sh.days, sh.months):
+        parts.extend(
+            _DAY.pack(key, *_saturated(row, (_U64, _U64, _U64, _U32, _U32)))
+            for key, row in tier.items()
+        )
+    body = b"".join(parts)
+    return _CRC.pack(zlib.crc32(body)) + body
 
-    def __init__(self, body: memoryview, source: str) -> None:
+
+class _Writer:
+    """Writes a file slice by slice to ``out`` (from its start); :meth:`finish` writes
+    the index and returns the header, for the caller to put at offset 0.
+    """
+
+    def __init__(self, out: BinaryIO, generation: int) -> None:
+        self.out = out
+        self.generation = generation
+        self.offset = HEADER_BYTES
+        self.index: list[bytes] = []
+        self.last: bytes | None = None
+        out.write(bytes(HEADER_BYTES))
+
+    def add(self, name: str, sh: SliceHistory) -> None:
+        raw = name.encode()
+        if self.last is not None and raw <= self.last:
+            raise ValueError(f"history: slice {name} out of order")
+        self.last = raw
+        block = encode_slice(name, sh)
+        self.out.write(block)
+        self.index.append(_SLICE.pack(len(raw)) + raw + _PLACE.pack(self.offset, len(block)))
+        self.offset += len(block)
+
+    def finish(self) -> bytes:
+        index = b"".join(self.index)
+        self.out.write(index)
+        return _HEADER.pack(
+            MAGIC, FORMAT_VERSION, self.generation, len(self.index), self.offset, zlib.crc32(index)
+        )
+
+
+def encode_history(history: History) -> bytes:
+    """The bytes of the file that saves ``history`` (format version :data:`FORMAT_VERSION`)."""
+    out = io.BytesIO()
+    writer = _Writer(out, history.generation)
+    for name, sh in history.slice_items():
+        writer.add(name, sh)
+    header = writer.finish()
+    data = out.getbuffer()
+    data[:HEADER_BYTES] = header
+    return bytes(data)
+
+
+def decode_history(data: bytes, source: str) -> History:
+    """Parse a whole file's bytes; :class:`HistoryCorrupt` names ``source`` and the problem."""
+    with HistoryFile(io.BytesIO(data), source, len(data)) as hf:
+        return History.from_slices(dict(hf.slices()), hf.generation)
+
+
+class _Reader:
+    """Walks a slice's bytes, raising HistoryCorrupt on any inconsistency."""
+
+    def __init__(self, body: memoryview, source: str, base: int) -> None:
         self.body = body
         self.source = source
+        self.base = base  # the body's offset in the file, for messages
         self.offset = 0
 
     def take(self, size: int) -> memoryview:
         if self.offset + size > len(self.body):
-            raise HistoryCorrupt(f"{self.source}: truncated at byte {HEADER_BYTES + self.offset}")
+            raise HistoryCorrupt(f"{self.source}: truncated at byte {self.base + self.offset}")
         chunk = self.body[self.offset : self.offset + size]
         self.offset += size
         return chunk
@@ -185,6 +252,169 @@ class _Reader:
             tier[key] = row
         return tier
 
+    def slice_counts(self) -> tuple[str, tuple[int, ...]]:
+        name = self.name()
+        return name, self.unpack(_COUNTS)
+
+    def records(self, name: str, counts: tuple[int, ...]) -> SliceHistory:
+        n_hours, n_days, n_months = counts
+        sh = SliceHistory()
+        sh.hours = self.tier(_HOUR, n_hours, name, "hours")
+        sh.days = self.tier(_DAY, n_days, name, "days")
+        sh.months = self.tier(_DAY, n_months, name, "months")
+        return sh
+
+
+def _records_bytes(counts: tuple[int, ...]) -> int:
+    return counts[0] * _HOUR.size + (counts[1] + counts[2]) * _DAY.size
+
+
+class HistoryFile:
+    """A history file opened to be read slice by slice (either format version).
+
+    Opening it reads the header and the index (version 1: checks the whole file's
+    checksum, reading it in chunks); each slice is read, checked and parsed when
+    it is asked for. HistoryCorrupt names the source and the problem.
+    """
+
+    def __init__(self, f: BinaryIO, source: str, size: int) -> None:
+        self.f = f
+        self.source = source
+        self.size = size
+        prefix = self._read(0, _PREFIX.size, "header")
+        magic, self.version, self.generation = _PREFIX.unpack(prefix)
+        if magic != MAGIC:
+            raise HistoryCorrupt(f"{source}: not a bwenforcer history file")
+        # version 2: (name, offset, length) per slice, in name order; version 1: None
+        self.index: list[tuple[str, int, int]] | None = None
+        if self.version == FORMAT_VERSION:
+            self._read_index()
+        elif self.version == 1:
+            self._check_v1()
+        else:
+            raise HistoryCorrupt(
+                f"{source}: format version {self.version}, expected {FORMAT_VERSION} (or 1)"
+            )
+
+    def __enter__(self) -> HistoryFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.f.close()
+
+    def _read(self, offset: int, size: int, what: str) -> bytes:
+        self.f.seek(offset)
+        data = self.f.read(size)
+        if len(data) != size:
+            raise HistoryCorrupt(f"{self.source}: truncated {what} at byte {offset}")
+        return data
+
+    def _read_index(self) -> None:
+        _, _, _, count, index_at, crc = _HEADER.unpack(self._read(0, _HEADER.size, "header"))
+        if not HEADER_BYTES <= index_at <= self.size:
+            raise HistoryCorrupt(f"{self.source}: index offset {index_at} out of the file")
+        data = self._read(index_at, self.size - index_at, "index")
+        if zlib.crc32(data) != crc:
+            raise HistoryCorrupt(f"{self.source}: index checksum mismatch")
+        reader = _Reader(memoryview(data), self.source, index_at)
+        index: list[tuple[str, int, int]] = []
+        expected, previous = HEADER_BYTES, b""
+        for _ in range(count):
+            name = reader.name()
+            offset, length = reader.unpack(_PLACE)
+            raw = name.encode()
+            if index and raw <= previous:
+                raise HistoryCorrupt(f"{self.source}: slice {name} out of order in the index")
+            if offset != expected:
+                raise HistoryCorrupt(f"{self.source}: slice {name}: block not where expected")
+            previous, expected = raw, offset + length
+            index.append((name, offset, length))
+        if reader.offset != len(data) or expected != index_at:
+            raise HistoryCorrupt(f"{self.source}: index does not match the slices")
+        self.index = index
+        self.names = [name for name, _, _ in index]
+
+    def _check_v1(self) -> None:
+        _, _, _, self.count_v1, crc = _HEADER_V1.unpack(self._read(0, _HEADER_V1.size, "header"))
+        running = 0
+        self.f.seek(_HEADER_V1.size)
+        while chunk := self.f.read(_CHUNK_BYTES):
+            running = zlib.crc32(chunk, running)
+        if running != crc:
+            raise HistoryCorrupt(f"{self.source}: checksum mismatch")
+
+    def _block(self, name: str, offset: int, length: int) -> SliceHistory:
+        data = self._read(offset, length, f"slice {name}")
+        if length < _CRC.size or zlib.crc32(data[_CRC.size :]) != _CRC.unpack_from(data)[0]:
+            raise HistoryCorrupt(f"{self.source}: slice {name}: checksum mismatch")
+        reader = _Reader(memoryview(data)[_CRC.size :], self.source, offset + _CRC.size)
+        found, counts = reader.slice_counts()
+        if found != name:
+            raise HistoryCorrupt(f"{self.source}: slice {name}: block holds {found}")
+        sh = reader.records(name, counts)
+        if reader.offset != length - _CRC.size:
+            raise HistoryCorrupt(f"{self.source}: slice {name}: bytes after its records")
+        return sh
+
+    def slices(self) -> Iterator[tuple[str, SliceHistory]]:
+        """Each slice, in name order, read one at a time."""
+        if self.index is not None:
+            for name, offset, length in self.index:
+                yield name, self._block(name, offset, length)
+            return
+        yield from self._slices_v1()
+
+    def _slices_v1(self) -> Iterator[tuple[str, SliceHistory]]:
+        offset, previous = _HEADER_V1.size, None
+        for _ in range(self.count_v1):
+            head = self.f
+            head.seek(offset)
+            length = head.read(1)
+            if not length:
+                raise HistoryCorrupt(f"{self.source}: truncated at byte {offset}")
+            size = _SLICE.size + length[0] + _COUNTS.size
+            reader = _Reader(memoryview(self._read(offset, size, "slice")), self.source, offset)
+            name, counts = reader.slice_counts()
+            if previous is not None and name.encode() <= previous.encode():
+                raise HistoryCorrupt(f"{self.source}: slice {name} out of order")
+            previous = name
+            body = self._read(offset + size, _records_bytes(counts), f"slice {name}")
+            offset += size + len(body)
+            yield name, _Reader(memoryview(body), self.source, offset).records(name, counts)
+        if offset != self.size:
+            raise HistoryCorrupt(f"{self.source}: {self.size - offset} bytes after the end")
+
+    def find(self, name: str) -> SliceHistory | None:
+        """The slice ``name``'s buckets (version 2: reading only them); None if absent."""
+        if self.index is None:
+            return next((sh for found, sh in self._slices_v1() if found == name), None)
+        i = bisect.bisect_left(self.names, name)
+        if i == len(self.names) or self.names[i] != name:
+            return None
+        return self._block(*self.index[i])
+
+
+def _open_file(path: str) -> HistoryFile | None:
+    """The history file ``path`` opened for reading; None if there is none."""
+    try:
+        fd = open_own(path, os.O_RDONLY, "history file")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HistoryError(f"{path}: cannot read history: {exc.strerror or exc}") from exc
+    f = os.fdopen(fd, "rb", buffering=_CHUNK_BYTES)
+    try:
+        return HistoryFile(f, path, os.fstat(fd).st_size)
+    except OSError as exc:
+        f.close()
+        raise HistoryError(f"{path}: cannot read history: {exc.strerror or exc}") from exc
+    except BaseException:
+        f.close()
+        raise
+
 
 def _read_bytes(path: str) -> bytes | None:
     """The bytes of a file of the history; None if there is none."""
@@ -196,10 +426,79 @@ def _read_bytes(path: str) -> bytes | None:
         raise HistoryError(f"{path}: cannot read history: {exc.strerror or exc}") from exc
 
 
-def _read_file(path: str) -> History | None:
-    """The history file alone; None if there is none."""
-    data = _read_bytes(path)
-    return None if data is None else decode_history(data, path)
+def _journal(
+    path: str, generation: int, no_file: bool, only: str | None = None
+) -> dict[str, dict[int, list[int]]]:
+    journal = journal_path(path)
+    data = _read_bytes(journal)
+    return {} if data is None else journal_hours(data, journal, generation, no_file, only)
+
+
+def _merged(
+    slices: Iterable[tuple[str, SliceHistory]], journal: dict[str, dict[int, list[int]]]
+) -> Iterator[tuple[str, SliceHistory]]:
+    """The file's ``slices`` (in name order) with the journal's hours added, and the
+    journal's new slices, in name order.
+    """
+    pending = sorted(journal, key=str.encode, reverse=True)
+    for name, sh in slices:
+        raw = name.encode()
+        while pending and pending[-1].encode() < raw:
+            new = pending.pop()
+            fresh = SliceHistory()
+            add_hours(fresh, journal[new])
+            yield new, fresh
+        if pending and pending[-1] == name:
+            add_hours(sh, journal[pending.pop()])
+        yield name, sh
+    while pending:
+        new = pending.pop()
+        fresh = SliceHistory()
+        add_hours(fresh, journal[new])
+        yield new, fresh
+
+
+class HistoryReader:
+    """The history (the file and its journal) read slice by slice, changing nothing.
+
+    Missing → empty. Raises :class:`HistoryCorrupt` for a damaged file (when
+    opened, or when the damaged slice is reached) and :class:`HistoryError` when
+    it cannot be read; a damaged journal record ends what is read of the journal
+    (logged). With ``only``, just that slice's journal entries are kept.
+    """
+
+    def __init__(self, path: str, only: str | None = None) -> None:
+        self.path = path
+        self._file = _open_file(path)
+        try:
+            generation = 0 if self._file is None else self._file.generation
+            self._journal = _journal(path, generation, self._file is None, only)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> HistoryReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def slices(self) -> Iterator[tuple[str, SliceHistory]]:
+        """Each slice's buckets (journal included), in name order, one at a time."""
+        return _merged(() if self._file is None else self._file.slices(), self._journal)
+
+    def slice(self, name: str) -> SliceHistory | None:
+        """The slice ``name``'s buckets (journal included); None if it has no history."""
+        sh = None if self._file is None else self._file.find(name)
+        hours = self._journal.get(name)
+        if hours is not None:
+            sh = sh or SliceHistory()
+            add_hours(sh, hours)
+        return sh
 
 
 def file_generation(path: str) -> int | None:
@@ -207,48 +506,52 @@ def file_generation(path: str) -> int | None:
     usable file (missing, or not a history file's header).
     """
     try:
-        header = read_own(path, "history file", _HEADER.size)
+        header = read_own(path, "history file", _PREFIX.size)
     except FileNotFoundError:
         return None
-    if len(header) < _HEADER.size or header[:4] != MAGIC:
+    if len(header) < _PREFIX.size or header[:4] != MAGIC:
         return None
-    return _HEADER.unpack(header)[2]
-
-
-def _with_journal(history: History, path: str, no_file: bool) -> History:
-    """``history`` (read from ``path``, or empty if ``no_file``) with its journal replayed."""
-    journal = journal_path(path)
-    data = _read_bytes(journal)
-    return history if data is None else replay_journal(history, data, journal, no_file)
+    return _PREFIX.unpack(header)[2]
 
 
 def read_history(path: str) -> History:
-    """Read the history (the file and its journal) without changing anything.
-
-    Missing → empty. Raises :class:`HistoryCorrupt` for a damaged file and
-    :class:`HistoryError` when it cannot be read; a damaged journal record ends
-    what is read of the journal (logged).
+    """The whole history (the file and its journal) in memory, changing nothing: for
+    small histories and tests; the CLI reads with :class:`HistoryReader`.
     """
-    history = _read_file(path)
-    return _with_journal(history or History(), path, history is None)
+    with HistoryReader(path) as reader:
+        generation = 0 if reader._file is None else reader._file.generation
+        return History.from_slices(dict(reader.slices()), generation)
 
 
 def load_history(path: str, clock: Callable[[], float] = time.time) -> History:
-    """Read the history to fold its journal in: damaged file → moved aside, then empty.
+    """:func:`read_history`, but a damaged file is moved aside (see :func:`fold_history`)
+    and the history is its journal alone.
+    """
+    try:
+        return read_history(path)
+    except HistoryCorrupt as exc:
+        _move_aside(path, exc, clock)
+    history = History.from_slices(
+        {name: _fresh(hours) for name, hours in _journal(path, 0, True).items()}, 0
+    )
+    return history
 
-    The damaged file goes to ``<path>.corrupt-<UTC time>`` so the next save cannot
+
+def _fresh(hours: dict[int, list[int]]) -> SliceHistory:
+    sh = SliceHistory()
+    add_hours(sh, hours)
+    return sh
+
+
+def _move_aside(path: str, exc: HistoryCorrupt, clock: Callable[[], float]) -> None:
+    """Move the damaged file to ``<path>.corrupt-<UTC time>``, so the next save cannot
     overwrite what an operator may want to inspect.
     """
     try:
-        history = _read_file(path)
-    except HistoryCorrupt as exc:
-        try:
-            target = move_aside(path, "corrupt", clock())
-        except OSError as move:
-            raise HistoryError(f"{path}: cannot move aside: {move.strerror or move}") from exc
-        log.error("history unusable (%s): moved to %s, starting an empty history", exc, target)
-        history = None
-    return _with_journal(history or History(), path, history is None)
+        target = move_aside(path, "corrupt", clock())
+    except OSError as move:
+        raise HistoryError(f"{path}: cannot move aside: {move.strerror or move}") from exc
+    log.error("history unusable (%s): moved to %s, starting an empty history", exc, target)
 
 
 def save_history(history: History, path: str) -> None:
@@ -261,6 +564,67 @@ def save_history(history: History, path: str) -> None:
         what = f"{path}: cannot save history"
         raise disk_full(exc, what) or HistoryError(f"{what}: {exc.strerror or exc}") from exc
     log.debug("saved history %s: %d bytes", path, len(payload))
+
+
+def fold_history(
+    path: str,
+    generation_mask: int,
+    cutoffs: tuple[int, int, int] | None,
+    clock: Callable[[], float] = time.time,
+) -> int:
+    """Fold the journal into the file, slice by slice, rolled up at ``cutoffs``
+    (:func:`~.usage.roll_up_cutoffs`; None: no roll-up); return the new file's
+    generation (the old one's plus one, within ``generation_mask``).
+
+    The new file is written beside the old one, fsynced and renamed over it, so a
+    kill at any instant leaves the old file (its journal still extending it) or
+    the new one (the journal then of an older generation: ignored, and replaced by
+    the caller). Memory: one slice's buckets and the journal's hours. A damaged
+    file (found at any slice) is moved aside and the journal alone is folded.
+    OSError is the caller's to report.
+    """
+    make_history_dir(path)
+    try:
+        return _fold(path, generation_mask, cutoffs, use_file=True)
+    except HistoryCorrupt as exc:
+        _move_aside(path, exc, clock)
+    return _fold(path, generation_mask, cutoffs, use_file=False)
+
+
+def _fold(
+    path: str, generation_mask: int, cutoffs: tuple[int, int, int] | None, use_file: bool
+) -> int:
+    old = _open_file(path) if use_file else None
+    try:
+        generation = 0 if old is None else old.generation
+        journal = _journal(path, generation, old is None)
+        generation = (generation + 1) & generation_mask
+        directory = os.path.dirname(os.path.abspath(path))
+        remove_stale_temps(directory, (f"{os.path.basename(path)}.tmp-",))
+        fd, tmp = new_temp(path)
+        try:
+            with os.fdopen(fd, "wb", buffering=_CHUNK_BYTES) as out:
+                writer = _Writer(out, generation)
+                for name, sh in _merged(() if old is None else old.slices(), journal):
+                    if cutoffs is not None and roll_up_slice(sh, cutoffs):
+                        log.info("history: slice %s aged out", name)
+                        continue
+                    if not sh.empty():
+                        writer.add(name, sh)
+                header = writer.finish()
+                out.flush()
+                os.pwrite(out.fileno(), header, 0)
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+            fsync_dir(directory)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    finally:
+        if old is not None:
+            old.close()
+    return generation
 
 
 def make_history_dir(path: str) -> None:

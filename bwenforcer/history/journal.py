@@ -199,6 +199,46 @@ def _journal_records(
         offset = end
 
 
+def journal_hours(
+    data: bytes, journal: str, generation: int, no_file: bool, only: str | None = None
+) -> dict[str, dict[int, list[int]]]:
+    """What the journal's bytes ``data`` (read from ``journal``) add to the file of
+    ``generation`` (or to no file, if ``no_file``): each slice's hour rows
+    ([default, exempt, capped default s, capped exempt s], none idle), or only
+    ``only``'s. Empty if the journal was folded in already (see :func:`replay_journal`).
+
+    Its size is the journal's slices times the hours it spans (a day or so: it is
+    folded in daily), however old the history.
+    """
+    out: dict[str, dict[int, list[int]]] = {}
+    if len(data) < _JOURNAL_HEADER.size or data[:4] != JOURNAL_MAGIC:
+        log.warning("history journal %s: not a journal, ignored", journal)
+        return out
+    _, version, extends = _JOURNAL_HEADER.unpack_from(data)
+    cycle = _CYCLES.get(version)
+    if cycle is None:
+        log.warning("history journal %s: version %d, ignored", journal, version)
+        return out
+    if extends != generation and not no_file:
+        return out  # folded in already
+    for now_s, interval_s, usage in _journal_records(data, journal, cycle):
+        hour, capped_s = now_s // 3600, max(0, interval_s)
+        for u in usage:
+            name = u.slice_name
+            if only is not None and name != only:
+                continue
+            capped_d = capped_s if u.capped_default else 0
+            capped_e = capped_s if u.capped_exempt else 0
+            if not (u.default_bytes or u.exempt_bytes or capped_d or capped_e):
+                continue  # idle: adds no bucket
+            row = out.setdefault(name, {}).setdefault(hour, [0, 0, 0, 0])
+            row[0] += u.default_bytes
+            row[1] += u.exempt_bytes
+            row[2] += capped_d
+            row[3] += capped_e
+    return out
+
+
 def replay_journal(history: History, data: bytes, journal: str, no_file: bool) -> History:
     """``history`` (read from a file, or empty if ``no_file``) with the journal's bytes
     ``data`` (read from ``journal``) replayed onto it.

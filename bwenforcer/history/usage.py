@@ -247,32 +247,12 @@ class History:
 
         Cheap to call every cycle: it does nothing until a cutoff moves.
         """
-        cutoffs = (
-            24 * ((now_s - cfg.hourly_keep_s) // DAY_S),  # an hour: days are folded whole
-            (now_s - cfg.daily_keep_s) // DAY_S,
-            _month_of_instant(now_s - cfg.monthly_keep_s),
-        )
+        cutoffs = roll_up_cutoffs(now_s, cfg)
         if cutoffs == self._cutoffs:
             return
         self._hour = None  # the rows it caches may move to the daily tier
-        cut_hour, cut_day, cut_month = cutoffs
         for name in list(self._slices):
-            sh = self._slices[name]
-            hours, days, months = sh.hours, sh.days, sh.months
-            due_hours, due_days = _due(hours, cut_hour), _due(days, cut_day)
-            due_months = _due(months, cut_month)
-            if not (due_hours or due_days or due_months):
-                continue
-            for day, due in groupby(due_hours, _day_of_hour):
-                default, exempt, capped_d, capped_e = zip(*(hours.pop(h) for h in due), strict=True)
-                peak = max(map(operator.add, default, exempt))
-                row = [sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e)]
-                _merge(days, day, row)
-            for day in _due(days, cut_day):
-                _merge(months, _day_to_month(day), days.pop(day))
-            for month in _due(months, cut_month):
-                del months[month]
-            if sh.empty():
+            if roll_up_slice(self._slices[name], cutoffs):
                 log.info("history: slice %s aged out", name)
                 del self._slices[name]
         self._cutoffs = cutoffs
@@ -298,39 +278,91 @@ class History:
     def report(
         self, by: Bucketing, since_s: int | None = None, slice_name: str | None = None
     ) -> list[ReportRow]:
-        """Totals per slice per UTC bucket, by slice then time; every tier is included.
-
-        ``by="day"`` sums the hours still kept hourly, ``by="month"`` also the days, so
-        the totals are everything recorded within the retention. With ``since_s``, only
-        buckets that end after it (the bucket holding ``since_s`` is shown whole).
-        """
+        """Totals per slice per UTC bucket, by slice then time (see :func:`slice_report`)."""
         rows: list[ReportRow] = []
         for name in sorted(self._slices):
-            if slice_name is not None and name != slice_name:
-                continue
-            for key, row in sorted(self._buckets(self._slices[name], by).items()):
-                start_s, end_s = _bounds(by, key)
-                if since_s is not None and end_s <= since_s:
-                    continue
-                rows.append(ReportRow(name, by, start_s, *row))
+            if slice_name is None or name == slice_name:
+                rows.extend(slice_report(name, self._slices[name], by, since_s))
         return rows
 
-    @staticmethod
-    def _buckets(sh: SliceHistory, by: Bucketing) -> dict[int, list[int]]:
-        if by == "hour":
-            return {hour: _as_day_row(row) for hour, row in sh.hours.items()}
-        if by not in ("day", "month"):
-            raise ValueError(f"history report by {by!r}: expected hour, day or month")
-        acc: dict[int, list[int]] = {}
-        if by == "month":
-            for month, row in sh.months.items():
-                _merge(acc, month, row)
-        for day, row in sh.days.items():
-            _merge(acc, day if by == "day" else _day_to_month(day), row)
-        for hour, row in sh.hours.items():
-            day = hour // 24
-            _merge(acc, day if by == "day" else _day_to_month(day), _as_day_row(row))
-        return acc
+
+def roll_up_cutoffs(now_s: int, cfg: HistoryConfig) -> tuple[int, int, int]:
+    """The first hour, day and month a roll-up at ``now_s`` keeps in their tier."""
+    return (
+        24 * ((now_s - cfg.hourly_keep_s) // DAY_S),  # an hour: days are folded whole
+        (now_s - cfg.daily_keep_s) // DAY_S,
+        _month_of_instant(now_s - cfg.monthly_keep_s),
+    )
+
+
+def roll_up_slice(sh: SliceHistory, cutoffs: tuple[int, int, int]) -> bool:
+    """Roll one slice's buckets up at ``cutoffs`` (:func:`roll_up_cutoffs`); True if
+    nothing is left of it.
+    """
+    cut_hour, cut_day, cut_month = cutoffs
+    hours, days, months = sh.hours, sh.days, sh.months
+    due_hours, due_days = _due(hours, cut_hour), _due(days, cut_day)
+    due_months = _due(months, cut_month)
+    if not (due_hours or due_days or due_months):
+        return sh.empty()
+    for day, due in groupby(due_hours, _day_of_hour):
+        default, exempt, capped_d, capped_e = zip(*(hours.pop(h) for h in due), strict=True)
+        peak = max(map(operator.add, default, exempt))
+        row = [sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e)]
+        _merge(days, day, row)
+    for day in _due(days, cut_day):
+        _merge(months, _day_to_month(day), days.pop(day))
+    for month in _due(months, cut_month):
+        del months[month]
+    return sh.empty()
+
+
+def add_hours(sh: SliceHistory, hours: dict[int, list[int]]) -> None:
+    """Add hour rows (as :meth:`History.record` adds a cycle's, none of them idle) to ``sh``."""
+    tier = sh.hours
+    for hour, row in hours.items():
+        into = tier.get(hour)
+        if into is None:
+            into = _new_row(tier, hour, 4)
+        into[0] += row[0]
+        into[1] += row[1]
+        into[2] += row[2]
+        into[3] += row[3]
+
+
+def slice_report(
+    name: str, sh: SliceHistory, by: Bucketing, since_s: int | None = None
+) -> list[ReportRow]:
+    """One slice's totals per UTC bucket, in time order; every tier is included.
+
+    ``by="day"`` sums the hours still kept hourly, ``by="month"`` also the days, so
+    the totals are everything recorded within the retention. With ``since_s``, only
+    buckets that end after it (the bucket holding ``since_s`` is shown whole).
+    """
+    rows = []
+    for key, row in sorted(_buckets(sh, by).items()):
+        start_s, end_s = _bounds(by, key)
+        if since_s is not None and end_s <= since_s:
+            continue
+        rows.append(ReportRow(name, by, start_s, *row))
+    return rows
+
+
+def _buckets(sh: SliceHistory, by: Bucketing) -> dict[int, list[int]]:
+    if by == "hour":
+        return {hour: _as_day_row(row) for hour, row in sh.hours.items()}
+    if by not in ("day", "month"):
+        raise ValueError(f"history report by {by!r}: expected hour, day or month")
+    acc: dict[int, list[int]] = {}
+    if by == "month":
+        for month, row in sh.months.items():
+            _merge(acc, month, row)
+    for day, row in sh.days.items():
+        _merge(acc, day if by == "day" else _day_to_month(day), row)
+    for hour, row in sh.hours.items():
+        day = hour // 24
+        _merge(acc, day if by == "day" else _day_to_month(day), _as_day_row(row))
+    return acc
 
 
 def _bounds(by: Bucketing, key: int) -> tuple[int, int]:
