@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import json
 import sys
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bwenforcer.history.usage import ReportRow, SliceHistory
 
 ORDER = 55
 
@@ -73,33 +77,60 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the report; an empty one is noted on stderr (exit 0)."""
+    """Print the report as it is read, slice by slice; an empty one is noted on stderr
+    (exit 0).
+    """
     from bwenforcer.errors import ExitCode
-    from bwenforcer.history.file import read_history
+    from bwenforcer.history.file import HistoryReader
+    from bwenforcer.history.usage import slice_report
     from bwenforcer.inputs.config import load_config
-    from bwenforcer.views.report import JSON_KEYS, report_table, row_json
+    from bwenforcer.views.report import JSON_KEYS, json_chunks, row_json, table_lines
 
     path = load_config(args.config).history_file
-    history = read_history(path)
-    rows = history.report(args.by, args.since, args.slice)
-    if args.json:
-        json.dump([row_json(r) for r in rows], sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    elif args.csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=JSON_KEYS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(row_json(r) for r in rows)
-    elif rows:
-        print(report_table(rows, args.by))
-    if not rows:
-        print(
-            f"bwenforcer: report: {_empty_note(args, history.slice_names(), path)}", file=sys.stderr
-        )
+    seen = {"slice": False, "rows": False}
+    with HistoryReader(path, only=args.slice) as reader:
+
+        def groups() -> Iterator[list[ReportRow]]:
+            """Each slice's rows in turn (read one slice at a time); only the one
+            asked for with --slice (read alone).
+            """
+            if args.slice is None:
+                source: Iterable[tuple[str, SliceHistory | None]] = reader.slices()
+            else:
+                source = [(args.slice, reader.slice(args.slice))]
+            for name, sh in source:
+                if sh is None:
+                    continue
+                seen["slice"] = True
+                rows = slice_report(name, sh, args.by, args.since)
+                if rows:
+                    seen["rows"] = True
+                    yield rows
+
+        def rows() -> Iterator[ReportRow]:
+            for group in groups():
+                yield from group
+
+        out = sys.stdout
+        if args.json:
+            for chunk in json_chunks(rows()):
+                out.write(chunk)
+            out.write("\n")
+        elif args.csv:
+            writer = csv.DictWriter(out, fieldnames=JSON_KEYS, lineterminator="\n")
+            writer.writeheader()
+            for row in rows():
+                writer.writerow(row_json(row))
+        else:
+            for line in table_lines(groups, args.by):
+                out.write(line + "\n")
+    if not seen["rows"]:
+        print(f"bwenforcer: report: {_empty_note(args, seen['slice'], path)}", file=sys.stderr)
     return int(ExitCode.OK)
 
 
-def _empty_note(args: argparse.Namespace, known: list[str], path: str) -> str:
-    if args.slice is not None and args.slice not in known:
+def _empty_note(args: argparse.Namespace, known: bool, path: str) -> str:
+    if args.slice is not None and not known:
         return f"no history for slice {args.slice!r} (unknown, or aged out) in {path}"
     since = ""
     if args.since is not None:

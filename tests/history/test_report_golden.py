@@ -67,3 +67,18 @@ if __name__ == "__main__":  # regenerate: python -m tests.history.test_report_go
 
 def test_reports_equal_the_golden_ones(tmp_path: Path) -> None:
     assert digests(make_config(tmp_path)) == json.loads(GOLDEN.read_text())
+
+
+def test_reports_equal_the_golden_ones_after_the_fold_to_version_2(tmp_path: Path) -> None:
+    from bwenforcer.core.settings import HistoryConfig
+    from bwenforcer.history.file import FORMAT_VERSION
+    from bwenforcer.history.recorder import HistoryRecorder
+
+    cfg = make_config(tmp_path)
+    history_file = load_config(str(cfg)).history_file
+    last_s = golden.END_S + golden.JOURNAL_CYCLES * 600  # same UTC day: nothing rolls up
+    HistoryRecorder(history_file, HistoryConfig()).fold(last_s)
+    data = Path(history_file).read_bytes()
+    assert int.from_bytes(data[4:6], "little") == FORMAT_VERSION == 2
+    assert Path(f"{history_file}.journal").stat().st_size == 8  # folded in: empty
+    assert digests(cfg) == json.loads(GOLDEN.read_text())
