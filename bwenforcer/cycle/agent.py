@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bwenforcer.core.model import DesiredSet, KernelOp, KernelSnapshot, OpFailure, SliceState
+from bwenforcer.core.model import (
+    DesiredSet,
+    KernelOp,
+    KernelSnapshot,
+    OpFailure,
+    SliceState,
+    State,
+)
 from bwenforcer.core.plan import Notify, Plan
 from bwenforcer.core.policy import tree_rates_bps
 from bwenforcer.core.settings import Config
@@ -241,16 +248,19 @@ class Agent:
         except (Error, OSError) as exc:
             log.error("usage history %s not updated: %s", self.config.history_file, exc)
 
-    def _fold_history(self) -> None:
+    def _fold_history(self, state: State) -> None:
         """Fold the history's journal in if the cycle found it due: a step of its own,
         after the cycle applied its limits and saved its state (so the fold's
         duration delays neither), under the cycle's lock (the history has one
-        writer); a failure is logged, as a recording's is.
+        writer); a failure is logged, as a recording's is. Slices neither in
+        ``state`` nor in its ledger keep only their monthly totals.
         """
-        if self._history is None:
+        if self._history is None or not self._history.fold_due:
             return
+        live = {s.name for s in state.slices.values()}
+        live.update(state.ledger)
         try:
-            self._history.fold_if_due()
+            self._history.fold_if_due(live)
         except (DiskFull, UnsafePath):
             raise
         except (Error, OSError) as exc:

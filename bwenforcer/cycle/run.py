@@ -112,9 +112,10 @@ class Hooks:
     # a saved cycle the history never hears of (the history has one writer: the
     # lock holder).
     before_save: Callable[[Plan], None] | None = None
-    # Work left for after the cycle: taken once the state is saved and the
-    # cycle's duration measured, still under the lock (the history's fold).
-    after_save: Callable[[], None] | None = None
+    # Work left for after the cycle, given the state saved: taken once it is
+    # saved and the cycle's duration measured, still under the lock (the
+    # history's fold).
+    after_save: Callable[[State], None] | None = None
 
 
 def run_cycle(
@@ -172,7 +173,7 @@ def run_cycle(
             tuple(extra),
         )
         if hooks.after_save is not None:
-            hooks.after_save()
+            hooks.after_save(outcome.state)
     log.info(
         "cycle %s in %.3fs: %d slices, %d kernel changes, %d failures",
         result.result,

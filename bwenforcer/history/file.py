@@ -13,7 +13,8 @@ Format version 2 (little endian, fixed-size records, no compression)::
              u32 capped default s, u32 capped exempt s                        (36 bytes)
     month    u32 year*12+month-1, then as a day                              (36 bytes)
     index    per slice, in name order: u8 name length, name,
-             u64 offset of its block, u32 length of its block
+             u64 offset of its block, u32 length of its block,
+             u32 the last hour it has a bucket for (hours since 1970)
 
 Slices are in name order (of their UTF-8 bytes). Each slice's block carries its
 own checksum and the index says where it is, so a reader takes one slice
@@ -24,14 +25,19 @@ the body, then the slices without their checksums, no index) is read, and the
 next fold writes it again as version 2.
 
 Size: an hour costs 28 bytes, a day or a month 36 bytes, a slice's header and
-index entry at most 540. With the default retention a slice that sends
+index entry at most 544. With the default retention a slice that sends
 something every hour holds at most 384 hours (15 days, plus the day being
 filled) and, in its first year, 365 days:
-at most 24,432 bytes per slice for the first year. However old the node, a slice never exceeds
-``MAX_BYTES_PER_SLICE`` = 40,524 bytes (384 hours, 715 days, 97 months), so the
+at most 24,436 bytes per slice for the first year. However old the node, a slice never exceeds
+``MAX_BYTES_PER_SLICE`` = 40,528 bytes (384 hours, 715 days, 97 months), so the
 file stays under that times the number of slices plus a 24-byte header. These
 bounds hold after a roll-up at the time of the latest record; counts saturate at
 their field's maximum.
+
+In total: a slice that departed (neither live nor in the ledger, as the fold is
+told) keeps only its months from the fold on, and only the
+:data:`DEPARTED_MAX_SLICES` departed slices that sent last are kept (the
+index's last hour says which), so churn does not grow the file without end.
 
 The file is rewritten only when its journal (:mod:`.journal`) is folded in
 (:func:`fold_history`: slice by slice, from the old file to a new one renamed
@@ -50,7 +56,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import BinaryIO
 
 from bwenforcer.core.settings import HistoryConfig
@@ -74,6 +80,7 @@ from bwenforcer.history.usage import (
     History,
     SliceHistory,
     add_hours,
+    month_start_s,
     roll_up_slice,
 )
 
@@ -90,7 +97,7 @@ _SLICE = struct.Struct("<B")
 _COUNTS = struct.Struct("<III")
 _HOUR = struct.Struct("<IQQII")
 _DAY = struct.Struct("<IQQQII")  # days and months
-_PLACE = struct.Struct("<QI")  # an index entry after its name: offset, length
+_PLACE = struct.Struct("<QII")  # an index entry after its name: offset, length, last hour
 _U32 = 2**32 - 1
 _U64 = 2**64 - 1
 _CHUNK_BYTES = 1 << 20
@@ -147,6 +154,19 @@ def _saturated(row: list[int], limits: tuple[int, ...]) -> Iterator[int]:
     return (min(value, limit) for value, limit in zip(row, limits, strict=True))
 
 
+def last_hour(sh: SliceHistory) -> int:
+    """The last hour ``sh`` has a bucket for (0: none)."""
+    last = 0
+    if sh.months:
+        month = next(reversed(sh.months))
+        last = month_start_s(month + 1) // HOUR_S - 1
+    if sh.days:
+        last = max(last, (next(reversed(sh.days)) + 1) * 24 - 1)
+    if sh.hours:
+        last = max(last, next(reversed(sh.hours)))
+    return min(last, _U32)
+
+
 def encode_slice(name: str, sh: SliceHistory) -> bytes:
     """One slice's block: its checksum, name, counts and records."""
     raw = name.encode()
@@ -180,14 +200,17 @@ class _Writer:
         self.last: bytes | None = None
         out.write(bytes(HEADER_BYTES))
 
-    def add(self, name: str, sh: SliceHistory) -> None:
+    def add(self, name: str, sh: SliceHistory, last: int | None = None) -> None:
+        """Write ``sh``; ``last`` is the last hour it sent in (default: its last bucket's)."""
         raw = name.encode()
         if self.last is not None and raw <= self.last:
             raise ValueError(f"history: slice {name} out of order")
         self.last = raw
         block = encode_slice(name, sh)
         self.out.write(block)
-        self.index.append(_SLICE.pack(len(raw)) + raw + _PLACE.pack(self.offset, len(block)))
+        last = last_hour(sh) if last is None else min(last, _U32)
+        place = _PLACE.pack(self.offset, len(block), last)
+        self.index.append(_SLICE.pack(len(raw)) + raw + place)
         self.offset += len(block)
 
     def finish(self) -> bytes:
@@ -287,6 +310,7 @@ class HistoryFile:
             raise HistoryCorrupt(f"{source}: not a bwenforcer history file")
         # version 2: (name, offset, length) per slice, in name order; version 1: None
         self.index: list[tuple[str, int, int]] | None = None
+        self.last_hours: list[int] = []  # version 2: each slice's last hour, as the index
         if self.version == FORMAT_VERSION:
             self._read_index()
         elif self.version == 1:
@@ -324,7 +348,8 @@ class HistoryFile:
         expected, previous = HEADER_BYTES, b""
         for _ in range(count):
             name = reader.name()
-            offset, length = reader.unpack(_PLACE)
+            offset, length, last = reader.unpack(_PLACE)
+            self.last_hours.append(last)
             raw = name.encode()
             if index and raw <= previous:
                 raise HistoryCorrupt(f"{self.source}: slice {name} out of order in the index")
@@ -566,65 +591,142 @@ def save_history(history: History, path: str) -> None:
     log.debug("saved history %s: %d bytes", path, len(payload))
 
 
+# Departed slices (neither live nor in the ledger) keep only their monthly totals;
+# beyond this many, the ones that sent last the longest ago are dropped first.
+DEPARTED_MAX_SLICES = 10_000
+_BEYOND = 2**62  # a cutoff past every hour and day: all of them roll up
+
+
 def fold_history(
     path: str,
     generation_mask: int,
     cutoffs: tuple[int, int, int] | None,
     clock: Callable[[], float] = time.time,
+    *,
+    live: Collection[str] | None = None,
+    departed_max: int = DEPARTED_MAX_SLICES,
 ) -> int:
     """Fold the journal into the file, slice by slice, rolled up at ``cutoffs``
     (:func:`~.usage.roll_up_cutoffs`; None: no roll-up); return the new file's
     generation (the old one's plus one, within ``generation_mask``).
 
+    With ``live`` (the names of the live slices and of the ledger's entries),
+    every other slice has departed for good: its hours and days are rolled up
+    into its months, and of the departed slices at most ``departed_max`` are kept,
+    those that sent something last (the index says when, so nothing else is read
+    to choose). So the file is bounded in total, not only per slice.
+
     The new file is written beside the old one, fsynced and renamed over it, so a
     kill at any instant leaves the old file (its journal still extending it) or
     the new one (the journal then of an older generation: ignored, and replaced by
-    the caller). Memory: one slice's buckets and the journal's hours. A damaged
-    file (found at any slice) is moved aside and the journal alone is folded.
-    OSError is the caller's to report.
+    the caller). Memory: one slice's buckets, the index and the journal's hours.
+    A damaged file (found at any slice) is moved aside and the journal alone is
+    folded. OSError is the caller's to report.
     """
     make_history_dir(path)
+    args = (path, generation_mask, cutoffs)
     try:
-        return _fold(path, generation_mask, cutoffs, use_file=True)
+        return _fold(*args, live=live, departed_max=departed_max, use_file=True)
     except HistoryCorrupt as exc:
         _move_aside(path, exc, clock)
-    return _fold(path, generation_mask, cutoffs, use_file=False)
+    return _fold(*args, live=live, departed_max=departed_max, use_file=False)
+
+
+def _dropped(
+    old: HistoryFile | None,
+    journal: dict[str, dict[int, list[int]]],
+    live: Collection[str],
+    departed_max: int,
+) -> set[str]:
+    """The departed slices beyond the ``departed_max`` that sent something last."""
+    last: dict[str, int] = {}
+    if old is not None and old.index is not None:
+        for (name, _, _), hour in zip(old.index, old.last_hours, strict=True):
+            if name not in live:
+                last[name] = hour
+    for name, hours in journal.items():
+        if name not in live:
+            last[name] = max(last.get(name, 0), *hours)
+    if len(last) <= departed_max:
+        return set()
+    by_age = sorted(last, key=lambda name: (last[name], name.encode()))
+    return set(by_age[: len(last) - departed_max])
 
 
 def _fold(
-    path: str, generation_mask: int, cutoffs: tuple[int, int, int] | None, use_file: bool
+    path: str,
+    generation_mask: int,
+    cutoffs: tuple[int, int, int] | None,
+    *,
+    live: Collection[str] | None,
+    departed_max: int,
+    use_file: bool,
 ) -> int:
     old = _open_file(path) if use_file else None
     try:
         generation = 0 if old is None else old.generation
         journal = _journal(path, generation, old is None)
         generation = (generation + 1) & generation_mask
-        directory = os.path.dirname(os.path.abspath(path))
-        remove_stale_temps(directory, (f"{os.path.basename(path)}.tmp-",))
-        fd, tmp = new_temp(path)
-        try:
-            with os.fdopen(fd, "wb", buffering=_CHUNK_BYTES) as out:
-                writer = _Writer(out, generation)
-                for name, sh in _merged(() if old is None else old.slices(), journal):
-                    if cutoffs is not None and roll_up_slice(sh, cutoffs):
+        departed = cutoffs is not None and live is not None
+        dropped = _dropped(old, journal, live, departed_max) if departed else set()  # type: ignore[arg-type]
+
+        # when each slice last sent: a departed slice's months no longer say
+        known = (
+            {}
+            if old is None or old.index is None
+            else dict(zip(old.names, old.last_hours, strict=True))
+        )
+
+        def slices() -> Iterator[tuple[str, SliceHistory, int]]:
+            for name, sh in _merged(() if old is None else old.slices(), journal):
+                last = last_hour(sh)
+                if name in known:
+                    last = max([known[name], *journal.get(name, ())])
+                if name in dropped:
+                    log.info("history: slice %s dropped: departed, sent the longest ago", name)
+                    continue
+                if cutoffs is not None:
+                    if departed and name not in live:  # type: ignore[operator]
+                        roll_up_slice(sh, (_BEYOND, _BEYOND, cutoffs[2]))  # months only
+                    if roll_up_slice(sh, cutoffs):
                         log.info("history: slice %s aged out", name)
                         continue
-                    if not sh.empty():
-                        writer.add(name, sh)
-                header = writer.finish()
-                out.flush()
-                os.pwrite(out.fileno(), header, 0)
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-            fsync_dir(directory)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+                if not sh.empty():
+                    yield name, sh, last
+
+        write_history(path, generation, slices())
     finally:
         if old is not None:
             old.close()
     return generation
+
+
+def write_history(
+    path: str, generation: int, slices: Iterable[tuple[str, SliceHistory, int | None]]
+) -> None:
+    """Write a history file of ``generation`` holding ``slices`` (in name order, each
+    with the last hour it sent in, None: its last bucket's), as they come: to a temp
+    file beside ``path``, fsynced, then renamed over it. OSError is the caller's to
+    report (the temp file is gone, the old file intact).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    remove_stale_temps(directory, (f"{os.path.basename(path)}.tmp-",))
+    fd, tmp = new_temp(path)
+    try:
+        with os.fdopen(fd, "wb", buffering=_CHUNK_BYTES) as out:
+            writer = _Writer(out, generation)
+            for name, sh, last in slices:
+                writer.add(name, sh, last)
+            header = writer.finish()
+            out.flush()
+            os.pwrite(out.fileno(), header, 0)
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        fsync_dir(directory)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def make_history_dir(path: str) -> None:

@@ -17,12 +17,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.errors import HistoryError
 from bwenforcer.files.atomic import FileIdentity, disk_full, file_identity, open_own, replace_file
-from bwenforcer.history.file import file_generation, fold_history, make_history_dir
+from bwenforcer.history.file import (
+    DEPARTED_MAX_SLICES,
+    file_generation,
+    fold_history,
+    make_history_dir,
+)
 from bwenforcer.history.journal import (
     JOURNAL_HEADER_BYTES,
     JOURNAL_VERSION,
@@ -57,12 +62,14 @@ class HistoryRecorder:
         cfg: HistoryConfig,
         clock: Callable[[], float] = time.time,
         fold_min_bytes: int = JOURNAL_FOLD_MIN_BYTES,
+        departed_max: int = DEPARTED_MAX_SLICES,
     ) -> None:
         self.path = path
         self.journal = journal_path(path)
         self.cfg = cfg
         self._clock = clock  # names of moved-aside files only
         self._fold_min_bytes = fold_min_bytes
+        self._departed_max = departed_max
         # each slice name as the journal writes it; forgotten at each fold, so names
         # of slices long gone do not pile up in a daemon
         self._names: dict[str, bytes | None] = {}
@@ -112,24 +119,31 @@ class HistoryRecorder:
         if roll_up and self._fold_due(end, now_s):
             self._fold_at = now_s
 
-    def fold_if_due(self) -> bool:
+    @property
+    def fold_due(self) -> bool:
+        """Whether the last :meth:`record` found the journal due to be folded in."""
+        return self._fold_at is not None
+
+    def fold_if_due(self, live: Collection[str] | None = None) -> bool:
         """Fold the journal in if the last :meth:`record` found it due; True if it did.
 
         Called once that cycle's state is saved (its record is then a saved cycle's),
         after the cycle's limits are applied: the fold's duration delays neither.
+        ``live``: the names of the saved state's slices and ledger entries (see
+        :func:`~.file.fold_history`: the others keep their monthly totals only).
         HistoryError (the history as it was) if it cannot be written.
         """
         now_s, self._fold_at = self._fold_at, None
         if now_s is None:
             return False
-        self.fold(now_s)
+        self.fold(now_s, live)
         return True
 
-    def fold(self, now_s: int) -> None:
+    def fold(self, now_s: int, live: Collection[str] | None = None) -> None:
         """Fold the journal in now, rolled up at ``now_s`` (see :meth:`fold_if_due`)."""
         self._known = None
         try:
-            end = self._fold(now_s, True)
+            end = self._fold(now_s, True, live)
         except OSError as exc:
             what = f"{self.path}: cannot fold the journal in"
             raise disk_full(exc, what) or HistoryError(f"{what}: {exc.strerror or exc}") from exc
@@ -211,13 +225,20 @@ class HistoryRecorder:
         finally:
             os.close(fd)
 
-    def _fold(self, now_s: int, roll_up: bool) -> JournalEnd:
+    def _fold(self, now_s: int, roll_up: bool, live: Collection[str] | None = None) -> JournalEnd:
         """Fold the journal into the file (slice by slice: :func:`fold_history`), rolled
         up at ``now_s`` if ``roll_up``; start the next journal and return its end.
         """
         self._names.clear()
         cutoffs = roll_up_cutoffs(now_s, self.cfg) if roll_up else None
-        generation = fold_history(self.path, _GENERATION_MASK, cutoffs, self._clock)
+        generation = fold_history(
+            self.path,
+            _GENERATION_MASK,
+            cutoffs,
+            self._clock,
+            live=live,
+            departed_max=self._departed_max,
+        )
         end = self._start_journal(generation)
         log.info("history %s: journal folded in (generation %d)", self.path, generation)
         return end

@@ -112,7 +112,7 @@ def _month_of_instant(instant_s: int) -> int:
     return _day_to_month(instant_s // DAY_S)
 
 
-def _month_start_s(month: int) -> int:
+def month_start_s(month: int) -> int:
     year, index = divmod(month, 12)
     return (dt.date(year, index + 1, 1).toordinal() - _EPOCH_ORDINAL) * DAY_S
 
@@ -370,4 +370,4 @@ def _bounds(by: Bucketing, key: int) -> tuple[int, int]:
         return key * HOUR_S, (key + 1) * HOUR_S
     if by == "day":
         return key * DAY_S, (key + 1) * DAY_S
-    return _month_start_s(key), _month_start_s(key + 1)
+    return month_start_s(key), month_start_s(key + 1)
