@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             for row in rows():
                 writer.writerow(row_json(row))
         else:
-            for line in table_lines(groups, args.by):
+            for line in table_lines(groups(), args.by):
                 out.write(line + "\n")
     if not seen["rows"]:
         print(f"bwenforcer: report: {_empty_note(args, seen['slice'], path)}", file=sys.stderr)

@@ -167,23 +167,30 @@ def last_hour(sh: SliceHistory) -> int:
     return min(last, _U32)
 
 
+def _pack_tier(shape: struct.Struct, tier: dict[int, list[int]]) -> bytes:
+    """A tier's records, packed in one call; counts past their field saturate."""
+    flat: list[int] = []
+    for key, row in tier.items():
+        flat.append(key)
+        flat.extend(row)
+    try:
+        return struct.pack("<" + shape.format[1:] * len(tier), *flat)
+    except struct.error:  # a count past its field's maximum: rare, so the slow way
+        limits = (_U64, _U64, _U32, _U32) if shape is _HOUR else (_U64, _U64, _U64, _U32, _U32)
+        return b"".join(shape.pack(key, *_saturated(row, limits)) for key, row in tier.items())
+
+
 def encode_slice(name: str, sh: SliceHistory) -> bytes:
     """One slice's block: its checksum, name, counts and records."""
     raw = name.encode()
-    parts = [
+    body = b"".join((
         _SLICE.pack(len(raw)),
         raw,
         _COUNTS.pack(len(sh.hours), len(sh.days), len(sh.months)),
-    ]
-    parts.extend(
-        _HOUR.pack(key, *_saturated(row, (_U64, _U64, _U32, _U32))) for key, row in sh.hours.items()
-    )
-    for tier in (sh.days, sh.months):
-        parts.extend(
-            _DAY.pack(key, *_saturated(row, (_U64, _U64, _U64, _U32, _U32)))
-            for key, row in tier.items()
-        )
-    body = b"".join(parts)
+        _pack_tier(_HOUR, sh.hours),
+        _pack_tier(_DAY, sh.days),
+        _pack_tier(_DAY, sh.months),
+    ))  # fmt: skip
     return _CRC.pack(zlib.crc32(body)) + body
 
 

@@ -20,6 +20,7 @@ cycle's writer :mod:`.historyrecorder`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import operator
 from collections.abc import Iterable
@@ -103,6 +104,7 @@ def _day_of_hour(hour: int) -> int:
     return hour // 24
 
 
+@functools.lru_cache(maxsize=8192)  # reports ask it of every day of every slice
 def _day_to_month(day: int) -> int:
     date = dt.date.fromordinal(_EPOCH_ORDINAL + day)
     return date.year * 12 + date.month - 1
@@ -353,16 +355,32 @@ def _buckets(sh: SliceHistory, by: Bucketing) -> dict[int, list[int]]:
         return {hour: _as_day_row(row) for hour, row in sh.hours.items()}
     if by not in ("day", "month"):
         raise ValueError(f"history report by {by!r}: expected hour, day or month")
-    acc: dict[int, list[int]] = {}
-    if by == "month":
-        for month, row in sh.months.items():
-            _merge(acc, month, row)
-    for day, row in sh.days.items():
-        _merge(acc, day if by == "day" else _day_to_month(day), row)
-    for hour, row in sh.hours.items():
-        day = hour // 24
-        _merge(acc, day if by == "day" else _day_to_month(day), _as_day_row(row))
+    # Each tier's rows are summed a bucket at a time (a tier is in key order), then
+    # merged once per bucket: a report reads every row of every slice.
+    if by == "day":
+        acc = {day: list(row) for day, row in sh.days.items()}
+        for day, rows in groupby(sh.hours.items(), lambda item: item[0] // 24):
+            _merge(acc, day, _summed_hours([row for _, row in rows]))
+        return acc
+    acc = {month: list(row) for month, row in sh.months.items()}
+    for month, days in groupby(sh.days.items(), lambda item: _day_to_month(item[0])):
+        _merge(acc, month, _summed_days([row for _, row in days]))
+    for month, hours in groupby(sh.hours.items(), lambda item: _day_to_month(item[0] // 24)):
+        _merge(acc, month, _summed_hours([row for _, row in hours]))
     return acc
+
+
+def _summed_hours(rows: list[list[int]]) -> list[int]:
+    """Hour rows as one day-shaped row (the peak: the busiest of them)."""
+    default, exempt, capped_d, capped_e = zip(*rows, strict=True)
+    peak = max(map(operator.add, default, exempt))
+    return [sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e)]
+
+
+def _summed_days(rows: list[list[int]]) -> list[int]:
+    """Day-shaped rows as one."""
+    default, exempt, peak, capped_d, capped_e = zip(*rows, strict=True)
+    return [sum(default), sum(exempt), max(peak), sum(capped_d), sum(capped_e)]
 
 
 def _bounds(by: Bucketing, key: int) -> tuple[int, int]:
