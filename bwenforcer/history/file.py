@@ -79,7 +79,11 @@ from bwenforcer.history.usage import (
     NAME_MAX_BYTES,
     History,
     SliceHistory,
+    add_hour_row,
     add_hours,
+    days_to_months,
+    hours_to_days,
+    merge_row,
     month_start_s,
     roll_up_slice,
 )
@@ -217,6 +221,17 @@ class _Writer:
         self.out.write(block)
         last = last_hour(sh) if last is None else min(last, _U32)
         place = _PLACE.pack(self.offset, len(block), last)
+        self.index.append(_SLICE.pack(len(raw)) + raw + place)
+        self.offset += len(block)
+
+    def add_block(self, name: str, block: bytes, last: int) -> None:
+        """Write a slice's block as it is (see :func:`encode_slice`)."""
+        raw = name.encode()
+        if self.last is not None and raw <= self.last:
+            raise ValueError(f"history: slice {name} out of order")
+        self.last = raw
+        self.out.write(block)
+        place = _PLACE.pack(self.offset, len(block), min(last, _U32))
         self.index.append(_SLICE.pack(len(raw)) + raw + place)
         self.offset += len(block)
 
@@ -390,6 +405,20 @@ class HistoryFile:
         if reader.offset != length - _CRC.size:
             raise HistoryCorrupt(f"{self.source}: slice {name}: bytes after its records")
         return sh
+
+    def raw_block(self, name: str, offset: int, length: int) -> bytes:
+        """A version 2 slice's block after its checksum, checked (not parsed)."""
+        data = self._read(offset, length, f"slice {name}")
+        body = data[_CRC.size :]
+        if length < _CRC.size or zlib.crc32(body) != _CRC.unpack_from(data)[0]:
+            raise HistoryCorrupt(f"{self.source}: slice {name}: checksum mismatch")
+        raw = name.encode()
+        at = _SLICE.size + len(raw)
+        if body[:at] != _SLICE.pack(len(raw)) + raw or len(body) < at + _COUNTS.size:
+            raise HistoryCorrupt(f"{self.source}: slice {name}: block holds another")
+        if len(body) != at + _COUNTS.size + _records_bytes(_COUNTS.unpack_from(body, at)):
+            raise HistoryCorrupt(f"{self.source}: slice {name}: counts do not match its block")
+        return body
 
     def slices(self) -> Iterator[tuple[str, SliceHistory]]:
         """Each slice, in name order, read one at a time."""
@@ -677,31 +706,53 @@ def _fold(
         departed = cutoffs is not None and live is not None
         dropped = _dropped(old, journal, live, departed_max) if departed else set()  # type: ignore[arg-type]
 
-        # when each slice last sent: a departed slice's months no longer say
-        known = (
-            {}
-            if old is None or old.index is None
-            else dict(zip(old.names, old.last_hours, strict=True))
-        )
+        def treated(name: str, sh: SliceHistory, last: int) -> Iterator[tuple[str, bytes, int]]:
+            if name in dropped:
+                log.info("history: slice %s dropped: departed, sent the longest ago", name)
+                return
+            if cutoffs is not None:
+                if departed and name not in live:  # type: ignore[operator]
+                    roll_up_slice(sh, (_BEYOND, _BEYOND, cutoffs[2]))  # months only
+                if roll_up_slice(sh, cutoffs):
+                    log.info("history: slice %s aged out", name)
+                    return
+            if not sh.empty():
+                yield name, encode_slice(name, sh), last
 
-        def slices() -> Iterator[tuple[str, SliceHistory, int]]:
+        def parsed() -> Iterator[tuple[str, bytes, int]]:
             for name, sh in _merged(() if old is None else old.slices(), journal):
-                last = last_hour(sh)
-                if name in known:
-                    last = max([known[name], *journal.get(name, ())])
+                yield from treated(name, sh, last_hour(sh))
+
+        def raw() -> Iterator[tuple[str, bytes, int]]:
+            """Version 2: each slice's block worked on as bytes (see :func:`_fold_block`)."""
+            assert old is not None and old.index is not None
+            pending = sorted(journal, key=str.encode, reverse=True)
+            for (name, offset, length), known in zip(old.index, old.last_hours, strict=True):
+                encoded = name.encode()
+                while pending and pending[-1].encode() < encoded:
+                    new = pending.pop()
+                    fresh = SliceHistory()
+                    add_hours(fresh, journal[new])
+                    yield from treated(new, fresh, last_hour(fresh))
+                hours = journal[pending.pop()] if pending and pending[-1] == name else {}
                 if name in dropped:
                     log.info("history: slice %s dropped: departed, sent the longest ago", name)
                     continue
-                if cutoffs is not None:
-                    if departed and name not in live:  # type: ignore[operator]
-                        roll_up_slice(sh, (_BEYOND, _BEYOND, cutoffs[2]))  # months only
-                    if roll_up_slice(sh, cutoffs):
-                        log.info("history: slice %s aged out", name)
-                        continue
-                if not sh.empty():
-                    yield name, sh, last
+                at = cutoffs or (0, 0, 0)
+                if departed and name not in live:  # type: ignore[operator]
+                    at = (_BEYOND, _BEYOND, at[2])  # months only
+                body = _fold_block(old.raw_block(name, offset, length), hours, at)
+                if body is None:
+                    log.info("history: slice %s aged out", name)
+                    continue
+                yield name, _CRC.pack(zlib.crc32(body)) + body, max([known, *hours])
+            for new in reversed(pending):
+                fresh = SliceHistory()
+                add_hours(fresh, journal[new])
+                yield from treated(new, fresh, last_hour(fresh))
 
-        write_history(path, generation, slices())
+        v2 = old is not None and old.index is not None
+        _write_blocks(path, generation, raw() if v2 else parsed())
     finally:
         if old is not None:
             old.close()
@@ -716,14 +767,26 @@ def write_history(
     file beside ``path``, fsynced, then renamed over it. OSError is the caller's to
     report (the temp file is gone, the old file intact).
     """
+    _write_blocks(
+        path,
+        generation,
+        (
+            (name, encode_slice(name, sh), last_hour(sh) if last is None else last)
+            for name, sh, last in slices
+        ),
+    )
+
+
+def _write_blocks(path: str, generation: int, blocks: Iterable[tuple[str, bytes, int]]) -> None:
+    """:func:`write_history` of slices' blocks as they are."""
     directory = os.path.dirname(os.path.abspath(path))
     remove_stale_temps(directory, (f"{os.path.basename(path)}.tmp-",))
     fd, tmp = new_temp(path)
     try:
         with os.fdopen(fd, "wb", buffering=_CHUNK_BYTES) as out:
             writer = _Writer(out, generation)
-            for name, sh, last in slices:
-                writer.add(name, sh, last)
+            for name, block, last in blocks:
+                writer.add_block(name, block, last)
             header = writer.finish()
             out.flush()
             os.pwrite(out.fileno(), header, 0)
@@ -734,6 +797,78 @@ def write_history(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+_KEY = struct.Struct("<I")
+
+
+def _first_at(view: memoryview, size: int, key: int) -> int:
+    """How many of the records (of ``size`` bytes, in key order) in ``view`` are below ``key``."""
+    lo, hi = 0, len(view) // size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _KEY.unpack_from(view, mid * size)[0] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _fold_tier(
+    view: memoryview,
+    shape: struct.Struct,
+    cutoff: int,
+    incoming: dict[int, list[int]],
+    merge: Callable[[dict[int, list[int]], int, list[int]], None],
+) -> tuple[bytes, list[tuple[int, list[int]]], int]:
+    """One tier's records (packed, in key order) with ``incoming`` rows merged in and
+    those below ``cutoff`` taken out: ``(the kept records packed, the taken ones,
+    how many are kept)``. Only the records below the cutoff and from the first
+    incoming key on are decoded; those between are copied as they are.
+    """
+    size = shape.size
+    due_end = _first_at(view, size, cutoff)
+    hot_start = (
+        max(due_end, _first_at(view, size, min(incoming))) if incoming else len(view) // size
+    )
+    hot: dict[int, list[int]] = {}
+    for key, *row in shape.iter_unpack(view[: due_end * size]):
+        hot[key] = row
+    for key, *row in shape.iter_unpack(view[hot_start * size :]):
+        hot[key] = row
+    for key in sorted(incoming):
+        merge(hot, key, incoming[key])
+    keys = sorted(hot)
+    due = [(key, hot[key]) for key in keys if key < cutoff]
+    kept = {key: hot[key] for key in keys if key >= cutoff}
+    packed = bytes(view[due_end * size : hot_start * size]) + _pack_tier(shape, kept)
+    return packed, due, hot_start - due_end + len(kept)
+
+
+def _fold_block(
+    body: bytes, hours: dict[int, list[int]], cutoffs: tuple[int, int, int]
+) -> bytes | None:
+    """A slice's block (after its checksum) with the journal's ``hours`` added and
+    rolled up at ``cutoffs``, as :func:`~.usage.roll_up_slice` would; None if nothing
+    is left. Worked on its bytes: a fold rolls up only the ends of each tier, so
+    the years of records between are copied, not decoded and encoded again.
+    """
+    view = memoryview(body)
+    at = _SLICE.size + body[0]
+    n_hours, n_days, n_months = _COUNTS.unpack_from(body, at)
+    start = at + _COUNTS.size
+    tiers = []
+    for count, shape in ((n_hours, _HOUR), (n_days, _DAY), (n_months, _DAY)):
+        tiers.append(view[start : start + count * shape.size])
+        start += count * shape.size
+    cut_hour, cut_day, cut_month = cutoffs
+    packed_h, due_h, kept_h = _fold_tier(tiers[0], _HOUR, cut_hour, hours, add_hour_row)
+    packed_d, due_d, kept_d = _fold_tier(tiers[1], _DAY, cut_day, hours_to_days(due_h), merge_row)
+    packed_m, _, kept_m = _fold_tier(tiers[2], _DAY, cut_month, days_to_months(due_d), merge_row)
+    if not (kept_h or kept_d or kept_m):
+        return None
+    counts = _COUNTS.pack(kept_h, kept_d, kept_m)
+    return b"".join((body[:at], counts, packed_h, packed_d, packed_m))
 
 
 def make_history_dir(path: str) -> None:

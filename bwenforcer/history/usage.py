@@ -370,6 +370,38 @@ def _buckets(sh: SliceHistory, by: Bucketing) -> dict[int, list[int]]:
     return acc
 
 
+def merge_row(acc: dict[int, list[int]], key: int, row: list[int]) -> None:
+    """Add a day/month-shaped row into ``acc[key]`` (the peak: the larger)."""
+    _merge(acc, key, row)
+
+
+def add_hour_row(acc: dict[int, list[int]], key: int, row: list[int]) -> None:
+    """Add an hour row into ``acc[key]``."""
+    into = acc.get(key)
+    if into is None:
+        into = _new_row(acc, key, 4)
+    into[0] += row[0]
+    into[1] += row[1]
+    into[2] += row[2]
+    into[3] += row[3]
+
+
+def hours_to_days(hours: list[tuple[int, list[int]]]) -> dict[int, list[int]]:
+    """Hour rows (in key order) rolled up into day rows, as :func:`roll_up_slice` does."""
+    return {
+        day: _summed_hours([row for _, row in rows])
+        for day, rows in groupby(hours, lambda item: item[0] // 24)
+    }
+
+
+def days_to_months(days: list[tuple[int, list[int]]]) -> dict[int, list[int]]:
+    """Day rows (in key order) rolled up into month rows, as :func:`roll_up_slice` does."""
+    acc: dict[int, list[int]] = {}
+    for day, row in days:
+        _merge(acc, _day_to_month(day), row)
+    return acc
+
+
 def _summed_hours(rows: list[list[int]]) -> list[int]:
     """Hour rows as one day-shaped row (the peak: the busiest of them)."""
     default, exempt, capped_d, capped_e = zip(*rows, strict=True)

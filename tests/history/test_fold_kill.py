@@ -11,11 +11,21 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.history.file import FORMAT_VERSION, read_history, save_history
 from bwenforcer.history.journal import encode_cycle, journal_header, journal_path
 from bwenforcer.history.recorder import HistoryRecorder
-from bwenforcer.history.usage import DAY_S, HOUR_S, CycleUsage, History, SliceHistory
+from bwenforcer.history.usage import (
+    DAY_S,
+    HOUR_S,
+    CycleUsage,
+    History,
+    SliceHistory,
+    roll_up_cutoffs,
+    roll_up_slice,
+)
 from tests.history import golden
 
 NOW_S = 1_790_000_000 // DAY_S * DAY_S + 13 * HOUR_S
@@ -105,15 +115,31 @@ def test_a_fold_killed_at_random_points_keeps_every_byte_once(tmp_path: Path) ->
     assert killed >= 8  # most folds were really cut short
 
 
-def test_the_fold_leaves_what_a_whole_history_in_memory_would(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("days", [0, 3, 40, 800])
+def test_the_fold_leaves_what_a_whole_history_in_memory_would(
+    tmp_path: Path, version: int, days: int
+) -> None:
+    """The fold (version 2: on the blocks' bytes) equals the model's roll-up, departed
+    slices included (their months only), however much is due."""
     history = big_history()
     path = tmp_path / "h"
-    path.write_bytes(golden.encode_v1(history))
+    if version == 1:
+        path.write_bytes(golden.encode_v1(history))
+    else:
+        save_history(history, str(path))
     write_journal(path, history.generation)
     reference = read_history(str(path))
-    reference.roll_up(NOW_S + 3 * DAY_S, HistoryConfig())
-    HistoryRecorder(str(path), HistoryConfig()).fold(NOW_S + 3 * DAY_S)
+    now_s = NOW_S + days * DAY_S
+    live = {name for name in reference.slice_names() if not name.endswith("7")}
+    departed = {name for name in reference.slice_names() if name not in live}
+    for name, sh in reference.slice_items():
+        if name in departed:
+            roll_up_slice(sh, (2**62, 2**62, roll_up_cutoffs(now_s, HistoryConfig())[2]))
+    reference.roll_up(now_s, HistoryConfig())
+    HistoryRecorder(str(path), HistoryConfig()).fold(now_s, live=live)
     folded = read_history(str(path))
     assert folded.generation == history.generation + 1
     for by in ("hour", "day", "month"):
         assert folded.report(by) == reference.report(by)  # type: ignore[arg-type]
+    assert folded.report("day", None, "pl_0017") == []  # departed: months only
