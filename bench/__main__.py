@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench import aged
 from bwenforcer.kernel.htb import HtbBackend
 
 if TYPE_CHECKING:
@@ -403,6 +404,11 @@ def table(rows: list[dict[str, float]], growth: dict[str, float] | None) -> str:
     return "\n".join(lines)
 
 
+# The reports timed on each aged history: at 10 years the day and --json reports
+# print 2.9 million rows; their cost per row is the 1-year figure's.
+AGED_REPORTS = {1: ("day", "month", "slice", "json"), 10: ("month", "slice")}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table; write JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -410,6 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=15, help="runs per median (≥ 5 for the README)")
     parser.add_argument(
         "--build-runs", type=int, default=9, help="runs per median of the build (seconds each)"
+    )
+    parser.add_argument(
+        "--aged",
+        default="1,10",
+        help="ages in years of the aged 4,000-slice histories (fold, reports); '' for none",
+    )
+    parser.add_argument("--aged-runs", type=int, default=3, help="runs per median (aged)")
+    parser.add_argument(
+        "--churn-cycles", type=int, default=300, help="cycles of the churn row (0: none)"
     )
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
     args = parser.parse_args(argv)
@@ -422,8 +437,23 @@ def main(argv: list[str] | None = None) -> int:
     rows = [bench_n(n, args.runs, args.build_runs) for n in sizes]
     growth = growth_figures(1000, 4000, args.runs) if {1000, 4000} <= set(sizes) else None
     print(table(rows, growth))
+    aged_rows = [
+        aged.aged_figures(
+            4000, int(years), args.aged_runs, AGED_REPORTS.get(int(years), ("month", "slice"))
+        )
+        for years in args.aged.split(",")
+        if years
+    ]
+    if aged_rows:
+        print()
+        print(aged.aged_table(aged_rows))
+    churn = aged.churn_figures(4000, args.churn_cycles, 0.05) if args.churn_cycles else None
+    if churn is not None:
+        print()
+        print(aged.churn_line(churn))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"sizes": rows, "growth": growth}, indent=2) + "\n")
+    results = {"sizes": rows, "growth": growth, "aged": aged_rows, "churn": churn}
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
