@@ -54,7 +54,7 @@ def names(n: int) -> list[str]:
 
 def make(n: int, years: int) -> Path:
     """The history file of ``n`` slices aged ``years`` (its journal beside it), cached."""
-    where = CACHE / f"n{n}-y{years}-v{FORMAT_VERSION}"
+    where = CACHE / f"n{n}-y{years}-v{FORMAT_VERSION}s"  # s: with month sums
     path = where / "history"
     if (where / "done").exists():
         return path

@@ -6,11 +6,11 @@ import argparse
 import csv
 import datetime as dt
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bwenforcer.history.usage import ReportRow, SliceHistory
+    from bwenforcer.history.usage import ReportRow
 
 ORDER = 55
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from bwenforcer.errors import ExitCode
     from bwenforcer.history.file import HistoryReader
-    from bwenforcer.history.usage import slice_report
+    from bwenforcer.history.usage import bucket_report
     from bwenforcer.inputs.config import load_config
     from bwenforcer.views.report import JSON_KEYS, json_chunks, row_json, table_lines
 
@@ -91,18 +91,12 @@ def run(args: argparse.Namespace) -> int:
     with HistoryReader(path, only=args.slice) as reader:
 
         def groups() -> Iterator[list[ReportRow]]:
-            """Each slice's rows in turn (read one slice at a time); only the one
-            asked for with --slice (read alone).
+            """Each slice's rows in turn, read one slice at a time (by month: its months
+            alone); only the one asked for with --slice (read alone).
             """
-            if args.slice is None:
-                source: Iterable[tuple[str, SliceHistory | None]] = reader.slices()
-            else:
-                source = [(args.slice, reader.slice(args.slice))]
-            for name, sh in source:
-                if sh is None:
-                    continue
+            for name, buckets in reader.buckets(args.by, args.slice):
                 seen["slice"] = True
-                rows = slice_report(name, sh, args.by, args.since)
+                rows = bucket_report(name, buckets, args.by, args.since)
                 if rows:
                     seen["rows"] = True
                     yield rows

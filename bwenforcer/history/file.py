@@ -5,32 +5,34 @@ Format version 2 (little endian, fixed-size records, no compression)::
     header   "BWHS"  u16 version  u16 generation  u32 slice count
              u64 offset of the index  u32 CRC-32 of the index                (24 bytes)
     slice    u32 CRC-32 of the rest of the slice's block,
-             u8 name length, name (UTF-8, ≤ 255 bytes),
-             u32 hour count, u32 day count, u32 month count, then the records:
+             u8 name length, name (UTF-8, ≤ 255 bytes), u32 hour count,
+             u32 day count, u32 month count, u32 month sum count, then the records:
     hour     u32 hours since 1970, u64 default, u64 exempt,
              u32 capped default s, u32 capped exempt s                        (28 bytes)
     day      u32 days since 1970, u64 default, u64 exempt, u64 peak hour,
              u32 capped default s, u32 capped exempt s                        (36 bytes)
     month    u32 year*12+month-1, then as a day                              (36 bytes)
+    sum      as a month: the month's total of the slice's days and hours     (36 bytes)
     index    per slice, in name order: u8 name length, name,
              u64 offset of its block, u32 length of its block,
              u32 the last hour it has a bucket for (hours since 1970)
 
 Slices are in name order (of their UTF-8 bytes). Each slice's block carries its
 own checksum and the index says where it is, so a reader takes one slice
-without reading the others, and the fold and the reports go slice by slice:
+without reading the others; the month sums let a monthly report read a slice's
+months and sums alone. The fold and the reports go slice by slice:
 their memory is one slice's, however old and large the history. Version 1 (a
 16-byte header "BWHS" u16 version u16 generation u32 slice count u32 CRC-32 of
 the body, then the slices without their checksums, no index) is read, and the
 next fold writes it again as version 2.
 
-Size: an hour costs 28 bytes, a day or a month 36 bytes, a slice's header and
-index entry at most 544. With the default retention a slice that sends
+Size: an hour costs 28 bytes, a day, a month or a month sum 36 bytes, a slice's
+header and index entry at most 548. With the default retention a slice that sends
 something every hour holds at most 384 hours (15 days, plus the day being
-filled) and, in its first year, 365 days:
-at most 24,436 bytes per slice for the first year. However old the node, a slice never exceeds
-``MAX_BYTES_PER_SLICE`` = 40,528 bytes (384 hours, 715 days, 97 months), so the
-file stays under that times the number of slices plus a 24-byte header. These
+filled) and, in its first year, 365 days and 14 month sums:
+at most 24,944 bytes per slice for the first year. However old the node, a slice never exceeds
+``MAX_BYTES_PER_SLICE`` = 41,468 bytes (384 hours, 715 days, 97 months, 26 month
+sums), so the file stays under that times the number of slices plus a 24-byte header. These
 bounds hold after a roll-up at the time of the latest record; counts saturate at
 their field's maximum.
 
@@ -77,15 +79,20 @@ from bwenforcer.history.usage import (
     DAY_S,
     HOUR_S,
     NAME_MAX_BYTES,
+    Bucketing,
     History,
     SliceHistory,
     add_hour_row,
     add_hours,
+    add_hours_to_sums,
     days_to_months,
     hours_to_days,
     merge_row,
+    month_of_day,
     month_start_s,
+    month_sums,
     roll_up_slice,
+    slice_buckets,
 )
 
 log = logging.getLogger(__name__)
@@ -98,7 +105,8 @@ _HEADER = struct.Struct("<4sHHIQI")
 _HEADER_V1 = struct.Struct("<4sHHII")
 _CRC = struct.Struct("<I")
 _SLICE = struct.Struct("<B")
-_COUNTS = struct.Struct("<III")
+_COUNTS = struct.Struct("<IIII")  # hours, days, months, month sums
+_COUNTS_V1 = struct.Struct("<III")
 _HOUR = struct.Struct("<IQQII")
 _DAY = struct.Struct("<IQQQII")  # days and months
 _PLACE = struct.Struct("<QII")  # an index entry after its name: offset, length, last hour
@@ -130,11 +138,12 @@ def max_bytes_per_slice(cfg: HistoryConfig) -> int:
     hours = math.ceil(cfg.hourly_keep_s / HOUR_S) + 24
     days = max(0, math.ceil((cfg.daily_keep_s - cfg.hourly_keep_s) / DAY_S))
     months = _months_spanned_max(cfg.monthly_keep_s - cfg.daily_keep_s)
+    sums = _months_spanned_max(cfg.daily_keep_s + DAY_S)  # the months of the days and hours
     return (
         SLICE_HEADER_MAX_BYTES
         + INDEX_ENTRY_MAX_BYTES
         + hours * _HOUR.size
-        + (days + months) * _DAY.size
+        + (days + months + sums) * _DAY.size
     )
 
 
@@ -149,7 +158,7 @@ def size_bytes(history: History) -> int:
         + _COUNTS.size
         + _PLACE.size
         + len(sh.hours) * _HOUR.size
-        + (len(sh.days) + len(sh.months)) * _DAY.size
+        + (len(sh.days) + len(sh.months) + len(month_sums(sh.days, sh.hours))) * _DAY.size
         for name, sh in history.slice_items()
     )
 
@@ -187,13 +196,15 @@ def _pack_tier(shape: struct.Struct, tier: dict[int, list[int]]) -> bytes:
 def encode_slice(name: str, sh: SliceHistory) -> bytes:
     """One slice's block: its checksum, name, counts and records."""
     raw = name.encode()
+    sums = month_sums(sh.days, sh.hours)
     body = b"".join((
         _SLICE.pack(len(raw)),
         raw,
-        _COUNTS.pack(len(sh.hours), len(sh.days), len(sh.months)),
+        _COUNTS.pack(len(sh.hours), len(sh.days), len(sh.months), len(sums)),
         _pack_tier(_HOUR, sh.hours),
         _pack_tier(_DAY, sh.days),
         _pack_tier(_DAY, sh.months),
+        _pack_tier(_DAY, sums),
     ))  # fmt: skip
     return _CRC.pack(zlib.crc32(body)) + body
 
@@ -297,21 +308,24 @@ class _Reader:
             tier[key] = row
         return tier
 
-    def slice_counts(self) -> tuple[str, tuple[int, ...]]:
+    def slice_counts(self, shape: struct.Struct = _COUNTS) -> tuple[str, tuple[int, ...]]:
         name = self.name()
-        return name, self.unpack(_COUNTS)
+        return name, self.unpack(shape)
 
     def records(self, name: str, counts: tuple[int, ...]) -> SliceHistory:
-        n_hours, n_days, n_months = counts
+        """The slice's tiers (its month sums, version 2, are skipped: derived data)."""
+        n_hours, n_days, n_months = counts[:3]
         sh = SliceHistory()
         sh.hours = self.tier(_HOUR, n_hours, name, "hours")
         sh.days = self.tier(_DAY, n_days, name, "days")
         sh.months = self.tier(_DAY, n_months, name, "months")
+        if len(counts) > 3:
+            self.take(counts[3] * _DAY.size)
         return sh
 
 
 def _records_bytes(counts: tuple[int, ...]) -> int:
-    return counts[0] * _HOUR.size + (counts[1] + counts[2]) * _DAY.size
+    return counts[0] * _HOUR.size + sum(counts[1:]) * _DAY.size
 
 
 class HistoryFile:
@@ -436,9 +450,9 @@ class HistoryFile:
             length = head.read(1)
             if not length:
                 raise HistoryCorrupt(f"{self.source}: truncated at byte {offset}")
-            size = _SLICE.size + length[0] + _COUNTS.size
+            size = _SLICE.size + length[0] + _COUNTS_V1.size
             reader = _Reader(memoryview(self._read(offset, size, "slice")), self.source, offset)
-            name, counts = reader.slice_counts()
+            name, counts = reader.slice_counts(_COUNTS_V1)
             if previous is not None and name.encode() <= previous.encode():
                 raise HistoryCorrupt(f"{self.source}: slice {name} out of order")
             previous = name
@@ -447,6 +461,43 @@ class HistoryFile:
             yield name, _Reader(memoryview(body), self.source, offset).records(name, counts)
         if offset != self.size:
             raise HistoryCorrupt(f"{self.source}: {self.size - offset} bytes after the end")
+
+    def months(self, name: str, hours: dict[int, list[int]]) -> dict[int, list[int]] | None:
+        """Version 2: the slice ``name``'s months (its months tier and month sums: the
+        rest of its records are not decoded), with ``hours`` of the journal added;
+        None if it is not in the file.
+        """
+        assert self.index is not None
+        i = bisect.bisect_left(self.names, name)
+        if i == len(self.names) or self.names[i] != name:
+            return None
+        return self._months(self.raw_block(*self.index[i]), hours)
+
+    def month_slices(
+        self, journal: dict[str, dict[int, list[int]]]
+    ) -> Iterator[tuple[str, dict[int, list[int]] | SliceHistory]]:
+        """Version 2: each slice's months (see :meth:`months`), with the journal's hours;
+        a slice of the journal alone as its buckets, in name order.
+        """
+        assert self.index is not None
+        pending = sorted(journal, key=str.encode, reverse=True)
+        for name, offset, length in self.index:
+            encoded = name.encode()
+            while pending and pending[-1].encode() < encoded:
+                yield pending[-1], _fresh(journal[pending.pop()])
+            hours = journal[pending.pop()] if pending and pending[-1] == name else {}
+            yield name, self._months(self.raw_block(name, offset, length), hours)
+        for new in reversed(pending):
+            yield new, _fresh(journal[new])
+
+    @staticmethod
+    def _months(body: bytes, hours: dict[int, list[int]]) -> dict[int, list[int]]:
+        _, (packed_h, _, packed_m, packed_s) = _tiers(body)
+        acc = {key: row for key, *row in _DAY.iter_unpack(packed_m)}
+        for key, *row in _DAY.iter_unpack(packed_s):
+            merge_row(acc, key, row)
+        add_hours_to_sums(acc, _hour_rows(packed_h, sorted(hours)), hours)
+        return acc
 
     def find(self, name: str) -> SliceHistory | None:
         """The slice ``name``'s buckets (version 2: reading only them); None if absent."""
@@ -551,6 +602,35 @@ class HistoryReader:
     def slices(self) -> Iterator[tuple[str, SliceHistory]]:
         """Each slice's buckets (journal included), in name order, one at a time."""
         return _merged(() if self._file is None else self._file.slices(), self._journal)
+
+    def buckets(
+        self, by: Bucketing, only: str | None = None
+    ) -> Iterator[tuple[str, dict[int, list[int]]]]:
+        """Each slice's buckets by ``by`` (see :func:`~.usage.slice_buckets`), in name
+        order, or only ``only``'s. By month, a version 2 file's slices are read from
+        their months and month sums alone.
+        """
+        f = self._file
+        if by == "month" and f is not None and f.index is not None:
+            if only is None:
+                items: Iterable[tuple[str, dict[int, list[int]] | SliceHistory | None]]
+                items = f.month_slices(self._journal)
+            else:
+                found = f.months(only, self._journal.get(only, {}))
+                if found is None and only in self._journal:
+                    found = _fresh(self._journal[only])  # type: ignore[assignment]
+                items = [(only, found)]
+            for name, got in items:
+                if got is not None:
+                    yield name, slice_buckets(got, by) if isinstance(got, SliceHistory) else got
+            return
+        if only is None:
+            for name, sh in self.slices():
+                yield name, slice_buckets(sh, by)
+            return
+        sh = self.slice(only)
+        if sh is not None:
+            yield only, slice_buckets(sh, by)
 
     def slice(self, name: str) -> SliceHistory | None:
         """The slice ``name``'s buckets (journal included); None if it has no history."""
@@ -845,30 +925,76 @@ def _fold_tier(
     return packed, due, hot_start - due_end + len(kept)
 
 
+def _tiers(body: bytes) -> tuple[int, list[memoryview]]:
+    """Where a version 2 block body's counts are, and its four tiers' records."""
+    view = memoryview(body)
+    at = _SLICE.size + body[0]
+    start = at + _COUNTS.size
+    tiers = []
+    for count, shape in zip(_COUNTS.unpack_from(body, at), (_HOUR, _DAY, _DAY, _DAY), strict=True):
+        tiers.append(view[start : start + count * shape.size])
+        start += count * shape.size
+    return at, tiers
+
+
+def _range(view: memoryview, shape: struct.Struct, lo: int, hi: int) -> memoryview:
+    """The records of ``view`` with keys in ``[lo, hi)``."""
+    return view[
+        _first_at(view, shape.size, lo) * shape.size : _first_at(view, shape.size, hi) * shape.size
+    ]
+
+
+def _hour_rows(hours: memoryview, keys: Iterable[int]) -> dict[int, list[int]]:
+    """The rows of those ``keys`` among the packed ``hours`` (a few, at its end)."""
+    found = {}
+    for key in keys:
+        i = _first_at(hours, _HOUR.size, key)
+        if i * _HOUR.size < len(hours):
+            got, *row = _HOUR.unpack_from(hours, i * _HOUR.size)
+            if got == key:
+                found[key] = row
+    return found
+
+
+def _month_sum(hours: memoryview, days: memoryview, month: int) -> list[int] | None:
+    """One month's sum (see :func:`~.usage.month_sums`) from the packed tiers."""
+    first, last = month_start_s(month) // DAY_S, month_start_s(month + 1) // DAY_S
+    day_rows = {k: row for k, *row in _DAY.iter_unpack(_range(days, _DAY, first, last))}
+    hour_rows = {
+        k: row for k, *row in _HOUR.iter_unpack(_range(hours, _HOUR, first * 24, last * 24))
+    }
+    return month_sums(day_rows, hour_rows).get(month)
+
+
 def _fold_block(
     body: bytes, hours: dict[int, list[int]], cutoffs: tuple[int, int, int]
 ) -> bytes | None:
     """A slice's block (after its checksum) with the journal's ``hours`` added and
     rolled up at ``cutoffs``, as :func:`~.usage.roll_up_slice` would; None if nothing
     is left. Worked on its bytes: a fold rolls up only the ends of each tier, so
-    the years of records between are copied, not decoded and encoded again.
+    the years of records between are copied, not decoded and encoded again. The
+    month sums follow: the journal's hours are added to them, hours rolled up into
+    days leave them as they are, and a month whose days move to the months tier is
+    summed again from what is left of it.
     """
-    view = memoryview(body)
-    at = _SLICE.size + body[0]
-    n_hours, n_days, n_months = _COUNTS.unpack_from(body, at)
-    start = at + _COUNTS.size
-    tiers = []
-    for count, shape in ((n_hours, _HOUR), (n_days, _DAY), (n_months, _DAY)):
-        tiers.append(view[start : start + count * shape.size])
-        start += count * shape.size
+    at, (old_h, old_d, old_m, old_s) = _tiers(body)
     cut_hour, cut_day, cut_month = cutoffs
-    packed_h, due_h, kept_h = _fold_tier(tiers[0], _HOUR, cut_hour, hours, add_hour_row)
-    packed_d, due_d, kept_d = _fold_tier(tiers[1], _DAY, cut_day, hours_to_days(due_h), merge_row)
-    packed_m, _, kept_m = _fold_tier(tiers[2], _DAY, cut_month, days_to_months(due_d), merge_row)
+    sums = {key: row for key, *row in _DAY.iter_unpack(old_s)}
+    add_hours_to_sums(sums, _hour_rows(old_h, sorted(hours)), hours)
+    packed_h, due_h, kept_h = _fold_tier(old_h, _HOUR, cut_hour, hours, add_hour_row)
+    packed_d, due_d, kept_d = _fold_tier(old_d, _DAY, cut_day, hours_to_days(due_h), merge_row)
+    packed_m, _, kept_m = _fold_tier(old_m, _DAY, cut_month, days_to_months(due_d), merge_row)
+    for month in {month_of_day(day) for day, _ in due_d}:
+        row = _month_sum(memoryview(packed_h), memoryview(packed_d), month)
+        if row is None:
+            sums.pop(month, None)
+        else:
+            sums[month] = row
     if not (kept_h or kept_d or kept_m):
         return None
-    counts = _COUNTS.pack(kept_h, kept_d, kept_m)
-    return b"".join((body[:at], counts, packed_h, packed_d, packed_m))
+    sums = dict(sorted(sums.items()))
+    counts = _COUNTS.pack(kept_h, kept_d, kept_m, len(sums))
+    return b"".join((body[:at], counts, packed_h, packed_d, packed_m, _pack_tier(_DAY, sums)))
 
 
 def make_history_dir(path: str) -> None:

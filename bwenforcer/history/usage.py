@@ -341,8 +341,15 @@ def slice_report(
     the totals are everything recorded within the retention. With ``since_s``, only
     buckets that end after it (the bucket holding ``since_s`` is shown whole).
     """
+    return bucket_report(name, slice_buckets(sh, by), by, since_s)
+
+
+def bucket_report(
+    name: str, buckets: dict[int, list[int]], by: Bucketing, since_s: int | None = None
+) -> list[ReportRow]:
+    """:func:`slice_report` of buckets already summed (day-shaped rows by bucket key)."""
     rows = []
-    for key, row in sorted(_buckets(sh, by).items()):
+    for key, row in sorted(buckets.items()):
         start_s, end_s = _bounds(by, key)
         if since_s is not None and end_s <= since_s:
             continue
@@ -350,7 +357,41 @@ def slice_report(
     return rows
 
 
-def _buckets(sh: SliceHistory, by: Bucketing) -> dict[int, list[int]]:
+def month_sums(days: dict[int, list[int]], hours: dict[int, list[int]]) -> dict[int, list[int]]:
+    """Each month's total of a slice's ``days`` and ``hours`` (day-shaped rows): what its
+    monthly report adds to its months tier.
+    """
+    acc: dict[int, list[int]] = {}
+    for month, rows in groupby(days.items(), lambda item: _day_to_month(item[0])):
+        _merge(acc, month, _summed_days([row for _, row in rows]))
+    for month, rows in groupby(hours.items(), lambda item: _day_to_month(item[0] // 24)):
+        _merge(acc, month, _summed_hours([row for _, row in rows]))
+    return acc
+
+
+def add_hours_to_sums(
+    sums: dict[int, list[int]], before: dict[int, list[int]], added: dict[int, list[int]]
+) -> None:
+    """Update month sums (:func:`month_sums`) for hour rows ``added`` to a slice whose
+    rows for those hours were ``before`` (absent: none). Exact without the other
+    hours: an hour's total only grows, so the month's peak is the larger of the
+    old peak and the hour's new total.
+    """
+    for hour, row in added.items():
+        old = before.get(hour)
+        new_total = row[0] + row[1] + (old[0] + old[1] if old is not None else 0)
+        _merge(sums, _day_to_month(hour // 24), [row[0], row[1], new_total, row[2], row[3]])
+
+
+def month_of_day(day: int) -> int:
+    """The month key (year*12+month-1) of a day since 1970."""
+    return _day_to_month(day)
+
+
+def slice_buckets(sh: SliceHistory, by: Bucketing) -> dict[int, list[int]]:
+    """A slice's day-shaped rows by bucket key (every tier summed in; see
+    :func:`slice_report`).
+    """
     if by == "hour":
         return {hour: _as_day_row(row) for hour, row in sh.hours.items()}
     if by not in ("day", "month"):
@@ -363,10 +404,8 @@ def _buckets(sh: SliceHistory, by: Bucketing) -> dict[int, list[int]]:
             _merge(acc, day, _summed_hours([row for _, row in rows]))
         return acc
     acc = {month: list(row) for month, row in sh.months.items()}
-    for month, days in groupby(sh.days.items(), lambda item: _day_to_month(item[0])):
-        _merge(acc, month, _summed_days([row for _, row in days]))
-    for month, hours in groupby(sh.hours.items(), lambda item: _day_to_month(item[0] // 24)):
-        _merge(acc, month, _summed_hours([row for _, row in hours]))
+    for month, row in month_sums(sh.days, sh.hours).items():
+        _merge(acc, month, row)
     return acc
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bwenforcer.core.settings import HistoryConfig
-from bwenforcer.history.file import FORMAT_VERSION, read_history, save_history
+from bwenforcer.history.file import FORMAT_VERSION, HistoryReader, read_history, save_history
 from bwenforcer.history.journal import encode_cycle, journal_header, journal_path
 from bwenforcer.history.recorder import HistoryRecorder
 from bwenforcer.history.usage import (
@@ -25,6 +25,7 @@ from bwenforcer.history.usage import (
     SliceHistory,
     roll_up_cutoffs,
     roll_up_slice,
+    slice_buckets,
 )
 from tests.history import golden
 
@@ -143,3 +144,8 @@ def test_the_fold_leaves_what_a_whole_history_in_memory_would(
     for by in ("hour", "day", "month"):
         assert folded.report(by) == reference.report(by)  # type: ignore[arg-type]
     assert folded.report("day", None, "pl_0017") == []  # departed: months only
+    # the month sums the fold kept up to date: the monthly report reads them alone
+    with HistoryReader(str(path)) as reader:
+        assert dict(reader.buckets("month")) == {
+            name: slice_buckets(sh, "month") for name, sh in reference.slice_items()
+        }

@@ -82,3 +82,18 @@ def test_reports_equal_the_golden_ones_after_the_fold_to_version_2(tmp_path: Pat
     assert int.from_bytes(data[4:6], "little") == FORMAT_VERSION == 2
     assert Path(f"{history_file}.journal").stat().st_size == 8  # folded in: empty
     assert digests(cfg) == json.loads(GOLDEN.read_text())
+
+
+def test_reports_equal_the_golden_ones_from_a_version_2_file_and_its_journal(
+    tmp_path: Path,
+) -> None:
+    """By month a version 2 file is read from its months and month sums alone, with
+    the journal's hours added to them (some of them hours the file has too)."""
+    from bwenforcer.history.file import save_history
+
+    cfg = make_config(tmp_path)
+    history_file = load_config(str(cfg)).history_file
+    history, _ = golden.build()
+    save_history(history, history_file)  # the same generation: the journal extends it
+    assert int.from_bytes(Path(history_file).read_bytes()[4:6], "little") == 2
+    assert digests(cfg) == json.loads(GOLDEN.read_text())
