@@ -27,6 +27,8 @@ from bwenforcer.history.usage import DAY_S, HOUR_S, CycleUsage, History, SliceHi
 
 NOW_S = 1_800_000_000 // DAY_S * DAY_S + 13 * HOUR_S  # 13:00 UTC: half a day in the journal
 CYCLE_S = 300
+# The daily fold: the first cycle of the next day, a day's hours due to roll up.
+FOLD_AT_S = NOW_S // DAY_S * DAY_S + DAY_S
 CACHE = Path(os.environ.get("BWENFORCER_BENCH_CACHE", tempfile.gettempdir())) / "bwenforcer-bench"
 
 
@@ -137,7 +139,7 @@ def aged_figures(n: int, years: int, runs: int, reports: tuple[str, ...]) -> dic
             shutil.copyfile(f"{source}.journal", f"{work}.journal")
 
         out["fold_s"], out["fold_rss_kib"] = medians(
-            [python, "-c", _FOLD, str(work), str(NOW_S)], runs, fresh
+            [python, "-c", _FOLD, str(work), str(FOLD_AT_S)], runs, fresh
         )
         fresh()
         cfg = tmp / "bwenforcer.yaml"
