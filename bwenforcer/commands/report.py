@@ -20,8 +20,10 @@ class, the busiest hour's bytes (default + exempt) and the time each class was
 capped, per slice and per UTC hour, day or month. Hours are kept for
 history.hourly_keep (15 days), days for history.daily_keep (2 years), months for
 history.monthly_keep (10 years); days and months include the hours and days not
-yet rolled up, so a month's total is everything sent in it. Deleted slices stay
-in the history until they age out.
+yet rolled up, so a month's total is everything sent in it. A deleted slice
+keeps its hours and days while it is in the ledger; once its entry expired, its
+months only (of such slices, the 10,000 that sent last), until they age out.
+The report is printed as the history is read, a slice at a time.
 
 --json prints a list of objects with the keys
   slice, bucket_start (Unix seconds, UTC start of the bucket), by (hour|day|month),

@@ -9,7 +9,8 @@ older than ``daily_keep`` into their UTC month, and drops months older than
 ``monthly_keep``; a bucket is "older than keep" once it *ended* at least
 ``keep`` ago. Day and month buckets also keep their busiest hour's total
 (default + exempt): the peak hour. A deleted slice's history stays, by name,
-until it ages out. Idle slices cost nothing: a cycle with no bytes and no
+until it ages out; once it left the ledger too, the fold keeps only its months
+(:func:`~.file.fold_history`). Idle slices cost nothing: a cycle with no bytes and no
 capped time adds no bucket.
 
 Pure: time is passed in, nothing is read or written. The file is
