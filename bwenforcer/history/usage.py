@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Literal
 
+from bwenforcer.core.model import fast_init
 from bwenforcer.core.settings import HistoryConfig
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ def capped_span_s(
     return min(now_s - previous_s, HOUR_S)
 
 
-@dataclass(frozen=True)
+@fast_init  # a report makes millions
+@dataclass(frozen=True, slots=True)
 class ReportRow:
     """One slice's usage in one hour, day or month (UTC)."""
 
