@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench import aged
 from bwenforcer.kernel.htb import HtbBackend
 
 if TYPE_CHECKING:
@@ -490,6 +491,11 @@ def classifier_table(rows: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+# The reports timed on each aged history: at 10 years the day and --json reports
+# print 2.9 million rows; their cost per row is the 1-year figure's.
+AGED_REPORTS = {1: ("day", "month", "slice", "json"), 10: ("month", "slice")}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table; write JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -512,6 +518,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only-classifiers", action="store_true", help="run only the classifier comparison"
     )
+    parser.add_argument(
+        "--aged",
+        default="1,10",
+        help="ages in years of the aged 4,000-slice histories (fold, reports); '' for none",
+    )
+    parser.add_argument("--aged-runs", type=int, default=3, help="runs per median (aged)")
+    parser.add_argument(
+        "--churn-cycles", type=int, default=300, help="cycles of the churn row (0: none)"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (network namespace, HTB)", file=sys.stderr)
@@ -531,10 +546,28 @@ def main(argv: list[str] | None = None) -> int:
     if classifiers:
         print()
         print(classifier_table(classifiers))
+    ages = [] if args.only_classifiers else [int(y) for y in args.aged.split(",") if y]
+    aged_rows = [
+        aged.aged_figures(4000, years, args.aged_runs, AGED_REPORTS.get(years, ("month", "slice")))
+        for years in ages
+    ]
+    if aged_rows:
+        print()
+        print(aged.aged_table(aged_rows))
+    churn = None
+    if args.churn_cycles and not args.only_classifiers:
+        churn = aged.churn_figures(4000, args.churn_cycles, 0.05)
+        print()
+        print(aged.churn_line(churn))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(
-        json.dumps({"sizes": rows, "growth": growth, "classifiers": classifiers}, indent=2) + "\n"
-    )
+    results = {
+        "sizes": rows,
+        "growth": growth,
+        "classifiers": classifiers,
+        "aged": aged_rows,
+        "churn": churn,
+    }
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

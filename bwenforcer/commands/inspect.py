@@ -257,11 +257,13 @@ def _desired(config: Config) -> tuple[DesiredSlice, ...]:
 def _last_day(config: Config, name: str, now: int) -> tuple[ReportRow, ...]:
     """The slice's hourly usage over the last 24 h, or none (said on stderr) if unreadable."""
     from bwenforcer.errors import Error
-    from bwenforcer.history.file import read_history
-    from bwenforcer.history.usage import DAY_S
+    from bwenforcer.history.file import HistoryReader
+    from bwenforcer.history.usage import DAY_S, slice_report
 
     try:
-        return tuple(read_history(config.history_file).report("hour", now - DAY_S, name))
+        with HistoryReader(config.history_file, only=name) as reader:
+            sh = reader.slice(name)  # this slice's records alone
+        return () if sh is None else tuple(slice_report(name, sh, "hour", now - DAY_S))
     except Error as exc:
         print(f"bwenforcer: history unavailable ({exc})", file=sys.stderr)
         return ()

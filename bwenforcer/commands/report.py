@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import json
 import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bwenforcer.history.usage import ReportRow
 
 ORDER = 55
 
@@ -16,8 +20,10 @@ class, the busiest hour's bytes (default + exempt) and the time each class was
 capped, per slice and per UTC hour, day or month. Hours are kept for
 history.hourly_keep (15 days), days for history.daily_keep (2 years), months for
 history.monthly_keep (10 years); days and months include the hours and days not
-yet rolled up, so a month's total is everything sent in it. Deleted slices stay
-in the history until they age out.
+yet rolled up, so a month's total is everything sent in it. A deleted slice
+keeps its hours and days while it is in the ledger; once its entry expired, its
+months only (of such slices, the 10,000 that sent last), until they age out.
+The report is printed as the history is read, a slice at a time.
 
 --json prints a list of objects with the keys
   slice, bucket_start (Unix seconds, UTC start of the bucket), by (hour|day|month),
@@ -93,36 +99,57 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the report; an empty one is noted on stderr (exit 0)."""
+    """Print the report as it is read, slice by slice; an empty one is noted on stderr
+    (exit 0).
+    """
     from bwenforcer.commands.inspect import now_s
     from bwenforcer.errors import ExitCode
-    from bwenforcer.history.file import read_history
+    from bwenforcer.history.file import HistoryReader
+    from bwenforcer.history.usage import bucket_report
     from bwenforcer.inputs.config import load_config
-    from bwenforcer.views.report import JSON_KEYS, report_table, row_json
+    from bwenforcer.views.report import JSON_KEYS, json_chunks, row_json, table_lines
 
     if args.since is not None:
         args.since = parse_since(args.since, now_s())
     path = load_config(args.config).history_file
-    history = read_history(path)
-    rows = history.report(args.by, args.since, args.slice)
-    if args.json:
-        json.dump([row_json(r) for r in rows], sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    elif args.csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=JSON_KEYS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(row_json(r) for r in rows)
-    elif rows:
-        print(report_table(rows, args.by))
-    if not rows:
-        print(
-            f"bwenforcer: report: {_empty_note(args, history.slice_names(), path)}", file=sys.stderr
-        )
+    seen = {"slice": False, "rows": False}
+    with HistoryReader(path, only=args.slice) as reader:
+
+        def groups() -> Iterator[list[ReportRow]]:
+            """Each slice's rows in turn, read one slice at a time (by month: its months
+            alone); only the one asked for with --slice (read alone).
+            """
+            for name, buckets in reader.buckets(args.by, args.slice):
+                seen["slice"] = True
+                rows = bucket_report(name, buckets, args.by, args.since)
+                if rows:
+                    seen["rows"] = True
+                    yield rows
+
+        def rows() -> Iterator[ReportRow]:
+            for group in groups():
+                yield from group
+
+        out = sys.stdout
+        if args.json:
+            for chunk in json_chunks(rows()):
+                out.write(chunk)
+            out.write("\n")
+        elif args.csv:
+            writer = csv.DictWriter(out, fieldnames=JSON_KEYS, lineterminator="\n")
+            writer.writeheader()
+            for row in rows():
+                writer.writerow(row_json(row))
+        else:
+            for line in table_lines(groups(), args.by):
+                out.write(line + "\n")
+    if not seen["rows"]:
+        print(f"bwenforcer: report: {_empty_note(args, seen['slice'], path)}", file=sys.stderr)
     return int(ExitCode.OK)
 
 
-def _empty_note(args: argparse.Namespace, known: list[str], path: str) -> str:
-    if args.slice is not None and args.slice not in known:
+def _empty_note(args: argparse.Namespace, known: bool, path: str) -> str:
+    if args.slice is not None and not known:
         return f"no history for slice {args.slice!r} (unknown, or aged out) in {path}"
     since = ""
     if args.since is not None:

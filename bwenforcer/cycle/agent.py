@@ -256,6 +256,7 @@ class Agent:
             classifier=self._classifier_hook(),
             before_save=self._record_history,
             complete=self.with_cgroups if self.config.cgroups.tenants else None,
+            after_save=self._fold_history,
         )
         try:
             result = run_cycle(
@@ -351,6 +352,24 @@ class Agent:
         if self._cgroup_classifier is None:
             self._cgroup_classifier = CgroupClassifier(netns=self.netns)
         return self._cgroup_classifier
+
+    def _fold_history(self, state: State) -> None:
+        """Fold the history's journal in if the cycle found it due: a step of its own,
+        after the cycle applied its limits and saved its state (so the fold's
+        duration delays neither), under the cycle's lock (the history has one
+        writer); a failure is logged, as a recording's is. Slices neither in
+        ``state`` nor in its ledger keep only their monthly totals.
+        """
+        if self._history is None or not self._history.fold_due:
+            return
+        live = {s.name for s in state.slices.values()}
+        live.update(state.ledger)
+        try:
+            self._history.fold_if_due(live)
+        except (DiskFull, UnsafePath):
+            raise
+        except (Error, OSError) as exc:
+            log.error("usage history %s not folded: %s", self.config.history_file, exc)
 
     def _classifier_hook(self) -> Callable[[DesiredSet], None] | None:
         mode = self.config.classifier.mode

@@ -123,6 +123,10 @@ class Hooks:
     # a saved cycle the history never hears of (the history has one writer: the
     # lock holder).
     before_save: Callable[[Plan], None] | None = None
+    # Work left for after the cycle, given the state saved: taken once it is
+    # saved and the cycle's duration measured, still under the lock (the
+    # history's fold).
+    after_save: Callable[[State], None] | None = None
 
 
 def run_cycle(
@@ -197,6 +201,8 @@ def run_cycle(
             tuple(extra),
             filter_restored=wrong is not None,
         )
+        if hooks.after_save is not None:
+            hooks.after_save(outcome.state)
     log.info(
         "cycle %s in %.3fs: %d slices, %d kernel changes, %d failures",
         result.result,

@@ -1,13 +1,15 @@
 """Usage history, the writer: each cycle's journal append, and when the journal is folded in.
 
-A cycle appends its usage to the journal (:mod:`.historyjournal`). Once a day
-(the first cycle of a UTC day, when buckets become due to roll up) or when the
+A cycle appends its usage to the journal (:mod:`.journal`). Once a day (the
+first cycle of a UTC day, when buckets become due to roll up) or when the
 journal outgrows a quarter of the file, the journal is folded in: the file
-(:mod:`.historyfile`) is rewritten with its generation incremented and a new,
-empty journal is started for that generation. A cycle appends its record before
-it saves its state; the next cycle cuts the record off if that save never
-happened (see :meth:`HistoryRecorder.record`), so the history and the state
-count the same bytes whatever instant the agent is killed at.
+(:mod:`.file`) is rewritten slice by slice with its generation incremented and
+a new, empty journal is started for that generation. A cycle appends its record
+before it saves its state; the next cycle cuts the record off if that save
+never happened (see :meth:`HistoryRecorder.record`), so the history and the
+state count the same bytes whatever instant the agent is killed at. The fold is
+a step of its own (:meth:`HistoryRecorder.fold_if_due`), taken once the cycle
+has applied its limits and saved its state, so its duration delays neither.
 """
 
 from __future__ import annotations
@@ -15,16 +17,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.errors import HistoryError
 from bwenforcer.files.atomic import FileIdentity, disk_full, file_identity, open_own, replace_file
 from bwenforcer.history.file import (
+    DEPARTED_MAX_SLICES,
     file_generation,
-    load_history,
+    fold_history,
     make_history_dir,
-    save_history,
 )
 from bwenforcer.history.journal import (
     JOURNAL_HEADER_BYTES,
@@ -36,7 +38,7 @@ from bwenforcer.history.journal import (
     journal_path,
     record_base,
 )
-from bwenforcer.history.usage import DAY_S, CycleUsage
+from bwenforcer.history.usage import DAY_S, CycleUsage, roll_up_cutoffs
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +62,19 @@ class HistoryRecorder:
         cfg: HistoryConfig,
         clock: Callable[[], float] = time.time,
         fold_min_bytes: int = JOURNAL_FOLD_MIN_BYTES,
+        departed_max: int = DEPARTED_MAX_SLICES,
     ) -> None:
         self.path = path
         self.journal = journal_path(path)
         self.cfg = cfg
         self._clock = clock  # names of moved-aside files only
         self._fold_min_bytes = fold_min_bytes
+        self._departed_max = departed_max
         # each slice name as the journal writes it; forgotten at each fold, so names
         # of slices long gone do not pile up in a daemon
         self._names: dict[str, bytes | None] = {}
         self._known: tuple[FileIdentity | None, JournalEnd] | None = None
+        self._fold_at: int | None = None  # the cycle time of a fold found due
 
     def record(
         self,
@@ -89,15 +94,17 @@ class HistoryRecorder:
         cycle counts its bytes again, so that record is cut off first. ``capped_s``
         is what each capped class adds to its capped time. Without ``roll_up`` (the
         clock stepped), the journal is not folded: nothing ages out on the clock's word.
+        Whether the journal is due to be folded in is noted for :meth:`fold_if_due`.
         """
         self._known, known = None, self._known
+        self._fold_at = None
         base = record_base(base_s)
         try:
             end = self._end(known)
             if base_s is not None:
                 end = self._drop_unsaved(end, base)
-            if end.version != JOURNAL_VERSION or (roll_up and self._fold_due(end, now_s)):
-                end = self._fold(now_s, roll_up)
+            if end.version != JOURNAL_VERSION:
+                end = self._fold(now_s, roll_up)  # before version 2 records are appended
             if usage:
                 record = encode_cycle(now_s, capped_s, usage, self._names, base_s)
                 self._append(end, record)
@@ -107,6 +114,38 @@ class HistoryRecorder:
                                   (end.end, base, now_s))  # fmt: skip
         except OSError as exc:
             what = f"{self.journal}: cannot record"
+            raise disk_full(exc, what) or HistoryError(f"{what}: {exc.strerror or exc}") from exc
+        self._known = (file_identity(self.journal), end)
+        if roll_up and self._fold_due(end, now_s):
+            self._fold_at = now_s
+
+    @property
+    def fold_due(self) -> bool:
+        """Whether the last :meth:`record` found the journal due to be folded in."""
+        return self._fold_at is not None
+
+    def fold_if_due(self, live: Collection[str] | None = None) -> bool:
+        """Fold the journal in if the last :meth:`record` found it due; True if it did.
+
+        Called once that cycle's state is saved (its record is then a saved cycle's),
+        after the cycle's limits are applied: the fold's duration delays neither.
+        ``live``: the names of the saved state's slices and ledger entries (see
+        :func:`~.file.fold_history`: the others keep their monthly totals only).
+        HistoryError (the history as it was) if it cannot be written.
+        """
+        now_s, self._fold_at = self._fold_at, None
+        if now_s is None:
+            return False
+        self.fold(now_s, live)
+        return True
+
+    def fold(self, now_s: int, live: Collection[str] | None = None) -> None:
+        """Fold the journal in now, rolled up at ``now_s`` (see :meth:`fold_if_due`)."""
+        self._known = None
+        try:
+            end = self._fold(now_s, True, live)
+        except OSError as exc:
+            what = f"{self.path}: cannot fold the journal in"
             raise disk_full(exc, what) or HistoryError(f"{what}: {exc.strerror or exc}") from exc
         self._known = (file_identity(self.journal), end)
 
@@ -186,16 +225,20 @@ class HistoryRecorder:
         finally:
             os.close(fd)
 
-    def _fold(self, now_s: int, roll_up: bool) -> JournalEnd:
-        """Fold the journal (every record of a saved cycle) into the file, rolled up
-        at ``now_s`` if ``roll_up``; start the next journal and return its end.
+    def _fold(self, now_s: int, roll_up: bool, live: Collection[str] | None = None) -> JournalEnd:
+        """Fold the journal into the file (slice by slice: :func:`fold_history`), rolled
+        up at ``now_s`` if ``roll_up``; start the next journal and return its end.
         """
         self._names.clear()
-        history = load_history(self.path, self._clock)
-        if roll_up:
-            history.roll_up(now_s, self.cfg)
-        history.generation = (history.generation + 1) & _GENERATION_MASK
-        save_history(history, self.path)
-        end = self._start_journal(history.generation)
-        log.info("history %s: journal folded in (generation %d)", self.path, history.generation)
+        cutoffs = roll_up_cutoffs(now_s, self.cfg) if roll_up else None
+        generation = fold_history(
+            self.path,
+            _GENERATION_MASK,
+            cutoffs,
+            self._clock,
+            live=live,
+            departed_max=self._departed_max,
+        )
+        end = self._start_journal(generation)
+        log.info("history %s: journal folded in (generation %d)", self.path, generation)
         return end

@@ -9,7 +9,8 @@ older than ``daily_keep`` into their UTC month, and drops months older than
 ``monthly_keep``; a bucket is "older than keep" once it *ended* at least
 ``keep`` ago. Day and month buckets also keep their busiest hour's total
 (default + exempt): the peak hour. A deleted slice's history stays, by name,
-until it ages out. Idle slices cost nothing: a cycle with no bytes and no
+until it ages out; once it left the ledger too, the fold keeps only its months
+(:func:`~.file.fold_history`). Idle slices cost nothing: a cycle with no bytes and no
 capped time adds no bucket.
 
 Pure: time is passed in, nothing is read or written. The file is
@@ -20,6 +21,7 @@ cycle's writer :mod:`.historyrecorder`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import operator
 from collections.abc import Iterable
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Literal
 
+from bwenforcer.core.model import fast_init
 from bwenforcer.core.settings import HistoryConfig
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,8 @@ def capped_span_s(
     return min(now_s - previous_s, HOUR_S)
 
 
-@dataclass(frozen=True)
+@fast_init  # a report makes millions
+@dataclass(frozen=True, slots=True)
 class ReportRow:
     """One slice's usage in one hour, day or month (UTC)."""
 
@@ -103,6 +107,7 @@ def _day_of_hour(hour: int) -> int:
     return hour // 24
 
 
+@functools.lru_cache(maxsize=8192)  # reports ask it of every day of every slice
 def _day_to_month(day: int) -> int:
     date = dt.date.fromordinal(_EPOCH_ORDINAL + day)
     return date.year * 12 + date.month - 1
@@ -112,7 +117,7 @@ def _month_of_instant(instant_s: int) -> int:
     return _day_to_month(instant_s // DAY_S)
 
 
-def _month_start_s(month: int) -> int:
+def month_start_s(month: int) -> int:
     year, index = divmod(month, 12)
     return (dt.date(year, index + 1, 1).toordinal() - _EPOCH_ORDINAL) * DAY_S
 
@@ -247,32 +252,12 @@ class History:
 
         Cheap to call every cycle: it does nothing until a cutoff moves.
         """
-        cutoffs = (
-            24 * ((now_s - cfg.hourly_keep_s) // DAY_S),  # an hour: days are folded whole
-            (now_s - cfg.daily_keep_s) // DAY_S,
-            _month_of_instant(now_s - cfg.monthly_keep_s),
-        )
+        cutoffs = roll_up_cutoffs(now_s, cfg)
         if cutoffs == self._cutoffs:
             return
         self._hour = None  # the rows it caches may move to the daily tier
-        cut_hour, cut_day, cut_month = cutoffs
         for name in list(self._slices):
-            sh = self._slices[name]
-            hours, days, months = sh.hours, sh.days, sh.months
-            due_hours, due_days = _due(hours, cut_hour), _due(days, cut_day)
-            due_months = _due(months, cut_month)
-            if not (due_hours or due_days or due_months):
-                continue
-            for day, due in groupby(due_hours, _day_of_hour):
-                default, exempt, capped_d, capped_e = zip(*(hours.pop(h) for h in due), strict=True)
-                peak = max(map(operator.add, default, exempt))
-                row = [sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e)]
-                _merge(days, day, row)
-            for day in _due(days, cut_day):
-                _merge(months, _day_to_month(day), days.pop(day))
-            for month in _due(months, cut_month):
-                del months[month]
-            if sh.empty():
+            if roll_up_slice(self._slices[name], cutoffs):
                 log.info("history: slice %s aged out", name)
                 del self._slices[name]
         self._cutoffs = cutoffs
@@ -298,39 +283,178 @@ class History:
     def report(
         self, by: Bucketing, since_s: int | None = None, slice_name: str | None = None
     ) -> list[ReportRow]:
-        """Totals per slice per UTC bucket, by slice then time; every tier is included.
-
-        ``by="day"`` sums the hours still kept hourly, ``by="month"`` also the days, so
-        the totals are everything recorded within the retention. With ``since_s``, only
-        buckets that end after it (the bucket holding ``since_s`` is shown whole).
-        """
+        """Totals per slice per UTC bucket, by slice then time (see :func:`slice_report`)."""
         rows: list[ReportRow] = []
         for name in sorted(self._slices):
-            if slice_name is not None and name != slice_name:
-                continue
-            for key, row in sorted(self._buckets(self._slices[name], by).items()):
-                start_s, end_s = _bounds(by, key)
-                if since_s is not None and end_s <= since_s:
-                    continue
-                rows.append(ReportRow(name, by, start_s, *row))
+            if slice_name is None or name == slice_name:
+                rows.extend(slice_report(name, self._slices[name], by, since_s))
         return rows
 
-    @staticmethod
-    def _buckets(sh: SliceHistory, by: Bucketing) -> dict[int, list[int]]:
-        if by == "hour":
-            return {hour: _as_day_row(row) for hour, row in sh.hours.items()}
-        if by not in ("day", "month"):
-            raise ValueError(f"history report by {by!r}: expected hour, day or month")
-        acc: dict[int, list[int]] = {}
-        if by == "month":
-            for month, row in sh.months.items():
-                _merge(acc, month, row)
-        for day, row in sh.days.items():
-            _merge(acc, day if by == "day" else _day_to_month(day), row)
-        for hour, row in sh.hours.items():
-            day = hour // 24
-            _merge(acc, day if by == "day" else _day_to_month(day), _as_day_row(row))
+
+def roll_up_cutoffs(now_s: int, cfg: HistoryConfig) -> tuple[int, int, int]:
+    """The first hour, day and month a roll-up at ``now_s`` keeps in their tier."""
+    return (
+        24 * ((now_s - cfg.hourly_keep_s) // DAY_S),  # an hour: days are folded whole
+        (now_s - cfg.daily_keep_s) // DAY_S,
+        _month_of_instant(now_s - cfg.monthly_keep_s),
+    )
+
+
+def roll_up_slice(sh: SliceHistory, cutoffs: tuple[int, int, int]) -> bool:
+    """Roll one slice's buckets up at ``cutoffs`` (:func:`roll_up_cutoffs`); True if
+    nothing is left of it.
+    """
+    cut_hour, cut_day, cut_month = cutoffs
+    hours, days, months = sh.hours, sh.days, sh.months
+    due_hours, due_days = _due(hours, cut_hour), _due(days, cut_day)
+    due_months = _due(months, cut_month)
+    if not (due_hours or due_days or due_months):
+        return sh.empty()
+    for day, due in groupby(due_hours, _day_of_hour):
+        default, exempt, capped_d, capped_e = zip(*(hours.pop(h) for h in due), strict=True)
+        peak = max(map(operator.add, default, exempt))
+        row = [sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e)]
+        _merge(days, day, row)
+    for day in _due(days, cut_day):
+        _merge(months, _day_to_month(day), days.pop(day))
+    for month in _due(months, cut_month):
+        del months[month]
+    return sh.empty()
+
+
+def add_hours(sh: SliceHistory, hours: dict[int, list[int]]) -> None:
+    """Add hour rows (as :meth:`History.record` adds a cycle's, none of them idle) to ``sh``."""
+    tier = sh.hours
+    for hour, row in hours.items():
+        into = tier.get(hour)
+        if into is None:
+            into = _new_row(tier, hour, 4)
+        into[0] += row[0]
+        into[1] += row[1]
+        into[2] += row[2]
+        into[3] += row[3]
+
+
+def slice_report(
+    name: str, sh: SliceHistory, by: Bucketing, since_s: int | None = None
+) -> list[ReportRow]:
+    """One slice's totals per UTC bucket, in time order; every tier is included.
+
+    ``by="day"`` sums the hours still kept hourly, ``by="month"`` also the days, so
+    the totals are everything recorded within the retention. With ``since_s``, only
+    buckets that end after it (the bucket holding ``since_s`` is shown whole).
+    """
+    return bucket_report(name, slice_buckets(sh, by), by, since_s)
+
+
+def bucket_report(
+    name: str, buckets: dict[int, list[int]], by: Bucketing, since_s: int | None = None
+) -> list[ReportRow]:
+    """:func:`slice_report` of buckets already summed (day-shaped rows by bucket key)."""
+    rows = []
+    for key, row in sorted(buckets.items()):
+        start_s, end_s = _bounds(by, key)
+        if since_s is not None and end_s <= since_s:
+            continue
+        rows.append(ReportRow(name, by, start_s, *row))
+    return rows
+
+
+def month_sums(days: dict[int, list[int]], hours: dict[int, list[int]]) -> dict[int, list[int]]:
+    """Each month's total of a slice's ``days`` and ``hours`` (day-shaped rows): what its
+    monthly report adds to its months tier.
+    """
+    acc: dict[int, list[int]] = {}
+    for month, rows in groupby(days.items(), lambda item: _day_to_month(item[0])):
+        _merge(acc, month, _summed_days([row for _, row in rows]))
+    for month, rows in groupby(hours.items(), lambda item: _day_to_month(item[0] // 24)):
+        _merge(acc, month, _summed_hours([row for _, row in rows]))
+    return acc
+
+
+def add_hours_to_sums(
+    sums: dict[int, list[int]], before: dict[int, list[int]], added: dict[int, list[int]]
+) -> None:
+    """Update month sums (:func:`month_sums`) for hour rows ``added`` to a slice whose
+    rows for those hours were ``before`` (absent: none). Exact without the other
+    hours: an hour's total only grows, so the month's peak is the larger of the
+    old peak and the hour's new total.
+    """
+    for hour, row in added.items():
+        old = before.get(hour)
+        new_total = row[0] + row[1] + (old[0] + old[1] if old is not None else 0)
+        _merge(sums, _day_to_month(hour // 24), [row[0], row[1], new_total, row[2], row[3]])
+
+
+def month_of_day(day: int) -> int:
+    """The month key (year*12+month-1) of a day since 1970."""
+    return _day_to_month(day)
+
+
+def slice_buckets(sh: SliceHistory, by: Bucketing) -> dict[int, list[int]]:
+    """A slice's day-shaped rows by bucket key (every tier summed in; see
+    :func:`slice_report`).
+    """
+    if by == "hour":
+        return {hour: _as_day_row(row) for hour, row in sh.hours.items()}
+    if by not in ("day", "month"):
+        raise ValueError(f"history report by {by!r}: expected hour, day or month")
+    # Each tier's rows are summed a bucket at a time (a tier is in key order), then
+    # merged once per bucket: a report reads every row of every slice.
+    if by == "day":
+        acc = {day: list(row) for day, row in sh.days.items()}
+        for day, rows in groupby(sh.hours.items(), lambda item: item[0] // 24):
+            _merge(acc, day, _summed_hours([row for _, row in rows]))
         return acc
+    acc = {month: list(row) for month, row in sh.months.items()}
+    for month, row in month_sums(sh.days, sh.hours).items():
+        _merge(acc, month, row)
+    return acc
+
+
+def merge_row(acc: dict[int, list[int]], key: int, row: list[int]) -> None:
+    """Add a day/month-shaped row into ``acc[key]`` (the peak: the larger)."""
+    _merge(acc, key, row)
+
+
+def add_hour_row(acc: dict[int, list[int]], key: int, row: list[int]) -> None:
+    """Add an hour row into ``acc[key]``."""
+    into = acc.get(key)
+    if into is None:
+        into = _new_row(acc, key, 4)
+    into[0] += row[0]
+    into[1] += row[1]
+    into[2] += row[2]
+    into[3] += row[3]
+
+
+def hours_to_days(hours: list[tuple[int, list[int]]]) -> dict[int, list[int]]:
+    """Hour rows (in key order) rolled up into day rows, as :func:`roll_up_slice` does."""
+    return {
+        day: _summed_hours([row for _, row in rows])
+        for day, rows in groupby(hours, lambda item: item[0] // 24)
+    }
+
+
+def days_to_months(days: list[tuple[int, list[int]]]) -> dict[int, list[int]]:
+    """Day rows (in key order) rolled up into month rows, as :func:`roll_up_slice` does."""
+    acc: dict[int, list[int]] = {}
+    for day, row in days:
+        _merge(acc, _day_to_month(day), row)
+    return acc
+
+
+def _summed_hours(rows: list[list[int]]) -> list[int]:
+    """Hour rows as one day-shaped row (the peak: the busiest of them)."""
+    default, exempt, capped_d, capped_e = zip(*rows, strict=True)
+    peak = max(map(operator.add, default, exempt))
+    return [sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e)]
+
+
+def _summed_days(rows: list[list[int]]) -> list[int]:
+    """Day-shaped rows as one."""
+    default, exempt, peak, capped_d, capped_e = zip(*rows, strict=True)
+    return [sum(default), sum(exempt), max(peak), sum(capped_d), sum(capped_e)]
 
 
 def _bounds(by: Bucketing, key: int) -> tuple[int, int]:
@@ -338,4 +462,4 @@ def _bounds(by: Bucketing, key: int) -> tuple[int, int]:
         return key * HOUR_S, (key + 1) * HOUR_S
     if by == "day":
         return key * DAY_S, (key + 1) * DAY_S
-    return _month_start_s(key), _month_start_s(key + 1)
+    return month_start_s(key), month_start_s(key + 1)

@@ -7,11 +7,14 @@ the ``--json`` keys, the ``--csv`` header and the hourly history ``show`` prints
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import functools
+import json
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bwenforcer.core.units import human_duration, human_size
-from bwenforcer.views.table import render_table
+from bwenforcer.views.table import COLUMN_GAP
 
 if TYPE_CHECKING:
     from bwenforcer.history.usage import ReportRow
@@ -40,29 +43,127 @@ _BUCKET_HEADER = {"hour": "HOUR (UTC)", "day": "DAY (UTC)", "month": "MONTH (UTC
 TABLE_HEADER = ("DEFAULT", "EXEMPT", "PEAK HOUR", "CAPPED DEFAULT", "CAPPED EXEMPT")
 
 
+def _capped(seconds: int) -> str:
+    return human_duration(seconds) if seconds else "-"
+
+
+def _bucket_label(by: str) -> Callable[[int], str]:
+    """A bucket's label from its start, remembered (slices share their buckets)."""
+
+    @functools.lru_cache(maxsize=8192)
+    def label(start_s: int) -> str:
+        return dt.datetime.fromtimestamp(start_s, dt.UTC).strftime(_BUCKET_FORMAT[by])
+
+    return label
+
+
+def slice_table_rows(
+    rows: Sequence[ReportRow], by: str, label: Callable[[int], str] | None = None
+) -> list[tuple[str, ...]]:
+    """One slice's table lines (``rows`` are all its buckets): one per bucket, then its total."""
+    label = label or _bucket_label(by)
+    capped = functools.lru_cache(maxsize=1024)(_capped)  # capped times repeat: whole cycles
+    name = rows[0].slice_name
+    table = []
+    default = exempt = peak = capped_d = capped_e = 0
+    for r in rows:
+        default += r.default_bytes
+        exempt += r.exempt_bytes
+        peak = max(peak, r.peak_hour_bytes)
+        capped_d += r.capped_default_s
+        capped_e += r.capped_exempt_s
+        table.append((
+            name,
+            label(r.bucket_start_s),
+            human_size(r.default_bytes),
+            human_size(r.exempt_bytes),
+            human_size(r.peak_hour_bytes),
+            capped(r.capped_default_s),
+            capped(r.capped_exempt_s),
+        ))  # fmt: skip
+    table.append((
+        name,
+        "total",
+        human_size(default),
+        human_size(exempt),
+        human_size(peak),
+        _capped(capped_d),
+        _capped(capped_e),
+    ))  # fmt: skip
+    return table
+
+
 def report_table(rows: Sequence[ReportRow], by: str) -> str:
     """Readable table: one line per slice per bucket, then a total line per slice."""
-
-    def capped(seconds: int) -> str:
-        return human_duration(seconds) if seconds else "-"
-
-    def cells(name: str, bucket: str, group: Sequence[ReportRow]) -> tuple[str, ...]:
-        return (
-            name,
-            bucket,
-            human_size(sum(r.default_bytes for r in group)),
-            human_size(sum(r.exempt_bytes for r in group)),
-            human_size(max(r.peak_hour_bytes for r in group)),
-            capped(sum(r.capped_default_s for r in group)),
-            capped(sum(r.capped_exempt_s for r in group)),
-        )
-
-    table: list[tuple[str, ...]] = []
     names = sorted({r.slice_name for r in rows})
-    for name in names:
-        mine = [r for r in rows if r.slice_name == name]
-        for r in mine:
-            start = dt.datetime.fromtimestamp(r.bucket_start_s, dt.UTC)
-            table.append(cells(name, start.strftime(_BUCKET_FORMAT[by]), [r]))
-        table.append(cells(name, "total", mine))
-    return "\n".join(render_table(("SLICE", _BUCKET_HEADER[by], *TABLE_HEADER), table))
+    groups = [[r for r in rows if r.slice_name == name] for name in names]
+    return "\n".join(table_lines(groups, by))
+
+
+_SEP = "\x1f"  # between the cells of a spooled line; the slice's name is spooled apart
+
+
+def table_lines(groups: Iterable[Sequence[ReportRow]], by: str) -> Iterator[str]:
+    """The lines of :func:`report_table`, as each slice's rows come from ``groups`` (in
+    name order). The columns' widths are known only at the end: the formatted cells
+    are spooled to a temporary file meanwhile, so memory is one slice's rows however
+    long the report. Nothing if there are no rows.
+    """
+    header = ("SLICE", _BUCKET_HEADER[by], *TABLE_HEADER)
+    widths = [len(cell) for cell in header]
+    label = _bucket_label(by)
+    with tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n") as spool:
+        for rows in groups:
+            table = slice_table_rows(rows, by, label)
+            spool.write(json.dumps(rows[0].slice_name) + "\n")
+            for cells in table:
+                spool.write(_SEP.join(cells[1:]) + "\n")
+            spool.write(_SEP + "\n")  # the slice's end
+            widths[0] = max(widths[0], len(rows[0].slice_name))
+            for i, column in enumerate(zip(*table, strict=True)):
+                if i:
+                    widths[i] = max(widths[i], *map(len, column))
+        if spool.tell() == 0:
+            return
+        layout = COLUMN_GAP.join(f"{{:<{w}}}" for w in widths)
+
+        def line(cells: Sequence[str]) -> str:
+            return layout.format(*cells).rstrip()
+
+        yield line(header)
+        spool.seek(0)
+        name = None
+        for text in spool:
+            if name is None:
+                name = json.loads(text)
+            elif text == _SEP + "\n":
+                name = None
+            else:
+                yield line((name, *text[:-1].split(_SEP)))
+
+
+def json_chunks(rows: Iterable[ReportRow]) -> Iterator[str]:
+    """``json.dump([row_json(r) for r in rows], indent=2)``'s text, streamed row by row.
+
+    Each object is laid out from a template (its keys are fixed; only the slice
+    name needs JSON's escaping, done once per slice): a report can be millions of rows.
+    """
+    keys = [(key, _FIELDS[key]) for key in JSON_KEYS]
+    opening = "[\n  {\n"
+    name, quoted = None, ""
+    for row in rows:
+        if row.slice_name != name:
+            name, quoted = row.slice_name, json.dumps(row.slice_name)
+        values = []
+        for key, field in keys:
+            value = getattr(row, field)
+            if key == "slice":
+                text = quoted
+            elif isinstance(value, int):
+                text = str(value)
+            else:
+                text = json.dumps(value)
+            values.append(f'    "{key}": {text}')
+        yield opening + ",\n".join(values) + "\n  }"
+        opening = ",\n  {\n"
+    yield "[]" if opening.startswith("[") else "\n]"

@@ -219,7 +219,7 @@ def test_damaged_history_exits_5_and_is_left_in_place(
     history_file.write_bytes(bytes(raw))
     code, out, err = run(capsys, cfg)
     assert (code, out) == (5, "")
-    assert err == f"bwenforcer: {history_file}: checksum mismatch\n"
+    assert err == f"bwenforcer: {history_file}: index checksum mismatch\n"
     assert history_file.read_bytes() == bytes(raw)
     assert sorted(p.name for p in history_file.parent.iterdir()) == [history_file.name]
 

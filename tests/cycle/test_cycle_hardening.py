@@ -493,3 +493,42 @@ def test_a_failed_state_save_is_not_counted_twice_by_the_history(
     assert used >= 80_000
     rows = read_history(config.history_file).report("day", None, "pl_a")
     assert sum(r.default_bytes for r in rows) == used
+
+
+# --- the history folds after the save, and forgets departed slices' detail --------------
+
+
+def test_a_departed_slice_keeps_its_hours_while_in_the_ledger_then_its_months_only(
+    ns: Netns, tmp_path: Path
+) -> None:
+    capped = "{net_thresh_kbyte: 0}"
+    write_slices(tmp_path, {"pl_a": (10, capped), "pl_b": (11, capped)})
+    config = make_config(tmp_path, "v0", period="2d")
+    init_tree(ns.name, "v0", config)
+    clock = Clock(T0)
+    agent = Agent(config, clock=clock, netns=ns.name)
+    agent.cycle(load_desired(config))
+    clock.now += 300
+    agent.cycle(load_desired(config))  # both capped since the first cycle
+    write_slices(tmp_path, {"pl_a": (10, capped)})
+    clock.now += 300
+    agent.cycle(load_desired(config))  # pl_b deleted: in the ledger, capped 600 s in all
+    assert "pl_b" in state_of(config).ledger
+
+    def hours(name: str) -> list[int]:
+        rows = read_history(config.history_file).report("hour", None, name)
+        return [r.capped_default_s for r in rows]
+
+    clock.now += DAY
+    agent.cycle(load_desired(config))  # the first cycle of a day: the journal folded in
+    assert Path(f"{config.history_file}.journal").stat().st_size == 8
+    assert "pl_b" in state_of(config).ledger and hours("pl_b") == [600]
+
+    clock.now += 2 * DAY
+    agent.cycle(load_desired(config))  # its entry expired
+    assert "pl_b" not in state_of(config).ledger
+    clock.now += DAY
+    agent.cycle(load_desired(config))  # the next fold keeps its months only
+    assert hours("pl_b") == [] and hours("pl_a")
+    months = read_history(config.history_file).report("month", None, "pl_b")
+    assert [r.capped_default_s for r in months] == [600]

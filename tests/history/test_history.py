@@ -25,6 +25,7 @@ from bwenforcer.history.file import (
     FORMAT_VERSION,
     HEADER_BYTES,
     MAX_BYTES_PER_SLICE,
+    HistoryReader,
     decode_history,
     encode_history,
     load_history,
@@ -33,7 +34,8 @@ from bwenforcer.history.file import (
     save_history,
     size_bytes,
 )
-from bwenforcer.history.usage import CycleUsage, History, ReportRow
+from bwenforcer.history.usage import CycleUsage, History, ReportRow, SliceHistory, slice_report
+from tests.history import golden
 
 T0 = 1_767_225_600  # 2026-01-01 00:00 UTC
 HOUR = 3600
@@ -261,7 +263,7 @@ def test_documented_bound_matches_the_constant() -> None:
     assert max_bytes_per_slice(HistoryConfig()) == MAX_BYTES_PER_SLICE
     per_year = re.search(r"at most ([\d,]+) bytes per slice for the first year", doc)
     assert per_year is not None
-    assert int(per_year.group(1).replace(",", "")) == 268 + 384 * 28 + 365 * 36
+    assert int(per_year.group(1).replace(",", "")) == 548 + 384 * 28 + 365 * 36 + 14 * 36
     assert max_bytes_per_slice(SHORT) < MAX_BYTES_PER_SLICE
 
 
@@ -510,12 +512,35 @@ def test_move_aside_moves_a_symlink_itself_and_never_reuses_a_taken_name(tmp_pat
 
 
 def test_truncated_and_padded_bodies_are_corrupt(tmp_path: Path) -> None:
-    good = encode_history(small_history())
-    for raw in (good[:-5], good + b"\0"):
-        body = raw[HEADER_BYTES:]
+    v1 = golden.encode_v1(small_history())
+    for raw in (v1[:-5], v1 + b"\0"):
+        body = raw[16:]
         fixed = raw[:12] + zlib.crc32(body).to_bytes(4, "little") + body
         with pytest.raises(HistoryCorrupt, match=r"truncated|after the end"):
             decode_history(fixed, "h")
+    good = encode_history(small_history())
+    for raw in (good[:-5], good + b"\0"):
+        with pytest.raises(HistoryCorrupt, match=r"index"):
+            decode_history(raw, "h")
+
+
+def test_a_damaged_slice_is_found_when_it_is_read(tmp_path: Path) -> None:
+    """Version 2: each slice has its checksum; one slice is read without the others."""
+    history = small_history()
+    path = tmp_path / "h"
+    save_history(history, str(path))
+    raw = bytearray(path.read_bytes())
+    names = history.slice_names()
+    first = raw.index(names[0].encode()) + len(names[0]) + 20  # inside its first record
+    raw[first] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with HistoryReader(str(path)) as reader:
+        for name in names[1:]:
+            assert slice_report(name, reader.slice(name) or SliceHistory(), "hour") == (
+                history.report("hour", None, name)
+            )
+        with pytest.raises(HistoryCorrupt, match=rf"slice {names[0]}: checksum mismatch"):
+            reader.slice(names[0])
 
 
 def test_counts_saturate_instead_of_failing_the_save(tmp_path: Path) -> None:

@@ -72,14 +72,16 @@ def test_the_first_cycle_of_a_day_folds_the_journal_into_the_file(tmp_path: Path
     path = tmp_path / "h"
     recorder = HistoryRecorder(str(path), CFG)
     recorder.record(T0, 300, usage(("pl_a", 7, 0)))
+    assert not recorder.fold_if_due()
     recorder.record(T0 + DAY, 300, usage(("pl_a", 9, 0)))
-    assert path.exists()
-    assert [row[2] for row in totals(decode_history(path.read_bytes(), "h"))] == [7]
-    # a new journal holds this cycle alone (its state is not saved yet when it records)
+    assert not path.exists()  # recording does not fold: the cycle's state is not saved yet
+    assert recorder.fold_if_due()  # once it is
+    assert [row[2] for row in totals(decode_history(path.read_bytes(), "h"))] == [7, 9]
     journal = Path(journal_path(str(path))).read_bytes()
-    assert journal[8:] == encode_cycle(T0 + DAY, 300, usage(("pl_a", 9, 0)))
+    assert journal[8:] == b""  # a new, empty journal
     assert int.from_bytes(path.read_bytes()[6:8], "little") == 1  # the file's generation
     assert [row[2] for row in totals(read_history(str(path)))] == [7, 9]
+    assert not recorder.fold_if_due()
 
 
 def test_a_fold_cut_short_between_its_two_writes_counts_nothing_twice(tmp_path: Path) -> None:
@@ -87,13 +89,13 @@ def test_a_fold_cut_short_between_its_two_writes_counts_nothing_twice(tmp_path: 
     recorder = HistoryRecorder(str(path), CFG)
     recorder.record(T0, 300, usage(("pl_a", 7, 0)))
     journal = Path(journal_path(str(path)))
+    recorder.record(T0 + DAY, 300, usage(("pl_a", 9, 0)))
     old_journal = journal.read_bytes()
-    recorder.record(T0 + DAY, 300, usage(("pl_a", 9, 0)))  # folds
+    assert recorder.fold_if_due()
     journal.write_bytes(old_journal)  # as if the writer died before starting the new one
-    assert [row[2] for row in totals(read_history(str(path)))] == [7]
-    # that cycle never saved its state: the next one counts its 9 bytes again
+    assert [row[2] for row in totals(read_history(str(path)))] == [7, 9]
     HistoryRecorder(str(path), CFG).record(T0 + DAY + 300, 300, usage(("pl_a", 10, 0)))
-    assert [row[2] for row in totals(read_history(str(path)))] == [7, 10]
+    assert [row[2] for row in totals(read_history(str(path)))] == [7, 19]
 
 
 def test_a_record_cut_short_is_dropped_and_cut_off_before_the_next(tmp_path: Path) -> None:
@@ -122,6 +124,7 @@ def test_a_journal_past_a_quarter_of_the_file_is_folded_before_its_day_is_out(
     many = usage(*((f"pl_{i}", 1, 0) for i in range(50)))  # a record of ~1.2 kB
     recorder.record(T0, 300, many)
     assert not path.exists()
+    assert recorder.fold_if_due()
     recorder.record(T0 + 300, 300, many)  # the first record folded in; this one journaled
     journal = Path(journal_path(str(path))).read_bytes()
     assert path.exists() and journal[8:] == encode_cycle(T0 + 300, 300, many)
@@ -134,9 +137,9 @@ def test_a_damaged_history_file_keeps_its_journal(tmp_path: Path) -> None:
     recorder.record(T0, 300, usage(("pl_a", 7, 0)))
     path.write_bytes(b"garbage")
     HistoryRecorder(str(path), CFG).record(T0 + 300, 300, usage(("pl_a", 1, 0)))
-    HistoryRecorder(str(path), CFG, clock=lambda: 1_790_000_000.0).record(
-        T0 + DAY, 300, usage(("pl_a", 2, 0))
-    )  # the fold moves the damaged file aside and keeps the journal's bytes
+    recorder = HistoryRecorder(str(path), CFG, clock=lambda: 1_790_000_000.0)
+    recorder.record(T0 + DAY, 300, usage(("pl_a", 2, 0)))
+    assert recorder.fold_if_due()  # moves the damaged file aside and keeps the journal's bytes
     assert (tmp_path / "h.corrupt-20260921T141320Z").read_bytes() == b"garbage"
     assert [row[2] for row in totals(read_history(str(path)))] == [8, 2]
 
@@ -171,6 +174,7 @@ def test_recorded_through_the_journal_equals_recorded_in_memory(
         if step % 3 == 0:
             recorder = HistoryRecorder(path, CFG, fold_min_bytes=fold_min_bytes)  # a restart
         recorder.record(now, 300, cycle)
+        recorder.fold_if_due()
     assert totals(read_history(path), "day") == totals(reference, "day")
     assert totals(read_history(path), "month") == totals(reference, "month")
 

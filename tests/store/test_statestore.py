@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pytest_mock import MockerFixture
 
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
 from bwenforcer.core.model import (
@@ -1002,3 +1003,23 @@ def test_the_audit_is_bounded() -> None:
     data = state_to_json(dataclasses.replace(make_state(1), audit=(entry,) * 1001), NOW_S)
     with pytest.raises(StateCorrupt, match="audit: more than 1000 entries"):
         state_from_json(data, "state.json")
+
+
+def test_encoder_encodes_a_waiting_ledger_entry_once(mocker: MockerFixture) -> None:
+    """A ledger entry waits unchanged (the very object) until it expires or is revived:
+    a cycle's save does not encode it again; a changed or new one is encoded."""
+    encoder = StateEncoder()
+    state = make_state(3)
+    entries = {
+        f"pl_dead{i}": LedgerEntry(dataclasses.replace(state.slices[1], name=f"pl_dead{i}"), NOW_S)
+        for i in range(3)
+    }
+    state = State(state.slices, entries)
+    first = encoder.encode(state, NOW_S)
+    spy = mocker.spy(StateEncoder, "_entry_text")
+    assert encoder.encode(state, NOW_S) == first
+    assert spy.call_count == 0
+    entries = {**entries, "pl_dead1": LedgerEntry(entries["pl_dead1"].slice, NOW_S + 1)}
+    changed = State(state.slices, entries)
+    data = json.loads(encoder.encode(changed, NOW_S))
+    assert spy.call_count == 1 and data["ledger"]["pl_dead1"]["died_at"] == NOW_S + 1

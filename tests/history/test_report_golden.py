@@ -1,0 +1,99 @@
+"""Golden comparison: the streamed reports print what the reports printed when they
+read the whole history (digests taken before they streamed, on the history of
+tests/history/golden.py: a version 1 file and its journal), before and after the
+fold that rewrites the file in the current format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import itertools
+import json
+import os
+from pathlib import Path
+
+from bwenforcer.cli import main
+from bwenforcer.inputs.config import load_config
+from tests.history import golden
+
+GOLDEN = Path(__file__).with_name("golden_reports.json")
+SINCE = ("", "2026-04-20", "2026-05-02T13:30")
+SLICES = ("", "pl_alpha", "pl_départ", "x" * 255, "pl_unknown")
+
+
+def arguments() -> list[tuple[str, ...]]:
+    runs = []
+    for by, fmt, name, since in itertools.product(
+        ("hour", "day", "month"), ("", "--json", "--csv"), SLICES, SINCE
+    ):
+        argv = ["--by", by]
+        argv += [fmt] if fmt else []
+        argv += ["--slice", name] if name else []
+        argv += ["--since", since] if since else []
+        runs.append(tuple(argv))
+    return runs
+
+
+def digests(cfg: Path) -> dict[str, str]:
+    """Each report's exit code, stdout and stderr (the path taken out), digested."""
+    history_file = load_config(str(cfg)).history_file
+    out = {}
+    for argv in arguments():
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(["--config", str(cfg), "report", *argv])
+        text = f"{code}\n{stdout.getvalue()}\n--\n{stderr.getvalue()}"
+        text = text.replace(history_file, "<HISTORY>")
+        out[" ".join(argv)] = hashlib.sha256(text.encode()).hexdigest()
+    return out
+
+
+def make_config(tmp_path: Path) -> Path:
+    path = tmp_path / "bwenforcer.yaml"
+    path.write_text(f"state_file: {tmp_path}/state.json\nslices_file: null\n")
+    golden.write(Path(load_config(str(path)).history_file))
+    return path
+
+
+if __name__ == "__main__":  # regenerate: python -m tests.history.test_report_golden DIR
+    import sys
+
+    work = Path(sys.argv[1])
+    os.makedirs(work, exist_ok=True)
+    GOLDEN.write_text(json.dumps(digests(make_config(work)), indent=1, sort_keys=True) + "\n")
+
+
+def test_reports_equal_the_golden_ones(tmp_path: Path) -> None:
+    assert digests(make_config(tmp_path)) == json.loads(GOLDEN.read_text())
+
+
+def test_reports_equal_the_golden_ones_after_the_fold_to_version_2(tmp_path: Path) -> None:
+    from bwenforcer.core.settings import HistoryConfig
+    from bwenforcer.history.file import FORMAT_VERSION
+    from bwenforcer.history.recorder import HistoryRecorder
+
+    cfg = make_config(tmp_path)
+    history_file = load_config(str(cfg)).history_file
+    last_s = golden.END_S + golden.JOURNAL_CYCLES * 600  # same UTC day: nothing rolls up
+    HistoryRecorder(history_file, HistoryConfig()).fold(last_s)
+    data = Path(history_file).read_bytes()
+    assert int.from_bytes(data[4:6], "little") == FORMAT_VERSION == 2
+    assert Path(f"{history_file}.journal").stat().st_size == 8  # folded in: empty
+    assert digests(cfg) == json.loads(GOLDEN.read_text())
+
+
+def test_reports_equal_the_golden_ones_from_a_version_2_file_and_its_journal(
+    tmp_path: Path,
+) -> None:
+    """By month a version 2 file is read from its months and month sums alone, with
+    the journal's hours added to them (some of them hours the file has too)."""
+    from bwenforcer.history.file import save_history
+
+    cfg = make_config(tmp_path)
+    history_file = load_config(str(cfg)).history_file
+    history, _ = golden.build()
+    save_history(history, history_file)  # the same generation: the journal extends it
+    assert int.from_bytes(Path(history_file).read_bytes()[4:6], "little") == 2
+    assert digests(cfg) == json.loads(GOLDEN.read_text())
