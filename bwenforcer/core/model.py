@@ -239,6 +239,10 @@ class BootClock:
 
     boot_id: str
     boottime_s: int
+    # whether the kernel says the wall clock is synchronised (adjtimex: no
+    # STA_UNSYNC); True when it cannot tell. No reference is taken from a clock not
+    # synchronised: a node's first cycles may run on the RTC's time before NTP steps it.
+    synced: bool = True
 
 
 class KernelOp(Protocol):
