@@ -101,6 +101,9 @@ class DesiredSet:
     # valid slices whose xid an earlier record of another name claims (one error line
     # each, naming both): the slice already enforced on the xid keeps it (planner)
     contested: tuple[DesiredSlice, ...] = ()
+    # the source could not be read and has no last good version: every slice of the
+    # state is held as it is (its classes, saved limits and cap), none added or dropped
+    unread: bool = False
 
 
 @fast_init

@@ -278,7 +278,9 @@ def plan(
             losers.append(claim)
     # A refused record (bad, or a losing claim) of a live slice keeps that slice as it
     # was: a typo must not drop a capped slice's classes.
-    refused = (*desired.invalid, *losers)
+    refused: tuple[InvalidRecord | DesiredSlice | SliceState, ...] = (*desired.invalid, *losers)
+    if desired.unread:  # no word from the source: every slice stays as it is
+        refused = (*refused, *state.slices.values())
     held = _held(refused, wanted, state) if refused else ()
     for want in held:
         wanted[want.xid] = want
@@ -430,7 +432,7 @@ def _inherited(gone: SliceState, name: str, entry: LedgerEntry | None) -> SliceS
 
 
 def _held(
-    refused: Iterable[InvalidRecord | DesiredSlice],
+    refused: Iterable[InvalidRecord | DesiredSlice | SliceState],
     wanted: Mapping[int, DesiredSlice],
     state: State,
 ) -> tuple[DesiredSlice, ...]:

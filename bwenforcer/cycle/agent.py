@@ -507,14 +507,15 @@ def agent_for(
     return factory(config)
 
 
-def load_desired(config: Config, dry_run: bool = False) -> DesiredSet:
+def load_desired(config: Config, dry_run: bool = False, report: bool = True) -> DesiredSet:
     """The desired slices of a ``sync`` run: the slices file, or none.
 
-    A dry run (``dry_run`` or the config's ``dry_run``) writes no slices cache.
+    A dry run (``dry_run`` or the config's ``dry_run``) writes no slices cache;
+    ``report`` False logs no error of an unusable slices file (lookups).
     """
     if config.slices_file is None:
         return DesiredSet(())
     from bwenforcer.inputs.slices import load_slices_file
 
     write_cache = not (dry_run or config.dry_run)
-    return load_slices_file(config.slices_file, config, write_cache)
+    return load_slices_file(config.slices_file, config, write_cache, report)

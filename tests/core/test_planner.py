@@ -435,6 +435,33 @@ def test_a_refused_claim_of_a_live_capped_slice_keeps_its_classes_and_cap() -> N
         assert [h.name for h in p.held] == ["pl_b"] and not state.missing
 
 
+def test_an_unread_source_holds_every_slice_of_the_state_past_the_grace() -> None:
+    # a broken slices file with no last good version: no word on any slice
+    capped = dataclasses.replace(want("pl_a", 10), default=policy(10_000, 1_000))
+    p1 = plan(
+        desired(capped, want("pl_b", 11)), snapshot(kslice(10), kslice(11)), State(), PARAMS, T0
+    )
+    p2 = plan(
+        desired(capped, want("pl_b", 11)),
+        snapshot(kslice(10, 9_000), kslice(11)),
+        p1.state,
+        PARAMS,
+        T0 + 300,
+    )
+    assert p2.state.slices[10].default.capped
+    unread = dataclasses.replace(desired(), errors=("s.yaml: broken",), unread=True)
+    params = dataclasses.replace(PARAMS, grace_s=600)
+    state = p2.state
+    for t_s in (600, 1200, 5000):
+        p = plan(unread, snapshot(kslice(10, 9_500), kslice(11)), state, params, T0 + t_s)
+        state = p.state
+        assert not any(isinstance(a, MoveToLedger | RemoveClasses) for a in p.actions)
+    st = state.slices[10]
+    assert st.default.capped and st.default.used_bytes == 9_500 and not state.missing
+    assert st.default.policy == capped.default and sorted(state.slices) == [10, 11]
+    assert [h.name for h in p.held] == ["pl_a", "pl_b"]
+
+
 def test_a_rename_onto_a_name_waiting_in_the_ledger_keeps_the_larger_usage() -> None:
     capped = dataclasses.replace(want("pl_a", 10), default=policy(10_000, 1_000))
     gone = dataclasses.replace(want("pl_b", 20), default=policy(10_000, 1_000))

@@ -415,6 +415,32 @@ def test_a_yaml_error_in_the_slices_file_enforces_its_last_good_list(
     assert tc_ceils(pair.a, "va")["1:100a"] < 10_000_000  # capped though the file is broken
 
 
+def test_a_yaml_error_without_a_last_good_version_holds_every_slice_as_it_is(
+    pair: NetnsPair, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_slices(tmp_path, {"pl_a": (10, "{net_max_kbyte: 100, net_thresh_kbyte: 50}")})
+    config = make_config(tmp_path, "va")
+    init_tree(pair.a.name, "va", config)
+    clock = Clock(T0)
+    Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+    for kept in ("slices-cache", "slices-good"):  # no last good version left to enforce
+        Path(f"{config.state_file}.{kept}").unlink(missing_ok=True)
+    slices = tmp_path / "slices.yaml"
+    slices.write_text(slices.read_text() + "  - {name: pl_b, xid: 11, rspec: {net_share: 2\n")
+    mark_all_to(pair.a, pair.b_addr, 0x100A)
+    send_bytes(pair, 80_000)  # pl_a passes its threshold while the file is broken
+    caplog.clear()
+    for _ in range(2):  # two cron runs
+        clock.now += 300
+        result = Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+        assert result.exit_code == 1 and len(result.source_errors) == 1
+    assert "no last good version" in result.source_errors[0]
+    assert errors(caplog) == list(result.source_errors)  # said once, not every cycle
+    st = state_of(config).slices[10]
+    assert st.default.capped and st.default.used_bytes >= 80_000
+    assert tc_ceils(pair.a, "va")["1:100a"] < 10_000_000  # capped though nothing was read
+
+
 # --- a cycle killed between its two writes loses nothing -------------------------------
 
 
