@@ -188,6 +188,36 @@ def test_a_clock_stepped_ahead_is_held_every_cycle_it_stays_wrong_not_only_the_f
     assert state_of(config).slices[10].period_end_s > capped.period_end_s
 
 
+def test_a_reference_taken_before_ntp_stepped_the_clock_holds_one_period_not_the_boot(
+    ns: Netns, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_slices(tmp_path, {"pl_a": (10, "{net_max_kbyte: 0, net_thresh_kbyte: 0}")})
+    config = make_config(tmp_path, "v0", period="1h")
+    init_tree(ns.name, "v0", config)
+    clock, boot = Clock(T0), BootAt("b1", 30)  # the first cycle on the RTC's time
+    agent = Agent(config, clock=clock, boot=boot, netns=ns.name)
+    agent.cycle(load_desired(config))
+    first = state_of(config).slices[10]
+    clock.now += 3600  # NTP steps the wall clock an hour forward
+    for _ in range(11):  # held: the reference says the clock is an hour off
+        clock.now += 300
+        boot.boottime_s += 300
+        agent.cycle(load_desired(config))
+        assert state_of(config).slices[10].period_end_s == first.period_end_s
+    caplog.clear()
+    clock.now += 300
+    boot.boottime_s += 300  # a whole period since the reference: the clock is taken as right
+    agent.cycle(load_desired(config))
+    said = [w for w in warnings(caplog) if "clock" in w]
+    assert len(said) == 1 and "the reference was wrong" in said[0], said
+    assert state_of(config).slices[10].period_end_s > first.period_end_s  # periods end again
+    caplog.clear()
+    clock.now += 300
+    boot.boottime_s += 300
+    agent.cycle(load_desired(config))
+    assert not [w for w in warnings(caplog) if "clock" in w]
+
+
 def test_a_clock_stepped_eleven_years_ahead_erases_no_history(
     ns: Netns, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
