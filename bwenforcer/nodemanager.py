@@ -25,7 +25,10 @@ With the node manager's ``database`` module as the source (PlanetLab's python3
 LXC node manager), that node manager is followed as its own bwmon followed it:
 - only its database's ``sync()`` wakes the thread (``bwmon.lock.set()``, once
   per successful poll); ``GetSlivers`` does not, so a poll is one cycle, and a
-  poll while PLC is down (``GetSlivers({})``, no ``sync()``) none;
+  poll while PLC is down (``GetSlivers({})``, no ``sync()``) none; but once a
+  cycle ran on a filled database, the thread also cycles every ``interval`` of
+  the config without a wake-up, on the database as it last was (PLC down for
+  hours must not leave a slice past its threshold uncapped);
 - a database no full PLC reply has filled yet (``db._min_timestamp`` 0: the
   python3 node manager always starts with an empty one) is never cycled on:
   that would move every live slice to the ledger;
@@ -130,6 +133,10 @@ class NodeManagerShim(CycleRunner):
     skipped: frozenset[str] = frozenset()  # records skipped last cycle, logged once
     limits_disabled: bool = False  # the node's default record turned limiting off
     waiting: str | None = None  # why cycles are skipped (unfilled database, no tree), logged once
+    # a cycle ran on a filled source: from then on the thread also cycles every
+    # interval without a wake-up (PLC down for hours: no sync(), yet slices pass
+    # their thresholds and must be capped)
+    filled: bool = False
 
     def source(self) -> tuple[Mapping[str, Any] | None, Lock]:
         """The current database (None before there is one) and the lock guarding it."""
@@ -239,6 +246,7 @@ class NodeManagerShim(CycleRunner):
             log.warning("no node-manager database yet, cycle skipped")
             return None
         self._log_records(desired)
+        self.filled = True
         # under the node manager its net module builds the tree, never this thread
         build_tree = self.database is None
         try:
@@ -259,10 +267,12 @@ class NodeManagerShim(CycleRunner):
         return result
 
     def loop(self) -> None:
-        """Wait for the event, clear it, run a cycle; until stopped."""
+        """Wait for the event (or, once a cycle ran on a filled source, at most the
+        config's interval), clear it, run a cycle; until stopped.
+        """
         try:
             while not self.stopping:
-                self.wake.wait()
+                self.wake.wait(self.config.interval_s if self.filled else None)
                 if self.stopping:
                     return
                 self.wake.clear()

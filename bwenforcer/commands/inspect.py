@@ -248,10 +248,16 @@ def _desired(config: Config) -> tuple[DesiredSlice, ...]:
     from bwenforcer.errors import Error
 
     try:
-        return load_desired(config).slices
+        desired = load_desired(config, report=False)
     except Error as exc:
         print(f"bwenforcer: slices unavailable ({exc}): origins unknown", file=sys.stderr)
         return ()
+    if desired.unread:
+        print(
+            f"bwenforcer: slices unavailable ({desired.errors[0]}): origins unknown",
+            file=sys.stderr,
+        )
+    return desired.slices
 
 
 def _last_day(config: Config, name: str, now: int) -> tuple[ReportRow, ...]:

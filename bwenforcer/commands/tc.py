@@ -263,7 +263,8 @@ def known_names(config: Config) -> dict[int, str]:
     except Error as exc:
         log.debug("tc get: no names from the state: %s", exc)
     try:
-        names.update((want.xid, want.name) for want in load_desired(config).slices)
+        desired = load_desired(config, dry_run=True, report=False)
+        names.update((want.xid, want.name) for want in desired.slices)
     except Error as exc:
         log.debug("tc get: no names from the slices file: %s", exc)
     return names

@@ -106,6 +106,9 @@ class DesiredSet:
     # valid slices whose xid an earlier record of another name claims (one error line
     # each, naming both): the slice already enforced on the xid keeps it (planner)
     contested: tuple[DesiredSlice, ...] = ()
+    # the source could not be read and has no last good version: every slice of the
+    # state is held as it is (its classes, saved limits and cap), none added or dropped
+    unread: bool = False
 
 
 @fast_init
@@ -270,6 +273,10 @@ class BootClock:
 
     boot_id: str
     boottime_s: int
+    # whether the kernel says the wall clock is synchronised (adjtimex: no
+    # STA_UNSYNC); True when it cannot tell. No reference is taken from a clock not
+    # synchronised: a node's first cycles may run on the RTC's time before NTP steps it.
+    synced: bool = True
 
 
 class KernelOp(Protocol):

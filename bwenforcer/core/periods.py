@@ -104,6 +104,23 @@ CLOCK_SLACK_S = 900
 ClockRef = tuple[str, int, int]  # (boot id, CLOCK_BOOTTIME s, wall clock s then)
 
 
+def reanchor_after_s(period_s: int, anchor: PeriodAnchor | None) -> int:
+    """How long a wall clock may disagree with the reference (same boot) before it is
+    taken as the new reference: a whole period, at most a day. A reference taken from
+    a wrong clock (an RTC's time before NTP stepped it) must not hold every cycle for
+    the whole boot: no period would end, no ledger entry expire, no grace run out.
+    """
+    return min(period_s if anchor is None else _ANCHOR_LONGEST_S[anchor.every], DAY_S)
+
+
+def clock_offset_s(state: State, now_s: int, boot: BootClock | None) -> int | None:
+    """How far the wall clock ``now_s`` is from the state's reference plus the boot
+    clock's elapsed time (None: no reference of this boot to tell)."""
+    if boot is None or not state.boot_id or boot.boot_id != state.boot_id:
+        return None
+    return now_s - (state.clock_ref_s + boot.boottime_s - state.boottime_s)
+
+
 def clock_check(
     state: State, now_s: int, boot: BootClock | None, period_s: int, anchor: PeriodAnchor | None
 ) -> tuple[str | None, ClockRef]:
@@ -113,20 +130,29 @@ def clock_check(
 
     - Same boot as the reference: the boot clock says how much time passed. A wall
       clock that disagrees by more than :data:`CLOCK_SLACK_S` is wrong (stepped);
-      the reference is kept, so the cycle is held for as long as it stays wrong.
+      the reference is kept, so the cycle is held while it stays wrong, but for no
+      longer than :func:`reanchor_after_s` since the reference: then the reference
+      is what was wrong (taken before NTP stepped the clock), and ``now_s`` the new one.
     - Another boot: a wall clock behind the last trusted one went back (held, the
       reference kept); ahead, it was a real outage.
     - No boot reading, or no reference yet (a state of schema 2):
       :func:`clock_step` against the last save.
 
-    A trusted cycle makes ``now_s`` the new reference.
+    A trusted cycle makes ``now_s`` the new reference, if the kernel says the clock is
+    synchronised (``boot.synced``); else the reference is kept as it is.
     """
     kept: ClockRef = (state.boot_id, state.boottime_s, state.clock_ref_s)
+    if boot is not None and not boot.synced:
+        new: ClockRef = kept
+    else:
+        new = kept if boot is None else (boot.boot_id, boot.boottime_s, now_s)
     if boot is not None and state.boot_id:
         if boot.boot_id == state.boot_id:
             elapsed_s = boot.boottime_s - state.boottime_s
             off_s = now_s - (state.clock_ref_s + elapsed_s)
             if elapsed_s >= 0 and abs(off_s) <= CLOCK_SLACK_S:
+                return None, new
+            if elapsed_s >= reanchor_after_s(period_s, anchor):
                 return None, (boot.boot_id, boot.boottime_s, now_s)
             side = "ahead of" if off_s > 0 else "behind"
             return (
@@ -140,8 +166,6 @@ def clock_check(
                 " (before a reboot)",
                 kept,
             )
-        return None, (boot.boot_id, boot.boottime_s, now_s)
+        return None, new
     reason = clock_step(state.saved_s, now_s, period_s, anchor)
-    if reason is None and boot is not None:
-        return None, (boot.boot_id, boot.boottime_s, now_s)
-    return reason, kept
+    return reason, (new if reason is None else kept)

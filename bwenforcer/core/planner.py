@@ -271,12 +271,21 @@ def plan(
     if desired.limiting_off:
         return _limiting_off(desired, snapshot, state, now_s)
     wanted = {s.xid: s for s in desired.slices}
+    losers: list[DesiredSlice] = []
     for claim in desired.contested:
         # two names on one xid: the slice the state has on it keeps it (and its cap)
         st = state.slices.get(claim.xid)
         if st is not None and st.name == claim.name:
+            losers.append(wanted[claim.xid])
             wanted[claim.xid] = claim
-    held = _held(desired.invalid, wanted, state) if desired.invalid else ()
+        else:
+            losers.append(claim)
+    # A refused record (bad, or a losing claim) of a live slice keeps that slice as it
+    # was: a typo must not drop a capped slice's classes.
+    refused: tuple[InvalidRecord | DesiredSlice | SliceState, ...] = (*desired.invalid, *losers)
+    if desired.unread:  # no word from the source: every slice stays as it is
+        refused = (*refused, *state.slices.values())
+    held = _held(refused, wanted, state) if refused else ()
     for want in held:
         wanted[want.xid] = want
     # A wall clock not to be trusted (stepped, by the boot clock's word): no period
@@ -344,16 +353,17 @@ def plan(
         reason = "recreate"
         if st is None:
             entry = ledger.pop(want.name, None)
-            if entry is not None:
+            if want.xid in renamed:
+                # another name on the same class: usage follows the class within its
+                # period (a recycled uid inheriting it for the rest of one is the safe
+                # side); a ledger entry of the new name only ever adds to it
+                st = _inherited(renamed[want.xid], want.name, entry)
+                actions.append(Inherit(want.name, want.xid, renamed[want.xid].name))
+                reason = "inherit"  # not counted again: its bytes went with the old name
+            elif entry is not None:
                 st = rebaseline(entry.slice, kernel, want.xid)
                 actions.append(Revive(want.name, want.xid, entry.slice.xid))
                 reason = "revive"
-            elif want.xid in renamed:
-                # another name on the same class: usage follows the class within its
-                # period (a recycled uid inheriting it for the rest of one is the safe side)
-                st = dataclasses.replace(renamed[want.xid], name=want.name)
-                actions.append(Inherit(want.name, want.xid, renamed[want.xid].name))
-                reason = "inherit"  # not counted again: its bytes went with the old name
             else:
                 st = _new_slice(want, kernel, params, now_s)
                 if kernel is not None:
@@ -419,17 +429,39 @@ def _left_usage(
     return st.name, d_bytes, e_bytes, d_capped, e_capped
 
 
+def _inherited(gone: SliceState, name: str, entry: LedgerEntry | None) -> SliceState:
+    """The state of ``name`` taking over the class ``gone`` left: its usage, period and
+    counters; per class the larger usage if ``name`` waits in the ledger from the same
+    period (a rename onto a deleted name, or a rename undone), never less.
+    """
+    st = dataclasses.replace(gone, name=name)
+    if entry is None or entry.slice.period_end_s <= gone.period_start_s:
+        return st
+    old = entry.slice
+
+    def larger(cs: ClassState, waiting: ClassState) -> ClassState:
+        if waiting.used_bytes <= cs.used_bytes:
+            return cs
+        return dataclasses.replace(cs, used_bytes=waiting.used_bytes)
+
+    return dataclasses.replace(
+        st, default=larger(st.default, old.default), exempt=larger(st.exempt, old.exempt)
+    )
+
+
 def _held(
-    invalid: tuple[InvalidRecord, ...], wanted: Mapping[int, DesiredSlice], state: State
+    refused: Iterable[InvalidRecord | DesiredSlice | SliceState],
+    wanted: Mapping[int, DesiredSlice],
+    state: State,
 ) -> tuple[DesiredSlice, ...]:
-    """The slices of invalid records that stay as they are: those live in the state
-    (by name), under the limits saved there. A record whose name or xid another,
-    valid record holds is not one of them.
+    """The slices of refused records (invalid ones, losing claims of an xid) that stay
+    as they are: those live in the state (by name), under the limits saved there. A
+    record whose name or xid another, valid record holds is not one of them.
     """
     live = {st.name: st for st in state.slices.values()}
     names = {want.name for want in wanted.values()}
     held: dict[int, DesiredSlice] = {}
-    for record in invalid:
+    for record in refused:
         st = live.get(record.name)
         if st is None or record.name in names or st.xid in wanted or st.xid in held:
             continue

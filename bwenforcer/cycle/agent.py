@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import gc
 import logging
@@ -129,7 +130,24 @@ def read_boot(path: str = BOOT_ID_PATH) -> BootClock | None:
     except (OSError, ValueError, AttributeError) as exc:
         log.debug("no boot clock: %s", exc)
         return None
-    return BootClock(boot_id, boottime_s) if boot_id else None
+    return BootClock(boot_id, boottime_s, clock_synced()) if boot_id else None
+
+
+_TIME_ERROR = 5  # adjtimex's answer for a clock not synchronised (STA_UNSYNC)
+_TIMEX_BYTES = 512  # struct timex is 208 bytes on 64-bit Linux; room to spare
+
+
+def clock_synced() -> bool:
+    """Whether the kernel says the wall clock is synchronised (``adjtimex`` read only,
+    ``modes`` 0: not ``TIME_ERROR``); True when it cannot be asked."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        timex = ctypes.create_string_buffer(_TIMEX_BYTES)  # modes 0: read only
+        answer = libc.adjtimex(timex)
+    except (OSError, AttributeError) as exc:
+        log.debug("adjtimex: %s", exc)
+        return True
+    return bool(answer != _TIME_ERROR)
 
 
 @dataclass
@@ -172,6 +190,8 @@ class Agent:
     # The last failure callers logged (see new_problem), so that a failure repeated
     # every interval (a device gone for hours) is logged once, not every cycle.
     _problem: str | None = field(default=None, init=False, repr=False)
+    # the mark → class filter the kernel last refused (logged once per change)
+    filter_problem: str | None = field(default=None, init=False, repr=False)
 
     def desired(self) -> DesiredSet:
         """The desired slices from the slices file (see :func:`load_desired`), re-read
@@ -466,11 +486,25 @@ class _TreeKeeper:
         A dry run that planned on an empty tree (none on the device) checks nothing.
         """
         try:
-            return self.agent.backend().ensure_filter(dry_run)
-        except KernelError:
-            if not dry_run:
-                raise
-            return None
+            wrong = self.agent.backend().ensure_filter(dry_run)
+        except KernelError as exc:
+            if dry_run:
+                return None
+            # refused every cycle while the cause lasts: logged once per change
+            problem = str(exc)
+            if problem != self.agent.filter_problem:
+                log.error(
+                    "dev %s: mark → class filter not put in place: %s; slices' traffic"
+                    " may not reach their classes (counted and capped as far as it does)",
+                    self.agent.config.device,
+                    problem,
+                )
+            self.agent.filter_problem = problem
+            raise
+        if self.agent.filter_problem is not None and not dry_run:
+            log.info("dev %s: mark → class filter in place again", self.agent.config.device)
+            self.agent.filter_problem = None
+        return wrong
 
     def apply(self, ops: Sequence[KernelOp]) -> list[OpFailure]:
         """Apply class operations (see :meth:`HtbBackend.apply`)."""
@@ -492,14 +526,15 @@ def agent_for(
     return factory(config)
 
 
-def load_desired(config: Config, dry_run: bool = False) -> DesiredSet:
+def load_desired(config: Config, dry_run: bool = False, report: bool = True) -> DesiredSet:
     """The desired slices of a ``sync`` run: the slices file, or none.
 
-    A dry run (``dry_run`` or the config's ``dry_run``) writes no slices cache.
+    A dry run (``dry_run`` or the config's ``dry_run``) writes no slices cache;
+    ``report`` False logs no error of an unusable slices file (lookups).
     """
     if config.slices_file is None:
         return DesiredSet(())
     from bwenforcer.inputs.slices import load_slices_file
 
     write_cache = not (dry_run or config.dry_run)
-    return load_slices_file(config.slices_file, config, write_cache)
+    return load_slices_file(config.slices_file, config, write_cache, report)

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bwenforcer.core.model import BootClock, DesiredSet, KernelSnapshot, State
+from bwenforcer.core.periods import CLOCK_SLACK_S, clock_offset_s
 from bwenforcer.core.plan import Plan
 from bwenforcer.core.planner import PlanParams, plan
 from bwenforcer.core.settings import Config
 from bwenforcer.cycle.executor import KernelPort, Notifier, Outcome, execute
-from bwenforcer.errors import Error, ExitCode
+from bwenforcer.errors import Error, ExitCode, KernelError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ class Kernel(KernelPort, Protocol):
 
     def ensure_filter(self, dry_run: bool = False) -> str | None:
         """Check the mark → class filter (one request) and put it back if it is not
-        there (not on a dry run); what was wrong, or None.
+        there (not on a dry run); what was wrong, or None. KernelError if the kernel
+        refused it.
         """
         ...
 
@@ -155,10 +157,17 @@ def run_cycle(
             desired = hooks.complete(desired, loaded.state)
         snapshot = kernel.dump()
         wrong = None
+        extra: list[str] = []
         if not desired.limiting_off:
             # a tree rebuilt by someone else (the node manager's bwlimit) has no
             # filter of ours: without it no packet reaches a slice's class
-            wrong = kernel.ensure_filter(dry_run)
+            try:
+                wrong = kernel.ensure_filter(dry_run)
+            except KernelError as exc:
+                # refused (a foreign filter of another kind at our priority): one of
+                # the cycle's failures; counting, capping and the rest still go on
+                log.debug("dev %s: mark → class filter: %s", config.device, exc)
+                extra.append(f"mark → class filter: {exc}")
             if wrong is not None:
                 log.warning("dev %s: %s", config.device, wrong)
         now_s = int(clock())
@@ -172,12 +181,26 @@ def run_cycle(
                 " up this cycle",
                 the_plan.clock_step,
             )
+        else:
+            off_s = clock_offset_s(loaded.state, now_s, reading)
+            if off_s is not None and abs(off_s) > CLOCK_SLACK_S:
+                log.warning(
+                    "clock %+d s off the reference taken %d s ago (same boot) for a whole"
+                    " period or a day: the reference was wrong, the wall clock is trusted again",
+                    off_s,
+                    reading.boottime_s - loaded.state.boottime_s if reading else 0,
+                )
         if dry_run:
             return CycleResult(
-                started, clock() - started, the_plan, None, loaded.recovered_from, desired.errors
+                started,
+                clock() - started,
+                the_plan,
+                None,
+                loaded.recovered_from,
+                desired.errors,
+                tuple(extra),
             )
         outcome = execute(the_plan, kernel, notifier)
-        extra: list[str] = []
         if hooks.classifier is not None and not the_plan.limiting_off:
             try:
                 hooks.classifier(

@@ -44,7 +44,7 @@ from bwenforcer.core.units import MAX_RATE_BPS, MAX_SIZE_BYTES, kbit_to_bps, kib
 from bwenforcer.errors import ConfigError, SliceError, UnsafePath
 from bwenforcer.files.atomic import check_dir, disk_full, read_own, replace_file
 from bwenforcer.inputs.slicename import shown
-from bwenforcer.inputs.yamltext import parse_yaml, read_bytes
+from bwenforcer.inputs.yamltext import MAX_FILE_BYTES, parse_yaml, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +329,52 @@ def slices_cache_path(config: Config) -> str:
     return f"{config.state_file}.slices-cache"
 
 
+# The last good version's file: this header (with the SHA-256 of the bytes after it),
+# then the slices file's bytes as they were read.
+_GOOD_MAGIC = b"bwenforcer slices-good 1 "
+_GOOD_HEADER_BYTES = len(_GOOD_MAGIC) + 64 + 1
+
+
+def _good_digest(good_path: str) -> str | None:
+    """The SHA-256 the last good version's header names (None: none there)."""
+    try:
+        head = read_own(good_path, "slices file's last good version", _GOOD_HEADER_BYTES)
+    except (OSError, UnsafePath):
+        return None
+    if not head.startswith(_GOOD_MAGIC) or not head.endswith(b"\n"):
+        return None
+    return head[len(_GOOD_MAGIC) : -1].decode("ascii", "replace")
+
+
+def _read_good(good_path: str) -> tuple[str, bytes] | None:
+    """The last good version's digest and bytes, if whole and ours; else None."""
+    try:
+        kept = read_own(
+            good_path, "slices file's last good version", _GOOD_HEADER_BYTES + MAX_FILE_BYTES
+        )
+    except (OSError, UnsafePath):
+        return None
+    head, raw = kept[:_GOOD_HEADER_BYTES], kept[_GOOD_HEADER_BYTES:]
+    digest = hashlib.sha256(raw).hexdigest()
+    if head != _GOOD_MAGIC + digest.encode() + b"\n":
+        return None  # cut short or altered: not a version to enforce
+    return digest, raw
+
+
+def _write_good(good_path: str, digest: str, raw: bytes) -> None:
+    """Keep ``raw`` (a slices file that parsed) as the last good version, unless it
+    is that already; best effort (DiskFull is raised)."""
+    if _good_digest(good_path) == digest:
+        return
+    try:
+        replace_file(good_path, (_GOOD_MAGIC, digest.encode(), b"\n", raw))
+    except OSError as exc:
+        full = disk_full(exc, f"slices file's last good version {good_path}")
+        if full is not None:
+            raise full from exc
+        log.debug("last good version %s not written: %s", good_path, exc)
+
+
 def _items(data: object, path: str) -> list[object]:
     """The records of a parsed slices file, or ConfigError if it is not one."""
     if not isinstance(data, dict) or set(data) - {"slices"}:
@@ -385,8 +431,10 @@ def _write_cache(cache_path: str, cache: dict[str, Any]) -> None:
     """Write the slices cache, best effort (DiskFull is raised)."""
     try:
         text = json.dumps(cache)
-        if not _carried(json.loads(text)["data"], cache["data"]):
-            return  # dates, integer keys…: only YAML says what they are
+        if "data" in cache and not _carried(json.loads(text)["data"], cache["data"]):
+            # dates, integer keys…: only YAML says what they are (the last good
+            # version is the file's bytes, kept apart: _write_good)
+            text = json.dumps({k: v for k, v in cache.items() if k != "data"})
         replace_file(cache_path, text.encode())
     except OSError as exc:
         full = disk_full(exc, f"slices cache {cache_path}")
@@ -419,42 +467,82 @@ def _read_slices_data(path: str, cache_path: str, write_cache: bool = True) -> t
     data = parse_yaml(raw, path)
     _items(data, path)  # only a slices file's shape is cached: it is the last good version
     if write_cache and _cache_dir_ok(cache_path):
+        _write_good(_good_path_of(cache_path), digest, raw)
         _write_cache(cache_path, {"version": CACHE_VERSION, "sha256": digest, "data": data})
     return data, True
 
 
-def _last_good(path: str, config: Config, exc: ConfigError, write_cache: bool) -> DesiredSet:
-    """The slices of the slices file's last good version (the cache), after ``exc``.
+def _good_path_of(cache_path: str) -> str:
+    """Where the slices file's last good version (its bytes) is kept: beside the cache."""
+    return cache_path.removesuffix(".slices-cache") + ".slices-good"
+
+
+def _good_data(path: str, cache_path: str, cached: dict[str, Any] | None) -> object | None:
+    """The parsed last good version of the slices file: the cache's data when it was
+    made from the kept bytes (or, with no bytes kept, from an older install), else the
+    kept bytes parsed again; None if there is none to use.
+    """
+    if not _cache_dir_ok(cache_path):
+        return None
+    good = _read_good(_good_path_of(cache_path))
+    if good is None:
+        data = None if cached is None else cached.get("data")
+    elif cached is not None and cached.get("sha256") == good[0] and "data" in cached:
+        data = cached["data"]
+    else:
+        try:
+            data = parse_yaml(good[1], path)
+        except ConfigError:
+            return None
+    try:
+        _items(data, path)
+    except ConfigError:
+        return None
+    return data
+
+
+def _last_good(
+    path: str, config: Config, exc: ConfigError, write_cache: bool, report: bool = True
+) -> DesiredSet:
+    """The slices of the slices file's last good version, after ``exc``.
 
     An editor's half-saved file or a typo must not stop enforcement: the slices
     last read stay enforced as they were, and the error is one line in the
     desired set's errors (``sync`` exits 1), logged once per change of the
-    error (the cache remembers it). Without a last good version, ``exc`` is raised.
+    error (the cache remembers it; not at all without ``report``). Without a last
+    good version (none kept, or
+    not ours), the desired set is ``unread``: the planner holds every slice of
+    the state as it is, under its saved limits.
     """
     cache_path = slices_cache_path(config)
     cached = _read_cache(cache_path)
-    if cached is None or "data" not in cached:
-        raise exc
-    try:
-        _items(cached["data"], path)
-    except ConfigError:
-        raise exc from None
-    line = f"{exc}; enforcing the slices of its last good version until it is fixed"
+    data = _good_data(path, cache_path, cached)
+    if data is None:
+        line = (
+            f"{exc}; no last good version: every slice enforced keeps its limits until it is fixed"
+        )
+    else:
+        line = f"{exc}; enforcing the slices of its last good version until it is fixed"
     try:
         tag = f"{hashlib.sha256(read_bytes(path)).hexdigest()} {exc}"
     except ConfigError:
         tag = str(exc)
-    if cached.get("failed") != tag:
+    if report and (cached is None or cached.get("failed") != tag):
         log.error("%s", line)
-        if write_cache:
-            _write_cache(cache_path, {**cached, "failed": tag})
-    desired = _desired_of(cached["data"], path, config, log_errors=False)
+        if write_cache and _cache_dir_ok(cache_path):
+            _write_cache(cache_path, {**(cached or {"version": CACHE_VERSION}), "failed": tag})
+    if data is None:
+        return DesiredSet((), errors=(line,), unread=True)
+    desired = _desired_of(data, path, config, log_errors=False)
     return replace(desired, errors=(line, *desired.errors))
 
 
-def load_slices_file(path: str, config: Config, write_cache: bool = True) -> DesiredSet:
+def load_slices_file(
+    path: str, config: Config, write_cache: bool = True, report: bool = True
+) -> DesiredSet:
     """The slices of a YAML slices file (``slices:`` a list of ``{name, xid, rspec}``);
-    ``write_cache`` False leaves the slices cache as it is (dry runs).
+    ``write_cache`` False leaves the slices cache as it is (dry runs); ``report`` False
+    logs no error of an unusable file (a lookup of names that can do without it).
 
     A file that cannot be read or parsed (a YAML error, a half-written save) gives
     the slices of its last good version with the error (:func:`_last_good`).
@@ -462,7 +550,7 @@ def load_slices_file(path: str, config: Config, write_cache: bool = True) -> Des
     try:
         data, changed = _read_slices_data(path, slices_cache_path(config), write_cache)
     except ConfigError as exc:
-        return _last_good(path, config, exc, write_cache)
+        return _last_good(path, config, exc, write_cache, report)
     return _desired_of(data, path, config, log_errors=changed)
 
 

@@ -9,7 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bwenforcer.core.model import BootClock, State
-from bwenforcer.core.periods import anchored_period, clock_check, first_period, next_period
+from bwenforcer.core.periods import (
+    anchored_period,
+    clock_check,
+    first_period,
+    next_period,
+    reanchor_after_s,
+)
 from bwenforcer.core.settings import PeriodAnchor
 
 UTC = ZoneInfo("UTC")
@@ -125,3 +131,39 @@ def test_a_real_outage_is_trusted_a_reboot_or_a_boot_clock_that_kept_pace() -> N
         None,
         ("b2", 40, T0 + 300),
     )
+
+
+def test_a_wrong_reference_is_given_up_after_a_period_not_held_for_the_whole_boot() -> None:
+    # the first cycle after a boot ran on the RTC's time, an hour behind; then NTP
+    # stepped the clock: the reference was the wrong one, the wall clock is right
+    state = State(saved_s=T0, boot_id="b1", boottime_s=30, clock_ref_s=T0)
+    held = 0
+    for i in range(1, 400):  # every 5 minutes, well past a day
+        now, boottime = T0 + 3600 + 300 * i, 30 + 300 * i
+        reason, ref = clock_check(state, now, BootClock("b1", boottime), DAY_S, None)
+        held += reason is not None
+        if reason is None:
+            assert ref == ("b1", boottime, now)  # the wall clock is the new reference
+            break
+        state = State(saved_s=now, boot_id=ref[0], boottime_s=ref[1], clock_ref_s=ref[2])
+    assert held == DAY_S // 300 - 1  # held a whole period (here a day), then trusted
+    # with hourly periods, held an hour; with monthly anchors, a day at most
+    assert reanchor_after_s(3600, None) == 3600
+    assert reanchor_after_s(DAY_S, PeriodAnchor("month", day=1)) == DAY_S
+
+
+def test_no_reference_is_taken_from_a_clock_the_kernel_says_is_not_synchronised() -> None:
+    # first cycle of a boot before NTP: trusted as before, but no reference taken
+    empty = State()
+    rtc = BootClock("b2", 30, synced=False)
+    assert clock_check(empty, T0, rtc, DAY_S, None) == (None, ("", 0, 0))
+    # NTP steps the clock an hour forward and synchronises it: trusted, reference taken
+    synced = BootClock("b2", 330)
+    assert clock_check(empty, T0 + 3900, synced, DAY_S, None) == (None, ("b2", 330, T0 + 3900))
+    # a reference of an earlier boot is kept while the clock is not synchronised
+    old = State(saved_s=T0, boot_id="b1", boottime_s=1000, clock_ref_s=T0)
+    assert clock_check(old, T0 + 900, rtc, DAY_S, None) == (None, ("b1", 1000, T0))
+    # same boot, not synchronised: trusted within the slack, the reference kept
+    same = State(saved_s=T0, boot_id="b2", boottime_s=30, clock_ref_s=T0)
+    later = BootClock("b2", 330, synced=False)
+    assert clock_check(same, T0 + 300, later, DAY_S, None) == (None, ("b2", 30, T0))

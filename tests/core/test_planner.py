@@ -412,6 +412,88 @@ def test_two_names_on_one_xid_the_slice_in_the_state_keeps_it() -> None:
     assert [st.name for st in p3.state.slices.values()] == ["pl_new"]
 
 
+def test_a_refused_claim_of_a_live_capped_slice_keeps_its_classes_and_cap() -> None:
+    # pl_b (capped, xid 6) gets pl_a's xid 5 by a typo and is refused: it stays as it
+    # was on xid 6, past any grace, instead of vanishing and losing its cap
+    params = dataclasses.replace(PARAMS, grace_s=600)
+    a = dataclasses.replace(want("pl_a", 5), default=policy(10_000, 1_000))
+    b = dataclasses.replace(want("pl_b", 6), default=policy(10_000, 1_000))
+    p1 = plan(desired(a, b), snapshot(kslice(5), kslice(6)), State(), params, T0)
+    p2 = plan(desired(a, b), snapshot(kslice(5), kslice(6, 9_000)), p1.state, params, T0 + 300)
+    assert p2.state.slices[6].default.capped
+    typo = dataclasses.replace(b, xid=5)
+    for first, claims in ((typo, a), (a, typo)):  # either record first in the file
+        contested = dataclasses.replace(desired(first), contested=(claims,))
+        state = p2.state
+        for t_s in (600, 900, 1300, 5000):
+            p = plan(contested, snapshot(kslice(5), kslice(6, 9_500)), state, params, T0 + t_s)
+            state = p.state
+            assert not any(isinstance(x, RemoveClasses | MoveToLedger) for x in p.actions)
+        st = state.slices[6]
+        assert st.name == "pl_b" and st.default.capped and st.default.used_bytes == 9_500
+        assert st.default.policy == b.default and state.slices[5].name == "pl_a"
+        assert [h.name for h in p.held] == ["pl_b"] and not state.missing
+
+
+def test_an_unread_source_holds_every_slice_of_the_state_past_the_grace() -> None:
+    # a broken slices file with no last good version: no word on any slice
+    capped = dataclasses.replace(want("pl_a", 10), default=policy(10_000, 1_000))
+    p1 = plan(
+        desired(capped, want("pl_b", 11)), snapshot(kslice(10), kslice(11)), State(), PARAMS, T0
+    )
+    p2 = plan(
+        desired(capped, want("pl_b", 11)),
+        snapshot(kslice(10, 9_000), kslice(11)),
+        p1.state,
+        PARAMS,
+        T0 + 300,
+    )
+    assert p2.state.slices[10].default.capped
+    unread = dataclasses.replace(desired(), errors=("s.yaml: broken",), unread=True)
+    params = dataclasses.replace(PARAMS, grace_s=600)
+    state = p2.state
+    for t_s in (600, 1200, 5000):
+        p = plan(unread, snapshot(kslice(10, 9_500), kslice(11)), state, params, T0 + t_s)
+        state = p.state
+        assert not any(isinstance(a, MoveToLedger | RemoveClasses) for a in p.actions)
+    st = state.slices[10]
+    assert st.default.capped and st.default.used_bytes == 9_500 and not state.missing
+    assert st.default.policy == capped.default and sorted(state.slices) == [10, 11]
+    assert [h.name for h in p.held] == ["pl_a", "pl_b"]
+
+
+def test_a_rename_onto_a_name_waiting_in_the_ledger_keeps_the_larger_usage() -> None:
+    capped = dataclasses.replace(want("pl_a", 10), default=policy(10_000, 1_000))
+    gone = dataclasses.replace(want("pl_b", 20), default=policy(10_000, 1_000))
+    p0 = plan(desired(gone), snapshot(kslice(20)), State(), PARAMS, T0)
+    p0 = plan(desired(gone), snapshot(kslice(20, 0, 1_500)), p0.state, PARAMS, T0 + 10)
+    p1 = plan(desired(capped), snapshot(kslice(10)), p0.state, PARAMS, T0 + 20)
+    assert p1.state.ledger["pl_b"].slice.exempt.used_bytes == 1_500  # pl_b waits, exempt used
+    p2 = plan(desired(capped), snapshot(kslice(10, 9_000)), p1.state, PARAMS, T0 + 300)
+    assert p2.state.slices[10].default.capped
+    # pl_a renamed to pl_b on the same xid: the class's usage, not the ledger's 0
+    renamed = dataclasses.replace(capped, name="pl_b")
+    p3 = plan(desired(renamed), snapshot(kslice(10, 9_100)), p2.state, PARAMS, T0 + 600)
+    st = p3.state.slices[10]
+    assert st.name == "pl_b" and st.default.capped and st.default.used_bytes == 9_100
+    assert st.exempt.used_bytes == 1_500  # per class the larger: pl_b's exempt bytes kept
+    assert Inherit("pl_b", 10, "pl_a") in p3.actions and "pl_b" not in p3.state.ledger
+    assert not any(isinstance(a, Revive) for a in p3.actions)
+
+
+def test_a_rename_undone_keeps_the_bytes_counted_under_the_other_name() -> None:
+    a = dataclasses.replace(want("pl_a", 10), default=policy(10_000, 1_000))
+    b = dataclasses.replace(a, name="pl_b")
+    p1 = plan(desired(a), snapshot(kslice(10)), State(), PARAMS, T0)
+    p2 = plan(desired(b), snapshot(kslice(10, 1_000)), p1.state, PARAMS, T0 + 300)
+    p3 = plan(desired(b), snapshot(kslice(10, 9_000)), p2.state, PARAMS, T0 + 600)
+    assert p3.state.slices[10].default.used_bytes == 9_000 and p3.state.slices[10].default.capped
+    p4 = plan(desired(a), snapshot(kslice(10, 9_000)), p3.state, PARAMS, T0 + 900)
+    st = p4.state.slices[10]
+    assert st.name == "pl_a" and st.default.used_bytes == 9_000 and st.default.capped
+    assert Inherit("pl_a", 10, "pl_b") in p4.actions
+
+
 def test_a_slice_gone_from_its_source_is_kept_for_the_grace_then_goes_to_the_ledger() -> None:
     params = dataclasses.replace(PARAMS, grace_s=600)
     p1 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 100)), State(), params, T0)

@@ -188,6 +188,36 @@ def test_a_clock_stepped_ahead_is_held_every_cycle_it_stays_wrong_not_only_the_f
     assert state_of(config).slices[10].period_end_s > capped.period_end_s
 
 
+def test_a_reference_taken_before_ntp_stepped_the_clock_holds_one_period_not_the_boot(
+    ns: Netns, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_slices(tmp_path, {"pl_a": (10, "{net_max_kbyte: 0, net_thresh_kbyte: 0}")})
+    config = make_config(tmp_path, "v0", period="1h")
+    init_tree(ns.name, "v0", config)
+    clock, boot = Clock(T0), BootAt("b1", 30)  # the first cycle on the RTC's time
+    agent = Agent(config, clock=clock, boot=boot, netns=ns.name)
+    agent.cycle(load_desired(config))
+    first = state_of(config).slices[10]
+    clock.now += 3600  # NTP steps the wall clock an hour forward
+    for _ in range(11):  # held: the reference says the clock is an hour off
+        clock.now += 300
+        boot.boottime_s += 300
+        agent.cycle(load_desired(config))
+        assert state_of(config).slices[10].period_end_s == first.period_end_s
+    caplog.clear()
+    clock.now += 300
+    boot.boottime_s += 300  # a whole period since the reference: the clock is taken as right
+    agent.cycle(load_desired(config))
+    said = [w for w in warnings(caplog) if "clock" in w]
+    assert len(said) == 1 and "the reference was wrong" in said[0], said
+    assert state_of(config).slices[10].period_end_s > first.period_end_s  # periods end again
+    caplog.clear()
+    clock.now += 300
+    boot.boottime_s += 300
+    agent.cycle(load_desired(config))
+    assert not [w for w in warnings(caplog) if "clock" in w]
+
+
 def test_a_clock_stepped_eleven_years_ahead_erases_no_history(
     ns: Netns, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -413,6 +443,32 @@ def test_a_yaml_error_in_the_slices_file_enforces_its_last_good_list(
     assert errors(caplog) == list(result.source_errors)  # said once, not every cycle
     assert state_of(config).slices[10].default.capped
     assert tc_ceils(pair.a, "va")["1:100a"] < 10_000_000  # capped though the file is broken
+
+
+def test_a_yaml_error_without_a_last_good_version_holds_every_slice_as_it_is(
+    pair: NetnsPair, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_slices(tmp_path, {"pl_a": (10, "{net_max_kbyte: 100, net_thresh_kbyte: 50}")})
+    config = make_config(tmp_path, "va")
+    init_tree(pair.a.name, "va", config)
+    clock = Clock(T0)
+    Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+    for kept in ("slices-cache", "slices-good"):  # no last good version left to enforce
+        Path(f"{config.state_file}.{kept}").unlink(missing_ok=True)
+    slices = tmp_path / "slices.yaml"
+    slices.write_text(slices.read_text() + "  - {name: pl_b, xid: 11, rspec: {net_share: 2\n")
+    mark_all_to(pair.a, pair.b_addr, 0x100A)
+    send_bytes(pair, 80_000)  # pl_a passes its threshold while the file is broken
+    caplog.clear()
+    for _ in range(2):  # two cron runs
+        clock.now += 300
+        result = Agent(config, clock=clock, netns=pair.a.name).cycle(load_desired(config))
+        assert result.exit_code == 1 and len(result.source_errors) == 1
+    assert "no last good version" in result.source_errors[0]
+    assert errors(caplog) == list(result.source_errors)  # said once, not every cycle
+    st = state_of(config).slices[10]
+    assert st.default.capped and st.default.used_bytes >= 80_000
+    assert tc_ceils(pair.a, "va")["1:100a"] < 10_000_000  # capped though nothing was read
 
 
 # --- a cycle killed between its two writes loses nothing -------------------------------

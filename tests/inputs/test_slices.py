@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bwenforcer.core.layout import MAX_SHARE
 from bwenforcer.core.settings import ClassDefaults, Config
-from bwenforcer.errors import ConfigError, SliceError
+from bwenforcer.errors import SliceError
 from bwenforcer.inputs import plc
 from bwenforcer.inputs.plc import SLIVERMANAGER_NET_DEFAULTS, from_plc_slivers
 from bwenforcer.inputs.slices import from_nodemanager_db, load_slices_file, resolve_policy
@@ -109,11 +109,13 @@ def test_bad_slices_are_skipped_with_one_error_each(
         assert needle in joined
 
 
-def test_unusable_file_is_a_config_error(tmp_path: Path) -> None:
+def test_unusable_file_is_one_error_and_nothing_read(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("- just a list\n")
-    with pytest.raises(ConfigError, match="expected a mapping with one key"):
-        load_slices_file(str(path), CFG)
+    desired = load_slices_file(str(path), CFG)
+    assert desired.unread and not desired.slices  # the planner holds the state's slices
+    (line,) = desired.errors
+    assert line.startswith(f"{path}: expected a mapping with one key")
 
 
 def test_nodemanager_db_and_the_off_switch() -> None:
@@ -493,9 +495,8 @@ def test_an_unknown_key_in_a_slice_record_is_named_with_the_slice(
 def test_a_key_given_twice_in_the_slices_file_is_an_error_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("slices:\n  - name: pl_a\n    xid: 10\n    xid: 11\n")
-    with pytest.raises(ConfigError) as caught:
-        load_slices_file(str(path), CFG)
-    assert str(caught.value) == f"{path}: line 4: duplicate key 'xid'"
+    (line,) = load_slices_file(str(path), CFG).errors
+    assert line.startswith(f"{path}: line 4: duplicate key 'xid'; ")
 
 
 def test_rspec_values_have_an_upper_bound(tmp_path: Path) -> None:
@@ -574,13 +575,49 @@ def test_a_broken_slices_file_gives_its_last_good_list_and_one_error_per_change(
     assert fixed.slices[0].default.limit_bytes == 200 * 1024 and not fixed.errors
 
 
-def test_a_broken_slices_file_without_a_last_good_version_is_a_config_error(
-    tmp_path: Path,
+def test_a_broken_slices_file_without_a_last_good_version_holds_every_slice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("slices: [")
-    with pytest.raises(ConfigError):
-        load_slices_file(str(path), Config(state_file=str(tmp_path / "state.json")))
+    config = Config(state_file=str(tmp_path / "state.json"))
+    with caplog.at_level(logging.ERROR):
+        for _ in range(3):
+            desired = load_slices_file(str(path), config)
+            assert desired.unread and not desired.slices
+    (line,) = desired.errors
+    assert line.endswith(
+        "; no last good version: every slice enforced keeps its limits until it is fixed"
+    )
+    assert [r.getMessage() for r in caplog.records] == [line]  # once per change
+
+
+def test_the_last_good_version_is_kept_even_when_json_cannot_carry_it(tmp_path: Path) -> None:
+    config = Config(state_file=str(tmp_path / "state.json"))
+    path = tmp_path / "slices.yaml"
+    path.write_text("slices:\n- {name: pl_a, xid: 1001, rspec: {net_max_kbyte: 102400}}\n")
+    assert load_slices_file(str(path), config).slices[0].default.limit_bytes == 100 << 20
+    # the next good version lowers pl_a and adds pl_c; one record has a date (skipped
+    # with one error): JSON cannot carry the data, so the cache cannot be that version
+    path.write_text(
+        "slices:\n- {name: pl_a, xid: 1001, rspec: {net_max_kbyte: 1024}}\n"
+        "- {name: pl_c, xid: 1003, rspec: {net_max_kbyte: 1024}}\n"
+        "- {name: pl_typo, xid: 1004, rspec: {net_max_rate: 2024-01-01}}\n"
+    )
+    good = {s.name: s.default.limit_bytes for s in load_slices_file(str(path), config).slices}
+    assert good == {"pl_a": 1 << 20, "pl_c": 1 << 20}
+    path.write_text("slices:\n- {name: pl_a, xid: 1001, rspec: {net_max_kbyte: 1024}\n")
+    after = load_slices_file(str(path), config)
+    assert {s.name: s.default.limit_bytes for s in after.slices} == good
+    assert not after.unread and "last good version" in after.errors[0]
+    # kept beside the state, written by a new file renamed over it (mode 0600)
+    kept = tmp_path / "state.json.slices-good"
+    assert kept.stat().st_mode & 0o777 == 0o600 and b"pl_typo" in kept.read_bytes()
+    # kept bytes cut short or altered are no version to enforce: every slice held
+    kept.write_bytes(kept.read_bytes()[:-20])
+    cache = tmp_path / "state.json.slices-cache"
+    cache.unlink()
+    assert load_slices_file(str(path), config).unread
 
 
 def test_two_names_on_one_xid_are_one_error_naming_both_and_a_contested_claim(

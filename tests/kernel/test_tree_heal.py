@@ -151,3 +151,38 @@ def test_the_daemon_follows_the_configured_name_of_a_renamed_device(
     daemon.run_once()
     assert tc_ceils(ns, "v0")[CAPPED] == capped_bps
     assert daemon.metrics._cycles["ok"] == 3
+
+
+def test_a_foreign_filter_at_our_priority_is_a_failure_not_the_end_of_enforcement(
+    ns: Netns, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = _config(tmp_path)
+    config = load_config(str(cfg))
+    with HtbBackend("v0", netns=ns.name) as kernel:
+        kernel.init(config.node_cap_bps, config.bwmax_bps)
+    # someone's u32 filter at our priority 2: the kernel refuses our bpf one (EINVAL)
+    ns.tc("filter", "del", "dev", "v0", "parent", "1:", "prio", "2")
+    ns.tc("filter", "add", "dev", "v0", "parent", "1:", "protocol", "ip", "prio", "2",
+          "u32", "match", "ip", "dst", "10.9.9.9/32", "flowid", "1:1fff")  # fmt: skip
+    daemon = _daemon(ns, config)
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            daemon.run_once()
+    # planned and applied all the same: the capped slice is capped
+    capped_bps = _capped_ceil_bps(config)
+    ceils = tc_ceils(ns, "v0")
+    assert ceils[CAPPED] == capped_bps < NODE_CAP_BPS and ceils[FINE] == NODE_CAP_BPS
+    refused = [r.getMessage() for r in caplog.records if "mark → class filter" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].startswith("dev v0: mark → class filter not put")
+    assert [daemon.metrics._cycles[r] for r in ("ok", "partial", "failed")] == [0, 3, 0]
+    sync = bwenforcer_in(ns, "--config", str(cfg), "sync")
+    assert sync.returncode == 1, sync.stderr
+    assert "u32" in ns.tc("filter", "show", "dev", "v0")  # the foreign filter is left alone
+    # the operator removes it: put back at the next cycle, said once
+    ns.tc("filter", "del", "dev", "v0", "parent", "1:", "prio", "2")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        daemon.run_once()
+    assert "bpf" in ns.tc("filter", "show", "dev", "v0")
+    assert any("filter in place again" in r.getMessage() for r in caplog.records)
+    assert daemon.metrics._cycles["ok"] == 1

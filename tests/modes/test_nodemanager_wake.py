@@ -4,8 +4,10 @@ kernel: what wakes the thread, which database is cycled on, where its log lines 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -38,9 +40,16 @@ class RecordingAgent:
 
     def __init__(self) -> None:
         self.cycles: list[Any] = []
+        self.config: Any = None  # the runner keeps an agent while it runs this config
 
     def cycle(self, desired: Any, **kwargs: Any) -> None:
         self.cycles.append((desired, kwargs))
+
+    def close(self) -> None:
+        pass
+
+    def new_problem(self, exc: BaseException) -> bool:
+        return True
 
 
 def test_with_the_database_module_only_its_sync_wakes_the_thread() -> None:
@@ -133,3 +142,35 @@ def test_log_lines_go_to_the_node_managers_logger_with_their_level(
     nodemanager._log_to_node_manager(verbose)
     log.debug("details")
     assert verbose.calls == [("verbose", "bwmon: details")]
+
+
+def test_once_filled_the_thread_also_cycles_every_interval_while_plc_is_down() -> None:
+    db = Database()
+    module = database_module(db)
+    agent = RecordingAgent()
+    config = agent.config = dataclasses.replace(CONFIG, interval_s=1)
+    shim = nodemanager.NodeManagerShim(
+        config, database=module, uid_of=lambda _: 7, agent_factory=lambda _: agent
+    )
+    shim.start()
+    try:
+        time.sleep(2.5)  # a restart while PLC is down: no sync(), no cycle, whatever the time
+        assert agent.cycles == [] and shim.cycles == 0
+        db._min_timestamp = 100  # slivermanager's full reply, then the database's sync()
+        db["pl_a"] = {"name": "pl_a", "_rspec": {"net_max_rate": 50_000}}
+        shim.wake.set()
+        # PLC down from now on: no sync() ever again, yet a cycle at least every interval
+        deadline = time.monotonic() + 30
+        while len(agent.cycles) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(agent.cycles) >= 3
+        assert all(d.slices[0].name == "pl_a" for d, _ in agent.cycles)  # the last filled db
+        # a database rebound to an unfilled one is not cycled on, even on the timer
+        module.db = Database()
+        time.sleep(0.2)
+        ran = len(agent.cycles)
+        time.sleep(2.5)
+        assert len(agent.cycles) == ran and shim.cycles > ran
+    finally:
+        shim.stop(timeout_s=10)
+    assert shim.thread is not None and not shim.thread.is_alive()
