@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import sys
 
 ORDER = 42
 
@@ -67,16 +66,21 @@ def parse_until(text: str, now_s: int) -> int:
 
 def run_grant(args: argparse.Namespace) -> int:
     """Grant budget to a live slice under the state lock and apply its rates now."""
-    from bwenforcer.commands.inspect import _print_json, checked_reason, now_s, operator_name
+    from bwenforcer.commands.inspect import (
+        _print_json,
+        apply_now,
+        checked_reason,
+        live_slice,
+        now_s,
+        operator_name,
+    )
     from bwenforcer.core.grants import MAX_AUDIT, grants_in_force
     from bwenforcer.core.units import MAX_SIZE_BYTES, parse_size_bytes
-    from bwenforcer.errors import ExitCode, KernelError, UnitError, UsageError
+    from bwenforcer.errors import ExitCode, UnitError, UsageError
     from bwenforcer.inputs.config import load_config
-    from bwenforcer.kernel.htb import HtbBackend
     from bwenforcer.store.codec import audit_dict
     from bwenforcer.store.state import StateStore
     from bwenforcer.views.grant import grant, grant_line
-    from bwenforcer.views.show import find_slice
     from bwenforcer.views.status import until
 
     config = load_config(args.config)
@@ -92,16 +96,11 @@ def run_grant(args: argparse.Namespace) -> int:
     if until_s is not None and until_s <= now:
         raise UsageError(f"--until: {args.until!r} is not in the future")
     store = StateStore(config.state_file)
-    failures: list[str] = []
     with store.lock(config.lock_timeout_s):
         state = store.load().state
-        found = find_slice(state, (), args.slice)
-        if found is None or found.live is None:
-            where = "only in the ledger" if found is not None else "not in the state"
-            raise UsageError(f"slice {args.slice!r}: {where}; only a live slice gets a grant")
+        before = live_slice(state, args.slice, "gets a grant")
         if grants_in_force(state.audit, now) >= MAX_AUDIT:
             raise UsageError(f"{MAX_AUDIT} grants are in force already; none added")
-        before = found.live
         who = {
             "user": user,
             "reason": reason,
@@ -110,23 +109,13 @@ def run_grant(args: argparse.Namespace) -> int:
             "bwmin_bps": config.bwmin_bps,
         }
         classes = (args.traffic_class,)
-        try:
-            with HtbBackend(config.device) as kernel:
-                done = grant(state, before.xid, classes, size, snapshot=kernel.dump(), **who)
-                failures = [
-                    f"slice {before.name} xid {before.xid} {f.op.traffic_class}: ceil not"
-                    f" set: {f.message}"
-                    for f in kernel.apply(done.ops)
-                ]
-            applied = "now"
-        except KernelError as exc:
-            print(
-                f"bwenforcer: kernel unavailable ({exc}): the grant's rates apply at the next"
-                " cycle",
-                file=sys.stderr,
-            )
-            done = grant(state, before.xid, classes, size, snapshot=None, **who)
-            applied = "at the next cycle"
+        done, failures, applied = apply_now(
+            config,
+            lambda snapshot: grant(state, before.xid, classes, size, snapshot=snapshot, **who),
+            before,
+            "set",
+            "the grant's rates apply at the next cycle",
+        )
         store.save(done.state, now)
     log.warning("%s", grant_line(before, done))
     for line in failures:

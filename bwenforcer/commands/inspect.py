@@ -15,12 +15,12 @@ import pwd
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from bwenforcer.inputs.slicename import quoted
 
 if TYPE_CHECKING:
-    from bwenforcer.core.model import DesiredSlice, KernelSnapshot, State
+    from bwenforcer.core.model import ClassOp, DesiredSlice, KernelSnapshot, SliceState, State
     from bwenforcer.core.settings import Config
     from bwenforcer.history.usage import ReportRow
     from bwenforcer.inputs.cgroups import CgroupUnit
@@ -29,6 +29,15 @@ ORDER = 40
 NOW_ENV = "BWENFORCER_NOW"
 
 log = logging.getLogger(__name__)
+
+
+class _Change(Protocol):
+    """An operator's change of a slice (a grant, a reset): the class ops it needs."""
+
+    ops: tuple[ClassOp, ...]
+
+
+Changed = TypeVar("Changed", bound=_Change)
 
 _CLOCK_HELP = (
     f"Times are relative to now; ${NOW_ENV} (Unix seconds) replaces now, for reproducible output."
@@ -155,6 +164,47 @@ def checked_reason(text: str) -> str:
     if not text.isprintable():
         raise UsageError("--reason: only printable characters on one line")
     return text
+
+
+def live_slice(state: State, name: str, verb: str) -> SliceState:
+    """The live slice ``name`` (or xid) of ``state``; UsageError naming why not."""
+    from bwenforcer.errors import UsageError
+    from bwenforcer.views.show import find_slice
+
+    found = find_slice(state, (), name)
+    if found is None or found.live is None:
+        where = "only in the ledger" if found is not None else "not in the state"
+        raise UsageError(f"slice {quoted(name)}: {where}; only a live slice {verb}")
+    return found.live
+
+
+def apply_now(
+    config: Config,
+    change: Callable[[KernelSnapshot | None], Changed],
+    before: SliceState,
+    done: str,
+    later: str,
+) -> tuple[Changed, list[str], str]:
+    """``change`` worked out against a fresh dump and its ops applied now; with the kernel
+    unavailable, worked out without one (the next cycle sets the rates, ``later`` says
+    so on stderr). Returns the change, one line per class the kernel refused, and when
+    the rates apply ("now" or "at the next cycle").
+    """
+    from bwenforcer.errors import KernelError
+    from bwenforcer.kernel.htb import HtbBackend
+
+    try:
+        with HtbBackend(config.device) as kernel:
+            changed = change(kernel.dump())
+            failures = [
+                f"slice {before.name} xid {before.xid} {f.op.traffic_class}: ceil not"
+                f" {done}: {f.message}"
+                for f in kernel.apply(changed.ops)
+            ]
+        return changed, failures, "now"
+    except KernelError as exc:
+        print(f"bwenforcer: kernel unavailable ({exc}): {later}", file=sys.stderr)
+        return change(None), [], "at the next cycle"
 
 
 def _read_state(config: Config) -> State:
@@ -321,12 +371,10 @@ def run_show(args: argparse.Namespace) -> int:
 def run_reset(args: argparse.Namespace) -> int:
     """Forgive a live slice under the state lock and lift its caps now."""
     from bwenforcer.core.layout import TRAFFIC_CLASSES
-    from bwenforcer.errors import ExitCode, KernelError, UsageError
+    from bwenforcer.errors import ExitCode
     from bwenforcer.inputs.config import load_config
-    from bwenforcer.kernel.htb import HtbBackend
     from bwenforcer.store.state import StateStore
     from bwenforcer.views.reset import forgive, reset_line
-    from bwenforcer.views.show import find_slice
     from bwenforcer.views.status import until
 
     config = load_config(args.config)
@@ -335,33 +383,16 @@ def run_reset(args: argparse.Namespace) -> int:
     user, now = operator_name(), now_s()
     who = {"user": user, "reason": reason, "now_s": now}
     store = StateStore(config.state_file)
-    failures: list[str] = []
     with store.lock(config.lock_timeout_s):
         state = store.load().state
-        found = find_slice(state, (), args.slice)
-        if found is None or found.live is None:
-            where = "only in the ledger" if found is not None else "not in the state"
-            raise UsageError(f"slice {quoted(args.slice)}: {where}; only a live slice can be reset")
-        before = found.live
-        try:
-            with HtbBackend(config.device) as kernel:
-                forgiven = forgive(
-                    state, before.xid, classes, kernel.dump(), config.bwmin_bps, **who
-                )
-                failures = [
-                    f"slice {before.name} xid {before.xid} {f.op.traffic_class}: ceil not"
-                    f" lifted: {f.message}"
-                    for f in kernel.apply(forgiven.ops)
-                ]
-            lifted = "now"
-        except KernelError as exc:
-            print(
-                f"bwenforcer: kernel unavailable ({exc}): usage counted from the last counter"
-                " seen, caps lifted at the next cycle",
-                file=sys.stderr,
-            )
-            forgiven = forgive(state, before.xid, classes, None, config.bwmin_bps, **who)
-            lifted = "at the next cycle"
+        before = live_slice(state, args.slice, "can be reset")
+        forgiven, failures, lifted = apply_now(
+            config,
+            lambda snapshot: forgive(state, before.xid, classes, snapshot, config.bwmin_bps, **who),
+            before,
+            "lifted",
+            "usage counted from the last counter seen, caps lifted at the next cycle",
+        )
         store.save(forgiven.state, now)
     log.warning("%s", reset_line(user, before, forgiven.slice, classes, reason))
     for line in failures:
