@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from bwenforcer.core.layout import MAX_SHARE, TrafficClass
+from bwenforcer.core.layout import BARE_MARK_MODES, MAX_SHARE, TrafficClass
 from bwenforcer.core.policy import class_cap_bps, manual_rates, tree_rates_bps
 from bwenforcer.core.units import format_rate, human_rate, parse_rate_bps
 from bwenforcer.errors import UnitError, UsageError
@@ -117,7 +117,8 @@ def _backend(args: argparse.Namespace, config: Config | None = None) -> tuple[Ht
         config = load_config(args.config)
     if not (args.dev or config.device):
         raise UsageError("no device: give --dev DEV, or set device in the config")
-    return HtbBackend(args.dev or config.device), config
+    bare_marks = config.classifier.mode in BARE_MARK_MODES
+    return HtbBackend(args.dev or config.device, bare_marks=bare_marks), config
 
 
 def run_init(args: argparse.Namespace) -> int:

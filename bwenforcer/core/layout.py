@@ -26,6 +26,10 @@ EXEMPT_MINOR = 0x20  # 1:20, exempt traffic
 DEFAULT_CLASS_MINOR = 0x1000 | DEFAULT_XID  # 1:1fff, unclassified packets
 CLASS_BITS = {"default": 0x1000, "exempt": 0x2000}  # a slice class's minor: bits | xid
 XID_MASK = 0xFFF  # the xid's bits of a class minor (or of a 0x1000|xid mark)
+# classifier.mode values whose marks someone else sets (the node manager: mark =
+# xid); in the others bwenforcer marks, only ever 0x1000|xid or 0x2000|xid, and a
+# bare mark (a kernel packet's stray one) is no slice's.
+BARE_MARK_MODES = ("none", "nodemanager")
 
 BWMIN_BPS = 8_000  # floor of every rate: tc cannot do 0; 1 kB/s keeps a slice alive
 BWMAX_BPS = 1_000_000_000  # default line rate (1 Gbit/s), as bwlimit

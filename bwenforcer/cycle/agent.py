@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from bwenforcer.core.layout import BARE_MARK_MODES
 from bwenforcer.core.model import (
     BootClock,
     DesiredSet,
@@ -234,6 +235,8 @@ class Agent:
 
         if self._kernel is None:
             self._kernel = HtbBackend(self.config.device, netns=self.netns)
+        # a reloaded config may change the mode: the next ensure_filter swaps the program
+        self._kernel.bare_marks = self.config.classifier.mode in BARE_MARK_MODES
         return self._kernel
 
     def rebuilt_tree(self, dry_run: bool) -> KernelSnapshot:

@@ -61,8 +61,11 @@ OLD_FILTER_PRIO = 1  # an older bwenforcer's: replaced when found
 class HtbBackend:
     """The HTB tree of one device (docs/htb-layout.md)."""
 
-    def __init__(self, dev: str, netns: str | None = None) -> None:
+    def __init__(self, dev: str, netns: str | None = None, bare_marks: bool = True) -> None:
         self.dev = dev
+        # which mark → class program ensure_filter puts in place: bare xids too
+        # (classifier.mode none, nodemanager) or tagged marks only (uid, cgroup)
+        self.bare_marks = bare_marks
         self._channel = NetlinkChannel(dev, netns)
         self._reader = SnapshotReader(self._channel)
         self._encoder: w.ClassOpEncoder | None = None  # made once the ifindex is known
@@ -252,15 +255,21 @@ class HtbBackend:
         cycle or after a change of the node's bwlimit) has none; one of an older
         bwenforcer has the old program at the old priority, replaced here.
         """
-        want = w.bpf_filter_options(handle(DEFAULT_CLASS_MINOR))
-        want_ops = w.bpf_ops(w.MARK_TO_CLASS_PROGRAM)
+        default = handle(DEFAULT_CLASS_MINOR)
+        want = w.bpf_filter_options(default, w.mark_program(self.bare_marks))
+        want_ops = w.bpf_ops(w.mark_program(self.bare_marks))
+        other_ops = w.bpf_ops(w.mark_program(not self.bare_marks))
         ours = [f for f in self.filters() if f.handle == FILTER_HANDLE]
-        if any(
-            f.kind == b"bpf" and f.classid == handle(DEFAULT_CLASS_MINOR) and f.ops == want_ops
-            for f in ours
-        ):
+        if any(f.kind == b"bpf" and f.classid == default and f.ops == want_ops for f in ours):
             return None
-        problem = "missing" if not ours else "not bwenforcer's program"
+        if not ours:
+            problem = "missing"
+        elif any(f.kind == b"bpf" and f.classid == default and f.ops == other_ops for f in ours):
+            problem = "of another classifier mode (bare marks " + (
+                "ignored)" if self.bare_marks else "mapped)"
+            )
+        else:
+            problem = "not bwenforcer's program"
         if dry_run:
             return f"mark → class filter {problem}: would be put back"
         self._tc_request(

@@ -86,7 +86,8 @@ _U32_MAX = 0xFFFFFFFF
 _NS_PER_TICK = 64  # PSCHED_TICKS2NS: a psched tick is 2**6 ns
 BURST_BYTES = 1600  # tc's default burst on a high-resolution clock: one MTU
 
-# cls_bpf classic program: skb mark → classid, for both mark conventions.
+# cls_bpf classic program: skb mark → classid, for both mark conventions
+# (classifier.mode none and nodemanager, whose marks someone else sets).
 # - mark = xid (1..0xffe), as PlanetLab's LXC node manager sets it (ebtables
 #   --set-mark xid): 1:1<xid>, the slice's default class;
 # - mark = 0x1000|xid or 0x2000|xid, as the ``uid`` classifier sets it: 1:<mark>,
@@ -108,6 +109,25 @@ MARK_TO_CLASS_PROGRAM = (
     (0x16, 0, 0, 0),  # 8: ret a → 1:<mark>
     (0x06, 0, 0, 0),  # 9: ret #0 (no match)
 )
+# The program of classifier.mode uid and cgroup, where bwenforcer sets every
+# slice's mark, only ever 0x1000|xid or 0x2000|xid: those, as above, and nothing
+# else. A bare mark (an untracked kernel packet's stray one, such as an IPv6 MLD
+# report's) is no slice's: no match, the default class 1:1fff.
+TAGGED_MARK_TO_CLASS_PROGRAM = (
+    (0x20, 0, 0, _SKF_AD_MARK),  # 0: ld  [mark]
+    (0x35, 0, 3, CLASS_BITS["default"]),  # 1: jge #0x1000, else → 5
+    (0x25, 2, 0, CLASS_BITS["exempt"] | XID_MASK),  # 2: jgt #0x2fff → 5
+    (0x44, 0, 0, MAJOR << 16),  # 3: or #0x10000
+    (0x16, 0, 0, 0),  # 4: ret a → 1:<mark>
+    (0x06, 0, 0, 0),  # 5: ret #0 (no match)
+)
+
+
+def mark_program(bare_marks: bool) -> tuple[tuple[int, int, int, int], ...]:
+    """The mark → class program: bare xids too (``bare_marks``), or tagged marks only."""
+    return MARK_TO_CLASS_PROGRAM if bare_marks else TAGGED_MARK_TO_CLASS_PROGRAM
+
+
 # The program before issue 18 (mark M → 1:M): found on a tree of an older
 # bwenforcer, at the old priority, it is replaced.
 OLD_MARK_TO_CLASS_PROGRAM = (

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
+from bwenforcer.core.layout import BARE_MARK_MODES
 from bwenforcer.core.policy import tree_rates_bps
 from bwenforcer.core.units import human_rate, human_size
 from bwenforcer.errors import UsageError
@@ -213,7 +214,8 @@ def run_demo(
             if parent:
                 print(f"cgroup {parent}: tenants system.slice/*.service", file=out)
             print(f"config {cfg_path}; node cap {NODE_CAP}; period {PERIOD_S}s", file=out)
-            with HtbBackend(config.device, netns=pair.a) as kernel:
+            bare_marks = config.classifier.mode in BARE_MARK_MODES
+            with HtbBackend(config.device, netns=pair.a, bare_marks=bare_marks) as kernel:
                 kernel.init(*tree_rates_bps(parse_rate_bps(NODE_CAP), config.bwmax_bps))
             agent = Agent(config, clock=clock, netns=pair.a)
             desired = load_desired(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -91,6 +92,24 @@ def test_bad_input_gives_one_clear_line(ns: Netns, args: list[str], needle: str,
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("mode", "bare"), [("uid", False), ("cgroup", False), ("none", True)])
+def test_tc_init_puts_the_mark_program_of_the_configs_classifier_mode(
+    ns: Netns, tmp_path: Path, mode: str, bare: bool
+) -> None:
+    from bwenforcer.kernel import wire as w
+    from bwenforcer.kernel.htb import HtbBackend
+
+    cfg = tmp_path / "c.yaml"
+    tenants = "cgroups: {tenants: [{match: x.slice}]}\n" if mode == "cgroup" else ""
+    cfg.write_text(f"device: v0\nclassifier: {{mode: {mode}}}\n{tenants}")
+    got = bwenforcer_in(ns, "--config", str(cfg), "tc", "init", "--cap", "10mbit")
+    assert got.returncode == 0, got.stderr
+    with HtbBackend("v0", netns=ns.name) as k:
+        (ours,) = [f for f in k.filters() if f.handle == 1]
+    assert ours.ops == w.bpf_ops(w.mark_program(bare))
 
 
 @pytest.mark.kernel

@@ -466,3 +466,28 @@ def test_a_filter_dump_answer_is_read() -> None:
     assert record.handle == 1 and record.kind == b"bpf" and record.classid == 0x11FFF
     assert record.ops == w.bpf_ops(w.MARK_TO_CLASS_PROGRAM)
     assert record.info >> 16 == 2
+
+
+def expected_tagged_classid(mark: int) -> int:
+    """classifier.mode uid, cgroup: 0x1000|xid, 0x2000|xid → that class; anything else,
+    a bare xid too (a kernel packet's stray mark), no match: the default class."""
+    return 0x10000 | mark if 0x1000 <= mark <= 0x2FFF else 0
+
+
+@given(mark=st.one_of(st.integers(0, 0x3FFF), st.integers(0, 2**32 - 1)))
+def test_the_tagged_program_maps_tagged_marks_and_nothing_else(mark: int) -> None:
+    classid = run_classic_bpf(w.TAGGED_MARK_TO_CLASS_PROGRAM, mark)
+    assert classid == expected_tagged_classid(mark)
+    assert classid == 0 or (classid >> 16 == 1 and classid & 0xFFFF >= 0x1000)
+
+
+def test_the_tagged_program_on_every_small_mark_and_the_edges() -> None:
+    for mark in [*range(0x4000), 0x10000, 0x11F5, 0x401F5, 0xFFFFFFFF, 0x80001000]:
+        classid = run_classic_bpf(w.TAGGED_MARK_TO_CLASS_PROGRAM, mark)
+        assert classid == expected_tagged_classid(mark), mark
+    assert run_classic_bpf(w.TAGGED_MARK_TO_CLASS_PROGRAM, 212) == 0  # bare: default class
+    assert run_classic_bpf(w.TAGGED_MARK_TO_CLASS_PROGRAM, 0x10D4) == 0x110D4
+    assert run_classic_bpf(w.TAGGED_MARK_TO_CLASS_PROGRAM, 0x20D4) == 0x120D4
+    assert run_classic_bpf(w.TAGGED_MARK_TO_CLASS_PROGRAM, 0x10000) == 0  # never 1:0
+    assert w.mark_program(True) is w.MARK_TO_CLASS_PROGRAM
+    assert w.mark_program(False) is w.TAGGED_MARK_TO_CLASS_PROGRAM
