@@ -45,9 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_until(text: str, now_s: int) -> int:
-    """``--until``: a duration from now, or an ISO date/time (UTC unless it says)."""
-    from bwenforcer.core.units import parse_duration_s
+    """``--until``: a duration from now, or an ISO date/time (UTC unless it says), at
+    most MAX_DURATION_S (100 years) away: a grant's end is printed, and stored.
+    """
+    from bwenforcer.core.units import MAX_DURATION_S, parse_duration_s
     from bwenforcer.errors import UnitError, UsageError
+    from bwenforcer.inputs.slicename import quoted
 
     try:
         return now_s + parse_duration_s(text)
@@ -57,11 +60,17 @@ def parse_until(text: str, now_s: int) -> int:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(
-            f"--until: {text!r} is neither a duration (3d) nor a time (2027-01-31T18:00)"
+            f"--until: {quoted(text)} is neither a duration (3d) nor a time (2027-01-31T18:00)"
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp())
+    try:
+        until_s = int(when.timestamp())
+    except (OverflowError, ValueError):
+        until_s = None
+    if until_s is None or until_s - now_s > MAX_DURATION_S:
+        raise UsageError(f"--until: {quoted(text)} is more than 100 years away")
+    return until_s
 
 
 def run_grant(args: argparse.Namespace) -> int:
@@ -75,7 +84,7 @@ def run_grant(args: argparse.Namespace) -> int:
         operator_name,
     )
     from bwenforcer.core.grants import MAX_AUDIT, grants_in_force
-    from bwenforcer.core.units import MAX_SIZE_BYTES, parse_size_bytes
+    from bwenforcer.core.units import parse_size_bytes
     from bwenforcer.errors import ExitCode, UnitError, UsageError
     from bwenforcer.inputs.config import load_config
     from bwenforcer.store.codec import audit_dict
@@ -88,7 +97,7 @@ def run_grant(args: argparse.Namespace) -> int:
         size = parse_size_bytes(args.size)
     except UnitError as exc:
         raise UsageError(f"SIZE: {exc}") from None
-    if not 0 < size <= MAX_SIZE_BYTES:
+    if size <= 0:  # parse_size_bytes bounds it above
         raise UsageError("SIZE: must be above 0")
     reason = checked_reason(args.reason)
     user, now = operator_name(), now_s()

@@ -97,6 +97,12 @@ def test_grant_until_a_duration_or_a_time_and_reset_with_a_reason(
         (("grant", "pl_heavy", "0"), "SIZE: must be above 0"),
         (("grant", "pl_heavy", "1GB", "--until", "soonish"), "--until: 'soonish' is neither"),
         (("grant", "pl_heavy", "1GB", "--until", "2020-01-01"), "is not in the future"),
+        (
+            ("grant", "pl_heavy", "1GB", "--until", "9999-12-31T23:59:59-12:00"),
+            "is more than 100 years away",
+        ),
+        (("grant", "pl_heavy", "1GB", "--until", "200y"), "--until: '200y' is neither"),
+        (("grant", "pl_heavy", "2000000TiB"), "SIZE: '2000000TiB' is above the maximum"),
         (("grant", "pl_heavy", "1GB", "--reason", "a\nb"), "--reason: only printable"),
         (("grant", "pl_heavy", "1GB", "--reason", "x" * 201), "--reason: longer than 200"),
         (("grant", "pl_nobody", "1GB"), "slice 'pl_nobody': not in the state"),
