@@ -28,17 +28,23 @@ def allocate_xids(
     taken: Iterable[int],
     state: State,
     bound: Mapping[str, int] | None = None,
+    preferred: Mapping[str, int] | None = None,
 ) -> Allocation:
     """An xid in 1..XID_MAX for each of ``names``, none of them in ``taken``.
 
     In this order: a name live in the state keeps its xid; a name in the ledger
     gets its ledger xid back if that is free; a name ``bound`` in the kernel (the
-    classifier's maps, written before a save that never happened) gets that xid if
-    free; every other name, in sorted order, the lowest xid that no live slice,
-    no ledger entry and no earlier name holds. Ledger xids stay reserved until
-    their entry is purged: a dead tenant's connections still carry its marks, and
-    must not be billed to a newcomer. When none is left a name is unplaced (its
-    traffic stays in the default class) — never given a reserved xid.
+    classifier's maps, written before a save that never happened: live
+    connections carry that mark) gets that xid; a name ``preferred`` an xid (a
+    user tenant: its uid) gets it. Either only if it is free, or if a live slice
+    whose name is no longer wanted holds it: that slice renamed (the very cgroup,
+    the very uid), to which the planner gives the new name its usage and cap;
+    never when a ledger entry alone holds it. Every other name, in sorted order,
+    gets the lowest xid that no live slice, no ledger entry and no earlier name
+    holds. Ledger xids stay reserved until their entry is purged: a dead tenant's
+    connections still carry its marks, and must not be billed to a newcomer.
+    When none is left a name is unplaced (its traffic stays in the default
+    class) — never given a reserved xid.
     """
     wanted = sorted(set(names))
     blocked = set(taken)
@@ -57,6 +63,13 @@ def allocate_xids(
         used.add(xid)
         return True
 
+    def _renamed(xid: int | None) -> bool:
+        # the live slice on ``xid`` left the wanted names: this name is that slice renamed
+        # (ledger entries on the xid are its earlier names, the planner's rename rule)
+        live = state.slices.get(xid) if xid is not None else None
+        return live is not None and live.name not in names_set
+
+    names_set = set(wanted)
     rest = []
     for name in wanted:
         if claim(name, live_by_name.get(name), own=True):
@@ -71,7 +84,9 @@ def allocate_xids(
             own_xid = None
         if claim(name, own_xid, own=True):
             continue
-        if bound and claim(name, bound.get(name), own=False):
+        if bound and claim(name, bound.get(name), own=_renamed(bound.get(name))):
+            continue
+        if preferred and claim(name, preferred.get(name), own=_renamed(preferred.get(name))):
             continue
         later.append(name)
     unplaced = []

@@ -347,7 +347,7 @@ class Agent:
         from ``state`` by name); the scan is kept for the classifier.
         """
         from bwenforcer.files.atomic import file_identity
-        from bwenforcer.inputs.cgroups import discover, merge
+        from bwenforcer.inputs.cgroups import discover, merge, settle
 
         accounts = file_identity(PASSWD)
         if accounts != self._accounts:  # an account renamed: user tenants' names anew
@@ -358,13 +358,15 @@ class Agent:
         live = {st.name for st in state.slices.values()}
         listed = {s.name for s in desired.slices}
         newcomers = any(u.name not in live and u.name not in listed for u in self.discovery.units)
-        if newcomers and self.config.classifier.mode == "cgroup":
+        if (newcomers or self.discovery.contested) and self.config.classifier.mode == "cgroup":
             # only a tenant without an xid yet may have one in the maps (a crash before
-            # the save that would have recorded it): then read them
+            # the save that would have recorded it), and of cgroups sharing a name the
+            # one the maps bind keeps it: then read them
             try:
                 bound = self._cgroups_table().bindings()
             except Error as exc:  # no table yet: nothing bound
                 log.debug("classifier maps not read: %s", exc)
+        self.discovery = settle(self.discovery, desired, state, bound)  # the classifier's too
         return merge(
             desired, self.discovery, self.config, state, bound=bound, cache=self._tenant_slices
         )

@@ -77,6 +77,9 @@ class Discovery:
     mount: str
     units: tuple[CgroupUnit, ...]
     errors: tuple[str, ...] = ()
+    # cgroups whose name a unit in ``units`` has too (later in pattern, then path
+    # order); :func:`settle` decides which one of each name is the tenant
+    contested: tuple[CgroupUnit, ...] = ()
 
     def by_name(self) -> dict[str, CgroupUnit]:
         """The tenants by slice name."""
@@ -96,18 +99,34 @@ def _hashed(base: str, unit: str, room: int) -> str:
     return f"{base[: room - 7]}_{tag}"
 
 
+def implied_suffix(pattern: CgroupPattern) -> str | None:
+    """The unit type every cgroup ``pattern`` matches shares (``*.service``:
+    ``.service``); None when its last component does not fix one (``*``).
+    """
+    last = pattern.match[-1] if pattern.match else ""
+    return next((t for t in _UNIT_TYPES if last.endswith(t)), None)
+
+
 def tenant_name(
-    unit: str, prefix: str = "", account_of: Callable[[int], str | None] = account_name
+    unit: str,
+    prefix: str = "",
+    account_of: Callable[[int], str | None] = account_name,
+    suffix: str | None = None,
 ) -> str:
     """The slice name of a unit; the same unit always gives the same name.
 
     ``user-<uid>.slice`` is the account's name if it is a valid slice name,
     otherwise ``uid_<uid>``. Any other unit loses its type suffix and systemd's
     ``\\xNN`` escapes, is lower-cased and has every character outside
-    ``[a-z0-9_]`` replaced by ``_``; if that changed anything, the first six hex
-    digits of the unit's SHA-256 are appended, so that ``a-b.service`` and
-    ``a_b.service`` stay two tenants. ``prefix`` (the pattern's) goes in front as
-    ``<prefix>_``. The result always matches the slice-name rule.
+    ``[a-z0-9_]`` replaced by ``_``. The name is kept as it is only when it maps
+    back to the raw unit name exactly: the unit is the name plus ``suffix`` (the
+    type every unit of the pattern has, :func:`implied_suffix`) with no other
+    change. Otherwise (another suffix or none implied, an escape, a character
+    replaced) the first six hex digits of the unit's SHA-256 are appended, so
+    that ``a-b.service``, ``a\\x5fb.service`` and ``a_b.service``, or
+    ``foo.service`` and ``foo.mount`` under one pattern, stay distinct tenants.
+    ``prefix`` (the pattern's) goes in front as ``<prefix>_``. The result always
+    matches the slice-name rule.
     """
     user = _USER.fullmatch(unit)
     if user:
@@ -117,13 +136,16 @@ def tenant_name(
         base = base or f"uid_{uid}"
     else:
         stem = unit
-        for suffix in _UNIT_TYPES:
-            if stem.endswith(suffix) and len(stem) > len(suffix):
-                stem = stem[: -len(suffix)]
+        exact = False
+        for kind in _UNIT_TYPES:
+            if stem.endswith(kind) and len(stem) > len(kind):
+                stem = stem[: -len(kind)]
+                exact = kind == suffix  # a suffix the pattern does not fix: hashed
                 break
-        stem = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), stem)
-        base = re.sub(r"[^a-z0-9_]", "_", stem.lower())
-        if base != stem or len(base) > NAME_MAX:
+        base = re.sub(
+            r"[^a-z0-9_]", "_", _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), stem).lower()
+        )
+        if not exact or base != stem or len(base) > NAME_MAX:  # stem: the raw, escapes kept
             base = _hashed(base, unit, NAME_MAX)
     return f"{prefix}_{base}" if prefix else base
 
@@ -171,8 +193,8 @@ def discover(
 ) -> Discovery:
     """Scan the tree once for every pattern; a cgroup two patterns match is the first's.
 
-    Two cgroups with one name: the first in pattern order, then path order, is the
-    tenant, the other is reported (its traffic stays in the default class).
+    Two cgroups with one name: the first in pattern order, then path order, is in
+    ``units``, the other in ``contested``, for :func:`settle` to decide.
     ``cache`` keeps names and tenants across scans, so an unchanged cgroup costs
     one lookup (its owner empties it when the accounts may have changed).
     """
@@ -181,6 +203,7 @@ def discover(
         cache.clear()  # units that came and went: start afresh rather than grow
     root = mount or find_mount(config.mount)
     units: dict[str, CgroupUnit] = {}
+    contested: list[CgroupUnit] = []
     paths: set[str] = set()
     errors: list[str] = []
     for index, pattern in enumerate(config.tenants):
@@ -195,19 +218,59 @@ def discover(
                 made = known
             else:
                 unit = rel.rsplit("/", 1)[-1]
-                made = CgroupUnit(
-                    tenant_name(unit, pattern.prefix, account_of), unit, rel, cgroup_id, index
-                )
+                name = tenant_name(unit, pattern.prefix, account_of, implied_suffix(pattern))
+                made = CgroupUnit(name, unit, rel, cgroup_id, index)
                 cache[(rel, cgroup_id, index)] = made
-            other = units.get(made.name)
-            if other is not None:
-                errors.append(
-                    f"cgroup {rel}: tenant name {made.name} is already cgroup {other.path}'s;"
-                    " skipped (its traffic stays in the default class)"
-                )
+            if made.name in units:
+                contested.append(made)
                 continue
             units[made.name] = made
-    return Discovery(root, tuple(units.values()), tuple(errors))
+    return Discovery(root, tuple(units.values()), tuple(errors), tuple(contested))
+
+
+def settle(
+    discovery: Discovery,
+    desired: DesiredSet,
+    state: State,
+    bound: Mapping[int, int] | None = None,
+) -> Discovery:
+    """``discovery`` with one tenant per name: of cgroups sharing a name, the one the
+    classifier's map (``bound``, ``{cgroup id: xid}``) binds to that name's xid (the
+    slices file's, else the state's live slice's, else its ledger entry's) keeps
+    it; when none is bound, the first in pattern then path order. Every other is
+    one error line and stays in the default class: a newly made cgroup never
+    takes an established tenant's name, xid and usage.
+    """
+    if not discovery.contested:
+        return discovery
+    xid_of = {e.slice.name: e.slice.xid for e in state.ledger.values()}
+    xid_of.update({st.name: xid for xid, st in state.slices.items()})
+    xid_of.update({s.name: s.xid for s in desired.slices})
+    chosen = discovery.by_name()
+    rivals: dict[str, list[CgroupUnit]] = {}
+    for unit in discovery.contested:
+        rivals.setdefault(unit.name, [chosen[unit.name]]).append(unit)
+    errors = list(discovery.errors)
+    for name, units in rivals.items():
+        xid = xid_of.get(name)
+        held = [u for u in units if bound and xid is not None and bound.get(u.cgroup_id) == xid]
+        winner = held[0] if held else units[0]
+        chosen[name] = winner
+        for unit in units:
+            if unit is not winner:
+                errors.append(
+                    f"cgroup {unit.path}: tenant name {name} is already cgroup {winner.path}'s;"
+                    " refused (its traffic stays in the default class 1:1fff)"
+                )
+    units_now = tuple(chosen[u.name] for u in discovery.units)
+    return Discovery(discovery.mount, units_now, tuple(errors))
+
+
+def _uid_xid(unit: str) -> int | None:
+    """The uid of a ``user-<uid>.slice`` unit when it is a usable xid (1..XID_MAX)."""
+    user = _USER.fullmatch(unit)
+    uid = int(user.group(1)) if user else 0
+    return uid if 1 <= uid <= XID_MAX else None
 
 
 def merge(
@@ -224,14 +287,18 @@ def merge(
     A tenant the file also names takes the file's xid, and the file's rspec
     attributes over the pattern's defaults; a record of that name the file
     refused is left to the planner (which keeps such a slice as it was). Every
-    other tenant gets its xid from :func:`allocate_xids`; a tenant no xid is
+    other tenant gets its xid from :func:`allocate_xids`, a ``user-<uid>.slice``
+    tenant preferably its uid (1..XID_MAX), so that a renamed account keeps its
+    slice (the planner's rename rule carries the usage over); a tenant no xid is
     left for is one error line, and its traffic stays in the default class.
     ``bound`` is ``{cgroup id: xid}`` as the classifier's map holds it: a tenant
     the kernel knows but the state does not (a crash between the two) keeps it.
     ``cache`` (one per config) keeps the tenants' policies and slices across
-    cycles, so an unchanged tenant is the same object every cycle.
+    cycles, so an unchanged tenant is the same object every cycle. Cgroups that
+    share a name are settled first (:func:`settle`).
     """
     cache = {} if cache is None else cache
+    discovery = settle(discovery, desired, state, bound)
     if len(cache) > 2 * len(discovery.units) + 1000:
         cache.clear()  # tenants that came and went: start afresh rather than grow
     if not discovery.units:
@@ -255,8 +322,17 @@ def merge(
         slices.append(DesiredSlice(s.name, s.xid, default, exempt, origin, s.rspec))
     fresh = [u for u in discovery.units if u.name not in listed and u.name not in refused]
     taken = {s.xid for s in desired.slices} | {r.xid for r in desired.invalid if r.xid is not None}
-    kernel = {u.name: bound[u.cgroup_id] for u in fresh if bound and u.cgroup_id in bound}
-    allocation = allocate_xids((u.name for u in fresh), taken, state, kernel)
+    named = listed.keys() | refused
+
+    def free(xid: int | None) -> bool:
+        # not the file's: neither its xid, nor a live slice's the file names (listed or refused)
+        held = state.slices.get(xid) if xid is not None else None
+        return xid is not None and xid not in taken and (held is None or held.name not in named)
+
+    kernel = {u.name: bound[u.cgroup_id] for u in fresh if bound and free(bound.get(u.cgroup_id))}
+    # a user's xid is its uid (allocate_xids: if free, or its own slice renamed)
+    preferred = {u.name: uid for u in fresh if free(uid := _uid_xid(u.unit))}
+    allocation = allocate_xids((u.name for u in fresh), taken, state, kernel, preferred)
     for unit in fresh:
         xid = allocation.xids.get(unit.name)
         if xid is None:

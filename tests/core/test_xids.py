@@ -36,11 +36,16 @@ def states(draw: st.DrawFn) -> State:
     st.sets(XIDS, max_size=4),
     states(),
     st.dictionaries(NAMES, XIDS, max_size=4),
+    st.dictionaries(NAMES, XIDS, max_size=4),
 )
 def test_allocation_is_stable_distinct_and_never_takes_a_reserved_xid(
-    names: list[str], taken: set[int], state: State, bound: dict[str, int]
+    names: list[str],
+    taken: set[int],
+    state: State,
+    bound: dict[str, int],
+    preferred: dict[str, int],
 ) -> None:
-    result = allocate_xids(names, taken, state, bound)
+    result = allocate_xids(names, taken, state, bound, preferred)
     xids = result.xids
     assert set(xids) | set(result.unplaced) == set(names)
     assert len(set(xids.values())) == len(xids)  # distinct
@@ -50,11 +55,30 @@ def test_allocation_is_stable_distinct_and_never_takes_a_reserved_xid(
         assert 1 <= xid <= XID_MAX
         if name in live and live[name] not in taken:
             assert xid == live[name]  # a live name keeps its xid
-        assert {st.name for st in state.slices.values() if st.xid == xid} <= {name}
+        holders = {st.name for st in state.slices.values() if st.xid == xid}
+        if not holders <= {name}:
+            # renamed: the live slice on its uid or on its cgroup's bound xid is no
+            # longer wanted under its own name
+            assert xid in (preferred.get(name), bound.get(name))
+            assert not holders & set(names)
+            continue
+        assert holders <= {name}
         own = {live.get(name), state.ledger[name].slice.xid if name in state.ledger else None}
         if xid not in own:  # its own xid (live or in the ledger) is a name's to take back
             assert {n for n, e in state.ledger.items() if e.slice.xid == xid} <= {name}
-    assert allocate_xids(list(reversed(names)), taken, state, bound) == result
+    assert allocate_xids(list(reversed(names)), taken, state, bound, preferred) == result
+
+
+def test_a_preferred_xid_is_taken_from_a_live_slice_gone_from_the_names_only() -> None:
+    state = State(
+        slices={1000: _slice("alice", 1000), 1001: _slice("bob", 1001)},
+        ledger={"zed": LedgerEntry(_slice("zed", 1002), 0)},
+    )
+    preferred = {"alice2": 1000, "carol": 1001, "dave": 1002, "erin": 1003}
+    result = allocate_xids(["alice2", "bob", "carol", "dave", "erin"], (), state, None, preferred)
+    # alice renamed alice2: her xid; bob still wanted: carol not on it; zed's
+    # ledger entry keeps 1002 reserved; 1003 free
+    assert result.xids == {"alice2": 1000, "bob": 1001, "carol": 1, "dave": 2, "erin": 1003}
 
 
 def test_full_space_leaves_names_unplaced() -> None:

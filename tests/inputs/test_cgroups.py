@@ -99,19 +99,58 @@ def test_names_from_units() -> None:
     assert tenant_name("user-1000.slice", account_of=accounts) == "alice"
     assert tenant_name("user-1001.slice", account_of=accounts) == "uid_1001"  # not a slice name
     assert tenant_name("user-1002.slice", account_of=accounts) == "uid_1002"  # no account
-    assert tenant_name("nginx.service") == "nginx"
-    assert tenant_name("vm7.scope", "vm") == "vm_vm7"
-    a, b = tenant_name("a-b.service"), tenant_name("a_b.service")
+    assert tenant_name("nginx.service", suffix=".service") == "nginx"
+    assert tenant_name("vm7.scope", "vm", suffix=".scope") == "vm_vm7"
+    a, b = (
+        tenant_name("a-b.service", suffix=".service"),
+        tenant_name("a_b.service", suffix=".service"),
+    )
     assert a != b and a.startswith("a_b_") and b == "a_b"
     assert tenant_name(r"foo\x2dbar.service") == tenant_name(r"foo\x2dbar.service")
-    assert tenant_name(r"foo\x2dbar.service").startswith("foo_bar_")
+    assert tenant_name(r"foo\x2dbar.service", suffix=".service").startswith("foo_bar_")
 
 
-@given(st.text(min_size=1, max_size=300), st.sampled_from(["", "vm", "svc"]))
-def test_every_unit_name_gives_a_valid_slice_name(unit: str, prefix: str) -> None:
-    name = tenant_name(unit, prefix, account_of=lambda uid: None)
+def test_names_that_do_not_map_back_to_the_unit_are_hashed() -> None:
+    # issue 21 review: an escape decoded to a legal character is still a change
+    escaped, plain = (
+        tenant_name(r"a\x5fb.scope", "vm", suffix=".scope"),
+        tenant_name("a_b.scope", "vm", suffix=".scope"),
+    )
+    assert plain == "vm_a_b" and escaped.startswith("vm_a_b_") and escaped != plain
+    # a pattern that does not fix the unit type (system.slice/*): the suffix is hashed in
+    service, mount = tenant_name("foo.service"), tenant_name("foo.mount")
+    assert service != mount and service.startswith("foo_") and mount.startswith("foo_")
+    # a suffix other than the pattern's is no clean case either
+    assert tenant_name("foo.mount", suffix=".service") == mount
+    assert tenant_name("foo", suffix=".service").startswith("foo_")
+
+
+@given(
+    st.text(min_size=1, max_size=300),
+    st.sampled_from(["", "vm", "svc"]),
+    st.sampled_from([None, ".service", ".scope"]),
+)
+def test_every_unit_name_gives_a_valid_slice_name(
+    unit: str, prefix: str, suffix: str | None
+) -> None:
+    name = tenant_name(unit, prefix, lambda uid: None, suffix)
     assert NAME.fullmatch(name)
-    assert tenant_name(unit, prefix, account_of=lambda uid: None) == name
+    assert tenant_name(unit, prefix, lambda uid: None, suffix) == name
+
+
+@given(
+    st.lists(st.text(alphabet="ab_-.\\x5fservicemount", min_size=1, max_size=12), max_size=8),
+    st.sampled_from([None, ".service"]),
+)
+def test_distinct_units_of_one_pattern_get_distinct_names(
+    units: list[str], suffix: str | None
+) -> None:
+    names = {
+        tenant_name(u, "", lambda uid: None, suffix)
+        for u in set(units)
+        if not u.startswith("user-")
+    }
+    assert len(names) == len({u for u in units if not u.startswith("user-")})
 
 
 def test_discovery_matches_patterns_and_uses_cgroup_ids(tmp_path: Path) -> None:
@@ -142,12 +181,18 @@ def test_two_units_one_name_the_first_wins(tmp_path: Path) -> None:
     vms = config.cgroups.tenants[1]
     config = replace(
         config,
-        cgroups=CgroupConfig(config.cgroups.mount, (vms, CgroupPattern(("other", "*"), "vm"))),
+        cgroups=CgroupConfig(
+            config.cgroups.mount, (vms, CgroupPattern(("other", "*.scope"), "vm"))
+        ),
     )
     _tree(tmp_path, "machine.slice/vm7.scope", "other/vm7.scope")
     found = discover(config.cgroups)
     assert [u.path for u in found.units] == ["machine.slice/vm7.scope"]
-    assert len(found.errors) == 1 and "other/vm7.scope" in found.errors[0]
+    assert [u.path for u in found.contested] == ["other/vm7.scope"]
+    # nothing bound to the name's xid yet: the first in pattern order is the tenant
+    merged = merge(DesiredSet(()), found, config, State())
+    assert [s.name for s in merged.slices] == ["vm_vm7"]
+    assert len(merged.errors) == 1 and "other/vm7.scope" in merged.errors[0]
 
 
 def test_layout_detection(tmp_path: Path) -> None:
@@ -179,7 +224,7 @@ def test_merge_file_attributes_win_over_pattern_defaults(tmp_path: Path) -> None
     assert alice.default.limit_bytes == 1000 * 1024  # the file's attribute
     assert alice.exempt.limit_bytes == 8 << 30  # the pattern's default, not the top-level one
     assert bob.default.limit_bytes == 2 << 30 and bob.default.threshold_bytes == 1 << 30
-    assert bob.xid == 2  # lowest free: 1 is the file's
+    assert bob.xid == 1001  # its uid
     assert merged["pl_other"].default.limit_bytes == 5 << 30  # no cgroup: top-level defaults
 
 
@@ -197,9 +242,8 @@ def test_merge_xids_follow_names_through_the_state(tmp_path: Path) -> None:
         },
     )
     xids = {s.name: s.xid for s in merge(DesiredSet(()), found, config, state).slices}
-    # live keeps its xid; ledger gets its own back; the rest: lowest not held by
-    # a live slice (1, 7) or a ledger entry (2, 9)
-    assert xids == {"carol": 7, "bob": 9, "alice": 3, "dave": 4}
+    # live keeps its xid; ledger gets its own back; the rest: their uids
+    assert xids == {"carol": 7, "bob": 9, "alice": 1000, "dave": 1003}
 
 
 def test_merge_full_xid_space_is_one_clear_error(tmp_path: Path) -> None:
@@ -226,4 +270,4 @@ def test_merge_a_binding_the_kernel_has_but_the_state_lost_is_kept(tmp_path: Pat
     found = discover(config.cgroups, account_of={1000: "alice", 1001: "bob"}.get)
     alice = found.by_name()["alice"]
     merged = merge(DesiredSet(()), found, config, State(), bound={alice.cgroup_id: 9, 4242: 1})
-    assert {s.name: s.xid for s in merged.slices} == {"alice": 9, "bob": 1}
+    assert {s.name: s.xid for s in merged.slices} == {"alice": 9, "bob": 1001}

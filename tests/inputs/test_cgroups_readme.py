@@ -72,7 +72,7 @@ def test_per_user_daily_budget_on_a_shared_server(tmp_path: Path) -> None:
     assert alice.xid == 100 and alice.default.limit_bytes == 20 * GIB  # the slices file's
     assert alice.exempt.limit_bytes == 50 * GIB  # the rest as the pattern's
     assert tenants["svc_nginx"].default.limit_bytes == 50 * GIB
-    assert {s.xid for s in tenants.values()} == {100, 1, 2, 3}
+    assert {s.xid for s in tenants.values()} == {100, 1001, 1234, 1}  # users: their uids
 
 
 def test_per_container_monthly_budget(tmp_path: Path) -> None:
