@@ -29,6 +29,7 @@ from bwenforcer.core.model import (
     LedgerEntry,
     SliceState,
     State,
+    ordered_ledger,
 )
 from bwenforcer.store.schema import (
     AUDIT_ENTRY,
@@ -195,6 +196,9 @@ class StateEncoder:
         # unchanged (the very object) until it expires or is revived, so a cycle
         # does not encode its ledger again (40,000 entries: 0.3 s a cycle).
         self._ledger: dict[str, tuple[LedgerEntry, bytes]] = {}
+        # the whole ledger's text with the mapping it was made from: a cycle where no
+        # entry came or went hands the very mapping on, and nothing is looked at
+        self._ledger_whole: tuple[object, bytes] | None = None
 
     def encode(self, state: State, now_s: int) -> bytes:
         """The state file's bytes (without the final newline)."""
@@ -217,7 +221,11 @@ class StateEncoder:
             if f.kind == "slices":
                 out += (b"{", b",".join(parts), b"}")
             elif f.kind == "ledger":
-                out += (b"{", b",".join(self._ledger_texts(state, heads)), b"}")
+                whole = self._ledger_whole
+                if whole is None or whole[0] is not state.ledger:
+                    text = b",".join(self._ledger_texts(state, heads))
+                    whole = self._ledger_whole = (state.ledger, text)
+                out += (b"{", whole[1], b"}")
             elif f.kind == "missing":
                 out.append(json.dumps({str(x): s for x, s in state.missing.items()}).encode())
             elif f.kind == "audit":
@@ -418,10 +426,12 @@ def state_from_json(data: object, source: str) -> State:
                 slices[st.xid] = st
             found[f.attr] = slices
         elif f.kind == "ledger":
-            found[f.attr] = {
-                name: _entry_from(name, raw, policies, source, f"{f.key}.{name}")
-                for name, raw in value.items()
-            }
+            found[f.attr] = ordered_ledger(
+                {
+                    name: _entry_from(name, raw, policies, source, f"{f.key}.{name}")
+                    for name, raw in value.items()
+                }
+            )
         elif f.kind == "missing":
             found[f.attr] = _missing_from(value, source, f.key)
         elif f.kind == "audit":
