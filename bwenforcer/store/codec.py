@@ -81,7 +81,7 @@ _POLICY_GET = tuple(attrgetter(f.attr.removeprefix(_POLICY)) for f in POLICY)
 _POLICY_NAMES = tuple(p.name for p in dataclasses.fields(ClassPolicy))
 
 
-def ledger_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
+def ledger_file_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
     """The state file's ``ledger`` object (schema.LEDGER): each entry an array, its
     classes' policies by index into ``policies`` (in the order of first use).
     """
@@ -124,7 +124,7 @@ def state_to_json(state: State, now_s: int, *, view: bool = False) -> dict[str, 
         if f.kind == "slices":
             out[f.key] = {str(xid): _slice_dict(st) for xid, st in state.slices.items()}
         elif f.kind == "ledger":
-            out[f.key] = (ledger_view if view else ledger_json)(state.ledger)
+            out[f.key] = (ledger_view if view else ledger_file_json)(state.ledger)
         elif f.kind == "missing":
             out[f.key] = {str(xid): since for xid, since in state.missing.items()}
         elif f.kind == "audit":
@@ -270,7 +270,7 @@ class StateEncoder:
         return b"".join(out)
 
     def _ledger_text(self, state: State) -> bytes:
-        """The ledger object's text (:func:`ledger_json`), each entry's ``"name":[…]``
+        """The ledger object's text (:func:`ledger_file_json`), each entry's ``"name":[…]``
         kept from the last encode when the entry is the very object it was made from.
         """
         if len(self._ledger_policy_texts) > _MAX_LEDGER_POLICIES:
@@ -289,7 +289,7 @@ class StateEncoder:
         return b'{"policies":[' + policies.encode() + b'],"entries":{' + entries + b"}}"
 
     def _entry_text(self, entry: LedgerEntry) -> str:
-        """An entry's array (schema.LEDGER_ENTRY; the order is held to ledger_json's by
+        """An entry's array (schema.LEDGER_ENTRY; the order is held to ledger_file_json's by
         a test): died_at, xid, period, then each class's ENTRY_CLASS array.
         """
         st = entry.slice

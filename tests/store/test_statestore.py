@@ -1137,3 +1137,21 @@ def test_a_schema_4_ledger_entry_not_shaped_as_one_is_named_after_migration() ->
     v4["ledger"]["pl_dead0"]["slice"]["name"] = "pl_other"
     with pytest.raises(StateCorrupt, match=r"ledger\.entries\.pl_dead0: expected a list of 6"):
         state_from_json(v4, "state.json")
+
+
+def test_the_encoders_ledger_policies_start_over_when_they_pile_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bwenforcer.store import codec
+
+    monkeypatch.setattr(codec, "_MAX_LEDGER_POLICIES", 2)
+    encoder = StateEncoder()
+    state = make_state(1)
+    for limit in range(1, 8):  # each cycle, the dead slice's policy changed
+        entry = state.ledger["pl_dead0"]
+        default = dataclasses.replace(entry.slice.default, policy=policy(limit * 1000))
+        st = dataclasses.replace(entry.slice, default=default)
+        state = State(state.slices, {"pl_dead0": LedgerEntry(st, entry.died_s)})
+        data = json.loads(encoder.encode(state, NOW_S))
+        assert len(data["ledger"]["policies"]) <= 4
+        assert state_from_json(data, "state.json").ledger == state.ledger
