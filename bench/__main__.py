@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import aged
+from bench import aged, ledger
 from bwenforcer.kernel.htb import HtbBackend
 
 if TYPE_CHECKING:
@@ -527,6 +527,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--churn-cycles", type=int, default=300, help="cycles of the churn row (0: none)"
     )
+    parser.add_argument(
+        "--ledger",
+        type=int,
+        default=40_000,
+        help="ledger entries of the ledger row (steady cycle, RSS vs an empty ledger; 0: none)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (network namespace, HTB)", file=sys.stderr)
@@ -559,6 +565,10 @@ def main(argv: list[str] | None = None) -> int:
         churn = aged.churn_figures(4000, args.churn_cycles, 0.05)
         print()
         print(aged.churn_line(churn))
+    waiting = None
+    if args.ledger and not args.only_classifiers:
+        waiting = ledger.ledger_figures(4000, args.ledger, 12, 3)
+        print(ledger.ledger_line(waiting))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     results = {
         "sizes": rows,
@@ -566,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         "classifiers": classifiers,
         "aged": aged_rows,
         "churn": churn,
+        "ledger": waiting,
     }
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

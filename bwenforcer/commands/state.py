@@ -155,7 +155,8 @@ def run_show(args: argparse.Namespace) -> int:
     loaded = StateStore(path).read_unlocked()
     if args.json:
         state = loaded.state
-        json.dump(operator_json(state_to_json(state, state.saved_s or 0)), sys.stdout, indent=2)
+        doc = state_to_json(state, state.saved_s or 0, view=True)
+        json.dump(operator_json(doc), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print(_show_text(path, loaded))

@@ -219,6 +219,18 @@ class LedgerEntry:
         return self.slice.period_end_s
 
 
+def ordered_ledger(ledger: Mapping[str, LedgerEntry]) -> dict[str, LedgerEntry]:
+    """``ledger`` ordered by expiry (State's order; ties keep their order): the
+    mapping itself when it already is, else a sorted copy.
+    """
+    last = None
+    for entry in ledger.values():
+        if last is not None and entry.expires_s < last:
+            return dict(sorted(ledger.items(), key=lambda item: item[1].expires_s))
+        last = entry.expires_s
+    return ledger if isinstance(ledger, dict) else dict(ledger)
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     """An operator's change to a slice's budget, kept in the state for the audit.
@@ -247,7 +259,9 @@ class State:
     """Everything the agent keeps between cycles."""
 
     slices: Mapping[int, SliceState] = field(default_factory=dict)  # by xid
-    ledger: Mapping[str, LedgerEntry] = field(default_factory=dict)  # by slice name
+    # by slice name, ordered by expiry (earliest first): the planner finds the entries
+    # due at the head and never looks at the others (ordered_ledger)
+    ledger: Mapping[str, LedgerEntry] = field(default_factory=dict)
     saved_s: int | None = None
     resets: int = 0  # operator resets ever made (`bwenforcer reset`), for the metric
     # The clock reference: at CLOCK_BOOTTIME ``boottime_s`` of boot ``boot_id`` the

@@ -292,7 +292,7 @@ def plan(
     # ends, no ledger entry expires and no grace runs out on it; caps follow the usage.
     step, clock_ref = clock_check(state, now_s, boot, params.period_s, params.anchor)
     actions: list[Action] = []
-    ledger: dict[str, LedgerEntry] = dict(state.ledger)
+    ledger = _Ledger(state.ledger)
     carried: dict[int, SliceState] = {}  # accounted while planned, below
     left: list[tuple[str, int, int, bool, bool]] = []
     renamed: dict[int, SliceState] = {}  # xid -> the slice that left it, counted
@@ -319,7 +319,7 @@ def plan(
                 continue
         kernel = snapshot.slices.get(xid)
         gone = account_slice(st, kernel)
-        ledger[st.name] = LedgerEntry(gone, died_s=now_s)
+        ledger.put(st.name, LedgerEntry(gone, died_s=now_s))
         actions.append(MoveToLedger(st.name, xid))
         usage = _left_usage(st, gone, kernel)
         if usage is not None:
@@ -329,8 +329,8 @@ def plan(
         if want is not None:
             renamed[xid] = gone
 
-    for name in [n for n, e in ledger.items() if now_s >= e.expires_s and step is None]:
-        del ledger[name]
+    for name in ledger.due(now_s) if step is None else ():
+        ledger.pop(name)
         actions.append(PurgeLedger(name))
 
     targets = RateTargets(snapshot, params.bwmin_bps)
@@ -352,7 +352,7 @@ def plan(
         account = st is not None
         reason = "recreate"
         if st is None:
-            entry = ledger.pop(want.name, None)
+            entry = ledger.pop(want.name)
             if want.xid in renamed:
                 # another name on the same class: usage follows the class within its
                 # period (a recycled uid inheriting it for the rest of one is the safe
@@ -393,7 +393,7 @@ def plan(
     audit = pruned(state.audit, now_s) if state.audit else ()
     new_state = State(
         slices,
-        ledger,
+        ledger.entries,
         state.saved_s,
         state.resets,
         boot_id,
@@ -412,6 +412,49 @@ def plan(
         held=(*held, *vanished),
         left=tuple(left),
     )
+
+
+class _Ledger:
+    """The state's ledger as a cycle changes it: copied at its first change only (a
+    cycle where no slice dies, expires or is revived hands the very mapping on), and
+    kept ordered by expiry (:class:`~bwenforcer.core.model.State`), so the entries due
+    are found at its head without a look at the others.
+    """
+
+    __slots__ = ("_own", "entries")
+
+    def __init__(self, entries: Mapping[str, LedgerEntry]) -> None:
+        self.entries = entries
+        self._own = False
+
+    def _mine(self) -> dict[str, LedgerEntry]:
+        if not self._own:
+            self.entries = dict(self.entries)
+            self._own = True
+        return self.entries  # type: ignore[return-value]
+
+    def put(self, name: str, entry: LedgerEntry) -> None:
+        """Add (or replace) ``name``'s entry where its expiry puts it."""
+        entries = self._mine()
+        entries.pop(name, None)
+        last = next(reversed(entries.values()), None)
+        entries[name] = entry
+        if last is not None and last.expires_s > entry.expires_s:  # rare: periods changed
+            ordered = sorted(entries.items(), key=lambda item: item[1].expires_s)
+            entries.clear()
+            entries.update(ordered)
+
+    def pop(self, name: str) -> LedgerEntry | None:
+        return self._mine().pop(name) if name in self.entries else None
+
+    def due(self, now_s: int) -> list[str]:
+        """The names whose entries expire by ``now_s``: the head of the ledger."""
+        names = []
+        for name, entry in self.entries.items():
+            if now_s < entry.expires_s:
+                break
+            names.append(name)
+        return names
 
 
 def _left_usage(

@@ -25,7 +25,14 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 from bwenforcer.core.layout import DEFAULT_XID, ROOT_XID, XID_MAX, TrafficClass
-from bwenforcer.core.model import ClassPolicy, ClassState, LedgerEntry, SliceState, State
+from bwenforcer.core.model import (
+    ClassPolicy,
+    ClassState,
+    LedgerEntry,
+    SliceState,
+    State,
+    ordered_ledger,
+)
 from bwenforcer.core.policy import class_cap_bps, counter_delta, threshold_bytes
 from bwenforcer.core.settings import ClassDefaults, Config
 from bwenforcer.core.units import kbit_to_bps, kib_to_bytes
@@ -253,7 +260,7 @@ def _ledger(
             log.info("legacy %s: dead slice %s: period over, not imported", path, name)
         else:
             out[name] = LedgerEntry(slice=st, died_s=now_s)
-    return out
+    return ordered_ledger(out)  # State's order: by expiry
 
 
 def import_legacy(

@@ -22,7 +22,7 @@ from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -104,9 +104,21 @@ AUDIT_ENTRY: tuple[Field, ...] = (
     Field("until", "until_s", "uint", "Unix s", after="at"),
     Field("reason", "reason", "str"),
 )
+# The ledger: {"policies": [POLICY, …], "entries": {name: ENTRY, …}}. An ENTRY is an
+# array (its "keys" below are positions, for docs and errors): the slice's name is the
+# entry's key, and each class names its policy by index into ``policies`` (the
+# distinct policies of the ledger's classes), so an entry is ~150 bytes, not ~540.
+LEDGER: tuple[Field, ...] = (
+    Field("policies", "", "policies"),  # a list of POLICY: CLASS's policy fields, in order
+    Field("entries", "", "entries"),  # slice name -> LEDGER_ENTRY
+)
 LEDGER_ENTRY: tuple[Field, ...] = (
     Field("died_at", "died_s", "uint", "Unix s"),
-    Field("slice", "slice", "slice"),
+    Field("xid", "slice.xid", "uint", max=DEFAULT_XID),
+    Field("period_start", "slice.period_start_s", "uint", "Unix s"),
+    Field("period_end", "slice.period_end_s", "uint", "Unix s", after="period_start"),
+    Field("default", "slice.default", "entry_class"),
+    Field("exempt", "slice.exempt", "entry_class"),
 )
 SLICE: tuple[Field, ...] = (
     Field("name", "name", "name"),
@@ -132,8 +144,16 @@ CLASS: tuple[Field, ...] = (
     Field("pacing", "policy.pacing", "bool"),
 )
 
+# A ledger entry's class (an array, like LEDGER_ENTRY): CLASS's own fields, then the
+# index of its policy in the ledger's ``policies``.
+ENTRY_CLASS: tuple[Field, ...] = (
+    *(f for f in CLASS if not f.attr.startswith("policy.")),
+    Field("policy", "policy", "uint"),
+)
+POLICY: tuple[Field, ...] = tuple(f for f in CLASS if f.attr.startswith("policy."))
+
 TOP_KEYS = frozenset(f.key for f in TOP)
-LEDGER_KEYS = frozenset(f.key for f in LEDGER_ENTRY)
+LEDGER_KEYS = frozenset(f.key for f in LEDGER)
 SLICE_KEYS = frozenset(f.key for f in SLICE)
 CLASSES_KEYS = frozenset(TRAFFIC_CLASSES)
 CLASS_KEYS = frozenset(f.key for f in CLASS)
@@ -143,7 +163,7 @@ AUDIT_KEYS = frozenset(f.key for f in AUDIT_ENTRY)
 _VIEW_KEYS: Mapping[str, str] = {
     f.attr.rpartition(".")[2]: f.view or f.key
     for f in (*TOP, *LEDGER_ENTRY, *SLICE, *CLASS, *AUDIT_ENTRY)
-    if f.attr
+    if f.attr and not f.attr.startswith("slice.")
 }
 # The state file's class keys -> the --json keys, where they differ (``state show --json``).
 CLASS_VIEW_KEYS: Mapping[str, str] = {f.key: f.view for f in CLASS if f.view}
@@ -285,6 +305,51 @@ def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
     return {**_classes_with(data, added), "grants": 0, "audit": [], "schema_version": 4}
 
 
+_V4_ENTRY_KEYS = frozenset({"died_at", "slice"})
+_V4_SLICE_KEYS = frozenset({"name", "xid", "period_start", "period_end", "classes"})
+_V4_CLASS_KEYS = frozenset(f.key for f in CLASS)
+
+
+def _v4_entry(name: str, value: object, policies: dict[str, int], table: list[object]) -> object:
+    """A schema-4 ledger entry as a schema-5 array; one not shaped as one (its values
+    are not looked at: validation after migration names them) is passed through.
+    """
+    if not (isinstance(value, dict) and value.keys() == _V4_ENTRY_KEYS):
+        return value
+    st = value["slice"]
+    if not (isinstance(st, dict) and st.keys() == _V4_SLICE_KEYS and st["name"] == name):
+        return value
+    classes = st["classes"]
+    if not (isinstance(classes, dict) and classes.keys() == set(TRAFFIC_CLASSES)):
+        return value
+    arrays = []
+    for tc in TRAFFIC_CLASSES:
+        c = classes[tc]
+        if not (isinstance(c, dict) and c.keys() == _V4_CLASS_KEYS):
+            return value
+        policy = [c[f.key] for f in POLICY]
+        key = repr(policy)
+        if key not in policies:
+            policies[key] = len(table)
+            table.append(policy)
+        arrays.append([*(c[f.key] for f in ENTRY_CLASS[:-1]), policies[key]])
+    return [value["died_at"], st["xid"], st["period_start"], st["period_end"], *arrays]
+
+
+def _v4_to_v5(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 4 wrote each ledger entry as a slice's full object (~540 bytes): schema 5
+    writes an array, its classes' policies once in a table.
+    """
+    out = {**data, "schema_version": 5}
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict):
+        policies: dict[str, int] = {}
+        table: list[object] = []
+        entries = {name: _v4_entry(name, e, policies, table) for name, e in ledger.items()}
+        out["ledger"] = {"policies": table, "entries": entries}
+    return out
+
+
 # version N → a function turning a schema-N object into the next version's object (the
 # version it returns is the next one looked up)
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -292,6 +357,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: _v1_to_v2,
     2: _v2_to_v3,
     3: _v3_to_v4,
+    4: _v4_to_v5,
 }
 
 

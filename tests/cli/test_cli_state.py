@@ -90,7 +90,7 @@ def test_show_text_and_json(cfg: Path, capsys: pytest.CaptureFixture[str]) -> No
     code, out, _ = run(capsys, "--config", str(cfg), "state", "show", "--json")
     assert code == 0
     doc = json.loads(out)
-    assert doc == operator_json(state_to_json(saved(state), NOW_S))
+    assert doc == operator_json(state_to_json(saved(state), NOW_S, view=True))
     assert (
         doc["slices"]["1"]["classes"]["default"]["ceil"] == saved(state).slices[1].default.ceil_bps
     )

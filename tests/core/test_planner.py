@@ -528,3 +528,80 @@ def test_a_new_name_on_a_slices_xid_goes_on_with_its_usage_and_period() -> None:
     assert Inherit("pl_new", 10, "pl_old") in p3.actions
     assert not any(isinstance(a, NewPeriod | CreateClass | RemoveClasses) for a in p3.actions)
     assert not any(isinstance(a, SetRates) and a.new.max_rate_bps == CAP_BPS for a in p3.actions)
+
+
+class _CountingLedger(dict):
+    """A ledger that counts the entries anyone looks at."""
+
+    looked = 0
+
+    def items(self):
+        for item in super().items():
+            self.looked += 1
+            yield item
+
+    def values(self):
+        for value in super().values():
+            self.looked += 1
+            yield value
+
+    def __iter__(self):
+        for key in super().__iter__():
+            self.looked += 1
+            yield key
+
+
+def _waiting(n: int, first_expiry_s: int) -> _CountingLedger:
+    p1 = first_cycle(want("pl_w", 10), kernel=[kslice(10)])
+    st = p1.state.slices[10]
+    ledger = _CountingLedger()
+    for i in range(n):
+        name = f"pl_w{i}"
+        end = first_expiry_s + i
+        dict.__setitem__(
+            ledger, name, LedgerEntry(dataclasses.replace(st, name=name, period_end_s=end), T0)
+        )
+    return ledger
+
+
+def test_a_cycle_with_40000_waiting_entries_looks_at_none_of_them() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    ledger = _waiting(40_000, T0 + PERIOD_S)
+    state = dataclasses.replace(p1.state, ledger=ledger)
+    p2 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 500)), state, PARAMS, T0 + 60)
+    assert ledger.looked <= 1  # the head, to see that nothing is due
+    assert p2.state.ledger is ledger  # handed on, not copied
+    assert not any(isinstance(a, PurgeLedger) for a in p2.actions)
+
+
+def test_the_due_entries_of_a_large_ledger_expire_and_the_rest_wait_in_order() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    ledger = _waiting(1_000, T0 + 100)
+    state = dataclasses.replace(p1.state, ledger=ledger)
+    p2 = plan(desired(want("pl_a", 10)), snapshot(kslice(10)), state, PARAMS, T0 + 109)
+    assert [a.name for a in p2.actions if isinstance(a, PurgeLedger)] == [
+        f"pl_w{i}" for i in range(10)
+    ]
+    assert ledger.looked <= 11 and len(p2.state.ledger) == 990
+
+
+def test_an_entry_expiring_before_the_last_goes_where_its_expiry_puts_it() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10)])
+    ledger = _waiting(3, T0 + 2 * PERIOD_S)  # a longer period's entries, then pl_a dies
+    p2 = plan(desired(), snapshot(), dataclasses.replace(p1.state, ledger=ledger), PARAMS, T0 + 60)
+    assert list(p2.state.ledger) == ["pl_a", "pl_w0", "pl_w1", "pl_w2"]
+    p3 = plan(desired(), snapshot(), p2.state, PARAMS, T0 + PERIOD_S)
+    assert PurgeLedger("pl_a") in p3.actions and list(p3.state.ledger) == [
+        "pl_w0",
+        "pl_w1",
+        "pl_w2",
+    ]
+
+
+def test_the_loaded_ledger_is_ordered_by_expiry() -> None:
+    from bwenforcer.core.model import ordered_ledger
+
+    ledger = dict(reversed(list(_waiting(5, T0).items())))
+    assert list(ordered_ledger(ledger)) == [f"pl_w{i}" for i in range(5)]
+    ordered = dict(_waiting(5, T0))
+    assert ordered_ledger(ordered) is ordered

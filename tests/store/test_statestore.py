@@ -42,6 +42,8 @@ from bwenforcer.store.codec import (
 from bwenforcer.store.schema import (
     AUDIT_ENTRY,
     CLASS,
+    ENTRY_CLASS,
+    LEDGER,
     LEDGER_ENTRY,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -170,7 +172,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 4
+    assert data["schema_version"] == SCHEMA_VERSION == 5
     assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
@@ -193,8 +195,22 @@ def test_json_layout_is_the_documented_one() -> None:
         "pacing": True,
     }
     assert (data["grants"], data["audit"]) == (0, [])
-    assert data["ledger"]["pl_dead0"]["died_at"] == NOW_S - 60
-    assert data["ledger"]["pl_dead0"]["slice"]["xid"] == 3000
+    assert data["ledger"] == {
+        "policies": [
+            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True],
+            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True],
+        ],
+        "entries": {
+            "pl_dead0": [
+                NOW_S - 60,
+                3000,
+                NOW_S - 3600,
+                NOW_S + 82_800,
+                [99, 990, 2_000_000, True, False, 0],
+                [7, 77, 0, False, False, 1],
+            ]
+        },
+    }
 
 
 def _set(data: dict[str, Any], path: str, value: object) -> None:
@@ -225,8 +241,10 @@ BAD_FILES = [
     ("slices.1.xid", 0x1000, "slices.1.xid: 4096 out of range 0..4095"),
     ("slices.1.period_end", NOW_S - 7200, "slices.1.period_end: before period_start"),
     ("slices", [], "slices: expected an object"),
-    ("ledger.pl_dead0.slice.name", "pl_other", "ledger.pl_dead0: key does not match"),
-    ("ledger.pl_dead0.died_at", None, "ledger.pl_dead0.died_at: expected a non-negative"),
+    ("ledger.entries", [], "ledger.entries: expected an object"),
+    ("ledger.policies", {}, "ledger.policies: expected a list"),
+    ("ledger.entries.pl_dead0", {}, "ledger.entries.pl_dead0: expected a list of 6 values"),
+    ("ledger.extra", 1, "ledger: unknown key 'extra'"),
     ("writer", 3, "writer: expected a string"),
     ("saved_at", _DELETE, "missing key 'saved_at'"),
     ("extra", {}, "unknown key 'extra'"),
@@ -307,7 +325,10 @@ def _names(cls: type) -> set[str]:
 
 def test_every_field_of_the_saved_dataclasses_is_in_the_state_table() -> None:
     assert _names(State) == _attrs(TOP)
-    assert _names(LedgerEntry) == _attrs(LEDGER_ENTRY)
+    assert _names(LedgerEntry) == {a.split(".")[0] for a in _attrs(LEDGER_ENTRY)}
+    assert _names(SliceState) - {"name"} == {
+        a.removeprefix("slice.") for a in _attrs(LEDGER_ENTRY) if a.startswith("slice.")
+    }  # the name is the entry's key
     assert _names(SliceState) == _attrs(SLICE) | set(TRAFFIC_CLASSES)  # via "classes"
     assert _names(ClassState) == {a.split(".")[0] for a in _attrs(CLASS)}
     assert _names(ClassPolicy) == {
@@ -318,7 +339,9 @@ def test_every_field_of_the_saved_dataclasses_is_in_the_state_table() -> None:
 
 _DOC_SCOPES = {
     "": TOP,
-    "ledger.<name>.": LEDGER_ENTRY,
+    "ledger.": LEDGER,
+    "ENTRY ": LEDGER_ENTRY,
+    "ECLASS ": ENTRY_CLASS,
     "SLICE ": SLICE,
     "CLASS ": CLASS,
     "AUDIT ": AUDIT_ENTRY,
@@ -339,6 +362,9 @@ _DOC_TYPES = {
     "missing": "object",
     "classes": "object",
     "slice": "SLICE",
+    "policies": "list",
+    "entries": "object",
+    "entry_class": "ECLASS",
 }
 
 
@@ -363,7 +389,7 @@ def test_the_documented_key_table_is_the_state_table() -> None:
 
 def v0_document(state: State) -> dict[str, Any]:
     """What a schema-0 (pre-release) file looked like: no writer, older class key names."""
-    data = state_to_json(state, NOW_S)
+    data = state_to_json(state, NOW_S, view=True)
     data["schema_version"] = 0
     del data["writer"], data["grants"], data["audit"]
     slices = [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]
@@ -752,7 +778,26 @@ def test_encoder_writes_exactly_the_json_of_state_to_json(
         None,
         second.resets,
     )
-    assert encoder.encode(mixed, now_s) == reference(mixed)
+    # the encoder's ledger policies are numbered as it met them (an entry's text is
+    # kept with its numbers): the same ledger, maybe numbered otherwise
+    got, want = json.loads(encoder.encode(mixed, now_s)), json.loads(reference(mixed))
+    assert {**got, "ledger": None} == {**want, "ledger": None}
+    assert state_from_json(got, "s").ledger == state_from_json(want, "s").ledger
+
+
+@given(states_any_names(), st.integers(min_value=0, max_value=2**40))
+def test_a_ledger_entry_round_trips_every_field_in_its_compact_form(
+    state: State, now_s: int
+) -> None:
+    text = StateEncoder().encode(state, now_s)
+    loaded = state_from_json(json.loads(text), "state.json")
+    assert loaded.ledger == state.ledger
+    for name, entry in loaded.ledger.items():
+        assert dataclasses.astuple(entry) == dataclasses.astuple(state.ledger[name])
+    # and through schema 4's form (state show --json), migrated
+    v4 = state_to_json(state, now_s, view=True)
+    v4["schema_version"] = 4
+    assert state_from_json(v4, "state.json").ledger == state.ledger
 
 
 def test_encoder_re_encodes_a_changed_slice_even_with_the_same_xid() -> None:
@@ -915,7 +960,7 @@ def test_any_saved_state_passes_check_and_loads(tmp_path_factory: Any, state: St
 
 
 def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
-    v1 = state_to_json(make_state(2), NOW_S)
+    v1 = state_to_json(make_state(2), NOW_S, view=True)
     del v1["resets"], v1["grants"], v1["audit"]
     v1["schema_version"] = 1
     for cls in v1["slices"]["1"]["classes"].values():
@@ -927,7 +972,7 @@ def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
 
 def test_migration_from_schema_2_knows_no_clock_reference() -> None:
     state = dataclasses.replace(make_state(2), boot_id="b1", boottime_s=50, clock_ref_s=NOW_S)
-    v2 = state_to_json(state, NOW_S)
+    v2 = state_to_json(state, NOW_S, view=True)
     state = dataclasses.replace(state, missing={1: NOW_S - 60})
     for key in ("boot_id", "boottime_s", "clock_ref_at", "missing"):
         del v2[key]
@@ -940,7 +985,7 @@ def test_migration_from_schema_2_knows_no_clock_reference() -> None:
 
 def test_migration_to_schema_4_paces_every_class_as_before() -> None:
     """Schema 3 had no tiers and no taper: every class, live or in the ledger, gets none."""
-    v3 = state_to_json(make_state(2), NOW_S)
+    v3 = state_to_json(make_state(2), NOW_S, view=True)
     v3["schema_version"] = next(k for k, f in MIGRATIONS.items() if f is _v3_to_v4)
     del v3["grants"], v3["audit"]
     for sl in [*v3["slices"].values(), *(e["slice"] for e in v3["ledger"].values())]:
@@ -1022,4 +1067,91 @@ def test_encoder_encodes_a_waiting_ledger_entry_once(mocker: MockerFixture) -> N
     entries = {**entries, "pl_dead1": LedgerEntry(entries["pl_dead1"].slice, NOW_S + 1)}
     changed = State(state.slices, entries)
     data = json.loads(encoder.encode(changed, NOW_S))
-    assert spy.call_count == 1 and data["ledger"]["pl_dead1"]["died_at"] == NOW_S + 1
+    assert spy.call_count == 1 and data["ledger"]["entries"]["pl_dead1"][0] == NOW_S + 1
+
+
+_ENTRY = "ledger.entries.pl_dead0"
+BAD_ENTRIES = [
+    ((0,), -1, f"{_ENTRY}[0]: expected a non-negative integer"),
+    ((1,), 0x1000, f"{_ENTRY}[1]: 4096 out of range 0..4095"),
+    ((3,), 0, f"{_ENTRY}[3]: before period_start"),
+    ((4,), {}, f"{_ENTRY}[4]: expected a list of 6 values"),
+    ((4, 3), 1, f"{_ENTRY}[4][3]: expected true or false"),
+    ((5, 0), "7", f"{_ENTRY}[5][0]: expected a non-negative integer"),
+    ((5, 5), 9, f"{_ENTRY}[5][5]: policy 9 not in the ledger's 2"),
+]
+
+
+@pytest.mark.parametrize(("at", "value", "message"), BAD_ENTRIES)
+def test_a_bad_ledger_entry_is_named_in_one_line(
+    at: tuple[int, ...], value: object, message: str
+) -> None:
+    data = state_to_json(make_state(1), NOW_S)
+    target = data["ledger"]["entries"]["pl_dead0"]
+    for i in at[:-1]:
+        target = target[i]
+    target[at[-1]] = value
+    with pytest.raises(StateCorrupt) as exc:
+        state_from_json(data, "state.json")
+    assert str(exc.value) == f"state.json: {message}" and "\n" not in str(exc.value)
+
+
+def test_a_bad_ledger_policy_is_named_in_one_line() -> None:
+    data = state_to_json(make_state(1), NOW_S)
+    data["ledger"]["policies"][1][5] = "fast"
+    with pytest.raises(StateCorrupt, match=r"ledger\.policies\[1\]\[5\]: expected tiers"):
+        state_from_json(data, "state.json")
+    data["ledger"]["entries"][""] = data["ledger"]["entries"]["pl_dead0"]
+    data["ledger"]["policies"][1][5] = ""
+    with pytest.raises(StateCorrupt, match=r"ledger\.entries\.: expected a non-empty"):
+        state_from_json(data, "state.json")
+
+
+def test_a_ledger_entry_takes_at_most_200_bytes_at_typical_values() -> None:
+    """A month in, a dead slice of 20 characters that sent tens of GB (issue 23)."""
+    base = make_state(1).slices[1]
+    day = 86_400
+    entries = {}
+    for i in range(1_000):
+        name = f"pl_tenant_{i:06d}_web"
+        st = dataclasses.replace(
+            base,
+            name=name,
+            xid=i % 4000,
+            period_start_s=1_764_000_000,
+            period_end_s=1_764_000_000 + 30 * day,
+            default=ClassState(
+                policy(250_000_000_000), 123_456_789_012, 987_654_321_098, 2_000_000
+            ),
+            exempt=ClassState(policy(500_000_000_000), 12_345_678_901, 98_765_432_109),
+        )
+        entries[name] = LedgerEntry(st, 1_764_000_000 + 12 * day + i)
+    empty = len(StateEncoder().encode(State({}, {}), NOW_S))
+    full = len(StateEncoder().encode(State({}, entries), NOW_S))
+    assert (full - empty) / len(entries) <= 200
+
+
+def test_a_schema_4_ledger_entry_not_shaped_as_one_is_named_after_migration() -> None:
+    v4 = state_to_json(make_state(1), NOW_S, view=True)
+    v4["schema_version"] = 4
+    v4["ledger"]["pl_dead0"]["slice"]["name"] = "pl_other"
+    with pytest.raises(StateCorrupt, match=r"ledger\.entries\.pl_dead0: expected a list of 6"):
+        state_from_json(v4, "state.json")
+
+
+def test_the_encoders_ledger_policies_start_over_when_they_pile_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bwenforcer.store import codec
+
+    monkeypatch.setattr(codec, "_MAX_LEDGER_POLICIES", 2)
+    encoder = StateEncoder()
+    state = make_state(1)
+    for limit in range(1, 8):  # each cycle, the dead slice's policy changed
+        entry = state.ledger["pl_dead0"]
+        default = dataclasses.replace(entry.slice.default, policy=policy(limit * 1000))
+        st = dataclasses.replace(entry.slice, default=default)
+        state = State(state.slices, {"pl_dead0": LedgerEntry(st, entry.died_s)})
+        data = json.loads(encoder.encode(state, NOW_S))
+        assert len(data["ledger"]["policies"]) <= 4
+        assert state_from_json(data, "state.json").ledger == state.ledger

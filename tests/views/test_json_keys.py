@@ -267,7 +267,7 @@ def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
             frozenset({".origin"}),
         ),
         "state show, audit": (
-            operator_json(state_to_json(dataclasses.replace(state, audit=AUDIT), NOW)),
+            operator_json(state_to_json(dataclasses.replace(state, audit=AUDIT), NOW, view=True)),
             frozenset({".slices", ".ledger"}),
         ),
         "grant": ({"audit": [audit_dict(a) for a in AUDIT]}, frozenset()),
@@ -285,7 +285,7 @@ def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
             frozenset(),
         ),
         "state show": (
-            operator_json(state_to_json(state, NOW)),
+            operator_json(state_to_json(state, NOW, view=True)),
             frozenset({".slices", ".ledger"}),
         ),
     }
@@ -303,7 +303,9 @@ def test_a_slice_named_like_a_key_keeps_its_name_in_state_show() -> None:
     from tests.views.test_inspection import cls
 
     st = SliceState("ceil_bps", 5, NOW, NOW + 86_400, cls(0, GiB), cls(0, GiB))
-    doc = operator_json(state_to_json(State(ledger={"ceil_bps": LedgerEntry(st, NOW)}), NOW))
+    doc = operator_json(
+        state_to_json(State(ledger={"ceil_bps": LedgerEntry(st, NOW)}), NOW, view=True)
+    )
     assert (
         list(doc["ledger"]) == ["ceil_bps"]
         and "ceil" in doc["ledger"]["ceil_bps"]["slice"]["classes"]["default"]
