@@ -410,3 +410,31 @@ def test_the_gate_with_the_watcher_passes_new_other_cgroups_and_disarms_on_stop(
     started = time.monotonic()
     s.send(user, s.pair.b_addr, 100_000)
     assert time.monotonic() - started < 0.9
+
+
+def test_the_gate_holds_an_inbound_connection_to_a_restarted_tenants_server(
+    setup: Setup,
+) -> None:
+    s = setup
+    srv = s.cgroup("machine.slice/srv.scope")
+    agent = s.agent(gate=True)
+    desired = load_desired(agent.config)
+    agent.cycle(desired)
+    xid = _xids(agent)["vm_srv"]
+    srv.rmdir()
+    srv.mkdir()  # restarted, not bound yet (no watcher, no cycle)
+    sink = start_sink(s.pair.a.name, PORT + 2, 15, cgroup=str(srv))
+    try:
+        unclassified = tc_bytes(s.pair.a, "va", "1:1fff")
+        client = start_sender(
+            s.pair.b.name, 0, s.pair.a_addr, PORT + 2, max_bytes=300_000, seconds=10
+        )
+        time.sleep(0.5)
+        assert client.poll() is None  # the SYN to the listener was dropped (input chain)
+        agent.cycle(desired)
+        assert client.wait(timeout=15) == 0
+    finally:
+        sink.kill()
+        sink.wait(timeout=5)
+    assert tc_bytes(s.pair.a, "va", "1:1fff") - unclassified < 2_000  # ARP/ND at most
+    assert _class_bytes(s)[(xid, "default")] > 0  # the server's replies (ACKs) are its own
