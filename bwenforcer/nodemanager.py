@@ -279,7 +279,7 @@ class NodeManagerShim(CycleRunner):
                 self.retry_metrics(self.config.metrics.listen)
                 self.run_once()
         finally:
-            self.close_agent()
+            self.stop_agent()
 
     def start(self) -> None:
         """Start the daemon thread (and the metrics server, if configured and possible)."""

@@ -108,6 +108,9 @@ class CgroupConfig:
 
     mount: str | None = None  # the cgroup2 mount; None: /sys/fs/cgroup or its unified/
     tenants: tuple[CgroupPattern, ...] = ()
+    # the restart gate: a new cgroup beside a bound tenant's, not in the maps yet,
+    # sends nothing (fail-closed; off by default, see README)
+    gate: bool = False
 
 
 @dataclass(frozen=True)

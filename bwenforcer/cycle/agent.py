@@ -11,6 +11,7 @@ import ctypes
 import dataclasses
 import gc
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -220,6 +221,18 @@ class Agent:
             self._watcher.close()
             self._watcher = None
 
+    def disarm_gate(self) -> None:
+        """The agent stops for good (not :meth:`close`, which a cycle may follow):
+        with ``cgroups.gate``, let new cgroups beside the tenants send again, since
+        no watcher or cycle is left to bind them (a crash leaves the gate armed).
+        """
+        if not self.config.cgroups.gate or self.config.classifier.mode != "cgroup":
+            return
+        try:
+            self._cgroups_table().disarm_gate()
+        except Error as exc:
+            log.error("restart gate not disarmed: %s", exc)
+
     def new_problem(self, exc: BaseException) -> bool:
         """Whether a failed cycle's ``exc`` differs from the last one (log it if so).
 
@@ -419,8 +432,22 @@ class Agent:
         units = self.discovery.by_name() if self.discovery is not None else {}
         bindings = {units[s.name].cgroup_id: s.xid for s in desired.slices if s.name in units}
         levels = tuple(p.level for p in self.config.cgroups.tenants)
+        gate = self.config.cgroups.gate
+        tenants = {units[s.name].path for s in desired.slices if s.name in units}
+        mount = self.discovery.mount if self.discovery is not None else ""
+        spec = CgroupSpec(
+            bindings,
+            levels,
+            self.config.classifier.exempt_prefixes,
+            gate,
+            # the directories bound tenants are in, as the watcher watches them
+            tuple(sorted({os.path.join(mount, os.path.dirname(p)) for p in tenants if "/" in p}))
+            if gate
+            else (),
+            frozenset(os.path.join(mount, p) for p in tenants) if gate else frozenset(),
+        )
         try:
-            table.apply(CgroupSpec(bindings, levels, self.config.classifier.exempt_prefixes))
+            table.apply(spec)
         except Error:
             table.close()  # a fresh socket next cycle
             self._cgroup_classifier = None
@@ -439,13 +466,18 @@ class Agent:
         that cannot run is logged once and the cycle alone keeps the maps.
         """
         from bwenforcer.kernel.cgroupwatch import CgroupWatcher
-        from bwenforcer.kernel.classifier import MAP_DEFAULT, MAP_EXEMPT, TABLE
+        from bwenforcer.kernel.classifier import MAP_DEFAULT, MAP_EXEMPT, SET_PASS, TABLE
 
         if self._watcher is None:
             assert self.discovery is not None
             try:
                 self._watcher = CgroupWatcher(
-                    self.discovery.mount, TABLE, MAP_DEFAULT, MAP_EXEMPT, self.netns
+                    self.discovery.mount,
+                    TABLE,
+                    MAP_DEFAULT,
+                    MAP_EXEMPT,
+                    self.netns,
+                    pass_set=SET_PASS if self.config.cgroups.gate else None,
                 )
             except Error as exc:
                 log.error("cgroup watcher not started (restarts wait for a cycle): %s", exc)

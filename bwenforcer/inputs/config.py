@@ -196,8 +196,9 @@ def _cgroups(reader: KeyReader, base: Mapping[TrafficClass, ClassDefaults]) -> C
         _pattern(KeyReader(item, f"{reader.key('tenants')}[{i}]", reader.source), base)
         for i, item in enumerate(raw)
     )
+    gate = reader.flag("gate", False)
     reader.done()
-    return CgroupConfig(mount, patterns)
+    return CgroupConfig(mount, patterns, gate)
 
 
 def _check_slice_address(reader: KeyReader, template: str) -> None:

@@ -8,6 +8,11 @@ the tenants' cgroups are in, and when a cgroup of a name the last cycle bound
 to an xid appears, adds ``{new id: its marks}`` to both maps (one transaction),
 and deletes the old id's elements. It never gives a name an xid: unknown names
 wait for the cycle. A lost event (queue overflow) only waits for the cycle too.
+
+With the restart gate (``pass_set``), any other cgroup made in those directories
+(not a tenant the last cycle bound: another unit, a tenant still without an xid)
+is put in the gate's pass set at once, so that only known tenants wait for
+their map element.
 """
 
 from __future__ import annotations
@@ -48,7 +53,14 @@ class CgroupWatcher:
     """
 
     def __init__(
-        self, mount: str, table: str, map_default: str, map_exempt: str, netns: str | None = None
+        self,
+        mount: str,
+        table: str,
+        map_default: str,
+        map_exempt: str,
+        netns: str | None = None,
+        *,
+        pass_set: str | None = None,
     ) -> None:
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         self._add_watch = libc.inotify_add_watch
@@ -60,12 +72,14 @@ class CgroupWatcher:
         self.mount = mount
         self._maps = NftMaps(table, netns)
         self._names = (map_default, map_exempt)
+        self._pass_set = pass_set
         self._lock = threading.Lock()
         self._wds: dict[int, str] = {}  # watch -> directory below the mount ("" the mount)
         self._watched: set[str] = set()
         self._xids: dict[str, int] = {}  # cgroup path -> xid, from the last cycle
         self._ids: dict[str, int | None] = {}  # cgroup path -> the id the maps hold for it
         self.rebound = 0  # cgroups re-bound between cycles (for tests and logs)
+        self.passed = 0  # other cgroups let through the gate between cycles
         self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(
             target=self._run, name="bwenforcer-cgroup-watch", daemon=True
@@ -152,7 +166,8 @@ class CgroupWatcher:
             xid = self._xids.get(path)
             old = self._ids.get(path)
         if xid is None:
-            return  # not a tenant the last cycle bound: the cycle decides
+            self._let_pass(path)  # not a tenant the last cycle bound: the cycle decides
+            return
         try:
             new: int | None = os.stat(os.path.join(self.mount, path), follow_symlinks=False).st_ino
         except FileNotFoundError:
@@ -182,3 +197,19 @@ class CgroupWatcher:
         if new is not None:
             self.rebound += 1
             log.info("cgroup watcher: %s re-bound to xid %d (cgroup id %d)", path, xid, new)
+
+    def _let_pass(self, path: str) -> None:
+        """With the gate: a cgroup made beside the tenants, not one, sends as before."""
+        if self._pass_set is None:
+            return
+        try:
+            new = os.stat(os.path.join(self.mount, path), follow_symlinks=False).st_ino
+        except OSError:
+            return  # removed (the event was IN_DELETE): the cycle deletes its element
+        try:
+            self._maps.change((MapChange(self._pass_set, add={new: None}),))
+        except ClassifierError as exc:
+            log.warning("cgroup watcher: %s not let through the gate: %s", path, exc)
+            return
+        self.passed += 1
+        log.debug("cgroup watcher: %s (cgroup id %d) let through the gate", path, new)

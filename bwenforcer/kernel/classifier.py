@@ -24,8 +24,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from bwenforcer.core.layout import CLASS_BITS, XID_MAX, mark
@@ -213,6 +214,10 @@ class Classifier:
 # (nftsets), one transaction per cycle, only when something changed.
 MAP_DEFAULT = "tenant_default"
 MAP_EXEMPT = "tenant_exempt"
+# the restart gate (cgroups.gate): the ids of the directories bound tenants are in,
+# and of every cgroup beside them that may send unclassified (not a known tenant's)
+SET_PARENTS = "tenant_parents"
+SET_PASS = "tenant_pass"
 
 
 @dataclass(frozen=True)
@@ -222,16 +227,30 @@ class CgroupSpec:
     bindings: Mapping[int, int]  # cgroup id -> xid
     levels: tuple[int, ...]  # `socket cgroupv2 level` of every tenant pattern
     exempt_prefixes: tuple[str, ...]
+    # the restart gate: the absolute paths of the directories bound tenants are in
+    # (each at a level of ``levels`` minus one), and of the bound tenants' cgroups.
+    # Every other cgroup in those directories passes (set SET_PASS); a new one that
+    # is not in the maps (a tenant's unit restarted) is dropped until it is.
+    gate: bool = False
+    gate_parents: tuple[str, ...] = ()
+    gate_tenants: frozenset[str] = frozenset()
 
 
-def cgroup_digest(levels: tuple[int, ...], prefixes: tuple[str, ...]) -> str:
+def gate_levels(levels: tuple[int, ...]) -> list[int]:
+    """The tenant levels the gate covers, deepest first: those with a parent below the root."""
+    return sorted({level for level in levels if level >= 2}, reverse=True)
+
+
+def cgroup_digest(levels: tuple[int, ...], prefixes: tuple[str, ...], gate: bool = False) -> str:
     """A short digest of the table's structure, kept in its comment."""
     text = repr(("cgroup", sorted(set(levels)), _collapsed(prefixes)))
+    if gate:
+        text += " gate"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def render_cgroup_ruleset(
-    levels: tuple[int, ...], prefixes: tuple[str, ...], table: str = TABLE
+    levels: tuple[int, ...], prefixes: tuple[str, ...], table: str = TABLE, gate: bool = False
 ) -> str:
     """The ``nft -f`` script of the cgroup table, with empty maps (one transaction).
 
@@ -241,10 +260,23 @@ def render_cgroup_ruleset(
     looks the map up; the others take the mark from conntrack. The input chain
     marks inbound connections from their first packet (the listener's socket), so
     a server's replies, SYN-ACK included, land in its tenant's class.
+
+    With the gate, after the marks, one rule per tenant level L: a first packet
+    still unmarked whose socket's cgroup at level L is in a directory of
+    SET_PARENTS (its level L-1 ancestor) and is not in SET_PASS is dropped (TCP
+    sends its SYN again after 1 s, by then the watcher or the cycle bound it).
+    The sets start empty, so the gate holds nothing until the elements
+    transaction fills the maps and the sets together.
     """
     order = sorted(set(levels), reverse=True)
     v4, v6 = _collapsed(prefixes)
     first = order[0] if order else 1
+    sets = (
+        f"  set {SET_PARENTS} {{ typeof socket cgroupv2 level {first}; }}\n"
+        f"  set {SET_PASS} {{ typeof socket cgroupv2 level {first}; }}\n"
+        if gate
+        else ""
+    )
 
     def trio(addr: str) -> str:
         lines = []
@@ -255,15 +287,21 @@ def render_cgroup_ruleset(
                 f"    ct mark 0 ip6 {addr} @exempt6 ct mark set {lookup} map @{MAP_EXEMPT}",
                 f"    ct mark 0 ct mark set {lookup} map @{MAP_DEFAULT}",
             ]
+        if gate:
+            for level in gate_levels(levels):
+                lines.append(
+                    f"    ct mark 0 socket cgroupv2 level {level - 1} @{SET_PARENTS}"
+                    f" socket cgroupv2 level {level} != @{SET_PASS} drop"
+                )
         return "\n".join(lines)
 
     return f"""table inet {table}
 delete table inet {table}
 table inet {table} {{
-  comment "bwenforcer spec {cgroup_digest(levels, prefixes)}"
+  comment "bwenforcer spec {cgroup_digest(levels, prefixes, gate)}"
   map {MAP_DEFAULT} {{ typeof socket cgroupv2 level {first} : meta mark; }}
   map {MAP_EXEMPT} {{ typeof socket cgroupv2 level {first} : meta mark; }}
-  set exempt4 {{ type ipv4_addr; flags interval;{_elements(v4)} }}
+{sets}  set exempt4 {{ type ipv4_addr; flags interval;{_elements(v4)} }}
   set exempt6 {{ type ipv6_addr; flags interval;{_elements(v6)} }}
   chain output {{
     type route hook output priority mangle; policy accept;
@@ -296,6 +334,51 @@ def _diff(
     return delete, add
 
 
+def _ids(paths: Iterable[str]) -> set[int]:
+    ids = set()
+    for path in paths:
+        try:
+            ids.add(os.stat(path, follow_symlinks=False).st_ino)
+        except OSError:
+            continue  # gone meanwhile: the next cycle says so
+    return ids
+
+
+def _gate_changes(maps: NftMaps, spec: CgroupSpec) -> tuple[MapChange, ...]:
+    """The gate sets' part of the cycle's transaction.
+
+    SET_PASS is dumped first, then the directories listed: an element not listed
+    is a cgroup gone (or a tenant's, which the maps hold anyway), and one the
+    watcher added after the dump is not deleted. Tenants' cgroups are not added:
+    a new one (the unit restarted) must wait for its map element.
+    """
+    have_parents = maps.dump(SET_PARENTS)
+    have_pass = maps.dump(SET_PASS)
+    want_parents = _ids(spec.gate_parents)
+    want_pass: set[int] = set()
+    for parent in spec.gate_parents:
+        try:
+            with os.scandir(parent) as entries:
+                for entry in entries:
+                    path = os.path.join(parent, entry.name)
+                    if entry.is_dir(follow_symlinks=False) and path not in spec.gate_tenants:
+                        want_pass.add(entry.inode())
+        except OSError:
+            continue
+    return (
+        MapChange(
+            SET_PARENTS,
+            tuple(k for k in have_parents if k not in want_parents),
+            dict.fromkeys(want_parents - have_parents.keys()),
+        ),
+        MapChange(
+            SET_PASS,
+            tuple(k for k in have_pass if k not in want_pass),
+            dict.fromkeys(want_pass - have_pass.keys()),
+        ),
+    )
+
+
 class CgroupClassifier(Classifier):
     """The cgroup table; long-lived (its netlink socket and the structure it loaded)."""
 
@@ -315,27 +398,29 @@ class CgroupClassifier(Classifier):
             self._maps.close()
             self._maps = None
 
-    def _load(self, levels: tuple[int, ...], prefixes: tuple[str, ...]) -> None:
-        proc = self._run("-f", "-", script=render_cgroup_ruleset(levels, prefixes, self.table))
+    def _load(self, levels: tuple[int, ...], prefixes: tuple[str, ...], gate: bool) -> None:
+        script = render_cgroup_ruleset(levels, prefixes, self.table, gate)
+        proc = self._run("-f", "-", script=script)
         if proc.returncode != 0:
             first = (proc.stderr.strip().splitlines() or ["nft failed"])[0]
             raise ClassifierError(f"nft table inet {self.table}: {first}")
         log.info(
-            "classifier: table inet %s (cgroup, levels %s, %d exempt prefixes) loaded",
+            "classifier: table inet %s (cgroup, levels %s, %d exempt prefixes%s) loaded",
             self.table,
             ",".join(map(str, sorted(set(levels), reverse=True))),
             len(prefixes),
+            ", restart gate" if gate else "",
         )
 
     def apply(self, spec: CgroupSpec) -> CgroupApplied:  # type: ignore[override]
         """Bring the table and its maps to ``spec``: nft only when the structure is
         missing or another; the elements in one netlink transaction, if any changed.
         """
-        digest = cgroup_digest(spec.levels, spec.exempt_prefixes)
+        digest = cgroup_digest(spec.levels, spec.exempt_prefixes, spec.gate)
         loaded = False
         if self._digest != digest:
             if self._installed_digest() != digest:
-                self._load(spec.levels, spec.exempt_prefixes)
+                self._load(spec.levels, spec.exempt_prefixes, spec.gate)
                 loaded = True
             self._digest = digest
         maps = self._open()
@@ -345,7 +430,7 @@ class CgroupClassifier(Classifier):
             if not exc.missing:
                 raise
             # the table was deleted under us (tc stop, an operator): load it again
-            self._load(spec.levels, spec.exempt_prefixes)
+            self._load(spec.levels, spec.exempt_prefixes, spec.gate)
             loaded = True
             generation, have_default, have_exempt = maps.generation(), {}, {}
         want_default = {cg: mark(x, "default") for cg, x in spec.bindings.items()}
@@ -353,8 +438,9 @@ class CgroupClassifier(Classifier):
         del_d, add_d = _diff(have_default, want_default)
         del_e, add_e = _diff(have_exempt, want_exempt)
         self._seen = None  # unknown until the change is known to be the only one
+        gate = _gate_changes(maps, spec) if spec.gate else ()
         messages = maps.change(
-            (MapChange(MAP_DEFAULT, del_d, add_d), MapChange(MAP_EXEMPT, del_e, add_e))
+            (MapChange(MAP_DEFAULT, del_d, add_d), MapChange(MAP_EXEMPT, del_e, add_e), *gate)
         )
         if messages:
             log.info(
@@ -369,6 +455,21 @@ class CgroupClassifier(Classifier):
                 )
         self._seen = (generation, want_default, want_exempt)
         return CgroupApplied(loaded, len(add_d) + len(add_e), len(del_d) + len(del_e), messages)
+
+    def disarm_gate(self) -> int:
+        """Empty the gate's SET_PARENTS (the agent stopping): new cgroups beside the
+        tenants send unclassified again, as without the gate; the marks stay. The
+        next :meth:`apply` arms it again. The elements deleted (0: no gate).
+        """
+        maps = self._open()
+        try:
+            parents = maps.dump(SET_PARENTS)
+        except MapMissing:
+            return 0
+        maps.change((MapChange(SET_PARENTS, tuple(parents)),))
+        if parents:
+            log.info("classifier: restart gate disarmed (the agent stops)")
+        return len(parents)
 
     def _open(self) -> NftMaps:
         if self._maps is None:

@@ -110,7 +110,7 @@ class MapChange:
 
     map_name: str
     delete: tuple[int, ...] = ()
-    add: Mapping[int, int] | None = None
+    add: Mapping[int, int | None] | None = None  # None values: a set (no data)
 
     def __bool__(self) -> bool:
         return bool(self.delete or self.add)

@@ -93,7 +93,7 @@ class Daemon(CycleRunner):
                 self.wake.clear()
         finally:
             self.stop_metrics()
-            self.close_agent()
+            self.stop_agent()
         log.info("daemon stopped by %s", signal.Signals(self.stop_signal).name)
         return 0
 

@@ -111,3 +111,9 @@ class CycleRunner:
         """Close the agent's netlink socket (the next cycle opens a new one)."""
         if self.agent is not None:
             self.agent.close()
+
+    def stop_agent(self) -> None:
+        """The runner ends: disarm the restart gate (if any), then close the agent."""
+        if self.agent is not None:
+            self.agent.disarm_gate()
+        self.close_agent()

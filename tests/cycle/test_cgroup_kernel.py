@@ -19,9 +19,9 @@ import pytest
 from bwenforcer.core.layout import mark
 from bwenforcer.cycle.agent import Agent, load_desired
 from bwenforcer.inputs.config import load_config
-from bwenforcer.kernel.classifier import MAP_DEFAULT, MAP_EXEMPT
+from bwenforcer.kernel.classifier import MAP_DEFAULT, MAP_EXEMPT, SET_PARENTS, SET_PASS
 from bwenforcer.kernel.htb import HtbBackend
-from bwenforcer.kernel.nftsets import NftMaps
+from bwenforcer.kernel.nftsets import MapMissing, NftMaps
 from bwenforcer.modes.traffic import start_sender, start_sink
 from tests.cgroup_helpers import cgroup_parent
 from tests.kernel_helpers import tc_bytes
@@ -44,7 +44,7 @@ class Setup:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def agent(self, tenant_defaults: str = "{}", period: str = "1h") -> Agent:
+    def agent(self, tenant_defaults: str = "{}", period: str = "1h", gate: bool = False) -> Agent:
         cfg = self.tmp / "bwenforcer.yaml"
         cfg.write_text(
             f"device: va\nnode_cap: 20mbit\nbwmax: 100mbit\nperiod: {period}\n"
@@ -58,6 +58,7 @@ class Setup:
             f"      defaults: {tenant_defaults}\n"
             f"    - match: {self.parent.name}/machine.slice/*.scope\n"
             "      prefix: vm\n"
+            f"  gate: {'true' if gate else 'false'}\n"
         )
         config = load_config(str(cfg))
         with HtbBackend("va", netns=self.pair.a.name, bare_marks=False) as kernel:
@@ -303,3 +304,134 @@ def test_with_the_watcher_a_restarted_unit_is_classified_before_any_cycle(setup:
         assert tc_bytes(s.pair.a, "va", "1:1fff") - unclassified < 10_000  # ARP/ND at most
     finally:
         agent.close()
+
+
+def _restart_and_connect(s: Setup, user: Path, agent: Agent) -> tuple[subprocess.Popen[bytes], int]:
+    """The unit restarts (no watcher, no cycle since) and a process of it connects at once;
+    returns the sender and the bytes of class 1:1fff before it.
+    """
+    user.rmdir()
+    user.mkdir()
+    unclassified = tc_bytes(s.pair.a, "va", "1:1fff")
+    sender = start_sender(
+        s.pair.a.name, 0, s.pair.b_addr, PORT, max_bytes=400_000, seconds=10, cgroup=str(user)
+    )
+    return sender, unclassified
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_the_restart_gate_holds_a_restarted_tenants_connection_until_it_is_bound(
+    setup: Setup, gate: bool
+) -> None:
+    s = setup
+    user = s.cgroup("user.slice/user-0.slice")
+    other = s.cgroup("user.slice/other.slice")  # beside the tenant, matches no pattern
+    agent = s.agent(gate=gate)  # no watcher: the cycle alone binds
+    desired = load_desired(agent.config)
+    agent.cycle(desired)
+    xid = _xids(agent)["root"]
+    maps = NftMaps("bwenforcer", s.pair.a.name)
+    try:
+        if gate:
+            assert maps.dump(SET_PARENTS) == {user.parent.stat().st_ino: None}
+            assert other.stat().st_ino in maps.dump(SET_PASS)
+            assert user.stat().st_ino not in maps.dump(SET_PASS)
+        else:
+            with pytest.raises(MapMissing):
+                maps.dump(SET_PARENTS)
+    finally:
+        maps.close()
+    # a cgroup beside the tenants that is none: sends at once, unclassified as before
+    before = tc_bytes(s.pair.a, "va", "1:1fff")
+    s.send(other, s.pair.b_addr, 100_000)
+    assert tc_bytes(s.pair.a, "va", "1:1fff") - before >= 100_000
+
+    sink = start_sink(s.pair.b.name, PORT, 15)
+    try:
+        sender, unclassified = _restart_and_connect(s, user, agent)
+        time.sleep(0.5)
+        if gate:
+            # its SYN was dropped: nothing sent, nothing unclassified, until the cycle binds
+            assert sender.poll() is None
+            assert tc_bytes(s.pair.a, "va", "1:1fff") - unclassified < 10_000
+            agent.cycle(desired)
+        assert sender.wait(timeout=15) == 0  # the connection succeeds (after 1 s, gated)
+    finally:
+        sink.kill()
+        sink.wait(timeout=5)
+    leaked = tc_bytes(s.pair.a, "va", "1:1fff") - unclassified
+    counted = _class_bytes(s)
+    if gate:
+        assert leaked < 10_000  # ARP/ND at most: no packet of the tenant
+        assert counted[(xid, "default")] >= 400_000
+    else:
+        assert leaked >= 400_000  # as before the gate: the whole connection unclassified
+
+
+def test_the_gate_with_the_watcher_passes_new_other_cgroups_and_disarms_on_stop(
+    setup: Setup,
+) -> None:
+    s = setup
+    user = s.cgroup("user.slice/user-0.slice")
+    agent = s.agent(gate=True)
+    agent.watch = True
+    try:
+        desired = load_desired(agent.config)
+        agent.cycle(desired)
+        xid = _xids(agent)["root"]
+        # a unit that is no tenant starts after the cycle: the watcher lets it through
+        other = s.cgroup("user.slice/late.slice")
+        before = tc_bytes(s.pair.a, "va", "1:1fff")
+        started = time.monotonic()
+        s.send(other, s.pair.b_addr, 100_000)
+        assert time.monotonic() - started < 0.9  # no SYN dropped
+        assert tc_bytes(s.pair.a, "va", "1:1fff") - before >= 100_000
+        # the tenant restarts: re-bound by the watcher, its connection classified
+        user.rmdir()
+        user.mkdir()
+        before = tc_bytes(s.pair.a, "va", "1:1fff")
+        s.send(user, s.pair.b_addr, 300_000)
+        assert tc_bytes(s.pair.a, "va", "1:1fff") - before < 10_000
+        assert _within(_class_bytes(s)[(xid, "default")], 300_000)
+        # the agent stops: the gate no longer holds a new cgroup (no one to bind it)
+        agent.disarm_gate()
+    finally:
+        agent.close()
+    maps = NftMaps("bwenforcer", s.pair.a.name)
+    try:
+        assert maps.dump(SET_PARENTS) == {}
+    finally:
+        maps.close()
+    user.rmdir()
+    user.mkdir()
+    started = time.monotonic()
+    s.send(user, s.pair.b_addr, 100_000)
+    assert time.monotonic() - started < 0.9
+
+
+def test_the_gate_holds_an_inbound_connection_to_a_restarted_tenants_server(
+    setup: Setup,
+) -> None:
+    s = setup
+    srv = s.cgroup("machine.slice/srv.scope")
+    agent = s.agent(gate=True)
+    desired = load_desired(agent.config)
+    agent.cycle(desired)
+    xid = _xids(agent)["vm_srv"]
+    srv.rmdir()
+    srv.mkdir()  # restarted, not bound yet (no watcher, no cycle)
+    sink = start_sink(s.pair.a.name, PORT + 2, 15, cgroup=str(srv))
+    try:
+        unclassified = tc_bytes(s.pair.a, "va", "1:1fff")
+        client = start_sender(
+            s.pair.b.name, 0, s.pair.a_addr, PORT + 2, max_bytes=300_000, seconds=10
+        )
+        time.sleep(0.5)
+        assert client.poll() is None  # the SYN to the listener was dropped (input chain)
+        agent.cycle(desired)
+        assert client.wait(timeout=15) == 0
+    finally:
+        sink.kill()
+        sink.wait(timeout=5)
+    assert tc_bytes(s.pair.a, "va", "1:1fff") - unclassified < 2_000  # ARP/ND at most
+    assert _class_bytes(s)[(xid, "default")] > 0  # the server's replies (ACKs) are its own

@@ -68,6 +68,14 @@ def test_config_patterns_with_their_defaults(tmp_path: Path) -> None:
     # not given in the pattern: the top-level defaults
     assert vms.prefix == "vm" and vms.defaults["exempt"] == config.defaults["exempt"]
     assert vms.defaults["default"].limit_bytes == 100 << 30
+    assert config.cgroups.gate is False  # the restart gate: off unless asked for
+
+
+def test_config_gate_switch() -> None:
+    text = "classifier: {mode: cgroup}\ncgroups: {gate: true, tenants: [{match: a/*}]}"
+    assert parse_config(yaml.safe_load(text), "bw.yaml").cgroups.gate is True
+    with pytest.raises(ConfigError, match="gate"):
+        parse_config(yaml.safe_load(text.replace("gate: true", "gate: sometimes")), "bw.yaml")
 
 
 @pytest.mark.parametrize(

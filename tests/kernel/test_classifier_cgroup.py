@@ -37,6 +37,32 @@ def test_rules_per_level_deepest_first_for_output_and_input() -> None:
     assert "elements" not in text.split("set exempt4")[0]  # maps are filled over netlink
 
 
+def test_the_gate_rules_follow_the_marks_in_both_chains_only_when_asked() -> None:
+    assert "tenant_parents" not in render_cgroup_ruleset((2, 3), ())
+    assert "drop" not in render_cgroup_ruleset((2, 3), ())
+    text = render_cgroup_ruleset((2, 3, 1), (), gate=True)
+    gate = [
+        "ct mark 0 socket cgroupv2 level 2 @tenant_parents socket cgroupv2 level 3"
+        " != @tenant_pass drop",
+        "ct mark 0 socket cgroupv2 level 1 @tenant_parents socket cgroupv2 level 2"
+        " != @tenant_pass drop",
+    ]  # deepest first; level 1 tenants (children of the root) are never gated
+    for chain in (
+        text.split("chain output")[1].split("chain input")[0],
+        text.split("chain input")[1],
+    ):
+        lines = [line.strip() for line in chain.splitlines() if line.strip()]
+        assert [line for line in lines if "drop" in line] == gate
+        last_map = max(i for i, line in enumerate(lines) if "map @" in line)
+        assert lines.index(gate[0]) > last_map  # after every mark rule
+    assert "set tenant_parents" in text and "set tenant_pass" in text
+    # the digest (the table's comment) tells the two structures apart
+    assert (
+        render_cgroup_ruleset((2,), ()).splitlines()[3]
+        != render_cgroup_ruleset((2,), (), gate=True).splitlines()[3]
+    )
+
+
 @pytest.mark.kernel
 def test_apply_adds_replaces_and_deletes_in_one_transaction(ns: Netns) -> None:
     c = CgroupClassifier(netns=ns.name)

@@ -48,6 +48,9 @@ class RecordingAgent:
     def close(self) -> None:
         pass
 
+    def disarm_gate(self) -> None:
+        pass
+
     def new_problem(self, exc: BaseException) -> bool:
         return True
 
