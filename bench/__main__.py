@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench import aged, ledger
+from bench.launch import launched
 from bwenforcer.kernel.htb import HtbBackend
 
 if TYPE_CHECKING:
@@ -181,31 +182,13 @@ def write_cycle_config(tmp: Path, n: int, capped: bool, dev: str = DEV) -> Path:
     return cfg
 
 
-# Runs a command and prints its wall time and peak RSS. A small process of its
-# own: Linux carries a process's peak RSS across exec, so a child forked straight
-# from this (large) benchmark would report the benchmark's size, not its own.
-_LAUNCHER = """
-import resource, subprocess, sys, time
-start = time.perf_counter()
-proc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-wall = time.perf_counter() - start
-sys.stderr.write(proc.stderr.decode(errors="replace")[-500:])
-print(proc.returncode, wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-"""
-
-
 def run_sync(ns: Namespace, cfg: Path) -> tuple[float, int]:
     """Wall time and peak RSS (KiB) of one whole `bwenforcer sync` process."""
     del ns  # this process is in the namespace already; its children are too
-    proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", _LAUNCHER,
-         str(VENV_BIN / "bwenforcer"), "--config", str(cfg), "sync"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    rc, wall, rss_kib = proc.stdout.split()
-    if int(rc) not in (0, 1):
-        raise SystemExit(f"sync failed (exit {rc}): {proc.stderr.strip()[:300]}")
-    return float(wall), int(rss_kib)
+    rc, wall, rss_kib, err = launched([str(VENV_BIN / "bwenforcer"), "--config", str(cfg), "sync"])
+    if rc not in (0, 1):
+        raise SystemExit(f"sync failed (exit {rc}): {err.strip()[:300]}")
+    return wall, rss_kib
 
 
 def build_figures(ns: Namespace, n: int, runs: int) -> dict[str, float]:

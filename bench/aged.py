@@ -15,11 +15,11 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from bench.launch import launched
 from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.history.file import FORMAT_VERSION, write_history
 from bwenforcer.history.recorder import HistoryRecorder
@@ -76,19 +76,9 @@ def make(n: int, years: int) -> Path:
     return path
 
 
-# Wall time and peak RSS of a command, from a small process of its own (see
-# bench.__main__._LAUNCHER: a child forked from the benchmark inherits its peak).
-_LAUNCHER = """
-import resource, subprocess, sys, time
-start = time.perf_counter()
-proc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-wall = time.perf_counter() - start
-sys.stderr.write(proc.stderr.decode(errors="replace")[-500:])
-print(proc.returncode, wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-"""
-
 _FOLD = """
 import sys
+from bench.launch import launched
 from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.history.recorder import HistoryRecorder
 HistoryRecorder(sys.argv[1], HistoryConfig()).fold(int(sys.argv[2]))
@@ -99,14 +89,10 @@ _IMPORTS = "import bwenforcer.history.recorder, bwenforcer.cli"
 
 def measured(cmd: list[str]) -> tuple[float, int]:
     """Wall time (s) and peak RSS (KiB) of ``cmd``."""
-    proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", _LAUNCHER, *cmd],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    rc, wall, rss = proc.stdout.split()
-    if int(rc) != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])}… failed (exit {rc}): {proc.stderr[-300:]}")
-    return float(wall), int(rss)
+    rc, wall, rss, err = launched(cmd)
+    if rc != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])}… failed (exit {rc}): {err[-300:]}")
+    return wall, rss
 
 
 def medians(cmd: list[str], runs: int, before: object = None) -> tuple[float, int]:
