@@ -66,10 +66,10 @@ class NetnsPair:
 
     a: Netns
     b: Netns
-    a_addr: str = "198.18.0.1"
-    b_addr: str = "198.18.0.2"
-    a_addr6: str = "2001:db8:b0e::1"
-    b_addr6: str = "2001:db8:b0e::2"
+    a_addr: str  # the addresses are the sandbox's (kernel/sandbox.Pair)
+    b_addr: str
+    a_addr6: str
+    b_addr6: str
 
 
 @contextmanager
