@@ -15,6 +15,7 @@ from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import AuditEntry, ClassOp, ClassState, KernelSnapshot, SliceState, State
 from bwenforcer.core.targets import RateTargets
 from bwenforcer.core.units import human_size
+from bwenforcer.views.reset import rates_now
 from bwenforcer.views.show import utc
 from bwenforcer.views.status import ceil_text, last_applied_bps
 
@@ -63,12 +64,19 @@ def grant(
         tc = entry.traffic_class
         cs = st.cls(tc)
         kc = None if kernel is None else kernel.cls(tc)
-        if kc is not None and targets is not None:
-            counted = counted_bytes(cs.used_bytes, class_granted(audit, st.name, tc, now_s))
-            rates, capped = targets.rates(cs.policy, tc, counted, st.period_end_s, now_s)
-            if kc.rates != rates:
-                ops.append(ClassOp("change", xid, tc, rates))
-            cs = dataclasses.replace(cs, ceil_bps=rates.max_rate_bps, capped=capped)
+        counted = counted_bytes(cs.used_bytes, class_granted(audit, st.name, tc, now_s))
+        cs, op = rates_now(
+            cs,
+            kc,
+            targets,
+            xid,
+            tc,
+            counted_bytes=counted,
+            period_end_s=st.period_end_s,
+            now_s=now_s,
+        )
+        if op is not None:
+            ops.append(op)
         new[tc] = cs
     after = dataclasses.replace(
         st, default=new.get("default", st.default), exempt=new.get("exempt", st.exempt)

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 from bwenforcer.core.grants import pruned
 from bwenforcer.core.layout import TrafficClass
-from bwenforcer.core.model import AuditEntry, ClassOp, ClassState, KernelSnapshot, SliceState, State
+from bwenforcer.core.model import (
+    AuditEntry,
+    ClassOp,
+    ClassState,
+    KernelClass,
+    KernelSnapshot,
+    SliceState,
+    State,
+)
 from bwenforcer.core.targets import RateTargets
 from bwenforcer.core.units import human_size
 from bwenforcer.views.status import ceil_text, last_applied_bps
@@ -25,6 +33,28 @@ class Forgiven:
     state: State
     slice: SliceState
     ops: tuple[ClassOp, ...]
+
+
+def rates_now(
+    cs: ClassState,
+    kc: KernelClass | None,
+    targets: RateTargets | None,
+    xid: int,
+    tc: TrafficClass,
+    *,
+    counted_bytes: int,
+    period_end_s: int,
+    now_s: int,
+) -> tuple[ClassState, ClassOp | None]:
+    """``cs`` with the ceil and capped flag the planner's rule gives at ``counted_bytes``
+    now, and the op that sets the kernel class ``kc`` to those rates if it differs;
+    ``cs`` unchanged without a kernel class or targets (the next cycle sets them).
+    """
+    if kc is None or targets is None:
+        return cs, None
+    rates, capped = targets.rates(cs.policy, tc, counted_bytes, period_end_s, now_s)
+    op = ClassOp("change", xid, tc, rates) if kc.rates != rates else None
+    return dataclasses.replace(cs, ceil_bps=rates.max_rate_bps, capped=capped), op
 
 
 def forgive(
@@ -61,11 +91,11 @@ def forgive(
         cs = dataclasses.replace(
             cs, used_bytes=0, last_counter_bytes=counter, capped=False, notified=False
         )
-        if kc is not None and targets is not None:
-            lifted, capped = targets.rates(cs.policy, tc, 0, st.period_end_s, now_s)
-            if kc.rates != lifted:
-                ops.append(ClassOp("change", xid, tc, lifted))
-            cs = dataclasses.replace(cs, ceil_bps=lifted.max_rate_bps, capped=capped)
+        cs, op = rates_now(
+            cs, kc, targets, xid, tc, counted_bytes=0, period_end_s=st.period_end_s, now_s=now_s
+        )
+        if op is not None:
+            ops.append(op)
         new[tc] = cs
     reset = dataclasses.replace(
         st, default=new.get("default", st.default), exempt=new.get("exempt", st.exempt)
