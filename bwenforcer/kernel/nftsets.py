@@ -151,49 +151,52 @@ class NftMaps:
         except OSError as exc:
             raise ClassifierError(f"nftables table {self.table}: {exc.strerror or exc}") from None
 
+    def _replies(self) -> Iterator[tuple[int, int, bytes]]:
+        """Every netlink message received from now on, as ``(type, seq, message)``,
+        one recv at a time (a short or malformed header ends that recv's walk).
+        """
+        while True:
+            data = self._recv()
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype, _flags, mseq, _pid = struct.unpack_from("=IHHII", data, off)
+                if length < 16:
+                    break
+                yield mtype, mseq, data[off : off + length]
+                off += (length + 3) & ~3
+
     def dump(self, map_name: str) -> dict[int, int | None]:
         """``{key: value}`` of every element; ClassifierError (ENOENT) if there is no map."""
         seq = self._next()
         kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM
         self._sock.send(_message(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, self._head(map_name)))
         out: dict[int, int | None] = {}
+        replies = self._replies()
         while True:
-            data = self._recv()
-            off = 0
-            while off + 16 <= len(data):
-                length, mtype, _flags, mseq, _pid = struct.unpack_from("=IHHII", data, off)
-                if length < 16:
-                    break
-                if mseq == seq:
-                    if mtype == NLMSG_DONE:
-                        return out
-                    if mtype == NLMSG_ERROR:
-                        (err,) = struct.unpack_from("=i", data, off + 16)
-                        raise MapMissing(
-                            f"nftables map {self.table}/{map_name}: {os.strerror(-err)}", -err
-                        )
-                    out.update(_parse_elements(data[off + 20 : off + length]))
-                off += (length + 3) & ~3
+            mtype, mseq, msg = next(replies)
+            if mseq != seq:
+                continue
+            if mtype == NLMSG_DONE:
+                return out
+            if mtype == NLMSG_ERROR:
+                (err,) = struct.unpack_from("=i", msg, 16)
+                raise MapMissing(f"nftables map {self.table}/{map_name}: {os.strerror(-err)}", -err)
+            out.update(_parse_elements(msg[20:]))
 
     def generation(self) -> int:
         """The nf_tables generation id: one more for every committed transaction."""
         seq = self._next()
         kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN
         self._sock.send(_message(kind, NLM_F_REQUEST, seq, b"", family=0))
+        replies = self._replies()
         while True:
-            data = self._recv()
-            off = 0
-            while off + 16 <= len(data):
-                length, mtype, _flags, mseq, _pid = struct.unpack_from("=IHHII", data, off)
-                if length < 16:
-                    break
-                if mseq == seq and mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
-                    attrs = dict(_attrs(data[off + 20 : off + length]))
-                    return int(struct.unpack("!I", attrs[NFTA_GEN_ID])[0])
-                if mseq == seq and mtype == NLMSG_ERROR:
-                    (err,) = struct.unpack_from("=i", data, off + 16)
-                    raise ClassifierError(f"nftables generation: {os.strerror(-err)}")
-                off += (length + 3) & ~3
+            mtype, mseq, msg = next(replies)
+            if mseq == seq and mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
+                attrs = dict(_attrs(msg[20:]))
+                return int(struct.unpack("!I", attrs[NFTA_GEN_ID])[0])
+            if mseq == seq and mtype == NLMSG_ERROR:
+                (err,) = struct.unpack_from("=i", msg, 16)
+                raise ClassifierError(f"nftables generation: {os.strerror(-err)}")
 
     def change(self, changes: Sequence[MapChange]) -> int:
         """Apply every change in one transaction (all or nothing); the messages sent.
@@ -235,19 +238,14 @@ class NftMaps:
         except OSError as exc:
             raise ClassifierError(f"nftables table {self.table}: {exc.strerror or exc}") from None
         first_error = 0
+        replies = self._replies()
         while waiting:
-            data = self._recv()
-            off = 0
-            while off + 16 <= len(data):
-                length, mtype, _flags, mseq, _pid = struct.unpack_from("=IHHII", data, off)
-                if length < 16:
-                    break
-                if mtype == NLMSG_ERROR and mseq in waiting:
-                    (err,) = struct.unpack_from("=i", data, off + 16)
-                    waiting.discard(mseq)
-                    if err and not first_error:
-                        first_error = -err
-                off += (length + 3) & ~3
+            mtype, mseq, msg = next(replies)
+            if mtype == NLMSG_ERROR and mseq in waiting:
+                (err,) = struct.unpack_from("=i", msg, 16)
+                waiting.discard(mseq)
+                if err and not first_error:
+                    first_error = -err
         if first_error:
             raise ClassifierError(
                 f"nftables table {self.table}: element batch refused: {os.strerror(first_error)}"
