@@ -13,6 +13,7 @@ import dataclasses
 from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import ClassState, KernelClass, KernelSlice, SliceState
 from bwenforcer.core.policy import counter_delta
+from bwenforcer.core.window import added
 
 
 def kernel_counter(kernel: KernelSlice | None, traffic_class: TrafficClass) -> int | None:
@@ -49,8 +50,9 @@ def account_slice(st: SliceState, kernel: KernelSlice | None) -> SliceState:
     """A slice's state with the bytes its classes counted since the last reading."""
 
     def account(cs: ClassState, current: KernelClass | None) -> ClassState:
-        used, last, _, _ = class_usage(cs, current, True, False)
-        return ClassState(cs.policy, used, last, cs.ceil_bps, cs.capped, cs.notified)
+        used, last, delta, _ = class_usage(cs, current, True, False)
+        buckets = added(cs.buckets, delta) if cs.buckets else cs.buckets
+        return ClassState(cs.policy, used, last, cs.ceil_bps, cs.capped, cs.notified, buckets)
 
     default = account(st.default, None if kernel is None else kernel.default)
     exempt = account(st.exempt, None if kernel is None else kernel.exempt)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from bwenforcer.core.layout import TrafficClass
+from bwenforcer.core.window import expiry_s
 
 _T = TypeVar("_T")
 
@@ -58,6 +59,9 @@ class ClassPolicy:
     tiers: str = ""
     taper: str = ""
     pacing: bool = True  # False (only with tiers or a taper): no pacing from the threshold
+    # a rolling window's length (core.window; both classes of a slice have the same):
+    # the budget is over the last window_s seconds; 0: over the period
+    window_s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +180,10 @@ class ClassState:
     ceil_bps: int = 0  # last ceil applied (0: never applied)
     capped: bool = False
     notified: bool = False
+    # under a rolling window (policy.window_s): the ring of bytes per bucket, oldest
+    # first, the current bucket last (core.window.RING of them; used_bytes is their sum);
+    # () under a period
+    buckets: tuple[int, ...] = ()
 
 
 @fast_init
@@ -215,8 +223,12 @@ class LedgerEntry:
 
     @property
     def expires_s(self) -> int:
-        """When the entry is purged: the end of the dead slice's period."""
-        return self.slice.period_end_s
+        """When the entry is purged: the end of the dead slice's period; under a rolling
+        window, when its last bytes have left the window.
+        """
+        st = self.slice
+        window_s = st.default.policy.window_s
+        return expiry_s(st.period_end_s, window_s) if window_s else st.period_end_s
 
 
 def ordered_ledger(ledger: Mapping[str, LedgerEntry]) -> dict[str, LedgerEntry]:

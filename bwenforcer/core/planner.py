@@ -28,7 +28,7 @@ from bwenforcer.core.model import (
     SliceState,
     State,
 )
-from bwenforcer.core.periods import clock_check, first_period, next_period
+from bwenforcer.core.periods import CLOCK_SLACK_S, clock_check, first_period, next_period
 from bwenforcer.core.plan import (
     Action,
     Adopt,
@@ -46,6 +46,15 @@ from bwenforcer.core.plan import (
 )
 from bwenforcer.core.settings import Config, PeriodAnchor
 from bwenforcer.core.targets import RateTargets
+from bwenforcer.core.window import (
+    added,
+    bucket_span,
+    carried_ring,
+    empty_ring,
+    max_steps,
+    moved,
+    steps_between,
+)
 
 # The tree's own slices: created by `tc init`, never removed as orphans.
 SYSTEM_XIDS = frozenset({ROOT_XID, DEFAULT_XID})
@@ -103,6 +112,7 @@ def _plan_live(
     reason: str,
     hold_period: bool = False,
     granted: tuple[int, int] = NO_GRANT,
+    elapsed_s: int | None = None,
 ) -> LiveSlice:
     """Plan one live slice; with ``account``, first add its bytes since the last cycle.
 
@@ -112,10 +122,24 @@ def _plan_live(
     slice whose classes, name, xid and period did not change as its very
     SliceState, never as an equal copy: the state encoder re-encodes only the
     slices that are not the object it encoded last time.
+
+    Under a rolling window (``want``'s ``window_s``, core/window.py) the period is the
+    current bucket: when it ends, each class's ring moves on (at most as far as the
+    boot clock's ``elapsed_s`` allows, None: no bound) and its usage is what is left
+    in the ring; a class no longer capped may be notified again.
     """
+    window_s = want.default.window_s
+    if want.exempt.window_s != window_s:  # the slice's window is its default class's
+        want = dataclasses.replace(want, exempt=dataclasses.replace(want.exempt, window_s=window_s))
+    if st.default.policy.window_s != window_s or st.exempt.policy.window_s != window_s:
+        st = _conformed(st, window_s, params, now_s)
     start_s, end_s = st.period_start_s, st.period_end_s
     new_period = now_s >= end_s and not hold_period
-    if new_period:
+    steps = 0
+    if new_period and window_s:
+        start_s, end_s = bucket_span(now_s, window_s)
+        steps = steps_between(st.period_end_s, end_s, window_s, max_steps(elapsed_s, window_s))
+    elif new_period:
         start_s, end_s = next_period(end_s, now_s, params.period_s, params.anchor)
         actions.append(NewPeriod(want.name, want.xid, start_s, end_s))
     out: list[tuple[ClassState, int, int | None]] = []
@@ -128,10 +152,19 @@ def _plan_live(
         else:
             old, policy, grant = st.exempt, want.exempt, granted[1]
             current = None if kernel is None else kernel.exempt
-        used, last, delta, notified = class_usage(old, current, account, new_period)
+        used, last, delta, notified = class_usage(
+            old, current, account, new_period and not window_s
+        )
+        buckets = old.buckets
+        if window_s:
+            buckets = added(moved(buckets, steps), delta)
+            if steps:
+                used = sum(buckets)
         was_capped.append(account and old.capped and current is not None)
         counted = counted_bytes(used, grant) if grant else used
         rates, capped = targets.rates(policy, tc, counted, end_s, now_s)
+        if window_s and not capped:
+            notified = False  # no period to end: the next cap is mailed again
         ceil_bps = rates.max_rate_bps
         if current is None:
             actions.append(CreateClass(want.name, want.xid, tc, rates, reason))
@@ -148,20 +181,21 @@ def _plan_live(
             and ceil_bps == old.ceil_bps
             and capped == old.capped
             and notified == old.notified
+            and buckets is old.buckets
             and (policy is old.policy or policy == old.policy)
         ):
             out.append((old, delta, old_ceil_bps))  # the very object: the identity rule
         else:
-            out.append(
-                (ClassState(policy, used, last, ceil_bps, capped, notified), delta, old_ceil_bps)
-            )
+            new_cs = ClassState(policy, used, last, ceil_bps, capped, notified, buckets)
+            out.append((new_cs, delta, old_ceil_bps))
     if to_notify and params.notify:
         actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(to_notify)]))
     (default, d_delta, d_ceil), (exempt, e_delta, e_ceil) = out
     if (
         default is st.default
         and exempt is st.exempt
-        and not new_period
+        and start_s == st.period_start_s
+        and end_s == st.period_end_s
         and want.name == st.name
         and want.xid == st.xid
     ):
@@ -193,6 +227,8 @@ def _quiet(
       a tier, a taper; else: capped rates, maybe a Notify); with the usage
       unchanged, it stays under;
     - each policy equals the wanted one (else: new limits and rates);
+    - under a rolling window, neither class is flagged notified (else, not capped, its
+      flag is cleared);
     - the saved ceil and the kernel's rates equal the policy's uncapped rates
       (else: a SetRates, or a state to update).
 
@@ -213,6 +249,7 @@ def _quiet(
         or e.capped
         or (d.policy is not want.default and d.policy != want.default)
         or (e.policy is not want.exempt and e.policy != want.exempt)
+        or ((d.notified or e.notified) and want.default.window_s)
     ):
         return None
     d_start, d_rates = targets.limits(want.default, "default")
@@ -291,6 +328,11 @@ def plan(
     # A wall clock not to be trusted (stepped, by the boot clock's word): no period
     # ends, no ledger entry expires and no grace runs out on it; caps follow the usage.
     step, clock_ref = clock_check(state, now_s, boot, params.period_s, params.anchor)
+    # how far a live slice's rolling window may move on: no further than the boot clock
+    # says time passed since the reference (None: another boot, or none to tell)
+    elapsed_s = None
+    if boot is not None and state.boot_id and boot.boot_id == state.boot_id:
+        elapsed_s = boot.boottime_s - state.boottime_s + CLOCK_SLACK_S
     actions: list[Action] = []
     ledger = _Ledger(state.ledger)
     carried: dict[int, SliceState] = {}  # accounted while planned, below
@@ -381,6 +423,7 @@ def plan(
             reason=reason,
             hold_period=step is not None,
             granted=granted.get(want.name, NO_GRANT),
+            elapsed_s=elapsed_s if account else None,
         )
         slices[want.xid] = planned.state
         live.append(planned)
@@ -478,11 +521,24 @@ def _inherited(gone: SliceState, name: str, entry: LedgerEntry | None) -> SliceS
     period (a rename onto a deleted name, or a rename undone), never less.
     """
     st = dataclasses.replace(gone, name=name)
-    if entry is None or entry.slice.period_end_s <= gone.period_start_s:
+    if entry is None:
         return st
     old = entry.slice
+    window_s = gone.default.policy.window_s
+    if not window_s and old.period_end_s <= gone.period_start_s:
+        return st
+    if window_s and entry.expires_s <= gone.period_start_s:
+        return st
 
     def larger(cs: ClassState, waiting: ClassState) -> ClassState:
+        if cs.buckets:  # a window: bucket by bucket (the waiting ring moved on to cs's)
+            if waiting.buckets and waiting.policy.window_s == cs.policy.window_s:
+                steps = steps_between(old.period_end_s, st.period_end_s, window_s, None)
+                ring = moved(waiting.buckets, steps)
+            else:
+                ring = carried_ring(waiting.used_bytes)
+            buckets = tuple(map(max, cs.buckets, ring))
+            return dataclasses.replace(cs, used_bytes=sum(buckets), buckets=buckets)
         if waiting.used_bytes <= cs.used_bytes:
             return cs
         return dataclasses.replace(cs, used_bytes=waiting.used_bytes)
@@ -515,14 +571,40 @@ def _held(
 def _new_slice(
     want: DesiredSlice, kernel: KernelSlice | None, params: PlanParams, now_s: int
 ) -> SliceState:
-    start, end = first_period(now_s, params.period_s, params.anchor)
-    return SliceState(
-        name=want.name,
-        xid=want.xid,
+    window_s = want.default.window_s
+    if window_s:
+        start, end = bucket_span(now_s, window_s)
+    else:
+        start, end = first_period(now_s, params.period_s, params.anchor)
+    default = _fresh_class(want.default, kernel_counter(kernel, "default") or 0)
+    exempt = _fresh_class(want.exempt, kernel_counter(kernel, "exempt") or 0)
+    if window_s:
+        ring = empty_ring()
+        default = dataclasses.replace(default, buckets=ring)
+        exempt = dataclasses.replace(exempt, buckets=ring)
+    return SliceState(want.name, want.xid, start, end, default, exempt)
+
+
+def _conformed(st: SliceState, window_s: int, params: PlanParams, now_s: int) -> SliceState:
+    """``st`` under a rolling window of ``window_s`` (0: under a period) now that its
+    policy changed from a period to a window, a window to a period, or one window to
+    another: its usage is kept whole, as if sent now (in the current bucket, or in a
+    period that starts now), so a change of policy never hands out a fresh budget.
+    """
+    if window_s:
+        start, end = bucket_span(now_s, window_s)
+    else:
+        start, end = first_period(now_s, params.period_s, params.anchor)
+
+    def conform(cs: ClassState) -> ClassState:
+        return dataclasses.replace(cs, buckets=carried_ring(cs.used_bytes) if window_s else ())
+
+    return dataclasses.replace(
+        st,
         period_start_s=start,
         period_end_s=end,
-        default=_fresh_class(want.default, kernel_counter(kernel, "default") or 0),
-        exempt=_fresh_class(want.exempt, kernel_counter(kernel, "exempt") or 0),
+        default=conform(st.default),
+        exempt=conform(st.exempt),
     )
 
 

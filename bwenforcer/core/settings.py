@@ -133,6 +133,9 @@ class Config:
     bwmin_bps: int = BWMIN_BPS
     period_s: int = 86400
     period_anchor: PeriodAnchor | None = None
+    # defaults.window: slices whose own attributes say nothing have a rolling window
+    # of this many seconds instead of the period (0: the period; core.window)
+    window_s: int = 0
     interval_s: int = 300
     # how long a slice gone from its source keeps its classes and cap before it goes
     # to the ledger; None: the longer of two intervals and 10 minutes (grace_s)

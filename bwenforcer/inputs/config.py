@@ -29,7 +29,8 @@ from bwenforcer.core.settings import (
     PeriodAnchor,
 )
 from bwenforcer.core.units import parse_duration_s, parse_rate_bps, parse_size_bytes
-from bwenforcer.errors import ConfigError
+from bwenforcer.core.window import check_window_s
+from bwenforcer.errors import ConfigError, UnitError
 from bwenforcer.inputs.yamltext import KeyReader, read_yaml
 
 DEFAULT_CONFIG_PATH = "/etc/bwenforcer/bwenforcer.yaml"
@@ -100,6 +101,28 @@ def _class_defaults(reader: KeyReader, base: ClassDefaults) -> ClassDefaults:
         )
     reader.done()
     return result
+
+
+def _window(reader: KeyReader, anchored: bool) -> int:
+    """``defaults.window``: a rolling window's length (null, absent, 0 or ``none``: the
+    period). Calendar periods (``period_anchor``) and a default window exclude each
+    other: the one would silently override the other for most slices.
+    """
+    value = reader.raw("window")
+    if value is None or (type(value) is int and value == 0) or value == "none":
+        return 0
+    try:
+        window_s = parse_duration_s(value)
+        check_window_s(window_s)
+    except (UnitError, ValueError) as exc:
+        raise reader.error(str(exc), at=reader.key("window")) from None
+    if window_s and anchored:
+        raise reader.error(
+            "a rolling window has no calendar period: set period_anchor or defaults.window,"
+            " not both",
+            at=reader.key("window"),
+        )
+    return window_s
 
 
 def _rule_text(reader: KeyReader, name: str, default: str, canonical: Callable[[str], str]) -> str:
@@ -338,6 +361,7 @@ def parse_config(data: object, source: str) -> Config:
     defaults = {
         tc: _class_defaults(defaults_reader.sub(tc), base.defaults[tc]) for tc in TRAFFIC_CLASSES
     }
+    window = _window(defaults_reader, anchor is not None)
     defaults_reader.done()
     config = Config(
         device=top.text("device", base.device or None) or "",
@@ -346,6 +370,7 @@ def parse_config(data: object, source: str) -> Config:
         bwmin_bps=bwmin,
         period_s=period,
         period_anchor=anchor,
+        window_s=window,
         interval_s=interval,
         vanish_grace_s=(
             top.parsed("vanish_grace", parse_duration_s, 0, MAX_PERIOD_S)

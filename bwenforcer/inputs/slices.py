@@ -40,8 +40,15 @@ from bwenforcer.core.policy import (
     tiers_text,
 )
 from bwenforcer.core.settings import Config
-from bwenforcer.core.units import MAX_RATE_BPS, MAX_SIZE_BYTES, kbit_to_bps, kib_to_bytes
-from bwenforcer.errors import ConfigError, SliceError, UnsafePath
+from bwenforcer.core.units import (
+    MAX_RATE_BPS,
+    MAX_SIZE_BYTES,
+    kbit_to_bps,
+    kib_to_bytes,
+    parse_duration_s,
+)
+from bwenforcer.core.window import check_window_s
+from bwenforcer.errors import ConfigError, SliceError, UnitError, UnsafePath
 from bwenforcer.files.atomic import check_dir, disk_full, read_own, replace_file
 from bwenforcer.inputs.slicename import shown
 from bwenforcer.inputs.yamltext import MAX_FILE_BYTES, parse_yaml, read_bytes
@@ -77,7 +84,11 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "pacing": "net_i2_pacing",
     },
 }
-RSPEC_ATTRIBUTES = frozenset(a for attrs in ATTRIBUTES.values() for a in attrs.values())
+# a rolling window is the slice's, both classes' (core.window): one attribute
+WINDOW_ATTRIBUTE = "net_window"
+RSPEC_ATTRIBUTES = frozenset(
+    {WINDOW_ATTRIBUTE, *(a for attrs in ATTRIBUTES.values() for a in attrs.values())}
+)
 
 
 # Largest value of each rspec field, in its historic unit: the bounds of units.py
@@ -114,6 +125,7 @@ def resolve_policy(
     """Both class policies of a slice from its rspec and the config defaults."""
     origin: dict[str, str] = {}
     policies: dict[TrafficClass, ClassPolicy] = {}
+    window_s = _window(name, rspec, origin, config.window_s)
     for tc in TRAFFIC_CLASSES:
         attrs = ATTRIBUTES[tc]
         base = config.defaults[tc]
@@ -178,8 +190,29 @@ def resolve_policy(
             tiers=tiers,
             taper=taper,
             pacing=pacing,
+            window_s=window_s,
         )
     return policies["default"], policies["exempt"], origin
+
+
+def _window(name: str, rspec: Mapping[str, object], origin: dict[str, str], default_s: int) -> int:
+    """``net_window``: a rolling window's length, a duration (``30d``) or seconds; 0 or
+    ``none``: the period, whatever the config's default window.
+    """
+    value = rspec.get(WINDOW_ATTRIBUTE)
+    origin[WINDOW_ATTRIBUTE] = "defaults" if value is None else "rspec"
+    if value is None:
+        return default_s
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise SliceError(f"slice {name}: {WINDOW_ATTRIBUTE}: {shown(value)} is not a duration")
+    if value in (0, "0", "none"):
+        return 0
+    try:
+        window_s = parse_duration_s(int(value) if isinstance(value, float) else value)
+        check_window_s(window_s)
+    except (UnitError, ValueError) as exc:
+        raise SliceError(f"slice {name}: {WINDOW_ATTRIBUTE}: {exc}") from None
+    return window_s
 
 
 _FLAGS = {"1": True, "true": True, "0": False, "false": False}

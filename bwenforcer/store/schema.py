@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bwenforcer import __version__
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
 from bwenforcer.core.policy import parse_taper, parse_tiers
+from bwenforcer.core.window import MAX_WINDOW_S, MIN_WINDOW_S, RING
 from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+# 8: issue 20's rolling windows (a step of its own, renumbered at merge: 6 and 7 are
+# other branches')
+SCHEMA_VERSION = 8
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -56,6 +59,14 @@ KINDS: Mapping[str, tuple[str, str]] = {
         "type(v) is str and (v == '' or _taper_ok(v))",
         "expected a taper such as '75%-100%:2mbit' (or '')",
     ),
+    "window": (
+        "type(v) is int and (v == 0 or _WINDOW_MIN_S <= v <= _WINDOW_MAX_S)",
+        f"expected 0 or a window of {MIN_WINDOW_S} to {MAX_WINDOW_S} s",
+    ),
+    "buckets": (
+        "type(v) is list and len(v) in (0, _RING) and all(type(x) is int and x >= 0 for x in v)",
+        f"expected [] or a list of {RING} non-negative integers",
+    ),
 }
 
 
@@ -78,7 +89,13 @@ def _taper_ok(text: str) -> bool:
 
 
 # The names the KINDS expressions use besides ``v``.
-KIND_SCOPE: Mapping[str, Any] = {"_tiers_ok": _tiers_ok, "_taper_ok": _taper_ok}
+KIND_SCOPE: Mapping[str, Any] = {
+    "_tiers_ok": _tiers_ok,
+    "_taper_ok": _taper_ok,
+    "_RING": RING,
+    "_WINDOW_MIN_S": MIN_WINDOW_S,
+    "_WINDOW_MAX_S": MAX_WINDOW_S,
+}
 
 TOP: tuple[Field, ...] = (
     Field("schema_version", "", "version"),
@@ -134,6 +151,7 @@ CLASS: tuple[Field, ...] = (
     Field("ceil_bps", "ceil_bps", "uint", "bit/s", view="ceil"),
     Field("capped", "capped", "bool"),
     Field("notified", "notified", "bool"),
+    Field("buckets", "buckets", "buckets", "bytes"),
     Field("limit_bytes", "policy.limit_bytes", "uint", "bytes"),
     Field("threshold_bytes", "policy.threshold_bytes", "uint", "bytes"),
     Field("min_rate_bps", "policy.min_rate_bps", "uint", "bit/s", view="min_rate"),
@@ -142,6 +160,7 @@ CLASS: tuple[Field, ...] = (
     Field("tiers", "policy.tiers", "tiers"),
     Field("taper", "policy.taper", "taper"),
     Field("pacing", "policy.pacing", "bool"),
+    Field("window_s", "policy.window_s", "window", "s"),
 )
 
 # A ledger entry's class (an array, like LEDGER_ENTRY): CLASS's own fields, then the
@@ -191,8 +210,33 @@ def dict_maker(
 
 
 def class_dict_maker(name: str) -> Callable[[Any], dict[str, Any]]:
-    """The dict form of a ClassState, keyed as in the state file."""
-    return dict_maker(name, ((f.key, f"o.{f.attr}") for f in CLASS))
+    """The dict form of a ClassState, keyed as in the state file (a ring as a list)."""
+    return dict_maker(
+        name,
+        ((f.key, f"list(o.{f.attr})" if f.kind == "buckets" else f"o.{f.attr}") for f in CLASS),
+    )
+
+
+def ring_problem(used_bytes: int, buckets: Sequence[int], window_s: int) -> str | None:
+    """Why a class's ``buckets`` (of the ``buckets`` kind) do not go with its rolling
+    window and usage (None: they do): a ring under a window, none under a period, and
+    summing to the usage.
+    """
+    if window_s and not buckets:
+        return f"expected {RING} buckets under a window of {window_s} s"
+    if buckets and not window_s:
+        return "expected [] under a period (window_s 0)"
+    if buckets and sum(buckets) != used_bytes:
+        return f"the buckets sum to {sum(buckets)}, not used_bytes {used_bytes}"
+    return None
+
+
+def ring_text(buckets: Sequence[int]) -> str:
+    """A class's ring as compact JSON text (``json.dumps`` without spaces, faster)."""
+    return f"[{','.join(map(str, buckets))}]"
+
+
+WINDOWS_DIFFER = "a slice's classes have one window: not the default class's window_s"
 
 
 def slice_dict_maker(
@@ -307,7 +351,19 @@ def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
 
 _V4_ENTRY_KEYS = frozenset({"died_at", "slice"})
 _V4_SLICE_KEYS = frozenset({"name", "xid", "period_start", "period_end", "classes"})
-_V4_CLASS_KEYS = frozenset(f.key for f in CLASS)
+# a class's keys as schema 4 and 5 wrote them (CLASS has more since): its own, its policy's
+_V4_OWN_KEYS = ("used_bytes", "last_counter_bytes", "ceil_bps", "capped", "notified")
+_V4_POLICY_KEYS = (
+    "limit_bytes",
+    "threshold_bytes",
+    "min_rate_bps",
+    "max_rate_bps",
+    "share",
+    "tiers",
+    "taper",
+    "pacing",
+)
+_V4_CLASS_KEYS = frozenset((*_V4_OWN_KEYS, *_V4_POLICY_KEYS))
 
 
 def _v4_entry(name: str, value: object, policies: dict[str, int], table: list[object]) -> object:
@@ -327,12 +383,12 @@ def _v4_entry(name: str, value: object, policies: dict[str, int], table: list[ob
         c = classes[tc]
         if not (isinstance(c, dict) and c.keys() == _V4_CLASS_KEYS):
             return value
-        policy = [c[f.key] for f in POLICY]
+        policy = [c[k] for k in _V4_POLICY_KEYS]
         key = repr(policy)
         if key not in policies:
             policies[key] = len(table)
             table.append(policy)
-        arrays.append([*(c[f.key] for f in ENTRY_CLASS[:-1]), policies[key]])
+        arrays.append([*(c[k] for k in _V4_OWN_KEYS), policies[key]])
     return [value["died_at"], st["xid"], st["period_start"], st["period_end"], *arrays]
 
 
@@ -350,6 +406,37 @@ def _v4_to_v5(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_V5_ADDED = {"buckets": [], "window_s": 0}
+
+
+def _v5_to_v8(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 5 had no rolling windows: every class, live and in the ledger, is over its
+    period (``window_s`` 0, no ``buckets``). A ledger entry's class is an array: its ring
+    goes in before the policy's index, and each of ``ledger.policies`` gains the window.
+    Malformed parts are passed through untouched: validation after migration names them.
+    """
+    # the live slices' classes only: a schema-5 ledger is not shaped as _classes_with's
+    live = _classes_with({k: v for k, v in data.items() if k != "ledger"}, _V5_ADDED)
+    out = {**data, **live, "schema_version": 8}
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict) and isinstance(ledger.get("entries"), dict):
+        policies = ledger.get("policies")
+        if isinstance(policies, list):
+            policies = [[*p, 0] if isinstance(p, list) else p for p in policies]
+
+        def entry(value: object) -> object:
+            if not isinstance(value, list) or len(value) != len(LEDGER_ENTRY):
+                return value
+            classes = [
+                [*c[:-1], [], c[-1]] if isinstance(c, list) and len(c) > 1 else c for c in value[4:]
+            ]
+            return [*value[:4], *classes]
+
+        entries = {name: entry(e) for name, e in ledger["entries"].items()}
+        out["ledger"] = {**ledger, "policies": policies, "entries": entries}
+    return out
+
+
 # version N → a function turning a schema-N object into the next version's object (the
 # version it returns is the next one looked up)
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -358,6 +445,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     2: _v2_to_v3,
     3: _v3_to_v4,
     4: _v4_to_v5,
+    5: _v5_to_v8,  # issue 20's step, renumbered at merge
 }
 
 

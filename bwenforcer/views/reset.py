@@ -23,6 +23,7 @@ from bwenforcer.core.model import (
 )
 from bwenforcer.core.targets import RateTargets
 from bwenforcer.core.units import human_size
+from bwenforcer.core.window import empty_ring
 from bwenforcer.views.status import ceil_text, last_applied_bps
 
 
@@ -89,7 +90,12 @@ def forgive(
         kc = None if kernel is None else kernel.cls(tc)
         counter = cs.last_counter_bytes if kc is None else kc.bytes
         cs = dataclasses.replace(
-            cs, used_bytes=0, last_counter_bytes=counter, capped=False, notified=False
+            cs,
+            used_bytes=0,
+            last_counter_bytes=counter,
+            capped=False,
+            notified=False,
+            buckets=empty_ring() if cs.buckets else (),  # a window forgets it all too
         )
         cs, op = rates_now(
             cs, kc, targets, xid, tc, counted_bytes=0, period_end_s=st.period_end_s, now_s=now_s

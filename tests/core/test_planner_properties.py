@@ -104,16 +104,24 @@ events = st.lists(
 
 
 @settings(max_examples=120, deadline=None)
-@given(seq=events, chunk=st.integers(1, 400_000))
+@given(seq=events, chunk=st.integers(1, 400_000), window_s=st.sampled_from((0, 3600, 30 * 86_400)))
 def test_delete_recreate_reinit_or_counter_reset_never_give_a_fresh_budget(
-    seq: list[str], chunk: int
+    seq: list[str], chunk: int, window_s: int
 ) -> None:
-    """Usage equals every byte sent within the period, whatever happens to slice and tree."""
+    """Usage equals every byte sent within the period (or the rolling window: 25 cycles
+    a minute apart stay in its buckets), whatever happens to slice and tree.
+    """
     params = PlanParams(86_400, None, BWMIN_BPS)
     present = True
     counter = 0
     sent = 0
-    p = plan(desired(want("pl_a", 10)), snapshot(), State(), params, T0)
+    wanted = want("pl_a", 10)
+    wanted = dataclasses.replace(
+        wanted,
+        default=dataclasses.replace(wanted.default, window_s=window_s),
+        exempt=dataclasses.replace(wanted.exempt, window_s=window_s),
+    )
+    p = plan(desired(wanted), snapshot(), State(), params, T0)
     now = T0
     for event in seq:
         now += 60
@@ -135,7 +143,7 @@ def test_delete_recreate_reinit_or_counter_reset_never_give_a_fresh_budget(
             kernel = []
             counter = 0
         p = plan(
-            desired(want("pl_a", 10)) if present else desired(),
+            desired(wanted) if present else desired(),
             snapshot(*kernel),
             p.state,
             params,
@@ -192,8 +200,10 @@ EVENTS = st.sampled_from(
         "state_notified",
         "away",  # the slice is not in the desired set this cycle
         "invalid",  # its record is invalid: held under the saved policy
+        "window",  # a rolling window (or none) for both classes
     ]
 )
+WINDOWS_S = (0, 3600, 2 * 3600, 30 * 86_400)
 SLICE_EVENTS = st.tuples(EVENTS, st.sampled_from(["default", "exempt"]), st.integers(0, 4))
 CYCLES = st.lists(
     st.tuples(
@@ -293,7 +303,16 @@ def test_the_quiet_path_plans_as_the_long_way(
             w = wanted[xid]
             if event == "policy":
                 pool = POLICIES[tc]
-                w = wanted[xid] = dataclasses.replace(w, **{tc: pool[pick % len(pool)]})
+                # a slice's classes have one window (a source never gives two)
+                chosen = dataclasses.replace(pool[pick % len(pool)], window_s=w.default.window_s)
+                w = wanted[xid] = dataclasses.replace(w, **{tc: chosen})
+            elif event == "window":
+                window_s = WINDOWS_S[pick % len(WINDOWS_S)]
+                w = wanted[xid] = dataclasses.replace(
+                    w,
+                    default=dataclasses.replace(w.default, window_s=window_s),
+                    exempt=dataclasses.replace(w.exempt, window_s=window_s),
+                )
             elif event == "policy_copy":
                 w = wanted[xid] = dataclasses.replace(w, **{tc: dataclasses.replace(w.policy(tc))})
             elif event.startswith("state_"):

@@ -203,8 +203,9 @@ def policies(draw: st.DrawFn, max_rate: int) -> ClassPolicy:
     default=policies(CAP_BPS),
     exempt=policies(BWMAX_BPS),
     used=st.tuples(st.floats(0, 2.5), st.floats(0, 2.5)),
-    elapsed=st.integers(0, 86_400),
+    elapsed=st.integers(0, 3 * 86_400),
     quiet=st.booleans(),
+    window_s=st.sampled_from((0, 0, 3600, 7 * 86_400, 30 * 86_400)),
 )
 def test_the_planners_ceil_is_the_policy_tables(
     default: ClassPolicy,
@@ -212,8 +213,14 @@ def test_the_planners_ceil_is_the_policy_tables(
     used: tuple[float, float],
     elapsed: int,
     quiet: bool,
+    window_s: int,
 ) -> None:
+    """Also under a rolling window (core/window.py): the table's time left is the
+    slice's period end, there the end of its current bucket.
+    """
     params = PlanParams(86_400, None, BWMIN_BPS)
+    default = dataclasses.replace(default, window_s=window_s)
+    exempt = dataclasses.replace(exempt, window_s=window_s)
     want = DesiredSlice("pl_a", 10, default, exempt)
     first = plan(desired(want), snapshot(), State(), params, T0)
     counters = [int(p.limit_bytes * f) for p, f in zip((default, exempt), used, strict=True)]

@@ -157,6 +157,14 @@ def test_every_key() -> None:
             {"defaults": {"exempt": {"pacing": False}}},
             "t.yaml: defaults.exempt.pacing: false needs tiers or a taper (else nothing caps)",
         ),
+        ({"defaults": {"window": "30 parsecs"}}, "t.yaml: defaults.window: '30 parsecs' is not"),
+        ({"defaults": {"window": "10m"}}, "t.yaml: defaults.window: a window must be from 1 hour"),
+        ({"defaults": {"window": "400d"}}, "t.yaml: defaults.window: a window must be from"),
+        ({"defaults": {"window": True}}, "t.yaml: defaults.window: True is not a duration"),
+        (
+            {"defaults": {"window": "30d"}, "period_anchor": {"every": "month"}},
+            "t.yaml: defaults.window: a rolling window has no calendar period",
+        ),
     ],
 )
 def test_errors_name_the_key_path(data: object, message: str) -> None:
@@ -444,3 +452,40 @@ def test_vanish_grace_defaults_to_two_intervals_or_ten_minutes() -> None:
     assert parse_config({"vanish_grace": "1h"}, "c.yaml").grace_s == 3600
     with pytest.raises(ConfigError, match="vanish_grace"):
         parse_config({"vanish_grace": "soon"}, "c.yaml")
+
+
+def test_a_default_rolling_window() -> None:
+    assert parse_config({}, "t.yaml").window_s == 0
+    assert parse_config({"defaults": {"window": "30d"}}, "t.yaml").window_s == 30 * 86400
+    for none in (None, 0, "none"):
+        assert parse_config({"defaults": {"window": none}}, "t.yaml").window_s == 0
+    # a period of its own is still the period of slices that say net_window: 0
+    cfg = parse_config({"defaults": {"window": "12h"}, "period": "1d"}, "t.yaml")
+    assert (cfg.window_s, cfg.period_s) == (12 * 3600, 86400)
+
+
+def _readme_config(marker: str) -> Config:
+    """The config of the one README example that contains ``marker``."""
+    (text,) = [t for w, t in yaml_snippets() if w.startswith("README.md") and marker in t]
+    return parse_config(parse_yaml(text.encode(), "README.md"), "README.md")
+
+
+def test_the_readme_examples_of_tiers_and_of_a_rolling_window() -> None:
+    from bwenforcer.core.policy import rate_rule, rule_ceil
+    from bwenforcer.inputs.slices import resolve_policy
+
+    tiered = _readme_config("90%:10mbit")
+    d = tiered.defaults["default"]
+    assert (d.tiers, d.taper) == ("75%:50mbit,90%:10mbit", "50%-75%:80mbit")
+    assert tiered.defaults["exempt"].pacing is False and tiered.window_s == 0
+
+    windowed = _readme_config("window: 30d")
+    assert windowed.window_s == 30 * 86400
+    default, exempt, _ = resolve_policy("pl_a", {}, windowed)
+    assert default.window_s == exempt.window_s == 30 * 86400
+    assert default.limit_bytes == 100 * 2**30 and exempt.limit_bytes == 300 * 2**30
+    rule = rate_rule(default, windowed.node_cap_bps, windowed.bwmin_bps)
+    # as the comments say: past 75 GiB at most 50 Mbit/s, past 100 GiB 2 Mbit/s, pacing off
+    assert rule_ceil(rule, 76 * 2**30, 0, 1)[1:] == (50_000_000, "tier 75%")
+    assert rule_ceil(rule, 101 * 2**30, 0, 1)[1:] == (2_000_000, "tier 100%")
+    assert rule_ceil(rule, 74 * 2**30, 0, 1)[2] == ""

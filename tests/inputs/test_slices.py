@@ -71,6 +71,35 @@ def test_a_bad_tier_or_taper_refuses_the_record(rspec: dict[str, object], proble
     assert str(info.value).startswith(problem)
 
 
+def test_a_rolling_window_comes_from_net_window_else_the_default_for_both_classes() -> None:
+    cfg = Config(window_s=30 * 86400)
+    default, exempt, origin = resolve_policy("pl_a", {}, cfg)
+    assert default.window_s == exempt.window_s == 30 * 86400
+    assert origin["net_window"] == "defaults"
+    for given, window_s in (("7d", 7 * 86400), (7200, 7200), (7200.0, 7200), ("none", 0), (0, 0)):
+        default, exempt, origin = resolve_policy("pl_a", {"net_window": given}, cfg)
+        assert default.window_s == exempt.window_s == window_s, given
+        assert origin["net_window"] == "rspec"
+    assert resolve_policy("pl_a", {"net_window": "12h"}, CFG)[0].window_s == 12 * 3600
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("30 parsecs", "slice pl_a: net_window: '30 parsecs' is not a duration"),
+        ("59m", "slice pl_a: net_window: a window must be from 1 hour to 366 days"),
+        (400 * 86400, "slice pl_a: net_window: a window must be from 1 hour"),
+        (True, "slice pl_a: net_window: True is not a duration"),
+        (1.5, "slice pl_a: net_window: 1.5 is not a duration"),
+        ([1], "slice pl_a: net_window: [1] is not a duration"),
+    ],
+)
+def test_a_bad_window_refuses_the_record(value: object, problem: str) -> None:
+    with pytest.raises(SliceError) as info:
+        resolve_policy("pl_a", {"net_window": value}, CFG)
+    assert str(info.value).startswith(problem) and "\n" not in str(info.value)
+
+
 def test_clamps_min_to_quarter_of_cap_and_floors() -> None:
     default, _, _ = resolve_policy("pl_a", {"net_min_rate": 9000, "net_max_rate": 0}, CFG)
     assert default.max_rate_bps == CFG.bwmin_bps

@@ -143,6 +143,8 @@ KEYS = {
     "tiers": "tiers",
     "taper": "taper",
     "pacing": "pacing on",
+    "window_s": "rolling window's length",
+    "buckets": "rolling window's bytes per bucket",
     "rows": "policy table rows",
     "grants": "operator grants",
     "audit": "operators' grants and resets",
