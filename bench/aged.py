@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.launch import launched
 from bwenforcer.core.settings import HistoryConfig
-from bwenforcer.history.file import FORMAT_VERSION, write_history
+from bwenforcer.history.format import FORMAT_VERSION, write_history
 from bwenforcer.history.recorder import HistoryRecorder
 from bwenforcer.history.usage import DAY_S, HOUR_S, CycleUsage, History, SliceHistory
 

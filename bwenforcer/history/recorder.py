@@ -3,7 +3,7 @@
 A cycle appends its usage to the journal (:mod:`.journal`). Once a day (the
 first cycle of a UTC day, when buckets become due to roll up) or when the
 journal outgrows a quarter of the file, the journal is folded in: the file
-(:mod:`.file`) is rewritten slice by slice with its generation incremented and
+(:mod:`.format`) is rewritten slice by slice with its generation incremented and
 a new, empty journal is started for that generation. A cycle appends its record
 before it saves its state; the next cycle cuts the record off if that save
 never happened (see :meth:`HistoryRecorder.record`), so the history and the
@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection
 from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.errors import HistoryError
 from bwenforcer.files.atomic import FileIdentity, disk_full, file_identity, open_own, replace_file
-from bwenforcer.history.file import (
+from bwenforcer.history.format import (
     DEPARTED_MAX_SLICES,
     file_generation,
     fold_history,

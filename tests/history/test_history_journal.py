@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.errors import UnsafePath
-from bwenforcer.history.file import decode_history, read_history, save_history
+from bwenforcer.history.format import decode_history, read_history, save_history
 from bwenforcer.history.journal import encode_cycle, journal_path
 from bwenforcer.history.recorder import HistoryRecorder
 from bwenforcer.history.usage import CycleUsage, History
