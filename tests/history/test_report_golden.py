@@ -89,7 +89,7 @@ def test_reports_equal_the_golden_ones_from_a_version_2_file_and_its_journal(
 ) -> None:
     """By month a version 2 file is read from its months and month sums alone, with
     the journal's hours added to them (some of them hours the file has too)."""
-    from bwenforcer.history.format import save_history
+    from bwenforcer.history.fold import save_history
 
     cfg = make_config(tmp_path)
     history_file = load_config(str(cfg)).history_file
