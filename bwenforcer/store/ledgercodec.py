@@ -30,8 +30,11 @@ from bwenforcer.store.schema import (
     LEDGER_ENTRY,
     LEDGER_KEYS,
     POLICY,
+    WINDOWS_DIFFER,
     Field,
     corrupt,
+    ring_problem,
+    ring_text,
 )
 
 _POLICY = "policy."  # CLASS attributes on the class's ClassPolicy
@@ -42,6 +45,7 @@ _CHECKS = {
     kind: (eval(f"lambda v: {expr}", dict(KIND_SCOPE)), problem)
     for kind, (expr, problem) in KINDS.items()
 }
+_ring_ok = _CHECKS["buckets"][0]
 
 
 def _object(value: object, keys: frozenset[str], source: str, path: str) -> dict[str, Any]:
@@ -81,6 +85,7 @@ def ledger_file_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
                     at = index[value.policy] = len(table)
                     table.append([g(value.policy) for g in _POLICY_GET])
                 value = [*(g(value) for g in _ENTRY_CLASS_GET), at]
+                value[-2] = list(value[-2])  # the ring (ENTRY_CLASS: buckets, then policy)
             values.append(value)
         entries[name] = values
     return {"policies": table, "entries": entries}
@@ -146,9 +151,9 @@ class LedgerEncoder:
         return (
             f"[{entry.died_s},{st.xid},{st.period_start_s},{st.period_end_s},"
             f"[{d.used_bytes},{d.last_counter_bytes},{d.ceil_bps},{_JSON_BOOL[d.capped]},"
-            f"{_JSON_BOOL[d.notified]},{self._policy_at(d.policy)}],"
+            f"{_JSON_BOOL[d.notified]},{ring_text(d.buckets)},{self._policy_at(d.policy)}],"
             f"[{e.used_bytes},{e.last_counter_bytes},{e.ceil_bps},{_JSON_BOOL[e.capped]},"
-            f"{_JSON_BOOL[e.notified]},{self._policy_at(e.policy)}]]"
+            f"{_JSON_BOOL[e.notified]},{ring_text(e.buckets)},{self._policy_at(e.policy)}]]"
         )
 
     def _policy_at(self, policy: ClassPolicy) -> int:
@@ -229,6 +234,10 @@ def _entry_class_from(
             source, f"{path}[{len(own)}]", f"policy {at} not in the ledger's {len(table)}"
         )
     kw = dict(zip((f.attr for f in ENTRY_CLASS[:-1]), own, strict=True))
+    problem = ring_problem(kw["used_bytes"], kw["buckets"], table[at].window_s)
+    if problem is not None:
+        raise corrupt(source, f"{path}[{len(own) - 1}]", problem)
+    kw["buckets"] = tuple(kw["buckets"])
     return ClassState(policy=table[at], **kw)
 
 
@@ -248,6 +257,10 @@ def _entry_from(
             found[f.attr.removeprefix("slice.")] = _entry_class_from(
                 value[i], table, source, f"{path}[{i}]"
             )
+            if f.attr == "slice.exempt" and (
+                found["exempt"].policy.window_s != found["default"].policy.window_s
+            ):
+                raise corrupt(source, f"{path}[{i}]", WINDOWS_DIFFER)
         elif f.attr == "died_s":
             died_s = value[i]
         else:
@@ -256,9 +269,9 @@ def _entry_from(
 
 
 def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
-    if type(c) is not list or len(c) != 6:
+    if type(c) is not list or len(c) != 7:
         return None
-    used, last, ceil, capped, notified, at = c
+    used, last, ceil, capped, notified, ring, at = c
     if (
         type(used) is int
         and used >= 0
@@ -270,8 +283,10 @@ def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
         and type(notified) is bool
         and type(at) is int
         and 0 <= at < len(table)
+        and _ring_ok(ring)
+        and ring_problem(used, ring, table[at].window_s) is None
     ):
-        return ClassState(table[at], used, last, ceil, capped, notified)
+        return ClassState(table[at], used, last, ceil, capped, notified, tuple(ring))
     return None
 
 
@@ -293,6 +308,6 @@ def _entry_fast(name: str, value: object, table: list[ClassPolicy]) -> LedgerEnt
         return None
     cd = _entry_class_fast(d, table)
     ce = _entry_class_fast(e, table)
-    if cd is None or ce is None:
+    if cd is None or ce is None or cd.policy.window_s != ce.policy.window_s:
         return None
     return LedgerEntry(SliceState(name, xid, start, end, cd, ce), died)

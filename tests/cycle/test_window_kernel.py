@@ -26,8 +26,7 @@ NODE_CAP_BPS = 10_000_000
 WINDOWED = {
     "pl_win": (
         10,
-        '{net_max_kbyte: 400, net_window: 6h, net_tiers: "30%:3mbit, 60%:1mbit",'
-        " net_pacing: 0}",
+        '{net_max_kbyte: 400, net_window: 6h, net_tiers: "30%:3mbit, 60%:1mbit", net_pacing: 0}',
     )
 }
 T0 = 1_800_000_000 // HOUR * HOUR

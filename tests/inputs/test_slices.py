@@ -76,9 +76,9 @@ def test_a_rolling_window_comes_from_net_window_else_the_default_for_both_classe
     default, exempt, origin = resolve_policy("pl_a", {}, cfg)
     assert default.window_s == exempt.window_s == 30 * 86400
     assert origin["net_window"] == "defaults"
-    for given, window_s in (("7d", 7 * 86400), (7200, 7200), (7200.0, 7200), ("none", 0), (0, 0)):
-        default, exempt, origin = resolve_policy("pl_a", {"net_window": given}, cfg)
-        assert default.window_s == exempt.window_s == window_s, given
+    for value, window_s in (("7d", 7 * 86400), (7200, 7200), (7200.0, 7200), ("none", 0), (0, 0)):
+        default, exempt, origin = resolve_policy("pl_a", {"net_window": value}, cfg)
+        assert default.window_s == exempt.window_s == window_s, value
         assert origin["net_window"] == "rspec"
     assert resolve_policy("pl_a", {"net_window": "12h"}, CFG)[0].window_s == 12 * 3600
 

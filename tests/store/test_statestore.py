@@ -31,6 +31,7 @@ from bwenforcer.core.model import (
     SliceState,
     State,
 )
+from bwenforcer.core.window import RING
 from bwenforcer.errors import LockBusy, StateCorrupt, StateError, StateTooNew
 from bwenforcer.store.codec import (
     StateEncoder,
@@ -102,33 +103,41 @@ TIERS = st.sampled_from(["", "75%:50mbit,100%:2mbit", "87.5%:1kbit"])
 TAPERS = st.sampled_from(["", "75%-100%:2mbit", "0%-1000%:8bit"])
 
 
+WINDOWS = st.sampled_from([0, 0, 3600, 30 * 86_400])
+
+
 @st.composite
-def class_states(draw: st.DrawFn) -> ClassState:
+def class_states(draw: st.DrawFn, window_s: int = 0) -> ClassState:
+    """A class; under a rolling window, with a ring summing to its usage."""
+    ring = tuple(draw(st.lists(counts, min_size=RING, max_size=RING))) if window_s else ()
     return ClassState(
         ClassPolicy(
             *(draw(counts) for _ in range(5)),
             tiers=draw(TIERS),
             taper=draw(TAPERS),
             pacing=draw(st.booleans()),
+            window_s=window_s,
         ),
-        draw(counts),
+        sum(ring) if window_s else draw(counts),
         draw(counts),
         draw(counts),
         draw(st.booleans()),
         draw(st.booleans()),
+        ring,
     )
 
 
 @st.composite
 def slice_states(draw: st.DrawFn, xid: int | None = None, name: str | None = None) -> SliceState:
     start = draw(st.integers(min_value=0, max_value=2**40))
+    window_s = draw(WINDOWS)  # one for both classes
     return SliceState(
         name if name is not None else draw(names),
         xid if xid is not None else draw(st.integers(min_value=0, max_value=DEFAULT_XID)),
         start,
         start + draw(st.integers(min_value=0, max_value=10**8)),
-        draw(class_states()),
-        draw(class_states()),
+        draw(class_states(window_s)),
+        draw(class_states(window_s)),
     )
 
 
@@ -173,7 +182,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 5
+    assert data["schema_version"] == SCHEMA_VERSION == 8
     assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
@@ -186,6 +195,7 @@ def test_json_layout_is_the_documented_one() -> None:
         "ceil_bps": 2_000_000,
         "capped": True,
         "notified": False,
+        "buckets": [],
         "limit_bytes": 5_000_000,
         "threshold_bytes": 4_000_000,
         "min_rate_bps": 8_000,
@@ -194,12 +204,13 @@ def test_json_layout_is_the_documented_one() -> None:
         "tiers": "",
         "taper": "",
         "pacing": True,
+        "window_s": 0,
     }
     assert (data["grants"], data["audit"]) == (0, [])
     assert data["ledger"] == {
         "policies": [
-            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True],
-            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True],
+            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True, 0],
+            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True, 0],
         ],
         "entries": {
             "pl_dead0": [
@@ -207,8 +218,8 @@ def test_json_layout_is_the_documented_one() -> None:
                 3000,
                 NOW_S - 3600,
                 NOW_S + 82_800,
-                [99, 990, 2_000_000, True, False, 0],
-                [7, 77, 0, False, False, 1],
+                [99, 990, 2_000_000, True, False, [], 0],
+                [7, 77, 0, False, False, [], 1],
             ]
         },
     }
@@ -355,6 +366,8 @@ _DOC_TYPES = {
     "name": "string",
     "tiers": "string",
     "taper": "string",
+    "window": "int",
+    "buckets": "list",
     "what": "string",
     "traffic_class": "string",
     "audit": "list",
@@ -388,9 +401,20 @@ def test_the_documented_key_table_is_the_state_table() -> None:
 # --- migrations -------------------------------------------------------------------------
 
 
+def before_windows(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``state show --json`` document as schemas before 8 wrote it: no class has a
+    ``buckets`` or a ``window_s`` (``data`` changed in place).
+    """
+    slices = [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]
+    for sl in slices:
+        for cls in sl["classes"].values():
+            del cls["buckets"], cls["window_s"]
+    return data
+
+
 def v0_document(state: State) -> dict[str, Any]:
     """What a schema-0 (pre-release) file looked like: no writer, older class key names."""
-    data = state_to_json(state, NOW_S, view=True)
+    data = before_windows(state_to_json(state, NOW_S, view=True))
     data["schema_version"] = 0
     del data["writer"], data["grants"], data["audit"]
     slices = [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]
@@ -516,7 +540,7 @@ def test_too_new_file_is_moved_aside_never_overwritten(tmp_path: Path) -> None:
 def test_too_new_file_without_backup_is_refused_and_left_in_place(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     data = state_to_json(make_state(1), NOW_S)
-    data["schema_version"] = 7
+    data["schema_version"] = SCHEMA_VERSION + 2
     path.write_text(json.dumps(data))
     store = StateStore(str(path))
     with pytest.raises(StateTooNew, match="no backup"):
@@ -796,9 +820,10 @@ def test_a_ledger_entry_round_trips_every_field_in_its_compact_form(
     for name, entry in loaded.ledger.items():
         assert dataclasses.astuple(entry) == dataclasses.astuple(state.ledger[name])
     # and through schema 4's form (state show --json), migrated
-    v4 = state_to_json(state, now_s, view=True)
-    v4["schema_version"] = 4
-    assert state_from_json(v4, "state.json").ledger == state.ledger
+    if not any(e.slice.default.buckets for e in state.ledger.values()):  # schema 4 had none
+        v4 = before_windows(state_to_json(state, now_s, view=True))
+        v4["schema_version"] = 4
+        assert state_from_json(v4, "state.json").ledger == state.ledger
 
 
 def test_encoder_re_encodes_a_changed_slice_even_with_the_same_xid() -> None:
@@ -961,7 +986,7 @@ def test_any_saved_state_passes_check_and_loads(tmp_path_factory: Any, state: St
 
 
 def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
-    v1 = state_to_json(make_state(2), NOW_S, view=True)
+    v1 = before_windows(state_to_json(make_state(2), NOW_S, view=True))
     del v1["resets"], v1["grants"], v1["audit"]
     v1["schema_version"] = 1
     for cls in v1["slices"]["1"]["classes"].values():
@@ -973,7 +998,7 @@ def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
 
 def test_migration_from_schema_2_knows_no_clock_reference() -> None:
     state = dataclasses.replace(make_state(2), boot_id="b1", boottime_s=50, clock_ref_s=NOW_S)
-    v2 = state_to_json(state, NOW_S, view=True)
+    v2 = before_windows(state_to_json(state, NOW_S, view=True))
     state = dataclasses.replace(state, missing={1: NOW_S - 60})
     for key in ("boot_id", "boottime_s", "clock_ref_at", "missing"):
         del v2[key]
@@ -986,7 +1011,7 @@ def test_migration_from_schema_2_knows_no_clock_reference() -> None:
 
 def test_migration_to_schema_4_paces_every_class_as_before() -> None:
     """Schema 3 had no tiers and no taper: every class, live or in the ledger, gets none."""
-    v3 = state_to_json(make_state(2), NOW_S, view=True)
+    v3 = before_windows(state_to_json(make_state(2), NOW_S, view=True))
     v3["schema_version"] = next(k for k, f in MIGRATIONS.items() if f is _v3_to_v4)
     del v3["grants"], v3["audit"]
     for sl in [*v3["slices"].values(), *(e["slice"] for e in v3["ledger"].values())]:
@@ -1076,10 +1101,12 @@ BAD_ENTRIES = [
     ((0,), -1, f"{_ENTRY}[0]: expected a non-negative integer"),
     ((1,), 0x1000, f"{_ENTRY}[1]: 4096 out of range 0..4095"),
     ((3,), 0, f"{_ENTRY}[3]: before period_start"),
-    ((4,), {}, f"{_ENTRY}[4]: expected a list of 6 values"),
+    ((4,), {}, f"{_ENTRY}[4]: expected a list of 7 values"),
     ((4, 3), 1, f"{_ENTRY}[4][3]: expected true or false"),
     ((5, 0), "7", f"{_ENTRY}[5][0]: expected a non-negative integer"),
-    ((5, 5), 9, f"{_ENTRY}[5][5]: policy 9 not in the ledger's 2"),
+    ((5, 5), [1], f"{_ENTRY}[5][5]: expected [] or a list of 25 non-negative integers"),
+    ((5, 5), [0] * 25, f"{_ENTRY}[5][5]: expected [] under a period (window_s 0)"),
+    ((5, 6), 9, f"{_ENTRY}[5][6]: policy 9 not in the ledger's 2"),
 ]
 
 
@@ -1133,7 +1160,7 @@ def test_a_ledger_entry_takes_at_most_200_bytes_at_typical_values() -> None:
 
 
 def test_a_schema_4_ledger_entry_not_shaped_as_one_is_named_after_migration() -> None:
-    v4 = state_to_json(make_state(1), NOW_S, view=True)
+    v4 = before_windows(state_to_json(make_state(1), NOW_S, view=True))
     v4["schema_version"] = 4
     v4["ledger"]["pl_dead0"]["slice"]["name"] = "pl_other"
     with pytest.raises(StateCorrupt, match=r"ledger\.entries\.pl_dead0: expected a list of 6"):
@@ -1156,3 +1183,91 @@ def test_the_encoders_ledger_policies_start_over_when_they_pile_up(
         data = json.loads(encoder.encode(state, NOW_S))
         assert len(data["ledger"]["policies"]) <= 4
         assert state_from_json(data, "state.json").ledger == state.ledger
+
+
+# --- rolling windows (schema 8) ------------------------------------------------------------
+
+
+def windowed_state(window_s: int = 30 * 86_400) -> State:
+    """make_state(1) with a rolling window on its live slice and its ledger entry."""
+    state = make_state(1)
+
+    def windowed(st_: SliceState) -> SliceState:
+        def cls(cs: ClassState, ring: tuple[int, ...]) -> ClassState:
+            policy = dataclasses.replace(cs.policy, window_s=window_s)
+            return dataclasses.replace(cs, policy=policy, used_bytes=sum(ring), buckets=ring)
+
+        return dataclasses.replace(
+            st_,
+            default=cls(st_.default, (*[0] * (RING - 2), 5, 7)),
+            exempt=cls(st_.exempt, (3, *[0] * (RING - 1))),
+        )
+
+    entry = state.ledger["pl_dead0"]
+    return State(
+        {1: windowed(state.slices[1])},
+        {"pl_dead0": LedgerEntry(windowed(entry.slice), entry.died_s)},
+    )
+
+
+def test_a_rolling_window_round_trips_through_the_file_and_its_compact_ledger() -> None:
+    state = windowed_state()
+    text = StateEncoder().encode(state, NOW_S)
+    data = json.loads(text)
+    assert data["slices"]["1"]["classes"]["default"]["buckets"] == [*[0] * (RING - 2), 5, 7]
+    assert data["slices"]["1"]["classes"]["default"]["window_s"] == 30 * 86_400
+    entry = data["ledger"]["entries"]["pl_dead0"]
+    assert entry[4][5] == [*[0] * (RING - 2), 5, 7] and data["ledger"]["policies"][0][-1] > 0
+    assert text == json.dumps(state_to_json(state, NOW_S), separators=(",", ":")).encode()
+    assert state_from_json(data, "state.json") == saved(state)
+
+
+_WIN = "slices.1.classes"
+BAD_WINDOWS = [
+    (f"{_WIN}.default.buckets", [0] * 24, f"{_WIN}.default.buckets: expected [] or a list of 25"),
+    (f"{_WIN}.default.buckets", [], f"{_WIN}.default.buckets: expected 25 buckets under a window"),
+    (f"{_WIN}.default.used_bytes", 13, f"{_WIN}.default.buckets: the buckets sum to 12, not used"),
+    (f"{_WIN}.exempt.window_s", 7200, f"{_WIN}.exempt.window_s: a slice's classes have one window"),
+    (f"{_WIN}.default.window_s", 60, f"{_WIN}.default.window_s: expected 0 or a window of 3600"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BAD_WINDOWS)
+def test_a_ring_that_does_not_fit_its_window_is_named_in_one_line(
+    path: str, value: object, message: str
+) -> None:
+    data = state_to_json(windowed_state(), NOW_S)
+    _set(data, path, value)
+    with pytest.raises(StateCorrupt) as exc:
+        state_from_json(json.loads(json.dumps(data)), "state.json")
+    assert str(exc.value).startswith(f"state.json: {message}") and "\n" not in str(exc.value)
+
+
+def test_a_ledger_entry_whose_ring_does_not_fit_is_named_in_one_line() -> None:
+    data = state_to_json(windowed_state(), NOW_S)
+    data["ledger"]["entries"]["pl_dead0"][4][0] = 1  # used no longer the ring's sum
+    with pytest.raises(StateCorrupt, match=r"ledger\.entries\.pl_dead0\[4\]\[5\]: the buckets sum"):
+        state_from_json(data, "state.json")
+    data = state_to_json(windowed_state(), NOW_S)
+    data["ledger"]["policies"].append([*data["ledger"]["policies"][1][:-1], 7200])
+    data["ledger"]["entries"]["pl_dead0"][5][-1] = 2  # the exempt class under another window
+    with pytest.raises(StateCorrupt, match=r"pl_dead0\[5\]: a slice's classes have one window"):
+        state_from_json(data, "state.json")
+
+
+def test_migration_to_schema_8_puts_every_class_under_its_period_as_before() -> None:
+    """Schema 5 had no rolling windows: live classes and ledger arrays gain none."""
+    state = make_state(2, used_bytes=10)
+    v5 = state_to_json(state, NOW_S)
+    v5["schema_version"] = 5
+    for sl in v5["slices"].values():
+        for cls in sl["classes"].values():
+            del cls["buckets"], cls["window_s"]
+    v5["ledger"]["policies"] = [p[:-1] for p in v5["ledger"]["policies"]]
+    for entry in v5["ledger"]["entries"].values():
+        for cls in entry[4:]:
+            del cls[5]  # the ring, before the policy's index
+    before = copy.deepcopy(v5)
+    migrated = MIGRATIONS[5](v5)
+    assert v5 == before and migrated["schema_version"] == 8
+    assert state_from_json(v5, "old.json") == saved(state)
