@@ -577,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # SIGTERM unwinds like an exception, so the namespace of the run is deleted
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    sizes = [] if args.only_classifiers else [int(n) for n in args.sizes.split(",")]
+    sizes = [] if args.only_classifiers else [int(n) for n in args.sizes.split(",") if n]
     if args.json is None:
         name = "classifiers.json" if args.only_classifiers else "latest.json"
         args.json = str(HERE / "results" / name)

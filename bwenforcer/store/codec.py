@@ -125,7 +125,7 @@ def _value_expr(f: Field, var: str) -> str:
     if f.kind == "slice":
         return f"self._slice_text({attr}, heads)"
     if f.kind == "buckets":
-        return f"_ring_text({attr})"
+        return f"self._ring_text({attr})"
     return attr if f.kind in ("uint", "window") else f"_dumps({attr})"
 
 
@@ -206,12 +206,28 @@ class StateEncoder:
         self._heads: dict[tuple[object, ...], str] = {}
         self._policies: dict[int, tuple[ClassPolicy, str]] = {}  # by id: kept alive here
         self._ledger = LedgerEncoder()  # the ledger's text, kept across encodes
+        # rolling windows' rings, by id: a ring with no new bytes is passed on as the very
+        # tuple (a capped cycle changes every class's ceil, not its ring); this encode's
+        # and the last one's (kept alive here)
+        self._rings: dict[int, tuple[tuple[int, ...], str]] = {}
+        self._last_rings: dict[int, tuple[tuple[int, ...], str]] = {}
+
+    def _ring_text(self, ring: tuple[int, ...]) -> str:
+        """A ring's text (schema.ring_text), kept for the very tuple."""
+        if not ring:
+            return "[]"
+        hit = self._last_rings.get(id(ring))
+        if hit is None or hit[0] is not ring:
+            hit = (ring, ring_text(ring))
+        self._rings[id(ring)] = hit
+        return hit[1]
 
     def encode(self, state: State, now_s: int) -> bytes:
         """The state file's bytes (without the final newline)."""
         cache = self._slices
         fresh: dict[int, tuple[SliceState, bytes]] = {}
         heads, self._heads = self._heads, {}
+        self._last_rings, self._rings = self._rings, {}
         parts: list[bytes] = []
         for xid, st in state.slices.items():
             hit = cache.get(xid)
@@ -244,7 +260,6 @@ def _compile_encoder() -> None:
     scope: dict[str, Any] = {
         "_JSON_BOOL": _JSON_BOOL,
         "_dumps": json.dumps,
-        "_ring_text": ring_text,
     }
     exec(_encoder_source(), scope)
     for name in ("_slice_text", "_class_text"):
