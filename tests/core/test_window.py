@@ -20,8 +20,8 @@ from bwenforcer.core.model import (
     LedgerEntry,
     State,
 )
-from bwenforcer.core.plan import NewPeriod, PurgeLedger, Revive
-from bwenforcer.core.planner import Plan, plan
+from bwenforcer.core.plan import NewPeriod, Notify, PurgeLedger, Revive
+from bwenforcer.core.planner import Plan, mark_notified, plan
 from bwenforcer.core.window import (
     BUCKETS,
     RING,
@@ -226,22 +226,20 @@ def test_a_class_no_longer_capped_under_a_window_is_notified_again() -> None:
     want = _want(6 * 3600)
     state = _cycle(want, State(), T0, 0).state
     capped = _cycle(want, state, T0 + 60, LIMIT)
-    cs = capped.state.slices[10].default
-    assert cs.capped
-    # the mail was delivered
-    delivered = dataclasses.replace(
-        capped.state,
-        slices={
-            10: dataclasses.replace(
-                capped.state.slices[10], default=dataclasses.replace(cs, notified=True)
-            )
-        },
-    )
-    later = _cycle(want, delivered, T0 + 8 * 3600, LIMIT)
-    assert later.state.slices[10].default == dataclasses.replace(
-        later.state.slices[10].default, capped=False, notified=False
-    )
-    assert later == _cycle(want, delivered, T0 + 8 * 3600, LIMIT, quiet=False)
+    assert capped.state.slices[10].default.capped
+    assert any(isinstance(a, Notify) for a in capped.actions)
+    delivered = mark_notified(capped.state, {10: ("default",)})
+    still = _cycle(want, delivered, T0 + 3600, LIMIT)  # capped: the flag holds, no mail
+    assert still.state.slices[10].default.notified
+    assert not any(isinstance(a, Notify) for a in still.actions)
+    # 8 hours on, the bytes have left the window: not capped, the flag cleared...
+    later = _cycle(want, still.state, T0 + 8 * 3600, LIMIT)
+    cs = later.state.slices[10].default
+    assert (cs.used_bytes, cs.capped, cs.notified) == (0, False, False)
+    assert later == _cycle(want, still.state, T0 + 8 * 3600, LIMIT, quiet=False)
+    # ...so the next cap is mailed again
+    again = _cycle(want, later.state, T0 + 8 * 3600 + 60, 2 * LIMIT)
+    assert [a.classes for a in again.actions if isinstance(a, Notify)] == [("default",)]
 
 
 def test_ledger_entry_expiry_without_a_window_is_the_period_end() -> None:
