@@ -449,6 +449,21 @@ def test_forgive_with_the_kernel_rebaselines_and_lifts_the_cap() -> None:
     assert out.state.ledger == state.ledger and out.slice == heavy
 
 
+def test_forgive_under_a_rolling_window_empties_the_ring_too() -> None:
+    """Else the ring's next move would count the forgiven bytes again."""
+    state = fixed_state()
+    heavy = state.slices[10]
+    ring = (*[0] * 24, heavy.default.used_bytes)
+    policy = dataclasses.replace(heavy.default.policy, window_s=30 * 86400)
+    windowed = dataclasses.replace(heavy.default, policy=policy, buckets=ring)
+    state = dataclasses.replace(
+        state, slices={**state.slices, 10: dataclasses.replace(heavy, default=windowed)}
+    )
+    out = forgive(state, 10, ("default",), fixed_snapshot(), BWMIN_BPS, **WHO)
+    cs = out.state.slices[10].default
+    assert cs.used_bytes == 0 and cs.buckets == (0,) * 25 and not cs.capped
+
+
 def test_forgive_one_class_leaves_the_other_alone() -> None:
     state = fixed_state()
     out = forgive(state, 13, ("exempt",), fixed_snapshot(), BWMIN_BPS, **WHO)
