@@ -28,7 +28,9 @@ from bwenforcer.core.model import (
 )
 from bwenforcer.core.plan import SetRates
 from bwenforcer.core.planner import PlanParams, plan
+from bwenforcer.core.window import expiry_s
 from bwenforcer.history.usage import ReportRow
+from bwenforcer.views.grant import grant
 from bwenforcer.views.reset import forgive, reset_line
 from bwenforcer.views.show import find_slice, show_json, show_text
 from bwenforcer.views.status import (
@@ -462,6 +464,34 @@ def test_forgive_under_a_rolling_window_empties_the_ring_too() -> None:
     out = forgive(state, 10, ("default",), fixed_snapshot(), BWMIN_BPS, **WHO)
     cs = out.state.slices[10].default
     assert cs.used_bytes == 0 and cs.buckets == (0,) * 25 and not cs.capped
+
+
+def test_a_grant_without_an_end_under_a_window_lasts_until_bytes_sent_now_left_it() -> None:
+    """Not the end of the current bucket: that would lift a month's cap for a day."""
+    state = fixed_state()
+    heavy = state.slices[10]
+    policy = dataclasses.replace(heavy.default.policy, window_s=30 * 86400)
+    ring = (*[0] * 24, heavy.default.used_bytes)
+    windowed = dataclasses.replace(heavy.default, policy=policy, buckets=ring)
+    state = dataclasses.replace(
+        state, slices={**state.slices, 10: dataclasses.replace(heavy, default=windowed)}
+    )
+    done = grant(
+        state, 10, ("default",), KiB, snapshot=None, bwmin_bps=BWMIN_BPS, until_s=None, **WHO
+    )
+    (entry,) = [e for e in done.state.audit if e.what == "grant"]
+    assert entry.until_s == expiry_s(heavy.period_end_s, 30 * 86400) > NOW + 30 * 86400
+    periodic = grant(
+        fixed_state(),
+        10,
+        ("default",),
+        KiB,
+        snapshot=None,
+        bwmin_bps=BWMIN_BPS,
+        until_s=None,
+        **WHO,
+    )
+    assert [e.until_s for e in periodic.state.audit if e.what == "grant"] == [heavy.period_end_s]
 
 
 def test_forgive_one_class_leaves_the_other_alone() -> None:
