@@ -45,6 +45,13 @@ def expiry_s(period_end_s: int, window_s: int) -> int:
     return period_end_s + BUCKETS * bucket_s(window_s)
 
 
+def horizon_s(period_end_s: int, window_s: int) -> int:
+    """How far a projection of the budget looks: the end of the period; under a window
+    (0: none), a whole window on (its usage leaving meanwhile is not counted on).
+    """
+    return expiry_s(period_end_s, window_s) if window_s else period_end_s
+
+
 def empty_ring() -> tuple[int, ...]:
     """The buckets of a class that sent nothing in its window."""
     return _EMPTY

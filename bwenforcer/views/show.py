@@ -30,7 +30,7 @@ from bwenforcer.core.model import (
 from bwenforcer.core.policy import counter_delta
 from bwenforcer.core.projection import HOUR_S, exhausted_at_s, last_hour_bytes
 from bwenforcer.core.units import human_duration, human_rate, human_size
-from bwenforcer.core.window import RING, bucket_s
+from bwenforcer.core.window import RING, bucket_s, horizon_s
 from bwenforcer.inputs.slices import ATTRIBUTES
 from bwenforcer.store.codec import audit_dict
 from bwenforcer.views.report import row_json
@@ -196,7 +196,7 @@ def projections(report: SliceReport, now_s: int) -> dict[TrafficClass, Projectio
             counted_bytes=counted_bytes(cs.used_bytes, granted),
             rate_bytes_per_s=last_hour / HOUR_S,
             now_s=now_s,
-            period_end_s=st.period_end_s,
+            period_end_s=horizon_s(st.period_end_s, cs.policy.window_s),
         )
         out[tc] = Projection(last_hour * 8 / HOUR_S, at_s)
     return out

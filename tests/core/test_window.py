@@ -22,6 +22,7 @@ from bwenforcer.core.model import (
 )
 from bwenforcer.core.plan import NewPeriod, Notify, PurgeLedger, Revive
 from bwenforcer.core.planner import Plan, mark_notified, plan
+from bwenforcer.core.projection import exhausted_at_s
 from bwenforcer.core.window import (
     BUCKETS,
     RING,
@@ -29,6 +30,7 @@ from bwenforcer.core.window import (
     bucket_span,
     carried_ring,
     expiry_s,
+    horizon_s,
     max_steps,
     moved,
 )
@@ -246,3 +248,17 @@ def test_ledger_entry_expiry_without_a_window_is_the_period_end() -> None:
     want = _want(0)
     st_ = _cycle(want, State(), T0, 0).state.slices[10]
     assert LedgerEntry(st_, T0).expires_s == st_.period_end_s
+
+
+def test_a_projection_under_a_window_looks_a_window_ahead_not_to_the_bucket_end() -> None:
+    end = bucket_span(T0, W30_S)[1]
+    # 10 days' bytes left at 1 byte/s: out after the current bucket, within the window
+    at_s = exhausted_at_s(
+        limit_bytes=LIMIT,
+        counted_bytes=LIMIT - 10 * DAY_S,
+        rate_bytes_per_s=1.0,
+        now_s=T0,
+        period_end_s=horizon_s(end, W30_S),
+    )
+    assert end < at_s == T0 + 10 * DAY_S
+    assert horizon_s(end, 0) == end
