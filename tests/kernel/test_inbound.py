@@ -5,6 +5,7 @@ bytes sent, limit swaps that touch nothing else, refusals, idempotence, removal.
 from __future__ import annotations
 
 import errno
+import json
 import subprocess
 
 import pytest
@@ -12,13 +13,15 @@ import pytest
 from bwenforcer.core.inbound import InboundLimit
 from bwenforcer.errors import ConfigError, InboundError
 from bwenforcer.kernel import inbound as inbound_mod
+from bwenforcer.kernel import sandbox
 from bwenforcer.kernel.inbound import (
     InboundBackend,
     limit_burst_bytes,
     limit_rate_bytes_s,
 )
-from bwenforcer.modes.traffic import start_sender, start_sink
+from bwenforcer.modes.traffic import start_fetch, start_sender, start_sink, start_source
 from tests.inbound_helpers import EXEMPT4, EXEMPT6, PREFIXES, Node, node
+from tests.netns import RUN_PREFIX, sh
 
 pytestmark = pytest.mark.kernel
 
@@ -261,3 +264,62 @@ def test_bad_device_and_prefix_are_config_errors() -> None:
         InboundBackend('va" accept', "uid")
     with pytest.raises(ConfigError, match="not a CIDR prefix"):
         InboundBackend("va", "uid", ("10.0.0.0/33",))
+
+
+def test_forwarded_downloads_of_a_container_slice_count_inbound_only() -> None:
+    """A container behind the node (namespace ``c``, routed through ``a``): its
+    connections' ct mark set on forward (as a container classifier would), the bytes
+    it downloads counted through the forward hook, its uploads not at all.
+    """
+    with node("infwd", (XID,)) as n, sandbox.namespace(f"{RUN_PREFIX}-infwdc") as c:
+        a, b = n.pair.a, n.pair.b
+        sh("ip", "link", "add", "ca", "netns", a.name, "type", "veth", "peer", "cc", "netns", c)
+        a.ip("addr", "add", "198.18.5.1/24", "dev", "ca")
+        a.ip("link", "set", "ca", "up")
+        sh("ip", "-n", c, "addr", "add", "198.18.5.2/24", "dev", "cc")
+        sh("ip", "-n", c, "link", "set", "cc", "up")
+        sh("ip", "-n", c, "route", "add", "default", "via", "198.18.5.1")
+        b.ip("route", "add", "198.18.5.0/24", "via", n.pair.a_addr)
+        a.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        mark_script = (
+            "table inet mk {\n chain forward {\n"
+            "  type filter hook forward priority mangle; policy accept;\n"
+            "  ct mark 0 ip saddr 198.18.5.2 ct mark set 0x13e9\n }\n}\n"
+        )
+        ref_script = (
+            "table inet ref2 {\n chain output {\n"
+            "  type filter hook output priority 0; policy accept;\n"
+            "  ip daddr 198.18.5.2 counter\n }\n}\n"
+        )
+        for ns, script in ((a.name, mark_script), (b.name, ref_script)):
+            proc = subprocess.run(
+                ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+                input=script, text=True, capture_output=True, check=False,
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+
+        def ref() -> int:
+            out = b.run("nft", "-j", "list", "table", "inet", "ref2").stdout
+            rules = [i["rule"] for i in json.loads(out)["nftables"] if "rule" in i]
+            return int(rules[0]["expr"][-1]["counter"]["bytes"])
+
+        before, ref_before = n.inbound.dump(), ref()
+        source = start_source(b.name, 6101, 20, MB)
+        try:
+            start_fetch(c, None, n.pair.b_addr, 6101, seconds=15).communicate(timeout=25)
+        finally:
+            source.kill()
+            source.wait(timeout=5)
+        after, sent = n.inbound.dump(), ref() - ref_before
+        counted = after.bytes_by_class[(XID, "default")] - before.bytes_by_class[(XID, "default")]
+        assert sent >= MB and abs(counted - sent) <= 0.01 * sent, (sent, counted)
+        # the container uploads: forwarded too, but out of the node: not inbound
+        sink = start_sink(b.name, 6102, 20)
+        try:
+            start_sender(c, 0, n.pair.b_addr, 6102, max_bytes=MB, seconds=15).wait(timeout=20)
+        finally:
+            sink.kill()
+            sink.wait(timeout=5)
+        later = n.inbound.dump()
+        uploaded = later.bytes_by_class[(XID, "default")] - after.bytes_by_class[(XID, "default")]
+        assert uploaded < 0.05 * MB  # only the upload's ACKs come in
