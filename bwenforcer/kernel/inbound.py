@@ -241,11 +241,17 @@ class InboundBackend:
         self._nft = nft
         self._digest = structure_digest(dev, self.exempt_prefixes)
         self._sock: NftObjects | None = None
-        # the objects as of generation _seen_gen (None: unknown), and the generation at
-        # which the table's comment was last found to be this structure's
-        self._objects: dict[str, NftObject] | None = None
-        self._seen_gen: int | None = None
+        # the counters and the limit objects as of the generation (nf_tables' count of
+        # committed transactions) each was dumped at, and the generation at which the
+        # table's comment was last found to be this structure's
+        self._counters: tuple[int, dict[str, NftObject]] | None = None
+        self._limits: tuple[int, dict[str, NftObject]] | None = None
         self._verified_gen: int | None = None
+        self._keys: dict[str, tuple[int, TrafficClass] | None] = {}  # object name → class
+        # the limits in force as read from the limit objects last dumped (that very dict)
+        self._in_force: (
+            tuple[dict[str, NftObject], Mapping[tuple[int, TrafficClass], int]] | None
+        ) = None
 
     def __enter__(self) -> InboundBackend:
         return self
@@ -268,31 +274,43 @@ class InboundBackend:
 
     # -- reading ---------------------------------------------------------------
 
-    def _dump_objects(self) -> dict[str, NftObject]:
-        generation = self.nl.generation()  # before the dump: a later change shows next time
-        objects = self.nl.objects()
-        if _counter_name(mark(DEFAULT_XID, "default")) not in objects:
-            # the dump of an absent table is empty, not an error: every counter would
-            # seem reset. The no-slice counter is there as long as the table is.
-            raise InboundError(
-                f"nftables table inet {self.table} missing (or not bwenforcer's)", errno.ENOENT
-            )
-        self._objects, self._seen_gen = objects, generation
-        return objects
+    def _objects(self, fresh_counters: bool) -> dict[str, NftObject]:
+        """Counters and limit objects: each dumped unless known as of the current
+        generation (the counters always, with ``fresh_counters``: their bytes move).
+        """
+        generation = self.nl.generation()  # before the dumps: a later change shows next time
+        if fresh_counters or self._counters is None or self._counters[0] != generation:
+            counters = self.nl.objects("counter")
+            if _counter_name(mark(DEFAULT_XID, "default")) not in counters:
+                # the dump of an absent table is empty, not an error: every counter
+                # would seem reset. The no-slice counter is there as long as the table.
+                raise InboundError(
+                    f"nftables table inet {self.table} missing (or not bwenforcer's)",
+                    errno.ENOENT,
+                )
+            self._counters = (generation, counters)
+        if self._limits is None or self._limits[0] != generation:
+            self._limits = (generation, self.nl.objects("limit"))
+        return {**self._counters[1], **self._limits[1]}
 
-    def _current(self) -> dict[str, NftObject]:
-        """The table's objects: as last seen if no transaction came since, else dumped."""
-        generation = self.nl.generation()
-        if self._objects is not None and self._seen_gen == generation:
-            return self._objects
-        return self._dump_objects()
+    def _forget(self) -> None:
+        self._counters = self._limits = None
 
     def dump(self) -> InboundSnapshot:
-        """Every slice class's inbound bytes (IP layer) and limit, in one object dump.
+        """Every slice class's inbound bytes (IP layer) and limit: one counter dump, and
+        one limit dump only when a transaction came since the limits were last read.
 
         InboundError (errno ENOENT) if the table is not there (``ensure`` loads it).
         """
-        return snapshot(self._dump_objects())
+        self._objects(fresh_counters=True)
+        assert self._counters is not None and self._limits is not None
+        limits = self._limits[1]
+        if self._in_force is None or self._in_force[0] is not limits:
+            self._in_force = (limits, snapshot({}, limits).limits_bps)
+        counted = snapshot(self._counters[1], {}, self._keys)
+        return InboundSnapshot(
+            counted.bytes_by_class, self._in_force[1], counted.unclassified_bytes
+        )
 
     # -- the table and its counters --------------------------------------------
 
@@ -328,7 +346,7 @@ class InboundBackend:
         if not self._structure_ok():
             return self._load(want, dry_run)
         try:
-            objects = self._current()
+            objects = self._objects(fresh_counters=False)
         except InboundError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -391,7 +409,7 @@ class InboundBackend:
         before = self.nl.generation()
         refused = self.nl.transaction(groups)
         after = self.nl.generation()
-        self._objects = None
+        self._forget()
         if self._verified_gen == before and after == before + 1:
             self._verified_gen = after
         return refused
@@ -437,7 +455,8 @@ class InboundBackend:
         if proc.returncode != 0:
             first = (proc.stderr.strip().splitlines() or ["nft failed"])[0]
             raise InboundError(f"nft table inet {self.table}: {first}")
-        self._objects = self._seen_gen = self._verified_gen = None
+        self._forget()
+        self._verified_gen = None
         log.info(
             "inbound: table inet %s loaded (dev %s, %d slices, %d limits kept, %d exempt prefixes)",
             self.table,
@@ -464,7 +483,7 @@ class InboundBackend:
         latest = {(c.xid, c.traffic_class): c for c in changes}  # the last one per class
         if not latest:
             return []
-        objects = self._current()
+        objects = self._objects(fresh_counters=False)
         by_mark: dict[int, list[NftObject]] = {}
         for obj in objects.values():
             key = _key_of(obj.name, _LIMIT) if obj.kind == "limit" else None
@@ -537,29 +556,34 @@ class InboundBackend:
             timeout=NFT_TIMEOUT_S,
             check=False,
         )
-        self._objects = self._seen_gen = self._verified_gen = None
+        self._forget()
+        self._verified_gen = None
         if proc.returncode == 0:
             log.info("inbound: table inet %s removed", self.table)
 
 
-def snapshot(objects: Mapping[str, NftObject]) -> InboundSnapshot:
-    """The snapshot of a table's objects: counters by class, the limits in force (an
-    object a map element refers to) as asked for, the no-slice counters apart.
+def snapshot(
+    counters: Mapping[str, NftObject],
+    limits: Mapping[str, NftObject],
+    keys: dict[str, tuple[int, TrafficClass] | None] | None = None,
+) -> InboundSnapshot:
+    """The snapshot of a table's counters and limit objects: bytes by class, the limits
+    in force (an object a map element refers to) as asked for, the no-slice counters
+    apart. ``keys`` memoises object name → class across calls.
     """
-    counted: dict[tuple[int, TrafficClass], int] = {}
-    limits: dict[tuple[int, TrafficClass], int] = {}
-    unclassified: dict[TrafficClass, int] = {}
-    for obj in objects.values():
-        if obj.kind == "counter":
-            key = _key_of(obj.name, _COUNTER)
-            if key is None:
-                continue
-            if key[0] == DEFAULT_XID:
-                unclassified[key[1]] = obj.value
-            else:
-                counted[key] = obj.value
-        elif obj.use:
-            key = _key_of(obj.name, _LIMIT)
-            if key is not None and key[0] != DEFAULT_XID:
-                limits[key] = _asked_bps(obj)
-    return InboundSnapshot(counted, limits, unclassified)
+    keys = {} if keys is None else keys
+    for name in counters.keys() - keys.keys():
+        keys[name] = _key_of(name, _COUNTER)
+    counted = {keys[n]: o.value for n, o in counters.items()}
+    counted.pop(None, None)  # type: ignore[call-overload]
+    unclassified = {
+        cls: counted.pop((DEFAULT_XID, cls))
+        for cls in TRAFFIC_CLASSES
+        if (DEFAULT_XID, cls) in counted
+    }
+    in_force: dict[tuple[int, TrafficClass], int] = {}
+    for obj in limits.values():
+        key = _key_of(obj.name, _LIMIT)
+        if obj.use and key is not None and key[0] != DEFAULT_XID:
+            in_force[key] = _asked_bps(obj)
+    return InboundSnapshot(counted, in_force, unclassified)

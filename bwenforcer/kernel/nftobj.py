@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import struct
 from collections.abc import Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bwenforcer.errors import InboundError, KernelError, NotPermitted
 from bwenforcer.kernel.nftsets import (
@@ -85,8 +86,7 @@ KIND_NAMES = {NFT_OBJECT_COUNTER: "counter", NFT_OBJECT_LIMIT: "limit"}
 Msg = tuple[int, int, bytes]  # (nft message type, extra flags, attributes): no seq yet
 
 
-@dataclass(frozen=True, slots=True)
-class NftObject:
+class NftObject(NamedTuple):
     """One counter or limit object as the kernel dumps it.
 
     ``value``: a counter's bytes, a limit's rate (bytes per second); ``extra``: a
@@ -192,6 +192,35 @@ def map_elements(table: str, map_name: str, items: Mapping[int, str | None]) -> 
     return NFT_MSG_DELSETELEM, 0, body
 
 
+def _counter_pattern(table: str) -> re.Pattern[bytes]:
+    """A counter object's message as this kernel sends it, from the table attribute on
+    (table, name, type, handle, use, data: bytes, packets), capturing name, handle,
+    use, bytes and packets. Attribute headers are host order.
+    """
+
+    def hdr(length: int, kind: int) -> bytes:
+        return re.escape(struct.pack("=HH", length, kind))
+
+    table_attr = re.escape(_str(NFTA_OBJ_TABLE, table))
+    return re.compile(
+        table_attr
+        + hdr(10, NFTA_OBJ_NAME)
+        + rb"(c[0-9a-f]{4})\0\0\0"
+        + hdr(8, NFTA_OBJ_TYPE)
+        + re.escape(struct.pack("!I", NFT_OBJECT_COUNTER))
+        + hdr(12, NFTA_OBJ_HANDLE)
+        + rb"(.{8})"
+        + hdr(8, NFTA_OBJ_USE)
+        + rb"(.{4})"
+        + hdr(28, NFTA_OBJ_DATA)
+        + hdr(12, NFTA_COUNTER_BYTES)
+        + rb"(.{8})"
+        + hdr(12, NFTA_COUNTER_PACKETS)
+        + rb"(.{8})",
+        re.DOTALL,
+    )
+
+
 def _parse_object(body: bytes) -> NftObject | None:
     name = kind = None
     handle = use = value = extra = 0
@@ -233,7 +262,16 @@ class NftObjects(NftMaps):
             except OSError:
                 continue
         self.messages_sent = 0  # nft messages in transactions so far (benchmarks, tests)
+        # each dump kind's messages (from the table attribute on) → the object read
+        self._last_dump: dict[str | None, dict[bytes, NftObject]] = {}
+        self._counter_pattern = _counter_pattern(table)
         self.requests = 0  # dumps, gets and transactions sent so far
+
+    def forget_parsed(self) -> None:
+        """Drop the messages last dumped: the next dump parses every object (as when
+        every counter moved; benchmarks).
+        """
+        self._last_dump.clear()
 
     def error(self, code: int, what: str) -> KernelError:
         """The project's error for the kernel's answer ``code`` (an errno) to ``what``."""
@@ -252,30 +290,60 @@ class NftObjects(NftMaps):
             raise self.error(exc.errno or errno.EIO, f"nftables table {self.table}") from None
         return seq
 
-    def objects(self) -> dict[str, NftObject]:
-        """Every counter and limit object of the table, in one GETOBJ dump.
+    def objects(self, kind: str | None = None) -> dict[str, NftObject]:
+        """Every counter and limit object of the table (only ``kind``'s if given: the
+        kernel filters), in one GETOBJ dump. The dump of an absent table is empty.
 
-        InboundError with errno ENOENT if the table is not there.
+        An object whose message is the same as in the last dump of that kind (an idle
+        counter, most of them) comes back as the same object, unparsed; a counter of
+        the layout this kernel sends is read by one pattern match, anything else by
+        walking its attributes.
         """
         body = _str(NFTA_OBJ_TABLE, self.table)
+        if kind is not None:
+            code = NFT_OBJECT_COUNTER if kind == "counter" else NFT_OBJECT_LIMIT
+            body += _attr(NFTA_OBJ_TYPE, struct.pack("!I", code))
+        newobj = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWOBJ
+        fast = self._counter_pattern.fullmatch
         for _attempt in range(DUMP_ATTEMPTS):
             seq = self._request(NFT_MSG_GETOBJ, NLM_F_DUMP, body)
             out: dict[str, NftObject] = {}
+            last = self._last_dump.get(kind, {})
+            now: dict[bytes, NftObject] = {}
             interrupted = False
             for mtype, mseq, msg in self._replies():
                 if mseq != seq:
                     continue
-                if mtype == NLMSG_DONE:
+                if mtype == newobj:
+                    key = msg[20:]
+                    obj = last.get(key)
+                    if obj is None:
+                        m = fast(key)
+                        if m is not None:
+                            name, handle, use, bytes_, packets = m.groups()
+                            obj = NftObject(
+                                name.decode(),
+                                "counter",
+                                int.from_bytes(handle, "big"),
+                                int.from_bytes(use, "big"),
+                                int.from_bytes(bytes_, "big"),
+                                int.from_bytes(packets, "big"),
+                            )
+                        else:
+                            obj = _parse_object(key)
+                            if obj is None:
+                                continue
+                    now[key] = obj
+                    out[obj.name] = obj
+                elif mtype == NLMSG_DONE:
+                    # a change of the table during the dump marks its end (and more)
+                    interrupted = bool(struct.unpack_from("=H", msg, 6)[0] & NLM_F_DUMP_INTR)
                     break
-                if mtype == NLMSG_ERROR:
+                elif mtype == NLMSG_ERROR:
                     (err,) = struct.unpack_from("=i", msg, 16)
                     raise self.error(-err, f"nftables table {self.table} objects")
-                if struct.unpack_from("=H", msg, 6)[0] & NLM_F_DUMP_INTR:
-                    interrupted = True
-                obj = _parse_object(msg[20:])
-                if obj is not None:
-                    out[obj.name] = obj
             if not interrupted:
+                self._last_dump[kind] = now
                 return out
         raise InboundError(f"nftables table {self.table}: object dump kept changing", errno.EINTR)
 

@@ -118,6 +118,10 @@ def test_ensure_idempotent_no_write_no_nft_and_removal(monkeypatch: pytest.Monke
             (x, c) for x in (XID, OTHER) for c in ("default", "exempt")
         }
         assert snap.bytes_by_class[(OTHER, "default")] >= 1_000_000
+        listed = n.nft_objects()  # nft's own decoding agrees (the counters are idle)
+        for (x, c), counted in snap.bytes_by_class.items():
+            assert listed[f"c{(0x1000 if c == 'default' else 0x2000) | x:x}"]["bytes"] == counted
+        calls.clear()  # that nft was the test's
         assert snap.limits_bps == {(OTHER, "default"): 4_000_000}
 
         # dry run: says what it would do, does nothing
