@@ -247,6 +247,8 @@ class InboundBackend:
         self._counters: tuple[int, dict[str, NftObject]] | None = None
         self._limits: tuple[int, dict[str, NftObject]] | None = None
         self._verified_gen: int | None = None
+        # the xids the last ensure found complete, and the generation it found them at
+        self._ensured: tuple[list[int], int] | None = None
         self._keys: dict[str, tuple[int, TrafficClass] | None] = {}  # object name → class
         # the limits in force as read from the limit objects last dumped (that very dict)
         self._in_force: (
@@ -274,11 +276,13 @@ class InboundBackend:
 
     # -- reading ---------------------------------------------------------------
 
-    def _objects(self, fresh_counters: bool) -> dict[str, NftObject]:
+    def _objects(self, fresh_counters: bool, generation: int | None = None) -> dict[str, NftObject]:
         """Counters and limit objects: each dumped unless known as of the current
         generation (the counters always, with ``fresh_counters``: their bytes move).
+        ``generation``: the current one, if just read.
         """
-        generation = self.nl.generation()  # before the dumps: a later change shows next time
+        if generation is None:  # before the dumps: a later change shows next time
+            generation = self.nl.generation()
         if fresh_counters or self._counters is None or self._counters[0] != generation:
             counters = self.nl.objects("counter")
             if _counter_name(mark(DEFAULT_XID, "default")) not in counters:
@@ -294,7 +298,7 @@ class InboundBackend:
         return {**self._counters[1], **self._limits[1]}
 
     def _forget(self) -> None:
-        self._counters = self._limits = None
+        self._counters = self._limits = self._ensured = None
 
     def dump(self) -> InboundSnapshot:
         """Every slice class's inbound bytes (IP layer) and limit: one counter dump, and
@@ -314,21 +318,23 @@ class InboundBackend:
 
     # -- the table and its counters --------------------------------------------
 
-    def _structure_ok(self) -> bool:
-        """True if the table is there with this structure (device, prefixes)."""
+    def _structure_ok(self) -> tuple[bool, int]:
+        """Whether the table is there with this structure (device, prefixes), and the
+        generation now.
+        """
         generation = self.nl.generation()
         if self._verified_gen == generation:
-            return True
+            return True, generation
         try:
             comment = self.nl.table_comment()
         except InboundError as exc:
             if exc.errno == errno.ENOENT:
-                return False
+                return False, generation
             raise
         if comment != f"bwenforcer inbound {self._digest}":
-            return False
+            return False, generation
         self._verified_gen = generation
-        return True
+        return True, generation
 
     def ensure(self, xids: Iterable[int], dry_run: bool = False) -> InboundEnsured:
         """Counters for every class of ``xids`` (and the no-slice ones), nothing of other
@@ -343,10 +349,14 @@ class InboundBackend:
         for xid in want:
             if not 0 <= xid <= XID_MAX:
                 raise XidOutOfRange(f"inbound: xid {xid} out of range 0..{XID_MAX}")
-        if not self._structure_ok():
+        ours, generation = self._structure_ok()
+        if not ours:
             return self._load(want, dry_run)
+        if self._ensured == (want, generation):
+            # the same xids, and no transaction since they were found all there
+            return InboundEnsured(False, (), (), 0, {})
         try:
-            objects = self._objects(fresh_counters=False)
+            objects = self._objects(fresh_counters=False, generation=generation)
         except InboundError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -385,6 +395,8 @@ class InboundBackend:
                 removed.append(xid)
             groups.append((xid, msgs))
         messages = sum(len(msgs) for _xid, msgs in groups)
+        if not groups:
+            self._ensured = (want, generation)
         if dry_run or not groups:
             return InboundEnsured(False, tuple(added), tuple(removed), 0, {})
         refused = self._commit(groups)
@@ -402,16 +414,30 @@ class InboundBackend:
             )
         return InboundEnsured(False, tuple(added), tuple(removed), messages, reasons)
 
-    def _commit(self, groups: Sequence[tuple[object, Sequence[Msg]]]) -> dict[object, int]:
-        """One transaction (groups refused left out, see NftObjects.transaction); the
-        objects seen are forgotten, the structure kept if only this changed it.
+    def _commit(
+        self, groups: Sequence[tuple[object, Sequence[Msg]]], limits_only: bool = False
+    ) -> dict[object, int]:
+        """One transaction (groups refused left out, see NftObjects.transaction).
+
+        What this object knew stays known when this was the only transaction since
+        (the generation moved by one): the structure; with ``limits_only`` (limit
+        objects of ensured xids and their elements changed, nothing else) also the
+        counters and the ensured xids. The limit objects are read again.
         """
         before = self.nl.generation()
         refused = self.nl.transaction(groups)
         after = self.nl.generation()
+        counters, ensured = self._counters, self._ensured
         self._forget()
-        if self._verified_gen == before and after == before + 1:
-            self._verified_gen = after
+        if after == before + 1:
+            if self._verified_gen == before:
+                self._verified_gen = after
+            if limits_only and counters is not None and counters[0] == before:
+                self._counters = (after, counters[1])
+            if limits_only and ensured is not None and ensured[1] == before:
+                self._ensured = (ensured[0], after)
+        elif after == before:
+            self._counters, self._ensured = counters, ensured  # nothing committed
         return refused
 
     def _load(self, want: Sequence[int], dry_run: bool) -> InboundEnsured:
@@ -502,7 +528,8 @@ class InboundBackend:
                 groups.append((change, msgs))
         if not groups:
             return failures
-        refused = self._commit(groups)
+        ensured = set(self._ensured[0]) if self._ensured is not None else set()
+        refused = self._commit(groups, limits_only=all(c.xid in ensured for c, _m in groups))
         for change, _msgs in groups:
             code = refused.get(change)
             if code is None:

@@ -104,7 +104,9 @@ def test_ensure_idempotent_no_write_no_nft_and_removal(monkeypatch: pytest.Monke
         b.apply_limits([InboundLimit(OTHER, "default", 4_000_000)])
         n.download(n.pair.b_addr, 5501, 1_000_000, OTHER)
         calls = _spy_nft(monkeypatch)
-        generation = b.nl.generation()
+        b.dump()  # the limits' dump after the change; from now on the counters' only
+        b.ensure((XID, OTHER))  # the table's comment checked once after its load
+        generation, requests = b.nl.generation(), b.nl.requests
         for _ in range(3):  # the steady cycle: dump, ensure, no limit change
             snap = b.dump()
             done = b.ensure((XID, OTHER))
@@ -113,6 +115,7 @@ def test_ensure_idempotent_no_write_no_nft_and_removal(monkeypatch: pytest.Monke
             assert b.apply_limits([InboundLimit(OTHER, "default", 4_000_000)]) == []
             assert b.apply_limits([]) == []
         assert b.nl.generation() == generation  # no transaction at all
+        assert b.nl.requests == requests + 3  # one dump (of the counters) per cycle
         assert calls == []  # no nft process
         assert set(snap.bytes_by_class) == {
             (x, c) for x in (XID, OTHER) for c in ("default", "exempt")
@@ -141,6 +144,11 @@ def test_ensure_idempotent_no_write_no_nft_and_removal(monkeypatch: pytest.Monke
         assert done.added == (OTHER,)
         snap = b.dump()
         assert snap.bytes_by_class[(OTHER, "default")] == 0 and not snap.limits_bps
+        # a limit on a class ensure was not given: the next ensure takes it away
+        assert b.apply_limits([InboundLimit(1003, "exempt", 2_000_000)]) == []
+        assert b.dump().limits_bps == {(1003, "exempt"): 2_000_000}
+        assert b.ensure((XID, OTHER)).removed == (1003,)
+        assert b.dump().limits_bps == {}
 
 
 def test_limit_round_trips_and_is_set_as_documented() -> None:
