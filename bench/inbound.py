@@ -34,12 +34,8 @@ from pathlib import Path
 
 from bwenforcer.core.inbound import InboundLimit
 from bwenforcer.core.layout import mark
-from bwenforcer.kernel.inbound import (
-    InboundBackend,
-    limit_burst_bytes,
-    limit_rate_bytes_s,
-    render_ruleset,
-)
+from bwenforcer.kernel.inbound import InboundBackend
+from bwenforcer.kernel.inbound_table import limit_burst_bytes, limit_rate_bytes_s, render_ruleset
 from bwenforcer.kernel.nftobj import NftObject
 
 HERE = Path(__file__).resolve().parent

@@ -39,7 +39,6 @@ nothing): other modes are refused.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import re
 import subprocess
@@ -57,6 +56,22 @@ from bwenforcer.core.layout import (
 from bwenforcer.errors import ConfigError, InboundError, XidOutOfRange
 from bwenforcer.files.tools import tool_path
 from bwenforcer.kernel.classifier import _collapsed
+from bwenforcer.kernel.inbound_table import (
+    COUNTER_NAME,
+    LIMIT_NAME,
+    MAP_COUNTER,
+    MAP_LIMIT,
+    MAX_LIMIT_BPS,
+    TABLE,
+    asked_bps,
+    class_of,
+    counter_name,
+    limit_burst_bytes,
+    limit_rate_bytes_s,
+    render_ruleset,
+    snapshot,
+    structure_digest,
+)
 from bwenforcer.kernel.nftobj import (
     Msg,
     NftObject,
@@ -69,129 +84,9 @@ from bwenforcer.kernel.nftobj import (
 
 log = logging.getLogger(__name__)
 
-TABLE = "bwenforcer_in"
-MAP_COUNTER = "in_counter"
-MAP_LIMIT = "in_limit"
 MODES = ("uid", "cgroup")  # the classifier modes that set the conntrack mark
 NFT_TIMEOUT_S = 30
-STRUCTURE_VERSION = 1  # part of the table's digest: a new ruleset shape reloads it
-# the limit object's rate is this share of the limit asked for: a new object's full
-# bucket (1 s of rate) then keeps a 20 s average within ~2 % of the limit
-RATE_PERCENT = 97
-MIN_BURST_BYTES = 16_384
-BURST_S_DIVISOR = 100  # burst = 10 ms of rate (at least MIN_BURST_BYTES)
-# what the messages can carry; the kernel itself refuses rates over ~147 Gbit/s
-# (EOVERFLOW: it keeps the bucket in nanoseconds of a u64)
-MAX_LIMIT_BPS = 10**15
-
-_CLASS_DIGIT = {"default": "1", "exempt": "2"}
-_DIGIT_CLASS: dict[str, TrafficClass] = {"1": "default", "2": "exempt"}
-_COUNTER = re.compile(r"c([12])([0-9a-f]{3})")
-_LIMIT = re.compile(r"l([12])([0-9a-f]{3})_([ab])")
-_ASKED = re.compile(r"bwenforcer (\d+) bit/s")
 _DEV = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
-
-
-def limit_rate_bytes_s(limit_bps: int) -> int:
-    """The limit object's rate for a slice limit: 97 % of it, in bytes per second."""
-    return max(1, limit_bps * RATE_PERCENT // 800)
-
-
-def limit_burst_bytes(rate_bytes_s: int) -> int:
-    """The limit object's burst: 10 ms of its rate, at least 16 KiB.
-
-    The kernel's bucket is one second of rate plus the burst, so the burst hardly
-    changes what TCP gets (measured: 2 KiB and 40 KB gave the same 20 s averages).
-    """
-    return min(0xFFFFFFFF, max(MIN_BURST_BYTES, rate_bytes_s // BURST_S_DIVISOR))  # a u32
-
-
-def _asked_bps(obj: NftObject) -> int:
-    """The limit as it was asked for: from the object's comment; an object without it
-    (not made by bwenforcer) from its rate, rounded up to whole bytes per second.
-    """
-    found = _ASKED.fullmatch(obj.comment or "")
-    if found:
-        return int(found.group(1))
-    return -(-obj.value * 800 // RATE_PERCENT)
-
-
-def _counter_name(m: int) -> str:
-    return f"c{m:x}"
-
-
-def _key_of(name: str, pattern: re.Pattern[str]) -> tuple[int, TrafficClass] | None:
-    found = pattern.fullmatch(name)
-    if found is None:
-        return None
-    return int(found.group(2), 16), _DIGIT_CLASS[found.group(1)]
-
-
-def structure_digest(dev: str, exempt_prefixes: Sequence[str]) -> str:
-    """A short digest of the table's shape (device, exempt prefixes), in its comment."""
-    text = repr((STRUCTURE_VERSION, dev, _collapsed(tuple(exempt_prefixes))))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _elements(items: Iterable[str]) -> str:
-    text = ", ".join(items)
-    return f" elements = {{ {text} }};" if text else ""
-
-
-def render_ruleset(
-    table: str,
-    dev: str,
-    exempt_prefixes: Sequence[str],
-    counters: Mapping[str, tuple[int, int]],
-    limits: Mapping[str, NftObject],
-) -> str:
-    """The ``nft -f`` script: the table replaced in one transaction, with ``counters``
-    (``{name: (bytes, packets)}``, their values carried over) and ``limits`` (objects
-    kept as they were, each referenced by the map).
-    """
-    v4, v6 = _collapsed(tuple(exempt_prefixes))
-    lines = [
-        f"table inet {table}",
-        f"delete table inet {table}",
-        f"table inet {table} {{",
-        f'  comment "bwenforcer inbound {structure_digest(dev, exempt_prefixes)}"',
-    ]
-    for name, (bytes_, packets) in sorted(counters.items()):
-        lines.append(f"  counter {name} {{ packets {packets} bytes {bytes_} }}")
-    for obj in sorted(limits.values(), key=lambda o: o.name):
-        comment = f' comment "{obj.comment}";' if obj.comment else ""
-        lines.append(
-            f"  limit {obj.name} {{{comment} rate over {obj.value} bytes/second"
-            f" burst {obj.extra} bytes }}"
-        )
-    slice_counters = [n for n in sorted(counters) if _key_of(n, _COUNTER) and n[2:] != "fff"]
-    limit_names = sorted(limits)
-    no_slice_default = _counter_name(mark(DEFAULT_XID, "default"))
-    no_slice_exempt = _counter_name(mark(DEFAULT_XID, "exempt"))
-    counter_elements = _elements(f'0x{n[1:]} : "{n}"' for n in slice_counters)
-    limit_elements = _elements(f'0x{n[1:5]} : "{n}"' for n in limit_names)
-    lines += [
-        f"  map {MAP_COUNTER} {{ type mark : counter;{counter_elements} }}",
-        f"  map {MAP_LIMIT} {{ type mark : limit;{limit_elements} }}",
-        f"  set exempt4 {{ type ipv4_addr; flags interval;{_elements(v4)} }}",
-        f"  set exempt6 {{ type ipv6_addr; flags interval;{_elements(v6)} }}",
-        "  chain count {",
-        f"    limit name ct mark map @{MAP_LIMIT} drop",
-        f"    counter name ct mark map @{MAP_COUNTER} accept",
-        f'    ip saddr @exempt4 counter name "{no_slice_exempt}" accept',
-        f'    ip6 saddr @exempt6 counter name "{no_slice_exempt}" accept',
-        f'    counter name "{no_slice_default}"',
-        "  }",
-    ]
-    for hook in ("input", "forward"):
-        lines += [
-            f"  chain {hook} {{",
-            f"    type filter hook {hook} priority filter; policy accept;",
-            f'    iifname "{dev}" jump count',
-            "  }",
-        ]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -285,7 +180,7 @@ class InboundBackend:
             generation = self.nl.generation()
         if fresh_counters or self._counters is None or self._counters[0] != generation:
             counters = self.nl.objects("counter")
-            if _counter_name(mark(DEFAULT_XID, "default")) not in counters:
+            if counter_name(mark(DEFAULT_XID, "default")) not in counters:
                 # the dump of an absent table is empty, not an error: every counter
                 # would seem reset. The no-slice counter is there as long as the table.
                 raise InboundError(
@@ -368,18 +263,18 @@ class InboundBackend:
             msgs: list[Msg] = []
             for cls in TRAFFIC_CLASSES:
                 m = mark(xid, cls)
-                obj = objects.get(_counter_name(m))
+                obj = objects.get(counter_name(m))
                 if obj is None:
-                    msgs.append(new_counter(self.table, _counter_name(m)))
+                    msgs.append(new_counter(self.table, counter_name(m)))
                 if obj is None or obj.use == 0:
-                    msgs.append(map_elements(self.table, MAP_COUNTER, {m: _counter_name(m)}))
+                    msgs.append(map_elements(self.table, MAP_COUNTER, {m: counter_name(m)}))
             if msgs:
                 added.append(xid)
                 groups.append((xid, msgs))
         gone: dict[int, list[Msg]] = {}
         for obj in objects.values():
-            pattern = _COUNTER if obj.kind == "counter" else _LIMIT
-            key = _key_of(obj.name, pattern)
+            pattern = COUNTER_NAME if obj.kind == "counter" else LIMIT_NAME
+            key = class_of(obj.name, pattern)
             if key is None or key[0] == DEFAULT_XID:
                 continue
             xid, cls = key
@@ -450,15 +345,15 @@ class InboundBackend:
             if exc.errno != errno.ENOENT:
                 raise
             old = {}
-        counters = {_counter_name(mark(DEFAULT_XID, cls)): (0, 0) for cls in TRAFFIC_CLASSES}
+        counters = {counter_name(mark(DEFAULT_XID, cls)): (0, 0) for cls in TRAFFIC_CLASSES}
         for xid in want:
             for cls in TRAFFIC_CLASSES:
-                counters[_counter_name(mark(xid, cls))] = (0, 0)
+                counters[counter_name(mark(xid, cls))] = (0, 0)
         limits: dict[str, NftObject] = {}
         for obj in old.values():
             if obj.kind == "counter" and obj.name in counters:
                 counters[obj.name] = (obj.value, obj.extra)
-            key = _key_of(obj.name, _LIMIT) if obj.kind == "limit" else None
+            key = class_of(obj.name, LIMIT_NAME) if obj.kind == "limit" else None
             if key is not None and obj.use and key[0] in set(want):
                 limits[obj.name] = obj
         if dry_run:
@@ -512,7 +407,7 @@ class InboundBackend:
         objects = self._objects(fresh_counters=False)
         by_mark: dict[int, list[NftObject]] = {}
         for obj in objects.values():
-            key = _key_of(obj.name, _LIMIT) if obj.kind == "limit" else None
+            key = class_of(obj.name, LIMIT_NAME) if obj.kind == "limit" else None
             if key is not None:
                 by_mark.setdefault(mark(*key), []).append(obj)
         groups: list[tuple[InboundLimit, list[Msg]]] = []
@@ -553,7 +448,7 @@ class InboundBackend:
                 map_elements(self.table, MAP_LIMIT, {m: None}),
                 del_object(self.table, current.name, "limit"),
             ]
-        if current is not None and _asked_bps(current) == change.rate_bps:
+        if current is not None and asked_bps(current) == change.rate_bps:
             return msgs
         name = f"l{m:x}_{'b' if current is not None and current.name.endswith('_a') else 'a'}"
         rate = limit_rate_bytes_s(change.rate_bps)
@@ -587,30 +482,3 @@ class InboundBackend:
         self._verified_gen = None
         if proc.returncode == 0:
             log.info("inbound: table inet %s removed", self.table)
-
-
-def snapshot(
-    counters: Mapping[str, NftObject],
-    limits: Mapping[str, NftObject],
-    keys: dict[str, tuple[int, TrafficClass] | None] | None = None,
-) -> InboundSnapshot:
-    """The snapshot of a table's counters and limit objects: bytes by class, the limits
-    in force (an object a map element refers to) as asked for, the no-slice counters
-    apart. ``keys`` memoises object name → class across calls.
-    """
-    keys = {} if keys is None else keys
-    for name in counters.keys() - keys.keys():
-        keys[name] = _key_of(name, _COUNTER)
-    counted = {keys[n]: o.value for n, o in counters.items()}
-    counted.pop(None, None)  # type: ignore[call-overload]
-    unclassified = {
-        cls: counted.pop((DEFAULT_XID, cls))
-        for cls in TRAFFIC_CLASSES
-        if (DEFAULT_XID, cls) in counted
-    }
-    in_force: dict[tuple[int, TrafficClass], int] = {}
-    for obj in limits.values():
-        key = _key_of(obj.name, _LIMIT)
-        if obj.use and key is not None and key[0] != DEFAULT_XID:
-            in_force[key] = _asked_bps(obj)
-    return InboundSnapshot(counted, in_force, unclassified)

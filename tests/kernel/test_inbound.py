@@ -14,11 +14,8 @@ from bwenforcer.core.inbound import InboundLimit
 from bwenforcer.errors import ConfigError, InboundError
 from bwenforcer.kernel import inbound as inbound_mod
 from bwenforcer.kernel import sandbox
-from bwenforcer.kernel.inbound import (
-    InboundBackend,
-    limit_burst_bytes,
-    limit_rate_bytes_s,
-)
+from bwenforcer.kernel.inbound import InboundBackend
+from bwenforcer.kernel.inbound_table import limit_burst_bytes, limit_rate_bytes_s
 from bwenforcer.modes.traffic import start_fetch, start_sender, start_sink, start_source
 from tests.inbound_helpers import EXEMPT4, EXEMPT6, PREFIXES, Node, node
 from tests.netns import RUN_PREFIX, sh

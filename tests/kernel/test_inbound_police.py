@@ -14,7 +14,7 @@ import time
 import pytest
 
 from bwenforcer.core.inbound import InboundLimit
-from bwenforcer.kernel.inbound import limit_burst_bytes, limit_rate_bytes_s
+from bwenforcer.kernel.inbound_table import limit_burst_bytes, limit_rate_bytes_s
 from bwenforcer.modes.traffic import start_fetch, start_source
 from tests.inbound_helpers import average_bps, node
 
