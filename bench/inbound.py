@@ -9,7 +9,7 @@ with the `nft` command doing the same work, reported as a ratio to it:
   the dump before) vs ``nft list counters table inet …``; with idle counters
   (the same messages as last time, passed on unparsed) and with every counter
   moved (each message parsed);
-- steady: the inbound part of a cycle with nothing to change (dump, ensure,
+- steady: the inbound part of a cycle with nothing to change (ensure, dump,
   no limit change) vs the same ``nft list counters``;
 - changes: a set of limit swaps (5 % of the slices, a typical capped cycle, and
   all N) after the cycle's dump vs ``nft -f`` swapping the same limits in one
@@ -69,11 +69,9 @@ def capped_changes(n: int, i: int, share: float = 1.0) -> list[InboundLimit]:
 def cycle_step(
     backend: InboundBackend, xids: Sequence[int], changes: Sequence[InboundLimit]
 ) -> None:
-    """The inbound part of one cycle: one dump, ensure (from the dump's objects), the
-    planner's limit changes.
-    """
-    backend.dump()
+    """The inbound part of one cycle: ensure, one dump, the planner's limit changes."""
     backend.ensure(xids)
+    backend.dump()
     failures = backend.apply_limits(changes)
     assert not failures, failures[:3]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -54,13 +54,15 @@ class Node:
                     found[item[kind]["name"]] = item[kind]
         return found
 
-    def download(self, host: str, port: int, n_bytes: int, uid: int | None) -> int:
-        """``n_bytes`` from ``b`` to ``a`` over a connection ``a`` opens as ``uid``;
-        the bytes the application received.
+    def download(
+        self, host: str, port: int, n_bytes: int, uid: int | None, cgroup: str | None = None
+    ) -> int:
+        """``n_bytes`` from ``b`` to ``a`` over a connection ``a`` opens as ``uid`` (in
+        the cgroup directory ``cgroup``, if given); the bytes the application received.
         """
         source = start_source(self.pair.b.name, port, 20, n_bytes)
         try:
-            fetch = start_fetch(self.pair.a.name, uid, host, port, seconds=15)
+            fetch = start_fetch(self.pair.a.name, uid, host, port, seconds=15, cgroup=cgroup)
             out, _ = fetch.communicate(timeout=25)
         finally:
             source.kill()
@@ -69,12 +71,21 @@ class Node:
 
 
 @contextmanager
-def node(tag: str, xids: tuple[int, ...], mode: str = "uid") -> Iterator[Node]:
-    """A pair with exempt addresses on ``b``, the uid classifier marking ``xids`` and
-    the inbound table loaded on ``a``; everything deleted on every exit path.
+def node(
+    tag: str,
+    xids: tuple[int, ...],
+    mode: str = "uid",
+    classify: Callable[[NetnsPair], object] | None = None,
+) -> Iterator[Node]:
+    """A pair with exempt addresses on ``b``, a classifier (by default the uid one,
+    marking ``xids``) and the inbound table loaded on ``a``; everything deleted on
+    every exit path.
     """
     with netns_pair(tag, extra_b_addrs=(f"{EXEMPT4}/32", f"{EXEMPT6}/128")) as pair:
-        Classifier(netns=pair.a.name).apply(ClassifierSpec(xids, PREFIXES))
+        if classify is None:
+            Classifier(netns=pair.a.name).apply(ClassifierSpec(xids, PREFIXES))
+        else:
+            classify(pair)
         pair.b.ip("link", "set", "vb", "gso_max_segs", "1")
         script = (
             "table inet ref {\n chain output {\n"

@@ -103,11 +103,12 @@ class InboundEnsured:
 class InboundBackend:
     """nftables inbound counters and limits, in the current namespace or ``netns``.
 
-    Long-lived (one netfilter socket, the objects last dumped). A steady cycle costs
-    one generation request and one object dump, no nft process and no write: call
-    :meth:`dump` first, then :meth:`ensure` (which then works from the dump's
-    objects while no transaction of anyone's came in between), then
-    :meth:`apply_limits` with the planner's changes.
+    Long-lived (one netfilter socket, the objects last dumped). Per cycle call
+    :meth:`ensure` (the first one loads the table), :meth:`dump`, then
+    :meth:`apply_limits` with the planner's changes. A steady cycle costs two
+    generation requests and one counter dump, no nft process and no write:
+    ``ensure`` finds the xids it found complete at the same generation (its own
+    limit changes do not count), ``apply_limits`` has nothing to do.
     """
 
     def __init__(
@@ -350,11 +351,12 @@ class InboundBackend:
             for cls in TRAFFIC_CLASSES:
                 counters[counter_name(mark(xid, cls))] = (0, 0)
         limits: dict[str, NftObject] = {}
+        wanted = set(want)
         for obj in old.values():
             if obj.kind == "counter" and obj.name in counters:
                 counters[obj.name] = (obj.value, obj.extra)
             key = class_of(obj.name, LIMIT_NAME) if obj.kind == "limit" else None
-            if key is not None and obj.use and key[0] in set(want):
+            if key is not None and obj.use and key[0] in wanted:
                 limits[obj.name] = obj
         if dry_run:
             return InboundEnsured(True, tuple(want), (), 0, {})

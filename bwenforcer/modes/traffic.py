@@ -228,12 +228,21 @@ def start_source(netns: str, port: int, seconds: float, max_bytes: int) -> subpr
 
 
 def start_fetch(
-    netns: str, uid: int | None, host: str, port: int, *, conns: int = 1, seconds: float
+    netns: str,
+    uid: int | None,
+    host: str,
+    port: int,
+    *,
+    conns: int = 1,
+    seconds: float,
+    cgroup: str | None = None,
 ) -> subprocess.Popen[str]:
-    """Start ``conns`` downloads from ``host:port`` as ``uid``; they stop at the end of
-    the data or after ``seconds``; the process prints the bytes received.
+    """Start ``conns`` downloads from ``host:port`` as ``uid`` (in the cgroup directory
+    ``cgroup`` if given); they stop at the end of the data or after ``seconds``; the
+    process prints the bytes received.
     """
     argv = [
+        *in_cgroup(cgroup),
         *(tool_path("ip"), "netns", "exec", netns, *_as_uid(uid), system_python(), "-c"),
         *(_FETCH, host, str(port), str(conns), str(seconds)),
     ]

@@ -14,11 +14,13 @@ from bwenforcer.core.inbound import InboundLimit
 from bwenforcer.errors import ConfigError, InboundError
 from bwenforcer.kernel import inbound as inbound_mod
 from bwenforcer.kernel import sandbox
+from bwenforcer.kernel.classifier import CgroupClassifier, CgroupSpec
 from bwenforcer.kernel.inbound import InboundBackend
 from bwenforcer.kernel.inbound_table import limit_burst_bytes, limit_rate_bytes_s
 from bwenforcer.modes.traffic import start_fetch, start_sender, start_sink, start_source
+from tests.cgroup_helpers import cgroup_parent, v2_mount
 from tests.inbound_helpers import EXEMPT4, EXEMPT6, PREFIXES, Node, node
-from tests.netns import RUN_PREFIX, sh
+from tests.netns import RUN_PREFIX, NetnsPair, sh
 
 pytestmark = pytest.mark.kernel
 
@@ -104,11 +106,11 @@ def test_ensure_idempotent_no_write_no_nft_and_removal(monkeypatch: pytest.Monke
         b.dump()  # the limits' dump after the change; from now on the counters' only
         b.ensure((XID, OTHER))  # the table's comment checked once after its load
         generation, requests = b.nl.generation(), b.nl.requests
-        for _ in range(3):  # the steady cycle: dump, ensure, no limit change
-            snap = b.dump()
+        for _ in range(3):  # the steady cycle: ensure, dump, no limit change
             done = b.ensure((XID, OTHER))
             assert not done.loaded and not done.added and not done.removed
             assert done.messages == 0
+            snap = b.dump()
             assert b.apply_limits([InboundLimit(OTHER, "default", 4_000_000)]) == []
             assert b.apply_limits([]) == []
         assert b.nl.generation() == generation  # no transaction at all
@@ -332,3 +334,43 @@ def test_forwarded_downloads_of_a_container_slice_count_inbound_only() -> None:
         later = n.inbound.dump()
         uploaded = later.bytes_by_class[(XID, "default")] - after.bytes_by_class[(XID, "default")]
         assert uploaded < 0.05 * MB  # only the upload's ACKs come in
+
+
+def test_cgroup_tenant_downloads_and_accepted_uploads_counted() -> None:
+    """``classifier.mode: cgroup``: the tenant's connections marked by its cgroup, on
+    output and (from the first packet) on input; its inbound bytes counted exactly.
+    """
+    with cgroup_parent("inb") as parent:
+        tenant = parent / "t1"
+        tenant.mkdir()
+        level = len(tenant.relative_to(v2_mount()).parts)
+        spec = CgroupSpec({tenant.stat().st_ino: XID}, (level,), PREFIXES)
+
+        def classify(pair: NetnsPair) -> None:
+            classifier = CgroupClassifier(netns=pair.a.name)
+            try:
+                classifier.apply(spec)
+            finally:
+                classifier.close()
+
+        with node("incg", (XID,), "cgroup", classify) as n:
+            for port, host, where, accepted in (
+                (6201, n.pair.b_addr, (XID, "default"), False),
+                (6202, EXEMPT6, (XID, "exempt"), False),
+                (6203, n.pair.a_addr, (XID, "default"), True),
+            ):
+                before, ref_before = n.inbound.dump(), n.reference_bytes()
+                if accepted:
+                    sink = start_sink(n.pair.a.name, port, 20, cgroup=str(tenant))
+                    try:
+                        start_sender(n.pair.b.name, 0, host, port, max_bytes=MB, seconds=15).wait(
+                            timeout=20
+                        )
+                    finally:
+                        sink.kill()
+                        sink.wait(timeout=5)
+                else:
+                    n.download(host, port, MB, None, cgroup=str(tenant))
+                after, sent = n.inbound.dump(), n.reference_bytes() - ref_before
+                counted = after.bytes_by_class[where] - before.bytes_by_class[where]
+                assert sent >= MB and abs(counted - sent) <= 0.01 * sent, (host, sent, counted)
