@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # 8: issue 20's rolling windows (a step of its own, renumbered at merge: 6 and 7 are
 # other branches')
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 6
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -410,7 +410,7 @@ def _v4_to_v5(data: dict[str, Any]) -> dict[str, Any]:
 _V5_ADDED = {"buckets": [], "window_s": 0}
 
 
-def _v5_to_v8(data: dict[str, Any]) -> dict[str, Any]:
+def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
     """Schema 5 had no rolling windows: every class, live and in the ledger, is over its
     period (``window_s`` 0, no ``buckets``). A ledger entry's class is an array: its ring
     goes in before the policy's index, and each of ``ledger.policies`` gains the window.
@@ -418,7 +418,7 @@ def _v5_to_v8(data: dict[str, Any]) -> dict[str, Any]:
     """
     # the live slices' classes only: a schema-5 ledger is not shaped as _classes_with's
     live = _classes_with({k: v for k, v in data.items() if k != "ledger"}, _V5_ADDED)
-    out = {**data, **live, "schema_version": 8}
+    out = {**data, **live, "schema_version": 6}
     ledger = data.get("ledger")
     if isinstance(ledger, dict) and isinstance(ledger.get("entries"), dict):
         policies = ledger.get("policies")
@@ -446,7 +446,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     2: _v2_to_v3,
     3: _v3_to_v4,
     4: _v4_to_v5,
-    5: _v5_to_v8,  # issue 20's step, renumbered at merge
+    5: _v5_to_v6,
 }
 
 

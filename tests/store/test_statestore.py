@@ -182,7 +182,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 8
+    assert data["schema_version"] == SCHEMA_VERSION == 6
     assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
@@ -1185,7 +1185,7 @@ def test_the_encoders_ledger_policies_start_over_when_they_pile_up(
         assert state_from_json(data, "state.json").ledger == state.ledger
 
 
-# --- rolling windows (schema 8) ------------------------------------------------------------
+# --- rolling windows (schema 6) ------------------------------------------------------------
 
 
 def windowed_state(window_s: int = 30 * 86_400) -> State:
@@ -1269,5 +1269,5 @@ def test_migration_to_schema_8_puts_every_class_under_its_period_as_before() -> 
             del cls[5]  # the ring, before the policy's index
     before = copy.deepcopy(v5)
     migrated = MIGRATIONS[5](v5)
-    assert v5 == before and migrated["schema_version"] == 8
+    assert v5 == before and migrated["schema_version"] == 6
     assert state_from_json(v5, "old.json") == saved(state)
