@@ -90,6 +90,13 @@ class HistoryReader:
         if self._file is not None:
             self._file.close()
 
+    def check(self) -> None:
+        """Check the whole file's blocks (see :meth:`~.decode.HistoryFile.check`), so
+        that what is then read of it is not cut short by a damaged one.
+        """
+        if self._file is not None:
+            self._file.check()
+
     def slices(self) -> Iterator[tuple[str, SliceHistory]]:
         """Each slice's buckets (journal included), in name order, one at a time."""
         return _merged(() if self._file is None else self._file.slices(), self._journal)
