@@ -31,10 +31,19 @@ from bwenforcer.history.format import (
     _SLICE,
     FORMAT_VERSION,
     MAGIC,
+    _first_at,
     _hour_rows,
     _tiers,
 )
-from bwenforcer.history.usage import History, SliceHistory, add_hours, add_hours_to_sums, merge_row
+from bwenforcer.history.usage import (
+    History,
+    SliceHistory,
+    add_hour_row,
+    add_hours,
+    add_hours_to_sums,
+    days_of_hours,
+    merge_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +306,26 @@ class HistoryFile:
         add_hours_to_sums(acc, _hour_rows(packed_h, sorted(hours)), hours)
         return acc
 
+    def day_slices(
+        self, journal: dict[str, dict[int, list[int]]]
+    ) -> Iterator[tuple[str, list[tuple[int, ...]]]]:
+        """Indexed versions: each slice's plain day rows (day key, default, exempt, peak
+        hour, capped default s, capped exempt s; in key order) with the journal's
+        hours added, a slice of the journal alone too, in name order. Its days are
+        taken as stored; only its hours are summed (by day).
+        """
+        assert self.index is not None
+        pending = sorted(journal, key=str.encode, reverse=True)
+        for name, offset, length in self.index:
+            encoded = name.encode()
+            while pending and pending[-1].encode() < encoded:
+                yield pending[-1], _day_rows(b"", b"", journal[pending.pop()])
+            hours = journal[pending.pop()] if pending and pending[-1] == name else {}
+            _, (packed_h, packed_d, _, _) = _tiers(self.raw_block(name, offset, length))
+            yield name, _day_rows(packed_d, packed_h, hours)
+        for new in reversed(pending):
+            yield new, _day_rows(b"", b"", journal[new])
+
     def find(self, name: str) -> SliceHistory | None:
         """The slice ``name``'s buckets (version 2: reading only them); None if absent."""
         if self.index is None:
@@ -324,6 +353,32 @@ def _open_file(path: str) -> HistoryFile | None:
     except BaseException:
         f.close()
         raise
+
+
+def _day_rows(
+    packed_d: bytes | memoryview, packed_h: bytes | memoryview, hours: dict[int, list[int]]
+) -> list[tuple[int, ...]]:
+    """A slice's plain day rows (see :meth:`HistoryFile.day_slices`) from its packed
+    days and hours and the journal's ``hours``: as :func:`~.usage.slice_buckets` sums
+    them by day, the stored days unpacked as they are.
+    """
+    days = list(_DAY.iter_unpack(packed_d))
+    if hours:  # the journal's hours are the last ones: the records from the first on
+        at = _first_at(packed_h, _HOUR.size, min(hours)) * _HOUR.size
+        tail = {key: row for key, *row in _HOUR.iter_unpack(packed_h[at:])}
+        for key, row in hours.items():
+            add_hour_row(tail, key, row)
+        records = list(_HOUR.iter_unpack(packed_h[:at]))
+        records.extend((key, *row) for key, row in sorted(tail.items()))
+    else:
+        records = list(_HOUR.iter_unpack(packed_h))
+    summed = days_of_hours(records)
+    if summed and days and summed[0][0] <= days[-1][0]:  # days held twice: merged
+        acc = {key: list(row) for key, *row in days}
+        for key, *row in summed:
+            merge_row(acc, key, row)
+        return [(key, *row) for key, row in sorted(acc.items())]
+    return days + summed
 
 
 def _fresh(hours: dict[int, list[int]]) -> SliceHistory:
