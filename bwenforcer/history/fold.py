@@ -225,10 +225,14 @@ def _fold(
                 yield from treated(new, fresh, last_hour(fresh))
 
         def keep_old() -> None:
-            if damaged:  # the old file's second name, made before the new one replaces it
+            if not damaged:
+                return
+            try:  # the old file's second name, made before the new one replaces it
                 kept = keep_aside(path, "corrupt", clock())
-                log.error("history %s: %d damaged slice(s) skipped (%s): the old file kept as %s",
-                          path, len(damaged), ", ".join(damaged), kept)  # fmt: skip
+            except OSError as exc:  # no hard link here: the fold goes on all the same
+                kept = f"nowhere (cannot link it: {exc.strerror or exc})"
+            log.error("history %s: %d damaged slice(s) skipped (%s): the old file kept as %s",
+                      path, len(damaged), ", ".join(damaged), kept)  # fmt: skip
 
         indexed = old is not None and old.index is not None
         _write_blocks(path, generation, raw() if indexed else parsed(), keep_old)

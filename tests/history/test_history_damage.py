@@ -135,3 +135,26 @@ def test_save_and_read_round_trip_with_the_header_checksum(tmp_path: Path) -> No
     assert file_generation(str(path)) is None
     with pytest.raises(HistoryCorrupt, match="header checksum mismatch"):
         read_history(str(path))
+
+
+def test_a_fold_goes_on_when_the_damaged_file_cannot_be_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file system without hard links (none here: os.link made to fail as one does)."""
+    import errno
+    import os
+
+    def no_link(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    path = tmp_path / "h"
+    recorder = three_slices(path)
+    flip_in_block(path, "pl_c")
+    monkeypatch.setattr(os, "link", no_link)
+    with caplog.at_level(logging.ERROR, logger="bwenforcer.history.fold"):
+        recorder.fold(T0 + 900)
+    assert totals(read_history(str(path))) == {
+        "pl_a": (1000, 0), "pl_b": (2005, 1), "pl_c": (7, 0)
+    }  # fmt: skip
+    assert any("kept as nowhere (cannot link it" in r.getMessage() for r in caplog.records)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h", "h.journal"]
