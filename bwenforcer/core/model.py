@@ -288,6 +288,32 @@ class State:
 
     grants: int = 0  # operator grants ever made (`bwenforcer grant`), for the metric
     audit: tuple[AuditEntry, ...] = ()  # grants in force and recent grants and resets, oldest first
+    # the ledger's xids (see ledger_xids), with the very ledger they index: built at
+    # the first use, handed on by the planner with the ledger it changes
+    ledger_index: tuple[Mapping[str, LedgerEntry], Mapping[int, tuple[str, ...]]] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+
+LedgerXids = Mapping[int, tuple[str, ...]]
+
+
+def ledger_xids(state: State) -> LedgerXids:
+    """The xids of ``state``'s ledger entries, each with the names waiting on it (in the
+    order they came), kept with the ledger: built once for a ledger (a look at every
+    entry: at load), then handed on by the planner with the ledger it changes (see
+    :func:`ledger_index_of`), so a cycle never walks the ledger to know its xids.
+    """
+    kept = state.ledger_index
+    if kept is not None and kept[0] is state.ledger:
+        return kept[1]
+    index: dict[int, tuple[str, ...]] = {}
+    for name, entry in state.ledger.items():
+        xid = entry.slice.xid
+        index[xid] = (*index[xid], name) if xid in index else (name,)
+    # a cache of what the ledger holds, not a change of the state: set in place
+    object.__setattr__(state, "ledger_index", (state.ledger, index))
+    return index
 
 
 @dataclass(frozen=True, slots=True)

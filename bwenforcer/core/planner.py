@@ -25,8 +25,10 @@ from bwenforcer.core.model import (
     KernelSlice,
     KernelSnapshot,
     LedgerEntry,
+    LedgerXids,
     SliceState,
     State,
+    ledger_xids,
 )
 from bwenforcer.core.periods import CLOCK_SLACK_S, clock_check, first_period, next_period
 from bwenforcer.core.plan import (
@@ -275,12 +277,23 @@ def _no_shortcut(
 
 def _limiting_off(desired: DesiredSet, snapshot: KernelSnapshot, state: State, now_s: int) -> Plan:
     # each removal names its slice: the state's, else the source's, else the ledger's
-    names: dict[int, str] = {e.slice.xid: name for name, e in state.ledger.items()}
+    # (found by its xids, without a walk of the ledger)
+    names: dict[int, str] = {}
     names.update((r.xid, r.name) for r in desired.invalid if r.xid is not None)
     names.update((s.xid, s.name) for s in desired.slices)
     names.update((xid, st.name) for xid, st in state.slices.items())
+    waiting = ledger_xids(state)
+
+    def name_of(xid: int) -> str | None:
+        if xid in names:
+            return names[xid]
+        on = waiting.get(xid)
+        if not on:
+            return None
+        return max(reversed(on), key=lambda name: state.ledger[name].expires_s)
+
     actions: list[Action] = [
-        RemoveClasses(names.get(xid), xid, "limiting off")
+        RemoveClasses(name_of(xid), xid, "limiting off")
         for xid in sorted(snapshot.slices)
         if xid not in SYSTEM_XIDS
     ]
@@ -334,7 +347,7 @@ def plan(
     if boot is not None and state.boot_id and boot.boot_id == state.boot_id:
         elapsed_s = boot.boottime_s - state.boottime_s + CLOCK_SLACK_S
     actions: list[Action] = []
-    ledger = _Ledger(state.ledger)
+    ledger = _Ledger(state)
     carried: dict[int, SliceState] = {}  # accounted while planned, below
     left: list[tuple[str, int, int, bool, bool]] = []
     renamed: dict[int, SliceState] = {}  # xid -> the slice that left it, counted
@@ -445,6 +458,7 @@ def plan(
         missing,
         grants=state.grants,
         audit=audit,
+        ledger_index=ledger.index(),
     )
     return Plan(
         now_s,
@@ -461,34 +475,62 @@ class _Ledger:
     """The state's ledger as a cycle changes it: copied at its first change only (a
     cycle where no slice dies, expires or is revived hands the very mapping on), and
     kept ordered by expiry (:class:`~bwenforcer.core.model.State`), so the entries due
-    are found at its head without a look at the others.
+    are found at its head without a look at the others. Its xids
+    (:func:`~bwenforcer.core.model.ledger_xids`), if the state has them, follow each
+    change (never built here: that would look at every entry).
     """
 
-    __slots__ = ("_own", "entries")
+    __slots__ = ("_own", "entries", "xids")
 
-    def __init__(self, entries: Mapping[str, LedgerEntry]) -> None:
-        self.entries = entries
+    def __init__(self, state: State) -> None:
+        self.entries = state.ledger
+        kept = state.ledger_index
+        self.xids: dict[int, tuple[str, ...]] | None = (
+            kept[1] if kept is not None and kept[0] is state.ledger else None  # type: ignore[assignment]
+        )
         self._own = False
 
     def _mine(self) -> dict[str, LedgerEntry]:
         if not self._own:
             self.entries = dict(self.entries)
+            self.xids = None if self.xids is None else dict(self.xids)
             self._own = True
         return self.entries  # type: ignore[return-value]
+
+    def _index(self, name: str, xid: int, add: bool) -> None:
+        if self.xids is None:
+            return
+        names = tuple(n for n in self.xids.get(xid, ()) if n != name)
+        names = (*names, name) if add else names
+        if names:
+            self.xids[xid] = names
+        else:
+            self.xids.pop(xid, None)
 
     def put(self, name: str, entry: LedgerEntry) -> None:
         """Add (or replace) ``name``'s entry where its expiry puts it."""
         entries = self._mine()
-        entries.pop(name, None)
+        old = entries.pop(name, None)
+        if old is not None:
+            self._index(name, old.slice.xid, add=False)
         last = next(reversed(entries.values()), None)
         entries[name] = entry
+        self._index(name, entry.slice.xid, add=True)
         if last is not None and last.expires_s > entry.expires_s:  # rare: periods changed
             ordered = sorted(entries.items(), key=lambda item: item[1].expires_s)
             entries.clear()
             entries.update(ordered)
 
     def pop(self, name: str) -> LedgerEntry | None:
-        return self._mine().pop(name) if name in self.entries else None
+        if name not in self.entries:
+            return None
+        entry = self._mine().pop(name)
+        self._index(name, entry.slice.xid, add=False)
+        return entry
+
+    def index(self) -> tuple[Mapping[str, LedgerEntry], LedgerXids] | None:
+        """The ledger and its xids, for the state that carries them on (None: not known)."""
+        return None if self.xids is None else (self.entries, self.xids)
 
     def due(self, now_s: int) -> list[str]:
         """The names whose entries expire by ``now_s``: the head of the ledger."""

@@ -4,10 +4,11 @@ slice's block and writing a file slice by slice, and walking packed records.
 Decoding a file is :mod:`.decode`, reading the history (file and journal)
 :mod:`.reader`, saving and folding it :mod:`.fold`.
 
-Format version 2 (little endian, fixed-size records, no compression)::
+Format version 4 (little endian, fixed-size records, no compression)::
 
     header   "BWHS"  u16 version  u16 generation  u32 slice count
-             u64 offset of the index  u32 CRC-32 of the index                (24 bytes)
+             u64 offset of the index  u32 CRC-32 of the index
+             u32 CRC-32 of the header's first 24 bytes                       (28 bytes)
     slice    u32 CRC-32 of the rest of the slice's block,
              u8 name length, name (UTF-8, ≤ 255 bytes), u32 hour count,
              u32 day count, u32 month count, u32 month sum count, then the records:
@@ -23,12 +24,15 @@ Format version 2 (little endian, fixed-size records, no compression)::
 
 Slices are in name order (of their UTF-8 bytes). Each slice's block carries its
 own checksum and the index says where it is, so a reader takes one slice
-without reading the others; the month sums let a monthly report read a slice's
-months and sums alone. The fold and the reports go slice by slice:
-their memory is one slice's, however old and large the history. Version 1 (a
-16-byte header "BWHS" u16 version u16 generation u32 slice count u32 CRC-32 of
-the body, then the slices without their checksums, no index) is read, and the
-next fold writes it again as version 2.
+without reading the others (and a fold skips a damaged block alone, keeping the
+rest); the header's own checksum covers the generation, which tells whether the
+journal extends this file (a flipped bit there would have the journal dropped);
+the month sums let a monthly report read a slice's months and sums alone. The
+fold and the reports go slice by slice: their memory is one slice's, however old
+and large the history. Version 2 (the same but for a 24-byte header, without its
+checksum) and version 1 (a 16-byte header "BWHS" u16 version u16 generation u32
+slice count u32 CRC-32 of the body, then the slices without their checksums, no
+index) are read, and the next fold writes them again as version 4.
 
 Size: an hour costs 28 bytes, a day, a month or a month sum 36 bytes, a slice's
 header and index entry at most 548. With the default retention a slice that sends
@@ -36,7 +40,7 @@ something every hour holds at most 384 hours (15 days, plus the day being
 filled) and, in its first year, 365 days and 14 month sums:
 at most 24,944 bytes per slice for the first year. However old the node, a slice never exceeds
 ``MAX_BYTES_PER_SLICE`` = 41,468 bytes (384 hours, 715 days, 97 months, 26 month
-sums), so the file stays under that times the number of slices plus a 24-byte header. These
+sums), so the file stays under that times the number of slices plus a 28-byte header. These
 bounds hold after a roll-up at the time of the latest record; counts saturate at
 their field's maximum.
 
@@ -71,11 +75,12 @@ from bwenforcer.history.usage import (
     month_sums,
 )
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 4
 MAGIC = b"BWHS"
 
 _PREFIX = struct.Struct("<4sHH")  # magic, version, generation: every version's
-_HEADER = struct.Struct("<4sHHIQI")
+_HEADER = struct.Struct("<4sHHIQII")  # version 4: the last field checksums the others
+_HEADER_V2 = struct.Struct("<4sHHIQI")
 _HEADER_V1 = struct.Struct("<4sHHII")
 _CRC = struct.Struct("<I")
 _SLICE = struct.Struct("<B")
@@ -223,9 +228,13 @@ class _Writer:
     def finish(self) -> bytes:
         index = b"".join(self.index)
         self.out.write(index)
-        return _HEADER.pack(
-            MAGIC, FORMAT_VERSION, self.generation, len(self.index), self.offset, zlib.crc32(index)
-        )
+        return pack_header(self.generation, len(self.index), self.offset, zlib.crc32(index))
+
+
+def pack_header(generation: int, count: int, index_at: int, index_crc: int) -> bytes:
+    """A version :data:`FORMAT_VERSION` header, its own checksum last."""
+    head = _HEADER_V2.pack(MAGIC, FORMAT_VERSION, generation, count, index_at, index_crc)
+    return head + _CRC.pack(zlib.crc32(head))
 
 
 def encode_history(history: History) -> bytes:

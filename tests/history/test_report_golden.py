@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from bwenforcer.cli import main
 from bwenforcer.inputs.config import load_config
 from tests.history import golden
@@ -69,7 +71,9 @@ def test_reports_equal_the_golden_ones(tmp_path: Path) -> None:
     assert digests(make_config(tmp_path)) == json.loads(GOLDEN.read_text())
 
 
-def test_reports_equal_the_golden_ones_after_the_fold_to_version_2(tmp_path: Path) -> None:
+def test_reports_equal_the_golden_ones_after_the_fold_to_the_current_version(
+    tmp_path: Path,
+) -> None:
     from bwenforcer.core.settings import HistoryConfig
     from bwenforcer.history.format import FORMAT_VERSION
     from bwenforcer.history.recorder import HistoryRecorder
@@ -79,21 +83,26 @@ def test_reports_equal_the_golden_ones_after_the_fold_to_version_2(tmp_path: Pat
     last_s = golden.END_S + golden.JOURNAL_CYCLES * 600  # same UTC day: nothing rolls up
     HistoryRecorder(history_file, HistoryConfig()).fold(last_s)
     data = Path(history_file).read_bytes()
-    assert int.from_bytes(data[4:6], "little") == FORMAT_VERSION == 2
+    assert int.from_bytes(data[4:6], "little") == FORMAT_VERSION == 4
     assert Path(f"{history_file}.journal").stat().st_size == 8  # folded in: empty
     assert digests(cfg) == json.loads(GOLDEN.read_text())
 
 
-def test_reports_equal_the_golden_ones_from_a_version_2_file_and_its_journal(
-    tmp_path: Path,
+@pytest.mark.parametrize("version", [2, 4])
+def test_reports_equal_the_golden_ones_from_an_indexed_file_and_its_journal(
+    tmp_path: Path, version: int
 ) -> None:
-    """By month a version 2 file is read from its months and month sums alone, with
-    the journal's hours added to them (some of them hours the file has too)."""
+    """By month an indexed file (version 2, or 4 with its header's checksum) is read
+    from its months and month sums alone, with the journal's hours added to them
+    (some of them hours the file has too)."""
     from bwenforcer.history.fold import save_history
 
     cfg = make_config(tmp_path)
     history_file = load_config(str(cfg)).history_file
     history, _ = golden.build()
-    save_history(history, history_file)  # the same generation: the journal extends it
-    assert int.from_bytes(Path(history_file).read_bytes()[4:6], "little") == 2
+    if version == 2:
+        Path(history_file).write_bytes(golden.encode_v2(history))
+    else:
+        save_history(history, history_file)  # the same generation: the journal extends it
+    assert int.from_bytes(Path(history_file).read_bytes()[4:6], "little") == version
     assert digests(cfg) == json.loads(GOLDEN.read_text())
