@@ -33,6 +33,7 @@ from bwenforcer.core.model import ClassPolicy, DesiredSet, DesiredSlice, Invalid
 from bwenforcer.core.policy import (
     class_cap_bps,
     class_limits,
+    lowers_ceil,
     parse_taper,
     parse_tiers,
     taper_text,
@@ -40,7 +41,13 @@ from bwenforcer.core.policy import (
     tiers_text,
 )
 from bwenforcer.core.settings import Config
-from bwenforcer.core.units import MAX_RATE_BPS, MAX_SIZE_BYTES, kbit_to_bps, kib_to_bytes
+from bwenforcer.core.units import (
+    MAX_RATE_BPS,
+    MAX_SIZE_BYTES,
+    format_rate,
+    kbit_to_bps,
+    kib_to_bytes,
+)
 from bwenforcer.errors import ConfigError, SliceError, UnsafePath
 from bwenforcer.files.atomic import check_dir, disk_full, read_own, replace_file
 from bwenforcer.inputs.slicename import shown
@@ -169,6 +176,11 @@ def resolve_policy(
             min_rate, max_rate, base.share if share_given is None else share_given, cap
         )
         max_rate = max(config.bwmin_bps, max_rate)
+        if not pacing and not lowers_ceil(tiers, taper, max_rate, cap, config.bwmin_bps):
+            raise SliceError(
+                f"slice {name}: {attrs['pacing']}: pacing off needs a tier or taper below the"
+                f" max rate {format_rate(max_rate)} (else nothing caps)"
+            )
         policies[tc] = ClassPolicy(
             limit_bytes=limit,
             threshold_bytes=threshold,

@@ -157,6 +157,30 @@ def test_every_key() -> None:
             {"defaults": {"exempt": {"pacing": False}}},
             "t.yaml: defaults.exempt.pacing: false needs tiers or a taper (else nothing caps)",
         ),
+        (  # a tier above the max rate caps nothing: refused like no tier at all
+            {"defaults": {"default": {"tiers": "75%:2gbit", "max_rate": "1gbit", "pacing": False}}},
+            "t.yaml: defaults.default.pacing: false needs a tier or taper below the max rate 1gbit",
+        ),
+        (  # the max rate unset is the class cap: the node cap here
+            {
+                "node_cap": "10mbit",
+                "defaults": {"default": {"taper": "1%-2%:10mbit", "pacing": False}},
+            },
+            "t.yaml: defaults.default.pacing: false needs a tier or taper below the max rate 10mbit",
+        ),
+        (
+            {
+                "cgroups": {
+                    "tenants": [
+                        {
+                            "match": "*.scope",
+                            "defaults": {"exempt": {"tiers": "9%:20gbit", "pacing": False}},
+                        }
+                    ]
+                }
+            },
+            "t.yaml: cgroups.tenants[0].defaults.exempt.pacing: false needs a tier or taper below",
+        ),
     ],
 )
 def test_errors_name_the_key_path(data: object, message: str) -> None:

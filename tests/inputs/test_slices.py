@@ -59,6 +59,14 @@ def test_tiers_and_taper_come_from_the_rspec_else_the_defaults_in_canonical_text
         ({"net_i2_taper": "9%-8%:1mbit"}, "slice pl_a: net_i2_taper: taper: '9%-8%:1mbit'"),
         ({"net_taper": 5}, "slice pl_a: net_taper: 5 is not a text"),
         ({"net_pacing": 0}, "slice pl_a: net_pacing: pacing off needs tiers or a taper"),
+        (  # tiers that never go below the max rate cap nothing: refused the same way
+            {"net_tiers": "50%:2gbit", "net_max_rate": 1000, "net_pacing": 0},
+            "slice pl_a: net_pacing: pacing off needs a tier or taper below the max rate 1mbit",
+        ),
+        (
+            {"net_i2_taper": "50%-60%:900mbit", "net_i2_max_rate": 500000, "net_i2_pacing": 0},
+            "slice pl_a: net_i2_pacing: pacing off needs a tier or taper below the max rate",
+        ),
         (
             {"net_tiers": "9%:1mbit", "net_pacing": "no"},
             "slice pl_a: net_pacing: no is not 1, 0, true or false",
