@@ -50,7 +50,9 @@ def account_slice(st: SliceState, kernel: KernelSlice | None) -> SliceState:
 
     def account(cs: ClassState, current: KernelClass | None) -> ClassState:
         used, last, _, _ = class_usage(cs, current, True, False)
-        return ClassState(cs.policy, used, last, cs.ceil_bps, cs.capped, cs.notified)
+        return ClassState(
+            cs.policy, used, last, cs.ceil_bps, cs.capped, cs.notified, cs.notice_bp, cs.lift
+        )
 
     default = account(st.default, None if kernel is None else kernel.default)
     exempt = account(st.exempt, None if kernel is None else kernel.exempt)

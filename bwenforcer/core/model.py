@@ -58,6 +58,9 @@ class ClassPolicy:
     tiers: str = ""
     taper: str = ""
     pacing: bool = True  # False (only with tiers or a taper): no pacing from the threshold
+    # canonical text of the early notices (core.notices.parse_notices), e.g. "50%,80%,lifted";
+    # "" = the threshold notice alone
+    notices: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +178,9 @@ class ClassState:
     last_counter_bytes: int = 0
     ceil_bps: int = 0  # last ceil applied (0: never applied)
     capped: bool = False
-    notified: bool = False
+    notified: bool = False  # the threshold notice of this period was sent
+    notice_bp: int = 0  # the highest share of the limit told this period (core.notices)
+    lift: str = ""  # the lift of a cap: "" none, "due" to tell, "sent" told this period
 
 
 @fast_init
