@@ -185,9 +185,7 @@ def _plan_live(
     if shares:  # one notice per share passed, naming the classes that passed it
         for share_bp in sorted({bp for bp, _ in shares}):
             classes = tuple(tc for bp, tc in shares if bp == share_bp)
-            actions.append(
-                Notify(want.name, want.xid, _NOTIFY_CLASSES[classes], "share", share_bp)
-            )
+            actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[classes], "share", share_bp))
     if lifted:
         actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(lifted)], "lifted"))
     (default, d_delta, d_ceil), (exempt, e_delta, e_ceil) = out

@@ -23,6 +23,7 @@ from typing import Any
 
 from bwenforcer.core.grants import MAX_AUDIT
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
+from bwenforcer.core.notices import MAX_NOTICE_SHARE_BP
 from bwenforcer.core.model import (
     AuditEntry,
     ClassPolicy,
@@ -60,6 +61,7 @@ from bwenforcer.store.schema import (
 
 _POLICY = "policy."  # CLASS attributes on the class's ClassPolicy
 _JSON_BOOL = {False: "false", True: "true"}
+_LIFT = {"": '""', "due": '"due"', "sent": '"sent"'}  # ClassState.lift as JSON
 
 
 def _top_value(f: Field, state: State, now_s: int) -> object:
@@ -297,9 +299,9 @@ class StateEncoder:
         return (
             f"[{entry.died_s},{st.xid},{st.period_start_s},{st.period_end_s},"
             f"[{d.used_bytes},{d.last_counter_bytes},{d.ceil_bps},{_JSON_BOOL[d.capped]},"
-            f"{_JSON_BOOL[d.notified]},{self._policy_at(d.policy)}],"
+            f"{_JSON_BOOL[d.notified]},{d.notice_bp},{_LIFT[d.lift]},{self._policy_at(d.policy)}],"
             f"[{e.used_bytes},{e.last_counter_bytes},{e.ceil_bps},{_JSON_BOOL[e.capped]},"
-            f"{_JSON_BOOL[e.notified]},{self._policy_at(e.policy)}]]"
+            f"{_JSON_BOOL[e.notified]},{e.notice_bp},{_LIFT[e.lift]},{self._policy_at(e.policy)}]]"
         )
 
     def _policy_at(self, policy: ClassPolicy) -> int:
@@ -606,9 +608,9 @@ def _entry_from(
 
 
 def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
-    if type(c) is not list or len(c) != 6:
+    if type(c) is not list or len(c) != 8:
         return None
-    used, last, ceil, capped, notified, at = c
+    used, last, ceil, capped, notified, told, lift, at = c
     if (
         type(used) is int
         and used >= 0
@@ -618,10 +620,13 @@ def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
         and ceil >= 0
         and type(capped) is bool
         and type(notified) is bool
+        and type(told) is int
+        and 0 <= told <= MAX_NOTICE_SHARE_BP
+        and lift in _LIFT
         and type(at) is int
         and 0 <= at < len(table)
     ):
-        return ClassState(table[at], used, last, ceil, capped, notified)
+        return ClassState(table[at], used, last, ceil, capped, notified, told, lift)
     return None
 
 

@@ -17,12 +17,13 @@ from typing import Any
 
 from bwenforcer import __version__
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
+from bwenforcer.core.notices import MAX_NOTICE_SHARE_BP, notices_text, parse_notices
 from bwenforcer.core.policy import parse_taper, parse_tiers
 from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7  # step 6 is another branch's (the lead renumbers at merge)
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -56,6 +57,11 @@ KINDS: Mapping[str, tuple[str, str]] = {
         "type(v) is str and (v == '' or _taper_ok(v))",
         "expected a taper such as '75%-100%:2mbit' (or '')",
     ),
+    "notices": (
+        "type(v) is str and (v == '' or _notices_ok(v))",
+        "expected notices such as '50%,80%,lifted' (or '')",
+    ),
+    "lift": ("v in ('', 'due', 'sent')", "expected '', 'due' or 'sent'"),
 }
 
 
@@ -77,8 +83,21 @@ def _taper_ok(text: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=256)
+def _notices_ok(text: str) -> bool:
+    try:
+        parse_notices(text)
+    except ValueError:
+        return False
+    return notices_text(*parse_notices(text)) == text
+
+
 # The names the KINDS expressions use besides ``v``.
-KIND_SCOPE: Mapping[str, Any] = {"_tiers_ok": _tiers_ok, "_taper_ok": _taper_ok}
+KIND_SCOPE: Mapping[str, Any] = {
+    "_tiers_ok": _tiers_ok,
+    "_taper_ok": _taper_ok,
+    "_notices_ok": _notices_ok,
+}
 
 TOP: tuple[Field, ...] = (
     Field("schema_version", "", "version"),
@@ -134,6 +153,8 @@ CLASS: tuple[Field, ...] = (
     Field("ceil_bps", "ceil_bps", "uint", "bit/s", view="ceil"),
     Field("capped", "capped", "bool"),
     Field("notified", "notified", "bool"),
+    Field("notice_bp", "notice_bp", "uint", "1/100 %", max=MAX_NOTICE_SHARE_BP),
+    Field("lift", "lift", "lift"),
     Field("limit_bytes", "policy.limit_bytes", "uint", "bytes"),
     Field("threshold_bytes", "policy.threshold_bytes", "uint", "bytes"),
     Field("min_rate_bps", "policy.min_rate_bps", "uint", "bit/s", view="min_rate"),
@@ -142,6 +163,7 @@ CLASS: tuple[Field, ...] = (
     Field("tiers", "policy.tiers", "tiers"),
     Field("taper", "policy.taper", "taper"),
     Field("pacing", "policy.pacing", "bool"),
+    Field("notices", "policy.notices", "notices"),
 )
 
 # A ledger entry's class (an array, like LEDGER_ENTRY): CLASS's own fields, then the
@@ -307,7 +329,19 @@ def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
 
 _V4_ENTRY_KEYS = frozenset({"died_at", "slice"})
 _V4_SLICE_KEYS = frozenset({"name", "xid", "period_start", "period_end", "classes"})
-_V4_CLASS_KEYS = frozenset(f.key for f in CLASS)
+# a class of schema 4 and 5: its own keys, then its policy's (schema 7 added to both)
+_V5_OWN = ("used_bytes", "last_counter_bytes", "ceil_bps", "capped", "notified")
+_V5_POLICY = (
+    "limit_bytes",
+    "threshold_bytes",
+    "min_rate_bps",
+    "max_rate_bps",
+    "share",
+    "tiers",
+    "taper",
+    "pacing",
+)
+_V4_CLASS_KEYS = frozenset(_V5_OWN + _V5_POLICY)
 
 
 def _v4_entry(name: str, value: object, policies: dict[str, int], table: list[object]) -> object:
@@ -327,12 +361,12 @@ def _v4_entry(name: str, value: object, policies: dict[str, int], table: list[ob
         c = classes[tc]
         if not (isinstance(c, dict) and c.keys() == _V4_CLASS_KEYS):
             return value
-        policy = [c[f.key] for f in POLICY]
+        policy = [c[k] for k in _V5_POLICY]
         key = repr(policy)
         if key not in policies:
             policies[key] = len(table)
             table.append(policy)
-        arrays.append([*(c[f.key] for f in ENTRY_CLASS[:-1]), policies[key]])
+        arrays.append([*(c[k] for k in _V5_OWN), policies[key]])
     return [value["died_at"], st["xid"], st["period_start"], st["period_end"], *arrays]
 
 
@@ -350,6 +384,58 @@ def _v4_to_v5(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
+    """Step 6 is another branch's (the lead renumbers at merge); on this branch none."""
+    return {**data, "schema_version": 6}
+
+
+def _v7_entry(value: object) -> object:
+    """A ledger entry's array with each class's notice marks (none) before its policy index;
+    one not shaped as one is passed through (validation after migration names it).
+    """
+    if not (isinstance(value, list) and len(value) == 6):
+        return value
+    classes = []
+    for c in value[4:]:
+        if not (isinstance(c, list) and len(c) == len(_V5_OWN) + 1):
+            return value
+        classes.append([*c[:-1], 0, "", c[-1]])
+    return [*value[:4], *classes]
+
+
+def _v6_to_v7(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 6 had no early notices: a class had told nothing but its threshold
+    (``notice_bp`` 0, no ``lift``) and no policy asked for any (``notices`` "").
+    """
+    added = {"notice_bp": 0, "lift": "", "notices": ""}
+    out = {**data, "schema_version": 7}
+    slices = data.get("slices")
+    if isinstance(slices, dict):
+        out["slices"] = {
+            xid: (
+                {
+                    **st,
+                    "classes": {
+                        tc: {**added, **c} if isinstance(c, dict) else c
+                        for tc, c in st["classes"].items()
+                    },
+                }
+                if isinstance(st, dict) and isinstance(st.get("classes"), dict)
+                else st
+            )
+            for xid, st in slices.items()
+        }
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict):
+        policies, entries = ledger.get("policies"), ledger.get("entries")
+        if isinstance(policies, list):
+            policies = [[*p, ""] if isinstance(p, list) else p for p in policies]
+        if isinstance(entries, dict):
+            entries = {name: _v7_entry(e) for name, e in entries.items()}
+        out["ledger"] = {**ledger, "policies": policies, "entries": entries}
+    return out
+
+
 # version N → a function turning a schema-N object into the next version's object (the
 # version it returns is the next one looked up)
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -358,6 +444,8 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     2: _v2_to_v3,
     3: _v3_to_v4,
     4: _v4_to_v5,
+    5: _v5_to_v6,
+    6: _v6_to_v7,
 }
 
 

@@ -87,6 +87,38 @@ def saved(state: State, now_s: int = NOW_S) -> State:
     return dataclasses.replace(state, saved_s=now_s)
 
 
+_V7_KEYS = ("notice_bp", "lift", "notices")
+
+
+def before_v7(view: dict[str, Any]) -> dict[str, Any]:
+    """A state's view form (``state show --json``) without schema 7's keys, as schema
+    6 and before wrote a class (changed in place, and returned).
+    """
+    slices = [*view["slices"].values(), *(e["slice"] for e in view["ledger"].values())]
+    for sl in slices:
+        for cls in sl["classes"].values():
+            for key in _V7_KEYS:
+                del cls[key]
+    return view
+
+
+def without_notices(state: State) -> State:
+    """``state`` with no early notices asked for or told (what schema 6 knew)."""
+
+    def plain(cs: ClassState) -> ClassState:
+        policy = dataclasses.replace(cs.policy, notices="")
+        return dataclasses.replace(cs, policy=policy, notice_bp=0, lift="")
+
+    def slice_(st: SliceState) -> SliceState:
+        return dataclasses.replace(st, default=plain(st.default), exempt=plain(st.exempt))
+
+    return dataclasses.replace(
+        state,
+        slices={x: slice_(st) for x, st in state.slices.items()},
+        ledger={n: dataclasses.replace(e, slice=slice_(e.slice)) for n, e in state.ledger.items()},
+    )
+
+
 def read_json(path: Path | str) -> Any:
     return json.loads(Path(path).read_bytes())
 
@@ -99,6 +131,7 @@ counts = st.integers(min_value=0, max_value=2**64)
 
 TIERS = st.sampled_from(["", "75%:50mbit,100%:2mbit", "87.5%:1kbit"])
 TAPERS = st.sampled_from(["", "75%-100%:2mbit", "0%-1000%:8bit"])
+NOTICES = st.sampled_from(["", "50%,80%,100%", "lifted", "12.5%,lifted"])
 
 
 @st.composite
@@ -109,12 +142,15 @@ def class_states(draw: st.DrawFn) -> ClassState:
             tiers=draw(TIERS),
             taper=draw(TAPERS),
             pacing=draw(st.booleans()),
+            notices=draw(NOTICES),
         ),
         draw(counts),
         draw(counts),
         draw(counts),
         draw(st.booleans()),
         draw(st.booleans()),
+        draw(st.integers(0, 100_000)),
+        draw(st.sampled_from(["", "due", "sent"])),
     )
 
 
@@ -172,7 +208,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 5
+    assert data["schema_version"] == SCHEMA_VERSION == 7
     assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
@@ -185,6 +221,8 @@ def test_json_layout_is_the_documented_one() -> None:
         "ceil_bps": 2_000_000,
         "capped": True,
         "notified": False,
+        "notice_bp": 0,
+        "lift": "",
         "limit_bytes": 5_000_000,
         "threshold_bytes": 4_000_000,
         "min_rate_bps": 8_000,
@@ -193,12 +231,13 @@ def test_json_layout_is_the_documented_one() -> None:
         "tiers": "",
         "taper": "",
         "pacing": True,
+        "notices": "",
     }
     assert (data["grants"], data["audit"]) == (0, [])
     assert data["ledger"] == {
         "policies": [
-            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True],
-            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True],
+            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True, ""],
+            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True, ""],
         ],
         "entries": {
             "pl_dead0": [
@@ -206,8 +245,8 @@ def test_json_layout_is_the_documented_one() -> None:
                 3000,
                 NOW_S - 3600,
                 NOW_S + 82_800,
-                [99, 990, 2_000_000, True, False, 0],
-                [7, 77, 0, False, False, 1],
+                [99, 990, 2_000_000, True, False, 0, "", 0],
+                [7, 77, 0, False, False, 0, "", 1],
             ]
         },
     }
@@ -354,6 +393,8 @@ _DOC_TYPES = {
     "name": "string",
     "tiers": "string",
     "taper": "string",
+    "notices": "string",
+    "lift": "string",
     "what": "string",
     "traffic_class": "string",
     "audit": "list",
@@ -389,7 +430,7 @@ def test_the_documented_key_table_is_the_state_table() -> None:
 
 def v0_document(state: State) -> dict[str, Any]:
     """What a schema-0 (pre-release) file looked like: no writer, older class key names."""
-    data = state_to_json(state, NOW_S, view=True)
+    data = before_v7(state_to_json(state, NOW_S, view=True))
     data["schema_version"] = 0
     del data["writer"], data["grants"], data["audit"]
     slices = [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]
@@ -515,7 +556,7 @@ def test_too_new_file_is_moved_aside_never_overwritten(tmp_path: Path) -> None:
 def test_too_new_file_without_backup_is_refused_and_left_in_place(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     data = state_to_json(make_state(1), NOW_S)
-    data["schema_version"] = 7
+    data["schema_version"] = SCHEMA_VERSION + 1
     path.write_text(json.dumps(data))
     store = StateStore(str(path))
     with pytest.raises(StateTooNew, match="no backup"):
@@ -795,9 +836,9 @@ def test_a_ledger_entry_round_trips_every_field_in_its_compact_form(
     for name, entry in loaded.ledger.items():
         assert dataclasses.astuple(entry) == dataclasses.astuple(state.ledger[name])
     # and through schema 4's form (state show --json), migrated
-    v4 = state_to_json(state, now_s, view=True)
+    v4 = before_v7(state_to_json(state, now_s, view=True))
     v4["schema_version"] = 4
-    assert state_from_json(v4, "state.json").ledger == state.ledger
+    assert state_from_json(v4, "state.json").ledger == without_notices(state).ledger
 
 
 def test_encoder_re_encodes_a_changed_slice_even_with_the_same_xid() -> None:
@@ -960,7 +1001,7 @@ def test_any_saved_state_passes_check_and_loads(tmp_path_factory: Any, state: St
 
 
 def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
-    v1 = state_to_json(make_state(2), NOW_S, view=True)
+    v1 = before_v7(state_to_json(make_state(2), NOW_S, view=True))
     del v1["resets"], v1["grants"], v1["audit"]
     v1["schema_version"] = 1
     for cls in v1["slices"]["1"]["classes"].values():
@@ -972,7 +1013,7 @@ def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
 
 def test_migration_from_schema_2_knows_no_clock_reference() -> None:
     state = dataclasses.replace(make_state(2), boot_id="b1", boottime_s=50, clock_ref_s=NOW_S)
-    v2 = state_to_json(state, NOW_S, view=True)
+    v2 = before_v7(state_to_json(state, NOW_S, view=True))
     state = dataclasses.replace(state, missing={1: NOW_S - 60})
     for key in ("boot_id", "boottime_s", "clock_ref_at", "missing"):
         del v2[key]
@@ -985,7 +1026,7 @@ def test_migration_from_schema_2_knows_no_clock_reference() -> None:
 
 def test_migration_to_schema_4_paces_every_class_as_before() -> None:
     """Schema 3 had no tiers and no taper: every class, live or in the ledger, gets none."""
-    v3 = state_to_json(make_state(2), NOW_S, view=True)
+    v3 = before_v7(state_to_json(make_state(2), NOW_S, view=True))
     v3["schema_version"] = next(k for k, f in MIGRATIONS.items() if f is _v3_to_v4)
     del v3["grants"], v3["audit"]
     for sl in [*v3["slices"].values(), *(e["slice"] for e in v3["ledger"].values())]:
@@ -1075,10 +1116,10 @@ BAD_ENTRIES = [
     ((0,), -1, f"{_ENTRY}[0]: expected a non-negative integer"),
     ((1,), 0x1000, f"{_ENTRY}[1]: 4096 out of range 0..4095"),
     ((3,), 0, f"{_ENTRY}[3]: before period_start"),
-    ((4,), {}, f"{_ENTRY}[4]: expected a list of 6 values"),
+    ((4,), {}, f"{_ENTRY}[4]: expected a list of 8 values"),
     ((4, 3), 1, f"{_ENTRY}[4][3]: expected true or false"),
     ((5, 0), "7", f"{_ENTRY}[5][0]: expected a non-negative integer"),
-    ((5, 5), 9, f"{_ENTRY}[5][5]: policy 9 not in the ledger's 2"),
+    ((5, 7), 9, f"{_ENTRY}[5][7]: policy 9 not in the ledger's 2"),
 ]
 
 
@@ -1132,7 +1173,7 @@ def test_a_ledger_entry_takes_at_most_200_bytes_at_typical_values() -> None:
 
 
 def test_a_schema_4_ledger_entry_not_shaped_as_one_is_named_after_migration() -> None:
-    v4 = state_to_json(make_state(1), NOW_S, view=True)
+    v4 = before_v7(state_to_json(make_state(1), NOW_S, view=True))
     v4["schema_version"] = 4
     v4["ledger"]["pl_dead0"]["slice"]["name"] = "pl_other"
     with pytest.raises(StateCorrupt, match=r"ledger\.entries\.pl_dead0: expected a list of 6"):
@@ -1155,3 +1196,22 @@ def test_the_encoders_ledger_policies_start_over_when_they_pile_up(
         data = json.loads(encoder.encode(state, NOW_S))
         assert len(data["ledger"]["policies"]) <= 4
         assert state_from_json(data, "state.json").ledger == state.ledger
+
+
+def test_migration_to_schema_7_knows_no_notices_told_or_asked_for() -> None:
+    """A schema-5 file (live classes and compact ledger entries): every class gets
+    ``notice_bp`` 0 and ``lift`` "", every policy ``notices`` "" (schema 6 is another
+    branch's step, a no-op here).
+    """
+    v5 = state_to_json(make_state(2), NOW_S)
+    v5["schema_version"] = 5
+    for sl in v5["slices"].values():
+        for cls in sl["classes"].values():
+            for key in _V7_KEYS:
+                del cls[key]
+    v5["ledger"]["policies"] = [p[:-1] for p in v5["ledger"]["policies"]]
+    for entry in v5["ledger"]["entries"].values():
+        entry[4:] = [[*c[:5], c[-1]] for c in entry[4:]]
+    before = copy.deepcopy(v5)
+    assert state_from_json(v5, "old.json") == saved(make_state(2))
+    assert v5 == before  # the steps build new objects
