@@ -16,6 +16,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bwenforcer.core.layout import MAX_SHARE, TRAFFIC_CLASSES, TrafficClass
+from bwenforcer.core.notices import notices_text, parse_notices
 from bwenforcer.core.policy import (
     class_cap_bps,
     lowers_ceil,
@@ -106,6 +107,9 @@ def _class_defaults(
         tiers=_rule_text(reader, "tiers", base.tiers, lambda t: tiers_text(parse_tiers(t))),
         taper=_rule_text(reader, "taper", base.taper, lambda t: taper_text(parse_taper(t))),
         pacing=reader.flag("pacing", base.pacing),
+        notices=_rule_text(
+            reader, "notices", base.notices, lambda t: notices_text(*parse_notices(t))
+        ),
     )
     if not result.pacing and not result.tiers and not result.taper:
         raise reader.error(

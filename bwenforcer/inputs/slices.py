@@ -30,6 +30,7 @@ from bwenforcer.core.layout import (
     check_xid,
 )
 from bwenforcer.core.model import ClassPolicy, DesiredSet, DesiredSlice, InvalidRecord
+from bwenforcer.core.notices import notices_text, parse_notices
 from bwenforcer.core.policy import (
     class_cap_bps,
     class_limits,
@@ -72,6 +73,7 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "tiers": "net_tiers",
         "taper": "net_taper",
         "pacing": "net_pacing",
+        "notices": "net_notices",
     },
     "exempt": {
         "min_rate": "net_i2_min_rate",
@@ -82,6 +84,7 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "tiers": "net_i2_tiers",
         "taper": "net_i2_taper",
         "pacing": "net_i2_pacing",
+        "notices": "net_i2_notices",
     },
 }
 RSPEC_ATTRIBUTES = frozenset(a for attrs in ATTRIBUTES.values() for a in attrs.values())
@@ -165,6 +168,15 @@ def resolve_policy(
             parse=parse_taper,
             text=taper_text,
         )
+        notices = _rule(
+            name,
+            attrs["notices"],
+            rspec,
+            origin,
+            default=base.notices,
+            parse=parse_notices,
+            text=lambda parsed: notices_text(*parsed),
+        )
         pacing = _pacing(name, attrs["pacing"], rspec, origin, base.pacing)
         if not pacing and not tiers and not taper:
             raise SliceError(
@@ -190,6 +202,7 @@ def resolve_policy(
             tiers=tiers,
             taper=taper,
             pacing=pacing,
+            notices=notices,
         )
     return policies["default"], policies["exempt"], origin
 
@@ -221,7 +234,9 @@ def _rule(
     parse: Callable[[str], Any],
     text: Callable[[Any], str],
 ) -> str:
-    """The canonical text of a ``net_*tiers`` / ``net_*taper`` attribute, else the default."""
+    """The canonical text of a ``net_*tiers`` / ``net_*taper`` / ``net_*notices`` attribute,
+    else the default.
+    """
     value = rspec.get(attribute)
     origin[attribute] = "defaults" if value is None else "rspec"
     if value is None:

@@ -157,6 +157,14 @@ def test_every_key() -> None:
             {"defaults": {"exempt": {"pacing": False}}},
             "t.yaml: defaults.exempt.pacing: false needs tiers or a taper (else nothing caps)",
         ),
+        (
+            {"defaults": {"exempt": {"notices": "80%, 50%"}}},
+            "t.yaml: defaults.exempt.notices: notice 2: shares must rise (50%)",
+        ),
+        (
+            {"defaults": {"default": {"notices": "0%"}}},
+            "t.yaml: defaults.default.notices: notice 1: '0%' is not above 0% and at most 1000%",
+        ),
         (  # a tier above the max rate caps nothing: refused like no tier at all
             {"defaults": {"default": {"tiers": "75%:2gbit", "max_rate": "1gbit", "pacing": False}}},
             "t.yaml: defaults.default.pacing: false needs a tier or taper below the max rate 1gbit",

@@ -708,3 +708,22 @@ def test_a_nan_record_is_logged_once_per_change_of_the_file(
     with caplog.at_level(logging.ERROR):
         load_slices_file(str(slices), config)
     assert len([r for r in caplog.records if "pl_a" in r.getMessage()]) == 1  # changed: again
+
+
+def test_notices_come_from_the_defaults_or_the_rspec_in_canonical_text() -> None:
+    cfg = Config(
+        node_cap_bps=10_000_000,
+        bwmax_bps=100_000_000,
+        defaults={
+            "default": ClassDefaults(limit_bytes=10**9, notices="50%,lifted"),
+            "exempt": ClassDefaults(limit_bytes=10**9),
+        },
+    )
+    default, exempt, origin = resolve_policy("pl_a", {}, cfg)
+    assert exempt.notices == "" and default.notices == "50%,lifted" and origin["net_notices"] == "defaults"
+    with pytest.raises(SliceError, match="net_i2_notices: notice 2: shares must rise"):
+        resolve_policy("pl_a", {"net_i2_notices": "80%, 12.5%"}, cfg)
+    _, exempt, origin = resolve_policy("pl_a", {"net_i2_notices": "12.5%, 80%, lifted"}, cfg)
+    assert exempt.notices == "12.5%,80%,lifted" and origin["net_i2_notices"] == "rspec"
+    with pytest.raises(SliceError, match="slice pl_a: net_notices: notice 1: 'soon' is not"):
+        resolve_policy("pl_a", {"net_notices": "soon"}, cfg)
