@@ -140,9 +140,13 @@ def _plan_live(
         rates, capped = targets.rates(policy, tc, counted, end_s, now_s)
         notice_bp, lift = (0, "") if new_period else (old.notice_bp, old.lift)
         rule = targets.notices(policy) if params.notify else NO_NOTICES
-        if rule.lifted and not capped and (old.capped or (new_period and old.lift == "due")):
-            if new_period or lift == "":
-                lift = "due"  # a cap lifted (or still untold from the period before)
+        if (
+            rule.lifted
+            and not capped
+            and (old.capped or (new_period and old.lift == "due"))
+            and (new_period or lift == "")
+        ):
+            lift = "due"  # a cap lifted (or still untold from the period before)
         if marks:  # what the outbox says was sent, by a cycle that did not save it
             sent = marks.get((want.xid, tc, start_s), _NOT_SENT)
             notified = notified or sent.threshold
@@ -208,6 +212,7 @@ def _quiet(
     kernel: KernelSlice,
     targets: RateTargets,
     now_s: int,
+    *,
     notify: bool,
 ) -> LiveSlice | None:
     """The plan of a slice nothing happened to since the last cycle, or None.
@@ -288,6 +293,7 @@ def _no_shortcut(
     kernel: KernelSlice,
     targets: RateTargets,
     now_s: int,
+    *,
     notify: bool,
 ) -> None:
     """:func:`_quiet` for ``plan(..., quiet=False)``: no slice is taken for quiet."""
@@ -406,7 +412,7 @@ def plan(
         kernel = snapshot.slices.get(want.xid)
         st = carried.get(want.xid)
         if st is not None and kernel is not None and not (marked and want.xid in marked):
-            planned = shortcut(want, st, kernel, targets, now_s, params.notify)
+            planned = shortcut(want, st, kernel, targets, now_s, notify=params.notify)
             if planned is not None:
                 slices[want.xid] = st  # the very object: the identity rule (SliceState)
                 live.append(planned)

@@ -23,7 +23,6 @@ from typing import Any
 
 from bwenforcer.core.grants import MAX_AUDIT
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
-from bwenforcer.core.notices import MAX_NOTICE_SHARE_BP
 from bwenforcer.core.model import (
     AuditEntry,
     ClassPolicy,
@@ -33,6 +32,7 @@ from bwenforcer.core.model import (
     State,
     ordered_ledger,
 )
+from bwenforcer.core.notices import MAX_NOTICE_SHARE_BP
 from bwenforcer.store.schema import (
     AUDIT_ENTRY,
     AUDIT_KEYS,

@@ -329,9 +329,9 @@ def test_quiet_false_takes_no_shortcut(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     shortcut = planner._quiet
 
-    def counted(*args: object) -> object:
+    def counted(*args: object, **kw: bool) -> object:
         calls.append(1)
-        return shortcut(*args)  # type: ignore[arg-type]
+        return shortcut(*args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(planner, "_quiet", counted)
     params = PlanParams(3600, None, BWMIN_BPS)

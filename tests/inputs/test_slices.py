@@ -720,7 +720,11 @@ def test_notices_come_from_the_defaults_or_the_rspec_in_canonical_text() -> None
         },
     )
     default, exempt, origin = resolve_policy("pl_a", {}, cfg)
-    assert exempt.notices == "" and default.notices == "50%,lifted" and origin["net_notices"] == "defaults"
+    assert (
+        exempt.notices == ""
+        and default.notices == "50%,lifted"
+        and origin["net_notices"] == "defaults"
+    )
     with pytest.raises(SliceError, match="net_i2_notices: notice 2: shares must rise"):
         resolve_policy("pl_a", {"net_i2_notices": "80%, 12.5%"}, cfg)
     _, exempt, origin = resolve_policy("pl_a", {"net_i2_notices": "12.5%, 80%, lifted"}, cfg)

@@ -340,7 +340,7 @@ def test_spool_writes_complete_messages_atomically(tmp_path: Path) -> None:
     make_transport(mail).send(second)
     files = sorted(spool.iterdir())
     assert len(files) == 2
-    assert all(f.suffix == ".eml" and "-pl_heavy-" in f.name for f in files)
+    assert all(f.suffix == ".eml" and f.name.startswith("pl_heavy-") for f in files)
     assert stat.S_IMODE(spool.stat().st_mode) == 0o700
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
     by_id = {str(parse(f.read_bytes())["Message-ID"]).strip(): f.read_bytes() for f in files}
