@@ -215,7 +215,11 @@ def execute(
         except Error as exc:  # delivery, or a message that cannot be built
             mail_failed += 1
             log.warning(
-                "slice %s xid %s: %s notice failed: %s", action.name, action.xid, action.kind, exc
+                "slice %s xid %s: notification failed (%s notice): %s",
+                action.name,
+                action.xid,
+                action.kind,
+                exc,
             )
             if committed:
                 _take_back(outbox, action, marks)
