@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bwenforcer.core.model import DesiredSlice
 from bwenforcer.core.settings import Config
 from bwenforcer.errors import ConfigError
 from bwenforcer.inputs.config import load_config, parse_config
@@ -284,6 +286,29 @@ def test_the_snippets_are_found() -> None:
     assert any("on: monday" in t for t in texts)
     assert any(t.startswith("classifier:\n  mode: uid") for t in texts)
     assert sum(where.startswith("README.md:") for where, _ in yaml_snippets()) >= 1
+
+
+def test_the_notices_examples_load_as_they_say() -> None:
+    """README's and etc/'s early-notice examples are among the snippets loaded above, and
+    mean what their comments say.
+    """
+    found = [(w, t) for w, t in yaml_snippets() if "notices:" in t and "null" not in t]
+    assert {w.split(" ")[0].split(":")[0] for w, _ in found} >= {"README.md", "etc/slices.yaml"}
+    readme = next(t for w, t in found if w.startswith("README.md"))
+    cfg = parse_config(parse_yaml(readme.encode(), "README"), "README")
+    assert cfg.defaults["default"].notices == "50%,80%,100%,lifted"
+    assert cfg.defaults["exempt"].notices == "90%"
+    slices = next(t for w, t in found if w.startswith("etc/slices.yaml"))
+    (want,) = [s for s in _slices_of(slices) if s.name == "pl_example"]
+    assert want.default.notices == "50%,90%,lifted" and want.exempt.notices == ""
+    assert "notices: null" in (ETC / "bwenforcer.yaml").read_text()  # the key, documented
+
+
+def _slices_of(text: str) -> tuple[DesiredSlice, ...]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "slices.yaml"
+        path.write_text(text)
+        return load_slices_file(str(path), Config(state_file=f"{tmp}/state.json")).slices
 
 
 @pytest.mark.parametrize(("where", "text"), yaml_snippets(), ids=lambda v: str(v)[:40])
