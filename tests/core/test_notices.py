@@ -264,3 +264,18 @@ def test_every_notice_is_delivered_at_most_once_and_only_the_window_loses_one(
         if cs.lift == "sent":
             assert Mark(st_.period_start_s, 1, tc, "lifted") in told
         assert cs.lift != "due"  # the clean cycles told it
+
+
+def test_a_lift_an_operator_made_due_is_told_by_the_next_cycle_once() -> None:
+    """`reset` and `grant` lift a cap at once and leave the lift due (views/reset.py)."""
+    first, _ = _cycle(State(), 0, T0)
+    p, notes = _cycle(first.state, 900_000, T0 + 60)
+    st_ = mark_sent(p.state, notes).slices[1]
+    reset = dataclasses.replace(
+        st_, default=dataclasses.replace(st_.default, used_bytes=0, capped=False, lift="due")
+    )
+    state = dataclasses.replace(p.state, slices={1: reset})
+    p, notes = _cycle(state, 900_000, T0 + 120)
+    assert _what(notes) == [("lifted", 0, ("default",))]
+    p, notes = _cycle(mark_sent(p.state, notes), 900_000, T0 + 180)
+    assert notes == [] and p.state.slices[1].default.lift == "sent"
