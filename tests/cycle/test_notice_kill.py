@@ -69,9 +69,9 @@ def test_notices_under_sync_killed_at_random_points_arrive_at_most_once(
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (tmp_path / "server.py").write_text(SERVER)
+    script = str(tmp_path / "server.py")
     server = subprocess.Popen(
-        ["ip", "netns", "exec", ns.name, str(VENV_BIN / "python"), str(tmp_path / "server.py")]
-        + [str(port), str(inbox)],
+        ["ip", "netns", "exec", ns.name, str(VENV_BIN / "python"), script, str(port), str(inbox)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -105,7 +105,7 @@ def _run(ns: Netns, tmp_path: Path, port: int, inbox: Path) -> None:
     ns.ip("addr", "add", "10.9.0.1/16", "dev", "v0")
     dests = []
     for x in XIDS:
-        for tc, net, tag in (("default", 0, 0x1000), ("exempt", 1, 0x2000)):
+        for net, tag in ((0, 0x1000), (1, 0x2000)):  # default, exempt
             addr = f"10.9.{net}.{x}"
             ns.ip("neigh", "add", addr, "lladdr", "02:00:00:00:00:02", "dev", "v0")
             mark_all_to(ns, addr, tag | x)
