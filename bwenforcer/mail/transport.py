@@ -366,8 +366,8 @@ class SpoolTransport:
             make_dir(target, "spool directory")
             final = self.directory / self._name(msg)
             # A reader of the spool sees a whole file or none: write aside (a new file,
-            # never through a symlink), then link it in (never replaces nor follows
-            # anything: a name taken is a notice already there).
+            # never through a symlink), then link it in (a regular file of the name is
+            # this notice, already there; anything else there is replaced, never followed).
             tmp = write_temp(str(self.directory / ".tmp"), msg.as_bytes(policy=SMTP))
             try:
                 if commit is not None:
@@ -376,8 +376,9 @@ class SpoolTransport:
                     os.link(tmp, final, follow_symlinks=False)
                 except FileExistsError:
                     if not stat.S_ISREG(os.lstat(final).st_mode):
-                        raise
-                    log.info("spool %s: already there (sent before)", final)
+                        os.replace(tmp, final)  # a symlink planted there: replaced, not followed
+                    else:
+                        log.info("spool %s: already there (sent before)", final)
             finally:
                 Path(tmp).unlink(missing_ok=True)
             fsync_dir(target)
