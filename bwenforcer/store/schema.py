@@ -18,15 +18,14 @@ from typing import Any
 
 from bwenforcer import __version__
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
+from bwenforcer.core.notices import MAX_NOTICE_SHARE_BP, notices_text, parse_notices
 from bwenforcer.core.policy import parse_taper, parse_tiers
 from bwenforcer.core.window import MAX_WINDOW_S, MIN_WINDOW_S, RING
 from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-# 8: issue 20's rolling windows (a step of its own, renumbered at merge: 6 and 7 are
-# other branches')
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -68,6 +67,11 @@ KINDS: Mapping[str, tuple[str, str]] = {
         "type(v) is list and len(v) in (0, _RING) and all(type(x) is int and x >= 0 for x in v)",
         f"expected [] or a list of {RING} non-negative integers",
     ),
+    "notices": (
+        "type(v) is str and (v == '' or _notices_ok(v))",
+        "expected notices such as '50%,80%,lifted' (or '')",
+    ),
+    "lift": ("v in ('', 'due', 'sent')", "expected '', 'due' or 'sent'"),
 }
 
 
@@ -89,6 +93,15 @@ def _taper_ok(text: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=256)
+def _notices_ok(text: str) -> bool:
+    try:
+        parse_notices(text)
+    except ValueError:
+        return False
+    return notices_text(*parse_notices(text)) == text
+
+
 # The names the KINDS expressions use besides ``v``.
 KIND_SCOPE: Mapping[str, Any] = {
     "_tiers_ok": _tiers_ok,
@@ -96,6 +109,7 @@ KIND_SCOPE: Mapping[str, Any] = {
     "_RING": RING,
     "_WINDOW_MIN_S": MIN_WINDOW_S,
     "_WINDOW_MAX_S": MAX_WINDOW_S,
+    "_notices_ok": _notices_ok,
 }
 
 TOP: tuple[Field, ...] = (
@@ -153,6 +167,8 @@ CLASS: tuple[Field, ...] = (
     Field("capped", "capped", "bool"),
     Field("notified", "notified", "bool"),
     Field("buckets", "buckets", "buckets", "bytes"),
+    Field("notice_bp", "notice_bp", "uint", "1/100 %", max=MAX_NOTICE_SHARE_BP),
+    Field("lift", "lift", "lift"),
     Field("limit_bytes", "policy.limit_bytes", "uint", "bytes"),
     Field("threshold_bytes", "policy.threshold_bytes", "uint", "bytes"),
     Field("min_rate_bps", "policy.min_rate_bps", "uint", "bit/s", view="min_rate"),
@@ -162,6 +178,7 @@ CLASS: tuple[Field, ...] = (
     Field("taper", "policy.taper", "taper"),
     Field("pacing", "policy.pacing", "bool"),
     Field("window_s", "policy.window_s", "window", "s"),
+    Field("notices", "policy.notices", "notices"),
 )
 
 # A ledger entry's class (an array, like LEDGER_ENTRY): CLASS's own fields, then the
@@ -438,6 +455,54 @@ def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _v7_entry(value: object) -> object:
+    """A ledger entry's array with each class's notice marks (none) before its policy index;
+    one not shaped as one is passed through (validation after migration names it).
+    """
+    if not (isinstance(value, list) and len(value) == 6):
+        return value
+    classes = []
+    for c in value[4:]:
+        # schema 6's class: its own fields, its ring, its policy's index
+        if not (isinstance(c, list) and len(c) == len(_V4_OWN_KEYS) + 2):
+            return value
+        classes.append([*c[:-1], 0, "", c[-1]])
+    return [*value[:4], *classes]
+
+
+def _v6_to_v7(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 6 had no early notices: a class had told nothing but its threshold
+    (``notice_bp`` 0, no ``lift``) and no policy asked for any (``notices`` "").
+    """
+    added = {"notice_bp": 0, "lift": "", "notices": ""}
+    out = {**data, "schema_version": 7}
+    slices = data.get("slices")
+    if isinstance(slices, dict):
+        out["slices"] = {
+            xid: (
+                {
+                    **st,
+                    "classes": {
+                        tc: {**added, **c} if isinstance(c, dict) else c
+                        for tc, c in st["classes"].items()
+                    },
+                }
+                if isinstance(st, dict) and isinstance(st.get("classes"), dict)
+                else st
+            )
+            for xid, st in slices.items()
+        }
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict):
+        policies, entries = ledger.get("policies"), ledger.get("entries")
+        if isinstance(policies, list):
+            policies = [[*p, ""] if isinstance(p, list) else p for p in policies]
+        if isinstance(entries, dict):
+            entries = {name: _v7_entry(e) for name, e in entries.items()}
+        out["ledger"] = {**ledger, "policies": policies, "entries": entries}
+    return out
+
+
 # version N → a function turning a schema-N object into the next version's object (the
 # version it returns is the next one looked up)
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -447,6 +512,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     3: _v3_to_v4,
     4: _v4_to_v5,
     5: _v5_to_v6,
+    6: _v6_to_v7,
 }
 
 
