@@ -257,7 +257,7 @@ def test_four_thousand_slices_render_every_series_once() -> None:
     metrics.observe(result)
     lines = generate_latest(metrics.registry()).decode().splitlines()
     per_slice = [line for line in lines if line.startswith("bwenforcer_slice_") and "{" in line]
-    assert len(per_slice) == 4000 * 2 * 9
+    assert len(per_slice) == 4000 * 2 * 10
     assert len(set(per_slice)) == len(per_slice)
     assert 'bwenforcer_slices{state="live"} 4000.0' in lines
 
