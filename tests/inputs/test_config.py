@@ -168,6 +168,19 @@ def test_every_key() -> None:
             "t.yaml: defaults.window: a rolling window has no calendar period",
         ),
         (
+            {"defaults": {"default": {"rollover": "101%"}}},
+            "t.yaml: defaults.default.rollover: '101%' is not a share of the limit from 0% to 100%",
+        ),
+        (
+            {"defaults": {"exempt": {"rollover": "lots"}}},
+            "t.yaml: defaults.exempt.rollover: 'lots' is not a size",
+        ),
+        ({"defaults": {"default": {"rollover": -1}}}, "t.yaml: defaults.default.rollover: -1 is"),
+        (
+            {"defaults": {"window": "30d", "exempt": {"rollover": "10%"}}},
+            "t.yaml: defaults.exempt.rollover: a rolling window has no period end to roll over",
+        ),
+        (
             {"defaults": {"exempt": {"notices": "80%, 50%"}}},
             "t.yaml: defaults.exempt.notices: notice 2: shares must rise (50%)",
         ),

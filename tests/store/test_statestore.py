@@ -1342,3 +1342,44 @@ def test_migration_to_schema_7_knows_no_notices_told_or_asked_for() -> None:
     before = copy.deepcopy(v5)
     assert state_from_json(v5, "old.json") == saved(make_state(2))
     assert v5 == before  # the steps build new objects
+
+
+def test_migration_to_schema_10_carries_nothing_and_rolls_nothing_over() -> None:
+    """A schema-7 file (live classes and compact ledger entries, notice marks and rings
+    kept): every class gets ``carried_bytes`` 0 before its policy, every policy
+    ``rollover_bytes`` 0 at its end; a v7 file loads as the state it was.
+    """
+    state = make_state(2, used_bytes=10)
+    v7 = state_to_json(state, NOW_S)
+    v7["schema_version"] = 7
+    for sl in v7["slices"].values():
+        for cls in sl["classes"].values():
+            for key in _V10_KEYS:
+                del cls[key]
+    v7["ledger"]["policies"] = [p[:-1] for p in v7["ledger"]["policies"]]
+    for entry in v7["ledger"]["entries"].values():
+        entry[4:] = [[*c[:-2], c[-1]] for c in entry[4:]]
+    before = copy.deepcopy(v7)
+    migrated = MIGRATIONS[7](v7)
+    assert v7 == before and migrated["schema_version"] == 10
+    assert migrated["ledger"]["entries"]["pl_dead0"][4][-2:] == [0, 0]  # carried, policy 0
+    assert all(p[-1] == 0 for p in migrated["ledger"]["policies"])
+    loaded = state_from_json(v7, "old.json")
+    assert loaded == saved(state)
+    classes = [c for st in loaded.slices.values() for c in (st.default, st.exempt)]
+    assert all(c.carried_bytes == 0 and c.policy.rollover_bytes == 0 for c in classes)
+
+
+def test_carried_bytes_and_the_rollover_bound_round_trip_live_and_in_the_ledger() -> None:
+    state = make_state(1, used_bytes=10)
+    policy = dataclasses.replace(state.slices[1].default.policy, rollover_bytes=123_456)
+    cs = dataclasses.replace(state.slices[1].default, policy=policy, carried_bytes=7_890)
+    st = dataclasses.replace(state.slices[1], default=cs)
+    entry = dataclasses.replace(state.ledger["pl_dead0"], slice=dataclasses.replace(st, xid=3000))
+    state = dataclasses.replace(state, slices={1: st}, ledger={"pl_dead0": entry})
+    text = StateEncoder().encode(state, NOW_S)
+    data = json.loads(text)
+    assert data["slices"]["1"]["classes"]["default"]["carried_bytes"] == 7_890
+    assert data["ledger"]["entries"]["pl_dead0"][4][-2] == 7_890
+    loaded = state_from_json(data, "state.json")
+    assert loaded.slices[1].default == cs and loaded.ledger["pl_dead0"].slice.default == cs
