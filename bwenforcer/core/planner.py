@@ -303,6 +303,8 @@ def _quiet(
     - each policy equals the wanted one (else: new limits and rates);
     - under a rolling window, neither class is flagged notified (else, not capped, its
       flag is cleared);
+    - neither class carries more than its policy's rollover bound, nor anything under a
+      rolling window (else it is clipped);
     - with notices on, no lift is due and neither usage is past a share not yet
       told (else: a Notify);
     - the saved ceil and the kernel's rates equal the policy's uncapped rates
@@ -328,6 +330,14 @@ def _quiet(
         or (d.policy is not want.default and d.policy != want.default)
         or (e.policy is not want.exempt and e.policy != want.exempt)
         or ((d.notified or e.notified) and want.default.window_s)
+        or (
+            (d.carried_bytes or e.carried_bytes)
+            and (
+                want.default.window_s
+                or d.carried_bytes > want.default.rollover_bytes
+                or e.carried_bytes > want.exempt.rollover_bytes
+            )
+        )
     ):
         return None
     d_start, d_rates = targets.limits(want.default, "default")

@@ -191,3 +191,23 @@ def test_deleting_and_recreating_a_slice_gains_no_rollover(
         assert carried == stayed.slices[1].default.carried_bytes
     else:  # its entry expired: a fresh slice, nothing carried
         assert carried == 0
+
+
+@pytest.mark.parametrize(("bound", "window_s"), [(100, 0), (LIMIT, 3600)])
+def test_carried_bytes_a_policy_no_longer_allows_go_on_the_quiet_path_too(
+    bound: int, window_s: int
+) -> None:
+    """A quiet slice (nothing sent) carrying more than its bound, or anything under a
+    window, is not taken for quiet: both paths clip it.
+    """
+    want = _want(bound, window_s=window_s)
+    first = plan(desired(want), snapshot(_kernel(0)), State(), PARAMS, T0)
+    st_ = first.state.slices[1]
+    st_ = dataclasses.replace(st_, default=dataclasses.replace(st_.default, carried_bytes=500))
+    state = dataclasses.replace(first.state, slices={1: st_})
+    kernel = snapshot(_kernel(0))
+    now = st_.period_end_s - 1  # in the same period (or bucket): quiet, were it not carrying
+    quick = plan(desired(want), kernel, state, PARAMS, now)
+    slow = plan(desired(want), kernel, state, PARAMS, now, quiet=False)
+    assert quick == slow
+    assert quick.state.slices[1].default.carried_bytes == (0 if window_s else bound)
