@@ -150,6 +150,7 @@ def _plan_live(
     start_s, end_s = st.period_start_s, st.period_end_s
     new_period = now_s >= end_s and not hold_period
     steps = 0
+    then = NO_GRANT  # the grants in force at the end of a period that ended (its rollover)
     if new_period and window_s:
         start_s, end_s = bucket_span(now_s, window_s)
         steps = steps_between(st.period_end_s, end_s, window_s, max_steps(elapsed_s, window_s))
@@ -158,8 +159,6 @@ def _plan_live(
         actions.append(NewPeriod(want.name, want.xid, start_s, end_s))
         if want.default.rollover_bytes or want.exempt.rollover_bytes:
             then = granted_bytes(grants_then, st.period_end_s - 1).get(want.name, NO_GRANT)
-        else:
-            then = NO_GRANT
     out: list[tuple[ClassState, int, int | None]] = []
     was_capped: list[bool] = []
     to_notify: list[TrafficClass] = []
