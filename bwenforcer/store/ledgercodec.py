@@ -155,10 +155,10 @@ class LedgerEncoder:
             f"[{entry.died_s},{st.xid},{st.period_start_s},{st.period_end_s},"
             f"[{d.used_bytes},{d.last_counter_bytes},{d.ceil_bps},{_JSON_BOOL[d.capped]},"
             f"{_JSON_BOOL[d.notified]},{ring_text(d.buckets)},{d.notice_bp},{_LIFT[d.lift]},"
-            f"{self._policy_at(d.policy)}],"
+            f"{d.carried_bytes},{self._policy_at(d.policy)}],"
             f"[{e.used_bytes},{e.last_counter_bytes},{e.ceil_bps},{_JSON_BOOL[e.capped]},"
             f"{_JSON_BOOL[e.notified]},{ring_text(e.buckets)},{e.notice_bp},{_LIFT[e.lift]},"
-            f"{self._policy_at(e.policy)}]]"
+            f"{e.carried_bytes},{self._policy_at(e.policy)}]]"
         )
 
     def _policy_at(self, policy: ClassPolicy) -> int:
@@ -275,9 +275,9 @@ def _entry_from(
 
 
 def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
-    if type(c) is not list or len(c) != 9:
+    if type(c) is not list or len(c) != 10:
         return None
-    used, last, ceil, capped, notified, ring, told, lift, at = c
+    used, last, ceil, capped, notified, ring, told, lift, carried, at = c
     if (
         type(used) is int
         and used >= 0
@@ -290,12 +290,16 @@ def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
         and type(told) is int
         and 0 <= told <= MAX_NOTICE_SHARE_BP
         and lift in _LIFT
+        and type(carried) is int
+        and carried >= 0
         and type(at) is int
         and 0 <= at < len(table)
         and _ring_ok(ring)
         and ring_problem(used, ring, table[at].window_s) is None
     ):
-        return ClassState(table[at], used, last, ceil, capped, notified, told, lift, tuple(ring))
+        return ClassState(
+            table[at], used, last, ceil, capped, notified, told, lift, tuple(ring), carried
+        )
     return None
 
 

@@ -25,7 +25,9 @@ from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 7
+# 10: issue 20's grant rollover (a step of its own, renumbered at merge: 8 and 9 are
+# other branches')
+SCHEMA_VERSION = 10
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -169,6 +171,7 @@ CLASS: tuple[Field, ...] = (
     Field("buckets", "buckets", "buckets", "bytes"),
     Field("notice_bp", "notice_bp", "uint", "1/100 %", max=MAX_NOTICE_SHARE_BP),
     Field("lift", "lift", "lift"),
+    Field("carried_bytes", "carried_bytes", "uint", "bytes"),
     Field("limit_bytes", "policy.limit_bytes", "uint", "bytes"),
     Field("threshold_bytes", "policy.threshold_bytes", "uint", "bytes"),
     Field("min_rate_bps", "policy.min_rate_bps", "uint", "bit/s", view="min_rate"),
@@ -179,6 +182,7 @@ CLASS: tuple[Field, ...] = (
     Field("pacing", "policy.pacing", "bool"),
     Field("window_s", "policy.window_s", "window", "s"),
     Field("notices", "policy.notices", "notices"),
+    Field("rollover_bytes", "policy.rollover_bytes", "uint", "bytes"),
 )
 
 # A ledger entry's class (an array, like LEDGER_ENTRY): CLASS's own fields, then the
@@ -503,6 +507,55 @@ def _v6_to_v7(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _v10_entry(value: object) -> object:
+    """A ledger entry's array with each class's carried bytes (none) before its policy
+    index; one not shaped as one is passed through (validation after migration names it).
+    """
+    if not (isinstance(value, list) and len(value) == 6):
+        return value
+    classes = []
+    for c in value[4:]:
+        # schema 7's class: its own fields, its ring, its notice marks, its policy's index
+        if not (isinstance(c, list) and len(c) == len(_V4_OWN_KEYS) + 4):
+            return value
+        classes.append([*c[:-1], 0, c[-1]])
+    return [*value[:4], *classes]
+
+
+def _v7_to_v10(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 7 had no rollover: no class carried bytes from the period before
+    (``carried_bytes`` 0) and no policy rolled any over (``rollover_bytes`` 0).
+    """
+    out = {**data, "schema_version": 10}
+    slices = data.get("slices")
+    if isinstance(slices, dict):
+        out["slices"] = {
+            xid: (
+                {
+                    **st,
+                    "classes": {
+                        tc: {"carried_bytes": 0, "rollover_bytes": 0, **c}
+                        if isinstance(c, dict)
+                        else c
+                        for tc, c in st["classes"].items()
+                    },
+                }
+                if isinstance(st, dict) and isinstance(st.get("classes"), dict)
+                else st
+            )
+            for xid, st in slices.items()
+        }
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict):
+        policies, entries = ledger.get("policies"), ledger.get("entries")
+        if isinstance(policies, list):
+            policies = [[*p, 0] if isinstance(p, list) else p for p in policies]
+        if isinstance(entries, dict):
+            entries = {name: _v10_entry(e) for name, e in entries.items()}
+        out["ledger"] = {**ledger, "policies": policies, "entries": entries}
+    return out
+
+
 # version N → a function turning a schema-N object into the next version's object (the
 # version it returns is the next one looked up)
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -513,6 +566,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     4: _v4_to_v5,
     5: _v5_to_v6,
     6: _v6_to_v7,
+    7: _v7_to_v10,  # issue 20's rollover step, renumbered at merge
 }
 
 
