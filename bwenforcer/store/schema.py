@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # 10: issue 20's grant rollover (a step of its own, renumbered at merge: 8 and 9 are
 # other branches')
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 8
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -507,7 +507,7 @@ def _v6_to_v7(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _v10_entry(value: object) -> object:
+def _v8_entry(value: object) -> object:
     """A ledger entry's array with each class's carried bytes (none) before its policy
     index; one not shaped as one is passed through (validation after migration names it).
     """
@@ -522,11 +522,11 @@ def _v10_entry(value: object) -> object:
     return [*value[:4], *classes]
 
 
-def _v7_to_v10(data: dict[str, Any]) -> dict[str, Any]:
+def _v7_to_v8(data: dict[str, Any]) -> dict[str, Any]:
     """Schema 7 had no rollover: no class carried bytes from the period before
     (``carried_bytes`` 0) and no policy rolled any over (``rollover_bytes`` 0).
     """
-    out = {**data, "schema_version": 10}
+    out = {**data, "schema_version": 8}
     slices = data.get("slices")
     if isinstance(slices, dict):
         out["slices"] = {
@@ -551,7 +551,7 @@ def _v7_to_v10(data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(policies, list):
             policies = [[*p, 0] if isinstance(p, list) else p for p in policies]
         if isinstance(entries, dict):
-            entries = {name: _v10_entry(e) for name, e in entries.items()}
+            entries = {name: _v8_entry(e) for name, e in entries.items()}
         out["ledger"] = {**ledger, "policies": policies, "entries": entries}
     return out
 
@@ -566,7 +566,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     4: _v4_to_v5,
     5: _v5_to_v6,
     6: _v6_to_v7,
-    7: _v7_to_v10,  # issue 20's rollover step, renumbered at merge
+    7: _v7_to_v8,
 }
 
 

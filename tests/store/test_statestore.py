@@ -90,7 +90,7 @@ def saved(state: State, now_s: int = NOW_S) -> State:
 
 
 _V7_KEYS = ("notice_bp", "lift", "notices")
-_V10_KEYS = ("carried_bytes", "rollover_bytes")
+_V8_KEYS = ("carried_bytes", "rollover_bytes")
 
 
 def before_v7(view: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def before_v7(view: dict[str, Any]) -> dict[str, Any]:
     slices = [*view["slices"].values(), *(e["slice"] for e in view["ledger"].values())]
     for sl in slices:
         for cls in sl["classes"].values():
-            for key in (*_V7_KEYS, *_V10_KEYS):
+            for key in (*_V7_KEYS, *_V8_KEYS):
                 del cls[key]
     return view
 
@@ -221,7 +221,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 10
+    assert data["schema_version"] == SCHEMA_VERSION == 8
     assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
@@ -1313,7 +1313,7 @@ def test_migration_to_schema_6_puts_every_class_under_its_period_as_before() -> 
     for sl in v5["slices"].values():
         for cls in sl["classes"].values():
             del cls["buckets"], cls["window_s"]
-            for key in (*_V7_KEYS, *_V10_KEYS):
+            for key in (*_V7_KEYS, *_V8_KEYS):
                 del cls[key]
     # the policies lose window_s, notices and rollover; a class its ring, notice marks and
     # carried bytes
@@ -1334,7 +1334,7 @@ def test_migration_to_schema_7_knows_no_notices_told_or_asked_for() -> None:
     v5["schema_version"] = 5
     for sl in v5["slices"].values():
         for cls in sl["classes"].values():
-            for key in (*_V7_KEYS, *_V10_KEYS, "buckets", "window_s"):
+            for key in (*_V7_KEYS, *_V8_KEYS, "buckets", "window_s"):
                 del cls[key]
     v5["ledger"]["policies"] = [p[:-3] for p in v5["ledger"]["policies"]]
     for entry in v5["ledger"]["entries"].values():
@@ -1344,7 +1344,7 @@ def test_migration_to_schema_7_knows_no_notices_told_or_asked_for() -> None:
     assert v5 == before  # the steps build new objects
 
 
-def test_migration_to_schema_10_carries_nothing_and_rolls_nothing_over() -> None:
+def test_migration_to_schema_8_carries_nothing_and_rolls_nothing_over() -> None:
     """A schema-7 file (live classes and compact ledger entries, notice marks and rings
     kept): every class gets ``carried_bytes`` 0 before its policy, every policy
     ``rollover_bytes`` 0 at its end; a v7 file loads as the state it was.
@@ -1354,14 +1354,14 @@ def test_migration_to_schema_10_carries_nothing_and_rolls_nothing_over() -> None
     v7["schema_version"] = 7
     for sl in v7["slices"].values():
         for cls in sl["classes"].values():
-            for key in _V10_KEYS:
+            for key in _V8_KEYS:
                 del cls[key]
     v7["ledger"]["policies"] = [p[:-1] for p in v7["ledger"]["policies"]]
     for entry in v7["ledger"]["entries"].values():
         entry[4:] = [[*c[:-2], c[-1]] for c in entry[4:]]
     before = copy.deepcopy(v7)
     migrated = MIGRATIONS[7](v7)
-    assert v7 == before and migrated["schema_version"] == 10
+    assert v7 == before and migrated["schema_version"] == 8
     assert migrated["ledger"]["entries"]["pl_dead0"][4][-2:] == [0, 0]  # carried, policy 0
     assert all(p[-1] == 0 for p in migrated["ledger"]["policies"])
     loaded = state_from_json(v7, "old.json")
