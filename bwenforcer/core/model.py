@@ -58,6 +58,9 @@ class ClassPolicy:
     tiers: str = ""
     taper: str = ""
     pacing: bool = True  # False (only with tiers or a taper): no pacing from the threshold
+    # what the budget counts (core.direction): "out" (sent, PlanetLab's meaning), "in"
+    # (received) or "both" (their sum); with inbound accounting off, "out" whatever it says
+    direction: str = "out"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +179,11 @@ class ClassState:
     ceil_bps: int = 0  # last ceil applied (0: never applied)
     capped: bool = False
     notified: bool = False
+    # inbound (received) bytes, counted as the sent ones (core.direction): only with
+    # inbound accounting on; 0 in states written before it (schema 6)
+    in_used_bytes: int = 0
+    in_last_counter_bytes: int = 0
+    in_limit_bps: int = 0  # the inbound limit in force after the last cycle (0: none)
 
 
 @fast_init

@@ -12,8 +12,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter
 
-from bwenforcer.core.accounting import account_slice, class_usage, kernel_counter, rebaseline
+from bwenforcer.core.accounting import (
+    account_slice,
+    class_usage,
+    inbound_counter,
+    kernel_counter,
+    rebaseline,
+)
+from bwenforcer.core.direction import counted_bytes as direction_bytes
+from bwenforcer.core.direction import counts, inbound_change, inbound_usage
 from bwenforcer.core.grants import NO_GRANT, counted_bytes, granted_bytes, pruned
+from bwenforcer.core.inbound import InboundSnapshot
 from bwenforcer.core.layout import DEFAULT_XID, ROOT_XID, TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.model import (
     BootClock,
@@ -42,6 +51,7 @@ from bwenforcer.core.plan import (
     PurgeLedger,
     RemoveClasses,
     Revive,
+    SetInboundLimit,
     SetRates,
 )
 from bwenforcer.core.settings import Config, PeriodAnchor
@@ -64,6 +74,9 @@ class PlanParams:
     notify: bool = True
     # how long a slice gone from its source keeps its classes and cap (0: none)
     grace_s: int = 0
+    # inbound accounting on (config ``inbound.enabled``): budgets count the direction
+    # their policy says (core.direction); off: every budget counts what is sent
+    inbound: bool = False
 
     @classmethod
     def from_config(cls, config: Config) -> PlanParams:
@@ -74,6 +87,7 @@ class PlanParams:
             config.bwmin_bps,
             notify=config.mail.transport != "none",
             grace_s=config.grace_s,
+            inbound=config.inbound.enabled,
         )
 
 
@@ -103,6 +117,7 @@ def _plan_live(
     reason: str,
     hold_period: bool = False,
     granted: tuple[int, int] = NO_GRANT,
+    inbound: InboundSnapshot | None = None,
 ) -> LiveSlice:
     """Plan one live slice; with ``account``, first add its bytes since the last cycle.
 
@@ -112,7 +127,18 @@ def _plan_live(
     slice whose classes, name, xid and period did not change as its very
     SliceState, never as an equal copy: the state encoder re-encodes only the
     slices that are not the object it encoded last time.
+
+    With ``params.inbound``, each class's inbound bytes are counted too and its
+    budget counts the directions its policy says (core.direction); ``inbound`` is
+    the backend's read (None: not read this cycle: the inbound usage and limits are
+    held as they are).
     """
+    if params.inbound:
+        return _plan_both(
+            want, st=st, kernel=kernel, account=account, targets=targets, params=params,
+            now_s=now_s, actions=actions, reason=reason, hold_period=hold_period,
+            granted=granted, inbound=inbound,
+        )  # fmt: skip
     start_s, end_s = st.period_start_s, st.period_end_s
     new_period = now_s >= end_s and not hold_period
     if new_period:
@@ -169,6 +195,152 @@ def _plan_live(
     else:
         new_st = SliceState(want.name, want.xid, start_s, end_s, default, exempt)
     return LiveSlice(new_st, d_delta, e_delta, d_ceil, e_ceil, was_capped[0], was_capped[1])
+
+
+def _plan_both(
+    want: DesiredSlice,
+    *,
+    st: SliceState,
+    kernel: KernelSlice | None,
+    account: bool,
+    targets: RateTargets,
+    params: PlanParams,
+    now_s: int,
+    actions: list[Action],
+    reason: str,
+    hold_period: bool,
+    granted: tuple[int, int],
+    inbound: InboundSnapshot | None,
+) -> LiveSlice:
+    """:func:`_plan_live` with inbound accounting on: each class's budget counts the
+    directions its policy says; past its rule's start the rule's rate caps each of them
+    (egress: the HTB ceil; inbound: a limit, changed only by a real margin).
+    """
+    start_s, end_s = st.period_start_s, st.period_end_s
+    new_period = now_s >= end_s and not hold_period
+    if new_period:
+        start_s, end_s = next_period(end_s, now_s, params.period_s, params.anchor)
+        actions.append(NewPeriod(want.name, want.xid, start_s, end_s))
+    out: list[ClassState] = []
+    deltas: list[int] = []
+    in_deltas: list[int] = []
+    old_ceils: list[int | None] = []
+    old_limits: list[int | None] = []
+    was_capped: list[bool] = []
+    to_notify: list[TrafficClass] = []
+    for tc in TRAFFIC_CLASSES:
+        old, policy = st.cls(tc), want.policy(tc)
+        grant = granted[0] if tc == "default" else granted[1]
+        current = None if kernel is None else kernel.cls(tc)
+        used, last, delta, notified = class_usage(old, current, account, new_period)
+        if inbound is None:  # not read: held as it is
+            in_used = 0 if new_period else old.in_used_bytes
+            in_last, in_delta = old.in_last_counter_bytes, 0
+            in_old: int | None = old.in_limit_bps or None
+        else:
+            counter = inbound.bytes_by_class.get((want.xid, tc))
+            in_used, in_last, in_delta = inbound_usage(old, counter, account, new_period)
+            in_old = inbound.limits_bps.get((want.xid, tc))
+        count_out, count_in = counts(policy, True)
+        raw = (used if count_out else 0) + (in_used if count_in else 0)
+        counted = counted_bytes(raw, grant) if grant else raw
+        ways = 2 if count_out and count_in else 1
+        rates, capped = targets.rates(policy, tc, counted, end_s, now_s, ways=ways)
+        in_target = rates.max_rate_bps if capped and count_in else None
+        if not count_out:
+            rates = targets.limits(policy, tc)[1]  # the budget leaves egress alone
+        was_capped.append(account and old.capped and (current is not None or count_in))
+        in_limit = in_old
+        if inbound is not None and inbound_change(in_old, in_target):
+            actions.append(SetInboundLimit(want.name, want.xid, tc, in_old, in_target))
+            in_limit = in_target
+        ceil_bps = rates.max_rate_bps
+        if current is None:
+            actions.append(CreateClass(want.name, want.xid, tc, rates, reason))
+            old_ceils.append(None)
+        else:
+            if current.rates is not rates and current.rates != rates:
+                actions.append(SetRates(want.name, want.xid, tc, current.rates, rates))
+            old_ceils.append(current.rates.max_rate_bps)
+        if capped and not notified:
+            to_notify.append(tc)
+        new = ClassState(
+            policy, used, last, ceil_bps, capped, notified, in_used, in_last, in_limit or 0
+        )
+        out.append(old if new == old and policy is old.policy else new)
+        deltas.append(delta)
+        in_deltas.append(in_delta)
+        old_limits.append(in_old)
+    if to_notify and params.notify:
+        actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(to_notify)]))
+    default, exempt = out
+    if (
+        default is st.default
+        and exempt is st.exempt
+        and not new_period
+        and want.name == st.name
+        and want.xid == st.xid
+    ):
+        new_st = st
+    else:
+        new_st = SliceState(want.name, want.xid, start_s, end_s, default, exempt)
+    return LiveSlice(
+        new_st, deltas[0], deltas[1], old_ceils[0], old_ceils[1], was_capped[0], was_capped[1],
+        in_deltas[0], in_deltas[1], old_limits[0], old_limits[1], True,
+    )  # fmt: skip
+
+
+def _quiet_inbound(
+    want: DesiredSlice,
+    st: SliceState,
+    kernel: KernelSlice,
+    targets: RateTargets,
+    now_s: int,
+    *,
+    inbound: InboundSnapshot | None,
+) -> LiveSlice | None:
+    """:func:`_quiet` with inbound accounting on: its conditions with the usage each
+    budget counts, and besides: each class's inbound counter equals its last reading
+    (or was not read this cycle) and no inbound limit is in force, by the state or the
+    backend. Then :func:`_plan_both` adds no action and keeps the state.
+    """
+    d, e, kd, ke = st.default, st.exempt, kernel.default, kernel.exempt
+    if (
+        kd is None
+        or ke is None
+        or now_s >= st.period_end_s
+        or kd.bytes != d.last_counter_bytes
+        or ke.bytes != e.last_counter_bytes
+        or d.capped
+        or e.capped
+        or d.in_limit_bps
+        or e.in_limit_bps
+        or (d.policy is not want.default and d.policy != want.default)
+        or (e.policy is not want.exempt and e.policy != want.exempt)
+    ):
+        return None
+    if inbound is not None:
+        for key, cs in (((st.xid, "default"), d), ((st.xid, "exempt"), e)):
+            if (
+                inbound.bytes_by_class.get(key) != cs.in_last_counter_bytes
+                or key in inbound.limits_bps
+            ):
+                return None
+    d_start, d_rates = targets.limits(want.default, "default")
+    e_start, e_rates = targets.limits(want.exempt, "exempt")
+    if (
+        direction_bytes(d, want.default, True) >= d_start
+        or direction_bytes(e, want.exempt, True) >= e_start
+        or d.ceil_bps != d_rates.max_rate_bps
+        or e.ceil_bps != e_rates.max_rate_bps
+        or (kd.rates is not d_rates and kd.rates != d_rates)
+        or (ke.rates is not e_rates and ke.rates != e_rates)
+    ):
+        return None
+    return LiveSlice(
+        st, 0, 0, kd.rates.max_rate_bps, ke.rates.max_rate_bps, False, False, 0, 0, None, None,
+        True,
+    )  # fmt: skip
 
 
 def _quiet(
@@ -259,6 +431,7 @@ def plan(
     *,
     quiet: bool = True,
     boot: BootClock | None = None,
+    inbound: InboundSnapshot | None = None,
 ) -> Plan:
     """Reconcile one cycle (docs/architecture.md "Policy" and "Slice lifecycle").
 
@@ -266,8 +439,12 @@ def plan(
     the shortcut for slices nothing happened to: the same plan, slower; for tests
     that hold the shortcut to that. ``boot``: the node's boot id and boot clock,
     read by the caller, which tell a stepped wall clock from time that passed
-    (:func:`~bwenforcer.core.periods.clock_check`).
+    (:func:`~bwenforcer.core.periods.clock_check`). ``inbound``: the inbound backend's
+    read, with ``params.inbound`` (None: not read this cycle, inbound usage and limits
+    held as they are); without ``params.inbound`` it is not looked at.
     """
+    if not params.inbound:
+        inbound = None
     if desired.limiting_off:
         return _limiting_off(desired, snapshot, state, now_s)
     wanted = {s.xid: s for s in desired.slices}
@@ -318,7 +495,7 @@ def plan(
                 carried[xid] = st
                 continue
         kernel = snapshot.slices.get(xid)
-        gone = account_slice(st, kernel)
+        gone = account_slice(st, kernel, inbound)
         ledger.put(st.name, LedgerEntry(gone, died_s=now_s))
         actions.append(MoveToLedger(st.name, xid))
         usage = _left_usage(st, gone, kernel)
@@ -338,6 +515,13 @@ def plan(
     # under its rule's start stays there with less usage counted (core/grants.py)
     granted = granted_bytes(state.audit, now_s) if state.audit else {}
     shortcut = _quiet if quiet else _no_shortcut  # chosen once, not tested per slice
+    if quiet and params.inbound:
+
+        def shortcut(
+            want: DesiredSlice, st: SliceState, kernel: KernelSlice, t: RateTargets, now_s: int
+        ) -> LiveSlice | None:
+            return _quiet_inbound(want, st, kernel, t, now_s, inbound=inbound)
+
     slices: dict[int, SliceState] = {}
     live: list[LiveSlice] = []
     for want in sorted(wanted.values(), key=attrgetter("xid")):
@@ -361,11 +545,11 @@ def plan(
                 actions.append(Inherit(want.name, want.xid, renamed[want.xid].name))
                 reason = "inherit"  # not counted again: its bytes went with the old name
             elif entry is not None:
-                st = rebaseline(entry.slice, kernel, want.xid)
+                st = rebaseline(entry.slice, kernel, want.xid, inbound)
                 actions.append(Revive(want.name, want.xid, entry.slice.xid))
                 reason = "revive"
             else:
-                st = _new_slice(want, kernel, params, now_s)
+                st = _new_slice(want, kernel, params, now_s, inbound)
                 if kernel is not None:
                     actions.append(Adopt(want.name, want.xid))
                 reason = "new"
@@ -381,6 +565,7 @@ def plan(
             reason=reason,
             hold_period=step is not None,
             granted=granted.get(want.name, NO_GRANT),
+            inbound=inbound,
         )
         slices[want.xid] = planned.state
         live.append(planned)
@@ -483,9 +668,13 @@ def _inherited(gone: SliceState, name: str, entry: LedgerEntry | None) -> SliceS
     old = entry.slice
 
     def larger(cs: ClassState, waiting: ClassState) -> ClassState:
-        if waiting.used_bytes <= cs.used_bytes:
+        if waiting.used_bytes <= cs.used_bytes and waiting.in_used_bytes <= cs.in_used_bytes:
             return cs
-        return dataclasses.replace(cs, used_bytes=waiting.used_bytes)
+        return dataclasses.replace(
+            cs,
+            used_bytes=max(cs.used_bytes, waiting.used_bytes),
+            in_used_bytes=max(cs.in_used_bytes, waiting.in_used_bytes),
+        )
 
     return dataclasses.replace(
         st, default=larger(st.default, old.default), exempt=larger(st.exempt, old.exempt)
@@ -513,16 +702,28 @@ def _held(
 
 
 def _new_slice(
-    want: DesiredSlice, kernel: KernelSlice | None, params: PlanParams, now_s: int
+    want: DesiredSlice,
+    kernel: KernelSlice | None,
+    params: PlanParams,
+    now_s: int,
+    inbound: InboundSnapshot | None = None,
 ) -> SliceState:
     start, end = first_period(now_s, params.period_s, params.anchor)
+
+    def fresh(tc: TrafficClass) -> ClassState:
+        cs = _fresh_class(want.policy(tc), kernel_counter(kernel, tc) or 0)
+        in_counter = inbound_counter(inbound, want.xid, tc)
+        if in_counter:  # adopted: counted from the counter the backend has
+            cs = dataclasses.replace(cs, in_last_counter_bytes=in_counter)
+        return cs
+
     return SliceState(
         name=want.name,
         xid=want.xid,
         period_start_s=start,
         period_end_s=end,
-        default=_fresh_class(want.default, kernel_counter(kernel, "default") or 0),
-        exempt=_fresh_class(want.exempt, kernel_counter(kernel, "exempt") or 0),
+        default=fresh("default"),
+        exempt=fresh("exempt"),
     )
 
 
