@@ -135,20 +135,21 @@ class Notify:
 @fast_init
 @dataclass(frozen=True, slots=True)
 class SetInboundLimit:
-    """Set (``new_bps``) or lift (None) the inbound limit of one slice class; ``old_bps``
-    is the backend's (None: none). Planned only with inbound accounting on, and for a
-    change of rate only by a real margin (core.direction.inbound_change).
+    """Set (``in_new_limit_bps``) or lift (None) the inbound limit of one slice class;
+    ``in_old_limit_bps`` is the backend's (None: none). Planned only with inbound
+    accounting on, and for a change of rate only by a real margin
+    (core.direction.inbound_change).
     """
 
     name: str
     xid: int
     traffic_class: TrafficClass
-    old_bps: int | None
-    new_bps: int | None
+    in_old_limit_bps: int | None
+    in_new_limit_bps: int | None
 
     def limit(self) -> InboundLimit:
         """The change as the inbound backend takes it."""
-        return InboundLimit(self.xid, self.traffic_class, self.new_bps)
+        return InboundLimit(self.xid, self.traffic_class, self.in_new_limit_bps)
 
 
 Action = (

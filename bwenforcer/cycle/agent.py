@@ -32,7 +32,7 @@ from bwenforcer.core.plan import Notify, Plan
 from bwenforcer.core.policy import tree_rates_bps
 from bwenforcer.core.settings import Config
 from bwenforcer.cycle.executor import Notifier
-from bwenforcer.cycle.run import CycleResult, Hooks, run_cycle
+from bwenforcer.cycle.run import CycleResult, Hooks, InboundPort, run_cycle
 from bwenforcer.errors import DiskFull, Error, KernelError, TreeNotInitialised, UnsafePath
 
 if TYPE_CHECKING:
@@ -166,6 +166,8 @@ class Agent:
     # classifier.mode cgroup: bind a known tenant's re-made cgroup between cycles
     # (kernel/cgroupwatch); for long-lived agents (daemon, node-manager thread)
     watch: bool = False
+    # the inbound (download) backend, used with ``inbound.enabled`` (None: none)
+    inbound: InboundPort | None = None
     # Kept across cycles so that a daemon or node-manager thread re-reads neither
     # the state nor the history journal while they are still what this agent wrote.
     _store: StateStore | None = field(default=None, init=False, repr=False)
@@ -307,6 +309,7 @@ class Agent:
                 boot=self._boot(),
                 dry_run=dry_run,
                 hooks=hooks,
+                inbound=self.inbound if self.config.inbound.enabled else None,
             )
         except KernelError:
             self.close()  # the device may have gone and come back under a new index

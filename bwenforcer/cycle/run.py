@@ -10,17 +10,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from bwenforcer.core.inbound import InboundSnapshot
 from bwenforcer.core.model import BootClock, DesiredSet, KernelSnapshot, State
 from bwenforcer.core.periods import CLOCK_SLACK_S, clock_offset_s
 from bwenforcer.core.plan import Plan
 from bwenforcer.core.planner import PlanParams, plan
 from bwenforcer.core.settings import Config
-from bwenforcer.cycle.executor import KernelPort, Notifier, Outcome, execute
+from bwenforcer.cycle.executor import (
+    InboundLimitsPort,
+    KernelPort,
+    Notifier,
+    Outcome,
+    execute,
+)
 from bwenforcer.errors import Error, ExitCode, KernelError
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,23 @@ class Kernel(KernelPort, Protocol):
         """Check the mark → class filter (one request) and put it back if it is not
         there (not on a dry run); what was wrong, or None. KernelError if the kernel
         refused it.
+        """
+        ...
+
+
+class InboundPort(InboundLimitsPort, Protocol):
+    """What a cycle needs of an inbound (download) backend, with ``inbound.enabled``:
+    one read of its counters and limits a cycle, the planner's limit changes
+    (``apply_limits``), and its counters kept for the live slices.
+    """
+
+    def dump(self) -> InboundSnapshot:
+        """Every slice class's inbound byte counter and limit (KernelError if unread)."""
+        ...
+
+    def ensure(self, xids: Collection[int], dry_run: bool = False) -> None:
+        """Make the counters of these slices' classes exist (those of other xids may
+        go); not on a dry run. KernelError if the backend refused.
         """
         ...
 
@@ -142,11 +166,16 @@ def run_cycle(
     boot: Callable[[], BootClock | None] | None = None,
     dry_run: bool = False,
     hooks: Hooks | None = None,
+    inbound: InboundPort | None = None,
 ) -> CycleResult:
     """Run one cycle; with ``dry_run`` plan only (no lock, nothing written).
 
     ``boot`` reads the node's boot id and boot clock, read with ``clock``: they tell
     a stepped wall clock from time that passed (None: the wall clock alone).
+    ``inbound``: the inbound backend, with ``inbound.enabled`` (None: off, and
+    nothing of the inbound path runs). A read it fails holds every slice's inbound
+    usage and limits for the cycle; a refused limit or ``ensure`` is one of the
+    cycle's failures; neither stops the cycle.
     """
     hooks = hooks or Hooks()
     started = clock()
@@ -170,11 +199,33 @@ def run_cycle(
                 extra.append(f"mark → class filter: {exc}")
             if wrong is not None:
                 log.warning("dev %s: %s", config.device, wrong)
+        params = PlanParams.from_config(config)
+        if inbound is not None and not params.inbound:
+            inbound = None  # inbound accounting off: the port is not touched
+        inbound_snapshot = None
+        if inbound is not None:
+            try:
+                inbound_snapshot = inbound.dump()
+            except Error as exc:
+                log.error("inbound counters not read (usage and limits held): %s", exc)
+                extra.append(f"inbound dump: {exc}")
         now_s = int(clock())
         reading = None if boot is None else boot()
         the_plan = plan(
-            desired, snapshot, loaded.state, PlanParams.from_config(config), now_s, boot=reading
+            desired,
+            snapshot,
+            loaded.state,
+            params,
+            now_s,
+            boot=reading,
+            inbound=inbound_snapshot,
         )
+        if inbound is not None and not the_plan.limiting_off:
+            try:
+                inbound.ensure(the_plan.state.slices.keys(), dry_run)
+            except Error as exc:
+                log.error("inbound counters not kept: %s", exc)
+                extra.append(f"inbound counters: {exc}")
         if the_plan.clock_step is not None:
             log.warning(
                 "%s: no period ends, no ledger entry expires and the history is not rolled"
@@ -200,7 +251,7 @@ def run_cycle(
                 desired.errors,
                 tuple(extra),
             )
-        outcome = execute(the_plan, kernel, notifier)
+        outcome = execute(the_plan, kernel, notifier, inbound)
         if hooks.classifier is not None and not the_plan.limiting_off:
             try:
                 hooks.classifier(

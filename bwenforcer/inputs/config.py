@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bwenforcer.core.direction import DIRECTIONS
 from bwenforcer.core.layout import MAX_SHARE, TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.policy import parse_taper, parse_tiers, taper_text, tiers_text
 from bwenforcer.core.settings import (
@@ -24,6 +25,7 @@ from bwenforcer.core.settings import (
     ClassifierConfig,
     Config,
     HistoryConfig,
+    InboundConfig,
     MailConfig,
     MetricsConfig,
     PeriodAnchor,
@@ -93,6 +95,7 @@ def _class_defaults(reader: KeyReader, base: ClassDefaults) -> ClassDefaults:
         tiers=_rule_text(reader, "tiers", base.tiers, lambda t: tiers_text(parse_tiers(t))),
         taper=_rule_text(reader, "taper", base.taper, lambda t: taper_text(parse_taper(t))),
         pacing=reader.flag("pacing", base.pacing),
+        direction=reader.choice("direction", DIRECTIONS, base.direction),
     )
     if not result.pacing and not result.tiers and not result.taper:
         raise reader.error(
@@ -297,6 +300,12 @@ def _metrics(reader: KeyReader) -> MetricsConfig:
     return metrics
 
 
+def _inbound(reader: KeyReader) -> InboundConfig:
+    enabled = reader.flag("enabled", InboundConfig.enabled)
+    reader.done()
+    return InboundConfig(enabled=enabled)
+
+
 def _history(reader: KeyReader) -> HistoryConfig:
     base = HistoryConfig()
     history = HistoryConfig(
@@ -363,10 +372,19 @@ def parse_config(data: object, source: str) -> Config:
         classifier=_classifier(top.sub("classifier")),
         history=_history(top.sub("history")),
         cgroups=_cgroups(top.sub("cgroups"), defaults),
+        inbound=_inbound(top.sub("inbound")),
         dry_run=top.flag("dry_run", base.dry_run),
         source=source,
     )
     top.done()
+    if not config.inbound.enabled:
+        for tc in TRAFFIC_CLASSES:
+            if config.defaults[tc].direction != "out":
+                raise top.error(
+                    f"{config.defaults[tc].direction!r} counts received bytes:"
+                    " it needs inbound.enabled: true",
+                    at=f"defaults.{tc}.direction",
+                )
     if (config.classifier.mode == "cgroup") != bool(config.cgroups.tenants):
         problem = (
             "classifier.mode cgroup needs cgroups.tenants (the patterns of the tenants it marks)"

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from bwenforcer.core.direction import parse_direction
 from bwenforcer.core.layout import (
     DEFAULT_XID,
     MAX_SHARE,
@@ -65,6 +66,7 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "tiers": "net_tiers",
         "taper": "net_taper",
         "pacing": "net_pacing",
+        "direction": "net_direction",
     },
     "exempt": {
         "min_rate": "net_i2_min_rate",
@@ -75,6 +77,7 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "tiers": "net_i2_tiers",
         "taper": "net_i2_taper",
         "pacing": "net_i2_pacing",
+        "direction": "net_i2_direction",
     },
 }
 RSPEC_ATTRIBUTES = frozenset(a for attrs in ATTRIBUTES.values() for a in attrs.values())
@@ -164,6 +167,7 @@ def resolve_policy(
                 f"slice {name}: {attrs['pacing']}: pacing off needs tiers or a taper"
                 " (else nothing caps)"
             )
+        direction = _direction(name, attrs["direction"], rspec, origin, base.direction)
         share_given = given("share")
         min_rate, max_rate, share = class_limits(
             min_rate, max_rate, base.share if share_given is None else share_given, cap
@@ -178,6 +182,7 @@ def resolve_policy(
             tiers=tiers,
             taper=taper,
             pacing=pacing,
+            direction=direction,
         )
     return policies["default"], policies["exempt"], origin
 
@@ -197,6 +202,22 @@ def _pacing(
     if flag is None:
         raise SliceError(f"slice {name}: {attribute}: {shown(value)} is not 1, 0, true or false")
     return flag
+
+
+def _direction(
+    name: str, attribute: str, rspec: Mapping[str, object], origin: dict[str, str], default: str
+) -> str:
+    """``net_direction`` / ``net_i2_direction``: what the budget counts, out, in or both."""
+    value = rspec.get(attribute)
+    origin[attribute] = "defaults" if value is None else "rspec"
+    if value is None:
+        return default
+    try:
+        return parse_direction(value)
+    except ValueError:
+        raise SliceError(
+            f"slice {name}: {attribute}: {shown(value)} is not out, in or both"
+        ) from None
 
 
 def _rule(

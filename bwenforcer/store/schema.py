@@ -22,7 +22,7 @@ from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -56,6 +56,7 @@ KINDS: Mapping[str, tuple[str, str]] = {
         "type(v) is str and (v == '' or _taper_ok(v))",
         "expected a taper such as '75%-100%:2mbit' (or '')",
     ),
+    "direction": ("v in ('out', 'in', 'both')", "expected 'out', 'in' or 'both'"),
 }
 
 
@@ -134,6 +135,9 @@ CLASS: tuple[Field, ...] = (
     Field("ceil_bps", "ceil_bps", "uint", "bit/s", view="ceil"),
     Field("capped", "capped", "bool"),
     Field("notified", "notified", "bool"),
+    Field("in_used_bytes", "in_used_bytes", "uint", "bytes"),
+    Field("in_last_counter_bytes", "in_last_counter_bytes", "uint", "bytes"),
+    Field("in_limit_bps", "in_limit_bps", "uint", "bit/s", view="in_limit"),
     Field("limit_bytes", "policy.limit_bytes", "uint", "bytes"),
     Field("threshold_bytes", "policy.threshold_bytes", "uint", "bytes"),
     Field("min_rate_bps", "policy.min_rate_bps", "uint", "bit/s", view="min_rate"),
@@ -142,6 +146,7 @@ CLASS: tuple[Field, ...] = (
     Field("tiers", "policy.tiers", "tiers"),
     Field("taper", "policy.taper", "taper"),
     Field("pacing", "policy.pacing", "bool"),
+    Field("direction", "policy.direction", "direction"),
 )
 
 # A ledger entry's class (an array, like LEDGER_ENTRY): CLASS's own fields, then the
@@ -307,7 +312,10 @@ def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
 
 _V4_ENTRY_KEYS = frozenset({"died_at", "slice"})
 _V4_SLICE_KEYS = frozenset({"name", "xid", "period_start", "period_end", "classes"})
-_V4_CLASS_KEYS = frozenset(f.key for f in CLASS)
+# schema 6 added these class keys (inbound usage and the budget's direction)
+_V6_OWN = {"in_used_bytes": 0, "in_last_counter_bytes": 0, "in_limit_bps": 0}
+_V6_POLICY = {"direction": "out"}
+_V4_CLASS_KEYS = frozenset(f.key for f in CLASS) - _V6_OWN.keys() - _V6_POLICY.keys()
 
 
 def _v4_entry(name: str, value: object, policies: dict[str, int], table: list[object]) -> object:
@@ -327,12 +335,12 @@ def _v4_entry(name: str, value: object, policies: dict[str, int], table: list[ob
         c = classes[tc]
         if not (isinstance(c, dict) and c.keys() == _V4_CLASS_KEYS):
             return value
-        policy = [c[f.key] for f in POLICY]
+        policy = [c[f.key] for f in _V5_POLICY]
         key = repr(policy)
         if key not in policies:
             policies[key] = len(table)
             table.append(policy)
-        arrays.append([*(c[f.key] for f in ENTRY_CLASS[:-1]), policies[key]])
+        arrays.append([*(c[f.key] for f in _V5_OWN), policies[key]])
     return [value["died_at"], st["xid"], st["period_start"], st["period_end"], *arrays]
 
 
@@ -350,6 +358,46 @@ def _v4_to_v5(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# schema 5's class fields: the ledger arrays of a schema-5 file have these, in order
+_V5_OWN = tuple(f for f in ENTRY_CLASS[:-1] if f.key not in _V6_OWN)
+_V5_POLICY = tuple(f for f in POLICY if f.key not in _V6_POLICY)
+
+
+def _v5_entry_class(value: object) -> object:
+    """A schema-5 ledger entry's class array with schema 6's inbound fields (0) put in
+    before its policy index; one not shaped as one is passed through.
+    """
+    if not isinstance(value, list) or len(value) != len(_V5_OWN) + 1:
+        return value
+    return [*value[:-1], *_V6_OWN.values(), value[-1]]
+
+
+def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 5 counted what slices send only: every class has received nothing
+    (inbound usage, counter and limit 0) and its budget counts ``out``.
+    """
+    out = {**data, "schema_version": 6}
+    if "slices" in data:  # the ledger is schema 5's arrays, not objects: below
+        added = {**_V6_OWN, **_V6_POLICY}
+        out["slices"] = _classes_with({"slices": data["slices"]}, added)["slices"]
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict):
+        policies = ledger.get("policies")
+        if isinstance(policies, list):
+            policies = [[*p, *_V6_POLICY.values()] if isinstance(p, list) else p for p in policies]
+        entries = ledger.get("entries")
+        if isinstance(entries, dict):
+            n_top = len(LEDGER_ENTRY) - len(TRAFFIC_CLASSES)
+            entries = {
+                name: [*e[:n_top], *(_v5_entry_class(c) for c in e[n_top:])]
+                if isinstance(e, list)
+                else e
+                for name, e in entries.items()
+            }
+        out["ledger"] = {**ledger, "policies": policies, "entries": entries}
+    return out
+
+
 # version N → a function turning a schema-N object into the next version's object (the
 # version it returns is the next one looked up)
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -358,6 +406,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     2: _v2_to_v3,
     3: _v3_to_v4,
     4: _v4_to_v5,
+    5: _v5_to_v6,
 }
 
 

@@ -444,3 +444,26 @@ def test_vanish_grace_defaults_to_two_intervals_or_ten_minutes() -> None:
     assert parse_config({"vanish_grace": "1h"}, "c.yaml").grace_s == 3600
     with pytest.raises(ConfigError, match="vanish_grace"):
         parse_config({"vanish_grace": "soon"}, "c.yaml")
+
+
+def test_inbound_is_off_by_default_and_a_direction_counting_it_needs_it_on() -> None:
+    assert not parse_config({}, "c.yaml").inbound.enabled
+    assert parse_config({}, "c.yaml").defaults["default"].direction == "out"
+    on = parse_config(
+        {"inbound": {"enabled": True}, "defaults": {"exempt": {"direction": "both"}}}, "c.yaml"
+    )
+    assert on.inbound.enabled and on.defaults["exempt"].direction == "both"
+    with pytest.raises(ConfigError) as info:
+        parse_config({"defaults": {"default": {"direction": "in"}}}, "c.yaml")
+    assert str(info.value) == (
+        "c.yaml: defaults.default.direction: 'in' counts received bytes:"
+        " it needs inbound.enabled: true"
+    )
+    with pytest.raises(ConfigError, match=r"c.yaml: defaults.default.direction: 'up' is not"):
+        parse_config({"defaults": {"default": {"direction": "up"}}}, "c.yaml")
+    with pytest.raises(ConfigError, match=r"c.yaml: inbound.enabled: 'yes' is not true or false"):
+        parse_config({"inbound": {"enabled": "yes"}}, "c.yaml")
+    with pytest.raises(
+        ConfigError, match=r"c.yaml: inbound: unknown key 'shaping'|inbound.shaping"
+    ):
+        parse_config({"inbound": {"shaping": True}}, "c.yaml")

@@ -700,3 +700,25 @@ def test_a_nan_record_is_logged_once_per_change_of_the_file(
     with caplog.at_level(logging.ERROR):
         load_slices_file(str(slices), config)
     assert len([r for r in caplog.records if "pl_a" in r.getMessage()]) == 1  # changed: again
+
+
+def test_the_budgets_direction_per_slice_and_class_over_the_config_default() -> None:
+    cfg = Config(
+        node_cap_bps=10_000_000,
+        bwmax_bps=100_000_000,
+        defaults={
+            "default": ClassDefaults(limit_bytes=10**9, direction="both"),
+            "exempt": ClassDefaults(limit_bytes=10**9),
+        },
+    )
+    default, exempt, origin = resolve_policy("pl_a", {}, cfg)
+    assert (default.direction, exempt.direction) == ("both", "out")
+    assert origin["net_direction"] == "defaults"
+    default, exempt, origin = resolve_policy(
+        "pl_a", {"net_direction": "in", "net_i2_direction": " Both "}, cfg
+    )
+    assert (default.direction, exempt.direction) == ("in", "both")
+    assert origin["net_i2_direction"] == "rspec"
+    with pytest.raises(SliceError) as info:
+        resolve_policy("pl_a", {"net_i2_direction": "down"}, cfg)
+    assert str(info.value) == "slice pl_a: net_i2_direction: down is not out, in or both"

@@ -172,7 +172,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 5
+    assert data["schema_version"] == SCHEMA_VERSION == 6
     assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
@@ -185,6 +185,9 @@ def test_json_layout_is_the_documented_one() -> None:
         "ceil_bps": 2_000_000,
         "capped": True,
         "notified": False,
+        "in_used_bytes": 0,
+        "in_last_counter_bytes": 0,
+        "in_limit_bps": 0,
         "limit_bytes": 5_000_000,
         "threshold_bytes": 4_000_000,
         "min_rate_bps": 8_000,
@@ -193,12 +196,13 @@ def test_json_layout_is_the_documented_one() -> None:
         "tiers": "",
         "taper": "",
         "pacing": True,
+        "direction": "out",
     }
     assert (data["grants"], data["audit"]) == (0, [])
     assert data["ledger"] == {
         "policies": [
-            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True],
-            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True],
+            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True, "out"],
+            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True, "out"],
         ],
         "entries": {
             "pl_dead0": [
@@ -206,8 +210,8 @@ def test_json_layout_is_the_documented_one() -> None:
                 3000,
                 NOW_S - 3600,
                 NOW_S + 82_800,
-                [99, 990, 2_000_000, True, False, 0],
-                [7, 77, 0, False, False, 1],
+                [99, 990, 2_000_000, True, False, 0, 0, 0, 0],
+                [7, 77, 0, False, False, 0, 0, 0, 1],
             ]
         },
     }
@@ -353,6 +357,7 @@ _DOC_TYPES = {
     "str": "string",
     "name": "string",
     "tiers": "string",
+    "direction": "string",
     "taper": "string",
     "what": "string",
     "traffic_class": "string",

@@ -31,6 +31,7 @@ from bwenforcer.core.plan import (
     PurgeLedger,
     RemoveClasses,
     Revive,
+    SetInboundLimit,
     SetRates,
 )
 from bwenforcer.core.planner import PlanParams, plan
@@ -163,6 +164,13 @@ KEYS = {
     "used_percent": "usage as a share of the limit",
     "rule": "the rule that sets the ceil",
     "writer": "state writer",
+    "in_used_bytes": "received this period",
+    "in_last_counter_bytes": "inbound counter seen last",
+    "in_delta_bytes": "received this cycle",
+    "in_limit": "inbound limit in force",
+    "in_old_limit": "inbound limit before the cycle",
+    "in_new_limit": "inbound limit after the cycle",
+    "direction": "what the budget counts",
 }
 
 
@@ -206,6 +214,7 @@ ALL_ACTIONS = (
     PurgeLedger("pl_c"),
     NewPeriod("pl_a", 1, NOW, NOW + 86_400),
     Notify("pl_a", 1, ("default", "exempt")),
+    SetInboundLimit("pl_a", 1, "default", None, 2_000_000),
 )
 
 
