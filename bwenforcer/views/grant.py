@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bwenforcer.core.direction import counted_bytes as direction_bytes
 from bwenforcer.core.grants import class_granted, counted_bytes, pruned
 from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import AuditEntry, ClassOp, ClassState, KernelSnapshot, SliceState, State
@@ -42,6 +43,7 @@ def grant(
     reason: str,
     until_s: int | None,
     now_s: int,
+    inbound: bool = False,
 ) -> Granted:
     """Grant ``size_bytes`` to each of a live slice's ``classes`` from ``now_s`` until
     ``until_s`` (None: the end of its period), kept in the audit.
@@ -64,7 +66,8 @@ def grant(
         tc = entry.traffic_class
         cs = st.cls(tc)
         kc = None if kernel is None else kernel.cls(tc)
-        counted = counted_bytes(cs.used_bytes, class_granted(audit, st.name, tc, now_s))
+        used = direction_bytes(cs, cs.policy, inbound)
+        counted = counted_bytes(used, class_granted(audit, st.name, tc, now_s))
         cs, op = rates_now(
             cs,
             kc,
@@ -74,6 +77,7 @@ def grant(
             counted_bytes=counted,
             period_end_s=st.period_end_s,
             now_s=now_s,
+            inbound=inbound,
         )
         if op is not None:
             ops.append(op)

@@ -261,6 +261,7 @@ def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
             status_json(state, fixed_snapshot(), units={"pl_heavy": "heavy.scope"}),
             frozenset(),
         ),
+        "status (inbound)": (status_json(state, fixed_snapshot(), inbound=True), frozenset()),
         "ledger": (ledger_json(state), frozenset()),
         "show": (show_json(heavy_report(), NOW), frozenset({".origin"})),
         "show (cgroup)": (
