@@ -372,6 +372,7 @@ def run_show(args: argparse.Namespace) -> int:
         history=_last_day(config, report.name, now),
         unit=None if unit is None else unit.unit,
         cgroup=None if unit is None else unit.path,
+        inbound=config.inbound.enabled,
     )
     if args.json:
         _print_json(show_json(report, now))

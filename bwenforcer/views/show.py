@@ -64,6 +64,7 @@ class SliceReport:
     unit: str | None = None  # a cgroup tenant's unit (nginx.service), as the tree has it now
     cgroup: str | None = None  # and its cgroup, below the cgroup2 mount
     audit: tuple[AuditEntry, ...] = ()  # its grants and resets kept in the state
+    inbound: bool = False  # inbound accounting on: both directions are shown
 
     @property
     def status(self) -> str:
@@ -224,6 +225,17 @@ def _show_class_json(c: ShowClass, projection: Projection | None) -> dict[str, A
     }
 
 
+def _inbound_json(c: ShowClass) -> dict[str, Any]:
+    """A class's inbound keys (with inbound accounting on)."""
+    cs = c.state
+    return {
+        "direction": c.policy.direction,
+        "in_used_bytes": None if cs is None else cs.in_used_bytes,
+        "in_limit": None if cs is None else cs.in_limit_bps or None,
+        "in_last_counter_bytes": None if cs is None else cs.in_last_counter_bytes,
+    }
+
+
 def show_json(report: SliceReport, now_s: int) -> dict[str, Any]:
     """``show --json``: the slice, its classes, attribute origins, ledger entry and history."""
     st = _shown_state(report)
@@ -239,6 +251,7 @@ def show_json(report: SliceReport, now_s: int) -> dict[str, Any]:
         "kernel_available": report.kernel_available,
         "classes": {
             c.traffic_class: _show_class_json(c, ahead.get(c.traffic_class))
+            | (_inbound_json(c) if report.inbound else {})
             for c in show_classes(report)
         },
         "origin": None if report.desired is None else dict(sorted(report.desired.origin.items())),
@@ -255,11 +268,13 @@ def utc(instant_s: int) -> str:
     return dt.datetime.fromtimestamp(instant_s, dt.UTC).strftime("%Y-%m-%d %H:%MZ")
 
 
-def _used_text(c: ShowClass) -> str:
+def _used_text(c: ShowClass, inbound: bool = False) -> str:
     if c.state is None:
         return "-"
-    view = class_view(c.state, c.traffic_class, None)
-    return f"{human_size(view.used_bytes)} ({view.percent}% of the limit)"
+    view = class_view(c.state, c.traffic_class, None, inbound)
+    if not inbound:
+        return f"{human_size(view.used_bytes)} ({view.percent}% of the limit)"
+    return f"{human_size(view.used_bytes)} sent ({view.percent}% of the limit, {view.direction})"
 
 
 def _kernel_text(c: ShowClass, available: bool) -> str:
@@ -290,7 +305,9 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         return f"{text} ({c.origin[field]})" if field in c.origin else text
 
     cells = {
-        "used": _used_text,
+        "used": lambda c: _used_text(c, report.inbound),
+        "received": lambda c: "-" if c.state is None else human_size(c.state.in_used_bytes),
+        "direction": lambda c: attr("direction", c.policy.direction, c),
         "limit": lambda c: attr("limit", human_size(c.policy.limit_bytes), c),
         "threshold": lambda c: attr("threshold", human_size(c.policy.threshold_bytes), c),
         "min rate": lambda c: attr("min_rate", human_rate(c.policy.min_rate_bps), c),
@@ -300,6 +317,7 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         "taper": lambda c: attr("taper", c.policy.taper or "-", c),
         "pacing": lambda c: attr("pacing", "on" if c.policy.pacing else "off", c),
         "ceil": lambda c: ceil_text(c.ceil_bps),
+        "in limit": lambda c: "-" if c.state is None else ceil_text(c.state.in_limit_bps or None),
         "capped": lambda c: "yes" if c.state is not None and c.state.capped else "no",
         "notified": lambda c: "yes" if c.state is not None and c.state.notified else "no",
         "baseline": lambda c: "-" if c.state is None else human_size(c.state.last_counter_bytes),
@@ -313,6 +331,9 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         "tiers": any(c.policy.tiers for c in classes),
         "taper": any(c.policy.taper for c in classes),
         "pacing": any(not c.policy.pacing for c in classes),
+        "received": report.inbound,
+        "direction": report.inbound,
+        "in limit": report.inbound,
     }
     return [r for r in rows if shown.get(r[0], True)]
 

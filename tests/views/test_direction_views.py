@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from bwenforcer.core.model import (
     ClassPolicy,
     ClassRates,
@@ -76,3 +78,17 @@ def test_status_shows_both_directions_with_inbound_on_and_todays_table_without()
     off = status_json(state, _snapshot(CAP))
     assert "in_used_bytes" not in off["slices"][0]["classes"]["default"]
     assert "RECEIVED" not in status_table(state, _snapshot(CAP), NOW, fit=False)
+
+
+def test_show_gives_both_directions_with_inbound_on() -> None:
+    from bwenforcer.views.show import find_slice, show_json, show_text
+
+    state = _state("both", used=300_000, in_used=600_000)
+    report = dataclasses.replace(find_slice(state, (), "pl_a"), inbound=True)  # type: ignore[arg-type]
+    cls = show_json(report, NOW)["classes"]["default"]
+    assert (cls["direction"], cls["in_used_bytes"], cls["in_limit"]) == ("both", 600_000, 100_000)
+    page = show_text(report, NOW)
+    assert "90% of the limit, both" in page and "received" in page and "in limit" in page
+    today = find_slice(state, (), "pl_a")
+    assert today is not None and "received" not in show_text(today, NOW)
+    assert "in_used_bytes" not in show_json(today, NOW)["classes"]["default"]

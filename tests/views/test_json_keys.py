@@ -264,6 +264,10 @@ def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
         "status (inbound)": (status_json(state, fixed_snapshot(), inbound=True), frozenset()),
         "ledger": (ledger_json(state), frozenset()),
         "show": (show_json(heavy_report(), NOW), frozenset({".origin"})),
+        "show (inbound)": (
+            show_json(replace(heavy_report(), inbound=True), NOW),
+            frozenset({".origin"}),
+        ),
         "show (cgroup)": (
             show_json(
                 replace(heavy_report(), unit="heavy.scope", cgroup="m.slice/heavy.scope"), NOW
