@@ -195,6 +195,18 @@ class AgentMetrics:
             for slice_name, xid, tc, values in samples:
                 family.add_metric([slice_name, xid, tc], values[index])
             yield family
+        both = list(direction_samples(snap.latest))
+        if both:
+            for index, (name, text) in enumerate(DIRECTION_GAUGES):
+                family = GaugeMetricFamily(
+                    f"bwenforcer_slice_{name}",
+                    f"{text}, per slice, class and direction",
+                    labels=["slice", "xid", "class", "direction"],
+                )
+                for slice_name, xid, tc, direction, pair in both:
+                    if pair[index] is not None:
+                        family.add_metric([slice_name, xid, tc, direction], pair[index])
+                yield family
         for name, kind, text, cycle_samples in cycle_families(snap):
             metric = Metric(name, text, kind)
             for sample_name, labels, value in cycle_samples:
@@ -346,6 +358,38 @@ def slice_samples(
                 ),
             )
             yield st.name, xid, tc, values
+
+
+# With inbound accounting on, two per-slice families labelled by ``direction`` (``out``,
+# ``in``) besides the families above, which keep their series and meaning (what is
+# sent): (name, help, value index in direction_samples).
+DIRECTION_GAUGES = (
+    ("transferred_bytes", "Bytes transferred this period (out: sent, in: received)"),
+    (
+        "rate_limit_bytes_per_second",
+        "Rate limit in force (out: the HTB ceil, in: the inbound limit; no sample: none)",
+    ),
+)
+
+
+def direction_samples(
+    latest: CycleResult | None,
+) -> Iterator[tuple[str, str, TrafficClass, str, tuple[float, float | None]]]:
+    """``(slice, xid, class, direction, values of DIRECTION_GAUGES)`` of every class of
+    the latest cycle, both directions, if it was planned with inbound accounting on
+    (none otherwise; a value None: no sample).
+    """
+    if latest is None:
+        return
+    for planned in latest.plan.live:
+        if not planned.inbound:
+            return  # one plan: inbound on for every slice or for none
+        st = planned.state
+        xid = str(st.xid)
+        for tc, cs in (("default", st.default), ("exempt", st.exempt)):
+            yield st.name, xid, tc, "out", (cs.used_bytes, cs.ceil_bps / 8)  # type: ignore[misc]
+            limit = cs.in_limit_bps / 8 if cs.in_limit_bps else None
+            yield st.name, xid, tc, "in", (cs.in_used_bytes, limit)  # type: ignore[misc]
 
 
 class HourRates:
