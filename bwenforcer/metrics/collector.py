@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from bwenforcer.core.direction import counted_bytes as direction_bytes
 from bwenforcer.core.grants import NO_GRANT, counted_bytes, granted_bytes
 from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import ClassState
@@ -351,7 +352,9 @@ def slice_samples(
                 granted_in_force,
                 exhausted_at_s(
                     limit_bytes=policy.limit_bytes,
-                    counted_bytes=counted_bytes(cs.used_bytes, granted_in_force),
+                    counted_bytes=counted_bytes(
+                        direction_bytes(cs, policy, planned.inbound), granted_in_force
+                    ),
                     rate_bytes_per_s=bytes_per_s,
                     now_s=now_s,
                     period_end_s=st.period_end_s,
@@ -393,7 +396,8 @@ def direction_samples(
 
 
 class HourRates:
-    """Each live slice's sending rate over the last whole hour the agent observed.
+    """Each live slice's rate over the last whole hour the agent observed (of the usage
+    its budget counts: what is sent, with inbound accounting on what its direction says).
 
     Every slice shares one window: when an hour has passed since its start, each
     slice's rate is the usage added since then over the time passed (from its new
@@ -416,7 +420,11 @@ class HourRates:
         rates: dict[str, tuple[float, float]] = {}
         for planned in result.plan.live:
             st = planned.state
-            now_used = (st.period_start_s, st.default.used_bytes, st.exempt.used_bytes)
+            now_used = (
+                st.period_start_s,
+                direction_bytes(st.default, st.default.policy, planned.inbound),
+                direction_bytes(st.exempt, st.exempt.policy, planned.inbound),
+            )
             used[st.name] = now_used
             before = self._used.get(st.name)
             if self._start_s is None or before is None:
