@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bwenforcer.core.layout import BARE_MARK_MODES
+from bwenforcer.core.direction import counted_bytes as direction_bytes
+from bwenforcer.core.layout import BARE_MARK_MODES, TrafficClass
 from bwenforcer.core.model import (
     BootClock,
+    ClassState,
     DesiredSet,
     KernelOp,
     KernelSnapshot,
@@ -100,18 +102,25 @@ def make_notifier(
     host = hostname(config)
     budget = cycle_budget(config.mail, mail_clock)
 
-    def notify(action: Notify, st: SliceState) -> None:
-        classes = tuple(
-            CappedClass(
-                traffic_class=tc,
-                used_bytes=st.cls(tc).used_bytes,
-                limit_bytes=st.cls(tc).policy.limit_bytes,
-                threshold_bytes=st.cls(tc).policy.threshold_bytes,
-                ceil_bps=st.cls(tc).ceil_bps,
-                max_rate_bps=st.cls(tc).policy.max_rate_bps,
-            )
-            for tc in action.classes
+    inbound = config.inbound.enabled
+
+    def capped(cs: ClassState, tc: TrafficClass) -> CappedClass:
+        direction = cs.policy.direction if inbound else "out"
+        return CappedClass(
+            traffic_class=tc,
+            used_bytes=direction_bytes(cs, cs.policy, inbound),
+            limit_bytes=cs.policy.limit_bytes,
+            threshold_bytes=cs.policy.threshold_bytes,
+            # a budget of received bytes alone caps the inbound limit, not the ceil
+            ceil_bps=cs.in_limit_bps if direction == "in" and cs.in_limit_bps else cs.ceil_bps,
+            max_rate_bps=cs.policy.max_rate_bps,
+            direction=direction,
+            sent_bytes=cs.used_bytes,
+            received_bytes=cs.in_used_bytes,
         )
+
+    def notify(action: Notify, st: SliceState) -> None:
+        classes = tuple(capped(st.cls(tc), tc) for tc in action.classes)
         notice = Notice(
             st.name, st.xid, st.period_start_s, st.period_end_s, classes, unit_of(st.name)
         )

@@ -43,6 +43,9 @@ CLASS_FIELDS = frozenset(
         "used_up",
         "used_up_human",
         "advice",
+        "direction",
+        "sent",
+        "received",
     }
 )
 PACKAGED_TEMPLATE = "templates/notice.txt"

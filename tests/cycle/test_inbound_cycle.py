@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bwenforcer.core.inbound import ClassKey, InboundLimit, InboundSnapshot
+from bwenforcer.core.units import human_rate
 from bwenforcer.cycle.agent import Agent, load_desired
 from bwenforcer.errors import KernelError
 from bwenforcer.inputs.config import load_config
@@ -62,7 +63,7 @@ class MemInbound:
         return refused
 
 
-def _config(tmp: Path, enabled: bool = True) -> Path:
+def _config(tmp: Path, enabled: bool = True, mail: str = "") -> Path:
     (tmp / "slices.yaml").write_text(
         "slices:\n"
         "  - {name: pl_in, xid: 10, rspec: {net_max_kbyte: 200, net_thresh_kbyte: 100,"
@@ -76,7 +77,7 @@ def _config(tmp: Path, enabled: bool = True) -> Path:
         f"device: va\nnode_cap: 10mbit\nbwmax: 100mbit\nperiod: 1h\n"
         f"state_file: {tmp}/state.json\nslices_file: {tmp}/slices.yaml\n"
         "lock_timeout: 5s\nvanish_grace: 0s\nmetrics: {listen: null}\n"
-        f"inbound: {{enabled: {'true' if enabled else 'false'}}}\n"
+        f"inbound: {{enabled: {'true' if enabled else 'false'}}}\n{mail}"
     )
     return cfg
 
@@ -164,3 +165,23 @@ def test_with_inbound_off_the_port_is_not_touched(pair: NetnsPair, tmp_path: Pat
     agent = Agent(config, clock=Clock(T0), netns=pair.a.name, inbound=port)
     result = agent.cycle(load_desired(config))
     assert result.result == "ok" and port.dumps == 0 and port.counters == {}
+
+
+def test_the_notice_says_which_direction_capped(pair: NetnsPair, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    mail = f"mail: {{transport: spool, operators: [ops@example.org], spool: {{dir: {spool}}}}}\n"
+    config = load_config(str(_config(tmp_path, mail=mail)))
+    init_tree(pair, config)
+    port = MemInbound()
+    clock = Clock(T0)
+    agent = Agent(config, clock=clock, netns=pair.a.name, inbound=port)
+    agent.cycle(load_desired(config))
+    port.counters[(10, "default")] = 150_000
+    clock.now += 60
+    result = agent.cycle(load_desired(config))
+    assert result.outcome is not None and result.outcome.mails_sent == 1, result.failures
+    (message,) = [p.read_text() for p in spool.iterdir() if "pl_in" in p.read_text()]
+    limit = port.limits[(10, "default")]
+    assert "received since the period began:  146KiB (budget 200KiB" in message
+    assert f"new bandwidth limit (ceil):   {human_rate(limit)}" in message
