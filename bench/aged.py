@@ -21,7 +21,8 @@ from pathlib import Path
 
 from bench.launch import launched
 from bwenforcer.core.settings import HistoryConfig
-from bwenforcer.history.file import FORMAT_VERSION, write_history
+from bwenforcer.history.fold import write_history
+from bwenforcer.history.format import FORMAT_VERSION
 from bwenforcer.history.recorder import HistoryRecorder
 from bwenforcer.history.usage import DAY_S, HOUR_S, CycleUsage, History, SliceHistory
 

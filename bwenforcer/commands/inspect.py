@@ -325,7 +325,7 @@ def _desired(config: Config) -> tuple[DesiredSlice, ...]:
 def _last_day(config: Config, name: str, now: int) -> tuple[ReportRow, ...]:
     """The slice's hourly usage over the last 24 h, or none (said on stderr) if unreadable."""
     from bwenforcer.errors import Error
-    from bwenforcer.history.file import HistoryReader
+    from bwenforcer.history.reader import HistoryReader
     from bwenforcer.history.usage import DAY_S, slice_report
 
     try:

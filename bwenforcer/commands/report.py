@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from bwenforcer.commands.inspect import now_s
     from bwenforcer.errors import ExitCode
-    from bwenforcer.history.file import HistoryReader
+    from bwenforcer.history.reader import HistoryReader
     from bwenforcer.history.usage import bucket_report
     from bwenforcer.inputs.config import load_config
     from bwenforcer.views.report import JSON_KEYS, json_chunks, row_json, table_lines

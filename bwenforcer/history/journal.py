@@ -1,6 +1,6 @@
 """Usage history, the journal: one checksummed record per cycle, appended beside the file.
 
-A cycle does not rewrite the history file (:mod:`.historyfile`): it appends its
+A cycle does not rewrite the history file (:mod:`.format`): it appends its
 usage to a journal beside it (``<file>.journal``), one record per cycle holding
 only the slices that sent something or are capped, so a cycle costs what it
 recorded, however old and large the history. Readers replay the journal onto
@@ -8,7 +8,7 @@ the file. The journal names the generation of the file it extends: once folded
 in, the file's generation moves on, and a journal whose generation is not the
 file's was already folded in (the writer stopped between the two steps) and is
 ignored. When it is folded in, and which records are cut off, is
-:mod:`.historyrecorder`'s::
+:mod:`.recorder`'s::
 
     journal  "BWHJ"  u16 version (2)  u16 generation of the file it extends
     record   u32 payload length, u32 CRC-32 of the payload, then the payload:

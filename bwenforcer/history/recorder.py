@@ -3,7 +3,7 @@
 A cycle appends its usage to the journal (:mod:`.journal`). Once a day (the
 first cycle of a UTC day, when buckets become due to roll up) or when the
 journal outgrows a quarter of the file, the journal is folded in: the file
-(:mod:`.file`) is rewritten slice by slice with its generation incremented and
+(:mod:`.format`) is rewritten slice by slice with its generation incremented and
 a new, empty journal is started for that generation. A cycle appends its record
 before it saves its state; the next cycle cuts the record off if that save
 never happened (see :meth:`HistoryRecorder.record`), so the history and the
@@ -22,12 +22,8 @@ from collections.abc import Callable, Collection
 from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.errors import HistoryError
 from bwenforcer.files.atomic import FileIdentity, disk_full, file_identity, open_own, replace_file
-from bwenforcer.history.file import (
-    DEPARTED_MAX_SLICES,
-    file_generation,
-    fold_history,
-    make_history_dir,
-)
+from bwenforcer.history.decode import file_generation
+from bwenforcer.history.fold import DEPARTED_MAX_SLICES, fold_history, make_history_dir
 from bwenforcer.history.journal import (
     JOURNAL_HEADER_BYTES,
     JOURNAL_VERSION,
@@ -130,7 +126,7 @@ class HistoryRecorder:
         Called once that cycle's state is saved (its record is then a saved cycle's),
         after the cycle's limits are applied: the fold's duration delays neither.
         ``live``: the names of the saved state's slices and ledger entries (see
-        :func:`~.file.fold_history`: the others keep their monthly totals only).
+        :func:`~.fold.fold_history`: the others keep their monthly totals only).
         HistoryError (the history as it was) if it cannot be written.
         """
         now_s, self._fold_at = self._fold_at, None

@@ -10,12 +10,13 @@ older than ``daily_keep`` into their UTC month, and drops months older than
 ``keep`` ago. Day and month buckets also keep their busiest hour's total
 (default + exempt): the peak hour. A deleted slice's history stays, by name,
 until it ages out; once it left the ledger too, the fold keeps only its months
-(:func:`~.file.fold_history`). Idle slices cost nothing: a cycle with no bytes and no
+(:func:`~.fold.fold_history`). Idle slices cost nothing: a cycle with no bytes and no
 capped time adds no bucket.
 
 Pure: time is passed in, nothing is read or written. The file is
-:mod:`.historyfile`, the per-cycle journal :mod:`.historyjournal`, and the
-cycle's writer :mod:`.historyrecorder`.
+:mod:`.format` (decoded by :mod:`.decode`, read by :mod:`.reader`, written and folded
+by :mod:`.fold`), the per-cycle journal :mod:`.journal`, and the
+cycle's writer :mod:`.recorder`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ at import, with exec, like :func:`bwenforcer.core.model.fast_init`):
   None at the first doubt;
 - the strict decoder, a loop over the tables naming the JSON path of the first
   problem in one line (run where the fast one gave up).
+
+The ledger's compact entries, in each of these forms, are :mod:`.ledgercodec`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable, Mapping
-from operator import attrgetter
 from typing import Any
 
 from bwenforcer.core.grants import MAX_AUDIT
@@ -32,18 +33,24 @@ from bwenforcer.core.model import (
     State,
     ordered_ledger,
 )
+from bwenforcer.store.ledgercodec import (
+    _CHECKS,
+    _JSON_BOOL,
+    _POLICY,
+    LedgerEncoder,
+    _object,
+    _Policies,
+    ledger_file_json,
+    ledger_from,
+)
 from bwenforcer.store.schema import (
     AUDIT_ENTRY,
     AUDIT_KEYS,
     CLASS,
     CLASS_KEYS,
     CLASSES_KEYS,
-    ENTRY_CLASS,
     KIND_SCOPE,
     KINDS,
-    LEDGER_ENTRY,
-    LEDGER_KEYS,
-    POLICY,
     SCHEMA_VERSION,
     SLICE,
     SLICE_KEYS,
@@ -57,9 +64,6 @@ from bwenforcer.store.schema import (
     migrate,
     slice_dict_maker,
 )
-
-_POLICY = "policy."  # CLASS attributes on the class's ClassPolicy
-_JSON_BOOL = {False: "false", True: "true"}
 
 
 def _top_value(f: Field, state: State, now_s: int) -> object:
@@ -75,32 +79,6 @@ def _top_value(f: Field, state: State, now_s: int) -> object:
 
 _class_dict = class_dict_maker("_class_dict")
 _slice_dict = slice_dict_maker("_slice_dict", _class_dict)
-_ENTRY_GET = tuple(attrgetter(f.attr) for f in LEDGER_ENTRY)
-_ENTRY_CLASS_GET = tuple(attrgetter(f.attr) for f in ENTRY_CLASS[:-1])
-_POLICY_GET = tuple(attrgetter(f.attr.removeprefix(_POLICY)) for f in POLICY)
-_POLICY_NAMES = tuple(p.name for p in dataclasses.fields(ClassPolicy))
-
-
-def ledger_file_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
-    """The state file's ``ledger`` object (schema.LEDGER): each entry an array, its
-    classes' policies by index into ``policies`` (in the order of first use).
-    """
-    index: dict[ClassPolicy, int] = {}
-    table: list[list[object]] = []
-    entries: dict[str, list[object]] = {}
-    for name, entry in ledger.items():
-        values: list[object] = []
-        for f, get in zip(LEDGER_ENTRY, _ENTRY_GET, strict=True):
-            value = get(entry)
-            if f.kind == "entry_class":
-                at = index.get(value.policy)
-                if at is None:
-                    at = index[value.policy] = len(table)
-                    table.append([g(value.policy) for g in _POLICY_GET])
-                value = [*(g(value) for g in _ENTRY_CLASS_GET), at]
-            values.append(value)
-        entries[name] = values
-    return {"policies": table, "entries": entries}
 
 
 def ledger_view(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
@@ -222,17 +200,7 @@ class StateEncoder:
         self._slices: dict[int, tuple[SliceState, bytes]] = {}
         self._heads: dict[tuple[object, ...], str] = {}
         self._policies: dict[int, tuple[ClassPolicy, str]] = {}  # by id: kept alive here
-        # Each ledger entry's text with the entry it was made from: an entry waits
-        # unchanged (the very object) until it expires or is revived, so a cycle
-        # does not encode its ledger again (40,000 entries: 0.3 s a cycle).
-        self._ledger: dict[str, tuple[LedgerEntry, bytes]] = {}
-        # the whole ledger's text with the mapping it was made from: a cycle where no
-        # entry came or went hands the very mapping on, and nothing is looked at
-        self._ledger_whole: tuple[object, bytes] | None = None
-        # the ledger's policies (schema.LEDGER): each one's index and text, kept with the
-        # entries' texts that name them by index (started over when they pile up)
-        self._ledger_policies: dict[ClassPolicy, int] = {}
-        self._ledger_policy_texts: list[str] = []
+        self._ledger = LedgerEncoder()  # the ledger's text, kept across encodes
 
     def encode(self, state: State, now_s: int) -> bytes:
         """The state file's bytes (without the final newline)."""
@@ -255,10 +223,7 @@ class StateEncoder:
             if f.kind == "slices":
                 out += (b"{", b",".join(parts), b"}")
             elif f.kind == "ledger":
-                whole = self._ledger_whole
-                if whole is None or whole[0] is not state.ledger:
-                    whole = self._ledger_whole = (state.ledger, self._ledger_text(state))
-                out.append(whole[1])
+                out.append(self._ledger.encode(state.ledger))
             elif f.kind == "missing":
                 out.append(json.dumps({str(x): s for x, s in state.missing.items()}).encode())
             elif f.kind == "audit":
@@ -268,52 +233,6 @@ class StateEncoder:
                 out.append(json.dumps(_top_value(f, state, now_s)).encode())
         out.append(b"}")
         return b"".join(out)
-
-    def _ledger_text(self, state: State) -> bytes:
-        """The ledger object's text (:func:`ledger_file_json`), each entry's ``"name":[…]``
-        kept from the last encode when the entry is the very object it was made from.
-        """
-        if len(self._ledger_policy_texts) > _MAX_LEDGER_POLICIES:
-            self._ledger, self._ledger_policies, self._ledger_policy_texts = {}, {}, []
-        kept, fresh = self._ledger, {}
-        texts = []
-        for name, entry in state.ledger.items():
-            hit = kept.get(name)
-            if hit is None or hit[0] is not entry:
-                hit = (entry, f"{json.dumps(name)}:{self._entry_text(entry)}".encode())
-            fresh[name] = hit
-            texts.append(hit[1])
-        self._ledger = fresh  # entries gone from the ledger are forgotten
-        policies = ",".join(self._ledger_policy_texts)
-        entries = b",".join(texts)
-        return b'{"policies":[' + policies.encode() + b'],"entries":{' + entries + b"}}"
-
-    def _entry_text(self, entry: LedgerEntry) -> str:
-        """An entry's array (schema.LEDGER_ENTRY; the order is held to ledger_file_json's by
-        a test): died_at, xid, period, then each class's ENTRY_CLASS array.
-        """
-        st = entry.slice
-        d, e = st.default, st.exempt
-        return (
-            f"[{entry.died_s},{st.xid},{st.period_start_s},{st.period_end_s},"
-            f"[{d.used_bytes},{d.last_counter_bytes},{d.ceil_bps},{_JSON_BOOL[d.capped]},"
-            f"{_JSON_BOOL[d.notified]},{self._policy_at(d.policy)}],"
-            f"[{e.used_bytes},{e.last_counter_bytes},{e.ceil_bps},{_JSON_BOOL[e.capped]},"
-            f"{_JSON_BOOL[e.notified]},{self._policy_at(e.policy)}]]"
-        )
-
-    def _policy_at(self, policy: ClassPolicy) -> int:
-        at = self._ledger_policies.get(policy)
-        if at is None:
-            at = self._ledger_policies[policy] = len(self._ledger_policy_texts)
-            values = [g(policy) for g in _POLICY_GET]
-            self._ledger_policy_texts.append(json.dumps(values, separators=(",", ":")))
-        return at
-
-
-# the ledger's policies an encoder keeps before it starts its table over (each policy
-# change of the slices file adds its new policies)
-_MAX_LEDGER_POLICIES = 1024
 
 
 def _compile_encoder() -> None:
@@ -328,23 +247,6 @@ _compile_encoder()
 
 
 # --- the strict decoder ------------------------------------------------------------------
-
-_CHECKS = {
-    kind: (eval(f"lambda v: {expr}", dict(KIND_SCOPE)), problem)
-    for kind, (expr, problem) in KINDS.items()
-}
-
-
-def _object(value: object, keys: frozenset[str], source: str, path: str) -> dict[str, Any]:
-    if type(value) is not dict:
-        raise corrupt(source, path, "expected an object")
-    if value.keys() != keys:
-        missing = sorted(keys - value.keys())
-        if missing:
-            raise corrupt(source, path, f"missing key {missing[0]!r}")
-        unknown = sorted(str(k) for k in value.keys() - keys)
-        raise corrupt(source, path, f"unknown key {unknown[0]!r}")
-    return value
 
 
 def _scalar(f: Field, d: dict[str, Any], source: str, path: str) -> Any:
@@ -448,7 +350,6 @@ def _slice_fast(d, policies):
 """
 
 
-_Policies = dict[tuple[object, ...], ClassPolicy]
 _FAST: dict[str, Any] = {
     "ClassPolicy": ClassPolicy,
     "ClassState": ClassState,
@@ -490,7 +391,7 @@ def state_from_json(data: object, source: str) -> State:
                 slices[st.xid] = st
             found[f.attr] = slices
         elif f.kind == "ledger":
-            found[f.attr] = ordered_ledger(_ledger_from(value, policies, source, f.key))
+            found[f.attr] = ordered_ledger(ledger_from(value, policies, source, f.key))
         elif f.kind == "missing":
             found[f.attr] = _missing_from(value, source, f.key)
         elif f.kind == "audit":
@@ -512,140 +413,6 @@ def _missing_from(value: dict[str, Any], source: str, path: str) -> dict[int, in
             raise corrupt(source, f"{path}.{key}", "expected a non-negative integer")
         out[int(key)] = since
     return out
-
-
-def _ledger_from(
-    value: dict[str, Any], policies: _Policies, source: str, path: str
-) -> dict[str, LedgerEntry]:
-    d = _object(value, LEDGER_KEYS, source, path)
-    raw = d["policies"]
-    if type(raw) is not list:
-        raise corrupt(source, f"{path}.policies", "expected a list")
-    table = [_policy_from(p, policies, source, f"{path}.policies[{i}]") for i, p in enumerate(raw)]
-    entries = d["entries"]
-    if type(entries) is not dict:
-        raise corrupt(source, f"{path}.entries", "expected an object")
-    fast = _entry_fast
-    return {
-        name: fast(name, e, table) or _entry_from(name, e, table, source, f"{path}.entries.{name}")
-        for name, e in entries.items()
-    }
-
-
-def _items(value: object, fields: tuple[Field, ...], source: str, path: str) -> list[Any]:
-    """The checked values of an array of ``fields`` (the strict decoder's)."""
-    if type(value) is not list or len(value) != len(fields):
-        raise corrupt(source, path, f"expected a list of {len(fields)} values")
-    out = []
-    for i, f in enumerate(fields):
-        v = value[i]
-        where = f"{path}[{i}]"
-        check, problem = _CHECKS[f.kind]
-        if not check(v):
-            raise corrupt(source, where, problem)
-        if f.max is not None and v > f.max:
-            raise corrupt(source, where, f"{v} out of range 0..{f.max}")
-        if f.after and v < value[[g.key for g in fields].index(f.after)]:
-            raise corrupt(source, where, f"before {f.after}")
-        out.append(v)
-    return out
-
-
-def _policy_from(value: object, policies: _Policies, source: str, path: str) -> ClassPolicy:
-    found = dict(
-        zip(
-            (f.attr.removeprefix(_POLICY) for f in POLICY),
-            _items(value, POLICY, source, path),
-            strict=True,
-        )
-    )
-    key = tuple(found[n] for n in _POLICY_NAMES)
-    policy = policies.get(key)
-    if policy is None:
-        policy = policies[key] = ClassPolicy(*key)
-    return policy
-
-
-_ENTRY_SCALARS = tuple(f for f in LEDGER_ENTRY if f.kind != "entry_class")
-
-
-def _entry_class_from(
-    value: object, table: list[ClassPolicy], source: str, path: str
-) -> ClassState:
-    values = _items(value, ENTRY_CLASS, source, path)
-    *own, at = values
-    if at >= len(table):
-        raise corrupt(
-            source, f"{path}[{len(own)}]", f"policy {at} not in the ledger's {len(table)}"
-        )
-    kw = dict(zip((f.attr for f in ENTRY_CLASS[:-1]), own, strict=True))
-    return ClassState(policy=table[at], **kw)
-
-
-def _entry_from(
-    name: str, value: object, table: list[ClassPolicy], source: str, path: str
-) -> LedgerEntry:
-    """A ledger entry (schema.LEDGER_ENTRY), or StateCorrupt naming it and the problem."""
-    if name == "":
-        raise corrupt(source, path, "expected a non-empty slice name")
-    if type(value) is not list or len(value) != len(LEDGER_ENTRY):
-        raise corrupt(source, path, f"expected a list of {len(LEDGER_ENTRY)} values")
-    _items(value[: len(_ENTRY_SCALARS)], _ENTRY_SCALARS, source, path)
-    found: dict[str, Any] = {"name": name}
-    died_s = 0
-    for i, f in enumerate(LEDGER_ENTRY):
-        if f.kind == "entry_class":
-            found[f.attr.removeprefix("slice.")] = _entry_class_from(
-                value[i], table, source, f"{path}[{i}]"
-            )
-        elif f.attr == "died_s":
-            died_s = value[i]
-        else:
-            found[f.attr.removeprefix("slice.")] = value[i]
-    return LedgerEntry(SliceState(**found), died_s)
-
-
-def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
-    if type(c) is not list or len(c) != 6:
-        return None
-    used, last, ceil, capped, notified, at = c
-    if (
-        type(used) is int
-        and used >= 0
-        and type(last) is int
-        and last >= 0
-        and type(ceil) is int
-        and ceil >= 0
-        and type(capped) is bool
-        and type(notified) is bool
-        and type(at) is int
-        and 0 <= at < len(table)
-    ):
-        return ClassState(table[at], used, last, ceil, capped, notified)
-    return None
-
-
-def _entry_fast(name: str, value: object, table: list[ClassPolicy]) -> LedgerEntry | None:
-    """A sound ledger entry, or None (the strict decoder then names the problem)."""
-    if type(value) is not list or len(value) != 6 or name == "":
-        return None
-    died, xid, start, end, d, e = value
-    if not (
-        type(died) is int
-        and died >= 0
-        and type(xid) is int
-        and 0 <= xid <= DEFAULT_XID
-        and type(start) is int
-        and start >= 0
-        and type(end) is int
-        and end >= start
-    ):
-        return None
-    cd = _entry_class_fast(d, table)
-    ce = _entry_class_fast(e, table)
-    if cd is None or ce is None:
-        return None
-    return LedgerEntry(SliceState(name, xid, start, end, cd, ce), died)
 
 
 def _audit_from(value: object, source: str, path: str) -> tuple[AuditEntry, ...]:

@@ -1,7 +1,8 @@
 """The state file's shape, written once: the field table, the schema version, migrations.
 
 Every other description of the state is derived from the tables below: the key
-sets and decoders and the hand encoder of :mod:`bwenforcer.store.codec`, the dict
+sets and decoders and the hand encoder of :mod:`bwenforcer.store.codec` (and
+:mod:`bwenforcer.store.ledgercodec`, the ledger's), the dict
 form of ``state show --json``, the slice objects of ``sync --json``
 (:mod:`bwenforcer.views.plan`), and docs/state-format.md's key table (a test
 compares them).

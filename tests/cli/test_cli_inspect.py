@@ -22,7 +22,7 @@ from bwenforcer.cli import main
 from bwenforcer.commands.inspect import NOW_ENV, operator_name
 from bwenforcer.core.model import ClassOp, ClassRates
 from bwenforcer.core.settings import Config
-from bwenforcer.history.file import save_history
+from bwenforcer.history.fold import save_history
 from bwenforcer.history.usage import CycleUsage, History
 from bwenforcer.inputs.config import load_config
 from bwenforcer.store.state import StateStore

@@ -13,7 +13,7 @@ import pytest
 from bwenforcer.cli import main
 from bwenforcer.commands.inspect import NOW_ENV
 from bwenforcer.core.settings import HistoryConfig
-from bwenforcer.history.file import save_history
+from bwenforcer.history.fold import save_history
 from bwenforcer.history.usage import CycleUsage, History
 from bwenforcer.inputs.config import load_config
 from bwenforcer.views.report import JSON_KEYS

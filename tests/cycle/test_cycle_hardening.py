@@ -12,7 +12,7 @@ from bwenforcer.core.plan import MoveToLedger
 from bwenforcer.core.settings import Config
 from bwenforcer.cycle.agent import Agent, load_desired
 from bwenforcer.errors import StateError
-from bwenforcer.history.file import read_history
+from bwenforcer.history.reader import read_history
 from bwenforcer.inputs.config import load_config
 from bwenforcer.kernel.htb import HtbBackend
 from bwenforcer.store.state import StateStore

@@ -116,7 +116,7 @@ def test_lifecycle_on_the_kernel_ledger_revive_reinit_and_period_end(
     assert abs(tc_ceils(pair.a, "va")["1:100a"] - expected) <= max(8, expected // 100)
     assert result.result == "ok"
     # every cycle's deltas went into the usage history as well
-    from bwenforcer.history.file import load_history
+    from bwenforcer.history.reader import load_history
 
     rows = load_history(config.history_file).report("day", None, "pl_small")
     assert sum(r.default_bytes for r in rows) == used

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bwenforcer.history.file import read_history
+from bwenforcer.history.reader import read_history
 from bwenforcer.store.state import StateStore
 from tests.kernel_helpers import VENV_BIN, bwenforcer_in, mark_all_to
 from tests.netns import Netns

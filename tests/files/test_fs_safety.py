@@ -22,7 +22,7 @@ import pytest
 
 from bwenforcer.core.settings import Config
 from bwenforcer.errors import DeliveryError, Error, StateError
-from bwenforcer.history.file import save_history
+from bwenforcer.history.fold import save_history
 from bwenforcer.history.usage import History
 from bwenforcer.inputs.slices import load_slices_file
 from bwenforcer.mail.transport import make_transport
@@ -313,7 +313,7 @@ from bwenforcer.cycle.agent import Agent
 from bwenforcer.inputs.config import Config
 from bwenforcer.errors import Error
 from bwenforcer.history.usage import CycleUsage, History
-from bwenforcer.history.file import save_history
+from bwenforcer.history.fold import save_history
 from bwenforcer.history.recorder import HistoryRecorder
 from bwenforcer.inputs.config import HistoryConfig
 from bwenforcer.metrics.exposition import write_textfile

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from bwenforcer.core.settings import HistoryConfig
-from bwenforcer.history.file import FORMAT_VERSION, HistoryReader, read_history, save_history
+from bwenforcer.history.fold import save_history
+from bwenforcer.history.format import FORMAT_VERSION
 from bwenforcer.history.journal import encode_cycle, journal_header, journal_path
+from bwenforcer.history.reader import HistoryReader, read_history
 from bwenforcer.history.recorder import HistoryRecorder
 from bwenforcer.history.usage import (
     DAY_S,

@@ -20,20 +20,18 @@ from hypothesis import strategies as st
 from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.errors import HistoryCorrupt, HistoryError
 from bwenforcer.files.atomic import move_aside
-from bwenforcer.history import file as historyfile
-from bwenforcer.history.file import (
+from bwenforcer.history import format as historyformat
+from bwenforcer.history.decode import decode_history
+from bwenforcer.history.fold import save_history
+from bwenforcer.history.format import (
     FORMAT_VERSION,
     HEADER_BYTES,
     MAX_BYTES_PER_SLICE,
-    HistoryReader,
-    decode_history,
     encode_history,
-    load_history,
     max_bytes_per_slice,
-    read_history,
-    save_history,
     size_bytes,
 )
+from bwenforcer.history.reader import HistoryReader, load_history, read_history
 from bwenforcer.history.usage import CycleUsage, History, ReportRow, SliceHistory, slice_report
 from tests.history import golden
 
@@ -258,7 +256,7 @@ def test_the_bound_holds_for_ever_and_is_near_tight() -> None:
 
 
 def test_documented_bound_matches_the_constant() -> None:
-    doc = historyfile.__doc__ or ""
+    doc = historyformat.__doc__ or ""
     assert f"MAX_BYTES_PER_SLICE`` = {MAX_BYTES_PER_SLICE:,} bytes" in doc
     assert max_bytes_per_slice(HistoryConfig()) == MAX_BYTES_PER_SLICE
     per_year = re.search(r"at most ([\d,]+) bytes per slice for the first year", doc)
@@ -487,7 +485,7 @@ def test_corrupt_file_is_moved_aside_and_history_starts_empty(
         read_history(str(path))
     assert path.read_bytes() == raw  # reading alone moves nothing
     stamp_s = 1_790_000_000.0  # 2026-09-21T14:13:20Z
-    with caplog.at_level(logging.ERROR, logger="bwenforcer.history.file"):
+    with caplog.at_level(logging.ERROR, logger="bwenforcer.history.reader"):
         loaded = load_history(str(path), clock=lambda: stamp_s)
     assert loaded.slice_names() == []
     aside = tmp_path / "h.corrupt-20260921T141320Z"

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from bwenforcer.core.settings import HistoryConfig
-from bwenforcer.history.file import fold_history, read_history
+from bwenforcer.history.fold import fold_history
+from bwenforcer.history.reader import read_history
 from bwenforcer.history.recorder import HistoryRecorder
 from bwenforcer.history.usage import DAY_S, HOUR_S, CycleUsage, roll_up_cutoffs
 

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.errors import UnsafePath
-from bwenforcer.history.file import decode_history, read_history, save_history
+from bwenforcer.history.decode import decode_history
+from bwenforcer.history.fold import save_history
 from bwenforcer.history.journal import encode_cycle, journal_path
+from bwenforcer.history.reader import read_history
 from bwenforcer.history.recorder import HistoryRecorder
 from bwenforcer.history.usage import CycleUsage, History
 

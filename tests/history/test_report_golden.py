@@ -71,7 +71,7 @@ def test_reports_equal_the_golden_ones(tmp_path: Path) -> None:
 
 def test_reports_equal_the_golden_ones_after_the_fold_to_version_2(tmp_path: Path) -> None:
     from bwenforcer.core.settings import HistoryConfig
-    from bwenforcer.history.file import FORMAT_VERSION
+    from bwenforcer.history.format import FORMAT_VERSION
     from bwenforcer.history.recorder import HistoryRecorder
 
     cfg = make_config(tmp_path)
@@ -89,7 +89,7 @@ def test_reports_equal_the_golden_ones_from_a_version_2_file_and_its_journal(
 ) -> None:
     """By month a version 2 file is read from its months and month sums alone, with
     the journal's hours added to them (some of them hours the file has too)."""
-    from bwenforcer.history.file import save_history
+    from bwenforcer.history.fold import save_history
 
     cfg = make_config(tmp_path)
     history_file = load_config(str(cfg)).history_file

@@ -39,6 +39,7 @@ from bwenforcer.store.codec import (
     state_from_json,
     state_to_json,
 )
+from bwenforcer.store.ledgercodec import LedgerEncoder
 from bwenforcer.store.schema import (
     AUDIT_ENTRY,
     CLASS,
@@ -1066,7 +1067,7 @@ def test_encoder_encodes_a_waiting_ledger_entry_once(mocker: MockerFixture) -> N
     }
     state = State(state.slices, entries)
     first = encoder.encode(state, NOW_S)
-    spy = mocker.spy(StateEncoder, "_entry_text")
+    spy = mocker.spy(LedgerEncoder, "_entry_text")
     assert encoder.encode(state, NOW_S) == first
     assert spy.call_count == 0
     entries = {**entries, "pl_dead1": LedgerEntry(entries["pl_dead1"].slice, NOW_S + 1)}
@@ -1147,9 +1148,9 @@ def test_a_schema_4_ledger_entry_not_shaped_as_one_is_named_after_migration() ->
 def test_the_encoders_ledger_policies_start_over_when_they_pile_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from bwenforcer.store import codec
+    from bwenforcer.store import ledgercodec
 
-    monkeypatch.setattr(codec, "_MAX_LEDGER_POLICIES", 2)
+    monkeypatch.setattr(ledgercodec, "_MAX_LEDGER_POLICIES", 2)
     encoder = StateEncoder()
     state = make_state(1)
     for limit in range(1, 8):  # each cycle, the dead slice's policy changed

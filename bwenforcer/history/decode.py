@@ -1,0 +1,317 @@
+"""Usage history, the binary file decoded (see :mod:`.format` for its layout): a
+file opened and read slice by slice, checked as it goes (:class:`HistoryFile`,
+either format version), a whole file's bytes parsed, a file's generation.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from bwenforcer.errors import HistoryCorrupt, HistoryError
+from bwenforcer.files.atomic import open_own, read_own
+from bwenforcer.history.format import (
+    _CHUNK_BYTES,
+    _COUNTS,
+    _COUNTS_V1,
+    _CRC,
+    _DAY,
+    _HEADER,
+    _HEADER_V1,
+    _HOUR,
+    _PLACE,
+    _PREFIX,
+    _SLICE,
+    FORMAT_VERSION,
+    HEADER_BYTES,
+    MAGIC,
+    _hour_rows,
+    _tiers,
+)
+from bwenforcer.history.usage import History, SliceHistory, add_hours, add_hours_to_sums, merge_row
+
+
+def decode_history(data: bytes, source: str) -> History:
+    """Parse a whole file's bytes; :class:`HistoryCorrupt` names ``source`` and the problem."""
+    with HistoryFile(io.BytesIO(data), source, len(data)) as hf:
+        return History.from_slices(dict(hf.slices()), hf.generation)
+
+
+class _Reader:
+    """Walks a slice's bytes, raising HistoryCorrupt on any inconsistency."""
+
+    def __init__(self, body: memoryview, source: str, base: int) -> None:
+        self.body = body
+        self.source = source
+        self.base = base  # the body's offset in the file, for messages
+        self.offset = 0
+
+    def take(self, size: int) -> memoryview:
+        if self.offset + size > len(self.body):
+            raise HistoryCorrupt(f"{self.source}: truncated at byte {self.base + self.offset}")
+        chunk = self.body[self.offset : self.offset + size]
+        self.offset += size
+        return chunk
+
+    def unpack(self, shape: struct.Struct) -> tuple[int, ...]:
+        return shape.unpack(self.take(shape.size))
+
+    def name(self) -> str:
+        (length,) = self.unpack(_SLICE)
+        try:
+            return bytes(self.take(length)).decode()
+        except UnicodeDecodeError as exc:
+            raise HistoryCorrupt(f"{self.source}: slice name is not UTF-8") from exc
+
+    def tier(self, shape: struct.Struct, count: int, name: str, what: str) -> dict[int, list[int]]:
+        tier: dict[int, list[int]] = {}
+        previous = -1
+        for key, *row in shape.iter_unpack(self.take(count * shape.size)):
+            if key <= previous:
+                raise HistoryCorrupt(f"{self.source}: slice {name}: {what} out of order")
+            previous = key
+            tier[key] = row
+        return tier
+
+    def slice_counts(self, shape: struct.Struct = _COUNTS) -> tuple[str, tuple[int, ...]]:
+        name = self.name()
+        return name, self.unpack(shape)
+
+    def records(self, name: str, counts: tuple[int, ...]) -> SliceHistory:
+        """The slice's tiers (its month sums, version 2, are skipped: derived data)."""
+        n_hours, n_days, n_months = counts[:3]
+        sh = SliceHistory()
+        sh.hours = self.tier(_HOUR, n_hours, name, "hours")
+        sh.days = self.tier(_DAY, n_days, name, "days")
+        sh.months = self.tier(_DAY, n_months, name, "months")
+        if len(counts) > 3:
+            self.take(counts[3] * _DAY.size)
+        return sh
+
+
+def _records_bytes(counts: tuple[int, ...]) -> int:
+    return counts[0] * _HOUR.size + sum(counts[1:]) * _DAY.size
+
+
+class HistoryFile:
+    """A history file opened to be read slice by slice (either format version).
+
+    Opening it reads the header and the index (version 1: checks the whole file's
+    checksum, reading it in chunks); each slice is read, checked and parsed when
+    it is asked for. HistoryCorrupt names the source and the problem.
+    """
+
+    def __init__(self, f: BinaryIO, source: str, size: int) -> None:
+        self.f = f
+        self.source = source
+        self.size = size
+        prefix = self._read(0, _PREFIX.size, "header")
+        magic, self.version, self.generation = _PREFIX.unpack(prefix)
+        if magic != MAGIC:
+            raise HistoryCorrupt(f"{source}: not a bwenforcer history file")
+        # version 2: (name, offset, length) per slice, in name order; version 1: None
+        self.index: list[tuple[str, int, int]] | None = None
+        self.last_hours: list[int] = []  # version 2: each slice's last hour, as the index
+        if self.version == FORMAT_VERSION:
+            self._read_index()
+        elif self.version == 1:
+            self._check_v1()
+        else:
+            raise HistoryCorrupt(
+                f"{source}: format version {self.version}, expected {FORMAT_VERSION} (or 1)"
+            )
+
+    def __enter__(self) -> HistoryFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.f.close()
+
+    def _read(self, offset: int, size: int, what: str) -> bytes:
+        self.f.seek(offset)
+        data = self.f.read(size)
+        if len(data) != size:
+            raise HistoryCorrupt(f"{self.source}: truncated {what} at byte {offset}")
+        return data
+
+    def _read_index(self) -> None:
+        _, _, _, count, index_at, crc = _HEADER.unpack(self._read(0, _HEADER.size, "header"))
+        if not HEADER_BYTES <= index_at <= self.size:
+            raise HistoryCorrupt(f"{self.source}: index offset {index_at} out of the file")
+        data = self._read(index_at, self.size - index_at, "index")
+        if zlib.crc32(data) != crc:
+            raise HistoryCorrupt(f"{self.source}: index checksum mismatch")
+        reader = _Reader(memoryview(data), self.source, index_at)
+        index: list[tuple[str, int, int]] = []
+        expected, previous = HEADER_BYTES, b""
+        for _ in range(count):
+            name = reader.name()
+            offset, length, last = reader.unpack(_PLACE)
+            self.last_hours.append(last)
+            raw = name.encode()
+            if index and raw <= previous:
+                raise HistoryCorrupt(f"{self.source}: slice {name} out of order in the index")
+            if offset != expected:
+                raise HistoryCorrupt(f"{self.source}: slice {name}: block not where expected")
+            previous, expected = raw, offset + length
+            index.append((name, offset, length))
+        if reader.offset != len(data) or expected != index_at:
+            raise HistoryCorrupt(f"{self.source}: index does not match the slices")
+        self.index = index
+        self.names = [name for name, _, _ in index]
+
+    def _check_v1(self) -> None:
+        _, _, _, self.count_v1, crc = _HEADER_V1.unpack(self._read(0, _HEADER_V1.size, "header"))
+        running = 0
+        self.f.seek(_HEADER_V1.size)
+        while chunk := self.f.read(_CHUNK_BYTES):
+            running = zlib.crc32(chunk, running)
+        if running != crc:
+            raise HistoryCorrupt(f"{self.source}: checksum mismatch")
+
+    def _block(self, name: str, offset: int, length: int) -> SliceHistory:
+        data = self._read(offset, length, f"slice {name}")
+        if length < _CRC.size or zlib.crc32(data[_CRC.size :]) != _CRC.unpack_from(data)[0]:
+            raise HistoryCorrupt(f"{self.source}: slice {name}: checksum mismatch")
+        reader = _Reader(memoryview(data)[_CRC.size :], self.source, offset + _CRC.size)
+        found, counts = reader.slice_counts()
+        if found != name:
+            raise HistoryCorrupt(f"{self.source}: slice {name}: block holds {found}")
+        sh = reader.records(name, counts)
+        if reader.offset != length - _CRC.size:
+            raise HistoryCorrupt(f"{self.source}: slice {name}: bytes after its records")
+        return sh
+
+    def raw_block(self, name: str, offset: int, length: int) -> bytes:
+        """A version 2 slice's block after its checksum, checked (not parsed)."""
+        data = self._read(offset, length, f"slice {name}")
+        body = data[_CRC.size :]
+        if length < _CRC.size or zlib.crc32(body) != _CRC.unpack_from(data)[0]:
+            raise HistoryCorrupt(f"{self.source}: slice {name}: checksum mismatch")
+        raw = name.encode()
+        at = _SLICE.size + len(raw)
+        if body[:at] != _SLICE.pack(len(raw)) + raw or len(body) < at + _COUNTS.size:
+            raise HistoryCorrupt(f"{self.source}: slice {name}: block holds another")
+        if len(body) != at + _COUNTS.size + _records_bytes(_COUNTS.unpack_from(body, at)):
+            raise HistoryCorrupt(f"{self.source}: slice {name}: counts do not match its block")
+        return body
+
+    def slices(self) -> Iterator[tuple[str, SliceHistory]]:
+        """Each slice, in name order, read one at a time."""
+        if self.index is not None:
+            for name, offset, length in self.index:
+                yield name, self._block(name, offset, length)
+            return
+        yield from self._slices_v1()
+
+    def _slices_v1(self) -> Iterator[tuple[str, SliceHistory]]:
+        offset, previous = _HEADER_V1.size, None
+        for _ in range(self.count_v1):
+            head = self.f
+            head.seek(offset)
+            length = head.read(1)
+            if not length:
+                raise HistoryCorrupt(f"{self.source}: truncated at byte {offset}")
+            size = _SLICE.size + length[0] + _COUNTS_V1.size
+            reader = _Reader(memoryview(self._read(offset, size, "slice")), self.source, offset)
+            name, counts = reader.slice_counts(_COUNTS_V1)
+            if previous is not None and name.encode() <= previous.encode():
+                raise HistoryCorrupt(f"{self.source}: slice {name} out of order")
+            previous = name
+            body = self._read(offset + size, _records_bytes(counts), f"slice {name}")
+            offset += size + len(body)
+            yield name, _Reader(memoryview(body), self.source, offset).records(name, counts)
+        if offset != self.size:
+            raise HistoryCorrupt(f"{self.source}: {self.size - offset} bytes after the end")
+
+    def months(self, name: str, hours: dict[int, list[int]]) -> dict[int, list[int]] | None:
+        """Version 2: the slice ``name``'s months (its months tier and month sums: the
+        rest of its records are not decoded), with ``hours`` of the journal added;
+        None if it is not in the file.
+        """
+        assert self.index is not None
+        i = bisect.bisect_left(self.names, name)
+        if i == len(self.names) or self.names[i] != name:
+            return None
+        return self._months(self.raw_block(*self.index[i]), hours)
+
+    def month_slices(
+        self, journal: dict[str, dict[int, list[int]]]
+    ) -> Iterator[tuple[str, dict[int, list[int]] | SliceHistory]]:
+        """Version 2: each slice's months (see :meth:`months`), with the journal's hours;
+        a slice of the journal alone as its buckets, in name order.
+        """
+        assert self.index is not None
+        pending = sorted(journal, key=str.encode, reverse=True)
+        for name, offset, length in self.index:
+            encoded = name.encode()
+            while pending and pending[-1].encode() < encoded:
+                yield pending[-1], _fresh(journal[pending.pop()])
+            hours = journal[pending.pop()] if pending and pending[-1] == name else {}
+            yield name, self._months(self.raw_block(name, offset, length), hours)
+        for new in reversed(pending):
+            yield new, _fresh(journal[new])
+
+    @staticmethod
+    def _months(body: bytes, hours: dict[int, list[int]]) -> dict[int, list[int]]:
+        _, (packed_h, _, packed_m, packed_s) = _tiers(body)
+        acc = {key: row for key, *row in _DAY.iter_unpack(packed_m)}
+        for key, *row in _DAY.iter_unpack(packed_s):
+            merge_row(acc, key, row)
+        add_hours_to_sums(acc, _hour_rows(packed_h, sorted(hours)), hours)
+        return acc
+
+    def find(self, name: str) -> SliceHistory | None:
+        """The slice ``name``'s buckets (version 2: reading only them); None if absent."""
+        if self.index is None:
+            return next((sh for found, sh in self._slices_v1() if found == name), None)
+        i = bisect.bisect_left(self.names, name)
+        if i == len(self.names) or self.names[i] != name:
+            return None
+        return self._block(*self.index[i])
+
+
+def _open_file(path: str) -> HistoryFile | None:
+    """The history file ``path`` opened for reading; None if there is none."""
+    try:
+        fd = open_own(path, os.O_RDONLY, "history file")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HistoryError(f"{path}: cannot read history: {exc.strerror or exc}") from exc
+    f = os.fdopen(fd, "rb", buffering=_CHUNK_BYTES)
+    try:
+        return HistoryFile(f, path, os.fstat(fd).st_size)
+    except OSError as exc:
+        f.close()
+        raise HistoryError(f"{path}: cannot read history: {exc.strerror or exc}") from exc
+    except BaseException:
+        f.close()
+        raise
+
+
+def _fresh(hours: dict[int, list[int]]) -> SliceHistory:
+    sh = SliceHistory()
+    add_hours(sh, hours)
+    return sh
+
+
+def file_generation(path: str) -> int | None:
+    """The generation in the header of the history file ``path``; None without a
+    usable file (missing, or not a history file's header).
+    """
+    try:
+        header = read_own(path, "history file", _PREFIX.size)
+    except FileNotFoundError:
+        return None
+    if len(header) < _PREFIX.size or header[:4] != MAGIC:
+        return None
+    return _PREFIX.unpack(header)[2]
