@@ -146,9 +146,11 @@ class LedgerEncoder:
         return (
             f"[{entry.died_s},{st.xid},{st.period_start_s},{st.period_end_s},"
             f"[{d.used_bytes},{d.last_counter_bytes},{d.ceil_bps},{_JSON_BOOL[d.capped]},"
-            f"{_JSON_BOOL[d.notified]},{self._policy_at(d.policy)}],"
+            f"{_JSON_BOOL[d.notified]},{d.in_used_bytes},{d.in_last_counter_bytes},"
+            f"{d.in_limit_bps},{self._policy_at(d.policy)}],"
             f"[{e.used_bytes},{e.last_counter_bytes},{e.ceil_bps},{_JSON_BOOL[e.capped]},"
-            f"{_JSON_BOOL[e.notified]},{self._policy_at(e.policy)}]]"
+            f"{_JSON_BOOL[e.notified]},{e.in_used_bytes},{e.in_last_counter_bytes},"
+            f"{e.in_limit_bps},{self._policy_at(e.policy)}]]"
         )
 
     def _policy_at(self, policy: ClassPolicy) -> int:
@@ -256,9 +258,9 @@ def _entry_from(
 
 
 def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
-    if type(c) is not list or len(c) != 6:
+    if type(c) is not list or len(c) != 9:
         return None
-    used, last, ceil, capped, notified, at = c
+    used, last, ceil, capped, notified, in_used, in_last, in_limit, at = c
     if (
         type(used) is int
         and used >= 0
@@ -268,10 +270,16 @@ def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
         and ceil >= 0
         and type(capped) is bool
         and type(notified) is bool
+        and type(in_used) is int
+        and in_used >= 0
+        and type(in_last) is int
+        and in_last >= 0
+        and type(in_limit) is int
+        and in_limit >= 0
         and type(at) is int
         and 0 <= at < len(table)
     ):
-        return ClassState(table[at], used, last, ceil, capped, notified)
+        return ClassState(table[at], used, last, ceil, capped, notified, in_used, in_last, in_limit)
     return None
 
 

@@ -110,12 +110,35 @@ def class_states(draw: st.DrawFn) -> ClassState:
             tiers=draw(TIERS),
             taper=draw(TAPERS),
             pacing=draw(st.booleans()),
+            direction=draw(st.sampled_from(["out", "in", "both"])),
         ),
         draw(counts),
         draw(counts),
         draw(counts),
         draw(st.booleans()),
         draw(st.booleans()),
+        draw(counts),
+        draw(counts),
+        draw(counts),
+    )
+
+
+def without_inbound(state: State) -> State:
+    """``state`` as a file before schema 6 would hold it: nothing received, budgets out."""
+
+    def cls(cs: ClassState) -> ClassState:
+        policy = dataclasses.replace(cs.policy, direction="out")
+        return dataclasses.replace(
+            cs, policy=policy, in_used_bytes=0, in_last_counter_bytes=0, in_limit_bps=0
+        )
+
+    def sl(st: SliceState) -> SliceState:
+        return dataclasses.replace(st, default=cls(st.default), exempt=cls(st.exempt))
+
+    return dataclasses.replace(
+        state,
+        slices={x: sl(st) for x, st in state.slices.items()},
+        ledger={n: dataclasses.replace(e, slice=sl(e.slice)) for n, e in state.ledger.items()},
     )
 
 
@@ -393,9 +416,23 @@ def test_the_documented_key_table_is_the_state_table() -> None:
 # --- migrations -------------------------------------------------------------------------
 
 
+_V6_KEYS = ("in_used_bytes", "in_last_counter_bytes", "in_limit_bps", "direction")
+
+
+def before_v6(data: dict[str, Any]) -> dict[str, Any]:
+    """A state document in the view form (schema 4's ledger) without what schema 6 added
+    to every class (inbound usage and the budget's direction): an older file's shape.
+    """
+    for sl in [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]:
+        for cls in sl["classes"].values():
+            for key in _V6_KEYS:
+                cls.pop(key, None)
+    return data
+
+
 def v0_document(state: State) -> dict[str, Any]:
     """What a schema-0 (pre-release) file looked like: no writer, older class key names."""
-    data = state_to_json(state, NOW_S, view=True)
+    data = before_v6(state_to_json(state, NOW_S, view=True))
     data["schema_version"] = 0
     del data["writer"], data["grants"], data["audit"]
     slices = [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]
@@ -801,9 +838,9 @@ def test_a_ledger_entry_round_trips_every_field_in_its_compact_form(
     for name, entry in loaded.ledger.items():
         assert dataclasses.astuple(entry) == dataclasses.astuple(state.ledger[name])
     # and through schema 4's form (state show --json), migrated
-    v4 = state_to_json(state, now_s, view=True)
+    v4 = before_v6(state_to_json(state, now_s, view=True))
     v4["schema_version"] = 4
-    assert state_from_json(v4, "state.json").ledger == state.ledger
+    assert state_from_json(v4, "state.json").ledger == without_inbound(state).ledger
 
 
 def test_encoder_re_encodes_a_changed_slice_even_with_the_same_xid() -> None:
@@ -966,7 +1003,7 @@ def test_any_saved_state_passes_check_and_loads(tmp_path_factory: Any, state: St
 
 
 def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
-    v1 = state_to_json(make_state(2), NOW_S, view=True)
+    v1 = before_v6(state_to_json(make_state(2), NOW_S, view=True))
     del v1["resets"], v1["grants"], v1["audit"]
     v1["schema_version"] = 1
     for cls in v1["slices"]["1"]["classes"].values():
@@ -978,7 +1015,7 @@ def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
 
 def test_migration_from_schema_2_knows_no_clock_reference() -> None:
     state = dataclasses.replace(make_state(2), boot_id="b1", boottime_s=50, clock_ref_s=NOW_S)
-    v2 = state_to_json(state, NOW_S, view=True)
+    v2 = before_v6(state_to_json(state, NOW_S, view=True))
     state = dataclasses.replace(state, missing={1: NOW_S - 60})
     for key in ("boot_id", "boottime_s", "clock_ref_at", "missing"):
         del v2[key]
@@ -991,7 +1028,7 @@ def test_migration_from_schema_2_knows_no_clock_reference() -> None:
 
 def test_migration_to_schema_4_paces_every_class_as_before() -> None:
     """Schema 3 had no tiers and no taper: every class, live or in the ledger, gets none."""
-    v3 = state_to_json(make_state(2), NOW_S, view=True)
+    v3 = before_v6(state_to_json(make_state(2), NOW_S, view=True))
     v3["schema_version"] = next(k for k, f in MIGRATIONS.items() if f is _v3_to_v4)
     del v3["grants"], v3["audit"]
     for sl in [*v3["slices"].values(), *(e["slice"] for e in v3["ledger"].values())]:
@@ -1081,10 +1118,11 @@ BAD_ENTRIES = [
     ((0,), -1, f"{_ENTRY}[0]: expected a non-negative integer"),
     ((1,), 0x1000, f"{_ENTRY}[1]: 4096 out of range 0..4095"),
     ((3,), 0, f"{_ENTRY}[3]: before period_start"),
-    ((4,), {}, f"{_ENTRY}[4]: expected a list of 6 values"),
+    ((4,), {}, f"{_ENTRY}[4]: expected a list of 9 values"),
     ((4, 3), 1, f"{_ENTRY}[4][3]: expected true or false"),
     ((5, 0), "7", f"{_ENTRY}[5][0]: expected a non-negative integer"),
-    ((5, 5), 9, f"{_ENTRY}[5][5]: policy 9 not in the ledger's 2"),
+    ((5, 5), -3, f"{_ENTRY}[5][5]: expected a non-negative integer"),
+    ((5, 8), 9, f"{_ENTRY}[5][8]: policy 9 not in the ledger's 2"),
 ]
 
 
@@ -1138,7 +1176,7 @@ def test_a_ledger_entry_takes_at_most_200_bytes_at_typical_values() -> None:
 
 
 def test_a_schema_4_ledger_entry_not_shaped_as_one_is_named_after_migration() -> None:
-    v4 = state_to_json(make_state(1), NOW_S, view=True)
+    v4 = before_v6(state_to_json(make_state(1), NOW_S, view=True))
     v4["schema_version"] = 4
     v4["ledger"]["pl_dead0"]["slice"]["name"] = "pl_other"
     with pytest.raises(StateCorrupt, match=r"ledger\.entries\.pl_dead0: expected a list of 6"):
@@ -1161,3 +1199,25 @@ def test_the_encoders_ledger_policies_start_over_when_they_pile_up(
         data = json.loads(encoder.encode(state, NOW_S))
         assert len(data["ledger"]["policies"]) <= 4
         assert state_from_json(data, "state.json").ledger == state.ledger
+
+
+def test_migration_to_schema_6_receives_nothing_and_counts_what_is_sent() -> None:
+    """A schema-5 file (live classes and compact ledger entries without inbound fields,
+    policies without a direction) loads with inbound usage 0 and every budget ``out``."""
+    v5 = state_to_json(make_state(2), NOW_S)
+    v5["schema_version"] = 5
+    for sl in v5["slices"].values():
+        for cls in sl["classes"].values():
+            for key in _V6_KEYS:
+                del cls[key]
+    v5["ledger"]["policies"] = [p[:-1] for p in v5["ledger"]["policies"]]
+    for entry in v5["ledger"]["entries"].values():
+        entry[4:] = [[*c[:5], c[8]] for c in entry[4:]]
+    before = copy.deepcopy(v5)
+    migrated = MIGRATIONS[5](v5)
+    assert v5 == before and migrated["schema_version"] == 6
+    loaded = state_from_json(v5, "old.json")
+    assert loaded == saved(make_state(2))
+    for st in [*loaded.slices.values(), *(e.slice for e in loaded.ledger.values())]:
+        for cs in (st.default, st.exempt):
+            assert (cs.in_used_bytes, cs.in_limit_bps, cs.policy.direction) == (0, 0, "out")
