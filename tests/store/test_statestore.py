@@ -1218,6 +1218,6 @@ def test_migration_to_schema_6_receives_nothing_and_counts_what_is_sent() -> Non
     assert v5 == before and migrated["schema_version"] == 6
     loaded = state_from_json(v5, "old.json")
     assert loaded == saved(make_state(2))
-    for st in [*loaded.slices.values(), *(e.slice for e in loaded.ledger.values())]:
-        for cs in (st.default, st.exempt):
+    for sl in [*loaded.slices.values(), *(e.slice for e in loaded.ledger.values())]:
+        for cs in (sl.default, sl.exempt):
             assert (cs.in_used_bytes, cs.in_limit_bps, cs.policy.direction) == (0, 0, "out")
