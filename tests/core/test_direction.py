@@ -279,7 +279,10 @@ def test_each_directions_rate_is_the_policy_tables(
         desired(want), snapshot(kslice(10, out_b)), first.state, ON, now, inbound=inb(10, in_b)
     )
     cs = second.state.slices[10].default
-    counted = (out_b if direction != "in" else 0) + (in_b if direction != "out" else 0)
+    # from the state: at the period's end the usage starts again from 0
+    counted = (cs.used_bytes if direction != "in" else 0) + (
+        cs.in_used_bytes if direction != "out" else 0
+    )
     rule = rate_rule(pol, CAP_BPS, BWMIN_BPS)
     ways = 2 if direction == "both" else 1
     (row,) = ceil_table(rule, (counted,), now, second.state.slices[10].period_end_s, ways)

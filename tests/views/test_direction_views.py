@@ -92,3 +92,24 @@ def test_show_gives_both_directions_with_inbound_on() -> None:
     today = find_slice(state, (), "pl_a")
     assert today is not None and "received" not in show_text(today, NOW)
     assert "in_used_bytes" not in show_json(today, NOW)["classes"]["default"]
+
+
+def test_the_policy_table_and_explain_give_a_budget_counting_both_half_the_spread() -> None:
+    from bwenforcer.views.explain import explain_view
+    from bwenforcer.views.policy import policy_view
+    from bwenforcer.views.show import find_slice
+
+    state = _state("both", used=300_000, in_used=600_000)
+    p = state.slices[10].default.policy
+    caps = {"default": CAP, "exempt": BWMAX}
+    args = {"bwmin_bps": BWMIN, "now_s": NOW, "period_end_s": NOW + 3600}
+    one = policy_view("pl_a", 10, {"default": p, "exempt": p}, caps, **args)
+    two = policy_view("pl_a", 10, {"default": p, "exempt": p}, caps, inbound=True, **args)
+    at_threshold = [r for r in one.classes[0].rows if r.used_bytes == 800_000]
+    halved = [r for r in two.classes[0].rows if r.used_bytes == 800_000]
+    assert halved[0].ceil_bps == max(BWMIN, at_threshold[0].ceil_bps // 2 // 8 * 8)
+    report = dataclasses.replace(find_slice(state, (), "pl_a"), inbound=True)  # type: ignore[arg-type]
+    view = explain_view(report, caps, bwmin_bps=BWMIN, now_s=NOW)
+    default = view.classes[0]
+    assert default.counted_bytes == 900_000
+    assert "shared by sending and receiving" in default.why
