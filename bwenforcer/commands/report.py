@@ -107,11 +107,20 @@ def run(args: argparse.Namespace) -> int:
     from bwenforcer.history.reader import HistoryReader
     from bwenforcer.history.usage import bucket_report
     from bwenforcer.inputs.config import load_config
-    from bwenforcer.views.report import JSON_KEYS, json_chunks, row_json, table_lines
+    from bwenforcer.views.report import (
+        INBOUND_KEYS,
+        JSON_KEYS,
+        json_chunks,
+        row_json,
+        table_lines,
+    )
 
     if args.since is not None:
         args.since = parse_since(args.since, now_s())
-    path = load_config(args.config).history_file
+    config = load_config(args.config)
+    path = config.history_file
+    inbound = config.inbound.enabled  # the bytes received too
+    keys = INBOUND_KEYS if inbound else JSON_KEYS
     seen = {"slice": False, "rows": False}
     with HistoryReader(path, only=args.slice) as reader:
 
@@ -132,16 +141,16 @@ def run(args: argparse.Namespace) -> int:
 
         out = sys.stdout
         if args.json:
-            for chunk in json_chunks(rows()):
+            for chunk in json_chunks(rows(), keys):
                 out.write(chunk)
             out.write("\n")
         elif args.csv:
-            writer = csv.DictWriter(out, fieldnames=JSON_KEYS, lineterminator="\n")
+            writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
             writer.writeheader()
             for row in rows():
-                writer.writerow(row_json(row))
+                writer.writerow(row_json(row, keys))
         else:
-            for line in table_lines(groups(), args.by):
+            for line in table_lines(groups(), args.by, inbound):
                 out.write(line + "\n")
     if not seen["rows"]:
         print(f"bwenforcer: report: {_empty_note(args, seen['slice'], path)}", file=sys.stderr)

@@ -246,6 +246,10 @@ def _class_line(
     )  # fmt: skip
 
 
+# a slice's usage of one cycle, for the history (Plan.usage)
+UsageRow = tuple[str, int, int, bool, bool, int, int]
+
+
 @dataclass(frozen=True)
 class Plan:
     """What one cycle will do."""
@@ -262,7 +266,7 @@ class Plan:
     held: tuple[DesiredSlice, ...] = ()
     # the usage rows (as :meth:`usage`) of the slices that went to the ledger this
     # cycle: the bytes counted in the cycle a slice leaves are history too
-    left: tuple[tuple[str, int, int, bool, bool], ...] = ()
+    left: tuple[UsageRow, ...] = ()
 
     @cached_property
     def lines(self) -> tuple[SliceLine, ...]:
@@ -295,16 +299,18 @@ class Plan:
             for live in self.live
         )
 
-    def usage(self) -> Iterator[tuple[str, int, int, bool, bool]]:
-        """``(name, default bytes, exempt bytes, default capped, exempt capped)`` of each
-        slice that sent something this cycle or was capped since the last one (idle
-        ones are left out), live or gone to the ledger this cycle. "Capped" is the cap
-        in force since the last cycle, not the one this cycle sets: the span up to the
-        cycle that caps was not capped time.
+    def usage(self) -> Iterator[UsageRow]:
+        """``(name, default bytes, exempt bytes, default capped, exempt capped, default
+        bytes received, exempt bytes received)`` of each slice that sent or received
+        something this cycle or was capped since the last one (idle ones are left out),
+        live or gone to the ledger this cycle. "Capped" is the cap in force since the
+        last cycle, not the one this cycle sets: the span up to the cycle that caps was
+        not capped time.
         """
-        for st, d_delta, e_delta, _, _, d_capped, e_capped, *_ in self.live:
-            if d_delta or e_delta or d_capped or e_capped:
-                yield st.name, d_delta, e_delta, d_capped, e_capped
+        for live in self.live:
+            st, d_delta, e_delta, _, _, d_capped, e_capped, d_in, e_in, *_ = live
+            if d_delta or e_delta or d_capped or e_capped or d_in or e_in:
+                yield st.name, d_delta, e_delta, d_capped, e_capped, d_in, e_in
         yield from self.left
 
     def inbound_limits(self) -> list[InboundLimit]:

@@ -53,6 +53,7 @@ from bwenforcer.core.plan import (
     Revive,
     SetInboundLimit,
     SetRates,
+    UsageRow,
 )
 from bwenforcer.core.settings import Config, PeriodAnchor
 from bwenforcer.core.targets import RateTargets
@@ -471,7 +472,7 @@ def plan(
     actions: list[Action] = []
     ledger = _Ledger(state.ledger)
     carried: dict[int, SliceState] = {}  # accounted while planned, below
-    left: list[tuple[str, int, int, bool, bool]] = []
+    left: list[UsageRow] = []
     renamed: dict[int, SliceState] = {}  # xid -> the slice that left it, counted
 
     # Slices in the state: still wanted under the same name, gone a while, or dead.
@@ -642,19 +643,20 @@ class _Ledger:
         return names
 
 
-def _left_usage(
-    st: SliceState, gone: SliceState, kernel: KernelSlice | None
-) -> tuple[str, int, int, bool, bool] | None:
+def _left_usage(st: SliceState, gone: SliceState, kernel: KernelSlice | None) -> UsageRow | None:
     """The history row of a slice leaving for the ledger: the bytes counted as it left
-    and the caps in force since the last cycle (None: nothing to record).
+    (sent and received) and the caps in force since the last cycle (None: nothing to
+    record).
     """
     d_bytes = gone.default.used_bytes - st.default.used_bytes
     e_bytes = gone.exempt.used_bytes - st.exempt.used_bytes
+    d_in = gone.default.in_used_bytes - st.default.in_used_bytes
+    e_in = gone.exempt.in_used_bytes - st.exempt.in_used_bytes
     d_capped = st.default.capped and kernel is not None and kernel.default is not None
     e_capped = st.exempt.capped and kernel is not None and kernel.exempt is not None
-    if not (d_bytes or e_bytes or d_capped or e_capped):
+    if not (d_bytes or e_bytes or d_capped or e_capped or d_in or e_in):
         return None
-    return st.name, d_bytes, e_bytes, d_capped, e_capped
+    return st.name, d_bytes, e_bytes, d_capped, e_capped, d_in, e_in
 
 
 def _inherited(gone: SliceState, name: str, entry: LedgerEntry | None) -> SliceState:

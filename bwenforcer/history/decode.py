@@ -21,9 +21,11 @@ from bwenforcer.history.format import (
     _COUNTS_V1,
     _CRC,
     _DAY,
+    _DAY_V2,
     _HEADER,
     _HEADER_V1,
     _HOUR,
+    _HOUR_V2,
     _PLACE,
     _PREFIX,
     _SLICE,
@@ -68,34 +70,50 @@ class _Reader:
         except UnicodeDecodeError as exc:
             raise HistoryCorrupt(f"{self.source}: slice name is not UTF-8") from exc
 
-    def tier(self, shape: struct.Struct, count: int, name: str, what: str) -> dict[int, list[int]]:
+    def tier(
+        self, shape: struct.Struct, count: int, name: str, what: str, pad: int = 0
+    ) -> dict[int, list[int]]:
+        """``count`` records of ``shape``, each row widened by ``pad`` zeros (the received
+        bytes records before version 3 do not have).
+        """
         tier: dict[int, list[int]] = {}
         previous = -1
+        zeros = [0] * pad
         for key, *row in shape.iter_unpack(self.take(count * shape.size)):
             if key <= previous:
                 raise HistoryCorrupt(f"{self.source}: slice {name}: {what} out of order")
             previous = key
-            tier[key] = row
+            tier[key] = row + zeros if pad else row
         return tier
 
     def slice_counts(self, shape: struct.Struct = _COUNTS) -> tuple[str, tuple[int, ...]]:
         name = self.name()
         return name, self.unpack(shape)
 
-    def records(self, name: str, counts: tuple[int, ...]) -> SliceHistory:
-        """The slice's tiers (its month sums, version 2, are skipped: derived data)."""
+    def records(self, name: str, counts: tuple[int, ...], version: int) -> SliceHistory:
+        """The slice's tiers (its month sums, version 2 on, are skipped: derived data);
+        records of a version before 3 are widened with 0 bytes received.
+        """
+        hour, day = _shapes(version)
+        pad = 0 if version == FORMAT_VERSION else 2
         n_hours, n_days, n_months = counts[:3]
         sh = SliceHistory()
-        sh.hours = self.tier(_HOUR, n_hours, name, "hours")
-        sh.days = self.tier(_DAY, n_days, name, "days")
-        sh.months = self.tier(_DAY, n_months, name, "months")
+        sh.hours = self.tier(hour, n_hours, name, "hours", pad)
+        sh.days = self.tier(day, n_days, name, "days", pad)
+        sh.months = self.tier(day, n_months, name, "months", pad)
         if len(counts) > 3:
-            self.take(counts[3] * _DAY.size)
+            self.take(counts[3] * day.size)
         return sh
 
 
-def _records_bytes(counts: tuple[int, ...]) -> int:
-    return counts[0] * _HOUR.size + sum(counts[1:]) * _DAY.size
+def _shapes(version: int) -> tuple[struct.Struct, struct.Struct]:
+    """The hour and day records of a file version."""
+    return (_HOUR, _DAY) if version == FORMAT_VERSION else (_HOUR_V2, _DAY_V2)
+
+
+def _records_bytes(counts: tuple[int, ...], version: int = FORMAT_VERSION) -> int:
+    hour, day = _shapes(version)
+    return counts[0] * hour.size + sum(counts[1:]) * day.size
 
 
 class HistoryFile:
@@ -114,17 +132,24 @@ class HistoryFile:
         magic, self.version, self.generation = _PREFIX.unpack(prefix)
         if magic != MAGIC:
             raise HistoryCorrupt(f"{source}: not a bwenforcer history file")
-        # version 2: (name, offset, length) per slice, in name order; version 1: None
+        # version 2 on: (name, offset, length) per slice, in name order; version 1: None
         self.index: list[tuple[str, int, int]] | None = None
-        self.last_hours: list[int] = []  # version 2: each slice's last hour, as the index
-        if self.version == FORMAT_VERSION:
+        self.last_hours: list[int] = []  # version 2 on: each slice's last hour, as the index
+        if self.version in (2, FORMAT_VERSION):
             self._read_index()
         elif self.version == 1:
             self._check_v1()
         else:
             raise HistoryCorrupt(
-                f"{source}: format version {self.version}, expected {FORMAT_VERSION} (or 1)"
+                f"{source}: format version {self.version}, expected {FORMAT_VERSION} (or 1, 2)"
             )
+
+    @property
+    def packed(self) -> bool:
+        """Whether its blocks are in the current version's layout, to be worked on as
+        bytes (:meth:`raw_block`, :meth:`months`); else each slice is parsed.
+        """
+        return self.version == FORMAT_VERSION
 
     def __enter__(self) -> HistoryFile:
         return self
@@ -185,13 +210,15 @@ class HistoryFile:
         found, counts = reader.slice_counts()
         if found != name:
             raise HistoryCorrupt(f"{self.source}: slice {name}: block holds {found}")
-        sh = reader.records(name, counts)
+        sh = reader.records(name, counts, self.version)
         if reader.offset != length - _CRC.size:
             raise HistoryCorrupt(f"{self.source}: slice {name}: bytes after its records")
         return sh
 
     def raw_block(self, name: str, offset: int, length: int) -> bytes:
-        """A version 2 slice's block after its checksum, checked (not parsed)."""
+        """A slice's block after its checksum, checked (not parsed); only of a file in the
+        current version's layout (:attr:`packed`).
+        """
         data = self._read(offset, length, f"slice {name}")
         body = data[_CRC.size :]
         if length < _CRC.size or zlib.crc32(body) != _CRC.unpack_from(data)[0]:
@@ -226,18 +253,18 @@ class HistoryFile:
             if previous is not None and name.encode() <= previous.encode():
                 raise HistoryCorrupt(f"{self.source}: slice {name} out of order")
             previous = name
-            body = self._read(offset + size, _records_bytes(counts), f"slice {name}")
+            body = self._read(offset + size, _records_bytes(counts, 1), f"slice {name}")
             offset += size + len(body)
-            yield name, _Reader(memoryview(body), self.source, offset).records(name, counts)
+            yield name, _Reader(memoryview(body), self.source, offset).records(name, counts, 1)
         if offset != self.size:
             raise HistoryCorrupt(f"{self.source}: {self.size - offset} bytes after the end")
 
     def months(self, name: str, hours: dict[int, list[int]]) -> dict[int, list[int]] | None:
-        """Version 2: the slice ``name``'s months (its months tier and month sums: the
-        rest of its records are not decoded), with ``hours`` of the journal added;
-        None if it is not in the file.
+        """A file in the current layout (:attr:`packed`): the slice ``name``'s months (its
+        months tier and month sums: the rest of its records are not decoded), with
+        ``hours`` of the journal added; None if it is not in the file.
         """
-        assert self.index is not None
+        assert self.index is not None and self.packed
         i = bisect.bisect_left(self.names, name)
         if i == len(self.names) or self.names[i] != name:
             return None
@@ -246,10 +273,10 @@ class HistoryFile:
     def month_slices(
         self, journal: dict[str, dict[int, list[int]]]
     ) -> Iterator[tuple[str, dict[int, list[int]] | SliceHistory]]:
-        """Version 2: each slice's months (see :meth:`months`), with the journal's hours;
-        a slice of the journal alone as its buckets, in name order.
+        """A file in the current layout: each slice's months (see :meth:`months`), with
+        the journal's hours; a slice of the journal alone as its buckets, in name order.
         """
-        assert self.index is not None
+        assert self.index is not None and self.packed
         pending = sorted(journal, key=str.encode, reverse=True)
         for name, offset, length in self.index:
             encoded = name.encode()
@@ -270,7 +297,7 @@ class HistoryFile:
         return acc
 
     def find(self, name: str) -> SliceHistory | None:
-        """The slice ``name``'s buckets (version 2: reading only them); None if absent."""
+        """The slice ``name``'s buckets (version 2 on: reading only them); None if absent."""
         if self.index is None:
             return next((sh for found, sh in self._slices_v1() if found == name), None)
         i = bisect.bisect_left(self.names, name)

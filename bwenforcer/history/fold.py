@@ -169,7 +169,9 @@ def _fold(
                 yield from treated(name, sh, last_hour(sh))
 
         def raw() -> Iterator[tuple[str, bytes, int]]:
-            """Version 2: each slice's block worked on as bytes (see :func:`_fold_block`)."""
+            """A file in the current layout: each slice's block worked on as bytes (see
+            :func:`_fold_block`); an older file's slices are parsed and written anew.
+            """
             assert old is not None and old.index is not None
             pending = sorted(journal, key=str.encode, reverse=True)
             for (name, offset, length), known in zip(old.index, old.last_hours, strict=True):
@@ -196,8 +198,8 @@ def _fold(
                 add_hours(fresh, journal[new])
                 yield from treated(new, fresh, last_hour(fresh))
 
-        v2 = old is not None and old.index is not None
-        _write_blocks(path, generation, raw() if v2 else parsed())
+        packed = old is not None and old.packed
+        _write_blocks(path, generation, raw() if packed else parsed())
     finally:
         if old is not None:
             old.close()

@@ -102,7 +102,7 @@ class HistoryReader:
         their months and month sums alone.
         """
         f = self._file
-        if by == "month" and f is not None and f.index is not None:
+        if by == "month" and f is not None and f.packed:
             if only is None:
                 items: Iterable[tuple[str, dict[int, list[int]] | SliceHistory | None]]
                 items = f.month_slices(self._journal)

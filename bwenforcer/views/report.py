@@ -29,8 +29,12 @@ _FIELDS = {
     "peak_hour_bytes": "peak_hour_bytes",
     "capped_default_s": "capped_default_s",
     "capped_exempt_s": "capped_exempt_s",
+    "in_default_bytes": "in_default_bytes",
+    "in_exempt_bytes": "in_exempt_bytes",
 }
-JSON_KEYS = tuple(_FIELDS)
+# the keys of today's report; with inbound accounting on, the bytes received too
+JSON_KEYS = tuple(_FIELDS)[:-2]
+INBOUND_KEYS = tuple(_FIELDS)
 
 
 def row_json(row: ReportRow, keys: Sequence[str] = JSON_KEYS) -> dict[str, Any]:
@@ -41,6 +45,7 @@ def row_json(row: ReportRow, keys: Sequence[str] = JSON_KEYS) -> dict[str, Any]:
 _BUCKET_FORMAT = {"hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d", "month": "%Y-%m"}
 _BUCKET_HEADER = {"hour": "HOUR (UTC)", "day": "DAY (UTC)", "month": "MONTH (UTC)"}
 TABLE_HEADER = ("DEFAULT", "EXEMPT", "PEAK HOUR", "CAPPED DEFAULT", "CAPPED EXEMPT")
+INBOUND_HEADER = ("RECEIVED DEFAULT", "RECEIVED EXEMPT")  # with inbound accounting on
 
 
 def _capped(seconds: int) -> str:
@@ -58,9 +63,22 @@ def _bucket_label(by: str) -> Callable[[int], str]:
 
 
 def slice_table_rows(
-    rows: Sequence[ReportRow], by: str, label: Callable[[int], str] | None = None
+    rows: Sequence[ReportRow],
+    by: str,
+    label: Callable[[int], str] | None = None,
+    inbound: bool = False,
 ) -> list[tuple[str, ...]]:
-    """One slice's table lines (``rows`` are all its buckets): one per bucket, then its total."""
+    """One slice's table lines (``rows`` are all its buckets): one per bucket, then its
+    total; with ``inbound``, the bytes received follow.
+    """
+    if inbound:
+        plain = slice_table_rows(rows, by, label)
+        received = [(r.in_default_bytes, r.in_exempt_bytes) for r in rows]
+        received.append((sum(d for d, _ in received), sum(e for _, e in received)))
+        return [
+            (*cells, human_size(d), human_size(e))
+            for cells, (d, e) in zip(plain, received, strict=True)
+        ]
     label = label or _bucket_label(by)
     capped = functools.lru_cache(maxsize=1024)(_capped)  # capped times repeat: whole cycles
     name = rows[0].slice_name
@@ -93,28 +111,30 @@ def slice_table_rows(
     return table
 
 
-def report_table(rows: Sequence[ReportRow], by: str) -> str:
+def report_table(rows: Sequence[ReportRow], by: str, inbound: bool = False) -> str:
     """Readable table: one line per slice per bucket, then a total line per slice."""
     names = sorted({r.slice_name for r in rows})
     groups = [[r for r in rows if r.slice_name == name] for name in names]
-    return "\n".join(table_lines(groups, by))
+    return "\n".join(table_lines(groups, by, inbound))
 
 
 _SEP = "\x1f"  # between the cells of a spooled line; the slice's name is spooled apart
 
 
-def table_lines(groups: Iterable[Sequence[ReportRow]], by: str) -> Iterator[str]:
+def table_lines(
+    groups: Iterable[Sequence[ReportRow]], by: str, inbound: bool = False
+) -> Iterator[str]:
     """The lines of :func:`report_table`, as each slice's rows come from ``groups`` (in
     name order). The columns' widths are known only at the end: the formatted cells
     are spooled to a temporary file meanwhile, so memory is one slice's rows however
     long the report. Nothing if there are no rows.
     """
-    header = ("SLICE", _BUCKET_HEADER[by], *TABLE_HEADER)
+    header = ("SLICE", _BUCKET_HEADER[by], *TABLE_HEADER, *(INBOUND_HEADER if inbound else ()))
     widths = [len(cell) for cell in header]
     label = _bucket_label(by)
     with tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n") as spool:
         for rows in groups:
-            table = slice_table_rows(rows, by, label)
+            table = slice_table_rows(rows, by, label, inbound)
             spool.write(json.dumps(rows[0].slice_name) + "\n")
             for cells in table:
                 spool.write(_SEP.join(cells[1:]) + "\n")
@@ -142,13 +162,13 @@ def table_lines(groups: Iterable[Sequence[ReportRow]], by: str) -> Iterator[str]
                 yield line((name, *text[:-1].split(_SEP)))
 
 
-def json_chunks(rows: Iterable[ReportRow]) -> Iterator[str]:
+def json_chunks(rows: Iterable[ReportRow], json_keys: Sequence[str] = JSON_KEYS) -> Iterator[str]:
     """``json.dump([row_json(r) for r in rows], indent=2)``'s text, streamed row by row.
 
     Each object is laid out from a template (its keys are fixed; only the slice
     name needs JSON's escaping, done once per slice): a report can be millions of rows.
     """
-    keys = [(key, _FIELDS[key]) for key in JSON_KEYS]
+    keys = [(key, _FIELDS[key]) for key in json_keys]
     opening = "[\n  {\n"
     name, quoted = None, ""
     for row in rows:

@@ -47,6 +47,7 @@ HISTORY_KEYS = (
     "capped_default_s",
     "capped_exempt_s",
 )
+INBOUND_HISTORY_KEYS = ("in_default_bytes", "in_exempt_bytes")  # with inbound accounting on
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,10 @@ def show_json(report: SliceReport, now_s: int) -> dict[str, Any]:
         "ledger": None
         if entry is None
         else {"xid": entry.slice.xid, "died_at": entry.died_s, "expires_at": entry.expires_s},
-        "history": [row_json(h, HISTORY_KEYS) for h in report.history],
+        "history": [
+            row_json(h, (*HISTORY_KEYS, *INBOUND_HISTORY_KEYS) if report.inbound else HISTORY_KEYS)
+            for h in report.history
+        ],
         "audit": [audit_dict(a) for a in report.audit],
     }
 

@@ -185,3 +185,29 @@ def test_the_notice_says_which_direction_capped(pair: NetnsPair, tmp_path: Path)
     limit = port.limits[(10, "default")]
     assert "received since the period began:  146KiB (budget 200KiB" in message
     assert f"new bandwidth limit (ceil):   {human_rate(limit)}" in message
+
+
+def test_the_history_keeps_both_directions(pair: NetnsPair, tmp_path: Path) -> None:
+    """What a slice received goes to the usage history beside what it sent (format 3,
+    journal 3), and ``report`` shows it with inbound on."""
+    from bwenforcer.history.reader import read_history
+    from bwenforcer.views.report import INBOUND_KEYS, report_table, row_json
+
+    config = load_config(str(_config(tmp_path)))
+    init_tree(pair, config)
+    port = MemInbound()
+    clock = Clock(T0)
+    agent = Agent(config, clock=clock, netns=pair.a.name, inbound=port)
+    agent.cycle(load_desired(config))
+    port.counters[(10, "default")] = 150_000
+    port.counters[(12, "exempt")] = 7_000
+    clock.now += 60
+    agent.cycle(load_desired(config))
+    rows = {r.slice_name: r for r in read_history(config.history_file).report("day")}
+    assert (rows["pl_in"].in_default_bytes, rows["pl_in"].in_exempt_bytes) == (150_000, 0)
+    assert rows["pl_out"].in_exempt_bytes == 7_000 and rows["pl_out"].default_bytes == 0
+    doc = row_json(rows["pl_in"], INBOUND_KEYS)
+    assert doc["in_default_bytes"] == 150_000
+    table = report_table(list(rows.values()), "day", inbound=True)
+    assert "RECEIVED DEFAULT" in table.splitlines()[0] and "146KiB" in table
+    assert "RECEIVED" not in report_table(list(rows.values()), "day")

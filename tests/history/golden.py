@@ -91,11 +91,45 @@ def encode_v1(history: History) -> bytes:
         raw = name.encode()
         parts.append(struct.pack("<B", len(raw)) + raw)
         parts.append(struct.pack("<III", len(sh.hours), len(sh.days), len(sh.months)))
-        parts.extend(_HOUR.pack(k, *row) for k, row in sh.hours.items())
+        # version 1 records carry no received bytes
+        parts.extend(_HOUR.pack(k, *row[:4]) for k, row in sh.hours.items())
         for tier in (sh.days, sh.months):
-            parts.extend(_DAY.pack(k, *row) for k, row in tier.items())
+            parts.extend(_DAY.pack(k, *row[:5]) for k, row in tier.items())
     body = b"".join(parts)
     return _HEADER.pack(b"BWHS", 1, history.generation, len(slices), zlib.crc32(body)) + body
+
+
+_HEADER_V2 = struct.Struct("<4sHHIQI")
+
+
+def encode_v2(history: History) -> bytes:
+    """A format version 2 file of ``history`` (records without received bytes, month
+    sums, an index), the layout before version 3.
+    """
+    from bwenforcer.history.usage import month_sums
+
+    blocks, index = [], []
+    offset = _HEADER_V2.size
+    for name, sh in history.slice_items():
+        raw = name.encode()
+        sums = month_sums(sh.days, sh.hours)
+        body = b"".join((
+            struct.pack("<B", len(raw)) + raw,
+            struct.pack("<IIII", len(sh.hours), len(sh.days), len(sh.months), len(sums)),
+            *(_HOUR.pack(k, *row[:4]) for k, row in sh.hours.items()),
+            *(_DAY.pack(k, *row[:5]) for tier in (sh.days, sh.months, sums)
+              for k, row in tier.items()),
+        ))  # fmt: skip
+        block = struct.pack("<I", zlib.crc32(body)) + body
+        last = max([*sh.hours, *(d * 24 + 23 for d in sh.days), 0])
+        index.append(
+            struct.pack("<B", len(raw)) + raw + struct.pack("<QII", offset, len(block), last)
+        )
+        blocks.append(block)
+        offset += len(block)
+    idx = b"".join(index)
+    header = _HEADER_V2.pack(b"BWHS", 2, history.generation, len(index), offset, zlib.crc32(idx))
+    return header + b"".join(blocks) + idx
 
 
 def write(path: Path) -> None:

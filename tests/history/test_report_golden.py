@@ -69,7 +69,7 @@ def test_reports_equal_the_golden_ones(tmp_path: Path) -> None:
     assert digests(make_config(tmp_path)) == json.loads(GOLDEN.read_text())
 
 
-def test_reports_equal_the_golden_ones_after_the_fold_to_version_2(tmp_path: Path) -> None:
+def test_reports_equal_the_golden_ones_after_the_fold_to_version_3(tmp_path: Path) -> None:
     from bwenforcer.core.settings import HistoryConfig
     from bwenforcer.history.format import FORMAT_VERSION
     from bwenforcer.history.recorder import HistoryRecorder
@@ -79,21 +79,39 @@ def test_reports_equal_the_golden_ones_after_the_fold_to_version_2(tmp_path: Pat
     last_s = golden.END_S + golden.JOURNAL_CYCLES * 600  # same UTC day: nothing rolls up
     HistoryRecorder(history_file, HistoryConfig()).fold(last_s)
     data = Path(history_file).read_bytes()
-    assert int.from_bytes(data[4:6], "little") == FORMAT_VERSION == 2
+    assert int.from_bytes(data[4:6], "little") == FORMAT_VERSION == 3
     assert Path(f"{history_file}.journal").stat().st_size == 8  # folded in: empty
     assert digests(cfg) == json.loads(GOLDEN.read_text())
 
 
-def test_reports_equal_the_golden_ones_from_a_version_2_file_and_its_journal(
+def test_reports_equal_the_golden_ones_from_a_version_3_file_and_its_journal(
     tmp_path: Path,
 ) -> None:
-    """By month a version 2 file is read from its months and month sums alone, with
-    the journal's hours added to them (some of them hours the file has too)."""
+    """By month a file of the current version is read from its months and month sums
+    alone, with the journal's hours added to them (some of them hours the file has too)."""
     from bwenforcer.history.fold import save_history
 
     cfg = make_config(tmp_path)
     history_file = load_config(str(cfg)).history_file
     history, _ = golden.build()
     save_history(history, history_file)  # the same generation: the journal extends it
-    assert int.from_bytes(Path(history_file).read_bytes()[4:6], "little") == 2
+    assert int.from_bytes(Path(history_file).read_bytes()[4:6], "little") == 3
+    assert digests(cfg) == json.loads(GOLDEN.read_text())
+
+
+def test_reports_equal_the_golden_ones_from_a_version_2_file_and_after_its_fold(
+    tmp_path: Path,
+) -> None:
+    """A version 2 file (before received bytes) is read with its records widened (0
+    received), and the next fold writes it as version 3: the same reports."""
+    from bwenforcer.core.settings import HistoryConfig
+    from bwenforcer.history.recorder import HistoryRecorder
+
+    cfg = make_config(tmp_path)
+    history_file = load_config(str(cfg)).history_file
+    history, _ = golden.build()
+    Path(history_file).write_bytes(golden.encode_v2(history))
+    assert digests(cfg) == json.loads(GOLDEN.read_text())
+    HistoryRecorder(history_file, HistoryConfig()).fold(golden.END_S + golden.JOURNAL_CYCLES * 600)
+    assert int.from_bytes(Path(history_file).read_bytes()[4:6], "little") == 3
     assert digests(cfg) == json.loads(GOLDEN.read_text())

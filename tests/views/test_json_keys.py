@@ -42,7 +42,7 @@ from bwenforcer.store.codec import audit_dict, state_to_json
 from bwenforcer.views.explain import explain_json, explain_view
 from bwenforcer.views.plan import action_json, result_json
 from bwenforcer.views.policy import PolicyView, policy_json, policy_view
-from bwenforcer.views.report import row_json
+from bwenforcer.views.report import INBOUND_KEYS, row_json
 from bwenforcer.views.show import find_slice, show_json
 from bwenforcer.views.status import ledger_json, status_json
 from tests.cli.test_cli_inspect import write_config
@@ -171,6 +171,8 @@ KEYS = {
     "in_old_limit": "inbound limit before the cycle",
     "in_new_limit": "inbound limit after the cycle",
     "direction": "what the budget counts",
+    "in_default_bytes": "received by the default class",
+    "in_exempt_bytes": "received by the exempt class",
 }
 
 
@@ -275,6 +277,7 @@ def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
             frozenset({".origin"}),
         ),
         "report": ([row_json(report)], frozenset()),
+        "report (inbound)": ([row_json(report, INBOUND_KEYS)], frozenset()),
         "policy": (policy_json(_policy_view()), frozenset()),
         "show, audit": (
             show_json(dataclasses.replace(heavy_report(), audit=AUDIT), NOW),
