@@ -141,7 +141,7 @@ class SetInboundLimit:
     (core.direction.inbound_change).
     """
 
-    name: str
+    name: str | None  # None: no slice known by the xid (limiting off)
     xid: int
     traffic_class: TrafficClass
     in_old_limit_bps: int | None

@@ -409,7 +409,13 @@ def _no_shortcut(
     return None
 
 
-def _limiting_off(desired: DesiredSet, snapshot: KernelSnapshot, state: State, now_s: int) -> Plan:
+def _limiting_off(
+    desired: DesiredSet,
+    snapshot: KernelSnapshot,
+    state: State,
+    now_s: int,
+    inbound: InboundSnapshot | None = None,
+) -> Plan:
     # each removal names its slice: the state's, else the source's, else the ledger's
     names: dict[int, str] = {e.slice.xid: name for name, e in state.ledger.items()}
     names.update((r.xid, r.name) for r in desired.invalid if r.xid is not None)
@@ -420,6 +426,11 @@ def _limiting_off(desired: DesiredSet, snapshot: KernelSnapshot, state: State, n
         for xid in sorted(snapshot.slices)
         if xid not in SYSTEM_XIDS
     ]
+    if inbound is not None:  # limiting off lifts the inbound limits too
+        actions.extend(
+            SetInboundLimit(names.get(xid), xid, tc, bps, None)
+            for (xid, tc), bps in sorted(inbound.limits_bps.items())
+        )
     return Plan(now_s, tuple(actions), state, (), limiting_off=True)
 
 
@@ -447,7 +458,7 @@ def plan(
     if not params.inbound:
         inbound = None
     if desired.limiting_off:
-        return _limiting_off(desired, snapshot, state, now_s)
+        return _limiting_off(desired, snapshot, state, now_s, inbound)
     wanted = {s.xid: s for s in desired.slices}
     losers: list[DesiredSlice] = []
     for claim in desired.contested:

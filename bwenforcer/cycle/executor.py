@@ -121,8 +121,7 @@ def _describe(action: object) -> str | None:
         old = "none" if action.in_old_limit_bps is None else human_rate(action.in_old_limit_bps)
         new = "none" if action.in_new_limit_bps is None else human_rate(action.in_new_limit_bps)
         return (
-            f"slice {action.name} xid {action.xid} {action.traffic_class}: inbound limit"
-            f" {old} → {new}"
+            f"{_who(action.name, action.xid)} {action.traffic_class}: inbound limit {old} → {new}"
         )
     if isinstance(action, NewPeriod):
         return f"slice {action.name} xid {action.xid}: new period, usage reset, caps lifted"

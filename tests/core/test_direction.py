@@ -339,3 +339,17 @@ def test_the_ways_split_only_pacing_not_tiers() -> None:
         dataclasses.replace(policy(LIMIT), tiers="50%:1mbit", pacing=False), CAP_BPS, BWMIN_BPS
     )
     assert rule_ceil(rule, LIMIT // 2, T0, T0 + 100, 2)[1] == 1_000_000
+
+
+def test_limiting_off_lifts_every_inbound_limit() -> None:
+    _, second = two_cycles(slice_("in"), 0, 900_000)
+    limit = second.state.slices[10].default.in_limit_bps
+    off = plan(
+        desired(slice_("in"), off=True), snapshot(kslice(10)), second.state, ON, T0 + 7200,
+        inbound=inb(10, 900_000, default=limit),
+    )  # fmt: skip
+    assert off.limiting_off and off.inbound_limits() == [InboundLimit(10, "default", None)]
+    assert not plan(
+        desired(slice_("in"), off=True), snapshot(kslice(10)), second.state, OFF, T0 + 7200,
+        inbound=inb(10, 900_000, default=limit),
+    ).inbound_limits()  # fmt: skip
