@@ -96,6 +96,10 @@ class ClassifierError(KernelError):
     """The nftables classifier could not be installed or removed."""
 
 
+class InboundError(KernelError):
+    """The inbound (nftables) counters or limits could not be read or changed."""
+
+
 class StateError(Error):
     """The state file cannot be used."""
 

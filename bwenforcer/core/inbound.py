@@ -40,3 +40,17 @@ class InboundLimit:
     xid: int
     traffic_class: TrafficClass
     rate_bps: int | None
+
+    def describe(self) -> str:
+        """``xid 1001 default inbound limit 2000000 bit/s`` (or ``… lifted``), for logs."""
+        what = "lifted" if self.rate_bps is None else f"{self.rate_bps} bit/s"
+        return f"xid {self.xid} {self.traffic_class} inbound limit {what}"
+
+
+@dataclass(frozen=True)
+class InboundFailure:
+    """An inbound limit change the kernel refused; the backend's other changes went through."""
+
+    change: InboundLimit
+    errno: int
+    message: str

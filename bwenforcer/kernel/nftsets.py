@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from bwenforcer.errors import ClassifierError
+from bwenforcer.errors import ClassifierError, KernelError
 from bwenforcer.kernel.channel import open_socket
 
 NETLINK_NETFILTER = 12
@@ -119,12 +119,17 @@ class MapChange:
 class NftMaps:
     """Element access to the maps of one ``inet`` table, over one netfilter socket."""
 
+    # what a failure raises: the classifier's maps; kernel.nftobj's subclass has its own
+    error_type: type[KernelError] = ClassifierError
+
     def __init__(self, table: str, netns: str | None = None) -> None:
         self.table = table
         try:
             self._sock = open_socket(netns, NETLINK_NETFILTER)
         except OSError as exc:
-            raise ClassifierError(f"netfilter netlink socket: {exc.strerror or exc}") from None
+            raise self.error_type(
+                f"netfilter netlink socket: {exc.strerror or exc}", exc.errno
+            ) from None
         self._sock.settimeout(TIMEOUT_S)
         self._seq = int.from_bytes(os.urandom(3), "little")
 
@@ -145,11 +150,14 @@ class NftMaps:
         try:
             return self._sock.recv(RECV_BYTES)
         except TimeoutError:
-            raise ClassifierError(
-                f"nftables table {self.table}: no answer in {TIMEOUT_S}s"
+            raise self.error_type(
+                f"nftables table {self.table}: no answer in {self._sock.gettimeout()}s",
+                errno.ETIMEDOUT,
             ) from None
         except OSError as exc:
-            raise ClassifierError(f"nftables table {self.table}: {exc.strerror or exc}") from None
+            raise self.error_type(
+                f"nftables table {self.table}: {exc.strerror or exc}", exc.errno
+            ) from None
 
     def _replies(self) -> Iterator[tuple[int, int, bytes]]:
         """Every netlink message received from now on, as ``(type, seq, message)``,
@@ -196,7 +204,7 @@ class NftMaps:
                 return int(struct.unpack("!I", attrs[NFTA_GEN_ID])[0])
             if mseq == seq and mtype == NLMSG_ERROR:
                 (err,) = struct.unpack_from("=i", msg, 16)
-                raise ClassifierError(f"nftables generation: {os.strerror(-err)}")
+                raise self.error_type(f"nftables generation: {os.strerror(-err)}", -err)
 
     def change(self, changes: Sequence[MapChange]) -> int:
         """Apply every change in one transaction (all or nothing); the messages sent.

@@ -95,13 +95,21 @@ def in_cgroup(path: str | None) -> list[str]:
     return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', path]
 
 
+def _as_uid(uid: int | None) -> list[str]:
+    if uid is None:
+        return []
+    return [tool_path("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+
+
 def start_sink(
-    netns: str, port: int, seconds: float, cgroup: str | None = None
+    netns: str, port: int, seconds: float, cgroup: str | None = None, uid: int | None = None
 ) -> subprocess.Popen[str]:
-    """Start a sink (in the cgroup directory ``cgroup`` if given) and wait until it listens."""
+    """Start a sink (in the cgroup directory ``cgroup``, as ``uid``, if given) and wait
+    until it listens.
+    """
     argv = [
         *in_cgroup(cgroup),
-        *(tool_path("ip"), "netns", "exec", netns, system_python(), "-c", _SINK),
+        *(tool_path("ip"), "netns", "exec", netns, *_as_uid(uid), system_python(), "-c", _SINK),
         *(str(port), str(seconds)),
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -138,3 +146,104 @@ def start_sender(
         stdout=subprocess.DEVNULL,
         stderr=log if log is not None else subprocess.DEVNULL,
     )
+
+
+# Serves downloads: every connection gets up to max_bytes within the time bound.
+_SOURCE = """
+import socket, sys, threading, time
+port, max_bytes, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+deadline = time.monotonic() + seconds
+srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("::", port)); srv.listen(64); srv.settimeout(0.5)
+chunk = b"x" * 65536
+def serve(conn):
+    conn.settimeout(1.0)
+    sent = 0
+    with conn:
+        while sent < max_bytes and time.monotonic() < deadline:
+            try:
+                sent += conn.send(chunk[: max_bytes - sent])
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+print("ready", flush=True)
+while time.monotonic() < deadline:
+    try:
+        conn, _ = srv.accept()
+    except socket.timeout:
+        continue
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+# Downloads over nconns connections until each ends or the time is up; prints the
+# bytes received.
+_FETCH = """
+import socket, sys, threading, time
+host, port, nconns, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+deadline = time.monotonic() + seconds
+got = [0] * nconns
+def fetch(i):
+    for _ in range(50):
+        try:
+            s = socket.create_connection((host, port), timeout=2); break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        return
+    s.settimeout(0.5)
+    with s:
+        while time.monotonic() < deadline:
+            try:
+                data = s.recv(1 << 16)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            got[i] += len(data)
+threads = [threading.Thread(target=fetch, args=(i,)) for i in range(nconns)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(sum(got), flush=True)
+"""
+
+
+def start_source(netns: str, port: int, seconds: float, max_bytes: int) -> subprocess.Popen[str]:
+    """Start a download server in ``netns`` (each connection gets up to ``max_bytes``
+    within ``seconds``) and wait until it listens.
+    """
+    argv = [tool_path("ip"), "netns", "exec", netns, system_python(), "-c", _SOURCE]
+    proc = subprocess.Popen(
+        [*argv, str(port), str(max_bytes), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()  # "ready"
+    return proc
+
+
+def start_fetch(
+    netns: str,
+    uid: int | None,
+    host: str,
+    port: int,
+    *,
+    conns: int = 1,
+    seconds: float,
+    cgroup: str | None = None,
+) -> subprocess.Popen[str]:
+    """Start ``conns`` downloads from ``host:port`` as ``uid`` (in the cgroup directory
+    ``cgroup`` if given); they stop at the end of the data or after ``seconds``; the
+    process prints the bytes received.
+    """
+    argv = [
+        *in_cgroup(cgroup),
+        *(tool_path("ip"), "netns", "exec", netns, *_as_uid(uid), system_python(), "-c"),
+        *(_FETCH, host, str(port), str(conns), str(seconds)),
+    ]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
