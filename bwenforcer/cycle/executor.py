@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bwenforcer.core.inbound import InboundLimit
+from bwenforcer.core.inbound import InboundFailure, InboundLimit
 from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import KernelOp, OpFailure, SliceState, State
 from bwenforcer.core.plan import (
@@ -47,9 +47,9 @@ class KernelPort(Protocol):
 class InboundLimitsPort(Protocol):
     """What the executor needs of an inbound backend (cycle.run.InboundPort)."""
 
-    def apply_limits(self, limits: Sequence[InboundLimit]) -> list[tuple[InboundLimit, str]]:
-        """Set or lift each class's inbound limit; the ones refused, each with the
-        reason (one line). Error if nothing could be applied.
+    def apply_limits(self, changes: Sequence[InboundLimit]) -> list[InboundFailure]:
+        """Set or lift each class's inbound limit; the ones the kernel refused (the
+        others went through). Error if nothing could be applied.
         """
         ...
 
@@ -155,7 +155,7 @@ def _apply_inbound(
     if not limits:
         return
     try:
-        refused = inbound.apply_limits(limits)
+        refused = [(f.change, f.message) for f in inbound.apply_limits(limits)]
     except Error as exc:  # the backend applied none of them
         refused = [(limit, str(exc)) for limit in limits]
     for limit, message in refused:

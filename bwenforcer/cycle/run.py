@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -49,19 +49,20 @@ class Kernel(KernelPort, Protocol):
 
 
 class InboundPort(InboundLimitsPort, Protocol):
-    """What a cycle needs of an inbound (download) backend, with ``inbound.enabled``:
-    one read of its counters and limits a cycle, the planner's limit changes
-    (``apply_limits``), and its counters kept for the live slices.
+    """What a cycle needs of an inbound (download) backend, with ``inbound.enabled``
+    (``kernel.inbound.InboundBackend``), called in this order each cycle: its counters
+    kept for the slices (``ensure``), one read of them and of the limits (``dump``),
+    the planner's limit changes (``apply_limits``).
     """
+
+    def ensure(self, xids: Iterable[int], dry_run: bool = False) -> object:
+        """Counters for every class of ``xids``, none of other xids (not on a dry run);
+        what it did, for logs. KernelError if the backend refused.
+        """
+        ...
 
     def dump(self) -> InboundSnapshot:
         """Every slice class's inbound byte counter and limit (KernelError if unread)."""
-        ...
-
-    def ensure(self, xids: Collection[int], dry_run: bool = False) -> None:
-        """Make the counters of these slices' classes exist (those of other xids may
-        go); not on a dry run. KernelError if the backend refused.
-        """
         ...
 
 
@@ -173,9 +174,11 @@ def run_cycle(
     ``boot`` reads the node's boot id and boot clock, read with ``clock``: they tell
     a stepped wall clock from time that passed (None: the wall clock alone).
     ``inbound``: the inbound backend, with ``inbound.enabled`` (None: off, and
-    nothing of the inbound path runs). A read it fails holds every slice's inbound
-    usage and limits for the cycle; a refused limit or ``ensure`` is one of the
-    cycle's failures; neither stops the cycle.
+    nothing of the inbound path runs). Its counters are kept for the slices of the
+    source and of the state (those leaving this cycle are read a last time) before
+    its one read; a read it fails holds every slice's inbound usage and limits for
+    the cycle; a refused limit or ``ensure`` is one of the cycle's failures; neither
+    stops the cycle.
     """
     hooks = hooks or Hooks()
     started = clock()
@@ -204,6 +207,12 @@ def run_cycle(
             inbound = None  # inbound accounting off: the port is not touched
         inbound_snapshot = None
         if inbound is not None:
+            xids = {s.xid for s in desired.slices}.union(loaded.state.slices)
+            try:
+                inbound.ensure(sorted(xids), dry_run)
+            except Error as exc:
+                log.error("inbound counters not kept: %s", exc)
+                extra.append(f"inbound counters: {exc}")
             try:
                 inbound_snapshot = inbound.dump()
             except Error as exc:
@@ -220,12 +229,6 @@ def run_cycle(
             boot=reading,
             inbound=inbound_snapshot,
         )
-        if inbound is not None and not the_plan.limiting_off:
-            try:
-                inbound.ensure(the_plan.state.slices.keys(), dry_run)
-            except Error as exc:
-                log.error("inbound counters not kept: %s", exc)
-                extra.append(f"inbound counters: {exc}")
         if the_plan.clock_step is not None:
             log.warning(
                 "%s: no period ends, no ledger entry expires and the history is not rolled"

@@ -5,12 +5,12 @@ is the cycle: what it reads, plans, hands over and keeps, not the backend)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
 
-from bwenforcer.core.inbound import ClassKey, InboundLimit, InboundSnapshot
+from bwenforcer.core.inbound import ClassKey, InboundFailure, InboundLimit, InboundSnapshot
 from bwenforcer.core.units import human_rate
 from bwenforcer.cycle.agent import Agent, load_desired
 from bwenforcer.errors import KernelError
@@ -41,18 +41,22 @@ class MemInbound:
             raise KernelError("nftables: table bwin not found")
         return InboundSnapshot(dict(self.counters), dict(self.limits))
 
-    def ensure(self, xids: Collection[int], dry_run: bool = False) -> None:
+    def ensure(self, xids: Iterable[int], dry_run: bool = False) -> None:
         if dry_run:
             return
-        for xid in xids:
+        want = set(xids)
+        for xid in want:
             for tc in ("default", "exempt"):
                 self.counters.setdefault((xid, tc), 0)  # type: ignore[arg-type]
+        for key in [k for k in self.counters if k[0] not in want]:  # as the backend does
+            del self.counters[key]
+            self.limits.pop(key, None)
 
-    def apply_limits(self, limits: Sequence[InboundLimit]) -> list[tuple[InboundLimit, str]]:
+    def apply_limits(self, changes: Sequence[InboundLimit]) -> list[InboundFailure]:
         refused = []
-        for limit in limits:
+        for limit in changes:
             if limit.xid in self.refuse:
-                refused.append((limit, "Operation not supported"))
+                refused.append(InboundFailure(limit, 95, "Operation not supported"))
                 continue
             self.applied.append(limit)
             key = (limit.xid, limit.traffic_class)
@@ -211,3 +215,31 @@ def test_the_history_keeps_both_directions(pair: NetnsPair, tmp_path: Path) -> N
     table = report_table(list(rows.values()), "day", inbound=True)
     assert "RECEIVED DEFAULT" in table.splitlines()[0] and "146KiB" in table
     assert "RECEIVED" not in report_table(list(rows.values()), "day")
+
+
+def test_a_slice_leaving_is_read_a_last_time_into_its_ledger_entry(
+    pair: NetnsPair, tmp_path: Path
+) -> None:
+    config = load_config(str(_config(tmp_path)))
+    init_tree(pair, config)
+    port = MemInbound()
+    clock = Clock(T0)
+    agent = Agent(config, clock=clock, netns=pair.a.name, inbound=port)
+    agent.cycle(load_desired(config))
+    port.counters[(10, "default")] = 40_000
+    (tmp_path / "slices.yaml").write_text(
+        "\n".join(
+            line
+            for line in (tmp_path / "slices.yaml").read_text().splitlines()
+            if "pl_in" not in line
+        )
+        + "\n"
+    )
+    clock.now += 60
+    agent.cycle(load_desired(config))
+    state = json.loads((tmp_path / "state.json").read_text())
+    entry = state["ledger"]["entries"]["pl_in"]
+    assert entry[4][5] == 40_000  # the default class's in_used_bytes, counted as it left
+    clock.now += 60
+    agent.cycle(load_desired(config))
+    assert (10, "default") not in port.counters  # the next cycle lets its counter go
