@@ -265,10 +265,25 @@ def _plan_both(
             old_ceils.append(current.rates.max_rate_bps)
         if capped and not notified:
             to_notify.append(tc)
-        new = ClassState(
-            policy, used, last, ceil_bps, capped, notified, in_used, in_last, in_limit or 0
-        )
-        out.append(old if new == old and policy is old.policy else new)
+        in_limit_bps = in_limit or 0
+        if (
+            used == old.used_bytes
+            and last == old.last_counter_bytes
+            and in_used == old.in_used_bytes
+            and in_last == old.in_last_counter_bytes
+            and ceil_bps == old.ceil_bps
+            and in_limit_bps == old.in_limit_bps
+            and capped == old.capped
+            and notified == old.notified
+            and (policy is old.policy or policy == old.policy)
+        ):
+            out.append(old)  # the very object: the identity rule
+        else:
+            out.append(
+                ClassState(
+                    policy, used, last, ceil_bps, capped, notified, in_used, in_last, in_limit_bps
+                )
+            )
         deltas.append(delta)
         in_deltas.append(in_delta)
         old_limits.append(in_old)
