@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import aged, ledger
+from bench import aged, ledger, window
 from bench.launch import launched
 from bwenforcer.kernel.htb import HtbBackend
 
@@ -168,9 +168,13 @@ CAPPED_RSPEC = (
 CAPPED_STEP_S = 60  # later by this much each capped cycle: ≥ 1 byte/s less ceil
 
 
-def write_cycle_config(tmp: Path, n: int, capped: bool, dev: str = DEV) -> Path:
-    """A config + slices file for `n` slices; all over their threshold when ``capped``."""
+def write_cycle_config(tmp: Path, n: int, capped: bool, dev: str = DEV, extra: str = "") -> Path:
+    """A config + slices file for `n` slices; all over their threshold when ``capped``;
+    ``extra``: more rspec attributes for every slice (``key: value, …``).
+    """
     rspec = CAPPED_RSPEC if capped else "{}"
+    if extra:
+        rspec = f"{rspec[:-1]}{', ' if rspec != '{}' else ''}{extra}}}"
     slices = "\n".join(f"  - {{name: s{x}, xid: {x}, rspec: {rspec}}}" for x in range(1, n + 1))
     (tmp / "slices.yaml").write_text("slices:\n" + slices + "\n")
     cfg = tmp / "bwenforcer.yaml"
@@ -253,24 +257,38 @@ def capped_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, flo
 
 def steady_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, float]:
     """(d) whole cycles with no change vs `tc -s class show`."""
-    from bwenforcer.cycle.agent import Agent, gc_paused, load_desired
-    from bwenforcer.inputs.config import load_config
     from bwenforcer.metrics.collector import AgentMetrics
 
-    config = load_config(str(write_cycle_config(tmp, n, capped=False)))
-    agent, metrics, desired = Agent(config), AgentMetrics(), load_desired(config)
+    steady, close = steady_agent(tmp, n, DEV, AgentMetrics())
+    ours, theirs = paired(steady, lambda i: ns.tc("-s", "class", "show", "dev", DEV), runs)
+    close()
+    return {"cycle_steady_s": ours, "steady_tc_s": theirs}
+
+
+def steady_agent(
+    tmp: Path, n: int, dev: str, metrics: AgentMetrics | None = None, extra: str = ""
+) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """Run ``i`` of steady cycles (no change) on an ``n``-slice tree on ``dev`` (every
+    slice's rspec with ``extra``), observed by ``metrics`` as the daemon does; and the
+    agent's close.
+    """
+    from bwenforcer.cycle.agent import Agent, gc_paused, load_desired
+    from bwenforcer.inputs.config import load_config
+
+    tmp.mkdir(exist_ok=True)
+    config = load_config(str(write_cycle_config(tmp, n, capped=False, dev=dev, extra=extra)))
+    agent, desired = Agent(config), load_desired(config)
     agent.cycle(desired)
     agent.cycle(desired)
 
     def steady(i: int) -> None:
         with gc_paused():  # as the daemon runs a cycle
             result = agent.cycle(desired)
-        metrics.observe(result)
+        if metrics is not None:
+            metrics.observe(result)
         assert result.outcome is not None and not result.plan.kernel_ops()
 
-    ours, theirs = paired(steady, lambda i: ns.tc("-s", "class", "show", "dev", DEV), runs)
-    agent.close()
-    return {"cycle_steady_s": ours, "steady_tc_s": theirs}
+    return steady, agent.close
 
 
 def process_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, float]:
@@ -294,16 +312,16 @@ def process_figures(ns: Namespace, tmp: Path, n: int, runs: int) -> dict[str, fl
 
 
 def capped_agent(
-    tmp: Path, n: int, dev: str, metrics: AgentMetrics | None = None
+    tmp: Path, n: int, dev: str, metrics: AgentMetrics | None = None, extra: str = ""
 ) -> Callable[[int], None]:
     """Run ``i`` of capped cycles (every class's ceil changes) on an ``n``-slice tree on
-    ``dev``, observed by ``metrics`` as the daemon does.
+    ``dev`` (every slice's rspec with ``extra``), observed by ``metrics`` as the daemon does.
     """
     from bwenforcer.cycle.agent import Agent, gc_paused, load_desired
     from bwenforcer.inputs.config import load_config
 
     tmp.mkdir()
-    config = load_config(str(write_cycle_config(tmp, n, capped=True, dev=dev)))
+    config = load_config(str(write_cycle_config(tmp, n, capped=True, dev=dev, extra=extra)))
     agent, desired = Agent(config), load_desired(config)
     start_s = time.time()
     agent.clock = lambda: start_s
@@ -336,6 +354,37 @@ def growth_figures(small: int, large: int, runs: int) -> dict[str, float]:
         gc.collect()
         large_s, small_s = paired(large_cycle, small_cycle, runs)
     return {"small": small, "large": large, "small_s": small_s, "large_s": large_s}
+
+
+def window_figures(n: int, runs: int) -> dict[str, float]:
+    """The rolling-window row (bench/window.py): steady and capped cycles of ``n`` slices
+    with tiers and a 30-day window on every slice against today's (neither), on two trees
+    side by side in one namespace, timed in turns; and the two state files' sizes.
+    """
+    with Namespace() as ns, tempfile.TemporaryDirectory() as tmpdir:
+        ns.add_veth("w0", "w1")
+        tmp = Path(tmpdir)
+        for dev in (DEV, "w0"):
+            with HtbBackend(dev) as kernel:
+                kernel.init(CAP_BPS, BWMAX_BPS)
+                assert not kernel.apply(create_ops(n))
+        out: dict[str, float] = {"n": n}
+        today = capped_agent(tmp / "capped-today", n, DEV)
+        windowed = capped_agent(tmp / "capped-window", n, "w0", extra=window.EXTRA)
+        gc.collect()
+        out["capped_window_s"], out["capped_today_s"] = paired(windowed, today, runs)
+        out["state_today_bytes"] = (tmp / "capped-today" / "state.json").stat().st_size
+        out["state_window_bytes"] = (tmp / "capped-window" / "state.json").stat().st_size
+        steady_today, close_today = steady_agent(tmp / "steady-today", n, DEV)
+        steady_window, close_window = steady_agent(
+            tmp / "steady-window", n, "w0", extra=window.EXTRA
+        )
+        gc.collect()
+        out["steady_window_s"], out["steady_today_s"] = paired(steady_window, steady_today, runs)
+        close_today()
+        close_window()
+    out.update(window.state_sizes(n))
+    return out
 
 
 def bench_n(n: int, runs: int, build_runs: int) -> dict[str, float]:
@@ -516,13 +565,19 @@ def main(argv: list[str] | None = None) -> int:
         default=40_000,
         help="ledger entries of the ledger row (steady cycle, RSS vs an empty ledger; 0: none)",
     )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=4000,
+        help="slices of the rolling-window row (tiers and a 30-day window vs neither; 0: none)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (network namespace, HTB)", file=sys.stderr)
         return 2
     # SIGTERM unwinds like an exception, so the namespace of the run is deleted
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    sizes = [] if args.only_classifiers else [int(n) for n in args.sizes.split(",")]
+    sizes = [] if args.only_classifiers else [int(n) for n in args.sizes.split(",") if n]
     if args.json is None:
         name = "classifiers.json" if args.only_classifiers else "latest.json"
         args.json = str(HERE / "results" / name)
@@ -552,6 +607,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.ledger and not args.only_classifiers:
         waiting = ledger.ledger_figures(4000, args.ledger, 12, 3)
         print(ledger.ledger_line(waiting))
+    windowed = None
+    if args.window and not args.only_classifiers:
+        windowed = window_figures(args.window, args.runs)
+        print()
+        print(window.window_table(windowed))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     results = {
         "sizes": rows,
@@ -560,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         "aged": aged_rows,
         "churn": churn,
         "ledger": waiting,
+        "window": windowed,
     }
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -55,6 +55,7 @@ def run_policy(args: argparse.Namespace) -> int:
     from bwenforcer.core.layout import TRAFFIC_CLASSES
     from bwenforcer.core.policy import class_cap_bps, tree_rates_bps
     from bwenforcer.core.units import parse_duration_s
+    from bwenforcer.core.window import bucket_span
     from bwenforcer.errors import ExitCode, UnitError, UsageError
     from bwenforcer.inputs.config import load_config
     from bwenforcer.inputs.slices import resolve_policy
@@ -64,7 +65,7 @@ def run_policy(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     now = now_s()
     period_end = now + config.period_s
-    name, xid = None, None
+    name, xid, st = None, None, None
     if args.slice is None:
         default, exempt, _ = resolve_policy("defaults", {}, config)
         policies = {"default": default, "exempt": exempt}
@@ -83,6 +84,10 @@ def run_policy(args: argparse.Namespace) -> int:
         else:
             assert report.desired is not None  # find_slice found it somewhere
             policies = {tc: report.desired.policy(tc) for tc in TRAFFIC_CLASSES}
+    window_s = policies["default"].window_s
+    if window_s and (args.slice is None or st is None):
+        # a rolling window's pacing runs to the end of the current bucket (core.window)
+        period_end = bucket_span(now, window_s)[1]
     if args.left is not None:
         try:
             period_end = now + parse_duration_s(args.left)

@@ -30,10 +30,14 @@ The report is printed as the history is read, a slice at a time.
   default_bytes, exempt_bytes, peak_hour_bytes, capped_default_s, capped_exempt_s;
 --csv prints the same columns after a header line.
 
-A slice with no history (unknown, or aged out), or nothing recorded since WHEN, is
-not an error: the result is empty (no table, [] or a CSV header only),
-a note goes to stderr and the exit code is 0. Exit 5 when the history file is
-damaged or unreadable, 2 for bad arguments or config.
+--slice NAME of a slice with no history (unknown, or aged out) is an error: one
+line on stderr, nothing on stdout, exit 2. Nothing recorded since WHEN (or no
+history at all) is not: the result is empty (no table, [] or a CSV header
+only), a note goes to stderr and the exit code is 0. Exit 5 when the history
+file is damaged or unreadable: one line on stderr and, with --json or --csv,
+nothing on stdout (every slice's checksum is checked before the first row is
+printed; should the file fail to be read later, the JSON list is closed, so
+stdout is always valid JSON); 2 for bad arguments or config.
 """
 
 
@@ -103,16 +107,17 @@ def run(args: argparse.Namespace) -> int:
     (exit 0).
     """
     from bwenforcer.commands.inspect import now_s
-    from bwenforcer.errors import ExitCode
+    from bwenforcer.errors import Error, ExitCode, UsageError
     from bwenforcer.history.reader import HistoryReader
-    from bwenforcer.history.usage import bucket_report
+    from bwenforcer.history.usage import bucket_report, bucket_rows, since_rows
     from bwenforcer.inputs.config import load_config
+    from bwenforcer.inputs.slicename import quoted
     from bwenforcer.views.report import (
         INBOUND_KEYS,
         JSON_KEYS,
         json_chunks,
         row_json,
-        table_lines,
+        table_text,
     )
 
     if args.since is not None:
@@ -121,15 +126,25 @@ def run(args: argparse.Namespace) -> int:
     path = config.history_file
     inbound = config.inbound.enabled  # the bytes received too
     keys = INBOUND_KEYS if inbound else JSON_KEYS
-    seen = {"slice": False, "rows": False}
+    seen = {"rows": False}
     with HistoryReader(path, only=args.slice) as reader:
+        found = reader.buckets(args.by, args.slice)
+        if args.slice is not None:
+            one = list(found)  # one slice: known (or not) before anything is printed
+            found = iter(one)
+            if not one:
+                raise UsageError(
+                    f"report: no history for slice {quoted(args.slice)}"
+                    f" (unknown, or aged out) in {path}"
+                )
+        elif args.json or args.csv:
+            reader.check()  # a damaged file: nothing printed, rather than a list cut short
 
         def groups() -> Iterator[list[ReportRow]]:
             """Each slice's rows in turn, read one slice at a time (by month: its months
             alone); only the one asked for with --slice (read alone).
             """
-            for name, buckets in reader.buckets(args.by, args.slice):
-                seen["slice"] = True
+            for name, buckets in found:
                 rows = bucket_report(name, buckets, args.by, args.since)
                 if rows:
                     seen["rows"] = True
@@ -139,10 +154,34 @@ def run(args: argparse.Namespace) -> int:
             for group in groups():
                 yield from group
 
+        def plain() -> Iterator[tuple[str, list[tuple[int, ...]]]]:
+            """:func:`groups` as plain tuples (bucket key first), for the table
+            (millions of lines); all slices by day: their days as stored.
+            """
+            if args.by == "day" and args.slice is None:
+                for name, days in reader.day_rows():
+                    got = since_rows(days, "day", args.since)
+                    if got:
+                        seen["rows"] = True
+                        yield name, got
+                return
+            for name, buckets in found:
+                got = bucket_rows(buckets, args.by, args.since)
+                if got:
+                    seen["rows"] = True
+                    yield name, got
+
         out = sys.stdout
         if args.json:
-            for chunk in json_chunks(rows(), keys):
-                out.write(chunk)
+            started = False
+            try:
+                for chunk in json_chunks(rows(), keys):
+                    out.write(chunk)
+                    started = True
+            except (Error, OSError):
+                if started:  # the objects printed are whole: the list is closed
+                    out.write("\n]\n")
+                raise
             out.write("\n")
         elif args.csv:
             writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
@@ -150,16 +189,14 @@ def run(args: argparse.Namespace) -> int:
             for row in rows():
                 writer.writerow(row_json(row, keys))
         else:
-            for line in table_lines(groups(), args.by, inbound):
-                out.write(line + "\n")
+            for text in table_text(plain(), args.by, inbound):
+                out.write(text)
     if not seen["rows"]:
-        print(f"bwenforcer: report: {_empty_note(args, seen['slice'], path)}", file=sys.stderr)
+        print(f"bwenforcer: report: {_empty_note(args, path)}", file=sys.stderr)
     return int(ExitCode.OK)
 
 
-def _empty_note(args: argparse.Namespace, known: bool, path: str) -> str:
-    if args.slice is not None and not known:
-        return f"no history for slice {args.slice!r} (unknown, or aged out) in {path}"
+def _empty_note(args: argparse.Namespace, path: str) -> str:
     since = ""
     if args.since is not None:
         since = f" since {dt.datetime.fromtimestamp(args.since, dt.UTC):%Y-%m-%d %H:%M} UTC"

@@ -91,8 +91,11 @@ def _show_text(path: str, loaded: LoadResult) -> str:
     lines.append(f"{len(state.slices)} slices")
     for xid, st in sorted(state.slices.items()):
         length_s = st.period_end_s - st.period_start_s
+        window_s = st.default.policy.window_s
+        # under a rolling window the period is the ring's current bucket
+        what = f"rolling window {human_duration(window_s)}, bucket" if window_s else "period"
         lines.append(
-            f"  {st.name} xid {xid}: period {_when(st.period_start_s)} + {human_duration(length_s)}"
+            f"  {st.name} xid {xid}: {what} {_when(st.period_start_s)} + {human_duration(length_s)}"
         )
         for tc in TRAFFIC_CLASSES:
             cs = st.cls(tc)

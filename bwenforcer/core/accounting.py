@@ -15,6 +15,7 @@ from bwenforcer.core.inbound import InboundSnapshot
 from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import ClassState, KernelClass, KernelSlice, SliceState
 from bwenforcer.core.policy import counter_delta
+from bwenforcer.core.window import added
 
 
 def kernel_counter(kernel: KernelSlice | None, traffic_class: TrafficClass) -> int | None:
@@ -61,15 +62,16 @@ def account_slice(
 
     def account(cs: ClassState, tc: TrafficClass) -> ClassState:
         current = None if kernel is None else kernel.cls(tc)
-        used, last, _, _ = class_usage(cs, current, True, False)
+        used, last, delta, _ = class_usage(cs, current, True, False)
+        buckets = added(cs.buckets, delta) if cs.buckets else cs.buckets
         in_used, in_last = cs.in_used_bytes, cs.in_last_counter_bytes
         if inbound is not None:
             in_used, in_last, _ = inbound_usage(
                 cs, inbound.bytes_by_class.get((st.xid, tc)), True, False
             )
         return ClassState(
-            cs.policy, used, last, cs.ceil_bps, cs.capped, cs.notified, in_used, in_last,
-            cs.in_limit_bps,
+            cs.policy, used, last, cs.ceil_bps, cs.capped, cs.notified, cs.notice_bp, cs.lift,
+            buckets, in_used, in_last, cs.in_limit_bps,
         )  # fmt: skip
 
     default = account(st.default, "default")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from bwenforcer.core.layout import TrafficClass
+from bwenforcer.core.window import expiry_s
 
 _T = TypeVar("_T")
 
@@ -58,6 +59,12 @@ class ClassPolicy:
     tiers: str = ""
     taper: str = ""
     pacing: bool = True  # False (only with tiers or a taper): no pacing from the threshold
+    # a rolling window's length (core.window; both classes of a slice have the same):
+    # the budget is over the last window_s seconds; 0: over the period
+    window_s: int = 0
+    # canonical text of the early notices (core.notices.parse_notices), e.g. "50%,80%,lifted";
+    # "" = the threshold notice alone
+    notices: str = ""
     # what the budget counts (core.direction): "out" (sent, PlanetLab's meaning), "in"
     # (received) or "both" (their sum); with inbound accounting off, "out" whatever it says
     direction: str = "out"
@@ -178,9 +185,15 @@ class ClassState:
     last_counter_bytes: int = 0
     ceil_bps: int = 0  # last ceil applied (0: never applied)
     capped: bool = False
-    notified: bool = False
+    notified: bool = False  # the threshold notice of this period was sent
+    notice_bp: int = 0  # the highest share of the limit told this period (core.notices)
+    lift: str = ""  # the lift of a cap: "" none, "due" to tell, "sent" told this period
+    # under a rolling window (policy.window_s): the ring of bytes per bucket, oldest
+    # first, the current bucket last (core.window.RING of them; used_bytes is their sum);
+    # () under a period
+    buckets: tuple[int, ...] = ()
     # inbound (received) bytes, counted as the sent ones (core.direction): only with
-    # inbound accounting on; 0 in states written before it (schema 6)
+    # inbound accounting on; 0 in states written before it (schema 8)
     in_used_bytes: int = 0
     in_last_counter_bytes: int = 0
     in_limit_bps: int = 0  # the inbound limit in force after the last cycle (0: none)
@@ -223,8 +236,12 @@ class LedgerEntry:
 
     @property
     def expires_s(self) -> int:
-        """When the entry is purged: the end of the dead slice's period."""
-        return self.slice.period_end_s
+        """When the entry is purged: the end of the dead slice's period; under a rolling
+        window, when its last bytes have left the window.
+        """
+        st = self.slice
+        window_s = st.default.policy.window_s
+        return expiry_s(st.period_end_s, window_s) if window_s else st.period_end_s
 
 
 def ordered_ledger(ledger: Mapping[str, LedgerEntry]) -> dict[str, LedgerEntry]:
@@ -284,6 +301,32 @@ class State:
 
     grants: int = 0  # operator grants ever made (`bwenforcer grant`), for the metric
     audit: tuple[AuditEntry, ...] = ()  # grants in force and recent grants and resets, oldest first
+    # the ledger's xids (see ledger_xids), with the very ledger they index: built at
+    # the first use, handed on by the planner with the ledger it changes
+    ledger_index: tuple[Mapping[str, LedgerEntry], Mapping[int, tuple[str, ...]]] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+
+LedgerXids = Mapping[int, tuple[str, ...]]
+
+
+def ledger_xids(state: State) -> LedgerXids:
+    """The xids of ``state``'s ledger entries, each with the names waiting on it (in the
+    order they came), kept with the ledger: built once for a ledger (a look at every
+    entry: at load), then handed on by the planner with the ledger it changes (see
+    :func:`ledger_index_of`), so a cycle never walks the ledger to know its xids.
+    """
+    kept = state.ledger_index
+    if kept is not None and kept[0] is state.ledger:
+        return kept[1]
+    index: dict[int, tuple[str, ...]] = {}
+    for name, entry in state.ledger.items():
+        xid = entry.slice.xid
+        index[xid] = (*index[xid], name) if xid in index else (name,)
+    # a cache of what the ledger holds, not a change of the state: set in place
+    object.__setattr__(state, "ledger_index", (state.ledger, index))
+    return index
 
 
 @dataclass(frozen=True, slots=True)

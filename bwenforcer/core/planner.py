@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import NamedTuple
 
 from bwenforcer.core.accounting import (
     account_slice,
@@ -34,10 +35,13 @@ from bwenforcer.core.model import (
     KernelSlice,
     KernelSnapshot,
     LedgerEntry,
+    LedgerXids,
     SliceState,
     State,
+    ledger_xids,
 )
-from bwenforcer.core.periods import clock_check, first_period, next_period
+from bwenforcer.core.notices import NO_NOTICES, NoticeRule, Sent, SentMarks
+from bwenforcer.core.periods import CLOCK_SLACK_S, clock_check, first_period, next_period
 from bwenforcer.core.plan import (
     Action,
     Adopt,
@@ -57,6 +61,15 @@ from bwenforcer.core.plan import (
 )
 from bwenforcer.core.settings import Config, PeriodAnchor
 from bwenforcer.core.targets import RateTargets
+from bwenforcer.core.window import (
+    added,
+    bucket_span,
+    carried_ring,
+    empty_ring,
+    max_steps,
+    moved,
+    steps_between,
+)
 
 # The tree's own slices: created by `tc init`, never removed as orphans.
 SYSTEM_XIDS = frozenset({ROOT_XID, DEFAULT_XID})
@@ -99,10 +112,130 @@ def _fresh_class(policy: ClassPolicy, counter_bytes: int) -> ClassState:
     return ClassState(policy=policy, last_counter_bytes=counter_bytes)
 
 
+_NOT_SENT = Sent()
+
 # the classes a Notify names: one tuple each, not one a capped slice
 _NOTIFY_CLASSES: dict[tuple[TrafficClass, ...], tuple[TrafficClass, ...]] = {
     c: c for c in (("default",), ("exempt",), ("default", "exempt"))
 }
+
+
+class _Turn(NamedTuple):
+    """Where a live slice stands in time this cycle (:func:`_turn`)."""
+
+    want: DesiredSlice  # its exempt class under its default class's window
+    st: SliceState  # conformed to a window changed by policy
+    start_s: int
+    end_s: int
+    new_period: bool  # the period ended (or, under a window, the current bucket)
+    window_s: int  # 0: under a period
+    steps: int  # buckets the ring moves on (under a window)
+
+
+def _turn(
+    want: DesiredSlice,
+    st: SliceState,
+    params: PlanParams,
+    now_s: int,
+    *,
+    actions: list[Action],
+    hold_period: bool,
+    elapsed_s: int | None,
+) -> _Turn:
+    """A live slice's period this cycle, the same for :func:`_plan_live` and
+    :func:`_plan_both`: under a rolling window the period is the current bucket, and
+    when it ends the ring moves on at most as far as the boot clock's ``elapsed_s``
+    allows (None: no bound); a NewPeriod for a period that ended.
+    """
+    window_s = want.default.window_s
+    if want.exempt.window_s != window_s:  # the slice's window is its default class's
+        want = dataclasses.replace(want, exempt=dataclasses.replace(want.exempt, window_s=window_s))
+    if st.default.policy.window_s != window_s or st.exempt.policy.window_s != window_s:
+        st = _conformed(st, window_s, params, now_s)
+    start_s, end_s = st.period_start_s, st.period_end_s
+    new_period = now_s >= end_s and not hold_period
+    steps = 0
+    if new_period and window_s:
+        start_s, end_s = bucket_span(now_s, window_s)
+        steps = steps_between(st.period_end_s, end_s, window_s, max_steps(elapsed_s, window_s))
+    elif new_period:
+        start_s, end_s = next_period(end_s, now_s, params.period_s, params.anchor)
+        actions.append(NewPeriod(want.name, want.xid, start_s, end_s))
+    return _Turn(want, st, start_s, end_s, new_period, window_s, steps)
+
+
+class _Told(NamedTuple):
+    """A class's notice marks after this cycle (:func:`_notices`)."""
+
+    notified: bool
+    notice_bp: int
+    lift: str
+
+
+def _notices(
+    old: ClassState,
+    tc: TrafficClass,
+    xid: int,
+    t: _Turn,
+    *,
+    notified: bool,
+    counted: int,
+    capped: bool,
+    rule: NoticeRule,
+    marks: SentMarks | None,
+    shares: list[tuple[int, TrafficClass]],
+    lifted: list[TrafficClass],
+) -> _Told:
+    """A class's notice marks (core/notices.py) from the usage its budget counts
+    (``counted``, after grants), shared by :func:`_plan_live` and :func:`_plan_both`;
+    the shares passed and the lift due are appended to ``shares`` and ``lifted``.
+    """
+    if t.window_s and not capped:
+        notified = False  # no period to end: the next cap is mailed again
+    notice_bp, lift = (0, "") if t.new_period else (old.notice_bp, old.lift)
+    if (
+        rule.lifted
+        and not capped
+        and (old.capped or (t.new_period and old.lift == "due"))
+        and (t.new_period or lift == "")
+    ):
+        lift = "due"  # a cap lifted (or still untold from the period before)
+    if marks:  # what the outbox says was sent, by a cycle that did not save it
+        sent = marks.get((xid, tc, t.start_s), _NOT_SENT)
+        notified = notified or sent.threshold
+        notice_bp = max(notice_bp, sent.share_bp)
+        lift = "sent" if sent.lifted else lift
+    if lift == "due" and (capped or not rule.lifted):
+        lift = ""  # capped again before it was told, or no longer asked for
+    if rule.shares:
+        passed_bp = rule.passed_bp(counted)
+        if passed_bp > notice_bp:
+            shares.append((passed_bp, tc))
+    if lift == "due":
+        lifted.append(tc)
+    return _Told(notified, notice_bp, lift)
+
+
+def _notify(
+    want: DesiredSlice,
+    params: PlanParams,
+    actions: list[Action],
+    *,
+    to_notify: list[TrafficClass],
+    shares: list[tuple[int, TrafficClass]],
+    lifted: list[TrafficClass],
+) -> None:
+    """A slice's Notify actions: the threshold, one per share passed (naming the
+    classes that passed it), the lift of a cap.
+    """
+    if to_notify and params.notify:
+        actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(to_notify)]))
+    if shares:
+        for share_bp in sorted({bp for bp, _ in shares}):
+            classes = tuple(tc for bp, tc in shares if bp == share_bp)
+            actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[classes], "share", share_bp))
+    if lifted:
+        actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(lifted)], "lifted"))
 
 
 def _plan_live(
@@ -118,6 +251,8 @@ def _plan_live(
     reason: str,
     hold_period: bool = False,
     granted: tuple[int, int] = NO_GRANT,
+    elapsed_s: int | None = None,
+    marks: SentMarks | None = None,
     inbound: InboundSnapshot | None = None,
 ) -> LiveSlice:
     """Plan one live slice; with ``account``, first add its bytes since the last cycle.
@@ -129,25 +264,30 @@ def _plan_live(
     SliceState, never as an equal copy: the state encoder re-encodes only the
     slices that are not the object it encoded last time.
 
+    Under a rolling window (``want``'s ``window_s``, core/window.py) the period is the
+    current bucket: when it ends, each class's ring moves on (at most as far as the
+    boot clock's ``elapsed_s`` allows, None: no bound) and its usage is what is left
+    in the ring; a class no longer capped may be notified again.
+
     With ``params.inbound``, each class's inbound bytes are counted too and its
-    budget counts the directions its policy says (core.direction); ``inbound`` is
-    the backend's read (None: not read this cycle: the inbound usage and limits are
-    held as they are).
+    budget counts the directions its policy says (core.direction, :func:`_plan_both`);
+    ``inbound`` is the backend's read (None: not read this cycle: the inbound usage
+    and limits are held as they are).
     """
+    t = _turn(
+        want, st, params, now_s, actions=actions, hold_period=hold_period, elapsed_s=elapsed_s
+    )
     if params.inbound:
         return _plan_both(
-            want, st=st, kernel=kernel, account=account, targets=targets, params=params,
-            now_s=now_s, actions=actions, reason=reason, hold_period=hold_period,
-            granted=granted, inbound=inbound,
+            t, kernel=kernel, account=account, targets=targets, params=params, now_s=now_s,
+            actions=actions, reason=reason, granted=granted, marks=marks, inbound=inbound,
         )  # fmt: skip
-    start_s, end_s = st.period_start_s, st.period_end_s
-    new_period = now_s >= end_s and not hold_period
-    if new_period:
-        start_s, end_s = next_period(end_s, now_s, params.period_s, params.anchor)
-        actions.append(NewPeriod(want.name, want.xid, start_s, end_s))
+    want, st, start_s, end_s, new_period, window_s, steps = t
     out: list[tuple[ClassState, int, int | None]] = []
     was_capped: list[bool] = []
     to_notify: list[TrafficClass] = []
+    shares: list[tuple[int, TrafficClass]] = []
+    lifted: list[TrafficClass] = []
     for tc in TRAFFIC_CLASSES:
         if tc == "default":
             old, policy, grant = st.default, want.default, granted[0]
@@ -155,10 +295,22 @@ def _plan_live(
         else:
             old, policy, grant = st.exempt, want.exempt, granted[1]
             current = None if kernel is None else kernel.exempt
-        used, last, delta, notified = class_usage(old, current, account, new_period)
+        used, last, delta, notified = class_usage(
+            old, current, account, new_period and not window_s
+        )
+        buckets = old.buckets
+        if window_s:
+            buckets = added(moved(buckets, steps), delta)
+            if steps:
+                used = sum(buckets)
         was_capped.append(account and old.capped and current is not None)
         counted = counted_bytes(used, grant) if grant else used
         rates, capped = targets.rates(policy, tc, counted, end_s, now_s)
+        rule = targets.notices(policy) if params.notify else NO_NOTICES
+        notified, notice_bp, lift = _notices(
+            old, tc, want.xid, t, notified=notified, counted=counted, capped=capped, rule=rule,
+            marks=marks, shares=shares, lifted=lifted,
+        )  # fmt: skip
         ceil_bps = rates.max_rate_bps
         if current is None:
             actions.append(CreateClass(want.name, want.xid, tc, rates, reason))
@@ -175,20 +327,25 @@ def _plan_live(
             and ceil_bps == old.ceil_bps
             and capped == old.capped
             and notified == old.notified
+            and buckets is old.buckets
+            and notice_bp == old.notice_bp
+            and lift == old.lift
             and (policy is old.policy or policy == old.policy)
         ):
             out.append((old, delta, old_ceil_bps))  # the very object: the identity rule
         else:
-            out.append(
-                (ClassState(policy, used, last, ceil_bps, capped, notified), delta, old_ceil_bps)
-            )
-    if to_notify and params.notify:
-        actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(to_notify)]))
+            new_cs = ClassState(
+                policy, used, last, ceil_bps, capped, notified, notice_bp, lift, buckets,
+                old.in_used_bytes, old.in_last_counter_bytes, old.in_limit_bps,
+            )  # fmt: skip
+            out.append((new_cs, delta, old_ceil_bps))
+    _notify(want, params, actions, to_notify=to_notify, shares=shares, lifted=lifted)
     (default, d_delta, d_ceil), (exempt, e_delta, e_ceil) = out
     if (
         default is st.default
         and exempt is st.exempt
-        and not new_period
+        and start_s == st.period_start_s
+        and end_s == st.period_end_s
         and want.name == st.name
         and want.xid == st.xid
     ):
@@ -199,9 +356,8 @@ def _plan_live(
 
 
 def _plan_both(
-    want: DesiredSlice,
+    t: _Turn,
     *,
-    st: SliceState,
     kernel: KernelSlice | None,
     account: bool,
     targets: RateTargets,
@@ -209,19 +365,19 @@ def _plan_both(
     now_s: int,
     actions: list[Action],
     reason: str,
-    hold_period: bool,
     granted: tuple[int, int],
+    marks: SentMarks | None,
     inbound: InboundSnapshot | None,
 ) -> LiveSlice:
     """:func:`_plan_live` with inbound accounting on: each class's budget counts the
     directions its policy says; past its rule's start the rule's rate caps each of them
-    (egress: the HTB ceil; inbound: a limit, changed only by a real margin).
+    (egress: the HTB ceil; inbound: a limit, changed only by a real margin). The
+    period, the notices and the rolling window's ring are :func:`_plan_live`'s
+    (:func:`_turn`, :func:`_notices`); a rolling window counts sent bytes alone (one
+    counting received bytes is refused by the config and the slices file), and under
+    one the received bytes are counted from the slice's start, for show.
     """
-    start_s, end_s = st.period_start_s, st.period_end_s
-    new_period = now_s >= end_s and not hold_period
-    if new_period:
-        start_s, end_s = next_period(end_s, now_s, params.period_s, params.anchor)
-        actions.append(NewPeriod(want.name, want.xid, start_s, end_s))
+    want, st, start_s, end_s, new_period, window_s, steps = t
     out: list[ClassState] = []
     deltas: list[int] = []
     in_deltas: list[int] = []
@@ -229,18 +385,26 @@ def _plan_both(
     old_limits: list[int | None] = []
     was_capped: list[bool] = []
     to_notify: list[TrafficClass] = []
+    shares: list[tuple[int, TrafficClass]] = []
+    lifted: list[TrafficClass] = []
+    in_reset = new_period and not window_s
     for tc in TRAFFIC_CLASSES:
         old, policy = st.cls(tc), want.policy(tc)
         grant = granted[0] if tc == "default" else granted[1]
         current = None if kernel is None else kernel.cls(tc)
-        used, last, delta, notified = class_usage(old, current, account, new_period)
+        used, last, delta, notified = class_usage(old, current, account, in_reset)
+        buckets = old.buckets
+        if window_s:
+            buckets = added(moved(buckets, steps), delta)
+            if steps:
+                used = sum(buckets)
         if inbound is None:  # not read: held as it is
-            in_used = 0 if new_period else old.in_used_bytes
+            in_used = 0 if in_reset else old.in_used_bytes
             in_last, in_delta = old.in_last_counter_bytes, 0
             in_old: int | None = old.in_limit_bps or None
         else:
             counter = inbound.bytes_by_class.get((want.xid, tc))
-            in_used, in_last, in_delta = inbound_usage(old, counter, account, new_period)
+            in_used, in_last, in_delta = inbound_usage(old, counter, account, in_reset)
             in_old = inbound.limits_bps.get((want.xid, tc))
         count_out, count_in = counts(policy, True)
         raw = (used if count_out else 0) + (in_used if count_in else 0)
@@ -251,6 +415,11 @@ def _plan_both(
         if not count_out:
             rates = targets.limits(policy, tc)[1]  # the budget leaves egress alone
         was_capped.append(account and old.capped and (current is not None or count_in))
+        rule = targets.notices(policy) if params.notify else NO_NOTICES
+        notified, notice_bp, lift = _notices(
+            old, tc, want.xid, t, notified=notified, counted=counted, capped=capped, rule=rule,
+            marks=marks, shares=shares, lifted=lifted,
+        )  # fmt: skip
         in_limit = in_old
         if inbound is not None and inbound_change(in_old, in_target):
             actions.append(SetInboundLimit(want.name, want.xid, tc, in_old, in_target))
@@ -275,25 +444,28 @@ def _plan_both(
             and in_limit_bps == old.in_limit_bps
             and capped == old.capped
             and notified == old.notified
+            and buckets is old.buckets
+            and notice_bp == old.notice_bp
+            and lift == old.lift
             and (policy is old.policy or policy == old.policy)
         ):
             out.append(old)  # the very object: the identity rule
         else:
-            out.append(
-                ClassState(
-                    policy, used, last, ceil_bps, capped, notified, in_used, in_last, in_limit_bps
-                )
-            )
+            new_cs = ClassState(
+                policy, used, last, ceil_bps, capped, notified, notice_bp, lift, buckets,
+                in_used, in_last, in_limit_bps,
+            )  # fmt: skip
+            out.append(new_cs)
         deltas.append(delta)
         in_deltas.append(in_delta)
         old_limits.append(in_old)
-    if to_notify and params.notify:
-        actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(to_notify)]))
+    _notify(want, params, actions, to_notify=to_notify, shares=shares, lifted=lifted)
     default, exempt = out
     if (
         default is st.default
         and exempt is st.exempt
-        and not new_period
+        and start_s == st.period_start_s
+        and end_s == st.period_end_s
         and want.name == st.name
         and want.xid == st.xid
     ):
@@ -313,6 +485,7 @@ def _quiet_inbound(
     targets: RateTargets,
     now_s: int,
     *,
+    notify: bool,
     inbound: InboundSnapshot | None,
 ) -> LiveSlice | None:
     """:func:`_quiet` with inbound accounting on: its conditions with the usage each
@@ -331,8 +504,11 @@ def _quiet_inbound(
         or e.capped
         or d.in_limit_bps
         or e.in_limit_bps
+        or d.lift == "due"
+        or e.lift == "due"
         or (d.policy is not want.default and d.policy != want.default)
         or (e.policy is not want.exempt and e.policy != want.exempt)
+        or ((d.notified or e.notified) and want.default.window_s)
     ):
         return None
     if inbound is not None:
@@ -344,13 +520,21 @@ def _quiet_inbound(
                 return None
     d_start, d_rates = targets.limits(want.default, "default")
     e_start, e_rates = targets.limits(want.exempt, "exempt")
+    d_counted = direction_bytes(d, want.default, True)
+    e_counted = direction_bytes(e, want.exempt, True)
     if (
-        direction_bytes(d, want.default, True) >= d_start
-        or direction_bytes(e, want.exempt, True) >= e_start
+        d_counted >= d_start
+        or e_counted >= e_start
         or d.ceil_bps != d_rates.max_rate_bps
         or e.ceil_bps != e_rates.max_rate_bps
         or (kd.rates is not d_rates and kd.rates != d_rates)
         or (ke.rates is not e_rates and ke.rates != e_rates)
+    ):
+        return None
+    if (
+        notify
+        and (d.policy.notices or e.policy.notices)
+        and _notice_due(((d, d_counted), (e, e_counted)), targets)
     ):
         return None
     return LiveSlice(
@@ -360,7 +544,13 @@ def _quiet_inbound(
 
 
 def _quiet(
-    want: DesiredSlice, st: SliceState, kernel: KernelSlice, targets: RateTargets, now_s: int
+    want: DesiredSlice,
+    st: SliceState,
+    kernel: KernelSlice,
+    targets: RateTargets,
+    now_s: int,
+    *,
+    notify: bool,
 ) -> LiveSlice | None:
     """The plan of a slice nothing happened to since the last cycle, or None.
 
@@ -381,6 +571,10 @@ def _quiet(
       a tier, a taper; else: capped rates, maybe a Notify); with the usage
       unchanged, it stays under;
     - each policy equals the wanted one (else: new limits and rates);
+    - under a rolling window, neither class is flagged notified (else, not capped, its
+      flag is cleared);
+    - with notices on, no lift is due and neither usage is past a share not yet
+      told (else: a Notify);
     - the saved ceil and the kernel's rates equal the policy's uncapped rates
       (else: a SetRates, or a state to update).
 
@@ -399,8 +593,11 @@ def _quiet(
         or ke.bytes != e.last_counter_bytes
         or d.capped
         or e.capped
+        or d.lift == "due"
+        or e.lift == "due"
         or (d.policy is not want.default and d.policy != want.default)
         or (e.policy is not want.exempt and e.policy != want.exempt)
+        or ((d.notified or e.notified) and want.default.window_s)
     ):
         return None
     d_start, d_rates = targets.limits(want.default, "default")
@@ -414,11 +611,34 @@ def _quiet(
         or (ke.rates is not e_rates and ke.rates != e_rates)
     ):
         return None
+    if (
+        notify
+        and (d.policy.notices or e.policy.notices)
+        and _notice_due(((d, d.used_bytes), (e, e.used_bytes)), targets)
+    ):
+        return None
     return LiveSlice(st, 0, 0, kd.rates.max_rate_bps, ke.rates.max_rate_bps)
 
 
+def _notice_due(classes: Iterable[tuple[ClassState, int]], targets: RateTargets) -> bool:
+    """Whether a class of a quiet slice (with the usage its budget counts) has a share
+    passed and not told: then it is not quiet.
+    """
+    for cs, counted in classes:
+        next_bytes = targets.notices(cs.policy).next_bytes(cs.notice_bp)
+        if next_bytes is not None and counted >= next_bytes:
+            return True
+    return False
+
+
 def _no_shortcut(
-    want: DesiredSlice, st: SliceState, kernel: KernelSlice, targets: RateTargets, now_s: int
+    want: DesiredSlice,
+    st: SliceState,
+    kernel: KernelSlice,
+    targets: RateTargets,
+    now_s: int,
+    *,
+    notify: bool,
 ) -> None:
     """:func:`_quiet` for ``plan(..., quiet=False)``: no slice is taken for quiet."""
     return None
@@ -432,12 +652,23 @@ def _limiting_off(
     inbound: InboundSnapshot | None = None,
 ) -> Plan:
     # each removal names its slice: the state's, else the source's, else the ledger's
-    names: dict[int, str] = {e.slice.xid: name for name, e in state.ledger.items()}
+    # (found by its xids, without a walk of the ledger)
+    names: dict[int, str] = {}
     names.update((r.xid, r.name) for r in desired.invalid if r.xid is not None)
     names.update((s.xid, s.name) for s in desired.slices)
     names.update((xid, st.name) for xid, st in state.slices.items())
+    waiting = ledger_xids(state)
+
+    def name_of(xid: int) -> str | None:
+        if xid in names:
+            return names[xid]
+        on = waiting.get(xid)
+        if not on:
+            return None
+        return max(reversed(on), key=lambda name: state.ledger[name].expires_s)
+
     actions: list[Action] = [
-        RemoveClasses(names.get(xid), xid, "limiting off")
+        RemoveClasses(name_of(xid), xid, "limiting off")
         for xid in sorted(snapshot.slices)
         if xid not in SYSTEM_XIDS
     ]
@@ -458,6 +689,7 @@ def plan(
     *,
     quiet: bool = True,
     boot: BootClock | None = None,
+    sent: SentMarks | None = None,
     inbound: InboundSnapshot | None = None,
 ) -> Plan:
     """Reconcile one cycle (docs/architecture.md "Policy" and "Slice lifecycle").
@@ -466,9 +698,11 @@ def plan(
     the shortcut for slices nothing happened to: the same plan, slower; for tests
     that hold the shortcut to that. ``boot``: the node's boot id and boot clock,
     read by the caller, which tell a stepped wall clock from time that passed
-    (:func:`~bwenforcer.core.periods.clock_check`). ``inbound``: the inbound backend's
-    read, with ``params.inbound`` (None: not read this cycle, inbound usage and limits
-    held as they are); without ``params.inbound`` it is not looked at.
+    (:func:`~bwenforcer.core.periods.clock_check`). ``sent``: the notices the outbox
+    journal says were handed to the transport (by a cycle killed before its save):
+    not planned again (core/notices.py). ``inbound``: the inbound backend's read, with
+    ``params.inbound`` (None: not read this cycle, inbound usage and limits held as
+    they are); without ``params.inbound`` it is not looked at.
     """
     if not params.inbound:
         inbound = None
@@ -495,8 +729,13 @@ def plan(
     # A wall clock not to be trusted (stepped, by the boot clock's word): no period
     # ends, no ledger entry expires and no grace runs out on it; caps follow the usage.
     step, clock_ref = clock_check(state, now_s, boot, params.period_s, params.anchor)
+    # how far a live slice's rolling window may move on: no further than the boot clock
+    # says time passed since the reference (None: another boot, or none to tell)
+    elapsed_s = None
+    if boot is not None and state.boot_id and boot.boot_id == state.boot_id:
+        elapsed_s = boot.boottime_s - state.boottime_s + CLOCK_SLACK_S
     actions: list[Action] = []
-    ledger = _Ledger(state.ledger)
+    ledger = _Ledger(state)
     carried: dict[int, SliceState] = {}  # accounted while planned, below
     left: list[UsageRow] = []
     renamed: dict[int, SliceState] = {}  # xid -> the slice that left it, counted
@@ -545,17 +784,24 @@ def plan(
     if quiet and params.inbound:
 
         def shortcut(
-            want: DesiredSlice, st: SliceState, kernel: KernelSlice, t: RateTargets, now_s: int
+            want: DesiredSlice,
+            st: SliceState,
+            kernel: KernelSlice,
+            t: RateTargets,
+            now_s: int,
+            *,
+            notify: bool,
         ) -> LiveSlice | None:
-            return _quiet_inbound(want, st, kernel, t, now_s, inbound=inbound)
+            return _quiet_inbound(want, st, kernel, t, now_s, notify=notify, inbound=inbound)
 
+    marked = {xid for xid, _, _ in sent} if sent else None
     slices: dict[int, SliceState] = {}
     live: list[LiveSlice] = []
     for want in sorted(wanted.values(), key=attrgetter("xid")):
         kernel = snapshot.slices.get(want.xid)
         st = carried.get(want.xid)
-        if st is not None and kernel is not None:
-            planned = shortcut(want, st, kernel, targets, now_s)
+        if st is not None and kernel is not None and not (marked and want.xid in marked):
+            planned = shortcut(want, st, kernel, targets, now_s, notify=params.notify)
             if planned is not None:
                 slices[want.xid] = st  # the very object: the identity rule (SliceState)
                 live.append(planned)
@@ -592,6 +838,8 @@ def plan(
             reason=reason,
             hold_period=step is not None,
             granted=granted.get(want.name, NO_GRANT),
+            elapsed_s=elapsed_s if account else None,
+            marks=sent,
             inbound=inbound,
         )
         slices[want.xid] = planned.state
@@ -614,6 +862,7 @@ def plan(
         missing,
         grants=state.grants,
         audit=audit,
+        ledger_index=ledger.index(),
     )
     return Plan(
         now_s,
@@ -630,34 +879,62 @@ class _Ledger:
     """The state's ledger as a cycle changes it: copied at its first change only (a
     cycle where no slice dies, expires or is revived hands the very mapping on), and
     kept ordered by expiry (:class:`~bwenforcer.core.model.State`), so the entries due
-    are found at its head without a look at the others.
+    are found at its head without a look at the others. Its xids
+    (:func:`~bwenforcer.core.model.ledger_xids`), if the state has them, follow each
+    change (never built here: that would look at every entry).
     """
 
-    __slots__ = ("_own", "entries")
+    __slots__ = ("_own", "entries", "xids")
 
-    def __init__(self, entries: Mapping[str, LedgerEntry]) -> None:
-        self.entries = entries
+    def __init__(self, state: State) -> None:
+        self.entries = state.ledger
+        kept = state.ledger_index
+        self.xids: dict[int, tuple[str, ...]] | None = (
+            kept[1] if kept is not None and kept[0] is state.ledger else None  # type: ignore[assignment]
+        )
         self._own = False
 
     def _mine(self) -> dict[str, LedgerEntry]:
         if not self._own:
             self.entries = dict(self.entries)
+            self.xids = None if self.xids is None else dict(self.xids)
             self._own = True
         return self.entries  # type: ignore[return-value]
+
+    def _index(self, name: str, xid: int, add: bool) -> None:
+        if self.xids is None:
+            return
+        names = tuple(n for n in self.xids.get(xid, ()) if n != name)
+        names = (*names, name) if add else names
+        if names:
+            self.xids[xid] = names
+        else:
+            self.xids.pop(xid, None)
 
     def put(self, name: str, entry: LedgerEntry) -> None:
         """Add (or replace) ``name``'s entry where its expiry puts it."""
         entries = self._mine()
-        entries.pop(name, None)
+        old = entries.pop(name, None)
+        if old is not None:
+            self._index(name, old.slice.xid, add=False)
         last = next(reversed(entries.values()), None)
         entries[name] = entry
+        self._index(name, entry.slice.xid, add=True)
         if last is not None and last.expires_s > entry.expires_s:  # rare: periods changed
             ordered = sorted(entries.items(), key=lambda item: item[1].expires_s)
             entries.clear()
             entries.update(ordered)
 
     def pop(self, name: str) -> LedgerEntry | None:
-        return self._mine().pop(name) if name in self.entries else None
+        if name not in self.entries:
+            return None
+        entry = self._mine().pop(name)
+        self._index(name, entry.slice.xid, add=False)
+        return entry
+
+    def index(self) -> tuple[Mapping[str, LedgerEntry], LedgerXids] | None:
+        """The ledger and its xids, for the state that carries them on (None: not known)."""
+        return None if self.xids is None else (self.entries, self.xids)
 
     def due(self, now_s: int) -> list[str]:
         """The names whose entries expire by ``now_s``: the head of the ledger."""
@@ -691,11 +968,27 @@ def _inherited(gone: SliceState, name: str, entry: LedgerEntry | None) -> SliceS
     period (a rename onto a deleted name, or a rename undone), never less.
     """
     st = dataclasses.replace(gone, name=name)
-    if entry is None or entry.slice.period_end_s <= gone.period_start_s:
+    if entry is None:
         return st
     old = entry.slice
+    window_s = gone.default.policy.window_s
+    if not window_s and old.period_end_s <= gone.period_start_s:
+        return st
+    if window_s and entry.expires_s <= gone.period_start_s:
+        return st
 
     def larger(cs: ClassState, waiting: ClassState) -> ClassState:
+        in_used = max(cs.in_used_bytes, waiting.in_used_bytes)
+        if cs.buckets:  # a window: bucket by bucket (the waiting ring moved on to cs's)
+            if waiting.buckets and waiting.policy.window_s == cs.policy.window_s:
+                steps = steps_between(old.period_end_s, st.period_end_s, window_s, None)
+                ring = moved(waiting.buckets, steps)
+            else:
+                ring = carried_ring(waiting.used_bytes)
+            buckets = tuple(map(max, cs.buckets, ring))
+            return dataclasses.replace(
+                cs, used_bytes=sum(buckets), buckets=buckets, in_used_bytes=in_used
+            )
         if waiting.used_bytes <= cs.used_bytes and waiting.in_used_bytes <= cs.in_used_bytes:
             return cs
         return dataclasses.replace(
@@ -736,36 +1029,75 @@ def _new_slice(
     now_s: int,
     inbound: InboundSnapshot | None = None,
 ) -> SliceState:
-    start, end = first_period(now_s, params.period_s, params.anchor)
+    window_s = want.default.window_s
+    if window_s:
+        start, end = bucket_span(now_s, window_s)
+    else:
+        start, end = first_period(now_s, params.period_s, params.anchor)
+    ring = empty_ring() if window_s else ()
 
     def fresh(tc: TrafficClass) -> ClassState:
         cs = _fresh_class(want.policy(tc), kernel_counter(kernel, tc) or 0)
+        if window_s:
+            cs = dataclasses.replace(cs, buckets=ring)
         in_counter = inbound_counter(inbound, want.xid, tc)
         if in_counter:  # adopted: counted from the counter the backend has
             cs = dataclasses.replace(cs, in_last_counter_bytes=in_counter)
         return cs
 
-    return SliceState(
-        name=want.name,
-        xid=want.xid,
+    return SliceState(want.name, want.xid, start, end, fresh("default"), fresh("exempt"))
+
+
+def _conformed(st: SliceState, window_s: int, params: PlanParams, now_s: int) -> SliceState:
+    """``st`` under a rolling window of ``window_s`` (0: under a period) now that its
+    policy changed from a period to a window, a window to a period, or one window to
+    another: its usage is kept whole, as if sent now (in the current bucket, or in a
+    period that starts now), so a change of policy never hands out a fresh budget.
+    """
+    if window_s:
+        start, end = bucket_span(now_s, window_s)
+    else:
+        start, end = first_period(now_s, params.period_s, params.anchor)
+
+    def conform(cs: ClassState) -> ClassState:
+        return dataclasses.replace(cs, buckets=carried_ring(cs.used_bytes) if window_s else ())
+
+    return dataclasses.replace(
+        st,
         period_start_s=start,
         period_end_s=end,
-        default=fresh("default"),
-        exempt=fresh("exempt"),
+        default=conform(st.default),
+        exempt=conform(st.exempt),
     )
 
 
 def mark_notified(state: State, delivered: Mapping[int, Iterable[TrafficClass]]) -> State:
-    """The state with the delivered classes of each xid flagged as notified."""
-    slices = dict(state.slices)  # the slices not flagged stay the very same objects
-    for xid, classes in delivered.items():
-        st = slices.get(xid)
+    """The state with the delivered classes of each xid flagged as notified (threshold)."""
+    return mark_sent(state, [Notify("", xid, tuple(classes)) for xid, classes in delivered.items()])
+
+
+def mark_sent(state: State, notices: Iterable[Notify]) -> State:
+    """The state with each delivered notice marked on its classes: the threshold flag,
+    the share told, the lift told (core/notices.py).
+    """
+    slices = dict(state.slices)  # the slices not marked stay the very same objects
+    for notice in notices:
+        st = slices.get(notice.xid)
         if st is None:
             continue
-        flagged = {tc: dataclasses.replace(st.cls(tc), notified=True) for tc in classes}
-        slices[xid] = dataclasses.replace(
+        marked = {}
+        for tc in notice.classes:
+            cs = st.cls(tc)
+            if notice.kind == "share":
+                cs = dataclasses.replace(cs, notice_bp=max(cs.notice_bp, notice.share_bp))
+            elif notice.kind == "lifted":
+                cs = dataclasses.replace(cs, lift="sent")
+            else:
+                cs = dataclasses.replace(cs, notified=True)
+            marked[tc] = cs
+        slices[notice.xid] = dataclasses.replace(
             st,
-            default=flagged.get("default", st.default),
-            exempt=flagged.get("exempt", st.exempt),
+            default=marked.get("default", st.default),
+            exempt=marked.get("exempt", st.exempt),
         )
     return dataclasses.replace(state, slices=slices)

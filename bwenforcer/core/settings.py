@@ -25,6 +25,7 @@ class ClassDefaults:
     tiers: str = ""  # canonical text (core.policy.tiers_text); "": none
     taper: str = ""  # canonical text (core.policy.taper_text); "": none
     pacing: bool = True  # False: tiers and taper alone (needs one of them)
+    notices: str = ""  # canonical text (core.notices.notices_text); "": threshold notice alone
     direction: str = "out"  # what the budget counts: out, in or both (core.direction)
 
 
@@ -143,6 +144,9 @@ class Config:
     bwmin_bps: int = BWMIN_BPS
     period_s: int = 86400
     period_anchor: PeriodAnchor | None = None
+    # defaults.window: slices whose own attributes say nothing have a rolling window
+    # of this many seconds instead of the period (0: the period; core.window)
+    window_s: int = 0
     interval_s: int = 300
     # how long a slice gone from its source keeps its classes and cap before it goes
     # to the ledger; None: the longer of two intervals and 10 minutes (grace_s)

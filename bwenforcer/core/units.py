@@ -172,10 +172,20 @@ def human_rate(bps: int) -> str:
     return _human(bps, steps, "bit/s")
 
 
+_SIZE_STEPS = ((2.0**40, "TiB"), (2.0**30, "GiB"), (2.0**20, "MiB"), (2.0**10, "KiB"))
+
+
 def human_size(size_bytes: int) -> str:
     """Rounded size for people in binary units: ``5.4GiB``."""
-    steps = ((2.0**40, "TiB"), (2.0**30, "GiB"), (2.0**20, "MiB"), (2.0**10, "KiB"))
-    return _human(size_bytes, steps, "B")
+    # _human's text, the common case inline (reports print millions): below 999.5 of
+    # its unit a value's three digits never take "%.3g"'s exponent
+    for factor, name in _SIZE_STEPS:
+        if size_bytes >= factor:
+            value = size_bytes / factor
+            if value < 999.5:
+                return f"{value:.3g}{name}"
+            return _human(size_bytes, _SIZE_STEPS, "B")
+    return f"{size_bytes:.0f}B"
 
 
 def human_duration(seconds: float) -> str:

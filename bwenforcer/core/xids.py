@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from bwenforcer.core.layout import XID_MAX
-from bwenforcer.core.model import State
+from bwenforcer.core.model import State, ledger_xids
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,11 @@ def allocate_xids(
     wanted = sorted(set(names))
     blocked = set(taken)
     live_by_name = {st.name: xid for xid, st in state.slices.items()}
-    reserved = blocked | set(state.slices) | {e.slice.xid for e in state.ledger.values()}
+    waiting = ledger_xids(state)  # kept with the ledger: no walk of its entries
+
+    def reserved(xid: int) -> bool:
+        return xid in blocked or xid in state.slices or xid in waiting
+
     result: dict[str, int] = {}
     used: set[int] = set(blocked)
 
@@ -57,7 +61,7 @@ def allocate_xids(
         # ``own``: the xid is this name's own reservation (its live slice or ledger entry)
         if xid is None or not 1 <= xid <= XID_MAX or xid in used:
             return False
-        if xid in reserved and not own:
+        if not own and reserved(xid):
             return False
         result[name] = xid
         used.add(xid)
@@ -90,7 +94,7 @@ def allocate_xids(
             continue
         later.append(name)
     unplaced = []
-    free = (x for x in range(1, XID_MAX + 1) if x not in used and x not in reserved)
+    free = (x for x in range(1, XID_MAX + 1) if x not in used and not reserved(x))
     for name in later:
         xid = next(free, None)
         if xid is None:

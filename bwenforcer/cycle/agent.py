@@ -119,12 +119,21 @@ def make_notifier(
             received_bytes=cs.in_used_bytes,
         )
 
-    def notify(action: Notify, st: SliceState) -> None:
+    def notify(action: Notify, st: SliceState, notice_id: str, commit: Callable[[], None]) -> None:
         classes = tuple(capped(st.cls(tc), tc) for tc in action.classes)
         notice = Notice(
-            st.name, st.xid, st.period_start_s, st.period_end_s, classes, unit_of(st.name)
+            st.name,
+            st.xid,
+            st.period_start_s,
+            st.period_end_s,
+            classes,
+            unit_of(st.name),
+            kind=action.kind,
+            share_bp=action.share_bp,
+            notice_id=notice_id,
         )
-        transport.send(build_message(notice, config.mail, host, int(clock()), template), budget)
+        msg = build_message(notice, config.mail, host, int(clock()), template)
+        transport.send(msg, budget, commit)
 
     return notify
 
@@ -293,6 +302,7 @@ class Agent:
         device re-created) is built again (:meth:`rebuilt_tree`), unless
         ``build_tree`` is False (someone else owns the tree: TreeNotInitialised).
         """
+        from bwenforcer.store.outbox import Outbox
         from bwenforcer.store.state import StateStore
 
         if self._store is None:
@@ -319,6 +329,7 @@ class Agent:
                 dry_run=dry_run,
                 hooks=hooks,
                 inbound=self.inbound if self.config.inbound.enabled else None,
+                outbox=Outbox(f"{self.config.state_file}.outbox"),
             )
         except KernelError:
             self.close()  # the device may have gone and come back under a new index

@@ -11,12 +11,13 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from bwenforcer.core.inbound import InboundSnapshot
 from bwenforcer.core.model import BootClock, DesiredSet, KernelSnapshot, State
+from bwenforcer.core.notices import sent_marks
 from bwenforcer.core.periods import CLOCK_SLACK_S, clock_offset_s
 from bwenforcer.core.plan import Plan
 from bwenforcer.core.planner import PlanParams, plan
@@ -29,6 +30,7 @@ from bwenforcer.cycle.executor import (
     execute,
 )
 from bwenforcer.errors import Error, ExitCode, KernelError
+from bwenforcer.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,7 @@ def run_cycle(
     dry_run: bool = False,
     hooks: Hooks | None = None,
     inbound: InboundPort | None = None,
+    outbox: Outbox | None = None,
 ) -> CycleResult:
     """Run one cycle; with ``dry_run`` plan only (no lock, nothing written).
 
@@ -179,12 +182,15 @@ def run_cycle(
     its one read; a read it fails holds every slice's inbound usage and limits for
     the cycle; a refused limit or ``ensure`` is one of the cycle's failures; neither
     stops the cycle.
+    ``outbox``: the notice outbox journal (store.outbox): its marks are planned as
+    sent, the cycle's notices recorded in it, and it is cleared once the state is saved.
     """
     hooks = hooks or Hooks()
     started = clock()
     lock = nullcontext() if dry_run else store.lock(config.lock_timeout_s)
-    with lock:
+    with lock, closing(outbox) if outbox is not None else nullcontext():
         loaded = store.read_unlocked() if dry_run else store.load()
+        sent = sent_marks(outbox.read()) if outbox is not None else None
         if hooks.complete is not None:
             desired = hooks.complete(desired, loaded.state)
         snapshot = kernel.dump()
@@ -227,6 +233,7 @@ def run_cycle(
             params,
             now_s,
             boot=reading,
+            sent=sent,
             inbound=inbound_snapshot,
         )
         if the_plan.clock_step is not None:
@@ -254,7 +261,7 @@ def run_cycle(
                 desired.errors,
                 tuple(extra),
             )
-        outcome = execute(the_plan, kernel, notifier, inbound)
+        outcome = execute(the_plan, kernel, notifier, outbox, inbound)
         if hooks.classifier is not None and not the_plan.limiting_off:
             try:
                 hooks.classifier(
@@ -268,6 +275,8 @@ def run_cycle(
         if hooks.before_save is not None:
             hooks.before_save(the_plan)
         store.save(outcome.state, now_s)
+        if outbox is not None:
+            outbox.clear()  # the state saved carries its marks
         result = CycleResult(
             started,
             clock() - started,

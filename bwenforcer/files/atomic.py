@@ -18,7 +18,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from bwenforcer.errors import DiskFull, UnsafePath
 
@@ -173,13 +173,24 @@ def move_aside(path: str, kind: str, now_s: float) -> str:
     ``path`` is moved itself, never followed; the directory is fsynced. OSError
     (nothing moved, or the move not yet durable) is the caller's to report.
     """
+    return _aside(path, kind, now_s, os.rename)
+
+
+def keep_aside(path: str, kind: str, now_s: float) -> str:
+    """:func:`move_aside`, but ``path`` stays: a second name (a hard link) is made
+    for it, kept once ``path`` is replaced.
+    """
+    return _aside(path, kind, now_s, lambda src, dst: os.link(src, dst, follow_symlinks=False))
+
+
+def _aside(path: str, kind: str, now_s: float, place: Callable[[str, str], None]) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now_s))
     target = f"{path}.{kind}-{stamp}"
     n = 1
     while os.path.lexists(target):
         n += 1
         target = f"{path}.{kind}-{stamp}.{n}"
-    os.rename(path, target)
+    place(path, target)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
     return target
 

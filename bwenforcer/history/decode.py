@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import logging
 import os
 import struct
 import zlib
@@ -24,18 +25,29 @@ from bwenforcer.history.format import (
     _DAY_V2,
     _HEADER,
     _HEADER_V1,
+    _HEADER_V2,
     _HOUR,
     _HOUR_V2,
     _PLACE,
     _PREFIX,
     _SLICE,
     FORMAT_VERSION,
-    HEADER_BYTES,
     MAGIC,
+    _first_at,
     _hour_rows,
     _tiers,
 )
-from bwenforcer.history.usage import History, SliceHistory, add_hours, add_hours_to_sums, merge_row
+from bwenforcer.history.usage import (
+    History,
+    SliceHistory,
+    add_hour_row,
+    add_hours,
+    add_hours_to_sums,
+    days_of_hours,
+    merge_row,
+)
+
+log = logging.getLogger(__name__)
 
 
 def decode_history(data: bytes, source: str) -> History:
@@ -116,8 +128,21 @@ def _records_bytes(counts: tuple[int, ...], version: int = FORMAT_VERSION) -> in
     return counts[0] * hour.size + sum(counts[1:]) * day.size
 
 
+# the versions with an index: their header's layout (the blocks follow it); version
+# 2's header has no checksum of its own; version 4's records have no received bytes
+_INDEXED = {FORMAT_VERSION: _HEADER, 4: _HEADER, 2: _HEADER_V2}
+
+
+def _checked_header(data: bytes, source: str) -> bytes:
+    """A version 4 or 5 header's bytes, its own checksum checked (HistoryCorrupt)."""
+    (crc,) = _CRC.unpack_from(data, _HEADER.size - _CRC.size)
+    if zlib.crc32(data[: _HEADER.size - _CRC.size]) != crc:
+        raise HistoryCorrupt(f"{source}: header checksum mismatch")
+    return data
+
+
 class HistoryFile:
-    """A history file opened to be read slice by slice (either format version).
+    """A history file opened to be read slice by slice (any format version).
 
     Opening it reads the header and the index (version 1: checks the whole file's
     checksum, reading it in chunks); each slice is read, checked and parsed when
@@ -135,13 +160,13 @@ class HistoryFile:
         # version 2 on: (name, offset, length) per slice, in name order; version 1: None
         self.index: list[tuple[str, int, int]] | None = None
         self.last_hours: list[int] = []  # version 2 on: each slice's last hour, as the index
-        if self.version in (2, FORMAT_VERSION):
+        if self.version in _INDEXED:
             self._read_index()
         elif self.version == 1:
             self._check_v1()
         else:
             raise HistoryCorrupt(
-                f"{source}: format version {self.version}, expected {FORMAT_VERSION} (or 1, 2)"
+                f"{source}: format version {self.version}, expected {FORMAT_VERSION} (or 1, 2, 4)"
             )
 
     @property
@@ -168,15 +193,19 @@ class HistoryFile:
         return data
 
     def _read_index(self) -> None:
-        _, _, _, count, index_at, crc = _HEADER.unpack(self._read(0, _HEADER.size, "header"))
-        if not HEADER_BYTES <= index_at <= self.size:
+        layout = _INDEXED[self.version]
+        header = self._read(0, layout.size, "header")
+        if layout is _HEADER:
+            _checked_header(header, self.source)
+        _, _, _, count, index_at, crc = _HEADER_V2.unpack_from(header)
+        if not layout.size <= index_at <= self.size:
             raise HistoryCorrupt(f"{self.source}: index offset {index_at} out of the file")
         data = self._read(index_at, self.size - index_at, "index")
         if zlib.crc32(data) != crc:
             raise HistoryCorrupt(f"{self.source}: index checksum mismatch")
         reader = _Reader(memoryview(data), self.source, index_at)
         index: list[tuple[str, int, int]] = []
-        expected, previous = HEADER_BYTES, b""
+        expected, previous = layout.size, b""
         for _ in range(count):
             name = reader.name()
             offset, length, last = reader.unpack(_PLACE)
@@ -202,7 +231,8 @@ class HistoryFile:
         if running != crc:
             raise HistoryCorrupt(f"{self.source}: checksum mismatch")
 
-    def _block(self, name: str, offset: int, length: int) -> SliceHistory:
+    def block(self, name: str, offset: int, length: int) -> SliceHistory:
+        """A slice's block (an index entry), checked and parsed (HistoryCorrupt)."""
         data = self._read(offset, length, f"slice {name}")
         if length < _CRC.size or zlib.crc32(data[_CRC.size :]) != _CRC.unpack_from(data)[0]:
             raise HistoryCorrupt(f"{self.source}: slice {name}: checksum mismatch")
@@ -216,8 +246,8 @@ class HistoryFile:
         return sh
 
     def raw_block(self, name: str, offset: int, length: int) -> bytes:
-        """A slice's block after its checksum, checked (not parsed); only of a file in the
-        current version's layout (:attr:`packed`).
+        """A slice's block after its checksum, checked (not parsed); worked on as bytes
+        only in the current version's layout (:attr:`packed`).
         """
         data = self._read(offset, length, f"slice {name}")
         body = data[_CRC.size :]
@@ -227,15 +257,24 @@ class HistoryFile:
         at = _SLICE.size + len(raw)
         if body[:at] != _SLICE.pack(len(raw)) + raw or len(body) < at + _COUNTS.size:
             raise HistoryCorrupt(f"{self.source}: slice {name}: block holds another")
-        if len(body) != at + _COUNTS.size + _records_bytes(_COUNTS.unpack_from(body, at)):
+        counts = _COUNTS.unpack_from(body, at)
+        if len(body) != at + _COUNTS.size + _records_bytes(counts, self.version):
             raise HistoryCorrupt(f"{self.source}: slice {name}: counts do not match its block")
         return body
+
+    def check(self) -> None:
+        """Check every slice's block (its checksum and counts) without parsing it, a
+        block at a time; HistoryCorrupt at the first damaged one. (Version 1: its
+        whole checksum was checked when it was opened.)
+        """
+        for entry in self.index or ():
+            self.raw_block(*entry)
 
     def slices(self) -> Iterator[tuple[str, SliceHistory]]:
         """Each slice, in name order, read one at a time."""
         if self.index is not None:
             for name, offset, length in self.index:
-                yield name, self._block(name, offset, length)
+                yield name, self.block(name, offset, length)
             return
         yield from self._slices_v1()
 
@@ -296,6 +335,27 @@ class HistoryFile:
         add_hours_to_sums(acc, _hour_rows(packed_h, sorted(hours)), hours)
         return acc
 
+    def day_slices(
+        self, journal: dict[str, dict[int, list[int]]]
+    ) -> Iterator[tuple[str, list[tuple[int, ...]]]]:
+        """A file in the current layout: each slice's plain day rows (day key, default,
+        exempt, peak hour, capped default s, capped exempt s, received default and exempt;
+        in key order) with the journal's
+        hours added, a slice of the journal alone too, in name order. Its days are
+        taken as stored; only its hours are summed (by day).
+        """
+        assert self.index is not None and self.packed
+        pending = sorted(journal, key=str.encode, reverse=True)
+        for name, offset, length in self.index:
+            encoded = name.encode()
+            while pending and pending[-1].encode() < encoded:
+                yield pending[-1], _day_rows(b"", b"", journal[pending.pop()])
+            hours = journal[pending.pop()] if pending and pending[-1] == name else {}
+            _, (packed_h, packed_d, _, _) = _tiers(self.raw_block(name, offset, length))
+            yield name, _day_rows(packed_d, packed_h, hours)
+        for new in reversed(pending):
+            yield new, _day_rows(b"", b"", journal[new])
+
     def find(self, name: str) -> SliceHistory | None:
         """The slice ``name``'s buckets (version 2 on: reading only them); None if absent."""
         if self.index is None:
@@ -303,7 +363,7 @@ class HistoryFile:
         i = bisect.bisect_left(self.names, name)
         if i == len(self.names) or self.names[i] != name:
             return None
-        return self._block(*self.index[i])
+        return self.block(*self.index[i])
 
 
 def _open_file(path: str) -> HistoryFile | None:
@@ -325,6 +385,32 @@ def _open_file(path: str) -> HistoryFile | None:
         raise
 
 
+def _day_rows(
+    packed_d: bytes | memoryview, packed_h: bytes | memoryview, hours: dict[int, list[int]]
+) -> list[tuple[int, ...]]:
+    """A slice's plain day rows (see :meth:`HistoryFile.day_slices`) from its packed
+    days and hours and the journal's ``hours``: as :func:`~.usage.slice_buckets` sums
+    them by day, the stored days unpacked as they are.
+    """
+    days = list(_DAY.iter_unpack(packed_d))
+    if hours:  # the journal's hours are the last ones: the records from the first on
+        at = _first_at(packed_h, _HOUR.size, min(hours)) * _HOUR.size
+        tail = {key: row for key, *row in _HOUR.iter_unpack(packed_h[at:])}
+        for key, row in hours.items():
+            add_hour_row(tail, key, row)
+        records = list(_HOUR.iter_unpack(packed_h[:at]))
+        records.extend((key, *row) for key, row in sorted(tail.items()))
+    else:
+        records = list(_HOUR.iter_unpack(packed_h))
+    summed = days_of_hours(records)
+    if summed and days and summed[0][0] <= days[-1][0]:  # days held twice: merged
+        acc = {key: list(row) for key, *row in days}
+        for key, *row in summed:
+            merge_row(acc, key, row)
+        return [(key, *row) for key, row in sorted(acc.items())]
+    return days + summed
+
+
 def _fresh(hours: dict[int, list[int]]) -> SliceHistory:
     sh = SliceHistory()
     add_hours(sh, hours)
@@ -333,12 +419,20 @@ def _fresh(hours: dict[int, list[int]]) -> SliceHistory:
 
 def file_generation(path: str) -> int | None:
     """The generation in the header of the history file ``path``; None without a
-    usable file (missing, or not a history file's header).
+    usable file (missing, not a history file's header, or, version 4 or 5, a header
+    whose checksum fails: its generation cannot be trusted, logged).
     """
     try:
-        header = read_own(path, "history file", _PREFIX.size)
+        header = read_own(path, "history file", _HEADER.size)
     except FileNotFoundError:
         return None
     if len(header) < _PREFIX.size or header[:4] != MAGIC:
         return None
-    return _PREFIX.unpack(header)[2]
+    _, version, generation = _PREFIX.unpack_from(header)
+    if _INDEXED.get(version) is _HEADER:
+        try:
+            _checked_header(header.ljust(_HEADER.size, b"\0"), path)
+        except HistoryCorrupt as exc:
+            log.error("history %s: generation unknown (%s): its journal is kept", path, exc)
+            return None
+    return generation

@@ -13,17 +13,19 @@ import struct
 import time
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import NamedTuple
 
 from bwenforcer.errors import HistoryCorrupt, HistoryError
 from bwenforcer.files.atomic import (
     disk_full,
     fsync_dir,
+    keep_aside,
     make_dir,
     new_temp,
     remove_stale_temps,
     replace_file,
 )
-from bwenforcer.history.decode import HistoryFile, _open_file
+from bwenforcer.history.decode import HistoryFile, _fresh, _open_file
 from bwenforcer.history.format import (
     _CHUNK_BYTES,
     _COUNTS,
@@ -78,6 +80,15 @@ DEPARTED_MAX_SLICES = 10_000
 _BEYOND = 2**62  # a cutoff past every hour and day: all of them roll up
 
 
+class Folded(NamedTuple):
+    """What a fold did: the new file's generation, and the slices whose blocks in
+    the old file were damaged (skipped: each has the journal's hours alone).
+    """
+
+    generation: int
+    damaged: tuple[str, ...] = ()
+
+
 def fold_history(
     path: str,
     generation_mask: int,
@@ -86,10 +97,11 @@ def fold_history(
     *,
     live: Collection[str] | None = None,
     departed_max: int = DEPARTED_MAX_SLICES,
-) -> int:
+) -> Folded:
     """Fold the journal into the file, slice by slice, rolled up at ``cutoffs``
     (:func:`~.usage.roll_up_cutoffs`; None: no roll-up); return the new file's
-    generation (the old one's plus one, within ``generation_mask``).
+    generation (the old one's plus one, within ``generation_mask``) and the
+    slices whose blocks were damaged.
 
     With ``live`` (the names of the live slices and of the ledger's entries),
     every other slice has departed for good: its hours and days are rolled up
@@ -101,11 +113,15 @@ def fold_history(
     kill at any instant leaves the old file (its journal still extending it) or
     the new one (the journal then of an older generation: ignored, and replaced by
     the caller). Memory: one slice's buckets, the index and the journal's hours.
-    A damaged file (found at any slice) is moved aside and the journal alone is
-    folded. OSError is the caller's to report.
+    A slice whose block is damaged (its checksum fails; version 2 and later) is
+    skipped alone, logged with its name: it keeps only the journal's hours, and
+    the old file stays beside the new one as ``<path>.corrupt-<UTC time>`` for
+    an operator to inspect. A file damaged otherwise (its header, its index;
+    version 1: anywhere) is moved aside and the journal alone is folded. OSError
+    is the caller's to report.
     """
     make_history_dir(path)
-    args = (path, generation_mask, cutoffs)
+    args = (path, generation_mask, cutoffs, clock)
     try:
         return _fold(*args, live=live, departed_max=departed_max, use_file=True)
     except HistoryCorrupt as exc:
@@ -138,12 +154,14 @@ def _fold(
     path: str,
     generation_mask: int,
     cutoffs: tuple[int, int, int] | None,
+    clock: Callable[[], float],
     *,
     live: Collection[str] | None,
     departed_max: int,
     use_file: bool,
-) -> int:
+) -> Folded:
     old = _open_file(path) if use_file else None
+    damaged: list[str] = []
     try:
         generation = 0 if old is None else old.generation
         journal = _journal(path, generation, old is None)
@@ -169,8 +187,9 @@ def _fold(
                 yield from treated(name, sh, last_hour(sh))
 
         def raw() -> Iterator[tuple[str, bytes, int]]:
-            """A file in the current layout: each slice's block worked on as bytes (see
-            :func:`_fold_block`); an older file's slices are parsed and written anew.
+            """An indexed file: each slice's block worked on as bytes (see
+            :func:`_fold_block`), or, in an older layout, parsed and written anew; a
+            damaged block is skipped alone.
             """
             assert old is not None and old.index is not None
             pending = sorted(journal, key=str.encode, reverse=True)
@@ -185,10 +204,27 @@ def _fold(
                 if name in dropped:
                     log.info("history: slice %s dropped: departed, sent the longest ago", name)
                     continue
+                try:
+                    if old.packed:
+                        block = old.raw_block(name, offset, length)
+                    else:  # an older layout (records without received bytes): parsed
+                        sh = old.block(name, offset, length)
+                except HistoryCorrupt as exc:
+                    log.error("history: slice %s: damaged, its file's buckets skipped (%s)",
+                              name, exc)  # fmt: skip
+                    damaged.append(name)
+                    if hours:
+                        fresh = _fresh(hours)
+                        yield from treated(name, fresh, last_hour(fresh))
+                    continue
+                if not old.packed:
+                    add_hours(sh, hours)
+                    yield from treated(name, sh, last_hour(sh))
+                    continue
                 at = cutoffs or (0, 0, 0)
                 if departed and name not in live:  # type: ignore[operator]
                     at = (_BEYOND, _BEYOND, at[2])  # months only
-                body = _fold_block(old.raw_block(name, offset, length), hours, at)
+                body = _fold_block(block, hours, at)
                 if body is None:
                     log.info("history: slice %s aged out", name)
                     continue
@@ -198,12 +234,22 @@ def _fold(
                 add_hours(fresh, journal[new])
                 yield from treated(new, fresh, last_hour(fresh))
 
-        packed = old is not None and old.packed
-        _write_blocks(path, generation, raw() if packed else parsed())
+        def keep_old() -> None:
+            if not damaged:
+                return
+            try:  # the old file's second name, made before the new one replaces it
+                kept = keep_aside(path, "corrupt", clock())
+            except OSError as exc:  # no hard link here: the fold goes on all the same
+                kept = f"nowhere (cannot link it: {exc.strerror or exc})"
+            log.error("history %s: %d damaged slice(s) skipped (%s): the old file kept as %s",
+                      path, len(damaged), ", ".join(damaged), kept)  # fmt: skip
+
+        indexed = old is not None and old.index is not None
+        _write_blocks(path, generation, raw() if indexed else parsed(), keep_old)
     finally:
         if old is not None:
             old.close()
-    return generation
+    return Folded(generation, tuple(damaged))
 
 
 def write_history(
@@ -224,8 +270,15 @@ def write_history(
     )
 
 
-def _write_blocks(path: str, generation: int, blocks: Iterable[tuple[str, bytes, int]]) -> None:
-    """:func:`write_history` of slices' blocks as they are."""
+def _write_blocks(
+    path: str,
+    generation: int,
+    blocks: Iterable[tuple[str, bytes, int]],
+    before_replace: Callable[[], None] | None = None,
+) -> None:
+    """:func:`write_history` of slices' blocks as they are; ``before_replace`` is
+    called once the new file is written, before it replaces the old one.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     remove_stale_temps(directory, (f"{os.path.basename(path)}.tmp-",))
     fd, tmp = new_temp(path)
@@ -238,6 +291,8 @@ def _write_blocks(path: str, generation: int, blocks: Iterable[tuple[str, bytes,
             out.flush()
             os.pwrite(out.fileno(), header, 0)
             os.fsync(out.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
         fsync_dir(directory)
     except BaseException:

@@ -4,10 +4,11 @@ slice's block and writing a file slice by slice, and walking packed records.
 Decoding a file is :mod:`.decode`, reading the history (file and journal)
 :mod:`.reader`, saving and folding it :mod:`.fold`.
 
-Format version 3 (little endian, fixed-size records, no compression)::
+Format version 5 (little endian, fixed-size records, no compression)::
 
     header   "BWHS"  u16 version  u16 generation  u32 slice count
-             u64 offset of the index  u32 CRC-32 of the index                (24 bytes)
+             u64 offset of the index  u32 CRC-32 of the index
+             u32 CRC-32 of the header's first 24 bytes                       (28 bytes)
     slice    u32 CRC-32 of the rest of the slice's block,
              u8 name length, name (UTF-8, ≤ 255 bytes), u32 hour count,
              u32 day count, u32 month count, u32 month sum count, then the records:
@@ -28,14 +29,18 @@ sent.)
 
 Slices are in name order (of their UTF-8 bytes). Each slice's block carries its
 own checksum and the index says where it is, so a reader takes one slice
-without reading the others; the month sums let a monthly report read a slice's
-months and sums alone. The fold and the reports go slice by slice:
-their memory is one slice's, however old and large the history. Version 1 (a
-16-byte header "BWHS" u16 version u16 generation u32 slice count u32 CRC-32 of
-the body, then the slices without their checksums, no index) is read, and the
-next fold writes it again as version 3; so is version 2 (the layout above
-with hour records of 28 bytes and day records of 36, nothing received), whose
-slices are read with their records widened (received 0).
+without reading the others (and a fold skips a damaged block alone, keeping the
+rest); the header's own checksum covers the generation, which tells whether the
+journal extends this file (a flipped bit there would have the journal dropped);
+the month sums let a monthly report read a slice's months and sums alone. The
+fold and the reports go slice by slice: their memory is one slice's, however old
+and large the history. Older versions are read, and the next fold writes them
+again as version 5: version 4 (the layout above with hour records of 28 bytes
+and day records of 36, nothing received), version 2 (as version 4 but for a
+24-byte header, without its checksum) and version 1 (a 16-byte header "BWHS"
+u16 version u16 generation u32 slice count u32 CRC-32 of the body, then the
+slices without their checksums, no index); their records are read widened
+(received 0). (Version 3 was never written by a release.)
 
 Size: an hour costs 44 bytes, a day, a month or a month sum 52 bytes, a slice's
 header and index entry at most 548. With the default retention a slice that sends
@@ -43,7 +48,7 @@ something every hour holds at most 384 hours (15 days, plus the day being
 filled) and, in its first year, 365 days and 14 month sums:
 at most 37,152 bytes per slice for the first year. However old the node, a slice never exceeds
 ``MAX_BYTES_PER_SLICE`` = 61,020 bytes (384 hours, 715 days, 97 months, 26 month
-sums), so the file stays under that times the number of slices plus a 24-byte header. These
+sums), so the file stays under that times the number of slices plus a 28-byte header. These
 bounds hold after a roll-up at the time of the latest record; counts saturate at
 their field's maximum.
 
@@ -78,11 +83,12 @@ from bwenforcer.history.usage import (
     month_sums,
 )
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 5
 MAGIC = b"BWHS"
 
 _PREFIX = struct.Struct("<4sHH")  # magic, version, generation: every version's
-_HEADER = struct.Struct("<4sHHIQI")
+_HEADER = struct.Struct("<4sHHIQII")  # versions 4, 5: the last field checksums the others
+_HEADER_V2 = struct.Struct("<4sHHIQI")
 _HEADER_V1 = struct.Struct("<4sHHII")
 _CRC = struct.Struct("<I")
 _SLICE = struct.Struct("<B")
@@ -90,7 +96,7 @@ _COUNTS = struct.Struct("<IIII")  # hours, days, months, month sums
 _COUNTS_V1 = struct.Struct("<III")
 _HOUR = struct.Struct("<IQQIIQQ")
 _DAY = struct.Struct("<IQQQIIQQ")  # days and months
-# version 2's records (nothing received): read, widened with zeros
+# versions 1, 2 and 4's records (nothing received): read, widened with zeros
 _HOUR_V2 = struct.Struct("<IQQII")
 _DAY_V2 = struct.Struct("<IQQQII")
 _PLACE = struct.Struct("<QII")  # an index entry after its name: offset, length, last hour
@@ -237,9 +243,13 @@ class _Writer:
     def finish(self) -> bytes:
         index = b"".join(self.index)
         self.out.write(index)
-        return _HEADER.pack(
-            MAGIC, FORMAT_VERSION, self.generation, len(self.index), self.offset, zlib.crc32(index)
-        )
+        return pack_header(self.generation, len(self.index), self.offset, zlib.crc32(index))
+
+
+def pack_header(generation: int, count: int, index_at: int, index_crc: int) -> bytes:
+    """A version :data:`FORMAT_VERSION` header, its own checksum last."""
+    head = _HEADER_V2.pack(MAGIC, FORMAT_VERSION, generation, count, index_at, index_crc)
+    return head + _CRC.pack(zlib.crc32(head))
 
 
 def encode_history(history: History) -> bytes:

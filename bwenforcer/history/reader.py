@@ -14,7 +14,14 @@ from bwenforcer.errors import HistoryCorrupt, HistoryError
 from bwenforcer.files.atomic import move_aside, read_own
 from bwenforcer.history.decode import _fresh, _open_file
 from bwenforcer.history.journal import journal_hours, journal_path
-from bwenforcer.history.usage import Bucketing, History, SliceHistory, add_hours, slice_buckets
+from bwenforcer.history.usage import (
+    Bucketing,
+    History,
+    SliceHistory,
+    add_hours,
+    bucket_rows,
+    slice_buckets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +97,13 @@ class HistoryReader:
         if self._file is not None:
             self._file.close()
 
+    def check(self) -> None:
+        """Check the whole file's blocks (see :meth:`~.decode.HistoryFile.check`), so
+        that what is then read of it is not cut short by a damaged one.
+        """
+        if self._file is not None:
+            self._file.check()
+
     def slices(self) -> Iterator[tuple[str, SliceHistory]]:
         """Each slice's buckets (journal included), in name order, one at a time."""
         return _merged(() if self._file is None else self._file.slices(), self._journal)
@@ -98,7 +112,7 @@ class HistoryReader:
         self, by: Bucketing, only: str | None = None
     ) -> Iterator[tuple[str, dict[int, list[int]]]]:
         """Each slice's buckets by ``by`` (see :func:`~.usage.slice_buckets`), in name
-        order, or only ``only``'s. By month, a version 2 file's slices are read from
+        order, or only ``only``'s. By month, a current version file's slices are read from
         their months and month sums alone.
         """
         f = self._file
@@ -122,6 +136,18 @@ class HistoryReader:
         sh = self.slice(only)
         if sh is not None:
             yield only, slice_buckets(sh, by)
+
+    def day_rows(self) -> Iterator[tuple[str, list[tuple[int, ...]]]]:
+        """Each slice's buckets by day as plain rows (day key, then the seven figures of a
+        :class:`~.usage.ReportRow`; in key order), in name order: a file in the current
+        layout has its days taken as stored, not built into buckets.
+        """
+        f = self._file
+        if f is not None and f.packed:
+            yield from f.day_slices(self._journal)
+            return
+        for name, buckets in self.buckets("day"):
+            yield name, bucket_rows(buckets, "day")
 
     def slice(self, name: str) -> SliceHistory | None:
         """The slice ``name``'s buckets (journal included); None if it has no history."""

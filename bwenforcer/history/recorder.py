@@ -71,6 +71,8 @@ class HistoryRecorder:
         self._names: dict[str, bytes | None] = {}
         self._known: tuple[FileIdentity | None, JournalEnd] | None = None
         self._fold_at: int | None = None  # the cycle time of a fold found due
+        # slices whose blocks the folds found damaged and skipped (each logged by name)
+        self.damaged_slices = 0
 
     def record(
         self,
@@ -227,7 +229,7 @@ class HistoryRecorder:
         """
         self._names.clear()
         cutoffs = roll_up_cutoffs(now_s, self.cfg) if roll_up else None
-        generation = fold_history(
+        generation, damaged = fold_history(
             self.path,
             _GENERATION_MASK,
             cutoffs,
@@ -235,6 +237,7 @@ class HistoryRecorder:
             live=live,
             departed_max=self._departed_max,
         )
+        self.damaged_slices += len(damaged)
         end = self._start_journal(generation)
         log.info("history %s: journal folded in (generation %d)", self.path, generation)
         return end

@@ -378,6 +378,47 @@ def bucket_report(
     return rows
 
 
+def bucket_rows(
+    buckets: dict[int, list[int]], by: Bucketing, since_s: int | None = None
+) -> list[tuple[int, ...]]:
+    """:func:`bucket_report`'s rows as plain tuples: the bucket's key (see
+    :func:`bucket_start_s`), then the seven figures of a :class:`ReportRow`.
+    """
+    return since_rows([(key, *row) for key, row in sorted(buckets.items())], by, since_s)
+
+
+def since_rows(
+    rows: list[tuple[int, ...]], by: Bucketing, since_s: int | None
+) -> list[tuple[int, ...]]:
+    """Of plain rows (bucket key first, in key order), those of buckets that end after
+    ``since_s`` (None: all).
+    """
+    if since_s is None or not rows:
+        return rows
+    return [row for row in rows if _bounds(by, row[0])[1] > since_s]
+
+
+def bucket_start_s(by: Bucketing, key: int) -> int:
+    """The start (Unix s, UTC) of the bucket ``key`` by ``by``."""
+    return _bounds(by, key)[0]
+
+
+def days_of_hours(hours: Iterable[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Hour records (hour key, default, exempt, capped default s, capped exempt s,
+    received default, received exempt; in key order) as plain day rows (day key,
+    default, exempt, peak hour, capped s ×2, received ×2).
+    """
+    days = []
+    for day, group in groupby(hours, lambda item: item[0] // 24):
+        _, default, exempt, capped_d, capped_e, in_d, in_e = zip(*group, strict=True)
+        peak = max(map(operator.add, default, exempt))
+        days.append((
+            day, sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e), sum(in_d),
+            sum(in_e),
+        ))  # fmt: skip
+    return days
+
+
 def month_sums(days: dict[int, list[int]], hours: dict[int, list[int]]) -> dict[int, list[int]]:
     """Each month's total of a slice's ``days`` and ``hours`` (day-shaped rows): what its
     monthly report adds to its months tier.

@@ -243,7 +243,8 @@ def settle(
     """
     if not discovery.contested:
         return discovery
-    xid_of = {e.slice.name: e.slice.xid for e in state.ledger.values()}
+    contested = {u.name for u in discovery.contested}  # the ledger looked up, not walked
+    xid_of = {name: e.slice.xid for name in contested if (e := state.ledger.get(name))}
     xid_of.update({st.name: xid for xid, st in state.slices.items()})
     xid_of.update({s.name: s.xid for s in desired.slices})
     chosen = discovery.by_name()

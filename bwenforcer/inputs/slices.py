@@ -31,9 +31,11 @@ from bwenforcer.core.layout import (
     check_xid,
 )
 from bwenforcer.core.model import ClassPolicy, DesiredSet, DesiredSlice, InvalidRecord
+from bwenforcer.core.notices import notices_text, parse_notices
 from bwenforcer.core.policy import (
     class_cap_bps,
     class_limits,
+    lowers_ceil,
     parse_taper,
     parse_tiers,
     taper_text,
@@ -41,8 +43,16 @@ from bwenforcer.core.policy import (
     tiers_text,
 )
 from bwenforcer.core.settings import Config
-from bwenforcer.core.units import MAX_RATE_BPS, MAX_SIZE_BYTES, kbit_to_bps, kib_to_bytes
-from bwenforcer.errors import ConfigError, SliceError, UnsafePath
+from bwenforcer.core.units import (
+    MAX_RATE_BPS,
+    MAX_SIZE_BYTES,
+    format_rate,
+    kbit_to_bps,
+    kib_to_bytes,
+    parse_duration_s,
+)
+from bwenforcer.core.window import check_window_s
+from bwenforcer.errors import ConfigError, SliceError, UnitError, UnsafePath
 from bwenforcer.files.atomic import check_dir, disk_full, read_own, replace_file
 from bwenforcer.inputs.slicename import shown
 from bwenforcer.inputs.yamltext import MAX_FILE_BYTES, parse_yaml, read_bytes
@@ -66,6 +76,7 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "tiers": "net_tiers",
         "taper": "net_taper",
         "pacing": "net_pacing",
+        "notices": "net_notices",
         "direction": "net_direction",
     },
     "exempt": {
@@ -77,10 +88,15 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "tiers": "net_i2_tiers",
         "taper": "net_i2_taper",
         "pacing": "net_i2_pacing",
+        "notices": "net_i2_notices",
         "direction": "net_i2_direction",
     },
 }
-RSPEC_ATTRIBUTES = frozenset(a for attrs in ATTRIBUTES.values() for a in attrs.values())
+# a rolling window is the slice's, both classes' (core.window): one attribute
+WINDOW_ATTRIBUTE = "net_window"
+RSPEC_ATTRIBUTES = frozenset(
+    {WINDOW_ATTRIBUTE, *(a for attrs in ATTRIBUTES.values() for a in attrs.values())}
+)
 
 
 # Largest value of each rspec field, in its historic unit: the bounds of units.py
@@ -117,6 +133,7 @@ def resolve_policy(
     """Both class policies of a slice from its rspec and the config defaults."""
     origin: dict[str, str] = {}
     policies: dict[TrafficClass, ClassPolicy] = {}
+    window_s = _window(name, rspec, origin, config.window_s)
     for tc in TRAFFIC_CLASSES:
         attrs = ATTRIBUTES[tc]
         base = config.defaults[tc]
@@ -161,6 +178,15 @@ def resolve_policy(
             parse=parse_taper,
             text=taper_text,
         )
+        notices = _rule(
+            name,
+            attrs["notices"],
+            rspec,
+            origin,
+            default=base.notices,
+            parse=parse_notices,
+            text=lambda parsed: notices_text(*parsed),
+        )
         pacing = _pacing(name, attrs["pacing"], rspec, origin, base.pacing)
         if not pacing and not tiers and not taper:
             raise SliceError(
@@ -168,11 +194,22 @@ def resolve_policy(
                 " (else nothing caps)"
             )
         direction = _direction(name, attrs["direction"], rspec, origin, base.direction)
+        if window_s and direction != "out":
+            # the ring counts sent bytes alone: a window over received bytes is not built
+            raise SliceError(
+                f"slice {name}: {attrs['direction']}: {direction!r} counts received bytes;"
+                f" a rolling window ({WINDOW_ATTRIBUTE}) counts sent bytes alone"
+            )
         share_given = given("share")
         min_rate, max_rate, share = class_limits(
             min_rate, max_rate, base.share if share_given is None else share_given, cap
         )
         max_rate = max(config.bwmin_bps, max_rate)
+        if not pacing and not lowers_ceil(tiers, taper, max_rate, cap, config.bwmin_bps):
+            raise SliceError(
+                f"slice {name}: {attrs['pacing']}: pacing off needs a tier or taper below the"
+                f" max rate {format_rate(max_rate)} (else nothing caps)"
+            )
         policies[tc] = ClassPolicy(
             limit_bytes=limit,
             threshold_bytes=threshold,
@@ -182,9 +219,31 @@ def resolve_policy(
             tiers=tiers,
             taper=taper,
             pacing=pacing,
+            window_s=window_s,
+            notices=notices,
             direction=direction,
         )
     return policies["default"], policies["exempt"], origin
+
+
+def _window(name: str, rspec: Mapping[str, object], origin: dict[str, str], default_s: int) -> int:
+    """``net_window``: a rolling window's length, a duration (``30d``) or seconds; 0 or
+    ``none``: the period, whatever the config's default window.
+    """
+    value = rspec.get(WINDOW_ATTRIBUTE)
+    origin[WINDOW_ATTRIBUTE] = "defaults" if value is None else "rspec"
+    if value is None:
+        return default_s
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise SliceError(f"slice {name}: {WINDOW_ATTRIBUTE}: {shown(value)} is not a duration")
+    if value in (0, "0", "none"):
+        return 0
+    try:
+        window_s = parse_duration_s(int(value) if isinstance(value, float) else value)
+        check_window_s(window_s)
+    except (UnitError, ValueError) as exc:
+        raise SliceError(f"slice {name}: {WINDOW_ATTRIBUTE}: {exc}") from None
+    return window_s
 
 
 _FLAGS = {"1": True, "true": True, "0": False, "false": False}
@@ -230,7 +289,9 @@ def _rule(
     parse: Callable[[str], Any],
     text: Callable[[Any], str],
 ) -> str:
-    """The canonical text of a ``net_*tiers`` / ``net_*taper`` attribute, else the default."""
+    """The canonical text of a ``net_*tiers`` / ``net_*taper`` / ``net_*notices`` attribute,
+    else the default.
+    """
     value = rspec.get(attribute)
     origin[attribute] = "defaults" if value is None else "rspec"
     if value is None:

@@ -25,6 +25,7 @@ from bwenforcer.core.grants import NO_GRANT, counted_bytes, granted_bytes
 from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import ClassState
 from bwenforcer.core.projection import HOUR_S, exhausted_at_s
+from bwenforcer.core.window import horizon_s
 from bwenforcer.cycle.run import CycleResult
 
 if TYPE_CHECKING:
@@ -357,7 +358,7 @@ def slice_samples(
                     ),
                     rate_bytes_per_s=bytes_per_s,
                     now_s=now_s,
-                    period_end_s=st.period_end_s,
+                    period_end_s=horizon_s(st.period_end_s, policy.window_s),
                 ),
             )
             yield st.name, xid, tc, values

@@ -56,12 +56,15 @@ from bwenforcer.store.schema import (
     SLICE_KEYS,
     TOP,
     TOP_KEYS,
+    WINDOWS_DIFFER,
     WRITER,
     Field,
     class_dict_maker,
     corrupt,
     dict_maker,
     migrate,
+    ring_problem,
+    ring_text,
     slice_dict_maker,
 )
 
@@ -121,7 +124,9 @@ def _value_expr(f: Field, var: str) -> str:
         return f"_JSON_BOOL[{attr}]"
     if f.kind == "slice":
         return f"self._slice_text({attr}, heads)"
-    return attr if f.kind == "uint" else f"_dumps({attr})"
+    if f.kind == "buckets":
+        return f"self._ring_text({attr})"
+    return attr if f.kind in ("uint", "window") else f"_dumps({attr})"
 
 
 def _fstring(parts: list[tuple[str, str]]) -> str:
@@ -201,12 +206,28 @@ class StateEncoder:
         self._heads: dict[tuple[object, ...], str] = {}
         self._policies: dict[int, tuple[ClassPolicy, str]] = {}  # by id: kept alive here
         self._ledger = LedgerEncoder()  # the ledger's text, kept across encodes
+        # rolling windows' rings, by id: a ring with no new bytes is passed on as the very
+        # tuple (a capped cycle changes every class's ceil, not its ring); this encode's
+        # and the last one's (kept alive here)
+        self._rings: dict[int, tuple[tuple[int, ...], str]] = {}
+        self._last_rings: dict[int, tuple[tuple[int, ...], str]] = {}
+
+    def _ring_text(self, ring: tuple[int, ...]) -> str:
+        """A ring's text (schema.ring_text), kept for the very tuple."""
+        if not ring:
+            return "[]"
+        hit = self._last_rings.get(id(ring))
+        if hit is None or hit[0] is not ring:
+            hit = (ring, ring_text(ring))
+        self._rings[id(ring)] = hit
+        return hit[1]
 
     def encode(self, state: State, now_s: int) -> bytes:
         """The state file's bytes (without the final newline)."""
         cache = self._slices
         fresh: dict[int, tuple[SliceState, bytes]] = {}
         heads, self._heads = self._heads, {}
+        self._last_rings, self._rings = self._rings, {}
         parts: list[bytes] = []
         for xid, st in state.slices.items():
             hit = cache.get(xid)
@@ -236,7 +257,10 @@ class StateEncoder:
 
 
 def _compile_encoder() -> None:
-    scope: dict[str, Any] = {"_JSON_BOOL": _JSON_BOOL, "_dumps": json.dumps}
+    scope: dict[str, Any] = {
+        "_JSON_BOOL": _JSON_BOOL,
+        "_dumps": json.dumps,
+    }
     exec(_encoder_source(), scope)
     for name in ("_slice_text", "_class_text"):
         scope[name].__qualname__ = f"StateEncoder.{name}"
@@ -272,6 +296,10 @@ def _class_from(value: object, source: str, path: str) -> ClassState:
             policy[f.attr.removeprefix(_POLICY)] = _scalar(f, d, source, path)
         else:
             own[f.attr] = _scalar(f, d, source, path)
+    problem = ring_problem(own["used_bytes"], own["buckets"], policy["window_s"])
+    if problem is not None:
+        raise corrupt(source, f"{path}.buckets", problem)
+    own["buckets"] = tuple(own["buckets"])
     return ClassState(policy=ClassPolicy(**policy), **own)
 
 
@@ -284,6 +312,8 @@ def _slice_from(value: object, source: str, path: str) -> SliceState:
             classes = _object(d[f.key], CLASSES_KEYS, source, where)
             for tc in TRAFFIC_CLASSES:
                 found[tc] = _class_from(classes[tc], source, f"{where}.{tc}")
+            if found["default"].policy.window_s != found["exempt"].policy.window_s:
+                raise corrupt(source, f"{where}.exempt.window_s", WINDOWS_DIFFER)
         else:
             found[f.attr] = _scalar(f, d, source, path)
     return SliceState(**found)
@@ -314,8 +344,12 @@ def _fast_source() -> str:
     by_attr = {f.attr: cvar[f.key] for f in CLASS}
     key = ", ".join(by_attr[_POLICY + p.name] for p in dataclasses.fields(ClassPolicy))
     cargs = ", ".join(
-        "policy" if c.name == "policy" else by_attr[c.name] for c in dataclasses.fields(ClassState)
+        "policy"
+        if c.name == "policy"
+        else (f"tuple({by_attr[c.name]})" if c.name == "buckets" else by_attr[c.name])
+        for c in dataclasses.fields(ClassState)
     )
+    ring = (by_attr["used_bytes"], by_attr["buckets"], by_attr["policy.window_s"])
     scalars = [f for f in SLICE if f.kind != "classes"]
     (classes,) = (f for f in SLICE if f.kind == "classes")
     svar = {f.key: f"v{i}" for i, f in enumerate(scalars)}
@@ -329,6 +363,8 @@ def _class_fast(d, policies):
         return None
 {newline.join(f"    {cvar[f.key]} = d[{f.key!r}]" for f in CLASS)}
     if not ({" and ".join(f"({c})" for c in _checks(CLASS, cvar))}):
+        return None
+    if _ring_problem({", ".join(ring)}) is not None:
         return None
     key = ({key},)
     policy = policies.get(key)
@@ -346,6 +382,8 @@ def _slice_fast(d, policies):
 {newline.join(f"    c_{tc} = _class_fast(c[{tc!r}], policies)" for tc in TRAFFIC_CLASSES)}
     if {" or ".join(f"c_{tc} is None" for tc in TRAFFIC_CLASSES)}:
         return None
+    if c_default.policy.window_s != c_exempt.policy.window_s:
+        return None
     return SliceState({sargs})
 """
 
@@ -357,6 +395,7 @@ _FAST: dict[str, Any] = {
     "_CLASS_KEYS": CLASS_KEYS,
     "_SLICE_KEYS": SLICE_KEYS,
     "_CLASSES_KEYS": CLASSES_KEYS,
+    "_ring_problem": ring_problem,
     **KIND_SCOPE,
 }
 exec(_fast_source(), _FAST)

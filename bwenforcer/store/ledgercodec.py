@@ -23,6 +23,7 @@ from typing import Any
 
 from bwenforcer.core.layout import DEFAULT_XID
 from bwenforcer.core.model import ClassPolicy, ClassState, LedgerEntry, SliceState
+from bwenforcer.core.notices import MAX_NOTICE_SHARE_BP
 from bwenforcer.store.schema import (
     ENTRY_CLASS,
     KIND_SCOPE,
@@ -30,18 +31,23 @@ from bwenforcer.store.schema import (
     LEDGER_ENTRY,
     LEDGER_KEYS,
     POLICY,
+    WINDOWS_DIFFER,
     Field,
     corrupt,
+    ring_problem,
+    ring_text,
 )
 
 _POLICY = "policy."  # CLASS attributes on the class's ClassPolicy
 _JSON_BOOL = {False: "false", True: "true"}
+_LIFT = {"": '""', "due": '"due"', "sent": '"sent"'}  # ClassState.lift as JSON
 _Policies = dict[tuple[object, ...], ClassPolicy]  # the decoders' shared policies, by value
 
 _CHECKS = {
     kind: (eval(f"lambda v: {expr}", dict(KIND_SCOPE)), problem)
     for kind, (expr, problem) in KINDS.items()
 }
+_ring_ok = _CHECKS["buckets"][0]
 
 
 def _object(value: object, keys: frozenset[str], source: str, path: str) -> dict[str, Any]:
@@ -80,7 +86,9 @@ def ledger_file_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
                 if at is None:
                     at = index[value.policy] = len(table)
                     table.append([g(value.policy) for g in _POLICY_GET])
-                value = [*(g(value) for g in _ENTRY_CLASS_GET), at]
+                # the ring (buckets) is a tuple in the model, a list in the file
+                own = (g(value) for g in _ENTRY_CLASS_GET)
+                value = [*(list(v) if type(v) is tuple else v for v in own), at]
             values.append(value)
         entries[name] = values
     return {"policies": table, "entries": entries}
@@ -146,11 +154,13 @@ class LedgerEncoder:
         return (
             f"[{entry.died_s},{st.xid},{st.period_start_s},{st.period_end_s},"
             f"[{d.used_bytes},{d.last_counter_bytes},{d.ceil_bps},{_JSON_BOOL[d.capped]},"
-            f"{_JSON_BOOL[d.notified]},{d.in_used_bytes},{d.in_last_counter_bytes},"
-            f"{d.in_limit_bps},{self._policy_at(d.policy)}],"
+            f"{_JSON_BOOL[d.notified]},{ring_text(d.buckets)},{d.notice_bp},{_LIFT[d.lift]},"
+            f"{d.in_used_bytes},{d.in_last_counter_bytes},{d.in_limit_bps},"
+            f"{self._policy_at(d.policy)}],"
             f"[{e.used_bytes},{e.last_counter_bytes},{e.ceil_bps},{_JSON_BOOL[e.capped]},"
-            f"{_JSON_BOOL[e.notified]},{e.in_used_bytes},{e.in_last_counter_bytes},"
-            f"{e.in_limit_bps},{self._policy_at(e.policy)}]]"
+            f"{_JSON_BOOL[e.notified]},{ring_text(e.buckets)},{e.notice_bp},{_LIFT[e.lift]},"
+            f"{e.in_used_bytes},{e.in_last_counter_bytes},{e.in_limit_bps},"
+            f"{self._policy_at(e.policy)}]]"
         )
 
     def _policy_at(self, policy: ClassPolicy) -> int:
@@ -231,6 +241,11 @@ def _entry_class_from(
             source, f"{path}[{len(own)}]", f"policy {at} not in the ledger's {len(table)}"
         )
     kw = dict(zip((f.attr for f in ENTRY_CLASS[:-1]), own, strict=True))
+    problem = ring_problem(kw["used_bytes"], kw["buckets"], table[at].window_s)
+    if problem is not None:
+        ring_at = [f.attr for f in ENTRY_CLASS].index("buckets")
+        raise corrupt(source, f"{path}[{ring_at}]", problem)
+    kw["buckets"] = tuple(kw["buckets"])
     return ClassState(policy=table[at], **kw)
 
 
@@ -250,6 +265,10 @@ def _entry_from(
             found[f.attr.removeprefix("slice.")] = _entry_class_from(
                 value[i], table, source, f"{path}[{i}]"
             )
+            if f.attr == "slice.exempt" and (
+                found["exempt"].policy.window_s != found["default"].policy.window_s
+            ):
+                raise corrupt(source, f"{path}[{i}]", WINDOWS_DIFFER)
         elif f.attr == "died_s":
             died_s = value[i]
         else:
@@ -258,9 +277,9 @@ def _entry_from(
 
 
 def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
-    if type(c) is not list or len(c) != 9:
+    if type(c) is not list or len(c) != 12:
         return None
-    used, last, ceil, capped, notified, in_used, in_last, in_limit, at = c
+    used, last, ceil, capped, notified, ring, told, lift, in_used, in_last, in_limit, at = c
     if (
         type(used) is int
         and used >= 0
@@ -270,6 +289,9 @@ def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
         and ceil >= 0
         and type(capped) is bool
         and type(notified) is bool
+        and type(told) is int
+        and 0 <= told <= MAX_NOTICE_SHARE_BP
+        and lift in _LIFT
         and type(in_used) is int
         and in_used >= 0
         and type(in_last) is int
@@ -278,8 +300,13 @@ def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
         and in_limit >= 0
         and type(at) is int
         and 0 <= at < len(table)
+        and _ring_ok(ring)
+        and ring_problem(used, ring, table[at].window_s) is None
     ):
-        return ClassState(table[at], used, last, ceil, capped, notified, in_used, in_last, in_limit)
+        return ClassState(
+            table[at], used, last, ceil, capped, notified, told, lift, tuple(ring), in_used,
+            in_last, in_limit,
+        )  # fmt: skip
     return None
 
 
@@ -301,6 +328,6 @@ def _entry_fast(name: str, value: object, table: list[ClassPolicy]) -> LedgerEnt
         return None
     cd = _entry_class_fast(d, table)
     ce = _entry_class_fast(e, table)
-    if cd is None or ce is None:
+    if cd is None or ce is None or cd.policy.window_s != ce.policy.window_s:
         return None
     return LedgerEntry(SliceState(name, xid, start, end, cd, ce), died)

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bwenforcer import __version__
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
+from bwenforcer.core.notices import MAX_NOTICE_SHARE_BP, notices_text, parse_notices
 from bwenforcer.core.policy import parse_taper, parse_tiers
+from bwenforcer.core.window import MAX_WINDOW_S, MIN_WINDOW_S, RING
 from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 8
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -57,6 +59,19 @@ KINDS: Mapping[str, tuple[str, str]] = {
         "type(v) is str and (v == '' or _taper_ok(v))",
         "expected a taper such as '75%-100%:2mbit' (or '')",
     ),
+    "window": (
+        "type(v) is int and (v == 0 or _WINDOW_MIN_S <= v <= _WINDOW_MAX_S)",
+        f"expected 0 or a window of {MIN_WINDOW_S} to {MAX_WINDOW_S} s",
+    ),
+    "buckets": (
+        "type(v) is list and len(v) in (0, _RING) and all(type(x) is int and x >= 0 for x in v)",
+        f"expected [] or a list of {RING} non-negative integers",
+    ),
+    "notices": (
+        "type(v) is str and (v == '' or _notices_ok(v))",
+        "expected notices such as '50%,80%,lifted' (or '')",
+    ),
+    "lift": ("v in ('', 'due', 'sent')", "expected '', 'due' or 'sent'"),
     "direction": ("v in ('out', 'in', 'both')", "expected 'out', 'in' or 'both'"),
 }
 
@@ -79,8 +94,24 @@ def _taper_ok(text: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=256)
+def _notices_ok(text: str) -> bool:
+    try:
+        parse_notices(text)
+    except ValueError:
+        return False
+    return notices_text(*parse_notices(text)) == text
+
+
 # The names the KINDS expressions use besides ``v``.
-KIND_SCOPE: Mapping[str, Any] = {"_tiers_ok": _tiers_ok, "_taper_ok": _taper_ok}
+KIND_SCOPE: Mapping[str, Any] = {
+    "_tiers_ok": _tiers_ok,
+    "_taper_ok": _taper_ok,
+    "_RING": RING,
+    "_WINDOW_MIN_S": MIN_WINDOW_S,
+    "_WINDOW_MAX_S": MAX_WINDOW_S,
+    "_notices_ok": _notices_ok,
+}
 
 TOP: tuple[Field, ...] = (
     Field("schema_version", "", "version"),
@@ -136,6 +167,9 @@ CLASS: tuple[Field, ...] = (
     Field("ceil_bps", "ceil_bps", "uint", "bit/s", view="ceil"),
     Field("capped", "capped", "bool"),
     Field("notified", "notified", "bool"),
+    Field("buckets", "buckets", "buckets", "bytes"),
+    Field("notice_bp", "notice_bp", "uint", "1/100 %", max=MAX_NOTICE_SHARE_BP),
+    Field("lift", "lift", "lift"),
     Field("in_used_bytes", "in_used_bytes", "uint", "bytes"),
     Field("in_last_counter_bytes", "in_last_counter_bytes", "uint", "bytes"),
     Field("in_limit_bps", "in_limit_bps", "uint", "bit/s", view="in_limit"),
@@ -147,6 +181,8 @@ CLASS: tuple[Field, ...] = (
     Field("tiers", "policy.tiers", "tiers"),
     Field("taper", "policy.taper", "taper"),
     Field("pacing", "policy.pacing", "bool"),
+    Field("window_s", "policy.window_s", "window", "s"),
+    Field("notices", "policy.notices", "notices"),
     Field("direction", "policy.direction", "direction"),
 )
 
@@ -197,8 +233,33 @@ def dict_maker(
 
 
 def class_dict_maker(name: str) -> Callable[[Any], dict[str, Any]]:
-    """The dict form of a ClassState, keyed as in the state file."""
-    return dict_maker(name, ((f.key, f"o.{f.attr}") for f in CLASS))
+    """The dict form of a ClassState, keyed as in the state file (a ring as a list)."""
+    return dict_maker(
+        name,
+        ((f.key, f"list(o.{f.attr})" if f.kind == "buckets" else f"o.{f.attr}") for f in CLASS),
+    )
+
+
+def ring_problem(used_bytes: int, buckets: Sequence[int], window_s: int) -> str | None:
+    """Why a class's ``buckets`` (of the ``buckets`` kind) do not go with its rolling
+    window and usage (None: they do): a ring under a window, none under a period, and
+    summing to the usage.
+    """
+    if window_s and not buckets:
+        return f"expected {RING} buckets under a window of {window_s} s"
+    if buckets and not window_s:
+        return "expected [] under a period (window_s 0)"
+    if buckets and sum(buckets) != used_bytes:
+        return f"the buckets sum to {sum(buckets)}, not used_bytes {used_bytes}"
+    return None
+
+
+def ring_text(buckets: Sequence[int]) -> str:
+    """A class's ring as compact JSON text (``json.dumps`` without spaces, faster)."""
+    return f"[{','.join(map(str, buckets))}]"
+
+
+WINDOWS_DIFFER = "a slice's classes have one window: not the default class's window_s"
 
 
 def slice_dict_maker(
@@ -313,10 +374,19 @@ def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
 
 _V4_ENTRY_KEYS = frozenset({"died_at", "slice"})
 _V4_SLICE_KEYS = frozenset({"name", "xid", "period_start", "period_end", "classes"})
-# schema 6 added these class keys (inbound usage and the budget's direction)
-_V6_OWN = {"in_used_bytes": 0, "in_last_counter_bytes": 0, "in_limit_bps": 0}
-_V6_POLICY = {"direction": "out"}
-_V4_CLASS_KEYS = frozenset(f.key for f in CLASS) - _V6_OWN.keys() - _V6_POLICY.keys()
+# a class's keys as schema 4 and 5 wrote them (CLASS has more since): its own, its policy's
+_V4_OWN_KEYS = ("used_bytes", "last_counter_bytes", "ceil_bps", "capped", "notified")
+_V4_POLICY_KEYS = (
+    "limit_bytes",
+    "threshold_bytes",
+    "min_rate_bps",
+    "max_rate_bps",
+    "share",
+    "tiers",
+    "taper",
+    "pacing",
+)
+_V4_CLASS_KEYS = frozenset((*_V4_OWN_KEYS, *_V4_POLICY_KEYS))
 
 
 def _v4_entry(name: str, value: object, policies: dict[str, int], table: list[object]) -> object:
@@ -336,12 +406,12 @@ def _v4_entry(name: str, value: object, policies: dict[str, int], table: list[ob
         c = classes[tc]
         if not (isinstance(c, dict) and c.keys() == _V4_CLASS_KEYS):
             return value
-        policy = [c[f.key] for f in _V5_POLICY]
+        policy = [c[k] for k in _V4_POLICY_KEYS]
         key = repr(policy)
         if key not in policies:
             policies[key] = len(table)
             table.append(policy)
-        arrays.append([*(c[f.key] for f in _V5_OWN), policies[key]])
+        arrays.append([*(c[k] for k in _V4_OWN_KEYS), policies[key]])
     return [value["died_at"], st["xid"], st["period_start"], st["period_end"], *arrays]
 
 
@@ -359,42 +429,134 @@ def _v4_to_v5(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# schema 5's class fields: the ledger arrays of a schema-5 file have these, in order
-_V5_OWN = tuple(f for f in ENTRY_CLASS[:-1] if f.key not in _V6_OWN)
-_V5_POLICY = tuple(f for f in POLICY if f.key not in _V6_POLICY)
-
-
-def _v5_entry_class(value: object) -> object:
-    """A schema-5 ledger entry's class array with schema 6's inbound fields (0) put in
-    before its policy index; one not shaped as one is passed through.
-    """
-    if not isinstance(value, list) or len(value) != len(_V5_OWN) + 1:
-        return value
-    return [*value[:-1], *_V6_OWN.values(), value[-1]]
+_V5_ADDED = {"buckets": [], "window_s": 0}
 
 
 def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
-    """Schema 5 counted what slices send only: every class has received nothing
-    (inbound usage, counter and limit 0) and its budget counts ``out``.
+    """Schema 5 had no rolling windows: every class, live and in the ledger, is over its
+    period (``window_s`` 0, no ``buckets``). A ledger entry's class is an array: its ring
+    goes in before the policy's index, and each of ``ledger.policies`` gains the window.
+    Malformed parts are passed through untouched: validation after migration names them.
     """
-    out = {**data, "schema_version": 6}
-    if "slices" in data:  # the ledger is schema 5's arrays, not objects: below
-        added = {**_V6_OWN, **_V6_POLICY}
-        out["slices"] = _classes_with({"slices": data["slices"]}, added)["slices"]
+    # the live slices' classes only: a schema-5 ledger is not shaped as _classes_with's
+    live = _classes_with({k: v for k, v in data.items() if k != "ledger"}, _V5_ADDED)
+    out = {**data, **live, "schema_version": 6}
     ledger = data.get("ledger")
-    if isinstance(ledger, dict):
+    if isinstance(ledger, dict) and isinstance(ledger.get("entries"), dict):
         policies = ledger.get("policies")
         if isinstance(policies, list):
-            policies = [[*p, *_V6_POLICY.values()] if isinstance(p, list) else p for p in policies]
-        entries = ledger.get("entries")
+            policies = [[*p, 0] if isinstance(p, list) else p for p in policies]
+
+        def entry(value: object) -> object:
+            if not isinstance(value, list) or len(value) != len(LEDGER_ENTRY):
+                return value
+            classes = [
+                [*c[:-1], [], c[-1]] if isinstance(c, list) and len(c) > 1 else c for c in value[4:]
+            ]
+            return [*value[:4], *classes]
+
+        entries = {name: entry(e) for name, e in ledger["entries"].items()}
+        out["ledger"] = {**ledger, "policies": policies, "entries": entries}
+    return out
+
+
+def _v7_entry(value: object) -> object:
+    """A ledger entry's array with each class's notice marks (none) before its policy index;
+    one not shaped as one is passed through (validation after migration names it).
+    """
+    if not (isinstance(value, list) and len(value) == 6):
+        return value
+    classes = []
+    for c in value[4:]:
+        # schema 6's class: its own fields, its ring, its policy's index
+        if not (isinstance(c, list) and len(c) == len(_V4_OWN_KEYS) + 2):
+            return value
+        classes.append([*c[:-1], 0, "", c[-1]])
+    return [*value[:4], *classes]
+
+
+def _v6_to_v7(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 6 had no early notices: a class had told nothing but its threshold
+    (``notice_bp`` 0, no ``lift``) and no policy asked for any (``notices`` "").
+    """
+    added = {"notice_bp": 0, "lift": "", "notices": ""}
+    out = {**data, "schema_version": 7}
+    slices = data.get("slices")
+    if isinstance(slices, dict):
+        out["slices"] = {
+            xid: (
+                {
+                    **st,
+                    "classes": {
+                        tc: {**added, **c} if isinstance(c, dict) else c
+                        for tc, c in st["classes"].items()
+                    },
+                }
+                if isinstance(st, dict) and isinstance(st.get("classes"), dict)
+                else st
+            )
+            for xid, st in slices.items()
+        }
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict):
+        policies, entries = ledger.get("policies"), ledger.get("entries")
+        if isinstance(policies, list):
+            policies = [[*p, ""] if isinstance(p, list) else p for p in policies]
         if isinstance(entries, dict):
-            n_top = len(LEDGER_ENTRY) - len(TRAFFIC_CLASSES)
-            entries = {
-                name: [*e[:n_top], *(_v5_entry_class(c) for c in e[n_top:])]
-                if isinstance(e, list)
-                else e
-                for name, e in entries.items()
-            }
+            entries = {name: _v7_entry(e) for name, e in entries.items()}
+        out["ledger"] = {**ledger, "policies": policies, "entries": entries}
+    return out
+
+
+# schema 8 added these: a class's inbound usage, counter and limit, its budget's direction
+_V8_OWN = {"in_used_bytes": 0, "in_last_counter_bytes": 0, "in_limit_bps": 0}
+_V8_POLICY = {"direction": "out"}
+
+
+def _v8_entry(value: object) -> object:
+    """A ledger entry's array with each class's inbound values (none) before its policy
+    index; one not shaped as one is passed through (validation after migration names it).
+    """
+    if not (isinstance(value, list) and len(value) == 6):
+        return value
+    classes = []
+    for c in value[4:]:
+        # schema 7's class: its own fields, its ring, its notice marks, its policy's index
+        if not (isinstance(c, list) and len(c) == len(_V4_OWN_KEYS) + 4):
+            return value
+        classes.append([*c[:-1], *_V8_OWN.values(), c[-1]])
+    return [*value[:4], *classes]
+
+
+def _v7_to_v8(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 7 counted what slices send only: every class has received nothing
+    (inbound usage, counter and limit 0) and its budget counts ``out``.
+    """
+    added = {**_V8_OWN, **_V8_POLICY}
+    out = {**data, "schema_version": 8}
+    slices = data.get("slices")
+    if isinstance(slices, dict):
+        out["slices"] = {
+            xid: (
+                {
+                    **st,
+                    "classes": {
+                        tc: {**added, **c} if isinstance(c, dict) else c
+                        for tc, c in st["classes"].items()
+                    },
+                }
+                if isinstance(st, dict) and isinstance(st.get("classes"), dict)
+                else st
+            )
+            for xid, st in slices.items()
+        }
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict):
+        policies, entries = ledger.get("policies"), ledger.get("entries")
+        if isinstance(policies, list):
+            policies = [[*p, *_V8_POLICY.values()] if isinstance(p, list) else p for p in policies]
+        if isinstance(entries, dict):
+            entries = {name: _v8_entry(e) for name, e in entries.items()}
         out["ledger"] = {**ledger, "policies": policies, "entries": entries}
     return out
 
@@ -408,6 +570,8 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     3: _v3_to_v4,
     4: _v4_to_v5,
     5: _v5_to_v6,
+    6: _v6_to_v7,
+    7: _v7_to_v8,
 }
 
 

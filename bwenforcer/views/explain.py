@@ -125,6 +125,7 @@ def explain_json(view: ExplainView) -> dict[str, Any]:
         "xid": st.xid,
         "now": view.now_s,
         "period_end": st.period_end_s,
+        "window_s": st.default.policy.window_s,
         "kernel_available": view.kernel_available,
         "classes": {
             c.traffic_class: {
@@ -149,7 +150,14 @@ def explain_text(view: ExplainView) -> str:
     """``explain``: per class, the numbers, the rule and the ceils, differences flagged."""
     st = view.slice
     left = human_duration(st.period_end_s - view.now_s)
-    lines = [f"slice {st.name} xid {st.xid}: the period ends in {left}"]
+    window_s = st.default.policy.window_s
+    if window_s:
+        head = (
+            f"a rolling window of {human_duration(window_s)}: its oldest bucket leaves it in {left}"
+        )
+    else:
+        head = f"the period ends in {left}"
+    lines = [f"slice {st.name} xid {st.xid}: {head}"]
     for c in view.classes:
         granted = f" + {human_size(c.granted_bytes)} granted" if c.granted_bytes else ""
         kernel = (

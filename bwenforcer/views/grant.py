@@ -16,7 +16,8 @@ from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import AuditEntry, ClassOp, ClassState, KernelSnapshot, SliceState, State
 from bwenforcer.core.targets import RateTargets
 from bwenforcer.core.units import human_size
-from bwenforcer.views.reset import rates_now
+from bwenforcer.core.window import expiry_s
+from bwenforcer.views.reset import rates_now, with_lift
 from bwenforcer.views.show import utc
 from bwenforcer.views.status import ceil_text, last_applied_bps
 
@@ -46,13 +47,18 @@ def grant(
     inbound: bool = False,
 ) -> Granted:
     """Grant ``size_bytes`` to each of a live slice's ``classes`` from ``now_s`` until
-    ``until_s`` (None: the end of its period), kept in the audit.
+    ``until_s`` (None: the end of its period; under a rolling window, when bytes sent
+    now have left the window: a grant that ended with the current bucket would lift a
+    cap for a day of a month's window), kept in the audit.
 
     With a snapshot, each class gets the rates a cycle would now set (the planner's
     rule at its usage less the grants in force), so a cap is lifted at once.
     """
     st = state.slices[xid]
-    until = st.period_end_s if until_s is None else until_s
+    until = until_s
+    if until is None:
+        window_s = st.default.policy.window_s
+        until = expiry_s(st.period_end_s, window_s) if window_s else st.period_end_s
     entries = tuple(
         AuditEntry("grant", st.name, tc, size_bytes, user, now_s, until, reason)
         for tc in dict.fromkeys(classes)
@@ -81,7 +87,7 @@ def grant(
         )
         if op is not None:
             ops.append(op)
-        new[tc] = cs
+        new[tc] = with_lift(cs, st.cls(tc).capped)
     after = dataclasses.replace(
         st, default=new.get("default", st.default), exempt=new.get("exempt", st.exempt)
     )

@@ -105,6 +105,7 @@ def policy_json(view: PolicyView) -> dict[str, Any]:
                 "tiers": c.policy.tiers,
                 "taper": c.policy.taper,
                 "pacing": c.rule.pacing,
+                "window_s": c.policy.window_s,
                 "rows": [_row_json(r, c.policy.limit_bytes) for r in c.rows],
             }
             for c in view.classes
@@ -116,8 +117,16 @@ def policy_text(view: PolicyView) -> str:
     """``policy``: per class, its rules in a line and the ceil by usage."""
     whose = "the config's defaults" if view.name is None else f"slice {view.name} xid {view.xid}"
     left_s = max(0, view.period_end_s - view.now_s)
+    window_s = view.classes[0].policy.window_s if view.classes else 0
+    if window_s:
+        pacing = (
+            f"a rolling window of {human_duration(window_s)}, pacing with"
+            f" {human_duration(left_s)} until its oldest bucket leaves it"
+        )
+    else:
+        pacing = f"pacing with {human_duration(left_s)} left in the period"
     lines = [
-        f"policy of {whose}, pacing with {human_duration(left_s)} left in the period",
+        f"policy of {whose}, {pacing}",
         "ceil = the lowest of the rules reached: pacing from the threshold (if on)"
         " ((limit − used)·8 / time left, at least the min rate), the tier reached,"
         " the taper",

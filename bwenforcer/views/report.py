@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bwenforcer.core.units import human_duration, human_size
+from bwenforcer.history.usage import bucket_start_s
 from bwenforcer.views.table import COLUMN_GAP
 
 if TYPE_CHECKING:
@@ -62,6 +63,17 @@ def _bucket_label(by: str) -> Callable[[int], str]:
     return label
 
 
+def _key_label(by: str) -> Callable[[int], str]:
+    """A bucket's label from its key, remembered (slices share their buckets)."""
+    label = _bucket_label(by)
+
+    @functools.lru_cache(maxsize=8192)
+    def key_label(key: int) -> str:
+        return label(bucket_start_s(by, key))  # type: ignore[arg-type]
+
+    return key_label
+
+
 def slice_table_rows(
     rows: Sequence[ReportRow],
     by: str,
@@ -71,43 +83,43 @@ def slice_table_rows(
     """One slice's table lines (``rows`` are all its buckets): one per bucket, then its
     total; with ``inbound``, the bytes received follow.
     """
-    if inbound:
-        plain = slice_table_rows(rows, by, label)
-        received = [(r.in_default_bytes, r.in_exempt_bytes) for r in rows]
-        received.append((sum(d for d, _ in received), sum(e for _, e in received)))
-        return [
-            (*cells, human_size(d), human_size(e))
-            for cells, (d, e) in zip(plain, received, strict=True)
-        ]
-    label = label or _bucket_label(by)
-    capped = functools.lru_cache(maxsize=1024)(_capped)  # capped times repeat: whole cycles
     name = rows[0].slice_name
-    table = []
-    default = exempt = peak = capped_d = capped_e = 0
-    for r in rows:
-        default += r.default_bytes
-        exempt += r.exempt_bytes
-        peak = max(peak, r.peak_hour_bytes)
-        capped_d += r.capped_default_s
-        capped_e += r.capped_exempt_s
-        table.append((
-            name,
-            label(r.bucket_start_s),
-            human_size(r.default_bytes),
-            human_size(r.exempt_bytes),
-            human_size(r.peak_hour_bytes),
-            capped(r.capped_default_s),
-            capped(r.capped_exempt_s),
-        ))  # fmt: skip
+    plain = [(r.bucket_start_s, r.default_bytes, r.exempt_bytes, r.peak_hour_bytes,
+              r.capped_default_s, r.capped_exempt_s, r.in_default_bytes, r.in_exempt_bytes)
+             for r in rows]  # fmt: skip
+    cells = _slice_cells(plain, label or _bucket_label(by), inbound=inbound)
+    return [(name, *line) for line in cells]
+
+
+def _slice_cells(
+    rows: Sequence[Sequence[int]],
+    label: Callable[[int], str],
+    size: Callable[[int], str] = human_size,
+    capped: Callable[[int], str] = _capped,
+    inbound: bool = False,
+) -> list[tuple[str, ...]]:
+    """One slice's cells but its name: per bucket (its start and the figures of a
+    :class:`~bwenforcer.history.usage.ReportRow`: five, and with ``inbound`` the two
+    of the bytes received), then its total.
+    """
+    table = [
+        (label(row[0]), size(row[1]), size(row[2]), size(row[3]), capped(row[4]),
+         capped(row[5]))
+        for row in rows
+    ]  # fmt: skip
+    columns = list(zip(*rows, strict=True))
     table.append((
-        name,
         "total",
-        human_size(default),
-        human_size(exempt),
-        human_size(peak),
-        _capped(capped_d),
-        _capped(capped_e),
+        human_size(sum(columns[1])),
+        human_size(sum(columns[2])),
+        human_size(max(columns[3])),
+        _capped(sum(columns[4])),
+        _capped(sum(columns[5])),
     ))  # fmt: skip
+    if inbound:
+        received = [(size(row[6]), size(row[7])) for row in rows]
+        received.append((human_size(sum(columns[6])), human_size(sum(columns[7]))))
+        table = [(*line, *more) for line, more in zip(table, received, strict=True)]
     return table
 
 
@@ -118,48 +130,91 @@ def report_table(rows: Sequence[ReportRow], by: str, inbound: bool = False) -> s
     return "\n".join(table_lines(groups, by, inbound))
 
 
-_SEP = "\x1f"  # between the cells of a spooled line; the slice's name is spooled apart
-
-
 def table_lines(
     groups: Iterable[Sequence[ReportRow]], by: str, inbound: bool = False
 ) -> Iterator[str]:
     """The lines of :func:`report_table`, as each slice's rows come from ``groups`` (in
-    name order). The columns' widths are known only at the end: the formatted cells
-    are spooled to a temporary file meanwhile, so memory is one slice's rows however
-    long the report. Nothing if there are no rows.
+    name order). Nothing if there are no rows.
     """
+    plain = (
+        (rows[0].slice_name, [(r.bucket_start_s, r.default_bytes, r.exempt_bytes,
+                               r.peak_hour_bytes, r.capped_default_s, r.capped_exempt_s,
+                               r.in_default_bytes, r.in_exempt_bytes)
+                              for r in rows])
+        for rows in groups
+    )  # fmt: skip
+    for chunk in _table_chunks(plain, by, _bucket_label(by), inbound):
+        yield from chunk[:-1].split("\n")
+
+
+_BLOCK = "\x1e"  # starts a slice's block in the spool: its name, widths and length
+_GAP = len(COLUMN_GAP)
+
+
+def table_text(
+    groups: Iterable[tuple[str, Sequence[Sequence[int]]]], by: str, inbound: bool = False
+) -> Iterator[str]:
+    """The text of :func:`table_lines`, in chunks of whole lines, of each slice's name
+    and plain rows (bucket key, default, exempt, peak hour, capped default s,
+    capped exempt s, then received default and exempt; at least one), in name order;
+    with ``inbound``, the bytes received are two more columns.
+
+    The columns' widths are known only at the end: each slice's lines are laid out
+    (but for the name) at the widths known so far and spooled to a temporary file,
+    so memory is one slice's rows however long the report; at the end a slice laid
+    out at the final widths is printed as it was spooled (its name put before each
+    line by one replace), and the few before the widths settled are laid out
+    again. Capped times are formatted once per distinct value (they repeat: whole
+    cycles).
+    """
+    return _table_chunks(groups, by, _key_label(by), inbound)
+
+
+def _table_chunks(
+    groups: Iterable[tuple[str, Sequence[Sequence[int]]]],
+    by: str,
+    label: Callable[[int], str],
+    inbound: bool = False,
+) -> Iterator[str]:
     header = ("SLICE", _BUCKET_HEADER[by], *TABLE_HEADER, *(INBOUND_HEADER if inbound else ()))
     widths = [len(cell) for cell in header]
-    label = _bucket_label(by)
+    capped = functools.lru_cache(maxsize=1024)(_capped)
     with tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n") as spool:
-        for rows in groups:
-            table = slice_table_rows(rows, by, label, inbound)
-            spool.write(json.dumps(rows[0].slice_name) + "\n")
-            for cells in table:
-                spool.write(_SEP.join(cells[1:]) + "\n")
-            spool.write(_SEP + "\n")  # the slice's end
-            widths[0] = max(widths[0], len(rows[0].slice_name))
-            for i, column in enumerate(zip(*table, strict=True)):
-                if i:
-                    widths[i] = max(widths[i], *map(len, column))
+        for name, rows in groups:
+            table = _slice_cells(rows, label, human_size, capped, inbound)
+            widths[0] = max(widths[0], len(name))
+            for i, column in enumerate(zip(*table, strict=True), 1):
+                widths[i] = max(widths[i], *map(len, column))
+            # the last column is not padded: nothing to strip
+            layout = COLUMN_GAP.join(f"{{:<{w}}}" for w in widths[1:-1]) + COLUMN_GAP + "{}"
+            text = "\n".join([layout.format(*cells) for cells in table])
+            spool.write(_BLOCK + json.dumps([name, len(text), *widths[1:]]) + "\n" + text)
         if spool.tell() == 0:
             return
-        layout = COLUMN_GAP.join(f"{{:<{w}}}" for w in widths)
-
-        def line(cells: Sequence[str]) -> str:
-            return layout.format(*cells).rstrip()
-
-        yield line(header)
+        final = widths[1:]
+        yield (
+            COLUMN_GAP.join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip() + "\n"
+        )
         spool.seek(0)
-        name = None
-        for text in spool:
-            if name is None:
-                name = json.loads(text)
-            elif text == _SEP + "\n":
-                name = None
-            else:
-                yield line((name, *text[:-1].split(_SEP)))
+        while head := spool.readline():
+            name, length, *used = json.loads(head[1:])
+            text = spool.read(length)
+            if used != final:
+                text = "\n".join(_relaid(line, used, final) for line in text.split("\n"))
+            prefix = "\n" + name.ljust(widths[0]) + COLUMN_GAP
+            yield prefix[1:] + text.replace("\n", prefix) + "\n"
+
+
+def _relaid(text: str, used: Sequence[int], final: Sequence[int]) -> str:
+    """A spooled line laid out at the widths ``used`` laid out again at ``final``."""
+    cells, at = [], 0
+    for w in used[:-1]:
+        cells.append(text[at : at + w].rstrip())
+        at += w + _GAP
+    cells.append(text[at:])
+    return COLUMN_GAP.join(
+        [c.ljust(w) for c, w in zip(cells[:-1], final, strict=False)] + [cells[-1]]
+    )
 
 
 def json_chunks(rows: Iterable[ReportRow], json_keys: Sequence[str] = JSON_KEYS) -> Iterator[str]:

@@ -30,6 +30,7 @@ from bwenforcer.core.model import (
 from bwenforcer.core.policy import counter_delta
 from bwenforcer.core.projection import HOUR_S, exhausted_at_s, last_hour_bytes
 from bwenforcer.core.units import human_duration, human_rate, human_size
+from bwenforcer.core.window import RING, bucket_s, horizon_s
 from bwenforcer.inputs.slices import ATTRIBUTES
 from bwenforcer.store.codec import audit_dict
 from bwenforcer.views.report import row_json
@@ -197,7 +198,7 @@ def projections(report: SliceReport, now_s: int) -> dict[TrafficClass, Projectio
             counted_bytes=counted_bytes(cs.used_bytes, granted),
             rate_bytes_per_s=last_hour / HOUR_S,
             now_s=now_s,
-            period_end_s=st.period_end_s,
+            period_end_s=horizon_s(st.period_end_s, cs.policy.window_s),
         )
         out[tc] = Projection(last_hour * 8 / HOUR_S, at_s)
     return out
@@ -249,6 +250,7 @@ def show_json(report: SliceReport, now_s: int) -> dict[str, Any]:
         **({} if report.unit is None else {"unit": report.unit, "cgroup": report.cgroup}),
         "period_start": None if st is None else st.period_start_s,
         "period_end": None if st is None else st.period_end_s,
+        "window_s": None if st is None else st.default.policy.window_s,
         "kernel_available": report.kernel_available,
         "classes": {
             c.traffic_class: _show_class_json(c, ahead.get(c.traffic_class))
@@ -382,7 +384,13 @@ def show_text(report: SliceReport, now_s: int) -> str:
     lines = [f"slice {report.name} xid {xid}: {report.status}"]
     if report.unit is not None:
         lines.append(f"unit {report.unit} (cgroup {report.cgroup})")
-    if st is not None:
+    if st is not None and st.default.policy.window_s:
+        lines.append(
+            f"rolling window {human_duration(st.default.policy.window_s)}: usage since"
+            f" {utc(st.period_end_s - RING * bucket_s(st.default.policy.window_s))}; its"
+            f" oldest bucket leaves {until(st.period_end_s, now_s)}"
+        )
+    elif st is not None:
         lines.append(
             f"period {utc(st.period_start_s)} → {utc(st.period_end_s)}"
             f" (ends {until(st.period_end_s, now_s)})"

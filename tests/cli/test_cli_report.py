@@ -13,6 +13,7 @@ import pytest
 from bwenforcer.cli import main
 from bwenforcer.commands.inspect import NOW_ENV
 from bwenforcer.core.settings import HistoryConfig
+from bwenforcer.errors import ExitCode
 from bwenforcer.history.fold import save_history
 from bwenforcer.history.usage import CycleUsage, History
 from bwenforcer.inputs.config import load_config
@@ -181,14 +182,19 @@ def test_since_takes_times_before_now_and_days(
     assert (min(starts) if starts else None) == (first_bucket and at(first_bucket + "T00:00"))
 
 
-def test_empty_results_are_not_errors(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, cfg, "--slice", "pl_nobody")
-    assert (code, out) == (0, "")
+@pytest.mark.parametrize("fmt", [(), ("--json",), ("--csv",), ("--by", "month")])
+def test_an_unknown_slice_is_an_error(
+    cfg: Path, capsys: pytest.CaptureFixture[str], fmt: tuple[str, ...]
+) -> None:
+    code, out, err = run(capsys, cfg, "--slice", "pl_nobody", *fmt)
+    assert (code, out) == (int(ExitCode.USAGE), "")
     assert err.startswith(
         "bwenforcer: report: no history for slice 'pl_nobody' (unknown, or aged out)"
     )
     assert err.count("\n") == 1
-    assert run(capsys, cfg, "--slice", "pl_nobody", "--json")[:2] == (0, "[]\n")
+
+
+def test_empty_results_are_not_errors(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(
         capsys, cfg, "--slice", "pl_beta", "--by", "hour", "--since", "2026-11-01T10:00", "--csv"
     )
@@ -222,6 +228,46 @@ def test_damaged_history_exits_5_and_is_left_in_place(
     assert err == f"bwenforcer: {history_file}: index checksum mismatch\n"
     assert history_file.read_bytes() == bytes(raw)
     assert sorted(p.name for p in history_file.parent.iterdir()) == [history_file.name]
+
+
+def damage_a_block(history_file: Path, name: str) -> bytes:
+    """Flip a byte inside ``name``'s first record; the file's bytes as they were."""
+    raw = history_file.read_bytes()
+    damaged = bytearray(raw)
+    damaged[raw.index(name.encode()) + len(name) + 20] ^= 0xFF
+    history_file.write_bytes(bytes(damaged))
+    return raw
+
+
+@pytest.mark.parametrize("fmt", ["--json", "--csv"])
+@pytest.mark.parametrize("by", ["hour", "day", "month"])
+def test_a_damaged_slice_prints_nothing_of_a_json_or_csv_report(
+    cfg: Path, capsys: pytest.CaptureFixture[str], fmt: str, by: str
+) -> None:
+    """pl_beta is damaged, after pl_alpha's rows: none of them is printed."""
+    history_file = Path(load_config(str(cfg)).history_file)
+    damage_a_block(history_file, "pl_beta")
+    code, out, err = run(capsys, cfg, fmt, "--by", by)
+    assert (code, out) == (int(ExitCode.STATE), "")
+    assert err == f"bwenforcer: {history_file}: slice pl_beta: checksum mismatch\n"
+    code, out, err = run(capsys, cfg, fmt, "--slice", "pl_alpha", "--by", by)  # read alone
+    assert code == 0 and "pl_alpha" in out and err == ""
+
+
+def test_a_json_report_cut_short_is_still_a_json_list(
+    cfg: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Damage found only as the rows are printed (the check before them left out
+    here) closes the list: stdout is JSON still, with the rows printed so far."""
+    from bwenforcer.history.decode import HistoryFile
+
+    history_file = Path(load_config(str(cfg)).history_file)
+    damage_a_block(history_file, "pl_beta")
+    monkeypatch.setattr(HistoryFile, "check", lambda self: None)
+    code, out, err = run(capsys, cfg, "--json")
+    assert code == int(ExitCode.STATE)
+    assert {row["slice"] for row in json.loads(out)} == {"pl_alpha"}
+    assert err == f"bwenforcer: {history_file}: slice pl_beta: checksum mismatch\n"
 
 
 @pytest.mark.parametrize(

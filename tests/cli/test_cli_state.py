@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from bwenforcer.cli import main
 from bwenforcer.commands.state import operator_json
+from bwenforcer.core.model import ClassState
 from bwenforcer.inputs.config import load_config
 from bwenforcer.store.codec import state_to_json
 from bwenforcer.store.state import StateStore
@@ -94,6 +96,29 @@ def test_show_text_and_json(cfg: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert (
         doc["slices"]["1"]["classes"]["default"]["ceil"] == saved(state).slices[1].default.ceil_bps
     )
+
+
+def test_show_names_a_rolling_window_and_prints_its_ring(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = make_state(1, used_bytes=7)
+    st_ = state.slices[1]
+
+    def windowed(cs: ClassState) -> ClassState:
+        policy = dataclasses.replace(cs.policy, window_s=7 * 86400)
+        return dataclasses.replace(cs, policy=policy, buckets=(*[0] * 24, cs.used_bytes))
+
+    st_ = dataclasses.replace(st_, default=windowed(st_.default), exempt=windowed(st_.exempt))
+    state = dataclasses.replace(state, slices={1: st_})
+    StateStore(str(state_path(cfg))).save(state, NOW_S)
+    code, out, _ = run(capsys, "--config", str(cfg), "state", "show")
+    assert code == 0
+    assert any(
+        line.startswith("  pl_s1 xid 1: rolling window 7d, bucket") for line in out.splitlines()
+    )
+    code, out, _ = run(capsys, "--config", str(cfg), "state", "show", "--json")
+    default = json.loads(out)["slices"]["1"]["classes"]["default"]
+    assert (default["window_s"], default["buckets"]) == (7 * 86400, [*[0] * 24, 7])
 
 
 def test_show_reads_the_backup_of_a_corrupt_file_and_moves_nothing(

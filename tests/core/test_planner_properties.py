@@ -21,7 +21,7 @@ from bwenforcer.core.model import (
     State,
 )
 from bwenforcer.core.plan import CreateClass, Notify, Plan, RemoveClasses, SetRates
-from bwenforcer.core.planner import PlanParams, mark_notified, plan
+from bwenforcer.core.planner import PlanParams, mark_sent, plan
 from tests.planner_data import BWMAX_BPS, BWMIN_BPS, CAP_BPS, T0, desired, policy, snapshot, want
 
 
@@ -104,16 +104,24 @@ events = st.lists(
 
 
 @settings(max_examples=120, deadline=None)
-@given(seq=events, chunk=st.integers(1, 400_000))
+@given(seq=events, chunk=st.integers(1, 400_000), window_s=st.sampled_from((0, 3600, 30 * 86_400)))
 def test_delete_recreate_reinit_or_counter_reset_never_give_a_fresh_budget(
-    seq: list[str], chunk: int
+    seq: list[str], chunk: int, window_s: int
 ) -> None:
-    """Usage equals every byte sent within the period, whatever happens to slice and tree."""
+    """Usage equals every byte sent within the period (or the rolling window: 25 cycles
+    a minute apart stay in its buckets), whatever happens to slice and tree.
+    """
     params = PlanParams(86_400, None, BWMIN_BPS)
     present = True
     counter = 0
     sent = 0
-    p = plan(desired(want("pl_a", 10)), snapshot(), State(), params, T0)
+    wanted = want("pl_a", 10)
+    wanted = dataclasses.replace(
+        wanted,
+        default=dataclasses.replace(wanted.default, window_s=window_s),
+        exempt=dataclasses.replace(wanted.exempt, window_s=window_s),
+    )
+    p = plan(desired(wanted), snapshot(), State(), params, T0)
     now = T0
     for event in seq:
         now += 60
@@ -135,7 +143,7 @@ def test_delete_recreate_reinit_or_counter_reset_never_give_a_fresh_budget(
             kernel = []
             counter = 0
         p = plan(
-            desired(want("pl_a", 10)) if present else desired(),
+            desired(wanted) if present else desired(),
             snapshot(*kernel),
             p.state,
             params,
@@ -163,6 +171,8 @@ POLICIES = {
         policy(1_000_000, max_rate=CAP_BPS // 3),
         dataclasses.replace(policy(1_000_000), tiers="30%:2mbit,60%:100kbit"),
         dataclasses.replace(policy(2_000_000), taper="20%-70%:50kbit"),
+        dataclasses.replace(policy(1_000_000), notices="20%,50%,100%,lifted"),
+        dataclasses.replace(policy(2_000_000), tiers="30%:2mbit", notices="10%,lifted"),
     ),
     "exempt": (
         policy(3_000_000, max_rate=BWMAX_BPS),
@@ -170,6 +180,7 @@ POLICIES = {
         policy(10**12, threshold=0, max_rate=BWMAX_BPS),
         policy(3_000_000, min_rate=BWMIN_BPS * 4, max_rate=BWMIN_BPS * 4),
         dataclasses.replace(policy(3_000_000, max_rate=BWMAX_BPS), tiers="10%:5mbit"),
+        dataclasses.replace(policy(3_000_000, max_rate=BWMAX_BPS), notices="5%,90%,lifted"),
     ),
 }
 EVENTS = st.sampled_from(
@@ -190,10 +201,14 @@ EVENTS = st.sampled_from(
         "state_uncapped",  # and one missing
         "state_used",  # usage at the threshold (as an import may bring)
         "state_notified",
+        "state_lift_due",  # a lift of a cap still to tell
+        "state_told",  # a share told
         "away",  # the slice is not in the desired set this cycle
         "invalid",  # its record is invalid: held under the saved policy
+        "window",  # a rolling window (or none) for both classes
     ]
 )
+WINDOWS_S = (0, 3600, 2 * 3600, 30 * 86_400)
 SLICE_EVENTS = st.tuples(EVENTS, st.sampled_from(["default", "exempt"]), st.integers(0, 4))
 CYCLES = st.lists(
     st.tuples(
@@ -265,6 +280,10 @@ def _state_event(state: State, xid: int, tc: str, event: str) -> State:
         cs = dataclasses.replace(cs, capped=False)
     elif event == "state_used":
         cs = dataclasses.replace(cs, used_bytes=cs.policy.threshold_bytes)
+    elif event == "state_lift_due":
+        cs = dataclasses.replace(cs, lift="due")
+    elif event == "state_told":
+        cs = dataclasses.replace(cs, notice_bp=2000)
     else:
         cs = dataclasses.replace(cs, notified=True)
     slices = dict(state.slices)
@@ -293,7 +312,16 @@ def test_the_quiet_path_plans_as_the_long_way(
             w = wanted[xid]
             if event == "policy":
                 pool = POLICIES[tc]
-                w = wanted[xid] = dataclasses.replace(w, **{tc: pool[pick % len(pool)]})
+                # a slice's classes have one window (a source never gives two)
+                chosen = dataclasses.replace(pool[pick % len(pool)], window_s=w.default.window_s)
+                w = wanted[xid] = dataclasses.replace(w, **{tc: chosen})
+            elif event == "window":
+                window_s = WINDOWS_S[pick % len(WINDOWS_S)]
+                w = wanted[xid] = dataclasses.replace(
+                    w,
+                    default=dataclasses.replace(w.default, window_s=window_s),
+                    exempt=dataclasses.replace(w.exempt, window_s=window_s),
+                )
             elif event == "policy_copy":
                 w = wanted[xid] = dataclasses.replace(w, **{tc: dataclasses.replace(w.policy(tc))})
             elif event.startswith("state_"):
@@ -310,8 +338,8 @@ def test_the_quiet_path_plans_as_the_long_way(
         for xid, before in state.slices.items():
             assert (quick.state.slices.get(xid) is before) == (slow.state.slices.get(xid) is before)
         kernel.apply(quick)
-        delivered = {a.xid: a.classes for a in quick.actions if isinstance(a, Notify)}
-        state = dataclasses.replace(mark_notified(quick.state, delivered), saved_s=now)
+        delivered = [a for a in quick.actions if isinstance(a, Notify)]
+        state = dataclasses.replace(mark_sent(quick.state, delivered), saved_s=now)
         now += step_s
 
 
@@ -320,9 +348,9 @@ def test_quiet_false_takes_no_shortcut(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     shortcut = planner._quiet
 
-    def counted(*args: object) -> object:
+    def counted(*args: object, **kw: bool) -> object:
         calls.append(1)
-        return shortcut(*args)  # type: ignore[arg-type]
+        return shortcut(*args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(planner, "_quiet", counted)
     params = PlanParams(3600, None, BWMIN_BPS)

@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 
 from bwenforcer.core.settings import HistoryConfig
+from bwenforcer.history.format import last_hour
 from bwenforcer.history.journal import encode_cycle, journal_header
 from bwenforcer.history.usage import DAY_S, HOUR_S, CycleUsage, History
 
@@ -102,14 +103,17 @@ def encode_v1(history: History) -> bytes:
 _HEADER_V2 = struct.Struct("<4sHHIQI")
 
 
-def encode_v2(history: History) -> bytes:
+def encode_v2(history: History, version: int = 2) -> bytes:
     """A format version 2 file of ``history`` (records without received bytes, month
-    sums, an index), the layout before version 3.
+    sums, an index, a 24-byte header without a checksum of its own), or with
+    ``version`` 4 the same after a 28-byte header with its checksum: the layouts
+    before version 5.
     """
     from bwenforcer.history.usage import month_sums
 
+    head = _HEADER_V2.size + (4 if version == 4 else 0)
     blocks, index = [], []
-    offset = _HEADER_V2.size
+    offset = head
     for name, sh in history.slice_items():
         raw = name.encode()
         sums = month_sums(sh.days, sh.hours)
@@ -121,14 +125,19 @@ def encode_v2(history: History) -> bytes:
               for k, row in tier.items()),
         ))  # fmt: skip
         block = struct.pack("<I", zlib.crc32(body)) + body
-        last = max([*sh.hours, *(d * 24 + 23 for d in sh.days), 0])
         index.append(
-            struct.pack("<B", len(raw)) + raw + struct.pack("<QII", offset, len(block), last)
+            struct.pack("<B", len(raw))
+            + raw
+            + struct.pack("<QII", offset, len(block), last_hour(sh))
         )
         blocks.append(block)
         offset += len(block)
     idx = b"".join(index)
-    header = _HEADER_V2.pack(b"BWHS", 2, history.generation, len(index), offset, zlib.crc32(idx))
+    header = _HEADER_V2.pack(
+        b"BWHS", version, history.generation, len(index), offset, zlib.crc32(idx)
+    )
+    if version == 4:
+        header += struct.pack("<I", zlib.crc32(header))
     return header + b"".join(blocks) + idx
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bwenforcer.core.model import DesiredSlice
 from bwenforcer.core.settings import Config
 from bwenforcer.errors import ConfigError
 from bwenforcer.inputs.config import load_config, parse_config
@@ -157,6 +159,46 @@ def test_every_key() -> None:
             {"defaults": {"exempt": {"pacing": False}}},
             "t.yaml: defaults.exempt.pacing: false needs tiers or a taper (else nothing caps)",
         ),
+        ({"defaults": {"window": "30 parsecs"}}, "t.yaml: defaults.window: '30 parsecs' is not"),
+        ({"defaults": {"window": "10m"}}, "t.yaml: defaults.window: a window must be from 1 hour"),
+        ({"defaults": {"window": "400d"}}, "t.yaml: defaults.window: a window must be from"),
+        ({"defaults": {"window": True}}, "t.yaml: defaults.window: True is not a duration"),
+        (
+            {"defaults": {"window": "30d"}, "period_anchor": {"every": "month"}},
+            "t.yaml: defaults.window: a rolling window has no calendar period",
+        ),
+        (
+            {"defaults": {"exempt": {"notices": "80%, 50%"}}},
+            "t.yaml: defaults.exempt.notices: notice 2: shares must rise (50%)",
+        ),
+        (
+            {"defaults": {"default": {"notices": "0%"}}},
+            "t.yaml: defaults.default.notices: notice 1: '0%' is not above 0% and at most 1000%",
+        ),
+        (  # a tier above the max rate caps nothing: refused like no tier at all
+            {"defaults": {"default": {"tiers": "75%:2gbit", "max_rate": "1gbit", "pacing": False}}},
+            "t.yaml: defaults.default.pacing: false needs a tier or taper below the max rate 1gbit",
+        ),
+        (  # the max rate unset is the class cap: the node cap here
+            {
+                "node_cap": "10mbit",
+                "defaults": {"default": {"taper": "1%-2%:10mbit", "pacing": False}},
+            },
+            "t.yaml: defaults.default.pacing: false needs a tier or taper below the max rate 10mbit",
+        ),
+        (
+            {
+                "cgroups": {
+                    "tenants": [
+                        {
+                            "match": "*.scope",
+                            "defaults": {"exempt": {"tiers": "9%:20gbit", "pacing": False}},
+                        }
+                    ]
+                }
+            },
+            "t.yaml: cgroups.tenants[0].defaults.exempt.pacing: false needs a tier or taper below",
+        ),
     ],
 )
 def test_errors_name_the_key_path(data: object, message: str) -> None:
@@ -252,6 +294,29 @@ def test_the_snippets_are_found() -> None:
     assert any("on: monday" in t for t in texts)
     assert any(t.startswith("classifier:\n  mode: uid") for t in texts)
     assert sum(where.startswith("README.md:") for where, _ in yaml_snippets()) >= 1
+
+
+def test_the_notices_examples_load_as_they_say() -> None:
+    """README's and etc/'s early-notice examples are among the snippets loaded above, and
+    mean what their comments say.
+    """
+    found = [(w, t) for w, t in yaml_snippets() if "notices:" in t and "null" not in t]
+    assert {w.split(" ")[0].split(":")[0] for w, _ in found} >= {"README.md", "etc/slices.yaml"}
+    readme = next(t for w, t in found if w.startswith("README.md"))
+    cfg = parse_config(parse_yaml(readme.encode(), "README"), "README")
+    assert cfg.defaults["default"].notices == "50%,80%,100%,lifted"
+    assert cfg.defaults["exempt"].notices == "90%"
+    slices = next(t for w, t in found if w.startswith("etc/slices.yaml"))
+    (want,) = [s for s in _slices_of(slices) if s.name == "pl_example"]
+    assert want.default.notices == "50%,90%,lifted" and want.exempt.notices == ""
+    assert "notices: null" in (ETC / "bwenforcer.yaml").read_text()  # the key, documented
+
+
+def _slices_of(text: str) -> tuple[DesiredSlice, ...]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "slices.yaml"
+        path.write_text(text)
+        return load_slices_file(str(path), Config(state_file=f"{tmp}/state.json")).slices
 
 
 @pytest.mark.parametrize(("where", "text"), yaml_snippets(), ids=lambda v: str(v)[:40])
@@ -444,6 +509,43 @@ def test_vanish_grace_defaults_to_two_intervals_or_ten_minutes() -> None:
     assert parse_config({"vanish_grace": "1h"}, "c.yaml").grace_s == 3600
     with pytest.raises(ConfigError, match="vanish_grace"):
         parse_config({"vanish_grace": "soon"}, "c.yaml")
+
+
+def test_a_default_rolling_window() -> None:
+    assert parse_config({}, "t.yaml").window_s == 0
+    assert parse_config({"defaults": {"window": "30d"}}, "t.yaml").window_s == 30 * 86400
+    for none in (None, 0, "none"):
+        assert parse_config({"defaults": {"window": none}}, "t.yaml").window_s == 0
+    # a period of its own is still the period of slices that say net_window: 0
+    cfg = parse_config({"defaults": {"window": "12h"}, "period": "1d"}, "t.yaml")
+    assert (cfg.window_s, cfg.period_s) == (12 * 3600, 86400)
+
+
+def _readme_config(marker: str) -> Config:
+    """The config of the one README example that contains ``marker``."""
+    (text,) = [t for w, t in yaml_snippets() if w.startswith("README.md") and marker in t]
+    return parse_config(parse_yaml(text.encode(), "README.md"), "README.md")
+
+
+def test_the_readme_examples_of_tiers_and_of_a_rolling_window() -> None:
+    from bwenforcer.core.policy import rate_rule, rule_ceil
+    from bwenforcer.inputs.slices import resolve_policy
+
+    tiered = _readme_config("90%:10mbit")
+    d = tiered.defaults["default"]
+    assert (d.tiers, d.taper) == ("75%:50mbit,90%:10mbit", "50%-75%:80mbit")
+    assert tiered.defaults["exempt"].pacing is False and tiered.window_s == 0
+
+    windowed = _readme_config("window: 30d")
+    assert windowed.window_s == 30 * 86400
+    default, exempt, _ = resolve_policy("pl_a", {}, windowed)
+    assert default.window_s == exempt.window_s == 30 * 86400
+    assert default.limit_bytes == 100 * 2**30 and exempt.limit_bytes == 300 * 2**30
+    rule = rate_rule(default, windowed.node_cap_bps, windowed.bwmin_bps)
+    # as the comments say: past 75 GiB at most 50 Mbit/s, past 100 GiB 2 Mbit/s, pacing off
+    assert rule_ceil(rule, 76 * 2**30, 0, 1)[1:] == (50_000_000, "tier 75%")
+    assert rule_ceil(rule, 101 * 2**30, 0, 1)[1:] == (2_000_000, "tier 100%")
+    assert rule_ceil(rule, 74 * 2**30, 0, 1)[2] == ""
 
 
 def test_inbound_is_off_by_default_and_a_direction_counting_it_needs_it_on() -> None:

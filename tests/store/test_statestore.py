@@ -31,6 +31,7 @@ from bwenforcer.core.model import (
     SliceState,
     State,
 )
+from bwenforcer.core.window import RING
 from bwenforcer.errors import LockBusy, StateCorrupt, StateError, StateTooNew
 from bwenforcer.store.codec import (
     StateEncoder,
@@ -88,6 +89,60 @@ def saved(state: State, now_s: int = NOW_S) -> State:
     return dataclasses.replace(state, saved_s=now_s)
 
 
+_V7_KEYS = ("notice_bp", "lift", "notices")
+
+
+def before_v7(view: dict[str, Any]) -> dict[str, Any]:
+    """A state's view form (``state show --json``) without schema 7's keys, as schema
+    6 and before wrote a class (changed in place, and returned).
+    """
+    slices = [*view["slices"].values(), *(e["slice"] for e in view["ledger"].values())]
+    for sl in slices:
+        for cls in sl["classes"].values():
+            for key in _V7_KEYS:
+                del cls[key]
+    return view
+
+
+_V8_KEYS = ("in_used_bytes", "in_last_counter_bytes", "in_limit_bps", "direction")
+
+
+def before_v8(view: dict[str, Any]) -> dict[str, Any]:
+    """A state's view form without schema 8's keys (inbound usage and the budget's
+    direction), as schema 7 and before wrote a class (changed in place, and returned).
+    """
+    slices = [*view["slices"].values(), *(e["slice"] for e in view["ledger"].values())]
+    for sl in slices:
+        for cls in sl["classes"].values():
+            for key in _V8_KEYS:
+                del cls[key]
+    return view
+
+
+def before_v6(view: dict[str, Any]) -> dict[str, Any]:
+    """A state's view form as schema 5 and before wrote it: without the keys of the
+    rolling windows (6), the notices (7) and inbound accounting (8).
+    """
+    return before_v8(before_v7(before_windows(view)))
+
+
+def without_notices(state: State) -> State:
+    """``state`` with no early notices asked for or told (what schema 6 knew)."""
+
+    def plain(cs: ClassState) -> ClassState:
+        policy = dataclasses.replace(cs.policy, notices="")
+        return dataclasses.replace(cs, policy=policy, notice_bp=0, lift="")
+
+    def slice_(st: SliceState) -> SliceState:
+        return dataclasses.replace(st, default=plain(st.default), exempt=plain(st.exempt))
+
+    return dataclasses.replace(
+        state,
+        slices={x: slice_(st) for x, st in state.slices.items()},
+        ledger={n: dataclasses.replace(e, slice=slice_(e.slice)) for n, e in state.ledger.items()},
+    )
+
+
 def read_json(path: Path | str) -> Any:
     return json.loads(Path(path).read_bytes())
 
@@ -100,23 +155,34 @@ counts = st.integers(min_value=0, max_value=2**64)
 
 TIERS = st.sampled_from(["", "75%:50mbit,100%:2mbit", "87.5%:1kbit"])
 TAPERS = st.sampled_from(["", "75%-100%:2mbit", "0%-1000%:8bit"])
+NOTICES = st.sampled_from(["", "50%,80%,100%", "lifted", "12.5%,lifted"])
+
+
+WINDOWS = st.sampled_from([0, 0, 3600, 30 * 86_400])
 
 
 @st.composite
-def class_states(draw: st.DrawFn) -> ClassState:
+def class_states(draw: st.DrawFn, window_s: int = 0) -> ClassState:
+    """A class; under a rolling window, with a ring summing to its usage."""
+    ring = tuple(draw(st.lists(counts, min_size=RING, max_size=RING))) if window_s else ()
     return ClassState(
         ClassPolicy(
             *(draw(counts) for _ in range(5)),
             tiers=draw(TIERS),
             taper=draw(TAPERS),
             pacing=draw(st.booleans()),
+            window_s=window_s,
+            notices=draw(NOTICES),
             direction=draw(st.sampled_from(["out", "in", "both"])),
         ),
-        draw(counts),
+        sum(ring) if window_s else draw(counts),
         draw(counts),
         draw(counts),
         draw(st.booleans()),
         draw(st.booleans()),
+        draw(st.integers(0, 100_000)),
+        draw(st.sampled_from(["", "due", "sent"])),
+        ring,
         draw(counts),
         draw(counts),
         draw(counts),
@@ -124,7 +190,7 @@ def class_states(draw: st.DrawFn) -> ClassState:
 
 
 def without_inbound(state: State) -> State:
-    """``state`` as a file before schema 6 would hold it: nothing received, budgets out."""
+    """``state`` as a file before schema 8 would hold it: nothing received, budgets out."""
 
     def cls(cs: ClassState) -> ClassState:
         policy = dataclasses.replace(cs.policy, direction="out")
@@ -145,13 +211,14 @@ def without_inbound(state: State) -> State:
 @st.composite
 def slice_states(draw: st.DrawFn, xid: int | None = None, name: str | None = None) -> SliceState:
     start = draw(st.integers(min_value=0, max_value=2**40))
+    window_s = draw(WINDOWS)  # one for both classes
     return SliceState(
         name if name is not None else draw(names),
         xid if xid is not None else draw(st.integers(min_value=0, max_value=DEFAULT_XID)),
         start,
         start + draw(st.integers(min_value=0, max_value=10**8)),
-        draw(class_states()),
-        draw(class_states()),
+        draw(class_states(window_s)),
+        draw(class_states(window_s)),
     )
 
 
@@ -196,7 +263,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 6
+    assert data["schema_version"] == SCHEMA_VERSION == 8
     assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
@@ -209,6 +276,9 @@ def test_json_layout_is_the_documented_one() -> None:
         "ceil_bps": 2_000_000,
         "capped": True,
         "notified": False,
+        "buckets": [],
+        "notice_bp": 0,
+        "lift": "",
         "in_used_bytes": 0,
         "in_last_counter_bytes": 0,
         "in_limit_bps": 0,
@@ -220,13 +290,15 @@ def test_json_layout_is_the_documented_one() -> None:
         "tiers": "",
         "taper": "",
         "pacing": True,
+        "window_s": 0,
+        "notices": "",
         "direction": "out",
     }
     assert (data["grants"], data["audit"]) == (0, [])
     assert data["ledger"] == {
         "policies": [
-            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True, "out"],
-            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True, "out"],
+            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True, 0, "", "out"],
+            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True, 0, "", "out"],
         ],
         "entries": {
             "pl_dead0": [
@@ -234,8 +306,8 @@ def test_json_layout_is_the_documented_one() -> None:
                 3000,
                 NOW_S - 3600,
                 NOW_S + 82_800,
-                [99, 990, 2_000_000, True, False, 0, 0, 0, 0],
-                [7, 77, 0, False, False, 0, 0, 0, 1],
+                [99, 990, 2_000_000, True, False, [], 0, "", 0, 0, 0, 0],
+                [7, 77, 0, False, False, [], 0, "", 0, 0, 0, 1],
             ]
         },
     }
@@ -348,7 +420,8 @@ def _attrs(fields: tuple[Field, ...]) -> set[str]:
 
 
 def _names(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
+    # a field left out of comparisons is a cache of the others (State.ledger_index), not saved
+    return {f.name for f in dataclasses.fields(cls) if f.compare}
 
 
 def test_every_field_of_the_saved_dataclasses_is_in_the_state_table() -> None:
@@ -383,6 +456,10 @@ _DOC_TYPES = {
     "tiers": "string",
     "direction": "string",
     "taper": "string",
+    "window": "int",
+    "buckets": "list",
+    "notices": "string",
+    "lift": "string",
     "what": "string",
     "traffic_class": "string",
     "audit": "list",
@@ -416,17 +493,14 @@ def test_the_documented_key_table_is_the_state_table() -> None:
 # --- migrations -------------------------------------------------------------------------
 
 
-_V6_KEYS = ("in_used_bytes", "in_last_counter_bytes", "in_limit_bps", "direction")
-
-
-def before_v6(data: dict[str, Any]) -> dict[str, Any]:
-    """A state document in the view form (schema 4's ledger) without what schema 6 added
-    to every class (inbound usage and the budget's direction): an older file's shape.
+def before_windows(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``state show --json`` document as schemas before 6 wrote it: no class has a
+    ``buckets`` or a ``window_s`` (``data`` changed in place).
     """
-    for sl in [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]:
+    slices = [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]
+    for sl in slices:
         for cls in sl["classes"].values():
-            for key in _V6_KEYS:
-                cls.pop(key, None)
+            del cls["buckets"], cls["window_s"]
     return data
 
 
@@ -558,7 +632,7 @@ def test_too_new_file_is_moved_aside_never_overwritten(tmp_path: Path) -> None:
 def test_too_new_file_without_backup_is_refused_and_left_in_place(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     data = state_to_json(make_state(1), NOW_S)
-    data["schema_version"] = 7
+    data["schema_version"] = SCHEMA_VERSION + 2
     path.write_text(json.dumps(data))
     store = StateStore(str(path))
     with pytest.raises(StateTooNew, match="no backup"):
@@ -838,9 +912,11 @@ def test_a_ledger_entry_round_trips_every_field_in_its_compact_form(
     for name, entry in loaded.ledger.items():
         assert dataclasses.astuple(entry) == dataclasses.astuple(state.ledger[name])
     # and through schema 4's form (state show --json), migrated
-    v4 = before_v6(state_to_json(state, now_s, view=True))
-    v4["schema_version"] = 4
-    assert state_from_json(v4, "state.json").ledger == without_inbound(state).ledger
+    if not any(e.slice.default.buckets for e in state.ledger.values()):  # schema 4 had none
+        v4 = before_v6(state_to_json(state, now_s, view=True))
+        v4["schema_version"] = 4
+        expected = without_inbound(without_notices(state)).ledger
+        assert state_from_json(v4, "state.json").ledger == expected
 
 
 def test_encoder_re_encodes_a_changed_slice_even_with_the_same_xid() -> None:
@@ -1118,11 +1194,13 @@ BAD_ENTRIES = [
     ((0,), -1, f"{_ENTRY}[0]: expected a non-negative integer"),
     ((1,), 0x1000, f"{_ENTRY}[1]: 4096 out of range 0..4095"),
     ((3,), 0, f"{_ENTRY}[3]: before period_start"),
-    ((4,), {}, f"{_ENTRY}[4]: expected a list of 9 values"),
+    ((4,), {}, f"{_ENTRY}[4]: expected a list of 12 values"),
     ((4, 3), 1, f"{_ENTRY}[4][3]: expected true or false"),
     ((5, 0), "7", f"{_ENTRY}[5][0]: expected a non-negative integer"),
-    ((5, 5), -3, f"{_ENTRY}[5][5]: expected a non-negative integer"),
-    ((5, 8), 9, f"{_ENTRY}[5][8]: policy 9 not in the ledger's 2"),
+    ((5, 5), [1], f"{_ENTRY}[5][5]: expected [] or a list of 25 non-negative integers"),
+    ((5, 5), [0] * 25, f"{_ENTRY}[5][5]: expected [] under a period (window_s 0)"),
+    ((5, 8), -3, f"{_ENTRY}[5][8]: expected a non-negative integer"),
+    ((5, 11), 9, f"{_ENTRY}[5][11]: policy 9 not in the ledger's 2"),
 ]
 
 
@@ -1201,22 +1279,132 @@ def test_the_encoders_ledger_policies_start_over_when_they_pile_up(
         assert state_from_json(data, "state.json").ledger == state.ledger
 
 
-def test_migration_to_schema_6_receives_nothing_and_counts_what_is_sent() -> None:
-    """A schema-5 file (live classes and compact ledger entries without inbound fields,
-    policies without a direction) loads with inbound usage 0 and every budget ``out``."""
+# --- rolling windows (schema 6) ------------------------------------------------------------
+
+
+def windowed_state(window_s: int = 30 * 86_400) -> State:
+    """make_state(1) with a rolling window on its live slice and its ledger entry."""
+    state = make_state(1)
+
+    def windowed(st_: SliceState) -> SliceState:
+        def cls(cs: ClassState, ring: tuple[int, ...]) -> ClassState:
+            policy = dataclasses.replace(cs.policy, window_s=window_s)
+            return dataclasses.replace(cs, policy=policy, used_bytes=sum(ring), buckets=ring)
+
+        return dataclasses.replace(
+            st_,
+            default=cls(st_.default, (*[0] * (RING - 2), 5, 7)),
+            exempt=cls(st_.exempt, (3, *[0] * (RING - 1))),
+        )
+
+    entry = state.ledger["pl_dead0"]
+    return State(
+        {1: windowed(state.slices[1])},
+        {"pl_dead0": LedgerEntry(windowed(entry.slice), entry.died_s)},
+    )
+
+
+def test_a_rolling_window_round_trips_through_the_file_and_its_compact_ledger() -> None:
+    state = windowed_state()
+    text = StateEncoder().encode(state, NOW_S)
+    data = json.loads(text)
+    assert data["slices"]["1"]["classes"]["default"]["buckets"] == [*[0] * (RING - 2), 5, 7]
+    assert data["slices"]["1"]["classes"]["default"]["window_s"] == 30 * 86_400
+    entry = data["ledger"]["entries"]["pl_dead0"]
+    assert entry[4][5] == [*[0] * (RING - 2), 5, 7] and data["ledger"]["policies"][0][-3] > 0
+    assert text == json.dumps(state_to_json(state, NOW_S), separators=(",", ":")).encode()
+    assert state_from_json(data, "state.json") == saved(state)
+
+
+_WIN = "slices.1.classes"
+BAD_WINDOWS = [
+    (f"{_WIN}.default.buckets", [0] * 24, f"{_WIN}.default.buckets: expected [] or a list of 25"),
+    (f"{_WIN}.default.buckets", [], f"{_WIN}.default.buckets: expected 25 buckets under a window"),
+    (f"{_WIN}.default.used_bytes", 13, f"{_WIN}.default.buckets: the buckets sum to 12, not used"),
+    (f"{_WIN}.exempt.window_s", 7200, f"{_WIN}.exempt.window_s: a slice's classes have one window"),
+    (f"{_WIN}.default.window_s", 60, f"{_WIN}.default.window_s: expected 0 or a window of 3600"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BAD_WINDOWS)
+def test_a_ring_that_does_not_fit_its_window_is_named_in_one_line(
+    path: str, value: object, message: str
+) -> None:
+    data = state_to_json(windowed_state(), NOW_S)
+    _set(data, path, value)
+    with pytest.raises(StateCorrupt) as exc:
+        state_from_json(json.loads(json.dumps(data)), "state.json")
+    assert str(exc.value).startswith(f"state.json: {message}") and "\n" not in str(exc.value)
+
+
+def test_a_ledger_entry_whose_ring_does_not_fit_is_named_in_one_line() -> None:
+    data = state_to_json(windowed_state(), NOW_S)
+    data["ledger"]["entries"]["pl_dead0"][4][0] = 1  # used no longer the ring's sum
+    with pytest.raises(StateCorrupt, match=r"ledger\.entries\.pl_dead0\[4\]\[5\]: the buckets sum"):
+        state_from_json(data, "state.json")
+    data = state_to_json(windowed_state(), NOW_S)
+    pol = data["ledger"]["policies"][1]
+    data["ledger"]["policies"].append([*pol[:-3], 7200, *pol[-2:]])  # window_s, notices, direction
+    data["ledger"]["entries"]["pl_dead0"][5][-1] = 2  # the exempt class under another window
+    with pytest.raises(StateCorrupt, match=r"pl_dead0\[5\]: a slice's classes have one window"):
+        state_from_json(data, "state.json")
+
+
+def test_migration_to_schema_6_puts_every_class_under_its_period_as_before() -> None:
+    """Schema 5 had no rolling windows: live classes and ledger arrays gain none."""
+    state = make_state(2, used_bytes=10)
+    v5 = state_to_json(state, NOW_S)
+    v5["schema_version"] = 5
+    for sl in v5["slices"].values():
+        for cls in sl["classes"].values():
+            del cls["buckets"], cls["window_s"]
+            for key in (*_V7_KEYS, *_V8_KEYS):
+                del cls[key]
+    # the policies lose window_s, notices and direction; a class its ring, notice marks
+    # and inbound values
+    v5["ledger"]["policies"] = [p[:-3] for p in v5["ledger"]["policies"]]
+    for entry in v5["ledger"]["entries"].values():
+        entry[4:] = [[*c[:5], c[-1]] for c in entry[4:]]
+    before = copy.deepcopy(v5)
+    migrated = MIGRATIONS[5](v5)
+    assert v5 == before and migrated["schema_version"] == 6
+    assert state_from_json(v5, "old.json") == saved(state)
+
+
+def test_migration_to_schema_7_knows_no_notices_told_or_asked_for() -> None:
+    """A schema-5 file (live classes and compact ledger entries): every class gets
+    ``notice_bp`` 0 and ``lift`` "", every policy ``notices`` "" (after schema 6's windows).
+    """
     v5 = state_to_json(make_state(2), NOW_S)
     v5["schema_version"] = 5
     for sl in v5["slices"].values():
         for cls in sl["classes"].values():
-            for key in _V6_KEYS:
+            for key in (*_V7_KEYS, *_V8_KEYS, "buckets", "window_s"):
                 del cls[key]
-    v5["ledger"]["policies"] = [p[:-1] for p in v5["ledger"]["policies"]]
+    v5["ledger"]["policies"] = [p[:-3] for p in v5["ledger"]["policies"]]
     for entry in v5["ledger"]["entries"].values():
-        entry[4:] = [[*c[:5], c[8]] for c in entry[4:]]
+        entry[4:] = [[*c[:5], c[-1]] for c in entry[4:]]
     before = copy.deepcopy(v5)
-    migrated = MIGRATIONS[5](v5)
-    assert v5 == before and migrated["schema_version"] == 6
-    loaded = state_from_json(v5, "old.json")
+    assert state_from_json(v5, "old.json") == saved(make_state(2))
+    assert v5 == before  # the steps build new objects
+
+
+def test_migration_to_schema_8_receives_nothing_and_counts_what_is_sent() -> None:
+    """A schema-7 file (live classes and compact ledger entries without inbound fields,
+    policies without a direction) loads with inbound usage 0 and every budget ``out``."""
+    v7 = state_to_json(make_state(2), NOW_S)
+    v7["schema_version"] = 7
+    for sl in v7["slices"].values():
+        for cls in sl["classes"].values():
+            for key in _V8_KEYS:
+                del cls[key]
+    v7["ledger"]["policies"] = [p[:-1] for p in v7["ledger"]["policies"]]
+    for entry in v7["ledger"]["entries"].values():
+        entry[4:] = [[*c[:8], c[-1]] for c in entry[4:]]
+    before = copy.deepcopy(v7)
+    migrated = MIGRATIONS[7](v7)
+    assert v7 == before and migrated["schema_version"] == 8
+    loaded = state_from_json(v7, "old.json")
     assert loaded == saved(make_state(2))
     for sl in [*loaded.slices.values(), *(e.slice for e in loaded.ledger.values())]:
         for cs in (sl.default, sl.exempt):

@@ -28,7 +28,9 @@ from bwenforcer.core.model import (
 )
 from bwenforcer.core.plan import SetRates
 from bwenforcer.core.planner import PlanParams, plan
+from bwenforcer.core.window import expiry_s
 from bwenforcer.history.usage import ReportRow
+from bwenforcer.views.grant import grant
 from bwenforcer.views.reset import forgive, reset_line
 from bwenforcer.views.show import find_slice, show_json, show_text
 from bwenforcer.views.status import (
@@ -433,7 +435,9 @@ def test_forgive_with_the_kernel_rebaselines_and_lifts_the_cap() -> None:
     assert heavy.default.used_bytes == 0 and heavy.exempt.used_bytes == 0
     assert heavy.default.last_counter_bytes == 520_000  # the kernel's counter now
     assert heavy.exempt.last_counter_bytes == 3_200_000
-    assert not heavy.default.capped and not heavy.default.notified
+    # the cap lifted, to be told (if asked for); the notice told this period stays told
+    assert not heavy.default.capped and heavy.default.lift == "due"
+    assert heavy.default.notified == state.slices[10].default.notified
     assert heavy.default.ceil_bps == CAP_BPS
     # the exempt class is already at its lifted rates in the kernel: no change sent
     assert out.ops == (ClassOp("change", 10, "default", ClassRates(BWMIN_BPS, CAP_BPS, 1)),)
@@ -447,6 +451,49 @@ def test_forgive_with_the_kernel_rebaselines_and_lifts_the_cap() -> None:
         x: s for x, s in state.slices.items() if x != 10
     }
     assert out.state.ledger == state.ledger and out.slice == heavy
+
+
+def test_forgive_under_a_rolling_window_empties_the_ring_too() -> None:
+    """Else the ring's next move would count the forgiven bytes again."""
+    state = fixed_state()
+    heavy = state.slices[10]
+    ring = (*[0] * 24, heavy.default.used_bytes)
+    policy = dataclasses.replace(heavy.default.policy, window_s=30 * 86400)
+    windowed = dataclasses.replace(heavy.default, policy=policy, buckets=ring)
+    state = dataclasses.replace(
+        state, slices={**state.slices, 10: dataclasses.replace(heavy, default=windowed)}
+    )
+    out = forgive(state, 10, ("default",), fixed_snapshot(), BWMIN_BPS, **WHO)
+    cs = out.state.slices[10].default
+    assert cs.used_bytes == 0 and cs.buckets == (0,) * 25 and not cs.capped
+
+
+def test_a_grant_without_an_end_under_a_window_lasts_until_bytes_sent_now_left_it() -> None:
+    """Not the end of the current bucket: that would lift a month's cap for a day."""
+    state = fixed_state()
+    heavy = state.slices[10]
+    policy = dataclasses.replace(heavy.default.policy, window_s=30 * 86400)
+    ring = (*[0] * 24, heavy.default.used_bytes)
+    windowed = dataclasses.replace(heavy.default, policy=policy, buckets=ring)
+    state = dataclasses.replace(
+        state, slices={**state.slices, 10: dataclasses.replace(heavy, default=windowed)}
+    )
+    done = grant(
+        state, 10, ("default",), KiB, snapshot=None, bwmin_bps=BWMIN_BPS, until_s=None, **WHO
+    )
+    (entry,) = [e for e in done.state.audit if e.what == "grant"]
+    assert entry.until_s == expiry_s(heavy.period_end_s, 30 * 86400) > NOW + 30 * 86400
+    periodic = grant(
+        fixed_state(),
+        10,
+        ("default",),
+        KiB,
+        snapshot=None,
+        bwmin_bps=BWMIN_BPS,
+        until_s=None,
+        **WHO,
+    )
+    assert [e.until_s for e in periodic.state.audit if e.what == "grant"] == [heavy.period_end_s]
 
 
 def test_forgive_one_class_leaves_the_other_alone() -> None:
@@ -463,7 +510,7 @@ def test_forgive_without_the_kernel_keeps_the_saved_counter() -> None:
     out = forgive(state, 10, ("default",), None, BWMIN_BPS, **WHO)
     heavy = out.state.slices[10]
     assert heavy.default.used_bytes == 0 and heavy.default.last_counter_bytes == 500_000
-    assert not heavy.default.capped and not heavy.default.notified
+    assert not heavy.default.capped and heavy.default.lift == "due"
     assert heavy.default.ceil_bps == 72_000  # unchanged until the next cycle lifts it
     assert out.ops == ()
 

@@ -144,6 +144,8 @@ KEYS = {
     "tiers": "tiers",
     "taper": "taper",
     "pacing": "pacing on",
+    "window_s": "rolling window's length",
+    "buckets": "rolling window's bytes per bucket",
     "rows": "policy table rows",
     "grants": "operator grants",
     "audit": "operators' grants and resets",
@@ -173,6 +175,11 @@ KEYS = {
     "direction": "what the budget counts",
     "in_default_bytes": "received by the default class",
     "in_exempt_bytes": "received by the exempt class",
+    "kind": "which notice",
+    "share_bp": "share a notice tells",
+    "notice_bp": "highest share told",
+    "lift": "lift of a cap told",
+    "notices": "early notices of a class",
 }
 
 
