@@ -20,8 +20,16 @@ from bwenforcer.core.model import (
     KernelSlice,
     State,
 )
-from bwenforcer.core.plan import Inherit, MoveToLedger, Plan, Revive, SetInboundLimit, SetRates
-from bwenforcer.core.planner import PlanParams, plan
+from bwenforcer.core.plan import (
+    Inherit,
+    MoveToLedger,
+    Notify,
+    Plan,
+    Revive,
+    SetInboundLimit,
+    SetRates,
+)
+from bwenforcer.core.planner import PlanParams, mark_sent, plan
 from bwenforcer.core.policy import capped_ceil_bps, ceil_table, rate_rule, rule_ceil
 from tests.core.test_tiers import policies
 from tests.planner_data import (
@@ -353,3 +361,58 @@ def test_limiting_off_lifts_every_inbound_limit() -> None:
         desired(slice_("in"), off=True), snapshot(kslice(10)), second.state, OFF, T0 + 7200,
         inbound=inb(10, 900_000, default=limit),
     ).inbound_limits()  # fmt: skip
+
+
+def test_early_notices_of_an_inbound_budget_take_shares_of_the_received_bytes() -> None:
+    """A budget of received bytes: 600 kB received of 1 MB passes 50 % (5 MB sent count
+    for nothing); the share is told once, and the lift of its cap is due when lifted."""
+    want = slice_("in")
+    noticed = dataclasses.replace(
+        want, default=dataclasses.replace(want.default, notices="50%,lifted")
+    )
+    _, second = two_cycles(noticed, 5_000_000, 600_000)
+    shares = [a for a in second.actions if isinstance(a, Notify) and a.kind == "share"]
+    assert [(a.classes, a.share_bp) for a in shares] == [(("default",), 5000)]
+    cs = second.state.slices[10].default
+    assert not cs.capped and cs.notice_bp == 0  # marked when delivered (mark_sent)
+    told = mark_sent(second.state, shares)
+    third = plan(
+        desired(noticed), snapshot(kslice(10, 5_000_000)), told, ON, T0 + 7200,
+        inbound=inb(10, 600_000),
+    )  # fmt: skip
+    assert not [a for a in third.actions if isinstance(a, Notify)]  # once per period
+    # past the threshold: capped (inbound); a grant-free period end lifts it: due
+    fourth = plan(
+        desired(noticed), snapshot(kslice(10, 5_000_000)), third.state, ON, T0 + 7800,
+        inbound=inb(10, 900_000),
+    )  # fmt: skip
+    assert fourth.state.slices[10].default.capped
+    fifth = plan(
+        desired(noticed), snapshot(kslice(10, 5_000_000)), fourth.state, ON,
+        T0 + PERIOD_S + 60, inbound=inb(10, 900_000),
+    )  # fmt: skip
+    lifted = [a for a in fifth.actions if isinstance(a, Notify) and a.kind == "lifted"]
+    assert [a.classes for a in lifted] == [("default",)]
+
+
+def test_a_rolling_window_with_inbound_on_keeps_its_ring_of_sent_bytes() -> None:
+    """Inbound accounting on, a budget of sent bytes under a window: the ring moves on as
+    with inbound off (the sent bytes leave the window), and received bytes are counted."""
+    window_s = 24 * 3600
+    want = slice_("out")
+    want = DesiredSlice(
+        want.name, want.xid,
+        dataclasses.replace(want.default, window_s=window_s),
+        dataclasses.replace(want.exempt, window_s=window_s),
+    )  # fmt: skip
+    for params in (ON, OFF):
+        _, second = two_cycles(want, 900_000, 300_000, params)
+        cs = second.state.slices[10].default
+        assert cs.buckets[-1] == 900_000 and cs.used_bytes == 900_000 and cs.capped
+        assert cs.in_used_bytes == (300_000 if params is ON else 0)
+        later = plan(
+            desired(want), snapshot(kslice(10, 900_000)), second.state, params,
+            T0 + 3600 + window_s + 2 * 3600, inbound=inb(10, 300_000),
+        )  # fmt: skip
+        cs = later.state.slices[10].default
+        assert cs.used_bytes == 0 and not cs.capped and sum(cs.buckets) == 0

@@ -569,3 +569,20 @@ def test_inbound_is_off_by_default_and_a_direction_counting_it_needs_it_on() -> 
         ConfigError, match=r"c.yaml: inbound: unknown key 'shaping'|inbound.shaping"
     ):
         parse_config({"inbound": {"shaping": True}}, "c.yaml")
+
+
+def test_a_rolling_window_over_received_bytes_is_refused() -> None:
+    """The ring counts sent bytes alone: a default window with a budget counting in or
+    both is one line naming the direction's key."""
+    on = {"inbound": {"enabled": True}}
+    cfg = parse_config({**on, "defaults": {"window": "7d"}}, "c.yaml")
+    assert cfg.window_s == 7 * 86400 and cfg.defaults["default"].direction == "out"
+    for direction in ("in", "both"):
+        with pytest.raises(ConfigError) as info:
+            parse_config(
+                {**on, "defaults": {"window": "7d", "exempt": {"direction": direction}}}, "c.yaml"
+            )
+        assert str(info.value) == (
+            f"c.yaml: defaults.exempt.direction: {direction!r} counts received bytes:"
+            " a rolling window (defaults.window) counts sent bytes alone"
+        )

@@ -23,7 +23,7 @@ M = 1_000_000
 
 def _state(direction: str, used: int, in_used: int) -> State:
     p = ClassPolicy(M, 800_000, BWMIN, CAP, 1, direction=direction)
-    cs = ClassState(p, used, 0, 100_000, True, True, in_used, 0, 100_000)
+    cs = ClassState(p, used, 0, 100_000, True, True, in_used_bytes=in_used, in_limit_bps=100_000)
     return State({10: SliceState("pl_a", 10, NOW - 600, NOW + 3000, cs, ClassState(p))})
 
 
