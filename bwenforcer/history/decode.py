@@ -86,7 +86,7 @@ class _Reader:
         self, shape: struct.Struct, count: int, name: str, what: str, pad: int = 0
     ) -> dict[int, list[int]]:
         """``count`` records of ``shape``, each row widened by ``pad`` zeros (the received
-        bytes records before version 3 do not have).
+        bytes records before version 5 do not have).
         """
         tier: dict[int, list[int]] = {}
         previous = -1

@@ -90,7 +90,7 @@ class ReportRow:
     peak_hour_bytes: int  # the busiest hour in the bucket, default + exempt
     capped_default_s: int
     capped_exempt_s: int
-    in_default_bytes: int = 0  # received (format 3; 0 before, or with inbound off)
+    in_default_bytes: int = 0  # received (history format 5; 0 before, or with inbound off)
     in_exempt_bytes: int = 0
 
 

@@ -192,7 +192,7 @@ def test_the_notice_says_which_direction_capped(pair: NetnsPair, tmp_path: Path)
 
 
 def test_the_history_keeps_both_directions(pair: NetnsPair, tmp_path: Path) -> None:
-    """What a slice received goes to the usage history beside what it sent (format 3,
+    """What a slice received goes to the usage history beside what it sent (format 5,
     journal 3), and ``report`` shows it with inbound on."""
     from bwenforcer.history.reader import read_history
     from bwenforcer.views.report import INBOUND_KEYS, report_table, row_json
@@ -239,7 +239,7 @@ def test_a_slice_leaving_is_read_a_last_time_into_its_ledger_entry(
     agent.cycle(load_desired(config))
     state = json.loads((tmp_path / "state.json").read_text())
     entry = state["ledger"]["entries"]["pl_in"]
-    assert entry[4][5] == 40_000  # the default class's in_used_bytes, counted as it left
+    assert entry[4][8] == 40_000  # the default class's in_used_bytes, counted as it left
     clock.now += 60
     agent.cycle(load_desired(config))
     assert (10, "default") not in port.counters  # the next cycle lets its counter go
