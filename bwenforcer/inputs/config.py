@@ -444,6 +444,14 @@ def parse_config(data: object, source: str) -> Config:
         source=source,
     )
     top.done()
+    for i, pattern in enumerate(config.cgroups.tenants if config.window_s else ()):
+        for tc in TRAFFIC_CLASSES:
+            if pattern.defaults[tc].direction != "out":
+                raise top.error(
+                    f"{pattern.defaults[tc].direction!r} counts received bytes: a rolling"
+                    " window (defaults.window) counts sent bytes alone",
+                    at=f"cgroups.tenants[{i}].defaults.{tc}.direction",
+                )
     if not config.inbound.enabled:
         for tc in TRAFFIC_CLASSES:
             if config.defaults[tc].direction != "out":

@@ -199,6 +199,20 @@ def test_every_key() -> None:
             },
             "t.yaml: cgroups.tenants[0].defaults.exempt.pacing: false needs a tier or taper below",
         ),
+        (
+            {
+                "inbound": {"enabled": True},
+                "classifier": {"mode": "cgroup"},
+                "defaults": {"window": "7d"},
+                "cgroups": {
+                    "tenants": [
+                        {"match": "*.scope", "defaults": {"default": {"direction": "both"}}}
+                    ]
+                },
+            },
+            "t.yaml: cgroups.tenants[0].defaults.default.direction: 'both' counts received bytes:"
+            " a rolling window (defaults.window) counts sent bytes alone",
+        ),
     ],
 )
 def test_errors_name_the_key_path(data: object, message: str) -> None:
