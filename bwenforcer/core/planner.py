@@ -335,8 +335,7 @@ def _plan_live(
             out.append((old, delta, old_ceil_bps))  # the very object: the identity rule
         else:
             new_cs = ClassState(
-                policy, used, last, ceil_bps, capped, notified, notice_bp, lift, buckets,
-                old.in_used_bytes, old.in_last_counter_bytes, old.in_limit_bps,
+                policy, used, last, ceil_bps, capped, notified, notice_bp, lift, buckets
             )  # fmt: skip
             out.append((new_cs, delta, old_ceil_bps))
     _notify(want, params, actions, to_notify=to_notify, shares=shares, lifted=lifted)
