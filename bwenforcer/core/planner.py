@@ -923,6 +923,12 @@ class _Ledger:
             ordered = sorted(entries.items(), key=lambda item: item[1].expires_s)
             entries.clear()
             entries.update(ordered)
+            if self.xids is not None:  # each xid's names in the ledger's new order
+                xids: dict[int, tuple[str, ...]] = {}
+                for n, e in ordered:
+                    xid = e.slice.xid
+                    xids[xid] = (*xids[xid], n) if xid in xids else (n,)
+                self.xids = xids
 
     def pop(self, name: str) -> LedgerEntry | None:
         if name not in self.entries:
