@@ -116,6 +116,7 @@ def run_grant(args: argparse.Namespace) -> int:
             "until_s": until_s,
             "now_s": now,
             "bwmin_bps": config.bwmin_bps,
+            "inbound": config.inbound.enabled,
         }
         classes = (args.traffic_class,)
         done, failures, applied = apply_now(

@@ -254,12 +254,24 @@ def run_status(args: argparse.Namespace) -> int:
     only = StatusFilter(capped=args.capped, name=args.slice)
     units = _units(config)
     names = None if units is None else {name: u.unit for name, u in units.items()}
+    inbound = config.inbound.enabled
     if args.json:
-        _print_json(status_json(state, snapshot, only, units=names))
+        _print_json(status_json(state, snapshot, only, units=names, inbound=inbound))
     else:
         terminal = sys.stdout.isatty()
         colour = use_colour(sys.stdout)
-        print(status_table(state, snapshot, now_s(), colour, fit=terminal, only=only, units=names))
+        print(
+            status_table(
+                state,
+                snapshot,
+                now_s(),
+                colour,
+                fit=terminal,
+                only=only,
+                units=names,
+                inbound=inbound,
+            )
+        )
     return int(ExitCode.OK)
 
 
@@ -361,6 +373,7 @@ def run_show(args: argparse.Namespace) -> int:
         history=_last_day(config, report.name, now),
         unit=None if unit is None else unit.unit,
         cgroup=None if unit is None else unit.path,
+        inbound=config.inbound.enabled,
     )
     if args.json:
         _print_json(show_json(report, now))
@@ -382,7 +395,7 @@ def run_reset(args: argparse.Namespace) -> int:
     classes = (args.traffic_class,) if args.traffic_class else TRAFFIC_CLASSES
     reason = checked_reason(args.reason)
     user, now = operator_name(), now_s()
-    who = {"user": user, "reason": reason, "now_s": now}
+    who = {"user": user, "reason": reason, "now_s": now, "inbound": config.inbound.enabled}
     store = StateStore(config.state_file)
     with store.lock(config.lock_timeout_s):
         state = store.load().state

@@ -96,7 +96,14 @@ def run_policy(args: argparse.Namespace) -> int:
     node_cap, bwmax = tree_rates_bps(config.node_cap_bps, config.bwmax_bps)
     caps = {tc: class_cap_bps(tc, node_cap, bwmax) for tc in TRAFFIC_CLASSES}
     view = policy_view(
-        name, xid, policies, caps, bwmin_bps=config.bwmin_bps, now_s=now, period_end_s=period_end
+        name,
+        xid,
+        policies,
+        caps,
+        bwmin_bps=config.bwmin_bps,
+        now_s=now,
+        period_end_s=period_end,
+        inbound=config.inbound.enabled,
     )
     if args.json:
         _print_json(policy_json(view))
@@ -131,6 +138,7 @@ def run_explain(args: argparse.Namespace) -> int:
         node_cap, bwmax = snapshot.cap_bps, snapshot.bwmax_bps
     else:
         node_cap, bwmax = tree_rates_bps(config.node_cap_bps, config.bwmax_bps)
+    report = dataclasses.replace(report, inbound=config.inbound.enabled)
     caps = {tc: class_cap_bps(tc, node_cap, bwmax) for tc in TRAFFIC_CLASSES}
     view = explain_view(report, caps, bwmin_bps=config.bwmin_bps, now_s=now_s())
     if args.json:

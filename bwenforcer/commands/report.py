@@ -112,11 +112,20 @@ def run(args: argparse.Namespace) -> int:
     from bwenforcer.history.usage import bucket_report, bucket_rows, since_rows
     from bwenforcer.inputs.config import load_config
     from bwenforcer.inputs.slicename import quoted
-    from bwenforcer.views.report import JSON_KEYS, json_chunks, row_json, table_text
+    from bwenforcer.views.report import (
+        INBOUND_KEYS,
+        JSON_KEYS,
+        json_chunks,
+        row_json,
+        table_text,
+    )
 
     if args.since is not None:
         args.since = parse_since(args.since, now_s())
-    path = load_config(args.config).history_file
+    config = load_config(args.config)
+    path = config.history_file
+    inbound = config.inbound.enabled  # the bytes received too
+    keys = INBOUND_KEYS if inbound else JSON_KEYS
     seen = {"rows": False}
     with HistoryReader(path, only=args.slice) as reader:
         found = reader.buckets(args.by, args.slice)
@@ -166,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             started = False
             try:
-                for chunk in json_chunks(rows()):
+                for chunk in json_chunks(rows(), keys):
                     out.write(chunk)
                     started = True
             except (Error, OSError):
@@ -175,12 +184,12 @@ def run(args: argparse.Namespace) -> int:
                 raise
             out.write("\n")
         elif args.csv:
-            writer = csv.DictWriter(out, fieldnames=JSON_KEYS, lineterminator="\n")
+            writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
             writer.writeheader()
             for row in rows():
-                writer.writerow(row_json(row))
+                writer.writerow(row_json(row, keys))
         else:
-            for text in table_text(plain(), args.by):
+            for text in table_text(plain(), args.by, inbound):
                 out.write(text)
     if not seen["rows"]:
         print(f"bwenforcer: report: {_empty_note(args, path)}", file=sys.stderr)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from bwenforcer.core.direction import inbound_usage
+from bwenforcer.core.inbound import InboundSnapshot
 from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import ClassState, KernelClass, KernelSlice, SliceState
 from bwenforcer.core.policy import counter_delta
@@ -46,35 +48,53 @@ def class_usage(
     return used, last, delta, old.notified
 
 
-def account_slice(st: SliceState, kernel: KernelSlice | None) -> SliceState:
-    """A slice's state with the bytes its classes counted since the last reading."""
+def inbound_counter(inbound: InboundSnapshot | None, xid: int, tc: TrafficClass) -> int | None:
+    """The inbound byte counter of one slice class; None if not read or not there."""
+    return None if inbound is None else inbound.bytes_by_class.get((xid, tc))
 
-    def account(cs: ClassState, current: KernelClass | None) -> ClassState:
+
+def account_slice(
+    st: SliceState, kernel: KernelSlice | None, inbound: InboundSnapshot | None = None
+) -> SliceState:
+    """A slice's state with the bytes its classes counted since the last reading (and
+    the inbound bytes, with ``inbound``: the backend's read; None: not read).
+    """
+
+    def account(cs: ClassState, tc: TrafficClass) -> ClassState:
+        current = None if kernel is None else kernel.cls(tc)
         used, last, delta, _ = class_usage(cs, current, True, False)
         buckets = added(cs.buckets, delta) if cs.buckets else cs.buckets
+        in_used, in_last = cs.in_used_bytes, cs.in_last_counter_bytes
+        if inbound is not None:
+            in_used, in_last, _ = inbound_usage(
+                cs, inbound.bytes_by_class.get((st.xid, tc)), True, False
+            )
         return ClassState(
-            cs.policy,
-            used,
-            last,
-            cs.ceil_bps,
-            cs.capped,
-            cs.notified,
-            cs.notice_bp,
-            cs.lift,
-            buckets,
-            cs.carried_bytes,
-        )
+            cs.policy, used, last, cs.ceil_bps, cs.capped, cs.notified, cs.notice_bp, cs.lift,
+            buckets, cs.carried_bytes, in_used, in_last, cs.in_limit_bps,
+        )  # fmt: skip
 
-    default = account(st.default, None if kernel is None else kernel.default)
-    exempt = account(st.exempt, None if kernel is None else kernel.exempt)
+    default = account(st.default, "default")
+    exempt = account(st.exempt, "exempt")
     return SliceState(st.name, st.xid, st.period_start_s, st.period_end_s, default, exempt)
 
 
-def rebaseline(st: SliceState, kernel: KernelSlice | None, xid: int) -> SliceState:
-    """A revived slice: same usage, counted from the counters its (new) xid has now."""
+def rebaseline(
+    st: SliceState, kernel: KernelSlice | None, xid: int, inbound: InboundSnapshot | None = None
+) -> SliceState:
+    """A revived slice: same usage, counted from the counters its (new) xid has now
+    (inbound too, with ``inbound``; its limit is the backend's, planned afresh).
+    """
 
     def rebase(cs: ClassState, tc: TrafficClass) -> ClassState:
-        return dataclasses.replace(cs, last_counter_bytes=kernel_counter(kernel, tc) or 0)
+        if inbound is None:
+            return dataclasses.replace(cs, last_counter_bytes=kernel_counter(kernel, tc) or 0)
+        return dataclasses.replace(
+            cs,
+            last_counter_bytes=kernel_counter(kernel, tc) or 0,
+            in_last_counter_bytes=inbound_counter(inbound, xid, tc) or 0,
+            in_limit_bps=0,
+        )
 
     return dataclasses.replace(
         st, xid=xid, default=rebase(st.default, "default"), exempt=rebase(st.exempt, "exempt")

@@ -68,6 +68,9 @@ class ClassPolicy:
     # the most a new period takes over of what the period before left unused (core.grants,
     # rolled_over); 0: no rollover (always 0 under a rolling window)
     rollover_bytes: int = 0
+    # what the budget counts (core.direction): "out" (sent, PlanetLab's meaning), "in"
+    # (received) or "both" (their sum); with inbound accounting off, "out" whatever it says
+    direction: str = "out"
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,11 @@ class ClassState:
     # bytes rolled over from the period before (policy.rollover_bytes): they count like a
     # grant for this period; the rollover's only record
     carried_bytes: int = 0
+    # inbound (received) bytes, counted as the sent ones (core.direction): only with
+    # inbound accounting on; 0 in states written before it (schema 8)
+    in_used_bytes: int = 0
+    in_last_counter_bytes: int = 0
+    in_limit_bps: int = 0  # the inbound limit in force after the last cycle (0: none)
 
 
 @fast_init

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar, NamedTuple
 
+from bwenforcer.core.inbound import InboundLimit
 from bwenforcer.core.layout import TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.model import (
     ClassOp,
@@ -145,6 +146,26 @@ class Notify:
     share_bp: int = 0  # kind share: the share passed, in basis points
 
 
+@fast_init
+@dataclass(frozen=True, slots=True)
+class SetInboundLimit:
+    """Set (``in_new_limit_bps``) or lift (None) the inbound limit of one slice class;
+    ``in_old_limit_bps`` is the backend's (None: none). Planned only with inbound
+    accounting on, and for a change of rate only by a real margin
+    (core.direction.inbound_change).
+    """
+
+    name: str | None  # None: no slice known by the xid (limiting off)
+    xid: int
+    traffic_class: TrafficClass
+    in_old_limit_bps: int | None
+    in_new_limit_bps: int | None
+
+    def limit(self) -> InboundLimit:
+        """The change as the inbound backend takes it."""
+        return InboundLimit(self.xid, self.traffic_class, self.in_new_limit_bps)
+
+
 Action = (
     CreateClass
     | SetRates
@@ -157,6 +178,7 @@ Action = (
     | NewPeriod
     | Rollover
     | Notify
+    | SetInboundLimit
 )
 
 
@@ -175,6 +197,12 @@ class ClassLine:
     old_ceil_bps: int | None  # what the kernel has (None: no class)
     new_ceil_bps: int
     capped: bool
+    # inbound (only with inbound accounting on; else 0 and None)
+    in_used_bytes: int = 0
+    in_delta_bytes: int = 0
+    in_old_limit_bps: int | None = None  # what the backend had (None: no limit)
+    in_new_limit_bps: int | None = None  # after this cycle (None: no limit)
+    direction: str = "out"  # what the budget counts, as in force (core.direction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,14 +229,40 @@ class LiveSlice(NamedTuple):
     # history's capped time counts (the cycle that caps is not capped time yet)
     default_was_capped: bool = False
     exempt_was_capped: bool = False
+    # inbound bytes counted this cycle and the backend's limits before it (None: none);
+    # 0 and None with inbound accounting off
+    default_in_delta_bytes: int = 0
+    exempt_in_delta_bytes: int = 0
+    default_in_old_limit_bps: int | None = None
+    exempt_in_old_limit_bps: int | None = None
+    inbound: bool = False  # planned with inbound accounting on
 
 
-def _class_line(cs: ClassState, tc: TrafficClass, delta: int, old_ceil: int | None) -> ClassLine:
+def _class_line(
+    cs: ClassState,
+    tc: TrafficClass,
+    delta: int,
+    old_ceil: int | None,
+    *,
+    inbound: bool = False,
+    in_delta: int = 0,
+    in_old: int | None = None,
+) -> ClassLine:
     policy = cs.policy
+    if not inbound:
+        return ClassLine(
+            tc, cs.used_bytes, delta, policy.threshold_bytes, policy.limit_bytes, old_ceil,
+            cs.ceil_bps, cs.capped,
+        )  # fmt: skip
     return ClassLine(
         tc, cs.used_bytes, delta, policy.threshold_bytes, policy.limit_bytes, old_ceil,
-        cs.ceil_bps, cs.capped,
+        cs.ceil_bps, cs.capped, cs.in_used_bytes, in_delta, in_old, cs.in_limit_bps or None,
+        policy.direction,
     )  # fmt: skip
+
+
+# a slice's usage of one cycle, for the history (Plan.usage)
+UsageRow = tuple[str, int, int, bool, bool, int, int]
 
 
 @dataclass(frozen=True)
@@ -227,34 +281,56 @@ class Plan:
     held: tuple[DesiredSlice, ...] = ()
     # the usage rows (as :meth:`usage`) of the slices that went to the ledger this
     # cycle: the bytes counted in the cycle a slice leaves are history too
-    left: tuple[tuple[str, int, int, bool, bool], ...] = ()
+    left: tuple[UsageRow, ...] = ()
 
     @cached_property
     def lines(self) -> tuple[SliceLine, ...]:
         """Every live slice as planned, by xid (built on first use: a cycle needs none)."""
         return tuple(
             SliceLine(
-                st.name,
-                st.xid,
-                st.period_start_s,
-                st.period_end_s,
-                _class_line(st.default, "default", d_delta, d_ceil),
-                _class_line(st.exempt, "exempt", e_delta, e_ceil),
+                live.state.name,
+                live.state.xid,
+                live.state.period_start_s,
+                live.state.period_end_s,
+                _class_line(
+                    live.state.default,
+                    "default",
+                    live.default_delta_bytes,
+                    live.default_old_ceil_bps,
+                    inbound=live.inbound,
+                    in_delta=live.default_in_delta_bytes,
+                    in_old=live.default_in_old_limit_bps,
+                ),
+                _class_line(
+                    live.state.exempt,
+                    "exempt",
+                    live.exempt_delta_bytes,
+                    live.exempt_old_ceil_bps,
+                    inbound=live.inbound,
+                    in_delta=live.exempt_in_delta_bytes,
+                    in_old=live.exempt_in_old_limit_bps,
+                ),
             )
-            for st, d_delta, e_delta, d_ceil, e_ceil, _, _ in self.live
+            for live in self.live
         )
 
-    def usage(self) -> Iterator[tuple[str, int, int, bool, bool]]:
-        """``(name, default bytes, exempt bytes, default capped, exempt capped)`` of each
-        slice that sent something this cycle or was capped since the last one (idle
-        ones are left out), live or gone to the ledger this cycle. "Capped" is the cap
-        in force since the last cycle, not the one this cycle sets: the span up to the
-        cycle that caps was not capped time.
+    def usage(self) -> Iterator[UsageRow]:
+        """``(name, default bytes, exempt bytes, default capped, exempt capped, default
+        bytes received, exempt bytes received)`` of each slice that sent or received
+        something this cycle or was capped since the last one (idle ones are left out),
+        live or gone to the ledger this cycle. "Capped" is the cap in force since the
+        last cycle, not the one this cycle sets: the span up to the cycle that caps was
+        not capped time.
         """
-        for st, d_delta, e_delta, _, _, d_capped, e_capped in self.live:
-            if d_delta or e_delta or d_capped or e_capped:
-                yield st.name, d_delta, e_delta, d_capped, e_capped
+        for live in self.live:
+            st, d_delta, e_delta, _, _, d_capped, e_capped, d_in, e_in, *_ = live
+            if d_delta or e_delta or d_capped or e_capped or d_in or e_in:
+                yield st.name, d_delta, e_delta, d_capped, e_capped, d_in, e_in
         yield from self.left
+
+    def inbound_limits(self) -> list[InboundLimit]:
+        """The inbound limit changes of the plan, in order (none with inbound off)."""
+        return [a.limit() for a in self.actions if isinstance(a, SetInboundLimit)]
 
     def kernel_ops(self) -> list[KernelOp]:
         """The kernel changes of the plan, in order."""

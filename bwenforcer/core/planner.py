@@ -11,9 +11,19 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import NamedTuple
 
-from bwenforcer.core.accounting import account_slice, class_usage, kernel_counter, rebaseline
+from bwenforcer.core.accounting import (
+    account_slice,
+    class_usage,
+    inbound_counter,
+    kernel_counter,
+    rebaseline,
+)
+from bwenforcer.core.direction import counted_bytes as direction_bytes
+from bwenforcer.core.direction import counts, inbound_change, inbound_usage
 from bwenforcer.core.grants import NO_GRANT, counted_bytes, granted_bytes, pruned, rolled_over
+from bwenforcer.core.inbound import InboundSnapshot
 from bwenforcer.core.layout import DEFAULT_XID, ROOT_XID, TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.model import (
     AuditEntry,
@@ -31,7 +41,7 @@ from bwenforcer.core.model import (
     State,
     ledger_xids,
 )
-from bwenforcer.core.notices import NO_NOTICES, Sent, SentMarks
+from bwenforcer.core.notices import NO_NOTICES, NoticeRule, Sent, SentMarks
 from bwenforcer.core.periods import CLOCK_SLACK_S, clock_check, first_period, next_period
 from bwenforcer.core.plan import (
     Action,
@@ -47,7 +57,9 @@ from bwenforcer.core.plan import (
     RemoveClasses,
     Revive,
     Rollover,
+    SetInboundLimit,
     SetRates,
+    UsageRow,
 )
 from bwenforcer.core.settings import Config, PeriodAnchor
 from bwenforcer.core.targets import RateTargets
@@ -78,6 +90,9 @@ class PlanParams:
     notify: bool = True
     # how long a slice gone from its source keeps its classes and cap (0: none)
     grace_s: int = 0
+    # inbound accounting on (config ``inbound.enabled``): budgets count the direction
+    # their policy says (core.direction); off: every budget counts what is sent
+    inbound: bool = False
 
     @classmethod
     def from_config(cls, config: Config) -> PlanParams:
@@ -88,6 +103,7 @@ class PlanParams:
             config.bwmin_bps,
             notify=config.mail.transport != "none",
             grace_s=config.grace_s,
+            inbound=config.inbound.enabled,
         )
 
 
@@ -106,6 +122,167 @@ _NOTIFY_CLASSES: dict[tuple[TrafficClass, ...], tuple[TrafficClass, ...]] = {
 }
 
 
+class _Turn(NamedTuple):
+    """Where a live slice stands in time this cycle (:func:`_turn`)."""
+
+    want: DesiredSlice  # its exempt class under its default class's window
+    st: SliceState  # conformed to a window changed by policy
+    start_s: int
+    end_s: int
+    new_period: bool  # the period ended (or, under a window, the current bucket)
+    window_s: int  # 0: under a period
+    steps: int  # buckets the ring moves on (under a window)
+
+
+def _turn(
+    want: DesiredSlice,
+    st: SliceState,
+    params: PlanParams,
+    now_s: int,
+    *,
+    actions: list[Action],
+    hold_period: bool,
+    elapsed_s: int | None,
+) -> _Turn:
+    """A live slice's period this cycle, the same for :func:`_plan_live` and
+    :func:`_plan_both`: under a rolling window the period is the current bucket, and
+    when it ends the ring moves on at most as far as the boot clock's ``elapsed_s``
+    allows (None: no bound); a NewPeriod for a period that ended.
+    """
+    window_s = want.default.window_s
+    if want.exempt.window_s != window_s:  # the slice's window is its default class's
+        want = dataclasses.replace(want, exempt=dataclasses.replace(want.exempt, window_s=window_s))
+    if st.default.policy.window_s != window_s or st.exempt.policy.window_s != window_s:
+        st = _conformed(st, window_s, params, now_s)
+    start_s, end_s = st.period_start_s, st.period_end_s
+    new_period = now_s >= end_s and not hold_period
+    steps = 0
+    if new_period and window_s:
+        start_s, end_s = bucket_span(now_s, window_s)
+        steps = steps_between(st.period_end_s, end_s, window_s, max_steps(elapsed_s, window_s))
+    elif new_period:
+        start_s, end_s = next_period(end_s, now_s, params.period_s, params.anchor)
+        actions.append(NewPeriod(want.name, want.xid, start_s, end_s))
+    return _Turn(want, st, start_s, end_s, new_period, window_s, steps)
+
+
+def _grants_then(t: _Turn, grants_then: Iterable[AuditEntry]) -> tuple[int, int]:
+    """The grants in force at the end of a period that ended, for its rollover."""
+    want = t.want
+    if (
+        not t.new_period
+        or t.window_s
+        or not (want.default.rollover_bytes or want.exempt.rollover_bytes)
+    ):
+        return NO_GRANT
+    return granted_bytes(grants_then, t.st.period_end_s - 1).get(want.name, NO_GRANT)
+
+
+def _carried(
+    old: ClassState,
+    policy: ClassPolicy,
+    tc: TrafficClass,
+    t: _Turn,
+    *,
+    then: tuple[int, int],
+    old_used_bytes: int,
+    actions: list[Action],
+) -> int:
+    """What a class carries this cycle (core.grants.rolled_over): at a new period what
+    the period that ended left unused (``old_used_bytes``: the usage its budget counted),
+    at most the policy's bound; under a window nothing; a lowered bound at once.
+    """
+    carried = old.carried_bytes
+    if t.window_s:
+        return 0  # a window has no period end to carry over
+    if t.new_period:
+        carried = rolled_over(
+            limit_bytes=old.policy.limit_bytes,
+            used_bytes=old_used_bytes,
+            granted=then[0] if tc == "default" else then[1],
+            carried=old.carried_bytes,
+            bound_bytes=policy.rollover_bytes,
+        )
+        if carried:
+            actions.append(Rollover(t.want.name, t.want.xid, tc, carried))
+        return carried
+    return min(carried, policy.rollover_bytes)  # a bound lowered (or rollover off): at once
+
+
+class _Told(NamedTuple):
+    """A class's notice marks after this cycle (:func:`_notices`)."""
+
+    notified: bool
+    notice_bp: int
+    lift: str
+
+
+def _notices(
+    old: ClassState,
+    tc: TrafficClass,
+    xid: int,
+    t: _Turn,
+    *,
+    notified: bool,
+    counted: int,
+    capped: bool,
+    rule: NoticeRule,
+    marks: SentMarks | None,
+    shares: list[tuple[int, TrafficClass]],
+    lifted: list[TrafficClass],
+) -> _Told:
+    """A class's notice marks (core/notices.py) from the usage its budget counts
+    (``counted``, after grants), shared by :func:`_plan_live` and :func:`_plan_both`;
+    the shares passed and the lift due are appended to ``shares`` and ``lifted``.
+    """
+    if t.window_s and not capped:
+        notified = False  # no period to end: the next cap is mailed again
+    notice_bp, lift = (0, "") if t.new_period else (old.notice_bp, old.lift)
+    if (
+        rule.lifted
+        and not capped
+        and (old.capped or (t.new_period and old.lift == "due"))
+        and (t.new_period or lift == "")
+    ):
+        lift = "due"  # a cap lifted (or still untold from the period before)
+    if marks:  # what the outbox says was sent, by a cycle that did not save it
+        sent = marks.get((xid, tc, t.start_s), _NOT_SENT)
+        notified = notified or sent.threshold
+        notice_bp = max(notice_bp, sent.share_bp)
+        lift = "sent" if sent.lifted else lift
+    if lift == "due" and (capped or not rule.lifted):
+        lift = ""  # capped again before it was told, or no longer asked for
+    if rule.shares:
+        passed_bp = rule.passed_bp(counted)
+        if passed_bp > notice_bp:
+            shares.append((passed_bp, tc))
+    if lift == "due":
+        lifted.append(tc)
+    return _Told(notified, notice_bp, lift)
+
+
+def _notify(
+    want: DesiredSlice,
+    params: PlanParams,
+    actions: list[Action],
+    *,
+    to_notify: list[TrafficClass],
+    shares: list[tuple[int, TrafficClass]],
+    lifted: list[TrafficClass],
+) -> None:
+    """A slice's Notify actions: the threshold, one per share passed (naming the
+    classes that passed it), the lift of a cap.
+    """
+    if to_notify and params.notify:
+        actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(to_notify)]))
+    if shares:
+        for share_bp in sorted({bp for bp, _ in shares}):
+            classes = tuple(tc for bp, tc in shares if bp == share_bp)
+            actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[classes], "share", share_bp))
+    if lifted:
+        actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(lifted)], "lifted"))
+
+
 def _plan_live(
     want: DesiredSlice,
     *,
@@ -121,6 +298,7 @@ def _plan_live(
     granted: tuple[int, int] = NO_GRANT,
     elapsed_s: int | None = None,
     marks: SentMarks | None = None,
+    inbound: InboundSnapshot | None = None,
     grants_then: Iterable[AuditEntry] = (),
 ) -> LiveSlice:
     """Plan one live slice; with ``account``, first add its bytes since the last cycle.
@@ -137,28 +315,27 @@ def _plan_live(
     boot clock's ``elapsed_s`` allows, None: no bound) and its usage is what is left
     in the ring; a class no longer capped may be notified again.
 
+    With ``params.inbound``, each class's inbound bytes are counted too and its
+    budget counts the directions its policy says (core.direction, :func:`_plan_both`);
+    ``inbound`` is the backend's read (None: not read this cycle: the inbound usage
+    and limits are held as they are).
+
     Under a period, a new period carries into each class what the period that ended left
     unused, at most its policy's rollover bound (core.grants.rolled_over; the grants of
     the period that ended are the slice's audit entries ``grants_then``); the carried
     bytes count like a grant.
     """
-    window_s = want.default.window_s
-    if want.exempt.window_s != window_s:  # the slice's window is its default class's
-        want = dataclasses.replace(want, exempt=dataclasses.replace(want.exempt, window_s=window_s))
-    if st.default.policy.window_s != window_s or st.exempt.policy.window_s != window_s:
-        st = _conformed(st, window_s, params, now_s)
-    start_s, end_s = st.period_start_s, st.period_end_s
-    new_period = now_s >= end_s and not hold_period
-    steps = 0
-    then = NO_GRANT  # the grants in force at the end of a period that ended (its rollover)
-    if new_period and window_s:
-        start_s, end_s = bucket_span(now_s, window_s)
-        steps = steps_between(st.period_end_s, end_s, window_s, max_steps(elapsed_s, window_s))
-    elif new_period:
-        start_s, end_s = next_period(end_s, now_s, params.period_s, params.anchor)
-        actions.append(NewPeriod(want.name, want.xid, start_s, end_s))
-        if want.default.rollover_bytes or want.exempt.rollover_bytes:
-            then = granted_bytes(grants_then, st.period_end_s - 1).get(want.name, NO_GRANT)
+    t = _turn(
+        want, st, params, now_s, actions=actions, hold_period=hold_period, elapsed_s=elapsed_s
+    )
+    if params.inbound:
+        return _plan_both(
+            t, kernel=kernel, account=account, targets=targets, params=params, now_s=now_s,
+            actions=actions, reason=reason, granted=granted, marks=marks, inbound=inbound,
+            then=_grants_then(t, grants_then),
+        )  # fmt: skip
+    want, st, start_s, end_s, new_period, window_s, steps = t
+    then = _grants_then(t, grants_then)
     out: list[tuple[ClassState, int, int | None]] = []
     was_capped: list[bool] = []
     to_notify: list[TrafficClass] = []
@@ -171,21 +348,9 @@ def _plan_live(
         else:
             old, policy, grant = st.exempt, want.exempt, granted[1]
             current = None if kernel is None else kernel.exempt
-        carried = old.carried_bytes
-        if window_s:
-            carried = 0  # a window has no period end to carry over
-        elif new_period:
-            carried = rolled_over(
-                limit_bytes=old.policy.limit_bytes,
-                used_bytes=old.used_bytes,
-                granted=then[0] if tc == "default" else then[1],
-                carried=old.carried_bytes,
-                bound_bytes=policy.rollover_bytes,
-            )
-            if carried:
-                actions.append(Rollover(want.name, want.xid, tc, carried))
-        elif carried > policy.rollover_bytes:
-            carried = policy.rollover_bytes  # a bound lowered (or rollover off): at once
+        carried = _carried(
+            old, policy, tc, t, then=then, old_used_bytes=old.used_bytes, actions=actions
+        )
         used, last, delta, notified = class_usage(
             old, current, account, new_period and not window_s
         )
@@ -197,30 +362,11 @@ def _plan_live(
         was_capped.append(account and old.capped and current is not None)
         counted = counted_bytes(used, grant + carried) if grant or carried else used
         rates, capped = targets.rates(policy, tc, counted, end_s, now_s)
-        if window_s and not capped:
-            notified = False  # no period to end: the next cap is mailed again
-        notice_bp, lift = (0, "") if new_period else (old.notice_bp, old.lift)
         rule = targets.notices(policy) if params.notify else NO_NOTICES
-        if (
-            rule.lifted
-            and not capped
-            and (old.capped or (new_period and old.lift == "due"))
-            and (new_period or lift == "")
-        ):
-            lift = "due"  # a cap lifted (or still untold from the period before)
-        if marks:  # what the outbox says was sent, by a cycle that did not save it
-            sent = marks.get((want.xid, tc, start_s), _NOT_SENT)
-            notified = notified or sent.threshold
-            notice_bp = max(notice_bp, sent.share_bp)
-            lift = "sent" if sent.lifted else lift
-        if lift == "due" and (capped or not rule.lifted):
-            lift = ""  # capped again before it was told, or no longer asked for
-        if rule.shares:
-            passed_bp = rule.passed_bp(counted)
-            if passed_bp > notice_bp:
-                shares.append((passed_bp, tc))
-        if lift == "due":
-            lifted.append(tc)
+        notified, notice_bp, lift = _notices(
+            old, tc, want.xid, t, notified=notified, counted=counted, capped=capped, rule=rule,
+            marks=marks, shares=shares, lifted=lifted,
+        )  # fmt: skip
         ceil_bps = rates.max_rate_bps
         if current is None:
             actions.append(CreateClass(want.name, want.xid, tc, rates, reason))
@@ -247,16 +393,9 @@ def _plan_live(
         else:
             new_cs = ClassState(
                 policy, used, last, ceil_bps, capped, notified, notice_bp, lift, buckets, carried
-            )
+            )  # fmt: skip
             out.append((new_cs, delta, old_ceil_bps))
-    if to_notify and params.notify:
-        actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(to_notify)]))
-    if shares:  # one notice per share passed, naming the classes that passed it
-        for share_bp in sorted({bp for bp, _ in shares}):
-            classes = tuple(tc for bp, tc in shares if bp == share_bp)
-            actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[classes], "share", share_bp))
-    if lifted:
-        actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(lifted)], "lifted"))
+    _notify(want, params, actions, to_notify=to_notify, shares=shares, lifted=lifted)
     (default, d_delta, d_ceil), (exempt, e_delta, e_ceil) = out
     if (
         default is st.default
@@ -270,6 +409,207 @@ def _plan_live(
     else:
         new_st = SliceState(want.name, want.xid, start_s, end_s, default, exempt)
     return LiveSlice(new_st, d_delta, e_delta, d_ceil, e_ceil, was_capped[0], was_capped[1])
+
+
+def _plan_both(
+    t: _Turn,
+    *,
+    kernel: KernelSlice | None,
+    account: bool,
+    targets: RateTargets,
+    params: PlanParams,
+    now_s: int,
+    actions: list[Action],
+    reason: str,
+    granted: tuple[int, int],
+    marks: SentMarks | None,
+    inbound: InboundSnapshot | None,
+    then: tuple[int, int] = NO_GRANT,
+) -> LiveSlice:
+    """:func:`_plan_live` with inbound accounting on: each class's budget counts the
+    directions its policy says; past its rule's start the rule's rate caps each of them
+    (egress: the HTB ceil; inbound: a limit, changed only by a real margin). The
+    period, the notices and the rolling window's ring are :func:`_plan_live`'s
+    (:func:`_turn`, :func:`_notices`); a rolling window counts sent bytes alone (one
+    counting received bytes is refused by the config and the slices file), and under
+    one the received bytes are counted from the slice's start, for show.
+    """
+    want, st, start_s, end_s, new_period, window_s, steps = t
+    out: list[ClassState] = []
+    deltas: list[int] = []
+    in_deltas: list[int] = []
+    old_ceils: list[int | None] = []
+    old_limits: list[int | None] = []
+    was_capped: list[bool] = []
+    to_notify: list[TrafficClass] = []
+    shares: list[tuple[int, TrafficClass]] = []
+    lifted: list[TrafficClass] = []
+    in_reset = new_period and not window_s
+    for tc in TRAFFIC_CLASSES:
+        old, policy = st.cls(tc), want.policy(tc)
+        grant = granted[0] if tc == "default" else granted[1]
+        current = None if kernel is None else kernel.cls(tc)
+        old_out, old_in = counts(old.policy, True)
+        old_used = (old.used_bytes if old_out else 0) + (old.in_used_bytes if old_in else 0)
+        carried = _carried(old, policy, tc, t, then=then, old_used_bytes=old_used, actions=actions)
+        used, last, delta, notified = class_usage(old, current, account, in_reset)
+        buckets = old.buckets
+        if window_s:
+            buckets = added(moved(buckets, steps), delta)
+            if steps:
+                used = sum(buckets)
+        if inbound is None:  # not read: held as it is
+            in_used = 0 if in_reset else old.in_used_bytes
+            in_last, in_delta = old.in_last_counter_bytes, 0
+            in_old: int | None = old.in_limit_bps or None
+        else:
+            counter = inbound.bytes_by_class.get((want.xid, tc))
+            in_used, in_last, in_delta = inbound_usage(old, counter, account, in_reset)
+            in_old = inbound.limits_bps.get((want.xid, tc))
+        count_out, count_in = counts(policy, True)
+        raw = (used if count_out else 0) + (in_used if count_in else 0)
+        counted = counted_bytes(raw, grant + carried) if grant or carried else raw
+        ways = 2 if count_out and count_in else 1
+        rates, capped = targets.rates(policy, tc, counted, end_s, now_s, ways=ways)
+        in_target = rates.max_rate_bps if capped and count_in else None
+        if not count_out:
+            rates = targets.limits(policy, tc)[1]  # the budget leaves egress alone
+        was_capped.append(account and old.capped and (current is not None or count_in))
+        rule = targets.notices(policy) if params.notify else NO_NOTICES
+        notified, notice_bp, lift = _notices(
+            old, tc, want.xid, t, notified=notified, counted=counted, capped=capped, rule=rule,
+            marks=marks, shares=shares, lifted=lifted,
+        )  # fmt: skip
+        in_limit = in_old
+        if inbound is not None and inbound_change(in_old, in_target):
+            actions.append(SetInboundLimit(want.name, want.xid, tc, in_old, in_target))
+            in_limit = in_target
+        ceil_bps = rates.max_rate_bps
+        if current is None:
+            actions.append(CreateClass(want.name, want.xid, tc, rates, reason))
+            old_ceils.append(None)
+        else:
+            if current.rates is not rates and current.rates != rates:
+                actions.append(SetRates(want.name, want.xid, tc, current.rates, rates))
+            old_ceils.append(current.rates.max_rate_bps)
+        if capped and not notified:
+            to_notify.append(tc)
+        in_limit_bps = in_limit or 0
+        if (
+            used == old.used_bytes
+            and last == old.last_counter_bytes
+            and in_used == old.in_used_bytes
+            and in_last == old.in_last_counter_bytes
+            and ceil_bps == old.ceil_bps
+            and in_limit_bps == old.in_limit_bps
+            and capped == old.capped
+            and notified == old.notified
+            and buckets is old.buckets
+            and notice_bp == old.notice_bp
+            and lift == old.lift
+            and carried == old.carried_bytes
+            and (policy is old.policy or policy == old.policy)
+        ):
+            out.append(old)  # the very object: the identity rule
+        else:
+            new_cs = ClassState(
+                policy, used, last, ceil_bps, capped, notified, notice_bp, lift, buckets,
+                carried, in_used, in_last, in_limit_bps,
+            )  # fmt: skip
+            out.append(new_cs)
+        deltas.append(delta)
+        in_deltas.append(in_delta)
+        old_limits.append(in_old)
+    _notify(want, params, actions, to_notify=to_notify, shares=shares, lifted=lifted)
+    default, exempt = out
+    if (
+        default is st.default
+        and exempt is st.exempt
+        and start_s == st.period_start_s
+        and end_s == st.period_end_s
+        and want.name == st.name
+        and want.xid == st.xid
+    ):
+        new_st = st
+    else:
+        new_st = SliceState(want.name, want.xid, start_s, end_s, default, exempt)
+    return LiveSlice(
+        new_st, deltas[0], deltas[1], old_ceils[0], old_ceils[1], was_capped[0], was_capped[1],
+        in_deltas[0], in_deltas[1], old_limits[0], old_limits[1], True,
+    )  # fmt: skip
+
+
+def _quiet_inbound(
+    want: DesiredSlice,
+    st: SliceState,
+    kernel: KernelSlice,
+    targets: RateTargets,
+    now_s: int,
+    *,
+    notify: bool,
+    inbound: InboundSnapshot | None,
+) -> LiveSlice | None:
+    """:func:`_quiet` with inbound accounting on: its conditions with the usage each
+    budget counts, and besides: each class's inbound counter equals its last reading
+    (or was not read this cycle) and no inbound limit is in force, by the state or the
+    backend. Then :func:`_plan_both` adds no action and keeps the state.
+    """
+    d, e, kd, ke = st.default, st.exempt, kernel.default, kernel.exempt
+    if (
+        kd is None
+        or ke is None
+        or now_s >= st.period_end_s
+        or kd.bytes != d.last_counter_bytes
+        or ke.bytes != e.last_counter_bytes
+        or d.capped
+        or e.capped
+        or d.in_limit_bps
+        or e.in_limit_bps
+        or d.lift == "due"
+        or e.lift == "due"
+        or (d.policy is not want.default and d.policy != want.default)
+        or (e.policy is not want.exempt and e.policy != want.exempt)
+        or ((d.notified or e.notified) and want.default.window_s)
+        or (
+            (d.carried_bytes or e.carried_bytes)
+            and (
+                want.default.window_s
+                or d.carried_bytes > want.default.rollover_bytes
+                or e.carried_bytes > want.exempt.rollover_bytes
+            )
+        )
+    ):
+        return None
+    if inbound is not None:
+        for key, cs in (((st.xid, "default"), d), ((st.xid, "exempt"), e)):
+            if (
+                inbound.bytes_by_class.get(key) != cs.in_last_counter_bytes
+                or key in inbound.limits_bps
+            ):
+                return None
+    d_start, d_rates = targets.limits(want.default, "default")
+    e_start, e_rates = targets.limits(want.exempt, "exempt")
+    d_counted = direction_bytes(d, want.default, True)
+    e_counted = direction_bytes(e, want.exempt, True)
+    if (
+        d_counted >= d_start
+        or e_counted >= e_start
+        or d.ceil_bps != d_rates.max_rate_bps
+        or e.ceil_bps != e_rates.max_rate_bps
+        or (kd.rates is not d_rates and kd.rates != d_rates)
+        or (ke.rates is not e_rates and ke.rates != e_rates)
+    ):
+        return None
+    if (
+        notify
+        and (d.policy.notices or e.policy.notices)
+        and _notice_due(((d, d_counted), (e, e_counted)), targets)
+    ):
+        return None
+    return LiveSlice(
+        st, 0, 0, kd.rates.max_rate_bps, ke.rates.max_rate_bps, False, False, 0, 0, None, None,
+        True,
+    )  # fmt: skip
 
 
 def _quiet(
@@ -350,18 +690,22 @@ def _quiet(
         or (ke.rates is not e_rates and ke.rates != e_rates)
     ):
         return None
-    if notify and (d.policy.notices or e.policy.notices) and _notice_due(d, e, targets):
+    if (
+        notify
+        and (d.policy.notices or e.policy.notices)
+        and _notice_due(((d, d.used_bytes), (e, e.used_bytes)), targets)
+    ):
         return None
     return LiveSlice(st, 0, 0, kd.rates.max_rate_bps, ke.rates.max_rate_bps)
 
 
-def _notice_due(d: ClassState, e: ClassState, targets: RateTargets) -> bool:
-    """Whether a class of a quiet slice has a share passed and not told: then it is
-    not quiet.
+def _notice_due(classes: Iterable[tuple[ClassState, int]], targets: RateTargets) -> bool:
+    """Whether a class of a quiet slice (with the usage its budget counts) has a share
+    passed and not told: then it is not quiet.
     """
-    for cs in (d, e):
+    for cs, counted in classes:
         next_bytes = targets.notices(cs.policy).next_bytes(cs.notice_bp)
-        if next_bytes is not None and cs.used_bytes >= next_bytes:
+        if next_bytes is not None and counted >= next_bytes:
             return True
     return False
 
@@ -379,7 +723,13 @@ def _no_shortcut(
     return None
 
 
-def _limiting_off(desired: DesiredSet, snapshot: KernelSnapshot, state: State, now_s: int) -> Plan:
+def _limiting_off(
+    desired: DesiredSet,
+    snapshot: KernelSnapshot,
+    state: State,
+    now_s: int,
+    inbound: InboundSnapshot | None = None,
+) -> Plan:
     # each removal names its slice: the state's, else the source's, else the ledger's
     # (found by its xids, without a walk of the ledger)
     names: dict[int, str] = {}
@@ -401,6 +751,11 @@ def _limiting_off(desired: DesiredSet, snapshot: KernelSnapshot, state: State, n
         for xid in sorted(snapshot.slices)
         if xid not in SYSTEM_XIDS
     ]
+    if inbound is not None:  # limiting off lifts the inbound limits too
+        actions.extend(
+            SetInboundLimit(names.get(xid), xid, tc, bps, None)
+            for (xid, tc), bps in sorted(inbound.limits_bps.items())
+        )
     return Plan(now_s, tuple(actions), state, (), limiting_off=True)
 
 
@@ -414,6 +769,7 @@ def plan(
     quiet: bool = True,
     boot: BootClock | None = None,
     sent: SentMarks | None = None,
+    inbound: InboundSnapshot | None = None,
 ) -> Plan:
     """Reconcile one cycle (docs/architecture.md "Policy" and "Slice lifecycle").
 
@@ -423,10 +779,14 @@ def plan(
     read by the caller, which tell a stepped wall clock from time that passed
     (:func:`~bwenforcer.core.periods.clock_check`). ``sent``: the notices the outbox
     journal says were handed to the transport (by a cycle killed before its save):
-    not planned again (core/notices.py).
+    not planned again (core/notices.py). ``inbound``: the inbound backend's read, with
+    ``params.inbound`` (None: not read this cycle, inbound usage and limits held as
+    they are); without ``params.inbound`` it is not looked at.
     """
+    if not params.inbound:
+        inbound = None
     if desired.limiting_off:
-        return _limiting_off(desired, snapshot, state, now_s)
+        return _limiting_off(desired, snapshot, state, now_s, inbound)
     wanted = {s.xid: s for s in desired.slices}
     losers: list[DesiredSlice] = []
     for claim in desired.contested:
@@ -456,7 +816,7 @@ def plan(
     actions: list[Action] = []
     ledger = _Ledger(state)
     carried: dict[int, SliceState] = {}  # accounted while planned, below
-    left: list[tuple[str, int, int, bool, bool]] = []
+    left: list[UsageRow] = []
     renamed: dict[int, SliceState] = {}  # xid -> the slice that left it, counted
 
     # Slices in the state: still wanted under the same name, gone a while, or dead.
@@ -480,7 +840,7 @@ def plan(
                 carried[xid] = st
                 continue
         kernel = snapshot.slices.get(xid)
-        gone = account_slice(st, kernel)
+        gone = account_slice(st, kernel, inbound)
         ledger.put(st.name, LedgerEntry(gone, died_s=now_s))
         actions.append(MoveToLedger(st.name, xid))
         usage = _left_usage(st, gone, kernel)
@@ -504,6 +864,19 @@ def plan(
     for made in state.audit:
         audit_of.setdefault(made.slice, []).append(made)
     shortcut = _quiet if quiet else _no_shortcut  # chosen once, not tested per slice
+    if quiet and params.inbound:
+
+        def shortcut(
+            want: DesiredSlice,
+            st: SliceState,
+            kernel: KernelSlice,
+            t: RateTargets,
+            now_s: int,
+            *,
+            notify: bool,
+        ) -> LiveSlice | None:
+            return _quiet_inbound(want, st, kernel, t, now_s, notify=notify, inbound=inbound)
+
     marked = {xid for xid, _, _ in sent} if sent else None
     slices: dict[int, SliceState] = {}
     live: list[LiveSlice] = []
@@ -528,11 +901,11 @@ def plan(
                 actions.append(Inherit(want.name, want.xid, renamed[want.xid].name))
                 reason = "inherit"  # not counted again: its bytes went with the old name
             elif entry is not None:
-                st = rebaseline(entry.slice, kernel, want.xid)
+                st = rebaseline(entry.slice, kernel, want.xid, inbound)
                 actions.append(Revive(want.name, want.xid, entry.slice.xid))
                 reason = "revive"
             else:
-                st = _new_slice(want, kernel, params, now_s)
+                st = _new_slice(want, kernel, params, now_s, inbound)
                 if kernel is not None:
                     actions.append(Adopt(want.name, want.xid))
                 reason = "new"
@@ -551,6 +924,7 @@ def plan(
             elapsed_s=elapsed_s if account else None,
             marks=sent,
             grants_then=audit_of.get(want.name, ()),
+            inbound=inbound,
         )
         slices[want.xid] = planned.state
         live.append(planned)
@@ -634,6 +1008,12 @@ class _Ledger:
             ordered = sorted(entries.items(), key=lambda item: item[1].expires_s)
             entries.clear()
             entries.update(ordered)
+            if self.xids is not None:  # each xid's names in the ledger's new order
+                xids: dict[int, tuple[str, ...]] = {}
+                for n, e in ordered:
+                    xid = e.slice.xid
+                    xids[xid] = (*xids[xid], n) if xid in xids else (n,)
+                self.xids = xids
 
     def pop(self, name: str) -> LedgerEntry | None:
         if name not in self.entries:
@@ -656,19 +1036,20 @@ class _Ledger:
         return names
 
 
-def _left_usage(
-    st: SliceState, gone: SliceState, kernel: KernelSlice | None
-) -> tuple[str, int, int, bool, bool] | None:
+def _left_usage(st: SliceState, gone: SliceState, kernel: KernelSlice | None) -> UsageRow | None:
     """The history row of a slice leaving for the ledger: the bytes counted as it left
-    and the caps in force since the last cycle (None: nothing to record).
+    (sent and received) and the caps in force since the last cycle (None: nothing to
+    record).
     """
     d_bytes = gone.default.used_bytes - st.default.used_bytes
     e_bytes = gone.exempt.used_bytes - st.exempt.used_bytes
+    d_in = gone.default.in_used_bytes - st.default.in_used_bytes
+    e_in = gone.exempt.in_used_bytes - st.exempt.in_used_bytes
     d_capped = st.default.capped and kernel is not None and kernel.default is not None
     e_capped = st.exempt.capped and kernel is not None and kernel.exempt is not None
-    if not (d_bytes or e_bytes or d_capped or e_capped):
+    if not (d_bytes or e_bytes or d_capped or e_capped or d_in or e_in):
         return None
-    return st.name, d_bytes, e_bytes, d_capped, e_capped
+    return st.name, d_bytes, e_bytes, d_capped, e_capped, d_in, e_in
 
 
 def _inherited(gone: SliceState, name: str, entry: LedgerEntry | None) -> SliceState:
@@ -687,6 +1068,7 @@ def _inherited(gone: SliceState, name: str, entry: LedgerEntry | None) -> SliceS
         return st
 
     def larger(cs: ClassState, waiting: ClassState) -> ClassState:
+        in_used = max(cs.in_used_bytes, waiting.in_used_bytes)
         if cs.buckets:  # a window: bucket by bucket (the waiting ring moved on to cs's)
             if waiting.buckets and waiting.policy.window_s == cs.policy.window_s:
                 steps = steps_between(old.period_end_s, st.period_end_s, window_s, None)
@@ -694,12 +1076,21 @@ def _inherited(gone: SliceState, name: str, entry: LedgerEntry | None) -> SliceS
             else:
                 ring = carried_ring(waiting.used_bytes)
             buckets = tuple(map(max, cs.buckets, ring))
-            return dataclasses.replace(cs, used_bytes=sum(buckets), buckets=buckets)
+            return dataclasses.replace(
+                cs, used_bytes=sum(buckets), buckets=buckets, in_used_bytes=in_used
+            )
         carried = min(cs.carried_bytes, waiting.carried_bytes)  # never more budget
-        if waiting.used_bytes <= cs.used_bytes and carried == cs.carried_bytes:
+        if (
+            waiting.used_bytes <= cs.used_bytes
+            and waiting.in_used_bytes <= cs.in_used_bytes
+            and carried == cs.carried_bytes
+        ):
             return cs
         return dataclasses.replace(
-            cs, used_bytes=max(cs.used_bytes, waiting.used_bytes), carried_bytes=carried
+            cs,
+            used_bytes=max(cs.used_bytes, waiting.used_bytes),
+            in_used_bytes=max(cs.in_used_bytes, waiting.in_used_bytes),
+            carried_bytes=carried,
         )
 
     return dataclasses.replace(
@@ -728,20 +1119,29 @@ def _held(
 
 
 def _new_slice(
-    want: DesiredSlice, kernel: KernelSlice | None, params: PlanParams, now_s: int
+    want: DesiredSlice,
+    kernel: KernelSlice | None,
+    params: PlanParams,
+    now_s: int,
+    inbound: InboundSnapshot | None = None,
 ) -> SliceState:
     window_s = want.default.window_s
     if window_s:
         start, end = bucket_span(now_s, window_s)
     else:
         start, end = first_period(now_s, params.period_s, params.anchor)
-    default = _fresh_class(want.default, kernel_counter(kernel, "default") or 0)
-    exempt = _fresh_class(want.exempt, kernel_counter(kernel, "exempt") or 0)
-    if window_s:
-        ring = empty_ring()
-        default = dataclasses.replace(default, buckets=ring)
-        exempt = dataclasses.replace(exempt, buckets=ring)
-    return SliceState(want.name, want.xid, start, end, default, exempt)
+    ring = empty_ring() if window_s else ()
+
+    def fresh(tc: TrafficClass) -> ClassState:
+        cs = _fresh_class(want.policy(tc), kernel_counter(kernel, tc) or 0)
+        if window_s:
+            cs = dataclasses.replace(cs, buckets=ring)
+        in_counter = inbound_counter(inbound, want.xid, tc)
+        if in_counter:  # adopted: counted from the counter the backend has
+            cs = dataclasses.replace(cs, in_last_counter_bytes=in_counter)
+        return cs
+
+    return SliceState(want.name, want.xid, start, end, fresh("default"), fresh("exempt"))
 
 
 def _conformed(st: SliceState, window_s: int, params: PlanParams, now_s: int) -> SliceState:

@@ -94,18 +94,22 @@ def capped_ceil_bps(
     period_end_s: int,
     min_rate_bps: int,
     max_rate_bps: int,
+    ways: int = 1,
 ) -> int:
     """Ceil that spreads the rest of the budget over the rest of the period.
 
     ``max(min_rate, (limit − used)·8 / (period_end − now))``, never above the max
     rate. Safe where the historic formula was not: no time left (division by
     zero) and a budget already overdrawn (negative rate) both give the min rate.
+    ``ways``: how many directions share the budget (2 for a budget counting both,
+    core.direction): each gets its share of the spread, so together they never
+    outrun the remainder.
     """
     left_s = period_end_s - now_s
     left_bytes = limit_bytes - used_bytes
     if left_s <= 0 or left_bytes <= 0:
         return min(min_rate_bps, max_rate_bps)
-    spread_bps = (left_bytes * 8) // left_s
+    spread_bps = (left_bytes * 8) // (left_s * ways)
     return min(max_rate_bps, max(min_rate_bps, spread_bps))
 
 
@@ -385,12 +389,15 @@ def _taper_ceil_bps(taper: tuple[int, int, Taper], max_rate_bps: int, used_bytes
 
 
 def rule_ceil(
-    rule: RateRule, used_bytes: int, now_s: int, period_end_s: int
+    rule: RateRule, used_bytes: int, now_s: int, period_end_s: int, ways: int = 1
 ) -> tuple[int, int, str]:
     """``(rate, ceil, applies)`` of a class with ``used_bytes`` at ``now_s``: the rates the
     kernel should hold (clamped like bwlimit) and which rule set the ceil: ``""`` (not
     capped), ``"pacing"``, ``"tier P%"`` or ``"taper P%-Q%"``. The lowest ceil of the rules
     reached wins; on a tie, the first of pacing, tier, taper.
+
+    ``ways``: the directions the budget counts (2 for ``both``): pacing gives each its
+    share of the spread (:func:`capped_ceil_bps`); tiers and tapers cap each direction.
 
     The planner's rates and ``bwenforcer policy``'s table both come from here.
     """
@@ -405,6 +412,7 @@ def rule_ceil(
             period_end_s=period_end_s,
             min_rate_bps=rule.min_rate_bps,
             max_rate_bps=rule.max_rate_bps,
+            ways=ways,
         )
         applies = "pacing"
     tier = None
@@ -450,9 +458,12 @@ def table_usages(rule: RateRule) -> tuple[int, ...]:
 
 
 def ceil_table(
-    rule: RateRule, usages: tuple[int, ...], now_s: int, period_end_s: int
+    rule: RateRule, usages: tuple[int, ...], now_s: int, period_end_s: int, ways: int = 1
 ) -> tuple[CeilRow, ...]:
     """The rates of a class under ``rule`` at each of ``usages`` at ``now_s``: the table
-    ``bwenforcer policy`` prints, from :func:`rule_ceil` as the planner's rates are.
+    ``bwenforcer policy`` prints, from :func:`rule_ceil` as the planner's rates are
+    (``ways``: as there, the rate of each direction of a budget counting both).
     """
-    return tuple(CeilRow(used, *rule_ceil(rule, used, now_s, period_end_s)) for used in usages)
+    return tuple(
+        CeilRow(used, *rule_ceil(rule, used, now_s, period_end_s, ways)) for used in usages
+    )

@@ -27,6 +27,7 @@ class ClassDefaults:
     pacing: bool = True  # False: tiers and taper alone (needs one of them)
     notices: str = ""  # canonical text (core.notices.notices_text); "": threshold notice alone
     rollover: str = ""  # canonical text (core.grants.rollover_text): "P%" or bytes; "": off
+    direction: str = "out"  # what the budget counts: out, in or both (core.direction)
 
 
 def _default_class_defaults() -> Mapping[TrafficClass, ClassDefaults]:
@@ -116,6 +117,15 @@ class CgroupConfig:
 
 
 @dataclass(frozen=True)
+class InboundConfig:
+    """Inbound (download) accounting and limits (``inbound`` key). Off: nothing of the
+    inbound path runs and every budget counts what slices send.
+    """
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
 class HistoryConfig:
     """Retention of the usage history."""
 
@@ -151,6 +161,7 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     cgroups: CgroupConfig = field(default_factory=CgroupConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
     dry_run: bool = False
     source: str | None = None  # path the config was loaded from, for messages
 

@@ -77,12 +77,15 @@ class RateTargets:
         used_bytes: int,
         period_end_s: int,
         now_s: int,
+        *,
+        ways: int = 1,
     ) -> tuple[ClassRates, bool]:
         """``(rates, capped)`` of a class with ``used_bytes`` under ``policy`` at ``now_s``
-        (:func:`~bwenforcer.core.policy.rule_ceil`).
+        (:func:`~bwenforcer.core.policy.rule_ceil`; ``ways``: the directions its budget
+        counts).
         """
         _, rule, uncapped = self._rule_for(policy, traffic_class)
         if used_bytes < rule.start_bytes:
             return uncapped, False
-        rate_bps, ceil_bps, _ = rule_ceil(rule, used_bytes, now_s, period_end_s)
+        rate_bps, ceil_bps, _ = rule_ceil(rule, used_bytes, now_s, period_end_s, ways)
         return self._shared(rate_bps, ceil_bps, rule.share), True

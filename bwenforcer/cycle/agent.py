@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bwenforcer.core.layout import BARE_MARK_MODES
+from bwenforcer.core.direction import counted_bytes as direction_bytes
+from bwenforcer.core.layout import BARE_MARK_MODES, TrafficClass
 from bwenforcer.core.model import (
     BootClock,
+    ClassState,
     DesiredSet,
     KernelOp,
     KernelSnapshot,
@@ -32,7 +34,7 @@ from bwenforcer.core.plan import Notify, Plan
 from bwenforcer.core.policy import tree_rates_bps
 from bwenforcer.core.settings import Config
 from bwenforcer.cycle.executor import Notifier
-from bwenforcer.cycle.run import CycleResult, Hooks, run_cycle
+from bwenforcer.cycle.run import CycleResult, Hooks, InboundPort, run_cycle
 from bwenforcer.errors import DiskFull, Error, KernelError, TreeNotInitialised, UnsafePath
 
 if TYPE_CHECKING:
@@ -100,18 +102,25 @@ def make_notifier(
     host = hostname(config)
     budget = cycle_budget(config.mail, mail_clock)
 
-    def notify(action: Notify, st: SliceState, notice_id: str, commit: Callable[[], None]) -> None:
-        classes = tuple(
-            CappedClass(
-                traffic_class=tc,
-                used_bytes=st.cls(tc).used_bytes,
-                limit_bytes=st.cls(tc).policy.limit_bytes,
-                threshold_bytes=st.cls(tc).policy.threshold_bytes,
-                ceil_bps=st.cls(tc).ceil_bps,
-                max_rate_bps=st.cls(tc).policy.max_rate_bps,
-            )
-            for tc in action.classes
+    inbound = config.inbound.enabled
+
+    def capped(cs: ClassState, tc: TrafficClass) -> CappedClass:
+        direction = cs.policy.direction if inbound else "out"
+        return CappedClass(
+            traffic_class=tc,
+            used_bytes=direction_bytes(cs, cs.policy, inbound),
+            limit_bytes=cs.policy.limit_bytes,
+            threshold_bytes=cs.policy.threshold_bytes,
+            # a budget of received bytes alone caps the inbound limit, not the ceil
+            ceil_bps=cs.in_limit_bps if direction == "in" and cs.in_limit_bps else cs.ceil_bps,
+            max_rate_bps=cs.policy.max_rate_bps,
+            direction=direction,
+            sent_bytes=cs.used_bytes,
+            received_bytes=cs.in_used_bytes,
         )
+
+    def notify(action: Notify, st: SliceState, notice_id: str, commit: Callable[[], None]) -> None:
+        classes = tuple(capped(st.cls(tc), tc) for tc in action.classes)
         notice = Notice(
             st.name,
             st.xid,
@@ -175,6 +184,8 @@ class Agent:
     # classifier.mode cgroup: bind a known tenant's re-made cgroup between cycles
     # (kernel/cgroupwatch); for long-lived agents (daemon, node-manager thread)
     watch: bool = False
+    # the inbound (download) backend, used with ``inbound.enabled`` (None: none)
+    inbound: InboundPort | None = None
     # Kept across cycles so that a daemon or node-manager thread re-reads neither
     # the state nor the history journal while they are still what this agent wrote.
     _store: StateStore | None = field(default=None, init=False, repr=False)
@@ -317,6 +328,7 @@ class Agent:
                 boot=self._boot(),
                 dry_run=dry_run,
                 hooks=hooks,
+                inbound=self.inbound if self.config.inbound.enabled else None,
                 outbox=Outbox(f"{self.config.state_file}.outbox"),
             )
         except KernelError:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from bwenforcer.core.inbound import InboundFailure, InboundLimit
 from bwenforcer.core.model import KernelOp, OpFailure, SliceState, State
 from bwenforcer.core.notices import Mark, notice_id
 from bwenforcer.core.plan import (
@@ -26,6 +27,7 @@ from bwenforcer.core.plan import (
     RemoveClasses,
     Revive,
     Rollover,
+    SetInboundLimit,
     SetRates,
 )
 from bwenforcer.core.planner import mark_sent
@@ -40,6 +42,16 @@ class KernelPort(Protocol):
 
     def apply(self, ops: Sequence[KernelOp]) -> list[OpFailure]:
         """Apply ops in batches; return the ones the kernel refused."""
+        ...
+
+
+class InboundLimitsPort(Protocol):
+    """What the executor needs of an inbound backend (cycle.run.InboundPort)."""
+
+    def apply_limits(self, changes: Sequence[InboundLimit]) -> list[InboundFailure]:
+        """Set or lift each class's inbound limit; the ones the kernel refused (the
+        others went through). Error if nothing could be applied.
+        """
         ...
 
 
@@ -126,6 +138,12 @@ def _describe(action: object) -> str | None:
         )
     if isinstance(action, PurgeLedger):
         return f"slice {action.name}: ledger entry expired"
+    if isinstance(action, SetInboundLimit):
+        old = "none" if action.in_old_limit_bps is None else human_rate(action.in_old_limit_bps)
+        new = "none" if action.in_new_limit_bps is None else human_rate(action.in_new_limit_bps)
+        return (
+            f"{_who(action.name, action.xid)} {action.traffic_class}: inbound limit {old} → {new}"
+        )
     if isinstance(action, NewPeriod):
         return f"slice {action.name} xid {action.xid}: new period, usage reset, caps lifted"
     if isinstance(action, Rollover):
@@ -140,7 +158,9 @@ def _describe(action: object) -> str | None:
 def _count(plan: Plan) -> dict[str, int]:
     counts = {"created": 0, "changed": 0, "removed": 0, "orphans_removed": 0, "adopted": 0}
     for action in plan.actions:
-        if isinstance(action, CreateClass):
+        if isinstance(action, SetInboundLimit):
+            counts["inbound_changed"] = counts.get("inbound_changed", 0) + 1
+        elif isinstance(action, CreateClass):
             counts["created"] += 1
         elif isinstance(action, SetRates):
             counts["changed"] += 1
@@ -152,10 +172,38 @@ def _count(plan: Plan) -> dict[str, int]:
     return counts
 
 
+def _apply_inbound(
+    plan: Plan, inbound: InboundLimitsPort, failures: list[str], failed: set[int]
+) -> None:
+    """Hand the plan's inbound limit changes to the backend; each refusal is one
+    failure line of its slice (which gets no mail this cycle), never the cycle's end.
+    """
+    limits = plan.inbound_limits()
+    if not limits:
+        return
+    try:
+        refused = [(f.change, f.message) for f in inbound.apply_limits(limits)]
+    except Error as exc:  # the backend applied none of them
+        refused = [(limit, str(exc)) for limit in limits]
+    for limit, message in refused:
+        st = plan.state.slices.get(limit.xid)
+        name = st.name if st is not None else _planned_name(plan, limit.xid)
+        failed.add(limit.xid)
+        failures.append(
+            f"{_who(name, limit.xid)} {limit.traffic_class}: inbound limit failed: {message}"
+        )
+        log.error("%s", failures[-1])
+
+
 def execute(
-    plan: Plan, kernel: KernelPort, notifier: Notifier | None, outbox: OutboxPort | None = None
+    plan: Plan,
+    kernel: KernelPort,
+    notifier: Notifier | None,
+    outbox: OutboxPort | None = None,
+    inbound: InboundLimitsPort | None = None,
 ) -> Outcome:
-    """Apply the plan's kernel changes, then send its notices.
+    """Apply the plan's kernel changes (and its inbound limits, with ``inbound``), then
+    send its notices.
 
     Each notice's marks go to ``outbox`` when its transport commits (right before its
     point of no return), and are taken back if the transport then says it was not
@@ -178,6 +226,8 @@ def execute(
             f"{_who(name, op.xid)} {op.traffic_class}: {op.kind} failed: {failure.message}"
         )
         log.error("%s", failures[-1])
+    if inbound is not None:
+        _apply_inbound(plan, inbound, failures, failed)
 
     delivered: list[Notify] = []
     sent = mail_failed = deferred = 0

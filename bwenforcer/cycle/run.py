@@ -10,18 +10,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from bwenforcer.core.inbound import InboundSnapshot
 from bwenforcer.core.model import BootClock, DesiredSet, KernelSnapshot, State
 from bwenforcer.core.notices import sent_marks
 from bwenforcer.core.periods import CLOCK_SLACK_S, clock_offset_s
 from bwenforcer.core.plan import Plan
 from bwenforcer.core.planner import PlanParams, plan
 from bwenforcer.core.settings import Config
-from bwenforcer.cycle.executor import KernelPort, Notifier, Outcome, execute
+from bwenforcer.cycle.executor import (
+    InboundLimitsPort,
+    KernelPort,
+    Notifier,
+    Outcome,
+    execute,
+)
 from bwenforcer.errors import Error, ExitCode, KernelError
 from bwenforcer.store.outbox import Outbox
 
@@ -40,6 +47,24 @@ class Kernel(KernelPort, Protocol):
         there (not on a dry run); what was wrong, or None. KernelError if the kernel
         refused it.
         """
+        ...
+
+
+class InboundPort(InboundLimitsPort, Protocol):
+    """What a cycle needs of an inbound (download) backend, with ``inbound.enabled``
+    (``kernel.inbound.InboundBackend``), called in this order each cycle: its counters
+    kept for the slices (``ensure``), one read of them and of the limits (``dump``),
+    the planner's limit changes (``apply_limits``).
+    """
+
+    def ensure(self, xids: Iterable[int], dry_run: bool = False) -> object:
+        """Counters for every class of ``xids``, none of other xids (not on a dry run);
+        what it did, for logs. KernelError if the backend refused.
+        """
+        ...
+
+    def dump(self) -> InboundSnapshot:
+        """Every slice class's inbound byte counter and limit (KernelError if unread)."""
         ...
 
 
@@ -144,12 +169,19 @@ def run_cycle(
     boot: Callable[[], BootClock | None] | None = None,
     dry_run: bool = False,
     hooks: Hooks | None = None,
+    inbound: InboundPort | None = None,
     outbox: Outbox | None = None,
 ) -> CycleResult:
     """Run one cycle; with ``dry_run`` plan only (no lock, nothing written).
 
     ``boot`` reads the node's boot id and boot clock, read with ``clock``: they tell
     a stepped wall clock from time that passed (None: the wall clock alone).
+    ``inbound``: the inbound backend, with ``inbound.enabled`` (None: off, and
+    nothing of the inbound path runs). Its counters are kept for the slices of the
+    source and of the state (those leaving this cycle are read a last time) before
+    its one read; a read it fails holds every slice's inbound usage and limits for
+    the cycle; a refused limit or ``ensure`` is one of the cycle's failures; neither
+    stops the cycle.
     ``outbox``: the notice outbox journal (store.outbox): its marks are planned as
     sent, the cycle's notices recorded in it, and it is cleared once the state is saved.
     """
@@ -176,16 +208,33 @@ def run_cycle(
                 extra.append(f"mark → class filter: {exc}")
             if wrong is not None:
                 log.warning("dev %s: %s", config.device, wrong)
+        params = PlanParams.from_config(config)
+        if inbound is not None and not params.inbound:
+            inbound = None  # inbound accounting off: the port is not touched
+        inbound_snapshot = None
+        if inbound is not None:
+            xids = {s.xid for s in desired.slices}.union(loaded.state.slices)
+            try:
+                inbound.ensure(sorted(xids), dry_run)
+            except Error as exc:
+                log.error("inbound counters not kept: %s", exc)
+                extra.append(f"inbound counters: {exc}")
+            try:
+                inbound_snapshot = inbound.dump()
+            except Error as exc:
+                log.error("inbound counters not read (usage and limits held): %s", exc)
+                extra.append(f"inbound dump: {exc}")
         now_s = int(clock())
         reading = None if boot is None else boot()
         the_plan = plan(
             desired,
             snapshot,
             loaded.state,
-            PlanParams.from_config(config),
+            params,
             now_s,
             boot=reading,
             sent=sent,
+            inbound=inbound_snapshot,
         )
         if the_plan.clock_step is not None:
             log.warning(
@@ -212,7 +261,7 @@ def run_cycle(
                 desired.errors,
                 tuple(extra),
             )
-        outcome = execute(the_plan, kernel, notifier, outbox)
+        outcome = execute(the_plan, kernel, notifier, outbox, inbound)
         if hooks.classifier is not None and not the_plan.limiting_off:
             try:
                 hooks.classifier(

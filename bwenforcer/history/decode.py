@@ -22,10 +22,12 @@ from bwenforcer.history.format import (
     _COUNTS_V1,
     _CRC,
     _DAY,
+    _DAY_V2,
     _HEADER,
     _HEADER_V1,
     _HEADER_V2,
     _HOUR,
+    _HOUR_V2,
     _PLACE,
     _PREFIX,
     _SLICE,
@@ -80,43 +82,59 @@ class _Reader:
         except UnicodeDecodeError as exc:
             raise HistoryCorrupt(f"{self.source}: slice name is not UTF-8") from exc
 
-    def tier(self, shape: struct.Struct, count: int, name: str, what: str) -> dict[int, list[int]]:
+    def tier(
+        self, shape: struct.Struct, count: int, name: str, what: str, pad: int = 0
+    ) -> dict[int, list[int]]:
+        """``count`` records of ``shape``, each row widened by ``pad`` zeros (the received
+        bytes records before version 5 do not have).
+        """
         tier: dict[int, list[int]] = {}
         previous = -1
+        zeros = [0] * pad
         for key, *row in shape.iter_unpack(self.take(count * shape.size)):
             if key <= previous:
                 raise HistoryCorrupt(f"{self.source}: slice {name}: {what} out of order")
             previous = key
-            tier[key] = row
+            tier[key] = row + zeros if pad else row
         return tier
 
     def slice_counts(self, shape: struct.Struct = _COUNTS) -> tuple[str, tuple[int, ...]]:
         name = self.name()
         return name, self.unpack(shape)
 
-    def records(self, name: str, counts: tuple[int, ...]) -> SliceHistory:
-        """The slice's tiers (its month sums, version 2, are skipped: derived data)."""
+    def records(self, name: str, counts: tuple[int, ...], version: int) -> SliceHistory:
+        """The slice's tiers (its month sums, version 2 on, are skipped: derived data);
+        records of a version before 3 are widened with 0 bytes received.
+        """
+        hour, day = _shapes(version)
+        pad = 0 if version == FORMAT_VERSION else 2
         n_hours, n_days, n_months = counts[:3]
         sh = SliceHistory()
-        sh.hours = self.tier(_HOUR, n_hours, name, "hours")
-        sh.days = self.tier(_DAY, n_days, name, "days")
-        sh.months = self.tier(_DAY, n_months, name, "months")
+        sh.hours = self.tier(hour, n_hours, name, "hours", pad)
+        sh.days = self.tier(day, n_days, name, "days", pad)
+        sh.months = self.tier(day, n_months, name, "months", pad)
         if len(counts) > 3:
-            self.take(counts[3] * _DAY.size)
+            self.take(counts[3] * day.size)
         return sh
 
 
-def _records_bytes(counts: tuple[int, ...]) -> int:
-    return counts[0] * _HOUR.size + sum(counts[1:]) * _DAY.size
+def _shapes(version: int) -> tuple[struct.Struct, struct.Struct]:
+    """The hour and day records of a file version."""
+    return (_HOUR, _DAY) if version == FORMAT_VERSION else (_HOUR_V2, _DAY_V2)
+
+
+def _records_bytes(counts: tuple[int, ...], version: int = FORMAT_VERSION) -> int:
+    hour, day = _shapes(version)
+    return counts[0] * hour.size + sum(counts[1:]) * day.size
 
 
 # the versions with an index: their header's layout (the blocks follow it); version
-# 2's header has no checksum of its own
-_INDEXED = {FORMAT_VERSION: _HEADER, 2: _HEADER_V2}
+# 2's header has no checksum of its own; version 4's records have no received bytes
+_INDEXED = {FORMAT_VERSION: _HEADER, 4: _HEADER, 2: _HEADER_V2}
 
 
 def _checked_header(data: bytes, source: str) -> bytes:
-    """A version 4 header's bytes, its own checksum checked (HistoryCorrupt)."""
+    """A version 4 or 5 header's bytes, its own checksum checked (HistoryCorrupt)."""
     (crc,) = _CRC.unpack_from(data, _HEADER.size - _CRC.size)
     if zlib.crc32(data[: _HEADER.size - _CRC.size]) != crc:
         raise HistoryCorrupt(f"{source}: header checksum mismatch")
@@ -139,17 +157,24 @@ class HistoryFile:
         magic, self.version, self.generation = _PREFIX.unpack(prefix)
         if magic != MAGIC:
             raise HistoryCorrupt(f"{source}: not a bwenforcer history file")
-        # version 2: (name, offset, length) per slice, in name order; version 1: None
+        # version 2 on: (name, offset, length) per slice, in name order; version 1: None
         self.index: list[tuple[str, int, int]] | None = None
-        self.last_hours: list[int] = []  # version 2: each slice's last hour, as the index
+        self.last_hours: list[int] = []  # version 2 on: each slice's last hour, as the index
         if self.version in _INDEXED:
             self._read_index()
         elif self.version == 1:
             self._check_v1()
         else:
             raise HistoryCorrupt(
-                f"{source}: format version {self.version}, expected {FORMAT_VERSION} (or 1, 2)"
+                f"{source}: format version {self.version}, expected {FORMAT_VERSION} (or 1, 2, 4)"
             )
+
+    @property
+    def packed(self) -> bool:
+        """Whether its blocks are in the current version's layout, to be worked on as
+        bytes (:meth:`raw_block`, :meth:`months`); else each slice is parsed.
+        """
+        return self.version == FORMAT_VERSION
 
     def __enter__(self) -> HistoryFile:
         return self
@@ -170,7 +195,7 @@ class HistoryFile:
     def _read_index(self) -> None:
         layout = _INDEXED[self.version]
         header = self._read(0, layout.size, "header")
-        if self.version == FORMAT_VERSION:
+        if layout is _HEADER:
             _checked_header(header, self.source)
         _, _, _, count, index_at, crc = _HEADER_V2.unpack_from(header)
         if not layout.size <= index_at <= self.size:
@@ -206,7 +231,8 @@ class HistoryFile:
         if running != crc:
             raise HistoryCorrupt(f"{self.source}: checksum mismatch")
 
-    def _block(self, name: str, offset: int, length: int) -> SliceHistory:
+    def block(self, name: str, offset: int, length: int) -> SliceHistory:
+        """A slice's block (an index entry), checked and parsed (HistoryCorrupt)."""
         data = self._read(offset, length, f"slice {name}")
         if length < _CRC.size or zlib.crc32(data[_CRC.size :]) != _CRC.unpack_from(data)[0]:
             raise HistoryCorrupt(f"{self.source}: slice {name}: checksum mismatch")
@@ -214,13 +240,15 @@ class HistoryFile:
         found, counts = reader.slice_counts()
         if found != name:
             raise HistoryCorrupt(f"{self.source}: slice {name}: block holds {found}")
-        sh = reader.records(name, counts)
+        sh = reader.records(name, counts, self.version)
         if reader.offset != length - _CRC.size:
             raise HistoryCorrupt(f"{self.source}: slice {name}: bytes after its records")
         return sh
 
     def raw_block(self, name: str, offset: int, length: int) -> bytes:
-        """A version 2 slice's block after its checksum, checked (not parsed)."""
+        """A slice's block after its checksum, checked (not parsed); worked on as bytes
+        only in the current version's layout (:attr:`packed`).
+        """
         data = self._read(offset, length, f"slice {name}")
         body = data[_CRC.size :]
         if length < _CRC.size or zlib.crc32(body) != _CRC.unpack_from(data)[0]:
@@ -229,7 +257,8 @@ class HistoryFile:
         at = _SLICE.size + len(raw)
         if body[:at] != _SLICE.pack(len(raw)) + raw or len(body) < at + _COUNTS.size:
             raise HistoryCorrupt(f"{self.source}: slice {name}: block holds another")
-        if len(body) != at + _COUNTS.size + _records_bytes(_COUNTS.unpack_from(body, at)):
+        counts = _COUNTS.unpack_from(body, at)
+        if len(body) != at + _COUNTS.size + _records_bytes(counts, self.version):
             raise HistoryCorrupt(f"{self.source}: slice {name}: counts do not match its block")
         return body
 
@@ -245,7 +274,7 @@ class HistoryFile:
         """Each slice, in name order, read one at a time."""
         if self.index is not None:
             for name, offset, length in self.index:
-                yield name, self._block(name, offset, length)
+                yield name, self.block(name, offset, length)
             return
         yield from self._slices_v1()
 
@@ -263,18 +292,18 @@ class HistoryFile:
             if previous is not None and name.encode() <= previous.encode():
                 raise HistoryCorrupt(f"{self.source}: slice {name} out of order")
             previous = name
-            body = self._read(offset + size, _records_bytes(counts), f"slice {name}")
+            body = self._read(offset + size, _records_bytes(counts, 1), f"slice {name}")
             offset += size + len(body)
-            yield name, _Reader(memoryview(body), self.source, offset).records(name, counts)
+            yield name, _Reader(memoryview(body), self.source, offset).records(name, counts, 1)
         if offset != self.size:
             raise HistoryCorrupt(f"{self.source}: {self.size - offset} bytes after the end")
 
     def months(self, name: str, hours: dict[int, list[int]]) -> dict[int, list[int]] | None:
-        """Version 2: the slice ``name``'s months (its months tier and month sums: the
-        rest of its records are not decoded), with ``hours`` of the journal added;
-        None if it is not in the file.
+        """A file in the current layout (:attr:`packed`): the slice ``name``'s months (its
+        months tier and month sums: the rest of its records are not decoded), with
+        ``hours`` of the journal added; None if it is not in the file.
         """
-        assert self.index is not None
+        assert self.index is not None and self.packed
         i = bisect.bisect_left(self.names, name)
         if i == len(self.names) or self.names[i] != name:
             return None
@@ -283,10 +312,10 @@ class HistoryFile:
     def month_slices(
         self, journal: dict[str, dict[int, list[int]]]
     ) -> Iterator[tuple[str, dict[int, list[int]] | SliceHistory]]:
-        """Version 2: each slice's months (see :meth:`months`), with the journal's hours;
-        a slice of the journal alone as its buckets, in name order.
+        """A file in the current layout: each slice's months (see :meth:`months`), with
+        the journal's hours; a slice of the journal alone as its buckets, in name order.
         """
-        assert self.index is not None
+        assert self.index is not None and self.packed
         pending = sorted(journal, key=str.encode, reverse=True)
         for name, offset, length in self.index:
             encoded = name.encode()
@@ -309,12 +338,13 @@ class HistoryFile:
     def day_slices(
         self, journal: dict[str, dict[int, list[int]]]
     ) -> Iterator[tuple[str, list[tuple[int, ...]]]]:
-        """Indexed versions: each slice's plain day rows (day key, default, exempt, peak
-        hour, capped default s, capped exempt s; in key order) with the journal's
+        """A file in the current layout: each slice's plain day rows (day key, default,
+        exempt, peak hour, capped default s, capped exempt s, received default and exempt;
+        in key order) with the journal's
         hours added, a slice of the journal alone too, in name order. Its days are
         taken as stored; only its hours are summed (by day).
         """
-        assert self.index is not None
+        assert self.index is not None and self.packed
         pending = sorted(journal, key=str.encode, reverse=True)
         for name, offset, length in self.index:
             encoded = name.encode()
@@ -327,13 +357,13 @@ class HistoryFile:
             yield new, _day_rows(b"", b"", journal[new])
 
     def find(self, name: str) -> SliceHistory | None:
-        """The slice ``name``'s buckets (version 2: reading only them); None if absent."""
+        """The slice ``name``'s buckets (version 2 on: reading only them); None if absent."""
         if self.index is None:
             return next((sh for found, sh in self._slices_v1() if found == name), None)
         i = bisect.bisect_left(self.names, name)
         if i == len(self.names) or self.names[i] != name:
             return None
-        return self._block(*self.index[i])
+        return self.block(*self.index[i])
 
 
 def _open_file(path: str) -> HistoryFile | None:
@@ -389,7 +419,7 @@ def _fresh(hours: dict[int, list[int]]) -> SliceHistory:
 
 def file_generation(path: str) -> int | None:
     """The generation in the header of the history file ``path``; None without a
-    usable file (missing, not a history file's header, or, version 4, a header
+    usable file (missing, not a history file's header, or, version 4 or 5, a header
     whose checksum fails: its generation cannot be trusted, logged).
     """
     try:
@@ -399,7 +429,7 @@ def file_generation(path: str) -> int | None:
     if len(header) < _PREFIX.size or header[:4] != MAGIC:
         return None
     _, version, generation = _PREFIX.unpack_from(header)
-    if version == FORMAT_VERSION:
+    if _INDEXED.get(version) is _HEADER:
         try:
             _checked_header(header.ljust(_HEADER.size, b"\0"), path)
         except HistoryCorrupt as exc:

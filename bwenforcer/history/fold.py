@@ -187,7 +187,10 @@ def _fold(
                 yield from treated(name, sh, last_hour(sh))
 
         def raw() -> Iterator[tuple[str, bytes, int]]:
-            """Version 2: each slice's block worked on as bytes (see :func:`_fold_block`)."""
+            """An indexed file: each slice's block worked on as bytes (see
+            :func:`_fold_block`), or, in an older layout, parsed and written anew; a
+            damaged block is skipped alone.
+            """
             assert old is not None and old.index is not None
             pending = sorted(journal, key=str.encode, reverse=True)
             for (name, offset, length), known in zip(old.index, old.last_hours, strict=True):
@@ -202,7 +205,10 @@ def _fold(
                     log.info("history: slice %s dropped: departed, sent the longest ago", name)
                     continue
                 try:
-                    block = old.raw_block(name, offset, length)
+                    if old.packed:
+                        block = old.raw_block(name, offset, length)
+                    else:  # an older layout (records without received bytes): parsed
+                        sh = old.block(name, offset, length)
                 except HistoryCorrupt as exc:
                     log.error("history: slice %s: damaged, its file's buckets skipped (%s)",
                               name, exc)  # fmt: skip
@@ -210,6 +216,10 @@ def _fold(
                     if hours:
                         fresh = _fresh(hours)
                         yield from treated(name, fresh, last_hour(fresh))
+                    continue
+                if not old.packed:
+                    add_hours(sh, hours)
+                    yield from treated(name, sh, last_hour(sh))
                     continue
                 at = cutoffs or (0, 0, 0)
                 if departed and name not in live:  # type: ignore[operator]

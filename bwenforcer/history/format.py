@@ -4,7 +4,7 @@ slice's block and writing a file slice by slice, and walking packed records.
 Decoding a file is :mod:`.decode`, reading the history (file and journal)
 :mod:`.reader`, saving and folding it :mod:`.fold`.
 
-Format version 4 (little endian, fixed-size records, no compression)::
+Format version 5 (little endian, fixed-size records, no compression)::
 
     header   "BWHS"  u16 version  u16 generation  u32 slice count
              u64 offset of the index  u32 CRC-32 of the index
@@ -13,11 +13,16 @@ Format version 4 (little endian, fixed-size records, no compression)::
              u8 name length, name (UTF-8, ≤ 255 bytes), u32 hour count,
              u32 day count, u32 month count, u32 month sum count, then the records:
     hour     u32 hours since 1970, u64 default, u64 exempt,
-             u32 capped default s, u32 capped exempt s                        (28 bytes)
+             u32 capped default s, u32 capped exempt s,
+             u64 received default, u64 received exempt                        (44 bytes)
     day      u32 days since 1970, u64 default, u64 exempt, u64 peak hour,
-             u32 capped default s, u32 capped exempt s                        (36 bytes)
-    month    u32 year*12+month-1, then as a day                              (36 bytes)
-    sum      as a month: the month's total of the slice's days and hours     (36 bytes)
+             u32 capped default s, u32 capped exempt s,
+             u64 received default, u64 received exempt                        (52 bytes)
+    month    u32 year*12+month-1, then as a day                              (52 bytes)
+    sum      as a month: the month's total of the slice's days and hours     (52 bytes)
+
+(default and exempt without "received": bytes sent; the peak hour is of the bytes
+sent.)
     index    per slice, in name order: u8 name length, name,
              u64 offset of its block, u32 length of its block,
              u32 the last hour it has a bucket for (hours since 1970)
@@ -29,17 +34,20 @@ rest); the header's own checksum covers the generation, which tells whether the
 journal extends this file (a flipped bit there would have the journal dropped);
 the month sums let a monthly report read a slice's months and sums alone. The
 fold and the reports go slice by slice: their memory is one slice's, however old
-and large the history. Version 2 (the same but for a 24-byte header, without its
-checksum) and version 1 (a 16-byte header "BWHS" u16 version u16 generation u32
-slice count u32 CRC-32 of the body, then the slices without their checksums, no
-index) are read, and the next fold writes them again as version 4.
+and large the history. Older versions are read, and the next fold writes them
+again as version 5: version 4 (the layout above with hour records of 28 bytes
+and day records of 36, nothing received), version 2 (as version 4 but for a
+24-byte header, without its checksum) and version 1 (a 16-byte header "BWHS"
+u16 version u16 generation u32 slice count u32 CRC-32 of the body, then the
+slices without their checksums, no index); their records are read widened
+(received 0). (Version 3 was never written by a release.)
 
-Size: an hour costs 28 bytes, a day, a month or a month sum 36 bytes, a slice's
+Size: an hour costs 44 bytes, a day, a month or a month sum 52 bytes, a slice's
 header and index entry at most 548. With the default retention a slice that sends
 something every hour holds at most 384 hours (15 days, plus the day being
 filled) and, in its first year, 365 days and 14 month sums:
-at most 24,944 bytes per slice for the first year. However old the node, a slice never exceeds
-``MAX_BYTES_PER_SLICE`` = 41,468 bytes (384 hours, 715 days, 97 months, 26 month
+at most 37,152 bytes per slice for the first year. However old the node, a slice never exceeds
+``MAX_BYTES_PER_SLICE`` = 61,020 bytes (384 hours, 715 days, 97 months, 26 month
 sums), so the file stays under that times the number of slices plus a 28-byte header. These
 bounds hold after a roll-up at the time of the latest record; counts saturate at
 their field's maximum.
@@ -75,19 +83,22 @@ from bwenforcer.history.usage import (
     month_sums,
 )
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 MAGIC = b"BWHS"
 
 _PREFIX = struct.Struct("<4sHH")  # magic, version, generation: every version's
-_HEADER = struct.Struct("<4sHHIQII")  # version 4: the last field checksums the others
+_HEADER = struct.Struct("<4sHHIQII")  # versions 4, 5: the last field checksums the others
 _HEADER_V2 = struct.Struct("<4sHHIQI")
 _HEADER_V1 = struct.Struct("<4sHHII")
 _CRC = struct.Struct("<I")
 _SLICE = struct.Struct("<B")
 _COUNTS = struct.Struct("<IIII")  # hours, days, months, month sums
 _COUNTS_V1 = struct.Struct("<III")
-_HOUR = struct.Struct("<IQQII")
-_DAY = struct.Struct("<IQQQII")  # days and months
+_HOUR = struct.Struct("<IQQIIQQ")
+_DAY = struct.Struct("<IQQQIIQQ")  # days and months
+# versions 1, 2 and 4's records (nothing received): read, widened with zeros
+_HOUR_V2 = struct.Struct("<IQQII")
+_DAY_V2 = struct.Struct("<IQQQII")
 _PLACE = struct.Struct("<QII")  # an index entry after its name: offset, length, last hour
 _U32 = 2**32 - 1
 _U64 = 2**64 - 1
@@ -168,7 +179,11 @@ def _pack_tier(shape: struct.Struct, tier: dict[int, list[int]]) -> bytes:
     try:
         return struct.pack("<" + shape.format[1:] * len(tier), *flat)
     except struct.error:  # a count past its field's maximum: rare, so the slow way
-        limits = (_U64, _U64, _U32, _U32) if shape is _HOUR else (_U64, _U64, _U64, _U32, _U32)
+        limits = (
+            (_U64, _U64, _U32, _U32, _U64, _U64)
+            if shape is _HOUR
+            else (_U64, _U64, _U64, _U32, _U32, _U64, _U64)
+        )
         return b"".join(shape.pack(key, *_saturated(row, limits)) for key, row in tier.items())
 
 
@@ -265,7 +280,9 @@ def _first_at(view: memoryview, size: int, key: int) -> int:
 
 
 def _tiers(body: bytes) -> tuple[int, list[memoryview]]:
-    """Where a version 2 block body's counts are, and its four tiers' records."""
+    """Where a block body's counts are, and its four tiers' records (of the current
+    version's records).
+    """
     view = memoryview(body)
     at = _SLICE.size + body[0]
     start = at + _COUNTS.size

@@ -10,16 +10,17 @@ file's was already folded in (the writer stopped between the two steps) and is
 ignored. When it is folded in, and which records are cut off, is
 :mod:`.recorder`'s::
 
-    journal  "BWHJ"  u16 version (2)  u16 generation of the file it extends
+    journal  "BWHJ"  u16 version (3)  u16 generation of the file it extends
     record   u32 payload length, u32 CRC-32 of the payload, then the payload:
              u64 cycle time (Unix s), u32 capped s, u64 save time of the state
              the cycle started from (0: none), then per slice:
              u8 name length, name, u64 default bytes, u64 exempt bytes,
-             u8 capped (bit 0 default, bit 1 exempt)
+             u8 capped (bit 0 default, bit 1 exempt),
+             u64 received default bytes, u64 received exempt bytes
 
-(Version 1 records lack the state's save time; such a journal is read, and
-folded in before anything is appended.) A record cut short by a crash is
-dropped (and cut off before the next append).
+(Version 1 records lack the state's save time, and versions 1 and 2 the received
+bytes; such a journal is read, and folded in before anything is appended.) A
+record cut short by a crash is dropped (and cut off before the next append).
 """
 
 from __future__ import annotations
@@ -32,21 +33,29 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from bwenforcer.errors import HistoryCorrupt
-from bwenforcer.history.usage import NAME_MAX_BYTES, CycleUsage, History, usage_deltas
+from bwenforcer.history.usage import (
+    NAME_MAX_BYTES,
+    CycleUsage,
+    History,
+    received_deltas,
+    usage_deltas,
+)
 
 log = logging.getLogger(__name__)
 
 JOURNAL_MAGIC = b"BWHJ"
-JOURNAL_VERSION = 2
+JOURNAL_VERSION = 3
 _JOURNAL_HEADER = struct.Struct("<4sHH")
 JOURNAL_HEADER_BYTES = _JOURNAL_HEADER.size
 _RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
 # cycle time, capped seconds, and (version 2) the save time of the state the cycle
 # started from: the cycle's own save either follows the record or never happened
-_CYCLES = {1: struct.Struct("<QI"), 2: struct.Struct("<QIQ")}
+_CYCLES = {1: struct.Struct("<QI"), 2: struct.Struct("<QIQ"), 3: struct.Struct("<QIQ")}
 _CYCLE = _CYCLES[JOURNAL_VERSION]
 _NAME = struct.Struct("<B")  # the name's length, then the name
-_ENTRY = struct.Struct("<QQB")  # default bytes, exempt bytes, capped bits
+# default bytes, exempt bytes, capped bits (and, version 3, received default and exempt)
+_ENTRIES = {1: struct.Struct("<QQB"), 2: struct.Struct("<QQB"), 3: struct.Struct("<QQBQQ")}
+_ENTRY = _ENTRIES[JOURNAL_VERSION]
 _U32 = 2**32 - 1
 _U64 = 2**64 - 1
 _U64_STRUCT = struct.Struct("<Q")
@@ -98,15 +107,20 @@ def encode_cycle(
             log.error("history: slice %s: name too long to store, skipped", name)
             continue
         default, exempt, _ = usage_deltas(u)
+        in_d, in_e = received_deltas(u)
         flags = (1 if u.capped_default else 0) | (2 if u.capped_exempt else 0)
         parts.append(prefix)
-        parts.append(pack_entry(min(default, _U64), min(exempt, _U64), flags))
+        parts.append(
+            pack_entry(
+                min(default, _U64), min(exempt, _U64), flags, min(in_d, _U64), min(in_e, _U64)
+            )
+        )
     payload = b"".join(parts)
     return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 def _decode_cycle(
-    payload: bytes, source: str, cycle: struct.Struct
+    payload: bytes, source: str, cycle: struct.Struct, entry: struct.Struct
 ) -> tuple[int, int, list[CycleUsage]]:
     now_s, interval_s = cycle.unpack_from(payload)[:2]
     usage: list[CycleUsage] = []
@@ -114,12 +128,12 @@ def _decode_cycle(
     while offset < end:
         length = payload[offset]
         start, offset = offset + 1, offset + 1 + length
-        if offset + _ENTRY.size > end:
+        if offset + entry.size > end:
             raise HistoryCorrupt(f"{source}: journal record cut short")
         name = payload[start:offset].decode("utf-8", "replace")
-        default, exempt, flags = _ENTRY.unpack_from(payload, offset)
-        offset += _ENTRY.size
-        usage.append(CycleUsage(name, default, exempt, bool(flags & 1), bool(flags & 2)))
+        default, exempt, flags, *received = entry.unpack_from(payload, offset)
+        offset += entry.size
+        usage.append(CycleUsage(name, default, exempt, bool(flags & 1), bool(flags & 2), *received))
     return now_s, interval_s, usage
 
 
@@ -194,12 +208,12 @@ def _journal_payloads(data: bytes, source: str, cycle: struct.Struct) -> Iterato
 
 
 def _journal_records(
-    data: bytes, source: str, cycle: struct.Struct
+    data: bytes, source: str, cycle: struct.Struct, entry: struct.Struct
 ) -> Iterator[tuple[int, int, list[CycleUsage]]]:
     """The sound records of a journal's bytes, up to the first damaged one (logged)."""
     for payload in _journal_payloads(data, source, cycle):
         try:
-            yield _decode_cycle(payload, source, cycle)
+            yield _decode_cycle(payload, source, cycle, entry)
         except HistoryCorrupt as exc:
             log.warning("history journal %s: %s, rest ignored", source, exc)
             return
@@ -210,7 +224,8 @@ def journal_hours(
 ) -> dict[str, dict[int, list[int]]]:
     """What the journal's bytes ``data`` (read from ``journal``) add to the file of
     ``generation`` (or to no file, if ``no_file``): each slice's hour rows
-    ([default, exempt, capped default s, capped exempt s], none idle), or only
+    ([default, exempt, capped default s, capped exempt s, received default, received
+    exempt], none idle), or only
     ``only``'s. Empty if the journal was folded in already (see :func:`replay_journal`).
 
     Its size is the journal's slices times the hours it spans (a day or so: it is
@@ -226,24 +241,33 @@ def journal_hours(
         return {}
     if extends != generation and not no_file:
         return {}  # folded in already
+    entry = _ENTRIES[version]
     wanted = None if only is None else only.encode()
     raw: dict[bytes, dict[int, list[int]]] = {}
     for payload in _journal_payloads(data, journal, cycle):
         now_s, interval_s = cycle.unpack_from(payload)[:2]
         try:
-            _check_entries(payload, cycle.size)
-            _add_payload(raw, payload, cycle.size, now_s // 3600, max(0, interval_s), wanted=wanted)
+            _check_entries(payload, cycle.size, entry.size)
+            _add_payload(
+                raw,
+                payload,
+                cycle.size,
+                now_s // 3600,
+                max(0, interval_s),
+                wanted=wanted,
+                entry=entry,
+            )
         except HistoryCorrupt as exc:
             log.warning("history journal %s: %s, rest ignored", journal, exc)
             break
     return {name.decode("utf-8", "replace"): hours for name, hours in raw.items()}
 
 
-def _check_entries(payload: bytes, offset: int) -> None:
-    """HistoryCorrupt if a record's entries do not end where it does (nothing of such a
-    record is counted).
+def _check_entries(payload: bytes, offset: int, size: int) -> None:
+    """HistoryCorrupt if a record's entries (of ``size`` bytes after their names) do not
+    end where it does (nothing of such a record is counted).
     """
-    end, size = len(payload), _ENTRY.size
+    end = len(payload)
     while offset < end:
         offset += 1 + payload[offset] + size
     if offset != end:
@@ -258,6 +282,7 @@ def _add_payload(
     capped_s: int,
     *,
     wanted: bytes | None,
+    entry: struct.Struct = _ENTRY,
 ) -> None:
     """Add one record's entries (after its cycle fields at ``offset``) to ``out``, by the
     name's bytes; with ``wanted``, only that name's (the others are stepped over).
@@ -266,8 +291,8 @@ def _add_payload(
     entries): no object per entry.
     """
     end = len(payload)
-    unpack = _ENTRY.unpack_from
-    size = _ENTRY.size
+    unpack = entry.unpack_from
+    size = entry.size
     if wanted is not None:
         length = len(wanted)
         while offset < end:
@@ -293,24 +318,27 @@ def _add_entry(
     name: bytes,
     hour: int,
     capped_s: int,
-    entry: tuple[int, int, int],
+    entry: tuple[int, ...],
 ) -> None:
-    default, exempt, flags = entry
+    default, exempt, flags, *received = entry
+    in_d, in_e = received or (0, 0)  # before version 3: nothing received
     capped_d = capped_s if flags & 1 else 0
     capped_e = capped_s if flags & 2 else 0
-    if not (default or exempt or capped_d or capped_e):
+    if not (default or exempt or capped_d or capped_e or in_d or in_e):
         return  # idle: adds no bucket
     hours = out.get(name)
     if hours is None:
         hours = out[name] = {}
     row = hours.get(hour)
     if row is None:
-        hours[hour] = [default, exempt, capped_d, capped_e]
+        hours[hour] = [default, exempt, capped_d, capped_e, in_d, in_e]
         return
     row[0] += default
     row[1] += exempt
     row[2] += capped_d
     row[3] += capped_e
+    row[4] += in_d
+    row[5] += in_e
 
 
 def replay_journal(history: History, data: bytes, journal: str, no_file: bool) -> History:
@@ -330,6 +358,6 @@ def replay_journal(history: History, data: bytes, journal: str, no_file: bool) -
         return history
     if generation != history.generation and not no_file:
         return history  # folded in already
-    for now_s, interval_s, usage in _journal_records(data, journal, cycle):
+    for now_s, interval_s, usage in _journal_records(data, journal, cycle, _ENTRIES[version]):
         history.record(now_s, interval_s, usage)
     return history

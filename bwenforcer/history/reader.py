@@ -112,11 +112,11 @@ class HistoryReader:
         self, by: Bucketing, only: str | None = None
     ) -> Iterator[tuple[str, dict[int, list[int]]]]:
         """Each slice's buckets by ``by`` (see :func:`~.usage.slice_buckets`), in name
-        order, or only ``only``'s. By month, a version 2 file's slices are read from
+        order, or only ``only``'s. By month, a current version file's slices are read from
         their months and month sums alone.
         """
         f = self._file
-        if by == "month" and f is not None and f.index is not None:
+        if by == "month" and f is not None and f.packed:
             if only is None:
                 items: Iterable[tuple[str, dict[int, list[int]] | SliceHistory | None]]
                 items = f.month_slices(self._journal)
@@ -138,12 +138,12 @@ class HistoryReader:
             yield only, slice_buckets(sh, by)
 
     def day_rows(self) -> Iterator[tuple[str, list[tuple[int, ...]]]]:
-        """Each slice's buckets by day as plain rows (day key, then the five figures of a
-        :class:`~.usage.ReportRow`; in key order), in name order: an indexed file's
-        days are taken as stored, not built into buckets.
+        """Each slice's buckets by day as plain rows (day key, then the seven figures of a
+        :class:`~.usage.ReportRow`; in key order), in name order: a file in the current
+        layout has its days taken as stored, not built into buckets.
         """
         f = self._file
-        if f is not None and f.index is not None:
+        if f is not None and f.packed:
             yield from f.day_slices(self._journal)
             return
         for name, buckets in self.buckets("day"):

@@ -1,6 +1,7 @@
 """Usage history, the model: bytes and capped time per slice, hourly → daily → monthly.
 
-Each cycle adds the bytes every slice sent per traffic class (deltas, never
+Each cycle adds the bytes every slice sent (and, with inbound accounting on,
+received) per traffic class (deltas, never
 counters, so counter resets and reboots add nothing twice) to the UTC hour of
 the cycle. :meth:`History.roll_up` folds the hours of a UTC day into one day
 bucket once the whole day is older than ``history.hourly_keep`` (so hours are
@@ -54,6 +55,9 @@ class CycleUsage:
     exempt_bytes: int
     capped_default: bool
     capped_exempt: bool
+    # bytes received (inbound accounting on; 0 otherwise)
+    in_default_bytes: int = 0
+    in_exempt_bytes: int = 0
 
 
 def capped_span_s(
@@ -86,22 +90,33 @@ class ReportRow:
     peak_hour_bytes: int  # the busiest hour in the bucket, default + exempt
     capped_default_s: int
     capped_exempt_s: int
+    in_default_bytes: int = 0  # received (history format 5; 0 before, or with inbound off)
+    in_exempt_bytes: int = 0
 
 
 def usage_deltas(u: CycleUsage) -> tuple[int, int, bool]:
-    """``(default, exempt, negative)`` bytes of a usage; a negative delta counts as 0
-    (logged: counters only go up, so it is a bug upstream).
+    """``(default, exempt, negative)`` bytes sent of a usage; a negative delta, sent or
+    received, counts as 0 (logged: counters only go up, so it is a bug upstream).
     """
     default, exempt = u.default_bytes, u.exempt_bytes
-    if default >= 0 and exempt >= 0:
+    if default >= 0 and exempt >= 0 and u.in_default_bytes >= 0 and u.in_exempt_bytes >= 0:
         return default, exempt, False
     log.warning(
-        "history: slice %s: negative delta ignored (default %d, exempt %d bytes)",
+        "history: slice %s: negative delta ignored (default %d, exempt %d bytes; received %d, %d)",
         u.slice_name,
         default,
         exempt,
+        u.in_default_bytes,
+        u.in_exempt_bytes,
     )
     return max(0, default), max(0, exempt), True
+
+
+def received_deltas(u: CycleUsage) -> tuple[int, int]:
+    """``(default, exempt)`` bytes received of a usage, a negative one as 0 (logged by
+    :func:`usage_deltas`).
+    """
+    return max(0, u.in_default_bytes), max(0, u.in_exempt_bytes)
 
 
 def _day_of_hour(hour: int) -> int:
@@ -138,8 +153,11 @@ def _new_row(buckets: dict[int, list[int]], key: int, width: int) -> list[int]:
 class SliceHistory:
     """One slice's buckets, each tier a dict in ascending key order.
 
-    Hour rows: [default, exempt, capped default s, capped exempt s].
-    Day and month rows: [default, exempt, peak hour, capped default s, capped exempt s].
+    Hour rows: [default, exempt, capped default s, capped exempt s, received default,
+    received exempt].
+    Day and month rows: [default, exempt, peak hour, capped default s, capped exempt s,
+    received default, received exempt]. Bytes without "received" are sent; the peak
+    hour is of the bytes sent.
     """
 
     __slots__ = ("days", "hours", "months")
@@ -157,12 +175,14 @@ def _merge(acc: dict[int, list[int]], key: int, row: list[int]) -> None:
     """Add a day/month-shaped row into ``acc[key]``; the peak is a maximum, not a sum."""
     into = acc.get(key)
     if into is None:
-        into = _new_row(acc, key, 5)
+        into = _new_row(acc, key, 7)
     into[0] += row[0]
     into[1] += row[1]
     into[2] = max(into[2], row[2])
     into[3] += row[3]
     into[4] += row[4]
+    into[5] += row[5]
+    into[6] += row[6]
 
 
 def _due(tier: dict[int, list[int]], cutoff: int) -> list[int]:
@@ -176,8 +196,8 @@ def _due(tier: dict[int, list[int]], cutoff: int) -> list[int]:
 
 
 def _as_day_row(hour_row: list[int]) -> list[int]:
-    default, exempt, capped_d, capped_e = hour_row
-    return [default, exempt, default + exempt, capped_d, capped_e]
+    default, exempt, capped_d, capped_e, in_d, in_e = hour_row
+    return [default, exempt, default + exempt, capped_d, capped_e, in_d, in_e]
 
 
 class History:
@@ -211,11 +231,14 @@ class History:
         for u in usage:
             row = get(u.slice_name)
             default, exempt = u.default_bytes, u.exempt_bytes
-            if row is None or default < 0 or exempt < 0:
+            in_d, in_e = u.in_default_bytes, u.in_exempt_bytes
+            if row is None or default < 0 or exempt < 0 or in_d < 0 or in_e < 0:
                 self._record_slow(hour, capped_s, u)
                 continue
             row[0] += default
             row[1] += exempt
+            row[4] += in_d
+            row[5] += in_e
             if u.capped_default:
                 row[2] += capped_s
             if u.capped_exempt:
@@ -223,12 +246,13 @@ class History:
 
     def _record_slow(self, hour: int, capped_s: int, u: CycleUsage) -> None:
         default, exempt, negative = usage_deltas(u)
+        in_d, in_e = received_deltas(u)
         self.ignored += negative
         capped_d = capped_s if u.capped_default else 0
         capped_e = capped_s if u.capped_exempt else 0
         row = self._hour_rows.get(u.slice_name)
         if row is None:
-            if not (default or exempt or capped_d or capped_e):
+            if not (default or exempt or capped_d or capped_e or in_d or in_e):
                 return  # idle slices cost nothing
             sh = self._slices.get(u.slice_name)
             if sh is None:
@@ -239,7 +263,7 @@ class History:
                 sh = self._slices[u.slice_name] = SliceHistory()
             row = sh.hours.get(hour)
             if row is None:
-                row = _new_row(sh.hours, hour, 4)
+                row = _new_row(sh.hours, hour, 6)
                 if self._cutoffs is not None and hour < self._cutoffs[0]:
                     self._cutoffs = None  # an hour already due for roll-up: redo it
             self._hour_rows[u.slice_name] = row
@@ -247,6 +271,8 @@ class History:
         row[1] += exempt
         row[2] += capped_d
         row[3] += capped_e
+        row[4] += in_d
+        row[5] += in_e
 
     def roll_up(self, now_s: int, cfg: HistoryConfig) -> None:
         """Fold old hours into days, old days into months, and drop old months.
@@ -312,10 +338,7 @@ def roll_up_slice(sh: SliceHistory, cutoffs: tuple[int, int, int]) -> bool:
     if not (due_hours or due_days or due_months):
         return sh.empty()
     for day, due in groupby(due_hours, _day_of_hour):
-        default, exempt, capped_d, capped_e = zip(*(hours.pop(h) for h in due), strict=True)
-        peak = max(map(operator.add, default, exempt))
-        row = [sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e)]
-        _merge(days, day, row)
+        _merge(days, day, _summed_hours([hours.pop(h) for h in due]))
     for day in _due(days, cut_day):
         _merge(months, _day_to_month(day), days.pop(day))
     for month in _due(months, cut_month):
@@ -327,13 +350,7 @@ def add_hours(sh: SliceHistory, hours: dict[int, list[int]]) -> None:
     """Add hour rows (as :meth:`History.record` adds a cycle's, none of them idle) to ``sh``."""
     tier = sh.hours
     for hour, row in hours.items():
-        into = tier.get(hour)
-        if into is None:
-            into = _new_row(tier, hour, 4)
-        into[0] += row[0]
-        into[1] += row[1]
-        into[2] += row[2]
-        into[3] += row[3]
+        add_hour_row(tier, hour, row)
 
 
 def slice_report(
@@ -365,7 +382,7 @@ def bucket_rows(
     buckets: dict[int, list[int]], by: Bucketing, since_s: int | None = None
 ) -> list[tuple[int, ...]]:
     """:func:`bucket_report`'s rows as plain tuples: the bucket's key (see
-    :func:`bucket_start_s`), then the five figures of a :class:`ReportRow`.
+    :func:`bucket_start_s`), then the seven figures of a :class:`ReportRow`.
     """
     return since_rows([(key, *row) for key, row in sorted(buckets.items())], by, since_s)
 
@@ -387,14 +404,18 @@ def bucket_start_s(by: Bucketing, key: int) -> int:
 
 
 def days_of_hours(hours: Iterable[tuple[int, ...]]) -> list[tuple[int, ...]]:
-    """Hour records (hour key, default, exempt, capped default s, capped exempt s; in
-    key order) as plain day rows (day key, default, exempt, peak hour, capped s ×2).
+    """Hour records (hour key, default, exempt, capped default s, capped exempt s,
+    received default, received exempt; in key order) as plain day rows (day key,
+    default, exempt, peak hour, capped s ×2, received ×2).
     """
     days = []
     for day, group in groupby(hours, lambda item: item[0] // 24):
-        _, default, exempt, capped_d, capped_e = zip(*group, strict=True)
+        _, default, exempt, capped_d, capped_e, in_d, in_e = zip(*group, strict=True)
         peak = max(map(operator.add, default, exempt))
-        days.append((day, sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e)))
+        days.append((
+            day, sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e), sum(in_d),
+            sum(in_e),
+        ))  # fmt: skip
     return days
 
 
@@ -421,7 +442,11 @@ def add_hours_to_sums(
     for hour, row in added.items():
         old = before.get(hour)
         new_total = row[0] + row[1] + (old[0] + old[1] if old is not None else 0)
-        _merge(sums, _day_to_month(hour // 24), [row[0], row[1], new_total, row[2], row[3]])
+        _merge(
+            sums,
+            _day_to_month(hour // 24),
+            [row[0], row[1], new_total, row[2], row[3], row[4], row[5]],
+        )
 
 
 def month_of_day(day: int) -> int:
@@ -459,11 +484,13 @@ def add_hour_row(acc: dict[int, list[int]], key: int, row: list[int]) -> None:
     """Add an hour row into ``acc[key]``."""
     into = acc.get(key)
     if into is None:
-        into = _new_row(acc, key, 4)
+        into = _new_row(acc, key, 6)
     into[0] += row[0]
     into[1] += row[1]
     into[2] += row[2]
     into[3] += row[3]
+    into[4] += row[4]
+    into[5] += row[5]
 
 
 def hours_to_days(hours: list[tuple[int, list[int]]]) -> dict[int, list[int]]:
@@ -484,15 +511,19 @@ def days_to_months(days: list[tuple[int, list[int]]]) -> dict[int, list[int]]:
 
 def _summed_hours(rows: list[list[int]]) -> list[int]:
     """Hour rows as one day-shaped row (the peak: the busiest of them)."""
-    default, exempt, capped_d, capped_e = zip(*rows, strict=True)
+    default, exempt, capped_d, capped_e, in_d, in_e = zip(*rows, strict=True)
     peak = max(map(operator.add, default, exempt))
-    return [sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e)]
+    return [
+        sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e), sum(in_d), sum(in_e)
+    ]  # fmt: skip
 
 
 def _summed_days(rows: list[list[int]]) -> list[int]:
     """Day-shaped rows as one."""
-    default, exempt, peak, capped_d, capped_e = zip(*rows, strict=True)
-    return [sum(default), sum(exempt), max(peak), sum(capped_d), sum(capped_e)]
+    default, exempt, peak, capped_d, capped_e, in_d, in_e = zip(*rows, strict=True)
+    return [
+        sum(default), sum(exempt), max(peak), sum(capped_d), sum(capped_e), sum(in_d), sum(in_e)
+    ]  # fmt: skip
 
 
 def _bounds(by: Bucketing, key: int) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bwenforcer.core.direction import DIRECTIONS
 from bwenforcer.core.grants import rollover_text
 from bwenforcer.core.layout import MAX_SHARE, TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.notices import notices_text, parse_notices
@@ -33,6 +34,7 @@ from bwenforcer.core.settings import (
     ClassifierConfig,
     Config,
     HistoryConfig,
+    InboundConfig,
     MailConfig,
     MetricsConfig,
     PeriodAnchor,
@@ -113,6 +115,7 @@ def _class_defaults(
             reader, "notices", base.notices, lambda t: notices_text(*parse_notices(t))
         ),
         rollover=_rollover(reader, base.rollover),
+        direction=reader.choice("direction", DIRECTIONS, base.direction),
     )
     if not result.pacing and not result.tiers and not result.taper:
         raise reader.error(
@@ -366,6 +369,12 @@ def _metrics(reader: KeyReader) -> MetricsConfig:
     return metrics
 
 
+def _inbound(reader: KeyReader) -> InboundConfig:
+    enabled = reader.flag("enabled", InboundConfig.enabled)
+    reader.done()
+    return InboundConfig(enabled=enabled)
+
+
 def _history(reader: KeyReader) -> HistoryConfig:
     base = HistoryConfig()
     history = HistoryConfig(
@@ -417,6 +426,13 @@ def parse_config(data: object, source: str) -> Config:
                 f" or defaults.{tc}.rollover, not both",
                 at=f"{defaults_reader.key(tc)}.rollover",
             )
+        if window and defaults[tc].direction != "out":
+            # the ring counts sent bytes alone: a window over received bytes is not built
+            raise defaults_reader.error(
+                f"{defaults[tc].direction!r} counts received bytes: a rolling window"
+                " (defaults.window) counts sent bytes alone",
+                at=f"defaults.{tc}.direction",
+            )
     defaults_reader.done()
     config = Config(
         device=top.text("device", base.device or None) or "",
@@ -443,10 +459,27 @@ def parse_config(data: object, source: str) -> Config:
         classifier=_classifier(top.sub("classifier")),
         history=_history(top.sub("history")),
         cgroups=_cgroups(top.sub("cgroups"), defaults, caps),
+        inbound=_inbound(top.sub("inbound")),
         dry_run=top.flag("dry_run", base.dry_run),
         source=source,
     )
     top.done()
+    for i, pattern in enumerate(config.cgroups.tenants if config.window_s else ()):
+        for tc in TRAFFIC_CLASSES:
+            if pattern.defaults[tc].direction != "out":
+                raise top.error(
+                    f"{pattern.defaults[tc].direction!r} counts received bytes: a rolling"
+                    " window (defaults.window) counts sent bytes alone",
+                    at=f"cgroups.tenants[{i}].defaults.{tc}.direction",
+                )
+    if not config.inbound.enabled:
+        for tc in TRAFFIC_CLASSES:
+            if config.defaults[tc].direction != "out":
+                raise top.error(
+                    f"{config.defaults[tc].direction!r} counts received bytes:"
+                    " it needs inbound.enabled: true",
+                    at=f"defaults.{tc}.direction",
+                )
     if (config.classifier.mode == "cgroup") != bool(config.cgroups.tenants):
         problem = (
             "classifier.mode cgroup needs cgroups.tenants (the patterns of the tenants it marks)"

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from bwenforcer.core.direction import parse_direction
 from bwenforcer.core.grants import rollover_bound_bytes, rollover_text
 from bwenforcer.core.layout import (
     DEFAULT_XID,
@@ -78,6 +79,7 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "pacing": "net_pacing",
         "notices": "net_notices",
         "rollover": "net_rollover",
+        "direction": "net_direction",
     },
     "exempt": {
         "min_rate": "net_i2_min_rate",
@@ -90,6 +92,7 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "pacing": "net_i2_pacing",
         "notices": "net_i2_notices",
         "rollover": "net_i2_rollover",
+        "direction": "net_i2_direction",
     },
 }
 # a rolling window is the slice's, both classes' (core.window): one attribute
@@ -202,6 +205,13 @@ def resolve_policy(
                 f"slice {name}: {attrs['pacing']}: pacing off needs tiers or a taper"
                 " (else nothing caps)"
             )
+        direction = _direction(name, attrs["direction"], rspec, origin, base.direction)
+        if window_s and direction != "out":
+            # the ring counts sent bytes alone: a window over received bytes is not built
+            raise SliceError(
+                f"slice {name}: {attrs['direction']}: {direction!r} counts received bytes;"
+                f" a rolling window ({WINDOW_ATTRIBUTE}) counts sent bytes alone"
+            )
         share_given = given("share")
         min_rate, max_rate, share = class_limits(
             min_rate, max_rate, base.share if share_given is None else share_given, cap
@@ -224,6 +234,7 @@ def resolve_policy(
             window_s=window_s,
             notices=notices,
             rollover_bytes=rollover_bound_bytes(rollover, limit),
+            direction=direction,
         )
     return policies["default"], policies["exempt"], origin
 
@@ -281,6 +292,22 @@ def _pacing(
     if flag is None:
         raise SliceError(f"slice {name}: {attribute}: {shown(value)} is not 1, 0, true or false")
     return flag
+
+
+def _direction(
+    name: str, attribute: str, rspec: Mapping[str, object], origin: dict[str, str], default: str
+) -> str:
+    """``net_direction`` / ``net_i2_direction``: what the budget counts, out, in or both."""
+    value = rspec.get(attribute)
+    origin[attribute] = "defaults" if value is None else "rspec"
+    if value is None:
+        return default
+    try:
+        return parse_direction(value)
+    except ValueError:
+        raise SliceError(
+            f"slice {name}: {attribute}: {shown(value)} is not out, in or both"
+        ) from None
 
 
 def _rule(

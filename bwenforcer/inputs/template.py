@@ -47,6 +47,9 @@ CLASS_FIELDS = frozenset(
         "used_up_human",
         "advice",
         "used_share",
+        "direction",
+        "sent",
+        "received",
     }
 )
 # A line "%%notice share%%" or "%%notice lifted%%" starts the template of that kind of

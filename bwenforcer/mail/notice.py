@@ -52,8 +52,17 @@ class CappedClass:
     used_bytes: int  # since the period start
     limit_bytes: int
     threshold_bytes: int
-    ceil_bps: int  # the new ceil
+    ceil_bps: int  # the new ceil (the inbound limit of a budget counting only received bytes)
     max_rate_bps: int  # the normal ceil
+    # what the budget counts (core.direction): used_bytes is that usage; with it, what
+    # was sent and received (None: used_bytes, 0)
+    direction: str = "out"
+    sent_bytes: int | None = None
+    received_bytes: int = 0
+
+
+# $direction: what the budget counts, as the mail says it
+DIRECTION_TEXT = {"out": "sent", "in": "received", "both": "sent and received"}
 
 
 @dataclass(frozen=True)
@@ -198,6 +207,9 @@ def render_body(notice: Notice, hostname: str, template: str, now_s: int) -> str
                 used_up_human=used_up_human,
                 advice=_advice(c, now_s, notice.period_end_s),
                 used_share=_percent(c.used_bytes, c.limit_bytes),
+                direction=DIRECTION_TEXT[c.direction],
+                sent=human_size(c.used_bytes if c.sent_bytes is None else c.sent_bytes),
+                received=human_size(c.received_bytes),
             )
         )
     return string.Template(body).substitute(

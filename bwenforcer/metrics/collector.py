@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from bwenforcer.core.direction import counted_bytes as direction_bytes
 from bwenforcer.core.grants import NO_GRANT, counted_bytes, granted_bytes
 from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import ClassState
@@ -196,6 +197,18 @@ class AgentMetrics:
             for slice_name, xid, tc, values in samples:
                 family.add_metric([slice_name, xid, tc], values[index])
             yield family
+        both = list(direction_samples(snap.latest))
+        if both:
+            for index, (name, text) in enumerate(DIRECTION_GAUGES):
+                family = GaugeMetricFamily(
+                    f"bwenforcer_slice_{name}",
+                    f"{text}, per slice, class and direction",
+                    labels=["slice", "xid", "class", "direction"],
+                )
+                for slice_name, xid, tc, direction, pair in both:
+                    if pair[index] is not None:
+                        family.add_metric([slice_name, xid, tc, direction], pair[index])
+                yield family
         for name, kind, text, cycle_samples in cycle_families(snap):
             metric = Metric(name, text, kind)
             for sample_name, labels, value in cycle_samples:
@@ -342,7 +355,10 @@ def slice_samples(
                 cs.carried_bytes,
                 exhausted_at_s(
                     limit_bytes=policy.limit_bytes,
-                    counted_bytes=counted_bytes(cs.used_bytes, granted_in_force + cs.carried_bytes),
+                    counted_bytes=counted_bytes(
+                        direction_bytes(cs, policy, planned.inbound),
+                        granted_in_force + cs.carried_bytes,
+                    ),
                     rate_bytes_per_s=bytes_per_s,
                     now_s=now_s,
                     period_end_s=horizon_s(st.period_end_s, policy.window_s),
@@ -351,8 +367,41 @@ def slice_samples(
             yield st.name, xid, tc, values
 
 
+# With inbound accounting on, two per-slice families labelled by ``direction`` (``out``,
+# ``in``) besides the families above, which keep their series and meaning (what is
+# sent): (name, help, value index in direction_samples).
+DIRECTION_GAUGES = (
+    ("transferred_bytes", "Bytes transferred this period (out: sent, in: received)"),
+    (
+        "rate_limit_bytes_per_second",
+        "Rate limit in force (out: the HTB ceil, in: the inbound limit; no sample: none)",
+    ),
+)
+
+
+def direction_samples(
+    latest: CycleResult | None,
+) -> Iterator[tuple[str, str, TrafficClass, str, tuple[float, float | None]]]:
+    """``(slice, xid, class, direction, values of DIRECTION_GAUGES)`` of every class of
+    the latest cycle, both directions, if it was planned with inbound accounting on
+    (none otherwise; a value None: no sample).
+    """
+    if latest is None:
+        return
+    for planned in latest.plan.live:
+        if not planned.inbound:
+            return  # one plan: inbound on for every slice or for none
+        st = planned.state
+        xid = str(st.xid)
+        for tc, cs in (("default", st.default), ("exempt", st.exempt)):
+            yield st.name, xid, tc, "out", (cs.used_bytes, cs.ceil_bps / 8)  # type: ignore[misc]
+            limit = cs.in_limit_bps / 8 if cs.in_limit_bps else None
+            yield st.name, xid, tc, "in", (cs.in_used_bytes, limit)  # type: ignore[misc]
+
+
 class HourRates:
-    """Each live slice's sending rate over the last whole hour the agent observed.
+    """Each live slice's rate over the last whole hour the agent observed (of the usage
+    its budget counts: what is sent, with inbound accounting on what its direction says).
 
     Every slice shares one window: when an hour has passed since its start, each
     slice's rate is the usage added since then over the time passed (from its new
@@ -375,7 +424,11 @@ class HourRates:
         rates: dict[str, tuple[float, float]] = {}
         for planned in result.plan.live:
             st = planned.state
-            now_used = (st.period_start_s, st.default.used_bytes, st.exempt.used_bytes)
+            now_used = (
+                st.period_start_s,
+                direction_bytes(st.default, st.default.policy, planned.inbound),
+                direction_bytes(st.exempt, st.exempt.policy, planned.inbound),
+            )
             used[st.name] = now_used
             before = self._used.get(st.name)
             if self._start_s is None or before is None:

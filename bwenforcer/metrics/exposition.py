@@ -21,11 +21,13 @@ from bwenforcer.errors import MetricsError, UnsafePath
 from bwenforcer.files.atomic import disk_full, open_own, open_shared_dir, replace_at
 from bwenforcer.metrics.collector import (
     COUNTERS,
+    DIRECTION_GAUGES,
     DURATION_BUCKETS_S,
     SLICE_GAUGES,
     AgentMetrics,
     Snapshot,
     cycle_families,
+    direction_samples,
     empty_snapshot,
     slice_samples,
 )
@@ -62,6 +64,19 @@ def exposition_parts(metrics: AgentMetrics) -> Iterator[str]:
                 formatted = number[v] = _number(v)
             out.append(f"{full}{label}{formatted}\n")
         yield "".join(out)
+    both = [
+        (f'{{class="{tc}",direction="{d}",slice="{_label(name)}",xid="{xid}"}} ', values)
+        for name, xid, tc, d, values in direction_samples(snap.latest)
+    ]
+    if both:
+        for index, (name, text) in enumerate(DIRECTION_GAUGES):
+            full = f"bwenforcer_slice_{name}"
+            out = [f"# HELP {full} {text}, per slice, class and direction\n# TYPE {full} gauge\n"]
+            for label, values in both:
+                v = values[index]
+                if v is not None:
+                    out.append(f"{full}{label}{_number(v)}\n")
+            yield "".join(out)
     for name, kind, text, samples in cycle_families(snap):
         shown = f"{name}_total" if kind == "counter" else name
         out = [f"# HELP {shown} {text}\n# TYPE {shown} {kind}\n"]

@@ -155,10 +155,12 @@ class LedgerEncoder:
             f"[{entry.died_s},{st.xid},{st.period_start_s},{st.period_end_s},"
             f"[{d.used_bytes},{d.last_counter_bytes},{d.ceil_bps},{_JSON_BOOL[d.capped]},"
             f"{_JSON_BOOL[d.notified]},{ring_text(d.buckets)},{d.notice_bp},{_LIFT[d.lift]},"
-            f"{d.carried_bytes},{self._policy_at(d.policy)}],"
+            f"{d.carried_bytes},{d.in_used_bytes},{d.in_last_counter_bytes},{d.in_limit_bps},"
+            f"{self._policy_at(d.policy)}],"
             f"[{e.used_bytes},{e.last_counter_bytes},{e.ceil_bps},{_JSON_BOOL[e.capped]},"
             f"{_JSON_BOOL[e.notified]},{ring_text(e.buckets)},{e.notice_bp},{_LIFT[e.lift]},"
-            f"{e.carried_bytes},{self._policy_at(e.policy)}]]"
+            f"{e.carried_bytes},{e.in_used_bytes},{e.in_last_counter_bytes},{e.in_limit_bps},"
+            f"{self._policy_at(e.policy)}]]"
         )
 
     def _policy_at(self, policy: ClassPolicy) -> int:
@@ -275,9 +277,23 @@ def _entry_from(
 
 
 def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
-    if type(c) is not list or len(c) != 10:
+    if type(c) is not list or len(c) != 13:
         return None
-    used, last, ceil, capped, notified, ring, told, lift, carried, at = c
+    (
+        used,
+        last,
+        ceil,
+        capped,
+        notified,
+        ring,
+        told,
+        lift,
+        carried,
+        in_used,
+        in_last,
+        in_limit,
+        at,
+    ) = c
     if (
         type(used) is int
         and used >= 0
@@ -292,14 +308,21 @@ def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
         and lift in _LIFT
         and type(carried) is int
         and carried >= 0
+        and type(in_used) is int
+        and in_used >= 0
+        and type(in_last) is int
+        and in_last >= 0
+        and type(in_limit) is int
+        and in_limit >= 0
         and type(at) is int
         and 0 <= at < len(table)
         and _ring_ok(ring)
         and ring_problem(used, ring, table[at].window_s) is None
     ):
         return ClassState(
-            table[at], used, last, ceil, capped, notified, told, lift, tuple(ring), carried
-        )
+            table[at], used, last, ceil, capped, notified, told, lift, tuple(ring), carried,
+            in_used, in_last, in_limit,
+        )  # fmt: skip
     return None
 
 

@@ -25,9 +25,7 @@ from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-# 10: issue 20's grant rollover (a step of its own, renumbered at merge: 8 and 9 are
-# other branches')
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -74,6 +72,7 @@ KINDS: Mapping[str, tuple[str, str]] = {
         "expected notices such as '50%,80%,lifted' (or '')",
     ),
     "lift": ("v in ('', 'due', 'sent')", "expected '', 'due' or 'sent'"),
+    "direction": ("v in ('out', 'in', 'both')", "expected 'out', 'in' or 'both'"),
 }
 
 
@@ -172,6 +171,9 @@ CLASS: tuple[Field, ...] = (
     Field("notice_bp", "notice_bp", "uint", "1/100 %", max=MAX_NOTICE_SHARE_BP),
     Field("lift", "lift", "lift"),
     Field("carried_bytes", "carried_bytes", "uint", "bytes"),
+    Field("in_used_bytes", "in_used_bytes", "uint", "bytes"),
+    Field("in_last_counter_bytes", "in_last_counter_bytes", "uint", "bytes"),
+    Field("in_limit_bps", "in_limit_bps", "uint", "bit/s", view="in_limit"),
     Field("limit_bytes", "policy.limit_bytes", "uint", "bytes"),
     Field("threshold_bytes", "policy.threshold_bytes", "uint", "bytes"),
     Field("min_rate_bps", "policy.min_rate_bps", "uint", "bit/s", view="min_rate"),
@@ -183,6 +185,7 @@ CLASS: tuple[Field, ...] = (
     Field("window_s", "policy.window_s", "window", "s"),
     Field("notices", "policy.notices", "notices"),
     Field("rollover_bytes", "policy.rollover_bytes", "uint", "bytes"),
+    Field("direction", "policy.direction", "direction"),
 )
 
 # A ledger entry's class (an array, like LEDGER_ENTRY): CLASS's own fields, then the
@@ -556,6 +559,59 @@ def _v7_to_v8(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# schema 9 added these: a class's inbound usage, counter and limit, its budget's direction
+_V9_OWN = {"in_used_bytes": 0, "in_last_counter_bytes": 0, "in_limit_bps": 0}
+_V9_POLICY = {"direction": "out"}
+
+
+def _v9_entry(value: object) -> object:
+    """A ledger entry's array with each class's inbound values (none) before its policy
+    index; one not shaped as one is passed through (validation after migration names it).
+    """
+    if not (isinstance(value, list) and len(value) == 6):
+        return value
+    classes = []
+    for c in value[4:]:
+        # schema 8's class: its own fields, ring, notice marks, carried bytes, policy index
+        if not (isinstance(c, list) and len(c) == len(_V4_OWN_KEYS) + 5):
+            return value
+        classes.append([*c[:-1], *_V9_OWN.values(), c[-1]])
+    return [*value[:4], *classes]
+
+
+def _v8_to_v9(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 8 counted what slices send only: every class has received nothing
+    (inbound usage, counter and limit 0) and its budget counts ``out``.
+    """
+    added = {**_V9_OWN, **_V9_POLICY}
+    out = {**data, "schema_version": 9}
+    slices = data.get("slices")
+    if isinstance(slices, dict):
+        out["slices"] = {
+            xid: (
+                {
+                    **st,
+                    "classes": {
+                        tc: {**added, **c} if isinstance(c, dict) else c
+                        for tc, c in st["classes"].items()
+                    },
+                }
+                if isinstance(st, dict) and isinstance(st.get("classes"), dict)
+                else st
+            )
+            for xid, st in slices.items()
+        }
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict):
+        policies, entries = ledger.get("policies"), ledger.get("entries")
+        if isinstance(policies, list):
+            policies = [[*p, *_V9_POLICY.values()] if isinstance(p, list) else p for p in policies]
+        if isinstance(entries, dict):
+            entries = {name: _v9_entry(e) for name, e in entries.items()}
+        out["ledger"] = {**ledger, "policies": policies, "entries": entries}
+    return out
+
+
 # version N → a function turning a schema-N object into the next version's object (the
 # version it returns is the next one looked up)
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -567,6 +623,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     5: _v5_to_v6,
     6: _v6_to_v7,
     7: _v7_to_v8,
+    8: _v8_to_v9,
 }
 
 

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bwenforcer.core.direction import counted_bytes as direction_bytes
+from bwenforcer.core.direction import counts
 from bwenforcer.core.grants import class_granted, counted_bytes
 from bwenforcer.core.layout import TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.model import ClassState, KernelClass, SliceState
@@ -56,7 +58,9 @@ class ExplainView:
     classes: tuple[ExplainClass, ...]
 
 
-def _why(rule: RateRule, counted: int, applies: str, ceil_bps: int, left_s: int) -> str:
+def _why(
+    rule: RateRule, counted: int, applies: str, ceil_bps: int, left_s: int, *, ways: int = 1
+) -> str:
     if not applies:
         return (
             f"not capped: below {human_size(rule.start_bytes)}, where the first rule starts;"
@@ -67,7 +71,8 @@ def _why(rule: RateRule, counted: int, applies: str, ceil_bps: int, left_s: int)
         return (
             f"pacing from the threshold {human_size(rule.threshold_bytes)}: (limit"
             f" {human_size(rule.limit_bytes)} − {human_size(counted)}) = {human_size(left_bytes)}"
-            f" over {human_duration(left_s)} left, at least the min rate"
+            f" over {human_duration(left_s)} left"
+            f"{', shared by sending and receiving' if ways == 2 else ''}, at least the min rate"
             f" {human_rate(rule.min_rate_bps)}, at most the max rate"
             f" {human_rate(rule.max_rate_bps)}: {human_rate(ceil_bps)}"
         )
@@ -102,9 +107,13 @@ def explain_view(
         cs = st.cls(tc)
         rule = rate_rule(cs.policy, caps_bps[tc], bwmin_bps)
         granted = class_granted(report.audit, st.name, tc, now_s)
-        counted = counted_bytes(cs.used_bytes, granted + cs.carried_bytes)
-        _, ceil_bps, applies = rule_ceil(rule, counted, now_s, st.period_end_s)
-        why = _why(rule, counted, applies, ceil_bps, st.period_end_s - now_s)
+        counted = counted_bytes(
+            direction_bytes(cs, cs.policy, report.inbound), granted + cs.carried_bytes
+        )
+        out, in_ = counts(cs.policy, report.inbound)
+        ways = 2 if out and in_ else 1
+        _, ceil_bps, applies = rule_ceil(rule, counted, now_s, st.period_end_s, ways)
+        why = _why(rule, counted, applies, ceil_bps, st.period_end_s - now_s, ways=ways)
         kernel = None if report.kernel is None else report.kernel.cls(tc)
         classes.append(ExplainClass(tc, cs, rule, granted, counted, applies, ceil_bps, why, kernel))
     return ExplainView(st, now_s, report.kernel_available, tuple(classes))

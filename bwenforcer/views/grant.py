@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bwenforcer.core.direction import counted_bytes as direction_bytes
 from bwenforcer.core.grants import class_granted, counted_bytes, pruned
 from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import AuditEntry, ClassOp, ClassState, KernelSnapshot, SliceState, State
@@ -43,6 +44,7 @@ def grant(
     reason: str,
     until_s: int | None,
     now_s: int,
+    inbound: bool = False,
 ) -> Granted:
     """Grant ``size_bytes`` to each of a live slice's ``classes`` from ``now_s`` until
     ``until_s`` (None: the end of its period; under a rolling window, when bytes sent
@@ -70,8 +72,9 @@ def grant(
         tc = entry.traffic_class
         cs = st.cls(tc)
         kc = None if kernel is None else kernel.cls(tc)
+        used = direction_bytes(cs, cs.policy, inbound)
         granted = class_granted(audit, st.name, tc, now_s) + cs.carried_bytes
-        counted = counted_bytes(cs.used_bytes, granted)
+        counted = counted_bytes(used, granted)
         cs, op = rates_now(
             cs,
             kc,
@@ -81,6 +84,7 @@ def grant(
             counted_bytes=counted,
             period_end_s=st.period_end_s,
             now_s=now_s,
+            inbound=inbound,
         )
         if op is not None:
             ops.append(op)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bwenforcer.core.direction import counts
 from bwenforcer.core.layout import TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.model import ClassPolicy
 from bwenforcer.core.policy import (
@@ -55,12 +56,17 @@ def policy_view(
     bwmin_bps: int,
     now_s: int,
     period_end_s: int,
+    inbound: bool = False,
 ) -> PolicyView:
-    """The table of both classes at ``now_s`` in a period ending at ``period_end_s``."""
+    """The table of both classes at ``now_s`` in a period ending at ``period_end_s``
+    (``inbound``: inbound accounting on; a budget counting both directions gives each
+    the rate of its table, paced at half the spread as the planner does).
+    """
     classes = []
     for tc in TRAFFIC_CLASSES:
         rule = rate_rule(policies[tc], caps_bps[tc], bwmin_bps)
-        rows = ceil_table(rule, table_usages(rule), now_s, period_end_s)
+        out, in_ = counts(policies[tc], inbound)
+        rows = ceil_table(rule, table_usages(rule), now_s, period_end_s, 2 if out and in_ else 1)
         classes.append(PolicyClass(tc, policies[tc], rule, rows))
     return PolicyView(name, xid, now_s, period_end_s, tuple(classes))
 

@@ -30,8 +30,12 @@ _FIELDS = {
     "peak_hour_bytes": "peak_hour_bytes",
     "capped_default_s": "capped_default_s",
     "capped_exempt_s": "capped_exempt_s",
+    "in_default_bytes": "in_default_bytes",
+    "in_exempt_bytes": "in_exempt_bytes",
 }
-JSON_KEYS = tuple(_FIELDS)
+# the keys of today's report; with inbound accounting on, the bytes received too
+JSON_KEYS = tuple(_FIELDS)[:-2]
+INBOUND_KEYS = tuple(_FIELDS)
 
 
 def row_json(row: ReportRow, keys: Sequence[str] = JSON_KEYS) -> dict[str, Any]:
@@ -42,6 +46,7 @@ def row_json(row: ReportRow, keys: Sequence[str] = JSON_KEYS) -> dict[str, Any]:
 _BUCKET_FORMAT = {"hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d", "month": "%Y-%m"}
 _BUCKET_HEADER = {"hour": "HOUR (UTC)", "day": "DAY (UTC)", "month": "MONTH (UTC)"}
 TABLE_HEADER = ("DEFAULT", "EXEMPT", "PEAK HOUR", "CAPPED DEFAULT", "CAPPED EXEMPT")
+INBOUND_HEADER = ("RECEIVED DEFAULT", "RECEIVED EXEMPT")  # with inbound accounting on
 
 
 def _capped(seconds: int) -> str:
@@ -70,13 +75,20 @@ def _key_label(by: str) -> Callable[[int], str]:
 
 
 def slice_table_rows(
-    rows: Sequence[ReportRow], by: str, label: Callable[[int], str] | None = None
+    rows: Sequence[ReportRow],
+    by: str,
+    label: Callable[[int], str] | None = None,
+    inbound: bool = False,
 ) -> list[tuple[str, ...]]:
-    """One slice's table lines (``rows`` are all its buckets): one per bucket, then its total."""
+    """One slice's table lines (``rows`` are all its buckets): one per bucket, then its
+    total; with ``inbound``, the bytes received follow.
+    """
     name = rows[0].slice_name
     plain = [(r.bucket_start_s, r.default_bytes, r.exempt_bytes, r.peak_hour_bytes,
-              r.capped_default_s, r.capped_exempt_s) for r in rows]  # fmt: skip
-    return [(name, *cells) for cells in _slice_cells(plain, label or _bucket_label(by))]
+              r.capped_default_s, r.capped_exempt_s, r.in_default_bytes, r.in_exempt_bytes)
+             for r in rows]  # fmt: skip
+    cells = _slice_cells(plain, label or _bucket_label(by), inbound=inbound)
+    return [(name, *line) for line in cells]
 
 
 def _slice_cells(
@@ -84,44 +96,54 @@ def _slice_cells(
     label: Callable[[int], str],
     size: Callable[[int], str] = human_size,
     capped: Callable[[int], str] = _capped,
+    inbound: bool = False,
 ) -> list[tuple[str, ...]]:
-    """One slice's cells but its name: per bucket (its start and the five figures of a
-    :class:`~bwenforcer.history.usage.ReportRow`), then its total.
+    """One slice's cells but its name: per bucket (its start and the figures of a
+    :class:`~bwenforcer.history.usage.ReportRow`: five, and with ``inbound`` the two
+    of the bytes received), then its total.
     """
     table = [
-        (label(start), size(d), size(e), size(p), capped(cd), capped(ce))
-        for start, d, e, p, cd, ce in rows
-    ]
-    _, default, exempt, peak, capped_d, capped_e = zip(*rows, strict=True)
+        (label(row[0]), size(row[1]), size(row[2]), size(row[3]), capped(row[4]),
+         capped(row[5]))
+        for row in rows
+    ]  # fmt: skip
+    columns = list(zip(*rows, strict=True))
     table.append((
         "total",
-        human_size(sum(default)),
-        human_size(sum(exempt)),
-        human_size(max(peak)),
-        _capped(sum(capped_d)),
-        _capped(sum(capped_e)),
+        human_size(sum(columns[1])),
+        human_size(sum(columns[2])),
+        human_size(max(columns[3])),
+        _capped(sum(columns[4])),
+        _capped(sum(columns[5])),
     ))  # fmt: skip
+    if inbound:
+        received = [(size(row[6]), size(row[7])) for row in rows]
+        received.append((human_size(sum(columns[6])), human_size(sum(columns[7]))))
+        table = [(*line, *more) for line, more in zip(table, received, strict=True)]
     return table
 
 
-def report_table(rows: Sequence[ReportRow], by: str) -> str:
+def report_table(rows: Sequence[ReportRow], by: str, inbound: bool = False) -> str:
     """Readable table: one line per slice per bucket, then a total line per slice."""
     names = sorted({r.slice_name for r in rows})
     groups = [[r for r in rows if r.slice_name == name] for name in names]
-    return "\n".join(table_lines(groups, by))
+    return "\n".join(table_lines(groups, by, inbound))
 
 
-def table_lines(groups: Iterable[Sequence[ReportRow]], by: str) -> Iterator[str]:
+def table_lines(
+    groups: Iterable[Sequence[ReportRow]], by: str, inbound: bool = False
+) -> Iterator[str]:
     """The lines of :func:`report_table`, as each slice's rows come from ``groups`` (in
     name order). Nothing if there are no rows.
     """
     plain = (
         (rows[0].slice_name, [(r.bucket_start_s, r.default_bytes, r.exempt_bytes,
-                               r.peak_hour_bytes, r.capped_default_s, r.capped_exempt_s)
+                               r.peak_hour_bytes, r.capped_default_s, r.capped_exempt_s,
+                               r.in_default_bytes, r.in_exempt_bytes)
                               for r in rows])
         for rows in groups
     )  # fmt: skip
-    for chunk in _table_chunks(plain, by, _bucket_label(by)):
+    for chunk in _table_chunks(plain, by, _bucket_label(by), inbound):
         yield from chunk[:-1].split("\n")
 
 
@@ -129,10 +151,13 @@ _BLOCK = "\x1e"  # starts a slice's block in the spool: its name, widths and len
 _GAP = len(COLUMN_GAP)
 
 
-def table_text(groups: Iterable[tuple[str, Sequence[Sequence[int]]]], by: str) -> Iterator[str]:
+def table_text(
+    groups: Iterable[tuple[str, Sequence[Sequence[int]]]], by: str, inbound: bool = False
+) -> Iterator[str]:
     """The text of :func:`table_lines`, in chunks of whole lines, of each slice's name
     and plain rows (bucket key, default, exempt, peak hour, capped default s,
-    capped exempt s; at least one), in name order.
+    capped exempt s, then received default and exempt; at least one), in name order;
+    with ``inbound``, the bytes received are two more columns.
 
     The columns' widths are known only at the end: each slice's lines are laid out
     (but for the name) at the widths known so far and spooled to a temporary file,
@@ -142,18 +167,21 @@ def table_text(groups: Iterable[tuple[str, Sequence[Sequence[int]]]], by: str) -
     again. Capped times are formatted once per distinct value (they repeat: whole
     cycles).
     """
-    return _table_chunks(groups, by, _key_label(by))
+    return _table_chunks(groups, by, _key_label(by), inbound)
 
 
 def _table_chunks(
-    groups: Iterable[tuple[str, Sequence[Sequence[int]]]], by: str, label: Callable[[int], str]
+    groups: Iterable[tuple[str, Sequence[Sequence[int]]]],
+    by: str,
+    label: Callable[[int], str],
+    inbound: bool = False,
 ) -> Iterator[str]:
-    header = ("SLICE", _BUCKET_HEADER[by], *TABLE_HEADER)
+    header = ("SLICE", _BUCKET_HEADER[by], *TABLE_HEADER, *(INBOUND_HEADER if inbound else ()))
     widths = [len(cell) for cell in header]
     capped = functools.lru_cache(maxsize=1024)(_capped)
     with tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n") as spool:
         for name, rows in groups:
-            table = _slice_cells(rows, label, human_size, capped)
+            table = _slice_cells(rows, label, human_size, capped, inbound)
             widths[0] = max(widths[0], len(name))
             for i, column in enumerate(zip(*table, strict=True), 1):
                 widths[i] = max(widths[i], *map(len, column))
@@ -189,13 +217,13 @@ def _relaid(text: str, used: Sequence[int], final: Sequence[int]) -> str:
     )
 
 
-def json_chunks(rows: Iterable[ReportRow]) -> Iterator[str]:
+def json_chunks(rows: Iterable[ReportRow], json_keys: Sequence[str] = JSON_KEYS) -> Iterator[str]:
     """``json.dump([row_json(r) for r in rows], indent=2)``'s text, streamed row by row.
 
     Each object is laid out from a template (its keys are fixed; only the slice
     name needs JSON's escaping, done once per slice): a report can be millions of rows.
     """
-    keys = [(key, _FIELDS[key]) for key in JSON_KEYS]
+    keys = [(key, _FIELDS[key]) for key in json_keys]
     opening = "[\n  {\n"
     name, quoted = None, ""
     for row in rows:

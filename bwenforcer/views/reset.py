@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bwenforcer.core.direction import counted_bytes as direction_bytes
+from bwenforcer.core.direction import counts
 from bwenforcer.core.grants import pruned
 from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import (
@@ -46,14 +48,22 @@ def rates_now(
     counted_bytes: int,
     period_end_s: int,
     now_s: int,
+    inbound: bool = False,
 ) -> tuple[ClassState, ClassOp | None]:
     """``cs`` with the ceil and capped flag the planner's rule gives at ``counted_bytes``
     now, and the op that sets the kernel class ``kc`` to those rates if it differs;
     ``cs`` unchanged without a kernel class or targets (the next cycle sets them).
+    ``inbound``: inbound accounting on, the egress rates are the planner's for the
+    directions the budget counts (core.direction; its inbound limit is the next
+    cycle's to set).
     """
     if kc is None or targets is None:
         return cs, None
-    rates, capped = targets.rates(cs.policy, tc, counted_bytes, period_end_s, now_s)
+    count_out, count_in = counts(cs.policy, inbound)
+    ways = 2 if count_out and count_in else 1
+    rates, capped = targets.rates(cs.policy, tc, counted_bytes, period_end_s, now_s, ways=ways)
+    if not count_out:
+        rates = targets.limits(cs.policy, tc)[1]
     op = ClassOp("change", xid, tc, rates) if kc.rates != rates else None
     return dataclasses.replace(cs, ceil_bps=rates.max_rate_bps, capped=capped), op
 
@@ -77,6 +87,7 @@ def forgive(
     user: str,
     reason: str,
     now_s: int,
+    inbound: bool = False,
 ) -> Forgiven:
     """Reset the budget of a live slice's classes now; its period is kept.
 
@@ -86,7 +97,8 @@ def forgive(
     stay told (each goes out once per period and class). With a snapshot, the classes that are
     capped in the kernel get their ceil lifted (the ops to apply): the rates a
     cycle would set at a usage of 0 (a tier from 0 % still holds). Each class's
-    reset joins the audit (who, when, why, the usage forgiven).
+    reset joins the audit (who, when, why, the usage forgiven). The usage received is
+    forgiven too (its inbound limit is lifted by the next cycle).
     """
     st = state.slices[xid]
     kernel = None if snapshot is None else snapshot.slices.get(xid)
@@ -96,7 +108,8 @@ def forgive(
     entries: list[AuditEntry] = []
     for tc in dict.fromkeys(classes):
         cs = was = st.cls(tc)
-        entries.append(AuditEntry("reset", st.name, tc, cs.used_bytes, user, now_s, now_s, reason))
+        forgiven_bytes = direction_bytes(cs, cs.policy, inbound) if inbound else cs.used_bytes
+        entries.append(AuditEntry("reset", st.name, tc, forgiven_bytes, user, now_s, now_s, reason))
         kc = None if kernel is None else kernel.cls(tc)
         counter = cs.last_counter_bytes if kc is None else kc.bytes
         # notified stays: each notice goes out once per period and class (a notice the
@@ -106,10 +119,19 @@ def forgive(
             used_bytes=0,
             last_counter_bytes=counter,
             capped=False,
+            in_used_bytes=0 if inbound else cs.in_used_bytes,
             buckets=empty_ring() if cs.buckets else (),  # a window forgets it all too
         )
         cs, op = rates_now(
-            cs, kc, targets, xid, tc, counted_bytes=0, period_end_s=st.period_end_s, now_s=now_s
+            cs,
+            kc,
+            targets,
+            xid,
+            tc,
+            counted_bytes=0,
+            period_end_s=st.period_end_s,
+            now_s=now_s,
+            inbound=inbound,
         )
         if op is not None:
             ops.append(op)

@@ -48,6 +48,7 @@ HISTORY_KEYS = (
     "capped_default_s",
     "capped_exempt_s",
 )
+INBOUND_HISTORY_KEYS = ("in_default_bytes", "in_exempt_bytes")  # with inbound accounting on
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class SliceReport:
     unit: str | None = None  # a cgroup tenant's unit (nginx.service), as the tree has it now
     cgroup: str | None = None  # and its cgroup, below the cgroup2 mount
     audit: tuple[AuditEntry, ...] = ()  # its grants and resets kept in the state
+    inbound: bool = False  # inbound accounting on: both directions are shown
 
     @property
     def status(self) -> str:
@@ -227,6 +229,17 @@ def _show_class_json(c: ShowClass, projection: Projection | None) -> dict[str, A
     }
 
 
+def _inbound_json(c: ShowClass) -> dict[str, Any]:
+    """A class's inbound keys (with inbound accounting on)."""
+    cs = c.state
+    return {
+        "direction": c.policy.direction,
+        "in_used_bytes": None if cs is None else cs.in_used_bytes,
+        "in_limit": None if cs is None else cs.in_limit_bps or None,
+        "in_last_counter_bytes": None if cs is None else cs.in_last_counter_bytes,
+    }
+
+
 def show_json(report: SliceReport, now_s: int) -> dict[str, Any]:
     """``show --json``: the slice, its classes, attribute origins, ledger entry and history."""
     st = _shown_state(report)
@@ -243,13 +256,17 @@ def show_json(report: SliceReport, now_s: int) -> dict[str, Any]:
         "kernel_available": report.kernel_available,
         "classes": {
             c.traffic_class: _show_class_json(c, ahead.get(c.traffic_class))
+            | (_inbound_json(c) if report.inbound else {})
             for c in show_classes(report)
         },
         "origin": None if report.desired is None else dict(sorted(report.desired.origin.items())),
         "ledger": None
         if entry is None
         else {"xid": entry.slice.xid, "died_at": entry.died_s, "expires_at": entry.expires_s},
-        "history": [row_json(h, HISTORY_KEYS) for h in report.history],
+        "history": [
+            row_json(h, (*HISTORY_KEYS, *INBOUND_HISTORY_KEYS) if report.inbound else HISTORY_KEYS)
+            for h in report.history
+        ],
         "audit": [audit_dict(a) for a in report.audit],
     }
 
@@ -259,11 +276,13 @@ def utc(instant_s: int) -> str:
     return dt.datetime.fromtimestamp(instant_s, dt.UTC).strftime("%Y-%m-%d %H:%MZ")
 
 
-def _used_text(c: ShowClass) -> str:
+def _used_text(c: ShowClass, inbound: bool = False) -> str:
     if c.state is None:
         return "-"
-    view = class_view(c.state, c.traffic_class, None)
-    return f"{human_size(view.used_bytes)} ({view.percent}% of the limit)"
+    view = class_view(c.state, c.traffic_class, None, inbound)
+    if not inbound:
+        return f"{human_size(view.used_bytes)} ({view.percent}% of the limit)"
+    return f"{human_size(view.used_bytes)} sent ({view.percent}% of the limit, {view.direction})"
 
 
 def _kernel_text(c: ShowClass, available: bool) -> str:
@@ -294,7 +313,9 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         return f"{text} ({c.origin[field]})" if field in c.origin else text
 
     cells = {
-        "used": _used_text,
+        "used": lambda c: _used_text(c, report.inbound),
+        "received": lambda c: "-" if c.state is None else human_size(c.state.in_used_bytes),
+        "direction": lambda c: attr("direction", c.policy.direction, c),
         "limit": lambda c: attr("limit", human_size(c.policy.limit_bytes), c),
         "threshold": lambda c: attr("threshold", human_size(c.policy.threshold_bytes), c),
         "min rate": lambda c: attr("min_rate", human_rate(c.policy.min_rate_bps), c),
@@ -310,6 +331,7 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         ),
         "carried": lambda c: "-" if c.state is None else f"+{human_size(c.state.carried_bytes)}",
         "ceil": lambda c: ceil_text(c.ceil_bps),
+        "in limit": lambda c: "-" if c.state is None else ceil_text(c.state.in_limit_bps or None),
         "capped": lambda c: "yes" if c.state is not None and c.state.capped else "no",
         "notified": lambda c: "yes" if c.state is not None and c.state.notified else "no",
         "baseline": lambda c: "-" if c.state is None else human_size(c.state.last_counter_bytes),
@@ -325,6 +347,9 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         "pacing": any(not c.policy.pacing for c in classes),
         "rollover": any(c.policy.rollover_bytes for c in classes),
         "carried": any(c.state is not None and c.state.carried_bytes for c in classes),
+        "received": report.inbound,
+        "direction": report.inbound,
+        "in limit": report.inbound,
     }
     return [r for r in rows if shown.get(r[0], True)]
 

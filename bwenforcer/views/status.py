@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bwenforcer.core.direction import counted_bytes as direction_bytes
 from bwenforcer.core.layout import TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.model import (
     ClassState,
@@ -36,20 +37,26 @@ class ClassView:
     ceil_bps: int | None  # the kernel's when it could be read, else the last applied
     capped: bool
     notified: bool
+    # with inbound accounting on (core.direction): what was received, the inbound limit
+    # in force (None: none), what the budget counts; ``counted_bytes`` is its usage
+    in_used_bytes: int = 0
+    in_limit_bps: int | None = None
+    direction: str = "out"
+    counted_bytes: int = 0
 
     @property
     def fraction(self) -> float:
         """Share of the budget used (1.0 = the whole limit)."""
         if self.limit_bytes <= 0:
-            return 1.0 if self.used_bytes > 0 else 0.0
-        return self.used_bytes / self.limit_bytes
+            return 1.0 if self.counted_bytes > 0 else 0.0
+        return self.counted_bytes / self.limit_bytes
 
     @property
     def percent(self) -> int:
         """Whole percent of the budget used, rounded down so 100 % means the limit is reached."""
         if self.limit_bytes <= 0:
-            return 100 if self.used_bytes > 0 else 0
-        return self.used_bytes * 100 // self.limit_bytes
+            return 100 if self.counted_bytes > 0 else 0
+        return self.counted_bytes * 100 // self.limit_bytes
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,12 @@ def _kernel_class(
     return None if found is None else found.cls(traffic_class)
 
 
-def class_view(cs: ClassState, traffic_class: TrafficClass, ceil_bps: int | None) -> ClassView:
-    """A class state with the ceil to show."""
+def class_view(
+    cs: ClassState, traffic_class: TrafficClass, ceil_bps: int | None, inbound: bool = False
+) -> ClassView:
+    """A class state with the ceil to show (``inbound``: inbound accounting on, the
+    usage is what the budget counts).
+    """
     return ClassView(
         traffic_class,
         cs.used_bytes,
@@ -98,18 +109,22 @@ def class_view(cs: ClassState, traffic_class: TrafficClass, ceil_bps: int | None
         ceil_bps,
         cs.capped,
         cs.notified,
+        cs.in_used_bytes,
+        cs.in_limit_bps or None,
+        cs.policy.direction,
+        direction_bytes(cs, cs.policy, inbound),
     )
 
 
-def slice_view(st: SliceState, snapshot: KernelSnapshot | None) -> SliceView:
+def slice_view(st: SliceState, snapshot: KernelSnapshot | None, inbound: bool = False) -> SliceView:
     """A slice with its current ceils: the kernel's, or the last applied without a snapshot."""
 
     def view(tc: TrafficClass) -> ClassView:
         cs = st.cls(tc)
         if snapshot is None:
-            return class_view(cs, tc, last_applied_bps(cs))
+            return class_view(cs, tc, last_applied_bps(cs), inbound)
         kc = _kernel_class(snapshot, st.xid, tc)
-        return class_view(cs, tc, None if kc is None else kc.rates.max_rate_bps)
+        return class_view(cs, tc, None if kc is None else kc.rates.max_rate_bps, inbound)
 
     return SliceView(
         st.name, st.xid, st.period_start_s, st.period_end_s, view("default"), view("exempt")
@@ -137,11 +152,11 @@ ALL = StatusFilter()
 
 
 def slice_views(
-    state: State, snapshot: KernelSnapshot | None, only: StatusFilter = ALL
+    state: State, snapshot: KernelSnapshot | None, only: StatusFilter = ALL, inbound: bool = False
 ) -> list[SliceView]:
     """Every live slice ``only`` keeps, in status order."""
     views = (
-        slice_view(st, snapshot)
+        slice_view(st, snapshot, inbound)
         for st in state.slices.values()
         if only.name is None or st.name == only.name
     )
@@ -166,11 +181,33 @@ class_json: Callable[[ClassView], dict[str, Any]] = dict_maker(
 )
 
 
-def _classes_json(views: Iterable[ClassView]) -> dict[str, Any]:
-    return {v.traffic_class: class_json(v) for v in views}
+# with inbound accounting on, each class also has what it received, its inbound limit
+# and what its budget counts
+inbound_class_json: Callable[[ClassView], dict[str, Any]] = dict_maker(
+    "inbound_class_json",
+    (
+        (json_key(attr), f"o.{attr}")
+        for attr in (
+            "used_bytes",
+            "in_used_bytes",
+            "limit_bytes",
+            "threshold_bytes",
+            "ceil_bps",
+            "in_limit_bps",
+            "direction",
+            "capped",
+            "notified",
+        )
+    ),
+)
 
 
-def ledger_entry_json(name: str, entry: LedgerEntry) -> dict[str, Any]:
+def _classes_json(views: Iterable[ClassView], inbound: bool = False) -> dict[str, Any]:
+    maker = inbound_class_json if inbound else class_json
+    return {v.traffic_class: maker(v) for v in views}
+
+
+def ledger_entry_json(name: str, entry: LedgerEntry, inbound: bool = False) -> dict[str, Any]:
     """A ledger entry: ``name xid died_at expires_at`` and its classes (last applied ceils)."""
     st = entry.slice
     return {
@@ -179,7 +216,11 @@ def ledger_entry_json(name: str, entry: LedgerEntry) -> dict[str, Any]:
         "died_at": entry.died_s,
         "expires_at": entry.expires_s,
         "classes": _classes_json(
-            class_view(st.cls(tc), tc, last_applied_bps(st.cls(tc))) for tc in TRAFFIC_CLASSES
+            (
+                class_view(st.cls(tc), tc, last_applied_bps(st.cls(tc)), inbound)
+                for tc in TRAFFIC_CLASSES
+            ),
+            inbound,
         ),
     }
 
@@ -195,12 +236,14 @@ def status_json(
     only: StatusFilter = ALL,
     *,
     units: Mapping[str, str] | None = None,
+    inbound: bool = False,
 ) -> dict[str, Any]:
     """``status --json``: ``{"slices": [...], "ledger": [...]}`` as in docs/interfaces.md,
     the slices and ledger entries ``only`` keeps.
 
     With ``units`` (cgroup tenants: slice name -> unit), each slice also has ``unit``
-    (null for a slice that is no cgroup's).
+    (null for a slice that is no cgroup's). With ``inbound`` (inbound accounting on),
+    each class also has ``in_used_bytes``, ``in_limit`` and ``direction``.
     """
     return {
         "slices": [
@@ -210,12 +253,12 @@ def status_json(
                 "xid": v.xid,
                 "period_start": v.period_start_s,
                 "period_end": v.period_end_s,
-                "classes": _classes_json(v.classes),
+                "classes": _classes_json(v.classes, inbound),
             }
-            for v in slice_views(state, snapshot, only)
+            for v in slice_views(state, snapshot, only, inbound)
         ],
         "ledger": [
-            ledger_entry_json(name, entry)
+            ledger_entry_json(name, entry, inbound)
             for name, entry in ledger_entries(state)
             if only.keeps(name, entry.slice.default.capped or entry.slice.exempt.capped)
         ],
@@ -290,15 +333,18 @@ def status_table(
     fit: bool = True,
     only: StatusFilter = ALL,
     units: Mapping[str, str] | None = None,
+    inbound: bool = False,
 ) -> str:
     """``status``: a row per slice class of the slices ``only`` keeps, capped slices first.
 
     With ``fit`` (a terminal), within STATUS_WIDTH columns: long slice names are cut
     (``show`` has the whole name); without (a pipe), names are whole, for grep.
     ``colour`` marks capped classes in red. With ``units`` (cgroup tenants: slice
-    name -> unit) a UNIT column follows the name.
+    name -> unit) a UNIT column follows the name. With ``inbound`` (inbound accounting
+    on) USED is what the budget counts (its direction follows the class: ``default
+    in``), and RECEIVED and IN LIMIT follow the ceil.
     """
-    views = slice_views(state, snapshot, only)
+    views = slice_views(state, snapshot, only, inbound)
     missing = "-" if snapshot is None else "no class"  # a cycle will create it
     lines = [state_age(state.saved_s, now_s)]
     if not views:
@@ -321,6 +367,13 @@ def status_table(
             for c in v.classes
         ]
         header = STATUS_HEADER
+        if inbound:
+            at = STATUS_HEADER.index("CEIL") + 1
+            header = (*STATUS_HEADER[:at], "RECEIVED", "IN LIMIT", *STATUS_HEADER[at:])
+            classes = [c for v in views for c in v.classes]
+            for row, c in zip(rows, classes, strict=True):
+                row[2] = f"{c.traffic_class} {c.direction}"
+                row[at:at] = [human_size(c.in_used_bytes), ceil_text(c.in_limit_bps)]
         if units is not None:
             header = (STATUS_HEADER[0], "UNIT", *STATUS_HEADER[1:])
             whole = [units.get(v.name, "-") for v in views]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bwenforcer.core.model import DesiredSet, LedgerEntry, State, ledger_xids
@@ -80,6 +80,9 @@ cycles = st.lists(
 
 @settings(max_examples=60, deadline=None)
 @given(cycles)
+# a rename onto another xid re-sorts the ledger by expiry: the xids' names follow its order
+@example([({"a", "b", "c"}, 0, 60), ({"a", "b", "c", "d"}, 0, 60), (set(), 0, 60),
+          ({"c"}, 1, 60), (set(), 0, 60)])  # fmt: skip
 def test_the_index_handed_on_is_the_ledger_s_own(steps: list[tuple[set[str], int, int]]) -> None:
     state, now = State(), T0
     for live, scheme, step in steps:

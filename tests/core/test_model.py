@@ -15,7 +15,7 @@ from bwenforcer.core.model import (
     SliceState,
     fast_init,
 )
-from bwenforcer.core.plan import CreateClass, Notify, SetRates
+from bwenforcer.core.plan import CreateClass, Notify, SetInboundLimit, SetRates
 
 POLICY = ClassPolicy(10, 8, 1, 2, 1)
 RATES = ClassRates(8_000, 16_000, 2)
@@ -23,11 +23,12 @@ SAMPLES = {
     ClassRates: (8_000, 16_000, 2),
     KernelClass: (RATES, 123),
     KernelSlice: (7, KernelClass(RATES, 1), None),
-    ClassState: (POLICY, 5, 6, 7, True, False, 5000, "due", (1, 2), 8),
+    ClassState: (POLICY, 5, 6, 7, True, False, 5000, "due", (1, 2), 8, 9, 10, 11),
     SliceState: ("pl_a", 7, 1, 2, ClassState(POLICY), ClassState(POLICY, 1)),
     CreateClass: ("pl_a", 7, "default", RATES, "new"),
     SetRates: ("pl_a", 7, "exempt", RATES, ClassRates(8_000, 24_000, 1)),
     Notify: ("pl_a", 7, ("default",), "share", 8000),
+    SetInboundLimit: ("pl_a", 7, "default", None, 16_000),
 }
 
 

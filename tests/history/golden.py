@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 
 from bwenforcer.core.settings import HistoryConfig
-from bwenforcer.history.format import encode_slice, last_hour
+from bwenforcer.history.format import last_hour
 from bwenforcer.history.journal import encode_cycle, journal_header
 from bwenforcer.history.usage import DAY_S, HOUR_S, CycleUsage, History
 
@@ -92,33 +92,53 @@ def encode_v1(history: History) -> bytes:
         raw = name.encode()
         parts.append(struct.pack("<B", len(raw)) + raw)
         parts.append(struct.pack("<III", len(sh.hours), len(sh.days), len(sh.months)))
-        parts.extend(_HOUR.pack(k, *row) for k, row in sh.hours.items())
+        # version 1 records carry no received bytes
+        parts.extend(_HOUR.pack(k, *row[:4]) for k, row in sh.hours.items())
         for tier in (sh.days, sh.months):
-            parts.extend(_DAY.pack(k, *row) for k, row in tier.items())
+            parts.extend(_DAY.pack(k, *row[:5]) for k, row in tier.items())
     body = b"".join(parts)
     return _HEADER.pack(b"BWHS", 1, history.generation, len(slices), zlib.crc32(body)) + body
 
 
 _HEADER_V2 = struct.Struct("<4sHHIQI")
-_PLACE = struct.Struct("<QII")
 
 
-def encode_v2(history: History) -> bytes:
-    """A format version 2 file of ``history``: blocks as the current version's, after a
-    24-byte header without a checksum of its own.
+def encode_v2(history: History, version: int = 2) -> bytes:
+    """A format version 2 file of ``history`` (records without received bytes, month
+    sums, an index, a 24-byte header without a checksum of its own), or with
+    ``version`` 4 the same after a 28-byte header with its checksum: the layouts
+    before version 5.
     """
-    blocks, index, offset = [], [], _HEADER_V2.size
+    from bwenforcer.history.usage import month_sums
+
+    head = _HEADER_V2.size + (4 if version == 4 else 0)
+    blocks, index = [], []
+    offset = head
     for name, sh in history.slice_items():
-        block = encode_slice(name, sh)
         raw = name.encode()
+        sums = month_sums(sh.days, sh.hours)
+        body = b"".join((
+            struct.pack("<B", len(raw)) + raw,
+            struct.pack("<IIII", len(sh.hours), len(sh.days), len(sh.months), len(sums)),
+            *(_HOUR.pack(k, *row[:4]) for k, row in sh.hours.items()),
+            *(_DAY.pack(k, *row[:5]) for tier in (sh.days, sh.months, sums)
+              for k, row in tier.items()),
+        ))  # fmt: skip
+        block = struct.pack("<I", zlib.crc32(body)) + body
         index.append(
-            struct.pack("<B", len(raw)) + raw + _PLACE.pack(offset, len(block), last_hour(sh))
+            struct.pack("<B", len(raw))
+            + raw
+            + struct.pack("<QII", offset, len(block), last_hour(sh))
         )
         blocks.append(block)
         offset += len(block)
-    table = b"".join(index)
-    header = _HEADER_V2.pack(b"BWHS", 2, history.generation, len(index), offset, zlib.crc32(table))
-    return header + b"".join(blocks) + table
+    idx = b"".join(index)
+    header = _HEADER_V2.pack(
+        b"BWHS", version, history.generation, len(index), offset, zlib.crc32(idx)
+    )
+    if version == 4:
+        header += struct.pack("<I", zlib.crc32(header))
+    return header + b"".join(blocks) + idx
 
 
 def write(path: Path) -> None:

@@ -43,11 +43,12 @@ def big_history() -> History:
     first_hour = (NOW_S - 15 * DAY_S) // DAY_S * 24
     for i in range(SLICES):
         sh = SliceHistory()
-        sh.hours = {h: [rng.randrange(2**40), rng.randrange(2**30), 300, 0]
+        sh.hours = {h: [rng.randrange(2**40), rng.randrange(2**30), 300, 0, 0, 0]
                     for h in range(first_hour, NOW_S // HOUR_S)}  # fmt: skip
         first_day = first_hour // 24 - 300
         sh.days = {
-            d: [rng.randrange(2**44), 7, 2**40, 0, 600] for d in range(first_day, first_hour // 24)
+            d: [rng.randrange(2**44), 7, 2**40, 0, 600, 0, 0]  # v1 files receive nothing
+            for d in range(first_day, first_hour // 24)
         }
         slices[f"pl_{i:04d}"] = sh
     return History.from_slices(slices, 9)
@@ -56,7 +57,7 @@ def big_history() -> History:
 def write_journal(path: Path, generation: int) -> None:
     cycles = [
         [
-            CycleUsage(f"pl_{i:04d}", 1000 + i, 5, i % 3 == 0, False)
+            CycleUsage(f"pl_{i:04d}", 1000 + i, 5, i % 3 == 0, False, 70 + i, 0)
             for i in range(0, SLICES + 20, 2)
         ]
         for _ in range(4)

@@ -261,7 +261,7 @@ def test_documented_bound_matches_the_constant() -> None:
     assert max_bytes_per_slice(HistoryConfig()) == MAX_BYTES_PER_SLICE
     per_year = re.search(r"at most ([\d,]+) bytes per slice for the first year", doc)
     assert per_year is not None
-    assert int(per_year.group(1).replace(",", "")) == 548 + 384 * 28 + 365 * 36 + 14 * 36
+    assert int(per_year.group(1).replace(",", "")) == 548 + 384 * 44 + 365 * 52 + 14 * 52
     assert max_bytes_per_slice(SHORT) < MAX_BYTES_PER_SLICE
 
 

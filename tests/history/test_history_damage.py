@@ -118,7 +118,7 @@ def test_a_version_2_file_is_read_and_folded_into_the_current_version(tmp_path: 
     expected = totals(read_history(str(path)))
     assert expected == totals(history)
     fold_history(str(path), 0xFFFF, None)
-    assert int.from_bytes(path.read_bytes()[4:6], "little") == FORMAT_VERSION == 4
+    assert int.from_bytes(path.read_bytes()[4:6], "little") == FORMAT_VERSION == 5
     assert file_generation(str(path)) == golden.GENERATION + 1
     assert totals(read_history(str(path))) == expected
     assert not Path(journal_path(str(path))).exists()
@@ -158,3 +158,26 @@ def test_a_fold_goes_on_when_the_damaged_file_cannot_be_kept(
     }  # fmt: skip
     assert any("kept as nowhere (cannot link it" in r.getMessage() for r in caplog.records)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h", "h.journal"]
+
+
+def test_a_damaged_slice_of_a_version_4_file_is_skipped_alone_by_the_fold(
+    tmp_path: Path,
+) -> None:
+    """A version 4 file (a header checksum, records without received bytes): a damaged
+    block is skipped alone, the others are widened and written as the current version."""
+    path = tmp_path / "h"
+    history = History()
+    history.record(T0, 300, [CycleUsage(n, 1000 * (i + 1), i, False, False)
+                             for i, n in enumerate(("pl_a", "pl_b", "pl_c"))])  # fmt: skip
+    path.write_bytes(golden.encode_v2(history, 4))
+    with HistoryFile(path.open("rb"), str(path), path.stat().st_size) as hf:
+        assert hf.version == 4 and not hf.packed
+        hf.check()
+    assert totals(read_history(str(path))) == {
+        "pl_a": (1000, 0), "pl_b": (2000, 1), "pl_c": (3000, 2)
+    }  # fmt: skip
+    flip_in_block(path, "pl_b")
+    folded = fold_history(str(path), 0xFFFF, None, lambda: STAMP_S)
+    assert folded.damaged == ("pl_b",)
+    assert int.from_bytes(path.read_bytes()[4:6], "little") == FORMAT_VERSION
+    assert totals(read_history(str(path))) == {"pl_a": (1000, 0), "pl_c": (3000, 2)}

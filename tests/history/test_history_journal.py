@@ -15,7 +15,7 @@ from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.errors import UnsafePath
 from bwenforcer.history.decode import decode_history
 from bwenforcer.history.fold import save_history
-from bwenforcer.history.journal import encode_cycle, journal_path
+from bwenforcer.history.journal import JOURNAL_VERSION, encode_cycle, journal_path
 from bwenforcer.history.reader import read_history
 from bwenforcer.history.recorder import HistoryRecorder
 from bwenforcer.history.usage import CycleUsage, History
@@ -25,10 +25,10 @@ DAY = 86400
 CFG = HistoryConfig()
 
 
-def totals(history: History, by: str = "day") -> list[tuple[str, int, int, int, int, int]]:
+def totals(history: History, by: str = "day") -> list[tuple[int | str, ...]]:
     return [
         (r.slice_name, r.bucket_start_s, r.default_bytes, r.exempt_bytes,
-         r.capped_default_s, r.capped_exempt_s)
+         r.capped_default_s, r.capped_exempt_s, r.in_default_bytes, r.in_exempt_bytes)
         for r in history.report(by)  # type: ignore[arg-type]
     ]  # fmt: skip
 
@@ -57,8 +57,8 @@ def test_a_cycle_appends_one_record_and_leaves_the_history_file_alone(tmp_path: 
     assert journal.read_bytes()[8:] == first + second
     got = read_history(str(path))
     assert totals(got) == [
-        ("pl_a", T0 // DAY * DAY, 150, 1, 0, 0),
-        ("pl_b", T0 // DAY * DAY, 5, 0, 0, 0),
+        ("pl_a", T0 // DAY * DAY, 150, 1, 0, 0, 0, 0),
+        ("pl_b", T0 // DAY * DAY, 5, 0, 0, 0, 0, 0),
     ]
 
 
@@ -151,7 +151,8 @@ cycles = st.lists(
         st.integers(min_value=60, max_value=DAY // 2),  # time to the next cycle
         st.lists(
             st.tuples(st.sampled_from(["pl_a", "pl_b", "pl_c"]), st.integers(0, 10**12),
-                      st.integers(0, 10**9), st.booleans()),
+                      st.integers(0, 10**9), st.booleans(),
+                      st.integers(0, 10**12), st.integers(0, 10**9)),  # received
             max_size=3,
         ),
     ),
@@ -162,7 +163,7 @@ cycles = st.lists(
 @settings(max_examples=40, deadline=None)
 @given(cycles, st.integers(min_value=200, max_value=5000))
 def test_recorded_through_the_journal_equals_recorded_in_memory(
-    tmp_path_factory: object, fed: list[tuple[int, list[tuple[str, int, int, bool]]]],
+    tmp_path_factory: object, fed: list[tuple[int, list[tuple[str, int, int, bool, int, int]]]],
     fold_min_bytes: int,
 ) -> None:  # fmt: skip
     path = str(tmp_path_factory.mktemp("j") / "h")  # type: ignore[attr-defined]
@@ -171,7 +172,9 @@ def test_recorded_through_the_journal_equals_recorded_in_memory(
     recorder = HistoryRecorder(path, CFG, fold_min_bytes=fold_min_bytes)
     for step, rows in fed:
         now += step
-        cycle = [CycleUsage(name, d, e, capped, False) for name, d, e, capped in rows]
+        cycle = [
+            CycleUsage(name, d, e, capped, False, rd, re) for name, d, e, capped, rd, re in rows
+        ]
         reference.record(now, 300, cycle)
         if step % 3 == 0:
             recorder = HistoryRecorder(path, CFG, fold_min_bytes=fold_min_bytes)  # a restart
@@ -204,7 +207,7 @@ def test_a_version_1_journal_left_by_an_upgrade_is_folded_in_not_lost(tmp_path: 
     HistoryRecorder(str(path), CFG).record(T0 + 300, 300, usage(("pl_a", 5, 0)), base_s=T0)
     assert totals(read_history(str(path)))[0][2:4] == (75, 1)
     journal = Path(journal_path(str(path))).read_bytes()
-    assert journal[4:6] == struct.pack("<H", 2)  # the new journal is of this version
+    assert journal[4:6] == struct.pack("<H", JOURNAL_VERSION)  # the new journal is this version
 
 
 def test_the_record_of_a_cycle_whose_state_was_never_saved_is_dropped(tmp_path: Path) -> None:

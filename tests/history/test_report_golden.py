@@ -83,26 +83,46 @@ def test_reports_equal_the_golden_ones_after_the_fold_to_the_current_version(
     last_s = golden.END_S + golden.JOURNAL_CYCLES * 600  # same UTC day: nothing rolls up
     HistoryRecorder(history_file, HistoryConfig()).fold(last_s)
     data = Path(history_file).read_bytes()
-    assert int.from_bytes(data[4:6], "little") == FORMAT_VERSION == 4
+    assert int.from_bytes(data[4:6], "little") == FORMAT_VERSION == 5
     assert Path(f"{history_file}.journal").stat().st_size == 8  # folded in: empty
     assert digests(cfg) == json.loads(GOLDEN.read_text())
 
 
-@pytest.mark.parametrize("version", [2, 4])
+@pytest.mark.parametrize("version", [2, 4, 5])
 def test_reports_equal_the_golden_ones_from_an_indexed_file_and_its_journal(
     tmp_path: Path, version: int
 ) -> None:
-    """By month an indexed file (version 2, or 4 with its header's checksum) is read
-    from its months and month sums alone, with the journal's hours added to them
-    (some of them hours the file has too)."""
+    """An indexed file (version 2; 4 with its header's checksum; 5 with the bytes
+    received too) is read with the journal's hours added (some of them hours the file
+    has too); by month a version 5 file is read from its months and month sums alone.
+    """
     from bwenforcer.history.fold import save_history
 
     cfg = make_config(tmp_path)
     history_file = load_config(str(cfg)).history_file
     history, _ = golden.build()
-    if version == 2:
-        Path(history_file).write_bytes(golden.encode_v2(history))
-    else:
+    if version == 5:
         save_history(history, history_file)  # the same generation: the journal extends it
+    else:
+        Path(history_file).write_bytes(golden.encode_v2(history, version))
     assert int.from_bytes(Path(history_file).read_bytes()[4:6], "little") == version
+    assert digests(cfg) == json.loads(GOLDEN.read_text())
+
+
+@pytest.mark.parametrize("version", [2, 4])
+def test_reports_equal_the_golden_ones_from_an_older_file_and_after_its_fold(
+    tmp_path: Path, version: int
+) -> None:
+    """A version 2 or 4 file (before received bytes) is read with its records widened
+    (0 received), and the next fold writes it as version 5: the same reports."""
+    from bwenforcer.core.settings import HistoryConfig
+    from bwenforcer.history.recorder import HistoryRecorder
+
+    cfg = make_config(tmp_path)
+    history_file = load_config(str(cfg)).history_file
+    history, _ = golden.build()
+    Path(history_file).write_bytes(golden.encode_v2(history, version))
+    assert digests(cfg) == json.loads(GOLDEN.read_text())
+    HistoryRecorder(history_file, HistoryConfig()).fold(golden.END_S + golden.JOURNAL_CYCLES * 600)
+    assert int.from_bytes(Path(history_file).read_bytes()[4:6], "little") == 5
     assert digests(cfg) == json.loads(GOLDEN.read_text())

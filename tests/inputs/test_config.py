@@ -212,6 +212,20 @@ def test_every_key() -> None:
             },
             "t.yaml: cgroups.tenants[0].defaults.exempt.pacing: false needs a tier or taper below",
         ),
+        (
+            {
+                "inbound": {"enabled": True},
+                "classifier": {"mode": "cgroup"},
+                "defaults": {"window": "7d"},
+                "cgroups": {
+                    "tenants": [
+                        {"match": "*.scope", "defaults": {"default": {"direction": "both"}}}
+                    ]
+                },
+            },
+            "t.yaml: cgroups.tenants[0].defaults.default.direction: 'both' counts received bytes:"
+            " a rolling window (defaults.window) counts sent bytes alone",
+        ),
     ],
 )
 def test_errors_name_the_key_path(data: object, message: str) -> None:
@@ -577,3 +591,43 @@ def test_the_readme_examples_of_tiers_and_of_a_rolling_window() -> None:
     assert rule_ceil(rule, 76 * 2**30, 0, 1)[1:] == (50_000_000, "tier 75%")
     assert rule_ceil(rule, 101 * 2**30, 0, 1)[1:] == (2_000_000, "tier 100%")
     assert rule_ceil(rule, 74 * 2**30, 0, 1)[2] == ""
+
+
+def test_inbound_is_off_by_default_and_a_direction_counting_it_needs_it_on() -> None:
+    assert not parse_config({}, "c.yaml").inbound.enabled
+    assert parse_config({}, "c.yaml").defaults["default"].direction == "out"
+    on = parse_config(
+        {"inbound": {"enabled": True}, "defaults": {"exempt": {"direction": "both"}}}, "c.yaml"
+    )
+    assert on.inbound.enabled and on.defaults["exempt"].direction == "both"
+    with pytest.raises(ConfigError) as info:
+        parse_config({"defaults": {"default": {"direction": "in"}}}, "c.yaml")
+    assert str(info.value) == (
+        "c.yaml: defaults.default.direction: 'in' counts received bytes:"
+        " it needs inbound.enabled: true"
+    )
+    with pytest.raises(ConfigError, match=r"c.yaml: defaults.default.direction: 'up' is not"):
+        parse_config({"defaults": {"default": {"direction": "up"}}}, "c.yaml")
+    with pytest.raises(ConfigError, match=r"c.yaml: inbound.enabled: 'yes' is not true or false"):
+        parse_config({"inbound": {"enabled": "yes"}}, "c.yaml")
+    with pytest.raises(
+        ConfigError, match=r"c.yaml: inbound: unknown key 'shaping'|inbound.shaping"
+    ):
+        parse_config({"inbound": {"shaping": True}}, "c.yaml")
+
+
+def test_a_rolling_window_over_received_bytes_is_refused() -> None:
+    """The ring counts sent bytes alone: a default window with a budget counting in or
+    both is one line naming the direction's key."""
+    on = {"inbound": {"enabled": True}}
+    cfg = parse_config({**on, "defaults": {"window": "7d"}}, "c.yaml")
+    assert cfg.window_s == 7 * 86400 and cfg.defaults["default"].direction == "out"
+    for direction in ("in", "both"):
+        with pytest.raises(ConfigError) as info:
+            parse_config(
+                {**on, "defaults": {"window": "7d", "exempt": {"direction": direction}}}, "c.yaml"
+            )
+        assert str(info.value) == (
+            f"c.yaml: defaults.exempt.direction: {direction!r} counts received bytes:"
+            " a rolling window (defaults.window) counts sent bytes alone"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bwenforcer.core.layout import MAX_SHARE
-from bwenforcer.core.settings import ClassDefaults, Config
+from bwenforcer.core.settings import ClassDefaults, Config, InboundConfig
 from bwenforcer.errors import SliceError
 from bwenforcer.inputs import plc
 from bwenforcer.inputs.plc import SLIVERMANAGER_NET_DEFAULTS, from_plc_slivers
@@ -760,6 +761,40 @@ def test_notices_come_from_the_defaults_or_the_rspec_in_canonical_text() -> None
     assert exempt.notices == "12.5%,80%,lifted" and origin["net_i2_notices"] == "rspec"
     with pytest.raises(SliceError, match="slice pl_a: net_notices: notice 1: 'soon' is not"):
         resolve_policy("pl_a", {"net_notices": "soon"}, cfg)
+
+
+def test_the_budgets_direction_per_slice_and_class_over_the_config_default() -> None:
+    cfg = Config(
+        node_cap_bps=10_000_000,
+        bwmax_bps=100_000_000,
+        defaults={
+            "default": ClassDefaults(limit_bytes=10**9, direction="both"),
+            "exempt": ClassDefaults(limit_bytes=10**9),
+        },
+    )
+    default, exempt, origin = resolve_policy("pl_a", {}, cfg)
+    assert (default.direction, exempt.direction) == ("both", "out")
+    assert origin["net_direction"] == "defaults"
+    default, exempt, origin = resolve_policy(
+        "pl_a", {"net_direction": "in", "net_i2_direction": " Both "}, cfg
+    )
+    assert (default.direction, exempt.direction) == ("in", "both")
+    assert origin["net_i2_direction"] == "rspec"
+    with pytest.raises(SliceError) as info:
+        resolve_policy("pl_a", {"net_i2_direction": "down"}, cfg)
+    assert str(info.value) == "slice pl_a: net_i2_direction: down is not out, in or both"
+
+
+def test_a_slices_rolling_window_over_received_bytes_is_refused() -> None:
+    cfg = dataclasses.replace(Config(), inbound=InboundConfig(enabled=True))
+    default, _, _ = resolve_policy("pl_a", {"net_window": "7d", "net_i2_direction": "out"}, cfg)
+    assert default.window_s == 7 * 86400
+    with pytest.raises(SliceError) as info:
+        resolve_policy("pl_a", {"net_window": "7d", "net_i2_direction": "both"}, cfg)
+    assert str(info.value) == (
+        "slice pl_a: net_i2_direction: 'both' counts received bytes;"
+        " a rolling window (net_window) counts sent bytes alone"
+    )
 
 
 def test_a_rollover_comes_from_the_defaults_or_the_rspec_as_a_bound_in_bytes() -> None:

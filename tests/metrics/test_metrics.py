@@ -506,3 +506,47 @@ def test_carried_bytes_are_a_gauge_per_class() -> None:
         'bwenforcer_slice_carried_bytes{class="default",slice="pl_b",xid="2"} 0.0',
         'bwenforcer_slice_carried_bytes{class="exempt",slice="pl_b",xid="2"} 0.0',
     }
+
+
+def test_inbound_on_adds_families_labelled_by_direction_and_keeps_the_old_series() -> None:
+    """With inbound accounting on, both directions per slice class in two families with a
+    ``direction`` label; the families of today keep their series (what is sent)."""
+    import dataclasses
+
+    from bwenforcer.core.inbound import InboundSnapshot
+
+    params = dataclasses.replace(PARAMS, inbound=True)
+    pol = dataclasses.replace(want("pl_a", 10).default, direction="in")
+    wanted = dataclasses.replace(want("pl_a", 10), default=pol)
+    p1 = plan(desired(wanted), snapshot(), State(), params, T0, inbound=InboundSnapshot())
+    p2 = plan(
+        desired(wanted),
+        snapshot(kslice(10, 5_000)),
+        p1.state,
+        params,
+        T0 + 60,
+        inbound=InboundSnapshot({(10, "default"): 900_000, (10, "exempt"): 0}),
+    )
+    metrics = AgentMetrics()
+    metrics.observe(CycleResult(T0 + 60, 0.04, p2, Outcome(p2.state)))
+    text = generate_latest(metrics.registry()).decode()
+    assert exposition(metrics) == text
+    assert _promtool(text).returncode == 0, _promtool(text).stdout
+    limit = p2.state.slices[10].default.in_limit_bps / 8
+    assert (
+        'bwenforcer_slice_transferred_bytes{class="default",direction="in",slice="pl_a",xid="10"}'
+        " 900000.0" in text
+    )
+    assert (
+        'bwenforcer_slice_transferred_bytes{class="default",direction="out",slice="pl_a",xid="10"}'
+        " 5000.0" in text
+    )
+    assert (
+        'bwenforcer_slice_rate_limit_bytes_per_second{class="default",direction="in",'
+        f'slice="pl_a",xid="10"}} {limit}' in text
+    )
+    assert 'rate_limit_bytes_per_second{class="exempt",direction="in"' not in text  # none
+    assert 'bwenforcer_slice_used_bytes{class="default",slice="pl_a",xid="10"} 5000.0' in text
+    off = AgentMetrics()
+    off.observe(_result())
+    assert "direction" not in exposition(off)

@@ -181,6 +181,8 @@ def test_grafana_dashboard_queries_our_metrics_in_valid_promql(tmp_path: Path) -
         "bwenforcer_cycle_duration_seconds_bucket",
         "bwenforcer_cycles_total",
         "bwenforcer_notifications_total",
+        "bwenforcer_slice_transferred_bytes",  # both directions, with inbound on
+        "bwenforcer_slice_rate_limit_bytes_per_second",
     ):
         assert name in exprs
 

@@ -105,6 +105,28 @@ def before_v7(view: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
+_V9_KEYS = ("in_used_bytes", "in_last_counter_bytes", "in_limit_bps", "direction")
+
+
+def before_v9(view: dict[str, Any]) -> dict[str, Any]:
+    """A state's view form without schema 8's keys (inbound usage and the budget's
+    direction), as schema 7 and before wrote a class (changed in place, and returned).
+    """
+    slices = [*view["slices"].values(), *(e["slice"] for e in view["ledger"].values())]
+    for sl in slices:
+        for cls in sl["classes"].values():
+            for key in _V9_KEYS:
+                del cls[key]
+    return view
+
+
+def before_v6(view: dict[str, Any]) -> dict[str, Any]:
+    """A state's view form as schema 5 and before wrote it: without the keys of the
+    rolling windows (6), the notices (7) and inbound accounting (8).
+    """
+    return before_v9(before_v7(before_windows(view)))
+
+
 def without_notices(state: State) -> State:
     """``state`` with no early notices asked for or told and no rollover (what schema 6
     knew).
@@ -154,6 +176,7 @@ def class_states(draw: st.DrawFn, window_s: int = 0) -> ClassState:
             pacing=draw(st.booleans()),
             window_s=window_s,
             notices=draw(NOTICES),
+            direction=draw(st.sampled_from(["out", "in", "both"])),
         ),
         sum(ring) if window_s else draw(counts),
         draw(counts),
@@ -163,6 +186,28 @@ def class_states(draw: st.DrawFn, window_s: int = 0) -> ClassState:
         draw(st.integers(0, 100_000)),
         draw(st.sampled_from(["", "due", "sent"])),
         ring,
+        draw(counts),
+        draw(counts),
+        draw(counts),
+    )
+
+
+def without_inbound(state: State) -> State:
+    """``state`` as a file before schema 8 would hold it: nothing received, budgets out."""
+
+    def cls(cs: ClassState) -> ClassState:
+        policy = dataclasses.replace(cs.policy, direction="out")
+        return dataclasses.replace(
+            cs, policy=policy, in_used_bytes=0, in_last_counter_bytes=0, in_limit_bps=0
+        )
+
+    def sl(st: SliceState) -> SliceState:
+        return dataclasses.replace(st, default=cls(st.default), exempt=cls(st.exempt))
+
+    return dataclasses.replace(
+        state,
+        slices={x: sl(st) for x, st in state.slices.items()},
+        ledger={n: dataclasses.replace(e, slice=sl(e.slice)) for n, e in state.ledger.items()},
     )
 
 
@@ -221,7 +266,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 8
+    assert data["schema_version"] == SCHEMA_VERSION == 9
     assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
@@ -238,6 +283,9 @@ def test_json_layout_is_the_documented_one() -> None:
         "notice_bp": 0,
         "lift": "",
         "carried_bytes": 0,
+        "in_used_bytes": 0,
+        "in_last_counter_bytes": 0,
+        "in_limit_bps": 0,
         "limit_bytes": 5_000_000,
         "threshold_bytes": 4_000_000,
         "min_rate_bps": 8_000,
@@ -249,12 +297,13 @@ def test_json_layout_is_the_documented_one() -> None:
         "window_s": 0,
         "notices": "",
         "rollover_bytes": 0,
+        "direction": "out",
     }
     assert (data["grants"], data["audit"]) == (0, [])
     assert data["ledger"] == {
         "policies": [
-            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True, 0, "", 0],
-            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True, 0, "", 0],
+            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True, 0, "", 0, "out"],
+            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True, 0, "", 0, "out"],
         ],
         "entries": {
             "pl_dead0": [
@@ -262,8 +311,8 @@ def test_json_layout_is_the_documented_one() -> None:
                 3000,
                 NOW_S - 3600,
                 NOW_S + 82_800,
-                [99, 990, 2_000_000, True, False, [], 0, "", 0, 0],
-                [7, 77, 0, False, False, [], 0, "", 0, 1],
+                [99, 990, 2_000_000, True, False, [], 0, "", 0, 0, 0, 0, 0],
+                [7, 77, 0, False, False, [], 0, "", 0, 0, 0, 0, 1],
             ]
         },
     }
@@ -410,6 +459,7 @@ _DOC_TYPES = {
     "str": "string",
     "name": "string",
     "tiers": "string",
+    "direction": "string",
     "taper": "string",
     "window": "int",
     "buckets": "list",
@@ -449,7 +499,7 @@ def test_the_documented_key_table_is_the_state_table() -> None:
 
 
 def before_windows(data: dict[str, Any]) -> dict[str, Any]:
-    """A ``state show --json`` document as schemas before 8 wrote it: no class has a
+    """A ``state show --json`` document as schemas before 6 wrote it: no class has a
     ``buckets`` or a ``window_s`` (``data`` changed in place).
     """
     slices = [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]
@@ -461,7 +511,7 @@ def before_windows(data: dict[str, Any]) -> dict[str, Any]:
 
 def v0_document(state: State) -> dict[str, Any]:
     """What a schema-0 (pre-release) file looked like: no writer, older class key names."""
-    data = before_v7(before_windows(state_to_json(state, NOW_S, view=True)))
+    data = before_v6(state_to_json(state, NOW_S, view=True))
     data["schema_version"] = 0
     del data["writer"], data["grants"], data["audit"]
     slices = [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]
@@ -868,9 +918,10 @@ def test_a_ledger_entry_round_trips_every_field_in_its_compact_form(
         assert dataclasses.astuple(entry) == dataclasses.astuple(state.ledger[name])
     # and through schema 4's form (state show --json), migrated
     if not any(e.slice.default.buckets for e in state.ledger.values()):  # schema 4 had none
-        v4 = before_v7(before_windows(state_to_json(state, now_s, view=True)))
+        v4 = before_v6(state_to_json(state, now_s, view=True))
         v4["schema_version"] = 4
-        assert state_from_json(v4, "state.json").ledger == without_notices(state).ledger
+        expected = without_inbound(without_notices(state)).ledger
+        assert state_from_json(v4, "state.json").ledger == expected
 
 
 def test_encoder_re_encodes_a_changed_slice_even_with_the_same_xid() -> None:
@@ -1033,7 +1084,7 @@ def test_any_saved_state_passes_check_and_loads(tmp_path_factory: Any, state: St
 
 
 def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
-    v1 = before_v7(before_windows(state_to_json(make_state(2), NOW_S, view=True)))
+    v1 = before_v6(state_to_json(make_state(2), NOW_S, view=True))
     del v1["resets"], v1["grants"], v1["audit"]
     v1["schema_version"] = 1
     for cls in v1["slices"]["1"]["classes"].values():
@@ -1045,7 +1096,7 @@ def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
 
 def test_migration_from_schema_2_knows_no_clock_reference() -> None:
     state = dataclasses.replace(make_state(2), boot_id="b1", boottime_s=50, clock_ref_s=NOW_S)
-    v2 = before_v7(before_windows(state_to_json(state, NOW_S, view=True)))
+    v2 = before_v6(state_to_json(state, NOW_S, view=True))
     state = dataclasses.replace(state, missing={1: NOW_S - 60})
     for key in ("boot_id", "boottime_s", "clock_ref_at", "missing"):
         del v2[key]
@@ -1058,7 +1109,7 @@ def test_migration_from_schema_2_knows_no_clock_reference() -> None:
 
 def test_migration_to_schema_4_paces_every_class_as_before() -> None:
     """Schema 3 had no tiers and no taper: every class, live or in the ledger, gets none."""
-    v3 = before_v7(before_windows(state_to_json(make_state(2), NOW_S, view=True)))
+    v3 = before_v6(state_to_json(make_state(2), NOW_S, view=True))
     v3["schema_version"] = next(k for k, f in MIGRATIONS.items() if f is _v3_to_v4)
     del v3["grants"], v3["audit"]
     for sl in [*v3["slices"].values(), *(e["slice"] for e in v3["ledger"].values())]:
@@ -1148,13 +1199,13 @@ BAD_ENTRIES = [
     ((0,), -1, f"{_ENTRY}[0]: expected a non-negative integer"),
     ((1,), 0x1000, f"{_ENTRY}[1]: 4096 out of range 0..4095"),
     ((3,), 0, f"{_ENTRY}[3]: before period_start"),
-    ((4,), {}, f"{_ENTRY}[4]: expected a list of 10 values"),
+    ((4,), {}, f"{_ENTRY}[4]: expected a list of 13 values"),
     ((4, 3), 1, f"{_ENTRY}[4][3]: expected true or false"),
     ((5, 0), "7", f"{_ENTRY}[5][0]: expected a non-negative integer"),
     ((5, 5), [1], f"{_ENTRY}[5][5]: expected [] or a list of 25 non-negative integers"),
     ((5, 5), [0] * 25, f"{_ENTRY}[5][5]: expected [] under a period (window_s 0)"),
     ((5, 8), -1, f"{_ENTRY}[5][8]: expected a non-negative integer"),
-    ((5, 9), 9, f"{_ENTRY}[5][9]: policy 9 not in the ledger's 2"),
+    ((5, 12), 9, f"{_ENTRY}[5][12]: policy 9 not in the ledger's 2"),
 ]
 
 
@@ -1208,7 +1259,7 @@ def test_a_ledger_entry_takes_at_most_200_bytes_at_typical_values() -> None:
 
 
 def test_a_schema_4_ledger_entry_not_shaped_as_one_is_named_after_migration() -> None:
-    v4 = before_v7(before_windows(state_to_json(make_state(1), NOW_S, view=True)))
+    v4 = before_v6(state_to_json(make_state(1), NOW_S, view=True))
     v4["schema_version"] = 4
     v4["ledger"]["pl_dead0"]["slice"]["name"] = "pl_other"
     with pytest.raises(StateCorrupt, match=r"ledger\.entries\.pl_dead0: expected a list of 6"):
@@ -1265,7 +1316,7 @@ def test_a_rolling_window_round_trips_through_the_file_and_its_compact_ledger() 
     assert data["slices"]["1"]["classes"]["default"]["buckets"] == [*[0] * (RING - 2), 5, 7]
     assert data["slices"]["1"]["classes"]["default"]["window_s"] == 30 * 86_400
     entry = data["ledger"]["entries"]["pl_dead0"]
-    assert entry[4][5] == [*[0] * (RING - 2), 5, 7] and data["ledger"]["policies"][0][-3] > 0
+    assert entry[4][5] == [*[0] * (RING - 2), 5, 7] and data["ledger"]["policies"][0][-4] > 0
     assert text == json.dumps(state_to_json(state, NOW_S), separators=(",", ":")).encode()
     assert state_from_json(data, "state.json") == saved(state)
 
@@ -1298,8 +1349,8 @@ def test_a_ledger_entry_whose_ring_does_not_fit_is_named_in_one_line() -> None:
         state_from_json(data, "state.json")
     data = state_to_json(windowed_state(), NOW_S)
     pol = data["ledger"]["policies"][1]
-    # window_s, then notices and rollover
-    data["ledger"]["policies"].append([*pol[:-3], 7200, *pol[-2:]])
+    # window_s, then notices, rollover and direction
+    data["ledger"]["policies"].append([*pol[:-4], 7200, *pol[-3:]])
     data["ledger"]["entries"]["pl_dead0"][5][-1] = 2  # the exempt class under another window
     with pytest.raises(StateCorrupt, match=r"pl_dead0\[5\]: a slice's classes have one window"):
         state_from_json(data, "state.json")
@@ -1313,11 +1364,11 @@ def test_migration_to_schema_6_puts_every_class_under_its_period_as_before() -> 
     for sl in v5["slices"].values():
         for cls in sl["classes"].values():
             del cls["buckets"], cls["window_s"]
-            for key in (*_V7_KEYS, *_V8_KEYS):
+            for key in (*_V7_KEYS, *_V8_KEYS, *_V9_KEYS):
                 del cls[key]
-    # the policies lose window_s, notices and rollover; a class its ring, notice marks and
-    # carried bytes
-    v5["ledger"]["policies"] = [p[:-3] for p in v5["ledger"]["policies"]]
+    # the policies lose window_s, notices, rollover and direction; a class its ring,
+    # notice marks, carried bytes and inbound values
+    v5["ledger"]["policies"] = [p[:-4] for p in v5["ledger"]["policies"]]
     for entry in v5["ledger"]["entries"].values():
         entry[4:] = [[*c[:5], c[-1]] for c in entry[4:]]
     before = copy.deepcopy(v5)
@@ -1334,9 +1385,9 @@ def test_migration_to_schema_7_knows_no_notices_told_or_asked_for() -> None:
     v5["schema_version"] = 5
     for sl in v5["slices"].values():
         for cls in sl["classes"].values():
-            for key in (*_V7_KEYS, *_V8_KEYS, "buckets", "window_s"):
+            for key in (*_V7_KEYS, *_V8_KEYS, *_V9_KEYS, "buckets", "window_s"):
                 del cls[key]
-    v5["ledger"]["policies"] = [p[:-3] for p in v5["ledger"]["policies"]]
+    v5["ledger"]["policies"] = [p[:-4] for p in v5["ledger"]["policies"]]
     for entry in v5["ledger"]["entries"].values():
         entry[4:] = [[*c[:5], c[-1]] for c in entry[4:]]
     before = copy.deepcopy(v5)
@@ -1354,11 +1405,11 @@ def test_migration_to_schema_8_carries_nothing_and_rolls_nothing_over() -> None:
     v7["schema_version"] = 7
     for sl in v7["slices"].values():
         for cls in sl["classes"].values():
-            for key in _V8_KEYS:
+            for key in (*_V8_KEYS, *_V9_KEYS):
                 del cls[key]
-    v7["ledger"]["policies"] = [p[:-1] for p in v7["ledger"]["policies"]]
+    v7["ledger"]["policies"] = [p[:-2] for p in v7["ledger"]["policies"]]
     for entry in v7["ledger"]["entries"].values():
-        entry[4:] = [[*c[:-2], c[-1]] for c in entry[4:]]
+        entry[4:] = [[*c[:8], c[-1]] for c in entry[4:]]
     before = copy.deepcopy(v7)
     migrated = MIGRATIONS[7](v7)
     assert v7 == before and migrated["schema_version"] == 8
@@ -1380,6 +1431,28 @@ def test_carried_bytes_and_the_rollover_bound_round_trip_live_and_in_the_ledger(
     text = StateEncoder().encode(state, NOW_S)
     data = json.loads(text)
     assert data["slices"]["1"]["classes"]["default"]["carried_bytes"] == 7_890
-    assert data["ledger"]["entries"]["pl_dead0"][4][-2] == 7_890
+    assert data["ledger"]["entries"]["pl_dead0"][4][-5] == 7_890  # carried, 3 inbound, policy
     loaded = state_from_json(data, "state.json")
     assert loaded.slices[1].default == cs and loaded.ledger["pl_dead0"].slice.default == cs
+
+
+def test_migration_to_schema_9_receives_nothing_and_counts_what_is_sent() -> None:
+    """A schema-8 file (live classes and compact ledger entries without inbound fields,
+    policies without a direction) loads with inbound usage 0 and every budget ``out``."""
+    v8 = state_to_json(make_state(2), NOW_S)
+    v8["schema_version"] = 8
+    for sl in v8["slices"].values():
+        for cls in sl["classes"].values():
+            for key in _V9_KEYS:
+                del cls[key]
+    v8["ledger"]["policies"] = [p[:-1] for p in v8["ledger"]["policies"]]
+    for entry in v8["ledger"]["entries"].values():
+        entry[4:] = [[*c[:9], c[-1]] for c in entry[4:]]
+    before = copy.deepcopy(v8)
+    migrated = MIGRATIONS[8](v8)
+    assert v8 == before and migrated["schema_version"] == 9
+    loaded = state_from_json(v8, "old.json")
+    assert loaded == saved(make_state(2))
+    for sl in [*loaded.slices.values(), *(e.slice for e in loaded.ledger.values())]:
+        for cs in (sl.default, sl.exempt):
+            assert (cs.in_used_bytes, cs.in_limit_bps, cs.policy.direction) == (0, 0, "out")

@@ -32,6 +32,7 @@ from bwenforcer.core.plan import (
     RemoveClasses,
     Revive,
     Rollover,
+    SetInboundLimit,
     SetRates,
 )
 from bwenforcer.core.planner import PlanParams, plan
@@ -42,7 +43,7 @@ from bwenforcer.store.codec import audit_dict, state_to_json
 from bwenforcer.views.explain import explain_json, explain_view
 from bwenforcer.views.plan import action_json, result_json
 from bwenforcer.views.policy import PolicyView, policy_json, policy_view
-from bwenforcer.views.report import row_json
+from bwenforcer.views.report import INBOUND_KEYS, row_json
 from bwenforcer.views.show import find_slice, show_json
 from bwenforcer.views.status import ledger_json, status_json
 from tests.cli.test_cli_inspect import write_config
@@ -166,6 +167,15 @@ KEYS = {
     "used_percent": "usage as a share of the limit",
     "rule": "the rule that sets the ceil",
     "writer": "state writer",
+    "in_used_bytes": "received this period",
+    "in_last_counter_bytes": "inbound counter seen last",
+    "in_delta_bytes": "received this cycle",
+    "in_limit": "inbound limit in force",
+    "in_old_limit": "inbound limit before the cycle",
+    "in_new_limit": "inbound limit after the cycle",
+    "direction": "what the budget counts",
+    "in_default_bytes": "received by the default class",
+    "in_exempt_bytes": "received by the exempt class",
     "kind": "which notice",
     "share_bp": "share a notice tells",
     "notice_bp": "highest share told",
@@ -217,6 +227,7 @@ ALL_ACTIONS = (
     NewPeriod("pl_a", 1, NOW, NOW + 86_400),
     Rollover("pl_a", 1, "default", 10**9),
     Notify("pl_a", 1, ("default", "exempt")),
+    SetInboundLimit("pl_a", 1, "default", None, 2_000_000),
 )
 
 
@@ -263,8 +274,13 @@ def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
             status_json(state, fixed_snapshot(), units={"pl_heavy": "heavy.scope"}),
             frozenset(),
         ),
+        "status (inbound)": (status_json(state, fixed_snapshot(), inbound=True), frozenset()),
         "ledger": (ledger_json(state), frozenset()),
         "show": (show_json(heavy_report(), NOW), frozenset({".origin"})),
+        "show (inbound)": (
+            show_json(replace(heavy_report(), inbound=True), NOW),
+            frozenset({".origin"}),
+        ),
         "show (cgroup)": (
             show_json(
                 replace(heavy_report(), unit="heavy.scope", cgroup="m.slice/heavy.scope"), NOW
@@ -272,6 +288,7 @@ def pure_documents() -> dict[str, tuple[Any, frozenset[str]]]:
             frozenset({".origin"}),
         ),
         "report": ([row_json(report)], frozenset()),
+        "report (inbound)": ([row_json(report, INBOUND_KEYS)], frozenset()),
         "policy": (policy_json(_policy_view()), frozenset()),
         "show, audit": (
             show_json(dataclasses.replace(heavy_report(), audit=AUDIT), NOW),
