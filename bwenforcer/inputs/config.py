@@ -16,6 +16,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bwenforcer.core.direction import DIRECTIONS
+from bwenforcer.core.inbound import INBOUND_MODES
 from bwenforcer.core.layout import MAX_SHARE, TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.policy import parse_taper, parse_tiers, taper_text, tiers_text
 from bwenforcer.core.settings import (
@@ -377,6 +378,12 @@ def parse_config(data: object, source: str) -> Config:
         source=source,
     )
     top.done()
+    if config.inbound.enabled and config.classifier.mode not in INBOUND_MODES:
+        raise top.error(
+            f"inbound needs classifier.mode {' or '.join(INBOUND_MODES)}"
+            f" (mode {config.classifier.mode} sets no conntrack mark a reply is known by)",
+            at="inbound.enabled",
+        )
     if not config.inbound.enabled:
         for tc in TRAFFIC_CLASSES:
             if config.defaults[tc].direction != "out":

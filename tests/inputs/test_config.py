@@ -450,7 +450,12 @@ def test_inbound_is_off_by_default_and_a_direction_counting_it_needs_it_on() -> 
     assert not parse_config({}, "c.yaml").inbound.enabled
     assert parse_config({}, "c.yaml").defaults["default"].direction == "out"
     on = parse_config(
-        {"inbound": {"enabled": True}, "defaults": {"exempt": {"direction": "both"}}}, "c.yaml"
+        {
+            "classifier": {"mode": "uid"},
+            "inbound": {"enabled": True},
+            "defaults": {"exempt": {"direction": "both"}},
+        },
+        "c.yaml",
     )
     assert on.inbound.enabled and on.defaults["exempt"].direction == "both"
     with pytest.raises(ConfigError) as info:
@@ -467,3 +472,14 @@ def test_inbound_is_off_by_default_and_a_direction_counting_it_needs_it_on() -> 
         ConfigError, match=r"c.yaml: inbound: unknown key 'shaping'|inbound.shaping"
     ):
         parse_config({"inbound": {"shaping": True}}, "c.yaml")
+
+
+@pytest.mark.parametrize("mode", ["nodemanager", "none"])
+def test_inbound_needs_a_classifier_that_marks_connections(mode: str) -> None:
+    data = {"classifier": {"mode": mode}, "inbound": {"enabled": True}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "t.yaml")
+    assert str(info.value) == (
+        f"t.yaml: inbound.enabled: inbound needs classifier.mode uid or cgroup (mode {mode}"
+        " sets no conntrack mark a reply is known by)"
+    )
