@@ -16,6 +16,10 @@ from bwenforcer.core.layout import TrafficClass
 
 ClassKey = tuple[int, TrafficClass]  # (xid, traffic class)
 
+# the classifier modes that set the conntrack mark an inbound packet is known by (the
+# node manager's marks and mode none mark packets only: their replies carry no mark)
+INBOUND_MODES = ("uid", "cgroup")
+
 
 @dataclass(frozen=True)
 class InboundSnapshot:

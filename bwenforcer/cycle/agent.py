@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from bwenforcer.kernel.cgroupwatch import CgroupWatcher
     from bwenforcer.kernel.classifier import CgroupClassifier
     from bwenforcer.kernel.htb import HtbBackend
+    from bwenforcer.kernel.inbound import InboundBackend
     from bwenforcer.store.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -184,8 +185,10 @@ class Agent:
     # classifier.mode cgroup: bind a known tenant's re-made cgroup between cycles
     # (kernel/cgroupwatch); for long-lived agents (daemon, node-manager thread)
     watch: bool = False
-    # the inbound (download) backend, used with ``inbound.enabled`` (None: none)
+    # the inbound (download) backend, used with ``inbound.enabled``; None: the
+    # nftables backend (kernel/inbound), opened on first use
     inbound: InboundPort | None = None
+    _inbound_backend: InboundBackend | None = field(default=None, init=False, repr=False)
     # Kept across cycles so that a daemon or node-manager thread re-reads neither
     # the state nor the history journal while they are still what this agent wrote.
     _store: StateStore | None = field(default=None, init=False, repr=False)
@@ -234,6 +237,9 @@ class Agent:
         if self._kernel is not None:
             self._kernel.close()
             self._kernel = None
+        if self._inbound_backend is not None:
+            self._inbound_backend.close()
+            self._inbound_backend = None
         if self._cgroup_classifier is not None:
             self._cgroup_classifier.close()
             self._cgroup_classifier = None
@@ -271,6 +277,32 @@ class Agent:
         # a reloaded config may change the mode: the next ensure_filter swaps the program
         self._kernel.bare_marks = self.config.classifier.mode in BARE_MARK_MODES
         return self._kernel
+
+    def inbound_port(self) -> InboundPort | None:
+        """The inbound backend with ``inbound.enabled`` (None without): the one passed
+        in, else the nftables counters and limits on the device, opened on first use.
+        """
+        if not self.config.inbound.enabled:
+            return None
+        if self.inbound is not None:
+            return self.inbound
+        backend = self._inbound_backend
+        classifier = self.config.classifier
+        if backend is not None and (
+            backend.dev != self.config.device
+            or backend.mode != classifier.mode
+            or backend.exempt_prefixes != tuple(classifier.exempt_prefixes)
+        ):
+            backend.close()  # a reloaded config: its table is rebuilt for the new one
+            backend = None
+        if backend is None:
+            from bwenforcer.kernel.inbound import InboundBackend
+
+            backend = InboundBackend(
+                self.config.device, classifier.mode, classifier.exempt_prefixes, netns=self.netns
+            )
+            self._inbound_backend = backend
+        return backend
 
     def rebuilt_tree(self, dry_run: bool) -> KernelSnapshot:
         """The dump after building the tree again on a device that lost it.
@@ -328,7 +360,7 @@ class Agent:
                 boot=self._boot(),
                 dry_run=dry_run,
                 hooks=hooks,
-                inbound=self.inbound if self.config.inbound.enabled else None,
+                inbound=self.inbound_port(),
                 outbox=Outbox(f"{self.config.state_file}.outbox"),
             )
         except KernelError:

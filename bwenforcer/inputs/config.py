@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bwenforcer.core.direction import DIRECTIONS
 from bwenforcer.core.grants import rollover_text
+from bwenforcer.core.inbound import INBOUND_MODES
 from bwenforcer.core.layout import MAX_SHARE, TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.notices import notices_text, parse_notices
 from bwenforcer.core.policy import (
@@ -472,6 +473,12 @@ def parse_config(data: object, source: str) -> Config:
                     " window (defaults.window) counts sent bytes alone",
                     at=f"cgroups.tenants[{i}].defaults.{tc}.direction",
                 )
+    if config.inbound.enabled and config.classifier.mode not in INBOUND_MODES:
+        raise top.error(
+            f"inbound needs classifier.mode {' or '.join(INBOUND_MODES)}"
+            f" (mode {config.classifier.mode} sets no conntrack mark a reply is known by)",
+            at="inbound.enabled",
+        )
     if not config.inbound.enabled:
         for tc in TRAFFIC_CLASSES:
             if config.defaults[tc].direction != "out":

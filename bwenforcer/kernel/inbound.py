@@ -45,7 +45,12 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from bwenforcer.core.inbound import InboundFailure, InboundLimit, InboundSnapshot
+from bwenforcer.core.inbound import (
+    INBOUND_MODES,
+    InboundFailure,
+    InboundLimit,
+    InboundSnapshot,
+)
 from bwenforcer.core.layout import (
     DEFAULT_XID,
     TRAFFIC_CLASSES,
@@ -84,7 +89,7 @@ from bwenforcer.kernel.nftobj import (
 
 log = logging.getLogger(__name__)
 
-MODES = ("uid", "cgroup")  # the classifier modes that set the conntrack mark
+MODES = INBOUND_MODES
 NFT_TIMEOUT_S = 30
 _DEV = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 

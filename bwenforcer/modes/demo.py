@@ -1,9 +1,11 @@
 """``bwenforcer demo``: the whole mechanism, live, in about a minute.
 
 Two namespaces joined by veth stand in for a node and the rest of the world.
-The node gets the HTB tree with a small cap, three demo slices (uids that need
-not exist), the uid classifier, and a mail spool. A heavy slice sends as fast as
-it can, a light one trickles, and one sends to an exempt destination; cycles
+The node gets the HTB tree with a small cap, four demo slices (uids that need
+not exist), the uid classifier, inbound accounting, and a mail spool. A heavy
+slice sends as fast as it can, a light one trickles, one sends to an exempt
+destination, and one (``demo_down``, whose budget counts what it receives)
+downloads from the far end until its inbound limit holds it; cycles
 run every few seconds and a table shows usage, threshold, ceil and measured
 throughput: the heavy slice is capped to the computed rate, its mail appears,
 and the cap is lifted when its one-minute period ends. Every exit path removes
@@ -40,18 +42,21 @@ from bwenforcer.core.units import human_rate, human_size
 from bwenforcer.errors import UsageError
 from bwenforcer.files.tools import find_tool
 from bwenforcer.kernel.sandbox import Pair, cgroup_sandbox, namespace_pair
-from bwenforcer.modes.traffic import start_sender, start_sink
+from bwenforcer.modes.traffic import start_fetch, start_sender, start_sink, start_source
 from bwenforcer.views.table import render_table
 
 if TYPE_CHECKING:
+    from bwenforcer.core.inbound import InboundSnapshot
     from bwenforcer.core.model import DesiredSet, KernelSnapshot
     from bwenforcer.cycle.agent import Agent
     from bwenforcer.cycle.run import CycleResult
 
 log = logging.getLogger(__name__)
 
-HEAVY, LIGHT, EXEMPT = 2001, 2002, 2003
+HEAVY, LIGHT, EXEMPT, DOWN = 2001, 2002, 2003, 2004
 PORT = 5201
+DOWN_PORT = 5202  # the far end's download server (uid mode: demo_down's budget counts it)
+DOWN_RATE_BPS = 6_000_000  # the download's own pace, until its inbound limit holds it
 EXEMPT_ADDR = "198.19.0.1"  # on the far end, in the config's exempt prefixes
 PERIOD_S = 40
 CYCLE_S = 3
@@ -77,6 +82,7 @@ mail:
   hostname: demo-node.invalid
   spool: {{dir: {dir}/spool}}
 metrics: {{listen: null}}
+inbound: {{enabled: true}}
 classifier:
   mode: uid
   exempt_prefixes: [{exempt}/32]
@@ -99,6 +105,7 @@ slices:
   - {{name: demo_heavy, xid: {HEAVY}, rspec: {{}}}}
   - {{name: demo_light, xid: {LIGHT}, rspec: {{}}}}
   - {{name: demo_exempt, xid: {EXEMPT}, rspec: {{}}}}
+  - {{name: demo_down, xid: {DOWN}, rspec: {{net_direction: in}}}}
 """
 
 
@@ -106,9 +113,9 @@ slices:
 class _Meter:
     """Throughput from successive kernel counters."""
 
-    last: dict[tuple[int, str], tuple[float, int]]
+    last: dict[tuple[object, ...], tuple[float, int]]
 
-    def rate_bps(self, key: tuple[int, str], now: float, counter: int) -> int:
+    def rate_bps(self, key: tuple[object, ...], now: float, counter: int) -> int:
         before = self.last.get(key)
         self.last[key] = (now, counter)
         if before is None or now <= before[0]:
@@ -116,24 +123,40 @@ class _Meter:
         return max(0, int((counter - before[1]) * 8 / (now - before[0])))
 
 
-def _table(result: CycleResult, snapshot: KernelSnapshot, meter: _Meter, now: float) -> list[str]:
-    header = ("SLICE", "CLASS", "USED", "THRESHOLD", "LIMIT", "CEIL", "MEASURED", "")
+def _table(
+    result: CycleResult,
+    snapshot: KernelSnapshot,
+    received: InboundSnapshot | None,
+    meter: _Meter,
+    now: float,
+) -> list[str]:
+    """One row per slice class; a budget of received bytes (demo_down) shows its
+    downloads: usage, the inbound limit and the rate the inbound counter measured.
+    """
+    header = ("SLICE", "CLASS", "COUNTS", "USED", "THRESHOLD", "LIMIT", "CEIL", "MEASURED", "")
     rows: list[tuple[str, ...]] = []
     for line in result.plan.lines:
         kernel = snapshot.slices.get(line.xid)
         for cls in (line.default, line.exempt):
-            kclass = None if kernel is None else kernel.cls(cls.traffic_class)
-            measured = (
-                meter.rate_bps((line.xid, cls.traffic_class), now, kclass.bytes) if kclass else 0
-            )
+            key = (line.xid, cls.traffic_class)
+            if cls.direction == "in":
+                counter = None if received is None else received.bytes_by_class.get(key)
+                measured = 0 if counter is None else meter.rate_bps((*key, "in"), now, counter)
+                used, ceil = cls.in_used_bytes, cls.in_new_limit_bps
+                what = "received"
+            else:
+                kclass = None if kernel is None else kernel.cls(cls.traffic_class)
+                measured = meter.rate_bps(key, now, kclass.bytes) if kclass else 0
+                used, ceil, what = cls.used_bytes, cls.new_ceil_bps, "sent"
             rows.append(
                 (
                     line.name,
                     cls.traffic_class,
-                    human_size(cls.used_bytes),
+                    what,
+                    human_size(used),
                     human_size(cls.threshold_bytes),
                     human_size(cls.limit_bytes),
-                    human_rate(cls.new_ceil_bps),
+                    "none" if ceil is None else human_rate(ceil),
                     human_rate(measured),
                     "CAPPED" if cls.capped else "",
                 )
@@ -167,7 +190,7 @@ def _terminate(procs: list[subprocess.Popen]) -> None:
 def _cgroup_config(text: str, pair: Pair, parent: str) -> str:
     """The uid config turned into the cgroup one (slices from the tree, not the file)."""
     text = text[: text.index("slices_file:")] + text[text.index("defaults:") :]
-    text = text[: text.index("classifier:")]
+    text = text[: text.index("inbound:")]  # the download slice is the uid demo's
     return text + CGROUP_CONFIG.format(exempt=EXEMPT_ADDR, parent=os.path.basename(parent))
 
 
@@ -222,6 +245,9 @@ def run_demo(
             agent.cycle(desired)  # classes and classifier in place before any traffic
             procs.append(start_sink(pair.b, PORT, run_s + 10))
             procs += _senders(pair, run_s, workdir, cgroups)
+            if config.inbound.enabled:  # demo_down downloads from the far end
+                procs.append(start_source(pair.b, DOWN_PORT, run_s + 10, 10**9, DOWN_RATE_BPS))
+                procs.append(start_fetch(pair.a, DOWN, pair.b_addr, DOWN_PORT, seconds=run_s))
             return _loop(agent, desired, pair, workdir, out=out, run_s=run_s)
     finally:
         _terminate(procs)
@@ -256,14 +282,21 @@ def _loop(
 
     meter = _Meter({})
     seen: set[Path] = set()
-    capped_once = released = False
+    capped_once = released = down_capped = False
+    inbound = agent.inbound_port()
     start = time.monotonic()
     while time.monotonic() - start < run_s:
         result = agent.cycle(desired)
         with HtbBackend(pair.dev, netns=pair.a) as kernel:
             snapshot = kernel.dump()
+        received = None if inbound is None else inbound.dump()
         now = time.monotonic()
         heavy = next(line for line in result.plan.lines if line.name == "demo_heavy").default
+        down = next((line for line in result.plan.lines if line.name == "demo_down"), None)
+        if down is not None and down.default.in_new_limit_bps is not None and not down_capped:
+            down_capped = True
+            rate = human_rate(down.default.in_new_limit_bps)
+            print(f"\n  ▶ demo_down past its threshold on downloads: limited to {rate}\n", file=out)
         if heavy.capped:
             capped_once = True
         elif capped_once and not released:
@@ -273,16 +306,17 @@ def _loop(
         errors = (workdir / "senders.log").read_text(errors="replace").strip()
         if errors:
             print(f"  traffic generator error: {errors.splitlines()[-1]}", file=out)
-        for row in _table(result, snapshot, meter, now):
+        for row in _table(result, snapshot, received, meter, now):
             print(f"  {row}", file=out)
         _show_mail(workdir / "spool", seen, out)
         out.flush()
         if released and now - start > PERIOD_S + 2 * CYCLE_S:
             break
         time.sleep(CYCLE_S)
-    ok = capped_once and released and bool(seen)
+    ok = capped_once and released and bool(seen) and (inbound is None or down_capped)
     print(
         "demo finished: heavy slice capped, mailed and released"
+        + (", the download slice limited" if inbound is not None else "")
         if ok
         else "demo finished without showing the whole cycle (see above)",
         file=out,

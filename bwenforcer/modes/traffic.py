@@ -152,6 +152,7 @@ def start_sender(
 _SOURCE = """
 import socket, sys, threading, time
 port, max_bytes, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+rate_bps = int(sys.argv[4])
 deadline = time.monotonic() + seconds
 srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
 srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -161,10 +162,18 @@ chunk = b"x" * 65536
 def serve(conn):
     conn.settimeout(1.0)
     sent = 0
+    start = time.monotonic()
     with conn:
         while sent < max_bytes and time.monotonic() < deadline:
+            if rate_bps:
+                now = time.monotonic()
+                ahead = sent * 8 - rate_bps * (now - start)
+                if ahead > 0:
+                    time.sleep(0.01); continue
+                if ahead < -rate_bps / 4:  # held back (policed): no catching up afterwards
+                    start = now - sent * 8 / rate_bps - 0.25
             try:
-                sent += conn.send(chunk[: max_bytes - sent])
+                sent += conn.send(chunk[: min(max_bytes - sent, 16384 if rate_bps else 65536)])
             except socket.timeout:
                 continue
             except OSError:
@@ -214,13 +223,17 @@ print(sum(got), flush=True)
 """
 
 
-def start_source(netns: str, port: int, seconds: float, max_bytes: int) -> subprocess.Popen[str]:
+def start_source(
+    netns: str, port: int, seconds: float, max_bytes: int, rate_bps: int = 0
+) -> subprocess.Popen[str]:
     """Start a download server in ``netns`` (each connection gets up to ``max_bytes``
-    within ``seconds``) and wait until it listens.
+    within ``seconds``, at most ``rate_bps`` if given) and wait until it listens.
     """
     argv = [tool_path("ip"), "netns", "exec", netns, system_python(), "-c", _SOURCE]
     proc = subprocess.Popen(
-        [*argv, str(port), str(max_bytes), str(seconds)], stdout=subprocess.PIPE, text=True
+        [*argv, str(port), str(max_bytes), str(seconds), str(rate_bps)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     proc.stdout.readline()  # "ready"

@@ -81,6 +81,7 @@ def _config(tmp: Path, enabled: bool = True, mail: str = "") -> Path:
         f"device: va\nnode_cap: 10mbit\nbwmax: 100mbit\nperiod: 1h\n"
         f"state_file: {tmp}/state.json\nslices_file: {tmp}/slices.yaml\n"
         "lock_timeout: 5s\nvanish_grace: 0s\nmetrics: {listen: null}\n"
+        "classifier: {mode: uid}\n"  # inbound needs a mode that marks connections
         f"inbound: {{enabled: {'true' if enabled else 'false'}}}\n{mail}"
     )
     return cfg

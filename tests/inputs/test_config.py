@@ -597,7 +597,12 @@ def test_inbound_is_off_by_default_and_a_direction_counting_it_needs_it_on() -> 
     assert not parse_config({}, "c.yaml").inbound.enabled
     assert parse_config({}, "c.yaml").defaults["default"].direction == "out"
     on = parse_config(
-        {"inbound": {"enabled": True}, "defaults": {"exempt": {"direction": "both"}}}, "c.yaml"
+        {
+            "classifier": {"mode": "uid"},
+            "inbound": {"enabled": True},
+            "defaults": {"exempt": {"direction": "both"}},
+        },
+        "c.yaml",
     )
     assert on.inbound.enabled and on.defaults["exempt"].direction == "both"
     with pytest.raises(ConfigError) as info:
@@ -619,7 +624,7 @@ def test_inbound_is_off_by_default_and_a_direction_counting_it_needs_it_on() -> 
 def test_a_rolling_window_over_received_bytes_is_refused() -> None:
     """The ring counts sent bytes alone: a default window with a budget counting in or
     both is one line naming the direction's key."""
-    on = {"inbound": {"enabled": True}}
+    on = {"classifier": {"mode": "uid"}, "inbound": {"enabled": True}}
     cfg = parse_config({**on, "defaults": {"window": "7d"}}, "c.yaml")
     assert cfg.window_s == 7 * 86400 and cfg.defaults["default"].direction == "out"
     for direction in ("in", "both"):
@@ -631,3 +636,14 @@ def test_a_rolling_window_over_received_bytes_is_refused() -> None:
             f"c.yaml: defaults.exempt.direction: {direction!r} counts received bytes:"
             " a rolling window (defaults.window) counts sent bytes alone"
         )
+
+
+@pytest.mark.parametrize("mode", ["nodemanager", "none"])
+def test_inbound_needs_a_classifier_that_marks_connections(mode: str) -> None:
+    data = {"classifier": {"mode": mode}, "inbound": {"enabled": True}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "t.yaml")
+    assert str(info.value) == (
+        f"t.yaml: inbound.enabled: inbound needs classifier.mode uid or cgroup (mode {mode}"
+        " sets no conntrack mark a reply is known by)"
+    )

@@ -76,6 +76,10 @@ def test_demo_caps_mails_releases_and_cleans_up(mode: str) -> None:
     assert "✉ mail spooled" in out and f"Subject: bwenforcer: slice demo_heavy{unit} capped" in out
     assert "cap lifted" in out
     assert "demo finished: heavy slice capped, mailed and released" in out
+    if mode == "uid":  # a slice capped on its downloads, by its inbound limit
+        assert "demo_down past its threshold on downloads: limited to" in out
+        assert "the download slice limited" in out
+        assert re.search(r"demo_down +default +received .* CAPPED", out)
     assert not set(ours) & _namespaces()
     if mode == "cgroup":  # the demo's own cgroup, named in its output, is gone
         made = re.search(r"^cgroup (/\S+): tenants system.slice/\*.service$", out, re.MULTILINE)

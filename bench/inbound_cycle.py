@@ -1,0 +1,151 @@
+"""``python -m bench.inbound_cycle``: whole cycles with inbound on vs outbound only.
+
+In one throwaway namespace, two HTB trees of N slices side by side (devices ``v0``
+and ``w0``), each run by its own agent as the daemon runs it: the uid classifier on
+both, and on ``w0`` also inbound accounting with every budget counting both
+directions (so each cycle also reads 2N inbound counters and plans 2N inbound
+limits). Cycles of the two agents are timed in turns, so both see the same machine:
+
+- steady: nothing changes (no slice over its threshold);
+- capped: every slice over its threshold, the clock a minute later each cycle, so
+  every egress ceil changes (an inbound limit moves only past its 5 % margin: as a
+  real capped cycle, most cycles change none).
+
+Prints a markdown table (medians and the ratio inbound / outbound-only, target
+≤ 1.3) and writes ``bench/results/inbound_cycle.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.__main__ import (
+    BWMAX_BPS,
+    CAP_BPS,
+    CAPPED_RSPEC,
+    CAPPED_STEP_S,
+    DEV,
+    Namespace,
+    create_ops,
+    paired,
+)
+from bwenforcer.kernel.htb import HtbBackend
+
+HERE = Path(__file__).resolve().parent
+INBOUND_DEV = "w0"
+BOTH = "net_direction: both, net_i2_direction: both"
+
+
+def write_config(tmp: Path, n: int, capped: bool, dev: str, inbound: bool) -> Path:
+    """A config and slices file: N uid slices, all over their threshold when ``capped``;
+    with ``inbound``, inbound on and every budget counting both directions.
+    """
+    tmp.mkdir(parents=True, exist_ok=True)
+    rspec = CAPPED_RSPEC if capped else "{}"
+    if inbound:
+        rspec = "{" + (rspec[1:-1] + ", " if rspec != "{}" else "") + BOTH + "}"
+    slices = "\n".join(f"  - {{name: s{x}, xid: {x}, rspec: {rspec}}}" for x in range(1, n + 1))
+    (tmp / "slices.yaml").write_text("slices:\n" + slices + "\n")
+    cfg = tmp / "bwenforcer.yaml"
+    cfg.write_text(
+        f"device: {dev}\nnode_cap: {CAP_BPS // 1000}kbit\nbwmax: {BWMAX_BPS // 1000}kbit\n"
+        f"state_file: {tmp}/state.json\nslices_file: {tmp}/slices.yaml\n"
+        f"metrics: {{listen: null, textfile: {tmp}/bwenforcer.prom}}\n"
+        "classifier: {mode: uid}\n"
+        f"inbound: {{enabled: {'true' if inbound else 'false'}}}\n"
+    )
+    return cfg
+
+
+def cycles(tmp: Path, n: int, dev: str, *, capped: bool, inbound: bool) -> Callable[[int], None]:
+    """Cycle ``i`` of an agent on ``dev`` (two cycles run first: the classes, the
+    classifier, the inbound table and the first limits are in place).
+    """
+    from bwenforcer.cycle.agent import Agent, gc_paused, load_desired
+    from bwenforcer.inputs.config import load_config
+    from bwenforcer.metrics.collector import AgentMetrics
+
+    config = load_config(str(write_config(tmp, n, capped, dev, inbound)))
+    agent, desired, metrics = Agent(config), load_desired(config), AgentMetrics()
+    start_s = time.time()
+    agent.clock = lambda: start_s
+    agent.cycle(desired)
+    agent.cycle(desired)
+
+    def cycle(i: int) -> None:
+        if capped:
+            agent.clock = lambda: start_s + CAPPED_STEP_S * (i + 1)
+        with gc_paused():  # as the daemon runs a cycle
+            result = agent.cycle(desired)
+        metrics.observe(result)
+        assert not result.failures, result.failures[:3]
+
+    return cycle
+
+
+def figures(n: int, runs: int) -> dict[str, float]:
+    """Steady and capped cycles, inbound on vs outbound only, timed in turns."""
+    out: dict[str, float] = {"n": n}
+    with Namespace("ic") as ns, tempfile.TemporaryDirectory() as tmpdir:
+        ns.add_veth(INBOUND_DEV, "w1")
+        for kind in ("steady", "capped"):
+            for dev in (DEV, INBOUND_DEV):
+                with HtbBackend(dev) as kernel:
+                    kernel.init(CAP_BPS, BWMAX_BPS)
+                    assert not kernel.apply(create_ops(n))
+            capped = kind == "capped"
+            tmp = Path(tmpdir) / kind
+            plain = cycles(tmp / "out", n, DEV, capped=capped, inbound=False)
+            both = cycles(tmp / "in", n, INBOUND_DEV, capped=capped, inbound=True)
+            gc.collect()
+            out[f"{kind}_in_s"], out[f"{kind}_out_s"] = paired(both, plain, runs)
+            for dev in (DEV, INBOUND_DEV):
+                ns.tc("qdisc", "del", "dev", dev, "root")
+    return out
+
+
+def table(rows: list[dict[str, float]]) -> str:
+    """The markdown table."""
+    lines = [
+        "| slices | cycle | outbound only | inbound on (both directions) | ratio (≤ 1.3) |",
+        "| ---: | --- | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        for kind in ("steady", "capped"):
+            plain, both = row[f"{kind}_out_s"], row[f"{kind}_in_s"]
+            lines.append(
+                f"| {int(row['n']):,} | {kind} | {plain * 1000:.1f} ms | {both * 1000:.1f} ms"
+                f" | {both / plain:.2f}× |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the table; write JSON."""
+    parser = argparse.ArgumentParser(prog="python -m bench.inbound_cycle", description=__doc__)
+    parser.add_argument("--sizes", default="4000", help="comma-separated N")
+    parser.add_argument("--runs", type=int, default=15, help="runs per median")
+    parser.add_argument("--json", default=str(HERE / "results" / "inbound_cycle.json"))
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench.inbound_cycle: needs root (network namespace, HTB, nftables)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    rows = [figures(int(n), args.runs) for n in args.sizes.split(",")]
+    print(table(rows))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"sizes": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
