@@ -240,7 +240,7 @@ def test_a_slice_leaving_is_read_a_last_time_into_its_ledger_entry(
     agent.cycle(load_desired(config))
     state = json.loads((tmp_path / "state.json").read_text())
     entry = state["ledger"]["entries"]["pl_in"]
-    assert entry[4][8] == 40_000  # the default class's in_used_bytes, counted as it left
+    assert entry[4][9] == 40_000  # the default class's in_used_bytes, counted as it left
     clock.now += 60
     agent.cycle(load_desired(config))
     assert (10, "default") not in port.counters  # the next cycle lets its counter go
