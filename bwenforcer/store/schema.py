@@ -11,6 +11,7 @@ compares them).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,14 +20,14 @@ from typing import Any
 from bwenforcer import __version__
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
 from bwenforcer.core.policy import parse_taper, parse_tiers
-from bwenforcer.core.window import MAX_WINDOW_S, MIN_WINDOW_S, RING
+from bwenforcer.core.window import MAX_WINDOW_S, MIN_WINDOW_S, RING, expiry_s
 from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-# 8: issue 20's rolling windows (a step of its own, renumbered at merge: 6 and 7 are
+# 9: issue 23's ledger lines (a step of its own, renumbered at merge: 7 and 8 are
 # other branches')
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 9
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -122,13 +123,15 @@ AUDIT_ENTRY: tuple[Field, ...] = (
     Field("until", "until_s", "uint", "Unix s", after="at"),
     Field("reason", "reason", "str"),
 )
-# The ledger: {"policies": [POLICY, …], "entries": {name: ENTRY, …}}. An ENTRY is an
-# array (its "keys" below are positions, for docs and errors): the slice's name is the
-# entry's key, and each class names its policy by index into ``policies`` (the
-# distinct policies of the ledger's classes), so an entry is ~150 bytes, not ~540.
+# The ledger: {"policies": [POLICY, …], "entries": N}, then N lines after the state's
+# object, each [expires_at, name, ENTRY] (store.ledgercodec). An ENTRY is an array (its
+# "keys" below are positions, for docs and errors), and each class names its policy by
+# index into ``policies`` (the distinct policies of the ledger's classes), so an entry
+# is ~180 bytes, not ~540.
 LEDGER: tuple[Field, ...] = (
     Field("policies", "", "policies"),  # a list of POLICY: CLASS's policy fields, in order
-    Field("entries", "", "entries"),  # slice name -> LEDGER_ENTRY
+    # the count of the lines after the state's object, each [expires_at, name, LEDGER_ENTRY]
+    Field("entries", "", "entries", "count"),
 )
 LEDGER_ENTRY: tuple[Field, ...] = (
     Field("died_at", "died_s", "uint", "Unix s"),
@@ -438,6 +441,43 @@ def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _v6_expiry(entry: list[Any], policies: object) -> int:
+    """A schema-6 ENTRY's expiry (core.model.LedgerEntry.expires_s); 0 when it is not
+    shaped as one (the load's checks then name the problem).
+    """
+    try:
+        window_s = policies[entry[4][-1]][-1]  # type: ignore[index]
+        end = entry[3]
+        if type(end) is not int or type(window_s) is not int:
+            return 0
+        return expiry_s(end, window_s) if window_s else end
+    except (TypeError, IndexError, KeyError):
+        return 0
+
+
+def _v6_to_v9(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 6 wrote the ledger's entries in the state's object, ``{"<name>": ENTRY}``;
+    schema 9 writes each as a line ``[expires_at,"<name>",ENTRY]`` after the object (in
+    expiry order), the object's ``entries`` their count. Migrated to the dict form of
+    that: ``entries`` the list of lines. Malformed entries are passed on in their line
+    for the load's checks to name.
+    """
+    out = {**data, "schema_version": 9}
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict) and isinstance(ledger.get("entries"), dict):
+        policies = ledger.get("policies")
+        rows = sorted(
+            (
+                (_v6_expiry(e, policies) if isinstance(e, list) else 0, name, e)
+                for name, e in ledger["entries"].items()
+            ),
+            key=lambda row: row[0],
+        )
+        lines = [json.dumps(list(row), separators=(",", ":")) for row in rows]
+        out["ledger"] = {**ledger, "entries": lines}
+    return out
+
+
 # version N → a function turning a schema-N object into the next version's object (the
 # version it returns is the next one looked up)
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -447,6 +487,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     3: _v3_to_v4,
     4: _v4_to_v5,
     5: _v5_to_v6,
+    6: _v6_to_v9,  # issue 23's step, renumbered at merge
 }
 
 
