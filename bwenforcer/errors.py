@@ -140,6 +140,12 @@ class DeliveryError(Error):
     exit_code = ExitCode.PARTIAL
 
 
+class DeliveryUncertain(DeliveryError):
+    """A notice handed over with no answer saying whether it was taken (no reply to the
+    end of an SMTP DATA, a sendmail killed at the timeout): a failure, never sent again.
+    """
+
+
 class MailDeadline(DeliveryError):
     """The cycle's time for mail is spent; the notifications left wait for the next cycle."""
 

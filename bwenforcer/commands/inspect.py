@@ -108,7 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Forgive a live slice's usage: from now on it is counted from the kernel's"
             " current counter (bytes sent before are never counted), its usage is 0, its"
-            " caps are lifted at once and it may be notified again. The recording period is"
+            " caps are lifted at once (a 'lifted' notice if the policy asks for one; a notice"
+            " already sent this period is not sent again). The recording period is"
             " NOT restarted: only the budget used so far is forgiven, and the period ends"
             " when it would have. Takes the state lock (waits up to lock_timeout, then"
             " exits 3), logs the operator's user name and keeps who, when, why and the usage"

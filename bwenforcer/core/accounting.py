@@ -52,7 +52,17 @@ def account_slice(st: SliceState, kernel: KernelSlice | None) -> SliceState:
     def account(cs: ClassState, current: KernelClass | None) -> ClassState:
         used, last, delta, _ = class_usage(cs, current, True, False)
         buckets = added(cs.buckets, delta) if cs.buckets else cs.buckets
-        return ClassState(cs.policy, used, last, cs.ceil_bps, cs.capped, cs.notified, buckets)
+        return ClassState(
+            cs.policy,
+            used,
+            last,
+            cs.ceil_bps,
+            cs.capped,
+            cs.notified,
+            cs.notice_bp,
+            cs.lift,
+            buckets,
+        )
 
     default = account(st.default, None if kernel is None else kernel.default)
     exempt = account(st.exempt, None if kernel is None else kernel.exempt)

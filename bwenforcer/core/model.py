@@ -62,6 +62,9 @@ class ClassPolicy:
     # a rolling window's length (core.window; both classes of a slice have the same):
     # the budget is over the last window_s seconds; 0: over the period
     window_s: int = 0
+    # canonical text of the early notices (core.notices.parse_notices), e.g. "50%,80%,lifted";
+    # "" = the threshold notice alone
+    notices: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +182,9 @@ class ClassState:
     last_counter_bytes: int = 0
     ceil_bps: int = 0  # last ceil applied (0: never applied)
     capped: bool = False
-    notified: bool = False
+    notified: bool = False  # the threshold notice of this period was sent
+    notice_bp: int = 0  # the highest share of the limit told this period (core.notices)
+    lift: str = ""  # the lift of a cap: "" none, "due" to tell, "sent" told this period
     # under a rolling window (policy.window_s): the ring of bytes per bucket, oldest
     # first, the current bucket last (core.window.RING of them; used_bytes is their sum);
     # () under a period

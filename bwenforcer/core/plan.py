@@ -124,11 +124,15 @@ class NewPeriod:
 @fast_init
 @dataclass(frozen=True, slots=True)
 class Notify:
-    """Mail the slice about classes capped and not yet notified this period."""
+    """Tell the slice about its classes: capped (``threshold``), past a share of the limit
+    (``share``) or no longer capped (``lifted``), not yet told this period (core.notices).
+    """
 
     name: str
     xid: int
     classes: tuple[TrafficClass, ...]
+    kind: str = "threshold"  # core.notices.NoticeKind
+    share_bp: int = 0  # kind share: the share passed, in basis points
 
 
 Action = (

@@ -31,6 +31,7 @@ from bwenforcer.core.model import (
     State,
     ledger_xids,
 )
+from bwenforcer.core.notices import NO_NOTICES, Sent, SentMarks
 from bwenforcer.core.periods import CLOCK_SLACK_S, clock_check, first_period, next_period
 from bwenforcer.core.plan import (
     Action,
@@ -96,6 +97,8 @@ def _fresh_class(policy: ClassPolicy, counter_bytes: int) -> ClassState:
     return ClassState(policy=policy, last_counter_bytes=counter_bytes)
 
 
+_NOT_SENT = Sent()
+
 # the classes a Notify names: one tuple each, not one a capped slice
 _NOTIFY_CLASSES: dict[tuple[TrafficClass, ...], tuple[TrafficClass, ...]] = {
     c: c for c in (("default",), ("exempt",), ("default", "exempt"))
@@ -116,6 +119,7 @@ def _plan_live(
     hold_period: bool = False,
     granted: tuple[int, int] = NO_GRANT,
     elapsed_s: int | None = None,
+    marks: SentMarks | None = None,
 ) -> LiveSlice:
     """Plan one live slice; with ``account``, first add its bytes since the last cycle.
 
@@ -148,6 +152,8 @@ def _plan_live(
     out: list[tuple[ClassState, int, int | None]] = []
     was_capped: list[bool] = []
     to_notify: list[TrafficClass] = []
+    shares: list[tuple[int, TrafficClass]] = []
+    lifted: list[TrafficClass] = []
     for tc in TRAFFIC_CLASSES:
         if tc == "default":
             old, policy, grant = st.default, want.default, granted[0]
@@ -168,6 +174,28 @@ def _plan_live(
         rates, capped = targets.rates(policy, tc, counted, end_s, now_s)
         if window_s and not capped:
             notified = False  # no period to end: the next cap is mailed again
+        notice_bp, lift = (0, "") if new_period else (old.notice_bp, old.lift)
+        rule = targets.notices(policy) if params.notify else NO_NOTICES
+        if (
+            rule.lifted
+            and not capped
+            and (old.capped or (new_period and old.lift == "due"))
+            and (new_period or lift == "")
+        ):
+            lift = "due"  # a cap lifted (or still untold from the period before)
+        if marks:  # what the outbox says was sent, by a cycle that did not save it
+            sent = marks.get((want.xid, tc, start_s), _NOT_SENT)
+            notified = notified or sent.threshold
+            notice_bp = max(notice_bp, sent.share_bp)
+            lift = "sent" if sent.lifted else lift
+        if lift == "due" and (capped or not rule.lifted):
+            lift = ""  # capped again before it was told, or no longer asked for
+        if rule.shares:
+            passed_bp = rule.passed_bp(counted)
+            if passed_bp > notice_bp:
+                shares.append((passed_bp, tc))
+        if lift == "due":
+            lifted.append(tc)
         ceil_bps = rates.max_rate_bps
         if current is None:
             actions.append(CreateClass(want.name, want.xid, tc, rates, reason))
@@ -185,14 +213,24 @@ def _plan_live(
             and capped == old.capped
             and notified == old.notified
             and buckets is old.buckets
+            and notice_bp == old.notice_bp
+            and lift == old.lift
             and (policy is old.policy or policy == old.policy)
         ):
             out.append((old, delta, old_ceil_bps))  # the very object: the identity rule
         else:
-            new_cs = ClassState(policy, used, last, ceil_bps, capped, notified, buckets)
+            new_cs = ClassState(
+                policy, used, last, ceil_bps, capped, notified, notice_bp, lift, buckets
+            )
             out.append((new_cs, delta, old_ceil_bps))
     if to_notify and params.notify:
         actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(to_notify)]))
+    if shares:  # one notice per share passed, naming the classes that passed it
+        for share_bp in sorted({bp for bp, _ in shares}):
+            classes = tuple(tc for bp, tc in shares if bp == share_bp)
+            actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[classes], "share", share_bp))
+    if lifted:
+        actions.append(Notify(want.name, want.xid, _NOTIFY_CLASSES[tuple(lifted)], "lifted"))
     (default, d_delta, d_ceil), (exempt, e_delta, e_ceil) = out
     if (
         default is st.default
@@ -209,7 +247,13 @@ def _plan_live(
 
 
 def _quiet(
-    want: DesiredSlice, st: SliceState, kernel: KernelSlice, targets: RateTargets, now_s: int
+    want: DesiredSlice,
+    st: SliceState,
+    kernel: KernelSlice,
+    targets: RateTargets,
+    now_s: int,
+    *,
+    notify: bool,
 ) -> LiveSlice | None:
     """The plan of a slice nothing happened to since the last cycle, or None.
 
@@ -232,6 +276,8 @@ def _quiet(
     - each policy equals the wanted one (else: new limits and rates);
     - under a rolling window, neither class is flagged notified (else, not capped, its
       flag is cleared);
+    - with notices on, no lift is due and neither usage is past a share not yet
+      told (else: a Notify);
     - the saved ceil and the kernel's rates equal the policy's uncapped rates
       (else: a SetRates, or a state to update).
 
@@ -250,6 +296,8 @@ def _quiet(
         or ke.bytes != e.last_counter_bytes
         or d.capped
         or e.capped
+        or d.lift == "due"
+        or e.lift == "due"
         or (d.policy is not want.default and d.policy != want.default)
         or (e.policy is not want.exempt and e.policy != want.exempt)
         or ((d.notified or e.notified) and want.default.window_s)
@@ -266,11 +314,30 @@ def _quiet(
         or (ke.rates is not e_rates and ke.rates != e_rates)
     ):
         return None
+    if notify and (d.policy.notices or e.policy.notices) and _notice_due(d, e, targets):
+        return None
     return LiveSlice(st, 0, 0, kd.rates.max_rate_bps, ke.rates.max_rate_bps)
 
 
+def _notice_due(d: ClassState, e: ClassState, targets: RateTargets) -> bool:
+    """Whether a class of a quiet slice has a share passed and not told: then it is
+    not quiet.
+    """
+    for cs in (d, e):
+        next_bytes = targets.notices(cs.policy).next_bytes(cs.notice_bp)
+        if next_bytes is not None and cs.used_bytes >= next_bytes:
+            return True
+    return False
+
+
 def _no_shortcut(
-    want: DesiredSlice, st: SliceState, kernel: KernelSlice, targets: RateTargets, now_s: int
+    want: DesiredSlice,
+    st: SliceState,
+    kernel: KernelSlice,
+    targets: RateTargets,
+    now_s: int,
+    *,
+    notify: bool,
 ) -> None:
     """:func:`_quiet` for ``plan(..., quiet=False)``: no slice is taken for quiet."""
     return None
@@ -310,6 +377,7 @@ def plan(
     *,
     quiet: bool = True,
     boot: BootClock | None = None,
+    sent: SentMarks | None = None,
 ) -> Plan:
     """Reconcile one cycle (docs/architecture.md "Policy" and "Slice lifecycle").
 
@@ -317,7 +385,9 @@ def plan(
     the shortcut for slices nothing happened to: the same plan, slower; for tests
     that hold the shortcut to that. ``boot``: the node's boot id and boot clock,
     read by the caller, which tell a stepped wall clock from time that passed
-    (:func:`~bwenforcer.core.periods.clock_check`).
+    (:func:`~bwenforcer.core.periods.clock_check`). ``sent``: the notices the outbox
+    journal says were handed to the transport (by a cycle killed before its save):
+    not planned again (core/notices.py).
     """
     if desired.limiting_off:
         return _limiting_off(desired, snapshot, state, now_s)
@@ -394,13 +464,14 @@ def plan(
     # under its rule's start stays there with less usage counted (core/grants.py)
     granted = granted_bytes(state.audit, now_s) if state.audit else {}
     shortcut = _quiet if quiet else _no_shortcut  # chosen once, not tested per slice
+    marked = {xid for xid, _, _ in sent} if sent else None
     slices: dict[int, SliceState] = {}
     live: list[LiveSlice] = []
     for want in sorted(wanted.values(), key=attrgetter("xid")):
         kernel = snapshot.slices.get(want.xid)
         st = carried.get(want.xid)
-        if st is not None and kernel is not None:
-            planned = shortcut(want, st, kernel, targets, now_s)
+        if st is not None and kernel is not None and not (marked and want.xid in marked):
+            planned = shortcut(want, st, kernel, targets, now_s, notify=params.notify)
             if planned is not None:
                 slices[want.xid] = st  # the very object: the identity rule (SliceState)
                 live.append(planned)
@@ -438,6 +509,7 @@ def plan(
             hold_period=step is not None,
             granted=granted.get(want.name, NO_GRANT),
             elapsed_s=elapsed_s if account else None,
+            marks=sent,
         )
         slices[want.xid] = planned.state
         live.append(planned)
@@ -643,16 +715,32 @@ def _conformed(st: SliceState, window_s: int, params: PlanParams, now_s: int) ->
 
 
 def mark_notified(state: State, delivered: Mapping[int, Iterable[TrafficClass]]) -> State:
-    """The state with the delivered classes of each xid flagged as notified."""
-    slices = dict(state.slices)  # the slices not flagged stay the very same objects
-    for xid, classes in delivered.items():
-        st = slices.get(xid)
+    """The state with the delivered classes of each xid flagged as notified (threshold)."""
+    return mark_sent(state, [Notify("", xid, tuple(classes)) for xid, classes in delivered.items()])
+
+
+def mark_sent(state: State, notices: Iterable[Notify]) -> State:
+    """The state with each delivered notice marked on its classes: the threshold flag,
+    the share told, the lift told (core/notices.py).
+    """
+    slices = dict(state.slices)  # the slices not marked stay the very same objects
+    for notice in notices:
+        st = slices.get(notice.xid)
         if st is None:
             continue
-        flagged = {tc: dataclasses.replace(st.cls(tc), notified=True) for tc in classes}
-        slices[xid] = dataclasses.replace(
+        marked = {}
+        for tc in notice.classes:
+            cs = st.cls(tc)
+            if notice.kind == "share":
+                cs = dataclasses.replace(cs, notice_bp=max(cs.notice_bp, notice.share_bp))
+            elif notice.kind == "lifted":
+                cs = dataclasses.replace(cs, lift="sent")
+            else:
+                cs = dataclasses.replace(cs, notified=True)
+            marked[tc] = cs
+        slices[notice.xid] = dataclasses.replace(
             st,
-            default=flagged.get("default", st.default),
-            exempt=flagged.get("exempt", st.exempt),
+            default=marked.get("default", st.default),
+            exempt=marked.get("exempt", st.exempt),
         )
     return dataclasses.replace(state, slices=slices)

@@ -333,9 +333,14 @@ def rate_rule(policy: ClassPolicy, cap_bps: int, bwmin_bps: int) -> RateRule:
         starts.append(tiers[0][0])
     if taper is not None:
         starts.append(taper[0])
-    # pacing off needs a tier or a taper (checked where policies come from); a policy
-    # without either paces, whatever it says: no policy may leave a class uncapped
-    pacing = policy.pacing or not starts
+    # pacing off needs a tier or a taper that lowers the ceil (checked where policies
+    # come from); a policy without one paces, whatever it says (a state file's, or a
+    # class cap below what the config saw): no policy may leave a class uncapped
+    pacing = (
+        policy.pacing
+        or not starts
+        or not lowers_ceil(policy.tiers, policy.taper, max_rate, cap_bps, bwmin_bps)
+    )
     if pacing:
         starts.append(policy.threshold_bytes)
     return RateRule(
@@ -352,6 +357,19 @@ def rate_rule(policy: ClassPolicy, cap_bps: int, bwmin_bps: int) -> RateRule:
         start_bytes=min(starts),
         uncapped=uncapped,
     )
+
+
+def lowers_ceil(tiers: str, taper: str, max_rate_bps: int, cap_bps: int, bwmin_bps: int) -> bool:
+    """Whether a tier or the taper (canonical texts) ever sets a ceil below the max rate
+    of a class under ``cap_bps``, once clamped as the kernel holds it. Pacing off needs
+    one that does: a tier of 2 Gbit/s under a 1 Gbit/s max rate caps nothing.
+    """
+    _, top_bps = clamp_rates(0, max_rate_bps, cap_bps, bwmin_bps)
+    ceils = [t.ceil_bps for t in _tiers_of(tiers)] if tiers else []
+    parsed = _taper_of(taper) if taper else None
+    if parsed is not None:
+        ceils.append(parsed.ceil_bps)
+    return any(clamp_rates(0, c, cap_bps, bwmin_bps)[1] < top_bps for c in ceils)
 
 
 def _taper_ceil_bps(taper: tuple[int, int, Taper], max_rate_bps: int, used_bytes: int) -> int:

@@ -25,6 +25,7 @@ class ClassDefaults:
     tiers: str = ""  # canonical text (core.policy.tiers_text); "": none
     taper: str = ""  # canonical text (core.policy.taper_text); "": none
     pacing: bool = True  # False: tiers and taper alone (needs one of them)
+    notices: str = ""  # canonical text (core.notices.notices_text); "": threshold notice alone
 
 
 def _default_class_defaults() -> Mapping[TrafficClass, ClassDefaults]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bwenforcer.core.layout import TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.model import ClassPolicy, ClassRates, KernelSnapshot
+from bwenforcer.core.notices import NO_NOTICES, NoticeRule, notice_rule
 from bwenforcer.core.policy import RateRule, class_cap_bps, rate_rule, rule_ceil
 
 
@@ -31,6 +32,7 @@ class RateTargets:
             tc: {} for tc in TRAFFIC_CLASSES
         }
         self._rates: dict[tuple[int, int, int], ClassRates] = {}
+        self._notices: dict[int, tuple[ClassPolicy, NoticeRule]] = {}
 
     def _shared(self, rate_bps: int, ceil_bps: int, share: int) -> ClassRates:
         key = (rate_bps, ceil_bps, share)
@@ -48,6 +50,18 @@ class RateTargets:
             found = (policy, rule, self._shared(*rule.uncapped, rule.share))
             self._rules[traffic_class][id(policy)] = found
         return found
+
+    def notices(self, policy: ClassPolicy) -> NoticeRule:
+        """The policy's early notices (core.notices), worked out once per policy."""
+        if not policy.notices:
+            return NO_NOTICES
+        found = self._notices.get(id(policy))
+        if found is None or found[0] is not policy:
+            found = self._notices[id(policy)] = (
+                policy,
+                notice_rule(policy.notices, policy.limit_bytes),
+            )
+        return found[1]
 
     def limits(self, policy: ClassPolicy, traffic_class: TrafficClass) -> tuple[int, ClassRates]:
         """``(start, uncapped)``: the usage from which the class is capped, and its rates

@@ -100,7 +100,7 @@ def make_notifier(
     host = hostname(config)
     budget = cycle_budget(config.mail, mail_clock)
 
-    def notify(action: Notify, st: SliceState) -> None:
+    def notify(action: Notify, st: SliceState, notice_id: str, commit: Callable[[], None]) -> None:
         classes = tuple(
             CappedClass(
                 traffic_class=tc,
@@ -113,9 +113,18 @@ def make_notifier(
             for tc in action.classes
         )
         notice = Notice(
-            st.name, st.xid, st.period_start_s, st.period_end_s, classes, unit_of(st.name)
+            st.name,
+            st.xid,
+            st.period_start_s,
+            st.period_end_s,
+            classes,
+            unit_of(st.name),
+            kind=action.kind,
+            share_bp=action.share_bp,
+            notice_id=notice_id,
         )
-        transport.send(build_message(notice, config.mail, host, int(clock()), template), budget)
+        msg = build_message(notice, config.mail, host, int(clock()), template)
+        transport.send(msg, budget, commit)
 
     return notify
 
@@ -282,6 +291,7 @@ class Agent:
         device re-created) is built again (:meth:`rebuilt_tree`), unless
         ``build_tree`` is False (someone else owns the tree: TreeNotInitialised).
         """
+        from bwenforcer.store.outbox import Outbox
         from bwenforcer.store.state import StateStore
 
         if self._store is None:
@@ -307,6 +317,7 @@ class Agent:
                 boot=self._boot(),
                 dry_run=dry_run,
                 hooks=hooks,
+                outbox=Outbox(f"{self.config.state_file}.outbox"),
             )
         except KernelError:
             self.close()  # the device may have gone and come back under a new index

@@ -8,12 +8,12 @@ was delivered, so a failed delivery is retried next cycle.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import KernelOp, OpFailure, SliceState, State
+from bwenforcer.core.notices import Mark, notice_id
 from bwenforcer.core.plan import (
     Adopt,
     CreateClass,
@@ -27,9 +27,9 @@ from bwenforcer.core.plan import (
     Revive,
     SetRates,
 )
-from bwenforcer.core.planner import mark_notified
+from bwenforcer.core.planner import mark_sent
 from bwenforcer.core.units import human_rate
-from bwenforcer.errors import Error, MailDeadline
+from bwenforcer.errors import DeliveryUncertain, Error, MailDeadline
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,28 @@ class KernelPort(Protocol):
         ...
 
 
-# raises DeliveryError; MailDeadline once the cycle's time for mail is spent
-Notifier = Callable[[Notify, SliceState], None]
+class Notifier(Protocol):
+    """Sends one notice: ``notify(action, state, notice_id, commit)``.
+
+    ``notice_id`` (core.notices.notice_id) is the same for the same notice in every
+    cycle; ``commit`` is handed to the transport, which calls it at its point of no
+    return (mail.transport.Transport.send). Raises DeliveryError (DeliveryUncertain:
+    perhaps delivered), MailDeadline once the cycle's time for mail is spent.
+    """
+
+    def __call__(
+        self, action: Notify, st: SliceState, notice_id: str, commit: Callable[[], None]
+    ) -> None:
+        """Send the notice of ``action`` for the slice in state ``st``."""
+        ...
+
+
+class OutboxPort(Protocol):
+    """What the executor needs of the notice outbox (store.outbox.Outbox)."""
+
+    def record(self, marks: Iterable[Mark], handed: bool = True) -> None:
+        """Append marks as handed over or taken back, durably; StateError if not."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -53,7 +73,7 @@ class Outcome:
     state: State
     failures: tuple[str, ...] = ()  # one line per failed slice operation
     failed_slices: frozenset[int] = frozenset()
-    delivered: Mapping[int, tuple[TrafficClass, ...]] = field(default_factory=dict)
+    delivered: tuple[Notify, ...] = ()  # handed to the transport (marked in the state)
     mails_sent: int = 0
     mails_failed: int = 0
     mails_deferred: int = 0  # not tried: the cycle's time for mail was spent
@@ -125,8 +145,16 @@ def _count(plan: Plan) -> dict[str, int]:
     return counts
 
 
-def execute(plan: Plan, kernel: KernelPort, notifier: Notifier | None) -> Outcome:
-    """Apply the plan's kernel changes, then send its notifications."""
+def execute(
+    plan: Plan, kernel: KernelPort, notifier: Notifier | None, outbox: OutboxPort | None = None
+) -> Outcome:
+    """Apply the plan's kernel changes, then send its notices.
+
+    Each notice's marks go to ``outbox`` when its transport commits (right before its
+    point of no return), and are taken back if the transport then says it was not
+    delivered: a cycle killed after the commit never sends it again
+    (docs/architecture.md "Notices").
+    """
     if log.isEnabledFor(logging.INFO):  # thousands of lines in a capped cycle: build on demand
         for action in plan.actions:
             line = _describe(action)
@@ -144,7 +172,7 @@ def execute(plan: Plan, kernel: KernelPort, notifier: Notifier | None) -> Outcom
         )
         log.error("%s", failures[-1])
 
-    delivered: dict[int, tuple[TrafficClass, ...]] = {}
+    delivered: list[Notify] = []
     sent = mail_failed = deferred = 0
     notices = (
         [a for a in plan.actions if isinstance(a, Notify) and a.xid not in failed]
@@ -154,25 +182,73 @@ def execute(plan: Plan, kernel: KernelPort, notifier: Notifier | None) -> Outcom
     for index, action in enumerate(notices):
         assert notifier is not None
         st = plan.state.slices[action.xid]
+        marks = tuple(
+            Mark(st.period_start_s, action.xid, tc, action.kind, action.share_bp)  # type: ignore[arg-type]
+            for tc in action.classes
+        )
+        committed: list[bool] = []
+
+        def commit(marks: tuple[Mark, ...] = marks, committed: list[bool] = committed) -> None:
+            if outbox is not None:
+                outbox.record(marks)
+            committed.append(True)
+
         try:
-            notifier(action, st)
-        except MailDeadline as exc:  # the rest keep their notified flags unset: next cycle
+            notifier(action, st, notice_id(marks), commit)
+        except MailDeadline as exc:  # the rest keep their marks unset: next cycle
             deferred = len(notices) - index
             log.warning("mail: %s; %d notifications deferred to the next cycle", exc, deferred)
+            if committed:
+                _take_back(outbox, action, marks)
             break
+        except DeliveryUncertain as exc:  # handed over: never again
+            mail_failed += 1
+            delivered.append(action)
+            log.warning(
+                "slice %s xid %s: %s notice perhaps not delivered, not sent again: %s",
+                action.name,
+                action.xid,
+                action.kind,
+                exc,
+            )
+            continue
         except Error as exc:  # delivery, or a message that cannot be built
             mail_failed += 1
-            log.warning("slice %s xid %s: notification failed: %s", action.name, action.xid, exc)
+            log.warning(
+                "slice %s xid %s: notification failed (%s notice): %s",
+                action.name,
+                action.xid,
+                action.kind,
+                exc,
+            )
+            if committed:
+                _take_back(outbox, action, marks)
             continue
         sent += 1
-        delivered[action.xid] = action.classes
+        delivered.append(action)
     return Outcome(
-        state=mark_notified(plan.state, delivered),
+        state=mark_sent(plan.state, delivered),
         failures=tuple(failures),
         failed_slices=frozenset(failed),
-        delivered=delivered,
+        delivered=tuple(delivered),
         mails_sent=sent,
         mails_failed=mail_failed,
         mails_deferred=deferred,
         counts=_count(plan),
     )
+
+
+def _take_back(outbox: OutboxPort | None, action: Notify, marks: tuple[Mark, ...]) -> None:
+    """The transport said a committed notice was not delivered: unmark it, to retry it."""
+    if outbox is None:
+        return
+    try:
+        outbox.record(marks, handed=False)
+    except Error as exc:  # it stays marked: not sent again (at most once)
+        log.error(
+            "slice %s xid %s: %s notice not delivered and not retried: %s",
+            action.name,
+            action.xid,
+            action.kind,
+            exc,
+        )

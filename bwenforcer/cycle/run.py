@@ -11,17 +11,19 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from bwenforcer.core.model import BootClock, DesiredSet, KernelSnapshot, State
+from bwenforcer.core.notices import sent_marks
 from bwenforcer.core.periods import CLOCK_SLACK_S, clock_offset_s
 from bwenforcer.core.plan import Plan
 from bwenforcer.core.planner import PlanParams, plan
 from bwenforcer.core.settings import Config
 from bwenforcer.cycle.executor import KernelPort, Notifier, Outcome, execute
 from bwenforcer.errors import Error, ExitCode, KernelError
+from bwenforcer.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -142,17 +144,21 @@ def run_cycle(
     boot: Callable[[], BootClock | None] | None = None,
     dry_run: bool = False,
     hooks: Hooks | None = None,
+    outbox: Outbox | None = None,
 ) -> CycleResult:
     """Run one cycle; with ``dry_run`` plan only (no lock, nothing written).
 
     ``boot`` reads the node's boot id and boot clock, read with ``clock``: they tell
     a stepped wall clock from time that passed (None: the wall clock alone).
+    ``outbox``: the notice outbox journal (store.outbox): its marks are planned as
+    sent, the cycle's notices recorded in it, and it is cleared once the state is saved.
     """
     hooks = hooks or Hooks()
     started = clock()
     lock = nullcontext() if dry_run else store.lock(config.lock_timeout_s)
-    with lock:
+    with lock, closing(outbox) if outbox is not None else nullcontext():
         loaded = store.read_unlocked() if dry_run else store.load()
+        sent = sent_marks(outbox.read()) if outbox is not None else None
         if hooks.complete is not None:
             desired = hooks.complete(desired, loaded.state)
         snapshot = kernel.dump()
@@ -173,7 +179,13 @@ def run_cycle(
         now_s = int(clock())
         reading = None if boot is None else boot()
         the_plan = plan(
-            desired, snapshot, loaded.state, PlanParams.from_config(config), now_s, boot=reading
+            desired,
+            snapshot,
+            loaded.state,
+            PlanParams.from_config(config),
+            now_s,
+            boot=reading,
+            sent=sent,
         )
         if the_plan.clock_step is not None:
             log.warning(
@@ -200,7 +212,7 @@ def run_cycle(
                 desired.errors,
                 tuple(extra),
             )
-        outcome = execute(the_plan, kernel, notifier)
+        outcome = execute(the_plan, kernel, notifier, outbox)
         if hooks.classifier is not None and not the_plan.limiting_off:
             try:
                 hooks.classifier(
@@ -214,6 +226,8 @@ def run_cycle(
         if hooks.before_save is not None:
             hooks.before_save(the_plan)
         store.save(outcome.state, now_s)
+        if outbox is not None:
+            outbox.clear()  # the state saved carries its marks
         result = CycleResult(
             started,
             clock() - started,

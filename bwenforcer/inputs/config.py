@@ -16,7 +16,15 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bwenforcer.core.layout import MAX_SHARE, TRAFFIC_CLASSES, TrafficClass
-from bwenforcer.core.policy import parse_taper, parse_tiers, taper_text, tiers_text
+from bwenforcer.core.notices import notices_text, parse_notices
+from bwenforcer.core.policy import (
+    class_cap_bps,
+    lowers_ceil,
+    parse_taper,
+    parse_tiers,
+    taper_text,
+    tiers_text,
+)
 from bwenforcer.core.settings import (
     CgroupConfig,
     CgroupPattern,
@@ -28,7 +36,7 @@ from bwenforcer.core.settings import (
     MetricsConfig,
     PeriodAnchor,
 )
-from bwenforcer.core.units import parse_duration_s, parse_rate_bps, parse_size_bytes
+from bwenforcer.core.units import format_rate, parse_duration_s, parse_rate_bps, parse_size_bytes
 from bwenforcer.core.window import check_window_s
 from bwenforcer.errors import ConfigError, UnitError
 from bwenforcer.inputs.yamltext import KeyReader, read_yaml
@@ -80,7 +88,13 @@ def _anchor(reader: KeyReader) -> PeriodAnchor:
     return PeriodAnchor(every, at_s, tz, weekday, day)  # type: ignore[arg-type]
 
 
-def _class_defaults(reader: KeyReader, base: ClassDefaults) -> ClassDefaults:
+# per class: (class cap, bwmin), what a class's ceils are clamped to
+_Caps = Mapping[TrafficClass, tuple[int, int]]
+
+
+def _class_defaults(
+    reader: KeyReader, base: ClassDefaults, cap_bps: int, bwmin_bps: int
+) -> ClassDefaults:
     limit = reader.parsed("limit", parse_size_bytes, base.limit_bytes)
     threshold = reader.optional("threshold", parse_size_bytes)
     if threshold is not None and threshold > limit:
@@ -94,10 +108,22 @@ def _class_defaults(reader: KeyReader, base: ClassDefaults) -> ClassDefaults:
         tiers=_rule_text(reader, "tiers", base.tiers, lambda t: tiers_text(parse_tiers(t))),
         taper=_rule_text(reader, "taper", base.taper, lambda t: taper_text(parse_taper(t))),
         pacing=reader.flag("pacing", base.pacing),
+        notices=_rule_text(
+            reader, "notices", base.notices, lambda t: notices_text(*parse_notices(t))
+        ),
     )
     if not result.pacing and not result.tiers and not result.taper:
         raise reader.error(
             "false needs tiers or a taper (else nothing caps)", at=reader.key("pacing")
+        )
+    max_rate = min(result.max_rate_bps or cap_bps, cap_bps)
+    if not result.pacing and not lowers_ceil(
+        result.tiers, result.taper, max_rate, cap_bps, bwmin_bps
+    ):
+        raise reader.error(
+            f"false needs a tier or taper below the max rate {format_rate(max_rate)}"
+            " (else nothing caps)",
+            at=reader.key("pacing"),
         )
     reader.done()
     return result
@@ -175,7 +201,9 @@ MAX_PATTERN_DEPTH = 16
 _PREFIX = re.compile(r"[a-z0-9]{1,16}")
 
 
-def _pattern(reader: KeyReader, base: Mapping[TrafficClass, ClassDefaults]) -> CgroupPattern:
+def _pattern(
+    reader: KeyReader, base: Mapping[TrafficClass, ClassDefaults], caps: _Caps
+) -> CgroupPattern:
     text = reader.text("match", None, allow_null=False)
     if text is None:
         raise reader.error("missing 'match' (e.g. user.slice/user-*.slice)")
@@ -195,13 +223,17 @@ def _pattern(reader: KeyReader, base: Mapping[TrafficClass, ClassDefaults]) -> C
     if prefix and not _PREFIX.fullmatch(prefix):
         raise reader.error(f"{prefix!r} is not [a-z0-9]{{1,16}}", at=reader.key("prefix"))
     defaults_reader = reader.sub("defaults")
-    defaults = {tc: _class_defaults(defaults_reader.sub(tc), base[tc]) for tc in TRAFFIC_CLASSES}
+    defaults = {
+        tc: _class_defaults(defaults_reader.sub(tc), base[tc], *caps[tc]) for tc in TRAFFIC_CLASSES
+    }
     defaults_reader.done()
     reader.done()
     return CgroupPattern(parts, prefix, defaults)
 
 
-def _cgroups(reader: KeyReader, base: Mapping[TrafficClass, ClassDefaults]) -> CgroupConfig:
+def _cgroups(
+    reader: KeyReader, base: Mapping[TrafficClass, ClassDefaults], caps: _Caps
+) -> CgroupConfig:
     mount = reader.text("mount", None)
     if mount is not None and not mount.startswith("/"):
         raise reader.error(f"{mount!r} is not an absolute path", at=reader.key("mount"))
@@ -216,7 +248,7 @@ def _cgroups(reader: KeyReader, base: Mapping[TrafficClass, ClassDefaults]) -> C
             f"{len(raw)} patterns, at most {MAX_CGROUP_PATTERNS}", at=reader.key("tenants")
         )
     patterns = tuple(
-        _pattern(KeyReader(item, f"{reader.key('tenants')}[{i}]", reader.source), base)
+        _pattern(KeyReader(item, f"{reader.key('tenants')}[{i}]", reader.source), base, caps)
         for i, item in enumerate(raw)
     )
     gate = reader.flag("gate", False)
@@ -358,8 +390,10 @@ def parse_config(data: object, source: str) -> Config:
     else:
         top.used.add("period_anchor")
     defaults_reader = top.sub("defaults")
+    caps: _Caps = {tc: (class_cap_bps(tc, node_cap, bwmax), bwmin) for tc in TRAFFIC_CLASSES}
     defaults = {
-        tc: _class_defaults(defaults_reader.sub(tc), base.defaults[tc]) for tc in TRAFFIC_CLASSES
+        tc: _class_defaults(defaults_reader.sub(tc), base.defaults[tc], *caps[tc])
+        for tc in TRAFFIC_CLASSES
     }
     window = _window(defaults_reader, anchor is not None)
     defaults_reader.done()
@@ -387,7 +421,7 @@ def parse_config(data: object, source: str) -> Config:
         metrics=_metrics(top.sub("metrics")),
         classifier=_classifier(top.sub("classifier")),
         history=_history(top.sub("history")),
-        cgroups=_cgroups(top.sub("cgroups"), defaults),
+        cgroups=_cgroups(top.sub("cgroups"), defaults, caps),
         dry_run=top.flag("dry_run", base.dry_run),
         source=source,
     )

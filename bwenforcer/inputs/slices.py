@@ -30,9 +30,11 @@ from bwenforcer.core.layout import (
     check_xid,
 )
 from bwenforcer.core.model import ClassPolicy, DesiredSet, DesiredSlice, InvalidRecord
+from bwenforcer.core.notices import notices_text, parse_notices
 from bwenforcer.core.policy import (
     class_cap_bps,
     class_limits,
+    lowers_ceil,
     parse_taper,
     parse_tiers,
     taper_text,
@@ -43,6 +45,7 @@ from bwenforcer.core.settings import Config
 from bwenforcer.core.units import (
     MAX_RATE_BPS,
     MAX_SIZE_BYTES,
+    format_rate,
     kbit_to_bps,
     kib_to_bytes,
     parse_duration_s,
@@ -72,6 +75,7 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "tiers": "net_tiers",
         "taper": "net_taper",
         "pacing": "net_pacing",
+        "notices": "net_notices",
     },
     "exempt": {
         "min_rate": "net_i2_min_rate",
@@ -82,6 +86,7 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "tiers": "net_i2_tiers",
         "taper": "net_i2_taper",
         "pacing": "net_i2_pacing",
+        "notices": "net_i2_notices",
     },
 }
 # a rolling window is the slice's, both classes' (core.window): one attribute
@@ -170,6 +175,15 @@ def resolve_policy(
             parse=parse_taper,
             text=taper_text,
         )
+        notices = _rule(
+            name,
+            attrs["notices"],
+            rspec,
+            origin,
+            default=base.notices,
+            parse=parse_notices,
+            text=lambda parsed: notices_text(*parsed),
+        )
         pacing = _pacing(name, attrs["pacing"], rspec, origin, base.pacing)
         if not pacing and not tiers and not taper:
             raise SliceError(
@@ -181,6 +195,11 @@ def resolve_policy(
             min_rate, max_rate, base.share if share_given is None else share_given, cap
         )
         max_rate = max(config.bwmin_bps, max_rate)
+        if not pacing and not lowers_ceil(tiers, taper, max_rate, cap, config.bwmin_bps):
+            raise SliceError(
+                f"slice {name}: {attrs['pacing']}: pacing off needs a tier or taper below the"
+                f" max rate {format_rate(max_rate)} (else nothing caps)"
+            )
         policies[tc] = ClassPolicy(
             limit_bytes=limit,
             threshold_bytes=threshold,
@@ -191,6 +210,7 @@ def resolve_policy(
             taper=taper,
             pacing=pacing,
             window_s=window_s,
+            notices=notices,
         )
     return policies["default"], policies["exempt"], origin
 
@@ -242,7 +262,9 @@ def _rule(
     parse: Callable[[str], Any],
     text: Callable[[Any], str],
 ) -> str:
-    """The canonical text of a ``net_*tiers`` / ``net_*taper`` attribute, else the default."""
+    """The canonical text of a ``net_*tiers`` / ``net_*taper`` / ``net_*notices`` attribute,
+    else the default.
+    """
     value = rspec.get(attribute)
     origin[attribute] = "defaults" if value is None else "rspec"
     if value is None:

@@ -9,6 +9,7 @@ and rendered by :mod:`bwenforcer.mail.notice`.
 
 from __future__ import annotations
 
+import re
 import string
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,8 @@ MESSAGE_FIELDS = frozenset(
         "period_end",
         "period_end_human",
         "classes",
+        "kind",
+        "share",
     }
 )
 CLASS_FIELDS = frozenset(
@@ -43,8 +46,13 @@ CLASS_FIELDS = frozenset(
         "used_up",
         "used_up_human",
         "advice",
+        "used_share",
     }
 )
+# A line "%%notice share%%" or "%%notice lifted%%" starts the template of that kind of
+# notice; the part before the first such line is the threshold notice's, and every
+# kind without a section of its own's.
+KIND_MARKER = re.compile(r"^%%notice (threshold|share|lifted)%%\n", re.M)
 PACKAGED_TEMPLATE = "templates/notice.txt"
 
 
@@ -71,8 +79,29 @@ def split_template(template: str) -> tuple[str, str | None]:
     return body, block.removeprefix("\n")
 
 
+def _sections(template: str) -> dict[str, str]:
+    """The template of each kind that has a section (``""``: the first part)."""
+    parts = KIND_MARKER.split(template)
+    sections = {"": parts[0]}
+    for kind, text in zip(parts[1::2], parts[2::2], strict=True):
+        sections[kind] = text
+    return sections
+
+
+def template_for(template: str, kind: str) -> str:
+    """The part of ``template`` for a notice of ``kind`` (core.notices.NoticeKind)."""
+    sections = _sections(template)
+    return sections.get(kind, sections[""])
+
+
 def check_template(template: str, where: str) -> None:
     """Raise ConfigError naming ``where`` if the template would not render."""
+    sections = _sections(template)
+    for kind, section in sections.items():
+        _check_section(section, f"{where} (%%notice {kind}%%)" if kind else where)
+
+
+def _check_section(template: str, where: str) -> None:
     body, block = split_template(template)
     in_body = _placeholders(body, where)
     in_block = _placeholders(block or "", where)

@@ -22,10 +22,16 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
 from bwenforcer.core.layout import DEFAULT_XID, ROOT_XID
+from bwenforcer.core.notices import format_share_bp
 from bwenforcer.core.settings import MailConfig
 from bwenforcer.core.units import human_rate, human_size
 from bwenforcer.errors import ConfigError, Error, SliceError
-from bwenforcer.inputs.template import check_template, load_template, split_template
+from bwenforcer.inputs.template import (
+    check_template,
+    load_template,
+    split_template,
+    template_for,
+)
 
 # RFC 1123 labels (underscores tolerated: some container hosts use them).
 _HOSTNAME = re.compile(
@@ -60,6 +66,11 @@ class Notice:
     period_end_s: int
     classes: tuple[CappedClass, ...]
     unit: str | None = None  # a cgroup tenant's unit (user-1000.slice, nginx.service)
+    kind: str = "threshold"  # core.notices.NoticeKind: threshold, share, lifted
+    share_bp: int = 0  # kind share: the share of the limit passed
+    # core.notices.notice_id: the same in every cycle (Message-ID, spool file name,
+    # webhook Idempotency-Key); None: a fresh Message-ID
+    notice_id: str | None = None
 
 
 def _printable(what: str, value: str, error: type[Error] = SliceError) -> str:
@@ -164,8 +175,10 @@ def _advice(c: CappedClass, now_s: int, end_s: int) -> str:
 
 
 def render_body(notice: Notice, hostname: str, template: str, now_s: int) -> str:
-    """The plain-text body of a notice from a checked template, as of ``now_s``."""
-    body, block = split_template(template)
+    """The plain-text body of a notice from a checked template, as of ``now_s``: the
+    template's section for the notice's kind (``%%notice share%%``), else its first.
+    """
+    body, block = split_template(template_for(template, notice.kind))
     until, until_human = _utc(notice.period_end_s)
     blocks = []
     for c in notice.classes:
@@ -184,6 +197,7 @@ def render_body(notice: Notice, hostname: str, template: str, now_s: int) -> str
                 used_up=used_up,
                 used_up_human=used_up_human,
                 advice=_advice(c, now_s, notice.period_end_s),
+                used_share=_percent(c.used_bytes, c.limit_bytes),
             )
         )
     return string.Template(body).substitute(
@@ -195,7 +209,16 @@ def render_body(notice: Notice, hostname: str, template: str, now_s: int) -> str
         period_end=until,
         period_end_human=until_human,
         classes="\n".join(blocks),
+        kind=notice.kind,
+        share=format_share_bp(notice.share_bp) if notice.share_bp else "",
     )
+
+
+def _percent(used_bytes: int, limit_bytes: int) -> str:
+    """The share of the limit used, e.g. ``81%`` (whole percent, rounded down)."""
+    if limit_bytes <= 0:
+        return "100%"
+    return f"{used_bytes * 100 // limit_bytes}%"
 
 
 def build_message(
@@ -233,12 +256,19 @@ def build_message(
     msg["Reply-To"] = reply_to
     msg["Date"] = format_datetime(dt.datetime.fromtimestamp(now_s, dt.UTC))
     tag = name if _MSGID_TAG.match(name) else None
-    msg["Message-ID"] = make_msgid(idstring=tag, domain=host)
+    if notice.notice_id is not None:
+        # the same in every cycle: a receiver tells a notice sent again by it
+        msg["Message-ID"] = f"<{notice.notice_id}{f'.{tag}' if tag else ''}@{host}>"
+    else:
+        msg["Message-ID"] = make_msgid(idstring=tag, domain=host)
     classes = " and ".join(c.traffic_class for c in notice.classes)
     unit = f" ({_printable('unit', notice.unit)})" if notice.unit else ""
-    msg["Subject"] = f"bwenforcer: slice {name}{unit} capped on {host}" + (
+    msg["Subject"] = f"bwenforcer: slice {name}{unit} {_what(notice)} on {host}" + (
         f" ({classes})" if classes else ""
     )
+    msg["X-Bwenforcer-Notice"] = notice.kind
+    if notice.kind == "share":
+        msg["X-Bwenforcer-Share"] = format_share_bp(notice.share_bp)
     body = render_body(notice, host, text, now_s)
     # Plain 7bit reads best in a spool file or a terminal; anything else is quoted-
     # printable, so no 8-bit data or over-long line meets a relay that cannot take it.
@@ -247,9 +277,22 @@ def build_message(
     return msg
 
 
+def _what(notice: Notice) -> str:
+    """What happened, as the subject says it."""
+    if notice.kind == "share":
+        return f"passed {format_share_bp(notice.share_bp)} of its budget"
+    if notice.kind == "lifted":
+        return "no longer limited"
+    return "capped"
+
+
+# make_msgid's <time.pid.random.TAG@host>, or a notice's <bwn.START.XID.WHAT.CLASSES.TAG@host>
+_TAGGED_ID = re.compile(
+    r"^<(?:\d+\.\d+\.\d+|bwn\.\d+\.\d+\.[a-z0-9]+\.[a-z-]+)\.([A-Za-z0-9_-]{1,64})@"
+)
+
+
 def slice_tag(msg: EmailMessage) -> str | None:
     """The slice name a notice's Message-ID carries, if any (for spool file names)."""
-    match = re.match(
-        r"^<\d+\.\d+\.\d+\.([A-Za-z0-9_-]{1,64})@", str(msg.get("Message-ID", "")).strip()
-    )
+    match = _TAGGED_ID.match(str(msg.get("Message-ID", "")).strip())
     return match.group(1) if match else None

@@ -15,6 +15,7 @@ import logging
 import os
 import smtplib
 import ssl
+import stat
 import subprocess
 import time
 import urllib.error
@@ -26,7 +27,13 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from bwenforcer.core.settings import MailConfig
-from bwenforcer.errors import ConfigError, DeliveryError, MailDeadline, UnsafePath
+from bwenforcer.errors import (
+    ConfigError,
+    DeliveryError,
+    DeliveryUncertain,
+    MailDeadline,
+    UnsafePath,
+)
 from bwenforcer.files.atomic import fsync_dir, make_dir, write_temp
 from bwenforcer.files.tools import tool_path
 from bwenforcer.mail.notice import slice_tag
@@ -65,13 +72,25 @@ def cycle_budget(mail: MailConfig, clock: Callable[[], float] = time.monotonic) 
     return MailBudget(_timeout_s(mail), clock)
 
 
+# Called by a transport at its point of no return, to make the notice's mark durable
+# (store/outbox.py); an exception from it stops the sending.
+Commit = Callable[[], None]
+
+
 class Transport(Protocol):
     """Delivers one message or raises DeliveryError."""
 
-    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
+    def send(
+        self, msg: EmailMessage, budget: MailBudget | None = None, commit: Commit | None = None
+    ) -> None:
         """Deliver ``msg`` within ``budget`` (default: the timeout for this message alone);
         raise DeliveryError (transport, target, reason) if it cannot, MailDeadline
         without trying once the budget is spent.
+
+        ``commit`` is called once, right before the step after which the message may
+        be delivered (SMTP: the end of DATA; spool: the link into the directory;
+        sendmail: its start) or, for the webhook, once the receiver took it. A
+        DeliveryError after it means not delivered, but DeliveryUncertain: perhaps.
         """
         ...
 
@@ -111,16 +130,20 @@ def _timeout_s(mail: MailConfig) -> int:
     return max(1, mail.webhook_timeout_s if mail.transport == "webhook" else mail.smtp_timeout_s)
 
 
-def _failed(transport: str, target: str, msg: EmailMessage, reason: str) -> NoReturn:
+def _failed(
+    transport: str, target: str, msg: EmailMessage, reason: str, uncertain: bool = False
+) -> NoReturn:
     log.warning(
-        "mail failed via %s %s: %s (to %s, subject %r)",
+        "mail failed via %s %s: %s (to %s, subject %r)%s",
         transport,
         target,
         reason,
         msg["To"],
         msg["Subject"],
+        "; perhaps delivered: not sent again" if uncertain else "",
     )
-    raise DeliveryError(f"{transport} {target}: {reason}")
+    error = DeliveryUncertain if uncertain else DeliveryError
+    raise error(f"{transport} {target}: {reason}")
 
 
 def _delivered(transport: str, target: str, msg: EmailMessage) -> None:
@@ -170,9 +193,38 @@ class _BudgetedSMTP(smtplib.SMTP):
     what is left of the budget, so a slow server cannot stretch the conversation past it.
     """
 
-    def __init__(self, host: str, port: int, budget: MailBudget) -> None:
+    def __init__(
+        self, host: str, port: int, budget: MailBudget, commit: Commit | None = None
+    ) -> None:
         self._budget = budget
+        self._commit = commit
+        self.uncertain = False  # the end of DATA sent, and no reply to it
         super().__init__(host, port, timeout=budget.remaining_s())
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        """smtplib's DATA, with the commit between the message and its final dot: a
+        connection lost before the dot is a message the server drops (RFC 5321 4.1.1.4),
+        so a notice whose mark is written is one the server may have, and one whose
+        mark is not is one it cannot have.
+        """
+        self.putcmd("data")
+        code, reply = self.getreply()
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        if isinstance(msg, str):
+            msg = smtplib._fix_eols(msg).encode("ascii")  # type: ignore[attr-defined]
+        q = smtplib._quote_periods(msg)  # type: ignore[attr-defined]
+        if q[-2:] != smtplib.bCRLF:
+            q += smtplib.bCRLF
+        self.send(q)
+        if self._commit is not None:
+            self._commit()
+        self.send(b"." + smtplib.bCRLF)
+        try:
+            return self.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError):
+            self.uncertain = True
+            raise
 
     def bound(self) -> None:
         """Give the socket's next wait what is left of the budget; TimeoutError if none."""
@@ -202,12 +254,14 @@ class SmtpTransport:
         self.target = f"{mail.smtp_host}:{mail.smtp_port}"
         self.timeout_s = _timeout_s(mail)
 
-    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
-        """Deliver over SMTP within ``budget``."""
+    def send(
+        self, msg: EmailMessage, budget: MailBudget | None = None, commit: Commit | None = None
+    ) -> None:
+        """Deliver over SMTP within ``budget``; ``commit`` before the end of DATA."""
         mail = self.mail
         budget = budget or MailBudget(self.timeout_s)
         try:
-            client = _BudgetedSMTP(mail.smtp_host, mail.smtp_port, budget)
+            client = _BudgetedSMTP(mail.smtp_host, mail.smtp_port, budget, commit)
         except (smtplib.SMTPException, OSError) as exc:
             budget.spent = budget.spent or _timed_out(exc)
             _failed("smtp", self.target, msg, _reason(exc, self.timeout_s))
@@ -220,7 +274,10 @@ class SmtpTransport:
         except (smtplib.SMTPException, OSError) as exc:
             client.close()
             budget.spent = budget.spent or _timed_out(exc)
-            _failed("smtp", self.target, msg, _reason(exc, self.timeout_s))
+            reason = _reason(exc, self.timeout_s)
+            if client.uncertain:
+                _failed("smtp", self.target, msg, f"no reply to the end of DATA: {reason}", True)
+            _failed("smtp", self.target, msg, reason)
         except BaseException:
             client.close()
             raise
@@ -243,23 +300,30 @@ class SendmailTransport:
         self.mail = mail
         self.timeout_s = _timeout_s(mail)
 
-    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
-        """Deliver through sendmail within ``budget``."""
+    def send(
+        self, msg: EmailMessage, budget: MailBudget | None = None, commit: Commit | None = None
+    ) -> None:
+        """Deliver through sendmail within ``budget``; ``commit`` before it starts."""
         path = self.mail.sendmail_path
         budget = budget or MailBudget(self.timeout_s)
         try:
+            timeout_s = budget.remaining_s()
+            program = tool_path(path)
+            if commit is not None:
+                commit()
             proc = subprocess.run(
-                [tool_path(path), "-t", "-oi"],
+                [program, "-t", "-oi"],
                 input=msg.as_bytes(policy=SMTP.clone(linesep="\n")),
                 capture_output=True,
-                timeout=budget.remaining_s(),
+                timeout=timeout_s,
                 check=False,
             )
         except FileNotFoundError:
             _failed("sendmail", path, msg, "not found")
         except (OSError, subprocess.TimeoutExpired) as exc:
             budget.spent = budget.spent or _timed_out(exc)
-            _failed("sendmail", path, msg, _reason(exc, self.timeout_s))
+            timed_out = isinstance(exc, subprocess.TimeoutExpired)
+            _failed("sendmail", path, msg, _reason(exc, self.timeout_s), timed_out)
         if proc.returncode != 0:
             lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
             said = _one_line(lines[0]) if lines else "no message"
@@ -282,13 +346,19 @@ class SpoolTransport:
         self.directory = Path(mail.spool_dir)
 
     def _name(self, msg: EmailMessage) -> str:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        # from the Message-ID alone: a notice's is the same in every cycle, so the spool
+        # holds one file per notice, whatever tried to send it again
         ident = str(msg.get("Message-ID", "")) or msg.as_string()
-        digest = hashlib.sha256(ident.encode("utf-8", "replace")).hexdigest()[:12]
-        return f"{stamp}-{slice_tag(msg) or 'mail'}-{digest}.eml"
+        digest = hashlib.sha256(ident.encode("utf-8", "replace")).hexdigest()[:16]
+        return f"{slice_tag(msg) or 'mail'}-{digest}.eml"
 
-    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
-        """Write the message into the spool directory (none once ``budget`` is spent)."""
+    def send(
+        self, msg: EmailMessage, budget: MailBudget | None = None, commit: Commit | None = None
+    ) -> None:
+        """Write the message into the spool directory (none once ``budget`` is spent);
+        ``commit`` before it is linked in. A file of its name already there is this
+        notice, delivered before.
+        """
         if budget is not None:
             budget.remaining_s()
         target = str(self.directory)
@@ -296,13 +366,21 @@ class SpoolTransport:
             make_dir(target, "spool directory")
             final = self.directory / self._name(msg)
             # A reader of the spool sees a whole file or none: write aside (a new file,
-            # never through a symlink), then rename (replaces a symlink, never follows it).
+            # never through a symlink), then link it in (a regular file of the name is
+            # this notice, already there; anything else there is replaced, never followed).
             tmp = write_temp(str(self.directory / ".tmp"), msg.as_bytes(policy=SMTP))
             try:
-                os.replace(tmp, final)
-            except BaseException:
+                if commit is not None:
+                    commit()
+                try:
+                    os.link(tmp, final, follow_symlinks=False)
+                except FileExistsError:
+                    if not stat.S_ISREG(os.lstat(final).st_mode):
+                        os.replace(tmp, final)  # a symlink planted there: replaced, not followed
+                    else:
+                        log.info("spool %s: already there (sent before)", final)
+            finally:
                 Path(tmp).unlink(missing_ok=True)
-                raise
             fsync_dir(target)
         except UnsafePath as exc:
             _failed("spool", target, msg, str(exc))
@@ -314,9 +392,11 @@ class SpoolTransport:
 class NoTransport:
     """Mail is off."""
 
-    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
+    def send(
+        self, msg: EmailMessage, budget: MailBudget | None = None, commit: Commit | None = None
+    ) -> None:
         """Drop the message."""
-        del budget
+        del budget, commit
         log.debug("mail off (transport none): not sending %r to %s", msg["Subject"], msg["To"])
 
 
@@ -326,9 +406,11 @@ class DryRunTransport:
     def __init__(self, transport: str) -> None:
         self.transport = transport
 
-    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
+    def send(
+        self, msg: EmailMessage, budget: MailBudget | None = None, commit: Commit | None = None
+    ) -> None:
         """Log the message at INFO."""
-        del budget
+        del budget, commit
         log.info(
             "dry-run: would mail via %s to %s:\n%s", self.transport, msg["To"], msg.as_string()
         )
@@ -383,6 +465,9 @@ def notice_document(msg: EmailMessage) -> dict[str, Any]:
         "from": str(msg.get("From", "")),
         "to": [a.strip() for a in str(msg.get("To", "")).split(",") if a.strip()],
         "subject": str(msg.get("Subject", "")),
+        # which notice: threshold (capped), share (past a share of the budget), lifted
+        "kind": str(msg.get("X-Bwenforcer-Notice", "threshold")),
+        "share": str(msg.get("X-Bwenforcer-Share", "")) or None,
         "body": "" if body is None else body.get_content(),  # type: ignore[attr-defined]
     }
 
@@ -397,8 +482,13 @@ class WebhookTransport:
         self.timeout_s = _timeout_s(mail)
         self._opener = urllib.request.build_opener(_NoRedirect)
 
-    def send(self, msg: EmailMessage, budget: MailBudget | None = None) -> None:
-        """POST the notice within ``budget``; DeliveryError unless the reply is 2xx."""
+    def send(
+        self, msg: EmailMessage, budget: MailBudget | None = None, commit: Commit | None = None
+    ) -> None:
+        """POST the notice within ``budget``; DeliveryError unless the reply is 2xx, then
+        ``commit``: a notice posted again (a cycle killed before its mark was written)
+        carries the same Idempotency-Key, for the receiver to drop.
+        """
         budget = budget or MailBudget(self.timeout_s)
         doc = notice_document(msg)
         request = urllib.request.Request(
@@ -426,4 +516,6 @@ class WebhookTransport:
             _failed("webhook", self.url, msg, _one_line(str(reason)) or type(exc).__name__)
         if not 200 <= status < 300:
             _failed("webhook", self.url, msg, f"HTTP {status}")
+        if commit is not None:
+            commit()
         _delivered("webhook", self.url, msg)

@@ -1,7 +1,7 @@
 """The state file's ledger (schema.LEDGER) in its compact form, encoded and decoded.
 
 Each entry is an array (schema.LEDGER_ENTRY) whose classes name their policies
-by index into the ledger's ``policies`` table; since schema 9 each entry is a line
+by index into the ledger's ``policies`` table; since schema 8 each entry is a line
 ``[expires_at,"name",ENTRY]`` after the state's JSON object (which has the ledger's
 ``policies`` and the count of its ``entries``), so the state's parse does not expand
 them and a loaded ledger keeps them as text (:class:`~bwenforcer.core.ledger.LazyLedger`):
@@ -35,6 +35,7 @@ from bwenforcer.core.model import (
     SliceState,
     ordered_ledger,
 )
+from bwenforcer.core.notices import MAX_NOTICE_SHARE_BP
 from bwenforcer.store.schema import (
     ENTRY_CLASS,
     KIND_SCOPE,
@@ -51,6 +52,7 @@ from bwenforcer.store.schema import (
 
 _POLICY = "policy."  # CLASS attributes on the class's ClassPolicy
 _JSON_BOOL = {False: "false", True: "true"}
+_LIFT = {"": '""', "due": '"due"', "sent": '"sent"'}  # ClassState.lift as JSON
 _Policies = dict[tuple[object, ...], ClassPolicy]  # the decoders' shared policies, by value
 
 _CHECKS = {
@@ -91,7 +93,7 @@ def ledger_file_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
 
 
 def ledger_dict_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
-    """Schema 6's ledger object (each entry an array keyed by name; tests, migrations)."""
+    """Schema 7's ledger object (each entry an array keyed by name; tests, migrations)."""
     index: dict[ClassPolicy, int] = {}
     table: list[list[object]] = []
     entries: dict[str, list[object]] = {}
@@ -104,8 +106,9 @@ def ledger_dict_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
                 if at is None:
                     at = index[value.policy] = len(table)
                     table.append([g(value.policy) for g in _POLICY_GET])
-                value = [*(g(value) for g in _ENTRY_CLASS_GET), at]
-                value[-2] = list(value[-2])  # the ring (ENTRY_CLASS: buckets, then policy)
+                # the ring (buckets) is a tuple in the model, a list in the file
+                own = (g(value) for g in _ENTRY_CLASS_GET)
+                value = [*(list(v) if type(v) is tuple else v for v in own), at]
             values.append(value)
         entries[name] = values
     return {"policies": table, "entries": entries}
@@ -194,9 +197,11 @@ class LedgerEncoder:
         return (
             f"[{entry.died_s},{st.xid},{st.period_start_s},{st.period_end_s},"
             f"[{d.used_bytes},{d.last_counter_bytes},{d.ceil_bps},{_JSON_BOOL[d.capped]},"
-            f"{_JSON_BOOL[d.notified]},{ring_text(d.buckets)},{self._policy_at(d.policy)}],"
+            f"{_JSON_BOOL[d.notified]},{ring_text(d.buckets)},{d.notice_bp},{_LIFT[d.lift]},"
+            f"{self._policy_at(d.policy)}],"
             f"[{e.used_bytes},{e.last_counter_bytes},{e.ceil_bps},{_JSON_BOOL[e.capped]},"
-            f"{_JSON_BOOL[e.notified]},{ring_text(e.buckets)},{self._policy_at(e.policy)}]]"
+            f"{_JSON_BOOL[e.notified]},{ring_text(e.buckets)},{e.notice_bp},{_LIFT[e.lift]},"
+            f"{self._policy_at(e.policy)}]]"
         )
 
     def _policy_at(self, policy: ClassPolicy, new: bool = False) -> int:
@@ -342,7 +347,8 @@ def _entry_class_from(
     kw = dict(zip((f.attr for f in ENTRY_CLASS[:-1]), own, strict=True))
     problem = ring_problem(kw["used_bytes"], kw["buckets"], table[at].window_s)
     if problem is not None:
-        raise corrupt(source, f"{path}[{len(own) - 1}]", problem)
+        ring_at = [f.attr for f in ENTRY_CLASS].index("buckets")
+        raise corrupt(source, f"{path}[{ring_at}]", problem)
     kw["buckets"] = tuple(kw["buckets"])
     return ClassState(policy=table[at], **kw)
 
@@ -375,9 +381,9 @@ def _entry_from(
 
 
 def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
-    if type(c) is not list or len(c) != 7:
+    if type(c) is not list or len(c) != 9:
         return None
-    used, last, ceil, capped, notified, ring, at = c
+    used, last, ceil, capped, notified, ring, told, lift, at = c
     if (
         type(used) is int
         and used >= 0
@@ -387,12 +393,15 @@ def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
         and ceil >= 0
         and type(capped) is bool
         and type(notified) is bool
+        and type(told) is int
+        and 0 <= told <= MAX_NOTICE_SHARE_BP
+        and lift in _LIFT
         and type(at) is int
         and 0 <= at < len(table)
         and _ring_ok(ring)
         and ring_problem(used, ring, table[at].window_s) is None
     ):
-        return ClassState(table[at], used, last, ceil, capped, notified, tuple(ring))
+        return ClassState(table[at], used, last, ceil, capped, notified, told, lift, tuple(ring))
     return None
 
 

@@ -19,15 +19,16 @@ from typing import Any
 
 from bwenforcer import __version__
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
+from bwenforcer.core.notices import MAX_NOTICE_SHARE_BP, notices_text, parse_notices
 from bwenforcer.core.policy import parse_taper, parse_tiers
 from bwenforcer.core.window import MAX_WINDOW_S, MIN_WINDOW_S, RING, expiry_s
 from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-# 9: issue 23's ledger lines (a step of its own, renumbered at merge: 7 and 8 are
-# other branches')
-SCHEMA_VERSION = 9
+# 8: issue 23's ledger lines (a step of its own, after issue 20's 6 windows and
+# 7 notices; renumbered at merge when a step goes before it)
+SCHEMA_VERSION = 8
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -69,6 +70,11 @@ KINDS: Mapping[str, tuple[str, str]] = {
         "type(v) is list and len(v) in (0, _RING) and all(type(x) is int and x >= 0 for x in v)",
         f"expected [] or a list of {RING} non-negative integers",
     ),
+    "notices": (
+        "type(v) is str and (v == '' or _notices_ok(v))",
+        "expected notices such as '50%,80%,lifted' (or '')",
+    ),
+    "lift": ("v in ('', 'due', 'sent')", "expected '', 'due' or 'sent'"),
 }
 
 
@@ -90,6 +96,15 @@ def _taper_ok(text: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=256)
+def _notices_ok(text: str) -> bool:
+    try:
+        parse_notices(text)
+    except ValueError:
+        return False
+    return notices_text(*parse_notices(text)) == text
+
+
 # The names the KINDS expressions use besides ``v``.
 KIND_SCOPE: Mapping[str, Any] = {
     "_tiers_ok": _tiers_ok,
@@ -97,6 +112,7 @@ KIND_SCOPE: Mapping[str, Any] = {
     "_RING": RING,
     "_WINDOW_MIN_S": MIN_WINDOW_S,
     "_WINDOW_MAX_S": MAX_WINDOW_S,
+    "_notices_ok": _notices_ok,
 }
 
 TOP: tuple[Field, ...] = (
@@ -156,6 +172,8 @@ CLASS: tuple[Field, ...] = (
     Field("capped", "capped", "bool"),
     Field("notified", "notified", "bool"),
     Field("buckets", "buckets", "buckets", "bytes"),
+    Field("notice_bp", "notice_bp", "uint", "1/100 %", max=MAX_NOTICE_SHARE_BP),
+    Field("lift", "lift", "lift"),
     Field("limit_bytes", "policy.limit_bytes", "uint", "bytes"),
     Field("threshold_bytes", "policy.threshold_bytes", "uint", "bytes"),
     Field("min_rate_bps", "policy.min_rate_bps", "uint", "bit/s", view="min_rate"),
@@ -165,6 +183,7 @@ CLASS: tuple[Field, ...] = (
     Field("taper", "policy.taper", "taper"),
     Field("pacing", "policy.pacing", "bool"),
     Field("window_s", "policy.window_s", "window", "s"),
+    Field("notices", "policy.notices", "notices"),
 )
 
 # A ledger entry's class (an array, like LEDGER_ENTRY): CLASS's own fields, then the
@@ -441,13 +460,69 @@ def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _v6_expiry(entry: list[Any], policies: object) -> int:
-    """A schema-6 ENTRY's expiry (core.model.LedgerEntry.expires_s); 0 when it is not
-    shaped as one (the load's checks then name the problem).
+def _v7_entry(value: object) -> object:
+    """A ledger entry's array with each class's notice marks (none) before its policy index;
+    one not shaped as one is passed through (validation after migration names it).
+    """
+    if not (isinstance(value, list) and len(value) == 6):
+        return value
+    classes = []
+    for c in value[4:]:
+        # schema 6's class: its own fields, its ring, its policy's index
+        if not (isinstance(c, list) and len(c) == len(_V4_OWN_KEYS) + 2):
+            return value
+        classes.append([*c[:-1], 0, "", c[-1]])
+    return [*value[:4], *classes]
+
+
+def _v6_to_v7(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 6 had no early notices: a class had told nothing but its threshold
+    (``notice_bp`` 0, no ``lift``) and no policy asked for any (``notices`` "").
+    """
+    added = {"notice_bp": 0, "lift": "", "notices": ""}
+    out = {**data, "schema_version": 7}
+    slices = data.get("slices")
+    if isinstance(slices, dict):
+        out["slices"] = {
+            xid: (
+                {
+                    **st,
+                    "classes": {
+                        tc: {**added, **c} if isinstance(c, dict) else c
+                        for tc, c in st["classes"].items()
+                    },
+                }
+                if isinstance(st, dict) and isinstance(st.get("classes"), dict)
+                else st
+            )
+            for xid, st in slices.items()
+        }
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict):
+        policies, entries = ledger.get("policies"), ledger.get("entries")
+        if isinstance(policies, list):
+            policies = [[*p, ""] if isinstance(p, list) else p for p in policies]
+        if isinstance(entries, dict):
+            entries = {name: _v7_entry(e) for name, e in entries.items()}
+        out["ledger"] = {**ledger, "policies": policies, "entries": entries}
+    return out
+
+
+# where _v7_to_v8 finds an entry's expiry: its period's end, its default class, that
+# class's policy index (last) and the policy's window_s (steps before it keep these)
+_LEDGER_END_AT = [f.key for f in LEDGER_ENTRY].index("period_end")
+_LEDGER_DEFAULT_AT = [f.key for f in LEDGER_ENTRY].index("default")
+_POLICY_WINDOW_AT = [f.key for f in POLICY].index("window_s")
+
+
+def _v7_expiry(entry: list[Any], policies: object) -> int:
+    """An ENTRY's expiry (core.model.LedgerEntry.expires_s); 0 when it is not shaped as
+    one (the load's checks then name the problem).
     """
     try:
-        window_s = policies[entry[4][-1]][-1]  # type: ignore[index]
-        end = entry[3]
+        at = entry[_LEDGER_DEFAULT_AT][-1]
+        window_s = policies[at][_POLICY_WINDOW_AT]  # type: ignore[index]
+        end = entry[_LEDGER_END_AT]
         if type(end) is not int or type(window_s) is not int:
             return 0
         return expiry_s(end, window_s) if window_s else end
@@ -455,20 +530,21 @@ def _v6_expiry(entry: list[Any], policies: object) -> int:
         return 0
 
 
-def _v6_to_v9(data: dict[str, Any]) -> dict[str, Any]:
-    """Schema 6 wrote the ledger's entries in the state's object, ``{"<name>": ENTRY}``;
-    schema 9 writes each as a line ``[expires_at,"<name>",ENTRY]`` after the object (in
+def _v7_to_v8(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 7 wrote the ledger's entries in the state's object, ``{"<name>": ENTRY}``;
+    schema 8 writes each as a line ``[expires_at,"<name>",ENTRY]`` after the object (in
     expiry order), the object's ``entries`` their count. Migrated to the dict form of
-    that: ``entries`` the list of lines. Malformed entries are passed on in their line
-    for the load's checks to name.
+    that: ``entries`` the list of lines, each ENTRY as it was (whatever fields the steps
+    before gave it). Malformed entries are passed on in their line for the load's checks
+    to name.
     """
-    out = {**data, "schema_version": 9}
+    out = {**data, "schema_version": 8}
     ledger = data.get("ledger")
     if isinstance(ledger, dict) and isinstance(ledger.get("entries"), dict):
         policies = ledger.get("policies")
         rows = sorted(
             (
-                (_v6_expiry(e, policies) if isinstance(e, list) else 0, name, e)
+                (_v7_expiry(e, policies) if isinstance(e, list) else 0, name, e)
                 for name, e in ledger["entries"].items()
             ),
             key=lambda row: row[0],
@@ -487,7 +563,8 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     3: _v3_to_v4,
     4: _v4_to_v5,
     5: _v5_to_v6,
-    6: _v6_to_v9,  # issue 23's step, renumbered at merge
+    6: _v6_to_v7,
+    7: _v7_to_v8,  # issue 23's step, renumbered at merge
 }
 
 

@@ -16,7 +16,7 @@ from bwenforcer.core.model import AuditEntry, ClassOp, ClassState, KernelSnapsho
 from bwenforcer.core.targets import RateTargets
 from bwenforcer.core.units import human_size
 from bwenforcer.core.window import expiry_s
-from bwenforcer.views.reset import rates_now
+from bwenforcer.views.reset import rates_now, with_lift
 from bwenforcer.views.show import utc
 from bwenforcer.views.status import ceil_text, last_applied_bps
 
@@ -83,7 +83,7 @@ def grant(
         )
         if op is not None:
             ops.append(op)
-        new[tc] = cs
+        new[tc] = with_lift(cs, st.cls(tc).capped)
     after = dataclasses.replace(
         st, default=new.get("default", st.default), exempt=new.get("exempt", st.exempt)
     )

@@ -58,6 +58,15 @@ def rates_now(
     return dataclasses.replace(cs, ceil_bps=rates.max_rate_bps, capped=capped), op
 
 
+def with_lift(cs: ClassState, was_capped: bool) -> ClassState:
+    """``cs`` with its lift due if an operator's change lifted its cap (the next cycle
+    tells it, once a period, if the policy asks for it: core/notices.py).
+    """
+    if was_capped and not cs.capped and cs.lift == "":
+        return dataclasses.replace(cs, lift="due")
+    return cs
+
+
 def forgive(
     state: State,
     xid: int,
@@ -73,7 +82,8 @@ def forgive(
 
     Usage goes to 0 from the kernel's current counter (or the last counter seen
     when there is no snapshot), so bytes sent before the reset are never counted;
-    caps and notified flags are cleared. With a snapshot, the classes that are
+    caps are cleared (a lift to tell, core/notices.py), the notices told this period
+    stay told (each goes out once per period and class). With a snapshot, the classes that are
     capped in the kernel get their ceil lifted (the ops to apply): the rates a
     cycle would set at a usage of 0 (a tier from 0 % still holds). Each class's
     reset joins the audit (who, when, why, the usage forgiven).
@@ -85,16 +95,17 @@ def forgive(
     ops: list[ClassOp] = []
     entries: list[AuditEntry] = []
     for tc in dict.fromkeys(classes):
-        cs = st.cls(tc)
+        cs = was = st.cls(tc)
         entries.append(AuditEntry("reset", st.name, tc, cs.used_bytes, user, now_s, now_s, reason))
         kc = None if kernel is None else kernel.cls(tc)
         counter = cs.last_counter_bytes if kc is None else kc.bytes
+        # notified stays: each notice goes out once per period and class (a notice the
+        # same period again would carry the same id: core.notices.notice_id)
         cs = dataclasses.replace(
             cs,
             used_bytes=0,
             last_counter_bytes=counter,
             capped=False,
-            notified=False,
             buckets=empty_ring() if cs.buckets else (),  # a window forgets it all too
         )
         cs, op = rates_now(
@@ -102,7 +113,7 @@ def forgive(
         )
         if op is not None:
             ops.append(op)
-        new[tc] = cs
+        new[tc] = with_lift(cs, was.capped)
     reset = dataclasses.replace(
         st, default=new.get("default", st.default), exempt=new.get("exempt", st.exempt)
     )

@@ -21,7 +21,7 @@ from bwenforcer.core.model import (
     State,
 )
 from bwenforcer.core.plan import CreateClass, Notify, Plan, RemoveClasses, SetRates
-from bwenforcer.core.planner import PlanParams, mark_notified, plan
+from bwenforcer.core.planner import PlanParams, mark_sent, plan
 from tests.planner_data import BWMAX_BPS, BWMIN_BPS, CAP_BPS, T0, desired, policy, snapshot, want
 
 
@@ -171,6 +171,8 @@ POLICIES = {
         policy(1_000_000, max_rate=CAP_BPS // 3),
         dataclasses.replace(policy(1_000_000), tiers="30%:2mbit,60%:100kbit"),
         dataclasses.replace(policy(2_000_000), taper="20%-70%:50kbit"),
+        dataclasses.replace(policy(1_000_000), notices="20%,50%,100%,lifted"),
+        dataclasses.replace(policy(2_000_000), tiers="30%:2mbit", notices="10%,lifted"),
     ),
     "exempt": (
         policy(3_000_000, max_rate=BWMAX_BPS),
@@ -178,6 +180,7 @@ POLICIES = {
         policy(10**12, threshold=0, max_rate=BWMAX_BPS),
         policy(3_000_000, min_rate=BWMIN_BPS * 4, max_rate=BWMIN_BPS * 4),
         dataclasses.replace(policy(3_000_000, max_rate=BWMAX_BPS), tiers="10%:5mbit"),
+        dataclasses.replace(policy(3_000_000, max_rate=BWMAX_BPS), notices="5%,90%,lifted"),
     ),
 }
 EVENTS = st.sampled_from(
@@ -198,6 +201,8 @@ EVENTS = st.sampled_from(
         "state_uncapped",  # and one missing
         "state_used",  # usage at the threshold (as an import may bring)
         "state_notified",
+        "state_lift_due",  # a lift of a cap still to tell
+        "state_told",  # a share told
         "away",  # the slice is not in the desired set this cycle
         "invalid",  # its record is invalid: held under the saved policy
         "window",  # a rolling window (or none) for both classes
@@ -275,6 +280,10 @@ def _state_event(state: State, xid: int, tc: str, event: str) -> State:
         cs = dataclasses.replace(cs, capped=False)
     elif event == "state_used":
         cs = dataclasses.replace(cs, used_bytes=cs.policy.threshold_bytes)
+    elif event == "state_lift_due":
+        cs = dataclasses.replace(cs, lift="due")
+    elif event == "state_told":
+        cs = dataclasses.replace(cs, notice_bp=2000)
     else:
         cs = dataclasses.replace(cs, notified=True)
     slices = dict(state.slices)
@@ -329,8 +338,8 @@ def test_the_quiet_path_plans_as_the_long_way(
         for xid, before in state.slices.items():
             assert (quick.state.slices.get(xid) is before) == (slow.state.slices.get(xid) is before)
         kernel.apply(quick)
-        delivered = {a.xid: a.classes for a in quick.actions if isinstance(a, Notify)}
-        state = dataclasses.replace(mark_notified(quick.state, delivered), saved_s=now)
+        delivered = [a for a in quick.actions if isinstance(a, Notify)]
+        state = dataclasses.replace(mark_sent(quick.state, delivered), saved_s=now)
         now += step_s
 
 
@@ -339,9 +348,9 @@ def test_quiet_false_takes_no_shortcut(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     shortcut = planner._quiet
 
-    def counted(*args: object) -> object:
+    def counted(*args: object, **kw: bool) -> object:
         calls.append(1)
-        return shortcut(*args)  # type: ignore[arg-type]
+        return shortcut(*args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(planner, "_quiet", counted)
     params = PlanParams(3600, None, BWMIN_BPS)

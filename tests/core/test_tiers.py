@@ -26,6 +26,7 @@ from bwenforcer.core.policy import (
     clamp_rates,
     class_limits,
     format_share,
+    lowers_ceil,
     parse_taper,
     parse_tiers,
     rate_rule,
@@ -290,3 +291,25 @@ def test_pacing_off_without_tiers_or_taper_still_paces() -> None:
     rule = rate_rule(dataclasses.replace(_policy(), pacing=False), 1000 * M, BWMIN_BPS)
     assert rule.pacing and rule.start_bytes == 800 * M
     assert rule_ceil(rule, 1000 * M, T0, END)[1:] == (BWMIN_BPS, "pacing")
+
+
+@pytest.mark.parametrize(
+    ("tiers", "taper", "cap_bps"),
+    [
+        ("75%:200mbit", "", 1000 * M),  # above the 100 Mbit/s max rate
+        ("", "50%-90%:100mbit", 1000 * M),  # ends at the max rate
+        ("75%:50mbit", "", 40 * M),  # below the max rate, not below a lower class cap
+    ],
+)
+def test_pacing_off_with_a_rule_that_never_lowers_the_ceil_still_paces(
+    tiers: str, taper: str, cap_bps: int
+) -> None:
+    """A state saved before the config refused it, or a class cap below what the config
+    saw: such a tier or taper caps nothing, and the class is paced as if it said nothing.
+    """
+    policy = dataclasses.replace(_policy(tiers=tiers, taper=taper), pacing=False)
+    rule = rate_rule(policy, cap_bps, BWMIN_BPS)
+    assert rule.pacing and rule.start_bytes <= 800 * M
+    assert rule_ceil(rule, 1000 * M, T0, END)[1:] == (BWMIN_BPS, "pacing")
+    assert not lowers_ceil(tiers, taper, 100 * M, cap_bps, BWMIN_BPS)
+    assert lowers_ceil("75%:50mbit", "", 100 * M, 1000 * M, BWMIN_BPS)

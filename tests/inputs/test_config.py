@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bwenforcer.core.model import DesiredSlice
 from bwenforcer.core.settings import Config
 from bwenforcer.errors import ConfigError
 from bwenforcer.inputs.config import load_config, parse_config
@@ -165,6 +167,38 @@ def test_every_key() -> None:
             {"defaults": {"window": "30d"}, "period_anchor": {"every": "month"}},
             "t.yaml: defaults.window: a rolling window has no calendar period",
         ),
+        (
+            {"defaults": {"exempt": {"notices": "80%, 50%"}}},
+            "t.yaml: defaults.exempt.notices: notice 2: shares must rise (50%)",
+        ),
+        (
+            {"defaults": {"default": {"notices": "0%"}}},
+            "t.yaml: defaults.default.notices: notice 1: '0%' is not above 0% and at most 1000%",
+        ),
+        (  # a tier above the max rate caps nothing: refused like no tier at all
+            {"defaults": {"default": {"tiers": "75%:2gbit", "max_rate": "1gbit", "pacing": False}}},
+            "t.yaml: defaults.default.pacing: false needs a tier or taper below the max rate 1gbit",
+        ),
+        (  # the max rate unset is the class cap: the node cap here
+            {
+                "node_cap": "10mbit",
+                "defaults": {"default": {"taper": "1%-2%:10mbit", "pacing": False}},
+            },
+            "t.yaml: defaults.default.pacing: false needs a tier or taper below the max rate 10mbit",
+        ),
+        (
+            {
+                "cgroups": {
+                    "tenants": [
+                        {
+                            "match": "*.scope",
+                            "defaults": {"exempt": {"tiers": "9%:20gbit", "pacing": False}},
+                        }
+                    ]
+                }
+            },
+            "t.yaml: cgroups.tenants[0].defaults.exempt.pacing: false needs a tier or taper below",
+        ),
     ],
 )
 def test_errors_name_the_key_path(data: object, message: str) -> None:
@@ -260,6 +294,29 @@ def test_the_snippets_are_found() -> None:
     assert any("on: monday" in t for t in texts)
     assert any(t.startswith("classifier:\n  mode: uid") for t in texts)
     assert sum(where.startswith("README.md:") for where, _ in yaml_snippets()) >= 1
+
+
+def test_the_notices_examples_load_as_they_say() -> None:
+    """README's and etc/'s early-notice examples are among the snippets loaded above, and
+    mean what their comments say.
+    """
+    found = [(w, t) for w, t in yaml_snippets() if "notices:" in t and "null" not in t]
+    assert {w.split(" ")[0].split(":")[0] for w, _ in found} >= {"README.md", "etc/slices.yaml"}
+    readme = next(t for w, t in found if w.startswith("README.md"))
+    cfg = parse_config(parse_yaml(readme.encode(), "README"), "README")
+    assert cfg.defaults["default"].notices == "50%,80%,100%,lifted"
+    assert cfg.defaults["exempt"].notices == "90%"
+    slices = next(t for w, t in found if w.startswith("etc/slices.yaml"))
+    (want,) = [s for s in _slices_of(slices) if s.name == "pl_example"]
+    assert want.default.notices == "50%,90%,lifted" and want.exempt.notices == ""
+    assert "notices: null" in (ETC / "bwenforcer.yaml").read_text()  # the key, documented
+
+
+def _slices_of(text: str) -> tuple[DesiredSlice, ...]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "slices.yaml"
+        path.write_text(text)
+        return load_slices_file(str(path), Config(state_file=f"{tmp}/state.json")).slices
 
 
 @pytest.mark.parametrize(("where", "text"), yaml_snippets(), ids=lambda v: str(v)[:40])

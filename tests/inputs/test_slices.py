@@ -59,6 +59,14 @@ def test_tiers_and_taper_come_from_the_rspec_else_the_defaults_in_canonical_text
         ({"net_i2_taper": "9%-8%:1mbit"}, "slice pl_a: net_i2_taper: taper: '9%-8%:1mbit'"),
         ({"net_taper": 5}, "slice pl_a: net_taper: 5 is not a text"),
         ({"net_pacing": 0}, "slice pl_a: net_pacing: pacing off needs tiers or a taper"),
+        (  # tiers that never go below the max rate cap nothing: refused the same way
+            {"net_tiers": "50%:2gbit", "net_max_rate": 1000, "net_pacing": 0},
+            "slice pl_a: net_pacing: pacing off needs a tier or taper below the max rate 1mbit",
+        ),
+        (
+            {"net_i2_taper": "50%-60%:900mbit", "net_i2_max_rate": 500000, "net_i2_pacing": 0},
+            "slice pl_a: net_i2_pacing: pacing off needs a tier or taper below the max rate",
+        ),
         (
             {"net_tiers": "9%:1mbit", "net_pacing": "no"},
             "slice pl_a: net_pacing: no is not 1, 0, true or false",
@@ -729,3 +737,26 @@ def test_a_nan_record_is_logged_once_per_change_of_the_file(
     with caplog.at_level(logging.ERROR):
         load_slices_file(str(slices), config)
     assert len([r for r in caplog.records if "pl_a" in r.getMessage()]) == 1  # changed: again
+
+
+def test_notices_come_from_the_defaults_or_the_rspec_in_canonical_text() -> None:
+    cfg = Config(
+        node_cap_bps=10_000_000,
+        bwmax_bps=100_000_000,
+        defaults={
+            "default": ClassDefaults(limit_bytes=10**9, notices="50%,lifted"),
+            "exempt": ClassDefaults(limit_bytes=10**9),
+        },
+    )
+    default, exempt, origin = resolve_policy("pl_a", {}, cfg)
+    assert (
+        exempt.notices == ""
+        and default.notices == "50%,lifted"
+        and origin["net_notices"] == "defaults"
+    )
+    with pytest.raises(SliceError, match="net_i2_notices: notice 2: shares must rise"):
+        resolve_policy("pl_a", {"net_i2_notices": "80%, 12.5%"}, cfg)
+    _, exempt, origin = resolve_policy("pl_a", {"net_i2_notices": "12.5%, 80%, lifted"}, cfg)
+    assert exempt.notices == "12.5%,80%,lifted" and origin["net_i2_notices"] == "rspec"
+    with pytest.raises(SliceError, match="slice pl_a: net_notices: notice 1: 'soon' is not"):
+        resolve_policy("pl_a", {"net_notices": "soon"}, cfg)

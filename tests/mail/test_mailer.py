@@ -340,7 +340,7 @@ def test_spool_writes_complete_messages_atomically(tmp_path: Path) -> None:
     make_transport(mail).send(second)
     files = sorted(spool.iterdir())
     assert len(files) == 2
-    assert all(f.suffix == ".eml" and "-pl_heavy-" in f.name for f in files)
+    assert all(f.suffix == ".eml" and f.name.startswith("pl_heavy-") for f in files)
     assert stat.S_IMODE(spool.stat().st_mode) == 0o700
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
     by_id = {str(parse(f.read_bytes())["Message-ID"]).strip(): f.read_bytes() for f in files}
@@ -407,3 +407,32 @@ def test_dry_run_logs_the_whole_message_and_sends_nothing(
 def test_an_unknown_transport_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"mail\.transport: 'pigeon'"):
         make_transport(replace(MAIL, transport="pigeon"))  # type: ignore[arg-type]
+
+
+def test_spool_holds_one_file_per_notice_and_commits_before_linking_it(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    transport = make_transport(replace(MAIL, transport="spool", spool_dir=str(spool)))
+    sent = message()  # one notice: one Message-ID, sent again by a cycle after a kill
+    seen: list[list[str]] = []
+    for _ in range(2):
+        transport.send(sent, commit=lambda: seen.append(sorted(p.name for p in spool.iterdir())))
+    files = [p for p in spool.iterdir() if p.suffix == ".eml"]
+    assert len(files) == 1
+    assert_same_message(files[0].read_bytes(), sent)
+    assert not any(name.endswith(".eml") for name in seen[0])  # committed before the link
+
+
+def test_smtp_commits_before_the_end_of_data_and_a_refusal_after_it_is_an_error(
+    server: tuple[Sink, MailConfig],
+) -> None:
+    sink, mail = server
+    counts: list[int] = []
+    make_transport(mail).send(message(), commit=lambda: counts.append(len(sink.envelopes)))
+    assert counts == [0] and len(sink.envelopes) == 1  # the server had nothing yet
+    with pytest.raises(RuntimeError, match="outbox full"):
+
+        def full() -> None:
+            raise RuntimeError("outbox full")
+
+        make_transport(mail).send(message(), commit=full)
+    assert len(sink.envelopes) == 1  # no end of DATA: the server dropped the message

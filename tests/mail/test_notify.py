@@ -52,6 +52,7 @@ HEADERS = {
     "Content-Type",
     "Content-Transfer-Encoding",
     "MIME-Version",
+    "X-Bwenforcer-Notice",
 }
 CONTROL = st.sampled_from(["\r", "\n", "\r\n", "\x00", "\x1b", "\x7f", "\x85", "\u2028", "\t"])
 HEADERISH = st.sampled_from(["Bcc: evil@x.org", "X-Injected: 1", "To: evil@x.org", ""])
@@ -367,3 +368,47 @@ def test_a_cgroup_tenant_is_named_by_its_unit_in_the_subject_and_as_unit() -> No
     assert plain.get_content().startswith("pl_heavy is pl_heavy\n")  # no unit: the slice name
     with pytest.raises(SliceError, match="unit"):
         build_message(replace(NOTICE, unit="a\nBcc: evil@x.org"), MAIL, HOST, NOW_S)
+
+
+def test_each_kind_of_notice_has_its_own_words_subject_and_headers() -> None:
+    share = replace(NOTICE, classes=(DEFAULT,), kind="share", share_bp=8000)
+    msg = parse(build_message(share, MAIL, HOST, NOW_S))
+    assert msg["Subject"].strip() == (
+        f"bwenforcer: slice pl_heavy passed 80% of its budget on {HOST} (default)"
+    )
+    assert (msg["X-Bwenforcer-Notice"], msg["X-Bwenforcer-Share"]) == ("share", "80%")
+    body = msg.get_content()
+    assert "has used 80% of its budget" in body and "changes no limit" in body
+    assert "sent since the period began:  4.19GiB, 90% of the budget" in body
+    lifted = replace(NOTICE, kind="lifted")
+    msg = parse(build_message(lifted, MAIL, HOST, NOW_S))
+    assert "no longer limited" in msg["Subject"] and msg["X-Bwenforcer-Notice"] == "lifted"
+    assert "has been lifted" in msg.get_content() and "X-Bwenforcer-Share" not in msg
+    threshold = parse(build_message(NOTICE, MAIL, HOST, NOW_S))
+    assert threshold["X-Bwenforcer-Notice"] == "threshold"
+    assert "passed its budget threshold" in threshold.get_content()
+
+
+def test_a_custom_template_without_a_section_for_a_kind_words_it_from_kind_and_share(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.txt"
+    path.write_text("$kind $share for $slice\n%%notice lifted%%\nlifted: $slice\n")
+    template = load_template(replace(MAIL, template=str(path)))
+    share = replace(NOTICE, kind="share", share_bp=5050)
+    assert render_body(share, HOST, template, NOW_S) == "share 50.5% for pl_heavy\n"
+    assert render_body(NOTICE, HOST, template, NOW_S) == "threshold  for pl_heavy\n"
+    lifted = replace(NOTICE, kind="lifted")
+    assert render_body(lifted, HOST, template, NOW_S) == "lifted: pl_heavy\n"
+    path.write_text("ok\n%%notice share%%\n$nope\n")
+    with pytest.raises(
+        ConfigError, match=r"t\.txt \(%%notice share%%\): unknown placeholder \$nope"
+    ):
+        load_template(replace(MAIL, template=str(path)))
+
+
+def test_a_notice_id_gives_the_same_message_id_in_every_cycle() -> None:
+    notice = replace(NOTICE, notice_id="bwn.1763769600.1234.share8000.default-exempt")
+    ids = {build_message(notice, MAIL, HOST, NOW_S + i)["Message-ID"] for i in range(3)}
+    assert ids == {f"<bwn.1763769600.1234.share8000.default-exempt.pl_heavy@{HOST}>"}
+    assert slice_tag(build_message(notice, MAIL, HOST, NOW_S)) == "pl_heavy"

@@ -17,9 +17,11 @@ from bwenforcer.cycle.agent import Agent, load_desired
 from bwenforcer.errors import ConfigError, DeliveryError, ExitCode, MailDeadline
 from bwenforcer.inputs.config import load_config, parse_config
 from bwenforcer.kernel.htb import HtbBackend
+from bwenforcer.mail.notice import build_message
 from bwenforcer.mail.transport import MailBudget, make_transport
 from bwenforcer.store.state import StateStore
 from tests.mail.test_mailer import MAIL, message
+from tests.mail.test_notify import NOTICE
 from tests.netns import Netns
 
 
@@ -76,6 +78,28 @@ def test_a_notice_is_posted_once_as_json(receiver: Receiver) -> None:
     assert doc["slice"] == "pl_heavy" and doc["subject"] == msg["Subject"]
     assert doc["to"] == ["ops@example.org", "pl_heavy@slices.example.org"]
     assert "Default traffic" in str(doc["body"])
+
+
+def test_the_document_names_the_notice_and_the_mark_follows_the_2xx(receiver: Receiver) -> None:
+    notice = replace(NOTICE, kind="share", share_bp=8000, notice_id="bwn.1.1234.share8000.default")
+    msg = build_message(notice, MAIL, "node1.example.org", 1_763_800_000)
+    committed: list[int] = []
+    make_transport(_hook(receiver.url)).send(
+        msg, commit=lambda: committed.append(len(receiver.posts))
+    )
+    ((headers, doc),) = receiver.posts
+    assert (doc["kind"], doc["share"]) == ("share", "80%")
+    assert headers["Idempotency-Key"] == "<bwn.1.1234.share8000.default.pl_heavy@node1.example.org>"
+    assert committed == [1]  # after the receiver took it: a repeat carries the same key
+    refusing = Receiver(500)
+    try:
+        with pytest.raises(DeliveryError):
+            make_transport(_hook(refusing.url)).send(msg, commit=lambda: committed.append(0))
+    finally:
+        refusing.close()
+    assert committed == [1]  # no mark for a notice refused: retried
+    make_transport(_hook(receiver.url)).send(message())  # a threshold notice
+    assert (receiver.posts[-1][1]["kind"], receiver.posts[-1][1]["share"]) == ("threshold", None)
 
 
 @pytest.mark.parametrize(("status", "reason"), [(500, "HTTP 500"), (302, "HTTP 302")])

@@ -29,7 +29,7 @@ from bwenforcer.core.plan import PurgeLedger, Revive
 from bwenforcer.core.planner import PlanParams, plan
 from bwenforcer.errors import StateCorrupt
 from bwenforcer.store.codec import StateEncoder, state_to_json
-from bwenforcer.store.schema import SCHEMA_VERSION
+from bwenforcer.store.schema import MIGRATIONS, SCHEMA_VERSION
 from bwenforcer.store.state import StateStore, check
 
 NOW_S = 1_763_800_000
@@ -82,7 +82,7 @@ def test_the_file_is_the_object_then_one_line_per_entry(tmp_path: Path) -> None:
     store, _ = loaded(tmp_path, ledger_of(3))
     head, *lines = Path(store.path).read_bytes().split(b"\n")
     data = json.loads(head)
-    assert data["schema_version"] == SCHEMA_VERSION == 9
+    assert data["schema_version"] == SCHEMA_VERSION == 8
     assert data["ledger"]["entries"] == 3 and len(data["ledger"]["policies"]) == 2
     assert lines[-1] == b"" and len(lines) == 4
     assert json.loads(lines[1])[:2] == [NOW_S + 60, "pl_d1"]
@@ -250,19 +250,19 @@ def test_a_file_cut_short_is_corrupt(tmp_path: Path) -> None:
 def test_lines_after_an_older_schemas_object_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     data = state_to_json(State(), NOW_S)
-    data["schema_version"] = 6
+    data["schema_version"] = 7
     data["ledger"] = {"policies": [], "entries": {}}
     path.write_text(json.dumps(data) + "\n[1,2]\n")
-    with pytest.raises(StateCorrupt, match="lines after the JSON object of schema_version 6"):
+    with pytest.raises(StateCorrupt, match="lines after the JSON object of schema_version 7"):
         StateStore(str(path)).read_unlocked()
 
 
-def test_a_schema_6_file_migrates_and_is_saved_as_lines(tmp_path: Path) -> None:
-    ledger = dict(reversed(list(ledger_of(20).items())))  # any order in schema 6
+def test_a_schema_7_file_migrates_and_is_saved_as_lines(tmp_path: Path) -> None:
+    ledger = dict(reversed(list(ledger_of(20).items())))  # any order in schema 7
     data = state_to_json(State({}, ledger_of(20)), NOW_S)
     rows = [json.loads(line) for line in data["ledger"]["entries"]]
     data["ledger"]["entries"] = {row[1]: row[2] for row in reversed(rows)}
-    data["schema_version"] = 6
+    data["schema_version"] = 7
     path = tmp_path / "state.json"
     path.write_text(json.dumps(data))
     store = StateStore(str(path))
@@ -271,6 +271,51 @@ def test_a_schema_6_file_migrates_and_is_saved_as_lines(tmp_path: Path) -> None:
     store.save(state, NOW_S + 1)
     assert json.loads(path.read_bytes().partition(b"\n")[0])["ledger"]["entries"] == 20
     assert StateStore(str(path)).load().state.ledger == ledger
+
+
+def noticed(e: LedgerEntry, i: int) -> LedgerEntry:
+    """``e`` with early notices asked for and told (issue 20's fields)."""
+    policy = dataclasses.replace(P_D, notices="50%,80%,lifted")
+    d = dataclasses.replace(e.slice.default, policy=policy, notice_bp=5_000 + i, lift="due")
+    ex = dataclasses.replace(e.slice.exempt, notice_bp=i, lift="sent")
+    return dataclasses.replace(e, slice=dataclasses.replace(e.slice, default=d, exempt=ex))
+
+
+def test_notice_marks_and_policies_go_through_the_lines_decoded_only_when_asked(
+    tmp_path: Path,
+) -> None:
+    ledger = {name: noticed(e, i) for i, (name, e) in enumerate(ledger_of(20).items())}
+    store, state = loaded(tmp_path, ledger)
+    head, *lines = Path(store.path).read_bytes().split(b"\n")
+    assert json.loads(head)["ledger"]["policies"][0][-2:] == [0, "50%,80%,lifted"]
+    row = json.loads(lines[3])
+    # each class: used, last, ceil, capped, notified, ring, notice_bp, lift, policy index
+    assert row[2][4][5:] == [[], 5_003, "due", 0] and row[2][5][5:] == [[], 3, "sent", 1]
+    state, seen = counting(state)
+    assert seen == []
+    assert dataclasses.astuple(state.ledger["pl_d3"]) == dataclasses.astuple(ledger["pl_d3"])
+    assert len(seen) == 1 and state.ledger == ledger
+
+
+def test_the_lines_step_carries_whatever_entry_arrays_the_steps_before_made() -> None:
+    """The step to lines knows only where an entry's period end, default class and
+    policy index are and its policy's window_s: classes with more values (a later
+    branch's) pass into the lines as they are, ordered by expiry.
+    """
+    policies = [[1, 2, 3, 4, 5, "", "", True, 0, "", "extra"]]
+    wide = [[9, 9, 0, False, False, [], 0, "", "x", "y", 0]] * 2
+    entries = {"pl_b": [5, 1, 10, 200, *wide], "pl_a": [5, 1, 10, 100, *wide], "pl_c": "bad"}
+    out = MIGRATIONS[SCHEMA_VERSION - 1](
+        {"schema_version": SCHEMA_VERSION - 1, "ledger": {"policies": policies, "entries": entries}}
+    )
+    assert out["schema_version"] == SCHEMA_VERSION
+    assert out["ledger"]["policies"] == policies
+    rows = [json.loads(line) for line in out["ledger"]["entries"]]
+    assert rows == [
+        [0, "pl_c", "bad"],
+        [100, "pl_a", entries["pl_a"]],
+        [200, "pl_b", entries["pl_b"]],
+    ]
 
 
 def test_a_saved_ledger_finds_names_by_hash_among_collisions(tmp_path: Path) -> None:

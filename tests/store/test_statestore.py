@@ -89,6 +89,38 @@ def saved(state: State, now_s: int = NOW_S) -> State:
     return dataclasses.replace(state, saved_s=now_s)
 
 
+_V7_KEYS = ("notice_bp", "lift", "notices")
+
+
+def before_v7(view: dict[str, Any]) -> dict[str, Any]:
+    """A state's view form (``state show --json``) without schema 7's keys, as schema
+    6 and before wrote a class (changed in place, and returned).
+    """
+    slices = [*view["slices"].values(), *(e["slice"] for e in view["ledger"].values())]
+    for sl in slices:
+        for cls in sl["classes"].values():
+            for key in _V7_KEYS:
+                del cls[key]
+    return view
+
+
+def without_notices(state: State) -> State:
+    """``state`` with no early notices asked for or told (what schema 6 knew)."""
+
+    def plain(cs: ClassState) -> ClassState:
+        policy = dataclasses.replace(cs.policy, notices="")
+        return dataclasses.replace(cs, policy=policy, notice_bp=0, lift="")
+
+    def slice_(st: SliceState) -> SliceState:
+        return dataclasses.replace(st, default=plain(st.default), exempt=plain(st.exempt))
+
+    return dataclasses.replace(
+        state,
+        slices={x: slice_(st) for x, st in state.slices.items()},
+        ledger={n: dataclasses.replace(e, slice=slice_(e.slice)) for n, e in state.ledger.items()},
+    )
+
+
 def read_json(path: Path | str) -> Any:
     """A state file as its dict form (state_to_json): the ledger's lines after the object
     put back in it as the list of its entries' lines.
@@ -107,7 +139,7 @@ def put_rows(data: dict[str, Any], rows: dict[str, list[Any]]) -> None:
 
 
 def as_v6(data: dict[str, Any]) -> dict[str, Any]:
-    """The dict form with its ledger as schema 6 to 8 wrote it, ``{"<name>": ENTRY}`` in
+    """The dict form with its ledger as schema 6 and 7 wrote it, ``{"<name>": ENTRY}`` in
     the object (``data`` changed in place; its version is the caller's to set).
     """
     rows = ledger_rows(data)
@@ -138,6 +170,7 @@ counts = st.integers(min_value=0, max_value=2**64)
 
 TIERS = st.sampled_from(["", "75%:50mbit,100%:2mbit", "87.5%:1kbit"])
 TAPERS = st.sampled_from(["", "75%-100%:2mbit", "0%-1000%:8bit"])
+NOTICES = st.sampled_from(["", "50%,80%,100%", "lifted", "12.5%,lifted"])
 
 
 WINDOWS = st.sampled_from([0, 0, 3600, 30 * 86_400])
@@ -154,12 +187,15 @@ def class_states(draw: st.DrawFn, window_s: int = 0) -> ClassState:
             taper=draw(TAPERS),
             pacing=draw(st.booleans()),
             window_s=window_s,
+            notices=draw(NOTICES),
         ),
         sum(ring) if window_s else draw(counts),
         draw(counts),
         draw(counts),
         draw(st.booleans()),
         draw(st.booleans()),
+        draw(st.integers(0, 100_000)),
+        draw(st.sampled_from(["", "due", "sent"])),
         ring,
     )
 
@@ -219,7 +255,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 9
+    assert data["schema_version"] == SCHEMA_VERSION == 8
     assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
@@ -233,6 +269,8 @@ def test_json_layout_is_the_documented_one() -> None:
         "capped": True,
         "notified": False,
         "buckets": [],
+        "notice_bp": 0,
+        "lift": "",
         "limit_bytes": 5_000_000,
         "threshold_bytes": 4_000_000,
         "min_rate_bps": 8_000,
@@ -242,17 +280,18 @@ def test_json_layout_is_the_documented_one() -> None:
         "taper": "",
         "pacing": True,
         "window_s": 0,
+        "notices": "",
     }
     assert (data["grants"], data["audit"]) == (0, [])
     assert data["ledger"] == {
         "policies": [
-            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True, 0],
-            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True, 0],
+            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True, 0, ""],
+            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True, 0, ""],
         ],
         # each entry a line after the state's object: [expires_at, name, ENTRY]
         "entries": [
             f'[{NOW_S + 82_800},"pl_dead0",[{NOW_S - 60},3000,{NOW_S - 3600},{NOW_S + 82_800},'
-            "[99,990,2000000,true,false,[],0],[7,77,0,false,false,[],1]]]"
+            '[99,990,2000000,true,false,[],0,"",0],[7,77,0,false,false,[],0,"",1]]]'
         ],
     }
 
@@ -408,6 +447,8 @@ _DOC_TYPES = {
     "taper": "string",
     "window": "int",
     "buckets": "list",
+    "notices": "string",
+    "lift": "string",
     "what": "string",
     "traffic_class": "string",
     "audit": "list",
@@ -454,7 +495,7 @@ def before_windows(data: dict[str, Any]) -> dict[str, Any]:
 
 def v0_document(state: State) -> dict[str, Any]:
     """What a schema-0 (pre-release) file looked like: no writer, older class key names."""
-    data = before_windows(state_to_json(state, NOW_S, view=True))
+    data = before_v7(before_windows(state_to_json(state, NOW_S, view=True)))
     data["schema_version"] = 0
     del data["writer"], data["grants"], data["audit"]
     slices = [*data["slices"].values(), *(e["slice"] for e in data["ledger"].values())]
@@ -873,9 +914,9 @@ def test_a_ledger_entry_round_trips_every_field_in_its_compact_form(
         assert dataclasses.astuple(entry) == dataclasses.astuple(state.ledger[name])
     # and through schema 4's form (state show --json), migrated
     if not any(e.slice.default.buckets for e in state.ledger.values()):  # schema 4 had none
-        v4 = before_windows(state_to_json(state, now_s, view=True))
+        v4 = before_v7(before_windows(state_to_json(state, now_s, view=True)))
         v4["schema_version"] = 4
-        assert state_from_json(v4, "state.json").ledger == state.ledger
+        assert state_from_json(v4, "state.json").ledger == without_notices(state).ledger
 
 
 def test_encoder_re_encodes_a_changed_slice_even_with_the_same_xid() -> None:
@@ -1038,7 +1079,7 @@ def test_any_saved_state_passes_check_and_loads(tmp_path_factory: Any, state: St
 
 
 def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
-    v1 = before_windows(state_to_json(make_state(2), NOW_S, view=True))
+    v1 = before_v7(before_windows(state_to_json(make_state(2), NOW_S, view=True)))
     del v1["resets"], v1["grants"], v1["audit"]
     v1["schema_version"] = 1
     for cls in v1["slices"]["1"]["classes"].values():
@@ -1050,7 +1091,7 @@ def test_migration_from_schema_1_starts_the_reset_count_at_zero() -> None:
 
 def test_migration_from_schema_2_knows_no_clock_reference() -> None:
     state = dataclasses.replace(make_state(2), boot_id="b1", boottime_s=50, clock_ref_s=NOW_S)
-    v2 = before_windows(state_to_json(state, NOW_S, view=True))
+    v2 = before_v7(before_windows(state_to_json(state, NOW_S, view=True)))
     state = dataclasses.replace(state, missing={1: NOW_S - 60})
     for key in ("boot_id", "boottime_s", "clock_ref_at", "missing"):
         del v2[key]
@@ -1063,7 +1104,7 @@ def test_migration_from_schema_2_knows_no_clock_reference() -> None:
 
 def test_migration_to_schema_4_paces_every_class_as_before() -> None:
     """Schema 3 had no tiers and no taper: every class, live or in the ledger, gets none."""
-    v3 = before_windows(state_to_json(make_state(2), NOW_S, view=True))
+    v3 = before_v7(before_windows(state_to_json(make_state(2), NOW_S, view=True)))
     v3["schema_version"] = next(k for k, f in MIGRATIONS.items() if f is _v3_to_v4)
     del v3["grants"], v3["audit"]
     for sl in [*v3["slices"].values(), *(e["slice"] for e in v3["ledger"].values())]:
@@ -1153,12 +1194,12 @@ BAD_ENTRIES = [
     ((0,), -1, f"{_ENTRY}[0]: expected a non-negative integer"),
     ((1,), 0x1000, f"{_ENTRY}[1]: 4096 out of range 0..4095"),
     ((3,), 0, f"{_ENTRY}[3]: before period_start"),
-    ((4,), {}, f"{_ENTRY}[4]: expected a list of 7 values"),
+    ((4,), {}, f"{_ENTRY}[4]: expected a list of 9 values"),
     ((4, 3), 1, f"{_ENTRY}[4][3]: expected true or false"),
     ((5, 0), "7", f"{_ENTRY}[5][0]: expected a non-negative integer"),
     ((5, 5), [1], f"{_ENTRY}[5][5]: expected [] or a list of 25 non-negative integers"),
     ((5, 5), [0] * 25, f"{_ENTRY}[5][5]: expected [] under a period (window_s 0)"),
-    ((5, 6), 9, f"{_ENTRY}[5][6]: policy 9 not in the ledger's 2"),
+    ((5, 8), 9, f"{_ENTRY}[5][8]: policy 9 not in the ledger's 2"),
 ]
 
 
@@ -1215,7 +1256,7 @@ def test_a_ledger_entry_takes_at_most_200_bytes_at_typical_values() -> None:
 
 
 def test_a_schema_4_ledger_entry_not_shaped_as_one_is_named_after_migration() -> None:
-    v4 = before_windows(state_to_json(make_state(1), NOW_S, view=True))
+    v4 = before_v7(before_windows(state_to_json(make_state(1), NOW_S, view=True)))
     v4["schema_version"] = 4
     v4["ledger"]["pl_dead0"]["slice"]["name"] = "pl_other"
     with pytest.raises(StateCorrupt, match=r"ledger\.entries\.pl_dead0: expected a list of 6"):
@@ -1272,7 +1313,7 @@ def test_a_rolling_window_round_trips_through_the_file_and_its_compact_ledger() 
     assert data["slices"]["1"]["classes"]["default"]["buckets"] == [*[0] * (RING - 2), 5, 7]
     assert data["slices"]["1"]["classes"]["default"]["window_s"] == 30 * 86_400
     entry = ledger_rows(data)["pl_dead0"][2]
-    assert entry[4][5] == [*[0] * (RING - 2), 5, 7] and data["ledger"]["policies"][0][-1] > 0
+    assert entry[4][5] == [*[0] * (RING - 2), 5, 7] and data["ledger"]["policies"][0][-2] > 0
     assert text == file_text(state_to_json(state, NOW_S))
     assert state_from_json(data, "state.json") == saved(state)
 
@@ -1306,7 +1347,8 @@ def test_a_ledger_entry_whose_ring_does_not_fit_is_named_in_one_line() -> None:
     with pytest.raises(StateCorrupt, match=r"ledger\.entries\.pl_dead0\[4\]\[5\]: the buckets sum"):
         state_from_json(data, "state.json")
     data = state_to_json(windowed_state(), NOW_S)
-    data["ledger"]["policies"].append([*data["ledger"]["policies"][1][:-1], 7200])
+    pol = data["ledger"]["policies"][1]
+    data["ledger"]["policies"].append([*pol[:-2], 7200, pol[-1]])  # window_s, then notices
     rows = ledger_rows(data)
     rows["pl_dead0"][2][5][-1] = 2  # the exempt class under another window
     put_rows(data, rows)
@@ -1314,7 +1356,7 @@ def test_a_ledger_entry_whose_ring_does_not_fit_is_named_in_one_line() -> None:
         state_from_json(data, "state.json")
 
 
-def test_migration_to_schema_8_puts_every_class_under_its_period_as_before() -> None:
+def test_migration_to_schema_6_puts_every_class_under_its_period_as_before() -> None:
     """Schema 5 had no rolling windows: live classes and ledger arrays gain none."""
     state = make_state(2, used_bytes=10)
     v5 = as_v6(state_to_json(state, NOW_S))
@@ -1322,11 +1364,31 @@ def test_migration_to_schema_8_puts_every_class_under_its_period_as_before() -> 
     for sl in v5["slices"].values():
         for cls in sl["classes"].values():
             del cls["buckets"], cls["window_s"]
-    v5["ledger"]["policies"] = [p[:-1] for p in v5["ledger"]["policies"]]
+            for key in _V7_KEYS:
+                del cls[key]
+    # the policies lose window_s and notices; a class its ring and notice marks
+    v5["ledger"]["policies"] = [p[:-2] for p in v5["ledger"]["policies"]]
     for entry in v5["ledger"]["entries"].values():
-        for cls in entry[4:]:
-            del cls[5]  # the ring, before the policy's index
+        entry[4:] = [[*c[:5], c[-1]] for c in entry[4:]]
     before = copy.deepcopy(v5)
     migrated = MIGRATIONS[5](v5)
     assert v5 == before and migrated["schema_version"] == 6
     assert state_from_json(v5, "old.json") == saved(state)
+
+
+def test_migration_to_schema_7_knows_no_notices_told_or_asked_for() -> None:
+    """A schema-5 file (live classes and compact ledger entries): every class gets
+    ``notice_bp`` 0 and ``lift`` "", every policy ``notices`` "" (after schema 6's windows).
+    """
+    v5 = as_v6(state_to_json(make_state(2), NOW_S))
+    v5["schema_version"] = 5
+    for sl in v5["slices"].values():
+        for cls in sl["classes"].values():
+            for key in (*_V7_KEYS, "buckets", "window_s"):
+                del cls[key]
+    v5["ledger"]["policies"] = [p[:-2] for p in v5["ledger"]["policies"]]
+    for entry in v5["ledger"]["entries"].values():
+        entry[4:] = [[*c[:5], c[-1]] for c in entry[4:]]
+    before = copy.deepcopy(v5)
+    assert state_from_json(v5, "old.json") == saved(make_state(2))
+    assert v5 == before  # the steps build new objects

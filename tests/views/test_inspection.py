@@ -435,7 +435,9 @@ def test_forgive_with_the_kernel_rebaselines_and_lifts_the_cap() -> None:
     assert heavy.default.used_bytes == 0 and heavy.exempt.used_bytes == 0
     assert heavy.default.last_counter_bytes == 520_000  # the kernel's counter now
     assert heavy.exempt.last_counter_bytes == 3_200_000
-    assert not heavy.default.capped and not heavy.default.notified
+    # the cap lifted, to be told (if asked for); the notice told this period stays told
+    assert not heavy.default.capped and heavy.default.lift == "due"
+    assert heavy.default.notified == state.slices[10].default.notified
     assert heavy.default.ceil_bps == CAP_BPS
     # the exempt class is already at its lifted rates in the kernel: no change sent
     assert out.ops == (ClassOp("change", 10, "default", ClassRates(BWMIN_BPS, CAP_BPS, 1)),)
@@ -508,7 +510,7 @@ def test_forgive_without_the_kernel_keeps_the_saved_counter() -> None:
     out = forgive(state, 10, ("default",), None, BWMIN_BPS, **WHO)
     heavy = out.state.slices[10]
     assert heavy.default.used_bytes == 0 and heavy.default.last_counter_bytes == 500_000
-    assert not heavy.default.capped and not heavy.default.notified
+    assert not heavy.default.capped and heavy.default.lift == "due"
     assert heavy.default.ceil_bps == 72_000  # unchanged until the next cycle lifts it
     assert out.ops == ()
 

@@ -165,6 +165,11 @@ KEYS = {
     "used_percent": "usage as a share of the limit",
     "rule": "the rule that sets the ceil",
     "writer": "state writer",
+    "kind": "which notice",
+    "share_bp": "share a notice tells",
+    "notice_bp": "highest share told",
+    "lift": "lift of a cap told",
+    "notices": "early notices of a class",
 }
 
 
