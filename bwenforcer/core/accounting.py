@@ -62,6 +62,7 @@ def account_slice(st: SliceState, kernel: KernelSlice | None) -> SliceState:
             cs.notice_bp,
             cs.lift,
             buckets,
+            cs.carried_bytes,
         )
 
     default = account(st.default, None if kernel is None else kernel.default)

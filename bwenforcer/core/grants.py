@@ -6,6 +6,11 @@ it was made in): the rules see the usage less the bytes granted in force, so a
 grant lifts a cap as a bigger limit would. Grants and resets are kept in the
 state's audit (who, when, why, how much), bounded: every grant in force, and of
 the rest the newest younger than ``AUDIT_KEEP_S``, at most ``MAX_AUDIT`` in all.
+
+Rollover (``ClassPolicy.rollover_bytes`` > 0, periods only, never a rolling window):
+at a new period a class carries what it left unused of the period that ended, at most
+the bound, and the carried bytes count like a grant for the whole new period
+(``ClassState.carried_bytes``, the rollover's record: not in the audit).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Iterable, Mapping
 
 from bwenforcer.core.layout import TrafficClass
 from bwenforcer.core.model import AuditEntry
+from bwenforcer.core.units import parse_size_bytes
 
 MAX_AUDIT = 1000
 AUDIT_KEEP_S = 90 * 86400
@@ -46,6 +52,45 @@ def class_granted(
 def counted_bytes(used_bytes: int, granted: int) -> int:
     """The usage the rules see: what was used less what is granted, at least 0."""
     return used_bytes - granted if used_bytes > granted else 0
+
+
+def rolled_over(
+    *, limit_bytes: int, used_bytes: int, granted: int, carried: int, bound_bytes: int
+) -> int:
+    """The bytes a class carries into a new period: what the period ending left unused
+    (``limit + granted + carried − used``, at least 0), at most ``bound_bytes``.
+
+    Computed once from the period that ended, whatever periods were skipped after it:
+    a new period's carried bytes replace the old ones, so nothing compounds.
+    """
+    if bound_bytes <= 0:
+        return 0
+    unused = limit_bytes + granted + carried - used_bytes
+    return min(unused, bound_bytes) if unused > 0 else 0
+
+
+def rollover_text(value: object) -> str:
+    """The canonical text of a rollover bound: ``""`` (off), ``"P%"`` of the limit
+    (P an integer 1..100) or a size in bytes (``"1073741824"``). Raises ValueError.
+    """
+    if value is None or value in (0, "0", "none"):
+        return ""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        number = value.strip()[:-1].strip()
+        if not number.isdigit() or not 0 <= int(number) <= 100:
+            raise ValueError(f"{value!r} is not a share of the limit from 0% to 100%")
+        return f"{int(number)}%" if int(number) else ""
+    size = parse_size_bytes(value)  # UnitError is a ValueError
+    return str(size) if size else ""
+
+
+def rollover_bound_bytes(text: str, limit_bytes: int) -> int:
+    """The rollover bound in bytes of a canonical text (:func:`rollover_text`)."""
+    if not text:
+        return 0
+    if text.endswith("%"):
+        return limit_bytes * int(text[:-1]) // 100
+    return int(text)
 
 
 def pruned(audit: tuple[AuditEntry, ...], now_s: int) -> tuple[AuditEntry, ...]:

@@ -65,6 +65,9 @@ class ClassPolicy:
     # canonical text of the early notices (core.notices.parse_notices), e.g. "50%,80%,lifted";
     # "" = the threshold notice alone
     notices: str = ""
+    # the most a new period takes over of what the period before left unused (core.grants,
+    # rolled_over); 0: no rollover (always 0 under a rolling window)
+    rollover_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,9 @@ class ClassState:
     # first, the current bucket last (core.window.RING of them; used_bytes is their sum);
     # () under a period
     buckets: tuple[int, ...] = ()
+    # bytes rolled over from the period before (policy.rollover_bytes): they count like a
+    # grant for this period; the rollover's only record
+    carried_bytes: int = 0
 
 
 @fast_init

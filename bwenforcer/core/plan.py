@@ -121,6 +121,16 @@ class NewPeriod:
     end_s: int
 
 
+@dataclass(frozen=True, slots=True)
+class Rollover:
+    """At a new period, a class carries bytes its period before left unused (core.grants)."""
+
+    name: str
+    xid: int
+    traffic_class: TrafficClass
+    carried_bytes: int
+
+
 @fast_init
 @dataclass(frozen=True, slots=True)
 class Notify:
@@ -145,6 +155,7 @@ Action = (
     | Inherit
     | PurgeLedger
     | NewPeriod
+    | Rollover
     | Notify
 )
 

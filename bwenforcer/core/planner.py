@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from bwenforcer.core.accounting import account_slice, class_usage, kernel_counter, rebaseline
-from bwenforcer.core.grants import NO_GRANT, counted_bytes, granted_bytes, pruned
+from bwenforcer.core.grants import NO_GRANT, counted_bytes, granted_bytes, pruned, rolled_over
 from bwenforcer.core.layout import DEFAULT_XID, ROOT_XID, TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.ledger import LazyLedger, due_names, editable
 from bwenforcer.core.model import (
+    AuditEntry,
     BootClock,
     ClassPolicy,
     ClassState,
@@ -46,6 +47,7 @@ from bwenforcer.core.plan import (
     PurgeLedger,
     RemoveClasses,
     Revive,
+    Rollover,
     SetRates,
 )
 from bwenforcer.core.settings import Config, PeriodAnchor
@@ -120,6 +122,7 @@ def _plan_live(
     granted: tuple[int, int] = NO_GRANT,
     elapsed_s: int | None = None,
     marks: SentMarks | None = None,
+    grants_then: Iterable[AuditEntry] = (),
 ) -> LiveSlice:
     """Plan one live slice; with ``account``, first add its bytes since the last cycle.
 
@@ -134,6 +137,11 @@ def _plan_live(
     current bucket: when it ends, each class's ring moves on (at most as far as the
     boot clock's ``elapsed_s`` allows, None: no bound) and its usage is what is left
     in the ring; a class no longer capped may be notified again.
+
+    Under a period, a new period carries into each class what the period that ended left
+    unused, at most its policy's rollover bound (core.grants.rolled_over; the grants of
+    the period that ended are the slice's audit entries ``grants_then``); the carried
+    bytes count like a grant.
     """
     window_s = want.default.window_s
     if want.exempt.window_s != window_s:  # the slice's window is its default class's
@@ -143,12 +151,15 @@ def _plan_live(
     start_s, end_s = st.period_start_s, st.period_end_s
     new_period = now_s >= end_s and not hold_period
     steps = 0
+    then = NO_GRANT  # the grants in force at the end of a period that ended (its rollover)
     if new_period and window_s:
         start_s, end_s = bucket_span(now_s, window_s)
         steps = steps_between(st.period_end_s, end_s, window_s, max_steps(elapsed_s, window_s))
     elif new_period:
         start_s, end_s = next_period(end_s, now_s, params.period_s, params.anchor)
         actions.append(NewPeriod(want.name, want.xid, start_s, end_s))
+        if want.default.rollover_bytes or want.exempt.rollover_bytes:
+            then = granted_bytes(grants_then, st.period_end_s - 1).get(want.name, NO_GRANT)
     out: list[tuple[ClassState, int, int | None]] = []
     was_capped: list[bool] = []
     to_notify: list[TrafficClass] = []
@@ -161,6 +172,21 @@ def _plan_live(
         else:
             old, policy, grant = st.exempt, want.exempt, granted[1]
             current = None if kernel is None else kernel.exempt
+        carried = old.carried_bytes
+        if window_s:
+            carried = 0  # a window has no period end to carry over
+        elif new_period:
+            carried = rolled_over(
+                limit_bytes=old.policy.limit_bytes,
+                used_bytes=old.used_bytes,
+                granted=then[0] if tc == "default" else then[1],
+                carried=old.carried_bytes,
+                bound_bytes=policy.rollover_bytes,
+            )
+            if carried:
+                actions.append(Rollover(want.name, want.xid, tc, carried))
+        elif carried > policy.rollover_bytes:
+            carried = policy.rollover_bytes  # a bound lowered (or rollover off): at once
         used, last, delta, notified = class_usage(
             old, current, account, new_period and not window_s
         )
@@ -170,7 +196,7 @@ def _plan_live(
             if steps:
                 used = sum(buckets)
         was_capped.append(account and old.capped and current is not None)
-        counted = counted_bytes(used, grant) if grant else used
+        counted = counted_bytes(used, grant + carried) if grant or carried else used
         rates, capped = targets.rates(policy, tc, counted, end_s, now_s)
         if window_s and not capped:
             notified = False  # no period to end: the next cap is mailed again
@@ -215,12 +241,13 @@ def _plan_live(
             and buckets is old.buckets
             and notice_bp == old.notice_bp
             and lift == old.lift
+            and carried == old.carried_bytes
             and (policy is old.policy or policy == old.policy)
         ):
             out.append((old, delta, old_ceil_bps))  # the very object: the identity rule
         else:
             new_cs = ClassState(
-                policy, used, last, ceil_bps, capped, notified, notice_bp, lift, buckets
+                policy, used, last, ceil_bps, capped, notified, notice_bp, lift, buckets, carried
             )
             out.append((new_cs, delta, old_ceil_bps))
     if to_notify and params.notify:
@@ -276,6 +303,8 @@ def _quiet(
     - each policy equals the wanted one (else: new limits and rates);
     - under a rolling window, neither class is flagged notified (else, not capped, its
       flag is cleared);
+    - neither class carries more than its policy's rollover bound, nor anything under a
+      rolling window (else it is clipped);
     - with notices on, no lift is due and neither usage is past a share not yet
       told (else: a Notify);
     - the saved ceil and the kernel's rates equal the policy's uncapped rates
@@ -301,6 +330,14 @@ def _quiet(
         or (d.policy is not want.default and d.policy != want.default)
         or (e.policy is not want.exempt and e.policy != want.exempt)
         or ((d.notified or e.notified) and want.default.window_s)
+        or (
+            (d.carried_bytes or e.carried_bytes)
+            and (
+                want.default.window_s
+                or d.carried_bytes > want.default.rollover_bytes
+                or e.carried_bytes > want.exempt.rollover_bytes
+            )
+        )
     ):
         return None
     d_start, d_rates = targets.limits(want.default, "default")
@@ -463,6 +500,10 @@ def plan(
     # grants lower the usage the rules see; the quiet path needs none of them: a slice
     # under its rule's start stays there with less usage counted (core/grants.py)
     granted = granted_bytes(state.audit, now_s) if state.audit else {}
+    # each slice's grants, for the unused budget of a period that ends (its rollover)
+    audit_of: dict[str, list[AuditEntry]] = {}
+    for made in state.audit:
+        audit_of.setdefault(made.slice, []).append(made)
     shortcut = _quiet if quiet else _no_shortcut  # chosen once, not tested per slice
     marked = {xid for xid, _, _ in sent} if sent else None
     slices: dict[int, SliceState] = {}
@@ -510,6 +551,7 @@ def plan(
             granted=granted.get(want.name, NO_GRANT),
             elapsed_s=elapsed_s if account else None,
             marks=sent,
+            grants_then=audit_of.get(want.name, ()),
         )
         slices[want.xid] = planned.state
         live.append(planned)
@@ -645,9 +687,12 @@ def _inherited(gone: SliceState, name: str, entry: LedgerEntry | None) -> SliceS
                 ring = carried_ring(waiting.used_bytes)
             buckets = tuple(map(max, cs.buckets, ring))
             return dataclasses.replace(cs, used_bytes=sum(buckets), buckets=buckets)
-        if waiting.used_bytes <= cs.used_bytes:
+        carried = min(cs.carried_bytes, waiting.carried_bytes)  # never more budget
+        if waiting.used_bytes <= cs.used_bytes and carried == cs.carried_bytes:
             return cs
-        return dataclasses.replace(cs, used_bytes=waiting.used_bytes)
+        return dataclasses.replace(
+            cs, used_bytes=max(cs.used_bytes, waiting.used_bytes), carried_bytes=carried
+        )
 
     return dataclasses.replace(
         st, default=larger(st.default, old.default), exempt=larger(st.exempt, old.exempt)
@@ -703,7 +748,9 @@ def _conformed(st: SliceState, window_s: int, params: PlanParams, now_s: int) ->
         start, end = first_period(now_s, params.period_s, params.anchor)
 
     def conform(cs: ClassState) -> ClassState:
-        return dataclasses.replace(cs, buckets=carried_ring(cs.used_bytes) if window_s else ())
+        return dataclasses.replace(
+            cs, buckets=carried_ring(cs.used_bytes) if window_s else (), carried_bytes=0
+        )
 
     return dataclasses.replace(
         st,

@@ -26,6 +26,7 @@ class ClassDefaults:
     taper: str = ""  # canonical text (core.policy.taper_text); "": none
     pacing: bool = True  # False: tiers and taper alone (needs one of them)
     notices: str = ""  # canonical text (core.notices.notices_text); "": threshold notice alone
+    rollover: str = ""  # canonical text (core.grants.rollover_text): "P%" or bytes; "": off
 
 
 def _default_class_defaults() -> Mapping[TrafficClass, ClassDefaults]:

@@ -25,10 +25,11 @@ from bwenforcer.core.plan import (
     PurgeLedger,
     RemoveClasses,
     Revive,
+    Rollover,
     SetRates,
 )
 from bwenforcer.core.planner import mark_sent
-from bwenforcer.core.units import human_rate
+from bwenforcer.core.units import human_rate, human_size
 from bwenforcer.errors import DeliveryUncertain, Error, MailDeadline
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,12 @@ def _describe(action: object) -> str | None:
         return f"slice {action.name}: ledger entry expired"
     if isinstance(action, NewPeriod):
         return f"slice {action.name} xid {action.xid}: new period, usage reset, caps lifted"
+    if isinstance(action, Rollover):
+        return (
+            f"slice {action.name} xid {action.xid} {action.traffic_class}: rolled over"
+            f" {action.carried_bytes} bytes ({human_size(action.carried_bytes)}) unused into"
+            " the new period"
+        )
     return None
 
 

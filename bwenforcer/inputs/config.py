@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bwenforcer.core.grants import rollover_text
 from bwenforcer.core.layout import MAX_SHARE, TRAFFIC_CLASSES, TrafficClass
 from bwenforcer.core.notices import notices_text, parse_notices
 from bwenforcer.core.policy import (
@@ -111,6 +112,7 @@ def _class_defaults(
         notices=_rule_text(
             reader, "notices", base.notices, lambda t: notices_text(*parse_notices(t))
         ),
+        rollover=_rollover(reader, base.rollover),
     )
     if not result.pacing and not result.tiers and not result.taper:
         raise reader.error(
@@ -127,6 +129,18 @@ def _class_defaults(
         )
     reader.done()
     return result
+
+
+def _rollover(reader: KeyReader, default: str) -> str:
+    """A class's ``rollover``: a size or a share of the limit (``10%``); null, 0 or
+    ``none``: off.
+    """
+    if not reader.has("rollover"):
+        return default
+    try:
+        return rollover_text(reader.raw("rollover"))
+    except ValueError as exc:
+        raise reader.error(str(exc), at=reader.key("rollover")) from None
 
 
 def _window(reader: KeyReader, anchored: bool) -> int:
@@ -396,6 +410,13 @@ def parse_config(data: object, source: str) -> Config:
         for tc in TRAFFIC_CLASSES
     }
     window = _window(defaults_reader, anchor is not None)
+    for tc in TRAFFIC_CLASSES:
+        if window and defaults[tc].rollover:
+            raise defaults_reader.error(
+                "a rolling window has no period end to roll over from: set defaults.window"
+                f" or defaults.{tc}.rollover, not both",
+                at=f"{defaults_reader.key(tc)}.rollover",
+            )
     defaults_reader.done()
     config = Config(
         device=top.text("device", base.device or None) or "",

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from bwenforcer.core.grants import rollover_bound_bytes, rollover_text
 from bwenforcer.core.layout import (
     DEFAULT_XID,
     MAX_SHARE,
@@ -76,6 +77,7 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "taper": "net_taper",
         "pacing": "net_pacing",
         "notices": "net_notices",
+        "rollover": "net_rollover",
     },
     "exempt": {
         "min_rate": "net_i2_min_rate",
@@ -87,6 +89,7 @@ ATTRIBUTES: dict[TrafficClass, dict[str, str]] = {
         "taper": "net_i2_taper",
         "pacing": "net_i2_pacing",
         "notices": "net_i2_notices",
+        "rollover": "net_i2_rollover",
     },
 }
 # a rolling window is the slice's, both classes' (core.window): one attribute
@@ -185,6 +188,15 @@ def resolve_policy(
             text=lambda parsed: notices_text(*parsed),
         )
         pacing = _pacing(name, attrs["pacing"], rspec, origin, base.pacing)
+        rollover = _rollover(name, attrs["rollover"], rspec, origin, base.rollover)
+        if rollover and window_s:
+            given_at = attrs["rollover"]
+            if origin[given_at] != "rspec":
+                given_at = WINDOW_ATTRIBUTE
+            raise SliceError(
+                f"slice {name}: {given_at}: a rolling window has no period end to roll over"
+                f" from: {WINDOW_ATTRIBUTE} and {attrs['rollover']} exclude each other"
+            )
         if not pacing and not tiers and not taper:
             raise SliceError(
                 f"slice {name}: {attrs['pacing']}: pacing off needs tiers or a taper"
@@ -211,6 +223,7 @@ def resolve_policy(
             pacing=pacing,
             window_s=window_s,
             notices=notices,
+            rollover_bytes=rollover_bound_bytes(rollover, limit),
         )
     return policies["default"], policies["exempt"], origin
 
@@ -233,6 +246,24 @@ def _window(name: str, rspec: Mapping[str, object], origin: dict[str, str], defa
     except (UnitError, ValueError) as exc:
         raise SliceError(f"slice {name}: {WINDOW_ATTRIBUTE}: {exc}") from None
     return window_s
+
+
+def _rollover(
+    name: str, attribute: str, rspec: Mapping[str, object], origin: dict[str, str], default: str
+) -> str:
+    """``net_rollover`` / ``net_i2_rollover``: a size (bytes, or with a unit such as
+    ``1GiB``) or a share of the limit (``10%``); 0 or ``none``: off, whatever the default.
+    """
+    value = rspec.get(attribute)
+    origin[attribute] = "defaults" if value is None else "rspec"
+    if value is None:
+        return default
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise SliceError(f"slice {name}: {attribute}: {shown(value)} is not a size or share")
+    try:
+        return rollover_text(int(value) if isinstance(value, float) else value)
+    except ValueError as exc:
+        raise SliceError(f"slice {name}: {attribute}: {exc}") from None
 
 
 _FLAGS = {"1": True, "true": True, "0": False, "false": False}

@@ -292,6 +292,7 @@ SLICE_GAUGES = (
     ("period_start_timestamp_seconds", "Start of the recording period (Unix time)"),
     ("period_end_timestamp_seconds", "End of the recording period (Unix time)"),
     ("granted_bytes", "Bytes operators granted in force, added to the budget"),
+    ("carried_bytes", "Bytes rolled over from the period before, added to the budget"),
     (
         "budget_exhausted_timestamp_seconds",
         "When the budget runs out at the last hour's rate (Unix time; +Inf: not this"
@@ -338,9 +339,10 @@ def slice_samples(
                 st.period_start_s,
                 st.period_end_s,
                 granted_in_force,
+                cs.carried_bytes,
                 exhausted_at_s(
                     limit_bytes=policy.limit_bytes,
-                    counted_bytes=counted_bytes(cs.used_bytes, granted_in_force),
+                    counted_bytes=counted_bytes(cs.used_bytes, granted_in_force + cs.carried_bytes),
                     rate_bytes_per_s=bytes_per_s,
                     now_s=now_s,
                     period_end_s=horizon_s(st.period_end_s, policy.window_s),

@@ -416,7 +416,7 @@ def _slice(value: object, policies: _Policies, source: str, path: str) -> SliceS
 
 def state_from_json(data: object, source: str, tail: bytes = b"") -> State:
     """Validate a parsed state file (migrating older schemas) and build the State;
-    ``tail``: the ledger's lines after its JSON object (schema 8).
+    ``tail``: the ledger's lines after its JSON object (schema 9).
 
     Raises StateCorrupt naming ``source`` and the JSON path of the first problem, or
     StateTooNew for a file written by a newer schema.

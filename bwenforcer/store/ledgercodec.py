@@ -1,7 +1,7 @@
 """The state file's ledger (schema.LEDGER) in its compact form, encoded and decoded.
 
 Each entry is an array (schema.LEDGER_ENTRY) whose classes name their policies
-by index into the ledger's ``policies`` table; since schema 8 each entry is a line
+by index into the ledger's ``policies`` table; since schema 9 each entry is a line
 ``[expires_at,"name",ENTRY]`` after the state's JSON object (which has the ledger's
 ``policies`` and the count of its ``entries``), so the state's parse does not expand
 them and a loaded ledger keeps them as text (:class:`~bwenforcer.core.ledger.LazyLedger`):
@@ -93,7 +93,7 @@ def ledger_file_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
 
 
 def ledger_dict_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
-    """Schema 7's ledger object (each entry an array keyed by name; tests, migrations)."""
+    """Schema 8's ledger object (each entry an array keyed by name; tests, migrations)."""
     index: dict[ClassPolicy, int] = {}
     table: list[list[object]] = []
     entries: dict[str, list[object]] = {}
@@ -198,10 +198,10 @@ class LedgerEncoder:
             f"[{entry.died_s},{st.xid},{st.period_start_s},{st.period_end_s},"
             f"[{d.used_bytes},{d.last_counter_bytes},{d.ceil_bps},{_JSON_BOOL[d.capped]},"
             f"{_JSON_BOOL[d.notified]},{ring_text(d.buckets)},{d.notice_bp},{_LIFT[d.lift]},"
-            f"{self._policy_at(d.policy)}],"
+            f"{d.carried_bytes},{self._policy_at(d.policy)}],"
             f"[{e.used_bytes},{e.last_counter_bytes},{e.ceil_bps},{_JSON_BOOL[e.capped]},"
             f"{_JSON_BOOL[e.notified]},{ring_text(e.buckets)},{e.notice_bp},{_LIFT[e.lift]},"
-            f"{self._policy_at(e.policy)}]]"
+            f"{e.carried_bytes},{self._policy_at(e.policy)}]]"
         )
 
     def _policy_at(self, policy: ClassPolicy, new: bool = False) -> int:
@@ -381,9 +381,9 @@ def _entry_from(
 
 
 def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
-    if type(c) is not list or len(c) != 9:
+    if type(c) is not list or len(c) != 10:
         return None
-    used, last, ceil, capped, notified, ring, told, lift, at = c
+    used, last, ceil, capped, notified, ring, told, lift, carried, at = c
     if (
         type(used) is int
         and used >= 0
@@ -396,12 +396,16 @@ def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
         and type(told) is int
         and 0 <= told <= MAX_NOTICE_SHARE_BP
         and lift in _LIFT
+        and type(carried) is int
+        and carried >= 0
         and type(at) is int
         and 0 <= at < len(table)
         and _ring_ok(ring)
         and ring_problem(used, ring, table[at].window_s) is None
     ):
-        return ClassState(table[at], used, last, ceil, capped, notified, told, lift, tuple(ring))
+        return ClassState(
+            table[at], used, last, ceil, capped, notified, told, lift, tuple(ring), carried
+        )
     return None
 
 

@@ -26,9 +26,9 @@ from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-# 8: issue 23's ledger lines (a step of its own, after issue 20's 6 windows and
-# 7 notices; renumbered at merge when a step goes before it)
-SCHEMA_VERSION = 8
+# 9: issue 23's ledger lines (a step of its own, after 6 windows, 7 notices and 8
+# rollover; renumbered at merge when a step goes before it)
+SCHEMA_VERSION = 9
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -174,6 +174,7 @@ CLASS: tuple[Field, ...] = (
     Field("buckets", "buckets", "buckets", "bytes"),
     Field("notice_bp", "notice_bp", "uint", "1/100 %", max=MAX_NOTICE_SHARE_BP),
     Field("lift", "lift", "lift"),
+    Field("carried_bytes", "carried_bytes", "uint", "bytes"),
     Field("limit_bytes", "policy.limit_bytes", "uint", "bytes"),
     Field("threshold_bytes", "policy.threshold_bytes", "uint", "bytes"),
     Field("min_rate_bps", "policy.min_rate_bps", "uint", "bit/s", view="min_rate"),
@@ -184,6 +185,7 @@ CLASS: tuple[Field, ...] = (
     Field("pacing", "policy.pacing", "bool"),
     Field("window_s", "policy.window_s", "window", "s"),
     Field("notices", "policy.notices", "notices"),
+    Field("rollover_bytes", "policy.rollover_bytes", "uint", "bytes"),
 )
 
 # A ledger entry's class (an array, like LEDGER_ENTRY): CLASS's own fields, then the
@@ -508,14 +510,63 @@ def _v6_to_v7(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# where _v7_to_v8 finds an entry's expiry: its period's end, its default class, that
+def _v8_entry(value: object) -> object:
+    """A ledger entry's array with each class's carried bytes (none) before its policy
+    index; one not shaped as one is passed through (validation after migration names it).
+    """
+    if not (isinstance(value, list) and len(value) == 6):
+        return value
+    classes = []
+    for c in value[4:]:
+        # schema 7's class: its own fields, its ring, its notice marks, its policy's index
+        if not (isinstance(c, list) and len(c) == len(_V4_OWN_KEYS) + 4):
+            return value
+        classes.append([*c[:-1], 0, c[-1]])
+    return [*value[:4], *classes]
+
+
+def _v7_to_v8(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 7 had no rollover: no class carried bytes from the period before
+    (``carried_bytes`` 0) and no policy rolled any over (``rollover_bytes`` 0).
+    """
+    out = {**data, "schema_version": 8}
+    slices = data.get("slices")
+    if isinstance(slices, dict):
+        out["slices"] = {
+            xid: (
+                {
+                    **st,
+                    "classes": {
+                        tc: {"carried_bytes": 0, "rollover_bytes": 0, **c}
+                        if isinstance(c, dict)
+                        else c
+                        for tc, c in st["classes"].items()
+                    },
+                }
+                if isinstance(st, dict) and isinstance(st.get("classes"), dict)
+                else st
+            )
+            for xid, st in slices.items()
+        }
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict):
+        policies, entries = ledger.get("policies"), ledger.get("entries")
+        if isinstance(policies, list):
+            policies = [[*p, 0] if isinstance(p, list) else p for p in policies]
+        if isinstance(entries, dict):
+            entries = {name: _v8_entry(e) for name, e in entries.items()}
+        out["ledger"] = {**ledger, "policies": policies, "entries": entries}
+    return out
+
+
+# where _v8_to_v9 finds an entry's expiry: its period's end, its default class, that
 # class's policy index (last) and the policy's window_s (steps before it keep these)
 _LEDGER_END_AT = [f.key for f in LEDGER_ENTRY].index("period_end")
 _LEDGER_DEFAULT_AT = [f.key for f in LEDGER_ENTRY].index("default")
 _POLICY_WINDOW_AT = [f.key for f in POLICY].index("window_s")
 
 
-def _v7_expiry(entry: list[Any], policies: object) -> int:
+def _v8_expiry(entry: list[Any], policies: object) -> int:
     """An ENTRY's expiry (core.model.LedgerEntry.expires_s); 0 when it is not shaped as
     one (the load's checks then name the problem).
     """
@@ -530,21 +581,21 @@ def _v7_expiry(entry: list[Any], policies: object) -> int:
         return 0
 
 
-def _v7_to_v8(data: dict[str, Any]) -> dict[str, Any]:
-    """Schema 7 wrote the ledger's entries in the state's object, ``{"<name>": ENTRY}``;
-    schema 8 writes each as a line ``[expires_at,"<name>",ENTRY]`` after the object (in
+def _v8_to_v9(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 8 wrote the ledger's entries in the state's object, ``{"<name>": ENTRY}``;
+    schema 9 writes each as a line ``[expires_at,"<name>",ENTRY]`` after the object (in
     expiry order), the object's ``entries`` their count. Migrated to the dict form of
     that: ``entries`` the list of lines, each ENTRY as it was (whatever fields the steps
     before gave it). Malformed entries are passed on in their line for the load's checks
     to name.
     """
-    out = {**data, "schema_version": 8}
+    out = {**data, "schema_version": 9}
     ledger = data.get("ledger")
     if isinstance(ledger, dict) and isinstance(ledger.get("entries"), dict):
         policies = ledger.get("policies")
         rows = sorted(
             (
-                (_v7_expiry(e, policies) if isinstance(e, list) else 0, name, e)
+                (_v8_expiry(e, policies) if isinstance(e, list) else 0, name, e)
                 for name, e in ledger["entries"].items()
             ),
             key=lambda row: row[0],
@@ -564,7 +615,8 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     4: _v4_to_v5,
     5: _v5_to_v6,
     6: _v6_to_v7,
-    7: _v7_to_v8,  # issue 23's step, renumbered at merge
+    7: _v7_to_v8,
+    8: _v8_to_v9,  # issue 23's step, renumbered at merge
 }
 
 

@@ -29,7 +29,7 @@ class ExplainClass:
     state: ClassState
     rule: RateRule
     granted_bytes: int
-    counted_bytes: int  # what the rules see: used less granted
+    counted_bytes: int  # what the rules see: used less granted and carried
     applies: str  # rule_ceil's: "" (not capped), "pacing", "tier P%", "taper P%-Q%"
     ceil_now_bps: int  # the rule's ceil at now, at the usage counted by the last cycle
     why: str  # the rule with its numbers
@@ -102,7 +102,7 @@ def explain_view(
         cs = st.cls(tc)
         rule = rate_rule(cs.policy, caps_bps[tc], bwmin_bps)
         granted = class_granted(report.audit, st.name, tc, now_s)
-        counted = counted_bytes(cs.used_bytes, granted)
+        counted = counted_bytes(cs.used_bytes, granted + cs.carried_bytes)
         _, ceil_bps, applies = rule_ceil(rule, counted, now_s, st.period_end_s)
         why = _why(rule, counted, applies, ceil_bps, st.period_end_s - now_s)
         kernel = None if report.kernel is None else report.kernel.cls(tc)
@@ -126,6 +126,7 @@ def explain_json(view: ExplainView) -> dict[str, Any]:
                 "limit_bytes": c.rule.limit_bytes,
                 "threshold_bytes": c.rule.threshold_bytes,
                 "granted_bytes": c.granted_bytes,
+                "carried_bytes": c.state.carried_bytes,
                 "counted_bytes": c.counted_bytes,
                 "rule": c.applies or None,
                 "explanation": c.why,
@@ -153,6 +154,8 @@ def explain_text(view: ExplainView) -> str:
     lines = [f"slice {st.name} xid {st.xid}: {head}"]
     for c in view.classes:
         granted = f" + {human_size(c.granted_bytes)} granted" if c.granted_bytes else ""
+        if c.state.carried_bytes:
+            granted += f" + {human_size(c.state.carried_bytes)} rolled over"
         kernel = (
             "unavailable"
             if not view.kernel_available

@@ -70,7 +70,8 @@ def grant(
         tc = entry.traffic_class
         cs = st.cls(tc)
         kc = None if kernel is None else kernel.cls(tc)
-        counted = counted_bytes(cs.used_bytes, class_granted(audit, st.name, tc, now_s))
+        granted = class_granted(audit, st.name, tc, now_s) + cs.carried_bytes
+        counted = counted_bytes(cs.used_bytes, granted)
         cs, op = rates_now(
             cs,
             kc,

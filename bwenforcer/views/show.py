@@ -160,6 +160,7 @@ def _policy_json(policy: ClassPolicy) -> dict[str, int | str | bool]:
         "tiers": policy.tiers,
         "taper": policy.taper,
         "pacing": policy.pacing,
+        "rollover_bytes": policy.rollover_bytes,
     }
 
 
@@ -193,7 +194,7 @@ def projections(report: SliceReport, now_s: int) -> dict[TrafficClass, Projectio
         granted = class_granted(report.audit, st.name, tc, now_s)
         at_s = exhausted_at_s(
             limit_bytes=cs.policy.limit_bytes,
-            counted_bytes=counted_bytes(cs.used_bytes, granted),
+            counted_bytes=counted_bytes(cs.used_bytes, granted + cs.carried_bytes),
             rate_bytes_per_s=last_hour / HOUR_S,
             now_s=now_s,
             period_end_s=horizon_s(st.period_end_s, cs.policy.window_s),
@@ -209,6 +210,7 @@ def _show_class_json(c: ShowClass, projection: Projection | None) -> dict[str, A
         "last_hour_rate": None if projection is None else round(projection.rate_bps),
         "exhausted_at": None if at_s is None or not math.isfinite(at_s) else int(at_s),
         "used_bytes": None if cs is None else cs.used_bytes,
+        "carried_bytes": None if cs is None else cs.carried_bytes,
         **_policy_json(c.policy),
         "ceil": c.ceil_bps,
         "capped": cs is not None and cs.capped,
@@ -301,6 +303,12 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         "tiers": lambda c: attr("tiers", c.policy.tiers or "-", c),
         "taper": lambda c: attr("taper", c.policy.taper or "-", c),
         "pacing": lambda c: attr("pacing", "on" if c.policy.pacing else "off", c),
+        "rollover": lambda c: attr(
+            "rollover",
+            human_size(c.policy.rollover_bytes) if c.policy.rollover_bytes else "-",
+            c,
+        ),
+        "carried": lambda c: "-" if c.state is None else f"+{human_size(c.state.carried_bytes)}",
         "ceil": lambda c: ceil_text(c.ceil_bps),
         "capped": lambda c: "yes" if c.state is not None and c.state.capped else "no",
         "notified": lambda c: "yes" if c.state is not None and c.state.notified else "no",
@@ -315,6 +323,8 @@ def _class_rows(report: SliceReport) -> list[tuple[str, ...]]:
         "tiers": any(c.policy.tiers for c in classes),
         "taper": any(c.policy.taper for c in classes),
         "pacing": any(not c.policy.pacing for c in classes),
+        "rollover": any(c.policy.rollover_bytes for c in classes),
+        "carried": any(c.state is not None and c.state.carried_bytes for c in classes),
     }
     return [r for r in rows if shown.get(r[0], True)]
 

@@ -23,7 +23,7 @@ SAMPLES = {
     ClassRates: (8_000, 16_000, 2),
     KernelClass: (RATES, 123),
     KernelSlice: (7, KernelClass(RATES, 1), None),
-    ClassState: (POLICY, 5, 6, 7, True, False, 5000, "due", (1, 2)),
+    ClassState: (POLICY, 5, 6, 7, True, False, 5000, "due", (1, 2), 8),
     SliceState: ("pl_a", 7, 1, 2, ClassState(POLICY), ClassState(POLICY, 1)),
     CreateClass: ("pl_a", 7, "default", RATES, "new"),
     SetRates: ("pl_a", 7, "exempt", RATES, ClassRates(8_000, 24_000, 1)),

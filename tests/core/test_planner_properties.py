@@ -173,6 +173,8 @@ POLICIES = {
         dataclasses.replace(policy(2_000_000), taper="20%-70%:50kbit"),
         dataclasses.replace(policy(1_000_000), notices="20%,50%,100%,lifted"),
         dataclasses.replace(policy(2_000_000), tiers="30%:2mbit", notices="10%,lifted"),
+        dataclasses.replace(policy(1_000_000), rollover_bytes=500_000),
+        dataclasses.replace(policy(1_000_000), rollover_bytes=2_000_000, notices="50%,lifted"),
     ),
     "exempt": (
         policy(3_000_000, max_rate=BWMAX_BPS),
@@ -181,6 +183,7 @@ POLICIES = {
         policy(3_000_000, min_rate=BWMIN_BPS * 4, max_rate=BWMIN_BPS * 4),
         dataclasses.replace(policy(3_000_000, max_rate=BWMAX_BPS), tiers="10%:5mbit"),
         dataclasses.replace(policy(3_000_000, max_rate=BWMAX_BPS), notices="5%,90%,lifted"),
+        dataclasses.replace(policy(3_000_000, max_rate=BWMAX_BPS), rollover_bytes=10**6),
     ),
 }
 EVENTS = st.sampled_from(
@@ -203,6 +206,8 @@ EVENTS = st.sampled_from(
         "state_notified",
         "state_lift_due",  # a lift of a cap still to tell
         "state_told",  # a share told
+        "state_carried",  # bytes carried over (maybe above the bound a state from elsewhere)
+        "state_carried",
         "away",  # the slice is not in the desired set this cycle
         "invalid",  # its record is invalid: held under the saved policy
         "window",  # a rolling window (or none) for both classes
@@ -284,6 +289,8 @@ def _state_event(state: State, xid: int, tc: str, event: str) -> State:
         cs = dataclasses.replace(cs, lift="due")
     elif event == "state_told":
         cs = dataclasses.replace(cs, notice_bp=2000)
+    elif event == "state_carried":
+        cs = dataclasses.replace(cs, carried_bytes=700_000)
     else:
         cs = dataclasses.replace(cs, notified=True)
     slices = dict(state.slices)

@@ -9,12 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bwenforcer.core.grants import counted_bytes
 from bwenforcer.core.model import (
     ClassPolicy,
     ClassRates,
     DesiredSlice,
     KernelClass,
     KernelSlice,
+    SliceState,
     State,
 )
 from bwenforcer.core.planner import PlanParams, plan
@@ -207,6 +209,8 @@ def policies(draw: st.DrawFn, max_rate: int) -> ClassPolicy:
     elapsed=st.integers(0, 3 * 86_400),
     quiet=st.booleans(),
     window_s=st.sampled_from((0, 0, 3600, 7 * 86_400, 30 * 86_400)),
+    rollover=st.tuples(st.integers(0, 10**12), st.integers(0, 10**12)),
+    later=st.tuples(st.floats(0, 2.5), st.floats(0, 2.5)),
 )
 def test_the_planners_ceil_is_the_policy_tables(
     default: ClassPolicy,
@@ -215,13 +219,18 @@ def test_the_planners_ceil_is_the_policy_tables(
     elapsed: int,
     quiet: bool,
     window_s: int,
+    rollover: tuple[int, int],
+    later: tuple[float, float],
 ) -> None:
     """Also under a rolling window (core/window.py): the table's time left is the
-    slice's period end, there the end of its current bucket.
+    slice's period end, there the end of its current bucket. Under a period with a
+    rollover, a period later: the table at the usage less the bytes carried over.
     """
     params = PlanParams(86_400, None, BWMIN_BPS)
-    default = dataclasses.replace(default, window_s=window_s)
-    exempt = dataclasses.replace(exempt, window_s=window_s)
+    if window_s:
+        rollover = (0, 0)  # refused by the inputs: a window has no period end
+    default = dataclasses.replace(default, window_s=window_s, rollover_bytes=rollover[0])
+    exempt = dataclasses.replace(exempt, window_s=window_s, rollover_bytes=rollover[1])
     want = DesiredSlice("pl_a", 10, default, exempt)
     first = plan(desired(want), snapshot(), State(), params, T0)
     counters = [int(p.limit_bytes * f) for p, f in zip((default, exempt), used, strict=True)]
@@ -232,11 +241,26 @@ def test_the_planners_ceil_is_the_policy_tables(
     )
     now = T0 + elapsed
     second = plan(desired(want), snapshot(kernel), first.state, params, now, quiet=quiet)
-    st_ = second.state.slices[10]
+    _check_table(second.state.slices[10], now)
+    policies_ = (default, exempt)
+    sent = [c + int(p.limit_bytes * f) for c, p, f in zip(counters, policies_, later, strict=True)]
+    kernel = KernelSlice(
+        10,
+        KernelClass(ClassRates(1, 1, 1), sent[0]),
+        KernelClass(ClassRates(1, 1, 1), sent[1]),
+    )
+    now += 86_400 + 60  # the next period (or bucket): what the last one left rolls over
+    third = plan(desired(want), snapshot(kernel), second.state, params, now, quiet=quiet)
+    _check_table(third.state.slices[10], now)
+
+
+def _check_table(st_: SliceState, now: int) -> None:
     for tc, cap in (("default", CAP_BPS), ("exempt", BWMAX_BPS)):
         cs = st_.cls(tc)
+        assert 0 <= cs.carried_bytes <= cs.policy.rollover_bytes
         rule = rate_rule(cs.policy, cap, BWMIN_BPS)
-        (row,) = ceil_table(rule, (cs.used_bytes,), now, st_.period_end_s)
+        counted = counted_bytes(cs.used_bytes, cs.carried_bytes)
+        (row,) = ceil_table(rule, (counted,), now, st_.period_end_s)
         assert cs.ceil_bps == row.ceil_bps
         assert cs.capped == bool(row.applies)
 

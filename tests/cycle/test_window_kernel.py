@@ -30,6 +30,7 @@ WINDOWED = {
     )
 }
 T0 = 1_800_000_000 // HOUR * HOUR
+STRAY = 2_000  # bytes of a connection's close counted a cycle late (seen: 66)
 
 
 def test_a_rolling_window_lifts_a_cap_as_hours_pass(pair: NetnsPair, tmp_path: Path) -> None:
@@ -63,16 +64,20 @@ def test_a_rolling_window_lifts_a_cap_as_hours_pass(pair: NetnsPair, tmp_path: P
         both, ceil, capped = cycle()
         assert 300_000 <= both < 360_000 and ceil == 1_000_000 and capped
 
+        # a connection's last packets (its close) can reach the counter a cycle later:
+        # they are counted then, in a later bucket; STRAY bounds them
         clock.now += 2 * HOUR  # 5 hours after the first bytes: all still in the window
-        assert cycle() == (both, 1_000_000, True)
+        still, ceil, capped = cycle()
+        assert both <= still < both + STRAY and (ceil, capped) == (1_000_000, True)
 
         # 6 hours and a bucket after the first bytes: they have left; the cap lifts a step
         clock.now += HOUR + bucket_s(6 * HOUR)
         left, ceil, capped = cycle()
-        assert left == both - first and ceil == 3_000_000 and capped
+        assert 0 <= left - (both - first) < STRAY and ceil == 3_000_000 and capped
 
         # and once the second bytes have left too, it is lifted
         clock.now += 3 * HOUR
-        assert cycle() == (0, NODE_CAP_BPS, False)
+        rest, ceil, capped = cycle()
+        assert rest < STRAY and (ceil, capped) == (NODE_CAP_BPS, False)
     finally:
         agent.close()

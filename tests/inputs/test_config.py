@@ -168,6 +168,19 @@ def test_every_key() -> None:
             "t.yaml: defaults.window: a rolling window has no calendar period",
         ),
         (
+            {"defaults": {"default": {"rollover": "101%"}}},
+            "t.yaml: defaults.default.rollover: '101%' is not a share of the limit from 0% to 100%",
+        ),
+        (
+            {"defaults": {"exempt": {"rollover": "lots"}}},
+            "t.yaml: defaults.exempt.rollover: 'lots' is not a size",
+        ),
+        ({"defaults": {"default": {"rollover": -1}}}, "t.yaml: defaults.default.rollover: -1 is"),
+        (
+            {"defaults": {"window": "30d", "exempt": {"rollover": "10%"}}},
+            "t.yaml: defaults.exempt.rollover: a rolling window has no period end to roll over",
+        ),
+        (
             {"defaults": {"exempt": {"notices": "80%, 50%"}}},
             "t.yaml: defaults.exempt.notices: notice 2: shares must rise (50%)",
         ),
@@ -310,6 +323,24 @@ def test_the_notices_examples_load_as_they_say() -> None:
     (want,) = [s for s in _slices_of(slices) if s.name == "pl_example"]
     assert want.default.notices == "50%,90%,lifted" and want.exempt.notices == ""
     assert "notices: null" in (ETC / "bwenforcer.yaml").read_text()  # the key, documented
+
+
+def test_the_rollover_examples_load_as_they_say() -> None:
+    """README's and etc/'s rollover examples are among the snippets loaded above, and mean
+    what their comments say.
+    """
+    found = [(w, t) for w, t in yaml_snippets() if "rollover:" in t]
+    readme = next(t for w, t in found if w.startswith("README.md"))
+    cfg = parse_config(parse_yaml(readme.encode(), "README"), "README")
+    assert (cfg.defaults["default"].rollover, cfg.defaults["exempt"].rollover) == (
+        "25%",
+        "1073741824",
+    )
+    slices = next(t for w, t in found if w.startswith("etc/slices.yaml"))
+    (want,) = [s for s in _slices_of(slices) if s.name == "pl_example"]
+    assert want.default.rollover_bytes == 2**30 // 10 and want.exempt.rollover_bytes == 0
+    etc = parse_config(parse_yaml((ETC / "bwenforcer.yaml").read_bytes(), "etc"), "etc")
+    assert all(etc.defaults[tc].rollover == "" for tc in ("default", "exempt"))  # off by default
 
 
 def _slices_of(text: str) -> tuple[DesiredSlice, ...]:

@@ -760,3 +760,59 @@ def test_notices_come_from_the_defaults_or_the_rspec_in_canonical_text() -> None
     assert exempt.notices == "12.5%,80%,lifted" and origin["net_i2_notices"] == "rspec"
     with pytest.raises(SliceError, match="slice pl_a: net_notices: notice 1: 'soon' is not"):
         resolve_policy("pl_a", {"net_notices": "soon"}, cfg)
+
+
+def test_a_rollover_comes_from_the_defaults_or_the_rspec_as_a_bound_in_bytes() -> None:
+    cfg = Config(
+        node_cap_bps=10_000_000,
+        bwmax_bps=100_000_000,
+        defaults={
+            "default": ClassDefaults(limit_bytes=10**9, rollover="10%"),
+            "exempt": ClassDefaults(limit_bytes=10**9),
+        },
+    )
+    default, exempt, origin = resolve_policy("pl_a", {}, cfg)
+    assert (default.rollover_bytes, exempt.rollover_bytes) == (10**8, 0)
+    assert origin["net_rollover"] == "defaults"
+    # a share is of the slice's own limit (net_max_kbyte), a size is bytes
+    default, exempt, origin = resolve_policy(
+        "pl_a", {"net_max_kbyte": 1000, "net_i2_rollover": "1MiB"}, cfg
+    )
+    assert (default.rollover_bytes, exempt.rollover_bytes) == (102_400, 2**20)
+    assert origin["net_i2_rollover"] == "rspec"
+    default, _, _ = resolve_policy("pl_a", {"net_rollover": 0}, cfg)  # off, whatever the default
+    assert default.rollover_bytes == 0
+
+
+@pytest.mark.parametrize(
+    ("rspec", "problem"),
+    [
+        ({"net_rollover": "150%"}, "slice pl_a: net_rollover: '150%' is not a share of the limit"),
+        ({"net_i2_rollover": "soon"}, "slice pl_a: net_i2_rollover: 'soon' is not a size"),
+        ({"net_rollover": -5}, "slice pl_a: net_rollover: -5 is not a size"),
+        ({"net_rollover": True}, "slice pl_a: net_rollover: True is not a size or share"),
+        ({"net_rollover": 1.5}, "slice pl_a: net_rollover: 1.5 is not a size or share"),
+        (
+            {"net_window": "30d", "net_rollover": 0, "net_i2_rollover": "1GiB"},
+            "slice pl_a: net_i2_rollover: a rolling window has no period end to roll over",
+        ),
+        (  # the default's rollover and the slice's window: the window is named
+            {"net_window": "30d"},
+            "slice pl_a: net_window: a rolling window has no period end to roll over",
+        ),
+    ],
+)
+def test_a_bad_rollover_attribute_is_one_line_naming_it(
+    rspec: dict[str, object], problem: str
+) -> None:
+    cfg = Config(
+        node_cap_bps=10_000_000,
+        bwmax_bps=100_000_000,
+        defaults={
+            "default": ClassDefaults(limit_bytes=10**9, rollover="10%"),
+            "exempt": ClassDefaults(limit_bytes=10**9),
+        },
+    )
+    with pytest.raises(SliceError) as err:
+        resolve_policy("pl_a", rspec, cfg)
+    assert str(err.value).startswith(problem) and "\n" not in str(err.value)

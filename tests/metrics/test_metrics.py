@@ -34,7 +34,7 @@ from bwenforcer.metrics.server import serve
 from tests.kernel_helpers import bwenforcer_in
 from tests.loopback import free_port
 from tests.netns import Netns
-from tests.planner_data import PARAMS, T0, desired, kslice, snapshot, want
+from tests.planner_data import PARAMS, PERIOD_S, T0, desired, kslice, snapshot, want
 
 
 def _result() -> CycleResult:
@@ -257,7 +257,7 @@ def test_four_thousand_slices_render_every_series_once() -> None:
     metrics.observe(result)
     lines = generate_latest(metrics.registry()).decode().splitlines()
     per_slice = [line for line in lines if line.startswith("bwenforcer_slice_") and "{" in line]
-    assert len(per_slice) == 4000 * 2 * 9
+    assert len(per_slice) == 4000 * 2 * 10
     assert len(set(per_slice)) == len(per_slice)
     assert 'bwenforcer_slices{state="live"} 4000.0' in lines
 
@@ -486,3 +486,23 @@ def test_grants_in_force_are_a_gauge_per_class_and_counted() -> None:
         'bwenforcer_slice_granted_bytes{class="exempt",slice="pl_b",xid="2"} 0.0',
     }
     assert "bwenforcer_grants_total 3.0" in lines
+
+
+def test_carried_bytes_are_a_gauge_per_class() -> None:
+    rolling = want("pl_a", 1)
+    rolling = replace(rolling, default=replace(rolling.default, rollover_bytes=400_000))
+    wanted = desired(rolling, want("pl_b", 2))
+    first = plan(wanted, snapshot(kslice(1), kslice(2)), State(), PARAMS, T0)
+    used = plan(wanted, snapshot(kslice(1, 700_000), kslice(2)), first.state, PARAMS, T0 + 60)
+    later = T0 + PERIOD_S + 60  # the next period: 300 kB unused of pl_a's 1 MB roll over
+    second = plan(wanted, snapshot(kslice(1, 700_000), kslice(2)), used.state, PARAMS, later)
+    metrics = AgentMetrics()
+    metrics.observe(CycleResult(later, 0.1, second, None))
+    lines = generate_latest(metrics.registry()).decode().splitlines()
+    carried = {line for line in lines if line.startswith("bwenforcer_slice_carried_bytes{")}
+    assert carried == {
+        'bwenforcer_slice_carried_bytes{class="default",slice="pl_a",xid="1"} 300000.0',
+        'bwenforcer_slice_carried_bytes{class="exempt",slice="pl_a",xid="1"} 0.0',
+        'bwenforcer_slice_carried_bytes{class="default",slice="pl_b",xid="2"} 0.0',
+        'bwenforcer_slice_carried_bytes{class="exempt",slice="pl_b",xid="2"} 0.0',
+    }

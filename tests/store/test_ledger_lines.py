@@ -82,7 +82,7 @@ def test_the_file_is_the_object_then_one_line_per_entry(tmp_path: Path) -> None:
     store, _ = loaded(tmp_path, ledger_of(3))
     head, *lines = Path(store.path).read_bytes().split(b"\n")
     data = json.loads(head)
-    assert data["schema_version"] == SCHEMA_VERSION == 8
+    assert data["schema_version"] == SCHEMA_VERSION == 9
     assert data["ledger"]["entries"] == 3 and len(data["ledger"]["policies"]) == 2
     assert lines[-1] == b"" and len(lines) == 4
     assert json.loads(lines[1])[:2] == [NOW_S + 60, "pl_d1"]
@@ -250,19 +250,19 @@ def test_a_file_cut_short_is_corrupt(tmp_path: Path) -> None:
 def test_lines_after_an_older_schemas_object_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     data = state_to_json(State(), NOW_S)
-    data["schema_version"] = 7
+    data["schema_version"] = 8
     data["ledger"] = {"policies": [], "entries": {}}
     path.write_text(json.dumps(data) + "\n[1,2]\n")
-    with pytest.raises(StateCorrupt, match="lines after the JSON object of schema_version 7"):
+    with pytest.raises(StateCorrupt, match="lines after the JSON object of schema_version 8"):
         StateStore(str(path)).read_unlocked()
 
 
-def test_a_schema_7_file_migrates_and_is_saved_as_lines(tmp_path: Path) -> None:
-    ledger = dict(reversed(list(ledger_of(20).items())))  # any order in schema 7
+def test_a_schema_8_file_migrates_and_is_saved_as_lines(tmp_path: Path) -> None:
+    ledger = dict(reversed(list(ledger_of(20).items())))  # any order in schema 8
     data = state_to_json(State({}, ledger_of(20)), NOW_S)
     rows = [json.loads(line) for line in data["ledger"]["entries"]]
     data["ledger"]["entries"] = {row[1]: row[2] for row in reversed(rows)}
-    data["schema_version"] = 7
+    data["schema_version"] = 8
     path = tmp_path / "state.json"
     path.write_text(json.dumps(data))
     store = StateStore(str(path))
@@ -287,10 +287,11 @@ def test_notice_marks_and_policies_go_through_the_lines_decoded_only_when_asked(
     ledger = {name: noticed(e, i) for i, (name, e) in enumerate(ledger_of(20).items())}
     store, state = loaded(tmp_path, ledger)
     head, *lines = Path(store.path).read_bytes().split(b"\n")
-    assert json.loads(head)["ledger"]["policies"][0][-2:] == [0, "50%,80%,lifted"]
+    # a policy: …, window_s, notices, rollover_bytes
+    assert json.loads(head)["ledger"]["policies"][0][-3:] == [0, "50%,80%,lifted", 0]
     row = json.loads(lines[3])
-    # each class: used, last, ceil, capped, notified, ring, notice_bp, lift, policy index
-    assert row[2][4][5:] == [[], 5_003, "due", 0] and row[2][5][5:] == [[], 3, "sent", 1]
+    # each class: used, last, ceil, capped, notified, ring, notice_bp, lift, carried, policy
+    assert row[2][4][5:] == [[], 5_003, "due", 0, 0] and row[2][5][5:] == [[], 3, "sent", 0, 1]
     state, seen = counting(state)
     assert seen == []
     assert dataclasses.astuple(state.ledger["pl_d3"]) == dataclasses.astuple(ledger["pl_d3"])

@@ -90,26 +90,29 @@ def saved(state: State, now_s: int = NOW_S) -> State:
 
 
 _V7_KEYS = ("notice_bp", "lift", "notices")
+_V8_KEYS = ("carried_bytes", "rollover_bytes")
 
 
 def before_v7(view: dict[str, Any]) -> dict[str, Any]:
-    """A state's view form (``state show --json``) without schema 7's keys, as schema
-    6 and before wrote a class (changed in place, and returned).
+    """A state's view form (``state show --json``) without schema 7's and 10's keys, as
+    schema 6 and before wrote a class (changed in place, and returned).
     """
     slices = [*view["slices"].values(), *(e["slice"] for e in view["ledger"].values())]
     for sl in slices:
         for cls in sl["classes"].values():
-            for key in _V7_KEYS:
+            for key in (*_V7_KEYS, *_V8_KEYS):
                 del cls[key]
     return view
 
 
 def without_notices(state: State) -> State:
-    """``state`` with no early notices asked for or told (what schema 6 knew)."""
+    """``state`` with no early notices asked for or told and no rollover (what schema 6
+    knew).
+    """
 
     def plain(cs: ClassState) -> ClassState:
-        policy = dataclasses.replace(cs.policy, notices="")
-        return dataclasses.replace(cs, policy=policy, notice_bp=0, lift="")
+        policy = dataclasses.replace(cs.policy, notices="", rollover_bytes=0)
+        return dataclasses.replace(cs, policy=policy, notice_bp=0, lift="", carried_bytes=0)
 
     def slice_(st: SliceState) -> SliceState:
         return dataclasses.replace(st, default=plain(st.default), exempt=plain(st.exempt))
@@ -139,7 +142,7 @@ def put_rows(data: dict[str, Any], rows: dict[str, list[Any]]) -> None:
 
 
 def as_v6(data: dict[str, Any]) -> dict[str, Any]:
-    """The dict form with its ledger as schema 6 and 7 wrote it, ``{"<name>": ENTRY}`` in
+    """The dict form with its ledger as schema 6 to 8 wrote it, ``{"<name>": ENTRY}`` in
     the object (``data`` changed in place; its version is the caller's to set).
     """
     rows = ledger_rows(data)
@@ -255,7 +258,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 8
+    assert data["schema_version"] == SCHEMA_VERSION == 9
     assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
@@ -271,6 +274,7 @@ def test_json_layout_is_the_documented_one() -> None:
         "buckets": [],
         "notice_bp": 0,
         "lift": "",
+        "carried_bytes": 0,
         "limit_bytes": 5_000_000,
         "threshold_bytes": 4_000_000,
         "min_rate_bps": 8_000,
@@ -281,17 +285,18 @@ def test_json_layout_is_the_documented_one() -> None:
         "pacing": True,
         "window_s": 0,
         "notices": "",
+        "rollover_bytes": 0,
     }
     assert (data["grants"], data["audit"]) == (0, [])
     assert data["ledger"] == {
         "policies": [
-            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True, 0, ""],
-            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True, 0, ""],
+            [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True, 0, "", 0],
+            [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True, 0, "", 0],
         ],
         # each entry a line after the state's object: [expires_at, name, ENTRY]
         "entries": [
             f'[{NOW_S + 82_800},"pl_dead0",[{NOW_S - 60},3000,{NOW_S - 3600},{NOW_S + 82_800},'
-            '[99,990,2000000,true,false,[],0,"",0],[7,77,0,false,false,[],0,"",1]]]'
+            '[99,990,2000000,true,false,[],0,"",0,0],[7,77,0,false,false,[],0,"",0,1]]]'
         ],
     }
 
@@ -1194,12 +1199,13 @@ BAD_ENTRIES = [
     ((0,), -1, f"{_ENTRY}[0]: expected a non-negative integer"),
     ((1,), 0x1000, f"{_ENTRY}[1]: 4096 out of range 0..4095"),
     ((3,), 0, f"{_ENTRY}[3]: before period_start"),
-    ((4,), {}, f"{_ENTRY}[4]: expected a list of 9 values"),
+    ((4,), {}, f"{_ENTRY}[4]: expected a list of 10 values"),
     ((4, 3), 1, f"{_ENTRY}[4][3]: expected true or false"),
     ((5, 0), "7", f"{_ENTRY}[5][0]: expected a non-negative integer"),
     ((5, 5), [1], f"{_ENTRY}[5][5]: expected [] or a list of 25 non-negative integers"),
     ((5, 5), [0] * 25, f"{_ENTRY}[5][5]: expected [] under a period (window_s 0)"),
-    ((5, 8), 9, f"{_ENTRY}[5][8]: policy 9 not in the ledger's 2"),
+    ((5, 8), -1, f"{_ENTRY}[5][8]: expected a non-negative integer"),
+    ((5, 9), 9, f"{_ENTRY}[5][9]: policy 9 not in the ledger's 2"),
 ]
 
 
@@ -1313,7 +1319,7 @@ def test_a_rolling_window_round_trips_through_the_file_and_its_compact_ledger() 
     assert data["slices"]["1"]["classes"]["default"]["buckets"] == [*[0] * (RING - 2), 5, 7]
     assert data["slices"]["1"]["classes"]["default"]["window_s"] == 30 * 86_400
     entry = ledger_rows(data)["pl_dead0"][2]
-    assert entry[4][5] == [*[0] * (RING - 2), 5, 7] and data["ledger"]["policies"][0][-2] > 0
+    assert entry[4][5] == [*[0] * (RING - 2), 5, 7] and data["ledger"]["policies"][0][-3] > 0
     assert text == file_text(state_to_json(state, NOW_S))
     assert state_from_json(data, "state.json") == saved(state)
 
@@ -1348,7 +1354,8 @@ def test_a_ledger_entry_whose_ring_does_not_fit_is_named_in_one_line() -> None:
         state_from_json(data, "state.json")
     data = state_to_json(windowed_state(), NOW_S)
     pol = data["ledger"]["policies"][1]
-    data["ledger"]["policies"].append([*pol[:-2], 7200, pol[-1]])  # window_s, then notices
+    # window_s, then notices and rollover
+    data["ledger"]["policies"].append([*pol[:-3], 7200, *pol[-2:]])
     rows = ledger_rows(data)
     rows["pl_dead0"][2][5][-1] = 2  # the exempt class under another window
     put_rows(data, rows)
@@ -1364,10 +1371,11 @@ def test_migration_to_schema_6_puts_every_class_under_its_period_as_before() -> 
     for sl in v5["slices"].values():
         for cls in sl["classes"].values():
             del cls["buckets"], cls["window_s"]
-            for key in _V7_KEYS:
+            for key in (*_V7_KEYS, *_V8_KEYS):
                 del cls[key]
-    # the policies lose window_s and notices; a class its ring and notice marks
-    v5["ledger"]["policies"] = [p[:-2] for p in v5["ledger"]["policies"]]
+    # the policies lose window_s, notices and rollover; a class its ring, notice marks and
+    # carried bytes
+    v5["ledger"]["policies"] = [p[:-3] for p in v5["ledger"]["policies"]]
     for entry in v5["ledger"]["entries"].values():
         entry[4:] = [[*c[:5], c[-1]] for c in entry[4:]]
     before = copy.deepcopy(v5)
@@ -1384,11 +1392,52 @@ def test_migration_to_schema_7_knows_no_notices_told_or_asked_for() -> None:
     v5["schema_version"] = 5
     for sl in v5["slices"].values():
         for cls in sl["classes"].values():
-            for key in (*_V7_KEYS, "buckets", "window_s"):
+            for key in (*_V7_KEYS, *_V8_KEYS, "buckets", "window_s"):
                 del cls[key]
-    v5["ledger"]["policies"] = [p[:-2] for p in v5["ledger"]["policies"]]
+    v5["ledger"]["policies"] = [p[:-3] for p in v5["ledger"]["policies"]]
     for entry in v5["ledger"]["entries"].values():
         entry[4:] = [[*c[:5], c[-1]] for c in entry[4:]]
     before = copy.deepcopy(v5)
     assert state_from_json(v5, "old.json") == saved(make_state(2))
     assert v5 == before  # the steps build new objects
+
+
+def test_migration_to_schema_8_carries_nothing_and_rolls_nothing_over() -> None:
+    """A schema-7 file (live classes and compact ledger entries, notice marks and rings
+    kept): every class gets ``carried_bytes`` 0 before its policy, every policy
+    ``rollover_bytes`` 0 at its end; a v7 file loads as the state it was.
+    """
+    state = make_state(2, used_bytes=10)
+    v7 = as_v6(state_to_json(state, NOW_S))
+    v7["schema_version"] = 7
+    for sl in v7["slices"].values():
+        for cls in sl["classes"].values():
+            for key in _V8_KEYS:
+                del cls[key]
+    v7["ledger"]["policies"] = [p[:-1] for p in v7["ledger"]["policies"]]
+    for entry in v7["ledger"]["entries"].values():
+        entry[4:] = [[*c[:-2], c[-1]] for c in entry[4:]]
+    before = copy.deepcopy(v7)
+    migrated = MIGRATIONS[7](v7)
+    assert v7 == before and migrated["schema_version"] == 8
+    assert migrated["ledger"]["entries"]["pl_dead0"][4][-2:] == [0, 0]  # carried, policy 0
+    assert all(p[-1] == 0 for p in migrated["ledger"]["policies"])
+    loaded = state_from_json(v7, "old.json")
+    assert loaded == saved(state)
+    classes = [c for st in loaded.slices.values() for c in (st.default, st.exempt)]
+    assert all(c.carried_bytes == 0 and c.policy.rollover_bytes == 0 for c in classes)
+
+
+def test_carried_bytes_and_the_rollover_bound_round_trip_live_and_in_the_ledger() -> None:
+    state = make_state(1, used_bytes=10)
+    policy = dataclasses.replace(state.slices[1].default.policy, rollover_bytes=123_456)
+    cs = dataclasses.replace(state.slices[1].default, policy=policy, carried_bytes=7_890)
+    st = dataclasses.replace(state.slices[1], default=cs)
+    entry = dataclasses.replace(state.ledger["pl_dead0"], slice=dataclasses.replace(st, xid=3000))
+    state = dataclasses.replace(state, slices={1: st}, ledger={"pl_dead0": entry})
+    text = StateEncoder().encode(state, NOW_S)
+    data = file_json(text)
+    assert data["slices"]["1"]["classes"]["default"]["carried_bytes"] == 7_890
+    assert ledger_rows(data)["pl_dead0"][2][4][-2] == 7_890
+    loaded = state_from_json(data, "state.json")
+    assert loaded.slices[1].default == cs and loaded.ledger["pl_dead0"].slice.default == cs

@@ -571,3 +571,28 @@ def test_reset_line_without_the_kernel_says_when_the_cap_goes() -> None:
     assert line.endswith(
         "default used 190KiB → 0, ceil 72kbit/s until the next cycle; exempt used 3MiB → 0"
     )
+
+
+def test_show_and_explain_count_the_carried_bytes_like_a_grant() -> None:
+    """pl_heavy (190 KiB used, 200 KiB limit, capped from 100 KiB) carrying 150 KiB from
+    its period before: show prints the bound and the carried bytes, explain adds them to
+    the budget and its rule sees 40 KiB (not capped).
+    """
+    from bwenforcer.views.explain import explain_json, explain_text, explain_view
+
+    report = heavy_report()
+    st_ = report.live
+    policy_ = dataclasses.replace(st_.default.policy, rollover_bytes=150 * KiB)
+    cs = dataclasses.replace(st_.default, policy=policy_, carried_bytes=150 * KiB)
+    report = dataclasses.replace(report, live=dataclasses.replace(st_, default=cs))
+    text = show_text(report, NOW)
+    assert re.search(r"rollover +150KiB", text) and re.search(r"carried +\+150KiB", text)
+    doc = show_json(report, NOW)["classes"]["default"]
+    assert (doc["carried_bytes"], doc["rollover_bytes"]) == (150 * KiB, 150 * KiB)
+    view = explain_view(
+        report, {"default": CAP_BPS, "exempt": BWMAX_BPS}, bwmin_bps=8_000, now_s=NOW
+    )
+    classes = explain_json(view)["classes"]
+    assert classes["default"]["carried_bytes"] == 150 * KiB
+    assert classes["default"]["counted_bytes"] == 40 * KiB and classes["default"]["rule"] is None
+    assert "+ 150KiB rolled over" in explain_text(view)

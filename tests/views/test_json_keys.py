@@ -31,6 +31,7 @@ from bwenforcer.core.plan import (
     PurgeLedger,
     RemoveClasses,
     Revive,
+    Rollover,
     SetRates,
 )
 from bwenforcer.core.planner import PlanParams, plan
@@ -170,6 +171,8 @@ KEYS = {
     "notice_bp": "highest share told",
     "lift": "lift of a cap told",
     "notices": "early notices of a class",
+    "carried_bytes": "bytes rolled over from the period before",
+    "rollover_bytes": "rollover bound",
 }
 
 
@@ -212,6 +215,7 @@ ALL_ACTIONS = (
     Inherit("pl_d", 3, "pl_b"),
     PurgeLedger("pl_c"),
     NewPeriod("pl_a", 1, NOW, NOW + 86_400),
+    Rollover("pl_a", 1, "default", 10**9),
     Notify("pl_a", 1, ("default", "exempt")),
 )
 
