@@ -327,8 +327,12 @@ def ledger_xids(state: State) -> LedgerXids:
     if kept is not None and kept[0] is state.ledger:
         return kept[1]
     index: dict[int, tuple[str, ...]] = {}
-    for name, entry in state.ledger.items():
-        xid = entry.slice.xid
+    ledger = state.ledger
+    # a saved ledger (core.ledger.LazyLedger) gives its xids without decoding an entry
+    pairs = getattr(ledger, "xid_pairs", None)
+    for xid, name in (
+        pairs() if pairs is not None else ((e.slice.xid, n) for n, e in ledger.items())
+    ):
         index[xid] = (*index[xid], name) if xid in index else (name,)
     # a cache of what the ledger holds, not a change of the state: set in place
     object.__setattr__(state, "ledger_index", (state.ledger, index))

@@ -25,6 +25,7 @@ from bwenforcer.core.direction import counts, inbound_change, inbound_usage
 from bwenforcer.core.grants import NO_GRANT, counted_bytes, granted_bytes, pruned, rolled_over
 from bwenforcer.core.inbound import InboundSnapshot
 from bwenforcer.core.layout import DEFAULT_XID, ROOT_XID, TRAFFIC_CLASSES, TrafficClass
+from bwenforcer.core.ledger import LazyLedger, due_names, editable
 from bwenforcer.core.model import (
     AuditEntry,
     BootClock,
@@ -961,9 +962,10 @@ def plan(
 
 class _Ledger:
     """The state's ledger as a cycle changes it: copied at its first change only (a
-    cycle where no slice dies, expires or is revived hands the very mapping on), and
-    kept ordered by expiry (:class:`~bwenforcer.core.model.State`), so the entries due
-    are found at its head without a look at the others. Its xids
+    cycle where no slice dies, expires or is revived hands the very mapping on; the
+    copy shares the saved entries' text, :func:`~bwenforcer.core.ledger.editable`),
+    and kept ordered by expiry (:class:`~bwenforcer.core.model.State`), so the entries
+    due are found at its head without a look at the others. Its xids
     (:func:`~bwenforcer.core.model.ledger_xids`), if the state has them, follow each
     change (never built here: that would look at every entry).
     """
@@ -971,19 +973,18 @@ class _Ledger:
     __slots__ = ("_own", "entries", "xids")
 
     def __init__(self, state: State) -> None:
-        self.entries = state.ledger
+        self.entries: Mapping[str, LedgerEntry] = state.ledger
         kept = state.ledger_index
         self.xids: dict[int, tuple[str, ...]] | None = (
             kept[1] if kept is not None and kept[0] is state.ledger else None  # type: ignore[assignment]
         )
-        self._own = False
+        self._own: LazyLedger | None = None
 
-    def _mine(self) -> dict[str, LedgerEntry]:
-        if not self._own:
-            self.entries = dict(self.entries)
+    def _mine(self) -> LazyLedger:
+        if self._own is None:
+            self.entries = self._own = editable(self.entries)
             self.xids = None if self.xids is None else dict(self.xids)
-            self._own = True
-        return self.entries  # type: ignore[return-value]
+        return self._own
 
     def _index(self, name: str, xid: int, add: bool) -> None:
         if self.xids is None:
@@ -998,27 +999,17 @@ class _Ledger:
     def put(self, name: str, entry: LedgerEntry) -> None:
         """Add (or replace) ``name``'s entry where its expiry puts it."""
         entries = self._mine()
-        old = entries.pop(name, None)
+        old = entries.pop(name)
         if old is not None:
             self._index(name, old.slice.xid, add=False)
-        last = next(reversed(entries.values()), None)
-        entries[name] = entry
+        entries.put(name, entry)
         self._index(name, entry.slice.xid, add=True)
-        if last is not None and last.expires_s > entry.expires_s:  # rare: periods changed
-            ordered = sorted(entries.items(), key=lambda item: item[1].expires_s)
-            entries.clear()
-            entries.update(ordered)
-            if self.xids is not None:  # each xid's names in the ledger's new order
-                xids: dict[int, tuple[str, ...]] = {}
-                for n, e in ordered:
-                    xid = e.slice.xid
-                    xids[xid] = (*xids[xid], n) if xid in xids else (n,)
-                self.xids = xids
 
     def pop(self, name: str) -> LedgerEntry | None:
         if name not in self.entries:
             return None
         entry = self._mine().pop(name)
+        assert entry is not None
         self._index(name, entry.slice.xid, add=False)
         return entry
 
@@ -1028,12 +1019,7 @@ class _Ledger:
 
     def due(self, now_s: int) -> list[str]:
         """The names whose entries expire by ``now_s``: the head of the ledger."""
-        names = []
-        for name, entry in self.entries.items():
-            if now_s < entry.expires_s:
-                break
-            names.append(name)
-        return names
+        return due_names(self.entries, now_s)
 
 
 def _left_usage(st: SliceState, gone: SliceState, kernel: KernelSlice | None) -> UsageRow | None:

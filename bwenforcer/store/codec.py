@@ -31,7 +31,6 @@ from bwenforcer.core.model import (
     LedgerEntry,
     SliceState,
     State,
-    ordered_ledger,
 )
 from bwenforcer.store.ledgercodec import (
     _CHECKS,
@@ -223,7 +222,14 @@ class StateEncoder:
         return hit[1]
 
     def encode(self, state: State, now_s: int) -> bytes:
-        """The state file's bytes (without the final newline)."""
+        """The state file's bytes (without the final newline of its last line)."""
+        head, lines = self.encode_parts(state, now_s)
+        return b"".join((head, b"\n", *lines)).removesuffix(b"\n")
+
+    def encode_parts(self, state: State, now_s: int) -> tuple[bytes, list[bytes | memoryview]]:
+        """The state's JSON object (one line) and the ledger's lines after it, as parts
+        (a loaded ledger's saved lines are views of its text, not copies).
+        """
         cache = self._slices
         fresh: dict[int, tuple[SliceState, bytes]] = {}
         heads, self._heads = self._heads, {}
@@ -239,12 +245,14 @@ class StateEncoder:
         if len(self._policies) > 4 * len(fresh) + 64:
             self._policies = {}  # policies come and go with the slices file: start over
         out: list[bytes] = []
+        lines: list[bytes | memoryview] = []
         for f in TOP:
             out.append(f"{',' if out else '{'}{json.dumps(f.key)}:".encode())
             if f.kind == "slices":
                 out += (b"{", b",".join(parts), b"}")
             elif f.kind == "ledger":
-                out.append(self._ledger.encode(state.ledger))
+                head, lines = self._ledger.encode(state.ledger)
+                out.append(head)
             elif f.kind == "missing":
                 out.append(json.dumps({str(x): s for x, s in state.missing.items()}).encode())
             elif f.kind == "audit":
@@ -253,7 +261,7 @@ class StateEncoder:
             else:
                 out.append(json.dumps(_top_value(f, state, now_s)).encode())
         out.append(b"}")
-        return b"".join(out)
+        return b"".join(out), lines
 
 
 def _compile_encoder() -> None:
@@ -406,18 +414,23 @@ def _slice(value: object, policies: _Policies, source: str, path: str) -> SliceS
     return _slice_fast(value, policies) or _slice_from(value, source, path)
 
 
-def state_from_json(data: object, source: str) -> State:
-    """Validate a parsed state file (migrating older schemas) and build the State.
+def state_from_json(data: object, source: str, tail: bytes = b"") -> State:
+    """Validate a parsed state file (migrating older schemas) and build the State;
+    ``tail``: the ledger's lines after its JSON object (schema 10).
 
     Raises StateCorrupt naming ``source`` and the JSON path of the first problem, or
     StateTooNew for a file written by a newer schema.
     """
     if type(data) is not dict:
         raise corrupt(source, "", "expected a JSON object")
+    version = data.get("schema_version")
     d = _object(migrate(data, source), TOP_KEYS, source, "")
+    if tail and version != SCHEMA_VERSION:
+        raise corrupt(source, "", f"lines after the JSON object of schema_version {version}")
     policies: _Policies = {}
     found: dict[str, Any] = {}
-    for f in TOP:
+    # the ledger first: its checks' passing objects go before the slices' are made
+    for f in sorted(TOP, key=lambda f: f.kind != "ledger"):
         value = d[f.key]
         if f.kind in ("slices", "ledger", "missing") and type(value) is not dict:
             raise corrupt(source, f.key, "expected an object")
@@ -430,7 +443,7 @@ def state_from_json(data: object, source: str) -> State:
                 slices[st.xid] = st
             found[f.attr] = slices
         elif f.kind == "ledger":
-            found[f.attr] = ordered_ledger(ledger_from(value, policies, source, f.key))
+            found[f.attr] = ledger_from(value, tail, policies, source, f.key)
         elif f.kind == "missing":
             found[f.attr] = _missing_from(value, source, f.key)
         elif f.kind == "audit":

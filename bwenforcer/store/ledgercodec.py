@@ -1,13 +1,16 @@
 """The state file's ledger (schema.LEDGER) in its compact form, encoded and decoded.
 
 Each entry is an array (schema.LEDGER_ENTRY) whose classes name their policies
-by index into the ledger's ``policies`` table:
+by index into the ledger's ``policies`` table; since schema 10 each entry is a line
+``[expires_at,"name",ENTRY]`` after the state's JSON object (which has the ledger's
+``policies`` and the count of its ``entries``), so the state's parse does not expand
+them and a loaded ledger keeps them as text (:class:`~bwenforcer.core.ledger.LazyLedger`):
 
-- :func:`ledger_file_json`, the dict form;
-- :class:`LedgerEncoder`, its compact text, reusing the text of entries that wait
-  unchanged (the save of every cycle);
-- :func:`ledger_from`, a fast decoder per entry, then the strict one naming the JSON
-  path of the first problem in one line.
+- :func:`ledger_file_json`, the dict form (its lines as a list of strings);
+- :class:`LedgerEncoder`, its lines, reusing the saved text of entries that wait
+  (the save of every cycle) and the text of entries added since;
+- :func:`ledger_from`, every line checked at load (a fast decoder per entry, then the
+  strict one naming the entry and the first problem in one line), kept as text.
 
 Also the strict decoder's checks (:data:`_CHECKS`, :func:`_object`), which
 :mod:`bwenforcer.store.codec` shares for the rest of the state.
@@ -17,12 +20,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from array import array
 from collections.abc import Mapping
+from json.decoder import scanstring
 from operator import attrgetter
 from typing import Any
 
 from bwenforcer.core.layout import DEFAULT_XID
-from bwenforcer.core.model import ClassPolicy, ClassState, LedgerEntry, SliceState
+from bwenforcer.core.ledger import LazyLedger, saved_ledger
+from bwenforcer.core.model import (
+    ClassPolicy,
+    ClassState,
+    LedgerEntry,
+    SliceState,
+    ordered_ledger,
+)
 from bwenforcer.core.notices import MAX_NOTICE_SHARE_BP
 from bwenforcer.store.schema import (
     ENTRY_CLASS,
@@ -71,9 +83,17 @@ _POLICY_NAMES = tuple(p.name for p in dataclasses.fields(ClassPolicy))
 
 
 def ledger_file_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
-    """The state file's ``ledger`` object (schema.LEDGER): each entry an array, its
-    classes' policies by index into ``policies`` (in the order of first use).
+    """The state file's ``ledger`` object (schema.LEDGER) as a dict, its entries as the
+    list of their lines (the file has their count, then the lines after the object).
     """
+    encoder = LedgerEncoder()
+    head, parts = encoder.encode(ledger)
+    lines = b"".join(parts).decode("ascii").splitlines()
+    return {"policies": json.loads(head)["policies"], "entries": lines}
+
+
+def ledger_dict_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
+    """Schema 8's ledger object (each entry an array keyed by name; tests, migrations)."""
     index: dict[ClassPolicy, int] = {}
     table: list[list[object]] = []
     entries: dict[str, list[object]] = {}
@@ -100,53 +120,76 @@ def ledger_file_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
 # change of the slices file adds its new policies)
 _MAX_LEDGER_POLICIES = 1024
 
+_Parts = list[bytes | memoryview]
+
 
 class LedgerEncoder:
-    """Encodes ledgers as the compact JSON of :func:`ledger_file_json`, entry by entry.
+    """Encodes ledgers as their ``policies`` and lines, entry by entry.
 
-    Each ledger entry's text is kept with the entry it was made from: an entry waits
-    unchanged (the very object) until it expires or is revived, so a cycle does not
-    encode its ledger again (40,000 entries: 0.3 s a cycle).
+    The lines of a loaded ledger (:class:`~bwenforcer.core.ledger.LazyLedger`) are
+    written as they were read, and the policies they name kept; only the entries
+    added since are encoded, each line kept with the entry it was made from (an
+    entry waits unchanged, the very object, until it expires or is revived). A ledger
+    handed on unchanged (the very mapping) is not looked at.
     """
 
     def __init__(self) -> None:
-        self._ledger: dict[str, tuple[LedgerEntry, bytes]] = {}
-        # the whole ledger's text with the mapping it was made from: a cycle where no
-        # entry came or went hands the very mapping on, and nothing is looked at
-        self._ledger_whole: tuple[object, bytes] | None = None
-        # the ledger's policies (schema.LEDGER): each one's index and text, kept with the
-        # entries' texts that name them by index (started over when they pile up)
-        self._ledger_policies: dict[ClassPolicy, int] = {}
-        self._ledger_policy_texts: list[str] = []
+        self._lines: dict[str, tuple[LedgerEntry, bytes]] = {}
+        self._whole: tuple[object, bytes, _Parts] | None = None
+        # the table the lines' policy indexes are into: whose it is (a saved ledger's,
+        # or None: this encoder's own), the indexes and the texts
+        self._table_of: object = None
+        self._policies: dict[ClassPolicy, int] = {}
+        self._policy_texts: list[str] = []
 
-    def encode(self, ledger: Mapping[str, LedgerEntry]) -> bytes:
-        """The ledger object's text; the very text of the last call for the very mapping."""
-        whole = self._ledger_whole
-        if whole is None or whole[0] is not ledger:
-            whole = self._ledger_whole = (ledger, self._ledger_text(ledger))
-        return whole[1]
-
-    def _ledger_text(self, ledger: Mapping[str, LedgerEntry]) -> bytes:
-        """The ledger object's text (:func:`ledger_file_json`), each entry's ``"name":[…]``
-        kept from the last encode when the entry is the very object it was made from.
+    def encode(self, ledger: Mapping[str, LedgerEntry]) -> tuple[bytes, _Parts]:
+        """The ledger object's text and its lines (as parts); the very ones of the last
+        call for the very mapping.
         """
-        if len(self._ledger_policy_texts) > _MAX_LEDGER_POLICIES:
-            self._ledger, self._ledger_policies, self._ledger_policy_texts = {}, {}, []
-        kept, fresh = self._ledger, {}
-        texts = []
-        for name, entry in ledger.items():
+        whole = self._whole
+        if whole is None or whole[0] is not ledger:
+            head, parts = self._encode(ledger)
+            whole = self._whole = (ledger, head, parts)
+        return whole[1], whole[2]
+
+    def _start(self, owner: object, table: tuple[ClassPolicy, ...]) -> None:
+        if self._table_of is owner and owner is not None:
+            return
+        self._table_of, self._lines = owner, {}
+        self._policies, self._policy_texts = {}, []
+        for policy in table:
+            self._policy_at(policy, new=True)
+
+    def _encode(self, ledger: Mapping[str, LedgerEntry]) -> tuple[bytes, _Parts]:
+        base = ledger.base if isinstance(ledger, LazyLedger) else None
+        if base is not None and len(base.extra) <= _MAX_LEDGER_POLICIES:  # type: ignore[arg-type]
+            self._start(base, base.extra)  # type: ignore[arg-type]
+            pieces = ledger.pieces()  # type: ignore[union-attr]
+        else:
+            if self._table_of is not None or len(self._policy_texts) > _MAX_LEDGER_POLICIES:
+                self._start(None, ())
+                self._table_of = None
+            # a mapping made elsewhere (not the planner's): written in expiry order
+            pieces = iter(ordered_ledger(ledger).items())  # type: ignore[assignment]
+        kept, fresh = self._lines, {}
+        parts: _Parts = []
+        for piece in pieces:
+            if isinstance(piece, memoryview):
+                parts.append(piece)
+                continue
+            name, entry = piece
             hit = kept.get(name)
             if hit is None or hit[0] is not entry:
-                hit = (entry, f"{json.dumps(name)}:{self._entry_text(entry)}".encode())
+                text = f"[{entry.expires_s},{json.dumps(name)},{self._entry_text(entry)}]\n"
+                hit = (entry, text.encode())
             fresh[name] = hit
-            texts.append(hit[1])
-        self._ledger = fresh  # entries gone from the ledger are forgotten
-        policies = ",".join(self._ledger_policy_texts)
-        entries = b",".join(texts)
-        return b'{"policies":[' + policies.encode() + b'],"entries":{' + entries + b"}}"
+            parts.append(hit[1])
+        self._lines = fresh  # entries gone are forgotten
+        head = f'{{"policies":[{",".join(self._policy_texts)}],"entries":{len(ledger)}}}'
+        return head.encode(), parts
 
     def _entry_text(self, entry: LedgerEntry) -> str:
-        """An entry's array (schema.LEDGER_ENTRY; the order is held to ledger_file_json's by
+        """An entry's array (schema.LEDGER_ENTRY; the order is held to ledger_dict_json's by
         a test): died_at, xid, period, then each class's ENTRY_CLASS array.
         """
         st = entry.slice
@@ -163,12 +206,13 @@ class LedgerEncoder:
             f"{self._policy_at(e.policy)}]]"
         )
 
-    def _policy_at(self, policy: ClassPolicy) -> int:
-        at = self._ledger_policies.get(policy)
+    def _policy_at(self, policy: ClassPolicy, new: bool = False) -> int:
+        at = None if new else self._policies.get(policy)
         if at is None:
-            at = self._ledger_policies[policy] = len(self._ledger_policy_texts)
+            at = len(self._policy_texts)
+            self._policies.setdefault(policy, at)
             values = [g(policy) for g in _POLICY_GET]
-            self._ledger_policy_texts.append(json.dumps(values, separators=(",", ":")))
+            self._policy_texts.append(json.dumps(values, separators=(",", ":")))
         return at
 
 
@@ -176,22 +220,84 @@ class LedgerEncoder:
 
 
 def ledger_from(
-    value: dict[str, Any], policies: _Policies, source: str, path: str
-) -> dict[str, LedgerEntry]:
-    """The ledger object's entries by name, or StateCorrupt naming the first problem."""
+    value: dict[str, Any], tail: bytes, policies: _Policies, source: str, path: str
+) -> LazyLedger:
+    """The ledger of the object ``value`` and the lines ``tail`` after the state's object
+    (or, in the dict form, ``value``'s list of lines), each line checked in full and
+    kept as text; or StateCorrupt naming the first problem.
+    """
     d = _object(value, LEDGER_KEYS, source, path)
     raw = d["policies"]
     if type(raw) is not list:
         raise corrupt(source, f"{path}.policies", "expected a list")
-    table = [_policy_from(p, policies, source, f"{path}.policies[{i}]") for i, p in enumerate(raw)]
+    table = tuple(
+        _policy_from(p, policies, source, f"{path}.policies[{i}]") for i, p in enumerate(raw)
+    )
     entries = d["entries"]
-    if type(entries) is not dict:
-        raise corrupt(source, f"{path}.entries", "expected an object")
-    fast = _entry_fast
-    return {
-        name: fast(name, e, table) or _entry_from(name, e, table, source, f"{path}.entries.{name}")
-        for name, e in entries.items()
-    }
+    if type(entries) is list and not tail:
+        if not all(type(line) is str and line.isascii() for line in entries):
+            raise corrupt(source, f"{path}.entries", "expected a list of ASCII lines")
+        tail = "".join(f"{line}\n" for line in entries).encode()
+        count = len(entries)
+    elif type(entries) is int and entries >= 0:
+        count = entries
+    else:
+        raise corrupt(source, f"{path}.entries", "expected the count of the lines after it")
+    if tail and not tail.endswith(b"\n"):
+        raise corrupt(source, f"{path}.entries", "the last line is cut short")
+    found = tail.count(b"\n")
+    if found != count:
+        raise corrupt(source, f"{path}.entries", f"{count} entries, but {found} lines follow")
+
+    def decode(line: bytes) -> LedgerEntry:
+        _, name, entry = json.loads(line)
+        return _entry_fast(name, entry, table) or _entry_from(
+            name, entry, table, source, f"{path}.entries.{name}"
+        )
+
+    starts, expires, xids = array("q"), array("q"), array("i")
+    hashes = array("q")
+    start, last = 0, 0
+    for k in range(count):
+        end = tail.index(b"\n", start) + 1
+        line = tail[start:end]
+        where = f"{path}.entries[{k}]"
+        try:
+            data = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
+            raise corrupt(source, where, f"not a JSON line ({exc})") from exc
+        if not (type(data) is list and len(data) == 3 and type(data[1]) is str):
+            raise corrupt(source, where, "expected [expires_at, name, ENTRY]")
+        name = data[1]
+        entry = _entry_fast(name, data[2], table) or _entry_from(
+            name, data[2], table, source, f"{path}.entries.{name}"
+        )
+        if data[0] != entry.expires_s or type(data[0]) is not int:
+            raise corrupt(source, f"{where}[0]", f"expected its expiry {entry.expires_s}")
+        if entry.expires_s < last:
+            raise corrupt(source, f"{where}[0]", "before the line above it (not in expiry order)")
+        if _name_of(line) != name:
+            raise corrupt(source, where, "expected the name right after the expiry")
+        last = entry.expires_s
+        starts.append(start)
+        expires.append(last)
+        xids.append(entry.slice.xid)
+        hashes.append(hash(name))
+        start = end
+    saved = saved_ledger(
+        tail, starts, expires, xids, hashes, name_of=_name_of, decode=decode, extra=table
+    )
+    if isinstance(saved, str):
+        raise corrupt(source, f"{path}.entries.{saved}", "a second entry of this name")
+    return LazyLedger(saved)
+
+
+def _name_of(line: bytes) -> str:
+    """The name of a ledger line ``[expires_at,"name",…]`` (as the encoder writes it)."""
+    try:
+        return scanstring(line.decode("ascii"), line.index(b",") + 2)[0]  # type: ignore[no-any-return]
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+        return ""
 
 
 def _items(value: object, fields: tuple[Field, ...], source: str, path: str) -> list[Any]:

@@ -11,6 +11,7 @@ compares them).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,12 @@ from bwenforcer import __version__
 from bwenforcer.core.layout import DEFAULT_XID, TRAFFIC_CLASSES
 from bwenforcer.core.notices import MAX_NOTICE_SHARE_BP, notices_text, parse_notices
 from bwenforcer.core.policy import parse_taper, parse_tiers
-from bwenforcer.core.window import MAX_WINDOW_S, MIN_WINDOW_S, RING
+from bwenforcer.core.window import MAX_WINDOW_S, MIN_WINDOW_S, RING, expiry_s
 from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -137,13 +138,15 @@ AUDIT_ENTRY: tuple[Field, ...] = (
     Field("until", "until_s", "uint", "Unix s", after="at"),
     Field("reason", "reason", "str"),
 )
-# The ledger: {"policies": [POLICY, …], "entries": {name: ENTRY, …}}. An ENTRY is an
-# array (its "keys" below are positions, for docs and errors): the slice's name is the
-# entry's key, and each class names its policy by index into ``policies`` (the
-# distinct policies of the ledger's classes), so an entry is ~150 bytes, not ~540.
+# The ledger: {"policies": [POLICY, …], "entries": N}, then N lines after the state's
+# object, each [expires_at, name, ENTRY] (store.ledgercodec). An ENTRY is an array (its
+# "keys" below are positions, for docs and errors), and each class names its policy by
+# index into ``policies`` (the distinct policies of the ledger's classes), so an entry
+# is ~180 bytes, not ~540.
 LEDGER: tuple[Field, ...] = (
     Field("policies", "", "policies"),  # a list of POLICY: CLASS's policy fields, in order
-    Field("entries", "", "entries"),  # slice name -> LEDGER_ENTRY
+    # the count of the lines after the state's object, each [expires_at, name, LEDGER_ENTRY]
+    Field("entries", "", "entries", "count"),
 )
 LEDGER_ENTRY: tuple[Field, ...] = (
     Field("died_at", "died_s", "uint", "Unix s"),
@@ -612,6 +615,52 @@ def _v8_to_v9(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# where _v9_to_v10 finds an entry's expiry: its period's end, its default class, that
+# class's policy index (last) and the policy's window_s (steps before it keep these)
+_LEDGER_END_AT = [f.key for f in LEDGER_ENTRY].index("period_end")
+_LEDGER_DEFAULT_AT = [f.key for f in LEDGER_ENTRY].index("default")
+_POLICY_WINDOW_AT = [f.key for f in POLICY].index("window_s")
+
+
+def _v9_expiry(entry: list[Any], policies: object) -> int:
+    """An ENTRY's expiry (core.model.LedgerEntry.expires_s); 0 when it is not shaped as
+    one (the load's checks then name the problem).
+    """
+    try:
+        at = entry[_LEDGER_DEFAULT_AT][-1]
+        window_s = policies[at][_POLICY_WINDOW_AT]  # type: ignore[index]
+        end = entry[_LEDGER_END_AT]
+        if type(end) is not int or type(window_s) is not int:
+            return 0
+        return expiry_s(end, window_s) if window_s else end
+    except (TypeError, IndexError, KeyError):
+        return 0
+
+
+def _v9_to_v10(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 9 wrote the ledger's entries in the state's object, ``{"<name>": ENTRY}``;
+    schema 10 writes each as a line ``[expires_at,"<name>",ENTRY]`` after the object (in
+    expiry order), the object's ``entries`` their count. Migrated to the dict form of
+    that: ``entries`` the list of lines, each ENTRY as it was (whatever fields the steps
+    before gave it). Malformed entries are passed on in their line for the load's checks
+    to name.
+    """
+    out = {**data, "schema_version": 10}
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict) and isinstance(ledger.get("entries"), dict):
+        policies = ledger.get("policies")
+        rows = sorted(
+            (
+                (_v9_expiry(e, policies) if isinstance(e, list) else 0, name, e)
+                for name, e in ledger["entries"].items()
+            ),
+            key=lambda row: row[0],
+        )
+        lines = [json.dumps(list(row), separators=(",", ":")) for row in rows]
+        out["ledger"] = {**ledger, "entries": lines}
+    return out
+
+
 # version N → a function turning a schema-N object into the next version's object (the
 # version it returns is the next one looked up)
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -624,6 +673,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     6: _v6_to_v7,
     7: _v7_to_v8,
     8: _v8_to_v9,
+    9: _v9_to_v10,
 }
 
 

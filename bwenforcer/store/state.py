@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bwenforcer.core.ledger import LazyLedger
 from bwenforcer.core.model import State
 from bwenforcer.errors import StateCorrupt, StateError, StateTooNew
 from bwenforcer.files.atomic import (
@@ -38,7 +39,7 @@ from bwenforcer.files.atomic import (
     fsync_dir,
     make_dir,
     move_aside,
-    read_own,
+    open_own,
     remove_stale_temps,
     write_temp,
 )
@@ -46,6 +47,10 @@ from bwenforcer.files.lock import cycle_lock
 from bwenforcer.store.codec import StateEncoder, state_from_json
 
 log = logging.getLogger(__name__)
+
+# entries a loaded ledger may have had taken out or added (kept decoded) before the
+# next load reads it again from the file written
+_MAX_LEDGER_CHANGES = 1024
 
 # --- the file ----------------------------------------------------------------------------
 
@@ -62,7 +67,12 @@ class LoadResult:
 def _read_state(path: str) -> State:
     """Parse and validate one state file; FileNotFoundError passes through."""
     try:
-        raw = read_own(path, "state file")
+        # the state's object is the first line; the ledger's lines follow (schema 10),
+        # read as they are: the parse does not expand them (store.ledgercodec)
+        fd = open_own(path, os.O_RDONLY, "state file")
+        with os.fdopen(fd, "rb") as f:
+            raw = f.readline()
+            tail = f.read()
     except FileNotFoundError:
         raise
     except OSError as exc:
@@ -73,7 +83,8 @@ def _read_state(path: str) -> State:
         raise StateCorrupt(f"{path}: not valid JSON: {exc}") from exc
     except ValueError as exc:  # an integer beyond Python's conversion limit (4,300 digits)
         raise StateCorrupt(f"{path}: a number too long to read ({exc})") from exc
-    return state_from_json(data, path)
+    del raw  # parsed: not kept while the ledger's lines are checked
+    return state_from_json(data, path, tail)
 
 
 def _unlink_quietly(path: str) -> None:
@@ -164,12 +175,12 @@ class StateStore:
         raised.
         """
         self._written = None
-        payload = self._encoder.encode(state, now_s)
+        payload, lines = self._encoder.encode_parts(state, now_s)
         tmp = None
         try:
             self._make_directory()
             self._remove_stale_temps()
-            tmp = write_temp(self.path, (payload, b"\n"))
+            tmp = write_temp(self.path, (payload, b"\n", *lines))
             self._keep_backup()
             os.replace(tmp, self.path)  # replaces a symlink planted there, never follows it
             fsync_dir(self._directory)
@@ -181,14 +192,19 @@ class StateStore:
             raise full or StateError(
                 f"{self.path}: cannot save state: {exc.strerror or exc}"
             ) from exc
-        if identity is not None:
+        ledger = state.ledger
+        if identity is not None and not (
+            isinstance(ledger, LazyLedger) and ledger.changes > _MAX_LEDGER_CHANGES
+        ):
+            # a ledger changed much since it was read is read again from the file
+            # written (its saved text then holds the changes: none kept decoded)
             self._written = (identity, dataclasses.replace(state, saved_s=now_s))
         log.debug(
             "saved %s: %d slices, %d ledger entries, %d bytes",
             self.path,
             len(state.slices),
             len(state.ledger),
-            len(payload) + 1,
+            len(payload) + 1 + sum(len(line) for line in lines),
         )
 
     def _keep_backup(self) -> None:

@@ -64,9 +64,11 @@ def test_check_reports_problems_with_exit_5(cfg: Path, capsys: pytest.CaptureFix
     store = StateStore(str(state_path(cfg)))
     store.save(make_state(2), NOW_S)
     store.save(make_state(2), NOW_S)
-    data = json.loads(state_path(cfg).read_text())
+    # the state's object is the file's first line, the ledger's lines follow
+    head, _, lines = state_path(cfg).read_text().partition("\n")
+    data = json.loads(head)
     data["slices"]["1"]["classes"]["exempt"]["share"] = -1
-    state_path(cfg).write_text(json.dumps(data))
+    state_path(cfg).write_text(f"{json.dumps(data)}\n{lines}")
     Path(store.backup).write_text("")
     code, out, _ = run(capsys, "--config", str(cfg), "state", "check")
     assert code == 5

@@ -147,7 +147,44 @@ def without_notices(state: State) -> State:
 
 
 def read_json(path: Path | str) -> Any:
-    return json.loads(Path(path).read_bytes())
+    """A state file as its dict form (state_to_json): the ledger's lines after the object
+    put back in it as the list of its entries' lines.
+    """
+    return file_json(Path(path).read_bytes())
+
+
+def ledger_rows(data: dict[str, Any]) -> dict[str, list[Any]]:
+    """The dict form's ledger lines by name, each ``[expires_at, name, ENTRY]``."""
+    return {row[1]: row for row in map(json.loads, data["ledger"]["entries"])}
+
+
+def put_rows(data: dict[str, Any], rows: dict[str, list[Any]]) -> None:
+    """Write ``rows`` (as :func:`ledger_rows`) back as the dict form's ledger lines."""
+    data["ledger"]["entries"] = [json.dumps(r, separators=(",", ":")) for r in rows.values()]
+
+
+def as_v6(data: dict[str, Any]) -> dict[str, Any]:
+    """The dict form with its ledger as schema 6 to 8 wrote it, ``{"<name>": ENTRY}`` in
+    the object (``data`` changed in place; its version is the caller's to set).
+    """
+    rows = ledger_rows(data)
+    data["ledger"]["entries"] = {name: row[2] for name, row in rows.items()}
+    return data
+
+
+def file_text(data: dict[str, Any]) -> bytes:
+    """The state file of a dict form (state_to_json): the object, then the ledger's lines."""
+    lines = data["ledger"]["entries"]
+    head = {**data, "ledger": {**data["ledger"], "entries": len(lines)}}
+    return "\n".join([json.dumps(head, separators=(",", ":")), *lines]).encode()
+
+
+def file_json(text: bytes) -> Any:
+    head, _, tail = text.partition(b"\n")
+    data = json.loads(head)
+    if isinstance(data.get("ledger"), dict) and isinstance(data["ledger"].get("entries"), int):
+        data["ledger"]["entries"] = tail.decode().splitlines()
+    return data
 
 
 # --- JSON round trip and validation ----------------------------------------------------
@@ -266,7 +303,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 9
+    assert data["schema_version"] == SCHEMA_VERSION == 10
     assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
@@ -305,16 +342,11 @@ def test_json_layout_is_the_documented_one() -> None:
             [5_000_000, 4_000_000, 8_000, 10_000_000, 1, "", "", True, 0, "", 0, "out"],
             [16_000_000, 12_800_000, 8_000, 10_000_000, 1, "", "", True, 0, "", 0, "out"],
         ],
-        "entries": {
-            "pl_dead0": [
-                NOW_S - 60,
-                3000,
-                NOW_S - 3600,
-                NOW_S + 82_800,
-                [99, 990, 2_000_000, True, False, [], 0, "", 0, 0, 0, 0, 0],
-                [7, 77, 0, False, False, [], 0, "", 0, 0, 0, 0, 1],
-            ]
-        },
+        # each entry a line after the state's object: [expires_at, name, ENTRY]
+        "entries": [
+            f'[{NOW_S + 82_800},"pl_dead0",[{NOW_S - 60},3000,{NOW_S - 3600},{NOW_S + 82_800},'
+            '[99,990,2000000,true,false,[],0,"",0,0,0,0,0],[7,77,0,false,false,[],0,"",0,0,0,0,1]]]'
+        ],
     }
 
 
@@ -346,9 +378,16 @@ BAD_FILES = [
     ("slices.1.xid", 0x1000, "slices.1.xid: 4096 out of range 0..4095"),
     ("slices.1.period_end", NOW_S - 7200, "slices.1.period_end: before period_start"),
     ("slices", [], "slices: expected an object"),
-    ("ledger.entries", [], "ledger.entries: expected an object"),
+    ("ledger.entries", {}, "ledger.entries: expected the count of the lines after it"),
+    ("ledger.entries", [3], "ledger.entries: expected a list of ASCII lines"),
     ("ledger.policies", {}, "ledger.policies: expected a list"),
-    ("ledger.entries.pl_dead0", {}, "ledger.entries.pl_dead0: expected a list of 6 values"),
+    (
+        "ledger.entries",
+        ['[1,"pl_dead0",{}]'],
+        "ledger.entries.pl_dead0: expected a list of 6 values",
+    ),
+    ("ledger.entries", ['[1,"pl_dead0"'], "ledger.entries[0]: not a JSON line"),
+    ("ledger.entries", ['[1,"pl_dead0"]'], "ledger.entries[0]: expected [expires_at, name, ENTRY]"),
     ("ledger.extra", 1, "ledger: unknown key 'extra'"),
     ("writer", 3, "writer: expected a string"),
     ("saved_at", _DELETE, "missing key 'saved_at'"),
@@ -474,7 +513,7 @@ _DOC_TYPES = {
     "classes": "object",
     "slice": "SLICE",
     "policies": "list",
-    "entries": "object",
+    "entries": "int",
     "entry_class": "ECLASS",
 }
 
@@ -804,8 +843,9 @@ def test_real_full_disk_leaves_the_previous_state_intact(tmp_path: Path) -> None
 
 
 _WRITER_SCRIPT = """
-import os, sys, time
+import dataclasses, os, sys, time
 sys.path.insert(0, {repo!r})
+from bwenforcer.core.ledger import editable
 from bwenforcer.store.state import StateStore
 
 real_write = os.write
@@ -816,6 +856,12 @@ os.write = slow_disk_write
 
 store = StateStore({path!r})
 states = [StateStore(source).load().state for source in {sources!r}]
+# the second with its saved ledger changed as a plan changes it: lines taken out, one added
+ledger = editable(states[1].ledger)
+for name in list(ledger)[:100]:
+    ledger.pop(name)
+ledger.put("pl_new", next(iter(states[0].ledger.values())))
+states[1] = dataclasses.replace(states[1], ledger=ledger)
 i = 0
 while True:
     store.save(states[i % 2], i)
@@ -829,7 +875,8 @@ def test_writer_killed_at_random_points_always_leaves_a_loadable_file(tmp_path: 
     sources = []
     for used in (1, 2):
         source = tmp_path / f"source{used}" / "state.json"
-        StateStore(str(source)).save(make_state(4000, used_bytes=used), 0)
+        # ledgers of saved lines (issue 23): the state and its ledger are one file
+        StateStore(str(source)).save(make_state(4000, used_bytes=used, dead=1200 - 200 * used), 0)
         sources.append(str(source))
     work = tmp_path / "work"
     path = work / "state.json"
@@ -850,7 +897,11 @@ def test_writer_killed_at_random_points_always_leaves_a_loadable_file(tmp_path: 
         loaded = store.load()
         assert loaded.recovered_from is None and loaded.moved_aside is None
         assert len(loaded.state.slices) == 4000
-        seen_used.add(loaded.state.slices[1].default.used_bytes)
+        used = loaded.state.slices[1].default.used_bytes
+        seen_used.add(used)
+        ledger = loaded.state.ledger  # the ledger of the same save as the slices
+        assert len(ledger) == (1000 if used == 1 else 800 - 100 + 1)
+        assert ("pl_new" in ledger) == (used == 2) and ledger["pl_dead799"].slice.xid == 3799
     assert seen_used <= {1, 2}
     store.save(make_state(1), 1)  # the next writer cleans up after the killed ones
     assert sorted(p.name for p in work.iterdir()) == ["state.json", "state.json.1"]
@@ -889,7 +940,7 @@ def test_encoder_writes_exactly_the_json_of_state_to_json(
     encoder = StateEncoder()
 
     def reference(state: State) -> bytes:
-        return json.dumps(state_to_json(state, now_s), separators=(",", ":")).encode()
+        return file_text(state_to_json(state, now_s))
 
     assert encoder.encode(first, now_s) == reference(first)
     assert encoder.encode(first, now_s) == reference(first)  # from the kept slice texts
@@ -902,7 +953,7 @@ def test_encoder_writes_exactly_the_json_of_state_to_json(
     )
     # the encoder's ledger policies are numbered as it met them (an entry's text is
     # kept with its numbers): the same ledger, maybe numbered otherwise
-    got, want = json.loads(encoder.encode(mixed, now_s)), json.loads(reference(mixed))
+    got, want = file_json(encoder.encode(mixed, now_s)), file_json(reference(mixed))
     assert {**got, "ledger": None} == {**want, "ledger": None}
     assert state_from_json(got, "s").ledger == state_from_json(want, "s").ledger
 
@@ -912,7 +963,7 @@ def test_a_ledger_entry_round_trips_every_field_in_its_compact_form(
     state: State, now_s: int
 ) -> None:
     text = StateEncoder().encode(state, now_s)
-    loaded = state_from_json(json.loads(text), "state.json")
+    loaded = state_from_json(file_json(text), "state.json")
     assert loaded.ledger == state.ledger
     for name, entry in loaded.ledger.items():
         assert dataclasses.astuple(entry) == dataclasses.astuple(state.ledger[name])
@@ -932,7 +983,7 @@ def test_encoder_re_encodes_a_changed_slice_even_with_the_same_xid() -> None:
         state.slices[2], default=dataclasses.replace(state.slices[2].default, used_bytes=42)
     )
     state = State({**state.slices, 2: changed}, state.ledger)
-    data = json.loads(encoder.encode(state, NOW_S))
+    data = file_json(encoder.encode(state, NOW_S))
     assert data["slices"]["2"]["classes"]["default"]["used_bytes"] == 42
 
 
@@ -1141,7 +1192,7 @@ def test_tiers_and_taper_round_trip_through_the_encoder() -> None:
     st_ = dataclasses.replace(slice_state(1), default=cls)
     state = State({1: st_})
     text = StateEncoder().encode(state, NOW_S)
-    assert state_from_json(json.loads(text), "s") == saved(state)
+    assert state_from_json(file_json(text), "s") == saved(state)
 
 
 @pytest.mark.parametrize(
@@ -1190,8 +1241,8 @@ def test_encoder_encodes_a_waiting_ledger_entry_once(mocker: MockerFixture) -> N
     assert spy.call_count == 0
     entries = {**entries, "pl_dead1": LedgerEntry(entries["pl_dead1"].slice, NOW_S + 1)}
     changed = State(state.slices, entries)
-    data = json.loads(encoder.encode(changed, NOW_S))
-    assert spy.call_count == 1 and data["ledger"]["entries"]["pl_dead1"][0] == NOW_S + 1
+    data = file_json(encoder.encode(changed, NOW_S))
+    assert spy.call_count == 1 and ledger_rows(data)["pl_dead1"][2][0] == NOW_S + 1
 
 
 _ENTRY = "ledger.entries.pl_dead0"
@@ -1214,10 +1265,12 @@ def test_a_bad_ledger_entry_is_named_in_one_line(
     at: tuple[int, ...], value: object, message: str
 ) -> None:
     data = state_to_json(make_state(1), NOW_S)
-    target = data["ledger"]["entries"]["pl_dead0"]
+    rows = ledger_rows(data)
+    target = rows["pl_dead0"][2]
     for i in at[:-1]:
         target = target[i]
     target[at[-1]] = value
+    put_rows(data, rows)
     with pytest.raises(StateCorrupt) as exc:
         state_from_json(data, "state.json")
     assert str(exc.value) == f"state.json: {message}" and "\n" not in str(exc.value)
@@ -1228,7 +1281,8 @@ def test_a_bad_ledger_policy_is_named_in_one_line() -> None:
     data["ledger"]["policies"][1][5] = "fast"
     with pytest.raises(StateCorrupt, match=r"ledger\.policies\[1\]\[5\]: expected tiers"):
         state_from_json(data, "state.json")
-    data["ledger"]["entries"][""] = data["ledger"]["entries"]["pl_dead0"]
+    rows = ledger_rows(data)
+    put_rows(data, {**rows, "": [rows["pl_dead0"][0], "", rows["pl_dead0"][2]]})
     data["ledger"]["policies"][1][5] = ""
     with pytest.raises(StateCorrupt, match=r"ledger\.entries\.: expected a non-empty"):
         state_from_json(data, "state.json")
@@ -1279,7 +1333,7 @@ def test_the_encoders_ledger_policies_start_over_when_they_pile_up(
         default = dataclasses.replace(entry.slice.default, policy=policy(limit * 1000))
         st = dataclasses.replace(entry.slice, default=default)
         state = State(state.slices, {"pl_dead0": LedgerEntry(st, entry.died_s)})
-        data = json.loads(encoder.encode(state, NOW_S))
+        data = file_json(encoder.encode(state, NOW_S))
         assert len(data["ledger"]["policies"]) <= 4
         assert state_from_json(data, "state.json").ledger == state.ledger
 
@@ -1312,12 +1366,12 @@ def windowed_state(window_s: int = 30 * 86_400) -> State:
 def test_a_rolling_window_round_trips_through_the_file_and_its_compact_ledger() -> None:
     state = windowed_state()
     text = StateEncoder().encode(state, NOW_S)
-    data = json.loads(text)
+    data = file_json(text)
     assert data["slices"]["1"]["classes"]["default"]["buckets"] == [*[0] * (RING - 2), 5, 7]
     assert data["slices"]["1"]["classes"]["default"]["window_s"] == 30 * 86_400
-    entry = data["ledger"]["entries"]["pl_dead0"]
+    entry = ledger_rows(data)["pl_dead0"][2]
     assert entry[4][5] == [*[0] * (RING - 2), 5, 7] and data["ledger"]["policies"][0][-4] > 0
-    assert text == json.dumps(state_to_json(state, NOW_S), separators=(",", ":")).encode()
+    assert text == file_text(state_to_json(state, NOW_S))
     assert state_from_json(data, "state.json") == saved(state)
 
 
@@ -1344,14 +1398,18 @@ def test_a_ring_that_does_not_fit_its_window_is_named_in_one_line(
 
 def test_a_ledger_entry_whose_ring_does_not_fit_is_named_in_one_line() -> None:
     data = state_to_json(windowed_state(), NOW_S)
-    data["ledger"]["entries"]["pl_dead0"][4][0] = 1  # used no longer the ring's sum
+    rows = ledger_rows(data)
+    rows["pl_dead0"][2][4][0] = 1  # used no longer the ring's sum
+    put_rows(data, rows)
     with pytest.raises(StateCorrupt, match=r"ledger\.entries\.pl_dead0\[4\]\[5\]: the buckets sum"):
         state_from_json(data, "state.json")
     data = state_to_json(windowed_state(), NOW_S)
     pol = data["ledger"]["policies"][1]
     # window_s, then notices, rollover and direction
     data["ledger"]["policies"].append([*pol[:-4], 7200, *pol[-3:]])
-    data["ledger"]["entries"]["pl_dead0"][5][-1] = 2  # the exempt class under another window
+    rows = ledger_rows(data)
+    rows["pl_dead0"][2][5][-1] = 2  # the exempt class under another window
+    put_rows(data, rows)
     with pytest.raises(StateCorrupt, match=r"pl_dead0\[5\]: a slice's classes have one window"):
         state_from_json(data, "state.json")
 
@@ -1359,7 +1417,7 @@ def test_a_ledger_entry_whose_ring_does_not_fit_is_named_in_one_line() -> None:
 def test_migration_to_schema_6_puts_every_class_under_its_period_as_before() -> None:
     """Schema 5 had no rolling windows: live classes and ledger arrays gain none."""
     state = make_state(2, used_bytes=10)
-    v5 = state_to_json(state, NOW_S)
+    v5 = as_v6(state_to_json(state, NOW_S))
     v5["schema_version"] = 5
     for sl in v5["slices"].values():
         for cls in sl["classes"].values():
@@ -1381,7 +1439,7 @@ def test_migration_to_schema_7_knows_no_notices_told_or_asked_for() -> None:
     """A schema-5 file (live classes and compact ledger entries): every class gets
     ``notice_bp`` 0 and ``lift`` "", every policy ``notices`` "" (after schema 6's windows).
     """
-    v5 = state_to_json(make_state(2), NOW_S)
+    v5 = as_v6(state_to_json(make_state(2), NOW_S))
     v5["schema_version"] = 5
     for sl in v5["slices"].values():
         for cls in sl["classes"].values():
@@ -1401,7 +1459,7 @@ def test_migration_to_schema_8_carries_nothing_and_rolls_nothing_over() -> None:
     ``rollover_bytes`` 0 at its end; a v7 file loads as the state it was.
     """
     state = make_state(2, used_bytes=10)
-    v7 = state_to_json(state, NOW_S)
+    v7 = as_v6(state_to_json(state, NOW_S))
     v7["schema_version"] = 7
     for sl in v7["slices"].values():
         for cls in sl["classes"].values():
@@ -1429,9 +1487,9 @@ def test_carried_bytes_and_the_rollover_bound_round_trip_live_and_in_the_ledger(
     entry = dataclasses.replace(state.ledger["pl_dead0"], slice=dataclasses.replace(st, xid=3000))
     state = dataclasses.replace(state, slices={1: st}, ledger={"pl_dead0": entry})
     text = StateEncoder().encode(state, NOW_S)
-    data = json.loads(text)
+    data = file_json(text)
     assert data["slices"]["1"]["classes"]["default"]["carried_bytes"] == 7_890
-    assert data["ledger"]["entries"]["pl_dead0"][4][-5] == 7_890  # carried, 3 inbound, policy
+    assert ledger_rows(data)["pl_dead0"][2][4][-5] == 7_890  # carried, 3 inbound, policy
     loaded = state_from_json(data, "state.json")
     assert loaded.slices[1].default == cs and loaded.ledger["pl_dead0"].slice.default == cs
 
@@ -1439,7 +1497,7 @@ def test_carried_bytes_and_the_rollover_bound_round_trip_live_and_in_the_ledger(
 def test_migration_to_schema_9_receives_nothing_and_counts_what_is_sent() -> None:
     """A schema-8 file (live classes and compact ledger entries without inbound fields,
     policies without a direction) loads with inbound usage 0 and every budget ``out``."""
-    v8 = state_to_json(make_state(2), NOW_S)
+    v8 = as_v6(state_to_json(make_state(2), NOW_S))  # the ledger's entries by name, as before 10
     v8["schema_version"] = 8
     for sl in v8["slices"].values():
         for cls in sl["classes"].values():
