@@ -236,9 +236,19 @@ def _notices(
     (``counted``, after grants), shared by :func:`_plan_live` and :func:`_plan_both`;
     the shares passed and the lift due are appended to ``shares`` and ``lifted``.
     """
-    if t.window_s and not capped:
-        notified = False  # no period to end: the next cap is mailed again
-    notice_bp, lift = (0, "") if t.new_period else (old.notice_bp, old.lift)
+    if t.window_s:
+        # No period to end (its buckets turn over, and usage stays in the window): the
+        # next cap is mailed again once the class was not capped, a share once the usage
+        # fell below it, a lift once the class was capped again; never at each bucket.
+        if not capped:
+            notified = False
+        notice_bp, lift = old.notice_bp, old.lift
+        if notice_bp:
+            notice_bp = min(notice_bp, rule.passed_bp(counted))
+        if capped and lift == "sent":
+            lift = ""
+    else:
+        notice_bp, lift = (0, "") if t.new_period else (old.notice_bp, old.lift)
     if (
         rule.lifted
         and not capped

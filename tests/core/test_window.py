@@ -21,7 +21,7 @@ from bwenforcer.core.model import (
     State,
 )
 from bwenforcer.core.plan import NewPeriod, Notify, PurgeLedger, Revive
-from bwenforcer.core.planner import Plan, mark_notified, plan
+from bwenforcer.core.planner import Plan, mark_notified, mark_sent, plan
 from bwenforcer.core.projection import exhausted_at_s
 from bwenforcer.core.window import (
     BUCKETS,
@@ -242,6 +242,32 @@ def test_a_class_no_longer_capped_under_a_window_is_notified_again() -> None:
     # ...so the next cap is mailed again
     again = _cycle(want, later.state, T0 + 8 * 3600 + 60, 2 * LIMIT)
     assert [a.classes for a in again.actions if isinstance(a, Notify)] == [("default",)]
+
+
+def test_a_share_under_a_window_is_told_once_until_the_usage_falls_below_it() -> None:
+    """A rolling window's buckets turn over every 15 minutes here: a share already told
+    is not told again at each turn while the usage stays past it, only after the usage
+    fell below it and passes it again."""
+    want = _want(6 * 3600)
+    want = dataclasses.replace(
+        want, default=dataclasses.replace(want.default, notices="50%", threshold_bytes=LIMIT)
+    )
+
+    def shares(p: Plan) -> list[int]:
+        return [a.share_bp for a in p.actions if isinstance(a, Notify) and a.kind == "share"]
+
+    state = _cycle(want, State(), T0, 0).state
+    told = _cycle(want, state, T0 + 60, LIMIT * 6 // 10)
+    assert shares(told) == [5_000]
+    state = mark_sent(told.state, [a for a in told.actions if isinstance(a, Notify)])
+    for hour in range(1, 5):  # still past 50 % while buckets turn over: told no more
+        later = _cycle(want, state, T0 + hour * 3600, LIMIT * 6 // 10)
+        assert shares(later) == [], hour
+        state = later.state
+    gone = _cycle(want, state, T0 + 8 * 3600, LIMIT * 6 // 10)  # the bytes left the window
+    assert gone.state.slices[10].default.used_bytes == 0 and shares(gone) == []
+    again = _cycle(want, gone.state, T0 + 8 * 3600 + 60, LIMIT * 12 // 10)
+    assert shares(again) == [5_000]
 
 
 def test_ledger_entry_expiry_without_a_window_is_the_period_end() -> None:
