@@ -108,6 +108,8 @@ class CycleResult:
     extra_failures: tuple[str, ...] = field(default=())
     filter_restored: bool = False  # the mark → class filter was missing and put back
     units: Mapping[str, str] = field(default_factory=dict)  # cgroup tenants: name -> unit
+    # inbound accounting: bytes received by no slice, by class (the backend's counters)
+    unclassified_in_bytes: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def dry_run(self) -> bool:
@@ -286,6 +288,9 @@ def run_cycle(
             desired.errors,
             tuple(extra),
             filter_restored=wrong is not None,
+            unclassified_in_bytes=(
+                {} if inbound_snapshot is None else dict(inbound_snapshot.unclassified_bytes)
+            ),
         )
         if hooks.after_save is not None:
             hooks.after_save(outcome.state)

@@ -281,6 +281,17 @@ def cycle_families(snap: Snapshot) -> Iterator[tuple[str, str, str, list[Sample]
                 if p.state.name in units
             ],
         )
+    if latest is not None and latest.unclassified_in_bytes:
+        yield (
+            "bwenforcer_unclassified_received_bytes",
+            "gauge",
+            "Bytes received by no slice, by class (inbound accounting; the counter of the"
+            " inbound table, from 0 when it was loaded)",
+            [
+                ("bwenforcer_unclassified_received_bytes", (("class", tc),), n)
+                for tc, n in sorted(latest.unclassified_in_bytes.items())
+            ],
+        )
     live = len(latest.plan.live) if latest else 0
     ledger = len(latest.plan.state.ledger) if latest else 0
     yield (

@@ -15,6 +15,8 @@ from bwenforcer.core.units import human_rate
 from bwenforcer.cycle.agent import Agent, load_desired
 from bwenforcer.errors import KernelError
 from bwenforcer.inputs.config import load_config
+from bwenforcer.metrics.collector import AgentMetrics
+from bwenforcer.metrics.exposition import exposition
 from tests.cycle.test_sync_kernel import Clock, init_tree
 from tests.kernel_helpers import tc_ceils
 from tests.netns import NetnsPair
@@ -34,12 +36,13 @@ class MemInbound:
         self.broken = False  # dump fails
         self.dumps = 0
         self.applied: list[InboundLimit] = []
+        self.unclassified: dict[str, int] = {}  # bytes of no slice, by class
 
     def dump(self) -> InboundSnapshot:
         self.dumps += 1
         if self.broken:
             raise KernelError("nftables: table bwin not found")
-        return InboundSnapshot(dict(self.counters), dict(self.limits))
+        return InboundSnapshot(dict(self.counters), dict(self.limits), dict(self.unclassified))
 
     def ensure(self, xids: Iterable[int], dry_run: bool = False) -> None:
         if dry_run:
@@ -88,7 +91,7 @@ def _config(tmp: Path, enabled: bool = True, mail: str = "") -> Path:
 
 
 def _classes(tmp: Path, xid: int) -> dict[str, dict[str, object]]:
-    state = json.loads((tmp / "state.json").read_text())
+    state = json.loads((tmp / "state.json").read_text().partition("\n")[0])  # the object
     return state["slices"][str(xid)]["classes"]  # type: ignore[no-any-return]
 
 
@@ -125,9 +128,16 @@ def test_inbound_bytes_are_counted_and_capped_per_direction(
 
     # the same cycle again: limits within the margin are not touched
     port.applied.clear()
+    port.unclassified = {"default": 4_321, "exempt": 0}  # received by no slice
     clock.now += 60
-    agent.cycle(load_desired(config))
+    third = agent.cycle(load_desired(config))
     assert port.applied == []
+    # bytes of no slice: in the metrics only, by class
+    metrics = AgentMetrics()
+    metrics.observe(third)
+    text = exposition(metrics)
+    assert 'bwenforcer_unclassified_received_bytes{class="default"} 4321.0' in text
+    assert 'bwenforcer_unclassified_received_bytes{class="exempt"} 0.0' in text
 
 
 def test_a_refused_limit_or_an_unread_backend_never_stops_the_cycle(
@@ -238,8 +248,9 @@ def test_a_slice_leaving_is_read_a_last_time_into_its_ledger_entry(
     )
     clock.now += 60
     agent.cycle(load_desired(config))
-    state = json.loads((tmp_path / "state.json").read_text())
-    entry = state["ledger"]["entries"]["pl_in"]
+    # the ledger's entries are lines after the state's object: [expires_at, name, ENTRY]
+    lines = (tmp_path / "state.json").read_text().splitlines()[1:]
+    entry = next(row[2] for row in map(json.loads, lines) if row[1] == "pl_in")
     assert entry[4][9] == 40_000  # the default class's in_used_bytes, counted as it left
     clock.now += 60
     agent.cycle(load_desired(config))
