@@ -243,7 +243,7 @@ def _notices(
         if not capped:
             notified = False
         notice_bp, lift = old.notice_bp, old.lift
-        if notice_bp:
+        if notice_bp and rule.shares and t.new_period:  # a bucket turned: bytes left
             notice_bp = min(notice_bp, rule.passed_bp(counted))
         if capped and lift == "sent":
             lift = ""
