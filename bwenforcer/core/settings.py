@@ -176,3 +176,33 @@ class Config:
     def history_file(self) -> str:
         """Path of the usage history store."""
         return self.history.file or f"{self.state_file}.history"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanParams:
+    """The parts of the config the planner needs."""
+
+    period_s: int
+    anchor: PeriodAnchor | None
+    bwmin_bps: int
+    # False with mail.transport none: nothing would deliver a Notify, and thousands of
+    # capped slices would each get one every cycle. A transport set later mails the
+    # classes capped and not yet notified, as ever.
+    notify: bool = True
+    # how long a slice gone from its source keeps its classes and cap (0: none)
+    grace_s: int = 0
+    # inbound accounting on (config ``inbound.enabled``): budgets count the direction
+    # their policy says (core.direction); off: every budget counts what is sent
+    inbound: bool = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> PlanParams:
+        """Planner parameters of a config."""
+        return cls(
+            config.period_s,
+            config.period_anchor,
+            config.bwmin_bps,
+            notify=config.mail.transport != "none",
+            grace_s=config.grace_s,
+            inbound=config.inbound.enabled,
+        )

@@ -353,13 +353,13 @@ def test_the_quiet_path_plans_as_the_long_way(
 def test_quiet_false_takes_no_shortcut(monkeypatch: pytest.MonkeyPatch) -> None:
     """The test above compares two paths only if ``quiet=False`` really is the long way."""
     calls: list[int] = []
-    shortcut = planner._quiet
+    shortcut = planner.quiet_slice
 
     def counted(*args: object, **kw: bool) -> object:
         calls.append(1)
         return shortcut(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(planner, "_quiet", counted)
+    monkeypatch.setattr(planner, "quiet_slice", counted)
     params = PlanParams(3600, None, BWMIN_BPS)
     first = plan(desired(want("pl_a", 10)), snapshot(), State(), params, T0)
     kernel = _Kernel()
