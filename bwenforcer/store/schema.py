@@ -465,154 +465,70 @@ def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _v7_entry(value: object) -> object:
-    """A ledger entry's array with each class's notice marks (none) before its policy index;
-    one not shaped as one is passed through (validation after migration names it).
+def _with_class_fields(
+    data: dict[str, Any],
+    version: int,
+    own: Mapping[str, object],
+    policy: Mapping[str, object],
+    width: int,
+) -> dict[str, Any]:
+    """A step that adds class fields to a schema with compact ledger entries (6 to 9):
+    ``own`` to every live class and, in a ledger ECLASS of ``width`` values, before its
+    policy index; ``policy`` to every live class and at the end of every POLICY. An entry
+    or class not shaped as the schema before wrote it is passed through untouched
+    (validation after migration names it).
     """
-    if not (isinstance(value, list) and len(value) == 6):
-        return value
-    classes = []
-    for c in value[4:]:
-        # schema 6's class: its own fields, its ring, its policy's index
-        if not (isinstance(c, list) and len(c) == len(_V4_OWN_KEYS) + 2):
+    # the live slices' classes only: the ledger's entries are arrays, not slices
+    live = _classes_with({k: v for k, v in data.items() if k != "ledger"}, {**own, **policy})
+    out = {**data, **live, "schema_version": version}
+
+    def entry(value: object) -> object:
+        if not (isinstance(value, list) and len(value) == len(LEDGER_ENTRY)):
             return value
-        classes.append([*c[:-1], 0, "", c[-1]])
-    return [*value[:4], *classes]
+        classes = []
+        for c in value[4:]:
+            if not (isinstance(c, list) and len(c) == width):
+                return value
+            classes.append([*c[:-1], *own.values(), c[-1]])
+        return [*value[:4], *classes]
+
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict):
+        policies, entries = ledger.get("policies"), ledger.get("entries")
+        if isinstance(policies, list):
+            policies = [[*p, *policy.values()] if isinstance(p, list) else p for p in policies]
+        if isinstance(entries, dict):
+            entries = {name: entry(e) for name, e in entries.items()}
+        out["ledger"] = {**ledger, "policies": policies, "entries": entries}
+    return out
 
 
 def _v6_to_v7(data: dict[str, Any]) -> dict[str, Any]:
     """Schema 6 had no early notices: a class had told nothing but its threshold
     (``notice_bp`` 0, no ``lift``) and no policy asked for any (``notices`` "").
     """
-    added = {"notice_bp": 0, "lift": "", "notices": ""}
-    out = {**data, "schema_version": 7}
-    slices = data.get("slices")
-    if isinstance(slices, dict):
-        out["slices"] = {
-            xid: (
-                {
-                    **st,
-                    "classes": {
-                        tc: {**added, **c} if isinstance(c, dict) else c
-                        for tc, c in st["classes"].items()
-                    },
-                }
-                if isinstance(st, dict) and isinstance(st.get("classes"), dict)
-                else st
-            )
-            for xid, st in slices.items()
-        }
-    ledger = data.get("ledger")
-    if isinstance(ledger, dict):
-        policies, entries = ledger.get("policies"), ledger.get("entries")
-        if isinstance(policies, list):
-            policies = [[*p, ""] if isinstance(p, list) else p for p in policies]
-        if isinstance(entries, dict):
-            entries = {name: _v7_entry(e) for name, e in entries.items()}
-        out["ledger"] = {**ledger, "policies": policies, "entries": entries}
-    return out
-
-
-def _v8_entry(value: object) -> object:
-    """A ledger entry's array with each class's carried bytes (none) before its policy
-    index; one not shaped as one is passed through (validation after migration names it).
-    """
-    if not (isinstance(value, list) and len(value) == 6):
-        return value
-    classes = []
-    for c in value[4:]:
-        # schema 7's class: its own fields, its ring, its notice marks, its policy's index
-        if not (isinstance(c, list) and len(c) == len(_V4_OWN_KEYS) + 4):
-            return value
-        classes.append([*c[:-1], 0, c[-1]])
-    return [*value[:4], *classes]
+    # schema 6's ledger class: its own fields, its ring, its policy's index
+    width = len(_V4_OWN_KEYS) + 2
+    return _with_class_fields(data, 7, {"notice_bp": 0, "lift": ""}, {"notices": ""}, width)
 
 
 def _v7_to_v8(data: dict[str, Any]) -> dict[str, Any]:
     """Schema 7 had no rollover: no class carried bytes from the period before
     (``carried_bytes`` 0) and no policy rolled any over (``rollover_bytes`` 0).
     """
-    out = {**data, "schema_version": 8}
-    slices = data.get("slices")
-    if isinstance(slices, dict):
-        out["slices"] = {
-            xid: (
-                {
-                    **st,
-                    "classes": {
-                        tc: {"carried_bytes": 0, "rollover_bytes": 0, **c}
-                        if isinstance(c, dict)
-                        else c
-                        for tc, c in st["classes"].items()
-                    },
-                }
-                if isinstance(st, dict) and isinstance(st.get("classes"), dict)
-                else st
-            )
-            for xid, st in slices.items()
-        }
-    ledger = data.get("ledger")
-    if isinstance(ledger, dict):
-        policies, entries = ledger.get("policies"), ledger.get("entries")
-        if isinstance(policies, list):
-            policies = [[*p, 0] if isinstance(p, list) else p for p in policies]
-        if isinstance(entries, dict):
-            entries = {name: _v8_entry(e) for name, e in entries.items()}
-        out["ledger"] = {**ledger, "policies": policies, "entries": entries}
-    return out
-
-
-# schema 9 added these: a class's inbound usage, counter and limit, its budget's direction
-_V9_OWN = {"in_used_bytes": 0, "in_last_counter_bytes": 0, "in_limit_bps": 0}
-_V9_POLICY = {"direction": "out"}
-
-
-def _v9_entry(value: object) -> object:
-    """A ledger entry's array with each class's inbound values (none) before its policy
-    index; one not shaped as one is passed through (validation after migration names it).
-    """
-    if not (isinstance(value, list) and len(value) == 6):
-        return value
-    classes = []
-    for c in value[4:]:
-        # schema 8's class: its own fields, ring, notice marks, carried bytes, policy index
-        if not (isinstance(c, list) and len(c) == len(_V4_OWN_KEYS) + 5):
-            return value
-        classes.append([*c[:-1], *_V9_OWN.values(), c[-1]])
-    return [*value[:4], *classes]
+    # schema 7's ledger class: its own fields, its ring, its notice marks, its policy index
+    width = len(_V4_OWN_KEYS) + 4
+    return _with_class_fields(data, 8, {"carried_bytes": 0}, {"rollover_bytes": 0}, width)
 
 
 def _v8_to_v9(data: dict[str, Any]) -> dict[str, Any]:
     """Schema 8 counted what slices send only: every class has received nothing
     (inbound usage, counter and limit 0) and its budget counts ``out``.
     """
-    added = {**_V9_OWN, **_V9_POLICY}
-    out = {**data, "schema_version": 9}
-    slices = data.get("slices")
-    if isinstance(slices, dict):
-        out["slices"] = {
-            xid: (
-                {
-                    **st,
-                    "classes": {
-                        tc: {**added, **c} if isinstance(c, dict) else c
-                        for tc, c in st["classes"].items()
-                    },
-                }
-                if isinstance(st, dict) and isinstance(st.get("classes"), dict)
-                else st
-            )
-            for xid, st in slices.items()
-        }
-    ledger = data.get("ledger")
-    if isinstance(ledger, dict):
-        policies, entries = ledger.get("policies"), ledger.get("entries")
-        if isinstance(policies, list):
-            policies = [[*p, *_V9_POLICY.values()] if isinstance(p, list) else p for p in policies]
-        if isinstance(entries, dict):
-            entries = {name: _v9_entry(e) for name, e in entries.items()}
-        out["ledger"] = {**ledger, "policies": policies, "entries": entries}
-    return out
+    own = {"in_used_bytes": 0, "in_last_counter_bytes": 0, "in_limit_bps": 0}
+    # schema 8's ledger class: own fields, ring, notice marks, carried bytes, policy index
+    width = len(_V4_OWN_KEYS) + 5
+    return _with_class_fields(data, 9, own, {"direction": "out"}, width)
 
 
 # where _v9_to_v10 finds an entry's expiry: its period's end, its default class, that
