@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from bwenforcer.core.direction import counted_bytes as direction_bytes
 from bwenforcer.core.inbound import InboundSnapshot
-from bwenforcer.core.model import ClassState, DesiredSlice, KernelSlice, SliceState
+from bwenforcer.core.model import ClassState, DesiredSlice, KernelClass, KernelSlice, SliceState
 from bwenforcer.core.plan import LiveSlice
 from bwenforcer.core.targets import RateTargets
 
@@ -32,26 +32,9 @@ def quiet_slice_inbound(
     if (
         kd is None
         or ke is None
-        or now_s >= st.period_end_s
-        or kd.bytes != d.last_counter_bytes
-        or ke.bytes != e.last_counter_bytes
-        or d.capped
-        or e.capped
         or d.in_limit_bps
         or e.in_limit_bps
-        or d.lift == "due"
-        or e.lift == "due"
-        or (d.policy is not want.default and d.policy != want.default)
-        or (e.policy is not want.exempt and e.policy != want.exempt)
-        or ((d.notified or e.notified) and want.default.window_s)
-        or (
-            (d.carried_bytes or e.carried_bytes)
-            and (
-                want.default.window_s
-                or d.carried_bytes > want.default.rollover_bytes
-                or e.carried_bytes > want.exempt.rollover_bytes
-            )
-        )
+        or _stirred(want, st, kd, ke, now_s)
     ):
         return None
     if inbound is not None:
@@ -130,28 +113,7 @@ def quiet_slice(
     and tests/test_planner_properties.py holds the two to the same plan.
     """
     d, e, kd, ke = st.default, st.exempt, kernel.default, kernel.exempt
-    if (
-        kd is None
-        or ke is None
-        or now_s >= st.period_end_s
-        or kd.bytes != d.last_counter_bytes
-        or ke.bytes != e.last_counter_bytes
-        or d.capped
-        or e.capped
-        or d.lift == "due"
-        or e.lift == "due"
-        or (d.policy is not want.default and d.policy != want.default)
-        or (e.policy is not want.exempt and e.policy != want.exempt)
-        or ((d.notified or e.notified) and want.default.window_s)
-        or (
-            (d.carried_bytes or e.carried_bytes)
-            and (
-                want.default.window_s
-                or d.carried_bytes > want.default.rollover_bytes
-                or e.carried_bytes > want.exempt.rollover_bytes
-            )
-        )
-    ):
+    if kd is None or ke is None or _stirred(want, st, kd, ke, now_s):
         return None
     d_start, d_rates = targets.limits(want.default, "default")
     e_start, e_rates = targets.limits(want.exempt, "exempt")
@@ -171,6 +133,36 @@ def quiet_slice(
     ):
         return None
     return LiveSlice(st, 0, 0, kd.rates.max_rate_bps, ke.rates.max_rate_bps)
+
+
+def _stirred(
+    want: DesiredSlice, st: SliceState, kd: KernelClass, ke: KernelClass, now_s: int
+) -> bool:
+    """The conditions of :func:`quiet_slice` (and its inbound twin) on the period, the
+    counters, the caps, the notices due, the policies and the carried bytes: whether any
+    of them says the slice is not quiet.
+    """
+    d, e = st.default, st.exempt
+    return bool(
+        now_s >= st.period_end_s
+        or kd.bytes != d.last_counter_bytes
+        or ke.bytes != e.last_counter_bytes
+        or d.capped
+        or e.capped
+        or d.lift == "due"
+        or e.lift == "due"
+        or (d.policy is not want.default and d.policy != want.default)
+        or (e.policy is not want.exempt and e.policy != want.exempt)
+        or ((d.notified or e.notified) and want.default.window_s)
+        or (
+            (d.carried_bytes or e.carried_bytes)
+            and (
+                want.default.window_s
+                or d.carried_bytes > want.default.rollover_bytes
+                or e.carried_bytes > want.exempt.rollover_bytes
+            )
+        )
+    )
 
 
 def _notice_due(classes: Iterable[tuple[ClassState, int]], targets: RateTargets) -> bool:
