@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from bwenforcer.errors import UnitError
@@ -173,6 +174,7 @@ def human_rate(bps: int) -> str:
 
 
 _SIZE_STEPS = ((2.0**40, "TiB"), (2.0**30, "GiB"), (2.0**20, "MiB"), (2.0**10, "KiB"))
+_MIB, _GIB, _TIB = 2**20, 2**30, 2**40
 
 
 def human_size(size_bytes: int) -> str:
@@ -186,6 +188,38 @@ def human_size(size_bytes: int) -> str:
                 return f"{value:.3g}{name}"
             return _human(size_bytes, _SIZE_STEPS, "B")
     return f"{size_bytes:.0f}B"
+
+
+def size_namer(max_remembered: int = 1 << 16) -> Callable[[int], str]:
+    """:func:`human_size` for a long run of sizes (a report prints millions), remembered.
+
+    Its text changes only at rounding edges a few thousandths of a value apart, so
+    the sizes of a range 1/1024 of a unit wide (a KiB from 1 MiB up, a MiB from 1 GiB
+    up to 1 TiB) print alike unless an edge falls inside the range: the text of its
+    ends tells (the text never goes back as a size grows). A range with an edge
+    inside is remembered as such and its sizes are formatted one by one, as are sizes
+    outside those units. At most ``max_remembered`` ranges are held (then forgotten).
+    """
+    memo: dict[int, str] = {}
+
+    def name(size_bytes: int) -> str:
+        if not _MIB <= size_bytes < _TIB:
+            return human_size(size_bytes)
+        # MiB-wide ranges from 1 GiB (positive keys), KiB-wide below (negative)
+        key = size_bytes >> 20 if size_bytes >= _GIB else -(size_bytes >> 10)
+        text = memo.get(key)
+        if text is None:
+            shift = 20 if key > 0 else 10
+            low = abs(key) << shift
+            text = human_size(low)
+            if human_size(low + (1 << shift) - 1) != text:
+                text = ""  # a rounding edge inside: each size on its own
+            if len(memo) >= max_remembered:
+                memo.clear()
+            memo[key] = text
+        return text or human_size(size_bytes)
+
+    return name
 
 
 def human_duration(seconds: float) -> str:

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bwenforcer.core.units import human_duration, human_size
+from bwenforcer.core.units import human_duration, human_size, size_namer
 from bwenforcer.history.usage import bucket_start_s
 from bwenforcer.views.table import COLUMN_GAP
 
@@ -165,7 +165,7 @@ def table_text(
     out at the final widths is printed as it was spooled (its name put before each
     line by one replace), and the few before the widths settled are laid out
     again. Capped times are formatted once per distinct value (they repeat: whole
-    cycles).
+    cycles), sizes once per range that prints alike (:func:`~.units.size_namer`).
     """
     return _table_chunks(groups, by, _key_label(by), inbound)
 
@@ -179,9 +179,10 @@ def _table_chunks(
     header = ("SLICE", _BUCKET_HEADER[by], *TABLE_HEADER, *(INBOUND_HEADER if inbound else ()))
     widths = [len(cell) for cell in header]
     capped = functools.lru_cache(maxsize=1024)(_capped)
+    size = size_namer()
     with tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n") as spool:
         for name, rows in groups:
-            table = _slice_cells(rows, label, human_size, capped, inbound)
+            table = _slice_cells(rows, label, size, capped, inbound)
             widths[0] = max(widths[0], len(name))
             for i, column in enumerate(zip(*table, strict=True), 1):
                 widths[i] = max(widths[i], *map(len, column))

@@ -21,6 +21,7 @@ from bwenforcer.core.units import (
     parse_duration_s,
     parse_rate_bps,
     parse_size_bytes,
+    size_namer,
 )
 from bwenforcer.errors import UnitError
 
@@ -153,3 +154,36 @@ def test_human_forms() -> None:
     assert human_size(5 * 2**30) == "5GiB"
     assert human_duration(3 * 3600 + 12 * 60 + 5) == "3h12m"
     assert human_duration(5) == "5s"
+
+
+_UNITS = (2**10, 2**20, 2**30, 2**40)
+
+
+@st.composite
+def _near_rounding_edges(draw: st.DrawFn) -> int:
+    """A size a few bytes from where human_size's text changes: x.xx5, xx.x5 or xxx.5
+    of a unit, or the unit's own start.
+    """
+    unit = draw(st.sampled_from(_UNITS))
+    digits = draw(st.integers(100, 1024))
+    scale = draw(st.sampled_from((0.01, 0.1, 1.0)))
+    edge = round((digits + 0.5) * scale * unit) if draw(st.booleans()) else unit
+    return max(0, edge + draw(st.integers(-3, 3)))
+
+
+@given(
+    st.lists(st.one_of(_near_rounding_edges(), st.integers(0, MAX_SIZE_BYTES)), max_size=200),
+    st.sampled_from((1, 3, 1 << 16)),
+)
+def test_size_namer_names_every_size_as_human_size(sizes: list[int], remembered: int) -> None:
+    # in any order, with ranges remembered, forgotten and seen again
+    name = size_namer(remembered)
+    assert [name(n) for n in sizes * 2] == [human_size(n) for n in sizes * 2]
+
+
+def test_size_namer_at_the_edges_of_its_ranges() -> None:
+    name = size_namer()
+    for unit in _UNITS:
+        for n in (unit - 1, unit, unit + 1, 1023 * unit + unit // 2, 999 * unit + unit // 2):
+            for m in (n - 1024, n - 1, n, n + 1, n + 1024):
+                assert name(m) == human_size(m), m
