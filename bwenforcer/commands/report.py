@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from bwenforcer.history.usage import ReportRow
 
 ORDER = 55
 
@@ -109,14 +104,14 @@ def run(args: argparse.Namespace) -> int:
     from bwenforcer.commands.inspect import now_s
     from bwenforcer.errors import Error, ExitCode, UsageError
     from bwenforcer.history.reader import HistoryReader
-    from bwenforcer.history.usage import bucket_report, bucket_rows, since_rows
+    from bwenforcer.history.usage import bucket_rows, since_rows
     from bwenforcer.inputs.config import load_config
     from bwenforcer.inputs.slicename import quoted
     from bwenforcer.views.report import (
         INBOUND_KEYS,
         JSON_KEYS,
-        json_chunks,
-        row_json,
+        csv_text,
+        json_text,
         table_text,
     )
 
@@ -140,23 +135,10 @@ def run(args: argparse.Namespace) -> int:
         elif args.json or args.csv:
             reader.check()  # a damaged file: nothing printed, rather than a list cut short
 
-        def groups() -> Iterator[list[ReportRow]]:
-            """Each slice's rows in turn, read one slice at a time (by month: its months
-            alone); only the one asked for with --slice (read alone).
-            """
-            for name, buckets in found:
-                rows = bucket_report(name, buckets, args.by, args.since)
-                if rows:
-                    seen["rows"] = True
-                    yield rows
-
-        def rows() -> Iterator[ReportRow]:
-            for group in groups():
-                yield from group
-
         def plain() -> Iterator[tuple[str, list[tuple[int, ...]]]]:
-            """:func:`groups` as plain tuples (bucket key first), for the table
-            (millions of lines); all slices by day: their days as stored.
+            """Each slice's rows as plain tuples (bucket key first; a report can be
+            millions of lines), read one slice at a time (by month: its months alone;
+            all slices by day: their days as stored); with --slice, that one's alone.
             """
             if args.by == "day" and args.slice is None:
                 for name, days in reader.day_rows():
@@ -175,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             started = False
             try:
-                for chunk in json_chunks(rows(), keys):
+                for chunk in json_text(plain(), args.by, keys):
                     out.write(chunk)
                     started = True
             except (Error, OSError):
@@ -184,13 +166,11 @@ def run(args: argparse.Namespace) -> int:
                 raise
             out.write("\n")
         elif args.csv:
-            writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
-            writer.writeheader()
-            for row in rows():
-                writer.writerow(row_json(row, keys))
+            for chunk in csv_text(plain(), args.by, keys):
+                out.write(chunk)
         else:
-            for text in table_text(plain(), args.by, inbound):
-                out.write(text)
+            for chunk in table_text(plain(), args.by, inbound):
+                out.write(chunk)
     if not seen["rows"]:
         print(f"bwenforcer: report: {_empty_note(args, path)}", file=sys.stderr)
     return int(ExitCode.OK)

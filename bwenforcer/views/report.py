@@ -6,8 +6,10 @@ the ``--json`` keys, the ``--csv`` header and the hourly history ``show`` prints
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import functools
+import io
 import json
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -218,28 +220,80 @@ def _relaid(text: str, used: Sequence[int], final: Sequence[int]) -> str:
     )
 
 
-def json_chunks(rows: Iterable[ReportRow], json_keys: Sequence[str] = JSON_KEYS) -> Iterator[str]:
-    """``json.dump([row_json(r) for r in rows], indent=2)``'s text, streamed row by row.
+# a ReportRow field's place in a plain row (bucket key first, then the seven figures)
+_PLAIN_AT = {
+    "default_bytes": 1,
+    "exempt_bytes": 2,
+    "peak_hour_bytes": 3,
+    "capped_default_s": 4,
+    "capped_exempt_s": 5,
+    "in_default_bytes": 6,
+    "in_exempt_bytes": 7,
+}
 
-    Each object is laid out from a template (its keys are fixed; only the slice
-    name needs JSON's escaping, done once per slice): a report can be millions of rows.
+
+def _row_fields(name_text: str, by: str, keys: Sequence[str]) -> list[str]:
+    """A row's values as ``str.format`` fields of ``(bucket start, *plain row)``: the
+    slice's name and the bucketing as the texts given (constant for a slice).
     """
-    keys = [(key, _FIELDS[key]) for key in json_keys]
-    opening = "[\n  {\n"
-    name, quoted = None, ""
-    for row in rows:
-        if row.slice_name != name:
-            name, quoted = row.slice_name, json.dumps(row.slice_name)
-        values = []
-        for key, field in keys:
-            value = getattr(row, field)
-            if key == "slice":
-                text = quoted
-            elif isinstance(value, int):
-                text = str(value)
-            else:
-                text = json.dumps(value)
-            values.append(f'    "{key}": {text}')
-        yield opening + ",\n".join(values) + "\n  }"
-        opening = ",\n  {\n"
+    fields = []
+    for key in keys:
+        if key == "slice":
+            fields.append(name_text.replace("{", "{{").replace("}", "}}"))
+        elif key == "by":
+            fields.append(by)
+        elif key == "bucket_start":
+            fields.append("{0}")
+        else:
+            fields.append(f"{{{_PLAIN_AT[_FIELDS[key]] + 1}}}")
+    return fields
+
+
+def json_text(
+    groups: Iterable[tuple[str, Sequence[Sequence[int]]]],
+    by: str,
+    keys: Sequence[str] = JSON_KEYS,
+) -> Iterator[str]:
+    """``json.dump([row_json(r, keys) for r in rows], indent=2)``'s text, in chunks of
+    whole objects (a slice's), of each slice's name and plain rows (as
+    :func:`table_text` takes them).
+
+    Each slice's objects are laid out from one template (the keys are fixed; only
+    the name needs JSON's escaping): a report can be millions of rows.
+    """
+    start = functools.lru_cache(maxsize=8192)(functools.partial(bucket_start_s, by))
+    opening = "[\n"
+    for name, rows in groups:
+        fields = _row_fields(json.dumps(name), json.dumps(by), keys)
+        template = (
+            "  {{\n"
+            + ",\n".join(f'    "{key}": {field}' for key, field in zip(keys, fields, strict=True))
+            + "\n  }}"
+        )
+        objects = ",\n".join([template.format(start(row[0]), *row) for row in rows])
+        yield opening + objects
+        opening = ",\n"
     yield "[]" if opening.startswith("[") else "\n]"
+
+
+def csv_text(
+    groups: Iterable[tuple[str, Sequence[Sequence[int]]]],
+    by: str,
+    keys: Sequence[str] = JSON_KEYS,
+) -> Iterator[str]:
+    """What ``csv.DictWriter`` (lines ending in "\\n") writes of the header ``keys`` and
+    each row's :func:`row_json`, in chunks of whole lines (a slice's), of each slice's
+    name and plain rows (as :func:`table_text` takes them).
+    """
+    start = functools.lru_cache(maxsize=8192)(functools.partial(bucket_start_s, by))
+    yield _csv_line(keys)
+    for name, rows in groups:
+        template = ",".join(_row_fields(_csv_line([name])[:-1], _csv_line([by])[:-1], keys))
+        yield "\n".join([template.format(start(row[0]), *row) for row in rows]) + "\n"
+
+
+def _csv_line(cells: Sequence[str]) -> str:
+    """One CSV line of ``cells``, quoted as the csv module quotes them."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(cells)
+    return out.getvalue()
