@@ -523,11 +523,6 @@ def classifier_table(rows: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-# The reports timed on each aged history: at 10 years the day and --json reports
-# print 2.9 million rows; their cost per row is the 1-year figure's.
-AGED_REPORTS = {1: ("day", "month", "slice", "json"), 10: ("month", "slice")}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table; write JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -592,7 +587,9 @@ def main(argv: list[str] | None = None) -> int:
         print(classifier_table(classifiers))
     ages = [] if args.only_classifiers else [int(y) for y in args.aged.split(",") if y]
     aged_rows = [
-        aged.aged_figures(4000, years, args.aged_runs, AGED_REPORTS.get(years, ("month", "slice")))
+        aged.aged_figures(
+            4000, years, args.aged_runs, aged.AGED_REPORTS.get(years, ("month", "slice"))
+        )
         for years in ages
     ]
     if aged_rows:
