@@ -76,8 +76,6 @@ def _object(value: object, keys: frozenset[str], source: str, path: str) -> dict
 
 # --- the dict form -----------------------------------------------------------------------
 
-_ENTRY_GET = tuple(attrgetter(f.attr) for f in LEDGER_ENTRY)
-_ENTRY_CLASS_GET = tuple(attrgetter(f.attr) for f in ENTRY_CLASS[:-1])
 _POLICY_GET = tuple(attrgetter(f.attr.removeprefix(_POLICY)) for f in POLICY)
 _POLICY_NAMES = tuple(p.name for p in dataclasses.fields(ClassPolicy))
 
@@ -90,28 +88,6 @@ def ledger_file_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
     head, parts = encoder.encode(ledger)
     lines = b"".join(parts).decode("ascii").splitlines()
     return {"policies": json.loads(head)["policies"], "entries": lines}
-
-
-def ledger_dict_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
-    """Schema 8's ledger object (each entry an array keyed by name; tests, migrations)."""
-    index: dict[ClassPolicy, int] = {}
-    table: list[list[object]] = []
-    entries: dict[str, list[object]] = {}
-    for name, entry in ledger.items():
-        values: list[object] = []
-        for f, get in zip(LEDGER_ENTRY, _ENTRY_GET, strict=True):
-            value = get(entry)
-            if f.kind == "entry_class":
-                at = index.get(value.policy)
-                if at is None:
-                    at = index[value.policy] = len(table)
-                    table.append([g(value.policy) for g in _POLICY_GET])
-                # the ring (buckets) is a tuple in the model, a list in the file
-                own = (g(value) for g in _ENTRY_CLASS_GET)
-                value = [*(list(v) if type(v) is tuple else v for v in own), at]
-            values.append(value)
-        entries[name] = values
-    return {"policies": table, "entries": entries}
 
 
 # --- the text encoder --------------------------------------------------------------------
@@ -189,8 +165,8 @@ class LedgerEncoder:
         return head.encode(), parts
 
     def _entry_text(self, entry: LedgerEntry) -> str:
-        """An entry's array (schema.LEDGER_ENTRY; the order is held to ledger_dict_json's by
-        a test): died_at, xid, period, then each class's ENTRY_CLASS array.
+        """An entry's array (schema.LEDGER_ENTRY): died_at, xid, period, then each class's
+        ENTRY_CLASS array.
         """
         st = entry.slice
         d, e = st.default, st.exempt
