@@ -445,6 +445,7 @@ def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
         and type(notified) is bool
         and type(told) is int
         and 0 <= told <= MAX_NOTICE_SHARE_BP
+        and type(lift) is str  # before the look-up: a list or object is not hashable
         and lift in _LIFT
         and type(carried) is int
         and carried >= 0

@@ -1354,6 +1354,7 @@ BAD_ENTRIES = [
     ((5, 6), [0] * 25, f"{_ENTRY}[5][6]: expected [] under a period (window_s 0)"),
     ((5, 7), False, f"{_ENTRY}[5][7]: expected a non-negative integer"),
     ((5, 8), "told", f"{_ENTRY}[5][8]: expected '', 'due' or 'sent'"),
+    ((5, 8), [], f"{_ENTRY}[5][8]: expected '', 'due' or 'sent'"),  # not hashable
     ((5, 9), -1, f"{_ENTRY}[5][9]: expected a non-negative integer"),
     ((5, 12), 0.5, f"{_ENTRY}[5][12]: expected a non-negative integer"),
     ((5, 0), 9, f"{_ENTRY}[5][0]: policy 9 not in the ledger's 2"),
