@@ -596,6 +596,10 @@ _V10_ECLASS_WIDTH = len(_V4_OWN_KEYS) + 8
 _LEDGER_CLASSES_AT = tuple(i for i, f in enumerate(LEDGER_ENTRY) if f.kind == "entry_class")
 
 
+# ENTRY_CLASS's defaults from ECLASS_MIN on, as JSON values
+_ECLASS_DEFAULTS = tuple(json.loads(f.default) for f in ENTRY_CLASS[ECLASS_MIN:])
+
+
 def _eclass_trimmed(values: list[Any]) -> list[Any]:
     """An ECLASS array (ENTRY_CLASS's values, in order) without the trailing values at their
     default. A value of another type (``false`` for 0) is not a default: it stays for the
@@ -603,8 +607,7 @@ def _eclass_trimmed(values: list[Any]) -> list[Any]:
     """
     end = len(values)
     while end > ECLASS_MIN:
-        v = values[end - 1]
-        default = json.loads(ENTRY_CLASS[end - 1].default)
+        v, default = values[end - 1], _ECLASS_DEFAULTS[end - 1 - ECLASS_MIN]
         if type(v) is not type(default) or v != default:
             break
         end -= 1
