@@ -38,6 +38,7 @@ from bwenforcer.core.model import (
 )
 from bwenforcer.core.notices import MAX_NOTICE_SHARE_BP
 from bwenforcer.store.schema import (
+    ECLASS_DEFAULTS,
     ECLASS_MIN,
     ENTRY_CLASS,
     KIND_SCOPE,
@@ -104,9 +105,7 @@ _Parts = list[bytes | memoryview]
 # ClassState, those values' defaults (the model's: a ring is a tuple) and their JSON text
 _OPTIONAL = ENTRY_CLASS[ECLASS_MIN:]
 _OPTIONAL_GET = attrgetter(*(f.attr for f in _OPTIONAL))
-_OPTIONAL_DEFAULTS = tuple(
-    tuple(v) if type(v) is list else v for v in (json.loads(f.default) for f in _OPTIONAL)
-)
+_OPTIONAL_DEFAULTS = tuple(tuple(v) if type(v) is list else v for v in ECLASS_DEFAULTS)
 _KIND_TEXT: Mapping[str, Callable[[Any], str]] = {
     "uint": str,
     "buckets": ring_text,
@@ -406,10 +405,7 @@ def _entry_from(
 
 # what an ECLASS of ECLASS_MIN + k values is padded with to its full length, at k (the
 # JSON defaults, which the checks below pass)
-_ECLASS_PAD = tuple(
-    tuple(json.loads(f.default) for f in ENTRY_CLASS[n:])
-    for n in range(ECLASS_MIN, len(ENTRY_CLASS))
-)
+_ECLASS_PAD = tuple(ECLASS_DEFAULTS[k:] for k in range(len(ECLASS_DEFAULTS)))
 
 
 def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:

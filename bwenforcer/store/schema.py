@@ -210,6 +210,8 @@ ENTRY_CLASS: tuple[Field, ...] = (
 ECLASS_MIN = next((i for i, f in enumerate(ENTRY_CLASS) if f.default), len(ENTRY_CLASS))
 if not all(f.default for f in ENTRY_CLASS[ECLASS_MIN:]):
     raise TypeError("schema: the ECLASS fields with a default must end ENTRY_CLASS")
+# the defaults of the fields from ECLASS_MIN on, as JSON values
+ECLASS_DEFAULTS = tuple(json.loads(f.default) for f in ENTRY_CLASS[ECLASS_MIN:])
 POLICY: tuple[Field, ...] = tuple(f for f in CLASS if f.attr.startswith("policy."))
 
 TOP_KEYS = frozenset(f.key for f in TOP)
@@ -596,10 +598,6 @@ _V10_ECLASS_WIDTH = len(_V4_OWN_KEYS) + 8
 _LEDGER_CLASSES_AT = tuple(i for i, f in enumerate(LEDGER_ENTRY) if f.kind == "entry_class")
 
 
-# ENTRY_CLASS's defaults from ECLASS_MIN on, as JSON values
-_ECLASS_DEFAULTS = tuple(json.loads(f.default) for f in ENTRY_CLASS[ECLASS_MIN:])
-
-
 def _eclass_trimmed(values: list[Any]) -> list[Any]:
     """An ECLASS array (ENTRY_CLASS's values, in order) without the trailing values at their
     default. A value of another type (``false`` for 0) is not a default: it stays for the
@@ -607,7 +605,7 @@ def _eclass_trimmed(values: list[Any]) -> list[Any]:
     """
     end = len(values)
     while end > ECLASS_MIN:
-        v, default = values[end - 1], _ECLASS_DEFAULTS[end - 1 - ECLASS_MIN]
+        v, default = values[end - 1], ECLASS_DEFAULTS[end - 1 - ECLASS_MIN]
         if type(v) is not type(default) or v != default:
             break
         end -= 1
