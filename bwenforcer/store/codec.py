@@ -41,6 +41,7 @@ from bwenforcer.store.ledgercodec import (
     _Policies,
     ledger_file_json,
     ledger_from,
+    ledger_lines_into,
 )
 from bwenforcer.store.schema import (
     AUDIT_ENTRY,
@@ -50,6 +51,7 @@ from bwenforcer.store.schema import (
     CLASSES_KEYS,
     KIND_SCOPE,
     KINDS,
+    LEDGER_LINES_SINCE,
     SCHEMA_VERSION,
     SLICE,
     SLICE_KEYS,
@@ -414,9 +416,12 @@ def _slice(value: object, policies: _Policies, source: str, path: str) -> SliceS
     return _slice_fast(value, policies) or _slice_from(value, source, path)
 
 
+(_LEDGER_KEY,) = (f.key for f in TOP if f.kind == "ledger")
+
+
 def state_from_json(data: object, source: str, tail: bytes = b"") -> State:
     """Validate a parsed state file (migrating older schemas) and build the State;
-    ``tail``: the ledger's lines after its JSON object (schema 10).
+    ``tail``: the ledger's lines after its JSON object (schema 10 on).
 
     Raises StateCorrupt naming ``source`` and the JSON path of the first problem, or
     StateTooNew for a file written by a newer schema.
@@ -424,6 +429,9 @@ def state_from_json(data: object, source: str, tail: bytes = b"") -> State:
     if type(data) is not dict:
         raise corrupt(source, "", "expected a JSON object")
     version = data.get("schema_version")
+    if tail and type(version) is int and LEDGER_LINES_SINCE <= version < SCHEMA_VERSION:
+        # an older schema's lines are migrated in the dict form (a list of strings)
+        data, tail = ledger_lines_into(data, tail, source, _LEDGER_KEY), b""
     d = _object(migrate(data, source), TOP_KEYS, source, "")
     if tail and version != SCHEMA_VERSION:
         raise corrupt(source, "", f"lines after the JSON object of schema_version {version}")

@@ -1,6 +1,7 @@
 """The state file's ledger (schema.LEDGER) in its compact form, encoded and decoded.
 
-Each entry is an array (schema.LEDGER_ENTRY) whose classes name their policies
+Each entry is an array (schema.LEDGER_ENTRY) whose classes (schema.ENTRY_CLASS: its
+trailing values at their default left out since schema 11) name their policies
 by index into the ledger's ``policies`` table; since schema 10 each entry is a line
 ``[expires_at,"name",ENTRY]`` after the state's JSON object (which has the ledger's
 ``policies`` and the count of its ``entries``), so the state's parse does not expand
@@ -21,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from array import array
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from json.decoder import scanstring
 from operator import attrgetter
 from typing import Any
@@ -37,6 +38,8 @@ from bwenforcer.core.model import (
 )
 from bwenforcer.core.notices import MAX_NOTICE_SHARE_BP
 from bwenforcer.store.schema import (
+    ECLASS_DEFAULTS,
+    ECLASS_MIN,
     ENTRY_CLASS,
     KIND_SCOPE,
     KINDS,
@@ -76,8 +79,6 @@ def _object(value: object, keys: frozenset[str], source: str, path: str) -> dict
 
 # --- the dict form -----------------------------------------------------------------------
 
-_ENTRY_GET = tuple(attrgetter(f.attr) for f in LEDGER_ENTRY)
-_ENTRY_CLASS_GET = tuple(attrgetter(f.attr) for f in ENTRY_CLASS[:-1])
 _POLICY_GET = tuple(attrgetter(f.attr.removeprefix(_POLICY)) for f in POLICY)
 _POLICY_NAMES = tuple(p.name for p in dataclasses.fields(ClassPolicy))
 
@@ -92,28 +93,6 @@ def ledger_file_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
     return {"policies": json.loads(head)["policies"], "entries": lines}
 
 
-def ledger_dict_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
-    """Schema 8's ledger object (each entry an array keyed by name; tests, migrations)."""
-    index: dict[ClassPolicy, int] = {}
-    table: list[list[object]] = []
-    entries: dict[str, list[object]] = {}
-    for name, entry in ledger.items():
-        values: list[object] = []
-        for f, get in zip(LEDGER_ENTRY, _ENTRY_GET, strict=True):
-            value = get(entry)
-            if f.kind == "entry_class":
-                at = index.get(value.policy)
-                if at is None:
-                    at = index[value.policy] = len(table)
-                    table.append([g(value.policy) for g in _POLICY_GET])
-                # the ring (buckets) is a tuple in the model, a list in the file
-                own = (g(value) for g in _ENTRY_CLASS_GET)
-                value = [*(list(v) if type(v) is tuple else v for v in own), at]
-            values.append(value)
-        entries[name] = values
-    return {"policies": table, "entries": entries}
-
-
 # --- the text encoder --------------------------------------------------------------------
 
 # the ledger's policies an encoder keeps before it starts its table over (each policy
@@ -121,6 +100,18 @@ def ledger_dict_json(ledger: Mapping[str, LedgerEntry]) -> dict[str, Any]:
 _MAX_LEDGER_POLICIES = 1024
 
 _Parts = list[bytes | memoryview]
+
+# the ECLASS fields the encoder may leave out (schema.ECLASS_MIN on): their values on a
+# ClassState, those values' defaults (the model's: a ring is a tuple) and their JSON text
+_OPTIONAL = ENTRY_CLASS[ECLASS_MIN:]
+_OPTIONAL_GET = attrgetter(*(f.attr for f in _OPTIONAL))
+_OPTIONAL_DEFAULTS = tuple(tuple(v) if type(v) is list else v for v in ECLASS_DEFAULTS)
+_KIND_TEXT: Mapping[str, Callable[[Any], str]] = {
+    "uint": str,
+    "buckets": ring_text,
+    "lift": _LIFT.__getitem__,
+}
+_OPTIONAL_TEXT = tuple(_KIND_TEXT[f.kind] for f in _OPTIONAL)
 
 
 class LedgerEncoder:
@@ -189,22 +180,29 @@ class LedgerEncoder:
         return head.encode(), parts
 
     def _entry_text(self, entry: LedgerEntry) -> str:
-        """An entry's array (schema.LEDGER_ENTRY; the order is held to ledger_dict_json's by
-        a test): died_at, xid, period, then each class's ENTRY_CLASS array.
+        """An entry's array (schema.LEDGER_ENTRY; its order and the classes' are held to
+        the tables by a test): died_at, xid, period, then each class's ENTRY_CLASS array.
         """
         st = entry.slice
-        d, e = st.default, st.exempt
         return (
             f"[{entry.died_s},{st.xid},{st.period_start_s},{st.period_end_s},"
-            f"[{d.used_bytes},{d.last_counter_bytes},{d.ceil_bps},{_JSON_BOOL[d.capped]},"
-            f"{_JSON_BOOL[d.notified]},{ring_text(d.buckets)},{d.notice_bp},{_LIFT[d.lift]},"
-            f"{d.carried_bytes},{d.in_used_bytes},{d.in_last_counter_bytes},{d.in_limit_bps},"
-            f"{self._policy_at(d.policy)}],"
-            f"[{e.used_bytes},{e.last_counter_bytes},{e.ceil_bps},{_JSON_BOOL[e.capped]},"
-            f"{_JSON_BOOL[e.notified]},{ring_text(e.buckets)},{e.notice_bp},{_LIFT[e.lift]},"
-            f"{e.carried_bytes},{e.in_used_bytes},{e.in_last_counter_bytes},{e.in_limit_bps},"
-            f"{self._policy_at(e.policy)}]]"
+            f"{self._class_text(st.default)},{self._class_text(st.exempt)}]"
         )
+
+    def _class_text(self, cs: ClassState) -> str:
+        """A class's ENTRY_CLASS array, without the trailing fields at their default."""
+        head = (
+            f"[{self._policy_at(cs.policy)},{cs.used_bytes},{cs.last_counter_bytes},"
+            f"{cs.ceil_bps},{_JSON_BOOL[cs.capped]},{_JSON_BOOL[cs.notified]}"
+        )
+        rest = _OPTIONAL_GET(cs)
+        if rest == _OPTIONAL_DEFAULTS:  # most entries: nothing past the flags
+            return f"{head}]"
+        end = len(rest)
+        while rest[end - 1] == _OPTIONAL_DEFAULTS[end - 1]:
+            end -= 1
+        texts = (text(v) for text, v in zip(_OPTIONAL_TEXT[:end], rest, strict=False))
+        return f"{head},{','.join(texts)}]"
 
     def _policy_at(self, policy: ClassPolicy, new: bool = False) -> int:
         at = None if new else self._policies.get(policy)
@@ -239,15 +237,8 @@ def ledger_from(
             raise corrupt(source, f"{path}.entries", "expected a list of ASCII lines")
         tail = "".join(f"{line}\n" for line in entries).encode()
         count = len(entries)
-    elif type(entries) is int and entries >= 0:
-        count = entries
     else:
-        raise corrupt(source, f"{path}.entries", "expected the count of the lines after it")
-    if tail and not tail.endswith(b"\n"):
-        raise corrupt(source, f"{path}.entries", "the last line is cut short")
-    found = tail.count(b"\n")
-    if found != count:
-        raise corrupt(source, f"{path}.entries", f"{count} entries, but {found} lines follow")
+        count = _line_count(entries, tail, source, path)
 
     def decode(line: bytes) -> LedgerEntry:
         _, name, entry = json.loads(line)
@@ -292,6 +283,34 @@ def ledger_from(
     return LazyLedger(saved)
 
 
+def _line_count(entries: object, tail: bytes, source: str, path: str) -> int:
+    """The count of the lines ``tail`` after the state's object, as the ledger's
+    ``entries`` says it; or StateCorrupt naming how they do not match.
+    """
+    if type(entries) is not int or entries < 0:
+        raise corrupt(source, f"{path}.entries", "expected the count of the lines after it")
+    if tail and not tail.endswith(b"\n"):
+        raise corrupt(source, f"{path}.entries", "the last line is cut short")
+    found = tail.count(b"\n")
+    if found != entries:
+        raise corrupt(source, f"{path}.entries", f"{entries} entries, but {found} lines follow")
+    return entries
+
+
+def ledger_lines_into(data: dict[str, Any], tail: bytes, source: str, path: str) -> dict[str, Any]:
+    """``data`` (a state's object of an older schema with ledger lines) with the lines
+    ``tail`` after it in its ledger's ``entries``, the dict form the migrations change;
+    or StateCorrupt when they do not go with the object (its count, ASCII lines).
+    """
+    d = _object(data.get(path), LEDGER_KEYS, source, path)
+    count = _line_count(d["entries"], tail, source, path)
+    lines = tail.split(b"\n")[:count]
+    for k, line in enumerate(lines):
+        if not line.isascii():
+            raise corrupt(source, f"{path}.entries[{k}]", "not an ASCII line")
+    return {**data, path: {**d, "entries": [line.decode("ascii") for line in lines]}}
+
+
 def _name_of(line: bytes) -> str:
     """The name of a ledger line ``[expires_at,"name",…]`` (as the encoder writes it)."""
     try:
@@ -301,9 +320,14 @@ def _name_of(line: bytes) -> str:
 
 
 def _items(value: object, fields: tuple[Field, ...], source: str, path: str) -> list[Any]:
-    """The checked values of an array of ``fields`` (the strict decoder's)."""
-    if type(value) is not list or len(value) != len(fields):
-        raise corrupt(source, path, f"expected a list of {len(fields)} values")
+    """The checked values of an array of ``fields`` (the strict decoder's), the trailing
+    ones with a default (schema.Field.default) filled in where the array ends early.
+    """
+    least = sum(1 for f in fields if not f.default)
+    if type(value) is not list or not least <= len(value) <= len(fields):
+        many = f"{least} to {len(fields)}" if least < len(fields) else f"{len(fields)}"
+        raise corrupt(source, path, f"expected a list of {many} values")
+    value = [*value, *(json.loads(f.default) for f in fields[len(value) :])]
     out = []
     for i, f in enumerate(fields):
         v = value[i]
@@ -340,13 +364,10 @@ _ENTRY_SCALARS = tuple(f for f in LEDGER_ENTRY if f.kind != "entry_class")
 def _entry_class_from(
     value: object, table: list[ClassPolicy], source: str, path: str
 ) -> ClassState:
-    values = _items(value, ENTRY_CLASS, source, path)
-    *own, at = values
+    at, *own = _items(value, ENTRY_CLASS, source, path)
     if at >= len(table):
-        raise corrupt(
-            source, f"{path}[{len(own)}]", f"policy {at} not in the ledger's {len(table)}"
-        )
-    kw = dict(zip((f.attr for f in ENTRY_CLASS[:-1]), own, strict=True))
+        raise corrupt(source, f"{path}[0]", f"policy {at} not in the ledger's {len(table)}")
+    kw = dict(zip((f.attr for f in ENTRY_CLASS[1:]), own, strict=True))
     problem = ring_problem(kw["used_bytes"], kw["buckets"], table[at].window_s)
     if problem is not None:
         ring_at = [f.attr for f in ENTRY_CLASS].index("buckets")
@@ -382,10 +403,20 @@ def _entry_from(
     return LedgerEntry(SliceState(**found), died_s)
 
 
+# what an ECLASS of ECLASS_MIN + k values is padded with to its full length, at k (the
+# JSON defaults, which the checks below pass)
+_ECLASS_PAD = tuple(ECLASS_DEFAULTS[k:] for k in range(len(ECLASS_DEFAULTS)))
+
+
 def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
-    if type(c) is not list or len(c) != 13:
+    if type(c) is not list:
         return None
+    if len(c) != 13:
+        if not ECLASS_MIN <= len(c) < 13:
+            return None
+        c = [*c, *_ECLASS_PAD[len(c) - ECLASS_MIN]]
     (
+        at,
         used,
         last,
         ceil,
@@ -398,7 +429,6 @@ def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
         in_used,
         in_last,
         in_limit,
-        at,
     ) = c
     if (
         type(used) is int
@@ -411,6 +441,7 @@ def _entry_class_fast(c: object, table: list[ClassPolicy]) -> ClassState | None:
         and type(notified) is bool
         and type(told) is int
         and 0 <= told <= MAX_NOTICE_SHARE_BP
+        and type(lift) is str  # before the look-up: a list or object is not hashable
         and lift in _LIFT
         and type(carried) is int
         and carried >= 0

@@ -26,7 +26,9 @@ from bwenforcer.errors import StateCorrupt, StateTooNew
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
+# the first schema whose ledger entries are lines after the state's object
+LEDGER_LINES_SINCE = 10
 WRITER = f"bwenforcer {__version__}"
 
 
@@ -41,6 +43,10 @@ class Field:
     view: str = ""  # the key printed by --json commands, when not ``key`` (README "JSON keys")
     max: int | None = None  # upper bound of an integer
     after: str = ""  # key of a field of the same object this one must not be below
+    # a ledger ECLASS's default as JSON text: such fields (a tail of ENTRY_CLASS) are left
+    # out at the end of the array while at it; "" always written. A live CLASS object has
+    # every key.
+    default: str = ""
 
 
 # kind -> (check of a value ``v`` as a Python expression, the one-line problem if it fails).
@@ -141,8 +147,8 @@ AUDIT_ENTRY: tuple[Field, ...] = (
 # The ledger: {"policies": [POLICY, …], "entries": N}, then N lines after the state's
 # object, each [expires_at, name, ENTRY] (store.ledgercodec). An ENTRY is an array (its
 # "keys" below are positions, for docs and errors), and each class names its policy by
-# index into ``policies`` (the distinct policies of the ledger's classes), so an entry
-# is ~180 bytes, not ~540.
+# index into ``policies`` (the distinct policies of the ledger's classes), and leaves out
+# its trailing defaults (ENTRY_CLASS), so an entry is ~175 bytes, not ~540.
 LEDGER: tuple[Field, ...] = (
     Field("policies", "", "policies"),  # a list of POLICY: CLASS's policy fields, in order
     # the count of the lines after the state's object, each [expires_at, name, LEDGER_ENTRY]
@@ -164,19 +170,20 @@ SLICE: tuple[Field, ...] = (
     Field("classes", "", "classes"),  # {traffic class: CLASS}, one attribute per class
 )
 # ClassState; ``policy.*`` fields (its ClassPolicy) come last: the encoder keeps their text.
+# The defaults are ENTRY_CLASS's (a live class has every key).
 CLASS: tuple[Field, ...] = (
     Field("used_bytes", "used_bytes", "uint", "bytes"),
     Field("last_counter_bytes", "last_counter_bytes", "uint", "bytes"),
     Field("ceil_bps", "ceil_bps", "uint", "bit/s", view="ceil"),
     Field("capped", "capped", "bool"),
     Field("notified", "notified", "bool"),
-    Field("buckets", "buckets", "buckets", "bytes"),
-    Field("notice_bp", "notice_bp", "uint", "1/100 %", max=MAX_NOTICE_SHARE_BP),
-    Field("lift", "lift", "lift"),
-    Field("carried_bytes", "carried_bytes", "uint", "bytes"),
-    Field("in_used_bytes", "in_used_bytes", "uint", "bytes"),
-    Field("in_last_counter_bytes", "in_last_counter_bytes", "uint", "bytes"),
-    Field("in_limit_bps", "in_limit_bps", "uint", "bit/s", view="in_limit"),
+    Field("buckets", "buckets", "buckets", "bytes", default="[]"),
+    Field("notice_bp", "notice_bp", "uint", "1/100 %", max=MAX_NOTICE_SHARE_BP, default="0"),
+    Field("lift", "lift", "lift", default='""'),
+    Field("carried_bytes", "carried_bytes", "uint", "bytes", default="0"),
+    Field("in_used_bytes", "in_used_bytes", "uint", "bytes", default="0"),
+    Field("in_last_counter_bytes", "in_last_counter_bytes", "uint", "bytes", default="0"),
+    Field("in_limit_bps", "in_limit_bps", "uint", "bit/s", view="in_limit", default="0"),
     Field("limit_bytes", "policy.limit_bytes", "uint", "bytes"),
     Field("threshold_bytes", "policy.threshold_bytes", "uint", "bytes"),
     Field("min_rate_bps", "policy.min_rate_bps", "uint", "bit/s", view="min_rate"),
@@ -191,12 +198,20 @@ CLASS: tuple[Field, ...] = (
     Field("direction", "policy.direction", "direction"),
 )
 
-# A ledger entry's class (an array, like LEDGER_ENTRY): CLASS's own fields, then the
-# index of its policy in the ledger's ``policies``.
+# A ledger entry's class (an array, like LEDGER_ENTRY): the index of its policy in the
+# ledger's ``policies``, then CLASS's own fields. Those with a default end it, and the
+# ones at their default at its end are left out (schema 11): most dead slices had no
+# ring, notice, rollover or inbound bytes, and an entry is written for each of them.
 ENTRY_CLASS: tuple[Field, ...] = (
-    *(f for f in CLASS if not f.attr.startswith("policy.")),
     Field("policy", "policy", "uint"),
+    *(f for f in CLASS if not f.attr.startswith("policy.")),
 )
+# the values an ECLASS always has (its fields before the first with a default)
+ECLASS_MIN = next((i for i, f in enumerate(ENTRY_CLASS) if f.default), len(ENTRY_CLASS))
+if not all(f.default for f in ENTRY_CLASS[ECLASS_MIN:]):
+    raise TypeError("schema: the ECLASS fields with a default must end ENTRY_CLASS")
+# the defaults of the fields from ECLASS_MIN on, as JSON values
+ECLASS_DEFAULTS = tuple(json.loads(f.default) for f in ENTRY_CLASS[ECLASS_MIN:])
 POLICY: tuple[Field, ...] = tuple(f for f in CLASS if f.attr.startswith("policy."))
 
 TOP_KEYS = frozenset(f.key for f in TOP)
@@ -577,6 +592,63 @@ def _v9_to_v10(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# schema 10's ECLASS: own fields, ring, notice marks, carried bytes, 3 inbound values, then
+# its policy index
+_V10_ECLASS_WIDTH = len(_V4_OWN_KEYS) + 8
+_LEDGER_CLASSES_AT = tuple(i for i, f in enumerate(LEDGER_ENTRY) if f.kind == "entry_class")
+
+
+def _eclass_trimmed(values: list[Any]) -> list[Any]:
+    """An ECLASS array (ENTRY_CLASS's values, in order) without the trailing values at their
+    default. A value of another type (``false`` for 0) is not a default: it stays for the
+    load's checks to name.
+    """
+    end = len(values)
+    while end > ECLASS_MIN:
+        v, default = values[end - 1], ECLASS_DEFAULTS[end - 1 - ECLASS_MIN]
+        if type(v) is not type(default) or v != default:
+            break
+        end -= 1
+    return values[:end]
+
+
+def _v10_line(line: object) -> object:
+    """A schema-10 ledger line with its classes as schema 11 writes them; a line not
+    shaped as schema 10's is passed on as it is (the load's checks name it).
+    """
+    if not (isinstance(line, str) and line.isascii()):
+        return line
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):  # and JSONDecodeError, an integer too long
+        return line
+    if not (isinstance(row, list) and len(row) == 3 and isinstance(row[2], list)):
+        return line
+    entry = row[2]
+    if len(entry) != len(LEDGER_ENTRY):
+        return line
+    for at in _LEDGER_CLASSES_AT:
+        c = entry[at]
+        if not (isinstance(c, list) and len(c) == _V10_ECLASS_WIDTH):
+            return line
+        entry[at] = _eclass_trimmed([c[-1], *c[:-1]])
+    return json.dumps([row[0], row[1], entry], separators=(",", ":"))
+
+
+def _v10_to_v11(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 10 wrote each ledger ECLASS in full, its policy index last; schema 11 writes
+    the index first and leaves out the trailing fields at their default (a waiting entry
+    of a slice that had no ring, notices, rollover or inbound bytes: 6 values, not 13).
+    Each line of the dict form's ``ledger.entries`` is rewritten; malformed ones are
+    passed on as they are for the load's checks to name.
+    """
+    out = {**data, "schema_version": 11}
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict) and isinstance(ledger.get("entries"), list):
+        out["ledger"] = {**ledger, "entries": [_v10_line(line) for line in ledger["entries"]]}
+    return out
+
+
 # version N → a function turning a schema-N object into the next version's object (the
 # version it returns is the next one looked up)
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -590,6 +662,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     7: _v7_to_v8,
     8: _v8_to_v9,
     9: _v9_to_v10,
+    10: _v10_to_v11,
 }
 
 

@@ -67,7 +67,7 @@ class LoadResult:
 def _read_state(path: str) -> State:
     """Parse and validate one state file; FileNotFoundError passes through."""
     try:
-        # the state's object is the first line; the ledger's lines follow (schema 10),
+        # the state's object is the first line; the ledger's lines follow (schema 10 on),
         # read as they are: the parse does not expand them (store.ledgercodec)
         fd = open_own(path, os.O_RDONLY, "state file")
         with os.fdopen(fd, "rb") as f:

@@ -251,7 +251,7 @@ def test_a_slice_leaving_is_read_a_last_time_into_its_ledger_entry(
     # the ledger's entries are lines after the state's object: [expires_at, name, ENTRY]
     lines = (tmp_path / "state.json").read_text().splitlines()[1:]
     entry = next(row[2] for row in map(json.loads, lines) if row[1] == "pl_in")
-    assert entry[4][9] == 40_000  # the default class's in_used_bytes, counted as it left
+    assert entry[4][10] == 40_000  # the default class's in_used_bytes, counted as it left
     clock.now += 60
     agent.cycle(load_desired(config))
     assert (10, "default") not in port.counters  # the next cycle lets its counter go

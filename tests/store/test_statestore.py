@@ -40,14 +40,16 @@ from bwenforcer.store.codec import (
     state_from_json,
     state_to_json,
 )
-from bwenforcer.store.ledgercodec import LedgerEncoder
+from bwenforcer.store.ledgercodec import LedgerEncoder, _entry_fast, _entry_from, _policy_from
 from bwenforcer.store.schema import (
     AUDIT_ENTRY,
     CLASS,
+    ECLASS_MIN,
     ENTRY_CLASS,
     LEDGER,
     LEDGER_ENTRY,
     MIGRATIONS,
+    POLICY,
     SCHEMA_VERSION,
     SLICE,
     TOP,
@@ -163,11 +165,29 @@ def put_rows(data: dict[str, Any], rows: dict[str, list[Any]]) -> None:
     data["ledger"]["entries"] = [json.dumps(r, separators=(",", ":")) for r in rows.values()]
 
 
-def as_v6(data: dict[str, Any]) -> dict[str, Any]:
-    """The dict form with its ledger as schema 6 to 8 wrote it, ``{"<name>": ENTRY}`` in
-    the object (``data`` changed in place; its version is the caller's to set).
+def v10_class(c: list[Any]) -> list[Any]:
+    """An ECLASS as schema 10 (and 9) wrote it: every value, the policy index last."""
+    full = [*c, *(json.loads(f.default) for f in ENTRY_CLASS[len(c) :])]
+    return [*full[1:], full[0]]
+
+
+def as_v10(data: dict[str, Any]) -> dict[str, Any]:
+    """The dict form with its ledger's lines as schema 10 wrote them (``data`` changed in
+    place; its version is the caller's to set).
     """
     rows = ledger_rows(data)
+    for row in rows.values():
+        row[2][4:] = [v10_class(c) for c in row[2][4:]]
+    put_rows(data, rows)
+    return data
+
+
+def as_v6(data: dict[str, Any]) -> dict[str, Any]:
+    """The dict form with its ledger as schema 6 to 9 wrote it, ``{"<name>": ENTRY}`` in
+    the object, each ECLASS as schema 10 wrote it (``data`` changed in place; its version
+    is the caller's to set).
+    """
+    rows = ledger_rows(as_v10(data))
     data["ledger"]["entries"] = {name: row[2] for name, row in rows.items()}
     return data
 
@@ -303,7 +323,7 @@ def test_json_round_trip_keeps_every_field(state: State, now_s: int) -> None:
 
 def test_json_layout_is_the_documented_one() -> None:
     data = state_to_json(make_state(1), NOW_S)
-    assert data["schema_version"] == SCHEMA_VERSION == 10
+    assert data["schema_version"] == SCHEMA_VERSION == 11
     assert (data["boot_id"], data["boottime_s"], data["clock_ref_at"]) == ("", 0, 0)
     assert data["saved_at"] == NOW_S and data["writer"] == WRITER
     assert set(data["slices"]) == {"1"}
@@ -345,7 +365,7 @@ def test_json_layout_is_the_documented_one() -> None:
         # each entry a line after the state's object: [expires_at, name, ENTRY]
         "entries": [
             f'[{NOW_S + 82_800},"pl_dead0",[{NOW_S - 60},3000,{NOW_S - 3600},{NOW_S + 82_800},'
-            '[99,990,2000000,true,false,[],0,"",0,0,0,0,0],[7,77,0,false,false,[],0,"",0,0,0,0,1]]]'
+            "[0,99,990,2000000,true,false],[1,7,77,0,false,false]]]"
         ],
     }
 
@@ -521,9 +541,9 @@ _DOC_TYPES = {
 def test_the_documented_key_table_is_the_state_table() -> None:
     doc = (REPO / "docs" / "state-format.md").read_text()
     section = doc.split("## State file", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| ((?:[A-Z]+ )?)`([^`]+)` \| ([^|]*)\| ([^|]*)\|", section, re.M)
+    rows = re.findall(r"^\| ((?:[A-Z]+ )?)`([^`]+)` \| ([^|]*)\| ([^|]*)\|(.*)$", section, re.M)
     documented = set()
-    for scope, key, kind, unit in rows:
+    for scope, key, kind, unit, _ in rows:
         prefix, _, name = key.rpartition(".")
         documented.add((scope or (prefix and f"{prefix}."), name, kind.strip(), unit.strip()))
     table = {
@@ -532,6 +552,13 @@ def test_the_documented_key_table_is_the_state_table() -> None:
         for f in fields
     }
     assert documented == table
+    # the arrays' keys are positions: in the table's order; an ECLASS's defaults are said
+    for scope, fields in (("ENTRY ", LEDGER_ENTRY), ("ECLASS ", ENTRY_CLASS)):
+        assert [row[1] for row in rows if row[0] == scope] == [f.key for f in fields]
+    meanings = {row[1]: row[4] for row in rows if row[0] == "ECLASS "}
+    for f in ENTRY_CLASS:
+        assert ("default `" in meanings[f.key]) == bool(f.default), f.key
+        assert not f.default or f"default `{f.default}`" in meanings[f.key]
 
 
 # --- migrations -------------------------------------------------------------------------
@@ -975,6 +1002,74 @@ def test_a_ledger_entry_round_trips_every_field_in_its_compact_form(
         assert state_from_json(v4, "state.json").ledger == expected
 
 
+# the ECLASS fields that may be left out, with their defaults as the model has them
+_OPTIONAL = {
+    f.attr: tuple(v) if type(v := json.loads(f.default)) is list else v
+    for f in ENTRY_CLASS[ECLASS_MIN:]
+}
+
+
+@st.composite
+def sparse_slices(draw: st.DrawFn, name: str) -> SliceState:
+    """A slice whose classes have each field a ledger entry may leave out either at its
+    default or drawn (rings, notice marks, carried and inbound bytes, in any mix).
+    """
+    sl = draw(slice_states(name=name))
+
+    def sparse(cs: ClassState) -> ClassState:
+        reset = {attr: v for attr, v in _OPTIONAL.items() if draw(st.booleans())}
+        if cs.policy.window_s:
+            reset.pop("buckets", None)  # a ring is required under a window
+        return dataclasses.replace(cs, **reset)
+
+    return dataclasses.replace(sl, default=sparse(sl.default), exempt=sparse(sl.exempt))
+
+
+def _table_eclass(cs: ClassState, at: int) -> list[Any]:
+    """An ECLASS array made from ENTRY_CLASS alone: the reference for the hand encoder."""
+    values = [at]
+    for f in ENTRY_CLASS[1:]:
+        v = getattr(cs, f.attr)
+        values.append(list(v) if type(v) is tuple else v)
+    while len(values) > ECLASS_MIN:
+        default = json.loads(ENTRY_CLASS[len(values) - 1].default)
+        if type(values[-1]) is not type(default) or values[-1] != default:
+            break
+        values.pop()
+    return values
+
+
+@settings(max_examples=200)
+@given(st.data())
+def test_a_ledger_entry_is_its_table_values_without_trailing_defaults(data: st.DataObject) -> None:
+    names = data.draw(st.sets(any_names, min_size=1, max_size=4))
+    ledger = {n: LedgerEntry(data.draw(sparse_slices(n)), data.draw(counts)) for n in names}
+    file = file_json(StateEncoder().encode(State({}, ledger), NOW_S))
+    policies = file["ledger"]["policies"]
+    table = [_policy_from(p, {}, "s", "p") for p in policies]
+    for line in file["ledger"]["entries"]:
+        _, name, entry = json.loads(line)
+        sl = ledger[name].slice
+        for c, cs in zip(entry[4:], (sl.default, sl.exempt), strict=True):
+            assert table[c[0]] == cs.policy
+            assert c == _table_eclass(cs, c[0])
+        # the fast and the strict decoder read the same entry
+        fast = _entry_fast(name, entry, table)
+        assert fast is not None and fast == _entry_from(name, entry, table, "s", "e")
+        assert dataclasses.astuple(fast) == dataclasses.astuple(ledger[name])
+    loaded = state_from_json(file, "state.json").ledger
+    assert loaded == ledger
+    for name, e in loaded.items():
+        assert dataclasses.astuple(e) == dataclasses.astuple(ledger[name])
+
+
+def test_the_ledger_fields_with_a_default_end_eclass() -> None:
+    """Only a trailing run of ECLASS fields may be left out, and the first six never."""
+    assert ECLASS_MIN == 6 and [f.key for f in ENTRY_CLASS[:2]] == ["policy", "used_bytes"]
+    assert all(f.default for f in ENTRY_CLASS[ECLASS_MIN:])
+    assert not any(f.default for f in (*ENTRY_CLASS[:ECLASS_MIN], *POLICY, *LEDGER_ENTRY, *TOP))
+
+
 def test_encoder_re_encodes_a_changed_slice_even_with_the_same_xid() -> None:
     encoder = StateEncoder()
     state = make_state(3)
@@ -1250,13 +1345,20 @@ BAD_ENTRIES = [
     ((0,), -1, f"{_ENTRY}[0]: expected a non-negative integer"),
     ((1,), 0x1000, f"{_ENTRY}[1]: 4096 out of range 0..4095"),
     ((3,), 0, f"{_ENTRY}[3]: before period_start"),
-    ((4,), {}, f"{_ENTRY}[4]: expected a list of 13 values"),
-    ((4, 3), 1, f"{_ENTRY}[4][3]: expected true or false"),
-    ((5, 0), "7", f"{_ENTRY}[5][0]: expected a non-negative integer"),
-    ((5, 5), [1], f"{_ENTRY}[5][5]: expected [] or a list of 25 non-negative integers"),
-    ((5, 5), [0] * 25, f"{_ENTRY}[5][5]: expected [] under a period (window_s 0)"),
-    ((5, 8), -1, f"{_ENTRY}[5][8]: expected a non-negative integer"),
-    ((5, 12), 9, f"{_ENTRY}[5][12]: policy 9 not in the ledger's 2"),
+    ((4,), {}, f"{_ENTRY}[4]: expected a list of 6 to 13 values"),
+    ((4,), [0, 1, 2, 3, True], f"{_ENTRY}[4]: expected a list of 6 to 13 values"),
+    ((4,), [0, 1, 2, 3, True, False, *[0] * 8], f"{_ENTRY}[4]: expected a list of 6 to 13 values"),
+    ((4, 4), 1, f"{_ENTRY}[4][4]: expected true or false"),
+    ((5, 1), "7", f"{_ENTRY}[5][1]: expected a non-negative integer"),
+    ((5, 6), [1], f"{_ENTRY}[5][6]: expected [] or a list of 25 non-negative integers"),
+    ((5, 6), [0] * 25, f"{_ENTRY}[5][6]: expected [] under a period (window_s 0)"),
+    ((5, 7), False, f"{_ENTRY}[5][7]: expected a non-negative integer"),
+    ((5, 8), "told", f"{_ENTRY}[5][8]: expected '', 'due' or 'sent'"),
+    ((5, 8), [], f"{_ENTRY}[5][8]: expected '', 'due' or 'sent'"),  # not hashable
+    ((5, 9), -1, f"{_ENTRY}[5][9]: expected a non-negative integer"),
+    ((5, 12), 0.5, f"{_ENTRY}[5][12]: expected a non-negative integer"),
+    ((5, 0), 9, f"{_ENTRY}[5][0]: policy 9 not in the ledger's 2"),
+    ((5, 0), -1, f"{_ENTRY}[5][0]: expected a non-negative integer"),
 ]
 
 
@@ -1266,7 +1368,10 @@ def test_a_bad_ledger_entry_is_named_in_one_line(
 ) -> None:
     data = state_to_json(make_state(1), NOW_S)
     rows = ledger_rows(data)
-    target = rows["pl_dead0"][2]
+    entry = rows["pl_dead0"][2]
+    # every ECLASS value written (its trailing defaults too, as a writer may), to set any
+    entry[4:] = [[*c, *(json.loads(f.default) for f in ENTRY_CLASS[len(c) :])] for c in entry[4:]]
+    target = entry
     for i in at[:-1]:
         target = target[i]
     target[at[-1]] = value
@@ -1370,7 +1475,8 @@ def test_a_rolling_window_round_trips_through_the_file_and_its_compact_ledger() 
     assert data["slices"]["1"]["classes"]["default"]["buckets"] == [*[0] * (RING - 2), 5, 7]
     assert data["slices"]["1"]["classes"]["default"]["window_s"] == 30 * 86_400
     entry = ledger_rows(data)["pl_dead0"][2]
-    assert entry[4][5] == [*[0] * (RING - 2), 5, 7] and data["ledger"]["policies"][0][-4] > 0
+    # the ring is the last value not at its default
+    assert entry[4][6:] == [[*[0] * (RING - 2), 5, 7]] and data["ledger"]["policies"][0][-4] > 0
     assert text == file_text(state_to_json(state, NOW_S))
     assert state_from_json(data, "state.json") == saved(state)
 
@@ -1399,16 +1505,16 @@ def test_a_ring_that_does_not_fit_its_window_is_named_in_one_line(
 def test_a_ledger_entry_whose_ring_does_not_fit_is_named_in_one_line() -> None:
     data = state_to_json(windowed_state(), NOW_S)
     rows = ledger_rows(data)
-    rows["pl_dead0"][2][4][0] = 1  # used no longer the ring's sum
+    rows["pl_dead0"][2][4][1] = 1  # used no longer the ring's sum
     put_rows(data, rows)
-    with pytest.raises(StateCorrupt, match=r"ledger\.entries\.pl_dead0\[4\]\[5\]: the buckets sum"):
+    with pytest.raises(StateCorrupt, match=r"ledger\.entries\.pl_dead0\[4\]\[6\]: the buckets sum"):
         state_from_json(data, "state.json")
     data = state_to_json(windowed_state(), NOW_S)
     pol = data["ledger"]["policies"][1]
     # window_s, then notices, rollover and direction
     data["ledger"]["policies"].append([*pol[:-4], 7200, *pol[-3:]])
     rows = ledger_rows(data)
-    rows["pl_dead0"][2][5][-1] = 2  # the exempt class under another window
+    rows["pl_dead0"][2][5][0] = 2  # the exempt class under another window
     put_rows(data, rows)
     with pytest.raises(StateCorrupt, match=r"pl_dead0\[5\]: a slice's classes have one window"):
         state_from_json(data, "state.json")
@@ -1489,7 +1595,8 @@ def test_carried_bytes_and_the_rollover_bound_round_trip_live_and_in_the_ledger(
     text = StateEncoder().encode(state, NOW_S)
     data = file_json(text)
     assert data["slices"]["1"]["classes"]["default"]["carried_bytes"] == 7_890
-    assert ledger_rows(data)["pl_dead0"][2][4][-5] == 7_890  # carried, 3 inbound, policy
+    # the policy, 5 own values, ring, notice marks, carried (the inbound ones at 0 left out)
+    assert ledger_rows(data)["pl_dead0"][2][4][9:] == [7_890]
     loaded = state_from_json(data, "state.json")
     assert loaded.slices[1].default == cs and loaded.ledger["pl_dead0"].slice.default == cs
 
