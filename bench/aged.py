@@ -72,7 +72,7 @@ def make(n: int, years: int) -> Path:
             CycleUsage(name, rng.randrange(2**26), rng.randrange(2**20), False, False)
             for name in names(n)
         ]
-        recorder.record(now_s, CYCLE_S, usage, base_s=None)
+        recorder.record(now_s, CYCLE_S, usage, cycle=None)
     (where / "done").write_text("")
     return path
 
@@ -191,7 +191,7 @@ def churn_figures(n: int, cycles: int, share: float) -> dict[str, float]:
         for c in range(cycles):
             live = [f"pl_{i:07d}" for i in range(first, first + n)]
             usage = [CycleUsage(name, rng.randrange(2**26), 0, False, False) for name in live]
-            recorder.record(NOW_S + c * CYCLE_S, CYCLE_S, usage, base_s=None)
+            recorder.record(NOW_S + c * CYCLE_S, CYCLE_S, usage, cycle=None)
             if c % 12 == 11:
                 start = time.perf_counter()
                 recorder.fold(NOW_S + c * CYCLE_S, live=set(live))
