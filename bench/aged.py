@@ -23,6 +23,7 @@ from bench.launch import launched
 from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.history.fold import write_history
 from bwenforcer.history.format import FORMAT_VERSION
+from bwenforcer.history.journal import JOURNAL_VERSION
 from bwenforcer.history.recorder import HistoryRecorder
 from bwenforcer.history.usage import DAY_S, HOUR_S, CycleUsage, History, SliceHistory
 
@@ -57,7 +58,8 @@ def names(n: int) -> list[str]:
 
 def make(n: int, years: int) -> Path:
     """The history file of ``n`` slices aged ``years`` (its journal beside it), cached."""
-    where = CACHE / f"n{n}-y{years}-v{FORMAT_VERSION}s"  # s: with month sums
+    # s: with month sums; j: the journal's version
+    where = CACHE / f"n{n}-y{years}-v{FORMAT_VERSION}j{JOURNAL_VERSION}s"
     path = where / "history"
     if (where / "done").exists():
         return path
