@@ -23,6 +23,7 @@ from bench.launch import launched
 from bwenforcer.core.settings import HistoryConfig
 from bwenforcer.history.fold import write_history
 from bwenforcer.history.format import FORMAT_VERSION
+from bwenforcer.history.journal import JOURNAL_VERSION
 from bwenforcer.history.recorder import HistoryRecorder
 from bwenforcer.history.usage import DAY_S, HOUR_S, CycleUsage, History, SliceHistory
 
@@ -57,7 +58,8 @@ def names(n: int) -> list[str]:
 
 def make(n: int, years: int) -> Path:
     """The history file of ``n`` slices aged ``years`` (its journal beside it), cached."""
-    where = CACHE / f"n{n}-y{years}-v{FORMAT_VERSION}s"  # s: with month sums
+    # s: with month sums; j: the journal's version
+    where = CACHE / f"n{n}-y{years}-v{FORMAT_VERSION}j{JOURNAL_VERSION}s"
     path = where / "history"
     if (where / "done").exists():
         return path
@@ -72,7 +74,7 @@ def make(n: int, years: int) -> Path:
             CycleUsage(name, rng.randrange(2**26), rng.randrange(2**20), False, False)
             for name in names(n)
         ]
-        recorder.record(now_s, CYCLE_S, usage, base_s=None)
+        recorder.record(now_s, CYCLE_S, usage, cycle=None)
     (where / "done").write_text("")
     return path
 
@@ -191,7 +193,7 @@ def churn_figures(n: int, cycles: int, share: float) -> dict[str, float]:
         for c in range(cycles):
             live = [f"pl_{i:07d}" for i in range(first, first + n)]
             usage = [CycleUsage(name, rng.randrange(2**26), 0, False, False) for name in live]
-            recorder.record(NOW_S + c * CYCLE_S, CYCLE_S, usage, base_s=None)
+            recorder.record(NOW_S + c * CYCLE_S, CYCLE_S, usage, cycle=None)
             if c % 12 == 11:
                 start = time.perf_counter()
                 recorder.fold(NOW_S + c * CYCLE_S, live=set(live))

@@ -307,6 +307,10 @@ class State:
 
     grants: int = 0  # operator grants ever made (`bwenforcer grant`), for the metric
     audit: tuple[AuditEntry, ...] = ()  # grants in force and recent grants and resets, oldest first
+    # cycles planned (each plan counts one; its save keeps the count): the usage
+    # history's journal names each record by it, to tell a cycle whose save never
+    # happened from one that saved, whatever the clock says
+    cycles: int = 0
     # the ledger's xids (see ledger_xids), with the very ledger they index: built at
     # the first use, handed on by the planner with the ledger it changes
     ledger_index: tuple[Mapping[str, LedgerEntry], Mapping[int, tuple[str, ...]]] | None = field(

@@ -277,6 +277,7 @@ def plan(
         missing,
         grants=state.grants,
         audit=audit,
+        cycles=state.cycles + 1,
         ledger_index=ledger.index(),
     )
     return Plan(

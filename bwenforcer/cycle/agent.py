@@ -396,7 +396,7 @@ class Agent:
         capped_s = capped_span_s(plan.now_s, previous_s, self.config.interval_s, stepped)
         try:
             self._history.record(
-                plan.now_s, capped_s, usage, base_s=previous_s or 0, roll_up=not stepped
+                plan.now_s, capped_s, usage, cycle=plan.state.cycles, roll_up=not stepped
             )
         except (DiskFull, UnsafePath):
             raise  # the operator must act: exit 5, not a line in a log

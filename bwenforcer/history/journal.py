@@ -10,17 +10,20 @@ file's was already folded in (the writer stopped between the two steps) and is
 ignored. When it is folded in, and which records are cut off, is
 :mod:`.recorder`'s::
 
-    journal  "BWHJ"  u16 version (3)  u16 generation of the file it extends
+    journal  "BWHJ"  u16 version (4)  u16 generation of the file it extends
     record   u32 payload length, u32 CRC-32 of the payload, then the payload:
-             u64 cycle time (Unix s), u32 capped s, u64 save time of the state
-             the cycle started from (0: none), then per slice:
+             u64 cycle time (Unix s), u32 capped s, u64 the cycle's number (the
+             count of cycles its state's save brings the state to; 2**64-1: not
+             known), then per slice:
              u8 name length, name, u64 default bytes, u64 exempt bytes,
              u8 capped (bit 0 default, bit 1 exempt),
              u64 received default bytes, u64 received exempt bytes
 
-(Version 1 records lack the state's save time, and versions 1 and 2 the received
-bytes; such a journal is read, and folded in before anything is appended.) A
-record cut short by a crash is dropped (and cut off before the next append).
+(Version 3 records hold the save time of the state the cycle started from where
+version 4 has the cycle's number, version 1 records neither, and versions 1 and 2
+lack the received bytes; such a journal is read, and folded in before anything is
+appended.) A record cut short by a crash is dropped (and cut off before the next
+append).
 """
 
 from __future__ import annotations
@@ -44,17 +47,18 @@ from bwenforcer.history.usage import (
 log = logging.getLogger(__name__)
 
 JOURNAL_MAGIC = b"BWHJ"
-JOURNAL_VERSION = 3
+JOURNAL_VERSION = 4
 _JOURNAL_HEADER = struct.Struct("<4sHH")
 JOURNAL_HEADER_BYTES = _JOURNAL_HEADER.size
 _RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
-# cycle time, capped seconds, and (version 2) the save time of the state the cycle
-# started from: the cycle's own save either follows the record or never happened
-_CYCLES = {1: struct.Struct("<QI"), 2: struct.Struct("<QIQ"), 3: struct.Struct("<QIQ")}
+# cycle time, capped seconds, and (versions 2 and 3) the save time of the state the
+# cycle started from or (version 4) the cycle's number: the cycle's own save either
+# follows the record or never happened
+_CYCLES = {v: struct.Struct("<QIQ") for v in (2, 3, 4)} | {1: struct.Struct("<QI")}
 _CYCLE = _CYCLES[JOURNAL_VERSION]
 _NAME = struct.Struct("<B")  # the name's length, then the name
 # default bytes, exempt bytes, capped bits (and, version 3, received default and exempt)
-_ENTRIES = {1: struct.Struct("<QQB"), 2: struct.Struct("<QQB"), 3: struct.Struct("<QQBQQ")}
+_ENTRIES = {v: struct.Struct("<QQBQQ") for v in (3, 4)} | {v: struct.Struct("<QQB") for v in (1, 2)}
 _ENTRY = _ENTRIES[JOURNAL_VERSION]
 _U32 = 2**32 - 1
 _U64 = 2**64 - 1
@@ -71,11 +75,11 @@ def journal_header(generation: int) -> bytes:
     return _JOURNAL_HEADER.pack(JOURNAL_MAGIC, JOURNAL_VERSION, generation)
 
 
-def record_base(base_s: int | None) -> int:
-    """The base field of a record for the state save time ``base_s`` (None: not
-    known, stored as the field's maximum, which no save time reaches).
+def record_cycle(cycle: int | None) -> int:
+    """The cycle-number field of a record for ``cycle`` (None: not known, stored as the
+    field's maximum, which no cycle reaches).
     """
-    return _U64 if base_s is None else min(base_s, _U64 - 1)
+    return _U64 if cycle is None else min(cycle, _U64 - 1)
 
 
 def encode_cycle(
@@ -83,18 +87,18 @@ def encode_cycle(
     interval_s: int,
     usage: Iterable[CycleUsage],
     names: dict[str, bytes | None] | None = None,
-    base_s: int | None = None,
+    cycle: int | None = None,
 ) -> bytes:
     """One journal record: the cycle's usage, as :meth:`History.record` would take it.
 
     Refuses what record() refuses, with the same log lines: negative deltas
     (counted as 0) and names too long to store (left out). ``names`` keeps each
-    slice name's encoded form (None: too long) across calls. ``base_s`` is the
-    save time of the state the cycle started from (0: there was none; None: not
-    known, the record is never taken for an unsaved cycle's).
+    slice name's encoded form (None: too long) across calls. ``cycle`` is the
+    cycle's number (see :meth:`~.recorder.HistoryRecorder.record`; None: not known,
+    the record is never taken for an unsaved cycle's).
     """
     names = {} if names is None else names
-    parts = [_CYCLE.pack(now_s, min(max(0, interval_s), _U32), record_base(base_s))]
+    parts = [_CYCLE.pack(now_s, min(max(0, interval_s), _U32), record_cycle(cycle))]
     pack_entry = _ENTRY.pack
     for u in usage:
         name = u.slice_name
@@ -146,8 +150,8 @@ class JournalEnd:
     size: int  # of the file: more than ``end`` if a record was cut short
     first_s: int | None  # cycle time of the first record (None: no record yet)
     version: int = JOURNAL_VERSION
-    # the last record: (offset, save time of the state its cycle started from, cycle
-    # time); None if unknown (no record, or version 1 records, which carry no base)
+    # the last record: (offset, its cycle's number, cycle time); None if unknown (no
+    # record, or records of an older version, which carry no cycle number)
     last: tuple[int, int, int] | None = None
 
 
@@ -186,8 +190,8 @@ def journal_end(fd: int, source: str) -> JournalEnd | None:
             if start == _JOURNAL_HEADER.size:
                 first_s = None
         elif version == JOURNAL_VERSION:
-            now_s, _, base_s = cycle.unpack_from(payload)
-            tag = (start, base_s, now_s)
+            now_s, _, number = cycle.unpack_from(payload)
+            tag = (start, number, now_s)
     return JournalEnd(generation, offset, size, first_s, version, tag)
 
 

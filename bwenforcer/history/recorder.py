@@ -32,7 +32,7 @@ from bwenforcer.history.journal import (
     journal_end,
     journal_header,
     journal_path,
-    record_base,
+    record_cycle,
 )
 from bwenforcer.history.usage import DAY_S, CycleUsage, roll_up_cutoffs
 
@@ -80,36 +80,37 @@ class HistoryRecorder:
         capped_s: int,
         usage: list[CycleUsage],
         *,
-        base_s: int | None = None,
+        cycle: int | None = None,
         roll_up: bool = True,
     ) -> None:
         """Record one cycle; HistoryError (the history as it was) if it cannot be written.
 
-        A cycle records before it saves its state; ``base_s`` is the save time of the
-        state it started from (0: none; None: not known, nothing is checked). A last
-        record that started from that same state, and is not the cycle that saved it,
-        is of a cycle whose state was never saved (killed, or its save failed): this
-        cycle counts its bytes again, so that record is cut off first. ``capped_s``
+        A cycle records before it saves its state; ``cycle`` is its number, the count
+        of cycles its save brings the state to (the state it started from holds one
+        less; None: not known, nothing is checked). A last record of that same number
+        is of a cycle whose state was never saved (killed, or its save failed: had it
+        been saved, this cycle's number would be the next): this cycle counts its
+        bytes again, so that record is cut off first. ``capped_s``
         is what each capped class adds to its capped time. Without ``roll_up`` (the
         clock stepped), the journal is not folded: nothing ages out on the clock's word.
         Whether the journal is due to be folded in is noted for :meth:`fold_if_due`.
         """
         self._known, known = None, self._known
         self._fold_at = None
-        base = record_base(base_s)
+        number = record_cycle(cycle)
         try:
             end = self._end(known)
-            if base_s is not None:
-                end = self._drop_unsaved(end, base)
+            if cycle is not None:
+                end = self._drop_unsaved(end, number)
             if end.version != JOURNAL_VERSION:
                 end = self._fold(now_s, roll_up)  # before version 2 records are appended
             if usage:
-                record = encode_cycle(now_s, capped_s, usage, self._names, base_s)
+                record = encode_cycle(now_s, capped_s, usage, self._names, cycle)
                 self._append(end, record)
                 after = end.end + len(record)
                 first_s = now_s if end.first_s is None else end.first_s
                 end = JournalEnd(end.generation, after, after, first_s, end.version,
-                                  (end.end, base, now_s))  # fmt: skip
+                                  (end.end, number, now_s))  # fmt: skip
         except OSError as exc:
             what = f"{self.journal}: cannot record"
             raise disk_full(exc, what) or HistoryError(f"{what}: {exc.strerror or exc}") from exc
@@ -147,14 +148,14 @@ class HistoryRecorder:
             raise disk_full(exc, what) or HistoryError(f"{what}: {exc.strerror or exc}") from exc
         self._known = (file_identity(self.journal), end)
 
-    def _drop_unsaved(self, end: JournalEnd, base_s: int) -> JournalEnd:
-        """``end`` without its last record if that record's cycle never saved its state.
+    def _drop_unsaved(self, end: JournalEnd, number: int) -> JournalEnd:
+        """``end`` without its last record if that record's cycle never saved its state
+        (its number is this cycle's, ``number``).
 
         Only the last record can be such: every cycle checks before it appends.
-        (Two cycles in the same second cannot be told apart: that record is kept.)
         """
         last = end.last
-        if last is None or last[1] != base_s or last[2] == base_s:
+        if last is None or last[1] != number:
             return end
         offset, _, cycle_s = last
         log.warning(

@@ -145,5 +145,5 @@ def write(path: Path) -> None:
     """Write the version 1 file at ``path`` and its journal beside it."""
     history, journal = build()
     path.write_bytes(encode_v1(history))
-    records = [encode_cycle(now_s, cap_s, usage, base_s=None) for now_s, cap_s, usage in journal]
+    records = [encode_cycle(now_s, cap_s, usage, cycle=None) for now_s, cap_s, usage in journal]
     Path(f"{path}.journal").write_bytes(journal_header(GENERATION) + b"".join(records))

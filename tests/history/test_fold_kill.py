@@ -63,7 +63,7 @@ def write_journal(path: Path, generation: int) -> None:
         for _ in range(4)
     ]  # pl_0150 and on: new slices, in the journal only
     records = b"".join(
-        encode_cycle(NOW_S - 900 + 300 * n, 300, cycle, base_s=None)
+        encode_cycle(NOW_S - 900 + 300 * n, 300, cycle, cycle=None)
         for n, cycle in enumerate(cycles)
     )
     Path(journal_path(str(path))).write_bytes(journal_header(generation) + records)

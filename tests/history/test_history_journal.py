@@ -204,7 +204,7 @@ def test_a_version_1_journal_left_by_an_upgrade_is_folded_in_not_lost(tmp_path: 
     record = struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
     Path(journal_path(str(path))).write_bytes(b"BWHJ" + struct.pack("<HH", 1, 0) + record)
     assert totals(read_history(str(path)))[0][2] == 70  # readers read it as it is
-    HistoryRecorder(str(path), CFG).record(T0 + 300, 300, usage(("pl_a", 5, 0)), base_s=T0)
+    HistoryRecorder(str(path), CFG).record(T0 + 300, 300, usage(("pl_a", 5, 0)), cycle=2)
     assert totals(read_history(str(path)))[0][2:4] == (75, 1)
     journal = Path(journal_path(str(path))).read_bytes()
     assert journal[4:6] == struct.pack("<H", JOURNAL_VERSION)  # the new journal is this version
@@ -212,24 +212,78 @@ def test_a_version_1_journal_left_by_an_upgrade_is_folded_in_not_lost(tmp_path: 
 
 def test_the_record_of_a_cycle_whose_state_was_never_saved_is_dropped(tmp_path: Path) -> None:
     path = str(tmp_path / "h")
-    HistoryRecorder(path, CFG).record(T0, 300, usage(("pl_a", 7, 0)), base_s=0)  # saved at T0
-    HistoryRecorder(path, CFG).record(T0 + 300, 300, usage(("pl_a", 5, 0)), base_s=T0)  # killed
-    # the next cycle starts from the state saved at T0 again and counts those 5 bytes anew
+    HistoryRecorder(path, CFG).record(T0, 300, usage(("pl_a", 7, 0)), cycle=1)  # saved: 1
+    HistoryRecorder(path, CFG).record(T0 + 300, 300, usage(("pl_a", 5, 0)), cycle=2)  # killed
+    # the next cycle starts from the state of cycle 1 again (it is cycle 2 again) and
+    # counts those 5 bytes anew
     recorder = HistoryRecorder(path, CFG)
-    recorder.record(T0 + 600, 300, [], base_s=T0)  # nothing new, but the check is made
+    recorder.record(T0 + 600, 300, [], cycle=2)  # nothing new, but the check is made
     assert totals(read_history(path))[0][2] == 7
-    recorder.record(T0 + 900, 300, usage(("pl_a", 6, 0)), base_s=T0 + 600)  # a daemon's next
+    recorder.record(T0 + 900, 300, usage(("pl_a", 6, 0)), cycle=3)  # a daemon's next
     assert totals(read_history(path))[0][2] == 13
+
+
+@pytest.mark.parametrize("gap_s", [0, 300])
+def test_a_cycle_killed_in_the_second_of_the_last_save_is_told_by_its_number(
+    tmp_path: Path, gap_s: int
+) -> None:
+    """Two runs in one wall-clock second (or a clock that did not move): the record of
+    the one killed before its save is dropped all the same, and a record whose cycle
+    saved is kept, however close the next cycle comes.
+    """
+    path = str(tmp_path / "h")
+    HistoryRecorder(path, CFG).record(T0, 300, usage(("pl_a", 7, 0)), cycle=1)  # saved: 1
+    HistoryRecorder(path, CFG).record(T0 + gap_s, 300, usage(("pl_a", 5, 0)), cycle=2)  # killed
+    HistoryRecorder(path, CFG).record(T0 + gap_s, 300, usage(("pl_a", 5, 0)), cycle=2)  # saved: 2
+    assert totals(read_history(path))[0][2] == 12
+    HistoryRecorder(path, CFG).record(T0 + gap_s, 300, usage(("pl_a", 1, 0)), cycle=3)
+    assert totals(read_history(path))[0][2] == 13
+
+
+def test_saves_that_are_not_cycles_do_not_hide_an_unsaved_cycle(tmp_path: Path) -> None:
+    """A grant or reset saves the state between two cycles without counting a cycle:
+    a record of the killed cycle's number is still the unsaved one's; and a saved
+    cycle with nothing to record leaves the last record as it is.
+    """
+    path = str(tmp_path / "h")
+    HistoryRecorder(path, CFG).record(T0, 300, usage(("pl_a", 7, 0)), cycle=1)  # saved: 1
+    HistoryRecorder(path, CFG).record(T0 + 300, 300, usage(("pl_a", 5, 0)), cycle=2)  # killed
+    # (a grant saved the state of cycle 1 here: still 1 cycle)
+    HistoryRecorder(path, CFG).record(T0 + 600, 300, usage(("pl_a", 6, 0)), cycle=2)
+    assert totals(read_history(path))[0][2] == 13
+    HistoryRecorder(path, CFG).record(T0 + 900, 300, [], cycle=3)  # saved, nothing sent
+    HistoryRecorder(path, CFG).record(T0 + 1200, 300, usage(("pl_a", 1, 0)), cycle=4)
+    assert totals(read_history(path))[0][2] == 14
+
+
+def test_a_version_3_journal_is_folded_in_before_the_first_numbered_record(
+    tmp_path: Path,
+) -> None:
+    """Version 3 records name the save time of their cycle's state, not its number:
+    nothing is dropped on their word, they are folded in and the journal starts again
+    at this version.
+    """
+    path = str(tmp_path / "h")
+    entry = bytes([4]) + b"pl_a" + struct.pack("<QQBQQ", 70, 1, 0, 0, 0)
+    records = b""
+    for now_s, base_s in ((T0, 0), (T0 + 300, T0)):
+        payload = struct.pack("<QIQ", now_s, 300, base_s) + entry
+        records += struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+    Path(journal_path(path)).write_bytes(b"BWHJ" + struct.pack("<HH", 3, 0) + records)
+    assert totals(read_history(path))[0][2] == 140
+    HistoryRecorder(path, CFG).record(T0 + 600, 300, usage(("pl_a", 5, 0)), cycle=3)
+    assert totals(read_history(path))[0][2] == 145
+    assert Path(journal_path(path)).read_bytes()[4:6] == struct.pack("<H", JOURNAL_VERSION)
 
 
 def test_dropping_an_unsaved_record_refuses_a_hard_linked_journal(tmp_path: Path) -> None:
     path = str(tmp_path / "h")
-    HistoryRecorder(path, CFG).record(T0, 300, usage(("pl_a", 7, 0)), base_s=0)  # saved at T0
-    HistoryRecorder(path, CFG).record(T0 + 300, 300, usage(("pl_a", 5, 0)), base_s=T0)  # killed
+    HistoryRecorder(path, CFG).record(T0, 300, usage(("pl_a", 7, 0)), cycle=1)  # saved: 1
+    HistoryRecorder(path, CFG).record(T0 + 300, 300, usage(("pl_a", 5, 0)), cycle=2)  # killed
     journal = Path(journal_path(path))
     other = tmp_path / "someone-elses-file"
     os.link(journal, other)  # a second name of the journal's inode
     before = other.read_bytes()
     with pytest.raises(UnsafePath, match="hard links"):
-        HistoryRecorder(path, CFG).record(T0 + 600, 300, usage(("pl_a", 1, 0)), base_s=T0)
+        HistoryRecorder(path, CFG).record(T0 + 600, 300, usage(("pl_a", 1, 0)), cycle=2)
     assert other.read_bytes() == before  # not truncated through the link
