@@ -133,6 +133,7 @@ TOP: tuple[Field, ...] = (
     Field("missing", "missing", "missing"),  # str(xid) -> Unix s
     Field("grants", "grants", "uint", "count"),
     Field("audit", "audit", "audit"),  # a list of AUDIT_ENTRY, oldest first
+    Field("cycles", "cycles", "uint", "count"),
 )
 AUDIT_ENTRY: tuple[Field, ...] = (
     Field("what", "what", "what"),
@@ -640,9 +641,11 @@ def _v10_to_v11(data: dict[str, Any]) -> dict[str, Any]:
     the index first and leaves out the trailing fields at their default (a waiting entry
     of a slice that had no ring, notices, rollover or inbound bytes: 6 values, not 13).
     Each line of the dict form's ``ledger.entries`` is rewritten; malformed ones are
-    passed on as they are for the load's checks to name.
+    passed on as they are for the load's checks to name. Schema 10 did not count the
+    cycles (``cycles`` 0: the history journal's records of schema 10's cycles are of
+    an older version, not matched against it).
     """
-    out = {**data, "schema_version": 11}
+    out = {**data, "schema_version": 11, "cycles": 0}
     ledger = data.get("ledger")
     if isinstance(ledger, dict) and isinstance(ledger.get("entries"), list):
         out["ledger"] = {**ledger, "entries": [_v10_line(line) for line in ledger["entries"]]}

@@ -54,6 +54,16 @@ def test_new_slice_gets_classes_fresh_usage_and_a_period_from_now() -> None:
     assert st.default.used_bytes == 0 and st.default.last_counter_bytes == 0
 
 
+def test_each_plan_counts_a_cycle_and_nothing_else_does() -> None:
+    p1 = first_cycle(want("pl_a", 10), kernel=[kslice(10, 100)])
+    p2 = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 400)), p1.state, PARAMS, T0 + 300)
+    assert (p1.state.cycles, p2.state.cycles) == (1, 2)
+    assert mark_notified(p2.state, {10: ["default"]}).cycles == 2
+    # a plan of the same state again (its cycle never saved) is the same cycle again
+    again = plan(desired(want("pl_a", 10)), snapshot(kslice(10, 500)), p1.state, PARAMS, T0 + 300)
+    assert again.state.cycles == 2
+
+
 def test_adopt_class_without_state_counts_from_current_counter() -> None:
     p = first_cycle(want("pl_a", 10), kernel=[kslice(10, 5_000_000, 7)])
     assert Adopt("pl_a", 10) in p.actions

@@ -464,7 +464,7 @@ def test_a_schema_10_file_loads_as_it_was_and_is_saved_as_schema_11(
 def test_schema_11_writes_those_lines_itself() -> None:
     text = StateEncoder().encode(State({}, OLD_LEDGER, boot_id="b"), T0 + 8 * DAY_S)
     head, *lines = text.decode().split("\n")
-    assert json.loads(head) == {**json.loads(V10_HEAD), "schema_version": 11}
+    assert json.loads(head) == {**json.loads(V10_HEAD), "schema_version": 11, "cycles": 0}
     assert lines == V11_LINES
 
 
@@ -526,5 +526,5 @@ def test_the_step_to_11_moves_the_policy_index_and_drops_trailing_defaults_only(
     # a trailing explicit default is read as left out (a writer may write it)
     full = V11_LINES[0].replace("true,true]", 'true,true,[],0,"",0,0,0,0]')
     tail = "\n".join([full, *V11_LINES[1:]]) + "\n"
-    head = {**json.loads(V10_HEAD), "schema_version": 11}
+    head = {**json.loads(V10_HEAD), "schema_version": 11, "cycles": 0}
     assert state_from_json(head, "s", tail.encode()).ledger == OLD_LEDGER

@@ -312,6 +312,7 @@ def states(draw: st.DrawFn) -> State:
         draw(st.dictionaries(st.integers(min_value=0, max_value=DEFAULT_XID), counts, max_size=3)),
         draw(counts),
         tuple(draw(st.lists(audit_entries(), max_size=4))),
+        draw(counts),
     )
 
 

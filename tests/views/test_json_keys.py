@@ -150,6 +150,7 @@ KEYS = {
     "rows": "policy table rows",
     "grants": "operator grants",
     "audit": "operators' grants and resets",
+    "cycles": "cycles planned and saved",
     "what": "grant or reset",
     "size_bytes": "bytes granted or forgiven",
     "user": "invoking user",
