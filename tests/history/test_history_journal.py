@@ -287,3 +287,28 @@ def test_dropping_an_unsaved_record_refuses_a_hard_linked_journal(tmp_path: Path
     with pytest.raises(UnsafePath, match="hard links"):
         HistoryRecorder(path, CFG).record(T0 + 600, 300, usage(("pl_a", 1, 0)), cycle=2)
     assert other.read_bytes() == before  # not truncated through the link
+
+
+@pytest.mark.parametrize("only", [None, "pl_a", "pl_b"])
+def test_a_record_whose_entries_overrun_it_counts_nothing_of_it_or_after_it(
+    tmp_path: Path, only: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record that passes its checksum but whose entries do not end where it does (a
+    writer's bug, not a crash): neither the whole journal's readers nor one slice's
+    (which step over the other names in the same walk) count any of it, nor what
+    follows; what came before stands.
+    """
+    from bwenforcer.history.journal import journal_header, journal_hours
+
+    good = encode_cycle(T0, 300, usage(("pl_a", 7, 0), ("pl_b", 3, 0)))
+    bad_payload = encode_cycle(T0 + 300, 300, usage(("pl_a", 5, 0), ("pl_b", 2, 0)))[8:-1]
+    bad = struct.pack("<II", len(bad_payload), zlib.crc32(bad_payload)) + bad_payload
+    after = encode_cycle(T0 + 600, 300, usage(("pl_a", 1, 0), ("pl_b", 1, 0)))
+    data = journal_header(0) + good + bad + after
+    with caplog.at_level("WARNING"):
+        hours = journal_hours(data, "j", 0, no_file=True, only=only)
+    expected = {"pl_a": 7, "pl_b": 3}
+    assert {name: sum(row[0] for row in h.values()) for name, h in hours.items()} == {
+        name: n for name, n in expected.items() if only in (None, name)
+    }
+    assert "journal record cut short, rest ignored" in caplog.text
