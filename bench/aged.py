@@ -5,8 +5,10 @@ The file is what the recorder leaves: one slice's buckets are made by the
 history model itself, an hour at a time over the years with a roll-up each day
 (an injected clock, not the wall clock), and written for every slice through the
 history file's own encoder; today's cycles (since midnight UTC, every 5 minutes)
-go through :class:`HistoryRecorder` into the journal. Made once and cached (a
-10-year file is ~160 MB) under ``$BWENFORCER_BENCH_CACHE`` or /tmp.
+go through :class:`HistoryRecorder` into the journal: the reports read the day's
+first 13 hours (156 cycles), the daily fold a whole day's journal (288 cycles, as
+the first cycle after midnight folds it). Made once and cached (a 10-year file
+is ~230 MB) under ``$BWENFORCER_BENCH_CACHE`` or /tmp.
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ def names(n: int) -> list[str]:
 
 
 def make(n: int, years: int) -> Path:
-    """The history file of ``n`` slices aged ``years`` (its journal beside it), cached."""
-    # s: with month sums; j: the journal's version
-    where = CACHE / f"n{n}-y{years}-v{FORMAT_VERSION}j{JOURNAL_VERSION}s"
+    """The history file of ``n`` slices aged ``years`` (its journal of 13 hours beside it,
+    and a whole day's in ``day.journal``), cached.
+    """
+    # s: with month sums; j: the journal's version; d: with a day's journal
+    where = CACHE / f"n{n}-y{years}-v{FORMAT_VERSION}j{JOURNAL_VERSION}sd"
     path = where / "history"
     if (where / "done").exists():
         return path
@@ -69,12 +73,18 @@ def make(n: int, years: int) -> Path:
     write_history(str(path), 1, ((name, template, None) for name in sorted(names(n))))
     recorder = HistoryRecorder(str(path), HistoryConfig())
     rng = random.Random(n)
-    for now_s in range(NOW_S // DAY_S * DAY_S, NOW_S, CYCLE_S):
+    journal = Path(f"{path}.journal")
+    midnight_s = NOW_S // DAY_S * DAY_S
+    for now_s in range(midnight_s, midnight_s + DAY_S, CYCLE_S):
+        if now_s == NOW_S:
+            shutil.copyfile(journal, where / "reports.journal")
         usage = [
             CycleUsage(name, rng.randrange(2**26), rng.randrange(2**20), False, False)
             for name in names(n)
         ]
         recorder.record(now_s, CYCLE_S, usage, cycle=None)
+    journal.rename(where / "day.journal")
+    (where / "reports.journal").rename(journal)
     (where / "done").write_text("")
     return path
 
@@ -117,20 +127,24 @@ def aged_figures(n: int, years: int, runs: int, reports: tuple[str, ...]) -> dic
     out: dict[str, float] = {"n": n, "years": years}
     out["file_bytes"] = source.stat().st_size
     out["journal_bytes"] = Path(f"{source}.journal").stat().st_size
+    out["day_journal_bytes"] = source.with_name("day.journal").stat().st_size
     _, out["python_rss_kib"] = medians([python, "-c", _IMPORTS], 1)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         tmp.chmod(0o700)
         work = tmp / "state.json.history"
 
-        def fresh() -> None:
+        day_journal = source.with_name("day.journal")
+
+        def fresh(journal: Path = day_journal) -> None:
             shutil.copyfile(source, work)
-            shutil.copyfile(f"{source}.journal", f"{work}.journal")
+            shutil.copyfile(journal, f"{work}.journal")
+            os.sync()  # the copies' writeback is not the fold's
 
         out["fold_s"], out["fold_rss_kib"] = medians(
             [python, "-c", _FOLD, str(work), str(FOLD_AT_S)], runs, fresh
         )
-        fresh()
+        fresh(Path(f"{source}.journal"))
         cfg = tmp / "bwenforcer.yaml"
         cfg.write_text(f"state_file: {tmp}/state.json\nslices_file: null\n")
         argv = {
@@ -163,7 +177,8 @@ def aged_table(rows: list[dict[str, float]]) -> str:
     for r in rows:
         lines.append(
             f"| {int(r['n']):,} | {int(r['years'])} y | {r['file_bytes'] / 2**20:.0f} MiB"
-            f" + journal {r['journal_bytes'] / 2**20:.0f} MiB | {cell(r, 'fold')} "
+            f" + journal {r['journal_bytes'] / 2**20:.0f} MiB (a day's"
+            f" {r['day_journal_bytes'] / 2**20:.0f} MiB) | {cell(r, 'fold')} "
             f"| {cell(r, 'report_day')} | {cell(r, 'report_month')} | {cell(r, 'report_slice')} "
             f"| {cell(r, 'report_json')} | {cell(r, 'report_csv')} |"
         )

@@ -69,7 +69,7 @@ import io
 import math
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
 from bwenforcer.core.settings import HistoryConfig
@@ -300,13 +300,18 @@ def _range(view: memoryview, shape: struct.Struct, lo: int, hi: int) -> memoryvi
     ]
 
 
-def _hour_rows(hours: memoryview, keys: Iterable[int]) -> dict[int, list[int]]:
-    """The rows of those ``keys`` among the packed ``hours`` (a few, at its end)."""
+def _hour_rows(hours: memoryview, keys: Sequence[int]) -> dict[int, list[int]]:
+    """The rows of those ``keys`` (in order) among the packed ``hours`` (a few, at its
+    end): the first found by a binary search, the rest by walking on from it.
+    """
+    if not keys:
+        return {}
+    wanted = set(keys)
+    at = _first_at(hours, _HOUR.size, keys[0]) * _HOUR.size
     found = {}
-    for key in keys:
-        i = _first_at(hours, _HOUR.size, key)
-        if i * _HOUR.size < len(hours):
-            got, *row = _HOUR.unpack_from(hours, i * _HOUR.size)
-            if got == key:
-                found[key] = row
+    for key, *row in _HOUR.iter_unpack(hours[at:]):
+        if key > keys[-1]:
+            break
+        if key in wanted:
+            found[key] = row
     return found

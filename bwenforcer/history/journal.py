@@ -14,32 +14,41 @@ ignored. When it is folded in, and which records are cut off, is
     record   u32 payload length, u32 CRC-32 of the payload, then the payload:
              u64 cycle time (Unix s), u32 capped s, u64 the cycle's number (the
              count of cycles its state's save brings the state to; 2**64-1: not
-             known), then per slice:
-             u8 name length, name, u64 default bytes, u64 exempt bytes,
-             u8 capped (bit 0 default, bit 1 exempt),
-             u64 received default bytes, u64 received exempt bytes
+             known), u32 count of slices, u32 length of their names, then
+             the names:   per slice, u8 name length, name
+             the figures: per slice, in the names' order, u64 default bytes,
+                          u64 exempt bytes, u8 capped (bit 0 default, bit 1 exempt),
+                          u64 received default bytes, u64 received exempt bytes
 
-(Version 3 records hold the save time of the state the cycle started from where
-version 4 has the cycle's number, version 1 records neither, and versions 1 and 2
-lack the received bytes; such a journal is read, and folded in before anything is
-appended.) A record cut short by a crash is dropped (and cut off before the next
-append).
+The figures are one packed array, summed by column (a cycle's records carry the
+same names in the same order while the same slices send): a reader's cost is
+per record and per slice of an hour, not per entry. (Versions 1 to 3 put each
+slice's figures after its name; version 3 records hold the save time of the
+state the cycle started from where version 4 has the cycle's number, version 1
+records neither, and versions 1 and 2 lack the received bytes; such a journal is
+read, and folded in before anything is appended.) A record cut short by a crash
+is dropped (and cut off before the next append). Readers read it a record at a
+time: their memory is a record's and the journal's hour rows, not the journal.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
+import operator
 import os
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from bwenforcer.errors import HistoryCorrupt
 from bwenforcer.history.usage import (
     NAME_MAX_BYTES,
     CycleUsage,
-    History,
+    add_hour_row,
     received_deltas,
     usage_deltas,
 )
@@ -53,8 +62,11 @@ JOURNAL_HEADER_BYTES = _JOURNAL_HEADER.size
 _RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
 # cycle time, capped seconds, and (versions 2 and 3) the save time of the state the
 # cycle started from or (version 4) the cycle's number: the cycle's own save either
-# follows the record or never happened
-_CYCLES = {v: struct.Struct("<QIQ") for v in (2, 3, 4)} | {1: struct.Struct("<QI")}
+# follows the record or never happened; version 4: the count and length of the names
+_CYCLES = {v: struct.Struct("<QIQ") for v in (2, 3)} | {
+    1: struct.Struct("<QI"),
+    4: struct.Struct("<QIQII"),
+}
 _CYCLE = _CYCLES[JOURNAL_VERSION]
 _NAME = struct.Struct("<B")  # the name's length, then the name
 # default bytes, exempt bytes, capped bits (and, version 3, received default and exempt)
@@ -98,8 +110,8 @@ def encode_cycle(
     the record is never taken for an unsaved cycle's).
     """
     names = {} if names is None else names
-    parts = [_CYCLE.pack(now_s, min(max(0, interval_s), _U32), record_cycle(cycle))]
-    pack_entry = _ENTRY.pack
+    prefixes: list[bytes] = []
+    figures: list[int] = []
     for u in usage:
         name = u.slice_name
         prefix = names.get(name)
@@ -113,32 +125,15 @@ def encode_cycle(
         default, exempt, _ = usage_deltas(u)
         in_d, in_e = received_deltas(u)
         flags = (1 if u.capped_default else 0) | (2 if u.capped_exempt else 0)
-        parts.append(prefix)
-        parts.append(
-            pack_entry(
-                min(default, _U64), min(exempt, _U64), flags, min(in_d, _U64), min(in_e, _U64)
-            )
-        )
+        prefixes.append(prefix)
+        figures += (min(default, _U64), min(exempt, _U64), flags, min(in_d, _U64), min(in_e, _U64))
+    blob = b"".join(prefixes)
+    head = _CYCLE.pack(
+        now_s, min(max(0, interval_s), _U32), record_cycle(cycle), len(prefixes), len(blob)
+    )
+    parts = [head, blob, _figures_shape(len(prefixes)).pack(*figures)]
     payload = b"".join(parts)
     return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def _decode_cycle(
-    payload: bytes, source: str, cycle: struct.Struct, entry: struct.Struct
-) -> tuple[int, int, list[CycleUsage]]:
-    now_s, interval_s = cycle.unpack_from(payload)[:2]
-    usage: list[CycleUsage] = []
-    offset, end = cycle.size, len(payload)
-    while offset < end:
-        length = payload[offset]
-        start, offset = offset + 1, offset + 1 + length
-        if offset + entry.size > end:
-            raise HistoryCorrupt(f"{source}: journal record cut short")
-        name = payload[start:offset].decode("utf-8", "replace")
-        default, exempt, flags, *received = entry.unpack_from(payload, offset)
-        offset += entry.size
-        usage.append(CycleUsage(name, default, exempt, bool(flags & 1), bool(flags & 2), *received))
-    return now_s, interval_s, usage
 
 
 @dataclass(frozen=True)
@@ -190,55 +185,51 @@ def journal_end(fd: int, source: str) -> JournalEnd | None:
             if start == _JOURNAL_HEADER.size:
                 first_s = None
         elif version == JOURNAL_VERSION:
-            now_s, _, number = cycle.unpack_from(payload)
+            now_s, _, number = cycle.unpack_from(payload)[:3]
             tag = (start, number, now_s)
     return JournalEnd(generation, offset, size, first_s, version, tag)
 
 
-def _journal_payloads(data: bytes, source: str, cycle: struct.Struct) -> Iterator[bytes]:
-    """The payloads of a journal's sound records, up to the first damaged one (logged)."""
+@functools.lru_cache(maxsize=4)  # a journal's records mostly have one count
+def _figures_shape(count: int) -> struct.Struct:
+    """The packed figures of ``count`` slices (a version 4 record's array)."""
+    return struct.Struct("<" + _ENTRY.format[1:] * count)
+
+
+def _journal_payloads(f: BinaryIO, source: str, cycle: struct.Struct) -> Iterator[bytes]:
+    """The payloads of the sound records read from ``f`` (after the journal's header),
+    one at a time, up to the first damaged one (logged).
+    """
     offset = _JOURNAL_HEADER.size
-    while offset + _RECORD.size <= len(data):
-        length, crc = _RECORD.unpack_from(data, offset)
-        start, end = offset + _RECORD.size, offset + _RECORD.size + length
-        payload = data[start:end]
-        if end > len(data) or length < cycle.size or zlib.crc32(payload) != crc:
+    while len(head := f.read(_RECORD.size)) == _RECORD.size:
+        length, crc = _RECORD.unpack(head)
+        payload = f.read(length)
+        if len(payload) < length or length < cycle.size or zlib.crc32(payload) != crc:
             log.warning(
                 "history journal %s: damaged record at byte %d, rest ignored", source, offset
             )
             return
         yield payload
-        offset = end
-
-
-def _journal_records(
-    data: bytes, source: str, cycle: struct.Struct, entry: struct.Struct
-) -> Iterator[tuple[int, int, list[CycleUsage]]]:
-    """The sound records of a journal's bytes, up to the first damaged one (logged)."""
-    for payload in _journal_payloads(data, source, cycle):
-        try:
-            yield _decode_cycle(payload, source, cycle, entry)
-        except HistoryCorrupt as exc:
-            log.warning("history journal %s: %s, rest ignored", source, exc)
-            return
+        offset += _RECORD.size + length
 
 
 def journal_hours(
-    data: bytes, journal: str, generation: int, no_file: bool, only: str | None = None
+    f: BinaryIO, journal: str, generation: int, no_file: bool, only: str | None = None
 ) -> dict[str, dict[int, list[int]]]:
-    """What the journal's bytes ``data`` (read from ``journal``) add to the file of
-    ``generation`` (or to no file, if ``no_file``): each slice's hour rows
+    """What the journal read from ``f`` (the file ``journal``, at its start) adds to the
+    file of ``generation`` (or to no file, if ``no_file``): each slice's hour rows
     ([default, exempt, capped default s, capped exempt s, received default, received
-    exempt], none idle), or only
-    ``only``'s. Empty if the journal was folded in already (see :func:`replay_journal`).
+    exempt], none idle), or only ``only``'s. Empty if the journal was folded in already
+    (its generation is not the file's and there is a file).
 
-    Its size is the journal's slices times the hours it spans (a day or so: it is
-    folded in daily), however old the history.
+    Read a record at a time: its memory is the journal's slices times the hours it
+    spans (a day or so: it is folded in daily), however old and large the history.
     """
-    if len(data) < _JOURNAL_HEADER.size or data[:4] != JOURNAL_MAGIC:
+    head = f.read(_JOURNAL_HEADER.size)
+    if len(head) < _JOURNAL_HEADER.size or head[:4] != JOURNAL_MAGIC:
         log.warning("history journal %s: not a journal, ignored", journal)
         return {}
-    _, version, extends = _JOURNAL_HEADER.unpack_from(data)
+    _, version, extends = _JOURNAL_HEADER.unpack(head)
     cycle = _CYCLES.get(version)
     if cycle is None:
         log.warning("history journal %s: version %d, ignored", journal, version)
@@ -248,38 +239,104 @@ def journal_hours(
     entry = _ENTRIES[version]
     wanted = None if only is None else only.encode()
     raw: dict[bytes, dict[int, list[int]]] = {}
-    for payload in _journal_payloads(data, journal, cycle):
+    columns = _Columns(raw, wanted) if version == JOURNAL_VERSION else None
+    for payload in _journal_payloads(f, journal, cycle):
         now_s, interval_s = cycle.unpack_from(payload)[:2]
+        hour, capped_s = now_s // 3600, max(0, interval_s)
         try:
-            if wanted is None:  # (with one name wanted, its walk checks the record)
-                _check_entries(payload, cycle.size, entry.size)
-            _add_payload(
-                raw,
-                payload,
-                cycle.size,
-                now_s // 3600,
-                max(0, interval_s),
-                wanted=wanted,
-                entry=entry,
-            )
+            if columns is not None:
+                columns.add(payload, hour, capped_s)
+            else:
+                _add_interleaved(
+                    raw, payload, cycle.size, hour, capped_s, wanted=wanted, entry=entry
+                )
         except HistoryCorrupt as exc:
             log.warning("history journal %s: %s, rest ignored", journal, exc)
             break
+    if columns is not None:
+        columns.flush()
     return {name.decode("utf-8", "replace"): hours for name, hours in raw.items()}
 
 
-def _check_entries(payload: bytes, offset: int, size: int) -> None:
-    """HistoryCorrupt if a record's entries (of ``size`` bytes after their names) do not
-    end where it does (nothing of such a record is counted).
+class _Columns:
+    """Sums version 4 records into ``out`` (name's bytes → hour → row, as
+    :func:`_add_entry` adds one), or only the entries of the name ``wanted``.
+
+    A run of records of one hour with the same names (the same slices sending, in
+    the same order) is summed by column, each record's figures unpacked as one
+    array; each name's row is added once per run. A record with other names, or of
+    another hour, starts a new run. The names of the last record are kept parsed
+    (the next one most likely has the same).
     """
-    end = len(payload)
-    while offset < end:
-        offset += 1 + payload[offset] + size
-    if offset != end:
-        raise HistoryCorrupt("journal record cut short")
+
+    def __init__(self, out: dict[bytes, dict[int, list[int]]], wanted: bytes | None) -> None:
+        self.out = out
+        self.wanted = wanted
+        self.blob = b""
+        self.names: list[bytes] = []
+        self.found: list[int] = []  # where ``wanted`` is among the names
+        self.hour = -1
+        self.run: list[bytes] | None = None  # the names of the run (the very list)
+        self.sums: list[list[int] | None] = []
+
+    def _parse(self, blob: bytes, count: int) -> list[bytes]:
+        if blob == self.blob:
+            return self.names
+        names, at, end = [], 0, len(blob)
+        while at < end:
+            start = at + 1
+            at = start + blob[at]
+            names.append(blob[start:at])
+        if at != end or len(names) != count:
+            raise HistoryCorrupt("journal record's names cut short")
+        self.blob, self.names = blob, names
+        self.found = [i for i, name in enumerate(names) if name == self.wanted]
+        return names
+
+    def add(self, payload: bytes, hour: int, capped_s: int) -> None:
+        """Add one record's figures (HistoryCorrupt, nothing added, if it is not whole)."""
+        count, names_bytes = _CYCLE.unpack_from(payload)[3:]
+        at = _CYCLE.size + names_bytes
+        blob = payload[_CYCLE.size : at]
+        if len(blob) != names_bytes or len(payload) - at != count * _ENTRY.size:
+            raise HistoryCorrupt("journal record cut short")
+        names = self._parse(blob, count)
+        if self.wanted is not None:
+            for i in self.found:
+                figures = _ENTRY.unpack_from(payload, at + i * _ENTRY.size)
+                _add_entry(self.out, self.wanted, hour, capped_s, figures)
+            return
+        flat = _figures_shape(count).unpack_from(payload, at)
+        default, exempt, flags, in_d, in_e = (flat[i::5] for i in range(5))
+        capped_d = capped_e = None
+        if capped_s and any(flags):  # capped bits: 1 default, 2 exempt
+            capped_d = [capped_s if f & 1 else 0 for f in flags]
+            capped_e = [capped_s if f & 2 else 0 for f in flags]
+        columns = (default, exempt, capped_d, capped_e, in_d, in_e)
+        if hour != self.hour or names is not self.run:
+            self.flush()
+            self.hour, self.run = hour, names
+            self.sums = [None if c is None else list(c) for c in columns]
+            return
+        for i, column in enumerate(columns):
+            if column is not None:
+                kept = self.sums[i]
+                self.sums[i] = list(column if kept is None else map(operator.add, kept, column))
+
+    def flush(self) -> None:
+        """Add the run's rows to ``out`` (a name idle all the run adds none)."""
+        if self.run is None:
+            return
+        zeros = itertools.repeat(0)
+        columns = [zeros if c is None else c for c in self.sums]
+        hour, out = self.hour, self.out
+        for name, *row in zip(self.run, *columns, strict=False):
+            if any(row):
+                add_hour_row(out.setdefault(name, {}), hour, row)
+        self.run, self.sums = None, []
 
 
-def _add_payload(
+def _add_interleaved(
     out: dict[bytes, dict[int, list[int]]],
     payload: bytes,
     offset: int,
@@ -287,40 +344,24 @@ def _add_payload(
     capped_s: int,
     *,
     wanted: bytes | None,
-    entry: struct.Struct = _ENTRY,
+    entry: struct.Struct,
 ) -> None:
-    """Add one record's entries (after its cycle fields at ``offset``) to ``out``, by the
-    name's bytes; with ``wanted``, only that name's (the others are stepped over, and
-    nothing is added unless the entries end where the record does: the one walk of
-    ``report --slice``).
-
-    The hot loop of every reader of the journal (a day at 4,000 slices is a million
-    entries): no object per entry.
+    """Add a record of versions 1 to 3 (each slice's figures after its name, from
+    ``offset``) to ``out``, or only the entries of the name ``wanted``; nothing unless
+    the entries end where the record does. Such journals are read once, at an upgrade.
     """
-    end = len(payload)
-    unpack = entry.unpack_from
-    size = entry.size
-    if wanted is not None:
-        length = len(wanted)
-        found = []
-        while offset < end:
-            start = offset + 1
-            offset = start + payload[offset]
-            if offset - start == length and payload[start:offset] == wanted:
-                found.append(offset)
-            offset += size
-        if offset != end:
-            raise HistoryCorrupt("journal record cut short")
-        for at in found:
-            _add_entry(out, wanted, hour, capped_s, unpack(payload, at))
-        return
+    end, size = len(payload), entry.size
+    found = []
     while offset < end:
         start = offset + 1
         offset = start + payload[offset]
-        if offset + size > end:
-            raise HistoryCorrupt("journal record cut short")
-        _add_entry(out, payload[start:offset], hour, capped_s, unpack(payload, offset))
+        if wanted is None or payload[start:offset] == wanted:
+            found.append((start, offset))
         offset += size
+    if offset != end:
+        raise HistoryCorrupt("journal record cut short")
+    for start, at in found:
+        _add_entry(out, payload[start:at], hour, capped_s, entry.unpack_from(payload, at))
 
 
 def _add_entry(
@@ -349,25 +390,3 @@ def _add_entry(
     row[3] += capped_e
     row[4] += in_d
     row[5] += in_e
-
-
-def replay_journal(history: History, data: bytes, journal: str, no_file: bool) -> History:
-    """``history`` (read from a file, or empty if ``no_file``) with the journal's bytes
-    ``data`` (read from ``journal``) replayed onto it.
-
-    A journal is replayed if it extends this very file (same generation), or if
-    there is no file to have folded it into.
-    """
-    if len(data) < _JOURNAL_HEADER.size or data[:4] != JOURNAL_MAGIC:
-        log.warning("history journal %s: not a journal, ignored", journal)
-        return history
-    _, version, generation = _JOURNAL_HEADER.unpack_from(data)
-    cycle = _CYCLES.get(version)
-    if cycle is None:
-        log.warning("history journal %s: version %d, ignored", journal, version)
-        return history
-    if generation != history.generation and not no_file:
-        return history  # folded in already
-    for now_s, interval_s, usage in _journal_records(data, journal, cycle, _ENTRIES[version]):
-        history.record(now_s, interval_s, usage)
-    return history

@@ -7,12 +7,14 @@ damaged file aside.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 
 from bwenforcer.errors import HistoryCorrupt, HistoryError
-from bwenforcer.files.atomic import move_aside, read_own
+from bwenforcer.files.atomic import move_aside, open_own
 from bwenforcer.history.decode import _fresh, _open_file
+from bwenforcer.history.format import _CHUNK_BYTES
 from bwenforcer.history.journal import journal_hours, journal_path
 from bwenforcer.history.usage import (
     Bucketing,
@@ -26,22 +28,24 @@ from bwenforcer.history.usage import (
 log = logging.getLogger(__name__)
 
 
-def _read_bytes(path: str) -> bytes | None:
-    """The bytes of a file of the history; None if there is none."""
-    try:
-        return read_own(path, "history file")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise HistoryError(f"{path}: cannot read history: {exc.strerror or exc}") from exc
-
-
 def _journal(
     path: str, generation: int, no_file: bool, only: str | None = None
 ) -> dict[str, dict[int, list[int]]]:
+    """The journal's hour rows (see :func:`~.journal.journal_hours`), read a record at a
+    time; none if there is no journal.
+    """
     journal = journal_path(path)
-    data = _read_bytes(journal)
-    return {} if data is None else journal_hours(data, journal, generation, no_file, only)
+    try:
+        fd = open_own(journal, os.O_RDONLY, "history journal")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise HistoryError(f"{journal}: cannot read history: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "rb", buffering=_CHUNK_BYTES) as f:
+            return journal_hours(f, journal, generation, no_file, only)
+    except OSError as exc:
+        raise HistoryError(f"{journal}: cannot read history: {exc.strerror or exc}") from exc
 
 
 def _merged(

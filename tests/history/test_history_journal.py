@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
@@ -306,9 +307,54 @@ def test_a_record_whose_entries_overrun_it_counts_nothing_of_it_or_after_it(
     after = encode_cycle(T0 + 600, 300, usage(("pl_a", 1, 0), ("pl_b", 1, 0)))
     data = journal_header(0) + good + bad + after
     with caplog.at_level("WARNING"):
-        hours = journal_hours(data, "j", 0, no_file=True, only=only)
+        hours = journal_hours(io.BytesIO(data), "j", 0, no_file=True, only=only)
     expected = {"pl_a": 7, "pl_b": 3}
     assert {name: sum(row[0] for row in h.values()) for name, h in hours.items()} == {
         name: n for name, n in expected.items() if only in (None, name)
     }
     assert "journal record cut short, rest ignored" in caplog.text
+
+
+steady = st.tuples(
+    st.lists(st.sampled_from(["pl_a", "pl_b", "pl_c", "pl_d"]), min_size=1, max_size=4),
+    st.lists(
+        st.tuples(
+            st.integers(min_value=60, max_value=900),  # time to the next cycle
+            st.lists(
+                st.tuples(st.integers(0, 10**12), st.integers(0, 3), st.integers(0, 10**9)),
+                min_size=4, max_size=4,
+            ),
+            st.booleans(),  # the first slice idle this cycle (other names: a new run)
+        ),
+        max_size=60,
+    ),
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(steady)
+def test_runs_of_records_with_the_same_names_sum_as_each_record_would(
+    tmp_path_factory: object,
+    fed: tuple[list[str], list[tuple[int, list[tuple[int, int, int]], bool]]],
+) -> None:
+    """A node whose slices send every cycle writes records of the same names in the same
+    order (a name may come twice): the reader sums such runs by column. Capped classes
+    (either, both), idle entries and a slice that falls silent for a cycle (a record of
+    other names) give the hour rows that recording each cycle in memory gives.
+    """
+    names, cycles_fed = fed
+    path = str(tmp_path_factory.mktemp("r") / "h")  # type: ignore[attr-defined]
+    reference = History()
+    recorder = HistoryRecorder(path, CFG, fold_min_bytes=10**9)
+    now = T0
+    for step, figures, first_idle in cycles_fed:
+        now += step
+        rows = [
+            CycleUsage(name, sent, sent // 7, bool(capped & 1), bool(capped & 2), received, 0)
+            for name, (sent, capped, received) in zip(names, figures, strict=False)
+        ]
+        rows = rows[1:] if first_idle else rows
+        reference.record(now, 300, rows)
+        recorder.record(now, 300, rows)
+    for by in ("hour", "day"):
+        assert totals(read_history(path), by) == totals(reference, by)
