@@ -21,10 +21,6 @@ add the inbound part to its cycles (the "cycle with inbound vs outbound-only" ro
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench.runner import sized_main
 from bwenforcer.core.inbound import InboundLimit
 from bwenforcer.core.layout import mark
 from bwenforcer.kernel.inbound import InboundBackend
@@ -196,27 +193,20 @@ def table(rows: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; print the table; write JSON."""
-    parser = argparse.ArgumentParser(prog="python -m bench.inbound", description=__doc__)
-    parser.add_argument("--sizes", default="1000,4000", help="comma-separated N")
-    parser.add_argument("--runs", type=int, default=9, help="runs per median")
-    parser.add_argument("--json", default=str(HERE / "results" / "inbound.json"))
-    args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench.inbound: needs root (network namespace, nftables)", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+def _measured(n: int, runs: int) -> dict[str, float]:
     from bench.__main__ import Namespace
 
-    rows = []
-    for n in (int(x) for x in args.sizes.split(",")):
-        with Namespace("in") as _ns:
-            rows.append(inbound_figures(n, args.runs))
-    print(table(rows))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"sizes": rows}, indent=2) + "\n")
-    return 0
+    with Namespace("in") as _ns:
+        return inbound_figures(n, runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the table; write JSON."""
+    return sized_main(
+        argv, prog="python -m bench.inbound", doc=__doc__, needs="network namespace, nftables",
+        sizes="1000,4000", runs=9, results=HERE / "results" / "inbound.json",
+        measure=_measured, table=table,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,11 +17,7 @@ Prints a markdown table (medians and the ratio inbound / outbound-only, target
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
-import os
-import signal
 import sys
 import tempfile
 import time
@@ -38,6 +34,7 @@ from bench.__main__ import (
     create_ops,
     paired,
 )
+from bench.runner import sized_main
 from bwenforcer.kernel.htb import HtbBackend
 
 HERE = Path(__file__).resolve().parent
@@ -131,20 +128,11 @@ def table(rows: list[dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table; write JSON."""
-    parser = argparse.ArgumentParser(prog="python -m bench.inbound_cycle", description=__doc__)
-    parser.add_argument("--sizes", default="4000", help="comma-separated N")
-    parser.add_argument("--runs", type=int, default=15, help="runs per median")
-    parser.add_argument("--json", default=str(HERE / "results" / "inbound_cycle.json"))
-    args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench.inbound_cycle: needs root (network namespace, HTB, nftables)", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    rows = [figures(int(n), args.runs) for n in args.sizes.split(",")]
-    print(table(rows))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"sizes": rows}, indent=2) + "\n")
-    return 0
+    return sized_main(
+        argv, prog="python -m bench.inbound_cycle", doc=__doc__,
+        needs="network namespace, HTB, nftables", sizes="4000", runs=15,
+        results=HERE / "results" / "inbound_cycle.json", measure=figures, table=table,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
