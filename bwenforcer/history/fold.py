@@ -189,8 +189,9 @@ def _fold(
 
         def raw() -> Iterator[tuple[str, bytes, int]]:
             """An indexed file: each slice's block worked on as bytes (see
-            :func:`_fold_block`), or, in an older layout, parsed and written anew; a
-            damaged block is skipped alone.
+            :func:`_fold_block`), or, in an older layout or narrow with the journal's
+            first received bytes, parsed and written anew; a damaged block is skipped
+            alone.
             """
             assert old is not None and old.index is not None
             pending = sorted(journal, key=str.encode, reverse=True)
@@ -206,7 +207,7 @@ def _fold(
                     log.info("history: slice %s dropped: departed, sent the longest ago", name)
                     continue
                 try:
-                    sh = None
+                    sh: SliceHistory | None = None
                     if old.packed:
                         block = old.raw_block(name, offset, length)
                         if hours and not is_wide(block) and _receives(hours):
