@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             all slices by day: their days as stored); with --slice, that one's alone.
             """
             if args.by == "day" and args.slice is None:
-                for name, days in reader.day_rows():
+                for name, days in reader.day_rows(received=inbound):
                     got = since_rows(days, "day", args.since)
                     if got:
                         seen["rows"] = True

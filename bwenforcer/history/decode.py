@@ -21,21 +21,20 @@ from bwenforcer.history.format import (
     _COUNTS,
     _COUNTS_V1,
     _CRC,
-    _DAY,
-    _DAY_V2,
+    _FLAGS,
     _HEADER,
     _HEADER_V1,
     _HEADER_V2,
-    _HOUR,
-    _HOUR_V2,
     _PLACE,
     _PREFIX,
     _SLICE,
+    _WIDE,
     FORMAT_VERSION,
     MAGIC,
     _first_at,
     _hour_rows,
     _tiers,
+    shapes,
 )
 from bwenforcer.history.usage import (
     History,
@@ -102,12 +101,23 @@ class _Reader:
         name = self.name()
         return name, self.unpack(shape)
 
-    def records(self, name: str, counts: tuple[int, ...], version: int) -> SliceHistory:
-        """The slice's tiers (its month sums, version 2 on, are skipped: derived data);
-        records of a version before 3 are widened with 0 bytes received.
+    def flags(self, name: str, version: int) -> bool:
+        """Whether the block's records are wide: a version 6 block's flags (after its
+        counts) say so; every version 5 block is, no block of an older one.
         """
-        hour, day = _shapes(version)
-        pad = 0 if version == FORMAT_VERSION else 2
+        if version != FORMAT_VERSION:
+            return version == 5
+        (flags,) = self.unpack(_FLAGS)
+        if flags & ~_WIDE:
+            raise HistoryCorrupt(f"{self.source}: slice {name}: unknown flags {flags:#x}")
+        return bool(flags)
+
+    def records(self, name: str, counts: tuple[int, ...], wide: bool) -> SliceHistory:
+        """The slice's tiers (its month sums, version 2 on, are skipped: derived data);
+        narrow records are widened with 0 bytes received.
+        """
+        hour, day = shapes(wide)
+        pad = 0 if wide else 2
         n_hours, n_days, n_months = counts[:3]
         sh = SliceHistory()
         sh.hours = self.tier(hour, n_hours, name, "hours", pad)
@@ -118,23 +128,19 @@ class _Reader:
         return sh
 
 
-def _shapes(version: int) -> tuple[struct.Struct, struct.Struct]:
-    """The hour and day records of a file version."""
-    return (_HOUR, _DAY) if version == FORMAT_VERSION else (_HOUR_V2, _DAY_V2)
-
-
-def _records_bytes(counts: tuple[int, ...], version: int = FORMAT_VERSION) -> int:
-    hour, day = _shapes(version)
+def _records_bytes(counts: tuple[int, ...], wide: bool) -> int:
+    hour, day = shapes(wide)
     return counts[0] * hour.size + sum(counts[1:]) * day.size
 
 
 # the versions with an index: their header's layout (the blocks follow it); version
-# 2's header has no checksum of its own; version 4's records have no received bytes
-_INDEXED = {FORMAT_VERSION: _HEADER, 4: _HEADER, 2: _HEADER_V2}
+# 2's header has no checksum of its own; version 4's records have no received bytes,
+# version 5's all have, version 6's blocks say which
+_INDEXED = {FORMAT_VERSION: _HEADER, 5: _HEADER, 4: _HEADER, 2: _HEADER_V2}
 
 
 def _checked_header(data: bytes, source: str) -> bytes:
-    """A version 4 or 5 header's bytes, its own checksum checked (HistoryCorrupt)."""
+    """A version 4 on header's bytes, its own checksum checked (HistoryCorrupt)."""
     (crc,) = _CRC.unpack_from(data, _HEADER.size - _CRC.size)
     if zlib.crc32(data[: _HEADER.size - _CRC.size]) != crc:
         raise HistoryCorrupt(f"{source}: header checksum mismatch")
@@ -166,7 +172,8 @@ class HistoryFile:
             self._check_v1()
         else:
             raise HistoryCorrupt(
-                f"{source}: format version {self.version}, expected {FORMAT_VERSION} (or 1, 2, 4)"
+                f"{source}: format version {self.version}, expected {FORMAT_VERSION}"
+                " (or 1, 2, 4, 5)"
             )
 
     @property
@@ -240,7 +247,7 @@ class HistoryFile:
         found, counts = reader.slice_counts()
         if found != name:
             raise HistoryCorrupt(f"{self.source}: slice {name}: block holds {found}")
-        sh = reader.records(name, counts, self.version)
+        sh = reader.records(name, counts, reader.flags(name, self.version))
         if reader.offset != length - _CRC.size:
             raise HistoryCorrupt(f"{self.source}: slice {name}: bytes after its records")
         return sh
@@ -255,10 +262,13 @@ class HistoryFile:
             raise HistoryCorrupt(f"{self.source}: slice {name}: checksum mismatch")
         raw = name.encode()
         at = _SLICE.size + len(raw)
-        if body[:at] != _SLICE.pack(len(raw)) + raw or len(body) < at + _COUNTS.size:
+        head = _COUNTS.size + (_FLAGS.size if self.version == FORMAT_VERSION else 0)
+        if body[:at] != _SLICE.pack(len(raw)) + raw or len(body) < at + head:
             raise HistoryCorrupt(f"{self.source}: slice {name}: block holds another")
-        counts = _COUNTS.unpack_from(body, at)
-        if len(body) != at + _COUNTS.size + _records_bytes(counts, self.version):
+        reader = _Reader(memoryview(body)[at:], self.source, offset + _CRC.size + at)
+        counts = reader.unpack(_COUNTS)
+        wide = reader.flags(name, self.version)
+        if len(body) != at + reader.offset + _records_bytes(counts, wide):
             raise HistoryCorrupt(f"{self.source}: slice {name}: counts do not match its block")
         return body
 
@@ -292,9 +302,9 @@ class HistoryFile:
             if previous is not None and name.encode() <= previous.encode():
                 raise HistoryCorrupt(f"{self.source}: slice {name} out of order")
             previous = name
-            body = self._read(offset + size, _records_bytes(counts, 1), f"slice {name}")
+            body = self._read(offset + size, _records_bytes(counts, False), f"slice {name}")
             offset += size + len(body)
-            yield name, _Reader(memoryview(body), self.source, offset).records(name, counts, 1)
+            yield name, _Reader(memoryview(body), self.source, offset).records(name, counts, False)
         if offset != self.size:
             raise HistoryCorrupt(f"{self.source}: {self.size - offset} bytes after the end")
 
@@ -328,33 +338,36 @@ class HistoryFile:
 
     @staticmethod
     def _months(body: bytes, hours: dict[int, list[int]]) -> dict[int, list[int]]:
-        _, (packed_h, _, packed_m, packed_s) = _tiers(body)
-        acc = {key: row for key, *row in _DAY.iter_unpack(packed_m)}
-        for key, *row in _DAY.iter_unpack(packed_s):
-            merge_row(acc, key, row)
-        add_hours_to_sums(acc, _hour_rows(packed_h, sorted(hours)), hours)
+        _, wide, (packed_h, _, packed_m, packed_s) = _tiers(body)
+        hour, day = shapes(wide)
+        zeros = [] if wide else [0, 0]  # a narrow block's rows widened: a few dozen
+        acc = {key: row + zeros for key, *row in day.iter_unpack(packed_m)}
+        for key, *row in day.iter_unpack(packed_s):
+            merge_row(acc, key, row + zeros)
+        add_hours_to_sums(acc, _hour_rows(packed_h, sorted(hours), hour), hours)
         return acc
 
     def day_slices(
-        self, journal: dict[str, dict[int, list[int]]]
+        self, journal: dict[str, dict[int, list[int]]], *, received: bool = True
     ) -> Iterator[tuple[str, list[tuple[int, ...]]]]:
         """A file in the current layout: each slice's plain day rows (day key, default,
         exempt, peak hour, capped default s, capped exempt s, received default and exempt;
-        in key order) with the journal's
-        hours added, a slice of the journal alone too, in name order. Its days are
-        taken as stored; only its hours are summed (by day).
+        in key order) with the journal's hours added, a slice of the journal alone too,
+        in name order. Its days are taken as stored; only its hours are summed (by day).
+        Without ``received`` a narrow block's rows may stop before the bytes received
+        (all 0), which are then not added to them.
         """
         assert self.index is not None and self.packed
         pending = sorted(journal, key=str.encode, reverse=True)
         for name, offset, length in self.index:
             encoded = name.encode()
             while pending and pending[-1].encode() < encoded:
-                yield pending[-1], _day_rows(b"", b"", journal[pending.pop()])
+                yield pending[-1], _day_rows(b"", b"", journal[pending.pop()], True, received)
             hours = journal[pending.pop()] if pending and pending[-1] == name else {}
-            _, (packed_h, packed_d, _, _) = _tiers(self.raw_block(name, offset, length))
-            yield name, _day_rows(packed_d, packed_h, hours)
+            _, wide, (packed_h, packed_d, _, _) = _tiers(self.raw_block(name, offset, length))
+            yield name, _day_rows(packed_d, packed_h, hours, wide, received)
         for new in reversed(pending):
-            yield new, _day_rows(b"", b"", journal[new])
+            yield new, _day_rows(b"", b"", journal[new], True, received)
 
     def find(self, name: str) -> SliceHistory | None:
         """The slice ``name``'s buckets (version 2 on: reading only them); None if absent."""
@@ -386,27 +399,42 @@ def _open_file(path: str) -> HistoryFile | None:
 
 
 def _day_rows(
-    packed_d: bytes | memoryview, packed_h: bytes | memoryview, hours: dict[int, list[int]]
+    packed_d: bytes | memoryview,
+    packed_h: bytes | memoryview,
+    hours: dict[int, list[int]],
+    wide: bool,
+    received: bool,
 ) -> list[tuple[int, ...]]:
     """A slice's plain day rows (see :meth:`HistoryFile.day_slices`) from its packed
-    days and hours and the journal's ``hours``: as :func:`~.usage.slice_buckets` sums
-    them by day, the stored days unpacked as they are.
+    days and hours (``wide`` records or narrow) and the journal's ``hours``: as
+    :func:`~.usage.slice_buckets` sums them by day, the stored days unpacked as they
+    are. Narrow records are widened only if the bytes ``received`` are asked for: the
+    common case (nothing received, nor shown) pays nothing for columns of zeros.
     """
-    days = list(_DAY.iter_unpack(packed_d))
+    hour, day = shapes(wide)
+    widen = received and not wide
+    days = list(day.iter_unpack(packed_d))
+    if widen:
+        days = [(*row, 0, 0) for row in days]
+    at = len(packed_h)
     if hours:  # the journal's hours are the last ones: the records from the first on
-        at = _first_at(packed_h, _HOUR.size, min(hours)) * _HOUR.size
-        tail = {key: row for key, *row in _HOUR.iter_unpack(packed_h[at:])}
+        at = _first_at(packed_h, hour.size, min(hours)) * hour.size
+    records = list(hour.iter_unpack(packed_h[:at]))
+    if widen:
+        records = [(*row, 0, 0) for row in records]
+    if hours:
+        zeros = [] if wide else [0, 0]  # as wide as the journal's rows, to add them
+        tail = {key: row + zeros for key, *row in hour.iter_unpack(packed_h[at:])}
         for key, row in hours.items():
             add_hour_row(tail, key, row)
-        records = list(_HOUR.iter_unpack(packed_h[:at]))
-        records.extend((key, *row) for key, row in sorted(tail.items()))
-    else:
-        records = list(_HOUR.iter_unpack(packed_h))
+        width = 6 if wide or received else 4  # as the records before them
+        records.extend((key, *row[:width]) for key, row in sorted(tail.items()))
     summed = days_of_hours(records)
     if summed and days and summed[0][0] <= days[-1][0]:  # days held twice: merged
-        acc = {key: list(row) for key, *row in days}
+        pad = [0] * (8 - len(days[0]))  # narrow rows widened, to be merged (rare)
+        acc = {key: list(row) + pad for key, *row in days}
         for key, *row in summed:
-            merge_row(acc, key, row)
+            merge_row(acc, key, row + pad)
         return [(key, *row) for key, row in sorted(acc.items())]
     return days + summed
 

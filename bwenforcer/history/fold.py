@@ -30,8 +30,7 @@ from bwenforcer.history.format import (
     _CHUNK_BYTES,
     _COUNTS,
     _CRC,
-    _DAY,
-    _HOUR,
+    _FLAGS,
     _first_at,
     _hour_rows,
     _pack_tier,
@@ -40,7 +39,9 @@ from bwenforcer.history.format import (
     _Writer,
     encode_history,
     encode_slice,
+    is_wide,
     last_hour,
+    shapes,
 )
 from bwenforcer.history.reader import _journal, _merged, _move_aside
 from bwenforcer.history.usage import (
@@ -188,8 +189,9 @@ def _fold(
 
         def raw() -> Iterator[tuple[str, bytes, int]]:
             """An indexed file: each slice's block worked on as bytes (see
-            :func:`_fold_block`), or, in an older layout, parsed and written anew; a
-            damaged block is skipped alone.
+            :func:`_fold_block`), or, in an older layout or narrow with the journal's
+            first received bytes, parsed and written anew; a damaged block is skipped
+            alone.
             """
             assert old is not None and old.index is not None
             pending = sorted(journal, key=str.encode, reverse=True)
@@ -205,9 +207,13 @@ def _fold(
                     log.info("history: slice %s dropped: departed, sent the longest ago", name)
                     continue
                 try:
+                    sh: SliceHistory | None = None
                     if old.packed:
                         block = old.raw_block(name, offset, length)
-                    else:  # an older layout (records without received bytes): parsed
+                        if hours and not is_wide(block) and _receives(hours):
+                            # its first bytes received: parsed, to be written anew, wide
+                            sh = old.block(name, offset, length)
+                    else:  # an older layout: parsed, written narrow or wide as it is
                         sh = old.block(name, offset, length)
                 except HistoryCorrupt as exc:
                     log.error("history: slice %s: damaged, its file's buckets skipped (%s)",
@@ -217,7 +223,7 @@ def _fold(
                         fresh = _fresh(hours)
                         yield from treated(name, fresh, last_hour(fresh))
                     continue
-                if not old.packed:
+                if sh is not None:
                     add_hours(sh, hours)
                     yield from treated(name, sh, last_hour(sh))
                     continue
@@ -301,17 +307,25 @@ def _write_blocks(
         raise
 
 
+def _receives(hours: dict[int, list[int]]) -> bool:
+    """Whether any of the journal's hour rows has received bytes."""
+    return any(row[4] or row[5] for row in hours.values())
+
+
 def _fold_tier(
     view: memoryview,
     shape: struct.Struct,
     cutoff: int,
     incoming: dict[int, list[int]],
     merge: Callable[[dict[int, list[int]], int, list[int]], None],
+    *,
+    zeros: list[int],
 ) -> tuple[bytes, list[tuple[int, list[int]]], int]:
     """One tier's records (packed, in key order) with ``incoming`` rows merged in and
     those below ``cutoff`` taken out: ``(the kept records packed, the taken ones,
     how many are kept)``. Only the records below the cutoff and from the first
-    incoming key on are decoded; those between are copied as they are.
+    incoming key on are decoded (narrow ones widened by ``zeros``, as wide as the
+    incoming rows); those between are copied as they are.
     """
     size = shape.size
     due_end = _first_at(view, size, cutoff)
@@ -320,9 +334,9 @@ def _fold_tier(
     )
     hot: dict[int, list[int]] = {}
     for key, *row in shape.iter_unpack(view[: due_end * size]):
-        hot[key] = row
+        hot[key] = row + zeros
     for key, *row in shape.iter_unpack(view[hot_start * size :]):
-        hot[key] = row
+        hot[key] = row + zeros
     for key in sorted(incoming):
         merge(hot, key, incoming[key])
     keys = sorted(hot)
@@ -332,12 +346,16 @@ def _fold_tier(
     return packed, due, hot_start - due_end + len(kept)
 
 
-def _month_sum(hours: memoryview, days: memoryview, month: int) -> list[int] | None:
-    """One month's sum (see :func:`~.usage.month_sums`) from the packed tiers."""
+def _month_sum(hours: memoryview, days: memoryview, month: int, wide: bool) -> list[int] | None:
+    """One month's sum (see :func:`~.usage.month_sums`) from the packed tiers, of
+    ``wide`` records or narrow (widened).
+    """
+    hour, day = shapes(wide)
+    zeros = [] if wide else [0, 0]
     first, last = month_start_s(month) // DAY_S, month_start_s(month + 1) // DAY_S
-    day_rows = {k: row for k, *row in _DAY.iter_unpack(_range(days, _DAY, first, last))}
+    day_rows = {k: row + zeros for k, *row in day.iter_unpack(_range(days, day, first, last))}
     hour_rows = {
-        k: row for k, *row in _HOUR.iter_unpack(_range(hours, _HOUR, first * 24, last * 24))
+        k: row + zeros for k, *row in hour.iter_unpack(_range(hours, hour, first * 24, last * 24))
     }
     return month_sums(day_rows, hour_rows).get(month)
 
@@ -352,16 +370,28 @@ def _fold_block(
     month sums follow: the journal's hours are added to them, hours rolled up into
     days leave them as they are, and a month whose days move to the months tier is
     summed again from what is left of it.
+
+    The block keeps its shape: a narrow one's records are widened where decoded, and
+    packed narrow again (the journal's ``hours`` received nothing: the caller writes
+    a narrow block that receives anew, wide).
     """
-    at, (old_h, old_d, old_m, old_s) = _tiers(body)
+    at, wide, (old_h, old_d, old_m, old_s) = _tiers(body)
+    hour_shape, day_shape = shapes(wide)
+    zeros = [] if wide else [0, 0]
     cut_hour, cut_day, cut_month = cutoffs
-    sums = {key: row for key, *row in _DAY.iter_unpack(old_s)}
-    add_hours_to_sums(sums, _hour_rows(old_h, sorted(hours)), hours)
-    packed_h, due_h, kept_h = _fold_tier(old_h, _HOUR, cut_hour, hours, add_hour_row)
-    packed_d, due_d, kept_d = _fold_tier(old_d, _DAY, cut_day, hours_to_days(due_h), merge_row)
-    packed_m, _, kept_m = _fold_tier(old_m, _DAY, cut_month, days_to_months(due_d), merge_row)
+    sums = {key: row + zeros for key, *row in day_shape.iter_unpack(old_s)}
+    add_hours_to_sums(sums, _hour_rows(old_h, sorted(hours), hour_shape), hours)
+    packed_h, due_h, kept_h = _fold_tier(
+        old_h, hour_shape, cut_hour, hours, add_hour_row, zeros=zeros
+    )
+    packed_d, due_d, kept_d = _fold_tier(
+        old_d, day_shape, cut_day, hours_to_days(due_h), merge_row, zeros=zeros
+    )
+    packed_m, _, kept_m = _fold_tier(
+        old_m, day_shape, cut_month, days_to_months(due_d), merge_row, zeros=zeros
+    )
     for month in {month_of_day(day) for day, _ in due_d}:
-        row = _month_sum(memoryview(packed_h), memoryview(packed_d), month)
+        row = _month_sum(memoryview(packed_h), memoryview(packed_d), month, wide)
         if row is None:
             sums.pop(month, None)
         else:
@@ -370,7 +400,10 @@ def _fold_block(
         return None
     sums = dict(sorted(sums.items()))
     counts = _COUNTS.pack(kept_h, kept_d, kept_m, len(sums))
-    return b"".join((body[:at], counts, packed_h, packed_d, packed_m, _pack_tier(_DAY, sums)))
+    flags = body[at + _COUNTS.size : at + _COUNTS.size + _FLAGS.size]
+    return b"".join(
+        (body[:at], counts, flags, packed_h, packed_d, packed_m, _pack_tier(day_shape, sums))
+    )
 
 
 def make_history_dir(path: str) -> None:

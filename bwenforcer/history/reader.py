@@ -141,14 +141,16 @@ class HistoryReader:
         if sh is not None:
             yield only, slice_buckets(sh, by)
 
-    def day_rows(self) -> Iterator[tuple[str, list[tuple[int, ...]]]]:
+    def day_rows(self, *, received: bool = True) -> Iterator[tuple[str, list[tuple[int, ...]]]]:
         """Each slice's buckets by day as plain rows (day key, then the seven figures of a
         :class:`~.usage.ReportRow`; in key order), in name order: a file in the current
-        layout has its days taken as stored, not built into buckets.
+        layout has its days taken as stored, not built into buckets. Without
+        ``received`` a row may stop before the bytes received (see
+        :meth:`~.decode.HistoryFile.day_slices`).
         """
         f = self._file
         if f is not None and f.packed:
-            yield from f.day_slices(self._journal)
+            yield from f.day_slices(self._journal, received=received)
             return
         for name, buckets in self.buckets("day"):
             yield name, bucket_rows(buckets, "day")

@@ -404,18 +404,15 @@ def bucket_start_s(by: Bucketing, key: int) -> int:
 
 
 def days_of_hours(hours: Iterable[tuple[int, ...]]) -> list[tuple[int, ...]]:
-    """Hour records (hour key, default, exempt, capped default s, capped exempt s,
-    received default, received exempt; in key order) as plain day rows (day key,
-    default, exempt, peak hour, capped s ×2, received ×2).
+    """Hour records (hour key, default, exempt, capped default s, capped exempt s[,
+    received default, received exempt]; in key order, all of one width) as plain day
+    rows (day key, default, exempt, peak hour, capped s ×2[, received ×2]).
     """
     days = []
     for day, group in groupby(hours, lambda item: item[0] // 24):
-        _, default, exempt, capped_d, capped_e, in_d, in_e = zip(*group, strict=True)
+        _, default, exempt, *rest = zip(*group, strict=True)
         peak = max(map(operator.add, default, exempt))
-        days.append((
-            day, sum(default), sum(exempt), peak, sum(capped_d), sum(capped_e), sum(in_d),
-            sum(in_e),
-        ))  # fmt: skip
+        days.append((day, sum(default), sum(exempt), peak, *map(sum, rest)))
     return days
 
 

@@ -101,17 +101,20 @@ def encode_v1(history: History) -> bytes:
 
 
 _HEADER_V2 = struct.Struct("<4sHHIQI")
+_HOUR_V5 = struct.Struct("<IQQIIQQ")
+_DAY_V5 = struct.Struct("<IQQQIIQQ")
 
 
 def encode_v2(history: History, version: int = 2) -> bytes:
     """A format version 2 file of ``history`` (records without received bytes, month
     sums, an index, a 24-byte header without a checksum of its own), or with
-    ``version`` 4 the same after a 28-byte header with its checksum: the layouts
-    before version 5.
+    ``version`` 4 the same after a 28-byte header with its checksum, or with 5 as 4
+    with every record's received bytes: the layouts before version 6.
     """
     from bwenforcer.history.usage import month_sums
 
-    head = _HEADER_V2.size + (4 if version == 4 else 0)
+    head = _HEADER_V2.size + (4 if version >= 4 else 0)
+    hour, day, width = (_HOUR_V5, _DAY_V5, 2) if version == 5 else (_HOUR, _DAY, 0)
     blocks, index = [], []
     offset = head
     for name, sh in history.slice_items():
@@ -120,8 +123,8 @@ def encode_v2(history: History, version: int = 2) -> bytes:
         body = b"".join((
             struct.pack("<B", len(raw)) + raw,
             struct.pack("<IIII", len(sh.hours), len(sh.days), len(sh.months), len(sums)),
-            *(_HOUR.pack(k, *row[:4]) for k, row in sh.hours.items()),
-            *(_DAY.pack(k, *row[:5]) for tier in (sh.days, sh.months, sums)
+            *(hour.pack(k, *row[:4 + width]) for k, row in sh.hours.items()),
+            *(day.pack(k, *row[:5 + width]) for tier in (sh.days, sh.months, sums)
               for k, row in tier.items()),
         ))  # fmt: skip
         block = struct.pack("<I", zlib.crc32(body)) + body
@@ -136,7 +139,7 @@ def encode_v2(history: History, version: int = 2) -> bytes:
     header = _HEADER_V2.pack(
         b"BWHS", version, history.generation, len(index), offset, zlib.crc32(idx)
     )
-    if version == 4:
+    if version >= 4:
         header += struct.pack("<I", zlib.crc32(header))
     return header + b"".join(blocks) + idx
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from bwenforcer.core.settings import HistoryConfig
+from bwenforcer.history.decode import HistoryFile
 from bwenforcer.history.fold import save_history
-from bwenforcer.history.format import FORMAT_VERSION
+from bwenforcer.history.format import FORMAT_VERSION, is_wide, receives
 from bwenforcer.history.journal import encode_cycle, journal_header, journal_path
 from bwenforcer.history.reader import HistoryReader, read_history
 from bwenforcer.history.recorder import HistoryRecorder
@@ -36,8 +37,11 @@ SLICES = 150
 FOLD = "import sys\nfrom bwenforcer.core.settings import HistoryConfig\nfrom bwenforcer.history.recorder import HistoryRecorder\nHistoryRecorder(sys.argv[1], HistoryConfig()).fold(int(sys.argv[2]))\n"
 
 
-def big_history() -> History:
-    """150 slices of 15 days of hours and 300 days: about 3.5 MB, nothing due to roll up."""
+def big_history(received: bool = False) -> History:
+    """150 slices of 15 days of hours and 300 days: about 3.5 MB, nothing due to roll up;
+    with ``received``, every third slice has received bytes in its first hour (its
+    block wide).
+    """
     rng = random.Random(5)
     slices = {}
     first_hour = (NOW_S - 15 * DAY_S) // DAY_S * 24
@@ -50,14 +54,16 @@ def big_history() -> History:
             d: [rng.randrange(2**44), 7, 2**40, 0, 600, 0, 0]  # v1 files receive nothing
             for d in range(first_day, first_hour // 24)
         }
+        if received and i % 3 == 0:
+            sh.hours[first_hour][4] = 1 + i
         slices[f"pl_{i:04d}"] = sh
     return History.from_slices(slices, 9)
 
 
-def write_journal(path: Path, generation: int) -> None:
+def write_journal(path: Path, generation: int, received: bool = True) -> None:
     cycles = [
         [
-            CycleUsage(f"pl_{i:04d}", 1000 + i, 5, i % 3 == 0, False, 70 + i, 0)
+            CycleUsage(f"pl_{i:04d}", 1000 + i, 5, i % 3 == 0, False, (70 + i) * received, 0)
             for i in range(0, SLICES + 20, 2)
         ]
         for _ in range(4)
@@ -119,20 +125,26 @@ def test_a_fold_killed_at_random_points_keeps_every_byte_once(tmp_path: Path) ->
     assert killed >= 8  # most folds were really cut short
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("case", ["v1", "v5", "narrow", "widened", "wide"])
 @pytest.mark.parametrize("days", [0, 3, 40, 800])
 def test_the_fold_leaves_what_a_whole_history_in_memory_would(
-    tmp_path: Path, version: int, days: int
+    tmp_path: Path, case: str, days: int
 ) -> None:
-    """The fold (version 2: on the blocks' bytes) equals the model's roll-up, departed
-    slices included (their months only), however much is due."""
-    history = big_history()
+    """The fold equals the model's roll-up, departed slices included (their months
+    only), however much is due: of a version 1 or 5 file (parsed), and of the current
+    version on the blocks' bytes: narrow blocks and a journal that received nothing
+    (they stay narrow), narrow blocks the journal's received bytes make wide, wide
+    and narrow blocks and a journal with received bytes.
+    """
+    history = big_history(received=case == "wide")
     path = tmp_path / "h"
-    if version == 1:
+    if case == "v1":
         path.write_bytes(golden.encode_v1(history))
+    elif case == "v5":
+        path.write_bytes(golden.encode_v2(history, 5))
     else:
         save_history(history, str(path))
-    write_journal(path, history.generation)
+    write_journal(path, history.generation, received=case != "narrow")
     reference = read_history(str(path))
     now_s = NOW_S + days * DAY_S
     live = {name for name in reference.slice_names() if not name.endswith("7")}
@@ -152,3 +164,11 @@ def test_the_fold_leaves_what_a_whole_history_in_memory_would(
         assert dict(reader.buckets("month")) == {
             name: slice_buckets(sh, "month") for name, sh in reference.slice_items()
         }
+    # each block wide exactly if it received something (narrow ones kept narrow)
+    slices = dict(folded.slice_items())
+    with HistoryFile(path.open("rb"), str(path), path.stat().st_size) as hf:
+        assert hf.index is not None
+        shapes = {entry[0]: is_wide(hf.raw_block(*entry)) for entry in hf.index}
+    assert shapes == {name: receives(sh) for name, sh in slices.items()}
+    assert any(shapes.values()) == (case != "narrow")
+    assert not all(shapes.values())

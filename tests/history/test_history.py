@@ -240,19 +240,24 @@ def test_a_year_of_100_slices_stays_under_the_size_bound_and_adds_up(tmp_path: P
     assert got == totals
 
 
-def test_the_bound_holds_for_ever_and_is_near_tight() -> None:
-    """Twelve years of hourly activity: the slice never outgrows MAX_BYTES_PER_SLICE."""
+@pytest.mark.parametrize("received", [1, 0])
+def test_the_bound_holds_for_ever_and_is_near_tight(received: int) -> None:
+    """Twelve years of hourly activity: the slice never outgrows MAX_BYTES_PER_SLICE,
+    nearly reached by a slice that receives (its block wide); one that receives
+    nothing (narrow) nears the documented narrow bound.
+    """
     cfg = HistoryConfig()
     name = "s" * 255  # the longest storable name
     history = History()
     largest = 0
     for hour in range(12 * 365 * 24):
         now_s = T0 + hour * HOUR + 1800
-        history.record(now_s, HOUR, [CycleUsage(name, 1, 1, False, False)])
+        history.record(now_s, HOUR, [CycleUsage(name, 1, 1, False, False, received, 0)])
         history.roll_up(now_s, cfg)
         largest = max(largest, size_bytes(history))
-    assert largest <= MAX_BYTES_PER_SLICE + HEADER_BYTES
-    assert largest > 0.97 * MAX_BYTES_PER_SLICE
+    bound = MAX_BYTES_PER_SLICE if received else 549 + 384 * 28 + (715 + 97 + 26) * 36
+    assert largest <= bound + HEADER_BYTES
+    assert largest > 0.97 * bound
 
 
 def test_documented_bound_matches_the_constant() -> None:
@@ -261,7 +266,11 @@ def test_documented_bound_matches_the_constant() -> None:
     assert max_bytes_per_slice(HistoryConfig()) == MAX_BYTES_PER_SLICE
     per_year = re.search(r"at most ([\d,]+) bytes per slice for the first year", doc)
     assert per_year is not None
-    assert int(per_year.group(1).replace(",", "")) == 548 + 384 * 44 + 365 * 52 + 14 * 52
+    assert int(per_year.group(1).replace(",", "")) == 549 + 384 * 44 + 365 * 52 + 14 * 52
+    narrow = re.search(r"first year \(([\d,]+) narrow\)", doc)
+    assert narrow is not None
+    assert int(narrow.group(1).replace(",", "")) == 549 + 384 * 28 + (365 + 14) * 36
+    assert f"26 month sums; {549 + 384 * 28 + (715 + 97 + 26) * 36:,} narrow" in doc
     assert max_bytes_per_slice(SHORT) < MAX_BYTES_PER_SLICE
 
 

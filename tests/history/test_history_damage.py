@@ -118,7 +118,7 @@ def test_a_version_2_file_is_read_and_folded_into_the_current_version(tmp_path: 
     expected = totals(read_history(str(path)))
     assert expected == totals(history)
     fold_history(str(path), 0xFFFF, None)
-    assert int.from_bytes(path.read_bytes()[4:6], "little") == FORMAT_VERSION == 5
+    assert int.from_bytes(path.read_bytes()[4:6], "little") == FORMAT_VERSION == 6
     assert file_generation(str(path)) == golden.GENERATION + 1
     assert totals(read_history(str(path))) == expected
     assert not Path(journal_path(str(path))).exists()
