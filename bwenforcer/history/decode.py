@@ -178,10 +178,11 @@ class HistoryFile:
 
     @property
     def packed(self) -> bool:
-        """Whether its blocks are in the current version's layout, to be worked on as
-        bytes (:meth:`raw_block`, :meth:`months`); else each slice is parsed.
+        """Whether its blocks are worked on as bytes in the current version's layout
+        (:meth:`raw_block`, :meth:`months`): the current version's, and version 5's
+        (given their flags, wide, as they are read); else each slice is parsed.
         """
-        return self.version == FORMAT_VERSION
+        return self.version in (5, FORMAT_VERSION)
 
     def __enter__(self) -> HistoryFile:
         return self
@@ -253,8 +254,8 @@ class HistoryFile:
         return sh
 
     def raw_block(self, name: str, offset: int, length: int) -> bytes:
-        """A slice's block after its checksum, checked (not parsed); worked on as bytes
-        only in the current version's layout (:attr:`packed`).
+        """A slice's block after its checksum, checked (not parsed), in the current
+        version's layout (:attr:`packed`: a version 5 block, wide, gains its flags).
         """
         data = self._read(offset, length, f"slice {name}")
         body = data[_CRC.size :]
@@ -270,6 +271,9 @@ class HistoryFile:
         wide = reader.flags(name, self.version)
         if len(body) != at + reader.offset + _records_bytes(counts, wide):
             raise HistoryCorrupt(f"{self.source}: slice {name}: counts do not match its block")
+        if self.version != FORMAT_VERSION:  # version 5: every block wide, no flags
+            flags_at = at + _COUNTS.size
+            return body[:flags_at] + _FLAGS.pack(_WIDE) + body[flags_at:]
         return body
 
     def check(self) -> None:

@@ -31,6 +31,7 @@ from bwenforcer.history.format import (
     _COUNTS,
     _CRC,
     _FLAGS,
+    FORMAT_VERSION,
     _first_at,
     _hour_rows,
     _pack_tier,
@@ -208,12 +209,13 @@ def _fold(
                     continue
                 try:
                     sh: SliceHistory | None = None
-                    if old.packed:
+                    if old.version == FORMAT_VERSION:
                         block = old.raw_block(name, offset, length)
                         if hours and not is_wide(block) and _receives(hours):
                             # its first bytes received: parsed, to be written anew, wide
                             sh = old.block(name, offset, length)
-                    else:  # an older layout: parsed, written narrow or wide as it is
+                    else:  # an older layout (version 5: every block wide, most with
+                        # nothing received): parsed once, written narrow or wide as it is
                         sh = old.block(name, offset, length)
                 except HistoryCorrupt as exc:
                     log.error("history: slice %s: damaged, its file's buckets skipped (%s)",

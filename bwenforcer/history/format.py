@@ -42,7 +42,8 @@ the month sums let a monthly report read a slice's months and sums alone. The
 fold and the reports go slice by slice: their memory is one slice's, however old
 and large the history. Older versions are read, and the next fold writes them
 again as version 6: version 5 (the layout above without the flags, every block
-wide), version 4 (as version 5 with every block narrow), version 2 (as version
+wide: the reports work on its blocks as bytes, given their flags; its fold
+parses each block once, to write those that received nothing narrow), version 4 (as version 5 with every block narrow), version 2 (as version
 4 but for a 24-byte header, without its checksum) and version 1 (a 16-byte
 header "BWHS" u16 version u16 generation u32 slice count u32 CRC-32 of the
 body, then the slices without their checksums, no index, narrow); narrow

@@ -224,3 +224,30 @@ def test_a_block_with_unknown_flags_is_corrupt(tmp_path: Path) -> None:
         pytest.raises(HistoryCorrupt, match="unknown flags"),
     ):
         hf.check()
+
+
+def test_a_version_5_file_is_read_on_its_bytes_and_its_fold_narrows_it(tmp_path: Path) -> None:
+    """A version 5 file (every block wide, no flags) is worked on as bytes by the
+    reports (its blocks given their flags, wide), with the same rows as the parsed
+    model; its first fold parses each block once and writes those that received
+    nothing narrow.
+    """
+    from tests.history.golden import encode_v2
+
+    history = hourly(received=5)
+    path = tmp_path / "h"
+    path.write_bytes(encode_v2(history, 5))
+    with HistoryFile(path.open("rb"), str(path), path.stat().st_size) as hf:
+        assert hf.version == 5 and hf.packed
+        assert all(is_wide(hf.raw_block(*place)) for place in hf.index or ())
+    with HistoryReader(str(path)) as reader:
+        days = dict(reader.day_rows())
+    model = {
+        name: bucket_rows(slice_buckets(sh, "day"), "day") for name, sh in history.slice_items()
+    }
+    assert days == model
+    fold_history(str(path), 0xFFFF, None)
+    assert {name: wide for name, (_, wide) in blocks(path).items()} == {
+        "pl_in": True, "pl_out": False,
+    }  # fmt: skip
+    assert tiers(read_history(str(path))) == tiers(history)
