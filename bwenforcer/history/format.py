@@ -43,12 +43,12 @@ fold and the reports go slice by slice: their memory is one slice's, however old
 and large the history. Older versions are read, and the next fold writes them
 again as version 6: version 5 (the layout above without the flags, every block
 wide: the reports work on its blocks as bytes, given their flags; its fold
-parses each block once, to write those that received nothing narrow), version 4 (as version 5 with every block narrow), version 2 (as version
-4 but for a 24-byte header, without its checksum) and version 1 (a 16-byte
-header "BWHS" u16 version u16 generation u32 slice count u32 CRC-32 of the
-body, then the slices without their checksums, no index, narrow); narrow
-records are read widened (received 0). (Version 3 was never written by a
-release.)
+parses each block once, to write those that received nothing narrow), version
+4 (as version 5 with every block narrow), version 2 (as version 4 but for a
+24-byte header, without its checksum) and version 1 (a 16-byte header "BWHS"
+u16 version u16 generation u32 slice count u32 CRC-32 of the body, then the
+slices without their checksums, no index, narrow); narrow records are read
+widened (received 0). (Version 3 was never written by a release.)
 
 Size: a wide hour costs 44 bytes, a wide day, month or month sum 52 bytes (narrow:
 28 and 36), a slice's header and index entry at most 549. With the default
