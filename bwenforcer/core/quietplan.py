@@ -44,24 +44,9 @@ def quiet_slice_inbound(
                 or key in inbound.limits_bps
             ):
                 return None
-    d_start, d_rates = targets.limits(want.default, "default")
-    e_start, e_rates = targets.limits(want.exempt, "exempt")
     d_counted = direction_bytes(d, want.default, True)
     e_counted = direction_bytes(e, want.exempt, True)
-    if (
-        d_counted >= d_start
-        or e_counted >= e_start
-        or d.ceil_bps != d_rates.max_rate_bps
-        or e.ceil_bps != e_rates.max_rate_bps
-        or (kd.rates is not d_rates and kd.rates != d_rates)
-        or (ke.rates is not e_rates and ke.rates != e_rates)
-    ):
-        return None
-    if (
-        notify
-        and (d.policy.notices or e.policy.notices)
-        and _notice_due(((d, d_counted), (e, e_counted)), targets)
-    ):
+    if not _uncapped(want, st, kd, ke, targets, counted=(d_counted, e_counted), notify=notify):
         return None
     return LiveSlice(
         st, 0, 0, kd.rates.max_rate_bps, ke.rates.max_rate_bps, False, False, 0, 0, None, None,
@@ -115,24 +100,44 @@ def quiet_slice(
     d, e, kd, ke = st.default, st.exempt, kernel.default, kernel.exempt
     if kd is None or ke is None or _stirred(want, st, kd, ke, now_s):
         return None
+    counted = (d.used_bytes, e.used_bytes)
+    if not _uncapped(want, st, kd, ke, targets, counted=counted, notify=notify):
+        return None
+    return LiveSlice(st, 0, 0, kd.rates.max_rate_bps, ke.rates.max_rate_bps)
+
+
+def _uncapped(
+    want: DesiredSlice,
+    st: SliceState,
+    kd: KernelClass,
+    ke: KernelClass,
+    targets: RateTargets,
+    *,
+    counted: tuple[int, int],
+    notify: bool,
+) -> bool:
+    """Whether both classes, with the usage their budgets count (``counted``: default,
+    exempt), are below where their rules start capping, their saved ceils and the
+    kernel's rates are the policies' uncapped rates, and (with ``notify``) no notice is
+    due: the conditions both shortcuts share past :func:`_stirred`.
+    """
+    d, e = st.default, st.exempt
     d_start, d_rates = targets.limits(want.default, "default")
     e_start, e_rates = targets.limits(want.exempt, "exempt")
     if (
-        d.used_bytes >= d_start
-        or e.used_bytes >= e_start
+        counted[0] >= d_start
+        or counted[1] >= e_start
         or d.ceil_bps != d_rates.max_rate_bps
         or e.ceil_bps != e_rates.max_rate_bps
         or (kd.rates is not d_rates and kd.rates != d_rates)
         or (ke.rates is not e_rates and ke.rates != e_rates)
     ):
-        return None
-    if (
+        return False
+    return not (
         notify
         and (d.policy.notices or e.policy.notices)
-        and _notice_due(((d, d.used_bytes), (e, e.used_bytes)), targets)
-    ):
-        return None
-    return LiveSlice(st, 0, 0, kd.rates.max_rate_bps, ke.rates.max_rate_bps)
+        and _notice_due(((d, counted[0]), (e, counted[1])), targets)
+    )
 
 
 def _stirred(
