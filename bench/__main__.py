@@ -168,9 +168,12 @@ CAPPED_RSPEC = (
 CAPPED_STEP_S = 60  # later by this much each capped cycle: ≥ 1 byte/s less ceil
 
 
-def write_cycle_config(tmp: Path, n: int, capped: bool, dev: str = DEV, extra: str = "") -> Path:
+def write_cycle_config(
+    tmp: Path, n: int, capped: bool, dev: str = DEV, *, extra: str = "", settings: str = ""
+) -> Path:
     """A config + slices file for `n` slices; all over their threshold when ``capped``;
-    ``extra``: more rspec attributes for every slice (``key: value, …``).
+    ``extra``: more rspec attributes for every slice (``key: value, …``); ``settings``:
+    more lines of the config.
     """
     rspec = CAPPED_RSPEC if capped else "{}"
     if extra:
@@ -181,7 +184,7 @@ def write_cycle_config(tmp: Path, n: int, capped: bool, dev: str = DEV, extra: s
     cfg.write_text(
         f"device: {dev}\nnode_cap: {CAP_BPS // 1000}kbit\nbwmax: {BWMAX_BPS // 1000}kbit\n"
         f"state_file: {tmp}/state.json\nslices_file: {tmp}/slices.yaml\n"
-        f"metrics: {{listen: null, textfile: {tmp}/bwenforcer.prom}}\n"
+        f"metrics: {{listen: null, textfile: {tmp}/bwenforcer.prom}}\n{settings}"
     )
     return cfg
 

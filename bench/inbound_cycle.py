@@ -27,12 +27,12 @@ from pathlib import Path
 from bench.__main__ import (
     BWMAX_BPS,
     CAP_BPS,
-    CAPPED_RSPEC,
     CAPPED_STEP_S,
     DEV,
     Namespace,
     create_ops,
     paired,
+    write_cycle_config,
 )
 from bench.runner import sized_main
 from bwenforcer.kernel.htb import HtbBackend
@@ -47,20 +47,10 @@ def write_config(tmp: Path, n: int, capped: bool, dev: str, inbound: bool) -> Pa
     with ``inbound``, inbound on and every budget counting both directions.
     """
     tmp.mkdir(parents=True, exist_ok=True)
-    rspec = CAPPED_RSPEC if capped else "{}"
-    if inbound:
-        rspec = "{" + (rspec[1:-1] + ", " if rspec != "{}" else "") + BOTH + "}"
-    slices = "\n".join(f"  - {{name: s{x}, xid: {x}, rspec: {rspec}}}" for x in range(1, n + 1))
-    (tmp / "slices.yaml").write_text("slices:\n" + slices + "\n")
-    cfg = tmp / "bwenforcer.yaml"
-    cfg.write_text(
-        f"device: {dev}\nnode_cap: {CAP_BPS // 1000}kbit\nbwmax: {BWMAX_BPS // 1000}kbit\n"
-        f"state_file: {tmp}/state.json\nslices_file: {tmp}/slices.yaml\n"
-        f"metrics: {{listen: null, textfile: {tmp}/bwenforcer.prom}}\n"
-        "classifier: {mode: uid}\n"
-        f"inbound: {{enabled: {'true' if inbound else 'false'}}}\n"
+    settings = (
+        f"classifier: {{mode: uid}}\ninbound: {{enabled: {'true' if inbound else 'false'}}}\n"
     )
-    return cfg
+    return write_cycle_config(tmp, n, capped, dev, extra=BOTH if inbound else "", settings=settings)
 
 
 def cycles(tmp: Path, n: int, dev: str, *, capped: bool, inbound: bool) -> Callable[[int], None]:
