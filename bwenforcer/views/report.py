@@ -76,23 +76,6 @@ def _key_label(by: str) -> Callable[[int], str]:
     return key_label
 
 
-def slice_table_rows(
-    rows: Sequence[ReportRow],
-    by: str,
-    label: Callable[[int], str] | None = None,
-    inbound: bool = False,
-) -> list[tuple[str, ...]]:
-    """One slice's table lines (``rows`` are all its buckets): one per bucket, then its
-    total; with ``inbound``, the bytes received follow.
-    """
-    name = rows[0].slice_name
-    plain = [(r.bucket_start_s, r.default_bytes, r.exempt_bytes, r.peak_hour_bytes,
-              r.capped_default_s, r.capped_exempt_s, r.in_default_bytes, r.in_exempt_bytes)
-             for r in rows]  # fmt: skip
-    cells = _slice_cells(plain, label or _bucket_label(by), inbound=inbound)
-    return [(name, *line) for line in cells]
-
-
 def _slice_cells(
     rows: Sequence[Sequence[int]],
     label: Callable[[int], str],
@@ -125,30 +108,6 @@ def _slice_cells(
     return table
 
 
-def report_table(rows: Sequence[ReportRow], by: str, inbound: bool = False) -> str:
-    """Readable table: one line per slice per bucket, then a total line per slice."""
-    names = sorted({r.slice_name for r in rows})
-    groups = [[r for r in rows if r.slice_name == name] for name in names]
-    return "\n".join(table_lines(groups, by, inbound))
-
-
-def table_lines(
-    groups: Iterable[Sequence[ReportRow]], by: str, inbound: bool = False
-) -> Iterator[str]:
-    """The lines of :func:`report_table`, as each slice's rows come from ``groups`` (in
-    name order). Nothing if there are no rows.
-    """
-    plain = (
-        (rows[0].slice_name, [(r.bucket_start_s, r.default_bytes, r.exempt_bytes,
-                               r.peak_hour_bytes, r.capped_default_s, r.capped_exempt_s,
-                               r.in_default_bytes, r.in_exempt_bytes)
-                              for r in rows])
-        for rows in groups
-    )  # fmt: skip
-    for chunk in _table_chunks(plain, by, _bucket_label(by), inbound):
-        yield from chunk[:-1].split("\n")
-
-
 _BLOCK = "\x1e"  # starts a slice's block in the spool: its name, widths and length
 _GAP = len(COLUMN_GAP)
 
@@ -156,7 +115,8 @@ _GAP = len(COLUMN_GAP)
 def table_text(
     groups: Iterable[tuple[str, Sequence[Sequence[int]]]], by: str, inbound: bool = False
 ) -> Iterator[str]:
-    """The text of :func:`table_lines`, in chunks of whole lines, of each slice's name
+    """The report's table (a line per slice per bucket, then a total line per slice), in
+    chunks of whole lines, of each slice's name
     and plain rows (bucket key, default, exempt, peak hour, capped default s,
     capped exempt s, then received default and exempt; at least one), in name order;
     with ``inbound``, the bytes received are two more columns.

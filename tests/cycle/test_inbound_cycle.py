@@ -206,7 +206,8 @@ def test_the_history_keeps_both_directions(pair: NetnsPair, tmp_path: Path) -> N
     """What a slice received goes to the usage history beside what it sent (format 5,
     journal 3), and ``report`` shows it with inbound on."""
     from bwenforcer.history.reader import read_history
-    from bwenforcer.views.report import INBOUND_KEYS, report_table, row_json
+    from bwenforcer.views.report import INBOUND_KEYS, row_json
+    from tests.views.report_tables import report_table
 
     config = load_config(str(_config(tmp_path)))
     init_tree(pair, config)

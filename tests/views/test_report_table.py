@@ -10,14 +10,9 @@ from hypothesis import strategies as st
 
 from bwenforcer.core.units import _SIZE_STEPS, _human, human_size
 from bwenforcer.history.usage import DAY_S, HOUR_S, ReportRow, bucket_start_s
-from bwenforcer.views.report import (
-    _BUCKET_HEADER,
-    TABLE_HEADER,
-    slice_table_rows,
-    table_lines,
-    table_text,
-)
+from bwenforcer.views.report import _BUCKET_HEADER, TABLE_HEADER, table_text
 from bwenforcer.views.table import render_table
+from tests.views.report_tables import slice_table_rows, table_lines
 
 figure = st.one_of(st.integers(0, 2**64 - 1), st.integers(0, 5000), st.just(0))
 capped = st.one_of(st.just(0), st.integers(1, 10**9), st.sampled_from([300, 600, 3600]))
